@@ -1,0 +1,476 @@
+// Package config is the TOML contract between provision and the templates,
+// runbooks and scripts that write its configuration.
+//
+// Decoding is strict: an unknown key is an error naming the key and its line,
+// because a misspelt key silently falling back to a default is how a node ends
+// up talking to the wrong place. Validation reports every problem at once, each
+// naming its key, so an operator fixes a template in one round trip. Nothing in
+// this package touches files other than the config itself.
+package config
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"net/url"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where provision looks for its configuration.
+const DefaultPath = "/etc/provision/provision.toml"
+
+// maxConfigBytes caps the config file; a real one is well under 4 KiB.
+const maxConfigBytes = 1 << 20
+
+// Config is the validated configuration. Durations and paths carry their
+// defaults after Load.
+type Config struct {
+	NodeID    string    `toml:"node_id"`
+	Hosts     []Host    `toml:"hosts"`
+	CA        CA        `toml:"ca"`
+	NodeAPI   NodeAPI   `toml:"node_api"`
+	Paths     Paths     `toml:"paths"`
+	Bootstrap Bootstrap `toml:"bootstrap"`
+}
+
+// Host is one name -> IP pair of the /etc/hosts override.
+type Host struct {
+	Name string `toml:"name"`
+	IP   string `toml:"ip"`
+}
+
+// CA says where step-ca is and how to trust it.
+type CA struct {
+	URL         string `toml:"url"`
+	Fingerprint string `toml:"fingerprint"`
+	TokenFile   string `toml:"token_file"`
+}
+
+// NodeAPI is the endpoint the node-agent polls, reached through the ingress.
+type NodeAPI struct {
+	URL         string   `toml:"url"`
+	WaitPath    string   `toml:"wait_path"`
+	WaitTimeout Duration `toml:"wait_timeout"`
+}
+
+// Paths are host paths; all of them are re-rooted under --root.
+type Paths struct {
+	HostsFile string `toml:"hosts_file"`
+	PKIDir    string `toml:"pki_dir"`
+	StateDir  string `toml:"state_dir"`
+}
+
+// Bootstrap holds the time budgets of a bootstrap run.
+type Bootstrap struct {
+	Deadline       Duration `toml:"deadline"`
+	RequestTimeout Duration `toml:"request_timeout"`
+}
+
+// Defaults for the optional keys.
+const (
+	DefaultTokenFile      = "/run/provision/token"
+	DefaultWaitPath       = "/v1/nodes/{node_id}/tasks/wait"
+	DefaultWaitTimeout    = time.Second
+	DefaultHostsFile      = "/etc/hosts"
+	DefaultPKIDir         = "/var/lib/provision/pki"
+	DefaultStateDir       = "/var/lib/provision"
+	DefaultDeadline       = 10 * time.Minute
+	DefaultRequestTimeout = 5 * time.Second
+)
+
+// Duration is a time.Duration written as a Go duration string ("5s", "10m").
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("not a duration like \"5s\" or \"10m\": %q", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Problem is one thing wrong with the config, tied to its key.
+type Problem struct {
+	Key  string // dotted key, e.g. "node_api.url" or "hosts[1].ip"
+	Line int    // 1-based line when known, else 0
+	Msg  string
+}
+
+func (p Problem) String() string {
+	if p.Line > 0 {
+		return fmt.Sprintf("%s (line %d): %s", p.Key, p.Line, p.Msg)
+	}
+	return fmt.Sprintf("%s: %s", p.Key, p.Msg)
+}
+
+// Error lists every problem found in one config file.
+type Error struct {
+	Path     string
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	parts := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		parts[i] = p.String()
+	}
+	return fmt.Sprintf("config %s: %s", e.Path, strings.Join(parts, "; "))
+}
+
+// Load reads and validates the config at path. The path is the real path to
+// open (the caller applies --root). Any problem returns *Error.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		msg := err.Error()
+		if errors.Is(err, os.ErrNotExist) {
+			msg = "file does not exist"
+		} else if errors.Is(err, os.ErrPermission) {
+			msg = "permission denied"
+		}
+		return nil, &Error{Path: path, Problems: []Problem{{Key: "--config", Msg: msg}}}
+	}
+	defer f.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(io.LimitReader(f, maxConfigBytes+1)); err != nil {
+		return nil, &Error{Path: path, Problems: []Problem{{Key: "--config", Msg: "reading: " + err.Error()}}}
+	}
+	if buf.Len() > maxConfigBytes {
+		return nil, &Error{Path: path, Problems: []Problem{{Key: "--config", Msg: "larger than 1 MiB; this is not a provision config"}}}
+	}
+	return Parse(path, buf.Bytes())
+}
+
+// Parse decodes and validates config text; name is used in messages only.
+func Parse(name string, data []byte) (*Config, error) {
+	if !utf8.Valid(data) || bytes.IndexByte(data, 0) >= 0 {
+		return nil, &Error{Path: name, Problems: []Problem{{Key: "--config", Msg: "not UTF-8 text; this is not a provision config"}}}
+	}
+	var c Config
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
+	if err != nil {
+		return nil, &Error{Path: name, Problems: []Problem{decodeProblem(err)}}
+	}
+	var probs []Problem
+	for _, k := range md.Undecoded() {
+		probs = append(probs, Problem{Key: k.String(), Line: keyLine(data, k.String()), Msg: "unknown key" + suggest(k.String())})
+	}
+	c.applyDefaults()
+	probs = append(probs, c.validate(data)...)
+	if len(probs) > 0 {
+		sort.SliceStable(probs, func(i, j int) bool {
+			if probs[i].Line == 0 || probs[j].Line == 0 {
+				return probs[i].Line != 0 && probs[j].Line == 0
+			}
+			return probs[i].Line < probs[j].Line
+		})
+		return nil, &Error{Path: name, Problems: probs}
+	}
+	return &c, nil
+}
+
+func decodeProblem(err error) Problem {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		msg := pe.Message
+		if msg == "" {
+			msg = pe.Error()
+		}
+		key := pe.LastKey
+		if key == "" {
+			key = "syntax"
+		}
+		return Problem{Key: key, Line: pe.Position.Line, Msg: "TOML syntax: " + msg}
+	}
+	// Type errors ("incompatible types") name the key in their text.
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "toml: ")
+	key := "syntax"
+	if m := keyInErr.FindStringSubmatch(msg); m != nil {
+		key = m[1]
+	}
+	return Problem{Key: key, Msg: msg}
+}
+
+var keyInErr = regexp.MustCompile(`(?:key|field) "?([A-Za-z0-9_.\[\]]+)"?`)
+
+var knownKeys = []string{
+	"node_id", "hosts", "hosts.name", "hosts.ip", "ca", "ca.url", "ca.fingerprint", "ca.token_file",
+	"node_api", "node_api.url", "node_api.wait_path", "node_api.wait_timeout",
+	"paths", "paths.hosts_file", "paths.pki_dir", "paths.state_dir",
+	"bootstrap", "bootstrap.deadline", "bootstrap.request_timeout",
+}
+
+// suggest offers the closest known key for a typo.
+func suggest(key string) string {
+	best, bestD := "", 4
+	for _, k := range knownKeys {
+		if d := editDistance(key, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+func (c *Config) applyDefaults() {
+	if c.CA.TokenFile == "" {
+		c.CA.TokenFile = DefaultTokenFile
+	}
+	if c.NodeAPI.WaitPath == "" {
+		c.NodeAPI.WaitPath = DefaultWaitPath
+	}
+	if c.NodeAPI.WaitTimeout.Duration == 0 {
+		c.NodeAPI.WaitTimeout.Duration = DefaultWaitTimeout
+	}
+	if c.Paths.HostsFile == "" {
+		c.Paths.HostsFile = DefaultHostsFile
+	}
+	if c.Paths.PKIDir == "" {
+		c.Paths.PKIDir = DefaultPKIDir
+	}
+	if c.Paths.StateDir == "" {
+		c.Paths.StateDir = DefaultStateDir
+	}
+	if c.Bootstrap.Deadline.Duration == 0 {
+		c.Bootstrap.Deadline.Duration = DefaultDeadline
+	}
+	if c.Bootstrap.RequestTimeout.Duration == 0 {
+		c.Bootstrap.RequestTimeout.Duration = DefaultRequestTimeout
+	}
+}
+
+// NodeIDPattern is what a node_id may look like: it becomes a certificate
+// subject, a URL path segment and a file name.
+var NodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$`)
+
+// hostnamePattern follows hosts(5): letters, digits, '-' and '.'.
+var hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+
+func (c *Config) validate(data []byte) []Problem {
+	var probs []Problem
+	add := func(key, format string, args ...any) {
+		probs = append(probs, Problem{Key: key, Line: keyLine(data, key), Msg: fmt.Sprintf(format, args...)})
+	}
+
+	switch {
+	case c.NodeID == "":
+		add("node_id", "required: the node's identity, used as the certificate subject")
+	case !NodeIDPattern.MatchString(c.NodeID):
+		add("node_id", "%q is not a valid node id (letters, digits, '.', '_', '-'; at most 63 characters)", c.NodeID)
+	}
+
+	if len(c.Hosts) == 0 {
+		add("hosts", "required: at least one [[hosts]] entry mapping the node API hostname to the control-plane IP")
+	}
+	seen := map[string]int{}
+	for i, h := range c.Hosts {
+		k := fmt.Sprintf("hosts[%d]", i)
+		if h.Name == "" {
+			add(k+".name", "required")
+		} else if !hostnamePattern.MatchString(h.Name) || len(h.Name) > 253 {
+			add(k+".name", "%q is not a valid hostname", h.Name)
+		} else if j, dup := seen[strings.ToLower(h.Name)]; dup {
+			add(k+".name", "%q is already mapped by hosts[%d]; one name, one IP", h.Name, j)
+		} else {
+			seen[strings.ToLower(h.Name)] = i
+		}
+		if h.IP == "" {
+			add(k+".ip", "required")
+		} else if a, err := netip.ParseAddr(h.IP); err != nil || a.Zone() != "" {
+			add(k+".ip", "%q is not an IP address", h.IP)
+		}
+	}
+
+	if _, msg := checkURL(c.CA.URL); msg != "" {
+		add("ca.url", "%s", msg)
+	}
+	fp := strings.ToLower(strings.ReplaceAll(c.CA.Fingerprint, ":", ""))
+	switch {
+	case c.CA.Fingerprint == "":
+		add("ca.fingerprint", "required: the hex SHA-256 of the CA root certificate (step certificate fingerprint root_ca.crt)")
+	case len(fp) != 64 || !isHex(fp):
+		add("ca.fingerprint", "must be 64 hex characters (SHA-256 of the root certificate's DER), got %d characters", len(c.CA.Fingerprint))
+	default:
+		c.CA.Fingerprint = fp
+	}
+	if !strings.HasPrefix(c.CA.TokenFile, "/") {
+		add("ca.token_file", "must be an absolute path, got %q", c.CA.TokenFile)
+	}
+
+	if u, msg := checkURL(c.NodeAPI.URL); msg != "" {
+		add("node_api.url", "%s", msg)
+	} else if ip, isIP := hostIsIP(u); isIP {
+		add("node_api.url", "uses the IP address %s; use the node API hostname so the ingress can route by Host and verify SNI (add a [[hosts]] entry mapping the name to %s)", ip, ip)
+	} else if !c.mapsHost(u.Hostname()) {
+		add("node_api.url", "hostname %q has no [[hosts]] entry; add one mapping it to the private control-plane IP", u.Hostname())
+	} else if u.Path != "" && u.Path != "/" {
+		add("node_api.url", "must not carry a path (%q); put the path in node_api.wait_path", u.Path)
+	}
+	switch {
+	case !strings.HasPrefix(c.NodeAPI.WaitPath, "/"):
+		add("node_api.wait_path", "must start with '/', got %q", c.NodeAPI.WaitPath)
+	case !strings.Contains(c.NodeAPI.WaitPath, "{node_id}"):
+		add("node_api.wait_path", "must contain {node_id}, got %q", c.NodeAPI.WaitPath)
+	case strings.ContainsAny(c.NodeAPI.WaitPath, "?# \t"):
+		add("node_api.wait_path", "must be a plain path without query, fragment or spaces, got %q", c.NodeAPI.WaitPath)
+	}
+	if d := c.NodeAPI.WaitTimeout.Duration; d < 0 || d > 10*time.Minute {
+		add("node_api.wait_timeout", "must be between 0s and 10m, got %s", d)
+	}
+
+	for key, p := range map[string]string{"paths.hosts_file": c.Paths.HostsFile, "paths.pki_dir": c.Paths.PKIDir, "paths.state_dir": c.Paths.StateDir} {
+		if !strings.HasPrefix(p, "/") {
+			add(key, "must be an absolute path, got %q", p)
+		}
+	}
+	if d := c.Bootstrap.Deadline.Duration; d < time.Second {
+		add("bootstrap.deadline", "must be at least 1s, got %s", d)
+	}
+	if d := c.Bootstrap.RequestTimeout.Duration; d < 100*time.Millisecond || d > 5*time.Minute {
+		add("bootstrap.request_timeout", "must be between 100ms and 5m, got %s", d)
+	}
+	return probs
+}
+
+func (c *Config) mapsHost(name string) bool {
+	for _, h := range c.Hosts {
+		if strings.EqualFold(h.Name, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkURL(s string) (*url.URL, string) {
+	if s == "" {
+		return nil, "required"
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Sprintf("not a URL: %q", s)
+	}
+	if u.Scheme != "https" {
+		return nil, fmt.Sprintf("must be an https:// URL, got %q", s)
+	}
+	if u.Hostname() == "" {
+		return nil, fmt.Sprintf("has no host: %q", s)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Sprintf("must not carry credentials, a query or a fragment: %q", s)
+	}
+	return u, ""
+}
+
+func hostIsIP(u *url.URL) (string, bool) {
+	h := u.Hostname()
+	if _, err := netip.ParseAddr(h); err == nil {
+		return h, true
+	}
+	return "", false
+}
+
+func isHex(s string) bool {
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+// WaitURL is node_api.url + wait_path with {node_id} filled in, plus the
+// timeout query that keeps the proof's long poll short.
+func (c *Config) WaitURL() string {
+	p := strings.ReplaceAll(c.NodeAPI.WaitPath, "{node_id}", url.PathEscape(c.NodeID))
+	u := strings.TrimRight(c.NodeAPI.URL, "/") + p
+	secs := int(c.NodeAPI.WaitTimeout.Seconds())
+	return fmt.Sprintf("%s?timeout=%d", u, secs)
+}
+
+// HostMap returns the override entries as name -> IP.
+func (c *Config) HostMap() map[string]netip.Addr {
+	m := make(map[string]netip.Addr, len(c.Hosts))
+	for _, h := range c.Hosts {
+		a, _ := netip.ParseAddr(h.IP)
+		m[strings.ToLower(h.Name)] = a
+	}
+	return m
+}
+
+// keyLine finds the line that sets a dotted key ("node_api.url",
+// "hosts[1].ip"), or 0. The TOML library reports positions only for syntax
+// errors, and an operator editing a template wants the line for every problem.
+func keyLine(data []byte, key string) int {
+	table, leaf, index := "", key, -1
+	if i := strings.LastIndex(key, "."); i >= 0 {
+		table, leaf = key[:i], key[i+1:]
+	}
+	if i := strings.Index(table, "["); i >= 0 {
+		fmt.Sscanf(table[i:], "[%d]", &index)
+		table = table[:i]
+	}
+	cur, count := "", -1
+	for n, raw := range strings.Split(string(data), "\n") {
+		line := strings.TrimSpace(raw)
+		if strings.HasPrefix(line, "[") {
+			name := strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t")
+			cur = name
+			if name == table && strings.HasPrefix(line, "[[") {
+				count++
+			}
+			if table != "" && name == table && leaf == "" {
+				return n + 1
+			}
+			continue
+		}
+		k, _, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		k = strings.Trim(strings.TrimSpace(k), `"'`)
+		if cur == table && k == leaf && (index < 0 || count == index) {
+			return n + 1
+		}
+		if table != "" && cur == "" && k == key {
+			return n + 1 // dotted key at top level
+		}
+	}
+	if table != "" {
+		return keyLine(data, table)
+	}
+	return 0
+}

@@ -1,0 +1,301 @@
+// Package hosts owns the /etc/hosts override: a block between two marker
+// lines that maps the node API hostname to the private control-plane IP.
+//
+// The incident began with nodes using a raw-IP URL that bypassed the ingress's
+// Host routing. The fix is a hostname URL plus this override, so the block has
+// to be right every time: Apply is a pure transform that keeps every byte
+// outside the block, refuses to guess when only one marker is present, and
+// refuses a stale line elsewhere that maps the same name to another address
+// (glibc returns the first match, Go every match, so the two would disagree).
+// Write then puts the result on disk atomically, or in place when the file is
+// a bind mount that cannot be renamed over.
+package hosts
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/gpuaas/provision/internal/system"
+)
+
+// Markers delimit the managed block. They are matched after trimming spaces
+// (and a trailing CR) and must not change: nodes already carry them.
+const (
+	BeginMarker = "# BEGIN provision managed block: do not edit, run 'provision hosts'"
+	EndMarker   = "# END provision managed block"
+)
+
+// MaxSize caps the hosts file provision will edit; a real one is a few KiB.
+const MaxSize = 4 << 20
+
+// Entry is one address -> name mapping in the block.
+type Entry struct {
+	Name string
+	IP   netip.Addr
+}
+
+// Error is a hosts file problem; Line is 1-based, or 0 when not tied to one.
+type Error struct {
+	Line int
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("line %d: %s", e.Line, e.Msg)
+	}
+	return e.Msg
+}
+
+// Block is what Find learned about a file's managed block.
+type Block struct {
+	Present    bool
+	Begin, End int // 0-based line indexes of the markers
+	Entries    []Entry
+}
+
+type line struct {
+	text string // without the line ending
+	eol  string // "\n", "\r\n" or "" for a last line without one
+}
+
+func split(b []byte) []line {
+	var out []line
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			out = append(out, line{text: string(b)})
+			break
+		}
+		t, eol := b[:i], "\n"
+		if bytes.HasSuffix(t, []byte("\r")) {
+			t, eol = t[:len(t)-1], "\r\n"
+		}
+		out = append(out, line{text: string(t), eol: eol})
+		b = b[i+1:]
+	}
+	return out
+}
+
+func join(ls []line) []byte {
+	var buf bytes.Buffer
+	for _, l := range ls {
+		buf.WriteString(l.text)
+		buf.WriteString(l.eol)
+	}
+	return buf.Bytes()
+}
+
+func checkText(b []byte) error {
+	if len(b) > MaxSize {
+		return &Error{Msg: fmt.Sprintf("file is %d bytes, larger than %d: refusing to edit something that is not a hosts file", len(b), MaxSize)}
+	}
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		return &Error{Line: bytes.Count(b[:i], []byte("\n")) + 1, Msg: "contains a NUL byte: not a text hosts file, refusing to edit it"}
+	}
+	return nil
+}
+
+// Find locates the managed block. Exactly one BEGIN and one END, in that
+// order, or none of either; anything else is an error, never a guess.
+func Find(b []byte) (Block, error) {
+	if err := checkText(b); err != nil {
+		return Block{}, err
+	}
+	ls := split(b)
+	begin, end := -1, -1
+	for i, l := range ls {
+		switch strings.TrimSpace(l.text) {
+		case BeginMarker:
+			if begin >= 0 {
+				return Block{}, &Error{Line: i + 1, Msg: fmt.Sprintf("a second BEGIN marker (the first is on line %d); fix the block by hand or run 'provision hosts remove' after deleting one", begin+1)}
+			}
+			begin = i
+		case EndMarker:
+			if end >= 0 {
+				return Block{}, &Error{Line: i + 1, Msg: fmt.Sprintf("a second END marker (the first is on line %d)", end+1)}
+			}
+			end = i
+		}
+	}
+	switch {
+	case begin < 0 && end < 0:
+		return Block{}, nil
+	case begin < 0:
+		return Block{}, &Error{Line: end + 1, Msg: "END marker without a BEGIN marker; refusing to guess where the managed block starts"}
+	case end < 0:
+		return Block{}, &Error{Line: begin + 1, Msg: "BEGIN marker without an END marker; refusing to guess where the managed block ends"}
+	case end < begin:
+		return Block{}, &Error{Line: end + 1, Msg: "END marker before the BEGIN marker"}
+	}
+	blk := Block{Present: true, Begin: begin, End: end}
+	for i := begin + 1; i < end; i++ {
+		f := strings.Fields(strings.SplitN(ls[i].text, "#", 2)[0])
+		if len(f) < 2 {
+			continue
+		}
+		ip, err := netip.ParseAddr(f[0])
+		if err != nil {
+			return Block{}, &Error{Line: i + 1, Msg: fmt.Sprintf("managed block holds %q, which does not start with an IP address", ls[i].text)}
+		}
+		for _, n := range f[1:] {
+			blk.Entries = append(blk.Entries, Entry{Name: strings.ToLower(n), IP: ip})
+		}
+	}
+	return blk, nil
+}
+
+func validate(entries []Entry) error {
+	if len(entries) == 0 {
+		return errors.New("no entries to write")
+	}
+	for _, e := range entries {
+		if !e.IP.IsValid() {
+			return fmt.Errorf("entry %q has no valid IP", e.Name)
+		}
+		if e.Name == "" || strings.ContainsAny(e.Name, " \t\r\n#\x00") {
+			return fmt.Errorf("entry name %q is not a hostname", e.Name)
+		}
+	}
+	return nil
+}
+
+// Apply returns b with the managed block holding exactly entries, and whether
+// that differs from b. Lines outside the block are kept byte for byte,
+// including their line endings; a new block uses the file's own line ending.
+func Apply(b []byte, entries []Entry) ([]byte, bool, error) {
+	if err := validate(entries); err != nil {
+		return nil, false, err
+	}
+	blk, err := Find(b)
+	if err != nil {
+		return nil, false, err
+	}
+	ls := split(b)
+	if err := conflicts(ls, blk, entries); err != nil {
+		return nil, false, err
+	}
+	eol := "\n"
+	if len(ls) > 0 && ls[0].eol == "\r\n" {
+		eol = "\r\n"
+	}
+	block := []line{{text: BeginMarker, eol: eol}}
+	sorted := append([]Entry(nil), entries...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	for _, e := range sorted {
+		block = append(block, line{text: e.IP.String() + "\t" + strings.ToLower(e.Name), eol: eol})
+	}
+	block = append(block, line{text: EndMarker, eol: eol})
+
+	var out []line
+	if blk.Present {
+		out = append(out, ls[:blk.Begin]...)
+		last := ls[blk.End]
+		block[len(block)-1].eol = last.eol // keep whether the file ended with a newline
+		out = append(out, block...)
+		out = append(out, ls[blk.End+1:]...)
+	} else {
+		out = append(out, ls...)
+		if n := len(out); n > 0 && out[n-1].eol == "" {
+			out[n-1].eol = eol
+		}
+		out = append(out, block...)
+	}
+	nb := join(out)
+	return nb, !bytes.Equal(nb, b), nil
+}
+
+// conflicts refuses a line outside the block that maps a managed name to a
+// different address: resolvers would disagree about which one wins.
+func conflicts(ls []line, blk Block, entries []Entry) error {
+	want := map[string]netip.Addr{}
+	for _, e := range entries {
+		want[strings.ToLower(e.Name)] = e.IP
+	}
+	for i, l := range ls {
+		if blk.Present && i >= blk.Begin && i <= blk.End {
+			continue
+		}
+		f := strings.Fields(strings.SplitN(l.text, "#", 2)[0])
+		if len(f) < 2 {
+			continue
+		}
+		ip, err := netip.ParseAddr(f[0])
+		if err != nil {
+			continue
+		}
+		for _, n := range f[1:] {
+			if w, ok := want[strings.ToLower(n)]; ok && ip.Unmap() != w {
+				return &Error{Line: i + 1, Msg: fmt.Sprintf("maps %s to %s outside the managed block, but the config wants %s; remove that line (resolvers disagree about which one wins)", n, ip, w)}
+			}
+		}
+	}
+	return nil
+}
+
+// Remove returns b without the managed block, and whether anything changed.
+func Remove(b []byte) ([]byte, bool, error) {
+	blk, err := Find(b)
+	if err != nil {
+		return nil, false, err
+	}
+	if !blk.Present {
+		return b, false, nil
+	}
+	ls := split(b)
+	out := append(append([]line(nil), ls[:blk.Begin]...), ls[blk.End+1:]...)
+	return join(out), true, nil
+}
+
+// Strategy says how a file was written.
+type Strategy string
+
+// The write strategies.
+const (
+	Unchanged Strategy = "unchanged"
+	Renamed   Strategy = "rename"   // temp file, fsync, rename, fsync dir
+	InPlace   Strategy = "in-place" // bind-mounted file: rewritten through its inode
+)
+
+// Write replaces the hosts file at path with data. It keeps the old file's
+// mode, owner and SELinux label. If the file cannot be renamed over because
+// it is a mount point (EBUSY, as in containers), it falls back to rewriting
+// it in place and says so. Before replacing, it checks that the file still
+// has the content it was computed from (another writer, such as cloud-init,
+// may have changed it): old is what the caller read.
+func Write(path string, old, data []byte) (Strategy, error) {
+	if bytes.Equal(old, data) {
+		return Unchanged, nil
+	}
+	mode := os.FileMode(0o644)
+	if st, err := os.Stat(path); err == nil {
+		mode = st.Mode().Perm()
+		cur, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("re-reading %s: %w", path, err)
+		}
+		if !bytes.Equal(cur, old) {
+			return "", fmt.Errorf("%s changed while provision was editing it; run again", path)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	system.SweepTemp(filepath.Dir(path), filepath.Base(path))
+	err := system.WriteFileAtomic(path, data, system.WriteOptions{Mode: mode, KeepOwner: true})
+	if err == nil {
+		return Renamed, nil
+	}
+	if errors.Is(err, system.ErrBusy) {
+		if err := system.WriteInPlace(path, data); err != nil {
+			return "", err
+		}
+		return InPlace, nil
+	}
+	return "", err
+}

@@ -1,0 +1,146 @@
+package system
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/google/renameio/v2"
+)
+
+// TempPrefix starts the name of every temporary file provision creates, so a
+// sweep after a crash can find exactly its own leftovers.
+const TempPrefix = ".provision-tmp-"
+
+// WriteOptions says how WriteFileAtomic treats an existing file.
+type WriteOptions struct {
+	// Mode is the final permission bits, applied exactly (umask ignored).
+	Mode os.FileMode
+	// KeepOwner copies uid, gid and the SELinux label of an existing file, as
+	// an edit of /etc/hosts must.
+	KeepOwner bool
+}
+
+// WriteFileAtomic replaces path with data so that a crash at any instant
+// leaves either the old or the new content: a temp file in the same
+// directory, fsync, rename, fsync of the directory. renameio does the first
+// three but would keep an existing file's mode (a 0644 key stays 0644) and
+// does not fsync the directory, so both are handled here.
+func WriteFileAtomic(path string, data []byte, o WriteOptions) error {
+	dir := filepath.Dir(path)
+	var old os.FileInfo
+	if st, err := os.Lstat(path); err == nil {
+		old = st
+	}
+	pf, err := renameio.NewPendingFile(path,
+		renameio.WithTempDir(dir),
+		renameio.WithStaticPermissions(o.Mode),
+	)
+	if err != nil {
+		return fmt.Errorf("creating temp file in %s: %w", dir, err)
+	}
+	defer pf.Cleanup()
+	if o.KeepOwner && old != nil && old.Mode().IsRegular() {
+		if err := copyOwner(pf.File, path, old); err != nil {
+			return err
+		}
+	}
+	if _, err := pf.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := pf.CloseAtomicallyReplace(); err != nil {
+		return fmt.Errorf("replacing %s: %w", path, err)
+	}
+	return SyncDir(dir)
+}
+
+// ErrBusy wraps the EBUSY a rename onto a bind-mounted file returns.
+var ErrBusy = syscall.EBUSY
+
+// WriteInPlace rewrites an existing file through its own inode: write the
+// whole new content from offset 0, truncate to its length, fsync. It is the
+// fallback for files that cannot be renamed over (a bind-mounted /etc/hosts in
+// a container answers EBUSY). It is not crash-atomic, which is why it is only
+// a fallback and why callers say when they used it.
+func WriteInPlace(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s for an in-place write: %w", path, err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(data, 0); err != nil {
+		return fmt.Errorf("writing %s in place: %w", path, err)
+	}
+	if err := f.Truncate(int64(len(data))); err != nil {
+		return fmt.Errorf("truncating %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// SyncDir fsyncs a directory so a rename inside it survives power loss.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening %s to sync it: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+func copyOwner(f *os.File, path string, old os.FileInfo) error {
+	if st, ok := old.Sys().(*syscall.Stat_t); ok {
+		if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, syscall.EPERM) {
+			return fmt.Errorf("keeping the owner of %s: %w", path, err)
+		}
+	}
+	// Keep the SELinux label: /etc/hosts is net_conf_t and a renamed-in temp
+	// file would otherwise carry the directory default.
+	buf := make([]byte, 256)
+	n, err := syscall.Getxattr(path, "security.selinux", buf)
+	if err == nil && n > 0 {
+		if err := syscall.Setxattr(f.Name(), "security.selinux", buf[:n], 0); err != nil &&
+			!errors.Is(err, syscall.ENOTSUP) && !errors.Is(err, syscall.EPERM) {
+			return fmt.Errorf("keeping the SELinux label of %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// SweepTemp removes temporary files a killed provision left in dir: its own
+// prefix and renameio's ".<name><digits>" pattern for the given names.
+func SweepTemp(dir string, names ...string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasPrefix(n, TempPrefix) {
+			os.RemoveAll(filepath.Join(dir, n))
+			continue
+		}
+		for _, base := range names {
+			if strings.HasPrefix(n, "."+base) && len(n) > len(base)+1 && isDigits(n[len(base)+1:]) {
+				os.Remove(filepath.Join(dir, n))
+			}
+		}
+	}
+}
+
+func isDigits(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return s != ""
+}

@@ -1,0 +1,219 @@
+// Package system is the host seam: every path provision reads or writes, the
+// name resolution the node-agent will use, and the clock go through here.
+//
+// Keeping them in one place is what makes --root work everywhere (an installer
+// writing into a chroot, and every test) without special cases elsewhere, and
+// what lets tests skew the clock or point name resolution at a hosts file they
+// own.
+package system
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Clock tells the time. Tests inject a skewed one.
+type Clock func() time.Time
+
+// Host is the machine provision acts on, possibly under a root directory.
+type Host struct {
+	// Root is the filesystem root; "/" on a live system.
+	Root string
+	// Now is the clock; nil means time.Now.
+	Now Clock
+	// HostsFile is the hosts file path (as seen from inside Root) that
+	// name resolution consults when Root is not "/".
+	HostsFile string
+}
+
+// New returns a Host rooted at root ("" means "/").
+func New(root string) (*Host, error) {
+	if root == "" {
+		root = "/"
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("--root %q: %w", root, err)
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("--root %q: %w", root, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("--root %q: not a directory", root)
+	}
+	return &Host{Root: abs, HostsFile: "/etc/hosts"}, nil
+}
+
+// Path maps an absolute path as seen on the node to the real path under Root.
+func (h *Host) Path(p string) string {
+	if h.Root == "/" || h.Root == "" {
+		return filepath.Clean(p)
+	}
+	return filepath.Join(h.Root, filepath.Clean("/"+p))
+}
+
+// Time returns the current time from the host's clock.
+func (h *Host) Time() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
+// IsLive reports whether the host is the running system (Root is "/"), in
+// which case the system resolver and getent speak for the node-agent.
+func (h *Host) IsLive() bool { return h.Root == "/" || h.Root == "" }
+
+// MachineID returns /etc/machine-id under Root, or "" when absent. It tells
+// one installation from the next: a reinstall gets a new one.
+func (h *Host) MachineID() string {
+	b, err := os.ReadFile(h.Path("/etc/machine-id"))
+	if err != nil {
+		return ""
+	}
+	id := strings.TrimSpace(string(b))
+	if len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
+		return ""
+	}
+	return id
+}
+
+// ErrNotFound is returned when a name has no address.
+var ErrNotFound = errors.New("no address for name")
+
+// LookupHost resolves name the way the node-agent would. On a live system
+// that is Go's resolver (which honours nsswitch.conf and /etc/hosts). Under
+// --root, the only source a process in that root would share with us is the
+// root's hosts file, so that file is parsed with the same rules Go uses.
+func (h *Host) LookupHost(ctx context.Context, name string) ([]netip.Addr, error) {
+	if ip, err := netip.ParseAddr(name); err == nil {
+		return []netip.Addr{ip}, nil
+	}
+	if !h.IsLive() {
+		return h.lookupHostsFile(name)
+	}
+	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+	if err != nil {
+		var dnsErr *net.DNSError
+		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+			return nil, fmt.Errorf("%s: %w", name, ErrNotFound)
+		}
+		return nil, err
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if ip, err := netip.ParseAddr(a); err == nil {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out, nil
+}
+
+func (h *Host) lookupHostsFile(name string) ([]netip.Addr, error) {
+	b, err := os.ReadFile(h.Path(h.HostsFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading hosts file: %w", err)
+	}
+	addrs := ParseHosts(b)[strings.ToLower(name)]
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("%s: %w in %s", name, ErrNotFound, h.HostsFile)
+	}
+	return addrs, nil
+}
+
+// ParseHosts parses hosts(5) text into name -> addresses in file order, the
+// way Go's resolver does (every line counts, comments stripped).
+func ParseHosts(b []byte) map[string][]netip.Addr {
+	m := map[string][]netip.Addr{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		ip, err := netip.ParseAddr(f[0])
+		if err != nil {
+			continue
+		}
+		for _, n := range f[1:] {
+			n = strings.ToLower(n)
+			m[n] = append(m[n], ip.Unmap())
+		}
+	}
+	return m
+}
+
+// Getent resolves name through NSS with getent(1), the path glibc programs
+// take. It returns ok=false when getent is not available or Root is not "/",
+// since NSS cannot be pointed at another root.
+func (h *Host) Getent(ctx context.Context, name string) (addrs []netip.Addr, ok bool, err error) {
+	if !h.IsLive() {
+		return nil, false, nil
+	}
+	path, lerr := exec.LookPath("getent")
+	if lerr != nil {
+		return nil, false, nil
+	}
+	out, err := exec.CommandContext(ctx, path, "ahosts", name).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 2 {
+			return nil, true, fmt.Errorf("%s: %w (getent)", name, ErrNotFound)
+		}
+		return nil, true, fmt.Errorf("getent ahosts %s: %w", name, err)
+	}
+	seen := map[netip.Addr]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if ip, err := netip.ParseAddr(f[0]); err == nil && !seen[ip.Unmap()] {
+			seen[ip.Unmap()] = true
+			addrs = append(addrs, ip.Unmap())
+		}
+	}
+	return addrs, true, nil
+}
+
+// DialContext dials host:port, resolving host through LookupHost. Every
+// connection provision makes goes through here, so the proof takes the same
+// name-resolution path as the node-agent.
+func (h *Host) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := h.LookupHost(ctx, host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{Err: err.Error(), Name: host, IsNotFound: errors.Is(err, ErrNotFound)}}
+	}
+	var d net.Dialer
+	var firstErr error
+	for _, a := range addrs {
+		c, err := d.DialContext(ctx, network, net.JoinHostPort(a.String(), port))
+		if err == nil {
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return nil, firstErr
+}
