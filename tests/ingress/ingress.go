@@ -1,0 +1,366 @@
+// Package ingress starts real ingresses (nginx, HAProxy, Caddy) and a
+// Traefik-behaviour emulation on loopback, each terminating mTLS in front of
+// a plain-HTTP upstream, for the integration suite.
+//
+// Why: every failure of the node-API incident (404 from raw-IP routing, TLS
+// EOF, unknown certificate authority, 401 with mtls_present=false) happened
+// in the ingress, between the node and the API. provision's classifier and
+// the clientcert parsers are only trustworthy if they are exercised against
+// what the real programs do, including the ways operators misconfigure them,
+// so this package runs the real Debian binaries as unprivileged child
+// processes with generated configurations in a temporary directory (no
+// system service, no systemd) and records exactly how each one forwards the
+// client certificate (see the Forwarding values and header constants).
+//
+// Traefik's binary cannot be built in this project's environment, so Kind
+// Traefik is an in-process emulation of Traefik v3.x behaviour written from
+// the documented facts; see traefik.go.
+//
+// A test that needs a program that is not installed must call Require: it
+// skips loudly on a developer machine and fails when CI=true.
+package ingress
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Kind names an ingress implementation.
+type Kind string
+
+// The ingresses this package can start.
+const (
+	Nginx   Kind = "nginx"
+	HAProxy Kind = "haproxy"
+	Caddy   Kind = "caddy"
+	// Traefik is the in-process emulation of Traefik v3.x (see traefik.go);
+	// it needs no program.
+	Traefik Kind = "traefik-emulation"
+)
+
+// Kinds lists every ingress, real programs first.
+var Kinds = []Kind{Nginx, HAProxy, Caddy, Traefik}
+
+// Program returns the executable a Kind needs, or "" for the emulation.
+func (k Kind) Program() string {
+	switch k {
+	case Nginx, HAProxy, Caddy:
+		return string(k)
+	}
+	return ""
+}
+
+// DebianPackages are the packages CI must install for the real ingresses.
+var DebianPackages = []string{"nginx", "haproxy", "caddy"}
+
+// Options configure an ingress. The zero value of every knob is the healthy,
+// conventional configuration; the knobs reproduce the incident's
+// misconfigurations where the program supports them.
+type Options struct {
+	// Hostname is the node API hostname the ingress routes (server_name,
+	// Host rule, SNI match). Required.
+	Hostname string
+	// ServerCertFile and ServerKeyFile are the ingress's serving certificate
+	// (PEM, leaf first, intermediates after) and key for Hostname. Required.
+	ServerCertFile, ServerKeyFile string
+	// ClientCAFile is the PEM bundle the ingress trusts for client
+	// authentication. Pass another CA's file to reproduce "wrong CA
+	// material"; pass a file that is not PEM (or a path that does not exist)
+	// to reproduce a broken CA option: the real programs then refuse to
+	// start, the Traefik emulation closes the connection after ClientHello.
+	ClientCAFile string
+	// Upstream is the plain-HTTP backend, "http://127.0.0.1:port". Required.
+	Upstream string
+
+	// NoForwardCert omits the forwarding directive entirely, as the
+	// incident's operator did: the upstream receives no certificate header
+	// (and, as in a real configuration without it, a header of the same
+	// name sent by the client is not removed by nginx, HAProxy or Caddy).
+	NoForwardCert bool
+	// UpstreamTimeout, when non-zero, bounds how long the ingress waits for
+	// the upstream's response headers (nginx proxy_read_timeout, HAProxy
+	// timeout server, Caddy response_header_timeout, Traefik
+	// forwardingTimeouts.responseHeaderTimeout), so a long poll that
+	// outlives it gets a 504/502 from the ingress.
+	UpstreamTimeout time.Duration
+	// Default404 adds a default server/route answering 404 for any Host
+	// other than Hostname (nginx default_server with "return 404"; an
+	// HAProxy "http-request return status 404"; a Caddy catch-all route).
+	// The Traefik emulation always behaves this way (no router: 404).
+	Default404 bool
+	// TraefikInfo adds the X-Forwarded-Tls-Client-Cert-Info header with
+	// every info field enabled (Traefik only).
+	TraefikInfo bool
+
+	// Dir holds the generated configuration, logs and runtime files. If
+	// empty, a temporary directory is created and removed by Stop.
+	Dir string
+}
+
+func (o Options) validate() error {
+	var missing []string
+	if o.Hostname == "" {
+		missing = append(missing, "Hostname")
+	}
+	if o.ServerCertFile == "" || o.ServerKeyFile == "" {
+		missing = append(missing, "ServerCertFile/ServerKeyFile")
+	}
+	if o.ClientCAFile == "" {
+		missing = append(missing, "ClientCAFile")
+	}
+	if o.Upstream == "" {
+		missing = append(missing, "Upstream")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("ingress options: missing %v", missing)
+	}
+	u, err := url.Parse(o.Upstream)
+	if err != nil || u.Scheme != "http" || u.Host == "" {
+		return fmt.Errorf("ingress options: upstream %q is not http://host:port", o.Upstream)
+	}
+	if _, _, err := net.SplitHostPort(u.Host); err != nil {
+		return fmt.Errorf("ingress options: upstream %q has no port", o.Upstream)
+	}
+	return nil
+}
+
+// upstreamHostPort returns "127.0.0.1:port" from Options.Upstream.
+func (o Options) upstreamHostPort() string {
+	u, _ := url.Parse(o.Upstream)
+	return u.Host
+}
+
+// Ingress is a running ingress.
+type Ingress struct {
+	Kind Kind
+	// Addr is the loopback address it listens on, "127.0.0.1:port".
+	Addr string
+	// Port is Addr's port.
+	Port int
+	// URL is "https://<Hostname>:<Port>"; dial it through DialContext.
+	URL string
+	// Forwarding describes exactly how this ingress forwards the client
+	// certificate to the upstream (zero Header when NoForwardCert is set).
+	Forwarding Forwarding
+	// Dir holds the generated configuration and log files.
+	Dir string
+
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	waitErr error
+	log     *syncBuffer
+	stop    func() error // emulation
+	rmDir   bool
+	stopped sync.Once
+	stopErr error
+}
+
+// DialContext dials the ingress whatever address it is asked for, so an
+// http.Transport can use URL (with the real hostname, for SNI, Host and the
+// certificate name check) without touching name resolution.
+func (in *Ingress) DialContext(ctx context.Context, network, _ string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, in.Addr)
+}
+
+// Log returns what the program wrote to stderr/stdout (and its log files)
+// so far, for test failure messages.
+func (in *Ingress) Log() string {
+	s := in.log.String()
+	for _, name := range []string{"error.log", "access.log"} {
+		if b, err := os.ReadFile(in.Dir + "/" + name); err == nil && len(b) > 0 {
+			s += "\n--- " + name + " ---\n" + string(b)
+		}
+	}
+	return s
+}
+
+// Stop stops the ingress and waits for it to exit. It is safe to call more
+// than once.
+func (in *Ingress) Stop() error {
+	in.stopped.Do(func() {
+		if in.stop != nil {
+			in.stopErr = in.stop()
+		} else if in.cmd != nil {
+			in.stopErr = stopProcess(in.cmd, in.exited)
+		}
+		if in.rmDir {
+			os.RemoveAll(in.Dir)
+		}
+	})
+	return in.stopErr
+}
+
+// Start starts an ingress of the given kind and returns once it accepts
+// connections. The caller must Stop it. A program that fails to start
+// (including because of a broken CA file) is reported with its log.
+func Start(ctx context.Context, kind Kind, opts Options) (*Ingress, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	in := &Ingress{Kind: kind, log: &syncBuffer{}}
+	if opts.Dir == "" {
+		d, err := os.MkdirTemp("", "ingress-"+string(kind)+"-")
+		if err != nil {
+			return nil, fmt.Errorf("creating ingress dir: %w", err)
+		}
+		opts.Dir, in.rmDir = d, true
+	}
+	in.Dir = opts.Dir
+	fail := func(err error) (*Ingress, error) {
+		in.Stop()
+		return nil, err
+	}
+	if kind == Traefik {
+		if err := startTraefik(in, opts); err != nil {
+			return fail(err)
+		}
+		return in, nil
+	}
+	port, err := freePort()
+	if err != nil {
+		return fail(err)
+	}
+	in.Port = port
+	in.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	in.URL = "https://" + net.JoinHostPort(opts.Hostname, strconv.Itoa(port))
+
+	var args []string
+	env := os.Environ()
+	switch kind {
+	case Nginx:
+		args, err = writeNginx(in, opts)
+	case HAProxy:
+		args, err = writeHAProxy(in, opts)
+	case Caddy:
+		args, err = writeCaddy(in, opts)
+		env = append(env, "HOME="+in.Dir, "XDG_DATA_HOME="+in.Dir+"/xdg-data", "XDG_CONFIG_HOME="+in.Dir+"/xdg-config")
+	default:
+		return fail(fmt.Errorf("unknown ingress kind %q", kind))
+	}
+	if err != nil {
+		return fail(err)
+	}
+	bin, err := exec.LookPath(kind.Program())
+	if err != nil {
+		return fail(fmt.Errorf("%s is not installed (Debian package %q): %w", kind, kind.Program(), err))
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = in.Dir
+	cmd.Env = env
+	cmd.Stdout = in.log
+	cmd.Stderr = in.log
+	// Own process group, so nginx's worker dies with its master.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fail(fmt.Errorf("starting %s: %w", kind, err))
+	}
+	in.cmd = cmd
+	in.exited = make(chan struct{})
+	go func() {
+		in.waitErr = cmd.Wait()
+		close(in.exited)
+	}()
+	if err := waitReady(ctx, in.Addr, in.exited, 15*time.Second); err != nil {
+		in.Stop()
+		return nil, fmt.Errorf("%s did not become ready: %w (exit: %v)\n%s", kind, err, in.waitErr, in.Log())
+	}
+	return in, nil
+}
+
+// Require skips (developer machine) or fails (CI=true) the test when the
+// program kind needs is not installed, and returns its path.
+func Require(tb testing.TB, kind Kind) string {
+	tb.Helper()
+	prog := kind.Program()
+	if prog == "" {
+		return ""
+	}
+	p, err := exec.LookPath(prog)
+	if err == nil {
+		return p
+	}
+	msg := fmt.Sprintf("!!! %s NOT INSTALLED: this integration test needs the real program; install it with `apt-get install -y %s` (CI installs %v) !!!", prog, prog, DebianPackages)
+	if os.Getenv("CI") == "true" {
+		tb.Fatal(msg)
+	}
+	tb.Skip(msg)
+	return ""
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitReady(ctx context.Context, addr string, exited <-chan struct{}, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-exited:
+			return errors.New("program exited")
+		case <-ctx.Done():
+			return fmt.Errorf("nothing listening on %s: %w", addr, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func stopProcess(cmd *exec.Cmd, exited <-chan struct{}) error {
+	pgid := -cmd.Process.Pid
+	select {
+	case <-exited:
+		return nil
+	default:
+	}
+	syscall.Kill(pgid, syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(pgid, syscall.SIGKILL)
+		<-exited
+		return fmt.Errorf("%s did not stop on SIGTERM; killed", cmd.Path)
+	}
+	// nginx's master waits for its workers before exiting, so the group is
+	// empty now.
+	return nil
+}
+
+// syncBuffer is an io.Writer safe for the concurrent writes of exec.Cmd.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
