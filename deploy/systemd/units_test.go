@@ -1,0 +1,232 @@
+package systemd
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var units = []string{"provision.service", "provision-verify.service", "provision-verify.timer"}
+
+// requireTool: a missing program skips loudly on a dev machine and fails in CI.
+func requireTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	msg := name + " not found; install the Debian package " + pkg + " (apt-get install -y " + pkg + ")"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip("SKIPPED, NOT PASSED: " + msg)
+	return ""
+}
+
+// stage copies the units into a temp dir with ExecStart pointing at an
+// executable in that dir: systemd-analyze verify insists that ExecStart
+// binaries exist, and the test must not depend on /usr/bin/provision being
+// installed on the machine. Only the path changes; every other byte is the
+// shipped unit. The edit function, if given, may change a unit's text.
+func stage(t *testing.T, edit func(name, text string) string) (dir string, files []string) {
+	t.Helper()
+	dir = t.TempDir()
+	bin := filepath.Join(dir, "provision")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(b)
+		if !strings.Contains(text, "/usr/bin/provision") && strings.HasSuffix(u, ".service") {
+			t.Fatalf("%s: ExecStart does not use /usr/bin/provision", u)
+		}
+		text = strings.ReplaceAll(text, "/usr/bin/provision", bin)
+		if edit != nil {
+			text = edit(u, text)
+		}
+		f := filepath.Join(dir, u)
+		if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	return dir, files
+}
+
+// analyze runs systemd-analyze verify and returns the lines that concern our
+// units (other lines may come from unrelated units on the machine).
+func analyze(t *testing.T, dir string, files []string) (ok bool, ours []string, all string) {
+	t.Helper()
+	sa := requireTool(t, "systemd-analyze", "systemd")
+	cmd := exec.Command(sa, append([]string{"verify", "--man=no"}, files...)...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.Contains(line, dir) || strings.Contains(line, "provision") {
+			ours = append(ours, line)
+		}
+	}
+	return err == nil, ours, string(out)
+}
+
+func TestSystemdAnalyzeVerify(t *testing.T) {
+	dir, files := stage(t, nil)
+	ok, ours, all := analyze(t, dir, files)
+	if !ok || len(ours) > 0 {
+		t.Fatalf("systemd-analyze verify failed (ok=%v):\n%s", ok, all)
+	}
+	if all != "" {
+		t.Logf("systemd-analyze verify printed lines about other units:\n%s", all)
+	}
+}
+
+// TestSystemdAnalyzeCatchesMistakes proves the check above can fail: a
+// misspelled key, a bad value and a missing binary must each be reported.
+func TestSystemdAnalyzeCatchesMistakes(t *testing.T) {
+	cases := []struct{ name, from, to string }{
+		{"misspelled key", "UMask=0077", "UMaks=0077"},
+		{"bad type", "Type=oneshot", "Type=oneshoot"},
+		{"missing binary", "ExecStart=", "ExecStart=/nonexistent/provision-missing "},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir, files := stage(t, func(name, text string) string {
+				if name != "provision.service" {
+					return text
+				}
+				i := strings.Index(text, "\n"+c.from)
+				if i < 0 {
+					t.Fatalf("%q not in provision.service", c.from)
+				}
+				if c.name == "missing binary" {
+					end := strings.Index(text[i+1:], "\n")
+					return text[:i+1] + "ExecStart=/nonexistent/provision bootstrap" + text[i+1+end:]
+				}
+				return strings.Replace(text, "\n"+c.from, "\n"+c.to, 1)
+			})
+			ok, ours, all := analyze(t, dir, files)
+			if ok && len(ours) == 0 {
+				t.Fatalf("systemd-analyze verify accepted a broken unit:\n%s", all)
+			}
+		})
+	}
+}
+
+// directives parses a unit file into section.key -> values (in order).
+func directives(t *testing.T, name string) map[string][]string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string][]string{}
+	section := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";"):
+		case strings.HasPrefix(line, "["):
+			section = strings.Trim(line, "[]")
+		default:
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				t.Fatalf("%s: malformed line %q", name, line)
+			}
+			m[section+"."+k] = append(m[section+"."+k], v)
+		}
+	}
+	return m
+}
+
+func words(vs []string) map[string]bool {
+	w := map[string]bool{}
+	for _, v := range vs {
+		for _, f := range strings.Fields(v) {
+			w[f] = true
+		}
+	}
+	return w
+}
+
+// TestProvisionServiceContract checks the properties the first-boot design
+// relies on; systemd-analyze accepts units that lack them.
+func TestProvisionServiceContract(t *testing.T) {
+	d := directives(t, "provision.service")
+	want := map[string]string{
+		"Unit.ConditionPathExists":   "!/var/lib/provision/done/%m",
+		"Service.Type":               "oneshot",
+		"Service.RemainAfterExit":    "yes",
+		"Service.ExecStart":          "/usr/bin/provision bootstrap --config /etc/provision/provision.toml",
+		"Service.Restart":            "on-failure",
+		"Service.UMask":              "0077",
+		"Service.TimeoutStartSec":    "15min",
+		"Service.RestartSec":         "30s",
+		"Unit.StartLimitIntervalSec": "2h",
+		"Unit.StartLimitBurst":       "6",
+		"Install.WantedBy":           "multi-user.target",
+	}
+	for k, v := range want {
+		if got := d[k]; len(got) != 1 || got[0] != v {
+			t.Errorf("%s = %q, want exactly %q", k, got, v)
+		}
+	}
+	after, wants := words(d["Unit.After"]), words(d["Unit.Wants"])
+	for _, u := range []string{"network-online.target", "time-sync.target", "cloud-init.service"} {
+		if !after[u] {
+			t.Errorf("After= lacks %s", u)
+		}
+	}
+	if !wants["network-online.target"] {
+		t.Errorf("Wants= lacks network-online.target (After= alone does not pull it in)")
+	}
+	// The cloud-init user-data runs `systemctl start provision.service` from
+	// runcmd, inside cloud-final.service, which is ordered after
+	// multi-user.target. Ordering this unit after any of these would make that
+	// blocking start wait for itself.
+	for _, u := range []string{"cloud-final.service", "cloud-init.target", "multi-user.target", "default.target", "cloud-config.service"} {
+		if after[u] || words(d["Unit.Requires"])[u] || words(d["Unit.BindsTo"])[u] {
+			t.Errorf("provision.service must not be ordered after %s (runcmd deadlock)", u)
+		}
+	}
+	if words(d["Unit.DefaultDependencies"])["no"] {
+		t.Errorf("DefaultDependencies=no would drop the implicit Before=multi-user.target ordering the deadlock argument needs")
+	}
+	rw := words(d["Service.ReadWritePaths"])
+	for _, p := range []string{"/etc", "/var/lib/provision", "-/run/provision"} {
+		if !rw[p] {
+			t.Errorf("ReadWritePaths lacks %s (bootstrap writes there)", p)
+		}
+	}
+}
+
+func TestVerifyUnitsContract(t *testing.T) {
+	s := directives(t, "provision-verify.service")
+	if got := s["Service.ExecStart"]; len(got) != 1 || !strings.HasPrefix(got[0], "/usr/bin/provision verify ") {
+		t.Errorf("provision-verify.service ExecStart = %q, want provision verify", got)
+	}
+	if len(s["Service.ReadWritePaths"]) != 0 || s["Service.ProtectSystem"][0] != "strict" {
+		t.Errorf("provision-verify.service must be read-only (ProtectSystem=strict, no ReadWritePaths)")
+	}
+	if len(s["Service.Restart"]) != 0 {
+		t.Errorf("provision-verify.service must not restart; the timer re-runs it")
+	}
+	tm := directives(t, "provision-verify.timer")
+	if got := tm["Timer.Unit"]; len(got) != 1 || got[0] != "provision-verify.service" {
+		t.Errorf("timer Unit= %q", got)
+	}
+	if got := tm["Timer.OnUnitActiveSec"]; len(got) != 1 || got[0] != "1h" {
+		t.Errorf("timer OnUnitActiveSec = %q, want 1h", got)
+	}
+	if got := tm["Install.WantedBy"]; len(got) != 1 || got[0] != "timers.target" {
+		t.Errorf("timer WantedBy = %q", got)
+	}
+}
