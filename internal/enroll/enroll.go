@@ -1,0 +1,445 @@
+// Package enroll talks to step-ca: it fetches the CA's current roots with the
+// root pinned by fingerprint, judges whether the node's certificate still
+// belongs to that CA, and redeems a one-time token for a new certificate with
+// a key generated on the node.
+//
+// The incident's third defect was node certificates issued by a transient CA
+// that the ingress did not trust. A certificate that merely has not expired is
+// therefore not good enough: Assess keeps one only if it chains to one of the
+// CA's *current* roots, so a CA correction is followed by re-enrollment
+// without anyone deleting files by hand.
+//
+// Nothing here touches files; the caller reads the token and stores results.
+package enroll
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+	"github.com/smallstep/certificates/api"
+	"github.com/smallstep/certificates/ca"
+	"github.com/smallstep/certificates/errs"
+	"go.step.sm/crypto/jose"
+	"go.step.sm/crypto/x509util"
+
+	"github.com/gpuaas/provision/internal/retry"
+)
+
+func init() {
+	// A step identity under $STEPPATH on the node must never be presented to
+	// the CA instead of the credentials provision manages.
+	ca.DisableIdentity = true
+}
+
+// Kind says what went wrong talking to the CA, for the classifier.
+type Kind string
+
+// The kinds of enrollment failure.
+const (
+	Unreachable   Kind = "unreachable"    // dial, TLS or timeout: retryable
+	Unavailable   Kind = "unavailable"    // 429/5xx from the CA: retryable
+	NotStepCA     Kind = "not-step-ca"    // a non-JSON answer: something else answered
+	PinMismatch   Kind = "pin-mismatch"   // the served root does not match ca.fingerprint
+	BadRoot       Kind = "bad-root"       // the pinned root is not a self-signed CA
+	TokenMissing  Kind = "token-missing"  // no token file or empty
+	TokenInvalid  Kind = "token-invalid"  // not a JWT, or claims unusable
+	TokenMismatch Kind = "token-mismatch" // for another node, or another CA
+	TokenExpired  Kind = "token-expired"  // exp passed (or nbf ahead) by the node's clock
+	TokenRejected Kind = "token-rejected" // the CA answered 401: used, expired or unknown
+	Forbidden     Kind = "forbidden"      // the CA answered 403: SAN/policy mismatch
+	CARejected    Kind = "ca-rejected"    // any other 4xx
+	BadResponse   Kind = "bad-response"   // certificate that does not fit the key or the node
+)
+
+// Error is an enrollment failure with its kind and evidence.
+type Error struct {
+	Kind   Kind
+	Op     string // "fetch pinned root", "fetch roots", "sign"
+	Status int    // HTTP status when the CA answered
+	Err    error
+}
+
+func (e *Error) Error() string {
+	if e.Status > 0 {
+		return fmt.Sprintf("%s: CA answered %d: %v", e.Op, e.Status, e.Err)
+	}
+	return fmt.Sprintf("%s: %v", e.Op, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Transient reports whether waiting and trying again could help.
+func (e *Error) Transient() bool { return e.Kind == Unreachable || e.Kind == Unavailable }
+
+// Client is a step-ca client for one CA URL and pinned fingerprint. Every
+// connection goes through Dial, so the CA hostname resolves the way the
+// node-agent's would.
+type Client struct {
+	URL         *url.URL
+	Fingerprint string // lowercase hex SHA-256 of the root DER
+	Dial        func(ctx context.Context, network, addr string) (net.Conn, error)
+	Timeout     time.Duration // per request
+	Retries     int           // retries of idempotent GETs
+	Policy      retry.Policy
+	Now         func() time.Time
+}
+
+// Roots is what the CA says its trust is right now.
+type Roots struct {
+	Pinned  *x509.Certificate   // the root ca.fingerprint names
+	Current []*x509.Certificate // GET /roots, fetched over a connection trusting only Pinned
+	// ServerDate is the CA's Date header, for the clock check; zero if absent.
+	ServerDate time.Time
+}
+
+// Pool returns the current roots as a pool.
+func (r *Roots) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range r.Current {
+		p.AddCert(c)
+	}
+	return p
+}
+
+// PEM returns the current roots as a PEM bundle (ca.pem).
+func (r *Roots) PEM() []byte {
+	var b bytes.Buffer
+	for _, c := range r.Current {
+		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return b.Bytes()
+}
+
+// Fingerprint is the lowercase hex SHA-256 of a certificate's DER, the form
+// step uses.
+func Fingerprint(c *x509.Certificate) string {
+	return x509util.Fingerprint(c)
+}
+
+func (c *Client) transport(tlsConf *tls.Config) *http.Transport {
+	return &http.Transport{
+		Proxy:               nil, // an HTTPS_PROXY must not carry enrollment traffic
+		DialContext:         c.Dial,
+		TLSClientConfig:     tlsConf,
+		TLSHandshakeTimeout: c.Timeout,
+		DisableKeepAlives:   true,
+	}
+}
+
+func (c *Client) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*http.Response, []byte, error) {
+	rc := retry.NewClient(rt, retry.CheckGET, c.Retries, c.Policy)
+	u := c.URL.ResolveReference(&url.URL{Path: path})
+	rctx, cancel := context.WithTimeout(ctx, c.Timeout*time.Duration(c.Retries+1)+c.Policy.Cap*time.Duration(c.Retries))
+	defer cancel()
+	req, err := retryablehttp.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("User-Agent", "provision")
+	resp, err := rc.Do(req)
+	if err != nil {
+		return resp, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp, body, err
+}
+
+func classifyHTTP(op string, resp *http.Response, body []byte, err error) *Error {
+	if err != nil {
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) || retry.IsTLSAlert(err) {
+			return &Error{Kind: Unreachable, Op: op, Err: fmt.Errorf("TLS to the CA failed: %w", err)}
+		}
+		return &Error{Kind: Unreachable, Op: op, Err: err}
+	}
+	if resp.StatusCode < 400 {
+		return nil
+	}
+	e := &Error{Op: op, Status: resp.StatusCode, Err: caMessage(body)}
+	switch {
+	case resp.StatusCode == 429 || (resp.StatusCode >= 500 && resp.StatusCode != 501):
+		e.Kind = Unavailable
+	case !json.Valid(body):
+		e.Kind = NotStepCA
+		e.Err = fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %q", excerpt(body))
+	case resp.StatusCode == 401:
+		e.Kind = TokenRejected
+	case resp.StatusCode == 403:
+		e.Kind = Forbidden
+	default:
+		e.Kind = CARejected
+	}
+	return e
+}
+
+func caMessage(body []byte) error {
+	var m struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(body, &m) == nil && m.Message != "" {
+		return errors.New(m.Message)
+	}
+	return errors.New(excerpt(body))
+}
+
+func excerpt(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > 200 {
+		s = s[:200] + "..."
+	}
+	return s
+}
+
+// FetchRoots fetches the pinned root, checks it, then fetches the CA's
+// current roots over a connection that trusts only the pinned root.
+func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
+	// The one connection that does not verify the server: the answer is
+	// checked against the pinned fingerprint before anything trusts it. This
+	// is step's own "pinned trust on first use" bootstrap.
+	insecure := c.transport(&tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}) //nolint:gosec // pinned root fetch, verified by fingerprint below
+	resp, body, err := c.get(ctx, insecure, "/root/"+c.Fingerprint)
+	out := &Roots{}
+	if resp != nil {
+		out.ServerDate, _ = http.ParseTime(resp.Header.Get("Date"))
+	}
+	if e := classifyHTTP("fetch pinned root", resp, body, err); e != nil {
+		if e.Status == 404 && e.Kind == CARejected {
+			e.Kind = PinMismatch
+			e.Err = fmt.Errorf("the CA does not know a root with fingerprint %s (it answered 404): ca.fingerprint is wrong, or the CA was re-initialised with a new root", c.Fingerprint)
+		}
+		return out, e
+	}
+	var rr api.RootResponse
+	if err := json.Unmarshal(body, &rr); err != nil || rr.RootPEM.Certificate == nil {
+		return out, &Error{Kind: NotStepCA, Op: "fetch pinned root", Err: fmt.Errorf("the answer is not a step-ca root response: %q", excerpt(body))}
+	}
+	root := rr.RootPEM.Certificate
+	sum := sha256.Sum256(root.Raw)
+	if got := hex.EncodeToString(sum[:]); got != c.Fingerprint {
+		return out, &Error{Kind: PinMismatch, Op: "fetch pinned root", Err: fmt.Errorf("the CA served a root with fingerprint %s, but ca.fingerprint is %s", got, c.Fingerprint)}
+	}
+	if !root.IsCA || root.CheckSignatureFrom(root) != nil {
+		return out, &Error{Kind: BadRoot, Op: "fetch pinned root", Err: fmt.Errorf("the certificate with fingerprint %s (%s) is not a self-signed CA certificate", c.Fingerprint, root.Subject)}
+	}
+	out.Pinned = root
+
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	pinned := c.transport(&tls.Config{RootCAs: pool, ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
+	resp, body, err = c.get(ctx, pinned, "/roots")
+	if resp != nil {
+		if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+			out.ServerDate = d
+		}
+	}
+	if e := classifyHTTP("fetch roots", resp, body, err); e != nil {
+		return out, e
+	}
+	var rs api.RootsResponse
+	if err := json.Unmarshal(body, &rs); err != nil {
+		return out, &Error{Kind: NotStepCA, Op: "fetch roots", Err: fmt.Errorf("the answer is not a step-ca roots response: %q", excerpt(body))}
+	}
+	found := false
+	for _, crt := range rs.Certificates {
+		if crt.Certificate == nil {
+			continue
+		}
+		out.Current = append(out.Current, crt.Certificate)
+		if crt.Certificate.Equal(root) {
+			found = true
+		}
+	}
+	if !found {
+		// The pinned root answered the TLS handshake but is no longer among
+		// the roots the CA serves: the CA was rotated.
+		return out, &Error{Kind: PinMismatch, Op: "fetch roots", Err: fmt.Errorf("the CA no longer lists the pinned root %s among its current roots; update ca.fingerprint", c.Fingerprint)}
+	}
+	return out, nil
+}
+
+// Token is what provision reads from an unverified one-time token. The CA
+// verifies the signature; the node only checks the claims it can act on.
+type Token struct {
+	Subject   string
+	SANs      []string
+	SHA       string // root fingerprint claim
+	Audience  []string
+	NotBefore time.Time
+	Expiry    time.Time
+	raw       string
+}
+
+// String never shows the token; it exists so that a Token printed by
+// accident leaks nothing.
+func (t *Token) String() string { return "[token redacted]" }
+
+// ParseToken parses a JWK-provisioner one-time token without verifying it.
+func ParseToken(raw string) (*Token, error) {
+	raw = strings.TrimSpace(raw)
+	if raw == "" {
+		return nil, &Error{Kind: TokenMissing, Op: "read token", Err: errors.New("the token is empty")}
+	}
+	if strings.Count(raw, ".") != 2 || strings.ContainsAny(raw, " \t\r\n") {
+		return nil, &Error{Kind: TokenInvalid, Op: "read token", Err: errors.New("not a one-time token (expected a compact JWT: three base64url parts separated by dots)")}
+	}
+	jws, err := jose.ParseSigned(raw)
+	if err != nil {
+		return nil, &Error{Kind: TokenInvalid, Op: "read token", Err: errors.New("not a one-time token: the JWT does not parse")}
+	}
+	var claims struct {
+		jose.Claims
+		SHA  string   `json:"sha"`
+		SANs []string `json:"sans"`
+	}
+	if err := jws.UnsafeClaimsWithoutVerification(&claims); err != nil {
+		return nil, &Error{Kind: TokenInvalid, Op: "read token", Err: errors.New("not a one-time token: its claims do not parse")}
+	}
+	t := &Token{Subject: claims.Subject, SANs: claims.SANs, SHA: strings.ToLower(claims.SHA), Audience: claims.Audience, raw: raw}
+	if claims.NotBefore != nil {
+		t.NotBefore = claims.NotBefore.Time()
+	}
+	if claims.Expiry != nil {
+		t.Expiry = claims.Expiry.Time()
+	}
+	return t, nil
+}
+
+// Check refuses a token that cannot work for this node before it is sent:
+// sending it would burn it. step-ca allows a minute of clock leeway.
+func (t *Token) Check(nodeID, fingerprint string, now time.Time) error {
+	if t.Subject != nodeID {
+		return &Error{Kind: TokenMismatch, Op: "check token", Err: fmt.Errorf("the token is for subject %q, but node_id is %q", t.Subject, nodeID)}
+	}
+	if t.SHA != "" && t.SHA != fingerprint {
+		return &Error{Kind: TokenMismatch, Op: "check token", Err: fmt.Errorf("the token pins root %s, but ca.fingerprint is %s: the token was minted for another CA", t.SHA, fingerprint)}
+	}
+	const leeway = time.Minute
+	if !t.Expiry.IsZero() && now.After(t.Expiry.Add(leeway)) {
+		return &Error{Kind: TokenExpired, Op: "check token", Err: fmt.Errorf("the token expired at %s (node clock says %s)", t.Expiry.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))}
+	}
+	if !t.NotBefore.IsZero() && now.Add(leeway).Before(t.NotBefore) {
+		return &Error{Kind: TokenExpired, Op: "check token", Err: fmt.Errorf("the token is not valid before %s (node clock says %s): check the node clock", t.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))}
+	}
+	return nil
+}
+
+// Issued is a freshly signed identity.
+type Issued struct {
+	Key   crypto.Signer
+	Chain []*x509.Certificate // leaf first, then intermediates
+}
+
+// Sign generates a P-256 key on the node, builds a CSR from exactly the
+// token's subject and SANs (the CA demands a 1:1 match), and redeems the
+// token. Only a failure to connect is retried: step-ca burns the token as
+// soon as it sees the request, so any answer is final.
+func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating key: %w", err)
+	}
+	sans := t.SANs
+	if len(sans) == 0 {
+		sans = []string{t.Subject}
+	}
+	dns, ips, emails, uris := x509util.SplitSANs(sans)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject:        pkix.Name{CommonName: t.Subject},
+		DNSNames:       dns,
+		IPAddresses:    ips,
+		EmailAddresses: emails,
+		URIs:           uris,
+	}, key)
+	if err != nil {
+		return nil, fmt.Errorf("creating CSR: %w", err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing CSR: %w", err)
+	}
+
+	pinned := c.transport(&tls.Config{RootCAs: roots.Pool(), ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
+	rc := retry.NewClient(pinned, retry.CheckSign, c.Retries, c.Policy)
+	client, err := ca.NewClient(c.URL.String(), ca.WithTransport(&retryablehttp.RoundTripper{Client: rc}), ca.WithTimeout(c.Timeout))
+	if err != nil {
+		return nil, &Error{Kind: Unreachable, Op: "sign", Err: err}
+	}
+	sctx, cancel := context.WithTimeout(ctx, c.Timeout*time.Duration(c.Retries+1)+c.Policy.Cap*time.Duration(c.Retries))
+	defer cancel()
+	resp, err := client.SignWithContext(sctx, &api.SignRequest{CsrPEM: api.NewCertificateRequest(csr), OTT: t.raw})
+	if err != nil {
+		return nil, signError(err)
+	}
+	chain := []*x509.Certificate{resp.ServerPEM.Certificate}
+	if len(resp.CertChainPEM) > 0 {
+		chain = chain[:0]
+		for _, crt := range resp.CertChainPEM {
+			chain = append(chain, crt.Certificate)
+		}
+	} else if resp.CaPEM.Certificate != nil {
+		chain = append(chain, resp.CaPEM.Certificate)
+	}
+	if chain[0] == nil || !publicKeyEqual(chain[0].PublicKey, key.Public()) {
+		return nil, &Error{Kind: BadResponse, Op: "sign", Err: errors.New("the CA returned a certificate that does not match the key generated for it")}
+	}
+	if chain[0].Subject.CommonName != t.Subject {
+		return nil, &Error{Kind: BadResponse, Op: "sign", Err: fmt.Errorf("the CA issued a certificate for %q, not %q", chain[0].Subject.CommonName, t.Subject)}
+	}
+	return &Issued{Key: key, Chain: chain}, nil
+}
+
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	type eq interface{ Equal(crypto.PublicKey) bool }
+	k, ok := a.(eq)
+	return ok && k.Equal(b)
+}
+
+func signError(err error) error {
+	var se *errs.Error
+	if errors.As(err, &se) {
+		e := &Error{Op: "sign", Status: se.StatusCode(), Err: errors.New(se.Message())}
+		switch s := se.StatusCode(); {
+		case s == 401:
+			e.Kind = TokenRejected
+		case s == 403:
+			e.Kind = Forbidden
+		case s == 429 || s >= 500:
+			e.Kind = CARejected // the token may already be burnt: not retried
+		default:
+			e.Kind = CARejected
+		}
+		return e
+	}
+	if strings.Contains(err.Error(), "failed decoding CA error response") {
+		return &Error{Kind: NotStepCA, Op: "sign", Err: fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)}
+	}
+	return &Error{Kind: Unreachable, Op: "sign", Err: err}
+}

@@ -1,0 +1,174 @@
+// Package retry is provision's one retry policy: capped exponential backoff
+// with full jitter, Retry-After honoured but capped, all inside a deadline.
+//
+// Thousands of GPU nodes power on together after a rack or PDU event. A
+// deterministic backoff (go-retryablehttp's default) makes them retry
+// together, and an uncapped Retry-After can park a node for hours. Errors
+// that retrying cannot fix (a TLS alert, a 401) must stop at once; which
+// errors those are is decided by the caller's classifier, not here.
+package retry
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+)
+
+// Policy is the backoff schedule.
+type Policy struct {
+	Base time.Duration // first ceiling; default 500ms
+	Cap  time.Duration // largest ceiling and largest honoured Retry-After; default 30s
+	// Rand returns a value in [0, n); tests inject a deterministic one.
+	Rand func(n int64) int64
+}
+
+// Default is the policy provision uses.
+var Default = Policy{Base: 500 * time.Millisecond, Cap: 30 * time.Second}
+
+func (p Policy) base() time.Duration {
+	if p.Base <= 0 {
+		return 500 * time.Millisecond
+	}
+	return p.Base
+}
+
+func (p Policy) cap() time.Duration {
+	if p.Cap <= 0 {
+		return 30 * time.Second
+	}
+	return p.Cap
+}
+
+// Delay returns the wait before retry number attempt (0-based): a uniformly
+// random duration in [0, min(Cap, Base*2^attempt)), or the server's
+// Retry-After clamped to Cap when the server sent one.
+func (p Policy) Delay(attempt int, retryAfter time.Duration) time.Duration {
+	if retryAfter > 0 {
+		return min(retryAfter, p.cap())
+	}
+	ceil := p.base()
+	for i := 0; i < attempt && ceil < p.cap(); i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, p.cap())
+	rnd := p.Rand
+	if rnd == nil {
+		rnd = rand.Int64N
+	}
+	return time.Duration(rnd(int64(ceil)))
+}
+
+// RetryAfter parses a Retry-After header from a 429 or 503 response, as
+// delta-seconds or an HTTP date; 0 when absent or not applicable.
+func RetryAfter(resp *http.Response, now time.Time) time.Duration {
+	if resp == nil || (resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable) {
+		return 0
+	}
+	v := resp.Header.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil {
+		if s < 0 {
+			return 0
+		}
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d
+		}
+	}
+	return 0
+}
+
+// Sleep waits d or until ctx ends, whichever is first.
+func Sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Backoff adapts Policy to go-retryablehttp.
+func (p Policy) Backoff(_, _ time.Duration, attempt int, resp *http.Response) time.Duration {
+	return p.Delay(attempt, RetryAfter(resp, time.Now()))
+}
+
+// IsTLSAlert reports whether err is a TLS alert sent by the peer, such as
+// "remote error: tls: unknown certificate authority". Retrying cannot fix
+// those; go-retryablehttp's default policy retries them anyway.
+func IsTLSAlert(err error) bool {
+	var opErr *net.OpError
+	return errors.As(err, &opErr) && opErr.Op == "remote error"
+}
+
+// CheckGET is the retry decision for idempotent GETs to the CA: transport
+// failures, 429 and 5xx (except 501) are retried; TLS alerts, certificate
+// verification failures and every other status stop at once.
+func CheckGET(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if err != nil {
+		var cve *tls.CertificateVerificationError
+		if IsTLSAlert(err) || errors.As(err, &cve) {
+			return false, err
+		}
+		return true, nil
+	}
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests:
+		return true, nil
+	case resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented:
+		return true, nil
+	}
+	return false, nil
+}
+
+// CheckSign is the retry decision for POST /sign. step-ca burns the one-time
+// token before it validates the request, so only a failure that happened
+// before the request could reach the CA (dialing) is retried; any response,
+// 5xx included, is final.
+func CheckSign(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if err == nil {
+		return false, nil
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "dial" {
+		return true, nil
+	}
+	return false, err
+}
+
+// NewClient returns a go-retryablehttp client with provision's policy: the
+// given transport and retry check, jittered capped backoff, no logger (the
+// caller logs outcomes), at most maxRetries retries. The context deadline of
+// each request bounds the whole exchange.
+func NewClient(rt http.RoundTripper, check retryablehttp.CheckRetry, maxRetries int, p Policy) *retryablehttp.Client {
+	c := retryablehttp.NewClient()
+	c.HTTPClient = &http.Client{Transport: rt}
+	c.Logger = nil
+	c.RetryMax = maxRetries
+	c.CheckRetry = check
+	c.Backoff = p.Backoff
+	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
+	return c
+}
