@@ -105,37 +105,11 @@ func checkText(b []byte) error {
 // Find locates the managed block. Exactly one BEGIN and one END, in that
 // order, or none of either; anything else is an error, never a guess.
 func Find(b []byte) (Block, error) {
-	if err := checkText(b); err != nil {
-		return Block{}, err
+	blk, ls, err := markers(b)
+	if err != nil || !blk.Present {
+		return blk, err
 	}
-	ls := split(b)
-	begin, end := -1, -1
-	for i, l := range ls {
-		switch strings.TrimSpace(l.text) {
-		case BeginMarker:
-			if begin >= 0 {
-				return Block{}, &Error{Line: i + 1, Msg: fmt.Sprintf("a second BEGIN marker (the first is on line %d); fix the block by hand or run 'provision hosts remove' after deleting one", begin+1)}
-			}
-			begin = i
-		case EndMarker:
-			if end >= 0 {
-				return Block{}, &Error{Line: i + 1, Msg: fmt.Sprintf("a second END marker (the first is on line %d)", end+1)}
-			}
-			end = i
-		}
-	}
-	switch {
-	case begin < 0 && end < 0:
-		return Block{}, nil
-	case begin < 0:
-		return Block{}, &Error{Line: end + 1, Msg: "END marker without a BEGIN marker; refusing to guess where the managed block starts"}
-	case end < 0:
-		return Block{}, &Error{Line: begin + 1, Msg: "BEGIN marker without an END marker; refusing to guess where the managed block ends"}
-	case end < begin:
-		return Block{}, &Error{Line: end + 1, Msg: "END marker before the BEGIN marker"}
-	}
-	blk := Block{Present: true, Begin: begin, End: end}
-	for i := begin + 1; i < end; i++ {
+	for i := blk.Begin + 1; i < blk.End; i++ {
 		f := strings.Fields(strings.SplitN(ls[i].text, "#", 2)[0])
 		if len(f) < 2 {
 			continue
@@ -151,6 +125,41 @@ func Find(b []byte) (Block, error) {
 	return blk, nil
 }
 
+// markers finds the marker lines only, so that Remove works even when the
+// block's content was hand-edited into something Find cannot parse.
+func markers(b []byte) (Block, []line, error) {
+	if err := checkText(b); err != nil {
+		return Block{}, nil, err
+	}
+	ls := split(b)
+	begin, end := -1, -1
+	for i, l := range ls {
+		switch strings.TrimSpace(l.text) {
+		case BeginMarker:
+			if begin >= 0 {
+				return Block{}, nil, &Error{Line: i + 1, Msg: fmt.Sprintf("a second BEGIN marker (the first is on line %d); fix the block by hand or run 'provision hosts remove' after deleting one", begin+1)}
+			}
+			begin = i
+		case EndMarker:
+			if end >= 0 {
+				return Block{}, nil, &Error{Line: i + 1, Msg: fmt.Sprintf("a second END marker (the first is on line %d)", end+1)}
+			}
+			end = i
+		}
+	}
+	switch {
+	case begin < 0 && end < 0:
+		return Block{}, ls, nil
+	case begin < 0:
+		return Block{}, nil, &Error{Line: end + 1, Msg: "END marker without a BEGIN marker; refusing to guess where the managed block starts"}
+	case end < 0:
+		return Block{}, nil, &Error{Line: begin + 1, Msg: "BEGIN marker without an END marker; refusing to guess where the managed block ends"}
+	case end < begin:
+		return Block{}, nil, &Error{Line: end + 1, Msg: "END marker before the BEGIN marker"}
+	}
+	return Block{Present: true, Begin: begin, End: end}, ls, nil
+}
+
 func validate(entries []Entry) error {
 	if len(entries) == 0 {
 		return errors.New("no entries to write")
@@ -159,11 +168,27 @@ func validate(entries []Entry) error {
 		if !e.IP.IsValid() {
 			return fmt.Errorf("entry %q has no valid IP", e.Name)
 		}
-		if e.Name == "" || strings.ContainsAny(e.Name, " \t\r\n#\x00") {
+		if !plainField(e.IP.String()) {
+			return fmt.Errorf("entry %q: address %q is not usable in a hosts file", e.Name, e.IP)
+		}
+		if !plainField(e.Name) {
 			return fmt.Errorf("entry name %q is not a hostname", e.Name)
 		}
 	}
 	return nil
+}
+
+// plainField reports whether s can be written as one hosts(5) field and read
+// back unchanged: printable ASCII without spaces or '#'. Anything else (a
+// vertical tab, a no-break space, a newline in an IPv6 zone) would split the
+// field or inject a line.
+func plainField(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c > '~' || c == '#' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // Apply returns b with the managed block holding exactly entries, and whether
@@ -187,7 +212,7 @@ func Apply(b []byte, entries []Entry) ([]byte, bool, error) {
 	}
 	block := []line{{text: BeginMarker, eol: eol}}
 	sorted := append([]Entry(nil), entries...)
-	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	sort.SliceStable(sorted, func(i, j int) bool { return strings.ToLower(sorted[i].Name) < strings.ToLower(sorted[j].Name) })
 	for _, e := range sorted {
 		block = append(block, line{text: e.IP.String() + "\t" + strings.ToLower(e.Name), eol: eol})
 	}
@@ -231,7 +256,7 @@ func conflicts(ls []line, blk Block, entries []Entry) error {
 			continue
 		}
 		for _, n := range f[1:] {
-			if w, ok := want[strings.ToLower(n)]; ok && ip.Unmap() != w {
+			if w, ok := want[strings.ToLower(n)]; ok && ip.Unmap() != w.Unmap() {
 				return &Error{Line: i + 1, Msg: fmt.Sprintf("maps %s to %s outside the managed block, but the config wants %s; remove that line (resolvers disagree about which one wins)", n, ip, w)}
 			}
 		}
@@ -241,14 +266,13 @@ func conflicts(ls []line, blk Block, entries []Entry) error {
 
 // Remove returns b without the managed block, and whether anything changed.
 func Remove(b []byte) ([]byte, bool, error) {
-	blk, err := Find(b)
+	blk, ls, err := markers(b)
 	if err != nil {
 		return nil, false, err
 	}
 	if !blk.Present {
 		return b, false, nil
 	}
-	ls := split(b)
 	out := append(append([]line(nil), ls[:blk.Begin]...), ls[blk.End+1:]...)
 	return join(out), true, nil
 }
@@ -285,6 +309,8 @@ func Write(path string, old, data []byte) (Strategy, error) {
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", err
+	} else if len(old) > 0 {
+		return "", fmt.Errorf("%s was removed while provision was editing it; run again", path)
 	}
 	system.SweepTemp(filepath.Dir(path), filepath.Base(path))
 	err := system.WriteFileAtomic(path, data, system.WriteOptions{Mode: mode, KeepOwner: true})
