@@ -11,10 +11,12 @@ import (
 	"strings"
 )
 
-// Header names each ingress is configured to send to the upstream. nginx and
-// HAProxy deliberately share a name with different encodings: an API that
-// parses one of them rejects the other, which is the incident's "API
-// understood one forwarded format, the ingress emitted another".
+// Header names each ingress is configured to send to the upstream. They are
+// the default names of the clientcert package (clientcert.DefaultHeaderNames;
+// TestHeaderNamesMatchClientcert keeps them in step), so an API built on it
+// detects every ingress's format without configuration. To reproduce the
+// incident's "API understood one format, the ingress emitted another",
+// restrict the API's clientcert.ParseOptions.Formats instead.
 const (
 	// NginxCertHeader carries $ssl_client_escaped_cert: the leaf only, full
 	// PEM (BEGIN/END lines and newlines) escaped like a URI component.
@@ -25,11 +27,11 @@ const (
 
 	// HAProxyCertHeader carries %[ssl_c_der,base64]: the leaf's DER,
 	// standard base64 on one line.
-	HAProxyCertHeader = "X-SSL-Client-Cert"
+	HAProxyCertHeader = "X-SSL-Client-Cert-DER"
 	// HAProxyChainHeader carries %[ssl_c_chain_der,base64]: the
 	// certificates the client sent after its leaf, DER concatenated without
 	// separators, then base64.
-	HAProxyChainHeader = "X-SSL-Client-Chain"
+	HAProxyChainHeader = "X-SSL-Client-Chain-DER"
 	// HAProxyUsedHeader carries %[ssl_c_used]: "1" when the connection
 	// carried a client certificate.
 	HAProxyUsedHeader = "X-SSL-Client-Used"
@@ -70,6 +72,9 @@ const (
 type Forwarding struct {
 	// Header carries the certificate; "" when nothing is forwarded.
 	Header string
+	// Format is the clientcert.Format name of this wire format ("nginx",
+	// "haproxy", "caddy", "traefik").
+	Format string
 	// Encoding of Header's value.
 	Encoding Encoding
 	// Chain reports whether Header carries the intermediates the client sent
@@ -88,14 +93,14 @@ func ForwardingFor(kind Kind, opts Options) Forwarding {
 	}
 	switch kind {
 	case Nginx:
-		return Forwarding{Header: NginxCertHeader, Encoding: EscapedPEM, VerifyHeader: NginxVerifyHeader}
+		return Forwarding{Header: NginxCertHeader, Format: "nginx", Encoding: EscapedPEM, VerifyHeader: NginxVerifyHeader}
 	case HAProxy:
-		return Forwarding{Header: HAProxyCertHeader, Encoding: Base64DER, ChainHeader: HAProxyChainHeader,
+		return Forwarding{Header: HAProxyCertHeader, Format: "haproxy", Encoding: Base64DER, ChainHeader: HAProxyChainHeader,
 			VerifyHeader: HAProxyVerifyHeader, UsedHeader: HAProxyUsedHeader}
 	case Caddy:
-		return Forwarding{Header: CaddyCertHeader, Encoding: Base64DER}
+		return Forwarding{Header: CaddyCertHeader, Format: "caddy", Encoding: Base64DER}
 	case Traefik:
-		f := Forwarding{Header: TraefikCertHeader, Encoding: Base64DERChain, Chain: true}
+		f := Forwarding{Header: TraefikCertHeader, Format: "traefik", Encoding: Base64DERChain, Chain: true}
 		if opts.TraefikInfo {
 			f.InfoHeader = TraefikInfoHeader
 		}
