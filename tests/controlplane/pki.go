@@ -1,0 +1,243 @@
+package controlplane
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// PKI is a two-level certificate hierarchy (root -> intermediate, ECDSA
+// P-256) generated with crypto/x509 and written into Dir, in the file layout
+// step-ca reads: root_ca.crt, intermediate_ca.crt and an unencrypted
+// intermediate_ca_key.
+type PKI struct {
+	Dir                 string
+	Root                *x509.Certificate
+	RootKey             *ecdsa.PrivateKey
+	Intermediate        *x509.Certificate
+	IntermediateKey     *ecdsa.PrivateKey
+	RootPath            string
+	IntermediatePath    string
+	IntermediateKeyPath string
+}
+
+// NewPKI generates a fresh root and intermediate named after name and writes
+// them into dir (created if missing).
+func NewPKI(dir, name string) (*PKI, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pki dir: %w", err)
+	}
+	now := time.Now()
+	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	rootTmpl := &x509.Certificate{
+		SerialNumber:          mustSerial(),
+		Subject:               pkix.Name{CommonName: name + " Root CA", Organization: []string{"provision tests"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            1,
+	}
+	root, err := createCert(rootTmpl, rootTmpl, &rootKey.PublicKey, rootKey)
+	if err != nil {
+		return nil, fmt.Errorf("root: %w", err)
+	}
+	intKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	intTmpl := &x509.Certificate{
+		SerialNumber:          mustSerial(),
+		Subject:               pkix.Name{CommonName: name + " Intermediate CA", Organization: []string{"provision tests"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(5 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	inter, err := createCert(intTmpl, root, &intKey.PublicKey, rootKey)
+	if err != nil {
+		return nil, fmt.Errorf("intermediate: %w", err)
+	}
+	p := &PKI{
+		Dir: dir, Root: root, RootKey: rootKey, Intermediate: inter, IntermediateKey: intKey,
+		RootPath:            filepath.Join(dir, "root_ca.crt"),
+		IntermediatePath:    filepath.Join(dir, "intermediate_ca.crt"),
+		IntermediateKeyPath: filepath.Join(dir, "intermediate_ca_key"),
+	}
+	keyDER, err := x509.MarshalECPrivateKey(intKey)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range []struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}{
+		{p.RootPath, certPEM(root), 0o644},
+		{p.IntermediatePath, certPEM(inter), 0o644},
+		{p.IntermediateKeyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600},
+	} {
+		if err := os.WriteFile(f.path, f.data, f.mode); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// Fingerprint is the lowercase hex SHA-256 of the root certificate's DER,
+// the value provision.toml's ca.fingerprint pins.
+func (p *PKI) Fingerprint() string { return Fingerprint(p.Root) }
+
+// RootPEM is the root certificate in PEM.
+func (p *PKI) RootPEM() []byte { return certPEM(p.Root) }
+
+// RootPool is a pool holding only the root.
+func (p *PKI) RootPool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	pool.AddCert(p.Root)
+	return pool
+}
+
+// Fingerprint returns the lowercase hex SHA-256 of cert's DER.
+func Fingerprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// Leaf is an end-entity certificate with its key and the intermediate that
+// issued it.
+type Leaf struct {
+	Cert         *x509.Certificate
+	Key          *ecdsa.PrivateKey
+	Intermediate *x509.Certificate
+}
+
+// KeyPEM is the leaf key as an "EC PRIVATE KEY" PEM block.
+func (l *Leaf) KeyPEM() []byte {
+	der, err := x509.MarshalECPrivateKey(l.Key)
+	if err != nil {
+		panic(err) // a P-256 key always marshals
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
+}
+
+// ChainPEM is leaf then intermediate, the layout of pki_dir/cert.pem.
+func (l *Leaf) ChainPEM() []byte {
+	return append(certPEM(l.Cert), certPEM(l.Intermediate)...)
+}
+
+// TLSCertificate is the leaf, its intermediate and key for a tls.Config.
+func (l *Leaf) TLSCertificate() tls.Certificate {
+	return tls.Certificate{
+		Certificate: [][]byte{l.Cert.Raw, l.Intermediate.Raw},
+		PrivateKey:  l.Key,
+		Leaf:        l.Cert,
+	}
+}
+
+// LeafRequest describes a leaf certificate to issue directly from a PKI's
+// intermediate, bypassing step-ca.
+type LeafRequest struct {
+	CommonName  string
+	DNSNames    []string
+	IPs         []net.IP
+	ExtKeyUsage []x509.ExtKeyUsage
+	NotBefore   time.Time // zero: now - 1 minute
+	NotAfter    time.Time // zero: now + 24 hours
+}
+
+// IssueLeaf signs a new P-256 leaf with the intermediate.
+func (p *PKI) IssueLeaf(req LeafRequest) (*Leaf, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	if req.NotBefore.IsZero() {
+		req.NotBefore = now.Add(-time.Minute)
+	}
+	if req.NotAfter.IsZero() {
+		req.NotAfter = now.Add(24 * time.Hour)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: mustSerial(),
+		Subject:      pkix.Name{CommonName: req.CommonName},
+		DNSNames:     req.DNSNames,
+		IPAddresses:  req.IPs,
+		NotBefore:    req.NotBefore,
+		NotAfter:     req.NotAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  req.ExtKeyUsage,
+	}
+	cert, err := createCert(tmpl, p.Intermediate, &key.PublicKey, p.IntermediateKey)
+	if err != nil {
+		return nil, err
+	}
+	return &Leaf{Cert: cert, Key: key, Intermediate: p.Intermediate}, nil
+}
+
+// IssueClientCert issues a node client certificate the way step-ca would for
+// a token with sub=nodeID: CN and DNS SAN nodeID, clientAuth and serverAuth.
+// Issued from an unrelated PKI it is the incident's stale certificate.
+func (p *PKI) IssueClientCert(nodeID string) (*Leaf, error) {
+	return p.IssueLeaf(LeafRequest{
+		CommonName:  nodeID,
+		DNSNames:    []string{nodeID},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	})
+}
+
+// IssueServerCert issues a serverAuth certificate for hostname and ips.
+func (p *PKI) IssueServerCert(hostname string, ips ...net.IP) (*Leaf, error) {
+	var dns []string
+	if hostname != "" {
+		dns = []string{hostname}
+	}
+	return p.IssueLeaf(LeafRequest{
+		CommonName:  hostname,
+		DNSNames:    dns,
+		IPs:         ips,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+}
+
+func createCert(tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, signer *ecdsa.PrivateKey) (*x509.Certificate, error) {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+func certPEM(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+func mustSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return n
+}
+
+var errClosed = errors.New("controlplane: closed")

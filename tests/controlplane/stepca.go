@@ -1,0 +1,296 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/certificates/ca"
+	"go.step.sm/crypto/jose"
+)
+
+func init() {
+	// The ca package would otherwise load an identity from $STEPPATH and
+	// present it as a client certificate; a developer machine that ran the
+	// step CLI must not change what these tests do. Set once, before any
+	// goroutine reads it.
+	ca.DisableIdentity = true
+}
+
+// DefaultCAHostname is the CA's name in provision.toml's ca.url.
+const DefaultCAHostname = "ca.cp.internal"
+
+// DefaultProvisioner is the JWK provisioner's name (the tokens' iss).
+const DefaultProvisioner = "provision-tests"
+
+// StepCAOptions configures StartStepCA.
+type StepCAOptions struct {
+	Dir         string // required: PKI generations are written under it
+	Hostname    string // default DefaultCAHostname
+	Provisioner string // default DefaultProvisioner
+}
+
+// StepCA is a real smallstep step-ca (github.com/smallstep/certificates/ca)
+// running in-process on 127.0.0.1, with an in-memory DB (so a reused token is
+// refused) and one JWK provisioner whose private key is kept here to mint
+// tokens.
+type StepCA struct {
+	hostname string
+	provName string
+	dir      string
+	jwk      *jose.JSONWebKey
+
+	mu     sync.Mutex
+	addr   string
+	pki    *PKI
+	gen    int
+	srv    *ca.CA
+	runErr chan error
+	closed bool
+}
+
+// StartStepCA generates a PKI and starts step-ca on a free loopback port.
+func StartStepCA(opts StepCAOptions) (*StepCA, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("StepCAOptions.Dir is required")
+	}
+	if opts.Hostname == "" {
+		opts.Hostname = DefaultCAHostname
+	}
+	if opts.Provisioner == "" {
+		opts.Provisioner = DefaultProvisioner
+	}
+	jwk, err := jose.GenerateJWK("EC", "P-256", "ES256", "sig", "", 0)
+	if err != nil {
+		return nil, fmt.Errorf("provisioner key: %w", err)
+	}
+	s := &StepCA{hostname: opts.Hostname, provName: opts.Provisioner, dir: opts.Dir, jwk: jwk}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.newGenerationLocked(); err != nil {
+		return nil, err
+	}
+	// The port is chosen before step-ca listens (its Run only takes an
+	// address), so another process may take it in between: try again.
+	for attempt := 0; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		err = s.startLocked()
+		if err == nil {
+			return s, nil
+		}
+		if attempt == 4 {
+			return nil, err
+		}
+	}
+}
+
+func (s *StepCA) newGenerationLocked() error {
+	s.gen++
+	p, err := NewPKI(filepath.Join(s.dir, "stepca-"+strconv.Itoa(s.gen)), fmt.Sprintf("Step Test Gen%d", s.gen))
+	if err != nil {
+		return err
+	}
+	s.pki = p
+	return nil
+}
+
+func (s *StepCA) startLocked() error {
+	pub := s.jwk.Public()
+	cfg := &config.Config{
+		Root:             []string{s.pki.RootPath},
+		IntermediateCert: s.pki.IntermediatePath,
+		IntermediateKey:  s.pki.IntermediateKeyPath,
+		Address:          s.addr,
+		DNSNames:         []string{s.hostname, "127.0.0.1", "localhost"},
+		AuthorityConfig: &config.AuthConfig{
+			Provisioners: provisioner.List{&provisioner.JWK{Type: "JWK", Name: s.provName, Key: &pub}},
+		},
+	}
+	srv, err := ca.New(cfg, ca.WithQuiet(true))
+	if err != nil {
+		return fmt.Errorf("step-ca config: %w", err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- srv.Run() }()
+	if err := s.waitHealthy(runErr); err != nil {
+		select {
+		case <-runErr: // Run already stopped the CA after its startup error
+		default:
+			_ = srv.Stop()
+			<-runErr
+		}
+		return err
+	}
+	s.srv, s.runErr = srv, runErr
+	return nil
+}
+
+// waitHealthy polls GET /health over TLS verified against the current root.
+func (s *StepCA) waitHealthy(runErr <-chan error) error {
+	client := &http.Client{
+		Timeout: 2 * time.Second,
+		Transport: &http.Transport{
+			TLSClientConfig:   &tls.Config{RootCAs: s.pki.RootPool(), MinVersion: tls.VersionTLS12},
+			DisableKeepAlives: true,
+			Proxy:             nil,
+		},
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-runErr:
+			return fmt.Errorf("step-ca on %s stopped while starting: %w", s.addr, err)
+		default:
+		}
+		resp, err := client.Get("https://" + s.addr + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("health: %s", resp.Status)
+		}
+		last = err
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("step-ca on %s did not become healthy: %w", s.addr, last)
+}
+
+func (s *StepCA) stopLocked() error {
+	if s.srv == nil {
+		return nil
+	}
+	err := s.srv.Stop()
+	<-s.runErr
+	s.srv, s.runErr = nil, nil
+	return err
+}
+
+// Rotate stops step-ca and starts it again on the same address with a
+// brand-new root and intermediate (a new fingerprint): the CA was
+// re-initialised, and certificates issued before are now from a stale CA.
+// The provisioner key is kept. The used-token memory starts empty.
+func (s *StepCA) Rotate() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errClosed
+	}
+	if err := s.stopLocked(); err != nil {
+		return fmt.Errorf("stopping step-ca: %w", err)
+	}
+	if err := s.newGenerationLocked(); err != nil {
+		return err
+	}
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if err = s.startLocked(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
+}
+
+// Close stops step-ca.
+func (s *StepCA) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.stopLocked()
+}
+
+// Hostname is the CA's DNS name (default DefaultCAHostname).
+func (s *StepCA) Hostname() string { return s.hostname }
+
+// Addr is the loopback host:port step-ca listens on.
+func (s *StepCA) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// Port is the TCP port step-ca listens on.
+func (s *StepCA) Port() int {
+	_, p, _ := net.SplitHostPort(s.Addr())
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// URL is the CA URL by hostname, https://ca.cp.internal:<port>; reaching it
+// needs the hostname mapped to 127.0.0.1 (hosts file or DialContext).
+func (s *StepCA) URL() string {
+	return "https://" + net.JoinHostPort(s.hostname, strconv.Itoa(s.Port()))
+}
+
+// LoopbackURL is https://127.0.0.1:<port>; 127.0.0.1 is in the CA's
+// dnsNames, so its TLS certificate verifies for it too.
+func (s *StepCA) LoopbackURL() string { return "https://" + s.Addr() }
+
+// PKI is the CA's current generation.
+func (s *StepCA) PKI() *PKI {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pki
+}
+
+// Fingerprint is the current root's fingerprint (lowercase hex SHA-256 of
+// the DER).
+func (s *StepCA) Fingerprint() string { return s.PKI().Fingerprint() }
+
+// RootPEM is the current root certificate in PEM.
+func (s *StepCA) RootPEM() []byte { return s.PKI().RootPEM() }
+
+// DialContext dials 127.0.0.1 for the CA's hostname and anything else
+// unchanged; use it in an http.Transport to reach URL() without a hosts file.
+func (s *StepCA) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return loopbackDialer(map[string]string{s.hostname: "127.0.0.1"})(ctx, network, addr)
+}
+
+// loopbackDialer returns a DialContext that rewrites the host part of addr
+// through names and refuses any destination that is not loopback, so a test
+// can never reach outside the machine by accident.
+func loopbackDialer(names map[string]string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		if ip, ok := names[host]; ok {
+			host = ip
+		}
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			if host != "localhost" {
+				return nil, fmt.Errorf("controlplane dialer: refusing non-loopback destination %q", addr)
+			}
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, net.JoinHostPort(host, port))
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
