@@ -207,7 +207,7 @@ func Apply(b []byte, entries []Entry) ([]byte, bool, error) {
 		return nil, false, err
 	}
 	eol := "\n"
-	if len(ls) > 0 && ls[0].eol == "\r\n" {
+	if len(ls) > 0 && (ls[0].eol == "\r\n" || ls[0].eol == "" && strings.HasSuffix(ls[0].text, "\r")) {
 		eol = "\r\n"
 	}
 	block := []line{{text: BeginMarker, eol: eol}}
@@ -228,7 +228,14 @@ func Apply(b []byte, entries []Entry) ([]byte, bool, error) {
 	} else {
 		out = append(out, ls...)
 		if n := len(out); n > 0 && out[n-1].eol == "" {
-			out[n-1].eol = eol
+			// A last line ending in a bare CR lacks only the LF; adding a
+			// whole eol would give "\r\r\n", and a file read back after
+			// this write must choose the same eol (idempotence).
+			if t, ok := strings.CutSuffix(out[n-1].text, "\r"); ok {
+				out[n-1] = line{text: t, eol: "\r\n"}
+			} else {
+				out[n-1].eol = eol
+			}
 		}
 		out = append(out, block...)
 	}

@@ -47,6 +47,16 @@ func TestApply(t *testing.T) {
 			want: "127.0.0.1 localhost\n" + block("\n", apiLine),
 		},
 		{
+			name: "last line ending in a bare CR gets only the LF (fuzz regression)",
+			in:   "127.0.0.1 localhost\n# odd\r",
+			want: "127.0.0.1 localhost\n# odd\r\n" + block("\n", apiLine),
+		},
+		{
+			name: "a lone CR as the whole file makes it a CRLF file (fuzz regression)",
+			in:   "\r",
+			want: "\r\n" + block("\r\n", apiLine),
+		},
+		{
 			name: "user lines kept byte for byte and block appended",
 			in:   "127.0.0.1\tlocalhost   \n# a comment  \n\n::1 ip6-localhost ip6-loopback\n   \t\n",
 			want: "127.0.0.1\tlocalhost   \n# a comment  \n\n::1 ip6-localhost ip6-loopback\n   \t\n" + block("\n", apiLine),
