@@ -192,14 +192,19 @@ func (p Params) Validate() error {
 	if err := validHTTPSURL(p.NodeAPIURL, true); err != nil {
 		return fmt.Errorf("cloudinit: NodeAPIURL: %w", err)
 	}
+	if u, _ := url.Parse(p.NodeAPIURL); u.Path != "" && u.Path != "/" {
+		return fmt.Errorf("cloudinit: NodeAPIURL %q: must not carry a path; put it in WaitPath", p.NodeAPIURL)
+	} else if !seen[strings.ToLower(u.Hostname())] {
+		return fmt.Errorf("cloudinit: NodeAPIURL %q: hostname %q has no Hosts entry; add one mapping it to the private control-plane IP", p.NodeAPIURL, u.Hostname())
+	}
 	if err := validAbsPath(p.TokenFile); err != nil {
 		return fmt.Errorf("cloudinit: TokenFile: %w", err)
 	}
 	if !strings.HasPrefix(p.TokenFile, "/run/") {
 		return fmt.Errorf("cloudinit: TokenFile %q: must be under /run (a tmpfs), so the token does not persist across reboots", p.TokenFile)
 	}
-	if !strings.HasPrefix(p.WaitPath, "/") || !pathSafeRe.MatchString(p.WaitPath) {
-		return fmt.Errorf("cloudinit: WaitPath %q: want an absolute URL path of [A-Za-z0-9/._{}+-]", p.WaitPath)
+	if !strings.HasPrefix(p.WaitPath, "/") || !pathSafeRe.MatchString(p.WaitPath) || !strings.Contains(p.WaitPath, "{node_id}") {
+		return fmt.Errorf("cloudinit: WaitPath %q: want an absolute URL path of [A-Za-z0-9/._{}+-] containing {node_id}", p.WaitPath)
 	}
 	for _, f := range []struct{ name, v string }{
 		{"HostsFile", p.HostsFile}, {"PKIDir", p.PKIDir}, {"StateDir", p.StateDir},
@@ -208,12 +213,18 @@ func (p Params) Validate() error {
 			return fmt.Errorf("cloudinit: %s: %w", f.name, err)
 		}
 	}
-	for _, f := range []struct{ name, v string }{
-		{"WaitTimeout", p.WaitTimeout}, {"Deadline", p.Deadline}, {"RequestTimeout", p.RequestTimeout},
+	// The same ranges as the provision config (internal/config).
+	for _, f := range []struct {
+		name, v  string
+		min, max time.Duration
+	}{
+		{"WaitTimeout", p.WaitTimeout, time.Millisecond, 10 * time.Minute},
+		{"Deadline", p.Deadline, time.Second, 24 * time.Hour},
+		{"RequestTimeout", p.RequestTimeout, 100 * time.Millisecond, 5 * time.Minute},
 	} {
 		d, err := time.ParseDuration(f.v)
-		if err != nil || d <= 0 {
-			return fmt.Errorf("cloudinit: %s %q: want a positive Go duration such as 5s or 10m", f.name, f.v)
+		if err != nil || d < f.min || d > f.max {
+			return fmt.Errorf("cloudinit: %s %q: want a Go duration between %s and %s", f.name, f.v, f.min, f.max)
 		}
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/BurntSushi/toml"
+	"github.com/gpuaas/provision/internal/config"
 	yaml "go.yaml.in/yaml/v3"
 )
 
@@ -41,7 +42,7 @@ var goldens = []struct {
 		CAURL:          "https://ca.cp.internal",
 		CAFingerprint:  "A3F1C0FFEE00A3F1C0FFEE00A3F1C0FFEE00A3F1C0FFEE00A3F1C0FFEE00ABCD",
 		Token:          "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJyYWNrNy5ncHVfMTIifQ.c2ln-_",
-		NodeAPIURL:     "https://node-api.cp.internal/prefix",
+		NodeAPIURL:     "https://node-api.cp.internal",
 		TokenFile:      "/run/provision/ott.jwt",
 		WaitPath:       "/v2/nodes/{node_id}/tasks/wait",
 		WaitTimeout:    "2s",
@@ -261,6 +262,23 @@ func checkRendered(t *testing.T, p Params, b []byte) {
 	}
 }
 
+// TestRenderedConfigLoads feeds the rendered config to provision's own strict
+// config parser: what cloud-init writes must be what provision accepts.
+func TestRenderedConfigLoads(t *testing.T) {
+	for _, g := range goldens {
+		t.Run(g.file, func(t *testing.T) {
+			ud := parse(t, render(t, g.p))
+			c, err := config.Parse(ConfigPath, []byte(ud.WriteFiles[0].Content))
+			if err != nil {
+				t.Fatalf("provision rejects the rendered config: %v", err)
+			}
+			if c.NodeID != g.p.NodeID || c.CA.TokenFile != g.p.withDefaults().TokenFile {
+				t.Errorf("parsed node_id/token_file = %q/%q", c.NodeID, c.CA.TokenFile)
+			}
+		})
+	}
+}
+
 func TestRenderedContent(t *testing.T) {
 	for _, g := range goldens {
 		t.Run(g.file, func(t *testing.T) { checkRendered(t, g.p, render(t, g.p)) })
@@ -303,6 +321,10 @@ func TestValidateRejects(t *testing.T) {
 		{"pki dir with newline", func(p *Params) { p.PKIDir = "/var/lib/p\nx" }},
 		{"state dir root", func(p *Params) { p.StateDir = "/" }},
 		{"bad deadline", func(p *Params) { p.Deadline = "ten minutes" }},
+		{"node api with path", func(p *Params) { p.NodeAPIURL = "https://node-api.cp.internal/prefix" }},
+		{"node api host not in hosts", func(p *Params) { p.NodeAPIURL = "https://other.cp.internal:8443" }},
+		{"wait path without node id", func(p *Params) { p.WaitPath = "/v1/tasks/wait" }},
+		{"request timeout too long", func(p *Params) { p.RequestTimeout = "6m" }},
 		{"negative timeout", func(p *Params) { p.RequestTimeout = "-5s" }},
 		{"zero wait timeout", func(p *Params) { p.WaitTimeout = "0s" }},
 	}
