@@ -88,6 +88,14 @@ func TestParseErrors(t *testing.T) {
 	leaf, inter := chain[0], chain[1]
 	tr := encTraefik(chain...)
 	long := strings.Repeat(tr+",", 20)
+	// A leaf whose base64 contains "+", so that query-unescaping damages it.
+	plusLeaf := leaf
+	for i := 0; !strings.Contains(b64(plusLeaf), "+"); i++ {
+		if i == 100 {
+			t.Fatal("no leaf with + in its base64 after 100 tries")
+		}
+		plusLeaf = p.node(t, "gpu-0042")[0]
+	}
 
 	tests := []struct {
 		name   string
@@ -122,7 +130,7 @@ func TestParseErrors(t *testing.T) {
 		{"haproxy chain without leaf", hdr("X-SSL-Client-Chain-DER", encHAProxyChain(inter)), ParseOptions{}, ReasonMalformed, "without leaf"},
 		{"haproxy bad chain DER", hdr("X-SSL-Client-Cert-DER", b64(leaf), "X-SSL-Client-Chain-DER", "AAAA"), ParseOptions{}, ReasonMalformed, "chain DER"},
 		{"caddy PEM instead of DER", hdr("X-Client-Cert", pemOf(leaf)), ParseOptions{}, ReasonMalformed, "base64"},
-		{"alb query-unescaped (+ became space)", hdr("X-Amzn-Mtls-Clientcert", strings.ReplaceAll(encALB(leaf), "+", " ")), ParseOptions{}, ReasonMalformed, ""},
+		{"alb query-unescaped (+ became space)", hdr("X-Amzn-Mtls-Clientcert", strings.ReplaceAll(encALB(plusLeaf), "+", " ")), ParseOptions{}, ReasonMalformed, ""},
 		{"rfc9440 without colons", hdr("Client-Cert", b64(leaf)), ParseOptions{}, ReasonMalformed, "byte sequence"},
 		{"rfc9440 chain without leaf", hdr("Client-Cert-Chain", sfBinary(inter)), ParseOptions{}, ReasonMalformed, "without Client-Cert"},
 		{"rfc9440 bad chain item", hdr("Client-Cert", sfBinary(leaf), "Client-Cert-Chain", sfBinary(inter)+", nope"), ParseOptions{}, ReasonMalformed, "item 1"},
