@@ -197,17 +197,24 @@ func decodeProblem(err error) Problem {
 		}
 		return Problem{Key: key, Line: pe.Position.Line, Msg: "TOML syntax: " + msg}
 	}
-	// Type errors ("incompatible types") name the key in their text.
+	// Type errors ("incompatible types") name the key, and often the line,
+	// in their text: "toml: line 3 (last key "ca"): ...".
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "toml: ")
-	key := "syntax"
-	if m := keyInErr.FindStringSubmatch(msg); m != nil {
+	key, line := "syntax", 0
+	if m := lineInErr.FindStringSubmatch(msg); m != nil {
+		fmt.Sscanf(m[1], "%d", &line)
+		key, msg = m[2], m[3]
+	} else if m := keyInErr.FindStringSubmatch(msg); m != nil {
 		key = m[1]
 	}
-	return Problem{Key: key, Msg: msg}
+	return Problem{Key: key, Line: line, Msg: msg}
 }
 
-var keyInErr = regexp.MustCompile(`(?:key|field) "?([A-Za-z0-9_.\[\]]+)"?`)
+var (
+	keyInErr  = regexp.MustCompile(`(?:key|field) "?([A-Za-z0-9_.\[\]]+)"?`)
+	lineInErr = regexp.MustCompile(`^line (\d+) \(last key "([^"]*)"\): (.*)$`)
+)
 
 var knownKeys = []string{
 	"node_id", "hosts", "hosts.name", "hosts.ip", "ca", "ca.url", "ca.fingerprint", "ca.token_file",
@@ -356,9 +363,9 @@ func (c *Config) validate(data []byte) []Problem {
 		add("node_api.wait_timeout", "must be between 0s and 10m, got %s", d)
 	}
 
-	for key, p := range map[string]string{"paths.hosts_file": c.Paths.HostsFile, "paths.pki_dir": c.Paths.PKIDir, "paths.state_dir": c.Paths.StateDir} {
-		if !strings.HasPrefix(p, "/") {
-			add(key, "must be an absolute path, got %q", p)
+	for _, kp := range [...][2]string{{"paths.hosts_file", c.Paths.HostsFile}, {"paths.pki_dir", c.Paths.PKIDir}, {"paths.state_dir", c.Paths.StateDir}} {
+		if !strings.HasPrefix(kp[1], "/") {
+			add(kp[0], "must be an absolute path, got %q", kp[1])
 		}
 	}
 	if d := c.Bootstrap.Deadline.Duration; d < time.Second {
@@ -393,8 +400,8 @@ func checkURL(s string) (*url.URL, string) {
 	if u.Hostname() == "" {
 		return nil, fmt.Sprintf("has no host: %q", s)
 	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Sprintf("must not carry credentials, a query or a fragment: %q", s)
+	if u.User != nil || u.RawQuery != "" || u.ForceQuery || strings.Contains(s, "#") {
+		return nil, fmt.Sprintf("must not carry credentials, a query or a fragment: %q", u.Redacted())
 	}
 	return u, ""
 }
@@ -452,8 +459,8 @@ func keyLine(data []byte, key string) int {
 			if name == table && strings.HasPrefix(line, "[[") {
 				count++
 			}
-			if table != "" && name == table && leaf == "" {
-				return n + 1
+			if name == key {
+				return n + 1 // the key is itself a table ("[extra]")
 			}
 			continue
 		}
@@ -470,7 +477,28 @@ func keyLine(data []byte, key string) int {
 		}
 	}
 	if table != "" {
-		return keyLine(data, table)
+		return headerLine(data, table, index)
 	}
 	return 0
+}
+
+// headerLine is the line of table's header ("[ca]", or the index-th
+// "[[hosts]]"), falling back to a top-level "table = ..." line: a missing or
+// bad key inside a table is then reported at the table it belongs to.
+func headerLine(data []byte, table string, index int) int {
+	count := -1
+	for n, raw := range strings.Split(string(data), "\n") {
+		line := strings.TrimSpace(raw)
+		if !strings.HasPrefix(line, "[") {
+			continue
+		}
+		if strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t") != table {
+			continue
+		}
+		count++
+		if index < 0 || index == count {
+			return n + 1
+		}
+	}
+	return keyLine(data, table)
 }
