@@ -182,6 +182,7 @@ func writeCaddy(in *Ingress, o Options) ([]string, error) {
 				"grace_period": (2 * time.Second).String(),
 				"servers": m{"node_api": m{
 					"listen":          []string{in.Addr},
+					"protocols":       []string{"h1", "h2"}, // no HTTP/3 UDP listener
 					"automatic_https": m{"disable": true},
 					"tls_connection_policies": []m{
 						{
