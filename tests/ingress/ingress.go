@@ -252,7 +252,7 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Ingress, error) {
 	if err != nil {
 		return fail(err)
 	}
-	bin, err := exec.LookPath(kind.Program())
+	bin, err := lookProgram(kind.Program())
 	if err != nil {
 		return fail(fmt.Errorf("%s is not installed (Debian package %q): %w", kind, kind.Program(), err))
 	}
@@ -287,7 +287,7 @@ func Require(tb testing.TB, kind Kind) string {
 	if prog == "" {
 		return ""
 	}
-	p, err := exec.LookPath(prog)
+	p, err := lookProgram(prog)
 	if err == nil {
 		return p
 	}
@@ -297,6 +297,21 @@ func Require(tb testing.TB, kind Kind) string {
 	}
 	tb.Skip(msg)
 	return ""
+}
+
+// lookProgram finds prog in PATH, then in /usr/sbin and /sbin, where Debian
+// installs nginx and haproxy but which a non-root PATH often lacks.
+func lookProgram(prog string) (string, error) {
+	p, err := exec.LookPath(prog)
+	if err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		if p, err2 := exec.LookPath(dir + "/" + prog); err2 == nil {
+			return p, nil
+		}
+	}
+	return "", err
 }
 
 func freePort() (int, error) {
