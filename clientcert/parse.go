@@ -89,11 +89,13 @@ func (o *ParseOptions) families() []family {
 	return out
 }
 
-// nonEmpty returns the values of header name that are not blank.
+// nonEmpty returns the values of header name that are not blank. A value of
+// just "" counts as blank: HAProxy's %{+Q} quoting of an empty sample (no
+// client certificate) sends exactly that.
 func nonEmpty(h http.Header, name string) []string {
 	var out []string
 	for _, v := range h.Values(name) {
-		if strings.TrimSpace(v) != "" {
+		if t := strings.TrimSpace(v); t != "" && t != `""` {
 			out = append(out, v)
 		}
 	}
@@ -286,7 +288,7 @@ func parseEscapedPEM(v string, f Format, maxChain int) ([]*x509.Certificate, err
 			return nil, errorf(ReasonMalformed, f, "invalid PEM block")
 		}
 		if b.Type != "CERTIFICATE" {
-			return nil, errorf(ReasonMalformed, f, "PEM block of type %q, want CERTIFICATE", b.Type)
+			return nil, errorf(ReasonMalformed, f, "PEM block of type %q, want CERTIFICATE", clip(b.Type))
 		}
 		if len(chain) >= maxChain {
 			return nil, errorf(ReasonTooLarge, f, "more than %d certificates", maxChain)
@@ -322,7 +324,7 @@ func parseXFCCCert(v string, element, maxChain int) ([]*x509.Certificate, error)
 	}
 	el := els[i]
 	if el.Cert == "" && el.Chain == "" {
-		return nil, errorf(ReasonMalformed, f, "XFCC element has no Cert or Chain (hash %q): configure Envoy set_current_client_cert_details cert: true", el.Hash)
+		return nil, errorf(ReasonMalformed, f, "XFCC element has no Cert or Chain (hash %q): configure Envoy set_current_client_cert_details cert: true", clip(el.Hash))
 	}
 	var leaf *x509.Certificate
 	var chain []*x509.Certificate

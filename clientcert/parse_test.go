@@ -107,6 +107,7 @@ func TestParseErrors(t *testing.T) {
 		{"nothing", hdr(), ParseOptions{}, ReasonMissing, "looked for X-Forwarded-Tls-Client-Cert"},
 		{"only the traefik info header", hdr("X-Forwarded-Tls-Client-Cert-Info", "Subject%3D%22CN%3Dx%22"), ParseOptions{}, ReasonMissing, "pem: true"},
 		{"blank traefik header", hdr("X-Forwarded-Tls-Client-Cert", "  "), ParseOptions{}, ReasonMissing, ""},
+		{"haproxy %{+Q} without a client certificate", hdr("X-SSL-Client-Cert-DER", `""`), ParseOptions{}, ReasonMissing, ""},
 		{"named format absent though another present", hdr("X-SSL-Client-Cert", encNginx(leaf)), ParseOptions{Formats: []Format{FormatTraefik}}, ReasonMissing, ""},
 		{"traefik and nginx", hdr("X-Forwarded-Tls-Client-Cert", tr, "X-SSL-Client-Cert", encNginx(leaf)), ParseOptions{}, ReasonAmbiguous, "refusing to guess"},
 		{"xfcc and rfc9440", hdr("X-Forwarded-Client-Cert", xfccElem("x", chain, true, false), "Client-Cert", sfBinary(leaf)), ParseOptions{}, ReasonAmbiguous, ""},

@@ -97,3 +97,13 @@ func ReasonOf(err error) Reason {
 func errorf(r Reason, f Format, format string, args ...any) *Error {
 	return &Error{Reason: r, Format: f, Detail: fmt.Sprintf(format, args...)}
 }
+
+// clip shortens attacker-controlled text quoted in a Detail, which ends up in
+// logs.
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}

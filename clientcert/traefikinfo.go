@@ -48,7 +48,7 @@ func ParseTraefikInfo(v string) ([]TraefikCertInfo, error) {
 		for _, fl := range fields {
 			k, val, ok := strings.Cut(fl, "=")
 			if !ok || len(val) < 2 || val[0] != '"' || val[len(val)-1] != '"' {
-				return nil, errorf(ReasonMalformed, f, "info cert %d: field %q is not Key=\"value\"", i, fl)
+				return nil, errorf(ReasonMalformed, f, "info cert %d: field %q is not Key=\"value\"", i, clip(fl))
 			}
 			val = val[1 : len(val)-1]
 			switch k {

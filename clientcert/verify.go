@@ -289,9 +289,9 @@ func (v *Verifier) verifyChain(res Result, chain []*x509.Certificate, format For
 	}
 	res.Identity = ids[0]
 	if expected != "" {
-		if !slices.Contains(ids, expected) {
+		if !slices.Contains(ids, clip(expected)) {
 			res.Reason = ReasonIdentityMismatch
-			res.Detail = fmt.Sprintf("certificate identities %q do not include %q", ids, expected)
+			res.Detail = fmt.Sprintf("certificate identities %q do not include %q", ids, clip(expected))
 			return res
 		}
 		res.Identity = expected

@@ -44,7 +44,7 @@ func ParseXFCC(v string) ([]XFCCElement, error) {
 			k, val, ok := strings.Cut(p, "=")
 			k = strings.TrimSpace(k)
 			if !ok || k == "" || strings.ContainsAny(k, "\" \t") {
-				return nil, errorf(ReasonMalformed, f, "XFCC element %d: pair %q is not Key=Value", i, p)
+				return nil, errorf(ReasonMalformed, f, "XFCC element %d: pair %q is not Key=Value", i, clip(p))
 			}
 			uv, err := unquoteXFCC(strings.TrimSpace(val))
 			if err != nil {
