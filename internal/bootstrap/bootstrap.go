@@ -1,0 +1,426 @@
+// Package bootstrap runs provision's whole line: config -> hosts override ->
+// current CA roots -> keep or re-enroll -> credentials as one unit -> proof
+// by a real mTLS tasks/wait -> receipt, written last.
+//
+// The incident's worst failure was a bootstrap that reported success while
+// the node could not poll. Here "done" is not a step that can be reached
+// any other way than through the proof: the receipt is written only after
+// verify's ladder, ending with the real tasks/wait, passes. Transient
+// failures are retried with jittered backoff inside the deadline; anything
+// retrying cannot fix stops at once with the same report verify would print.
+package bootstrap
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/hosts"
+	"github.com/gpuaas/provision/internal/probe"
+	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/system"
+	"github.com/gpuaas/provision/internal/verify"
+)
+
+// File names under state_dir.
+const (
+	ReceiptFile = "receipt.json"
+	PendingFile = "enroll-pending.json"
+	DoneDir     = "done"
+	TasksDir    = "tasks"
+)
+
+// Receipt is the done receipt. Field names are an interface.
+type Receipt struct {
+	NodeID          string    `json:"node_id"`
+	Serial          string    `json:"serial"`
+	Issuer          string    `json:"issuer"`
+	Subject         string    `json:"subject"`
+	RootFingerprint string    `json:"root_fingerprint"`
+	NotAfter        time.Time `json:"not_after"`
+	Endpoint        string    `json:"endpoint"`
+	ResolvedAddr    string    `json:"resolved_addr"`
+	ProbeStatus     int       `json:"probe_status"`
+	Enrolled        bool      `json:"enrolled"` // this run obtained a new certificate
+	ProvedAt        time.Time `json:"proved_at"`
+	MachineID       string    `json:"machine_id,omitempty"`
+	Version         string    `json:"version"`
+}
+
+// Options tune a run.
+type Options struct {
+	Log     *slog.Logger
+	Version string
+	Policy  retry.Policy
+	// Sleep waits between proof attempts; tests may shorten it.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// Outcome is what a run did.
+type Outcome struct {
+	Report   *verify.Report
+	Receipt  *Receipt
+	Enrolled bool
+	Hosts    hosts.Strategy
+	Attempts int
+	Task     *probe.Task
+}
+
+// Hook, when set, is called at named points; the crash tests use it.
+var Hook func(step string)
+
+func hook(s string) {
+	if Hook != nil {
+		Hook(s)
+	}
+}
+
+// Run bootstraps the node described by cfg on host.
+func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) *Outcome {
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.Sleep == nil {
+		o.Sleep = retry.Sleep
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
+	defer cancel()
+	out := &Outcome{}
+	stop := func(step string, f *diag.Finding) *Outcome {
+		log.Error("step", "step", step, "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
+		out.Report = verify.Failed("bootstrap", cfg.NodeID, step, f)
+		out.Report.DurationMS = time.Since(start).Milliseconds()
+		return out
+	}
+	stateDir := host.Path(cfg.Paths.StateDir)
+	system.SweepTemp(stateDir, ReceiptFile, PendingFile)
+
+	// 1. The hosts override.
+	strategy, err := ApplyHosts(cfg, host)
+	if err != nil {
+		return stop("hosts-apply", &diag.Finding{Layer: diag.Hosts, Owner: diag.Node, Summary: err.Error(),
+			Remedy: "fix " + cfg.Paths.HostsFile + " as the message says, then run again; nothing was changed"})
+	}
+	out.Hosts = strategy
+	log.Info("step", "step", "hosts-apply", "layer", "hosts", "status", "ok", "strategy", string(strategy), "path", cfg.Paths.HostsFile)
+	hook("hosts written")
+
+	// 2. The CA's current roots, pinned.
+	env := verify.NewEnv(cfg, host)
+	caClient := env.CAClient(4)
+	var roots *enroll.Roots
+	for attempt := 0; ; attempt++ {
+		roots, err = caClient.FetchRoots(ctx)
+		if err == nil {
+			break
+		}
+		f := diag.FromEnroll(err, diag.CA, cfg.CA.TokenFile)
+		if !f.Transient || ctx.Err() != nil {
+			return stop("ca-roots", f)
+		}
+		log.Warn("step", "step", "ca-roots", "layer", "ca", "status", "retry", "message", f.Summary)
+		if o.Sleep(ctx, o.Policy.Delay(attempt, 0)) != nil {
+			return stop("ca-roots", f)
+		}
+	}
+	env.SetRoots(roots)
+	log.Info("step", "step", "ca-roots", "layer", "ca", "status", "ok", "roots", len(roots.Current), "fingerprint", cfg.CA.Fingerprint)
+
+	// 3. Keep the credentials or re-enroll.
+	pki := host.Path(cfg.Paths.PKIDir)
+	credstore.Sweep(pki)
+	reason := NeedsEnrollment(env, roots, host.Time())
+	if reason != "" {
+		log.Info("step", "step", "assess", "layer", "credentials", "status", "enroll", "reason", reason)
+		if f := enrollNode(ctx, cfg, host, caClient, roots, reason, log); f != nil {
+			return stop("enroll", f)
+		}
+		out.Enrolled = true
+		env = verify.NewEnv(cfg, host) // re-read everything from disk
+		env.SetRoots(roots)
+	} else {
+		log.Info("step", "step", "assess", "layer", "credentials", "status", "keep", "reason", "certificate is current")
+		if err := refreshBundle(pki, env, roots, host.Time()); err != nil {
+			return stop("credentials-write", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error(), Remedy: "check " + cfg.Paths.PKIDir + " is writable"})
+		}
+		env = verify.NewEnv(cfg, host)
+		env.SetRoots(roots)
+	}
+
+	// 4. The proof, retried while the failure is transient.
+	var rep *verify.Report
+	for attempt := 0; ; attempt++ {
+		out.Attempts = attempt + 1
+		t0 := time.Now()
+		results := verify.Run(ctx, env, verify.Checks(), log)
+		rep = verify.NewReport("bootstrap", cfg.NodeID, results, time.Since(t0))
+		if rep.OK || !rep.Transient || ctx.Err() != nil {
+			break
+		}
+		res := env.Probe(ctx)
+		var ra time.Duration
+		if res != nil && res.Status != 0 {
+			ra = retry.RetryAfter(&http.Response{StatusCode: res.Status, Header: res.Header}, host.Time())
+		}
+		d := o.Policy.Delay(attempt, ra)
+		log.Warn("step", "step", "proof", "layer", string(rep.FailedLayer), "owner", string(rep.Owner), "status", "retry", "attempt", attempt+1, "wait", d.String(), "message", rep.Summary)
+		if o.Sleep(ctx, d) != nil {
+			break
+		}
+		env = verify.NewEnv(cfg, host)
+		env.SetRoots(roots)
+	}
+	rep.DurationMS = time.Since(start).Milliseconds()
+	out.Report = rep
+	if !rep.OK {
+		if ctx.Err() != nil && rep.Transient {
+			rep.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", out.Attempts, cfg.Bootstrap.Deadline.Duration, rep.Summary)
+		}
+		return out
+	}
+	res := env.Probe(ctx)
+	if res.Status == 200 {
+		t := probe.TaskFrom(res.Body)
+		out.Task = &t
+		if err := saveTask(stateDir, t, host.Time()); err != nil {
+			return stop("task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof received a task but it could not be saved: " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable; the task is in this report's evidence"})
+		}
+		rep.Task = json.RawMessage(t.Raw)
+	}
+
+	// 5. The receipt, last.
+	creds, err := env.Creds()
+	if err != nil {
+		return stop("receipt", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error()})
+	}
+	leaf := creds.Leaf()
+	rc := &Receipt{
+		NodeID: cfg.NodeID, Serial: leaf.SerialNumber.String(), Issuer: leaf.Issuer.String(), Subject: leaf.Subject.String(),
+		RootFingerprint: cfg.CA.Fingerprint, NotAfter: leaf.NotAfter.UTC(), Endpoint: cfg.NodeAPI.URL,
+		ResolvedAddr: res.RemoteAddr, ProbeStatus: res.Status, Enrolled: out.Enrolled,
+		ProvedAt: host.Time().UTC(), MachineID: host.MachineID(), Version: o.Version,
+	}
+	hook("before receipt")
+	if err := WriteReceipt(stateDir, rc); err != nil {
+		return stop("receipt", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable and run again (the node itself is healthy)"})
+	}
+	out.Receipt = rc
+	log.Info("step", "step", "receipt", "layer", "state", "status", "ok", "path", filepath.Join(cfg.Paths.StateDir, ReceiptFile), "serial", rc.Serial)
+	rep.Summary = fmt.Sprintf("done: %s polls tasks/wait through %s with certificate serial %s", cfg.NodeID, cfg.NodeAPI.URL, rc.Serial)
+	rep.DurationMS = time.Since(start).Milliseconds()
+	return out
+}
+
+// ApplyHosts writes the managed block for cfg.
+func ApplyHosts(cfg *config.Config, host *system.Host) (hosts.Strategy, error) {
+	path := host.Path(cfg.Paths.HostsFile)
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("reading %s: %w", cfg.Paths.HostsFile, err)
+	}
+	var entries []hosts.Entry
+	for n, ip := range cfg.HostMap() {
+		entries = append(entries, hosts.Entry{Name: n, IP: ip})
+	}
+	nb, changed, err := hosts.Apply(old, entries)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", cfg.Paths.HostsFile, err)
+	}
+	if !changed {
+		return hosts.Unchanged, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", err
+	}
+	s, err := hosts.Write(path, old, nb)
+	if err != nil {
+		return "", fmt.Errorf("writing %s: %w", cfg.Paths.HostsFile, err)
+	}
+	return s, nil
+}
+
+// NeedsEnrollment returns why the installed credentials cannot be kept, or
+// "" when they can: the key matches the cert, the cert is valid now and not
+// near expiry, its subject is node_id, and it chains to a current root.
+func NeedsEnrollment(env *verify.Env, roots *enroll.Roots, now time.Time) string {
+	s, err := env.Creds()
+	if errors.Is(err, credstore.ErrNotFound) {
+		return "no credentials installed"
+	}
+	if err != nil {
+		return "installed credentials unreadable: " + err.Error()
+	}
+	leaf := s.Leaf()
+	switch {
+	case !s.KeyMatches():
+		return "key does not match certificate"
+	case leaf.Subject.CommonName != env.Cfg.NodeID:
+		return fmt.Sprintf("certificate is for %q, not %q", leaf.Subject.CommonName, env.Cfg.NodeID)
+	case now.Before(leaf.NotBefore) || now.After(leaf.NotAfter):
+		return "certificate not valid now"
+	case verify.NearExpiry(leaf.NotBefore, leaf.NotAfter, now):
+		return "certificate near expiry"
+	}
+	if err := verify.ChainsTo(s.Chain, roots.Current, now); err != nil {
+		return "certificate does not chain to the CA's current roots (stale): " + err.Error()
+	}
+	if s.KeyMode&0o077 != 0 {
+		return fmt.Sprintf("key file mode %04o is too open; re-issuing rather than trusting a possibly exposed key", s.KeyMode)
+	}
+	return ""
+}
+
+// Pending records that a token is about to be presented to the CA. If the
+// process dies after the CA accepted the token but before the certificate
+// was saved, the token is burnt; the marker lets the next run say so plainly
+// instead of reporting a bare 401.
+type Pending struct {
+	TokenSHA256 string    `json:"token_sha256"`
+	Started     time.Time `json:"started"`
+}
+
+func tokenHash(raw string) string {
+	sum := sha256.Sum256([]byte(strings.TrimSpace(raw)))
+	return hex.EncodeToString(sum[:])
+}
+
+func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *enroll.Client, roots *enroll.Roots, why string, log *slog.Logger) *diag.Finding {
+	tokPath := host.Path(cfg.CA.TokenFile)
+	raw, err := os.ReadFile(tokPath)
+	if err != nil {
+		msg := "cannot be read: " + err.Error()
+		if errors.Is(err, os.ErrNotExist) {
+			msg = "does not exist"
+		}
+		f := diag.FromEnroll(&enroll.Error{Kind: enroll.TokenMissing, Op: "read token", Err: errors.New(msg)}, diag.Enroll, cfg.CA.TokenFile)
+		f.Summary = fmt.Sprintf("re-enrollment needed (%s), but the token file %s %s", why, cfg.CA.TokenFile, msg)
+		return f
+	}
+	tok, err := enroll.ParseToken(string(raw))
+	if err != nil {
+		f := diag.FromEnroll(err, diag.Enroll, cfg.CA.TokenFile)
+		f.Summary = fmt.Sprintf("re-enrollment needed (%s): %s", why, f.Summary)
+		return f
+	}
+	if err := tok.Check(cfg.NodeID, cfg.CA.Fingerprint, host.Time()); err != nil {
+		return diag.FromEnroll(err, diag.Enroll, cfg.CA.TokenFile)
+	}
+	stateDir := host.Path(cfg.Paths.StateDir)
+	pendingPath := filepath.Join(stateDir, PendingFile)
+	h := tokenHash(string(raw))
+	var prev Pending
+	if b, err := os.ReadFile(pendingPath); err == nil && json.Unmarshal(b, &prev) == nil && prev.TokenSHA256 == h {
+		log.Warn("step", "step", "enroll", "layer", "enroll", "status", "retry-token",
+			"message", "this token was already presented by a run that did not finish; trying it once more", "since", prev.Started)
+	}
+	if err := writeJSON(stateDir, PendingFile, Pending{TokenSHA256: h, Started: host.Time().UTC()}, 0o600); err != nil {
+		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "cannot record the enrollment in " + cfg.Paths.StateDir + ": " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable (nothing was sent to the CA; the token is unused)"}
+	}
+	hook("before sign")
+	issued, err := c.Sign(ctx, tok, roots)
+	if err != nil {
+		f := diag.FromEnroll(err, diag.Enroll, cfg.CA.TokenFile)
+		var ee *enroll.Error
+		if errors.As(err, &ee) && ee.Kind == enroll.TokenRejected && prev.TokenSHA256 == h {
+			f.Summary = fmt.Sprintf("the CA rejected the enrollment token (401): an earlier run presented this same token at %s and did not finish, so the CA has burnt it", prev.Started.Format(time.RFC3339))
+		}
+		if ee == nil || ee.Kind != enroll.Unreachable {
+			// The CA saw the token: it is burnt whatever happened.
+			writeJSON(stateDir, PendingFile, Pending{TokenSHA256: h, Started: host.Time().UTC()}, 0o600)
+		} else {
+			os.Remove(pendingPath)
+		}
+		return f
+	}
+	hook("after sign")
+	set := &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: roots.Current}
+	if _, err := credstore.Save(host.Path(cfg.Paths.PKIDir), set, host.Time()); err != nil {
+		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
+			Summary: "the CA issued a certificate but it could not be saved: " + err.Error(),
+			Remedy:  "make " + cfg.Paths.PKIDir + " writable, then run again with a fresh token (this one is used)"}
+	}
+	os.Remove(pendingPath)
+	system.SyncDir(stateDir)
+	// The CA has burnt the token; leaving it on disk only leaves a secret
+	// lying around (cloud-init keeps its own copy in the instance directory).
+	if err := os.Remove(tokPath); err == nil {
+		log.Info("step", "step", "enroll", "layer", "enroll", "status", "token-removed", "path", cfg.CA.TokenFile)
+	}
+	log.Info("step", "step", "enroll", "layer", "enroll", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC())
+	return nil
+}
+
+// refreshBundle rewrites the credential set when the CA's current roots
+// differ from ca.pem, keeping key and certificate.
+func refreshBundle(pki string, env *verify.Env, roots *enroll.Roots, now time.Time) error {
+	s, err := env.Creds()
+	if err != nil {
+		return err
+	}
+	if string(credstore.EncodeCerts(s.Roots)) == string(credstore.EncodeCerts(roots.Current)) && s.DirMode&0o077 == 0 {
+		return nil
+	}
+	s.Roots = roots.Current
+	_, err = credstore.Save(pki, s, now)
+	return err
+}
+
+func writeJSON(dir, name string, v any, mode os.FileMode) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return system.WriteFileAtomic(filepath.Join(dir, name), append(b, '\n'), system.WriteOptions{Mode: mode})
+}
+
+// WriteReceipt writes the done receipt and the per-install done marker.
+func WriteReceipt(stateDir string, r *Receipt) error {
+	if err := writeJSON(stateDir, ReceiptFile, r, 0o644); err != nil {
+		return err
+	}
+	if r.MachineID != "" {
+		if err := writeJSON(filepath.Join(stateDir, DoneDir), r.MachineID, map[string]string{"serial": r.Serial, "proved_at": r.ProvedAt.Format(time.RFC3339)}, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ReadReceipt reads the receipt, if any.
+func ReadReceipt(stateDir string) (*Receipt, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, ReceiptFile))
+	if err != nil {
+		return nil, err
+	}
+	var r Receipt
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+func saveTask(stateDir string, t probe.Task, now time.Time) error {
+	id := t.ID
+	if id == "" || strings.ContainsAny(id, "/\\\x00") || id == "." || id == ".." || len(id) > 128 {
+		id = "task-" + now.UTC().Format("20060102T150405.000000000Z")
+	}
+	return writeJSON(filepath.Join(stateDir, TasksDir), id+".json", t.Raw, 0o600)
+}

@@ -1,0 +1,271 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gpuaas/provision/internal/bootstrap"
+	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/hosts"
+	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/system"
+	"github.com/gpuaas/provision/internal/verify"
+)
+
+var bootstrapCmd = &command{
+	name:    "bootstrap",
+	summary: "write the hosts override, enroll, install credentials, prove tasks/wait, write the receipt",
+	usage: `Runs the whole sequence: (1) the /etc/hosts managed block, (2) the CA's current
+roots, pinned by ca.fingerprint, (3) keep the installed certificate only if it
+is valid, not near expiry, for node_id and chains to a current root, otherwise
+(4) enroll with the one-time token in ca.token_file, (5) write key, chain and
+CA bundle as one unit, (6) prove with a real mTLS GET of tasks/wait through the
+ingress, then (7) write state_dir/receipt.json. Transient failures are retried
+with jittered backoff until bootstrap.deadline; others stop at once.
+
+Idempotent: on a bootstrapped node it re-proves and exits 0 without enrolling.
+
+Examples:
+  provision bootstrap
+  provision bootstrap --config /etc/provision/provision.toml --format json
+  provision bootstrap --root /mnt/target        # an installer's chroot
+`,
+}
+
+var verifyCmd = &command{
+	name:    "verify",
+	summary: "read-only layered diagnosis ending with a real mTLS tasks/wait",
+	usage: `Checks every layer between the node and the node API, in order, and names the
+first one that fails, its owner and the fix. A check whose dependency failed
+is reported as skipped, so one root cause shows instead of a cascade. Writes
+nothing. Network checks use bootstrap.request_timeout each, without retries.
+
+Layers: config hosts clock credentials ca tcp tls-server tls-client-auth route
+identity tasks-wait. Owners: node ca network ingress api.
+
+Examples:
+  provision verify
+  provision verify --format json | jq '{ok, failed_layer, owner}'
+  provision verify --format json | jq '.checks[] | select(.status=="fail")'
+`,
+}
+
+var hostsCmd = &command{
+	name:    "hosts",
+	summary: "manage only the /etc/hosts override block: apply, show, remove",
+	usage: `Subcommands:
+  apply    write the managed block from the config's [[hosts]] (nothing else changes)
+  show     print the managed block and whether it matches the config
+  remove   delete the managed block (every other line is kept)
+
+Examples:
+  provision hosts apply
+  provision hosts show --config /etc/provision/provision.toml
+  provision hosts remove --root /mnt/target
+`,
+}
+
+var versionCmd = &command{
+	name:    "version",
+	summary: "print the version",
+	usage: `Examples:
+  provision version
+`,
+}
+
+func init() {
+	bootstrapCmd.run = runBootstrap
+	verifyCmd.run = runVerify
+	hostsCmd.run = runHosts
+	versionCmd.run = runVersion
+}
+
+func runVersion(_ context.Context, env *runEnv, args []string) int {
+	f := newFlags(versionCmd, env, false)
+	if code, ok := f.parse(env, args); !ok {
+		return code
+	}
+	fmt.Fprintf(env.stdout, "provision %s\n", Version())
+	return ExitOK
+}
+
+// load resolves --root and reads the config. On failure it prints the
+// report and returns the exit code.
+func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int, bool) {
+	host, err := system.New(f.root)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "provision: error: %v\n", err)
+		return nil, nil, ExitUsage, false
+	}
+	cfg, err := config.Load(host.Path(f.config))
+	if err != nil {
+		var ce *config.Error
+		msg := err.Error()
+		remedy := "fix the named keys in " + f.config + " (see docs/configuration.md); nothing was changed"
+		if errors.As(err, &ce) {
+			ce.Path = f.config
+			msg = ce.Error()
+			if len(ce.Problems) == 1 && ce.Problems[0].Key == "--config" {
+				remedy = "write the config to " + f.config + " (under --root) or point --config at it; see docs/configuration.md"
+			}
+		}
+		rep := verify.Failed(cmd, "", "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: msg, Remedy: remedy})
+		return nil, nil, printReport(env, f, rep), false
+	}
+	host.HostsFile = cfg.Paths.HostsFile
+	return cfg, host, 0, true
+}
+
+func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
+	f := newFlags(bootstrapCmd, env, true)
+	if code, ok := f.parse(env, args); !ok {
+		return code
+	}
+	cfg, host, code, ok := load(env, f, "bootstrap")
+	if !ok {
+		return code
+	}
+	log := f.logger(env.stderr)
+	unlock, err := lock(ctx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
+	if err != nil {
+		var le *lockError
+		if errors.As(err, &le) && le.busy {
+			fmt.Fprintf(env.stderr, "provision: error: %v; another provision run on this node has not finished (see its logs), try again later\n", err)
+			return ExitLocked
+		}
+		return printReport(env, f, verify.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
+	}
+	defer unlock()
+	out := bootstrap.Run(ctx, cfg, host, bootstrap.Options{Log: log, Version: Version(), Policy: retry.Default})
+	if out.Report.OK && out.Task != nil {
+		log.Info("task received during the proof and saved", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, bootstrap.TasksDir))
+	}
+	return printReport(env, f, out.Report)
+}
+
+func runVerify(ctx context.Context, env *runEnv, args []string) int {
+	f := newFlags(verifyCmd, env, true)
+	if code, ok := f.parse(env, args); !ok {
+		return code
+	}
+	cfg, host, code, ok := load(env, f, "verify")
+	if !ok {
+		return code
+	}
+	log := f.logger(env.stderr)
+	budget := 4*cfg.Bootstrap.RequestTimeout.Duration + cfg.NodeAPI.WaitTimeout.Duration
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	start := time.Now()
+	e := verify.NewEnv(cfg, host)
+	results := verify.Run(ctx, e, verify.Checks(), log)
+	rep := verify.NewReport("verify", cfg.NodeID, results, time.Since(start))
+	return printReport(env, f, rep)
+}
+
+func runHosts(_ context.Context, env *runEnv, args []string) int {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+			f := newFlags(hostsCmd, env, false)
+			f.parse(env, args)
+			return ExitOK
+		}
+		fmt.Fprintln(env.stderr, "provision: error: hosts needs a subcommand: apply, show or remove (provision hosts --help)")
+		return ExitUsage
+	}
+	sub := args[0]
+	if sub != "apply" && sub != "show" && sub != "remove" {
+		fmt.Fprintf(env.stderr, "provision: error: unknown hosts subcommand %q: want apply, show or remove\n", sub)
+		return ExitUsage
+	}
+	f := newFlags(hostsCmd, env, false)
+	if code, ok := f.parse(env, args[1:]); !ok {
+		return code
+	}
+	cfg, host, code, ok := load(env, f, "hosts "+sub)
+	if !ok {
+		return code
+	}
+	path := host.Path(cfg.Paths.HostsFile)
+	fail := func(err error) int {
+		fmt.Fprintf(env.stderr, "provision: hosts %s failed (layer hosts, owner node): %v; nothing was changed\n", sub, err)
+		return ExitCode(diag.Hosts)
+	}
+	switch sub {
+	case "apply":
+		s, err := bootstrap.ApplyHosts(cfg, host)
+		if err != nil {
+			return fail(err)
+		}
+		switch s {
+		case hosts.Unchanged:
+			fmt.Fprintf(env.stdout, "%s: managed block already up to date\n", cfg.Paths.HostsFile)
+		case hosts.InPlace:
+			fmt.Fprintf(env.stdout, "%s: managed block written in place (the file is a bind mount and cannot be renamed over; the write is not crash-atomic)\n", cfg.Paths.HostsFile)
+		default:
+			fmt.Fprintf(env.stdout, "%s: managed block written\n", cfg.Paths.HostsFile)
+		}
+		return ExitOK
+	case "remove":
+		old, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(env.stdout, "%s: does not exist; nothing to remove\n", cfg.Paths.HostsFile)
+			return ExitOK
+		}
+		if err != nil {
+			return fail(err)
+		}
+		nb, changed, err := hosts.Remove(old)
+		if err != nil {
+			return fail(err)
+		}
+		if !changed {
+			fmt.Fprintf(env.stdout, "%s: no managed block; nothing to remove\n", cfg.Paths.HostsFile)
+			return ExitOK
+		}
+		if _, err := hosts.Write(path, old, nb); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(env.stdout, "%s: managed block removed\n", cfg.Paths.HostsFile)
+		return ExitOK
+	default: // show
+		old, err := os.ReadFile(path)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fail(err)
+		}
+		blk, err := hosts.Find(old)
+		if err != nil {
+			return fail(err)
+		}
+		if !blk.Present {
+			fmt.Fprintf(env.stdout, "%s: no managed block\n", cfg.Paths.HostsFile)
+			fmt.Fprintln(env.stderr, "provision: the hosts override is missing (layer hosts, owner node); run 'provision hosts apply'")
+			return ExitCode(diag.Hosts)
+		}
+		lines := strings.Split(string(old), "\n")
+		for i := blk.Begin; i <= blk.End && i < len(lines); i++ {
+			fmt.Fprintln(env.stdout, strings.TrimRight(lines[i], "\r"))
+		}
+		want, _, _ := hosts.Apply(old, entriesOf(cfg))
+		if string(want) != string(old) {
+			fmt.Fprintln(env.stderr, "provision: the managed block differs from the config (layer hosts, owner node); run 'provision hosts apply'")
+			return ExitCode(diag.Hosts)
+		}
+		return ExitOK
+	}
+}
+
+func entriesOf(cfg *config.Config) []hosts.Entry {
+	var es []hosts.Entry
+	for n, ip := range cfg.HostMap() {
+		es = append(es, hosts.Entry{Name: n, IP: ip})
+	}
+	return es
+}

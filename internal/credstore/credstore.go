@@ -1,0 +1,382 @@
+// Package credstore keeps the node's key, certificate chain and CA bundle as
+// one unit on disk.
+//
+// A key that does not match its certificate bricks the node's identity as
+// surely as a missing one, and a crash can land between any two writes. So a
+// new set is written into a fresh generation directory, fsynced, validated
+// (the key must match the leaf), and published by swapping a single symlink,
+// "current". The stable paths the node-agent reads (key.pem, cert.pem,
+// ca.pem) are symlinks through "current", so at every instant they name
+// either the old complete set or the new complete set:
+//
+//	pki_dir/                 0700
+//	  gen-<time>-<rand>/     0700  key.pem 0600, cert.pem 0644, ca.pem 0644
+//	  current -> gen-...
+//	  key.pem  -> current/key.pem
+//	  cert.pem -> current/cert.pem
+//	  ca.pem   -> current/ca.pem
+//
+// The key is 0600 and the directories 0700 whatever existed before: a
+// previous tool's 0644 key.pem is replaced, not inherited.
+package credstore
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/renameio/v2"
+
+	"github.com/gpuaas/provision/internal/system"
+)
+
+// File names inside pki_dir. They are the node-agent's contract.
+const (
+	KeyFile     = "key.pem"
+	CertFile    = "cert.pem"
+	CAFile      = "ca.pem"
+	CurrentLink = "current"
+	genPrefix   = "gen-"
+)
+
+// Set is one complete identity.
+type Set struct {
+	Key     crypto.Signer
+	Chain   []*x509.Certificate // leaf first
+	Roots   []*x509.Certificate // CA bundle
+	KeyMode os.FileMode         // as found on disk (Load only)
+	DirMode os.FileMode         // pki_dir's mode as found (Load only)
+	Dir     string              // the generation directory it was read from
+}
+
+// Leaf returns the node certificate.
+func (s *Set) Leaf() *x509.Certificate {
+	if s == nil || len(s.Chain) == 0 {
+		return nil
+	}
+	return s.Chain[0]
+}
+
+// TLSCertificate returns the set as a client certificate (leaf +
+// intermediates, as the node-agent presents it).
+func (s *Set) TLSCertificate() tls.Certificate {
+	c := tls.Certificate{PrivateKey: s.Key, Leaf: s.Leaf()}
+	for _, x := range s.Chain {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c
+}
+
+// RootPool returns the CA bundle as a pool.
+func (s *Set) RootPool() *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, r := range s.Roots {
+		p.AddCert(r)
+	}
+	return p
+}
+
+// ErrNotFound means there are no credentials at all (a fresh node).
+var ErrNotFound = errors.New("no credentials installed")
+
+// Load reads the current set from dir. It reads through "current" once, so a
+// concurrent swap cannot hand it a key from one generation and a certificate
+// from another. A pki_dir without "current" (written by something else) is
+// read from the plain files.
+func Load(dir string) (*Set, error) {
+	st, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", dir, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	src := dir
+	if target, err := os.Readlink(filepath.Join(dir, CurrentLink)); err == nil {
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(dir, target)
+		}
+		src = target
+	}
+	s := &Set{DirMode: st.Mode().Perm(), Dir: src}
+	keyPath := filepath.Join(src, KeyFile)
+	kst, err := os.Stat(keyPath)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, cerr := os.Stat(filepath.Join(src, CertFile)); errors.Is(cerr, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w", dir, ErrNotFound)
+		}
+		return nil, fmt.Errorf("%s is missing while %s exists", filepath.Join(dir, KeyFile), CertFile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.KeyMode = kst.Mode().Perm()
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, err
+	}
+	if s.Key, err = parseKey(keyPEM); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, KeyFile), err)
+	}
+	certPEM, err := os.ReadFile(filepath.Join(src, CertFile))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CertFile), err)
+	}
+	if s.Chain, err = ParseCerts(certPEM); err != nil || len(s.Chain) == 0 {
+		return nil, fmt.Errorf("%s: no certificate in it: %v", filepath.Join(dir, CertFile), err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(src, CAFile))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CAFile), err)
+	}
+	if s.Roots, err = ParseCerts(caPEM); err != nil || len(s.Roots) == 0 {
+		return nil, fmt.Errorf("%s: no CA certificate in it: %v", filepath.Join(dir, CAFile), err)
+	}
+	return s, nil
+}
+
+// ParseCerts parses every CERTIFICATE block in b.
+func ParseCerts(b []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func parseKey(b []byte) (crypto.Signer, error) {
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, errors.New("no PEM key in it")
+	}
+	var k any
+	var err error
+	switch blk.Type {
+	case "EC PRIVATE KEY":
+		k, err = x509.ParseECPrivateKey(blk.Bytes)
+	case "RSA PRIVATE KEY":
+		k, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
+	default:
+		k, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot parse the key: %w", err)
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("unsupported key type")
+	}
+	return s, nil
+}
+
+// KeyMatches reports whether the key is the leaf's private key.
+func (s *Set) KeyMatches() bool {
+	leaf := s.Leaf()
+	if leaf == nil || s.Key == nil {
+		return false
+	}
+	pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && pub.Equal(s.Key.Public())
+}
+
+func encodeKey(k crypto.Signer) ([]byte, error) {
+	var der []byte
+	var err error
+	typ := "PRIVATE KEY"
+	if ec, ok := k.(*ecdsa.PrivateKey); ok {
+		der, err = x509.MarshalECPrivateKey(ec)
+		typ = "EC PRIVATE KEY"
+	} else {
+		der, err = x509.MarshalPKCS8PrivateKey(k)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), nil
+}
+
+// EncodeCerts PEM-encodes certificates in order.
+func EncodeCerts(cs []*x509.Certificate) []byte {
+	var b bytes.Buffer
+	for _, c := range cs {
+		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return b.Bytes()
+}
+
+// Hook, when set, is called between the steps of Save with the step's name.
+// The crash tests use it to die at exact points; it is nil in production.
+var Hook func(step string)
+
+func hook(step string) {
+	if Hook != nil {
+		Hook(step)
+	}
+}
+
+// Save publishes s as the current set in dir and returns the generation
+// directory. now names the generation.
+func Save(dir string, s *Set, now time.Time) (string, error) {
+	if !s.KeyMatches() {
+		return "", errors.New("refusing to save: the key does not match the certificate")
+	}
+	keyPEM, err := encodeKey(s.Key)
+	if err != nil {
+		return "", fmt.Errorf("encoding key: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("creating %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return "", fmt.Errorf("restricting %s to 0700: %w", dir, err)
+	}
+	Sweep(dir)
+
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	name := fmt.Sprintf("%s%s-%s", genPrefix, now.UTC().Format("20060102T150405.000000000Z"), hex.EncodeToString(rnd[:]))
+	tmp := filepath.Join(dir, system.TempPrefix+name)
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return "", fmt.Errorf("creating %s: %w", tmp, err)
+	}
+	files := []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{
+		{KeyFile, keyPEM, 0o600},
+		{CertFile, EncodeCerts(s.Chain), 0o644},
+		{CAFile, EncodeCerts(s.Roots), 0o644},
+	}
+	for _, f := range files {
+		if err := writeNew(filepath.Join(tmp, f.name), f.data, f.mode); err != nil {
+			os.RemoveAll(tmp)
+			return "", err
+		}
+		hook("wrote " + f.name)
+	}
+	if err := system.SyncDir(tmp); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	// Validate what is on disk, not what is in memory.
+	if _, err := tls.LoadX509KeyPair(filepath.Join(tmp, CertFile), filepath.Join(tmp, KeyFile)); err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("the written key and certificate do not load as a pair: %w", err)
+	}
+	gen := filepath.Join(dir, name)
+	if err := os.Rename(tmp, gen); err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("publishing %s: %w", gen, err)
+	}
+	if err := system.SyncDir(dir); err != nil {
+		return "", err
+	}
+	hook("generation ready")
+	if err := renameio.Symlink(name, filepath.Join(dir, CurrentLink)); err != nil {
+		return "", fmt.Errorf("switching %s to %s: %w", CurrentLink, name, err)
+	}
+	if err := system.SyncDir(dir); err != nil {
+		return "", err
+	}
+	hook("current switched")
+	for _, f := range []string{KeyFile, CertFile, CAFile} {
+		link := filepath.Join(dir, f)
+		want := filepath.Join(CurrentLink, f)
+		if got, err := os.Readlink(link); err == nil && got == want {
+			continue
+		}
+		// Replaces a plain file left by an older layout (a 0644 key among
+		// them) atomically with the link.
+		if err := renameio.Symlink(want, link); err != nil {
+			return "", fmt.Errorf("linking %s: %w", link, err)
+		}
+	}
+	if err := system.SyncDir(dir); err != nil {
+		return "", err
+	}
+	prune(dir, name)
+	return gen, nil
+}
+
+func writeNew(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", path, err)
+	}
+	if err := f.Chmod(mode); err != nil { // umask must not loosen or tighten it
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("syncing %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// Sweep removes what a killed Save left behind: unpublished generation
+// directories and renameio's temporary links.
+func Sweep(dir string) {
+	system.SweepTemp(dir, CurrentLink, KeyFile, CertFile, CAFile)
+}
+
+// prune keeps the current generation and the newest one before it (a
+// rollback target) and removes older ones.
+func prune(dir, current string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	var gens []string
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), genPrefix) && e.Name() != current {
+			gens = append(gens, e.Name())
+		}
+	}
+	sort.Strings(gens)
+	for i := 0; i < len(gens)-1; i++ {
+		os.RemoveAll(filepath.Join(dir, gens[i]))
+	}
+}
+
+// Generations lists the generation directories in dir, oldest first.
+func Generations(dir string) []string {
+	ents, _ := os.ReadDir(dir)
+	var gens []string
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), genPrefix) {
+			gens = append(gens, e.Name())
+		}
+	}
+	sort.Strings(gens)
+	return gens
+}

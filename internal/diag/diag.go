@@ -1,0 +1,77 @@
+// Package diag is the vocabulary of diagnosis: the layers a failure can sit
+// in, who owns each, and the one classifier that turns what happened on the
+// wire into a layer, an owner, a remedy and whether retrying can help.
+//
+// In the incident, 404, EOF, "unknown certificate authority" and "invalid
+// node identity" each hid the next defect because nothing said which layer
+// produced them or whose it was. Keeping the mapping in exactly one place
+// means bootstrap's retry decision, bootstrap's last line and verify's answer
+// can never disagree.
+package diag
+
+// Layer names where in the path from node to API a check or failure sits.
+// The names are an interface: JSON consumers and runbooks key on them.
+type Layer string
+
+// The layers, in the order a request crosses them.
+const (
+	Config        Layer = "config"
+	Hosts         Layer = "hosts"
+	Clock         Layer = "clock"
+	Credentials   Layer = "credentials"
+	CA            Layer = "ca"
+	TCP           Layer = "tcp"
+	TLSServer     Layer = "tls-server"
+	TLSClientAuth Layer = "tls-client-auth"
+	Route         Layer = "route"
+	Identity      Layer = "identity"
+	TasksWait     Layer = "tasks-wait"
+	// Extensions beyond verify's ladder, used by bootstrap.
+	Enroll Layer = "enroll" // the one-time token and the signing request
+	State  Layer = "state"  // local writes of the receipt and state
+)
+
+// Layers lists every layer in order.
+var Layers = []Layer{Config, Hosts, Clock, Credentials, CA, TCP, TLSServer, TLSClientAuth, Route, Identity, TasksWait, Enroll, State}
+
+// Index orders layers; unknown layers sort last.
+func (l Layer) Index() int {
+	for i, x := range Layers {
+		if x == l {
+			return i
+		}
+	}
+	return len(Layers)
+}
+
+// Owner is who has to act on a failure.
+type Owner string
+
+// The owners.
+const (
+	Node    Owner = "node"    // this machine: its config, files, clock, or its stale certificate
+	CAOwner Owner = "ca"      // the step-ca service and whoever mints its tokens
+	Network Owner = "network" // reachability between node and control plane
+	Ingress Owner = "ingress" // the TLS-terminating router in front of the node API
+	API     Owner = "api"     // the node API service itself
+)
+
+// Finding is a classified failure.
+type Finding struct {
+	Layer     Layer
+	Owner     Owner
+	Transient bool   // retrying may help (bootstrap retries within its deadline)
+	Summary   string // what failed, in one line
+	Remedy    string // what to do next, in the incident's recovery words
+	Evidence  map[string]string
+}
+
+func (f *Finding) add(k, v string) {
+	if v == "" {
+		return
+	}
+	if f.Evidence == nil {
+		f.Evidence = map[string]string{}
+	}
+	f.Evidence[k] = v
+}

@@ -1,0 +1,143 @@
+package verify
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/probe"
+	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/system"
+)
+
+// Env is what the checks share during one run. Expensive observations (the
+// CA's roots, the credentials on disk, the probe) are made once and cached,
+// so each check interprets the same evidence.
+type Env struct {
+	Cfg     *config.Config
+	Host    *system.Host
+	Timeout time.Duration // per network operation
+
+	rootsOnce sync.Once
+	roots     *enroll.Roots
+	rootsErr  error
+
+	credsOnce sync.Once
+	creds     *credstore.Set
+	credsErr  error
+
+	chainOnce sync.Once
+	chain     diag.ChainState
+	chainErr  error
+
+	probeOnce sync.Once
+	probe     *probe.Result
+}
+
+// NewEnv returns an Env for cfg on host.
+func NewEnv(cfg *config.Config, host *system.Host) *Env {
+	return &Env{Cfg: cfg, Host: host, Timeout: cfg.Bootstrap.RequestTimeout.Duration}
+}
+
+// CAClient returns the step-ca client for the configured CA.
+func (e *Env) CAClient(retries int) *enroll.Client {
+	u, _ := url.Parse(e.Cfg.CA.URL)
+	return &enroll.Client{
+		URL: u, Fingerprint: e.Cfg.CA.Fingerprint, Dial: e.Host.DialContext,
+		Timeout: e.Timeout, Retries: retries, Policy: retry.Default, Now: e.Host.Time,
+	}
+}
+
+// SetRoots hands the env roots fetched elsewhere (bootstrap fetched them).
+func (e *Env) SetRoots(r *enroll.Roots) {
+	e.rootsOnce.Do(func() { e.roots = r })
+}
+
+// Roots fetches the CA's current roots once, without retries: verify must
+// diagnose a dead CA in seconds.
+func (e *Env) Roots(ctx context.Context) (*enroll.Roots, error) {
+	e.rootsOnce.Do(func() {
+		e.roots, e.rootsErr = e.CAClient(0).FetchRoots(ctx)
+	})
+	return e.roots, e.rootsErr
+}
+
+// Creds loads the installed credentials once.
+func (e *Env) Creds() (*credstore.Set, error) {
+	e.credsOnce.Do(func() {
+		e.creds, e.credsErr = credstore.Load(e.Host.Path(e.Cfg.Paths.PKIDir))
+	})
+	return e.creds, e.credsErr
+}
+
+// Chain judges once whether the node certificate chains to the CA's current
+// roots.
+func (e *Env) Chain(ctx context.Context) (diag.ChainState, error) {
+	e.chainOnce.Do(func() {
+		creds, err := e.Creds()
+		if err != nil {
+			e.chain, e.chainErr = diag.ChainUnknown, err
+			return
+		}
+		roots, err := e.Roots(ctx)
+		if err != nil || roots == nil || len(roots.Current) == 0 {
+			e.chain, e.chainErr = diag.ChainUnknown, errors.Join(errors.New("CA roots unavailable"), err)
+			return
+		}
+		if err := ChainsTo(creds.Chain, roots.Current, e.Host.Time()); err != nil {
+			e.chain, e.chainErr = diag.ChainStale, err
+			return
+		}
+		e.chain = diag.ChainCurrent
+	})
+	return e.chain, e.chainErr
+}
+
+// ChainsTo verifies that chain[0] chains to one of roots, through the
+// intermediates in chain, for client authentication, at now.
+func ChainsTo(chain []*x509.Certificate, roots []*x509.Certificate, now time.Time) error {
+	if len(chain) == 0 {
+		return errors.New("no certificate")
+	}
+	rp, ip := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range roots {
+		rp.AddCert(r)
+	}
+	for _, c := range chain[1:] {
+		ip.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{
+		Roots: rp, Intermediates: ip, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	return err
+}
+
+// Probe makes the tasks/wait request once, with the credentials read back
+// from disk (not from memory): the node-agent will read the same files.
+func (e *Env) Probe(ctx context.Context) *probe.Result {
+	e.probeOnce.Do(func() {
+		req := probe.Request{
+			URL: e.Cfg.WaitURL(), Dial: e.Host.DialContext, Timeout: e.Timeout,
+			Wait: e.Cfg.NodeAPI.WaitTimeout.Duration, Now: e.Host.Time,
+		}
+		if creds, err := e.Creds(); err == nil {
+			cert := creds.TLSCertificate()
+			req.Cert = &cert
+			req.Roots = creds.RootPool()
+		} else if roots, err := e.Roots(ctx); err == nil {
+			req.Roots = roots.Pool()
+		} else {
+			req.Roots = x509.NewCertPool() // nothing to trust: tls-server will say so
+		}
+		e.probe = probe.Do(ctx, req)
+	})
+	return e.probe
+}
