@@ -49,7 +49,9 @@ func Checks() []Check {
 	}
 }
 
-func pass(format string, a ...any) Outcome { return Outcome{Status: Pass, Message: fmt.Sprintf(format, a...)} }
+func pass(format string, a ...any) Outcome {
+	return Outcome{Status: Pass, Message: fmt.Sprintf(format, a...)}
+}
 
 func fail(remedy, format string, a ...any) Outcome {
 	return Outcome{Status: Fail, Message: fmt.Sprintf(format, a...), Remedy: remedy}
