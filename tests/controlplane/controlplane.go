@@ -101,7 +101,7 @@ func New(opts Options) (cp *ControlPlane, err error) {
 	default:
 		cp.apiIPs = []net.IP{net.IPv4(127, 0, 0, 1)}
 	}
-	if cp.Unrelated, err = NewPKI(filepath.Join(cp.Dir, "unrelated"), "Unrelated"); err != nil {
+	if cp.Unrelated, err = NewPKI(filepath.Join(cp.Dir, "unrelated"), CAName); err != nil {
 		return nil, err
 	}
 	if cp.CA, err = StartStepCA(StepCAOptions{Dir: cp.Dir, Hostname: opts.CAHostname}); err != nil {

@@ -29,6 +29,14 @@ func init() {
 // DefaultCAHostname is the CA's name in provision.toml's ca.url.
 const DefaultCAHostname = "ca.cp.internal"
 
+// CAName is the subject name of every test CA: step-ca's generations and the
+// unrelated CA share it and differ only in keys. A TLS client that picks its
+// certificate by the server's acceptable CA names (Go's, with
+// tls.Config.Certificates) therefore still sends a stale certificate, and the
+// handshake fails with "unknown certificate authority" as in the incident,
+// not with "certificate required".
+const CAName = "Control Plane Test"
+
 // DefaultProvisioner is the JWK provisioner's name (the tokens' iss).
 const DefaultProvisioner = "provision-tests"
 
@@ -99,7 +107,9 @@ func StartStepCA(opts StepCAOptions) (*StepCA, error) {
 
 func (s *StepCA) newGenerationLocked() error {
 	s.gen++
-	p, err := NewPKI(filepath.Join(s.dir, "stepca-"+strconv.Itoa(s.gen)), fmt.Sprintf("Step Test Gen%d", s.gen))
+	// Every generation has the same subject names, as a CA re-initialised
+	// with the same name would: only the keys differ.
+	p, err := NewPKI(filepath.Join(s.dir, "stepca-"+strconv.Itoa(s.gen)), CAName)
 	if err != nil {
 		return err
 	}
