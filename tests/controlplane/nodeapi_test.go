@@ -119,8 +119,8 @@ func TestNodeAPIOverMTLS(t *testing.T) {
 			wantErr: []string{"certificate required", "handshake failure"},
 		},
 		{
-			name: "stale certificate from an unrelated CA: unknown certificate authority",
-			cert: func(cp *ControlPlane) (*Leaf, error) { return cp.IssueStaleCert(node) },
+			name:    "stale certificate from an unrelated CA: unknown certificate authority",
+			cert:    func(cp *ControlPlane) (*Leaf, error) { return cp.IssueStaleCert(node) },
 			wantErr: []string{"unknown certificate authority", "bad certificate"},
 		},
 		{
@@ -144,9 +144,11 @@ func TestNodeAPIOverMTLS(t *testing.T) {
 			cert: nodeCert(node), wantStatus: http.StatusNoContent,
 		},
 		{
-			name:  "injected 503 with Retry-After",
-			setup: func(t *testing.T, cp *ControlPlane) { cp.API.FailNext(RetryAfterFault(http.StatusServiceUnavailable, 1)) },
-			cert:  nodeCert(node), wantStatus: http.StatusServiceUnavailable,
+			name: "injected 503 with Retry-After",
+			setup: func(t *testing.T, cp *ControlPlane) {
+				cp.API.FailNext(RetryAfterFault(http.StatusServiceUnavailable, 1))
+			},
+			cert: nodeCert(node), wantStatus: http.StatusServiceUnavailable,
 			check: func(t *testing.T, cp *ControlPlane, r apiResult) {
 				if r.header.Get("Retry-After") != "1" {
 					t.Errorf("Retry-After %q", r.header.Get("Retry-After"))
