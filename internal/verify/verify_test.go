@@ -1,0 +1,337 @@
+package verify_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/verify"
+)
+
+// fake is a check that records that it ran and returns a fixed outcome. The
+// runner's logic (order, suppression, root cause) does not depend on what a
+// check does, so fakes are the honest way to pin it down.
+func fake(name string, layer diag.Layer, owner diag.Owner, o verify.Outcome, ran *[]string, deps ...string) verify.Check {
+	return verify.Check{Name: name, Layer: layer, Owner: owner, DependsOn: deps,
+		Run: func(context.Context, *verify.Env) verify.Outcome {
+			*ran = append(*ran, name)
+			return o
+		}}
+}
+
+var (
+	ok   = verify.Outcome{Status: verify.Pass, Message: "fine"}
+	warn = verify.Outcome{Status: verify.Warn, Message: "meh", Remedy: "look at it"}
+	bad  = verify.Outcome{Status: verify.Fail, Message: "broken", Remedy: "fix it", Evidence: map[string]string{"k": "v"}}
+)
+
+type row struct {
+	name   string
+	status verify.Status
+	msg    string
+}
+
+func rows(rs []verify.Result) []row {
+	var out []row
+	for _, r := range rs {
+		out = append(out, row{r.Name, r.Status, r.Message})
+	}
+	return out
+}
+
+func TestRunOrderAndSuppression(t *testing.T) {
+	skipped := func(dep string) string { return "skipped: depends on " + dep + ", which did not pass" }
+	tests := []struct {
+		name    string
+		checks  func(ran *[]string) []verify.Check
+		wantRan []string
+		want    []row
+	}{
+		{
+			name: "all pass run in declared order, not alphabetical",
+			checks: func(ran *[]string) []verify.Check {
+				return []verify.Check{
+					fake("zeta", diag.Config, diag.Node, ok, ran),
+					fake("alpha", diag.Hosts, diag.Node, ok, ran, "zeta"),
+					fake("mid", diag.TCP, diag.Network, ok, ran),
+				}
+			},
+			wantRan: []string{"zeta", "alpha", "mid"},
+			want:    []row{{"zeta", verify.Pass, "fine"}, {"alpha", verify.Pass, "fine"}, {"mid", verify.Pass, "fine"}},
+		},
+		{
+			name: "a failed check's dependents are skipped, naming it, and never run",
+			checks: func(ran *[]string) []verify.Check {
+				return []verify.Check{
+					fake("a", diag.Hosts, diag.Node, bad, ran),
+					fake("b", diag.TCP, diag.Network, ok, ran, "a"),
+					fake("c", diag.Clock, diag.Node, ok, ran),
+				}
+			},
+			wantRan: []string{"a", "c"},
+			want:    []row{{"a", verify.Fail, "broken"}, {"b", verify.Skip, skipped("a")}, {"c", verify.Pass, "fine"}},
+		},
+		{
+			name: "suppression is transitive: a skip blocks its own dependents and names the skipped check",
+			checks: func(ran *[]string) []verify.Check {
+				return []verify.Check{
+					fake("a", diag.TCP, diag.Network, bad, ran),
+					fake("b", diag.TLSServer, diag.Ingress, ok, ran, "a"),
+					fake("c", diag.TLSClientAuth, diag.Ingress, ok, ran, "b"),
+					fake("d", diag.Route, diag.Ingress, ok, ran, "c"),
+				}
+			},
+			wantRan: []string{"a"},
+			want:    []row{{"a", verify.Fail, "broken"}, {"b", verify.Skip, skipped("a")}, {"c", verify.Skip, skipped("b")}, {"d", verify.Skip, skipped("c")}},
+		},
+		{
+			name: "warn does not block dependents",
+			checks: func(ran *[]string) []verify.Check {
+				return []verify.Check{
+					fake("a", diag.Hosts, diag.Node, warn, ran),
+					fake("b", diag.TCP, diag.Network, ok, ran, "a"),
+				}
+			},
+			wantRan: []string{"a", "b"},
+			want:    []row{{"a", verify.Warn, "meh"}, {"b", verify.Pass, "fine"}},
+		},
+		{
+			name: "the first failing dependency in DependsOn order is named",
+			checks: func(ran *[]string) []verify.Check {
+				return []verify.Check{
+					fake("x", diag.CA, diag.CAOwner, ok, ran),
+					fake("y", diag.Credentials, diag.Node, bad, ran),
+					fake("z", diag.CA, diag.CAOwner, bad, ran),
+					fake("w", diag.CA, diag.Node, ok, ran, "x", "y", "z"),
+				}
+			},
+			wantRan: []string{"x", "y", "z"},
+			want:    []row{{"x", verify.Pass, "fine"}, {"y", verify.Fail, "broken"}, {"z", verify.Fail, "broken"}, {"w", verify.Skip, skipped("y")}},
+		},
+		{
+			name: "a dependency that is declared later (or unknown) blocks: order is the contract",
+			checks: func(ran *[]string) []verify.Check {
+				return []verify.Check{
+					fake("early", diag.TCP, diag.Network, ok, ran, "late"),
+					fake("late", diag.Hosts, diag.Node, ok, ran),
+					fake("orphan", diag.Route, diag.Ingress, ok, ran, "nonexistent"),
+				}
+			},
+			wantRan: []string{"late"},
+			want:    []row{{"early", verify.Skip, skipped("late")}, {"late", verify.Pass, "fine"}, {"orphan", verify.Skip, skipped("nonexistent")}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ran []string
+			got := verify.Run(context.Background(), nil, tt.checks(&ran), nil)
+			if !reflect.DeepEqual(ran, tt.wantRan) {
+				t.Errorf("ran %v, want %v", ran, tt.wantRan)
+			}
+			if g := rows(got); !reflect.DeepEqual(g, tt.want) {
+				t.Errorf("results\n got %v\nwant %v", g, tt.want)
+			}
+		})
+	}
+}
+
+func TestRunOutcomeOverridesLayerAndOwner(t *testing.T) {
+	var ran []string
+	o := verify.Outcome{Status: verify.Fail, Message: "lower", Layer: diag.Hosts, Owner: diag.Node}
+	got := verify.Run(context.Background(), nil, []verify.Check{
+		fake("tcp", diag.TCP, diag.Network, o, &ran),
+		fake("plain", diag.Route, diag.Ingress, bad, &ran),
+	}, nil)
+	if got[0].Layer != diag.Hosts || got[0].Owner != diag.Node {
+		t.Errorf("override: got layer %s owner %s, want hosts node", got[0].Layer, got[0].Owner)
+	}
+	if got[1].Layer != diag.Route || got[1].Owner != diag.Ingress {
+		t.Errorf("default: got layer %s owner %s, want route ingress", got[1].Layer, got[1].Owner)
+	}
+	if got[0].Remedy != "" || got[1].Remedy != "fix it" || got[1].Evidence["k"] != "v" {
+		t.Errorf("remedy/evidence not carried: %+v", got)
+	}
+}
+
+func TestRunLogsEveryCheckWithLayerAndOwner(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var ran []string
+	verify.Run(context.Background(), nil, []verify.Check{
+		fake("a", diag.TCP, diag.Network, bad, &ran),
+		fake("b", diag.TLSServer, diag.Ingress, ok, &ran, "a"),
+		fake("c", diag.Clock, diag.Node, warn, &ran),
+	}, log)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want one log line per check, got %d:\n%s", len(lines), buf.String())
+	}
+	want := []map[string]string{
+		{"level": "ERROR", "check": "a", "layer": "tcp", "owner": "network", "status": "fail"},
+		{"level": "INFO", "check": "b", "layer": "tls-server", "owner": "ingress", "status": "skip"},
+		{"level": "WARN", "check": "c", "layer": "clock", "owner": "node", "status": "warn"},
+	}
+	for i, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range want[i] {
+			if m[k] != v {
+				t.Errorf("line %d: %s = %v, want %s (%s)", i, k, m[k], v, l)
+			}
+		}
+	}
+}
+
+func TestNewReport(t *testing.T) {
+	transientFail := verify.Outcome{Status: verify.Fail, Message: "503 from the API", Remedy: "wait", Transient: true,
+		Owner: diag.API, Layer: diag.TasksWait}
+	tests := []struct {
+		name   string
+		checks func(ran *[]string) []verify.Check
+		want   verify.Report // Checks and durations not compared here
+	}{
+		{
+			name: "all pass or warn: ok, no failed fields",
+			checks: func(ran *[]string) []verify.Check {
+				return []verify.Check{fake("a", diag.Config, diag.Node, ok, ran), fake("b", diag.Hosts, diag.Node, warn, ran)}
+			},
+			want: verify.Report{OK: true, Command: "verify", NodeID: "gpu-1",
+				Summary: "healthy: the node polls tasks/wait through the ingress with its own certificate"},
+		},
+		{
+			name: "root cause is the first failure, not the last nor the lowest layer",
+			checks: func(ran *[]string) []verify.Check {
+				return []verify.Check{
+					fake("a", diag.Config, diag.Node, ok, ran),
+					fake("route", diag.Route, diag.Ingress, bad, ran),
+					fake("hosts", diag.Hosts, diag.Node, verify.Outcome{Status: verify.Fail, Message: "later"}, ran),
+				}
+			},
+			want: verify.Report{Command: "verify", NodeID: "gpu-1", FailedLayer: diag.Route, Owner: diag.Ingress,
+				FailedCheck: "route", Summary: "broken", Remedy: "fix it"},
+		},
+		{
+			name: "transient and the outcome's owner/layer override reach the report",
+			checks: func(ran *[]string) []verify.Check {
+				return []verify.Check{fake("tasks-wait", diag.TasksWait, diag.Ingress, transientFail, ran)}
+			},
+			want: verify.Report{Command: "verify", NodeID: "gpu-1", FailedLayer: diag.TasksWait, Owner: diag.API,
+				FailedCheck: "tasks-wait", Summary: "503 from the API", Remedy: "wait", Transient: true},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ran []string
+			res := verify.Run(context.Background(), nil, tt.checks(&ran), nil)
+			r := verify.NewReport("verify", "gpu-1", res, 1500*time.Millisecond)
+			if r.DurationMS != 1500 {
+				t.Errorf("duration_ms %d, want 1500", r.DurationMS)
+			}
+			if len(r.Checks) != len(res) {
+				t.Errorf("report has %d checks, want %d", len(r.Checks), len(res))
+			}
+			got := *r
+			got.Checks, got.DurationMS = nil, 0
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("report\n got %+v\nwant %+v", got, tt.want)
+			}
+			rc := r.RootCause()
+			if tt.want.OK != (rc == nil) {
+				t.Errorf("RootCause() = %v with ok=%v", rc, tt.want.OK)
+			}
+			if rc != nil && rc.Name != tt.want.FailedCheck {
+				t.Errorf("RootCause().Name = %s, want %s", rc.Name, tt.want.FailedCheck)
+			}
+		})
+	}
+}
+
+func TestFailed(t *testing.T) {
+	f := &diag.Finding{Layer: diag.Enroll, Owner: diag.CAOwner, Transient: true, Summary: "the CA is unavailable",
+		Remedy: "wait", Evidence: map[string]string{"http_status": "503"}}
+	r := verify.Failed("bootstrap", "gpu-7", "enroll", f)
+	if r.OK || r.Command != "bootstrap" || r.NodeID != "gpu-7" || r.FailedLayer != diag.Enroll || r.Owner != diag.CAOwner ||
+		r.FailedCheck != "enroll" || r.Summary != f.Summary || r.Remedy != "wait" || !r.Transient {
+		t.Errorf("Failed report wrong: %+v", r)
+	}
+	if len(r.Checks) != 1 || r.Checks[0].Status != verify.Fail || r.Checks[0].Evidence["http_status"] != "503" ||
+		r.Checks[0].Layer != diag.Enroll || r.Checks[0].Owner != diag.CAOwner {
+		t.Errorf("Failed report's single check wrong: %+v", r.Checks)
+	}
+}
+
+// TestReportJSONFieldNames pins the JSON field names: consumers and runbooks
+// key on them.
+func TestReportJSONFieldNames(t *testing.T) {
+	var ran []string
+	res := verify.Run(context.Background(), nil, []verify.Check{
+		fake("tasks-wait", diag.TasksWait, diag.API, verify.Outcome{Status: verify.Fail, Message: "m", Remedy: "r",
+			Evidence: map[string]string{"http_status": "503"}, Transient: true}, &ran),
+	}, nil)
+	b, err := json.Marshal(verify.NewReport("verify", "gpu-1", res, time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"ok", "command", "node_id", "failed_layer", "owner", "failed_check", "summary", "remedy", "transient", "checks", "duration_ms"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("report JSON lacks %q: %s", k, b)
+		}
+	}
+	c := m["checks"].([]any)[0].(map[string]any)
+	for _, k := range []string{"name", "layer", "owner", "status", "message", "remedy", "evidence", "duration_ms"} {
+		if _, ok := c[k]; !ok {
+			t.Errorf("check JSON lacks %q: %s", k, b)
+		}
+	}
+	if m["ok"] != false || m["failed_layer"] != "tasks-wait" || m["owner"] != "api" || c["status"] != "fail" {
+		t.Errorf("values wrong: %s", b)
+	}
+}
+
+// TestChecksLadder pins the real ladder's names, layers, owners and
+// dependencies: check names are an interface, and every dependency must name
+// an earlier check or the runner would skip it forever.
+func TestChecksLadder(t *testing.T) {
+	type c struct {
+		name  string
+		layer diag.Layer
+		owner diag.Owner
+	}
+	want := []c{
+		{"config", diag.Config, diag.Node}, {"hosts-block", diag.Hosts, diag.Node}, {"hosts-resolve", diag.Hosts, diag.Node},
+		{"hosts-persist", diag.Hosts, diag.Node}, {"ca-root", diag.CA, diag.CAOwner}, {"clock", diag.Clock, diag.Node},
+		{"credentials", diag.Credentials, diag.Node}, {"ca-chain", diag.CA, diag.Node}, {"tcp", diag.TCP, diag.Network},
+		{"tls-server", diag.TLSServer, diag.Ingress}, {"tls-client-auth", diag.TLSClientAuth, diag.Ingress},
+		{"route", diag.Route, diag.Ingress}, {"identity", diag.Identity, diag.API}, {"tasks-wait", diag.TasksWait, diag.API},
+	}
+	checks := verify.Checks()
+	var got []c
+	seen := map[string]bool{}
+	for _, x := range checks {
+		got = append(got, c{x.Name, x.Layer, x.Owner})
+		for _, d := range x.DependsOn {
+			if !seen[d] {
+				t.Errorf("%s depends on %s, which is not an earlier check", x.Name, d)
+			}
+		}
+		seen[x.Name] = true
+		if x.Run == nil {
+			t.Errorf("%s has no Run", x.Name)
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ladder\n got %v\nwant %v", got, want)
+	}
+}
