@@ -24,6 +24,13 @@ type WriteOptions struct {
 	KeepOwner bool
 }
 
+// Hook, when set, is called with "before rename <base name>" once the new
+// content is in the temp file and before it is renamed over path. The crash
+// tests (tests/reliability, built with -tags crashpoints) kill the process
+// there, the one instant a torn hosts file or receipt could be seen if the
+// write were not atomic. It is nil in production.
+var Hook func(step string)
+
 // WriteFileAtomic replaces path with data so that a crash at any instant
 // leaves either the old or the new content: a temp file in the same
 // directory, fsync, rename, fsync of the directory. renameio does the first
@@ -50,6 +57,9 @@ func WriteFileAtomic(path string, data []byte, o WriteOptions) error {
 	}
 	if _, err := pf.Write(data); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if Hook != nil {
+		Hook("before rename " + filepath.Base(path))
 	}
 	if err := pf.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("replacing %s: %w", path, err)
