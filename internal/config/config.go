@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"net/url"
 	"os"
@@ -424,7 +425,8 @@ func isHex(s string) bool {
 func (c *Config) WaitURL() string {
 	p := strings.ReplaceAll(c.NodeAPI.WaitPath, "{node_id}", url.PathEscape(c.NodeID))
 	u := strings.TrimRight(c.NodeAPI.URL, "/") + p
-	secs := int(c.NodeAPI.WaitTimeout.Seconds())
+	// The API takes whole seconds; round up so "500ms" still asks it to hold.
+	secs := int(math.Ceil(c.NodeAPI.WaitTimeout.Seconds()))
 	return fmt.Sprintf("%s?timeout=%d", u, secs)
 }
 

@@ -359,7 +359,8 @@ func TestWaitURL(t *testing.T) {
 		{"trailing slash on the URL", "https://api:8443/", "/n/{node_id}", "n1", 30 * time.Second, "https://api:8443/n/n1?timeout=30"},
 		{"node id escaped as one path segment", "https://api", "/n/{node_id}/w", "a b/c?d#e%f", time.Second, "https://api/n/a%20b%2Fc%3Fd%23e%25f/w?timeout=1"},
 		{"dots kept", "https://api", "/n/{node_id}", "gpu.rack-1_a", time.Second, "https://api/n/gpu.rack-1_a?timeout=1"},
-		{"sub-second timeout truncates", "https://api", "/{node_id}", "n", 1500 * time.Millisecond, "https://api/n?timeout=1"},
+		{"fractional timeout rounds up", "https://api", "/{node_id}", "n", 1500 * time.Millisecond, "https://api/n?timeout=2"},
+		{"sub-second timeout still asks the API to hold", "https://api", "/{node_id}", "n", 500 * time.Millisecond, "https://api/n?timeout=1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
