@@ -88,6 +88,9 @@ func (c NodeConfig) TOML() ([]byte, error) {
 type NodeFiles struct {
 	Root       string // the --root directory
 	ConfigPath string // host path of the config: Root + DefaultConfigPath
+	// ConfigArg is the value for provision's --config: the node-side path
+	// (DefaultConfigPath), which provision reads under --root.
+	ConfigArg string
 	TokenPath  string // host path of the token file (0600)
 	HostsPath  string // host path of the node's hosts file
 	PKIDir     string // host path of pki_dir
@@ -109,6 +112,7 @@ func WriteNode(root string, cfg NodeConfig, token string) (NodeFiles, error) {
 	f := NodeFiles{
 		Root:       root,
 		ConfigPath: InRoot(root, DefaultConfigPath),
+		ConfigArg:  DefaultConfigPath,
 		TokenPath:  InRoot(root, cfg.CA.TokenFile),
 		HostsPath:  InRoot(root, cfg.Paths.HostsFile),
 		PKIDir:     InRoot(root, cfg.Paths.PKIDir),

@@ -1,0 +1,37 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/gpuaas/provision/tests/controlplane"
+)
+
+// TestDemo runs the README demo in-process against its own control plane:
+// bootstrap passes, verify fails with the ingress's wrong client CA, verify
+// passes once restored. If this fails, the README's first command is broken.
+func TestDemo(t *testing.T) {
+	cp := controlplane.Start(t, controlplane.Options{})
+	files, err := cp.PrepareNode(t.TempDir(), nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := demo(context.Background(), cp, files, &out, &errOut, false); code != 0 {
+		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
+	}
+	for _, want := range []string{
+		"exit code 0 (expected exit 0): as expected",
+		"tls-client-auth",
+		"lab: every step behaved as expected",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if cp.ClientCAMode() != controlplane.ClientCAStep {
+		t.Errorf("demo left the node API in mode %v", cp.ClientCAMode())
+	}
+}
