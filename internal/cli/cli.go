@@ -146,13 +146,51 @@ func printRootHelp(w io.Writer) {
 	fmt.Fprintf(w, rootHelp, b.String())
 }
 
+// didYouMean suggests the command the user most likely meant: one that the
+// typed word is a prefix of (or extends), else the nearest by edit distance
+// when at most two edits away (typos such as "verfy" or "bootsrap").
 func didYouMean(s string) string {
 	for _, c := range commands() {
 		if strings.HasPrefix(c.name, s) || strings.HasPrefix(s, c.name) {
 			return fmt.Sprintf(" (did you mean %q?)", c.name)
 		}
 	}
+	best, bestD := "", 3
+	for _, c := range commands() {
+		if d := editDistance(s, c.name); d < bestD {
+			best, bestD = c.name, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf(" (did you mean %q?)", best)
+	}
 	return ""
+}
+
+// editDistance is the Damerau-Levenshtein distance (optimal string
+// alignment): a transposition of two adjacent letters counts as one edit.
+func editDistance(a, b string) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
 }
 
 // flags is the common flag set of a command.
