@@ -106,6 +106,11 @@ Commands:
 %s
 Run 'provision <command> --help' for a command's flags and examples.
 
+Examples:
+  provision bootstrap                          # first boot: enroll and prove
+  provision verify --format json | jq '{ok, failed_layer, owner}'
+  provision hosts show
+
 ` + exitCodesHelp
 
 // Run executes the provision command line and returns the process exit code.
