@@ -1,0 +1,362 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/verify"
+)
+
+func render(t *testing.T, format string, r *verify.Report) (string, int) {
+	t.Helper()
+	var out bytes.Buffer
+	env := &runEnv{stdout: &out, stderr: io.Discard}
+	f := newFlags(verifyCmd, env, true)
+	f.format = format
+	code := printReport(env, f, r)
+	return out.String(), code
+}
+
+func passingReport() *verify.Report {
+	return verify.NewReport("verify", "gpu-0042", []verify.Result{
+		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: verify.Pass, Message: "config is valid", DurationMS: 0},
+		{Name: "hosts-persist", Layer: diag.Hosts, Owner: diag.Node, Status: verify.Warn, Message: "cloud-init's manage_etc_hosts is on",
+			Remedy: "set manage_etc_hosts: false", DurationMS: 1},
+		{Name: "tasks-wait", Layer: diag.TasksWait, Owner: diag.API, Status: verify.Pass, Message: "tasks/wait answered 204 in 3ms", DurationMS: 3},
+	}, 12*time.Millisecond)
+}
+
+func failingReport() *verify.Report {
+	return verify.NewReport("verify", "gpu-0042", []verify.Result{
+		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: verify.Pass, Message: "config is valid"},
+		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, Status: verify.Pass, Message: "connected to node-api.cp.internal (127.0.0.1:8443)", DurationMS: 2},
+		{Name: "tls-client-auth", Layer: diag.TLSClientAuth, Owner: diag.Node, Status: verify.Fail,
+			Message: "the ingress rejected the node's client certificate on the first read after the handshake (TLS 1.3): remote error: tls: unknown certificate authority.",
+			Remedy:  "re-enroll the node: its certificate was issued by a CA the control plane no longer uses (provision bootstrap with a fresh token)",
+			Evidence: map[string]string{"tls_version": "TLS 1.3", "error": "remote error: tls: unknown certificate authority",
+				"body": "line one\nline two", "server_subject": "CN=node-api.cp.internal"},
+			DurationMS: 4},
+		{Name: "route", Layer: diag.Route, Owner: diag.Ingress, Status: verify.Skip, Message: "skipped: depends on tls-client-auth, which did not pass"},
+	}, 20*time.Millisecond)
+}
+
+func TestRenderTextPassing(t *testing.T) {
+	got, code := render(t, "text", passingReport())
+	want := `[PASS] config         config is valid
+[WARN] hosts-persist  cloud-init's manage_etc_hosts is on
+[PASS] tasks-wait     tasks/wait answered 204 in 3ms
+  warning (hosts-persist): set manage_etc_hosts: false
+
+provision verify: healthy: the node polls tasks/wait through the ingress with its own certificate
+`
+	if got != want {
+		t.Errorf("text report\n--- got\n%s--- want\n%s", got, want)
+	}
+	if code != 0 {
+		t.Errorf("exit %d, want 0", code)
+	}
+}
+
+func TestRenderTextFailing(t *testing.T) {
+	got, code := render(t, "text", failingReport())
+	want := `[PASS] config           config is valid
+[PASS] tcp              connected to node-api.cp.internal (127.0.0.1:8443)
+[FAIL] tls-client-auth  the ingress rejected the node's client certificate on the first read after the handshake (TLS 1.3): remote error: tls: unknown certificate authority.
+[SKIP] route            skipped: depends on tls-client-auth, which did not pass
+
+Root cause: layer tls-client-auth, owner node (check tls-client-auth)
+  what:   the ingress rejected the node's client certificate on the first read after the handshake (TLS 1.3): remote error: tls: unknown certificate authority.
+  fix:    re-enroll the node: its certificate was issued by a CA the control plane no longer uses (provision bootstrap with a fresh token)
+  evidence:
+    body: line one line two
+    error: remote error: tls: unknown certificate authority
+    server_subject: CN=node-api.cp.internal
+    tls_version: TLS 1.3
+
+provision verify: FAILED at layer tls-client-auth (owner: node): the ingress rejected the node's client certificate on the first read after the handshake (TLS 1.3): remote error: tls: unknown certificate authority. Next: re-enroll the node: its certificate was issued by a CA the control plane no longer uses (provision bootstrap with a fresh token) (exit 16)
+`
+	if got != want {
+		t.Errorf("text report\n--- got\n%s--- want\n%s", got, want)
+	}
+	if code != 16 {
+		t.Errorf("exit %d, want 16", code)
+	}
+}
+
+func TestRenderTextFailingWithoutRemedy(t *testing.T) {
+	r := verify.Failed("bootstrap", "gpu-1", "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "cannot lock"})
+	got, code := render(t, "text", r)
+	want := `[FAIL] lock  cannot lock
+
+Root cause: layer state, owner node (check lock)
+  what:   cannot lock
+
+provision bootstrap: FAILED at layer state (owner: node): cannot lock. Next: see the checks above (exit 21)
+`
+	if got != want || code != 21 {
+		t.Errorf("exit %d, text\n--- got\n%s--- want\n%s", code, got, want)
+	}
+}
+
+func TestRenderJSONFailing(t *testing.T) {
+	got, code := render(t, "json", failingReport())
+	want := `{
+  "ok": false,
+  "command": "verify",
+  "node_id": "gpu-0042",
+  "failed_layer": "tls-client-auth",
+  "owner": "node",
+  "failed_check": "tls-client-auth",
+  "summary": "the ingress rejected the node's client certificate on the first read after the handshake (TLS 1.3): remote error: tls: unknown certificate authority.",
+  "remedy": "re-enroll the node: its certificate was issued by a CA the control plane no longer uses (provision bootstrap with a fresh token)",
+  "checks": [
+    {
+      "name": "config",
+      "layer": "config",
+      "owner": "node",
+      "status": "pass",
+      "message": "config is valid",
+      "duration_ms": 0
+    },
+    {
+      "name": "tcp",
+      "layer": "tcp",
+      "owner": "network",
+      "status": "pass",
+      "message": "connected to node-api.cp.internal (127.0.0.1:8443)",
+      "duration_ms": 2
+    },
+    {
+      "name": "tls-client-auth",
+      "layer": "tls-client-auth",
+      "owner": "node",
+      "status": "fail",
+      "message": "the ingress rejected the node's client certificate on the first read after the handshake (TLS 1.3): remote error: tls: unknown certificate authority.",
+      "remedy": "re-enroll the node: its certificate was issued by a CA the control plane no longer uses (provision bootstrap with a fresh token)",
+      "evidence": {
+        "body": "line one\nline two",
+        "error": "remote error: tls: unknown certificate authority",
+        "server_subject": "CN=node-api.cp.internal",
+        "tls_version": "TLS 1.3"
+      },
+      "duration_ms": 4
+    },
+    {
+      "name": "route",
+      "layer": "route",
+      "owner": "ingress",
+      "status": "skip",
+      "message": "skipped: depends on tls-client-auth, which did not pass",
+      "duration_ms": 0
+    }
+  ],
+  "duration_ms": 20,
+  "exit_code": 16
+}
+`
+	if got != want {
+		t.Errorf("JSON report\n--- got\n%s--- want\n%s", got, want)
+	}
+	if code != 16 {
+		t.Errorf("exit %d, want 16", code)
+	}
+}
+
+func TestRenderJSONPassingAndTransient(t *testing.T) {
+	got, code := render(t, "json", passingReport())
+	var m map[string]any
+	if err := json.Unmarshal([]byte(got), &m); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, got)
+	}
+	// A passing report carries no failure fields at all.
+	keys := []string{}
+	for k := range m {
+		keys = append(keys, k)
+	}
+	for _, k := range []string{"ok", "command", "node_id", "summary", "checks", "duration_ms", "exit_code"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("passing JSON lacks %q", k)
+		}
+	}
+	for _, k := range []string{"failed_layer", "owner", "failed_check", "remedy", "transient"} {
+		if _, ok := m[k]; ok {
+			t.Errorf("passing JSON has %q: %s", k, got)
+		}
+	}
+	if m["ok"] != true || m["exit_code"] != float64(0) || code != 0 {
+		t.Errorf("ok %v exit_code %v code %d", m["ok"], m["exit_code"], code)
+	}
+
+	r := verify.Failed("verify", "gpu-1", "tasks-wait", &diag.Finding{Layer: diag.TasksWait, Owner: diag.Ingress, Transient: true, Summary: "502"})
+	got, code = render(t, "json", r)
+	m = nil
+	if err := json.Unmarshal([]byte(got), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["transient"] != true || m["exit_code"] != float64(19) || code != 19 || m["owner"] != "ingress" {
+		t.Errorf("transient report: %s", got)
+	}
+}
+
+// contractExit is the exit-code table of the product contract, written out
+// independently of the code under test.
+var contractExit = map[diag.Layer]int{
+	diag.Config: 3, diag.Hosts: 10, diag.Clock: 11, diag.Credentials: 12, diag.CA: 13, diag.TCP: 14,
+	diag.TLSServer: 15, diag.TLSClientAuth: 16, diag.Route: 17, diag.Identity: 18, diag.TasksWait: 19,
+	diag.Enroll: 20, diag.State: 21,
+}
+
+func TestExitCodePerLayer(t *testing.T) {
+	if len(contractExit) != len(diag.Layers) {
+		t.Fatalf("diag.Layers has %d layers, the contract %d: a layer was added without an exit code", len(diag.Layers), len(contractExit))
+	}
+	for _, l := range diag.Layers {
+		t.Run(string(l), func(t *testing.T) {
+			want, ok := contractExit[l]
+			if !ok {
+				t.Fatalf("layer %s has no exit code in the contract", l)
+			}
+			if got := ExitCode(l); got != want {
+				t.Errorf("ExitCode(%s) = %d, want %d", l, got, want)
+			}
+			r := verify.Failed("verify", "n", "x", &diag.Finding{Layer: l, Owner: diag.Node, Summary: "s"})
+			for _, format := range []string{"text", "json"} {
+				out, code := render(t, format, r)
+				if code != want {
+					t.Errorf("%s: printReport exit %d, want %d", format, code, want)
+				}
+				if format == "text" && !strings.HasSuffix(out, fmt.Sprintf("(exit %d)\n", want)) {
+					t.Errorf("text's last line does not name exit %d:\n%s", want, out)
+				}
+				if format == "json" && !strings.Contains(out, fmt.Sprintf("\"exit_code\": %d\n", want)) {
+					t.Errorf("JSON lacks exit_code %d:\n%s", want, out)
+				}
+			}
+			// The help's table documents the same number for the layer.
+			re := regexp.MustCompile(fmt.Sprintf(`(?m)^  %d +%s\b`, want, regexp.QuoteMeta(string(l))))
+			if !re.MatchString(exitCodesHelp) {
+				t.Errorf("exit-code help has no line for %d %s:\n%s", want, l, exitCodesHelp)
+			}
+		})
+	}
+	if got := ExitCode("no-such-layer"); got != ExitInternal {
+		t.Errorf("unknown layer exit %d, want %d", got, ExitInternal)
+	}
+}
+
+func run(args ...string) (stdout, stderr string, code int) {
+	var o, e bytes.Buffer
+	code = Run(context.Background(), args, &o, &e)
+	return o.String(), e.String(), code
+}
+
+func TestUsageErrorsExit2(t *testing.T) {
+	root := t.TempDir()
+	tests := []struct {
+		args       []string
+		wantStderr string
+	}{
+		{nil, "missing command"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"verify", "--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"verify", "--format", "yaml"}, `--format must be text or json, got "yaml"`},
+		{[]string{"bootstrap", "--log-format", "xml"}, `--log-format must be text or json`},
+		{[]string{"verify", "--root", root, "extra"}, `unexpected argument "extra"`},
+		{[]string{"verify", "--root", root + "/does-not-exist"}, "--root"},
+		{[]string{"hosts"}, "hosts needs a subcommand"},
+		{[]string{"hosts", "frob"}, `unknown hosts subcommand "frob"`},
+		{[]string{"hosts", "apply", "--format", "json"}, "flag provided but not defined: -format"},
+		{[]string{"version", "now"}, `unexpected argument "now"`},
+		{[]string{"userdata"}, "userdata needs --token-file"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			out, errs, code := run(tt.args...)
+			if code != ExitUsage {
+				t.Errorf("exit %d, want %d\nstdout: %s\nstderr: %s", code, ExitUsage, out, errs)
+			}
+			if !strings.Contains(errs, tt.wantStderr) {
+				t.Errorf("stderr lacks %q:\n%s", tt.wantStderr, errs)
+			}
+		})
+	}
+}
+
+func TestHelpEveryCommand(t *testing.T) {
+	for _, args := range [][]string{
+		{"--help"}, {"help"}, {"-h"},
+		{"bootstrap", "--help"}, {"verify", "--help"}, {"verify", "-h"}, {"hosts", "--help"}, {"hosts", "apply", "--help"},
+		{"hosts", "show", "-h"}, {"hosts", "remove", "--help"}, {"version", "--help"}, {"userdata", "--help"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			out, errs, code := run(args...)
+			if code != ExitOK {
+				t.Errorf("exit %d, want 0; stderr %s", code, errs)
+			}
+			if !strings.Contains(out, "Examples:\n  provision ") {
+				t.Errorf("help has no examples:\n%s", out)
+			}
+			if !strings.Contains(out, exitCodesHelp) {
+				t.Errorf("help lacks the exit-code table:\n%s", out)
+			}
+			if errs != "" {
+				t.Errorf("help wrote to stderr: %s", errs)
+			}
+		})
+	}
+	// The root help lists every command.
+	out, _, _ := run("--help")
+	for _, c := range commands() {
+		if !strings.Contains(out, "  "+c.name+" ") {
+			t.Errorf("root help does not list %s", c.name)
+		}
+	}
+}
+
+func TestUnknownCommandSuggests(t *testing.T) {
+	tests := []struct{ typed, want string }{
+		{"verfy", "verify"}, {"veriy", "verify"}, {"bootsrap", "bootstrap"}, {"boot", "bootstrap"},
+		{"host", "hosts"}, {"versoin", "version"}, {"userdat", "userdata"},
+	}
+	for _, tt := range tests {
+		_, errs, code := run(tt.typed)
+		if code != ExitUsage {
+			t.Errorf("%s: exit %d, want 2", tt.typed, code)
+		}
+		if !strings.Contains(errs, fmt.Sprintf("(did you mean %q?)", tt.want)) {
+			t.Errorf("%s: no suggestion of %s:\n%s", tt.typed, tt.want, errs)
+		}
+	}
+	if _, errs, _ := run("kubectl"); strings.Contains(errs, "did you mean") {
+		t.Errorf("a far-off command must not get a suggestion: %s", errs)
+	}
+}
+
+// TestVerifyMissingConfig goes through Run: a missing config is the config
+// layer (exit 3), reported in both formats.
+func TestVerifyMissingConfig(t *testing.T) {
+	root := t.TempDir()
+	out, _, code := run("verify", "--root", root)
+	if code != ExitConfig {
+		t.Errorf("exit %d, want 3\n%s", code, out)
+	}
+	if !strings.HasPrefix(out, "[FAIL] config  ") || !strings.Contains(out, "Root cause: layer config, owner node (check config)") {
+		t.Errorf("text:\n%s", out)
+	}
+	out, _, code = run("verify", "--root", root, "--format", "json")
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if code != 3 || m["exit_code"] != float64(3) || m["failed_layer"] != "config" || m["owner"] != "node" || m["ok"] != false {
+		t.Errorf("code %d JSON %s", code, out)
+	}
+}
