@@ -91,10 +91,10 @@ type NodeFiles struct {
 	// ConfigArg is the value for provision's --config: the node-side path
 	// (DefaultConfigPath), which provision reads under --root.
 	ConfigArg string
-	TokenPath  string // host path of the token file (0600)
-	HostsPath  string // host path of the node's hosts file
-	PKIDir     string // host path of pki_dir
-	StateDir   string // host path of state_dir
+	TokenPath string // host path of the token file (0600)
+	HostsPath string // host path of the node's hosts file
+	PKIDir    string // host path of pki_dir
+	StateDir  string // host path of state_dir
 }
 
 // InRoot joins a node-side absolute path onto root.
