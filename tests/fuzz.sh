@@ -10,7 +10,7 @@ for pkg in $(go list ./...); do
 	targets=$(go test -list '^Fuzz' "$pkg" 2>/dev/null | grep '^Fuzz' || true)
 	for target in $targets; do
 		echo "fuzz: $pkg $target for $t"
-		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$t" "$pkg" >/tmp/fuzz-$$.log 2>&1 || {
+		go test -run "^$" -fuzz "^${target}\$" -fuzztime "$t" -fuzzminimizetime 2s "$pkg" >/tmp/fuzz-$$.log 2>&1 || {
 			cat /tmp/fuzz-$$.log; rm -f /tmp/fuzz-$$.log
 			echo "fuzz: $target in $pkg FAILED (the failing input is under $pkg's testdata/fuzz/$target)"
 			exit 1
