@@ -299,7 +299,13 @@ type Token struct {
 
 // String never shows the token; it exists so that a Token printed by
 // accident leaks nothing.
-func (t *Token) String() string { return "[token redacted]" }
+func (t Token) String() string { return "[token redacted]" }
+
+// Format makes every fmt verb (%v, %+v, %#v, %d, %x, ...) print the redacted
+// form, for a Token and a *Token alike. Without it %#v and %d print the
+// struct's fields, the raw token among them: fmt does not call String for
+// those verbs, nor for unexported fields.
+func (t Token) Format(f fmt.State, _ rune) { io.WriteString(f, t.String()) }
 
 // ParseToken parses a JWK-provisioner one-time token without verifying it.
 func ParseToken(raw string) (*Token, error) {
