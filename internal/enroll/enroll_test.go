@@ -940,4 +940,3 @@ func mustLeafForKey(t *testing.T, p *controlplane.PKI, cn string) func(pub any) 
 		return c
 	}
 }
-
