@@ -304,6 +304,16 @@ func Save(dir string, s *Set, now time.Time) (string, error) {
 		return "", err
 	}
 	hook("current switched")
+	if err := linkStable(dir); err != nil {
+		return "", err
+	}
+	prune(dir, name)
+	return gen, nil
+}
+
+// linkStable points key.pem, cert.pem and ca.pem through "current".
+func linkStable(dir string) error {
+	changed := false
 	for _, f := range []string{KeyFile, CertFile, CAFile} {
 		link := filepath.Join(dir, f)
 		want := filepath.Join(CurrentLink, f)
@@ -313,14 +323,14 @@ func Save(dir string, s *Set, now time.Time) (string, error) {
 		// Replaces a plain file left by an older layout (a 0644 key among
 		// them) atomically with the link.
 		if err := renameio.Symlink(want, link); err != nil {
-			return "", fmt.Errorf("linking %s: %w", link, err)
+			return fmt.Errorf("linking %s: %w", link, err)
 		}
+		changed = true
 	}
-	if err := system.SyncDir(dir); err != nil {
-		return "", err
+	if !changed {
+		return nil
 	}
-	prune(dir, name)
-	return gen, nil
+	return system.SyncDir(dir)
 }
 
 func writeNew(path string, data []byte, mode os.FileMode) error {
@@ -344,9 +354,24 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 }
 
 // Sweep removes what a killed Save left behind: unpublished generation
-// directories and renameio's temporary links.
+// directories and renameio's temporary links. A Save killed after it
+// switched "current" but before it made the stable links is finished here
+// (links created, old generations pruned): "current" only ever names a
+// validated generation, and without the links the node-agent, which opens
+// key.pem and cert.pem, would find no credentials while provision, which
+// reads through "current", would think the node healthy.
 func Sweep(dir string) {
 	system.SweepTemp(dir, CurrentLink, KeyFile, CertFile, CAFile)
+	target, err := os.Readlink(filepath.Join(dir, CurrentLink))
+	if err != nil {
+		return
+	}
+	if _, err := os.Stat(filepath.Join(dir, target)); err != nil {
+		return
+	}
+	if linkStable(dir) == nil {
+		prune(dir, filepath.Base(target))
+	}
 }
 
 // prune keeps the current generation and the newest one before it (a

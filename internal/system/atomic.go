@@ -140,7 +140,9 @@ func SweepTemp(dir string, names ...string) {
 		}
 		for _, base := range names {
 			if strings.HasPrefix(n, "."+base) && len(n) > len(base)+1 && isDigits(n[len(base)+1:]) {
-				os.Remove(filepath.Join(dir, n))
+				// renameio.Symlink leaves a directory holding tmp.symlink
+				// when killed before its rename: Remove would fail on it.
+				os.RemoveAll(filepath.Join(dir, n))
 			}
 		}
 	}
