@@ -109,6 +109,10 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	}
 	stateDir := host.Path(cfg.Paths.StateDir)
 	system.SweepTemp(stateDir, ReceiptFile, PendingFile)
+	// A kill while writing the done marker or a task file leaves renameio's
+	// ".<name><digits>" temp file in those directories too.
+	system.SweepTemp(filepath.Join(stateDir, DoneDir), host.MachineID())
+	sweepTasks(filepath.Join(stateDir, TasksDir))
 
 	// 1. The hosts override.
 	strategy, err := ApplyHosts(cfg, host)
@@ -155,6 +159,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		env.SetRoots(roots)
 	} else {
 		log.Info("step", "step", "assess", "layer", "credentials", "status", "keep", "reason", "certificate is current")
+		forgetBurntToken(cfg, host, log)
 		if err := refreshBundle(pki, env, roots, host.Time()); err != nil {
 			return stop("credentials-write", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error(), Remedy: "check " + cfg.Paths.PKIDir + " is writable"})
 		}
@@ -423,4 +428,45 @@ func saveTask(stateDir string, t probe.Task, now time.Time) error {
 		id = "task-" + now.UTC().Format("20060102T150405.000000000Z")
 	}
 	return writeJSON(filepath.Join(stateDir, TasksDir), id+".json", t.Raw, 0o600)
+}
+
+// sweepTasks removes temp files a killed run left in the tasks directory
+// (".<id>.json<digits>"); task IDs are not known in advance.
+func sweepTasks(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		n := e.Name()
+		trimmed := strings.TrimRight(n, "0123456789")
+		if strings.HasPrefix(n, ".") && len(trimmed) < len(n) && strings.HasSuffix(trimmed, ".json") {
+			os.Remove(filepath.Join(dir, n))
+		}
+	}
+}
+
+// forgetBurntToken runs when the installed credentials are kept. If an
+// enrollment marker is left, a run was killed after the CA issued the
+// certificate (which was saved, since it is being kept) but before the token
+// and the marker were removed: the token is burnt, so it is removed now
+// rather than left lying around; a different token (written since) is kept.
+func forgetBurntToken(cfg *config.Config, host *system.Host, log *slog.Logger) {
+	pendingPath := filepath.Join(host.Path(cfg.Paths.StateDir), PendingFile)
+	b, err := os.ReadFile(pendingPath)
+	if err != nil {
+		return
+	}
+	var prev Pending
+	if json.Unmarshal(b, &prev) == nil && prev.TokenSHA256 != "" {
+		tokPath := host.Path(cfg.CA.TokenFile)
+		if raw, err := os.ReadFile(tokPath); err == nil && tokenHash(string(raw)) == prev.TokenSHA256 {
+			if os.Remove(tokPath) == nil {
+				log.Info("step", "step", "assess", "layer", "enroll", "status", "token-removed", "path", cfg.CA.TokenFile,
+					"message", "an earlier run enrolled with this token and was interrupted before removing it")
+			}
+		}
+	}
+	os.Remove(pendingPath)
+	system.SyncDir(filepath.Dir(pendingPath))
 }
