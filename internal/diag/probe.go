@@ -1,6 +1,7 @@
 package diag
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -143,6 +144,13 @@ func fromTransport(r *probe.Result, f *Finding, chain ChainState) *Finding {
 			f.Remedy = "fix the ingress's server certificate for the node API hostname"
 		}
 		return f
+	case errors.As(err, &hs) && isTimeout(err):
+		// The ingress accepted the connection and then held the handshake:
+		// it did not close it, so this is not a broken TLS option.
+		f.Layer, f.Owner, f.Transient = TLSServer, Ingress, true
+		f.Summary = fmt.Sprintf("the TLS handshake with the ingress timed out (%v)", hs.Err)
+		f.Remedy = "the ingress accepted the connection but did not complete the TLS handshake: check it is up and not overloaded, and that the port is the TLS entry point"
+		return f
 	case errors.As(err, &hs) && retry.IsTLSAlert(err):
 		return clientAuthFinding(f, chain, alertSummary(err, r, "during the handshake"))
 	case errors.As(err, &hs) && !r.ServerCertSeen:
@@ -190,6 +198,11 @@ func fromTransport(r *probe.Result, f *Finding, chain ChainState) *Finding {
 		f.Remedy = "check the network path to the node API"
 		return f
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 func alertSummary(err error, r *probe.Result, when string) string {
