@@ -1,0 +1,595 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpuaas/provision/internal/hosts"
+	"github.com/gpuaas/provision/tests/controlplane"
+)
+
+// loadPair loads the node's credentials through the stable paths, as the
+// node-agent will, and fails unless the key matches the certificate.
+func (n *node) loadPair() (*x509.Certificate, []*x509.Certificate) {
+	n.t.Helper()
+	pair, err := tls.LoadX509KeyPair(n.certPath(), n.keyPath())
+	if err != nil {
+		n.t.Fatalf("key and certificate through the stable paths: %v", err)
+	}
+	var chain []*x509.Certificate
+	for _, der := range pair.Certificate {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			n.t.Fatal(err)
+		}
+		chain = append(chain, c)
+	}
+	return chain[0], chain
+}
+
+// chainsTo reports whether chain's leaf verifies as a client certificate
+// against the roots in rootPEM.
+func chainsTo(chain []*x509.Certificate, rootPEM []byte) error {
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(rootPEM)
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	return err
+}
+
+// withoutManagedBlock removes the BEGIN..END lines, what a user's hosts file
+// must be byte for byte.
+func withoutManagedBlock(t testing.TB, b []byte) []byte {
+	t.Helper()
+	lines := strings.SplitAfter(string(b), "\n")
+	var out strings.Builder
+	in, seen := false, false
+	for _, l := range lines {
+		trim := strings.TrimRight(l, "\r\n")
+		switch {
+		case trim == hosts.BeginMarker:
+			in, seen = true, true
+		case trim == hosts.EndMarker:
+			in = false
+		case !in:
+			out.WriteString(l)
+		}
+	}
+	if !seen || in {
+		t.Fatalf("hosts file has no complete managed block:\n%s", b)
+	}
+	return []byte(out.String())
+}
+
+// TestFreshNode: a node with a token and nothing else ends enrolled, proven
+// and with every file where and how the node-agent expects it. It keeps the
+// default 1s long poll: the proof is exactly what the node-agent will do.
+func TestFreshNode(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, shared, true)
+	userHosts := readFile(t, n.files.HostsPath)
+
+	r := n.run("bootstrap")
+	wantExit(t, r, 0)
+	if last := r.lastLine(); !strings.HasPrefix(last, "provision bootstrap: done: "+n.id) {
+		t.Errorf("last line %q does not say done for %s", last, n.id)
+	}
+
+	// The receipt, with every contract field, describing the cert on disk.
+	rc := n.receipt()
+	leaf, chain := n.loadPair()
+	if rc.NodeID != n.id || rc.Serial != leaf.SerialNumber.String() || rc.Issuer != leaf.Issuer.String() ||
+		rc.RootFingerprint != shared.CA.Fingerprint() || !rc.NotAfter.Equal(leaf.NotAfter) ||
+		rc.ProvedAt.IsZero() || rc.Endpoint != n.cfg.NodeAPI.URL {
+		t.Errorf("receipt %+v does not describe the installed certificate (serial %s, issuer %s, not_after %s) and fingerprint %s",
+			rc, leaf.SerialNumber, leaf.Issuer, leaf.NotAfter, shared.CA.Fingerprint())
+	}
+	if time.Since(rc.ProvedAt) > time.Minute || rc.ProvedAt.After(time.Now().Add(time.Second)) {
+		t.Errorf("proved_at %s is not the time of this run", rc.ProvedAt)
+	}
+	if leaf.Subject.CommonName != n.id {
+		t.Errorf("certificate subject %q, want %q", leaf.Subject.CommonName, n.id)
+	}
+	if err := chainsTo(chain, shared.CA.RootPEM()); err != nil {
+		t.Errorf("certificate does not chain to the CA's root: %v", err)
+	}
+	if ca := readFile(t, filepath.Join(n.files.PKIDir, "ca.pem")); !bytes.Contains(ca, shared.CA.RootPEM()) {
+		t.Errorf("ca.pem does not hold the CA's root")
+	}
+
+	// Modes: the key 0600 and the directory 0700.
+	if m := perm(t, n.keyPath()); m != 0o600 {
+		t.Errorf("key.pem mode %04o, want 0600", m)
+	}
+	if m := perm(t, n.files.PKIDir); m != 0o700 {
+		t.Errorf("pki dir mode %04o, want 0700", m)
+	}
+
+	// The token is spent and removed.
+	if fileExists(n.files.TokenPath) {
+		t.Errorf("token file %s still exists after enrollment", n.files.TokenPath)
+	}
+
+	// The hosts file: user lines byte for byte, the managed block mapping the names.
+	got := readFile(t, n.files.HostsPath)
+	if kept := withoutManagedBlock(t, got); !bytes.Equal(kept, userHosts) {
+		t.Errorf("user lines of the hosts file changed:\nbefore:\n%q\nafter (block removed):\n%q", userHosts, kept)
+	}
+	for _, h := range n.cfg.Hosts {
+		if !bytes.Contains(got, []byte(h.IP)) || !bytes.Contains(got, []byte(h.Name)) {
+			t.Errorf("managed block lacks %s %s:\n%s", h.IP, h.Name, got)
+		}
+	}
+	if m := perm(t, n.files.HostsPath); m != 0o644 {
+		t.Errorf("hosts file mode %04o, want its original 0644", m)
+	}
+	if !bytes.Contains([]byte(r.stderr), []byte("step=receipt")) {
+		t.Errorf("the log has no receipt step line:\n%s", r.stderr)
+	}
+}
+
+// TestRerunChangesNothing: a second bootstrap re-proves without a token and
+// touches neither the credentials nor the hosts file.
+func TestRerunChangesNothing(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, shared, true)
+	wantExit(t, n.run("bootstrap"), 0)
+	first := n.receipt()
+	if fileExists(n.files.TokenPath) {
+		t.Fatal("the token is still there; this test needs a re-run without one")
+	}
+	pkiBefore := snapshot(t, n.files.PKIDir)
+	gensBefore := generations(t, n.files.PKIDir)
+	hostsBytes := readFile(t, n.files.HostsPath)
+	hostsStat, err := os.Stat(n.files.HostsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r := n.runJSON("bootstrap")
+	wantExit(t, r, 0)
+	if !r.report.OK {
+		t.Fatalf("re-run report not ok:\n%s", r)
+	}
+	second := n.receipt()
+	if second.Serial != first.Serial {
+		t.Errorf("re-run re-enrolled: serial %s -> %s", first.Serial, second.Serial)
+	}
+	if !second.ProvedAt.After(first.ProvedAt) && !second.ProvedAt.Equal(first.ProvedAt) {
+		t.Errorf("re-run proved_at %s before the first %s", second.ProvedAt, first.ProvedAt)
+	}
+	if g := generations(t, n.files.PKIDir); strings.Join(g, ",") != strings.Join(gensBefore, ",") {
+		t.Errorf("generation directories changed: %v -> %v", gensBefore, g)
+	}
+	if d := diffSnapshots(pkiBefore, snapshot(t, n.files.PKIDir)); len(d) > 0 {
+		t.Errorf("re-run changed pki_dir:\n%s", strings.Join(d, "\n"))
+	}
+	if b := readFile(t, n.files.HostsPath); !bytes.Equal(b, hostsBytes) {
+		t.Errorf("re-run changed the hosts file bytes")
+	}
+	if st, err := os.Stat(n.files.HostsPath); err != nil || !st.ModTime().Equal(hostsStat.ModTime()) {
+		t.Errorf("re-run rewrote the hosts file (mtime %v -> %v, err %v)", hostsStat.ModTime(), st.ModTime(), err)
+	}
+}
+
+// TestStaleCertFromAnotherCA: credentials issued by a CA that is not the
+// current step-ca (the incident's stale certificates) are replaced by the
+// tool itself when a token is there; without one it stops at enroll and
+// says re-enrollment is needed.
+func TestStaleCertFromAnotherCA(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		withToken bool
+		wantCode  int
+	}{
+		{"with a token: replaced", true, 0},
+		{"without a token: exit 20, re-enrollment needed", false, 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t, shared, tc.withToken)
+			stale, err := shared.IssueStaleCert(n.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := controlplane.WriteNodeCredentials(n.root, n.cfg.Paths.PKIDir, stale, shared.Unrelated.RootPEM()); err != nil {
+				t.Fatal(err)
+			}
+			r := n.runJSON("bootstrap")
+			if tc.wantCode != 0 {
+				wantFailure(t, r, tc.wantCode, "enroll", "")
+				if !strings.Contains(r.report.Summary, "re-enrollment needed") {
+					t.Errorf("summary %q does not say re-enrollment is needed", r.report.Summary)
+				}
+				if !strings.Contains(r.report.Remedy, "token") {
+					t.Errorf("remedy %q does not say to provide a token", r.report.Remedy)
+				}
+				n.wantNoReceipt()
+				if leaf, _ := n.loadPair(); leaf.SerialNumber.Cmp(stale.Cert.SerialNumber) != 0 {
+					t.Errorf("a failed run replaced the installed certificate")
+				}
+				return
+			}
+			wantExit(t, r, 0)
+			leaf, chain := n.loadPair()
+			if leaf.SerialNumber.Cmp(stale.Cert.SerialNumber) == 0 {
+				t.Fatal("the stale certificate is still installed")
+			}
+			if err := chainsTo(chain, shared.CA.RootPEM()); err != nil {
+				t.Errorf("the new certificate does not chain to the current CA: %v", err)
+			}
+			if leaf.Issuer.String() != shared.CA.PKI().Intermediate.Subject.String() {
+				t.Errorf("issuer %s, want the current intermediate %s", leaf.Issuer, shared.CA.PKI().Intermediate.Subject)
+			}
+			rc := n.receipt()
+			if rc.Serial != leaf.SerialNumber.String() || rc.Issuer != leaf.Issuer.String() {
+				t.Errorf("receipt %+v does not name the new certificate", rc)
+			}
+		})
+	}
+}
+
+// TestCARotationReplacesCert: after the CA is re-initialised (new root, new
+// fingerprint distributed in the config), a node bootstrapped earlier holds
+// a stale certificate; without a token it says so (exit 20), with one it
+// re-enrolls against the new root.
+func TestCARotationReplacesCert(t *testing.T) {
+	t.Parallel()
+	cp := controlplane.Start(t, controlplane.Options{})
+	n := newNode(t, cp, true)
+	wantExit(t, n.run("bootstrap"), 0)
+	before := n.receipt()
+
+	if err := cp.RotateCA(); err != nil {
+		t.Fatal(err)
+	}
+	n.cfg.CA.Fingerprint = cp.CA.Fingerprint()
+	n.rewriteConfig()
+
+	r := n.runJSON("bootstrap")
+	wantFailure(t, r, 20, "enroll", "")
+	if !strings.Contains(r.report.Summary, "re-enrollment needed") || !strings.Contains(r.report.Summary, "stale") {
+		t.Errorf("summary %q does not say the stale certificate needs re-enrollment", r.report.Summary)
+	}
+	// The old receipt stays (it records the last proof), but no new one was written.
+	if rc := n.receipt(); rc.Serial != before.Serial || !rc.ProvedAt.Equal(before.ProvedAt) {
+		t.Errorf("a failed run rewrote the receipt: %+v", rc)
+	}
+
+	n.giveToken()
+	wantExit(t, n.run("bootstrap"), 0)
+	after := n.receipt()
+	leaf, chain := n.loadPair()
+	if after.Serial == before.Serial || after.Serial != leaf.SerialNumber.String() {
+		t.Errorf("serial %s -> %s (installed %s): want a new certificate", before.Serial, after.Serial, leaf.SerialNumber)
+	}
+	if after.RootFingerprint != cp.CA.Fingerprint() || after.RootFingerprint == before.RootFingerprint {
+		t.Errorf("receipt root_fingerprint %s, want the new root %s", after.RootFingerprint, cp.CA.Fingerprint())
+	}
+	if err := chainsTo(chain, cp.CA.RootPEM()); err != nil {
+		t.Errorf("the new certificate does not chain to the rotated root: %v", err)
+	}
+}
+
+// TestWrongFingerprint: a pinned fingerprint that is not the CA's stops at
+// layer ca before the token is presented, so the token stays usable.
+func TestWrongFingerprint(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		fp   func() string
+	}{
+		{"another CA's root", func() string { return shared.Unrelated.Fingerprint() }},
+		{"a typo in the last digit", func() string {
+			fp := []byte(shared.CA.Fingerprint())
+			if fp[len(fp)-1] == '0' {
+				fp[len(fp)-1] = '1'
+			} else {
+				fp[len(fp)-1] = '0'
+			}
+			return string(fp)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t, shared, true, func(c *controlplane.NodeConfig) { c.CA.Fingerprint = tc.fp() })
+			tokenBefore := readFile(t, n.files.TokenPath)
+
+			r := n.runJSON("bootstrap")
+			wantFailure(t, r, 13, "ca", "ca")
+			if !strings.Contains(r.report.Remedy, "fingerprint") {
+				t.Errorf("remedy %q does not mention the fingerprint", r.report.Remedy)
+			}
+			n.wantNoReceipt()
+			if fileExists(n.keyPath()) || fileExists(n.certPath()) {
+				t.Error("credentials were written although the CA was not trusted")
+			}
+			if b, err := os.ReadFile(n.files.TokenPath); err != nil || !bytes.Equal(b, tokenBefore) {
+				t.Fatalf("the token file changed or vanished (err %v)", err)
+			}
+
+			// The CA never saw the token: the same token works once the pin is right.
+			n.cfg.CA.Fingerprint = shared.CA.Fingerprint()
+			n.rewriteConfig()
+			r = n.run("bootstrap")
+			wantExit(t, r, 0)
+			n.receipt()
+		})
+	}
+}
+
+// TestUsedToken: a token the CA has already accepted once is refused with a
+// plain message and a remedy, never retried, never printed.
+func TestUsedToken(t *testing.T) {
+	t.Parallel()
+	a := newNode(t, shared, true)
+	tok := strings.TrimSpace(string(readFile(t, a.files.TokenPath)))
+	wantExit(t, a.run("bootstrap"), 0)
+
+	// The same node reinstalled on a fresh root, handed the same (now used) token.
+	b := &node{t: t, cp: shared, id: a.id, root: t.TempDir(), cfg: a.cfg, tokens: []string{tok}}
+	files, err := controlplane.WriteNode(b.root, b.cfg, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.files = files
+
+	r := b.runJSON("bootstrap")
+	wantFailure(t, r, 20, "enroll", "ca")
+	if s := r.report.Summary; !strings.Contains(s, "rejected the enrollment token") || !strings.Contains(s, "used") || !strings.Contains(s, "expired") {
+		t.Errorf("summary %q does not say the CA rejected the token as used/expired", s)
+	}
+	if !strings.Contains(r.report.Remedy, "fresh") {
+		t.Errorf("remedy %q does not say to issue a fresh token", r.report.Remedy)
+	}
+	if r.report.Transient {
+		t.Error("a used token is reported as transient")
+	}
+	if strings.Contains(r.stderr, "status=retry") {
+		t.Errorf("a used token was retried:\n%s", r.stderr)
+	}
+	b.wantNoReceipt()
+	if fileExists(b.keyPath()) {
+		t.Error("a key was installed although enrollment failed")
+	}
+
+	// The text report ends with one actionable line naming the layer and exit code.
+	r = b.run("bootstrap")
+	wantExit(t, r, 20)
+	if last := r.lastLine(); !strings.Contains(last, "FAILED at layer enroll (owner: ca)") || !strings.Contains(last, "(exit 20)") {
+		t.Errorf("last line %q does not name layer enroll, owner ca and exit 20", last)
+	}
+}
+
+// TestAPIUnavailableThenOK: a 503 with Retry-After is transient; bootstrap
+// waits, retries, and succeeds.
+func TestAPIUnavailableThenOK(t *testing.T) {
+	t.Parallel()
+	cp := controlplane.Start(t, controlplane.Options{})
+	n := newNode(t, cp, true)
+	cp.API.FailNext(controlplane.RetryAfterFault(503, 1))
+
+	r := n.run("bootstrap")
+	wantExit(t, r, 0)
+	if !strings.Contains(r.stderr, "status=retry") {
+		t.Errorf("the log shows no retry:\n%s", r.stderr)
+	}
+	n.receipt()
+	var statuses []int
+	for _, q := range cp.API.Requests() {
+		if strings.Contains(q.Path, "/"+n.id+"/") {
+			statuses = append(statuses, q.Status)
+		}
+	}
+	if len(statuses) < 2 || statuses[0] != 503 || statuses[len(statuses)-1] != 204 {
+		t.Errorf("node API saw statuses %v, want 503 first and 204 last", statuses)
+	}
+}
+
+// TestAPIIdentityRejected: a 401 "invalid node identity" is not retried,
+// leaves no receipt, exits 18, and the owner follows mtls_present: no
+// certificate reached the API -> the ingress; one did -> the API.
+func TestAPIIdentityRejected(t *testing.T) {
+	t.Parallel()
+	cp := controlplane.Start(t, controlplane.Options{})
+	// Sequential: the fault is global to this control plane.
+	for _, tc := range []struct {
+		name      string
+		mtls      bool
+		wantOwner string
+	}{
+		{"mtls_present=false: ingress does not forward the certificate", false, "ingress"},
+		{"mtls_present=true: API cannot use the certificate", true, "api"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNode(t, cp, true)
+			cp.API.FailAlways(controlplane.IdentityFault(tc.mtls, "forwarded certificate header missing"))
+			defer cp.API.ClearFaults()
+
+			r := n.runJSON("bootstrap")
+			wantFailure(t, r, 18, "identity", tc.wantOwner)
+			var idc *check
+			for i := range r.report.Checks {
+				if r.report.Checks[i].Name == "identity" {
+					idc = &r.report.Checks[i]
+				}
+			}
+			if idc == nil || idc.Status != "fail" || idc.Evidence["mtls_present"] != map[bool]string{true: "true", false: "false"}[tc.mtls] {
+				t.Errorf("identity check %+v does not carry mtls_present=%v", idc, tc.mtls)
+			}
+			if strings.Contains(r.stderr, "status=retry") {
+				t.Errorf("a 401 was retried:\n%s", r.stderr)
+			}
+			n.wantNoReceipt()
+			if n := len(cp.API.Rejections()); n == 0 {
+				t.Error("the node API logged no rejection")
+			}
+		})
+	}
+}
+
+// TestOpenKeyModeEndsPrivate: credentials left by an older tool with a 0644
+// key (and a 0755 directory) end 0600/0700. A key that was world-readable
+// is re-issued, not trusted; a 0600 key in a 0755 directory is kept and only
+// the directory tightened.
+func TestOpenKeyModeEndsPrivate(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name         string
+		keyMode      fs.FileMode
+		dirMode      fs.FileMode
+		withToken    bool
+		wantReissued bool
+	}{
+		{"old layout: key 0644, dir 0755", 0o644, 0o755, true, true},
+		{"key 0600 in a 0755 dir, no token needed", 0o600, 0o755, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t, shared, tc.withToken)
+			old, err := shared.IssueNodeCert(n.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := controlplane.WriteNodeCredentials(n.root, n.cfg.Paths.PKIDir, old, shared.CA.RootPEM()); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(n.keyPath(), tc.keyMode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(n.files.PKIDir, tc.dirMode); err != nil {
+				t.Fatal(err)
+			}
+
+			r := n.run("bootstrap")
+			wantExit(t, r, 0)
+			leaf, _ := n.loadPair()
+			if reissued := leaf.SerialNumber.Cmp(old.Cert.SerialNumber) != 0; reissued != tc.wantReissued {
+				t.Errorf("certificate re-issued = %v, want %v", reissued, tc.wantReissued)
+			}
+			if m := perm(t, n.keyPath()); m != 0o600 {
+				t.Errorf("key.pem mode %04o, want 0600", m)
+			}
+			if m := perm(t, n.files.PKIDir); m != 0o700 {
+				t.Errorf("pki dir mode %04o, want 0700", m)
+			}
+			// No private key anywhere under pki_dir is readable by others.
+			filepath.WalkDir(n.files.PKIDir, func(p string, d fs.DirEntry, err error) error {
+				if err != nil || d.IsDir() || d.Type()&fs.ModeSymlink != 0 {
+					return err
+				}
+				if b, _ := os.ReadFile(p); bytes.Contains(b, []byte("PRIVATE KEY")) {
+					if m := perm(t, p); m&0o077 != 0 {
+						t.Errorf("%s holds a private key with mode %04o", p, m)
+					}
+				}
+				return nil
+			})
+			n.receipt()
+		})
+	}
+}
+
+// TestTaskDuringProofIsKept: a task handed out by the proof's tasks/wait is
+// the node-agent's work; it is saved under state_dir/tasks and reported.
+func TestTaskDuringProofIsKept(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, shared, true)
+	task := shared.API.QueueTask(n.id, controlplane.Task{ID: "reimage-" + n.id, Kind: "reimage", Payload: json.RawMessage(`{"image":"ubuntu-24.04"}`)})
+
+	r := n.runJSON("bootstrap")
+	wantExit(t, r, 0)
+	if shared.API.Pending(n.id) != 0 {
+		t.Fatal("the task was not delivered to the proof")
+	}
+	var reported controlplane.Task
+	if err := json.Unmarshal(r.report.Task, &reported); err != nil || reported.ID != task.ID {
+		t.Errorf("report task %s (err %v), want id %s", r.report.Task, err, task.ID)
+	}
+	saved := filepath.Join(n.files.StateDir, "tasks", task.ID+".json")
+	var onDisk controlplane.Task
+	if err := json.Unmarshal(readFile(t, saved), &onDisk); err != nil {
+		t.Fatalf("saved task: %v", err)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, onDisk.Payload); err != nil {
+		t.Fatalf("saved payload: %v", err)
+	}
+	if onDisk.ID != task.ID || onDisk.Kind != task.Kind || compact.String() != string(task.Payload) {
+		t.Errorf("saved task %+v, want %+v", onDisk, task)
+	}
+	n.receipt()
+
+	// A re-run (no task this time) keeps it.
+	wantExit(t, n.run("bootstrap"), 0)
+	if !fileExists(saved) {
+		t.Error("a re-run lost the saved task")
+	}
+}
+
+// TestRawIPNodeAPIURLRefused: the incident's raw-IP URL (routed by no Host
+// rule, verified by no hostname) is a config error, caught before anything
+// is written or any connection is made.
+func TestRawIPNodeAPIURLRefused(t *testing.T) {
+	t.Parallel()
+	cp := controlplane.Start(t, controlplane.Options{})
+	// A tripwire stands in for the CA: any connection to it is a failure.
+	trip, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trip.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		if c, err := trip.Accept(); err == nil {
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	n := newNode(t, cp, true, func(c *controlplane.NodeConfig) {
+		c.NodeAPI.URL = "https://" + cp.API.Addr()
+		c.CA.URL = "https://" + cp.CA.Hostname() + ":" + portOf(t, trip.Addr())
+	})
+	before := snapshot(t, n.root)
+
+	for _, cmd := range []string{"bootstrap", "verify"} {
+		r := n.runJSON(cmd)
+		wantFailure(t, r, 3, "config", "node")
+		if !strings.Contains(r.report.Summary, "node_api.url") {
+			t.Errorf("%s: summary %q does not name node_api.url", cmd, r.report.Summary)
+		}
+	}
+	if q := cp.API.Requests(); len(q) != 0 {
+		t.Errorf("the node API was called: %+v", q)
+	}
+	select {
+	case <-accepted:
+		t.Error("the CA address was dialled")
+	default:
+	}
+	if d := diffSnapshots(before, snapshot(t, n.root)); len(d) > 0 {
+		t.Errorf("a config error changed the root:\n%s", strings.Join(d, "\n"))
+	}
+}
+
+func portOf(t testing.TB, a net.Addr) string {
+	t.Helper()
+	_, p, err := net.SplitHostPort(a.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

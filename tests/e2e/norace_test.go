@@ -1,0 +1,4 @@
+package e2e
+
+// raceEnabled is set by race_test.go when the tests run with -race.
+var raceEnabled bool

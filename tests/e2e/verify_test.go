@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/gpuaas/provision/internal/cli"
+)
+
+// wantChecks is verify's ladder; check names are part of the interface.
+var wantChecks = []string{"config", "hosts-block", "hosts-resolve", "hosts-persist", "ca-root", "clock",
+	"credentials", "ca-chain", "tcp", "tls-server", "tls-client-auth", "route", "identity", "tasks-wait"}
+
+// TestJSONReportAndReadOnlyVerify: --format json is one parseable report
+// with the contract's fields, and verify writes nothing, healthy or not.
+func TestJSONReportAndReadOnlyVerify(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		bootstrap bool
+		wantCode  int
+		wantLayer string
+		wantOwner string
+	}{
+		{"healthy node", true, 0, "", ""},
+		{"node never bootstrapped", false, 10, "hosts", "node"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t, shared, true)
+			if tc.bootstrap {
+				r := n.runJSON("bootstrap")
+				wantExit(t, r, 0)
+				rep := r.report
+				if !rep.OK || rep.FailedLayer != "" || rep.Owner != "" || rep.Command != "bootstrap" || rep.NodeID != n.id {
+					t.Fatalf("bootstrap report: ok=%v failed_layer=%q owner=%q command=%q node_id=%q", rep.OK, rep.FailedLayer, rep.Owner, rep.Command, rep.NodeID)
+				}
+				checkLadder(t, rep, true)
+			}
+			before := snapshot(t, n.root)
+			r := n.runJSON("verify")
+			if tc.wantCode == 0 {
+				wantExit(t, r, 0)
+				if !r.report.OK || r.report.Command != "verify" {
+					t.Fatalf("verify not ok:\n%s", r)
+				}
+				checkLadder(t, r.report, true)
+			} else {
+				wantFailure(t, r, tc.wantCode, tc.wantLayer, tc.wantOwner)
+				checkLadder(t, r.report, false)
+			}
+			if d := diffSnapshots(before, snapshot(t, n.root)); len(d) > 0 {
+				t.Errorf("verify wrote under the root:\n%s", strings.Join(d, "\n"))
+			}
+		})
+	}
+}
+
+// checkLadder requires every check of the ladder, in order, each with a
+// layer, an owner and a known status; all pass when healthy.
+func checkLadder(t *testing.T, rep *report, healthy bool) {
+	t.Helper()
+	var names []string
+	for _, c := range rep.Checks {
+		names = append(names, c.Name)
+		if c.Layer == "" || c.Owner == "" || c.Message == "" {
+			t.Errorf("check %s lacks layer/owner/message: %+v", c.Name, c)
+		}
+		switch c.Status {
+		case "pass", "warn":
+		case "fail", "skip":
+			if healthy {
+				t.Errorf("healthy report has check %s %s: %s", c.Name, c.Status, c.Message)
+			}
+		default:
+			t.Errorf("check %s has unknown status %q", c.Name, c.Status)
+		}
+	}
+	if strings.Join(names, " ") != strings.Join(wantChecks, " ") {
+		t.Errorf("checks %v, want %v", names, wantChecks)
+	}
+}
+
+// BenchmarkVerifyHealthy measures provision verify on a bootstrapped node:
+// the built binary with the default 1s long poll (what an operator runs),
+// the same with the long poll at 0 (the tool's own cost), and in-process.
+func BenchmarkVerifyHealthy(b *testing.B) {
+	for _, bc := range []struct {
+		name      string
+		opts      []nodeOpt
+		inProcess bool
+	}{
+		{"binary/wait_timeout=1s", nil, false},
+		{"in-process/wait_timeout=1s", nil, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			n := newNode(b, shared, true, bc.opts...)
+			if r := n.run("bootstrap"); r.code != 0 {
+				b.Fatalf("bootstrap:\n%s", r)
+			}
+			for b.Loop() {
+				if bc.inProcess {
+					var out, errb bytes.Buffer
+					if code := cli.Run(context.Background(), []string{"verify", "--root", n.root}, &out, &errb); code != 0 {
+						b.Fatalf("verify exit %d\n%s%s", code, out.String(), errb.String())
+					}
+					continue
+				}
+				if r := n.run("verify"); r.code != 0 {
+					b.Fatalf("verify:\n%s", r)
+				}
+			}
+		})
+	}
+}
