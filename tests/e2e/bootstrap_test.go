@@ -80,6 +80,14 @@ func TestFreshNode(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, shared, true)
 	userHosts := readFile(t, n.files.HostsPath)
+	// A hosts file with a non-default mode: the block is added, the mode kept.
+	if err := os.Chmod(n.files.HostsPath, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	const machineID = "0123456789abcdef0123456789abcdef"
+	if err := os.WriteFile(n.path("/etc/machine-id"), []byte(machineID+"\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
 
 	r := n.run("bootstrap")
 	wantExit(t, r, 0)
@@ -117,9 +125,15 @@ func TestFreshNode(t *testing.T) {
 		t.Errorf("pki dir mode %04o, want 0700", m)
 	}
 
-	// The token is spent and removed.
+	// The token is spent and removed, and was never copied anywhere.
 	if fileExists(n.files.TokenPath) {
 		t.Errorf("token file %s still exists after enrollment", n.files.TokenPath)
+	}
+	n.wantTokensNowhereBut()
+
+	// The per-install done marker, named by the machine id.
+	if !fileExists(filepath.Join(n.files.StateDir, "done", machineID)) {
+		t.Errorf("no done marker state_dir/done/%s", machineID)
 	}
 
 	// The hosts file: user lines byte for byte, the managed block mapping the names.
@@ -132,8 +146,8 @@ func TestFreshNode(t *testing.T) {
 			t.Errorf("managed block lacks %s %s:\n%s", h.IP, h.Name, got)
 		}
 	}
-	if m := perm(t, n.files.HostsPath); m != 0o644 {
-		t.Errorf("hosts file mode %04o, want its original 0644", m)
+	if m := perm(t, n.files.HostsPath); m != 0o640 {
+		t.Errorf("hosts file mode %04o, want its original 0640", m)
 	}
 	if !bytes.Contains([]byte(r.stderr), []byte("step=receipt")) {
 		t.Errorf("the log has no receipt step line:\n%s", r.stderr)
@@ -181,6 +195,34 @@ func TestRerunChangesNothing(t *testing.T) {
 	}
 	if st, err := os.Stat(n.files.HostsPath); err != nil || !st.ModTime().Equal(hostsStat.ModTime()) {
 		t.Errorf("re-run rewrote the hosts file (mtime %v -> %v, err %v)", hostsStat.ModTime(), st.ModTime(), err)
+	}
+}
+
+// TestConcurrentBootstrapsEnrollOnce: cloud-init and the systemd unit may
+// start bootstrap at the same moment. The lock serialises them: both exit
+// 0, the token is presented once, one certificate is installed.
+func TestConcurrentBootstrapsEnrollOnce(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, shared, true)
+	results := make(chan result, 2)
+	for range 2 {
+		go func() { results <- runBinary(t, "bootstrap", "--root", n.root) }()
+	}
+	for range 2 {
+		r := <-results
+		wantExit(t, r, 0)
+		for _, tok := range n.tokens {
+			if strings.Contains(r.stdout+r.stderr, tok) {
+				t.Fatal("a token appears in the output")
+			}
+		}
+	}
+	if g := generations(t, n.files.PKIDir); len(g) != 1 {
+		t.Errorf("generation directories %v: want exactly one enrollment", g)
+	}
+	leaf, _ := n.loadPair()
+	if rc := n.receipt(); rc.Serial != leaf.SerialNumber.String() {
+		t.Errorf("receipt serial %s, installed %s", rc.Serial, leaf.SerialNumber)
 	}
 }
 
@@ -310,6 +352,9 @@ func TestWrongFingerprint(t *testing.T) {
 
 			r := n.runJSON("bootstrap")
 			wantFailure(t, r, 13, "ca", "ca")
+			if strings.Contains(r.stderr, "status=retry") {
+				t.Errorf("a fingerprint mismatch was retried:\n%s", r.stderr)
+			}
 			if !strings.Contains(r.report.Remedy, "fingerprint") {
 				t.Errorf("remedy %q does not mention the fingerprint", r.report.Remedy)
 			}
@@ -362,6 +407,7 @@ func TestUsedToken(t *testing.T) {
 		t.Errorf("a used token was retried:\n%s", r.stderr)
 	}
 	b.wantNoReceipt()
+	b.wantTokensNowhereBut(b.files.TokenPath)
 	if fileExists(b.keyPath()) {
 		t.Error("a key was installed although enrollment failed")
 	}
@@ -397,6 +443,26 @@ func TestAPIUnavailableThenOK(t *testing.T) {
 	if len(statuses) < 2 || statuses[0] != 503 || statuses[len(statuses)-1] != 204 {
 		t.Errorf("node API saw statuses %v, want 503 first and 204 last", statuses)
 	}
+}
+
+// TestAPIUnavailableUntilDeadline: a node API that stays 503 is retried
+// only until bootstrap.deadline; then the run fails at tasks-wait, says it
+// gave up, and writes no receipt.
+func TestAPIUnavailableUntilDeadline(t *testing.T) {
+	t.Parallel()
+	cp := controlplane.Start(t, controlplane.Options{})
+	n := newNode(t, cp, true, func(c *controlplane.NodeConfig) { c.Bootstrap.Deadline = "3s" })
+	cp.API.FailAlways(controlplane.StatusFault(503))
+
+	r := n.runJSON("bootstrap")
+	wantFailure(t, r, 19, "tasks-wait", "")
+	if !r.report.Transient || !strings.Contains(r.report.Summary, "gave up") {
+		t.Errorf("want a transient failure that says it gave up, got transient=%v summary %q", r.report.Transient, r.report.Summary)
+	}
+	if strings.Count(r.stderr, "status=retry") < 1 {
+		t.Errorf("no retry before giving up:\n%s", r.stderr)
+	}
+	n.wantNoReceipt()
 }
 
 // TestAPIIdentityRejected: a 401 "invalid node identity" is not retried,
@@ -504,39 +570,66 @@ func TestOpenKeyModeEndsPrivate(t *testing.T) {
 }
 
 // TestTaskDuringProofIsKept: a task handed out by the proof's tasks/wait is
-// the node-agent's work; it is saved under state_dir/tasks and reported.
+// the node-agent's work; it is saved under state_dir/tasks and reported. An
+// id that looks like a path must not steer the write out of that directory.
 func TestTaskDuringProofIsKept(t *testing.T) {
 	t.Parallel()
-	n := newNode(t, shared, true)
-	task := shared.API.QueueTask(n.id, controlplane.Task{ID: "reimage-" + n.id, Kind: "reimage", Payload: json.RawMessage(`{"image":"ubuntu-24.04"}`)})
+	for _, tc := range []struct {
+		name     string
+		id       string
+		wantFile bool // saved as <id>.json (else under a generated name)
+	}{
+		{"plain id", "reimage-42", true},
+		{"id that is a path", "../../../etc/cron.d/evil", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t, shared, true)
+			task := shared.API.QueueTask(n.id, controlplane.Task{ID: tc.id, Kind: "reimage", Payload: json.RawMessage(`{"image":"ubuntu-24.04"}`)})
 
-	r := n.runJSON("bootstrap")
-	wantExit(t, r, 0)
-	if shared.API.Pending(n.id) != 0 {
-		t.Fatal("the task was not delivered to the proof")
-	}
-	var reported controlplane.Task
-	if err := json.Unmarshal(r.report.Task, &reported); err != nil || reported.ID != task.ID {
-		t.Errorf("report task %s (err %v), want id %s", r.report.Task, err, task.ID)
-	}
-	saved := filepath.Join(n.files.StateDir, "tasks", task.ID+".json")
-	var onDisk controlplane.Task
-	if err := json.Unmarshal(readFile(t, saved), &onDisk); err != nil {
-		t.Fatalf("saved task: %v", err)
-	}
-	var compact bytes.Buffer
-	if err := json.Compact(&compact, onDisk.Payload); err != nil {
-		t.Fatalf("saved payload: %v", err)
-	}
-	if onDisk.ID != task.ID || onDisk.Kind != task.Kind || compact.String() != string(task.Payload) {
-		t.Errorf("saved task %+v, want %+v", onDisk, task)
-	}
-	n.receipt()
+			r := n.runJSON("bootstrap")
+			wantExit(t, r, 0)
+			if shared.API.Pending(n.id) != 0 {
+				t.Fatal("the task was not delivered to the proof")
+			}
+			var reported controlplane.Task
+			if err := json.Unmarshal(r.report.Task, &reported); err != nil || reported.ID != task.ID {
+				t.Errorf("report task %s (err %v), want id %s", r.report.Task, err, task.ID)
+			}
+			tasksDir := filepath.Join(n.files.StateDir, "tasks")
+			ents, err := os.ReadDir(tasksDir)
+			if err != nil || len(ents) != 1 || !strings.HasSuffix(ents[0].Name(), ".json") {
+				t.Fatalf("state_dir/tasks holds %v (err %v), want one .json file", ents, err)
+			}
+			saved := filepath.Join(tasksDir, ents[0].Name())
+			if tc.wantFile && ents[0].Name() != tc.id+".json" {
+				t.Errorf("task saved as %s, want %s.json", ents[0].Name(), tc.id)
+			}
+			if fileExists(n.path("/etc/cron.d")) {
+				t.Error("a task id steered a write out of state_dir/tasks")
+			}
+			var onDisk controlplane.Task
+			if err := json.Unmarshal(readFile(t, saved), &onDisk); err != nil {
+				t.Fatalf("saved task: %v", err)
+			}
+			var compact bytes.Buffer
+			if err := json.Compact(&compact, onDisk.Payload); err != nil {
+				t.Fatalf("saved payload: %v", err)
+			}
+			if onDisk.ID != task.ID || onDisk.Kind != task.Kind || compact.String() != string(task.Payload) {
+				t.Errorf("saved task %+v, want %+v", onDisk, task)
+			}
+			if m := perm(t, saved); m&0o077 != 0 {
+				t.Errorf("saved task mode %04o: tasks may carry secrets, want no group/other access", m)
+			}
+			n.receipt()
 
-	// A re-run (no task this time) keeps it.
-	wantExit(t, n.run("bootstrap"), 0)
-	if !fileExists(saved) {
-		t.Error("a re-run lost the saved task")
+			// A re-run (no task this time) keeps it.
+			wantExit(t, n.run("bootstrap"), 0)
+			if !fileExists(saved) {
+				t.Error("a re-run lost the saved task")
+			}
+		})
 	}
 }
 

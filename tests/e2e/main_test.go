@@ -453,6 +453,36 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
+// wantTokensNowhereBut fails if any file under the root other than allowed
+// (host paths) holds one of the node's tokens or a token's signature: the
+// token is never written anywhere but its own file.
+func (n *node) wantTokensNowhereBut(allowed ...string) {
+	n.t.Helper()
+	ok := map[string]bool{}
+	for _, a := range allowed {
+		ok[a] = true
+	}
+	err := filepath.WalkDir(n.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Type()&fs.ModeSymlink != 0 || ok[p] {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, tok := range n.tokens {
+			sig := tok[strings.LastIndex(tok, ".")+1:]
+			if strings.Contains(string(b), tok) || strings.Contains(string(b), sig) {
+				n.t.Errorf("%s holds a one-time token", p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+}
+
 // generations lists pki_dir's generation directories.
 func generations(t testing.TB, pki string) []string {
 	t.Helper()

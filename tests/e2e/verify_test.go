@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/gpuaas/provision/internal/cli"
+	"github.com/gpuaas/provision/tests/controlplane"
 )
 
 // wantChecks is verify's ladder; check names are part of the interface.
@@ -83,24 +84,56 @@ func checkLadder(t *testing.T, rep *report, healthy bool) {
 	}
 }
 
+// TestVerifyShowsTaskItReceived: verify writes nothing, so a task the API
+// hands to its proof cannot be saved; it must at least be shown, never
+// dropped silently.
+func TestVerifyShowsTaskItReceived(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, shared, true)
+	wantExit(t, n.run("bootstrap"), 0)
+	task := shared.API.QueueTask(n.id, controlplane.Task{Kind: "reboot"})
+	before := snapshot(t, n.root)
+
+	r := n.runJSON("verify")
+	wantExit(t, r, 0)
+	var tw *check
+	for i := range r.report.Checks {
+		if r.report.Checks[i].Name == "tasks-wait" {
+			tw = &r.report.Checks[i]
+		}
+	}
+	if tw == nil || tw.Evidence["task_id"] != task.ID || !strings.Contains(tw.Evidence["task"], task.Kind) {
+		t.Errorf("verify's tasks-wait check does not show the task %s it received: %+v", task.ID, tw)
+	}
+	if d := diffSnapshots(before, snapshot(t, n.root)); len(d) > 0 {
+		t.Errorf("verify wrote under the root:\n%s", strings.Join(d, "\n"))
+	}
+}
+
 // BenchmarkVerifyHealthy measures provision verify on a bootstrapped node:
 // the built binary with the default 1s long poll (what an operator runs),
-// the same with the long poll at 0 (the tool's own cost), and in-process.
+// the same with a task queued before each run so the long poll answers at
+// once (the tool's own cost: process start, config, CA roots, TLS), and
+// in-process through cli.Run.
 func BenchmarkVerifyHealthy(b *testing.B) {
 	for _, bc := range []struct {
 		name      string
-		opts      []nodeOpt
+		queue     bool
 		inProcess bool
 	}{
-		{"binary/wait_timeout=1s", nil, false},
-		{"in-process/wait_timeout=1s", nil, true},
+		{"binary/long-poll=1s", false, false},
+		{"binary/task-queued", true, false},
+		{"in-process/long-poll=1s", false, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			n := newNode(b, shared, true, bc.opts...)
+			n := newNode(b, shared, true)
 			if r := n.run("bootstrap"); r.code != 0 {
 				b.Fatalf("bootstrap:\n%s", r)
 			}
 			for b.Loop() {
+				if bc.queue {
+					shared.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+				}
 				if bc.inProcess {
 					var out, errb bytes.Buffer
 					if code := cli.Run(context.Background(), []string{"verify", "--root", n.root}, &out, &errb); code != 0 {
