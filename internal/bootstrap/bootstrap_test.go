@@ -1,0 +1,545 @@
+package bootstrap
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/probe"
+	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/system"
+	"github.com/gpuaas/provision/internal/verify"
+	"github.com/gpuaas/provision/tests/controlplane"
+)
+
+const nodeID = "gpu-0042"
+
+// offlineConfig is a valid config that names a CA and API nobody serves;
+// enough for the unit tests, which never touch the network.
+func offlineConfig(t *testing.T, fingerprint string) *config.Config {
+	t.Helper()
+	var c controlplane.NodeConfig
+	c.NodeID = nodeID
+	c.Hosts = []controlplane.HostEntry{{Name: "node-api.cp.internal", IP: "127.0.0.1"}, {Name: "ca.cp.internal", IP: "127.0.0.1"}}
+	c.CA.URL = "https://ca.cp.internal:9000"
+	c.CA.Fingerprint = fingerprint
+	c.CA.TokenFile = controlplane.DefaultTokenFile
+	c.NodeAPI.URL = "https://node-api.cp.internal:8443"
+	c.NodeAPI.WaitPath = controlplane.WaitPath
+	c.Paths.HostsFile = controlplane.DefaultHostsFile
+	c.Paths.PKIDir = controlplane.DefaultPKIDir
+	c.Paths.StateDir = controlplane.DefaultStateDir
+	b, err := c.TOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse("test.toml", b)
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	return cfg
+}
+
+func newHost(t *testing.T) *system.Host {
+	t.Helper()
+	h, err := system.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestNeedsEnrollment(t *testing.T) {
+	p, err := controlplane.NewPKI(t.TempDir(), controlplane.CAName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unrelated, err := controlplane.NewPKI(t.TempDir(), controlplane.CAName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	issue := func(t *testing.T, from *controlplane.PKI, req controlplane.LeafRequest) *controlplane.Leaf {
+		t.Helper()
+		if req.CommonName == "" {
+			req.CommonName = nodeID
+			req.DNSNames = []string{nodeID}
+		}
+		req.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		l, err := from.IssueLeaf(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	// plant writes a plain-file set (the legacy layout) with the key at keyMode.
+	plant := func(t *testing.T, root string, keyPEM []byte, l *controlplane.Leaf, caPEM []byte, keyMode os.FileMode) {
+		t.Helper()
+		if err := controlplane.WriteNodeCredentials(root, controlplane.DefaultPKIDir, l, caPEM); err != nil {
+			t.Fatal(err)
+		}
+		kp := controlplane.InRoot(root, filepath.Join(controlplane.DefaultPKIDir, credstore.KeyFile))
+		if keyPEM != nil {
+			os.WriteFile(kp, keyPEM, 0o600)
+		}
+		os.Chmod(kp, keyMode)
+	}
+	save := func(t *testing.T, root string, l *controlplane.Leaf, roots *x509.Certificate) {
+		t.Helper()
+		s := &credstore.Set{Key: l.Key, Chain: []*x509.Certificate{l.Cert, l.Intermediate}, Roots: []*x509.Certificate{roots}}
+		if _, err := credstore.Save(controlplane.InRoot(root, controlplane.DefaultPKIDir), s, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name    string
+		prepare func(t *testing.T, root string)
+		want    string // substring; "" means keep
+	}{
+		{"current and healthy (generation layout)", func(t *testing.T, root string) {
+			save(t, root, issue(t, p, controlplane.LeafRequest{}), p.Root)
+		}, ""},
+		{"current and healthy (legacy layout, 0600)", func(t *testing.T, root string) {
+			plant(t, root, nil, issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o600)
+		}, ""},
+		{"nothing installed", func(t *testing.T, root string) {}, "no credentials installed"},
+		{"key of another certificate", func(t *testing.T, root string) {
+			other := issue(t, p, controlplane.LeafRequest{})
+			plant(t, root, other.KeyPEM(), issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o600)
+		}, "key does not match certificate"},
+		{"certificate for another node", func(t *testing.T, root string) {
+			save(t, root, issue(t, p, controlplane.LeafRequest{CommonName: "gpu-0099", DNSNames: []string{"gpu-0099"}}), p.Root)
+		}, `certificate is for "gpu-0099", not "gpu-0042"`},
+		{"expired", func(t *testing.T, root string) {
+			save(t, root, issue(t, p, controlplane.LeafRequest{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}), p.Root)
+		}, "certificate not valid now"},
+		{"not yet valid", func(t *testing.T, root string) {
+			save(t, root, issue(t, p, controlplane.LeafRequest{NotBefore: now.Add(time.Hour), NotAfter: now.Add(48 * time.Hour)}), p.Root)
+		}, "certificate not valid now"},
+		{"near expiry", func(t *testing.T, root string) {
+			save(t, root, issue(t, p, controlplane.LeafRequest{NotBefore: now.Add(-23 * time.Hour), NotAfter: now.Add(time.Hour)}), p.Root)
+		}, "certificate near expiry"},
+		{"stale: issued by another CA", func(t *testing.T, root string) {
+			save(t, root, issue(t, unrelated, controlplane.LeafRequest{}), unrelated.Root)
+		}, "does not chain to the CA's current roots (stale)"},
+		{"stale even with the current root in ca.pem", func(t *testing.T, root string) {
+			save(t, root, issue(t, unrelated, controlplane.LeafRequest{}), p.Root)
+		}, "(stale)"},
+		{"0644 key", func(t *testing.T, root string) {
+			plant(t, root, nil, issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o644)
+		}, "key file mode 0644 is too open"},
+		{"0640 key", func(t *testing.T, root string) {
+			plant(t, root, nil, issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o640)
+		}, "too open"},
+		{"garbage key", func(t *testing.T, root string) {
+			plant(t, root, []byte("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"), issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o600)
+		}, "installed credentials unreadable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := newHost(t)
+			cfg := offlineConfig(t, p.Fingerprint())
+			tt.prepare(t, host.Root)
+			env := verify.NewEnv(cfg, host)
+			roots := &enroll.Roots{Pinned: p.Root, Current: []*x509.Certificate{p.Root}}
+			got := NeedsEnrollment(env, roots, now)
+			if tt.want == "" {
+				if got != "" {
+					t.Fatalf("NeedsEnrollment = %q, want keep", got)
+				}
+				return
+			}
+			if !strings.Contains(got, tt.want) {
+				t.Fatalf("NeedsEnrollment = %q, want it to contain %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// files lists every regular file under root, relative to it.
+func files(t *testing.T, root string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.IsDir() {
+			rel, _ := filepath.Rel(root, p)
+			out[rel] = true
+		}
+		return nil
+	})
+	return out
+}
+
+func TestSaveTaskNames(t *testing.T) {
+	now := time.Date(2026, 3, 10, 12, 0, 0, 123456789, time.UTC)
+	fallback := "task-20260310T120000.123456789Z.json"
+	tests := []struct {
+		name string
+		id   string
+		want string
+	}{
+		{"plain id", "task-17", "task-17.json"},
+		{"uuid", "0b7e6c1e-2f0a-4f43-9d1a-6f1d2b3c4d5e", "0b7e6c1e-2f0a-4f43-9d1a-6f1d2b3c4d5e.json"},
+		{"parent traversal", "../../etc/cron.d/evil", fallback},
+		{"parent only", "..", fallback},
+		{"dot", ".", fallback},
+		{"absolute", "/etc/passwd", fallback},
+		{"slash inside", "a/b", fallback},
+		{"backslash", `..\..\x`, fallback},
+		{"nul", "a\x00b", fallback},
+		{"empty", "", fallback},
+		{"long", strings.Repeat("x", 300), fallback},
+		{"128 bytes kept", strings.Repeat("y", 128), strings.Repeat("y", 128) + ".json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			state := filepath.Join(root, "var", "lib", "provision")
+			raw := json.RawMessage(`{"id":` + string(mustJSON(t, tt.id)) + `,"kind":"reimage","args":["a","b"]}`)
+			if err := saveTask(state, probe.Task{ID: tt.id, Raw: raw}, now); err != nil {
+				t.Fatalf("saveTask: %v", err)
+			}
+			got := files(t, root)
+			want := filepath.Join("var", "lib", "provision", TasksDir, tt.want)
+			if len(got) != 1 || !got[want] {
+				t.Fatalf("files written = %v, want exactly %s", got, want)
+			}
+			p := filepath.Join(root, want)
+			st, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode().Perm() != 0o600 {
+				t.Errorf("task file mode %04o, want 0600", st.Mode().Perm())
+			}
+			b, _ := os.ReadFile(p)
+			var a, w bytes.Buffer
+			json.Compact(&a, b)
+			json.Compact(&w, raw)
+			if a.String() != w.String() {
+				t.Errorf("task content %s, want %s", a.String(), w.String())
+			}
+		})
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestSaveTaskNonJSONBody: a 200 body that is not JSON is still a task and
+// is kept (as a JSON string).
+func TestSaveTaskNonJSONBody(t *testing.T) {
+	state := t.TempDir()
+	task := probe.TaskFrom([]byte("reboot now\n"))
+	if err := saveTask(state, task, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(filepath.Join(state, TasksDir))
+	if err != nil || len(ents) != 1 {
+		t.Fatalf("tasks dir: %v %v", ents, err)
+	}
+	b, _ := os.ReadFile(filepath.Join(state, TasksDir, ents[0].Name()))
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil || s != "reboot now\n" {
+		t.Fatalf("saved %q (%v), want the body as a JSON string", b, err)
+	}
+}
+
+func TestReceiptRoundTrip(t *testing.T) {
+	proved := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	base := Receipt{
+		NodeID: nodeID, Serial: "123456789", Issuer: "CN=Control Plane Test Intermediate", Subject: "CN=" + nodeID,
+		RootFingerprint: strings.Repeat("ab", 32), NotAfter: proved.Add(24 * time.Hour),
+		Endpoint: "https://node-api.cp.internal:8443", ResolvedAddr: "127.0.0.1:8443", ProbeStatus: 204,
+		Enrolled: true, ProvedAt: proved, Version: "test",
+	}
+	const mid = "0123456789abcdef0123456789abcdef"
+	tests := []struct {
+		name      string
+		machineID string
+	}{
+		{"with machine id", mid},
+		{"without machine id", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			state := filepath.Join(t.TempDir(), "state")
+			r := base
+			r.MachineID = tt.machineID
+			if err := WriteReceipt(state, &r); err != nil {
+				t.Fatalf("WriteReceipt: %v", err)
+			}
+			got, err := ReadReceipt(state)
+			if err != nil {
+				t.Fatalf("ReadReceipt: %v", err)
+			}
+			if *got != r {
+				t.Fatalf("round trip:\n got %+v\nwant %+v", *got, r)
+			}
+			// The JSON field names are an interface.
+			b, _ := os.ReadFile(filepath.Join(state, ReceiptFile))
+			var m map[string]any
+			json.Unmarshal(b, &m)
+			for _, k := range []string{"node_id", "serial", "issuer", "root_fingerprint", "not_after", "endpoint", "proved_at"} {
+				if _, ok := m[k]; !ok {
+					t.Errorf("receipt JSON lacks %q", k)
+				}
+			}
+			marker := filepath.Join(state, DoneDir, mid)
+			_, err = os.Stat(marker)
+			switch {
+			case tt.machineID != "" && err != nil:
+				t.Fatalf("done marker missing: %v", err)
+			case tt.machineID == "":
+				if _, err := os.Stat(filepath.Join(state, DoneDir)); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("a done directory was written without a machine id (%v)", err)
+				}
+			default:
+				mb, _ := os.ReadFile(marker)
+				var mm map[string]string
+				if err := json.Unmarshal(mb, &mm); err != nil || mm["serial"] != r.Serial {
+					t.Fatalf("done marker %s does not carry the serial (%v)", mb, err)
+				}
+			}
+		})
+	}
+	if _, err := ReadReceipt(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("ReadReceipt of nothing = %v, want ErrNotExist", err)
+	}
+}
+
+// node is a prepared --root for a bootstrap against a real control plane.
+type node struct {
+	cp    *controlplane.ControlPlane
+	files controlplane.NodeFiles
+	cfg   *config.Config
+	host  *system.Host
+}
+
+func prepareNode(t *testing.T) *node {
+	t.Helper()
+	t.Setenv("STEPPATH", t.TempDir())
+	cp := controlplane.Start(t, controlplane.Options{})
+	root := t.TempDir()
+	nf, err := cp.PrepareNode(root, nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(nf.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := system.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host.HostsFile = cfg.Paths.HostsFile
+	return &node{cp: cp, files: nf, cfg: cfg, host: host}
+}
+
+func (n *node) run(t *testing.T) *Outcome {
+	t.Helper()
+	return Run(context.Background(), n.cfg, n.host, Options{
+		Policy: retry.Policy{Base: time.Millisecond, Cap: 10 * time.Millisecond},
+		Sleep:  retry.Sleep,
+	})
+}
+
+// spendToken redeems the node's token at the CA directly, as if another
+// process (or an earlier, lost exchange) had used it.
+func (n *node) spendToken(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile(n.files.TokenPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(n.cp.CA.URL())
+	c := &enroll.Client{URL: u, Fingerprint: n.cp.CA.Fingerprint(), Dial: n.cp.CA.DialContext, Timeout: 5 * time.Second}
+	roots, err := c.FetchRoots(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := enroll.ParseToken(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Sign(context.Background(), tok, roots); err != nil {
+		t.Fatalf("spending the token: %v", err)
+	}
+	return strings.TrimSpace(string(raw))
+}
+
+func (n *node) pending(t *testing.T) (*Pending, bool) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(n.files.StateDir, PendingFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p Pending
+	if err := json.Unmarshal(b, &p); err != nil {
+		t.Fatalf("%s: %v", PendingFile, err)
+	}
+	return &p, true
+}
+
+func sha(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+func TestPendingMarkerLifeCycle(t *testing.T) {
+	n := prepareNode(t)
+	used := n.spendToken(t)
+
+	// 1. A used token: the CA answers 401; the marker records that this
+	// token was presented, the token file stays (it is evidence), no receipt.
+	out := n.run(t)
+	if out.Report.OK {
+		t.Fatal("bootstrap with a used token reported OK")
+	}
+	if out.Report.FailedLayer != diag.Enroll || out.Report.Transient {
+		t.Fatalf("failed layer %s transient=%v, want %s and permanent (%s)", out.Report.FailedLayer, out.Report.Transient, diag.Enroll, out.Report.Summary)
+	}
+	if !strings.Contains(out.Report.Summary, "401") {
+		t.Errorf("summary does not say the CA rejected the token: %s", out.Report.Summary)
+	}
+	p, ok := n.pending(t)
+	if !ok {
+		t.Fatal("no enroll-pending marker after the CA rejected the token")
+	}
+	if p.TokenSHA256 != sha(used) {
+		t.Fatal("the marker does not identify the presented token by its hash")
+	}
+	if b, _ := os.ReadFile(filepath.Join(n.files.StateDir, PendingFile)); strings.Contains(string(b), used) {
+		t.Fatal("the marker contains the token itself")
+	}
+	if _, err := os.Stat(n.files.TokenPath); err != nil {
+		t.Fatalf("the token file was removed after a failed enrollment: %v", err)
+	}
+	if _, err := ReadReceipt(n.files.StateDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a receipt exists after a failed enrollment (%v)", err)
+	}
+
+	// 2. The same token again: the message says an earlier run presented it.
+	out = n.run(t)
+	if out.Report.OK || !strings.Contains(out.Report.Summary, "earlier run presented this same token") {
+		t.Fatalf("second run with the same used token: ok=%v summary %q", out.Report.OK, out.Report.Summary)
+	}
+	if strings.Contains(out.Report.Summary, used) || strings.Contains(out.Report.Remedy, used) {
+		t.Fatal("the report contains the token")
+	}
+
+	// 3. A fresh token: success; the marker and the token file are gone.
+	fresh, err := n.cp.Token(nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := controlplane.WriteToken(n.files.Root, n.cfg.CA.TokenFile, fresh); err != nil {
+		t.Fatal(err)
+	}
+	out = n.run(t)
+	if !out.Report.OK || !out.Enrolled {
+		t.Fatalf("bootstrap with a fresh token: ok=%v enrolled=%v: %s", out.Report.OK, out.Enrolled, out.Report.Summary)
+	}
+	if _, ok := n.pending(t); ok {
+		t.Fatal("the enroll-pending marker survived a successful enrollment")
+	}
+	if _, err := os.Stat(n.files.TokenPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the token file was not removed after enrollment (%v)", err)
+	}
+	r, err := ReadReceipt(n.files.StateDir)
+	if err != nil || r.NodeID != nodeID || !r.Enrolled {
+		t.Fatalf("receipt after success: %+v %v", r, err)
+	}
+}
+
+// TestPendingMarkerAfterCrashBeforeSign: killed after the marker was written
+// but before the token was sent. The token is unused, so the next run tries
+// it once more and succeeds, clearing the marker.
+func TestPendingMarkerAfterCrashBeforeSign(t *testing.T) {
+	n := prepareNode(t)
+	type crash struct{}
+	func() {
+		Hook = func(step string) {
+			if step == "before sign" {
+				panic(crash{})
+			}
+		}
+		defer func() {
+			Hook = nil
+			if r := recover(); r == nil {
+				t.Fatal("bootstrap did not reach the 'before sign' hook")
+			} else if _, ok := r.(crash); !ok {
+				panic(r)
+			}
+		}()
+		n.run(t)
+	}()
+	raw, _ := os.ReadFile(n.files.TokenPath)
+	p, ok := n.pending(t)
+	if !ok || p.TokenSHA256 != sha(strings.TrimSpace(string(raw))) {
+		t.Fatal("no marker for the token about to be presented")
+	}
+	out := n.run(t)
+	if !out.Report.OK || !out.Enrolled {
+		t.Fatalf("the run after the crash: ok=%v: %s", out.Report.OK, out.Report.Summary)
+	}
+	if _, ok := n.pending(t); ok {
+		t.Fatal("marker survived")
+	}
+	if _, err := os.Stat(n.files.TokenPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("token file survived")
+	}
+}
+
+// TestPendingMarkerCAUnreachable: the sign never reached the CA, so the
+// token is unused: no marker is left claiming it was presented.
+func TestPendingMarkerCAUnreachableAtSign(t *testing.T) {
+	n := prepareNode(t)
+	Hook = func(step string) {
+		if step == "before sign" {
+			n.cp.CA.Close()
+		}
+	}
+	defer func() { Hook = nil }()
+	out := n.run(t)
+	if out.Report.OK {
+		t.Fatal("bootstrap reported OK with the CA down")
+	}
+	if out.Report.Owner != diag.Network || !out.Report.Transient || !strings.Contains(out.Report.Summary, "cannot reach the CA") {
+		t.Fatalf("owner %s transient=%v summary %q, want a transient network failure reaching the CA", out.Report.Owner, out.Report.Transient, out.Report.Summary)
+	}
+	if _, ok := n.pending(t); ok {
+		t.Fatal("a marker claims the token was presented, but the CA was never reached")
+	}
+	if _, err := os.Stat(n.files.TokenPath); err != nil {
+		t.Fatalf("the unused token file was removed: %v", err)
+	}
+}
