@@ -16,6 +16,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/probe"
 )
@@ -36,12 +37,16 @@ func Checks() []Check {
 		{Name: "hosts-block", Layer: diag.Hosts, Owner: diag.Node, Run: checkHostsBlock},
 		{Name: "hosts-resolve", Layer: diag.Hosts, Owner: diag.Node, DependsOn: []string{"hosts-block"}, Run: checkHostsResolve},
 		{Name: "hosts-persist", Layer: diag.Hosts, Owner: diag.Node, Run: checkHostsPersist},
-		{Name: "ca-root", Layer: diag.CA, Owner: diag.CAOwner, Run: checkCARoot},
+		// ca-root depends on hosts-resolve: the CA is reached by a hostname
+		// the override maps, so a missing block is not also "CA unreachable".
+		{Name: "ca-root", Layer: diag.CA, Owner: diag.CAOwner, DependsOn: []string{"hosts-resolve"}, Run: checkCARoot},
+		// Every check that judges a certificate by the node's clock depends
+		// on clock, so a skewed clock is one root cause, not four failures.
 		{Name: "clock", Layer: diag.Clock, Owner: diag.Node, Run: checkClock},
-		{Name: "credentials", Layer: diag.Credentials, Owner: diag.Node, Run: checkCredentials},
+		{Name: "credentials", Layer: diag.Credentials, Owner: diag.Node, DependsOn: []string{"clock"}, Run: checkCredentials},
 		{Name: "ca-chain", Layer: diag.CA, Owner: diag.Node, DependsOn: []string{"ca-root", "credentials"}, Run: checkCAChain},
 		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, DependsOn: []string{"hosts-resolve"}, Run: probeCheck(diag.TCP)},
-		{Name: "tls-server", Layer: diag.TLSServer, Owner: diag.Ingress, DependsOn: []string{"tcp"}, Run: probeCheck(diag.TLSServer)},
+		{Name: "tls-server", Layer: diag.TLSServer, Owner: diag.Ingress, DependsOn: []string{"tcp", "clock"}, Run: probeCheck(diag.TLSServer)},
 		{Name: "tls-client-auth", Layer: diag.TLSClientAuth, Owner: diag.Ingress, DependsOn: []string{"tls-server", "credentials"}, Run: probeCheck(diag.TLSClientAuth)},
 		{Name: "route", Layer: diag.Route, Owner: diag.Ingress, DependsOn: []string{"tls-client-auth"}, Run: probeCheck(diag.Route)},
 		{Name: "identity", Layer: diag.Identity, Owner: diag.API, DependsOn: []string{"route"}, Run: probeCheck(diag.Identity)},
@@ -188,6 +193,12 @@ func checkHostsPersist(_ context.Context, e *Env) Outcome {
 func checkCARoot(ctx context.Context, e *Env) Outcome {
 	roots, err := e.Roots(ctx)
 	if err != nil {
+		// The CA's Date comes from the unverified pinned-root fetch, so it is
+		// known even when a skewed node clock makes the CA's certificate look
+		// expired or not yet valid: that is the clock's failure, not the CA's.
+		if skew, ok := clockSkew(e, roots); ok && abs(skew) > MaxSkew {
+			return Outcome{Status: Skip, Message: fmt.Sprintf("skipped: depends on clock, which did not pass (the node clock is %s off the CA's, so the CA's certificate cannot be judged: %v)", skew.Round(time.Second), err)}
+		}
 		return fromFinding(diag.FromEnroll(err, diag.CA, e.Cfg.CA.TokenFile))
 	}
 	return pass("the CA serves the pinned root %s and lists %d current root(s)", short(e.Cfg.CA.Fingerprint), len(roots.Current))
@@ -200,6 +211,21 @@ func short(fp string) string {
 	return fp
 }
 
+// clockSkew is the node clock minus the CA's Date header, if the CA sent one.
+func clockSkew(e *Env, roots *enroll.Roots) (time.Duration, bool) {
+	if roots == nil || roots.ServerDate.IsZero() {
+		return 0, false
+	}
+	return e.Host.Time().Sub(roots.ServerDate), true
+}
+
+func abs(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
+}
+
 func checkClock(ctx context.Context, e *Env) Outcome {
 	roots, _ := e.Roots(ctx)
 	if roots == nil || roots.ServerDate.IsZero() {
@@ -209,11 +235,7 @@ func checkClock(ctx context.Context, e *Env) Outcome {
 	// Date has one-second resolution and the request took some time.
 	skew := now.Sub(roots.ServerDate)
 	ev := map[string]string{"node_time": now.UTC().Format(time.RFC3339), "ca_time": roots.ServerDate.UTC().Format(time.RFC3339), "skew": skew.Round(time.Second).String()}
-	abs := skew
-	if abs < 0 {
-		abs = -abs
-	}
-	switch {
+	switch abs := abs(skew); {
 	case abs > MaxSkew:
 		return Outcome{Status: Fail, Evidence: ev,
 			Message: fmt.Sprintf("the node clock is %s off the CA's: certificates and tokens will look expired or not yet valid", skew.Round(time.Second)),
