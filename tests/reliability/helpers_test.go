@@ -197,11 +197,12 @@ func runBin(ctx context.Context, env []string, args ...string) result {
 	return r
 }
 
-// run runs `provision <cmd> --root <root> [args]`.
+// run runs `provision <cmd> --root <root> [args]`; cmd may hold a
+// subcommand ("hosts apply").
 func (n *node) run(env []string, cmd string, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	return runBin(ctx, env, append([]string{cmd, "--root", n.files.Root}, args...)...)
+	return runBin(ctx, env, append(append(strings.Fields(cmd), "--root", n.files.Root), args...)...)
 }
 
 func (n *node) bootstrap(env ...string) result { return n.run(env, "bootstrap") }
