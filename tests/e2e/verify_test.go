@@ -10,9 +10,16 @@ import (
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
-// wantChecks is verify's ladder; check names are part of the interface.
-var wantChecks = []string{"config", "hosts-block", "hosts-resolve", "hosts-persist", "ca-root", "clock",
-	"credentials", "ca-chain", "tcp", "tls-server", "tls-client-auth", "route", "identity", "tasks-wait"}
+// wantLayer is verify's ladder: each check name (an interface) and its
+// layer. The order within the ladder may be tuned (which check runs first
+// decides which of two is the root cause), so it is not pinned here beyond
+// config first and tasks-wait, the proof, last.
+var wantLayer = map[string]string{
+	"config": "config", "hosts-block": "hosts", "hosts-resolve": "hosts", "hosts-persist": "hosts",
+	"clock": "clock", "ca-root": "ca", "credentials": "credentials", "ca-chain": "ca", "tcp": "tcp",
+	"tls-server": "tls-server", "tls-client-auth": "tls-client-auth", "route": "route",
+	"identity": "identity", "tasks-wait": "tasks-wait",
+}
 
 // TestJSONReportAndReadOnlyVerify: --format json is one parseable report
 // with the contract's fields, and verify writes nothing, healthy or not.
@@ -59,14 +66,18 @@ func TestJSONReportAndReadOnlyVerify(t *testing.T) {
 	}
 }
 
-// checkLadder requires every check of the ladder, in order, each with a
-// layer, an owner and a known status; all pass when healthy.
+// checkLadder requires every check of the ladder exactly once, config
+// first and tasks-wait last, each with its layer, an owner, a message and a
+// known status; all pass when healthy.
 func checkLadder(t *testing.T, rep *report, healthy bool) {
 	t.Helper()
-	var names []string
-	for _, c := range rep.Checks {
-		names = append(names, c.Name)
-		if c.Layer == "" || c.Owner == "" || c.Message == "" {
+	seen := map[string]bool{}
+	for i, c := range rep.Checks {
+		if l, ok := wantLayer[c.Name]; !ok || seen[c.Name] || l != c.Layer {
+			t.Errorf("check %d %q (layer %q): unknown, repeated or in the wrong layer (want %q)", i, c.Name, c.Layer, l)
+		}
+		seen[c.Name] = true
+		if c.Owner == "" || c.Message == "" {
 			t.Errorf("check %s lacks layer/owner/message: %+v", c.Name, c)
 		}
 		switch c.Status {
@@ -79,8 +90,11 @@ func checkLadder(t *testing.T, rep *report, healthy bool) {
 			t.Errorf("check %s has unknown status %q", c.Name, c.Status)
 		}
 	}
-	if strings.Join(names, " ") != strings.Join(wantChecks, " ") {
-		t.Errorf("checks %v, want %v", names, wantChecks)
+	if len(seen) != len(wantLayer) {
+		t.Errorf("report has %d distinct checks, want the %d of the ladder", len(seen), len(wantLayer))
+	}
+	if n := len(rep.Checks); n == 0 || rep.Checks[0].Name != "config" || rep.Checks[n-1].Name != "tasks-wait" {
+		t.Errorf("the ladder must start with config and end with the proof, tasks-wait")
 	}
 }
 
