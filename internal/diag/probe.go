@@ -133,6 +133,13 @@ func fromTransport(r *probe.Result, f *Finding, chain ChainState) *Finding {
 		case errors.As(err, &hostErr):
 			f.Summary = fmt.Sprintf("the ingress presented a certificate not valid for %s (%s): it has no certificate or router for this SNI and served its default", r.Host, subjectOf(r))
 			f.Remedy = "install a server certificate for the node API hostname on the ingress and bind it to the node API router"
+		case errors.As(err, &uae) && chain == ChainStale:
+			// The node's certificate, and the ca.pem written with it, come
+			// from a CA the control plane no longer uses: the bundle is what
+			// is wrong, not the ingress's certificate.
+			f.Owner = Node
+			f.Summary = fmt.Sprintf("the ingress's certificate (%s) is not signed by the CA bundle in pki_dir/ca.pem, which is stale: the node's credentials come from a CA the control plane no longer uses", subjectOf(r))
+			f.Remedy = "re-enroll the node (provision bootstrap with a fresh token): that replaces the certificate and the CA bundle together"
 		case errors.As(err, &uae):
 			f.Summary = fmt.Sprintf("the ingress's certificate (%s) is not signed by the CA bundle in pki_dir/ca.pem", subjectOf(r))
 			f.Remedy = "issue the ingress's node API certificate from the control-plane CA, or re-run bootstrap if the CA bundle is stale"

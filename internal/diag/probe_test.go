@@ -268,6 +268,19 @@ func TestFromProbeTransportFailures(t *testing.T) {
 				remedy: "control-plane CA", evidence: map[string]string{"server_issuer": "CN=Other Root CA"}},
 		},
 		{
+			// A node whose certificate is stale also holds the stale CA's
+			// bundle: the ingress's certificate is fine, the node is not.
+			name: "server certificate from a CA the node's stale bundle does not hold",
+			port: func(t *testing.T) string {
+				cfg := w.tlsConfig()
+				cfg.Certificates = []tls.Certificate{w.other.server(t, apiHost)}
+				return serveHTTPS(t, cfg, status(204, ""))
+			},
+			chain: diag.ChainStale,
+			want: want{layer: diag.TLSServer, owner: diag.Node, summary: []string{"not signed by the CA bundle", "stale"},
+				remedy: "re-enroll the node"},
+		},
+		{
 			name: "server certificate looks not yet valid by a node clock two hours behind",
 			port: func(t *testing.T) string { return serveHTTPS(t, w.tlsConfig(), status(204, "")) },
 			mod:  func(r *probe.Request) { r.Now = func() time.Time { return time.Now().Add(-2 * time.Hour) } },
