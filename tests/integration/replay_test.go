@@ -24,7 +24,8 @@ package integration
 //	  patch Traefik CA secret content and shape                            | 5 recovery: ingress restarted with a valid CA file
 //	  force node re-enrollment so stale certificates were replaced         | 4 bootstrap re-enrolls by itself; no token: a fresh token
 //	  explicit route where mTLS middleware applied                         | 6 recovery: forwarding directive on the route
-//	  teach API to parse Traefik forwarded client-cert headers             | 7 recovery: API reads the ingress's format
+//	  teach API to parse Traefik forwarded client-cert headers             | 7 recovery: API reads the ingress's format;
+//	                                                                       | 7 api-pool-root-only: and can verify what it reads
 //	  (healthy baseline every recovery must reach)                         | 1 healthy
 //
 // Every failing cell asserts: bootstrap exits with the failing layer's code
@@ -184,6 +185,7 @@ var scenarios = []scenario{
 			if ver.code != 13 || ver.rep.FailedLayer != "ca" || ver.rep.Owner != "node" {
 				t.Errorf("verify on a node with a transient-CA certificate: exit %d %s/%s, want 13 ca/node: %s", ver.code, ver.rep.FailedLayer, ver.rep.Owner, ver.rep.Summary)
 			}
+			noIngressBlame(t, ver)
 			record("4 stale-node-cert (verify before)", string(e.kind), observed(ver))
 		},
 		want: all(expect{exit: 0}),
@@ -205,6 +207,7 @@ var scenarios = []scenario{
 			if !strings.Contains(boot.rep.Summary+boot.rep.Remedy, "token") || !strings.Contains(strings.ToLower(boot.rep.Summary+" "+boot.rep.Remedy), "enroll") {
 				t.Errorf("bootstrap does not say re-enrollment with a token is needed: %q / %q", boot.rep.Summary, boot.rep.Remedy)
 			}
+			noIngressBlame(t, ver)
 		},
 		recover: func(t *testing.T, e *env) {
 			// Force re-enrollment: the control plane delivers a fresh token.
@@ -282,6 +285,34 @@ var scenarios = []scenario{
 		},
 		recover: func(t *testing.T, e *env) {
 			// Teach the API the ingress's format (detected by header).
+			if err := e.ident.Set(e.healthyIdentity()); err != nil {
+				t.Fatal(err)
+			}
+		},
+	},
+	{
+		// Not an incident line, but the trap next to it: nginx and Caddy
+		// forward only the leaf, so an API that trusts only the root cannot
+		// verify what they forward; Traefik and HAProxy forward the chain.
+		name: "7 api-pool-root-only",
+		before: func(t *testing.T, e *env) {
+			cfg := e.healthyIdentity()
+			cfg.Roots = e.cp.CA.PKI().RootPool()
+			if err := e.ident.Set(cfg); err != nil {
+				t.Fatal(err)
+			}
+		},
+		want: map[ingress.Kind]expect{
+			ingress.Nginx:   {exit: 18, layer: "identity", owner: "api"},
+			ingress.HAProxy: {exit: 0},
+			ingress.Caddy:   {exit: 18, layer: "identity", owner: "api"},
+			ingress.Traefik: {exit: 0},
+		},
+		check: func(t *testing.T, e *env, boot, ver run) {
+			checkRejections(t, e, true, clientcert.ReasonUnknownAuthority)
+		},
+		recover: func(t *testing.T, e *env) {
+			// Give the API the intermediate too (controlplane.ForwardedRoots).
 			if err := e.ident.Set(e.healthyIdentity()); err != nil {
 				t.Fatal(err)
 			}
@@ -504,6 +535,18 @@ func plantStale(t *testing.T, e *env) {
 	// That install also wrote the hosts override.
 	if out, err := exec.Command(provisionBin, "hosts", "apply", "--root", e.root).CombinedOutput(); err != nil {
 		t.Fatalf("provision hosts apply: %v\n%s", err, out)
+	}
+}
+
+// noIngressBlame: on a node with stale credentials behind a healthy
+// ingress, no failing check of verify may name the ingress (or anyone but
+// the node) as owner.
+func noIngressBlame(t *testing.T, ver run) {
+	t.Helper()
+	for _, c := range ver.rep.Checks {
+		if c.Status == "fail" && c.Owner != "node" {
+			t.Errorf("verify's %s check blames %s on a node whose own credentials are stale: %s", c.Name, c.Owner, c.Message)
+		}
 	}
 }
 
