@@ -37,7 +37,7 @@ type node struct {
 
 // plant lays out a node under a fresh root: config, hosts block and, unless
 // leaf is nil, credentials with caPEM as the bundle.
-func plant(t *testing.T, cp *controlplane.ControlPlane, edit func(*controlplane.NodeConfig), leaf *controlplane.Leaf, caPEM []byte) node {
+func plant(t testing.TB, cp *controlplane.ControlPlane, edit func(*controlplane.NodeConfig), leaf *controlplane.Leaf, caPEM []byte) node {
 	t.Helper()
 	root := t.TempDir()
 	cfg := cp.NodeConfig(nodeID)
@@ -56,7 +56,7 @@ func plant(t *testing.T, cp *controlplane.ControlPlane, edit func(*controlplane.
 	return node{root: root, cfg: cfg}
 }
 
-func applyHosts(t *testing.T, root string, cfg controlplane.NodeConfig) {
+func applyHosts(t testing.TB, root string, cfg controlplane.NodeConfig) {
 	t.Helper()
 	path := controlplane.InRoot(root, cfg.Paths.HostsFile)
 	old, err := os.ReadFile(path)
@@ -76,7 +76,7 @@ func applyHosts(t *testing.T, root string, cfg controlplane.NodeConfig) {
 	}
 }
 
-func healthyNode(t *testing.T, cp *controlplane.ControlPlane) node {
+func healthyNode(t testing.TB, cp *controlplane.ControlPlane) node {
 	t.Helper()
 	leaf, err := cp.IssueNodeCert(nodeID)
 	if err != nil {
@@ -472,7 +472,7 @@ func TestLadderCADown(t *testing.T) {
 	}
 }
 
-func mustAddr(t *testing.T, s string) netip.Addr {
+func mustAddr(t testing.TB, s string) netip.Addr {
 	t.Helper()
 	a, err := netip.ParseAddr(s)
 	if err != nil {
