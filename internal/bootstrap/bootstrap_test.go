@@ -543,3 +543,148 @@ func TestPendingMarkerCAUnreachableAtSign(t *testing.T) {
 		t.Fatalf("the unused token file was removed: %v", err)
 	}
 }
+
+// TestCrashAfterSign: killed after the CA issued the certificate but before
+// it was saved. The token is burnt; the next run must say so plainly, keep
+// the marker and the token file, and write no receipt.
+func TestCrashAfterSign(t *testing.T) {
+	n := prepareNode(t)
+	type crash struct{}
+	func() {
+		Hook = func(step string) {
+			if step == "after sign" {
+				panic(crash{})
+			}
+		}
+		defer func() {
+			Hook = nil
+			if r := recover(); r == nil {
+				t.Fatal("bootstrap did not reach the 'after sign' hook")
+			} else if _, ok := r.(crash); !ok {
+				panic(r)
+			}
+		}()
+		n.run(t)
+	}()
+	out := n.run(t)
+	if out.Report.OK {
+		t.Fatal("a burnt token enrolled again")
+	}
+	if out.Report.FailedLayer != diag.Enroll || out.Report.Transient ||
+		!strings.Contains(out.Report.Summary, "earlier run presented this same token") {
+		t.Fatalf("layer %s transient=%v summary %q", out.Report.FailedLayer, out.Report.Transient, out.Report.Summary)
+	}
+	if _, ok := n.pending(t); !ok {
+		t.Fatal("the marker was dropped while the node is still not enrolled")
+	}
+	if _, err := ReadReceipt(n.files.StateDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("a receipt was written")
+	}
+}
+
+// TestKeptCredentialsForgetBurntToken: a run killed after saving the
+// credentials but before removing the token and marker. The next run keeps
+// the credentials and removes the burnt token and the marker; a different
+// token written since is kept.
+func TestKeptCredentialsForgetBurntToken(t *testing.T) {
+	tests := []struct {
+		name      string
+		sameToken bool
+	}{
+		{"the burnt token is still there", true},
+		{"a new token was written since", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := prepareNode(t)
+			raw, _ := os.ReadFile(n.files.TokenPath)
+			if out := n.run(t); !out.Report.OK {
+				t.Fatalf("first bootstrap: %s", out.Report.Summary)
+			}
+			// Recreate the state the kill would have left.
+			tok := strings.TrimSpace(string(raw))
+			if !tt.sameToken {
+				var err error
+				if tok, err = n.cp.Token(nodeID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			controlplane.WriteToken(n.files.Root, n.cfg.CA.TokenFile, tok)
+			b, _ := json.Marshal(Pending{TokenSHA256: sha(strings.TrimSpace(string(raw))), Started: time.Now()})
+			os.WriteFile(filepath.Join(n.files.StateDir, PendingFile), b, 0o600)
+
+			out := n.run(t)
+			if !out.Report.OK || out.Enrolled {
+				t.Fatalf("re-run: ok=%v enrolled=%v: %s", out.Report.OK, out.Enrolled, out.Report.Summary)
+			}
+			if _, ok := n.pending(t); ok {
+				t.Fatal("the marker survived a run that kept the credentials")
+			}
+			_, err := os.Stat(n.files.TokenPath)
+			if tt.sameToken && !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the burnt token was left on disk (%v)", err)
+			}
+			if !tt.sameToken && err != nil {
+				t.Fatalf("a fresh, unused token was removed: %v", err)
+			}
+		})
+	}
+}
+
+// TestRerunKeepsCredentialsAndTightensDir: a second run re-proves without
+// re-enrolling, and a pki_dir loosened to 0755 in between is set back to
+// 0700 without a new certificate.
+func TestRerunKeepsCredentialsAndTightensDir(t *testing.T) {
+	n := prepareNode(t)
+	first := n.run(t)
+	if !first.Report.OK || !first.Enrolled {
+		t.Fatalf("first bootstrap: %s", first.Report.Summary)
+	}
+	if err := os.Chmod(n.files.PKIDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	second := n.run(t)
+	if !second.Report.OK || second.Enrolled {
+		t.Fatalf("re-run: ok=%v enrolled=%v: %s", second.Report.OK, second.Enrolled, second.Report.Summary)
+	}
+	if second.Receipt.Serial != first.Receipt.Serial {
+		t.Fatalf("re-run changed the certificate: %s -> %s", first.Receipt.Serial, second.Receipt.Serial)
+	}
+	st, err := os.Stat(n.files.PKIDir)
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("pki dir mode after re-run: %v %v, want 0700", st.Mode().Perm(), err)
+	}
+	s, err := credstore.Load(n.files.PKIDir)
+	if err != nil || !s.KeyMatches() || s.KeyMode != 0o600 {
+		t.Fatalf("credentials after re-run: %v", err)
+	}
+}
+
+// TestRunSavesTask: a task handed out by the proof's tasks/wait is kept
+// under state_dir/tasks and reported.
+func TestRunSavesTask(t *testing.T) {
+	n := prepareNode(t)
+	queued := n.cp.API.QueueTask(nodeID, controlplane.Task{ID: "../../../etc/evil", Kind: "reimage"})
+	out := n.run(t)
+	if !out.Report.OK {
+		t.Fatalf("bootstrap: %s", out.Report.Summary)
+	}
+	if out.Task == nil || out.Task.ID != queued.ID {
+		t.Fatalf("outcome task = %+v, want id %q", out.Task, queued.ID)
+	}
+	ents, err := os.ReadDir(filepath.Join(n.files.StateDir, TasksDir))
+	if err != nil || len(ents) != 1 {
+		t.Fatalf("tasks dir: %v %v", ents, err)
+	}
+	b, _ := os.ReadFile(filepath.Join(n.files.StateDir, TasksDir, ents[0].Name()))
+	var got controlplane.Task
+	if err := json.Unmarshal(b, &got); err != nil || got.ID != queued.ID || got.Kind != "reimage" {
+		t.Fatalf("saved task %s (%v)", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(n.files.Root, "etc", "evil.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("the task id escaped state_dir/tasks")
+	}
+	if out.Report.Task == nil {
+		t.Fatal("the report does not carry the task")
+	}
+}
