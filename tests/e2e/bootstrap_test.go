@@ -78,7 +78,8 @@ func withoutManagedBlock(t testing.TB, b []byte) []byte {
 // default 1s long poll: the proof is exactly what the node-agent will do.
 func TestFreshNode(t *testing.T) {
 	t.Parallel()
-	n := newNode(t, shared, true)
+	cp := controlplane.Start(t, controlplane.Options{})
+	n := newNode(t, cp, true)
 	userHosts := readFile(t, n.files.HostsPath)
 	// A hosts file with a non-default mode: the block is added, the mode kept.
 	if err := os.Chmod(n.files.HostsPath, 0o640); err != nil {
@@ -99,10 +100,10 @@ func TestFreshNode(t *testing.T) {
 	rc := n.receipt()
 	leaf, chain := n.loadPair()
 	if rc.NodeID != n.id || rc.Serial != leaf.SerialNumber.String() || rc.Issuer != leaf.Issuer.String() ||
-		rc.RootFingerprint != shared.CA.Fingerprint() || !rc.NotAfter.Equal(leaf.NotAfter) ||
+		rc.RootFingerprint != cp.CA.Fingerprint() || !rc.NotAfter.Equal(leaf.NotAfter) ||
 		rc.ProvedAt.IsZero() || rc.Endpoint != n.cfg.NodeAPI.URL {
 		t.Errorf("receipt %+v does not describe the installed certificate (serial %s, issuer %s, not_after %s) and fingerprint %s",
-			rc, leaf.SerialNumber, leaf.Issuer, leaf.NotAfter, shared.CA.Fingerprint())
+			rc, leaf.SerialNumber, leaf.Issuer, leaf.NotAfter, cp.CA.Fingerprint())
 	}
 	if time.Since(rc.ProvedAt) > time.Minute || rc.ProvedAt.After(time.Now().Add(time.Second)) {
 		t.Errorf("proved_at %s is not the time of this run", rc.ProvedAt)
@@ -110,10 +111,10 @@ func TestFreshNode(t *testing.T) {
 	if leaf.Subject.CommonName != n.id {
 		t.Errorf("certificate subject %q, want %q", leaf.Subject.CommonName, n.id)
 	}
-	if err := chainsTo(chain, shared.CA.RootPEM()); err != nil {
+	if err := chainsTo(chain, cp.CA.RootPEM()); err != nil {
 		t.Errorf("certificate does not chain to the CA's root: %v", err)
 	}
-	if ca := readFile(t, filepath.Join(n.files.PKIDir, "ca.pem")); !bytes.Contains(ca, shared.CA.RootPEM()) {
+	if ca := readFile(t, filepath.Join(n.files.PKIDir, "ca.pem")); !bytes.Contains(ca, cp.CA.RootPEM()) {
 		t.Errorf("ca.pem does not hold the CA's root")
 	}
 
@@ -158,7 +159,8 @@ func TestFreshNode(t *testing.T) {
 // touches neither the credentials nor the hosts file.
 func TestRerunChangesNothing(t *testing.T) {
 	t.Parallel()
-	n := newNode(t, shared, true)
+	cp := controlplane.Start(t, controlplane.Options{})
+	n := newNode(t, cp, true)
 	wantExit(t, n.run("bootstrap"), 0)
 	first := n.receipt()
 	if fileExists(n.files.TokenPath) {
@@ -203,7 +205,8 @@ func TestRerunChangesNothing(t *testing.T) {
 // 0, the token is presented once, one certificate is installed.
 func TestConcurrentBootstrapsEnrollOnce(t *testing.T) {
 	t.Parallel()
-	n := newNode(t, shared, true)
+	cp := controlplane.Start(t, controlplane.Options{})
+	n := newNode(t, cp, true)
 	results := make(chan result, 2)
 	for range 2 {
 		go func() { results <- runBinary(t, "bootstrap", "--root", n.root) }()
@@ -242,12 +245,13 @@ func TestStaleCertFromAnotherCA(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			n := newNode(t, shared, tc.withToken)
-			stale, err := shared.IssueStaleCert(n.id)
+			cp := controlplane.Start(t, controlplane.Options{})
+			n := newNode(t, cp, tc.withToken)
+			stale, err := cp.IssueStaleCert(n.id)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := controlplane.WriteNodeCredentials(n.root, n.cfg.Paths.PKIDir, stale, shared.Unrelated.RootPEM()); err != nil {
+			if err := controlplane.WriteNodeCredentials(n.root, n.cfg.Paths.PKIDir, stale, cp.Unrelated.RootPEM()); err != nil {
 				t.Fatal(err)
 			}
 			r := n.runJSON("bootstrap")
@@ -270,11 +274,11 @@ func TestStaleCertFromAnotherCA(t *testing.T) {
 			if leaf.SerialNumber.Cmp(stale.Cert.SerialNumber) == 0 {
 				t.Fatal("the stale certificate is still installed")
 			}
-			if err := chainsTo(chain, shared.CA.RootPEM()); err != nil {
+			if err := chainsTo(chain, cp.CA.RootPEM()); err != nil {
 				t.Errorf("the new certificate does not chain to the current CA: %v", err)
 			}
-			if leaf.Issuer.String() != shared.CA.PKI().Intermediate.Subject.String() {
-				t.Errorf("issuer %s, want the current intermediate %s", leaf.Issuer, shared.CA.PKI().Intermediate.Subject)
+			if leaf.Issuer.String() != cp.CA.PKI().Intermediate.Subject.String() {
+				t.Errorf("issuer %s, want the current intermediate %s", leaf.Issuer, cp.CA.PKI().Intermediate.Subject)
 			}
 			rc := n.receipt()
 			if rc.Serial != leaf.SerialNumber.String() || rc.Issuer != leaf.Issuer.String() {
@@ -332,11 +336,11 @@ func TestWrongFingerprint(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name string
-		fp   func() string
+		fp   func(*controlplane.ControlPlane) string
 	}{
-		{"another CA's root", func() string { return shared.Unrelated.Fingerprint() }},
-		{"a typo in the last digit", func() string {
-			fp := []byte(shared.CA.Fingerprint())
+		{"another CA's root", func(cp *controlplane.ControlPlane) string { return cp.Unrelated.Fingerprint() }},
+		{"a typo in the last digit", func(cp *controlplane.ControlPlane) string {
+			fp := []byte(cp.CA.Fingerprint())
 			if fp[len(fp)-1] == '0' {
 				fp[len(fp)-1] = '1'
 			} else {
@@ -347,7 +351,8 @@ func TestWrongFingerprint(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			n := newNode(t, shared, true, func(c *controlplane.NodeConfig) { c.CA.Fingerprint = tc.fp() })
+			cp := controlplane.Start(t, controlplane.Options{})
+			n := newNode(t, cp, true, func(c *controlplane.NodeConfig) { c.CA.Fingerprint = tc.fp(cp) })
 			tokenBefore := readFile(t, n.files.TokenPath)
 
 			r := n.runJSON("bootstrap")
@@ -367,7 +372,7 @@ func TestWrongFingerprint(t *testing.T) {
 			}
 
 			// The CA never saw the token: the same token works once the pin is right.
-			n.cfg.CA.Fingerprint = shared.CA.Fingerprint()
+			n.cfg.CA.Fingerprint = cp.CA.Fingerprint()
 			n.rewriteConfig()
 			r = n.run("bootstrap")
 			wantExit(t, r, 0)
@@ -380,12 +385,13 @@ func TestWrongFingerprint(t *testing.T) {
 // plain message and a remedy, never retried, never printed.
 func TestUsedToken(t *testing.T) {
 	t.Parallel()
-	a := newNode(t, shared, true)
+	cp := controlplane.Start(t, controlplane.Options{})
+	a := newNode(t, cp, true)
 	tok := strings.TrimSpace(string(readFile(t, a.files.TokenPath)))
 	wantExit(t, a.run("bootstrap"), 0)
 
 	// The same node reinstalled on a fresh root, handed the same (now used) token.
-	b := &node{t: t, cp: shared, id: a.id, root: t.TempDir(), cfg: a.cfg, tokens: []string{tok}}
+	b := &node{t: t, cp: cp, id: a.id, root: t.TempDir(), cfg: a.cfg, tokens: []string{tok}}
 	files, err := controlplane.WriteNode(b.root, b.cfg, tok)
 	if err != nil {
 		t.Fatal(err)
@@ -525,12 +531,13 @@ func TestOpenKeyModeEndsPrivate(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			n := newNode(t, shared, tc.withToken)
-			old, err := shared.IssueNodeCert(n.id)
+			cp := controlplane.Start(t, controlplane.Options{})
+			n := newNode(t, cp, tc.withToken)
+			old, err := cp.IssueNodeCert(n.id)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := controlplane.WriteNodeCredentials(n.root, n.cfg.Paths.PKIDir, old, shared.CA.RootPEM()); err != nil {
+			if err := controlplane.WriteNodeCredentials(n.root, n.cfg.Paths.PKIDir, old, cp.CA.RootPEM()); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.Chmod(n.keyPath(), tc.keyMode); err != nil {
@@ -584,12 +591,13 @@ func TestTaskDuringProofIsKept(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			n := newNode(t, shared, true)
-			task := shared.API.QueueTask(n.id, controlplane.Task{ID: tc.id, Kind: "reimage", Payload: json.RawMessage(`{"image":"ubuntu-24.04"}`)})
+			cp := controlplane.Start(t, controlplane.Options{})
+			n := newNode(t, cp, true)
+			task := cp.API.QueueTask(n.id, controlplane.Task{ID: tc.id, Kind: "reimage", Payload: json.RawMessage(`{"image":"ubuntu-24.04"}`)})
 
 			r := n.runJSON("bootstrap")
 			wantExit(t, r, 0)
-			if shared.API.Pending(n.id) != 0 {
+			if cp.API.Pending(n.id) != 0 {
 				t.Fatal("the task was not delivered to the proof")
 			}
 			var reported controlplane.Task

@@ -17,10 +17,14 @@
 // no longer matches) only happen with step-ca's own behaviour. No case here
 // replaces it.
 //
-// Speed: one control plane is shared by every test that does not inject
-// faults or rotate the CA (nodes are told apart by node_id, and the node
-// API's queues and identity checks are per node_id); tests that change the
-// control plane's behaviour start their own. Configs use a short
+// One control plane per test (per parallel subtest): starting one costs tens
+// of milliseconds, faults and rotations stay local to their test, and no two
+// enrollments ever reach the same step-ca at once. That last point matters
+// under -race: step-ca v0.30.2's provisioner.Audiences.All appends to the
+// shared Sign slice, a data race between concurrent token-authorised
+// requests when the CA has more than one DNS name (as tests/controlplane's
+// has). Within a test, concurrency on one CA is serialised by provision's
+// own lock (see TestConcurrentBootstrapsEnrollOnce). Configs use a short
 // bootstrap.deadline so a failing case cannot wait ten minutes. Every proof
 // is a real long poll of at least one second (wait_timeout is whole
 // seconds), so the cases spend most of their time waiting, not computing:
@@ -34,7 +38,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
+	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,9 +59,7 @@ var (
 	binary string
 	// moduleRoot is the directory holding go.mod.
 	moduleRoot string
-	// shared is the control plane of tests that do not change its behaviour.
-	shared *controlplane.ControlPlane
-	// nodeSeq makes node ids unique across the shared control plane.
+	// nodeSeq numbers node ids, so logs of parallel tests are told apart.
 	nodeSeq atomic.Int64
 )
 
@@ -94,11 +98,9 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/provision: %v\n%s", err, out)
 		return 1
 	}
-	if shared, err = controlplane.New(controlplane.Options{}); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: control plane:", err)
-		return 1
-	}
-	defer shared.Close()
+	// step-ca announces itself through the standard logger; the tests'
+	// output is provision's.
+	log.SetOutput(io.Discard)
 	return m.Run()
 }
 

@@ -37,7 +37,8 @@ func TestJSONReportAndReadOnlyVerify(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			n := newNode(t, shared, true)
+			cp := controlplane.Start(t, controlplane.Options{})
+			n := newNode(t, cp, true)
 			if tc.bootstrap {
 				r := n.runJSON("bootstrap")
 				wantExit(t, r, 0)
@@ -103,9 +104,10 @@ func checkLadder(t *testing.T, rep *report, healthy bool) {
 // dropped silently.
 func TestVerifyShowsTaskItReceived(t *testing.T) {
 	t.Parallel()
-	n := newNode(t, shared, true)
+	cp := controlplane.Start(t, controlplane.Options{})
+	n := newNode(t, cp, true)
 	wantExit(t, n.run("bootstrap"), 0)
-	task := shared.API.QueueTask(n.id, controlplane.Task{Kind: "reboot"})
+	task := cp.API.QueueTask(n.id, controlplane.Task{Kind: "reboot"})
 	before := snapshot(t, n.root)
 
 	r := n.runJSON("verify")
@@ -140,13 +142,14 @@ func BenchmarkVerifyHealthy(b *testing.B) {
 		{"in-process/long-poll=1s", false, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			n := newNode(b, shared, true)
+			cp := controlplane.Start(b, controlplane.Options{})
+			n := newNode(b, cp, true)
 			if r := n.run("bootstrap"); r.code != 0 {
 				b.Fatalf("bootstrap:\n%s", r)
 			}
 			for b.Loop() {
 				if bc.queue {
-					shared.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+					cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
 				}
 				if bc.inProcess {
 					var out, errb bytes.Buffer
