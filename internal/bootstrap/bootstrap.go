@@ -173,7 +173,13 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		out.Attempts = attempt + 1
 		t0 := time.Now()
 		results := verify.Run(ctx, env, verify.Checks(), log)
-		rep = verify.NewReport("bootstrap", cfg.NodeID, results, time.Since(t0))
+		last := verify.NewReport("bootstrap", cfg.NodeID, results, time.Since(t0))
+		if ctx.Err() != nil && rep != nil && !last.OK {
+			// The deadline cut this attempt short; the previous attempt's
+			// report shows the real failure, not "context deadline exceeded".
+			break
+		}
+		rep = last
 		if rep.OK || !rep.Transient || ctx.Err() != nil {
 			break
 		}
@@ -323,7 +329,9 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 		return f
 	}
 	if err := tok.Check(cfg.NodeID, cfg.CA.Fingerprint, host.Time()); err != nil {
-		return diag.FromEnroll(err, diag.Enroll, cfg.CA.TokenFile)
+		f := diag.FromEnroll(err, diag.Enroll, cfg.CA.TokenFile)
+		f.Summary = fmt.Sprintf("the token in %s cannot be used (it was not sent, so it is not burnt): %s", cfg.CA.TokenFile, f.Summary)
+		return f
 	}
 	stateDir := host.Path(cfg.Paths.StateDir)
 	pendingPath := filepath.Join(stateDir, PendingFile)

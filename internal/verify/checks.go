@@ -336,6 +336,11 @@ func probeCheck(layer diag.Layer) func(context.Context, *Env) Outcome {
 		if f != nil && f.Layer.Index() <= layer.Index() {
 			return fromFinding(f)
 		}
+		if f != nil && layer == diag.Identity && f.Owner == diag.Ingress {
+			// The ingress answered for the API (502/504, a dropped
+			// connection): nothing proves the API accepted the identity.
+			return Outcome{Status: Warn, Message: "not proven: the node API never answered, the ingress did (" + f.Summary + ")"}
+		}
 		return passMessage(layer, res, e)
 	}
 }
