@@ -1,6 +1,7 @@
 package diag
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -67,6 +68,12 @@ func FromProbe(r *probe.Result, chain ChainState) *Finding {
 		return fromTransport(r, f, chain)
 	}
 	switch s := r.Status; {
+	case s == 200 && !json.Valid(bytes.TrimSpace(r.Body)):
+		// A task is JSON. An HTML or text 200 is an ingress default page, a
+		// captive proxy or another service: not proof the node API answered.
+		f.Layer, f.Owner = TasksWait, Ingress
+		f.Summary = fmt.Sprintf("tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyExcerpt(r.Body))
+		f.Remedy = "check the ingress routes the node API hostname to the node API and not to a default backend or another service"
 	case s == 200 || s == 204:
 		return nil
 	case s == 404:
