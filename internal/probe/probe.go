@@ -66,7 +66,7 @@ type Result struct {
 
 	Status   int
 	Header   http.Header
-	Body     []byte // at most 4 KiB
+	Body     []byte // at most MaxBody
 	Date     time.Time
 	Duration time.Duration
 }
