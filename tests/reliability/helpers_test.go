@@ -355,6 +355,15 @@ func tlsPair(cert, key []byte) (string, error) {
 	return leaf.SerialNumber.String(), nil
 }
 
+func readFile(t testing.TB, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 func fileExists(p string) bool {
 	_, err := os.Lstat(p)
 	return err == nil
