@@ -367,13 +367,17 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 			Summary: "the CA issued a certificate but it could not be saved: " + err.Error(),
 			Remedy:  "make " + cfg.Paths.PKIDir + " writable, then run again with a fresh token (this one is used)"}
 	}
-	os.Remove(pendingPath)
-	system.SyncDir(stateDir)
 	// The CA has burnt the token; leaving it on disk only leaves a secret
 	// lying around (cloud-init keeps its own copy in the instance directory).
+	// The token goes before the marker: a run killed in between leaves the
+	// marker, and the next run (keeping these credentials) removes it; the
+	// other order could leave the used token forever.
 	if err := os.Remove(tokPath); err == nil {
+		system.SyncDir(filepath.Dir(tokPath))
 		log.Info("step", "step", "enroll", "layer", "enroll", "status", "token-removed", "path", cfg.CA.TokenFile)
 	}
+	os.Remove(pendingPath)
+	system.SyncDir(stateDir)
 	log.Info("step", "step", "enroll", "layer", "enroll", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC())
 	return nil
 }
