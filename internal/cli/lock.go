@@ -35,9 +35,16 @@ func lock(ctx context.Context, stateDir string, wait time.Duration, log *slog.Lo
 		return nil, &lockError{msg: fmt.Sprintf("opening lock %s: %v", path, err)}
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		// The holder writes its pid just after taking the lock, so a waiter
+		// that lost the race by microseconds may find the file still empty:
+		// look again briefly before calling the holder unknown.
 		holder := "unknown"
-		if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) != "" {
-			holder = "pid " + strings.TrimSpace(string(b))
+		for i := 0; i < 10 && holder == "unknown"; i++ {
+			if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) != "" {
+				holder = "pid " + strings.TrimSpace(string(b))
+			} else {
+				time.Sleep(10 * time.Millisecond)
+			}
 		}
 		start := time.Now()
 		log.Warn("waiting for the lock", "lock", path, "holder", holder)
