@@ -18,7 +18,7 @@ import (
 // stable links, the hosts file has exactly one managed block.
 func TestConcurrentRuns(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
-	const rounds = 5
+	const rounds = 10
 	waits := 0
 	pidRe := regexp.MustCompile(`holder="?pid \d+`)
 	for i := 0; i < rounds; i++ {

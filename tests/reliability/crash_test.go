@@ -248,7 +248,13 @@ func TestCrashConsistency(t *testing.T) {
 	reps := envInt("RELIABILITY_TARGETED", 3)
 	seed := uint64(envInt("RELIABILITY_SEED", 20260301))
 	workers := max(1, envInt("RELIABILITY_WORKERS", 4))
-	cp := controlplane.Start(t, controlplane.Options{})
+	// One control plane per worker: step-ca v0.30.2 races on its own
+	// audience slice when two signs run at once (Audiences.All), which
+	// -race reports; each worker's node enrolls against its own CA.
+	cps := make([]*controlplane.ControlPlane, workers)
+	for w := range cps {
+		cps[w] = controlplane.Start(t, controlplane.Options{})
+	}
 
 	type job struct {
 		scenario string
@@ -272,6 +278,7 @@ func TestCrashConsistency(t *testing.T) {
 		go func(w int) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(w)))
+			cp := cps[w]
 			c := &crashNode{node: newNode(t, cp, fmt.Sprintf("gpu-crash-%02d", w), nil)}
 			c.oldHosts, _ = os.ReadFile(c.files.HostsPath)
 			c.queueTask()
