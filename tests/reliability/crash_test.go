@@ -240,11 +240,11 @@ var targetedSteps = []string{
 // one), sweep every temp file, and leave one receipt for the installed
 // certificate, no token file and no enrollment marker.
 //
-// RELIABILITY_KILLS (default 200) sets the random kills, RELIABILITY_TARGETED
+// RELIABILITY_KILLS (default 300) sets the random kills, RELIABILITY_TARGETED
 // (default 3) the repetitions of each hook point per scenario,
 // RELIABILITY_SEED the seed, RELIABILITY_WORKERS the parallel nodes (4).
 func TestCrashConsistency(t *testing.T) {
-	randomKills := envInt("RELIABILITY_KILLS", 200)
+	randomKills := envInt("RELIABILITY_KILLS", 300)
 	reps := envInt("RELIABILITY_TARGETED", 3)
 	seed := uint64(envInt("RELIABILITY_SEED", 20260301))
 	workers := max(1, envInt("RELIABILITY_WORKERS", 4))

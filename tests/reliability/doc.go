@@ -21,5 +21,5 @@
 //
 // Every test prints its counts with t.Logf and a one-line summary such as
 // "crash-consistency: 312 kills, 0 violations". RELIABILITY_KILLS sets the
-// number of randomised kills of the crash test (default 200).
+// number of randomised kill attempts of the crash test (default 300).
 package reliability
