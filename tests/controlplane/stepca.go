@@ -124,7 +124,10 @@ func (s *StepCA) startLocked() error {
 		IntermediateCert: s.pki.IntermediatePath,
 		IntermediateKey:  s.pki.IntermediateKeyPath,
 		Address:          s.addr,
-		DNSNames:         []string{s.hostname, "127.0.0.1", "localhost"},
+		// One name only: step-ca v0.30.2's Audiences.All appends to the
+		// shared Sign slice, which has spare capacity (a data race between
+		// concurrent signs under -race) unless there is exactly one name.
+		DNSNames: []string{s.hostname},
 		AuthorityConfig: &config.AuthConfig{
 			Provisioners: provisioner.List{&provisioner.JWK{Type: "JWK", Name: s.provName, Key: &pub}},
 		},
@@ -153,7 +156,7 @@ func (s *StepCA) waitHealthy(runErr <-chan error) error {
 	client := &http.Client{
 		Timeout: 2 * time.Second,
 		Transport: &http.Transport{
-			TLSClientConfig:   &tls.Config{RootCAs: s.pki.RootPool(), MinVersion: tls.VersionTLS12},
+			TLSClientConfig:   &tls.Config{RootCAs: s.pki.RootPool(), ServerName: s.hostname, MinVersion: tls.VersionTLS12},
 			DisableKeepAlives: true,
 			Proxy:             nil,
 		},
@@ -250,8 +253,9 @@ func (s *StepCA) URL() string {
 	return "https://" + net.JoinHostPort(s.hostname, strconv.Itoa(s.Port()))
 }
 
-// LoopbackURL is https://127.0.0.1:<port>; 127.0.0.1 is in the CA's
-// dnsNames, so its TLS certificate verifies for it too.
+// LoopbackURL is https://127.0.0.1:<port>. The CA's TLS certificate names
+// only its hostname, so use this for the unverified pinned-root fetch or as
+// a dial address with ServerName set to Hostname().
 func (s *StepCA) LoopbackURL() string { return "https://" + s.Addr() }
 
 // PKI is the CA's current generation.

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -219,4 +220,32 @@ func poolOf(certs ...*x509.Certificate) *x509.CertPool {
 		p.AddCert(c)
 	}
 	return p
+}
+
+// TestConcurrentSignsOnOneCA guards the single dnsName: with more than one,
+// step-ca v0.30.2's Audiences.All appends into a shared slice and -race
+// fails any suite that enrolls two nodes against one CA at once.
+func TestConcurrentSignsOnOneCA(t *testing.T) {
+	t.Parallel()
+	cp := Start(t, Options{})
+	client := caClient(t, cp.CA, cp.CA.Fingerprint())
+	const n = 8
+	errc := make(chan error, n)
+	for i := range n {
+		go func() {
+			tok, err := cp.Token(fmt.Sprintf("gpu-%04d", i))
+			if err == nil {
+				var req *api.SignRequest
+				if req, _, err = ca.CreateSignRequest(tok); err == nil {
+					_, err = client.Sign(req)
+				}
+			}
+			errc <- err
+		}()
+	}
+	for range n {
+		if err := <-errc; err != nil {
+			t.Errorf("concurrent sign: %v", err)
+		}
+	}
 }
