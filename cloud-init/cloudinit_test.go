@@ -11,8 +11,10 @@ import (
 	"testing"
 
 	"github.com/BurntSushi/toml"
-	"github.com/gpuaas/provision/internal/config"
 	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files and example-user-data.yaml from Render")
@@ -83,27 +85,11 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-// requireTool returns the path of a program the test needs. On a dev machine
-// a missing program skips loudly; in CI (CI=true) it fails.
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	msg := name + " not found; install the Debian package " + pkg + " (apt-get install -y " + pkg + ")"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip("SKIPPED, NOT PASSED: " + msg)
-	return ""
-}
-
 // TestCloudInitSchema runs the real `cloud-init schema` on every committed
 // rendered file and on a fresh rendering of each, so that neither a stale
 // golden nor a template change can slip past cloud-init's own validator.
 func TestCloudInitSchema(t *testing.T) {
-	ci := requireTool(t, "cloud-init", "cloud-init")
+	ci := testenv.RequireProgram(t, "cloud-init", "cloud-init")
 	dir := t.TempDir()
 	for i, g := range goldens {
 		fresh := filepath.Join(dir, "rendered-"+filepath.Base(g.file))
@@ -126,7 +112,7 @@ func TestCloudInitSchema(t *testing.T) {
 // TestCloudInitSchemaRejectsBrokenFile proves the schema check above can fail:
 // the same validator must reject a user-data with a wrongly typed key.
 func TestCloudInitSchemaRejectsBrokenFile(t *testing.T) {
-	ci := requireTool(t, "cloud-init", "cloud-init")
+	ci := testenv.RequireProgram(t, "cloud-init", "cloud-init")
 	broken := bytes.Replace(render(t, ExampleParams()), []byte("manage_etc_hosts: false"), []byte("manage_etc_hosts: [1, 2]"), 1)
 	f := filepath.Join(t.TempDir(), "broken.yaml")
 	if err := os.WriteFile(f, broken, 0o600); err != nil {

@@ -8,24 +8,11 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 const testVersion = "1.2.3+pkgtest"
-
-// requireTool: a missing program skips loudly on a dev machine and fails in CI.
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	msg := name + " not found; install the Debian package " + pkg + " (apt-get install -y " + pkg + ")"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip("SKIPPED, NOT PASSED: " + msg)
-	return ""
-}
 
 func run(t *testing.T, dir string, env []string, name string, args ...string) (stdout string, stderr string, err error) {
 	t.Helper()
@@ -53,9 +40,9 @@ var shipped = map[string]string{
 }
 
 func TestDeb(t *testing.T) {
-	requireTool(t, "go", "golang")
-	dpkgDeb := requireTool(t, "dpkg-deb", "dpkg")
-	dpkg := requireTool(t, "dpkg", "dpkg")
+	testenv.RequireProgram(t, "go", "golang")
+	dpkgDeb := testenv.RequireProgram(t, "dpkg-deb", "dpkg")
+	dpkg := testenv.RequireProgram(t, "dpkg", "dpkg")
 
 	out := t.TempDir()
 	stdout, stderr, err := run(t, "..", []string{"OUT_DIR=" + out, "VERSION=" + testVersion}, "sh", "packaging/build-deb.sh")
@@ -189,7 +176,7 @@ func TestDeb(t *testing.T) {
 	// The scratch root gets the host's targets so that default dependencies
 	// (sysinit.target, ...) resolve; nothing else is copied.
 	t.Run("systemd-analyze installed units", func(t *testing.T) {
-		sa := requireTool(t, "systemd-analyze", "systemd")
+		sa := testenv.RequireProgram(t, "systemd-analyze", "systemd")
 		targets, _ := filepath.Glob("/lib/systemd/system/*.target")
 		if more, _ := filepath.Glob("/usr/lib/systemd/system/*.target"); len(more) > len(targets) {
 			targets = more

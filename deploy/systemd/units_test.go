@@ -7,24 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 var units = []string{"provision.service", "provision-verify.service", "provision-verify.timer"}
-
-// requireTool: a missing program skips loudly on a dev machine and fails in CI.
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	msg := name + " not found; install the Debian package " + pkg + " (apt-get install -y " + pkg + ")"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip("SKIPPED, NOT PASSED: " + msg)
-	return ""
-}
 
 // stage copies the units into a temp dir with ExecStart pointing at an
 // executable in that dir: systemd-analyze verify insists that ExecStart
@@ -64,7 +51,7 @@ func stage(t *testing.T, edit func(name, text string) string) (dir string, files
 // units (other lines may come from unrelated units on the machine).
 func analyze(t *testing.T, dir string, files []string) (ok bool, ours []string, all string) {
 	t.Helper()
-	sa := requireTool(t, "systemd-analyze", "systemd")
+	sa := testenv.RequireProgram(t, "systemd-analyze", "systemd")
 	cmd := exec.Command(sa, append([]string{"verify", "--man=no"}, files...)...)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()

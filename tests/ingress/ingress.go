@@ -21,7 +21,6 @@
 package ingress
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +33,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 // Kind names an ingress implementation.
@@ -159,7 +160,7 @@ type Ingress struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error
-	log     *syncBuffer
+	log     *testenv.SyncBuffer
 	stop    func() error // emulation
 	rmDir   bool
 	stopped sync.Once
@@ -209,7 +210,7 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Ingress, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	in := &Ingress{Kind: kind, log: &syncBuffer{}}
+	in := &Ingress{Kind: kind, log: &testenv.SyncBuffer{}}
 	if opts.Dir == "" {
 		d, err := os.MkdirTemp("", "ingress-"+string(kind)+"-")
 		if err != nil {
@@ -252,7 +253,7 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Ingress, error) {
 	if err != nil {
 		return fail(err)
 	}
-	bin, err := lookProgram(kind.Program())
+	bin, err := testenv.LookProgram(kind.Program())
 	if err != nil {
 		return fail(fmt.Errorf("%s is not installed (Debian package %q): %w", kind, kind.Program(), err))
 	}
@@ -287,7 +288,7 @@ func Require(tb testing.TB, kind Kind) string {
 	if prog == "" {
 		return ""
 	}
-	p, err := lookProgram(prog)
+	p, err := testenv.LookProgram(prog)
 	if err == nil {
 		return p
 	}
@@ -297,21 +298,6 @@ func Require(tb testing.TB, kind Kind) string {
 	}
 	tb.Skip(msg)
 	return ""
-}
-
-// lookProgram finds prog in PATH, then in /usr/sbin and /sbin, where Debian
-// installs nginx and haproxy but which a non-root PATH often lacks.
-func lookProgram(prog string) (string, error) {
-	p, err := exec.LookPath(prog)
-	if err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		if p, err2 := exec.LookPath(dir + "/" + prog); err2 == nil {
-			return p, nil
-		}
-	}
-	return "", err
 }
 
 func freePort() (int, error) {
@@ -360,22 +346,4 @@ func stopProcess(cmd *exec.Cmd, exited <-chan struct{}) error {
 	// nginx's master waits for its workers before exiting, so the group is
 	// empty now.
 	return nil
-}
-
-// syncBuffer is an io.Writer safe for the concurrent writes of exec.Cmd.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

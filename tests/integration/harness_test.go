@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/clientcert"
+	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
 	"github.com/gpuaas/provision/tests/ingress"
 )
@@ -62,24 +63,6 @@ type run struct {
 	took           time.Duration
 }
 
-// syncBuffer is an io.Writer for concurrent log writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // envOptions shape one cell's control plane.
 type envOptions struct {
 	// viaService puts a stable loopback "service address" (a TCP relay, like
@@ -104,7 +87,7 @@ type env struct {
 	cp     *controlplane.ControlPlane
 	api    *controlplane.NodeAPI
 	ident  *controlplane.ForwardedIdentitySource
-	apiLog *syncBuffer
+	apiLog *testenv.SyncBuffer
 	in     *ingress.Ingress
 	opts   ingress.Options
 	svc    *relay
@@ -125,7 +108,7 @@ func ingressRequire(t *testing.T, kind ingress.Kind) { ingress.Require(t, kind) 
 func newEnv(t *testing.T, kind ingress.Kind, eo envOptions) *env {
 	t.Helper()
 	ingressRequire(t, kind)
-	e := &env{t: t, kind: kind, apiLog: &syncBuffer{}}
+	e := &env{t: t, kind: kind, apiLog: &testenv.SyncBuffer{}}
 	e.cp = controlplane.Start(t, controlplane.Options{})
 	dir := t.TempDir()
 	p := e.cp.CA.PKI()
