@@ -368,5 +368,15 @@ func passMessage(layer diag.Layer, r *probe.Result, e *Env) Outcome {
 		o.Evidence = map[string]string{"task_id": t.ID, "task": string(t.Raw)}
 		o.Message += "; the API handed out a task (shown in the evidence; verify does not store it)"
 	}
+	// The clock check compared with the CA; the API's Date is a second
+	// witness. A skew here does not stop the proof, so it only warns.
+	if !r.Date.IsZero() {
+		skew := e.Host.Time().Sub(r.Date)
+		if skew > MaxSkew || skew < -MaxSkew {
+			o.Status = Warn
+			o.Message += fmt.Sprintf("; the node clock is %s off the API's Date header", skew.Round(time.Second))
+			o.Remedy = "synchronise the node clock, or the API's if the CA agreed with the node"
+		}
+	}
 	return o
 }

@@ -1,0 +1,37 @@
+package verify
+
+import (
+	"testing"
+	"time"
+
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/probe"
+	"github.com/gpuaas/provision/internal/system"
+)
+
+// TestTasksWaitWarnsOnAPIClockSkew: the API's Date header is the clock
+// check's second witness; a skew beyond MaxSkew warns without failing.
+func TestTasksWaitWarnsOnAPIClockSkew(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	e := &Env{Host: &system.Host{Root: "/", Now: func() time.Time { return now }}}
+	for _, tt := range []struct {
+		name string
+		date time.Time
+		want Status
+	}{
+		{"agrees", now.Add(-2 * time.Second), Pass},
+		{"no Date header", time.Time{}, Pass},
+		{"API 5 minutes ahead", now.Add(5 * time.Minute), Warn},
+		{"API 2 minutes behind", now.Add(-2 * time.Minute), Warn},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o := passMessage(diag.TasksWait, &probe.Result{Status: 204, Date: tt.date}, e)
+			if o.Status != tt.want {
+				t.Fatalf("status %s (%s), want %s", o.Status, o.Message, tt.want)
+			}
+			if tt.want == Warn && o.Remedy == "" {
+				t.Fatal("a warning without a remedy")
+			}
+		})
+	}
+}
