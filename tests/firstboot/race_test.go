@@ -1,0 +1,5 @@
+//go:build race
+
+package firstboot
+
+func init() { raceEnabled = true }
