@@ -39,6 +39,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,14 @@ func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
 	flag.Parse()
+	// The cases spend their time in real one-second long polls, not on the
+	// CPU: unless -test.parallel is given, let more of them wait at once
+	// than the machine has CPUs.
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit {
+		_ = flag.Set("test.parallel", strconv.Itoa(max(16, runtime.GOMAXPROCS(0))))
+	}
 	var err error
 	if moduleRoot, err = findModuleRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, "firstboot:", err)
