@@ -253,8 +253,20 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 		for i := blk.Begin; i <= blk.End && i < len(lines); i++ {
 			fmt.Fprintln(env.stdout, strings.TrimRight(lines[i], "\r"))
 		}
-		want, _, _ := hosts.Apply(old, entriesOf(cfg))
-		if string(want) != string(old) {
+		if _, _, err := hosts.Apply(old, entriesOf(cfg)); err != nil {
+			// The block may be right while a line outside it is not.
+			return fail(err)
+		}
+		got := map[string]string{}
+		for _, e := range blk.Entries {
+			got[e.Name] = e.IP.String()
+		}
+		want := cfg.HostMap()
+		same := len(got) == len(want)
+		for n, ip := range want {
+			same = same && got[n] == ip.String()
+		}
+		if !same {
 			fmt.Fprintln(env.stderr, "provision: the managed block differs from the config (layer hosts, owner node); run 'provision hosts apply'")
 			return ExitCode(diag.Hosts)
 		}
