@@ -33,6 +33,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -163,8 +164,23 @@ func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*h
 		return nil, nil, err
 	}
 	req.Header.Set("User-Agent", "provision")
+	// Remember the CA's last answer: when the deadline cuts a retry wait
+	// short, retryablehttp returns only the context error, and the report
+	// would blame the network for what was a 503 from the CA.
+	var mu sync.Mutex
+	var last *http.Response
+	rc.ResponseLogHook = func(_ retryablehttp.Logger, r *http.Response) {
+		mu.Lock()
+		last = &http.Response{StatusCode: r.StatusCode, Header: r.Header.Clone()}
+		mu.Unlock()
+	}
 	resp, err := rc.Do(req)
 	if err != nil {
+		mu.Lock()
+		defer mu.Unlock()
+		if resp == nil && last != nil {
+			resp = last
+		}
 		return resp, nil, err
 	}
 	defer resp.Body.Close()
@@ -173,6 +189,14 @@ func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*h
 }
 
 func classifyHTTP(op string, resp *http.Response, body []byte, err error) *Error {
+	if err != nil && resp != nil && resp.StatusCode != 0 {
+		e := &Error{Kind: Unavailable, Op: op, Status: resp.StatusCode,
+			Err: fmt.Errorf("gave up at the deadline; the CA's last answer was %d (%v)", resp.StatusCode, err)}
+		if resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
+			e.Kind = CARejected
+		}
+		return e
+	}
 	if err != nil {
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) || retry.IsTLSAlert(err) {

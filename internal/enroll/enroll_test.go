@@ -374,6 +374,30 @@ func TestFetchRootsUnavailable(t *testing.T) {
 	}
 }
 
+// TestFetchRootsDeadlineKeepsCAAnswer: when the caller's deadline cuts a
+// Retry-After wait short, the error still says the CA answered 503 (owner
+// ca), not that the CA could not be reached (owner network).
+func TestFetchRootsDeadlineKeepsCAAnswer(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `{"status":503,"message":"Service Unavailable"}`)
+	}))
+	defer srv.Close()
+	c, _ := fakeClient(t, srv.URL, strings.Repeat("ab", 32))
+	c.Policy.Cap = time.Minute // honour the 30 s Retry-After: the deadline comes first
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := c.FetchRoots(ctx)
+	e := asError(t, err)
+	if e.Kind != enroll.Unavailable || e.Status != http.StatusServiceUnavailable {
+		t.Fatalf("got kind %s status %d (%v), want %s 503", e.Kind, e.Status, err, enroll.Unavailable)
+	}
+	if !strings.Contains(err.Error(), "last answer was 503") {
+		t.Fatalf("error %q does not say what the CA last answered", err)
+	}
+}
+
 func TestFetchRootsUntrustedCATLS(t *testing.T) {
 	// The pinned root is genuine, but the server's TLS certificate for /roots
 	// is from another CA (httptest's own): the second request must fail TLS
