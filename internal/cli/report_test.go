@@ -177,10 +177,6 @@ func TestRenderJSONPassingAndTransient(t *testing.T) {
 		t.Fatalf("not JSON: %v\n%s", err, got)
 	}
 	// A passing report carries no failure fields at all.
-	keys := []string{}
-	for k := range m {
-		keys = append(keys, k)
-	}
 	for _, k := range []string{"ok", "command", "node_id", "summary", "checks", "duration_ms", "exit_code"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("passing JSON lacks %q", k)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 // TestLabDemo runs the README's demo exactly as a new user would, from the
@@ -15,7 +17,7 @@ func TestLabDemo(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goTool(), "run", "./tests/lab")
+	cmd := exec.CommandContext(ctx, testenv.GoTool(), "run", "./tests/lab")
 	cmd.Dir = moduleRoot
 	out, err := cmd.CombinedOutput()
 	if err != nil {

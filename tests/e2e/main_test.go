@@ -45,12 +45,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -69,13 +69,9 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	flag.Parse()
-	explicit := false
-	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
-	if !explicit {
-		_ = flag.Set("test.parallel", strconv.Itoa(max(8, runtime.GOMAXPROCS(0))))
-	}
+	testenv.DefaultParallel(max(8, runtime.GOMAXPROCS(0)))
 	var err error
-	if moduleRoot, err = findModuleRoot(); err != nil {
+	if moduleRoot, err = testenv.ModuleRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
@@ -85,51 +81,14 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	binary = filepath.Join(dir, "provision")
-	args := []string{"build", "-o", binary}
-	if raceEnabled {
-		// The binary is where the product's goroutines run: give it the
-		// race detector when the tests have it.
-		args = append(args, "-race")
-	}
-	build := exec.Command(goTool(), append(args, "./cmd/provision")...)
-	build.Dir = moduleRoot
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/provision: %v\n%s", err, out)
+	if binary, err = testenv.BuildProvision(dir); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
 	}
 	// step-ca announces itself through the standard logger; the tests'
 	// output is provision's.
 	log.SetOutput(io.Discard)
 	return m.Run()
-}
-
-// goTool is the go command: from PATH, else the toolchain that built this
-// test (a CI job may call /usr/local/go/bin/go without it on PATH).
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
-
-// findModuleRoot walks up from the working directory (the package directory
-// under go test) to the directory with go.mod.
-func findModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // node is one node's --root with its config and token.

@@ -39,11 +39,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -59,13 +59,9 @@ func run(m *testing.M) int {
 	// The cases spend their time in real one-second long polls, not on the
 	// CPU: unless -test.parallel is given, let more of them wait at once
 	// than the machine has CPUs.
-	explicit := false
-	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
-	if !explicit {
-		_ = flag.Set("test.parallel", strconv.Itoa(max(16, runtime.GOMAXPROCS(0))))
-	}
+	testenv.DefaultParallel(max(16, runtime.GOMAXPROCS(0)))
 	var err error
-	if moduleRoot, err = findModuleRoot(); err != nil {
+	if moduleRoot, err = testenv.ModuleRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, "firstboot:", err)
 		return 1
 	}
@@ -75,60 +71,13 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	binary = filepath.Join(dir, "provision")
-	args := []string{"build", "-o", binary}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	build := exec.Command(goTool(), append(args, "./cmd/provision")...)
-	build.Dir = moduleRoot
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "firstboot: go build ./cmd/provision: %v\n%s", err, out)
+	if binary, err = testenv.BuildProvision(dir); err != nil {
+		fmt.Fprintf(os.Stderr, "firstboot: %v\n", err)
 		return 1
 	}
 	// step-ca logs through the standard logger; keep test output readable.
 	log.SetOutput(io.Discard)
 	return m.Run()
-}
-
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
-
-func findModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
-// needProgram returns the path of a program a user would have. Missing, it
-// skips loudly, or fails when CI=true (CI must install it).
-func needProgram(t *testing.T, name, why string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	msg := fmt.Sprintf("%s is not installed (%s); install it (Debian package %q)", name, why, name)
-	if os.Getenv("CI") == "true" {
-		t.Fatal("CI=true: " + msg)
-	}
-	t.Skip("SKIPPED, NOT PASSED: " + msg)
-	return ""
 }
 
 // node is one node's --root with its config; tokens are every token it was

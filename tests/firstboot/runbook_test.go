@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 // section is one layer's section of docs/runbook.md: the text of each of
@@ -165,9 +167,7 @@ func parseProofs(md string) proofs {
 	md = strings.Join(strings.Fields(md), " ")
 	var p proofs
 	for _, m := range passesRe.FindAllStringSubmatch(md, -1) {
-		for _, s := range codeSpans(m[1]) {
-			p.passes = append(p.passes, s)
-		}
+		p.passes = append(p.passes, codeSpans(m[1])...)
 	}
 	p.verifyOK = strings.Contains(md, "`provision verify` exits 0")
 	p.bootstrapOK = strings.Contains(md, "`provision bootstrap` exits 0")
@@ -205,7 +205,7 @@ type shell struct {
 
 func newShell(n *node, needCurl bool) *shell {
 	n.t.Helper()
-	jq := needProgram(n.t, "jq", "the runbook's checks are jq filters over provision's JSON report")
+	jq := testenv.RequireProgram(n.t, "jq", "jq") // the runbook's checks are jq filters over the JSON report
 	sh := &shell{n: n, dir: n.t.TempDir()}
 	write := func(name, body string) {
 		if err := os.WriteFile(filepath.Join(sh.dir, name), []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
@@ -215,7 +215,7 @@ func newShell(n *node, needCurl bool) *shell {
 	write("provision", fmt.Sprintf("exec %q \"$@\" --root %q", binary, n.root))
 	write("jq", fmt.Sprintf("exec %q \"$@\"", jq))
 	if needCurl {
-		curl := needProgram(n.t, "curl", "the runbook proves tls-client-auth with curl from the node")
+		curl := testenv.RequireProgram(n.t, "curl", "curl") // the runbook proves tls-client-auth with curl
 		write("curl", fmt.Sprintf("exec %q --connect-to %s:8443:127.0.0.1:%d \"$@\"", curl, n.cp.API.Hostname(), n.cp.API.Port()))
 	}
 	sh.path = sh.dir + string(os.PathListSeparator) + os.Getenv("PATH")

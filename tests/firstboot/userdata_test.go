@@ -10,6 +10,7 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 // userdataConfig is the contract's example config, as an operator keeps one
@@ -66,7 +67,7 @@ type userData struct {
 // codes.
 func TestUserdataCommand(t *testing.T) {
 	t.Parallel()
-	cloudInit := needProgram(t, "cloud-init", "user-data must be validated by the real `cloud-init schema`")
+	cloudInit := testenv.RequireProgram(t, "cloud-init", "cloud-init") // validated by the real `cloud-init schema`
 	dir := t.TempDir()
 	write := func(name, body string, mode os.FileMode) string {
 		p := filepath.Join(dir, name)

@@ -4,12 +4,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 // provisionBin is the real provision binary, built once by TestMain.
@@ -19,24 +19,17 @@ var provisionBin string
 // -test.parallel is given. The cells mostly wait (on ingress programs, on
 // step-ca, on long polls and deadlines), so on a 2-core machine running
 // only GOMAXPROCS of them at a time would leave the CPUs idle.
-const defaultParallel = "8"
+const defaultParallel = 8
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	explicit := false
-	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
-	if !explicit {
-		_ = flag.Set("test.parallel", defaultParallel)
-	}
+	testenv.DefaultParallel(defaultParallel)
 	dir, err := os.MkdirTemp("", "provision-integration-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)
 		os.Exit(1)
 	}
-	provisionBin = filepath.Join(dir, "provision")
-	build := exec.Command("go", "build", "-o", provisionBin, "github.com/gpuaas/provision/cmd/provision")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if provisionBin, err = testenv.BuildProvision(dir); err != nil {
 		fmt.Fprintln(os.Stderr, "integration: building the provision binary:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)

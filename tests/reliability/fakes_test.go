@@ -233,12 +233,6 @@ func (f *fakeServer) count() int {
 	return len(f.times)
 }
 
-func (f *fakeServer) arrivals() []time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]time.Time(nil), f.times...)
-}
-
 func (f *fakeServer) port() int { return f.srv.Listener.Addr().(*net.TCPAddr).Port }
 
 // withPort replaces the port of an https://host:port URL.

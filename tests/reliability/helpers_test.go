@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -36,14 +36,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		provisionBin = filepath.Join(tmp, "provision")
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(goBin); err != nil {
-			goBin = "go"
-		}
-		cmd := exec.Command(goBin, "build", "-tags", "crashpoints", "-o", provisionBin, "github.com/gpuaas/provision/cmd/provision")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
+		if provisionBin, err = testenv.BuildProvision(tmp, "crashpoints"); err != nil {
 			fmt.Fprintln(os.Stderr, "reliability: building provision with -tags crashpoints:", err)
 			os.Exit(1)
 		}
@@ -55,24 +48,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// needProgram skips (or fails under CI=true) when a program is missing.
-func needProgram(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required (CI=true): %v", name, err)
-		}
-		t.Skipf("SKIPPED LOUDLY: %s not found (%v); install it to run this test", name, err)
-	}
-	return p
-}
-
 // needUnshare checks that `unshare -m` and mount work here.
 func needUnshare(t testing.TB) {
 	t.Helper()
-	needProgram(t, "unshare")
-	needProgram(t, "mount")
+	testenv.RequireProgram(t, "unshare", "util-linux")
+	testenv.RequireProgram(t, "mount", "mount")
 	out, err := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs tmpfs /mnt 2>&1 || mount -t tmpfs tmpfs /tmp 2>&1").CombinedOutput()
 	if err != nil {
 		msg := fmt.Sprintf("unshare -m with mount does not work here (%v: %s)", err, out)

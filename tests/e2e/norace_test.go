@@ -1,4 +1,0 @@
-package e2e
-
-// raceEnabled is set by race_test.go when the tests run with -race.
-var raceEnabled bool

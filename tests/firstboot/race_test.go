@@ -1,5 +1,0 @@
-//go:build race
-
-package firstboot
-
-func init() { raceEnabled = true }
