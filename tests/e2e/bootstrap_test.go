@@ -15,21 +15,22 @@ import (
 
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 // loadPair loads the node's credentials through the stable paths, as the
 // node-agent will, and fails unless the key matches the certificate.
 func (n *node) loadPair() (*x509.Certificate, []*x509.Certificate) {
-	n.t.Helper()
-	pair, err := tls.LoadX509KeyPair(n.certPath(), n.keyPath())
+	n.T.Helper()
+	pair, err := tls.LoadX509KeyPair(n.CertPath(), n.KeyPath())
 	if err != nil {
-		n.t.Fatalf("key and certificate through the stable paths: %v", err)
+		n.T.Fatalf("key and certificate through the stable paths: %v", err)
 	}
 	var chain []*x509.Certificate
 	for _, der := range pair.Certificate {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			n.t.Fatal(err)
+			n.T.Fatal(err)
 		}
 		chain = append(chain, c)
 	}
@@ -80,78 +81,78 @@ func TestFreshNode(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, true)
-	userHosts := readFile(t, n.files.HostsPath)
+	userHosts := readFile(t, n.Files.HostsPath)
 	// A hosts file with a non-default mode: the block is added, the mode kept.
-	if err := os.Chmod(n.files.HostsPath, 0o640); err != nil {
+	if err := os.Chmod(n.Files.HostsPath, 0o640); err != nil {
 		t.Fatal(err)
 	}
 	const machineID = "0123456789abcdef0123456789abcdef"
-	if err := os.WriteFile(n.path("/etc/machine-id"), []byte(machineID+"\n"), 0o444); err != nil {
+	if err := os.WriteFile(n.Path("/etc/machine-id"), []byte(machineID+"\n"), 0o444); err != nil {
 		t.Fatal(err)
 	}
 
-	r := n.run("bootstrap")
-	wantExit(t, r, 0)
-	if last := r.lastLine(); !strings.HasPrefix(last, "provision bootstrap: done: "+n.id) {
-		t.Errorf("last line %q does not say done for %s", last, n.id)
+	r := n.Run("bootstrap")
+	nodetest.WantExit(t, r, 0)
+	if last := r.LastLine(); !strings.HasPrefix(last, "provision bootstrap: done: "+n.ID) {
+		t.Errorf("last line %q does not say done for %s", last, n.ID)
 	}
 
 	// The receipt, with every contract field, describing the cert on disk.
-	rc := n.receipt()
+	rc := n.Receipt()
 	leaf, chain := n.loadPair()
-	if rc.NodeID != n.id || rc.Serial != leaf.SerialNumber.String() || rc.Issuer != leaf.Issuer.String() ||
+	if rc.NodeID != n.ID || rc.Serial != leaf.SerialNumber.String() || rc.Issuer != leaf.Issuer.String() ||
 		rc.RootFingerprint != cp.CA.Fingerprint() || !rc.NotAfter.Equal(leaf.NotAfter) ||
-		rc.ProvedAt.IsZero() || rc.Endpoint != n.cfg.NodeAPI.URL {
+		rc.ProvedAt.IsZero() || rc.Endpoint != n.Cfg.NodeAPI.URL {
 		t.Errorf("receipt %+v does not describe the installed certificate (serial %s, issuer %s, not_after %s) and fingerprint %s",
 			rc, leaf.SerialNumber, leaf.Issuer, leaf.NotAfter, cp.CA.Fingerprint())
 	}
 	if time.Since(rc.ProvedAt) > time.Minute || rc.ProvedAt.After(time.Now().Add(time.Second)) {
 		t.Errorf("proved_at %s is not the time of this run", rc.ProvedAt)
 	}
-	if leaf.Subject.CommonName != n.id {
-		t.Errorf("certificate subject %q, want %q", leaf.Subject.CommonName, n.id)
+	if leaf.Subject.CommonName != n.ID {
+		t.Errorf("certificate subject %q, want %q", leaf.Subject.CommonName, n.ID)
 	}
 	if err := chainsTo(chain, cp.CA.RootPEM()); err != nil {
 		t.Errorf("certificate does not chain to the CA's root: %v", err)
 	}
-	if ca := readFile(t, filepath.Join(n.files.PKIDir, "ca.pem")); !bytes.Contains(ca, cp.CA.RootPEM()) {
+	if ca := readFile(t, filepath.Join(n.Files.PKIDir, "ca.pem")); !bytes.Contains(ca, cp.CA.RootPEM()) {
 		t.Errorf("ca.pem does not hold the CA's root")
 	}
 
 	// Modes: the key 0600 and the directory 0700.
-	if m := perm(t, n.keyPath()); m != 0o600 {
+	if m := perm(t, n.KeyPath()); m != 0o600 {
 		t.Errorf("key.pem mode %04o, want 0600", m)
 	}
-	if m := perm(t, n.files.PKIDir); m != 0o700 {
+	if m := perm(t, n.Files.PKIDir); m != 0o700 {
 		t.Errorf("pki dir mode %04o, want 0700", m)
 	}
 
 	// The token is spent and removed, and was never copied anywhere.
-	if fileExists(n.files.TokenPath) {
-		t.Errorf("token file %s still exists after enrollment", n.files.TokenPath)
+	if fileExists(n.Files.TokenPath) {
+		t.Errorf("token file %s still exists after enrollment", n.Files.TokenPath)
 	}
 	n.wantTokensNowhereBut()
 
 	// The per-install done marker, named by the machine id.
-	if !fileExists(filepath.Join(n.files.StateDir, "done", machineID)) {
+	if !fileExists(filepath.Join(n.Files.StateDir, "done", machineID)) {
 		t.Errorf("no done marker state_dir/done/%s", machineID)
 	}
 
 	// The hosts file: user lines byte for byte, the managed block mapping the names.
-	got := readFile(t, n.files.HostsPath)
+	got := readFile(t, n.Files.HostsPath)
 	if kept := withoutManagedBlock(t, got); !bytes.Equal(kept, userHosts) {
 		t.Errorf("user lines of the hosts file changed:\nbefore:\n%q\nafter (block removed):\n%q", userHosts, kept)
 	}
-	for _, h := range n.cfg.Hosts {
+	for _, h := range n.Cfg.Hosts {
 		if !bytes.Contains(got, []byte(h.IP)) || !bytes.Contains(got, []byte(h.Name)) {
 			t.Errorf("managed block lacks %s %s:\n%s", h.IP, h.Name, got)
 		}
 	}
-	if m := perm(t, n.files.HostsPath); m != 0o640 {
+	if m := perm(t, n.Files.HostsPath); m != 0o640 {
 		t.Errorf("hosts file mode %04o, want its original 0640", m)
 	}
-	if !bytes.Contains([]byte(r.stderr), []byte("step=receipt")) {
-		t.Errorf("the log has no receipt step line:\n%s", r.stderr)
+	if !bytes.Contains([]byte(r.Stderr), []byte("step=receipt")) {
+		t.Errorf("the log has no receipt step line:\n%s", r.Stderr)
 	}
 }
 
@@ -161,41 +162,41 @@ func TestRerunChangesNothing(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, true)
-	wantExit(t, n.run("bootstrap"), 0)
-	first := n.receipt()
-	if fileExists(n.files.TokenPath) {
+	nodetest.WantExit(t, n.Run("bootstrap"), 0)
+	first := n.Receipt()
+	if fileExists(n.Files.TokenPath) {
 		t.Fatal("the token is still there; this test needs a re-run without one")
 	}
-	pkiBefore := snapshot(t, n.files.PKIDir)
-	gensBefore := generations(t, n.files.PKIDir)
-	hostsBytes := readFile(t, n.files.HostsPath)
-	hostsStat, err := os.Stat(n.files.HostsPath)
+	pkiBefore := snapshot(t, n.Files.PKIDir)
+	gensBefore := generations(t, n.Files.PKIDir)
+	hostsBytes := readFile(t, n.Files.HostsPath)
+	hostsStat, err := os.Stat(n.Files.HostsPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	r := n.runJSON("bootstrap")
-	wantExit(t, r, 0)
-	if !r.report.OK {
+	r := n.RunJSON("bootstrap")
+	nodetest.WantExit(t, r, 0)
+	if !r.Report.OK {
 		t.Fatalf("re-run report not ok:\n%s", r)
 	}
-	second := n.receipt()
+	second := n.Receipt()
 	if second.Serial != first.Serial {
 		t.Errorf("re-run re-enrolled: serial %s -> %s", first.Serial, second.Serial)
 	}
 	if !second.ProvedAt.After(first.ProvedAt) && !second.ProvedAt.Equal(first.ProvedAt) {
 		t.Errorf("re-run proved_at %s before the first %s", second.ProvedAt, first.ProvedAt)
 	}
-	if g := generations(t, n.files.PKIDir); strings.Join(g, ",") != strings.Join(gensBefore, ",") {
+	if g := generations(t, n.Files.PKIDir); strings.Join(g, ",") != strings.Join(gensBefore, ",") {
 		t.Errorf("generation directories changed: %v -> %v", gensBefore, g)
 	}
-	if d := diffSnapshots(pkiBefore, snapshot(t, n.files.PKIDir)); len(d) > 0 {
+	if d := diffSnapshots(pkiBefore, snapshot(t, n.Files.PKIDir)); len(d) > 0 {
 		t.Errorf("re-run changed pki_dir:\n%s", strings.Join(d, "\n"))
 	}
-	if b := readFile(t, n.files.HostsPath); !bytes.Equal(b, hostsBytes) {
+	if b := readFile(t, n.Files.HostsPath); !bytes.Equal(b, hostsBytes) {
 		t.Errorf("re-run changed the hosts file bytes")
 	}
-	if st, err := os.Stat(n.files.HostsPath); err != nil || !st.ModTime().Equal(hostsStat.ModTime()) {
+	if st, err := os.Stat(n.Files.HostsPath); err != nil || !st.ModTime().Equal(hostsStat.ModTime()) {
 		t.Errorf("re-run rewrote the hosts file (mtime %v -> %v, err %v)", hostsStat.ModTime(), st.ModTime(), err)
 	}
 }
@@ -207,24 +208,24 @@ func TestConcurrentBootstrapsEnrollOnce(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, true)
-	results := make(chan result, 2)
+	results := make(chan nodetest.Result, 2)
 	for range 2 {
-		go func() { results <- runBinary(t, "bootstrap", "--root", n.root) }()
+		go func() { results <- nodetest.RunBinary(t, "bootstrap", "--root", n.Root) }()
 	}
 	for range 2 {
 		r := <-results
-		wantExit(t, r, 0)
-		for _, tok := range n.tokens {
-			if strings.Contains(r.stdout+r.stderr, tok) {
+		nodetest.WantExit(t, r, 0)
+		for _, tok := range n.Tokens() {
+			if strings.Contains(r.Stdout+r.Stderr, tok) {
 				t.Fatal("a token appears in the output")
 			}
 		}
 	}
-	if g := generations(t, n.files.PKIDir); len(g) != 1 {
+	if g := generations(t, n.Files.PKIDir); len(g) != 1 {
 		t.Errorf("generation directories %v: want exactly one enrollment", g)
 	}
 	leaf, _ := n.loadPair()
-	if rc := n.receipt(); rc.Serial != leaf.SerialNumber.String() {
+	if rc := n.Receipt(); rc.Serial != leaf.SerialNumber.String() {
 		t.Errorf("receipt serial %s, installed %s", rc.Serial, leaf.SerialNumber)
 	}
 }
@@ -247,29 +248,29 @@ func TestStaleCertFromAnotherCA(t *testing.T) {
 			t.Parallel()
 			cp := controlplane.Start(t, controlplane.Options{})
 			n := newNode(t, cp, tc.withToken)
-			stale, err := cp.IssueStaleCert(n.id)
+			stale, err := cp.IssueStaleCert(n.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := controlplane.WriteNodeCredentials(n.root, n.cfg.Paths.PKIDir, stale, cp.Unrelated.RootPEM()); err != nil {
+			if err := controlplane.WriteNodeCredentials(n.Root, n.Cfg.Paths.PKIDir, stale, cp.Unrelated.RootPEM()); err != nil {
 				t.Fatal(err)
 			}
-			r := n.runJSON("bootstrap")
+			r := n.RunJSON("bootstrap")
 			if tc.wantCode != 0 {
-				wantFailure(t, r, tc.wantCode, "enroll", "")
-				if !strings.Contains(r.report.Summary, "re-enrollment needed") {
-					t.Errorf("summary %q does not say re-enrollment is needed", r.report.Summary)
+				nodetest.WantFailure(t, r, tc.wantCode, "enroll", "")
+				if !strings.Contains(r.Report.Summary, "re-enrollment needed") {
+					t.Errorf("summary %q does not say re-enrollment is needed", r.Report.Summary)
 				}
-				if !strings.Contains(r.report.Remedy, "token") {
-					t.Errorf("remedy %q does not say to provide a token", r.report.Remedy)
+				if !strings.Contains(r.Report.Remedy, "token") {
+					t.Errorf("remedy %q does not say to provide a token", r.Report.Remedy)
 				}
-				n.wantNoReceipt()
+				n.WantNoReceipt()
 				if leaf, _ := n.loadPair(); leaf.SerialNumber.Cmp(stale.Cert.SerialNumber) != 0 {
 					t.Errorf("a failed run replaced the installed certificate")
 				}
 				return
 			}
-			wantExit(t, r, 0)
+			nodetest.WantExit(t, r, 0)
 			leaf, chain := n.loadPair()
 			if leaf.SerialNumber.Cmp(stale.Cert.SerialNumber) == 0 {
 				t.Fatal("the stale certificate is still installed")
@@ -280,7 +281,7 @@ func TestStaleCertFromAnotherCA(t *testing.T) {
 			if leaf.Issuer.String() != cp.CA.PKI().Intermediate.Subject.String() {
 				t.Errorf("issuer %s, want the current intermediate %s", leaf.Issuer, cp.CA.PKI().Intermediate.Subject)
 			}
-			rc := n.receipt()
+			rc := n.Receipt()
 			if rc.Serial != leaf.SerialNumber.String() || rc.Issuer != leaf.Issuer.String() {
 				t.Errorf("receipt %+v does not name the new certificate", rc)
 			}
@@ -296,28 +297,28 @@ func TestCARotationReplacesCert(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, true)
-	wantExit(t, n.run("bootstrap"), 0)
-	before := n.receipt()
+	nodetest.WantExit(t, n.Run("bootstrap"), 0)
+	before := n.Receipt()
 
 	if err := cp.RotateCA(); err != nil {
 		t.Fatal(err)
 	}
-	n.cfg.CA.Fingerprint = cp.CA.Fingerprint()
-	n.rewriteConfig()
+	n.Cfg.CA.Fingerprint = cp.CA.Fingerprint()
+	n.RewriteConfig()
 
-	r := n.runJSON("bootstrap")
-	wantFailure(t, r, 20, "enroll", "")
-	if !strings.Contains(r.report.Summary, "re-enrollment needed") || !strings.Contains(r.report.Summary, "stale") {
-		t.Errorf("summary %q does not say the stale certificate needs re-enrollment", r.report.Summary)
+	r := n.RunJSON("bootstrap")
+	nodetest.WantFailure(t, r, 20, "enroll", "")
+	if !strings.Contains(r.Report.Summary, "re-enrollment needed") || !strings.Contains(r.Report.Summary, "stale") {
+		t.Errorf("summary %q does not say the stale certificate needs re-enrollment", r.Report.Summary)
 	}
 	// The old receipt stays (it records the last proof), but no new one was written.
-	if rc := n.receipt(); rc.Serial != before.Serial || !rc.ProvedAt.Equal(before.ProvedAt) {
+	if rc := n.Receipt(); rc.Serial != before.Serial || !rc.ProvedAt.Equal(before.ProvedAt) {
 		t.Errorf("a failed run rewrote the receipt: %+v", rc)
 	}
 
-	n.giveToken()
-	wantExit(t, n.run("bootstrap"), 0)
-	after := n.receipt()
+	n.GiveToken()
+	nodetest.WantExit(t, n.Run("bootstrap"), 0)
+	after := n.Receipt()
 	leaf, chain := n.loadPair()
 	if after.Serial == before.Serial || after.Serial != leaf.SerialNumber.String() {
 		t.Errorf("serial %s -> %s (installed %s): want a new certificate", before.Serial, after.Serial, leaf.SerialNumber)
@@ -353,30 +354,30 @@ func TestWrongFingerprint(t *testing.T) {
 			t.Parallel()
 			cp := controlplane.Start(t, controlplane.Options{})
 			n := newNode(t, cp, true, func(c *controlplane.NodeConfig) { c.CA.Fingerprint = tc.fp(cp) })
-			tokenBefore := readFile(t, n.files.TokenPath)
+			tokenBefore := readFile(t, n.Files.TokenPath)
 
-			r := n.runJSON("bootstrap")
-			wantFailure(t, r, 13, "ca", "ca")
-			if strings.Contains(r.stderr, "status=retry") {
-				t.Errorf("a fingerprint mismatch was retried:\n%s", r.stderr)
+			r := n.RunJSON("bootstrap")
+			nodetest.WantFailure(t, r, 13, "ca", "ca")
+			if strings.Contains(r.Stderr, "status=retry") {
+				t.Errorf("a fingerprint mismatch was retried:\n%s", r.Stderr)
 			}
-			if !strings.Contains(r.report.Remedy, "fingerprint") {
-				t.Errorf("remedy %q does not mention the fingerprint", r.report.Remedy)
+			if !strings.Contains(r.Report.Remedy, "fingerprint") {
+				t.Errorf("remedy %q does not mention the fingerprint", r.Report.Remedy)
 			}
-			n.wantNoReceipt()
-			if fileExists(n.keyPath()) || fileExists(n.certPath()) {
+			n.WantNoReceipt()
+			if fileExists(n.KeyPath()) || fileExists(n.CertPath()) {
 				t.Error("credentials were written although the CA was not trusted")
 			}
-			if b, err := os.ReadFile(n.files.TokenPath); err != nil || !bytes.Equal(b, tokenBefore) {
+			if b, err := os.ReadFile(n.Files.TokenPath); err != nil || !bytes.Equal(b, tokenBefore) {
 				t.Fatalf("the token file changed or vanished (err %v)", err)
 			}
 
 			// The CA never saw the token: the same token works once the pin is right.
-			n.cfg.CA.Fingerprint = cp.CA.Fingerprint()
-			n.rewriteConfig()
-			r = n.run("bootstrap")
-			wantExit(t, r, 0)
-			n.receipt()
+			n.Cfg.CA.Fingerprint = cp.CA.Fingerprint()
+			n.RewriteConfig()
+			r = n.Run("bootstrap")
+			nodetest.WantExit(t, r, 0)
+			n.Receipt()
 		})
 	}
 }
@@ -387,41 +388,37 @@ func TestUsedToken(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
 	a := newNode(t, cp, true)
-	tok := strings.TrimSpace(string(readFile(t, a.files.TokenPath)))
-	wantExit(t, a.run("bootstrap"), 0)
+	tok := strings.TrimSpace(string(readFile(t, a.Files.TokenPath)))
+	nodetest.WantExit(t, a.Run("bootstrap"), 0)
 
 	// The same node reinstalled on a fresh root, handed the same (now used) token.
-	b := &node{t: t, cp: cp, id: a.id, root: t.TempDir(), cfg: a.cfg, tokens: []string{tok}}
-	files, err := controlplane.WriteNode(b.root, b.cfg, tok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.files = files
+	b := &node{nodetest.New(t, cp, t.TempDir(), a.ID,
+		nodetest.Configure(func(c *controlplane.NodeConfig) { *c = a.Cfg }), nodetest.Token(tok))}
 
-	r := b.runJSON("bootstrap")
-	wantFailure(t, r, 20, "enroll", "ca")
-	if s := r.report.Summary; !strings.Contains(s, "rejected the enrollment token") || !strings.Contains(s, "used") || !strings.Contains(s, "expired") {
+	r := b.RunJSON("bootstrap")
+	nodetest.WantFailure(t, r, 20, "enroll", "ca")
+	if s := r.Report.Summary; !strings.Contains(s, "rejected the enrollment token") || !strings.Contains(s, "used") || !strings.Contains(s, "expired") {
 		t.Errorf("summary %q does not say the CA rejected the token as used/expired", s)
 	}
-	if !strings.Contains(r.report.Remedy, "fresh") {
-		t.Errorf("remedy %q does not say to issue a fresh token", r.report.Remedy)
+	if !strings.Contains(r.Report.Remedy, "fresh") {
+		t.Errorf("remedy %q does not say to issue a fresh token", r.Report.Remedy)
 	}
-	if r.report.Transient {
+	if r.Report.Transient {
 		t.Error("a used token is reported as transient")
 	}
-	if strings.Contains(r.stderr, "status=retry") {
-		t.Errorf("a used token was retried:\n%s", r.stderr)
+	if strings.Contains(r.Stderr, "status=retry") {
+		t.Errorf("a used token was retried:\n%s", r.Stderr)
 	}
-	b.wantNoReceipt()
-	b.wantTokensNowhereBut(b.files.TokenPath)
-	if fileExists(b.keyPath()) {
+	b.WantNoReceipt()
+	b.wantTokensNowhereBut(b.Files.TokenPath)
+	if fileExists(b.KeyPath()) {
 		t.Error("a key was installed although enrollment failed")
 	}
 
 	// The text report ends with one actionable line naming the layer and exit code.
-	r = b.run("bootstrap")
-	wantExit(t, r, 20)
-	if last := r.lastLine(); !strings.Contains(last, "FAILED at layer enroll (owner: ca)") || !strings.Contains(last, "(exit 20)") {
+	r = b.Run("bootstrap")
+	nodetest.WantExit(t, r, 20)
+	if last := r.LastLine(); !strings.Contains(last, "FAILED at layer enroll (owner: ca)") || !strings.Contains(last, "(exit 20)") {
 		t.Errorf("last line %q does not name layer enroll, owner ca and exit 20", last)
 	}
 }
@@ -434,15 +431,15 @@ func TestAPIUnavailableThenOK(t *testing.T) {
 	n := newNode(t, cp, true)
 	cp.API.FailNext(controlplane.RetryAfterFault(503, 1))
 
-	r := n.run("bootstrap")
-	wantExit(t, r, 0)
-	if !strings.Contains(r.stderr, "status=retry") {
-		t.Errorf("the log shows no retry:\n%s", r.stderr)
+	r := n.Run("bootstrap")
+	nodetest.WantExit(t, r, 0)
+	if !strings.Contains(r.Stderr, "status=retry") {
+		t.Errorf("the log shows no retry:\n%s", r.Stderr)
 	}
-	n.receipt()
+	n.Receipt()
 	var statuses []int
 	for _, q := range cp.API.Requests() {
-		if strings.Contains(q.Path, "/"+n.id+"/") {
+		if strings.Contains(q.Path, "/"+n.ID+"/") {
 			statuses = append(statuses, q.Status)
 		}
 	}
@@ -460,15 +457,15 @@ func TestAPIUnavailableUntilDeadline(t *testing.T) {
 	n := newNode(t, cp, true, func(c *controlplane.NodeConfig) { c.Bootstrap.Deadline = "3s" })
 	cp.API.FailAlways(controlplane.StatusFault(503))
 
-	r := n.runJSON("bootstrap")
-	wantFailure(t, r, 19, "tasks-wait", "")
-	if !r.report.Transient || !strings.Contains(r.report.Summary, "gave up") {
-		t.Errorf("want a transient failure that says it gave up, got transient=%v summary %q", r.report.Transient, r.report.Summary)
+	r := n.RunJSON("bootstrap")
+	nodetest.WantFailure(t, r, 19, "tasks-wait", "")
+	if !r.Report.Transient || !strings.Contains(r.Report.Summary, "gave up") {
+		t.Errorf("want a transient failure that says it gave up, got transient=%v summary %q", r.Report.Transient, r.Report.Summary)
 	}
-	if strings.Count(r.stderr, "status=retry") < 1 {
-		t.Errorf("no retry before giving up:\n%s", r.stderr)
+	if strings.Count(r.Stderr, "status=retry") < 1 {
+		t.Errorf("no retry before giving up:\n%s", r.Stderr)
 	}
-	n.wantNoReceipt()
+	n.WantNoReceipt()
 }
 
 // TestAPIIdentityRejected: a 401 "invalid node identity" is not retried,
@@ -491,21 +488,21 @@ func TestAPIIdentityRejected(t *testing.T) {
 			cp.API.FailAlways(controlplane.IdentityFault(tc.mtls, "forwarded certificate header missing"))
 			defer cp.API.ClearFaults()
 
-			r := n.runJSON("bootstrap")
-			wantFailure(t, r, 18, "identity", tc.wantOwner)
-			var idc *check
-			for i := range r.report.Checks {
-				if r.report.Checks[i].Name == "identity" {
-					idc = &r.report.Checks[i]
+			r := n.RunJSON("bootstrap")
+			nodetest.WantFailure(t, r, 18, "identity", tc.wantOwner)
+			var idc *nodetest.Check
+			for i := range r.Report.Checks {
+				if r.Report.Checks[i].Name == "identity" {
+					idc = &r.Report.Checks[i]
 				}
 			}
 			if idc == nil || idc.Status != "fail" || idc.Evidence["mtls_present"] != map[bool]string{true: "true", false: "false"}[tc.mtls] {
 				t.Errorf("identity check %+v does not carry mtls_present=%v", idc, tc.mtls)
 			}
-			if strings.Contains(r.stderr, "status=retry") {
-				t.Errorf("a 401 was retried:\n%s", r.stderr)
+			if strings.Contains(r.Stderr, "status=retry") {
+				t.Errorf("a 401 was retried:\n%s", r.Stderr)
 			}
-			n.wantNoReceipt()
+			n.WantNoReceipt()
 			if n := len(cp.API.Rejections()); n == 0 {
 				t.Error("the node API logged no rejection")
 			}
@@ -533,34 +530,34 @@ func TestOpenKeyModeEndsPrivate(t *testing.T) {
 			t.Parallel()
 			cp := controlplane.Start(t, controlplane.Options{})
 			n := newNode(t, cp, tc.withToken)
-			old, err := cp.IssueNodeCert(n.id)
+			old, err := cp.IssueNodeCert(n.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := controlplane.WriteNodeCredentials(n.root, n.cfg.Paths.PKIDir, old, cp.CA.RootPEM()); err != nil {
+			if err := controlplane.WriteNodeCredentials(n.Root, n.Cfg.Paths.PKIDir, old, cp.CA.RootPEM()); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Chmod(n.keyPath(), tc.keyMode); err != nil {
+			if err := os.Chmod(n.KeyPath(), tc.keyMode); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Chmod(n.files.PKIDir, tc.dirMode); err != nil {
+			if err := os.Chmod(n.Files.PKIDir, tc.dirMode); err != nil {
 				t.Fatal(err)
 			}
 
-			r := n.run("bootstrap")
-			wantExit(t, r, 0)
+			r := n.Run("bootstrap")
+			nodetest.WantExit(t, r, 0)
 			leaf, _ := n.loadPair()
 			if reissued := leaf.SerialNumber.Cmp(old.Cert.SerialNumber) != 0; reissued != tc.wantReissued {
 				t.Errorf("certificate re-issued = %v, want %v", reissued, tc.wantReissued)
 			}
-			if m := perm(t, n.keyPath()); m != 0o600 {
+			if m := perm(t, n.KeyPath()); m != 0o600 {
 				t.Errorf("key.pem mode %04o, want 0600", m)
 			}
-			if m := perm(t, n.files.PKIDir); m != 0o700 {
+			if m := perm(t, n.Files.PKIDir); m != 0o700 {
 				t.Errorf("pki dir mode %04o, want 0700", m)
 			}
 			// No private key anywhere under pki_dir is readable by others.
-			filepath.WalkDir(n.files.PKIDir, func(p string, d fs.DirEntry, err error) error {
+			filepath.WalkDir(n.Files.PKIDir, func(p string, d fs.DirEntry, err error) error {
 				if err != nil || d.IsDir() || d.Type()&fs.ModeSymlink != 0 {
 					return err
 				}
@@ -571,7 +568,7 @@ func TestOpenKeyModeEndsPrivate(t *testing.T) {
 				}
 				return nil
 			})
-			n.receipt()
+			n.Receipt()
 		})
 	}
 }
@@ -593,18 +590,18 @@ func TestTaskDuringProofIsKept(t *testing.T) {
 			t.Parallel()
 			cp := controlplane.Start(t, controlplane.Options{})
 			n := newNode(t, cp, true)
-			task := cp.API.QueueTask(n.id, controlplane.Task{ID: tc.id, Kind: "reimage", Payload: json.RawMessage(`{"image":"ubuntu-24.04"}`)})
+			task := cp.API.QueueTask(n.ID, controlplane.Task{ID: tc.id, Kind: "reimage", Payload: json.RawMessage(`{"image":"ubuntu-24.04"}`)})
 
-			r := n.runJSON("bootstrap")
-			wantExit(t, r, 0)
-			if cp.API.Pending(n.id) != 0 {
+			r := n.RunJSON("bootstrap")
+			nodetest.WantExit(t, r, 0)
+			if cp.API.Pending(n.ID) != 0 {
 				t.Fatal("the task was not delivered to the proof")
 			}
 			var reported controlplane.Task
-			if err := json.Unmarshal(r.report.Task, &reported); err != nil || reported.ID != task.ID {
-				t.Errorf("report task %s (err %v), want id %s", r.report.Task, err, task.ID)
+			if err := json.Unmarshal(r.Report.Task, &reported); err != nil || reported.ID != task.ID {
+				t.Errorf("report task %s (err %v), want id %s", r.Report.Task, err, task.ID)
 			}
-			tasksDir := filepath.Join(n.files.StateDir, "tasks")
+			tasksDir := filepath.Join(n.Files.StateDir, "tasks")
 			ents, err := os.ReadDir(tasksDir)
 			if err != nil || len(ents) != 1 || !strings.HasSuffix(ents[0].Name(), ".json") {
 				t.Fatalf("state_dir/tasks holds %v (err %v), want one .json file", ents, err)
@@ -613,7 +610,7 @@ func TestTaskDuringProofIsKept(t *testing.T) {
 			if tc.wantFile && ents[0].Name() != tc.id+".json" {
 				t.Errorf("task saved as %s, want %s.json", ents[0].Name(), tc.id)
 			}
-			if fileExists(n.path("/etc/cron.d")) {
+			if fileExists(n.Path("/etc/cron.d")) {
 				t.Error("a task id steered a write out of state_dir/tasks")
 			}
 			var onDisk controlplane.Task
@@ -630,10 +627,10 @@ func TestTaskDuringProofIsKept(t *testing.T) {
 			if m := perm(t, saved); m&0o077 != 0 {
 				t.Errorf("saved task mode %04o: tasks may carry secrets, want no group/other access", m)
 			}
-			n.receipt()
+			n.Receipt()
 
 			// A re-run (no task this time) keeps it.
-			wantExit(t, n.run("bootstrap"), 0)
+			nodetest.WantExit(t, n.Run("bootstrap"), 0)
 			if !fileExists(saved) {
 				t.Error("a re-run lost the saved task")
 			}
@@ -664,13 +661,13 @@ func TestRawIPNodeAPIURLRefused(t *testing.T) {
 		c.NodeAPI.URL = "https://" + cp.API.Addr()
 		c.CA.URL = "https://" + cp.CA.Hostname() + ":" + portOf(t, trip.Addr())
 	})
-	before := snapshot(t, n.root)
+	before := snapshot(t, n.Root)
 
 	for _, cmd := range []string{"bootstrap", "verify"} {
-		r := n.runJSON(cmd)
-		wantFailure(t, r, 3, "config", "node")
-		if !strings.Contains(r.report.Summary, "node_api.url") {
-			t.Errorf("%s: summary %q does not name node_api.url", cmd, r.report.Summary)
+		r := n.RunJSON(cmd)
+		nodetest.WantFailure(t, r, 3, "config", "node")
+		if !strings.Contains(r.Report.Summary, "node_api.url") {
+			t.Errorf("%s: summary %q does not name node_api.url", cmd, r.Report.Summary)
 		}
 	}
 	if q := cp.API.Requests(); len(q) != 0 {
@@ -681,7 +678,7 @@ func TestRawIPNodeAPIURLRefused(t *testing.T) {
 		t.Error("the CA address was dialled")
 	default:
 	}
-	if d := diffSnapshots(before, snapshot(t, n.root)); len(d) > 0 {
+	if d := diffSnapshots(before, snapshot(t, n.Root)); len(d) > 0 {
 		t.Errorf("a config error changed the root:\n%s", strings.Join(d, "\n"))
 	}
 }

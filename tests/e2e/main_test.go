@@ -33,16 +33,12 @@
 package e2e
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"log"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -52,11 +48,10 @@ import (
 
 	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 var (
-	// binary is the provision executable built by TestMain.
-	binary string
 	// moduleRoot is the directory holding go.mod.
 	moduleRoot string
 	// nodeSeq numbers node ids, so logs of parallel tests are told apart.
@@ -81,7 +76,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	if binary, err = testenv.BuildProvision(dir); err != nil {
+	if nodetest.Binary, err = testenv.BuildProvision(dir); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
 	}
@@ -91,246 +86,22 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-// node is one node's --root with its config and token.
-type node struct {
-	t     testing.TB
-	cp    *controlplane.ControlPlane
-	id    string
-	root  string
-	cfg   controlplane.NodeConfig
-	files controlplane.NodeFiles
-	// tokens are every token this node was handed; none may ever appear in
-	// the tool's output.
-	tokens []string
-}
+// node is one node's --root (tests/nodetest) with e2e's own checks.
+type node struct{ *nodetest.Node }
 
 // nodeOpt changes a node's config before it is written.
-type nodeOpt func(*controlplane.NodeConfig)
+type nodeOpt = func(*controlplane.NodeConfig)
 
 // newNode prepares a fresh root for a unique node id on cp: config with a
 // 15s bootstrap deadline, the default hosts file with user lines, and (if
 // withToken) a fresh one-time token.
 func newNode(t testing.TB, cp *controlplane.ControlPlane, withToken bool, opts ...nodeOpt) *node {
 	t.Helper()
-	n := &node{t: t, cp: cp, root: t.TempDir()}
-	n.id = fmt.Sprintf("gpu-%04d", nodeSeq.Add(1))
-	n.cfg = cp.NodeConfig(n.id)
-	n.cfg.Bootstrap.Deadline = "15s"
-	n.cfg.Bootstrap.RequestTimeout = "3s"
-	for _, o := range opts {
-		o(&n.cfg)
+	o := []nodetest.Option{nodetest.Deadline("15s", "3s"), nodetest.Configure(opts...)}
+	if !withToken {
+		o = append(o, nodetest.NoToken())
 	}
-	tok := ""
-	if withToken {
-		tok = n.mintToken()
-	}
-	files, err := controlplane.WriteNode(n.root, n.cfg, tok)
-	if err != nil {
-		t.Fatalf("writing node root: %v", err)
-	}
-	n.files = files
-	return n
-}
-
-// mintToken mints a fresh token for the node and remembers it.
-func (n *node) mintToken() string {
-	n.t.Helper()
-	tok, err := n.cp.Token(n.id)
-	if err != nil {
-		n.t.Fatalf("minting token: %v", err)
-	}
-	n.tokens = append(n.tokens, tok)
-	return tok
-}
-
-// giveToken writes a fresh token into the node's token file.
-func (n *node) giveToken() string {
-	n.t.Helper()
-	tok := n.mintToken()
-	n.writeToken(tok)
-	return tok
-}
-
-func (n *node) writeToken(tok string) {
-	n.t.Helper()
-	if err := controlplane.WriteToken(n.root, n.cfg.CA.TokenFile, tok); err != nil {
-		n.t.Fatal(err)
-	}
-}
-
-// rewriteConfig writes n.cfg again after the test changed it.
-func (n *node) rewriteConfig() {
-	n.t.Helper()
-	b, err := n.cfg.TOML()
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	if err := os.WriteFile(n.files.ConfigPath, b, 0o644); err != nil {
-		n.t.Fatal(err)
-	}
-}
-
-func (n *node) path(nodePath string) string { return controlplane.InRoot(n.root, nodePath) }
-
-func (n *node) keyPath() string  { return filepath.Join(n.files.PKIDir, "key.pem") }
-func (n *node) certPath() string { return filepath.Join(n.files.PKIDir, "cert.pem") }
-func (n *node) receiptPath() string {
-	return filepath.Join(n.files.StateDir, "receipt.json")
-}
-
-// result is one run of the binary.
-type result struct {
-	args           []string
-	code           int
-	stdout, stderr string
-	report         *report // set when run with --format json
-}
-
-// lastLine is the last non-empty line of stdout.
-func (r result) lastLine() string {
-	lines := strings.Split(strings.TrimRight(r.stdout, "\n"), "\n")
-	return lines[len(lines)-1]
-}
-
-func (r result) String() string {
-	return fmt.Sprintf("provision %s: exit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(r.args, " "), r.code, r.stdout, r.stderr)
-}
-
-// report is the JSON report as a script reads it: decoded independently of
-// the product's types, so a renamed field fails here.
-type report struct {
-	OK          bool            `json:"ok"`
-	Command     string          `json:"command"`
-	NodeID      string          `json:"node_id"`
-	FailedLayer string          `json:"failed_layer"`
-	Owner       string          `json:"owner"`
-	FailedCheck string          `json:"failed_check"`
-	Summary     string          `json:"summary"`
-	Remedy      string          `json:"remedy"`
-	Transient   bool            `json:"transient"`
-	Checks      []check         `json:"checks"`
-	Task        json.RawMessage `json:"task"`
-	ExitCode    *int            `json:"exit_code"`
-}
-
-type check struct {
-	Name     string            `json:"name"`
-	Layer    string            `json:"layer"`
-	Owner    string            `json:"owner"`
-	Status   string            `json:"status"`
-	Message  string            `json:"message"`
-	Remedy   string            `json:"remedy"`
-	Evidence map[string]string `json:"evidence"`
-}
-
-// run runs the binary with args plus --root; it fails the test if a token
-// this node was ever handed shows up in stdout or stderr, and decodes the
-// JSON report when --format json is among args.
-func (n *node) run(args ...string) result {
-	n.t.Helper()
-	args = append(args, "--root", n.root)
-	r := runBinary(n.t, args...)
-	for _, tok := range n.tokens {
-		if strings.Contains(r.stdout, tok) || strings.Contains(r.stderr, tok) {
-			n.t.Fatalf("a one-time token appears in the output of provision %s", strings.Join(args, " "))
-		}
-		// A token's signature part alone is just as secret.
-		if parts := strings.Split(tok, "."); len(parts) == 3 && (strings.Contains(r.stdout, parts[2]) || strings.Contains(r.stderr, parts[2])) {
-			n.t.Fatalf("a token signature appears in the output of provision %s", strings.Join(args, " "))
-		}
-	}
-	return r
-}
-
-// runJSON runs cmd with --format json and requires a decodable report whose
-// exit_code matches the process's.
-func (n *node) runJSON(cmd string, extra ...string) result {
-	n.t.Helper()
-	r := n.run(append([]string{cmd, "--format", "json"}, extra...)...)
-	var rep report
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
-		n.t.Fatalf("stdout of --format json is not one JSON report: %v\n%s", err, r)
-	}
-	if rep.ExitCode == nil || *rep.ExitCode != r.code {
-		n.t.Fatalf("report exit_code %v, process exit %d\n%s", rep.ExitCode, r.code, r)
-	}
-	r.report = &rep
-	return r
-}
-
-func runBinary(t testing.TB, args ...string) result {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{args: args, stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee) && ee.Exited():
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("running provision %s: %v\n%s", strings.Join(args, " "), err, r)
-	}
-	return r
-}
-
-// wantExit fails unless r exited with code.
-func wantExit(t testing.TB, r result, code int) {
-	t.Helper()
-	if r.code != code {
-		t.Fatalf("want exit %d, got\n%s", code, r)
-	}
-}
-
-// wantFailure checks a JSON report's failed layer, owner and exit code.
-func wantFailure(t testing.TB, r result, code int, layer, owner string) {
-	t.Helper()
-	wantExit(t, r, code)
-	rep := r.report
-	if rep == nil {
-		t.Fatal("wantFailure needs a --format json run")
-	}
-	if rep.OK || rep.FailedLayer != layer || (owner != "" && rep.Owner != owner) {
-		t.Fatalf("want ok=false layer %s owner %s, got ok=%v layer %q owner %q\n%s", layer, owner, rep.OK, rep.FailedLayer, rep.Owner, r)
-	}
-	if rep.Summary == "" || rep.Remedy == "" {
-		t.Fatalf("a failure must say what happened and what to do: summary %q remedy %q", rep.Summary, rep.Remedy)
-	}
-}
-
-// receiptJSON is state_dir/receipt.json as the contract names its fields.
-type receiptJSON struct {
-	NodeID          string    `json:"node_id"`
-	Serial          string    `json:"serial"`
-	Issuer          string    `json:"issuer"`
-	RootFingerprint string    `json:"root_fingerprint"`
-	NotAfter        time.Time `json:"not_after"`
-	Endpoint        string    `json:"endpoint"`
-	ProvedAt        time.Time `json:"proved_at"`
-}
-
-func (n *node) receipt() receiptJSON {
-	n.t.Helper()
-	b, err := os.ReadFile(n.receiptPath())
-	if err != nil {
-		n.t.Fatalf("receipt: %v", err)
-	}
-	var rc receiptJSON
-	if err := json.Unmarshal(b, &rc); err != nil {
-		n.t.Fatalf("receipt.json: %v\n%s", err, b)
-	}
-	return rc
-}
-
-func (n *node) wantNoReceipt() {
-	n.t.Helper()
-	if _, err := os.Stat(n.receiptPath()); !errors.Is(err, fs.ErrNotExist) {
-		n.t.Fatalf("receipt.json must not exist (stat: %v)", err)
-	}
+	return &node{nodetest.New(t, cp, t.TempDir(), fmt.Sprintf("gpu-%04d", nodeSeq.Add(1)), o...)}
 }
 
 // entry is one file's observable state.
@@ -418,12 +189,12 @@ func fileExists(p string) bool {
 // (host paths) holds one of the node's tokens or a token's signature: the
 // token is never written anywhere but its own file.
 func (n *node) wantTokensNowhereBut(allowed ...string) {
-	n.t.Helper()
+	n.T.Helper()
 	ok := map[string]bool{}
 	for _, a := range allowed {
 		ok[a] = true
 	}
-	err := filepath.WalkDir(n.root, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(n.Root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || d.Type()&fs.ModeSymlink != 0 || ok[p] {
 			return err
 		}
@@ -431,16 +202,16 @@ func (n *node) wantTokensNowhereBut(allowed ...string) {
 		if err != nil {
 			return err
 		}
-		for _, tok := range n.tokens {
+		for _, tok := range n.Tokens() {
 			sig := tok[strings.LastIndex(tok, ".")+1:]
 			if strings.Contains(string(b), tok) || strings.Contains(string(b), sig) {
-				n.t.Errorf("%s holds a one-time token", p)
+				n.T.Errorf("%s holds a one-time token", p)
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		n.t.Fatal(err)
+		n.T.Fatal(err)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/cli"
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 // wantLayer is verify's ladder: each check name (an interface) and its
@@ -40,27 +41,27 @@ func TestJSONReportAndReadOnlyVerify(t *testing.T) {
 			cp := controlplane.Start(t, controlplane.Options{})
 			n := newNode(t, cp, true)
 			if tc.bootstrap {
-				r := n.runJSON("bootstrap")
-				wantExit(t, r, 0)
-				rep := r.report
-				if !rep.OK || rep.FailedLayer != "" || rep.Owner != "" || rep.Command != "bootstrap" || rep.NodeID != n.id {
+				r := n.RunJSON("bootstrap")
+				nodetest.WantExit(t, r, 0)
+				rep := r.Report
+				if !rep.OK || rep.FailedLayer != "" || rep.Owner != "" || rep.Command != "bootstrap" || rep.NodeID != n.ID {
 					t.Fatalf("bootstrap report: ok=%v failed_layer=%q owner=%q command=%q node_id=%q", rep.OK, rep.FailedLayer, rep.Owner, rep.Command, rep.NodeID)
 				}
 				checkLadder(t, rep, true)
 			}
-			before := snapshot(t, n.root)
-			r := n.runJSON("verify")
+			before := snapshot(t, n.Root)
+			r := n.RunJSON("verify")
 			if tc.wantCode == 0 {
-				wantExit(t, r, 0)
-				if !r.report.OK || r.report.Command != "verify" {
+				nodetest.WantExit(t, r, 0)
+				if !r.Report.OK || r.Report.Command != "verify" {
 					t.Fatalf("verify not ok:\n%s", r)
 				}
-				checkLadder(t, r.report, true)
+				checkLadder(t, r.Report, true)
 			} else {
-				wantFailure(t, r, tc.wantCode, tc.wantLayer, tc.wantOwner)
-				checkLadder(t, r.report, false)
+				nodetest.WantFailure(t, r, tc.wantCode, tc.wantLayer, tc.wantOwner)
+				checkLadder(t, r.Report, false)
 			}
-			if d := diffSnapshots(before, snapshot(t, n.root)); len(d) > 0 {
+			if d := diffSnapshots(before, snapshot(t, n.Root)); len(d) > 0 {
 				t.Errorf("verify wrote under the root:\n%s", strings.Join(d, "\n"))
 			}
 		})
@@ -70,7 +71,7 @@ func TestJSONReportAndReadOnlyVerify(t *testing.T) {
 // checkLadder requires every check of the ladder exactly once, config
 // first and tasks-wait last, each with its layer, an owner, a message and a
 // known status; all pass when healthy.
-func checkLadder(t *testing.T, rep *report, healthy bool) {
+func checkLadder(t *testing.T, rep *nodetest.Report, healthy bool) {
 	t.Helper()
 	seen := map[string]bool{}
 	for i, c := range rep.Checks {
@@ -106,22 +107,22 @@ func TestVerifyShowsTaskItReceived(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, true)
-	wantExit(t, n.run("bootstrap"), 0)
-	task := cp.API.QueueTask(n.id, controlplane.Task{Kind: "reboot"})
-	before := snapshot(t, n.root)
+	nodetest.WantExit(t, n.Run("bootstrap"), 0)
+	task := cp.API.QueueTask(n.ID, controlplane.Task{Kind: "reboot"})
+	before := snapshot(t, n.Root)
 
-	r := n.runJSON("verify")
-	wantExit(t, r, 0)
-	var tw *check
-	for i := range r.report.Checks {
-		if r.report.Checks[i].Name == "tasks-wait" {
-			tw = &r.report.Checks[i]
+	r := n.RunJSON("verify")
+	nodetest.WantExit(t, r, 0)
+	var tw *nodetest.Check
+	for i := range r.Report.Checks {
+		if r.Report.Checks[i].Name == "tasks-wait" {
+			tw = &r.Report.Checks[i]
 		}
 	}
 	if tw == nil || tw.Evidence["task_id"] != task.ID || !strings.Contains(tw.Evidence["task"], task.Kind) {
 		t.Errorf("verify's tasks-wait check does not show the task %s it received: %+v", task.ID, tw)
 	}
-	if d := diffSnapshots(before, snapshot(t, n.root)); len(d) > 0 {
+	if d := diffSnapshots(before, snapshot(t, n.Root)); len(d) > 0 {
 		t.Errorf("verify wrote under the root:\n%s", strings.Join(d, "\n"))
 	}
 }
@@ -144,21 +145,21 @@ func BenchmarkVerifyHealthy(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			cp := controlplane.Start(b, controlplane.Options{})
 			n := newNode(b, cp, true)
-			if r := n.run("bootstrap"); r.code != 0 {
+			if r := n.Run("bootstrap"); r.Code != 0 {
 				b.Fatalf("bootstrap:\n%s", r)
 			}
 			for b.Loop() {
 				if bc.queue {
-					cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+					cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 				}
 				if bc.inProcess {
 					var out, errb bytes.Buffer
-					if code := cli.Run(context.Background(), []string{"verify", "--root", n.root}, &out, &errb); code != 0 {
+					if code := cli.Run(context.Background(), []string{"verify", "--root", n.Root}, &out, &errb); code != 0 {
 						b.Fatalf("verify exit %d\n%s%s", code, out.String(), errb.String())
 					}
 					continue
 				}
-				if r := n.run("verify"); r.code != 0 {
+				if r := n.Run("verify"); r.Code != 0 {
 					b.Fatalf("verify:\n%s", r)
 				}
 			}

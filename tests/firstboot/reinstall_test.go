@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 const (
@@ -58,10 +59,10 @@ func TestReinstall(t *testing.T) {
 			t.Parallel()
 			cp := controlplane.Start(t, controlplane.Options{})
 			first := newNode(t, cp, t.TempDir(), "gpu-0042", machineA)
-			wantExit(t, first.run("bootstrap"), 0)
-			old := first.receipt()
-			if old.MachineID != machineA || !exists(first.donePath(machineA)) {
-				t.Fatalf("first install: receipt machine_id %q, done/%s exists: %v", old.MachineID, machineA, exists(first.donePath(machineA)))
+			nodetest.WantExit(t, first.Run("bootstrap"), 0)
+			old := first.Receipt()
+			if old.MachineID != machineA || !exists(first.DonePath(machineA)) {
+				t.Fatalf("first install: receipt machine_id %q, done/%s exists: %v", old.MachineID, machineA, exists(first.DonePath(machineA)))
 			}
 			if tc.rotateCA {
 				if err := cp.RotateCA(); err != nil {
@@ -75,13 +76,13 @@ func TestReinstall(t *testing.T) {
 			if tc.keepDisk {
 				n = first
 				n.setMachineIDReplacing(machineB)
-				n.cfg.CA.Fingerprint = cp.CA.Fingerprint()
-				n.rewriteConfig()
-				n.giveToken()
+				n.Cfg.CA.Fingerprint = cp.CA.Fingerprint()
+				n.RewriteConfig()
+				n.GiveToken()
 			} else {
 				n = newNode(t, cp, t.TempDir(), "gpu-0042", machineB)
 			}
-			if exists(n.donePath(machineB)) {
+			if exists(n.DonePath(machineB)) {
 				t.Fatalf("done/%s exists before bootstrap: the unit would skip the reinstall", machineB)
 			}
 			if tc.apiDown {
@@ -89,38 +90,38 @@ func TestReinstall(t *testing.T) {
 			}
 			probesBefore := len(waitRequests(cp))
 
-			r := n.run("bootstrap")
+			r := n.Run("bootstrap")
 			if got := len(waitRequests(cp)); got <= probesBefore {
 				t.Errorf("bootstrap did not reach tasks/wait (%d requests before, %d after): it trusted the old receipt", probesBefore, got)
 			}
 			if tc.apiDown {
-				wantExit(t, r, 18)
-				if exists(n.donePath(machineB)) {
+				nodetest.WantExit(t, r, 18)
+				if exists(n.DonePath(machineB)) {
 					t.Fatalf("done/%s was written although the proof failed: the unit would never retry", machineB)
 				}
-				if rc := n.receipt(); rc.MachineID != machineA {
+				if rc := n.Receipt(); rc.MachineID != machineA {
 					t.Errorf("the old receipt was rewritten (machine_id %q) although the proof failed", rc.MachineID)
 				}
 				// The API is fixed; the unit's next attempt succeeds.
 				cp.API.ClearFaults()
-				r = n.run("bootstrap")
+				r = n.Run("bootstrap")
 			}
-			wantExit(t, r, 0)
+			nodetest.WantExit(t, r, 0)
 
-			rc := n.receipt()
+			rc := n.Receipt()
 			if rc.NodeID != "gpu-0042" || rc.MachineID != machineB || !rc.ProvedAt.After(old.ProvedAt) {
 				t.Errorf("receipt after reinstall: node_id %q machine_id %q proved_at %s (first install %s)", rc.NodeID, rc.MachineID, rc.ProvedAt, old.ProvedAt)
 			}
 			if (rc.Serial != old.Serial) != tc.newCert {
 				t.Errorf("serial %s -> %s; want a new certificate: %v", old.Serial, rc.Serial, tc.newCert)
 			}
-			if !exists(n.donePath(machineB)) {
+			if !exists(n.DonePath(machineB)) {
 				t.Fatalf("done/%s does not exist after a successful bootstrap: the unit would run again on every boot", machineB)
 			}
-			if tc.newCert && exists(n.files.TokenPath) {
+			if tc.newCert && exists(n.Files.TokenPath) {
 				t.Error("the used token is still on disk after enrollment")
 			}
-			if vr, rep := n.verify(); vr.code != 0 || !rep.OK {
+			if vr, rep := n.verify(); vr.Code != 0 || !rep.OK {
 				t.Fatalf("verify after the reinstall:\n%s", vr)
 			}
 		})
@@ -130,12 +131,12 @@ func TestReinstall(t *testing.T) {
 // setMachineIDReplacing writes a new /etc/machine-id over the old one (a
 // reinstall that kept the data disk but not the root filesystem).
 func (n *node) setMachineIDReplacing(id string) {
-	n.t.Helper()
-	p := controlplane.InRoot(n.root, "/etc/machine-id")
+	n.T.Helper()
+	p := controlplane.InRoot(n.Root, "/etc/machine-id")
 	if err := os.Remove(p); err != nil {
-		n.t.Fatal(err)
+		n.T.Fatal(err)
 	}
-	n.setMachineID(id)
+	n.SetMachineID(id)
 }
 
 // waitRequests are the tasks/wait requests the node API answered.

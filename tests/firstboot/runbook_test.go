@@ -11,11 +11,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gpuaas/provision/internal/testenv"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 // section is one layer's section of docs/runbook.md: the text of each of
@@ -193,7 +195,7 @@ func symptomIn(quote, text string) bool {
 var lineNoRe = regexp.MustCompile(`\(line [0-9N]+\)`)
 
 // shell runs runbook command lines the way an operator would, with sh, on a
-// node whose root is n.root: `provision` is a wrapper adding --root, `curl`
+// node whose root is n.Root: `provision` is a wrapper adding --root, `curl`
 // one that connects node-api.cp.internal:8443 (the runbook's port) to the
 // test API's loopback port, and node paths in other commands are rebased
 // under the root.
@@ -204,19 +206,19 @@ type shell struct {
 }
 
 func newShell(n *node, needCurl bool) *shell {
-	n.t.Helper()
-	jq := testenv.RequireProgram(n.t, "jq", "jq") // the runbook's checks are jq filters over the JSON report
-	sh := &shell{n: n, dir: n.t.TempDir()}
+	n.T.Helper()
+	jq := testenv.RequireProgram(n.T, "jq", "jq") // the runbook's checks are jq filters over the JSON report
+	sh := &shell{n: n, dir: n.T.TempDir()}
 	write := func(name, body string) {
 		if err := os.WriteFile(filepath.Join(sh.dir, name), []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
-			n.t.Fatal(err)
+			n.T.Fatal(err)
 		}
 	}
-	write("provision", fmt.Sprintf("exec %q \"$@\" --root %q", binary, n.root))
+	write("provision", fmt.Sprintf("exec %q \"$@\" --root %q", nodetest.Binary, n.Root))
 	write("jq", fmt.Sprintf("exec %q \"$@\"", jq))
 	if needCurl {
-		curl := testenv.RequireProgram(n.t, "curl", "curl") // the runbook proves tls-client-auth with curl
-		write("curl", fmt.Sprintf("exec %q --connect-to %s:8443:127.0.0.1:%d \"$@\"", curl, n.cp.API.Hostname(), n.cp.API.Port()))
+		curl := testenv.RequireProgram(n.T, "curl", "curl") // the runbook proves tls-client-auth with curl
+		write("curl", fmt.Sprintf("exec %q --connect-to %s:8443:127.0.0.1:%d \"$@\"", curl, n.CP.API.Hostname(), n.CP.API.Port()))
 	}
 	sh.path = sh.dir + string(os.PathListSeparator) + os.Getenv("PATH")
 	return sh
@@ -228,7 +230,7 @@ func (sh *shell) rebase(line string) string {
 		return line // provision re-roots its own paths
 	}
 	for _, p := range []string{"/var/lib/provision", "/run/provision", "/etc/provision"} {
-		line = strings.ReplaceAll(line, p, filepath.Join(sh.n.root, p))
+		line = strings.ReplaceAll(line, p, filepath.Join(sh.n.Root, p))
 	}
 	return line
 }
@@ -236,7 +238,7 @@ func (sh *shell) rebase(line string) string {
 // run runs one runbook command line with sh and returns its exit status and
 // stdout. A token in the output fails the test.
 func (sh *shell) run(line string) (int, string) {
-	t := sh.n.t
+	t := sh.n.T
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -246,7 +248,7 @@ func (sh *shell) run(line string) (int, string) {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
-	sh.n.noTokenIn(out.String() + errb.String())
+	sh.n.NoTokenIn(out.String()+errb.String(), "sh -c "+strconv.Quote(line))
 	code := 0
 	var ee *exec.ExitError
 	switch {

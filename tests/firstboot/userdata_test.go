@@ -11,6 +11,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/testenv"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 // userdataConfig is the contract's example config, as an operator keeps one
@@ -103,23 +104,23 @@ func TestUserdataCommand(t *testing.T) {
 				outPath = filepath.Join(t.TempDir(), tc.out)
 				args = append(args, "--out", outPath)
 			}
-			r := runBinary(t, nil, args...)
-			if strings.Contains(r.stderr, userdataToken) || (outPath != "" && strings.Contains(r.stdout, userdataToken)) {
+			r := nodetest.RunBinary(t, args...)
+			if strings.Contains(r.Stderr, userdataToken) || (outPath != "" && strings.Contains(r.Stdout, userdataToken)) {
 				t.Fatal("the token was printed")
 			}
-			wantExit(t, r, tc.code)
+			nodetest.WantExit(t, r, tc.code)
 			for _, s := range tc.stderrHas {
-				if !strings.Contains(r.stderr, s) {
-					t.Errorf("stderr does not name %q:\n%s", s, r.stderr)
+				if !strings.Contains(r.Stderr, s) {
+					t.Errorf("stderr does not name %q:\n%s", s, r.Stderr)
 				}
 			}
 			if tc.code != 0 {
-				if r.stdout != "" {
-					t.Errorf("a refused render printed user-data:\n%s", r.stdout)
+				if r.Stdout != "" {
+					t.Errorf("a refused render printed user-data:\n%s", r.Stdout)
 				}
 				return
 			}
-			ud := r.stdout
+			ud := r.Stdout
 			if outPath != "" {
 				fi, err := os.Stat(outPath)
 				if err != nil {
@@ -128,8 +129,8 @@ func TestUserdataCommand(t *testing.T) {
 				if fi.Mode().Perm() != 0o600 {
 					t.Errorf("--out file mode %v, want 0600 (it holds the token)", fi.Mode().Perm())
 				}
-				if r.stdout != "" {
-					t.Errorf("with --out, stdout must be empty, got %q", r.stdout)
+				if r.Stdout != "" {
+					t.Errorf("with --out, stdout must be empty, got %q", r.Stdout)
 				}
 				ud = string(readFile(t, outPath))
 			}

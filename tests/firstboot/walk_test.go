@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 // walk is one runbook walk: a node that was healthy, a control plane that
@@ -18,7 +19,7 @@ type walk struct {
 	n       *node
 	sh      *shell
 	runbook map[string]section
-	before  receiptJSON // the receipt of the healthy node
+	before  nodetest.Receipt // the receipt of the healthy node
 }
 
 // stage is what verify reports after a fault (or after a partial fix) and
@@ -110,8 +111,8 @@ func TestRunbookWalk(t *testing.T) {
 					// "If the root really changed, update ca.fingerprint in
 					// the node configs (user-data)"
 					fix: func(w *walk) {
-						w.n.cfg.CA.Fingerprint = w.cp.CA.Fingerprint()
-						w.n.rewriteConfig()
+						w.n.Cfg.CA.Fingerprint = w.cp.CA.Fingerprint()
+						w.n.RewriteConfig()
 					},
 				},
 				{
@@ -120,9 +121,9 @@ func TestRunbookWalk(t *testing.T) {
 					// "Owner node (stale certificate): re-enroll with a
 					// fresh token, see credentials"
 					fix: func(w *walk) {
-						w.n.giveToken()
+						w.n.GiveToken()
 						w.fixCommand("credentials", "provision bootstrap")
-						if exists(w.n.files.TokenPath) {
+						if exists(w.n.Files.TokenPath) {
 							w.t.Error("the used token is still on disk after the re-enrollment")
 						}
 					},
@@ -136,7 +137,7 @@ func TestRunbookWalk(t *testing.T) {
 			breaks: func(w *walk) {
 				// What cloud-init's manage_etc_hosts does on a reboot.
 				hosts := "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
-				if err := os.WriteFile(w.n.files.HostsPath, []byte(hosts), 0o644); err != nil {
+				if err := os.WriteFile(w.n.Files.HostsPath, []byte(hosts), 0o644); err != nil {
 					w.t.Fatal(err)
 				}
 			},
@@ -150,16 +151,16 @@ func TestRunbookWalk(t *testing.T) {
 		{
 			name: "config: the node API URL is an IP literal",
 			breaks: func(w *walk) {
-				w.n.cfg.NodeAPI.URL = "https://10.40.0.10:8443"
-				w.n.rewriteConfig()
+				w.n.Cfg.NodeAPI.URL = "https://10.40.0.10:8443"
+				w.n.RewriteConfig()
 			},
 			stages: []stage{{
 				section: "config", code: 3, owner: "node",
 				symptom: "node_api.url (line 10): uses the IP address 10.40.0.10; use the node API hostname ...",
 				// "Use the hostname plus a [[hosts]] entry."
 				fix: func(w *walk) {
-					w.n.cfg.NodeAPI.URL = w.cp.API.URL()
-					w.n.rewriteConfig()
+					w.n.Cfg.NodeAPI.URL = w.cp.API.URL()
+					w.n.RewriteConfig()
 				},
 			}},
 			prove: []string{"config"},
@@ -170,8 +171,8 @@ func TestRunbookWalk(t *testing.T) {
 			w := &walk{t: t, cp: controlplane.Start(t, controlplane.Options{}), runbook: readRunbook(t)}
 			w.n = newNode(t, w.cp, t.TempDir(), "gpu-0042", "")
 			w.sh = newShell(w.n, slices.Contains(tc.prove, "tls-client-auth"))
-			wantExit(t, w.n.run("bootstrap"), 0)
-			w.before = w.n.receipt()
+			nodetest.WantExit(t, w.n.Run("bootstrap"), 0)
+			w.before = w.n.Receipt()
 
 			tc.breaks(w)
 			for _, st := range tc.stages {
@@ -182,10 +183,10 @@ func TestRunbookWalk(t *testing.T) {
 				w.prove(s)
 			}
 			r, rep := w.n.verify()
-			if r.code != 0 || !rep.OK {
+			if r.Code != 0 || !rep.OK {
 				t.Fatalf("after the runbook's fix the node is not healthy:\n%s", r)
 			}
-			if after := w.n.receipt(); (after.Serial != w.before.Serial) != tc.newCert {
+			if after := w.n.Receipt(); (after.Serial != w.before.Serial) != tc.newCert {
 				t.Errorf("receipt serial %s -> %s; want a new certificate: %v", w.before.Serial, after.Serial, tc.newCert)
 			}
 		})
@@ -209,10 +210,10 @@ func (w *walk) confirm(st stage) {
 	}
 
 	r, rep := w.n.verify()
-	if r.code != st.code || rep.FailedLayer != st.section || rep.Owner != st.owner {
+	if r.Code != st.code || rep.FailedLayer != st.section || rep.Owner != st.owner {
 		t.Fatalf("want exit %d, failed_layer %s, owner %s:\n%s", st.code, st.section, st.owner, r)
 	}
-	if said := rep.Summary + "\n" + rep.text(st.section); !symptomIn(st.symptom, said) {
+	if said := rep.Summary + "\n" + rep.LayerText(st.section); !symptomIn(st.symptom, said) {
 		t.Fatalf("the runbook's symptom `%s` is not what verify says about %s:\n%s", st.symptom, st.section, said)
 	}
 
@@ -254,8 +255,8 @@ func (w *walk) prove(section string) {
 		if strings.HasPrefix(c, "curl ") && strings.TrimSpace(out) != "200" && strings.TrimSpace(out) != "204" {
 			t.Errorf("runbook proof `%s` printed %q, want 200 or 204", c, out)
 		}
-		if strings.Contains(c, "receipt.json") && strings.Contains(c, "serial") && !strings.Contains(out, w.n.receipt().Serial) {
-			t.Errorf("runbook proof `%s` does not show the receipt's serial %s", c, w.n.receipt().Serial)
+		if strings.Contains(c, "receipt.json") && strings.Contains(c, "serial") && !strings.Contains(out, w.n.Receipt().Serial) {
+			t.Errorf("runbook proof `%s` does not show the receipt's serial %s", c, w.n.Receipt().Serial)
 		}
 	}
 	if p.bootstrapOK {
@@ -265,11 +266,11 @@ func (w *walk) prove(section string) {
 	}
 	if len(p.passes) > 0 || p.verifyOK {
 		r, rep := w.n.verify()
-		if p.verifyOK && r.code != 0 {
-			t.Errorf("runbook proof: `provision verify` exited %d\n%s", r.code, r)
+		if p.verifyOK && r.Code != 0 {
+			t.Errorf("runbook proof: `provision verify` exited %d\n%s", r.Code, r)
 		}
 		for _, layer := range p.passes {
-			cs := rep.layerChecks(layer)
+			cs := rep.LayerChecks(layer)
 			if len(cs) == 0 {
 				t.Errorf("runbook proof names layer %q, which verify does not report", layer)
 			}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 const cfgPath = "/etc/provision/provision.toml"
@@ -51,12 +52,12 @@ request_timeout = "500ms"
 
 type badCase struct {
 	name    string
-	cmd     string                                   // default "bootstrap"
-	edit    func(cfg string) string                  // the config text
-	prepare func(t *testing.T, n *badNode)           // other files, servers
-	exit    int                                      // documented exit code
-	last    []string                                 // the last line must name these
-	check   func(t *testing.T, n *badNode, r result) // extra assertions
+	cmd     string                                            // default "bootstrap"
+	edit    func(cfg string) string                           // the config text
+	prepare func(t *testing.T, n *badNode)                    // other files, servers
+	exit    int                                               // documented exit code
+	last    []string                                          // the last line must name these
+	check   func(t *testing.T, n *badNode, r nodetest.Result) // extra assertions
 }
 
 type badNode struct {
@@ -92,7 +93,7 @@ func dropLine(prefix string) func(string) string {
 
 func writeHosts(content string) func(t *testing.T, n *badNode) {
 	return func(t *testing.T, n *badNode) {
-		if err := os.WriteFile(n.files.HostsPath, []byte(content), 0o644); err != nil {
+		if err := os.WriteFile(n.Files.HostsPath, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -100,7 +101,7 @@ func writeHosts(content string) func(t *testing.T, n *badNode) {
 
 func setToken(tok string) func(t *testing.T, n *badNode) {
 	return func(t *testing.T, n *badNode) {
-		if err := controlplane.WriteToken(n.files.Root, "/run/provision/token", tok); err != nil {
+		if err := controlplane.WriteToken(n.Files.Root, "/run/provision/token", tok); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -108,11 +109,7 @@ func setToken(tok string) func(t *testing.T, n *badNode) {
 
 func mintToken(opts ...controlplane.TokenOption) func(t *testing.T, n *badNode) {
 	return func(t *testing.T, n *badNode) {
-		tok, err := n.cp.Token(n.id, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		setToken(tok)(t, n)
+		setToken(n.MintToken(opts...))(t, n)
 	}
 }
 
@@ -140,15 +137,15 @@ func TestBadInputMatrix(t *testing.T) {
 		return 502, http.Header{"Content-Type": {"text/html"}}, "<html><body>502 Bad Gateway</body></html>", true
 	})
 	usedToken := func(t *testing.T, n *badNode) {
-		tok, err := n.cp.Token(n.id)
+		tok, err := n.CP.Token(n.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Redeem it from a throwaway root with the same node id.
-		other := newNode(t, cp, n.id, nil)
-		controlplane.WriteToken(other.files.Root, tokF, tok)
-		cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
-		if r := other.bootstrap(); r.code != 0 {
+		other := newNode(t, cp, n.ID, nil)
+		controlplane.WriteToken(other.Files.Root, tokF, tok)
+		cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
+		if r := other.bootstrap(); r.Code != 0 {
 			t.Fatalf("redeeming the token elsewhere: %s", r)
 		}
 		setToken(tok)(t, n)
@@ -186,7 +183,7 @@ func TestBadInputMatrix(t *testing.T) {
 		{name: "empty config", edit: func(string) string { return "" }, exit: 3, last: []string{cfgPath}},
 		{name: "binary config", edit: func(string) string { return "\x00\xff\xfe\x01garbage" }, exit: 3, last: []string{cfgPath}},
 		{name: "config missing", edit: func(string) string { return "" }, prepare: func(t *testing.T, n *badNode) {
-			os.Remove(filepath.Join(n.files.Root, cfgPath))
+			os.Remove(filepath.Join(n.Files.Root, cfgPath))
 		}, exit: 3, last: []string{cfgPath}},
 
 		// hosts file (exit 10)
@@ -198,15 +195,15 @@ func TestBadInputMatrix(t *testing.T) {
 		{name: "hosts binary", prepare: writeHosts("127.0.0.1 localhost\n\x00\x01\x02\xff\n"), exit: 10, last: []string{hostsF}},
 		{name: "hosts huge", prepare: writeHosts(strings.Repeat("# padding line of a file that is not a hosts file\n", 100000)), exit: 10, last: []string{hostsF}},
 		{name: "hosts CRLF works", prepare: writeHosts("127.0.0.1 localhost\r\n" + userLine + "\r\n"), exit: 0, last: []string{"done"},
-			check: func(t *testing.T, n *badNode, r result) {
-				b, _ := os.ReadFile(n.files.HostsPath)
+			check: func(t *testing.T, n *badNode, r nodetest.Result) {
+				b, _ := os.ReadFile(n.Files.HostsPath)
 				if !bytes.HasPrefix(b, []byte("127.0.0.1 localhost\r\n"+userLine+"\r\n")) || bytes.Count(b, []byte("\n")) != bytes.Count(b, []byte("\r\n")) {
 					t.Errorf("CRLF hosts file not kept as CRLF with its lines:\n%q", b)
 				}
 			}},
 
 		// token (exit 20): the last line must name the token file
-		{name: "token missing", prepare: func(t *testing.T, n *badNode) { os.Remove(n.files.TokenPath) }, exit: 20, last: []string{tokF}},
+		{name: "token missing", prepare: func(t *testing.T, n *badNode) { os.Remove(n.Files.TokenPath) }, exit: 20, last: []string{tokF}},
 		{name: "token empty", prepare: setToken(""), exit: 20, last: []string{tokF}},
 		{name: "token garbage", prepare: setToken("not-a-token"), exit: 20, last: []string{tokF}},
 		{name: "token garbage JWT shape", prepare: setToken("aaa.bbb.ccc"), exit: 20, last: []string{tokF}},
@@ -225,11 +222,11 @@ func TestBadInputMatrix(t *testing.T) {
 			return strings.Replace(s, cp.CA.URL(), withPort(cp.CA.URL(), caProxyHTML.port()), 1)
 		}, exit: 13, last: []string{"CA"}},
 		{name: "API answering HTML 200", prepare: func(t *testing.T, n *badNode) {
-			n.cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
-			if r := n.bootstrap(); r.code != 0 {
+			n.CP.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
+			if r := n.bootstrap(); r.Code != 0 {
 				t.Fatalf("first bootstrap: %s", r)
 			}
-			n.cp.API.FailAlways(controlplane.Fault{Status: 200, Body: "<html><body>Welcome</body></html>"})
+			n.CP.API.FailAlways(controlplane.Fault{Status: 200, Body: "<html><body>Welcome</body></html>"})
 		}, exit: 19, last: []string{"tasks/wait"}},
 	}
 	var seq atomic.Int64
@@ -246,13 +243,13 @@ func TestBadInputMatrix(t *testing.T) {
 				text = tc.edit(text)
 			}
 			text = strings.Replace(text, `node_id = "gpu-bad"`, fmt.Sprintf("node_id = %q", id), 1)
-			if err := os.WriteFile(n.files.ConfigPath, []byte(text), 0o644); err != nil {
+			if err := os.WriteFile(n.Files.ConfigPath, []byte(text), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			// Past the config, the hosts block is already in place, so
 			// "nothing changed" covers the hosts file too.
 			if tc.exit != 3 && tc.exit != 10 && tc.exit != 0 {
-				if r := n.run(nil, "hosts apply"); r.code != 0 {
+				if r := n.run(nil, "hosts apply"); r.Code != 0 {
 					t.Fatalf("hosts apply: %s", r)
 				}
 			}
@@ -262,23 +259,23 @@ func TestBadInputMatrix(t *testing.T) {
 			if strings.HasPrefix(tc.name, "API") {
 				defer cp.API.ClearFaults()
 			}
-			before := takeSnapshot(t, n.files.Root)
+			before := takeSnapshot(t, n.Files.Root)
 			cmd := tc.cmd
 			if cmd == "" {
 				cmd = "bootstrap"
 			}
 			r := n.run(nil, cmd)
-			if r.code != tc.exit {
-				t.Fatalf("exit %d, want %d\n%s", r.code, tc.exit, r)
+			if r.Code != tc.exit {
+				t.Fatalf("exit %d, want %d\n%s", r.Code, tc.exit, r)
 			}
-			last := r.lastLine()
+			last := r.LastOutputLine()
 			for _, s := range tc.last {
 				if !strings.Contains(last, s) {
 					t.Errorf("last line does not name %q:\n%s", s, last)
 				}
 			}
 			if tc.exit != 0 {
-				if l := lost(before, takeSnapshot(t, n.files.Root)); len(l) > 0 {
+				if l := lost(before, takeSnapshot(t, n.Files.Root)); len(l) > 0 {
 					t.Errorf("files changed by a failed run: %v", l)
 				}
 			}

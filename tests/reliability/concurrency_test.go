@@ -8,6 +8,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 // TestConcurrentRuns starts two real provision processes at once on the same
@@ -23,9 +24,9 @@ func TestConcurrentRuns(t *testing.T) {
 	pidRe := regexp.MustCompile(`holder="?pid \d+`)
 	for i := 0; i < rounds; i++ {
 		n := newNode(t, cp, fmt.Sprintf("gpu-conc-%d", i), nil)
-		cp.API.QueueTask(n.id, controlplane.Task{Kind: "a"})
-		cp.API.QueueTask(n.id, controlplane.Task{Kind: "b"})
-		results := make(chan result, 2)
+		cp.API.QueueTask(n.ID, controlplane.Task{Kind: "a"})
+		cp.API.QueueTask(n.ID, controlplane.Task{Kind: "b"})
+		results := make(chan nodetest.Result, 2)
 		start := make(chan struct{})
 		for j := 0; j < 2; j++ {
 			go func() { <-start; results <- n.bootstrap() }()
@@ -33,28 +34,28 @@ func TestConcurrentRuns(t *testing.T) {
 		close(start)
 		for j := 0; j < 2; j++ {
 			r := <-results
-			if r.code != 0 {
+			if r.Code != 0 {
 				t.Errorf("round %d: a concurrent run failed: %s", i, r)
 				continue
 			}
-			if strings.Contains(r.stderr, "waiting for the lock") {
+			if strings.Contains(r.Stderr, "waiting for the lock") {
 				waits++
-				if !pidRe.MatchString(r.stderr) {
-					t.Errorf("round %d: the waiting run does not name the lock holder's pid:\n%s", i, r.stderr)
+				if !pidRe.MatchString(r.Stderr) {
+					t.Errorf("round %d: the waiting run does not name the lock holder's pid:\n%s", i, r.Stderr)
 				}
 			}
 		}
-		cs := readCreds(n.files.PKIDir)
+		cs := readCreds(n.Files.PKIDir)
 		if cs.none || cs.partial != "" || cs.mismatch != "" {
 			t.Errorf("round %d: credentials after two concurrent runs: %+v", i, cs)
 		}
-		if g := credstore.Generations(n.files.PKIDir); len(g) < 1 || len(g) > 2 {
+		if g := credstore.Generations(n.Files.PKIDir); len(g) < 1 || len(g) > 2 {
 			t.Errorf("round %d: %d generation directories: %v", i, len(g), g)
 		}
-		if left := tempLeftovers(n.files.Root); len(left) > 0 {
+		if left := tempLeftovers(n.Files.Root); len(left) > 0 {
 			t.Errorf("round %d: temp files: %v", i, left)
 		}
-		hb := readFile(t, n.files.HostsPath)
+		hb := readFile(t, n.Files.HostsPath)
 		if strings.Count(hb, beginM) != 1 || !strings.Contains(hb, userLine) {
 			t.Errorf("round %d: hosts file after two concurrent runs:\n%s", i, hb)
 		}

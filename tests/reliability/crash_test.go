@@ -18,6 +18,7 @@ import (
 	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 // userLine is a line of the node's own hosts file that must survive.
@@ -42,12 +43,12 @@ type crashNode struct {
 // (instead of holding the long poll), and returns the ID the next proof
 // will receive.
 func (c *crashNode) queueTask() string {
-	if taken := len(c.tasks) - c.cp.API.Pending(c.id); taken > 0 {
+	if taken := len(c.tasks) - c.CP.API.Pending(c.ID); taken > 0 {
 		c.tasks = c.tasks[taken:]
 	}
 	if len(c.tasks) == 0 {
 		c.seq++
-		t := c.cp.API.QueueTask(c.id, controlplane.Task{ID: fmt.Sprintf("task-%s-%d", c.id, c.seq), Kind: "noop"})
+		t := c.CP.API.QueueTask(c.ID, controlplane.Task{ID: fmt.Sprintf("task-%s-%d", c.ID, c.seq), Kind: "noop"})
 		c.tasks = append(c.tasks, t.ID)
 	}
 	return c.tasks[0]
@@ -78,37 +79,37 @@ func (s *crashStats) violate(format string, args ...any) {
 //   - "reenroll": a complete earlier bootstrap whose key was found 0644, so
 //     the run must enroll again and swap generations under existing links.
 func (c *crashNode) scenario(kind string) {
-	t := c.t
-	st := c.files.StateDir
+	t := c.T
+	st := c.Files.StateDir
 	for _, p := range []string{bootstrap.ReceiptFile, bootstrap.PendingFile, filepath.Join(bootstrap.DoneDir, machineID)} {
 		os.Remove(filepath.Join(st, p))
 	}
-	if err := os.WriteFile(c.files.HostsPath, c.oldHosts, 0o644); err != nil {
+	if err := os.WriteFile(c.Files.HostsPath, c.oldHosts, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	switch kind {
 	case "fresh":
-		os.RemoveAll(c.files.PKIDir)
+		os.RemoveAll(c.Files.PKIDir)
 	case "reenroll":
-		if err := os.Chmod(filepath.Join(c.files.PKIDir, credstore.CurrentLink, credstore.KeyFile), 0o644); err != nil {
+		if err := os.Chmod(filepath.Join(c.Files.PKIDir, credstore.CurrentLink, credstore.KeyFile), 0o644); err != nil {
 			t.Fatalf("reenroll scenario needs a bootstrapped node: %v", err)
 		}
 	}
-	c.freshToken()
+	c.GiveToken()
 }
 
 // killAt runs bootstrap and kills it: at the hook step when step != "",
 // otherwise after delay. It reports whether the process died of SIGKILL.
-func (c *crashNode) killAt(step string, delay time.Duration) (result, bool) {
+func (c *crashNode) killAt(step string, delay time.Duration) (nodetest.Result, bool) {
 	if step != "" {
 		r := c.bootstrap("PROVISION_CRASH_AT=" + step)
-		return r, r.killed
+		return r, r.Killed
 	}
-	cmd := exec.Command(provisionBin, "bootstrap", "--root", c.files.Root)
+	cmd := exec.Command(nodetest.Binary, "bootstrap", "--root", c.Files.Root)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
+		c.T.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -120,15 +121,15 @@ func (c *crashNode) killAt(step string, delay time.Duration) (result, bool) {
 	}()
 	cmd.Wait()
 	close(done)
-	r := result{stdout: out.String(), stderr: errb.String(), code: cmd.ProcessState.ExitCode()}
+	r := nodetest.Result{Stdout: out.String(), Stderr: errb.String(), Code: cmd.ProcessState.ExitCode()}
 	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	r.killed = ws.Signaled() && ws.Signal() == syscall.SIGKILL
-	return r, r.killed
+	r.Killed = ws.Signaled() && ws.Signal() == syscall.SIGKILL
+	return r, r.Killed
 }
 
 // checkAfterKill checks the invariants that must hold at any instant.
 func (c *crashNode) checkAfterKill(s *crashStats, label string, proofsBefore int) {
-	hb, err := os.ReadFile(c.files.HostsPath)
+	hb, err := os.ReadFile(c.Files.HostsPath)
 	switch {
 	case err != nil:
 		s.violate("%s: hosts file unreadable after the kill: %v", label, err)
@@ -142,21 +143,21 @@ func (c *crashNode) checkAfterKill(s *crashStats, label string, proofsBefore int
 	if !bytes.Contains(hb, []byte(userLine)) {
 		s.violate("%s: the user line %q was lost", label, userLine)
 	}
-	cs := readCreds(c.files.PKIDir)
+	cs := readCreds(c.Files.PKIDir)
 	if cs.mismatch != "" {
 		s.violate("%s: credentials: %s", label, cs.mismatch)
 	}
 	if cs.partial != "" {
 		s.add(func(s *crashStats) { s.partialLinks++ })
 	}
-	if rb, err := os.ReadFile(filepath.Join(c.files.StateDir, bootstrap.ReceiptFile)); err == nil {
+	if rb, err := os.ReadFile(filepath.Join(c.Files.StateDir, bootstrap.ReceiptFile)); err == nil {
 		s.add(func(s *crashStats) { s.receiptsAfterKill++ })
 		var rc bootstrap.Receipt
 		if err := json.Unmarshal(rb, &rc); err != nil {
 			s.violate("%s: torn receipt: %v", label, err)
 		}
-		if proofSeen(c.cp, c.id) <= proofsBefore {
-			s.violate("%s: a receipt exists but the node API answered no proof of %s in this run", label, c.id)
+		if proofSeen(c.CP, c.ID) <= proofsBefore {
+			s.violate("%s: a receipt exists but the node API answered no proof of %s in this run", label, c.ID)
 		}
 		if rc.Serial != cs.serial {
 			s.violate("%s: the receipt names serial %s, the installed certificate is %s", label, rc.Serial, cs.serial)
@@ -169,44 +170,44 @@ func (c *crashNode) checkAfterKill(s *crashStats, label string, proofsBefore int
 func (c *crashNode) complete(s *crashStats, label string) {
 	c.queueTask()
 	r := c.bootstrap()
-	if r.code == 20 {
+	if r.Code == 20 {
 		// The kill came after the CA saw the token: the run must say so.
-		if !strings.Contains(r.stdout, "an earlier run presented this same token") || !strings.Contains(r.stdout, "burnt") {
-			s.violate("%s: re-run exit 20 without naming the burnt token:\n%s", label, r.lastLine())
+		if !strings.Contains(r.Stdout, "an earlier run presented this same token") || !strings.Contains(r.Stdout, "burnt") {
+			s.violate("%s: re-run exit 20 without naming the burnt token:\n%s", label, r.LastOutputLine())
 		}
 		s.add(func(s *crashStats) { s.burnt++ })
-		c.freshToken()
+		c.GiveToken()
 		c.queueTask()
 		r = c.bootstrap()
 	}
-	if r.code != 0 {
+	if r.Code != 0 {
 		s.violate("%s: re-run did not complete the bootstrap: %s", label, r)
 		return
 	}
 	s.add(func(s *crashStats) { s.completions++ })
-	if left := tempLeftovers(c.files.Root); len(left) > 0 {
+	if left := tempLeftovers(c.Files.Root); len(left) > 0 {
 		s.violate("%s: temp files left after a completed re-run: %v", label, left)
 	}
-	cs := readCreds(c.files.PKIDir)
+	cs := readCreds(c.Files.PKIDir)
 	if cs.none || cs.partial != "" || cs.mismatch != "" {
 		s.violate("%s: after completion credentials are %+v", label, cs)
 	}
-	hb, _ := os.ReadFile(c.files.HostsPath)
+	hb, _ := os.ReadFile(c.Files.HostsPath)
 	if !bytes.Equal(hb, c.newHosts) {
 		s.violate("%s: after completion the hosts file is not the new version", label)
 	}
-	rb, err := os.ReadFile(filepath.Join(c.files.StateDir, bootstrap.ReceiptFile))
+	rb, err := os.ReadFile(filepath.Join(c.Files.StateDir, bootstrap.ReceiptFile))
 	var rc bootstrap.Receipt
 	if err != nil || json.Unmarshal(rb, &rc) != nil || rc.Serial != cs.serial {
 		s.violate("%s: after completion no receipt for serial %s (%v)", label, cs.serial, err)
 	}
-	if fileExists(c.files.TokenPath) {
+	if fileExists(c.Files.TokenPath) {
 		s.violate("%s: the (used) token file is still on disk after a completed bootstrap", label)
 	}
-	if fileExists(filepath.Join(c.files.StateDir, bootstrap.PendingFile)) {
+	if fileExists(filepath.Join(c.Files.StateDir, bootstrap.PendingFile)) {
 		s.violate("%s: %s left behind after a completed bootstrap", label, bootstrap.PendingFile)
 	}
-	if gens := credstore.Generations(c.files.PKIDir); len(gens) > 2 {
+	if gens := credstore.Generations(c.Files.PKIDir); len(gens) > 2 {
 		s.violate("%s: %d generation directories, want at most 2", label, len(gens))
 	}
 }
@@ -280,21 +281,21 @@ func TestCrashConsistency(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, uint64(w)))
 			cp := cps[w]
 			c := &crashNode{node: newNode(t, cp, fmt.Sprintf("gpu-crash-%02d", w), nil)}
-			c.oldHosts, _ = os.ReadFile(c.files.HostsPath)
+			c.oldHosts, _ = os.ReadFile(c.Files.HostsPath)
 			c.queueTask()
 			start := time.Now()
-			if r := c.bootstrap(); r.code != 0 {
+			if r := c.bootstrap(); r.Code != 0 {
 				stats.violate("worker %d: first bootstrap failed: %s", w, r)
 				return
 			}
 			full := time.Since(start)
-			c.newHosts, _ = os.ReadFile(c.files.HostsPath)
+			c.newHosts, _ = os.ReadFile(c.Files.HostsPath)
 			for i := w; i < len(jobs); i += workers {
 				j := jobs[i]
 				c.scenario(j.scenario)
 				taskID := c.queueTask()
 				step := strings.ReplaceAll(j.step, "TASK", taskID+".json")
-				before := proofSeen(cp, c.id)
+				before := proofSeen(cp, c.ID)
 				label := fmt.Sprintf("worker %d job %d (%s, step %q)", w, i, j.scenario, j.step)
 				var delay time.Duration
 				if step == "" {
@@ -314,7 +315,7 @@ func TestCrashConsistency(t *testing.T) {
 						}
 					})
 				case step != "":
-					stats.violate("%s: hook step never reached (exit %d): %s", label, r.code, r.lastLine())
+					stats.violate("%s: hook step never reached (exit %d): %s", label, r.Code, r.LastOutputLine())
 				default:
 					stats.add(func(s *crashStats) { s.finishedFirst++ })
 				}

@@ -14,6 +14,7 @@ import (
 	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 // shortBudget makes a fault give up quickly: a 3s overall deadline, 500ms
@@ -34,12 +35,12 @@ func retryLines(stderr, step string) int {
 	return n
 }
 
-func wantExit(t *testing.T, r result, code int, inLast ...string) {
+func wantExit(t *testing.T, r nodetest.Result, code int, inLast ...string) {
 	t.Helper()
-	if r.code != code {
-		t.Fatalf("exit %d, want %d\n%s", r.code, code, r)
+	if r.Code != code {
+		t.Fatalf("exit %d, want %d\n%s", r.Code, code, r)
 	}
-	last := r.lastLine()
+	last := r.LastOutputLine()
 	for _, s := range inLast {
 		if !strings.Contains(last, s) {
 			t.Errorf("last line does not contain %q:\n%s", s, last)
@@ -61,10 +62,10 @@ func TestFaultCADown(t *testing.T) {
 	// Refused connections leave no trace on a server, so the retrying shows
 	// as time: a run that gave up at once would end far before the 3s
 	// deadline (a lower bound; a slow machine only makes it longer).
-	if r.took < 2*time.Second {
-		t.Errorf("CA down ended after %s: not retried until the deadline", r.took)
+	if r.Took < 2*time.Second {
+		t.Errorf("CA down ended after %s: not retried until the deadline", r.Took)
 	}
-	t.Logf("ca-down: exit %d after %s (deadline 3s); last line: %s", r.code, r.took.Round(time.Millisecond), r.lastLine())
+	t.Logf("ca-down: exit %d after %s (deadline 3s); last line: %s", r.Code, r.Took.Round(time.Millisecond), r.LastOutputLine())
 }
 
 // TestFaultCASlow: the CA accepts connections and never answers, past
@@ -79,10 +80,10 @@ func TestFaultCASlow(t *testing.T) {
 	if c := h.conns.Load(); c < 2 {
 		t.Errorf("a CA slower than request_timeout was tried %d times, want retries", c)
 	}
-	if !strings.Contains(r.stdout, "timeout") && !strings.Contains(r.stdout, "deadline") {
-		t.Errorf("the report does not say the CA timed out:\n%s", r.stdout)
+	if !strings.Contains(r.Stdout, "timeout") && !strings.Contains(r.Stdout, "deadline") {
+		t.Errorf("the report does not say the CA timed out:\n%s", r.Stdout)
 	}
-	t.Logf("ca-slow: %d connections to a silent CA, exit %d", h.conns.Load(), r.code)
+	t.Logf("ca-slow: %d connections to a silent CA, exit %d", h.conns.Load(), r.Code)
 }
 
 // TestFaultCA503RetryAfter: a CA answering 503 with Retry-After is waited
@@ -100,7 +101,7 @@ func TestFaultCA503RetryAfter(t *testing.T) {
 			return 0, nil, "", false
 		})
 		n := newNode(t, cp, "gpu-ra1", func(c *controlplane.NodeConfig) { c.CA.URL = withPort(c.CA.URL, p.port()) })
-		n.cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+		n.CP.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 		r := n.bootstrap()
 		wantExit(t, r, 0)
 		log := p.log()
@@ -127,7 +128,7 @@ func TestFaultCA503RetryAfter(t *testing.T) {
 		n := newNode(t, cp, "gpu-ra3600", func(c *controlplane.NodeConfig) { shortBudget(c); c.CA.URL = withPort(c.CA.URL, f.port()) })
 		r := n.bootstrap() // run() kills it after 90s: an uncapped wait would fail here
 		wantExit(t, r, 13, "layer ca")
-		t.Logf("retry-after 3600 capped: %d requests, exit %d in %s (deadline 3s)", f.count(), r.code, r.took.Round(time.Millisecond))
+		t.Logf("retry-after 3600 capped: %d requests, exit %d in %s (deadline 3s)", f.count(), r.Code, r.Took.Round(time.Millisecond))
 	})
 }
 
@@ -146,7 +147,7 @@ func TestFaultCA5xxStorm(t *testing.T) {
 		for i := 0; i < 4; i++ {
 			nodes = append(nodes, newNode(t, cp, fmt.Sprintf("gpu-storm-%d", i), func(c *controlplane.NodeConfig) { shortBudget(c); c.CA.URL = withPort(c.CA.URL, f.port()) }))
 		}
-		results := make(chan result, len(nodes))
+		results := make(chan nodetest.Result, len(nodes))
 		for _, n := range nodes {
 			go func(n *node) { results <- n.bootstrap() }(n)
 		}
@@ -179,7 +180,7 @@ func TestFaultCA5xxStorm(t *testing.T) {
 		if posts != 1 {
 			t.Errorf("POST /sign answered 500 was sent %d times, want exactly 1: %v", posts, p.log())
 		}
-		t.Logf("sign 500: %d sign request(s), exit %d", posts, r.code)
+		t.Logf("sign 500: %d sign request(s), exit %d", posts, r.Code)
 	})
 }
 
@@ -189,12 +190,12 @@ func TestFaultAPI5xxThenHealthy(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, "gpu-api5xx", nil)
 	cp.API.FailNext(controlplane.StatusFault(503), controlplane.StatusFault(502), controlplane.StatusFault(500))
-	cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+	cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 	r := n.bootstrap()
 	wantExit(t, r, 0, "done")
-	retries := retryLines(r.stderr, "proof")
+	retries := retryLines(r.Stderr, "proof")
 	if retries != 3 {
-		t.Errorf("%d proof retries logged, want 3:\n%s", retries, r.stderr)
+		t.Errorf("%d proof retries logged, want 3:\n%s", retries, r.Stderr)
 	}
 	t.Logf("api 5xx then healthy: %d retries, exit 0", retries)
 }
@@ -208,14 +209,14 @@ func TestFaultIngressResets(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	p := startTCPProxy(t, cp.API.Addr(), 3)
 	n := newNode(t, cp, "gpu-rst", func(c *controlplane.NodeConfig) { c.NodeAPI.URL = withPort(c.NodeAPI.URL, p.port()) })
-	cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+	cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 	cp.API.HoldFor(time.Second) // the request is in flight when the reset comes
 	r := n.bootstrap()
 	wantExit(t, r, 0, "done")
 	if p.resets.Load() != 3 || p.conns.Load() < 4 {
 		t.Errorf("proxy: %d resets of %d connections", p.resets.Load(), p.conns.Load())
 	}
-	t.Logf("ingress resets: %d reset connections, %d in all, %d proof retries, exit 0", p.resets.Load(), p.conns.Load(), retryLines(r.stderr, "proof"))
+	t.Logf("ingress resets: %d reset connections, %d in all, %d proof retries, exit 0", p.resets.Load(), p.conns.Load(), retryLines(r.Stderr, "proof"))
 }
 
 // TestFaultHostsOverrideMissing: after a good bootstrap the managed block is
@@ -224,36 +225,36 @@ func TestFaultIngressResets(t *testing.T) {
 func TestFaultHostsOverrideMissing(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, "gpu-hosts", nil)
-	if r := n.bootstrap(); r.code != 0 {
+	if r := n.bootstrap(); r.Code != 0 {
 		t.Fatal(r)
 	}
-	if r := n.run(nil, "hosts remove"); r.code != 0 {
+	if r := n.run(nil, "hosts remove"); r.Code != 0 {
 		t.Fatal(r)
 	}
 	r := n.run(nil, "verify")
 	wantExit(t, r, 10, "layer hosts")
-	cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+	cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 	r2 := n.bootstrap()
 	wantExit(t, r2, 0)
-	t.Logf("hosts override missing: verify exit %d (%s); bootstrap restored it, exit %d", r.code, r.lastLine(), r2.code)
+	t.Logf("hosts override missing: verify exit %d (%s); bootstrap restored it, exit %d", r.Code, r.LastOutputLine(), r2.Code)
 }
 
 // inNamespace runs the provision binary in a private mount namespace after
 // the shell commands in setup (positional parameters $1.. are args).
-func inNamespace(t *testing.T, setup string, args []string, provArgs ...string) result {
+func inNamespace(t *testing.T, setup string, args []string, provArgs ...string) nodetest.Result {
 	t.Helper()
 	needUnshare(t)
 	script := setup + ` && shift ` + fmt.Sprint(len(args)) + ` && exec "$@"`
 	full := append([]string{"-m", "--propagation", "private", "sh", "-c", script, "sh"}, args...)
-	full = append(full, provisionBin)
+	full = append(full, nodetest.Binary)
 	full = append(full, provArgs...)
 	cmd := exec.Command("unshare", full...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
+	r := nodetest.Result{Stdout: out.String(), Stderr: errb.String()}
 	if cmd.ProcessState != nil {
-		r.code = cmd.ProcessState.ExitCode()
+		r.Code = cmd.ProcessState.ExitCode()
 	}
 	return r
 }
@@ -264,17 +265,17 @@ func inNamespace(t *testing.T, setup string, args []string, provArgs ...string) 
 func TestFaultReadOnlyStateDir(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, "gpu-rostate", nil)
-	if err := os.MkdirAll(n.files.StateDir, 0o755); err != nil {
+	if err := os.MkdirAll(n.Files.StateDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	before := takeSnapshot(t, n.files.Root)
-	r := inNamespace(t, `mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"`, []string{n.files.StateDir},
-		"bootstrap", "--root", n.files.Root)
-	wantExit(t, r, 21, "layer state", n.cfg.Paths.StateDir)
-	if l := lost(before, takeSnapshot(t, n.files.Root)); len(l) > 0 {
+	before := takeSnapshot(t, n.Files.Root)
+	r := inNamespace(t, `mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"`, []string{n.Files.StateDir},
+		"bootstrap", "--root", n.Files.Root)
+	wantExit(t, r, 21, "layer state", n.Cfg.Paths.StateDir)
+	if l := lost(before, takeSnapshot(t, n.Files.Root)); len(l) > 0 {
 		t.Errorf("files changed: %v", l)
 	}
-	t.Logf("read-only state_dir: exit %d: %s", r.code, r.lastLine())
+	t.Logf("read-only state_dir: exit %d: %s", r.Code, r.LastOutputLine())
 }
 
 // TestFaultFullDisk: pki_dir is a 4 KiB tmpfs, too small for the key, the
@@ -284,21 +285,21 @@ func TestFaultReadOnlyStateDir(t *testing.T) {
 func TestFaultFullDisk(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, "gpu-full", nil)
-	if err := os.MkdirAll(n.files.PKIDir, 0o700); err != nil {
+	if err := os.MkdirAll(n.Files.PKIDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	r := inNamespace(t, `mount -t tmpfs -o size=4k,mode=0700 tmpfs "$1"`, []string{n.files.PKIDir},
-		"bootstrap", "--root", n.files.Root)
-	wantExit(t, r, 12, "layer credentials", n.cfg.Paths.PKIDir, "fresh token")
-	if !strings.Contains(r.stdout, "no space left on device") {
-		t.Errorf("the report does not name ENOSPC:\n%s", r.stdout)
+	r := inNamespace(t, `mount -t tmpfs -o size=4k,mode=0700 tmpfs "$1"`, []string{n.Files.PKIDir},
+		"bootstrap", "--root", n.Files.Root)
+	wantExit(t, r, 12, "layer credentials", n.Cfg.Paths.PKIDir, "fresh token")
+	if !strings.Contains(r.Stdout, "no space left on device") {
+		t.Errorf("the report does not name ENOSPC:\n%s", r.Stdout)
 	}
 	// The tmpfs vanished with the namespace; what provision left outside it
 	// (state_dir) must not claim success.
-	if fileExists(filepath.Join(n.files.StateDir, bootstrap.ReceiptFile)) {
+	if fileExists(filepath.Join(n.Files.StateDir, bootstrap.ReceiptFile)) {
 		t.Error("a receipt was written although the credentials could not be saved")
 	}
-	t.Logf("full disk: exit %d: %s", r.code, r.lastLine())
+	t.Logf("full disk: exit %d: %s", r.Code, r.LastOutputLine())
 }
 
 // TestFaultHostsBindMount: /etc/hosts is a bind mount (as in a container), so
@@ -308,31 +309,31 @@ func TestFaultHostsBindMount(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, "gpu-bind", nil)
 	src := filepath.Join(t.TempDir(), "hosts.src")
-	old, _ := os.ReadFile(n.files.HostsPath)
+	old, _ := os.ReadFile(n.Files.HostsPath)
 	if err := os.WriteFile(src, old, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := inNamespace(t, `mount --bind "$1" "$2"`, []string{src, n.files.HostsPath}, "hosts", "apply", "--root", n.files.Root)
+	r := inNamespace(t, `mount --bind "$1" "$2"`, []string{src, n.Files.HostsPath}, "hosts", "apply", "--root", n.Files.Root)
 	wantExit(t, r, 0, "in place", "bind mount")
 	got, _ := os.ReadFile(src)
 	// The same edit without a bind mount is the reference.
 	ref := newNode(t, cp, "gpu-bind", nil)
-	if rr := ref.run(nil, "hosts apply"); rr.code != 0 {
+	if rr := ref.run(nil, "hosts apply"); rr.Code != 0 {
 		t.Fatal(rr)
 	}
-	want, _ := os.ReadFile(ref.files.HostsPath)
+	want, _ := os.ReadFile(ref.Files.HostsPath)
 	if string(got) != string(want) || !strings.Contains(string(got), userLine) {
 		t.Errorf("in-place write gave\n%q\nwant\n%q", got, want)
 	}
 	// bootstrap logs the strategy too.
 	os.WriteFile(src, old, 0o644)
-	cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
-	rb := inNamespace(t, `mount --bind "$1" "$2"`, []string{src, n.files.HostsPath}, "bootstrap", "--root", n.files.Root)
+	cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
+	rb := inNamespace(t, `mount --bind "$1" "$2"`, []string{src, n.Files.HostsPath}, "bootstrap", "--root", n.Files.Root)
 	wantExit(t, rb, 0)
-	if !strings.Contains(rb.stderr, "strategy=in-place") {
-		t.Errorf("bootstrap did not log the in-place strategy:\n%s", rb.stderr)
+	if !strings.Contains(rb.Stderr, "strategy=in-place") {
+		t.Errorf("bootstrap did not log the in-place strategy:\n%s", rb.Stderr)
 	}
-	t.Logf("hosts bind mount: %s", r.lastLine())
+	t.Logf("hosts bind mount: %s", r.LastOutputLine())
 }
 
 // TestFaultKeyMode0644: a previous tool left key.pem 0644 (and pki_dir 0755)
@@ -341,21 +342,21 @@ func TestFaultHostsBindMount(t *testing.T) {
 func TestFaultKeyMode0644(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, "gpu-0644", nil)
-	leaf, err := cp.IssueNodeCert(n.id)
+	leaf, err := cp.IssueNodeCert(n.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := controlplane.WriteNodeCredentials(n.files.Root, n.cfg.Paths.PKIDir, leaf, cp.CA.RootPEM()); err != nil {
+	if err := controlplane.WriteNodeCredentials(n.Files.Root, n.Cfg.Paths.PKIDir, leaf, cp.CA.RootPEM()); err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(filepath.Join(n.files.PKIDir, "key.pem"), 0o644)
-	os.Chmod(n.files.PKIDir, 0o755)
-	cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+	os.Chmod(filepath.Join(n.Files.PKIDir, "key.pem"), 0o644)
+	os.Chmod(n.Files.PKIDir, 0o755)
+	cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 	r := n.bootstrap()
 	wantExit(t, r, 0)
-	checkKeyModes(t, n.files.PKIDir)
-	if !strings.Contains(r.stderr, "too open") {
-		t.Errorf("bootstrap did not say why it re-enrolled:\n%s", r.stderr)
+	checkKeyModes(t, n.Files.PKIDir)
+	if !strings.Contains(r.Stderr, "too open") {
+		t.Errorf("bootstrap did not say why it re-enrolled:\n%s", r.Stderr)
 	}
 	t.Logf("key 0644: re-enrolled, key now 0600 in 0700 directories")
 }
@@ -378,21 +379,21 @@ func checkKeyModes(t *testing.T, pki string) {
 func TestFaultSymlinkedPKIDir(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, "gpu-symlink", nil)
-	real := filepath.Join(n.files.Root, "srv", "pki-volume")
+	real := filepath.Join(n.Files.Root, "srv", "pki-volume")
 	os.MkdirAll(real, 0o700)
-	os.MkdirAll(filepath.Dir(n.files.PKIDir), 0o755)
-	if err := os.Symlink(real, n.files.PKIDir); err != nil {
+	os.MkdirAll(filepath.Dir(n.Files.PKIDir), 0o755)
+	if err := os.Symlink(real, n.Files.PKIDir); err != nil {
 		t.Fatal(err)
 	}
-	cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+	cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 	wantExit(t, n.bootstrap(), 0)
-	if st, err := os.Lstat(n.files.PKIDir); err != nil || st.Mode()&os.ModeSymlink == 0 {
+	if st, err := os.Lstat(n.Files.PKIDir); err != nil || st.Mode()&os.ModeSymlink == 0 {
 		t.Errorf("pki_dir symlink replaced: %v %v", st.Mode(), err)
 	}
 	if !fileExists(filepath.Join(real, credstore.CurrentLink)) {
 		t.Error("credentials not written through the symlink")
 	}
-	checkKeyModes(t, n.files.PKIDir)
+	checkKeyModes(t, n.Files.PKIDir)
 	wantExit(t, n.run(nil, "verify"), 0)
 	t.Logf("symlinked pki_dir: bootstrap and verify exit 0")
 }

@@ -1,8 +1,6 @@
 package reliability
 
 import (
-	"bytes"
-	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,29 +12,27 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
-// provisionBin is the crashpoints build of cmd/provision.
-var provisionBin string
-
 func TestMain(m *testing.M) {
-	provisionBin = os.Getenv("RELIABILITY_PROVISION_BIN")
+	nodetest.Binary = os.Getenv("RELIABILITY_PROVISION_BIN")
 	var tmp string
-	if provisionBin == "" {
+	if nodetest.Binary == "" {
 		var err error
 		tmp, err = os.MkdirTemp("", "reliability-bin-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		if provisionBin, err = testenv.BuildProvision(tmp, "crashpoints"); err != nil {
+		// The crashpoints build: PROVISION_CRASH_AT=<step> makes it SIGKILL
+		// itself at that hook step.
+		if nodetest.Binary, err = testenv.BuildProvision(tmp, "crashpoints"); err != nil {
 			fmt.Fprintln(os.Stderr, "reliability: building provision with -tags crashpoints:", err)
 			os.Exit(1)
 		}
@@ -63,129 +59,39 @@ func needUnshare(t testing.TB) {
 	}
 }
 
-// node is one --root directory configured against a control plane.
-type node struct {
-	t     testing.TB
-	cp    *controlplane.ControlPlane
-	id    string
-	cfg   controlplane.NodeConfig
-	files controlplane.NodeFiles
-}
+// node is one --root directory configured against a control plane
+// (tests/nodetest), run the way these tests run it: with extra environment
+// (PROVISION_CRASH_AT) and tolerating a SIGKILL.
+type node struct{ *nodetest.Node }
 
 const machineID = "0123456789abcdef0123456789abcdef"
 
-// fastConfig is the control plane's config with a proof long poll that
-// answers at once (wait_timeout below 1s is sent as ?timeout=0).
-func fastConfig(cp *controlplane.ControlPlane, id string) controlplane.NodeConfig {
-	c := cp.NodeConfig(id)
+// fastConfig makes the proof's long poll answer at once (wait_timeout
+// below 1s is sent as ?timeout=0) within a 20s deadline.
+func fastConfig(c *controlplane.NodeConfig) {
 	c.NodeAPI.WaitTimeout = "500ms"
 	c.Bootstrap.Deadline = "20s"
 	c.Bootstrap.RequestTimeout = "3s"
-	return c
 }
 
 // newNode prepares a root for id with a fresh token and an /etc/machine-id.
 func newNode(t testing.TB, cp *controlplane.ControlPlane, id string, mutate func(*controlplane.NodeConfig)) *node {
 	t.Helper()
-	cfg := fastConfig(cp, id)
+	cfg := []func(*controlplane.NodeConfig){fastConfig}
 	if mutate != nil {
-		mutate(&cfg)
+		cfg = append(cfg, mutate)
 	}
-	root := t.TempDir()
-	tok, err := cp.Token(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := controlplane.WriteNode(root, cfg, tok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "etc/machine-id"), []byte(machineID+"\n"), 0o444); err != nil {
-		t.Fatal(err)
-	}
-	return &node{t: t, cp: cp, id: id, cfg: cfg, files: files}
+	return &node{nodetest.New(t, cp, t.TempDir(), id, nodetest.Configure(cfg...), nodetest.MachineID(machineID))}
 }
 
-// writeConfig rewrites the config file from n.cfg.
-func (n *node) writeConfig() {
-	n.t.Helper()
-	b, err := n.cfg.TOML()
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	if err := os.WriteFile(n.files.ConfigPath, b, 0o644); err != nil {
-		n.t.Fatal(err)
-	}
+// run runs `provision <cmd> [args] --root <root>` with extra environment;
+// cmd may hold a subcommand ("hosts apply").
+func (n *node) run(env []string, cmd string, args ...string) nodetest.Result {
+	n.T.Helper()
+	return n.RunEnv(env, append(strings.Fields(cmd), args...)...)
 }
 
-// freshToken mints a token and writes it to the token file.
-func (n *node) freshToken(opts ...controlplane.TokenOption) string {
-	n.t.Helper()
-	tok, err := n.cp.Token(n.id, opts...)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	if err := controlplane.WriteToken(n.files.Root, n.cfg.CA.TokenFile, tok); err != nil {
-		n.t.Fatal(err)
-	}
-	return tok
-}
-
-type result struct {
-	code           int
-	killed         bool // died of SIGKILL
-	stdout, stderr string
-	took           time.Duration
-}
-
-func (r result) String() string {
-	return fmt.Sprintf("exit %d (killed %v)\n--- stdout\n%s--- stderr\n%s", r.code, r.killed, r.stdout, r.stderr)
-}
-
-// lastLine is the last non-empty line of stdout, or of stderr when stdout
-// has none: the line a person acts on.
-func (r result) lastLine() string {
-	for _, s := range []string{r.stdout, r.stderr} {
-		ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
-		for i := len(ls) - 1; i >= 0; i-- {
-			if strings.TrimSpace(ls[i]) != "" {
-				return ls[i]
-			}
-		}
-	}
-	return ""
-}
-
-// runBin runs the provision binary with args and extra environment.
-func runBin(ctx context.Context, env []string, args ...string) result {
-	cmd := exec.CommandContext(ctx, provisionBin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	start := time.Now()
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
-	if cmd.ProcessState != nil {
-		r.code = cmd.ProcessState.ExitCode()
-		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
-			r.killed = true
-		}
-	} else if err != nil {
-		r.code = -1
-		r.stderr += err.Error()
-	}
-	return r
-}
-
-// run runs `provision <cmd> --root <root> [args]`; cmd may hold a
-// subcommand ("hosts apply").
-func (n *node) run(env []string, cmd string, args ...string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	return runBin(ctx, env, append(append(strings.Fields(cmd), "--root", n.files.Root), args...)...)
-}
-
-func (n *node) bootstrap(env ...string) result { return n.run(env, "bootstrap") }
+func (n *node) bootstrap(env ...string) nodetest.Result { return n.run(env, "bootstrap") }
 
 // credsState reads the credentials the way the node-agent would, through the
 // stable links, and the way provision does, through "current".

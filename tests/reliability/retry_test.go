@@ -100,13 +100,13 @@ func TestPermanentErrorsStopAtOnce(t *testing.T) {
 		if got != 1 {
 			t.Errorf("a 401 was requested %d times, want 1", got)
 		}
-		t.Logf("401: %d request(s), exit %d", got, r.code)
+		t.Logf("401: %d request(s), exit %d", got, r.Code)
 	})
 	t.Run("tls-alert", func(t *testing.T) {
 		n := newNode(t, cp, "gpu-alert", nil)
 		p := startTCPProxy(t, cp.API.Addr(), 0)
-		n.cfg.NodeAPI.URL = withPort(n.cfg.NodeAPI.URL, p.port())
-		n.writeConfig()
+		n.Cfg.NodeAPI.URL = withPort(n.Cfg.NodeAPI.URL, p.port())
+		n.RewriteConfig()
 		cp.SetClientCAMode(controlplane.ClientCAUnrelated)
 		defer cp.SetClientCAMode(controlplane.ClientCAStep)
 		r := n.bootstrap()
@@ -114,6 +114,6 @@ func TestPermanentErrorsStopAtOnce(t *testing.T) {
 		if c := p.conns.Load(); c != 1 {
 			t.Errorf("a TLS alert cost %d connections, want 1", c)
 		}
-		t.Logf("tls alert: %d connection(s), exit %d", p.conns.Load(), r.code)
+		t.Logf("tls alert: %d connection(s), exit %d", p.conns.Load(), r.Code)
 	})
 }

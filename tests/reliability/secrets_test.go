@@ -68,27 +68,27 @@ func TestSecretsTokenNeverWritten(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newNode(t, cp, "gpu-secret-"+strings.ReplaceAll(tc.name, " ", "-"), nil)
-			tok := n.freshToken(tc.opts...)
-			cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+			tok := n.GiveToken(tc.opts...)
+			cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 			outs := map[string]string{}
 			r := n.run(nil, "bootstrap", "--log-level", "debug")
-			if r.code != tc.exit {
-				t.Fatalf("exit %d, want %d\n%s", r.code, tc.exit, r)
+			if r.Code != tc.exit {
+				t.Fatalf("exit %d, want %d\n%s", r.Code, tc.exit, r)
 			}
-			outs["bootstrap stdout"], outs["bootstrap stderr"] = r.stdout, r.stderr
+			outs["bootstrap stdout"], outs["bootstrap stderr"] = r.Stdout, r.Stderr
 			rj := n.run(nil, "bootstrap", "--format", "json", "--log-format", "json", "--log-level", "debug")
-			outs["json stdout"], outs["json stderr"] = rj.stdout, rj.stderr
+			outs["json stdout"], outs["json stderr"] = rj.Stdout, rj.Stderr
 			rv := n.run(nil, "verify", "--format", "json", "--log-level", "debug")
-			outs["verify stdout"], outs["verify stderr"] = rv.stdout, rv.stderr
+			outs["verify stdout"], outs["verify stderr"] = rv.Stdout, rv.Stderr
 			// The token file is the one place the token may be (the
 			// operator put it there); move it out of the way to scan the rest.
-			if fileExists(n.files.TokenPath) {
+			if fileExists(n.Files.TokenPath) {
 				if tc.exit == 0 {
 					t.Error("the token file is still there after a successful enrollment")
 				}
-				os.Remove(n.files.TokenPath)
+				os.Remove(n.Files.TokenPath)
 			}
-			if l := leaks(t, n.files.Root, tokenParts(tok), outs); len(l) > 0 {
+			if l := leaks(t, n.Files.Root, tokenParts(tok), outs); len(l) > 0 {
 				t.Errorf("the token leaked into: %v", l)
 			}
 			checked += len(outs)
@@ -102,14 +102,14 @@ func TestSecretsTokenNeverWritten(t *testing.T) {
 func TestSecretsKeyModes(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, "gpu-modes", nil)
-	if err := os.MkdirAll(n.files.PKIDir, 0o777); err != nil {
+	if err := os.MkdirAll(n.Files.PKIDir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(n.files.PKIDir, 0o777)
-	cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
-	r := runBin(t.Context(), nil, "bootstrap", "--root", n.files.Root)
+	os.Chmod(n.Files.PKIDir, 0o777)
+	cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
+	r := n.bootstrap()
 	wantExit(t, r, 0)
-	checkKeyModes(t, n.files.PKIDir)
+	checkKeyModes(t, n.Files.PKIDir)
 	t.Logf("key modes: pki_dir 0777 before -> key 0600, directories 0700")
 }
 
@@ -165,7 +165,7 @@ func TestSecretsServerCertVerified(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherName, err := cp.CA.PKI().IssueServerCert("other.cp.internal", net.IPv4(127, 0, 0, 1))
+	otherName, err := cp.CA.PKI().IssueServerCert("other.CP.internal", net.IPv4(127, 0, 0, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func TestSecretsServerCertVerified(t *testing.T) {
 			cp.API.SetServerCert(leaf.TLSCertificate())
 			r := n.bootstrap()
 			wantExit(t, r, 15, "layer tls-server")
-			if fileExists(filepath.Join(n.files.StateDir, "receipt.json")) {
+			if fileExists(filepath.Join(n.Files.StateDir, "receipt.json")) {
 				t.Error("receipt written although the server certificate did not verify")
 			}
 		})

@@ -32,39 +32,39 @@ func TestTokenCrashWindow(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	t.Run("after sign", func(t *testing.T) {
 		n := newNode(t, cp, "gpu-tok-after", nil)
-		if r := n.bootstrap("PROVISION_CRASH_AT=after sign"); !r.killed {
+		if r := n.bootstrap("PROVISION_CRASH_AT=after sign"); !r.Killed {
 			t.Fatalf("not killed at after sign: %s", r)
 		}
-		if !fileExists(filepath.Join(n.files.StateDir, bootstrap.PendingFile)) {
+		if !fileExists(filepath.Join(n.Files.StateDir, bootstrap.PendingFile)) {
 			t.Fatal("no enrollment marker after a kill after sign")
 		}
-		if !fileExists(n.files.TokenPath) {
+		if !fileExists(n.Files.TokenPath) {
 			t.Fatal("token file removed although no certificate was saved")
 		}
 		r := n.bootstrap()
-		wantExit(t, r, 20, "layer enroll", "earlier run presented this same token", "burnt", n.cfg.CA.TokenFile)
-		n.freshToken()
-		cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+		wantExit(t, r, 20, "layer enroll", "earlier run presented this same token", "burnt", n.Cfg.CA.TokenFile)
+		n.GiveToken()
+		cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 		r2 := n.bootstrap()
 		wantExit(t, r2, 0, "done")
-		if fileExists(n.files.TokenPath) || fileExists(filepath.Join(n.files.StateDir, bootstrap.PendingFile)) {
+		if fileExists(n.Files.TokenPath) || fileExists(filepath.Join(n.Files.StateDir, bootstrap.PendingFile)) {
 			t.Error("token file or marker left after the enrollment")
 		}
-		t.Logf("token after sign: same token exit %d (%s); fresh token exit %d", r.code, r.lastLine(), r2.code)
+		t.Logf("token after sign: same token exit %d (%s); fresh token exit %d", r.Code, r.LastOutputLine(), r2.Code)
 	})
 	t.Run("before sign", func(t *testing.T) {
 		n := newNode(t, cp, "gpu-tok-before", nil)
-		if r := n.bootstrap("PROVISION_CRASH_AT=before sign"); !r.killed {
+		if r := n.bootstrap("PROVISION_CRASH_AT=before sign"); !r.Killed {
 			t.Fatalf("not killed at before sign: %s", r)
 		}
-		cp.API.QueueTask(n.id, controlplane.Task{Kind: "noop"})
+		cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 		r := n.bootstrap()
 		wantExit(t, r, 0, "done")
-		if !strings.Contains(r.stderr, "trying it once more") {
-			t.Errorf("the re-run did not say it reused the presented token:\n%s", r.stderr)
+		if !strings.Contains(r.Stderr, "trying it once more") {
+			t.Errorf("the re-run did not say it reused the presented token:\n%s", r.Stderr)
 		}
-		b, _ := os.ReadFile(filepath.Join(n.files.StateDir, bootstrap.ReceiptFile))
-		t.Logf("token before sign: same token exit %d, receipt %d bytes", r.code, len(b))
+		b, _ := os.ReadFile(filepath.Join(n.Files.StateDir, bootstrap.ReceiptFile))
+		t.Logf("token before sign: same token exit %d, receipt %d bytes", r.Code, len(b))
 	})
 	t.Logf("token-window: 2 kills, 0 violations")
 }
