@@ -289,6 +289,10 @@ func (c *Config) applyDefaults() {
 // subject, a URL path segment and a file name.
 var NodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$`)
 
+// waitPathPattern is an RFC 3986 path of pchars and valid %XX escapes, plus
+// the braces of {node_id}: anything else would make WaitURL unparsable.
+var waitPathPattern = regexp.MustCompile(`^(/([A-Za-z0-9\-._~!$&'()*+,;=:@{}]|%[0-9A-Fa-f]{2})*)+$`)
+
 // hostnamePattern follows hosts(5): letters, digits, '-' and '.'.
 var hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
@@ -359,6 +363,8 @@ func (c *Config) validate(data []byte) []Problem {
 		add("node_api.wait_path", "must contain {node_id}, got %q", c.NodeAPI.WaitPath)
 	case strings.ContainsAny(c.NodeAPI.WaitPath, "?# \t"):
 		add("node_api.wait_path", "must be a plain path without query, fragment or spaces, got %q", c.NodeAPI.WaitPath)
+	case !waitPathPattern.MatchString(c.NodeAPI.WaitPath):
+		add("node_api.wait_path", "must be a URL path (letters, digits, -._~!$&'()*+,;=:@/ and %%XX escapes), got %q", c.NodeAPI.WaitPath)
 	}
 	if d := c.NodeAPI.WaitTimeout.Duration; d < 0 || d > 10*time.Minute {
 		add("node_api.wait_timeout", "must be between 0s and 10m, got %s", d)
