@@ -54,6 +54,7 @@ import (
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/tests/controlplane"
 	"github.com/gpuaas/provision/tests/ingress"
+	"github.com/gpuaas/provision/tests/nodetest"
 )
 
 // expect is one cell of the matrix.
@@ -489,7 +490,7 @@ func observed(r run) string {
 }
 
 // evidence finds key in the failing check's evidence.
-func evidence(rep report, key string) string {
+func evidence(rep nodetest.Report, key string) string {
 	for _, c := range rep.Checks {
 		if c.Status == "fail" {
 			if v, ok := c.Evidence[key]; ok {
