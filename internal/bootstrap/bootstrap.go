@@ -244,11 +244,7 @@ func ApplyHosts(cfg *config.Config, host *system.Host) (hosts.Strategy, error) {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("reading %s: %w", cfg.Paths.HostsFile, err)
 	}
-	var entries []hosts.Entry
-	for n, ip := range cfg.HostMap() {
-		entries = append(entries, hosts.Entry{Name: n, IP: ip})
-	}
-	nb, changed, err := hosts.Apply(old, entries)
+	nb, changed, err := hosts.Apply(old, HostEntries(cfg))
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", cfg.Paths.HostsFile, err)
 	}
@@ -263,6 +259,15 @@ func ApplyHosts(cfg *config.Config, host *system.Host) (hosts.Strategy, error) {
 		return "", fmt.Errorf("writing %s: %w", cfg.Paths.HostsFile, err)
 	}
 	return s, nil
+}
+
+// HostEntries is the config's [[hosts]] as managed-block entries.
+func HostEntries(cfg *config.Config) []hosts.Entry {
+	var es []hosts.Entry
+	for n, ip := range cfg.HostMap() {
+		es = append(es, hosts.Entry{Name: n, IP: ip})
+	}
+	return es
 }
 
 // NeedsEnrollment returns why the installed credentials cannot be kept, or

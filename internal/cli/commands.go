@@ -253,7 +253,7 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 		for i := blk.Begin; i <= blk.End && i < len(lines); i++ {
 			fmt.Fprintln(env.stdout, strings.TrimRight(lines[i], "\r"))
 		}
-		if _, _, err := hosts.Apply(old, entriesOf(cfg)); err != nil {
+		if _, _, err := hosts.Apply(old, bootstrap.HostEntries(cfg)); err != nil {
 			// The block may be right while a line outside it is not.
 			return fail(err)
 		}
@@ -272,12 +272,4 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 		}
 		return ExitOK
 	}
-}
-
-func entriesOf(cfg *config.Config) []hosts.Entry {
-	var es []hosts.Entry
-	for n, ip := range cfg.HostMap() {
-		es = append(es, hosts.Entry{Name: n, IP: ip})
-	}
-	return es
 }
