@@ -29,23 +29,132 @@ const (
 	ChainStale                     // issued by another CA: a rejection is the node's
 )
 
+// ProbeLayers are the layers one tasks/wait probe crosses, in order.
+var ProbeLayers = []Layer{TCP, TLSServer, TLSClientAuth, Route, Identity, TasksWait}
+
+// Proof is the classifier's whole answer for one probe.
+//
+// Invariant: every probe layer below the finding's layer is in Proven (the
+// exchange recorded evidence for it) or in Unproven (the exchange got past
+// it without evidence, for a reason the classifier names); the finding's
+// layer and every layer above it are in neither. A layer that is in neither
+// and below no finding cannot exist: Classify moves the finding down to it
+// as an unrecognised failure. So a pass is always tied to recorded
+// evidence, and the node is done only when all six layers are proven.
+type Proof struct {
+	Proven   map[Layer]string // layer -> what the exchange recorded that proves it
+	Unproven map[Layer]string // layer -> why it was crossed without proof (rendered as a warning)
+	Finding  *Finding         // nil only when every probe layer is proven
+}
+
 // traefikNotFound is the body of Traefik's default router and of Go's
 // http.NotFound: the request never reached a route.
 const traefikNotFound = "404 page not found"
 
-// FromProbe classifies a probe result. It returns nil when the node API
-// answered 200 or 204: the node is done.
+// FromProbe classifies a probe result. It returns nil only when the node API
+// answered tasks/wait with a proof on every layer: the node is done.
 func FromProbe(r *probe.Result, chain ChainState) *Finding {
+	return Classify(r, chain).Finding
+}
+
+// Classify turns one probe into per-layer evidence and at most one finding.
+func Classify(r *probe.Result, chain ChainState) Proof {
+	p := Proof{Proven: proven(r), Unproven: map[Layer]string{}}
+	if r.Stage >= probe.StageHandshake && !r.ClientCertAsked {
+		p.Unproven[TLSClientAuth] = "not proven: the ingress did not ask for a client certificate, so mTLS is not enforced on the route this request reached"
+	}
+	f := newProbeFinding(r)
+	switch {
+	case r.Stage < probe.StageResponse:
+		p.Finding = fromTransport(r, f, chain)
+	default:
+		p.Finding = fromAnswer(r, f, chain, p.Unproven)
+	}
+	p.settle(r, f)
+	return p
+}
+
+// settle enforces the invariant documented on Proof.
+func (p *Proof) settle(r *probe.Result, facts *Finding) {
+	top := len(Layers)
+	if p.Finding != nil {
+		top = p.Finding.Layer.Index()
+	}
+	for _, l := range ProbeLayers {
+		if l.Index() >= top {
+			delete(p.Proven, l)
+			delete(p.Unproven, l)
+			continue
+		}
+		if _, ok := p.Proven[l]; ok {
+			continue
+		}
+		if _, ok := p.Unproven[l]; ok {
+			continue
+		}
+		// Nothing proves l and nothing explains crossing it: fail here.
+		guess := ""
+		if p.Finding != nil {
+			guess = string(p.Finding.Layer) + ": " + p.Finding.Summary
+		}
+		p.Finding = unexplained(l, r, facts, guess)
+		top = l.Index()
+	}
+}
+
+// proven collects, for each probe layer, the recorded evidence that passes
+// it. Only facts the probe saw count; absence of an error proves nothing.
+func proven(r *probe.Result) map[Layer]string {
+	m := map[Layer]string{}
+	if r.Stage >= probe.StageConnected {
+		m[TCP] = fmt.Sprintf("connected to %s (%s)", r.Host, r.RemoteAddr)
+	}
+	if r.ServerVerified && len(r.ServerChain) > 0 {
+		m[TLSServer] = fmt.Sprintf("the ingress presented a certificate for %s issued by %s, verified against ca.pem", r.Host, r.ServerChain[0].Issuer.String())
+	}
+	if r.ClientCertSent && r.ServerVerified {
+		switch {
+		case r.Stage >= probe.StageFirstByte:
+			m[TLSClientAuth] = "the ingress accepted the node's client certificate: it answered after the handshake"
+		case r.TicketAfterHandshake:
+			m[TLSClientAuth] = "the ingress accepted the node's client certificate: it sent a TLS 1.3 session ticket after verifying it"
+		case r.Stage >= probe.StageHandshake && r.TLSVersion == tls.VersionTLS12:
+			m[TLSClientAuth] = "the ingress accepted the node's client certificate: the TLS 1.2 handshake finished after it was sent"
+		}
+	}
+	if r.Stage < probe.StageResponse {
+		return m
+	}
+	done := r.Stage >= probe.StageBody && (r.Status == 204 || (r.Status == 200 && isJSON(r.Body)))
+	if done || r.Status == 401 || r.Status == 403 || r.Status == 429 || r.Status >= 500 && r.Status <= 599 {
+		m[Route] = fmt.Sprintf("the ingress routed %s to a backend (it answered %d)", r.Host, r.Status)
+	}
+	if done {
+		m[Identity] = "the node API accepted the node's identity"
+		m[TasksWait] = fmt.Sprintf("tasks/wait answered %d in %s", r.Status, r.Duration.Round(1e6))
+	}
+	return m
+}
+
+func isJSON(b []byte) bool { return json.Valid(bytes.TrimSpace(b)) }
+
+// newProbeFinding starts a finding with every fact the probe recorded.
+func newProbeFinding(r *probe.Result) *Finding {
 	f := &Finding{}
 	f.add("url", r.URL)
 	f.add("remote_addr", r.RemoteAddr)
+	f.add("stage", r.Stage.String())
 	if len(r.ServerChain) > 0 {
 		f.add("server_subject", r.ServerChain[0].Subject.String())
 		f.add("server_issuer", r.ServerChain[0].Issuer.String())
 		f.add("server_dns_names", strings.Join(r.ServerChain[0].DNSNames, ","))
 	}
+	if r.ServerCertSeen {
+		f.add("server_cert_verified", fmt.Sprint(r.ServerVerified))
+	}
 	if r.ClientCertAsked {
 		f.add("client_cert_requested", "true")
+		f.add("client_cert_sent", fmt.Sprint(r.ClientCertSent))
 		if len(r.AcceptableCAs) > 0 {
 			f.add("server_accepts_client_certs_from", strings.Join(r.AcceptableCAs, " | "))
 		}
@@ -59,159 +168,55 @@ func FromProbe(r *probe.Result, chain ChainState) *Finding {
 	if r.Status != 0 {
 		f.add("http_status", fmt.Sprint(r.Status))
 		f.add("body", bodyExcerpt(r.Body))
+		if r.BodyTruncated {
+			f.add("body_truncated", fmt.Sprintf("longer than %d bytes", probe.MaxBody))
+		}
 		if s := r.Header.Get("Server"); s != "" {
 			f.add("server_header", s)
 		}
 	}
-
-	if r.Err != nil && r.Stage < probe.StageResponse {
-		return fromTransport(r, f, chain)
-	}
-	switch s := r.Status; {
-	case s == 200 && !json.Valid(bytes.TrimSpace(r.Body)):
-		// A task is JSON. An HTML or text 200 is an ingress default page, a
-		// captive proxy or another service: not proof the node API answered.
-		f.Layer, f.Owner = TasksWait, Ingress
-		f.Summary = fmt.Sprintf("tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyExcerpt(r.Body))
-		f.Remedy = "check the ingress routes the node API hostname to the node API and not to a default backend or another service"
-	case s == 200 || s == 204:
-		return nil
-	case s == 404:
-		f.Layer, f.Owner = Route, Ingress
-		if strings.TrimSpace(string(r.Body)) == traefikNotFound {
-			f.Summary = fmt.Sprintf("the ingress has no route for Host %s: 404 %q came from the router, not the API", r.Host, traefikNotFound)
-		} else {
-			f.Summary = fmt.Sprintf("404 for %s: the ingress routed nowhere, or the API does not serve this path", r.URL)
-		}
-		f.Remedy = "add an explicit router for the node API hostname on the ingress (Host rule, with the mTLS option and the client-cert forwarding middleware); check node_api.wait_path matches the API"
-	case s == 421:
-		f.Layer, f.Owner = Route, Ingress
-		f.Summary = "421 Misdirected Request: the ingress chose a TLS configuration by SNI that does not match the Host's router"
-		f.Remedy = "make the router for the node API hostname and its TLS option use the same host name; connect by hostname, never by IP"
-	case s == 400 && looksLikeNginxCertError(r.Body):
-		return clientAuthFinding(f, chain, "the ingress refused the client certificate with 400: "+bodyExcerpt(r.Body))
-	case s == 401 || s == 403:
-		return identityFinding(r, f)
-	case s == 429:
-		f.Layer, f.Owner, f.Transient = TasksWait, API, true
-		f.Summary = "the node API is rate limiting (429)"
-		f.Remedy = "wait; bootstrap retries within its deadline. If it persists, check the API's rate limits for node polling"
-	case s == 502 || s == 504:
-		f.Layer, f.Owner, f.Transient = TasksWait, Ingress, true
-		f.Summary = fmt.Sprintf("%d from the ingress: it could not get an answer from the node API in time", s)
-		f.Remedy = "check the ingress's upstream for the node API is up, and that its read/idle timeouts exceed the long-poll duration (node_api.wait_timeout is kept below them)"
-	case s >= 500:
-		f.Layer, f.Owner, f.Transient = TasksWait, API, true
-		f.Summary = fmt.Sprintf("the node API failed the tasks/wait request with %d", s)
-		f.Remedy = "check the node API's logs and health; bootstrap retries this within its deadline"
-	default:
-		f.Layer, f.Owner = TasksWait, API
-		f.Summary = fmt.Sprintf("unexpected %d answer to tasks/wait", s)
-		f.Remedy = "tasks/wait must answer 200 with a task or 204; check the API version and node_api.wait_path"
-	}
 	return f
 }
 
-func fromTransport(r *probe.Result, f *Finding, chain ChainState) *Finding {
-	err := r.Err
+// errKind is what stopped an exchange, independent of when.
+type errKind int
+
+const (
+	errOther       errKind = iota // not recognised
+	errDNS                        // the hostname does not resolve
+	errRefused                    // nothing listens
+	errDial                       // another dial failure (unreachable network or host)
+	errTimeout                    // the peer held the connection
+	errClosed                     // EOF or reset without an alert
+	errAlert                      // a TLS alert from the peer
+	errCertInvalid                // the server's certificate failed verification
+	errNotHTTP                    // bytes that are not an HTTP answer
+)
+
+func kindOf(err error) errKind {
 	var dnsErr *net.DNSError
-	var hs *probe.HandshakeError
 	var cve *tls.CertificateVerificationError
+	var opErr *net.OpError
 	switch {
 	case errors.As(err, &dnsErr) || errors.Is(err, system.ErrNotFound):
-		f.Layer, f.Owner = Hosts, Node
-		f.Summary = fmt.Sprintf("the node API hostname %s does not resolve", r.Host)
-		f.Remedy = "restore the /etc/hosts override mapping the node API hostname to the private control-plane IP: provision hosts apply"
-		return f
-	case r.Stage == probe.StageNone:
-		f.Layer, f.Owner, f.Transient = TCP, Network, true
-		f.Summary = fmt.Sprintf("cannot connect to %s: %v", r.Host, err)
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			f.Summary = fmt.Sprintf("connection to %s refused: nothing listens on the node API port", r.Host)
-		}
-		f.Remedy = "check that the ingress listens on the node API port at the IP the hosts override names, and that no firewall blocks the node"
-		return f
+		return errDNS
 	case errors.As(err, &cve):
-		f.Layer, f.Owner = TLSServer, Ingress
-		var hostErr x509.HostnameError
-		var uae x509.UnknownAuthorityError
-		var inv x509.CertificateInvalidError
-		switch {
-		case errors.As(err, &hostErr):
-			f.Summary = fmt.Sprintf("the ingress presented a certificate not valid for %s (%s): it has no certificate or router for this SNI and served its default", r.Host, subjectOf(r))
-			f.Remedy = "install a server certificate for the node API hostname on the ingress and bind it to the node API router"
-		case errors.As(err, &uae) && chain == ChainStale:
-			// The node's certificate, and the ca.pem written with it, come
-			// from a CA the control plane no longer uses: the bundle is what
-			// is wrong, not the ingress's certificate.
-			f.Owner = Node
-			f.Summary = fmt.Sprintf("the ingress's certificate (%s) is not signed by the CA bundle in pki_dir/ca.pem, which is stale: the node's credentials come from a CA the control plane no longer uses", subjectOf(r))
-			f.Remedy = "re-enroll the node (provision bootstrap with a fresh token): that replaces the certificate and the CA bundle together"
-		case errors.As(err, &uae):
-			f.Summary = fmt.Sprintf("the ingress's certificate (%s) is not signed by the CA bundle in pki_dir/ca.pem", subjectOf(r))
-			f.Remedy = "issue the ingress's node API certificate from the control-plane CA, or re-run bootstrap if the CA bundle is stale"
-		case errors.As(err, &inv) && (inv.Reason == x509.Expired):
-			f.Summary = fmt.Sprintf("the ingress's certificate is expired or not yet valid by the node's clock: %v", inv)
-			f.Remedy = "renew the ingress certificate; if it looks valid, check the node clock (the clock layer)"
-		default:
-			f.Summary = fmt.Sprintf("the ingress's certificate failed verification: %v", cve.Err)
-			f.Remedy = "fix the ingress's server certificate for the node API hostname"
-		}
-		return f
-	case errors.As(err, &hs) && isTimeout(err):
-		// The ingress accepted the connection and then held the handshake:
-		// it did not close it, so this is not a broken TLS option.
-		f.Layer, f.Owner, f.Transient = TLSServer, Ingress, true
-		f.Summary = fmt.Sprintf("the TLS handshake with the ingress timed out (%v)", hs.Err)
-		f.Remedy = "the ingress accepted the connection but did not complete the TLS handshake: check it is up and not overloaded, and that the port is the TLS entry point"
-		return f
-	case errors.As(err, &hs) && retry.IsTLSAlert(err):
-		return clientAuthFinding(f, chain, alertSummary(err, r, "during the handshake"))
-	case errors.As(err, &hs) && !r.ServerCertSeen:
-		f.Layer, f.Owner = TLSServer, Ingress
-		f.Summary = fmt.Sprintf("the ingress closed the connection before presenting a server certificate (%v)", hs.Err)
-		f.Remedy = "the ingress's TLS option for this hostname is broken (for example a client-auth CA file it cannot load, or a secret of the wrong shape); fix the TLS option and its CA secret"
-		return f
-	case errors.As(err, &hs):
-		f.Layer, f.Owner = TLSClientAuth, Ingress
-		f.Summary = fmt.Sprintf("the TLS handshake failed after the server certificate: %v", hs.Err)
-		f.Remedy = "check the ingress's client-auth settings for the node API hostname"
-		return f
+		return errCertInvalid
 	case retry.IsTLSAlert(err):
-		// TLS 1.3: the server rejects the client certificate after the
-		// handshake; the alert arrives on the first read.
-		return clientAuthFinding(f, chain, alertSummary(err, r, "on the first read after the handshake (TLS 1.3)"))
-	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || strings.Contains(err.Error(), "connection reset"):
-		if r.ClientCertAsked && r.TLSVersion == tls.VersionTLS13 {
-			// Some servers drop the connection instead of alerting.
-			f.Transient = true
-			f.Layer, f.Owner = TasksWait, Ingress
-			f.Summary = fmt.Sprintf("the ingress dropped the connection after the handshake without an answer (%v)", err)
-			f.Remedy = "check the ingress logs: it may reject the client certificate silently, or its upstream for the node API is failing"
-			return f
-		}
-		f.Layer, f.Owner, f.Transient = TasksWait, Ingress, true
-		f.Summary = fmt.Sprintf("the ingress dropped the connection without an answer (%v)", err)
-		f.Remedy = "check the ingress logs and its upstream for the node API; bootstrap retries this within its deadline"
-		return f
-	default:
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			f.Layer, f.Owner, f.Transient = TasksWait, Ingress, true
-			if r.Stage < probe.StageHandshake {
-				f.Layer, f.Owner = TLSServer, Ingress
-				f.Summary = "the TLS handshake with the ingress timed out"
-			} else {
-				f.Summary = "no answer to tasks/wait before the timeout: the ingress or the API holds the request"
-			}
-			f.Remedy = "check the ingress and node API are responsive; node_api.wait_timeout must stay below the ingress's response timeout"
-			return f
-		}
-		f.Layer, f.Owner, f.Transient = TCP, Network, true
-		f.Summary = fmt.Sprintf("the request to %s failed: %v", r.Host, err)
-		f.Remedy = "check the network path to the node API"
-		return f
+		return errAlert
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return errRefused
+	case isTimeout(err):
+		return errTimeout
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || strings.Contains(err.Error(), "connection reset"):
+		return errClosed
+	case strings.Contains(err.Error(), "malformed HTTP") || strings.Contains(err.Error(), "HTTP/1.x transport connection broken"):
+		return errNotHTTP
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		return errDial
 	}
+	return errOther
 }
 
 func isTimeout(err error) bool {
@@ -219,12 +224,236 @@ func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-func alertSummary(err error, r *probe.Result, when string) string {
+// Remedies shared by several rows of the table.
+const (
+	remedyTLSOption  = "the ingress's TLS configuration for this hostname refuses the handshake (no certificate or site for this SNI, a rejected SNI, a protocol or cipher mismatch, or a client-auth CA file it cannot load); check the ingress's TLS option and certificate for the node API hostname, then its error log"
+	remedyHeldTLS    = "the ingress accepted the connection but did not complete the TLS handshake: check it is up and not overloaded, and that the port is the TLS entry point"
+	remedyDropped    = "check the ingress logs for this node's request: it may reject the client certificate without an alert, or its upstream for the node API is failing; bootstrap retries this within its deadline"
+	remedyNoAnswer   = "check the ingress and node API are responsive; node_api.wait_timeout must stay below the ingress's response timeout"
+	remedyCutAnswer  = "the ingress or the API cut its answer short; check the ingress logs and its upstream for the node API"
+	remedyCollect    = "provision does not recognise this failure: collect this report with --format json, the ingress's TLS and access logs for this node at this time, and `openssl s_client -connect <host>:<port> -servername <host> -cert cert.pem -key key.pem` from the node, and report it"
+	remedyNotEnforce = "enable client-certificate authentication (the mTLS TLS option, with the step-ca root as its client CA) on the node API route and forward the certificate to the API"
+)
+
+// fromTransport classifies a failure before any HTTP status was read. The
+// stage the exchange reached is the first key, the kind of error the
+// second: an alert before the server's certificate is the server side's TLS
+// configuration; only an alert after the client sent its certificate can be
+// a client-certificate rejection.
+func fromTransport(r *probe.Result, f *Finding, chain ChainState) *Finding {
+	kind := kindOf(r.Err)
+	tls12 := r.TLSVersion == tls.VersionTLS12
+	set := func(l Layer, o Owner, transient bool, remedy, format string, a ...any) *Finding {
+		f.Layer, f.Owner, f.Transient, f.Remedy, f.Summary = l, o, transient, remedy, fmt.Sprintf(format, a...)
+		return f
+	}
+	switch st := r.Stage; {
+	// Before a TCP connection.
+	case kind == errDNS:
+		return set(Hosts, Node, false, "restore the /etc/hosts override mapping the node API hostname to the private control-plane IP: provision hosts apply",
+			"the node API hostname %s does not resolve", r.Host)
+	case st == probe.StageNone && kind == errRefused:
+		return set(TCP, Network, true, "check that the ingress listens on the node API port at the IP the hosts override names, and that no firewall blocks the node",
+			"connection to %s refused: nothing listens on the node API port", r.Host)
+	case st == probe.StageNone && (kind == errDial || kind == errTimeout):
+		return set(TCP, Network, true, "check that the ingress listens on the node API port at the IP the hosts override names, and that no firewall blocks the node",
+			"cannot connect to %s: %v", r.Host, r.Err)
+
+	// Connected, no server certificate yet: the server side's TLS.
+	case st == probe.StageConnected && kind == errAlert:
+		return set(TLSServer, Ingress, false, remedyTLSOption,
+			"the ingress refused the TLS handshake before presenting a server certificate: %s", alertText(r.Err))
+	case st == probe.StageConnected && kind == errClosed:
+		return set(TLSServer, Ingress, false, remedyTLSOption,
+			"the ingress closed the connection before presenting a server certificate (%v)", r.Err)
+	case st == probe.StageConnected && kind == errTimeout:
+		return set(TLSServer, Ingress, true, remedyHeldTLS, "the TLS handshake with the ingress timed out before a server certificate (%v)", r.Err)
+	case st == probe.StageConnected && kind == errNotHTTP, st == probe.StageConnected && strings.Contains(r.Err.Error(), "first record does not look like a TLS handshake"):
+		return set(TLSServer, Ingress, false, "the node API port does not speak TLS: point node_api.url at the ingress's TLS entry point, or enable TLS on it",
+			"the ingress did not answer with TLS: %v", r.Err)
+
+	// A server certificate that does not verify.
+	case kind == errCertInvalid:
+		return serverCertFinding(r, f, chain)
+
+	// Server certificate verified, no client certificate asked for yet.
+	case st == probe.StageServerVerified && kind == errAlert:
+		return set(TLSServer, Ingress, false, remedyTLSOption,
+			"the ingress aborted the handshake after its certificate, before asking for a client certificate: %s", alertText(r.Err))
+	case st == probe.StageServerVerified && kind == errClosed:
+		return set(TLSServer, Ingress, false, remedyTLSOption,
+			"the ingress closed the connection after its certificate, before the handshake finished (%v)", r.Err)
+	case st == probe.StageServerVerified && kind == errTimeout:
+		return set(TLSServer, Ingress, true, remedyHeldTLS, "the TLS handshake with the ingress timed out after its certificate (%v)", r.Err)
+
+	// The client certificate was asked for and answered; the handshake did
+	// not finish (TLS 1.2, or TLS 1.3 failing before its Finished).
+	case st == probe.StageClientCert && !r.ClientCertSent && (kind == errAlert || kind == errClosed):
+		return set(TLSClientAuth, Node, false, "enroll the node so it has a certificate to present: provision bootstrap with a one-time token",
+			"the ingress requires a client certificate and the node has none to send: %v", r.Err)
+	case st == probe.StageClientCert && kind == errAlert:
+		return clientAuthFinding(f, chain, alertSummary(r.Err, "during the handshake"))
+	case st == probe.StageClientCert && kind == errClosed:
+		return clientAuthFinding(f, chain, fmt.Sprintf("the ingress closed the connection right after the node sent its client certificate (%v)", r.Err))
+	case st == probe.StageClientCert && kind == errTimeout:
+		return set(TLSClientAuth, Ingress, true, remedyHeldTLS, "the TLS handshake timed out after the node sent its client certificate (%v)", r.Err)
+
+	// The handshake finished on the client, no byte of an answer arrived.
+	// Under TLS 1.3 the server judges the client certificate after the
+	// client's Finished, so this is still tls-client-auth; under TLS 1.2 the
+	// finished handshake proved the certificate, so it is the route's.
+	case st == probe.StageHandshake && kind == errAlert && !tls12:
+		if !r.ClientCertAsked {
+			return set(TLSServer, Ingress, false, remedyTLSOption,
+				"the ingress sent an alert after the handshake without having asked for a client certificate: %s", alertText(r.Err))
+		}
+		if !r.ClientCertSent {
+			return set(TLSClientAuth, Node, false, "enroll the node so it has a certificate to present: provision bootstrap with a one-time token",
+				"the ingress requires a client certificate and the node has none to send: %s", alertText(r.Err))
+		}
+		return clientAuthFinding(f, chain, alertSummary(r.Err, "on the first read after the handshake (TLS 1.3)"))
+	case st == probe.StageHandshake && (kind == errClosed || kind == errTimeout) && !tls12 && r.ClientCertSent && !r.TicketAfterHandshake:
+		what := "dropped the connection"
+		if kind == errTimeout {
+			what = "sent nothing before the timeout"
+		}
+		return set(TLSClientAuth, Ingress, true, remedyDropped,
+			"the ingress %s after the TLS 1.3 handshake without answering, so it never confirmed the node's client certificate (%v)", what, r.Err)
+	case st >= probe.StageHandshake && kind == errClosed:
+		return set(Route, Ingress, true, remedyCutAnswer, "the ingress dropped the connection before a complete HTTP answer (%v)", r.Err)
+	case st >= probe.StageHandshake && kind == errTimeout:
+		return set(Route, Ingress, true, remedyNoAnswer, "no answer to tasks/wait before the timeout: the ingress or the API holds the request (%v)", r.Err)
+	case st >= probe.StageHandshake && kind == errNotHTTP:
+		return set(Route, Ingress, false, "the ingress's node API route must proxy HTTP to the node API; check its upstream and protocol settings",
+			"the answer to tasks/wait is not HTTP: %v", r.Err)
+	}
+	return nil // settle places it as unrecognised at the lowest layer without evidence
+}
+
+// serverCertFinding names what is wrong with a server certificate that
+// failed verification against ca.pem for the hostname.
+func serverCertFinding(r *probe.Result, f *Finding, chain ChainState) *Finding {
+	f.Layer, f.Owner = TLSServer, Ingress
+	var hostErr x509.HostnameError
+	var uae x509.UnknownAuthorityError
+	var inv x509.CertificateInvalidError
+	switch err := r.Err; {
+	case errors.As(err, &hostErr):
+		f.Summary = fmt.Sprintf("the ingress presented a certificate not valid for %s (%s): it has no certificate or router for this SNI and served its default", r.Host, subjectOf(r))
+		f.Remedy = "install a server certificate for the node API hostname on the ingress and bind it to the node API router"
+	case errors.As(err, &uae) && chain == ChainStale:
+		// The node's certificate, and the ca.pem written with it, come
+		// from a CA the control plane no longer uses: the bundle is what
+		// is wrong, not the ingress's certificate.
+		f.Owner = Node
+		f.Summary = fmt.Sprintf("the ingress's certificate (%s) is not signed by the CA bundle in pki_dir/ca.pem, which is stale: the node's credentials come from a CA the control plane no longer uses", subjectOf(r))
+		f.Remedy = "re-enroll the node (provision bootstrap with a fresh token): that replaces the certificate and the CA bundle together"
+	case errors.As(err, &uae):
+		f.Summary = fmt.Sprintf("the ingress's certificate (%s) is not signed by the CA bundle in pki_dir/ca.pem", subjectOf(r))
+		f.Remedy = "issue the ingress's node API certificate from the control-plane CA, or re-run bootstrap if the CA bundle is stale"
+	case errors.As(err, &inv) && inv.Reason == x509.Expired:
+		f.Summary = fmt.Sprintf("the ingress's certificate is expired or not yet valid by the node's clock: %v", inv)
+		f.Remedy = "renew the ingress certificate; if it looks valid, check the node clock (the clock layer)"
+	default:
+		f.Summary = fmt.Sprintf("the ingress's certificate failed verification: %v", err)
+		f.Remedy = "fix the ingress's server certificate for the node API hostname"
+	}
+	return f
+}
+
+// fromAnswer classifies an exchange that got an HTTP status. unproven
+// collects the layers crossed without proof and why.
+func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Layer]string) *Finding {
+	set := func(l Layer, o Owner, transient bool, remedy, format string, a ...any) *Finding {
+		f.Layer, f.Owner, f.Transient, f.Remedy, f.Summary = l, o, transient, remedy, fmt.Sprintf(format, a...)
+		return f
+	}
+	s := r.Status
+	success := s == 204 || (s == 200 && isJSON(r.Body))
+	if !r.ClientCertAsked {
+		if success {
+			return set(TLSClientAuth, Ingress, false, remedyNotEnforce,
+				"the ingress answered %d without asking for a client certificate: mTLS is not enforced on the node API route, so the node's identity is not what the API judged", s)
+		}
+	}
+	if s >= 500 && s <= 599 || s == 429 || success && r.Stage < probe.StageBody {
+		unproven[Identity] = fmt.Sprintf("not proven: the node API never judged the identity (the answer was %d)", s)
+	}
+	switch {
+	case r.BodyTruncated && s == 200:
+		return set(TasksWait, API, false, "tasks/wait must answer with one task; check what the node API returns for this node",
+			"tasks/wait answered 200 with a body longer than %d bytes: not a task provision can hand off whole", probe.MaxBody)
+	case r.Err != nil && success:
+		return set(TasksWait, Ingress, true, remedyCutAnswer, "the answer to tasks/wait was cut mid-body (%v)", r.Err)
+	case s == 200 && !isJSON(r.Body):
+		// A task is JSON. An HTML or text 200 is an ingress default page, a
+		// captive proxy or another service: the route reached the wrong place.
+		return set(Route, Ingress, false, "check the ingress routes the node API hostname to the node API and not to a default backend or another service",
+			"tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyExcerpt(r.Body))
+	case success:
+		return nil
+	case s == 404 && strings.TrimSpace(string(r.Body)) == traefikNotFound:
+		return set(Route, Ingress, false, remedyRoute,
+			"the ingress has no route for Host %s: 404 %q came from the router, not the API", r.Host, traefikNotFound)
+	case s == 404:
+		return set(Route, Ingress, false, remedyRoute, "404 for %s: the ingress routed nowhere, or the API does not serve this path", r.URL)
+	case s == 421:
+		return set(Route, Ingress, false, "make the router for the node API hostname and its TLS option use the same host name; connect by hostname, never by IP",
+			"421 Misdirected Request: the ingress chose a TLS configuration by SNI that does not match the Host's router")
+	case s >= 300 && s <= 399:
+		return set(Route, Ingress, false, "route the node API hostname straight to the node API, without redirects (the node-agent does not follow them); check node_api.wait_path",
+			"the ingress redirected tasks/wait (%d) to %q instead of routing it to the node API", s, r.Header.Get("Location"))
+	case s == 400 && looksLikeNginxCertError(r.Body):
+		return clientAuthFinding(f, chain, "the ingress refused the client certificate with 400: "+bodyExcerpt(r.Body))
+	case s == 401 || s == 403:
+		return identityFinding(r, f)
+	case s == 429:
+		return set(TasksWait, API, true, "wait; bootstrap retries within its deadline. If it persists, check the API's rate limits for node polling",
+			"the node API is rate limiting (429)")
+	case s == 502 || s == 504:
+		return set(TasksWait, Ingress, true, "check the ingress's upstream for the node API is up, and that its read/idle timeouts exceed the long-poll duration (node_api.wait_timeout is kept below them)",
+			"%d from the ingress: it could not get an answer from the node API in time", s)
+	case s >= 500 && s <= 599:
+		return set(TasksWait, API, true, "check the node API's logs and health; bootstrap retries this within its deadline",
+			"the node API failed the tasks/wait request with %d", s)
+	}
+	return nil // an answer nobody documents: unrecognised, placed by settle
+}
+
+const remedyRoute = "add an explicit router for the node API hostname on the ingress (Host rule, with the mTLS option and the client-cert forwarding middleware); check node_api.wait_path matches the API"
+
+// unexplained is the finding for a failure the table does not recognise:
+// it fails layer l (the lowest without evidence) with every recorded fact.
+func unexplained(l Layer, r *probe.Result, facts *Finding, guess string) *Finding {
+	f := &Finding{Layer: l, Owner: defaultOwner[l], Remedy: remedyCollect}
+	for k, v := range facts.Evidence {
+		f.add(k, v)
+	}
+	f.add("classifier_guess", guess)
+	what := "no error"
+	switch {
+	case r.Err != nil:
+		what = r.Err.Error()
+	case r.Status != 0:
+		what = fmt.Sprintf("HTTP %d", r.Status)
+	}
+	f.Summary = fmt.Sprintf("unrecognised failure: nothing proves %s; the exchange stopped after stage %s with: %s", l, r.Stage, what)
+	return f
+}
+
+// defaultOwner is who owns a layer when nothing more specific is known.
+var defaultOwner = map[Layer]Owner{TCP: Network, TLSServer: Ingress, TLSClientAuth: Ingress, Route: Ingress, Identity: API, TasksWait: API}
+
+func alertText(err error) string {
 	msg := err.Error()
 	if i := strings.Index(msg, "remote error: "); i >= 0 {
 		msg = msg[i:]
 	}
-	return fmt.Sprintf("the ingress rejected the node's client certificate %s: %s", when, msg)
+	return msg
+}
+
+func alertSummary(err error, when string) string {
+	return fmt.Sprintf("the ingress rejected the node's client certificate %s: %s", when, alertText(err))
 }
 
 // clientAuthFinding decides who owns a client-certificate rejection: the

@@ -299,7 +299,9 @@ func TestFromProbeTransportFailures(t *testing.T) {
 					c.(*net.TCPConn).SetLinger(0)
 				})
 			},
-			want: want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"dropped the connection"}, remedy: "ingress logs"},
+			// The session ticket proved the client certificate; no HTTP byte
+			// proves the route.
+			want: want{layer: diag.Route, owner: diag.Ingress, transient: true, summary: []string{"dropped the connection"}, remedy: "ingress logs"},
 		},
 		{
 			name: "connection reset after the request, no client auth on the route",
@@ -315,7 +317,7 @@ func TestFromProbeTransportFailures(t *testing.T) {
 					c.(*net.TCPConn).SetLinger(0)
 				})
 			},
-			want: want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"dropped the connection"}, remedy: "upstream"},
+			want: want{layer: diag.Route, owner: diag.Ingress, transient: true, summary: []string{"dropped the connection"}, remedy: "upstream"},
 		},
 		{
 			name: "no answer before the response timeout",
@@ -328,7 +330,7 @@ func TestFromProbeTransportFailures(t *testing.T) {
 				})
 			},
 			mod:  func(r *probe.Request) { r.Timeout, r.Wait = 200*time.Millisecond, 0 },
-			want: want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"no answer to tasks/wait"}, remedy: "wait_timeout"},
+			want: want{layer: diag.Route, owner: diag.Ingress, transient: true, summary: []string{"no answer to tasks/wait"}, remedy: "wait_timeout"},
 		},
 	}
 	for _, tt := range tests {
@@ -385,7 +387,7 @@ func TestFromProbeClientAuthRejected(t *testing.T) {
 
 // TestFromProbeNoClientCert: a node without credentials probing an ingress
 // that requires one gets "certificate required" (1.3) or "handshake failure"
-// (1.2): still tls-client-auth.
+// (1.2): still tls-client-auth, and the node's to fix.
 func TestFromProbeNoClientCert(t *testing.T) {
 	w := newWorld(t)
 	for _, ver := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
@@ -394,8 +396,8 @@ func TestFromProbeNoClientCert(t *testing.T) {
 			cfg.MinVersion, cfg.MaxVersion = ver, ver
 			port := serveHTTPS(t, cfg, status(204, ""))
 			r := w.probe(t, port, func(r *probe.Request) { r.Cert = nil })
-			check(t, r, diag.FromProbe(r, diag.ChainUnknown), want{layer: diag.TLSClientAuth, owner: diag.Ingress,
-				summary: []string{"remote error: tls:"}, remedy: "client-auth CA secret"})
+			check(t, r, diag.FromProbe(r, diag.ChainUnknown), want{layer: diag.TLSClientAuth, owner: diag.Node,
+				summary: []string{"has none to send", "remote error: tls:"}, remedy: "enroll the node"})
 		})
 	}
 }
@@ -434,7 +436,7 @@ func TestFromProbeHTTPAnswers(t *testing.T) {
 			want{layer: diag.Identity, owner: diag.API, summary: []string{"mtls_present=true"}, remedy: "forwarded-certificate format"}},
 		{"403 mtls_present=false", status(403, api401(map[string]any{"error": "forbidden", "mtls_present": false})), false,
 			want{layer: diag.Identity, owner: diag.Ingress, summary: []string{"403"}, remedy: "forwarding middleware"}},
-		{"nginx 400 No required SSL certificate was sent", status(400, "<html>\r\n<head><title>400 No required SSL certificate was sent</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>No required SSL certificate was sent</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n", "Server", "nginx"), true,
+		{"nginx 400 No required SSL certificate was sent", status(400, "<html>\r\n<head><title>400 No required SSL certificate was sent</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>No required SSL certificate was sent</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n", "Server", "nginx"), false,
 			want{layer: diag.TLSClientAuth, owner: diag.Ingress, summary: []string{"400", "No required SSL certificate was sent"}, remedy: "client-auth",
 				evidence: map[string]string{"server_header": "nginx"}}},
 		{"429", status(429, "slow down", "Retry-After", "1"), false,
@@ -447,8 +449,17 @@ func TestFromProbeHTTPAnswers(t *testing.T) {
 			want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"502 from the ingress"}, remedy: "upstream"}},
 		{"504 from the ingress", status(504, "Gateway Timeout"), false,
 			want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"504 from the ingress"}, remedy: "timeouts"}},
-		{"unexpected 302", status(302, "", "Location", "/login"), false,
-			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"unexpected 302"}, remedy: "wait_path"}},
+		{"302 redirect", status(302, "", "Location", "/login"), false,
+			want{layer: diag.Route, owner: diag.Ingress, summary: []string{"redirected", "/login"}, remedy: "wait_path"}},
+		{"418: an answer nobody documents", status(418, "teapot"), false,
+			want{layer: diag.Route, owner: diag.Ingress, summary: []string{"unrecognised", "HTTP 418"}, remedy: "collect this report",
+				evidence: map[string]string{"http_status": "418", "body": "teapot", "stage": "body"}}},
+		{"200 HTML default page", status(200, "<html>Welcome to nginx!</html>"), false,
+			want{layer: diag.Route, owner: diag.Ingress, summary: []string{"not a JSON task", "Welcome to nginx"}, remedy: "default backend"}},
+		{"200 without a client certificate request", status(200, `{"id":"t"}`), true,
+			want{layer: diag.TLSClientAuth, owner: diag.Ingress, summary: []string{"without asking for a client certificate"}, remedy: "enable client-certificate authentication"}},
+		{"204 without a client certificate request", status(204, ""), true,
+			want{layer: diag.TLSClientAuth, owner: diag.Ingress, summary: []string{"mTLS is not enforced"}, remedy: "enable client-certificate authentication"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -481,7 +492,7 @@ func TestFromProbeHealthy(t *testing.T) {
 	if task := probe.TaskFrom(r.Body); task.ID != "task-17" || !strings.Contains(string(task.Raw), `"kind":"reboot"`) {
 		t.Errorf("task %+v", task)
 	}
-	if !r.ClientCertAsked || !r.ClientCertSent || r.Stage != probe.StageResponse || r.TLSVersion != tls.VersionTLS13 {
+	if !r.ClientCertAsked || !r.ClientCertSent || r.Stage != probe.StageBody || r.TLSVersion != tls.VersionTLS13 || !r.ServerVerified {
 		t.Errorf("probe record: asked %v sent %v stage %d version %x", r.ClientCertAsked, r.ClientCertSent, r.Stage, r.TLSVersion)
 	}
 	// The Date header is the server's real time, whatever the node's clock says.

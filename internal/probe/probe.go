@@ -2,12 +2,14 @@
 // GET of the node API's tasks/wait, by hostname, through the ingress, with
 // the credentials read back from disk, exactly as the node-agent will poll.
 //
-// It records how far the exchange got (resolved, connected, server
-// certificate seen and verified, client certificate requested, response) so
-// that diag can name the failing layer. Under TLS 1.3 a client certificate
-// the server rejects does not fail the handshake: the alert arrives on the
-// first read. A bare handshake would report success, so the probe always
-// sends a real request and reads the answer.
+// It records what it saw at each stage of the exchange (connected; server
+// certificate seen, then verified for the hostname; client certificate
+// requested and sent; handshake finished; first byte of the answer; status
+// and headers; the whole body) so that diag can pass each layer only on its
+// own evidence and place a failure by the stage it happened at. Under TLS
+// 1.3 a client certificate the server rejects does not fail the handshake:
+// the alert arrives on the first read. A bare handshake would report
+// success, so the probe always sends a real request and reads the answer.
 package probe
 
 import (
@@ -38,16 +40,31 @@ type Request struct {
 	Now     func() time.Time
 }
 
-// Stage is how far the exchange got.
+// Stage is how far the exchange got: the last piece of evidence recorded.
+// The stages are ordered; a failure happened at the stage after Stage.
 type Stage int
 
-// The stages, in order.
+// The stages, in the order an exchange crosses them.
 const (
-	StageNone      Stage = iota
-	StageConnected       // TCP connection established
-	StageHandshake       // TLS handshake completed
-	StageResponse        // HTTP response headers received
+	StageNone           Stage = iota
+	StageConnected            // TCP connection established
+	StageServerCert           // the server presented a certificate (not yet trusted)
+	StageServerVerified       // that certificate chains to Roots and is valid for the hostname
+	StageClientCert           // the server asked for a client certificate and the probe answered
+	StageHandshake            // the TLS handshake completed on the client
+	StageFirstByte            // the server sent application data after the handshake
+	StageResponse             // HTTP status and headers read
+	StageBody                 // the whole body read, within MaxBody
 )
+
+var stageNames = [...]string{"none", "connected", "server-cert", "server-verified", "client-cert", "handshake", "first-byte", "response", "body"}
+
+func (s Stage) String() string {
+	if s >= 0 && int(s) < len(stageNames) {
+		return stageNames[s]
+	}
+	return fmt.Sprintf("stage(%d)", int(s))
+}
 
 // Result is everything the probe observed.
 type Result struct {
@@ -58,93 +75,115 @@ type Result struct {
 	Err        error // the error that stopped the exchange, if any
 
 	ServerCertSeen  bool
+	ServerVerified  bool                // the chain verified against Roots for Host
 	ServerChain     []*x509.Certificate // as presented, leaf first
 	ClientCertAsked bool
 	AcceptableCAs   []string // subjects the server said it accepts for client auth
 	ClientCertSent  bool
-	TLSVersion      uint16
+	// TicketAfterHandshake: a TLS 1.3 server sent a session ticket after
+	// the handshake. Servers (OpenSSL, Go) send it only after they verified
+	// the client's certificate and Finished, so it proves the certificate
+	// was accepted even when no HTTP byte follows.
+	TicketAfterHandshake bool
+	TLSVersion           uint16
 
-	Status   int
-	Header   http.Header
-	Body     []byte // at most MaxBody
-	Date     time.Time
-	Duration time.Duration
+	Status        int
+	Header        http.Header
+	Body          []byte // at most MaxBody
+	BodyTruncated bool   // the body was longer than MaxBody
+	Date          time.Time
+	Duration      time.Duration
 }
 
-// MaxBody caps what the probe keeps of a response body.
-const MaxBody = 64 << 10
+// MaxBody caps what the probe keeps of a response body. A task larger than
+// this is not a task the probe can hand off whole, so it is not a proof.
+const MaxBody = 1 << 20
+
+// recorder collects evidence from the transport's goroutines. Result is
+// built from it once Do is done, so a goroutine the transport leaves behind
+// cannot race with the caller reading the Result.
+type recorder struct {
+	mu sync.Mutex
+	r  Result
+}
+
+func (rec *recorder) reach(s Stage) {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if s > rec.r.Stage {
+		rec.r.Stage = s
+	}
+}
+
+func (rec *recorder) update(f func(r *Result)) {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	f(&rec.r)
+}
+
+func (rec *recorder) result() *Result {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	r := rec.r
+	return &r
+}
+
+// ticketWitness is a ClientSessionCache that stores nothing: it only notes
+// that a session ticket arrived after the handshake.
+type ticketWitness struct{ rec *recorder }
+
+func (ticketWitness) Get(string) (*tls.ClientSessionState, bool) { return nil, false }
+
+func (w ticketWitness) Put(_ string, cs *tls.ClientSessionState) {
+	w.rec.update(func(r *Result) {
+		if cs != nil && r.Stage >= StageHandshake && r.TLSVersion == tls.VersionTLS13 {
+			r.TicketAfterHandshake = true
+		}
+	})
+}
+
+// firstByteConn marks StageFirstByte when the server's first application
+// bytes arrive: under TLS 1.3 that is the evidence that the server accepted
+// the client certificate, even if the HTTP answer is then cut short.
+type firstByteConn struct {
+	*tls.Conn
+	rec  *recorder
+	once sync.Once
+}
+
+func (c *firstByteConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.once.Do(func() { c.rec.reach(StageFirstByte) })
+	}
+	return n, err
+}
 
 // Do performs the probe. It never retries; the caller decides.
 func Do(ctx context.Context, r Request) *Result {
-	res := &Result{URL: r.URL}
+	rec := &recorder{r: Result{URL: r.URL}}
 	start := time.Now()
-	defer func() { res.Duration = time.Since(start) }()
+	finish := func(err error) *Result {
+		rec.update(func(res *Result) {
+			if err != nil && res.Err == nil {
+				res.Err = err
+			}
+			res.Duration = time.Since(start)
+		})
+		return rec.result()
+	}
 	u, err := url.Parse(r.URL)
 	if err != nil {
-		res.Err = err
-		return res
+		return finish(err)
 	}
-	res.Host = u.Hostname()
-	var mu sync.Mutex
-	tlsConf := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		RootCAs:    r.Roots,
-		ServerName: u.Hostname(),
-		Time:       r.Now,
-		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			mu.Lock()
-			defer mu.Unlock()
-			res.ClientCertAsked = true
-			for _, raw := range cri.AcceptableCAs {
-				res.AcceptableCAs = append(res.AcceptableCAs, subjectString(raw))
-			}
-			if r.Cert == nil {
-				return &tls.Certificate{}, nil
-			}
-			res.ClientCertSent = true
-			return r.Cert, nil
-		},
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			mu.Lock()
-			defer mu.Unlock()
-			res.ServerCertSeen = len(cs.PeerCertificates) > 0
-			res.ServerChain = cs.PeerCertificates
-			return nil
-		},
-	}
+	rec.update(func(res *Result) { res.Host = u.Hostname() })
 	tr := &http.Transport{
 		Proxy:                 nil,
 		DisableKeepAlives:     true,
 		ForceAttemptHTTP2:     false,
 		ResponseHeaderTimeout: r.Timeout + r.Wait,
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			dctx, cancel := context.WithTimeout(ctx, r.Timeout)
-			defer cancel()
-			raw, err := r.Dial(dctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			mu.Lock()
-			res.Stage = StageConnected
-			res.RemoteAddr = raw.RemoteAddr().String()
-			mu.Unlock()
-			c := tls.Client(raw, tlsConf)
-			if err := c.HandshakeContext(dctx); err != nil {
-				raw.Close()
-				var cve *tls.CertificateVerificationError
-				if errors.As(err, &cve) {
-					mu.Lock()
-					res.ServerCertSeen = len(cve.UnverifiedCertificates) > 0
-					res.ServerChain = cve.UnverifiedCertificates
-					mu.Unlock()
-				}
-				return nil, &HandshakeError{Err: err}
-			}
-			mu.Lock()
-			res.Stage = StageHandshake
-			res.TLSVersion = c.ConnectionState().Version
-			mu.Unlock()
-			return c, nil
+			return dialTLS(ctx, network, addr, r, u.Hostname(), rec)
 		},
 	}
 	defer tr.CloseIdleConnections()
@@ -153,29 +192,96 @@ func Do(ctx context.Context, r Request) *Result {
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, r.URL, nil)
 	if err != nil {
-		res.Err = err
-		return res
+		return finish(err)
 	}
 	req.Header.Set("User-Agent", "provision")
 	req.Header.Set("Accept", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		res.Err = unwrapURL(err)
-		return res
+		return finish(unwrapURL(err))
 	}
 	defer resp.Body.Close()
-	mu.Lock()
-	res.Stage = StageResponse
-	mu.Unlock()
-	res.Status = resp.StatusCode
-	res.Header = resp.Header
-	res.Date, _ = http.ParseTime(resp.Header.Get("Date"))
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody))
-	res.Body = body
-	if err != nil {
-		res.Err = err
+	rec.update(func(res *Result) {
+		res.Status = resp.StatusCode
+		res.Header = resp.Header
+		res.Date, _ = http.ParseTime(resp.Header.Get("Date"))
+	})
+	rec.reach(StageResponse)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
+	truncated := len(body) > MaxBody
+	if truncated {
+		body = body[:MaxBody]
 	}
-	return res
+	rec.update(func(res *Result) { res.Body, res.BodyTruncated = body, truncated })
+	if err == nil && !truncated {
+		rec.reach(StageBody)
+	}
+	return finish(err)
+}
+
+// dialTLS connects and handshakes, recording each stage as it is reached.
+func dialTLS(ctx context.Context, network, addr string, r Request, serverName string, rec *recorder) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	raw, err := r.Dial(dctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	rec.update(func(res *Result) { res.RemoteAddr = raw.RemoteAddr().String() })
+	rec.reach(StageConnected)
+	conf := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		RootCAs:    r.Roots,
+		ServerName: serverName,
+		Time:       r.Now,
+		// Never resumes a session (Get finds none): every probe is a full
+		// handshake that presents the certificate, as the node-agent's first.
+		ClientSessionCache: ticketWitness{rec},
+		// Called only after the server's chain verified for ServerName.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			rec.update(func(res *Result) {
+				res.ServerCertSeen = len(cs.PeerCertificates) > 0
+				res.ServerVerified = len(cs.PeerCertificates) > 0 && len(cs.VerifiedChains) > 0
+				res.ServerChain = cs.PeerCertificates
+				res.TLSVersion = cs.Version
+			})
+			rec.reach(StageServerVerified)
+			return nil
+		},
+		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			rec.update(func(res *Result) {
+				res.ClientCertAsked = true
+				for _, raw := range cri.AcceptableCAs {
+					res.AcceptableCAs = append(res.AcceptableCAs, subjectString(raw))
+				}
+				res.ClientCertSent = r.Cert != nil
+				res.TLSVersion = cri.Version
+			})
+			rec.reach(StageClientCert)
+			if r.Cert == nil {
+				return &tls.Certificate{}, nil
+			}
+			return r.Cert, nil
+		},
+	}
+	c := tls.Client(raw, conf)
+	if err := c.HandshakeContext(dctx); err != nil {
+		raw.Close()
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) {
+			rec.update(func(res *Result) {
+				res.ServerCertSeen = len(cve.UnverifiedCertificates) > 0
+				res.ServerChain = cve.UnverifiedCertificates
+			})
+			if len(cve.UnverifiedCertificates) > 0 {
+				rec.reach(StageServerCert)
+			}
+		}
+		return nil, &HandshakeError{Err: err}
+	}
+	rec.update(func(res *Result) { res.TLSVersion = c.ConnectionState().Version })
+	rec.reach(StageHandshake)
+	return &firstByteConn{Conn: c, rec: rec}, nil
 }
 
 // HandshakeError marks an error raised during the TLS handshake, as opposed

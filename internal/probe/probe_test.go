@@ -140,8 +140,8 @@ func TestDoRecordsHowFarItGot(t *testing.T) {
 		{"refused", refused, probe.StageNone, false, "refused", false, false, 0},
 		{"closed after ClientHello", closer, probe.StageConnected, true, "EOF", false, false, 0},
 		{"TLS 1.3 client cert rejected: handshake completes, alert on first read", wrongCA13, probe.StageHandshake, false, "remote error: tls: unknown certificate authority", true, true, 0},
-		{"TLS 1.2 client cert rejected: handshake fails", wrongCA12, probe.StageConnected, true, "remote error: tls: unknown certificate authority", true, true, 0},
-		{"200", ok, probe.StageResponse, false, "", true, true, 200},
+		{"TLS 1.2 client cert rejected: handshake fails", wrongCA12, probe.StageClientCert, true, "remote error: tls: unknown certificate authority", true, true, 0},
+		{"200", ok, probe.StageBody, false, "", true, true, 200},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -214,8 +214,8 @@ func TestDoKeepsWhatTheServerSaid(t *testing.T) {
 		t.Errorf("request headers Accept %q User-Agent %q", gotAccept, gotUA)
 	}
 	r = f.do(addr, func(r *probe.Request) { r.URL += "&case=big" })
-	if len(r.Body) != probe.MaxBody {
-		t.Errorf("body %d bytes, want capped at %d", len(r.Body), probe.MaxBody)
+	if len(r.Body) != probe.MaxBody || !r.BodyTruncated || r.Stage != probe.StageResponse {
+		t.Errorf("body %d bytes truncated %v stage %s, want capped at %d, truncated, and not StageBody", len(r.Body), r.BodyTruncated, r.Stage, probe.MaxBody)
 	}
 	if r.Date.IsZero() {
 		t.Error("the Date header was not recorded")

@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -25,7 +24,7 @@ func TestTasksWaitWarnsOnAPIClockSkew(t *testing.T) {
 		{"API 2 minutes behind", now.Add(-2 * time.Minute), Warn},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			o := passMessage(diag.TasksWait, &probe.Result{Status: 204, Date: tt.date}, e)
+			o := tasksWaitPass("tasks/wait answered 204", &probe.Result{Status: 204, Date: tt.date}, e)
 			if o.Status != tt.want {
 				t.Fatalf("status %s (%s), want %s", o.Status, o.Message, tt.want)
 			}

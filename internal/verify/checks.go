@@ -266,7 +266,7 @@ func checkCredentials(_ context.Context, e *Env) Outcome {
 	}
 	switch {
 	case s.KeyMode&0o077 != 0:
-		return o(Fail, "run provision bootstrap (it rewrites the key 0600), and treat the key as exposed if other users had access", "%s/key.pem is mode %04o; a private key must be 0600", dir, s.KeyMode)
+		return o(Fail, "run provision bootstrap: it restricts the key to 0600 at once, and rotates it if a fresh one-time token is in "+e.Cfg.CA.TokenFile+"; treat the key as exposed if other users had access", "%s/key.pem is mode %04o; a private key must be 0600", dir, s.KeyMode)
 	case s.DirMode&0o077 != 0:
 		return o(Fail, "run provision bootstrap (it restricts the directory to 0700)", "%s is mode %04o; it holds a private key and must be 0700", dir, s.DirMode)
 	case !s.KeyMatches():
@@ -325,44 +325,33 @@ func checkCAChain(ctx context.Context, e *Env) Outcome {
 	return pass("the node certificate chains to the CA's current root")
 }
 
-// probeCheck interprets the one probe for one layer: it fails if the probe's
-// finding sits in this layer (or below it, if an earlier check did not catch
-// it), and passes if the exchange got past this layer.
+// probeCheck interprets the one probe for one layer. The layer fails if the
+// probe's finding sits in it (or below it, if an earlier check did not catch
+// it), passes only on the evidence diag recorded for it, and warns when the
+// exchange crossed it without proof for a reason diag names. diag.Classify
+// guarantees one of the three; the last branch fails closed all the same.
 func probeCheck(layer diag.Layer) func(context.Context, *Env) Outcome {
 	return func(ctx context.Context, e *Env) Outcome {
-		res := e.Probe(ctx)
-		chain, _ := e.Chain(ctx)
-		f := diag.FromProbe(res, chain)
-		if f != nil && f.Layer.Index() <= layer.Index() {
+		p := e.Proof(ctx)
+		if f := p.Finding; f != nil && f.Layer.Index() <= layer.Index() {
 			return fromFinding(f)
 		}
-		if f != nil && layer == diag.Identity && f.Owner == diag.Ingress {
-			// The ingress answered for the API (502/504, a dropped
-			// connection): nothing proves the API accepted the identity.
-			return Outcome{Status: Warn, Message: "not proven: the node API never answered, the ingress did (" + f.Summary + ")"}
+		if msg, ok := p.Proven[layer]; ok {
+			if layer == diag.TasksWait {
+				return tasksWaitPass(msg, e.Probe(ctx), e)
+			}
+			return pass("%s", msg)
 		}
-		return passMessage(layer, res, e)
+		if why, ok := p.Unproven[layer]; ok {
+			return Outcome{Status: Warn, Message: why}
+		}
+		return Outcome{Status: Fail, Message: fmt.Sprintf("nothing recorded proves %s and no failure was classified: refusing to pass it", layer),
+			Remedy: "this is a bug in provision's classifier: report it with this output (--format json)"}
 	}
 }
 
-func passMessage(layer diag.Layer, r *probe.Result, e *Env) Outcome {
-	switch layer {
-	case diag.TCP:
-		return pass("connected to %s (%s)", r.Host, r.RemoteAddr)
-	case diag.TLSServer:
-		c := r.ServerChain[0]
-		return pass("the ingress presented a certificate for %s issued by %s, trusted by ca.pem", r.Host, c.Issuer.String())
-	case diag.TLSClientAuth:
-		if !r.ClientCertAsked {
-			return Outcome{Status: Warn, Message: "the ingress did not ask for a client certificate: mTLS is not enforced on this route"}
-		}
-		return pass("the ingress accepted the node's client certificate")
-	case diag.Route:
-		return pass("the ingress routed %s to the node API", r.Host)
-	case diag.Identity:
-		return pass("the node API accepted the node's identity")
-	}
-	o := pass("tasks/wait answered %d in %s", r.Status, r.Duration.Round(time.Millisecond))
+func tasksWaitPass(msg string, r *probe.Result, e *Env) Outcome {
+	o := pass("%s", msg)
 	if r.Status == 200 {
 		t := probe.TaskFrom(r.Body)
 		o.Evidence = map[string]string{"task_id": t.ID, "task": string(t.Raw)}

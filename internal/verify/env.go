@@ -39,6 +39,9 @@ type Env struct {
 
 	probeOnce sync.Once
 	probe     *probe.Result
+
+	proofOnce sync.Once
+	proof     diag.Proof
 }
 
 // NewEnv returns an Env for cfg on host.
@@ -140,4 +143,15 @@ func (e *Env) Probe(ctx context.Context) *probe.Result {
 		e.probe = probe.Do(ctx, req)
 	})
 	return e.probe
+}
+
+// Proof classifies the probe once, with the chain state deciding who owns a
+// client-certificate rejection.
+func (e *Env) Proof(ctx context.Context) diag.Proof {
+	e.proofOnce.Do(func() {
+		res := e.Probe(ctx)
+		chain, _ := e.Chain(ctx)
+		e.proof = diag.Classify(res, chain)
+	})
+	return e.proof
 }
