@@ -46,7 +46,7 @@ const (
 var layerExit = map[diag.Layer]int{
 	diag.Config: ExitConfig, diag.Hosts: 10, diag.Clock: 11, diag.Credentials: 12, diag.CA: 13,
 	diag.TCP: 14, diag.TLSServer: 15, diag.TLSClientAuth: 16, diag.Route: 17, diag.Identity: 18,
-	diag.TasksWait: 19, diag.Enroll: 20, diag.State: 21,
+	diag.TasksWait: 19, diag.Enroll: 20, diag.State: 21, diag.Internal: ExitInternal,
 }
 
 // ExitCode returns the exit code for a failing layer.

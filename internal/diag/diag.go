@@ -29,10 +29,12 @@ const (
 	// Extensions beyond verify's ladder, used by bootstrap.
 	Enroll Layer = "enroll" // the one-time token and the signing request
 	State  Layer = "state"  // local writes of the receipt and state
+	// Internal is a bug in provision itself (a check that panicked): exit 1.
+	Internal Layer = "internal"
 )
 
 // Layers lists every layer in order.
-var Layers = []Layer{Config, Hosts, Clock, Credentials, CA, TCP, TLSServer, TLSClientAuth, Route, Identity, TasksWait, Enroll, State}
+var Layers = []Layer{Config, Hosts, Clock, Credentials, CA, TCP, TLSServer, TLSClientAuth, Route, Identity, TasksWait, Enroll, State, Internal}
 
 // Index orders layers; unknown layers sort last.
 func (l Layer) Index() int {
@@ -54,6 +56,8 @@ const (
 	Network Owner = "network" // reachability between node and control plane
 	Ingress Owner = "ingress" // the TLS-terminating router in front of the node API
 	API     Owner = "api"     // the node API service itself
+	// Provision owns a failure that is a bug in provision itself.
+	Provision Owner = "provision"
 )
 
 // Finding is a classified failure.

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
@@ -106,7 +107,7 @@ func Run(ctx context.Context, e *Env, checks []Check, log *slog.Logger) []Result
 			res.Status = Skip
 			res.Message = fmt.Sprintf("skipped: depends on %s, which did not pass", blocked)
 		} else {
-			o := c.Run(ctx, e)
+			o := runContained(ctx, c, e)
 			res.Status, res.Message, res.Remedy, res.Evidence, res.transient = o.Status, o.Message, o.Remedy, o.Evidence, o.Transient
 			if o.Owner != "" {
 				res.Owner = o.Owner
@@ -130,6 +131,22 @@ func Run(ctx context.Context, e *Env, checks []Check, log *slog.Logger) []Result
 		}
 	}
 	return out
+}
+
+// runContained runs one check. A panic inside it becomes that check's
+// failure, in layer internal (exit 1), so the other checks keep their
+// results and the report stays whole: a bug in one check must never cost
+// the operator the rest of the diagnosis.
+func runContained(ctx context.Context, c Check, e *Env) (o Outcome) {
+	defer func() {
+		if r := recover(); r != nil {
+			o = Outcome{Status: Fail, Layer: diag.Internal, Owner: diag.Provision,
+				Message:  fmt.Sprintf("internal error in check %s; this is a bug: %v", c.Name, r),
+				Remedy:   "report this bug with the output of this command (--format json) and PROVISION version; the other checks' results above still stand",
+				Evidence: map[string]string{"panic": fmt.Sprint(r), "stack": string(debug.Stack())}}
+		}
+	}()
+	return c.Run(ctx, e)
 }
 
 // NewReport builds the report for results.

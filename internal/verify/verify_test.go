@@ -335,3 +335,42 @@ func TestChecksLadder(t *testing.T) {
 		t.Errorf("ladder\n got %v\nwant %v", got, want)
 	}
 }
+
+// TestRunContainsAPanickingCheck: a check that panics (a nil slice indexed,
+// as passMessage once did for tls-server) fails itself in layer internal,
+// owner provision; checks after it keep running and its dependents skip;
+// the report stays whole in JSON and names the check.
+func TestRunContainsAPanickingCheck(t *testing.T) {
+	var ran []string
+	boom := verify.Check{Name: "tls-server", Layer: diag.TLSServer, Owner: diag.Ingress,
+		Run: func(context.Context, *verify.Env) verify.Outcome {
+			ran = append(ran, "tls-server")
+			var chain []int
+			_ = chain[0]
+			return ok
+		}}
+	checks := []verify.Check{
+		fake("tcp", diag.TCP, diag.Network, ok, &ran),
+		boom,
+		fake("tls-client-auth", diag.TLSClientAuth, diag.Ingress, ok, &ran, "tls-server"),
+		fake("hosts-persist", diag.Hosts, diag.Node, ok, &ran),
+	}
+	results := verify.Run(context.Background(), nil, checks, nil)
+	if want := []string{"tcp", "tls-server", "hosts-persist"}; !reflect.DeepEqual(ran, want) {
+		t.Errorf("ran %v, want %v", ran, want)
+	}
+	rep := verify.NewReport("verify", "gpu-1", results, time.Millisecond)
+	if rep.OK || rep.FailedLayer != diag.Internal || rep.Owner != diag.Provision || rep.FailedCheck != "tls-server" {
+		t.Fatalf("report ok=%v layer=%s owner=%s check=%s, want a failure in internal/provision at tls-server", rep.OK, rep.FailedLayer, rep.Owner, rep.FailedCheck)
+	}
+	if !strings.Contains(rep.Summary, "internal error in check tls-server; this is a bug") || !strings.Contains(rep.Summary, "index out of range") {
+		t.Errorf("summary %q", rep.Summary)
+	}
+	if results[2].Status != verify.Skip || results[3].Status != verify.Pass {
+		t.Errorf("dependent %s, independent %s; want skip and pass", results[2].Status, results[3].Status)
+	}
+	b, err := json.Marshal(rep)
+	if err != nil || !json.Valid(b) {
+		t.Fatalf("report does not marshal: %v", err)
+	}
+}
