@@ -23,6 +23,11 @@ func FromEnroll(err error, layer Layer, tokenFile string) *Finding {
 		f.Owner = Network
 		f.Summary = "cannot reach the CA: " + e.Error()
 		f.Remedy = "check that ca.url resolves (a [[hosts]] entry or DNS) and that step-ca is running and reachable from the node"
+	case enroll.TrustMismatch:
+		f.Layer = CA
+		f.Owner = CAOwner
+		f.Summary = "trust mismatch at the CA: " + e.Error()
+		f.Remedy = "the endpoint answering for ca.url presents a certificate that does not chain to the pinned root: remove any TLS-intercepting proxy between the node and step-ca, and check ca.url names step-ca itself (its certificate is issued by the root ca.fingerprint names); if the node clock is far off, fix that first"
 	case enroll.Unavailable:
 		f.Owner = CAOwner
 		f.Summary = "the CA is unavailable: " + e.Error()

@@ -58,6 +58,7 @@ type Kind string
 // The kinds of enrollment failure.
 const (
 	Unreachable   Kind = "unreachable"    // dial, TLS or timeout: retryable
+	TrustMismatch Kind = "trust-mismatch" // the CA's TLS certificate does not chain to the pinned root: permanent
 	Unavailable   Kind = "unavailable"    // 429/5xx from the CA: retryable
 	NotStepCA     Kind = "not-step-ca"    // a non-JSON answer: something else answered
 	PinMismatch   Kind = "pin-mismatch"   // the served root does not match ca.fingerprint
@@ -199,7 +200,13 @@ func classifyHTTP(op string, resp *http.Response, body []byte, err error) *Error
 	}
 	if err != nil {
 		var cve *tls.CertificateVerificationError
-		if errors.As(err, &cve) || retry.IsTLSAlert(err) {
+		if errors.As(err, &cve) {
+			// Whoever answers for ca.url is not the CA the pin names (a
+			// TLS-intercepting proxy, or another endpoint behind the name):
+			// waiting cannot change that.
+			return &Error{Kind: TrustMismatch, Op: op, Err: fmt.Errorf("the CA's TLS certificate does not verify against the pinned root: %w", err)}
+		}
+		if retry.IsTLSAlert(err) {
 			return &Error{Kind: Unreachable, Op: op, Err: fmt.Errorf("TLS to the CA failed: %w", err)}
 		}
 		return &Error{Kind: Unreachable, Op: op, Err: err}
@@ -467,6 +474,10 @@ func signError(err error) error {
 			e.Kind = CARejected
 		}
 		return e
+	}
+	var cve *tls.CertificateVerificationError
+	if errors.As(err, &cve) || strings.Contains(err.Error(), "tls: failed to verify certificate") {
+		return &Error{Kind: TrustMismatch, Op: "sign", Err: fmt.Errorf("the CA's TLS certificate does not verify against its current roots: %w", err)}
 	}
 	if strings.Contains(err.Error(), "failed decoding CA error response") {
 		return &Error{Kind: NotStepCA, Op: "sign", Err: fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)}

@@ -410,8 +410,8 @@ func TestFetchRootsUntrustedCATLS(t *testing.T) {
 	c, dc := fakeClient(t, srv.URL, p.Fingerprint())
 	_, err = c.FetchRoots(context.Background())
 	e := asError(t, err)
-	if e.Kind != enroll.Unreachable || e.Op != "fetch roots" {
-		t.Fatalf("got %s in %q, want %s in fetch roots (err %v)", e.Kind, e.Op, enroll.Unreachable, err)
+	if e.Kind != enroll.TrustMismatch || e.Op != "fetch roots" || e.Transient() {
+		t.Fatalf("got %s (transient %v) in %q, want permanent %s in fetch roots (err %v)", e.Kind, e.Transient(), e.Op, enroll.TrustMismatch, err)
 	}
 	var cve *tls.CertificateVerificationError
 	if !errors.As(err, &cve) {
