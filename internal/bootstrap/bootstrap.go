@@ -58,6 +58,9 @@ type Receipt struct {
 	ProvedAt        time.Time `json:"proved_at"`
 	MachineID       string    `json:"machine_id,omitempty"`
 	Version         string    `json:"version"`
+	// Warnings are what the run fixed or left for a person, such as a
+	// private key found readable by others and kept for want of a token.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Options tune a run.
@@ -114,6 +117,18 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	system.SweepTemp(filepath.Join(stateDir, DoneDir), host.MachineID())
 	sweepTasks(filepath.Join(stateDir, TasksDir))
 
+	// 0. A private key readable by others is restricted before anything
+	// else, in the same run that finds it, whatever the run decides next.
+	pki := host.Path(cfg.Paths.PKIDir)
+	tightened, err := credstore.Tighten(pki)
+	if err != nil {
+		return stop("credentials-mode", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: "a private key under " + cfg.Paths.PKIDir + " is readable by others and cannot be restricted: " + err.Error(),
+			Remedy: "restrict it by hand (chmod 0600 the key, 0700 the directory) and treat the key as exposed: issue a fresh one-time token and run provision bootstrap to rotate it"})
+	}
+	for _, c := range tightened {
+		log.Warn("step", "step", "credentials-mode", "layer", "credentials", "status", "tightened", "change", c)
+	}
+
 	// 1. The hosts override.
 	strategy, err := ApplyHosts(cfg, host)
 	if err != nil {
@@ -146,9 +161,16 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	log.Info("step", "step", "ca-roots", "layer", "ca", "status", "ok", "roots", len(roots.Current), "fingerprint", cfg.CA.Fingerprint)
 
 	// 3. Keep the credentials or re-enroll.
-	pki := host.Path(cfg.Paths.PKIDir)
 	credstore.Sweep(pki)
 	reason := NeedsEnrollment(env, roots, host.Time())
+	var warnings []verify.Result
+	if reason == "" && len(tightened) > 0 {
+		if tokenPresent(cfg, host) {
+			reason = fmt.Sprintf("key file mode was too open, now restricted (%s); re-issuing rather than trusting a possibly exposed key", strings.Join(tightened, ", "))
+		} else {
+			warnings = append(warnings, exposedKeyWarning(cfg, tightened))
+		}
+	}
 	if reason != "" {
 		log.Info("step", "step", "assess", "layer", "credentials", "status", "enroll", "reason", reason)
 		if f := enrollNode(ctx, cfg, host, caClient, roots, reason, log); f != nil {
@@ -172,7 +194,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	for attempt := 0; ; attempt++ {
 		out.Attempts = attempt + 1
 		t0 := time.Now()
-		results := verify.Run(ctx, env, verify.Checks(), log)
+		results := append(append([]verify.Result(nil), warnings...), verify.Run(ctx, env, verify.Checks(), log)...)
 		last := verify.NewReport("bootstrap", cfg.NodeID, results, time.Since(t0))
 		if ctx.Err() != nil && rep != nil && !last.OK {
 			// The deadline cut this attempt short; the previous attempt's
@@ -225,6 +247,9 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		RootFingerprint: cfg.CA.Fingerprint, NotAfter: leaf.NotAfter.UTC(), Endpoint: cfg.NodeAPI.URL,
 		ResolvedAddr: res.RemoteAddr, ProbeStatus: res.Status, Enrolled: out.Enrolled,
 		ProvedAt: host.Time().UTC(), MachineID: host.MachineID(), Version: o.Version,
+	}
+	for _, w := range warnings {
+		rc.Warnings = append(rc.Warnings, w.Message+"; "+w.Remedy)
 	}
 	hook("before receipt")
 	if err := WriteReceipt(stateDir, rc); err != nil {
@@ -299,6 +324,22 @@ func NeedsEnrollment(env *verify.Env, roots *enroll.Roots, now time.Time) string
 		return fmt.Sprintf("key file mode %04o is too open; re-issuing rather than trusting a possibly exposed key", s.KeyMode)
 	}
 	return ""
+}
+
+// tokenPresent reports whether a non-empty token file is there to rotate
+// an exposed key with.
+func tokenPresent(cfg *config.Config, host *system.Host) bool {
+	st, err := os.Stat(host.Path(cfg.CA.TokenFile))
+	return err == nil && st.Mode().IsRegular() && st.Size() > 0
+}
+
+// exposedKeyWarning is the report line for a key that was readable by
+// others, restricted now, and kept because no token was there to rotate it.
+func exposedKeyWarning(cfg *config.Config, tightened []string) verify.Result {
+	return verify.Result{Name: "credentials-mode", Layer: diag.Credentials, Owner: diag.Node, Status: verify.Warn,
+		Message:  fmt.Sprintf("the private key was readable by others and is now restricted (%s); it was kept because %s holds no fresh token", strings.Join(tightened, ", "), cfg.CA.TokenFile),
+		Remedy:   "treat the key as exposed: write a fresh one-time token to " + cfg.CA.TokenFile + " and run provision bootstrap to rotate it",
+		Evidence: map[string]string{"tightened": strings.Join(tightened, "; ")}}
 }
 
 // Pending records that a token is about to be presented to the CA. If the

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -297,7 +298,7 @@ func TestReceiptRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ReadReceipt: %v", err)
 			}
-			if *got != r {
+			if !reflect.DeepEqual(*got, r) {
 				t.Fatalf("round trip:\n got %+v\nwant %+v", *got, r)
 			}
 			// The JSON field names are an interface.
@@ -687,4 +688,73 @@ func TestRunSavesTask(t *testing.T) {
 	if out.Report.Task == nil {
 		t.Fatal("the report does not carry the task")
 	}
+}
+
+// TestRunTightensExposedKey: a private key found readable by others is
+// restricted in the same run that finds it. Without a fresh token (the
+// normal state of a booted node) bootstrap keeps the credentials, succeeds,
+// and says so in a warning in the report and the receipt; with a fresh
+// token it rotates the key.
+func TestRunTightensExposedKey(t *testing.T) {
+	n := prepareNode(t)
+	first := n.run(t)
+	if !first.Report.OK || !first.Enrolled {
+		t.Fatalf("first bootstrap: %s", first.Report.Summary)
+	}
+	expose := func() {
+		t.Helper()
+		s, err := credstore.Load(n.files.PKIDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(s.Dir, credstore.KeyFile), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(n.files.PKIDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expose()
+	if _, err := os.Stat(n.files.TokenPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the used token is still on disk: %v", err)
+	}
+	kept := n.run(t)
+	if !kept.Report.OK || kept.Enrolled {
+		t.Fatalf("no token: ok=%v enrolled=%v: %s", kept.Report.OK, kept.Enrolled, kept.Report.Summary)
+	}
+	checkModes := func() {
+		t.Helper()
+		s, err := credstore.Load(n.files.PKIDir)
+		if err != nil || s.KeyMode != 0o600 || s.DirMode != 0o700 {
+			t.Fatalf("after the run: key %04o dir %04o (%v), want 0600 and 0700", s.KeyMode, s.DirMode, err)
+		}
+	}
+	checkModes()
+	var warned bool
+	for _, c := range kept.Report.Checks {
+		if c.Name == "credentials-mode" && c.Status == verify.Warn && strings.Contains(c.Message, "0644 -> 0600") && strings.Contains(c.Remedy, "fresh one-time token") {
+			warned = true
+		}
+	}
+	if !warned {
+		t.Errorf("the report has no credentials-mode warning naming the exposure: %+v", kept.Report.Checks)
+	}
+	if len(kept.Receipt.Warnings) != 1 || !strings.Contains(kept.Receipt.Warnings[0], "readable by others") {
+		t.Errorf("receipt warnings %q", kept.Receipt.Warnings)
+	}
+
+	// With a fresh token the exposed key is rotated.
+	expose()
+	tok, err := n.cp.Token(nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(n.files.TokenPath, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rotated := n.run(t)
+	if !rotated.Report.OK || !rotated.Enrolled || rotated.Receipt.Serial == first.Receipt.Serial {
+		t.Fatalf("with a token: ok=%v enrolled=%v serial %s (first %s): %s", rotated.Report.OK, rotated.Enrolled, rotated.Receipt.Serial, first.Receipt.Serial, rotated.Report.Summary)
+	}
+	checkModes()
 }

@@ -405,3 +405,53 @@ func Generations(dir string) []string {
 	sort.Strings(gens)
 	return gens
 }
+
+// Tighten restricts dir to 0700, every generation directory to 0700 and
+// every private key in them (and a legacy key.pem in dir itself) to 0600.
+// It returns what it changed ("<path> 0644 -> 0600"), so the caller can
+// report the exposure. A key found readable by others must not stay so for
+// one more step, whatever else the run then decides; only regular files
+// are changed (a symlink is never followed to chmod its target).
+func Tighten(dir string) ([]string, error) {
+	st, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var changed []string
+	restrict := func(path string, mode os.FileMode, want os.FileMode) error {
+		if mode&0o077 == 0 {
+			return nil
+		}
+		if err := os.Chmod(path, want); err != nil {
+			return fmt.Errorf("restricting %s to %04o: %w", path, want, err)
+		}
+		changed = append(changed, fmt.Sprintf("%s %04o -> %04o", path, mode, want))
+		return nil
+	}
+	if err := restrict(dir, st.Mode().Perm(), 0o700); err != nil {
+		return changed, err
+	}
+	keys := []string{filepath.Join(dir, KeyFile)}
+	for _, g := range Generations(dir) {
+		gd := filepath.Join(dir, g)
+		if fi, err := os.Lstat(gd); err == nil && fi.IsDir() {
+			if err := restrict(gd, fi.Mode().Perm(), 0o700); err != nil {
+				return changed, err
+			}
+			keys = append(keys, filepath.Join(gd, KeyFile))
+		}
+	}
+	for _, k := range keys {
+		fi, err := os.Lstat(k)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		if err := restrict(k, fi.Mode().Perm(), 0o600); err != nil {
+			return changed, err
+		}
+	}
+	return changed, nil
+}
