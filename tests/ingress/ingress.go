@@ -104,9 +104,73 @@ type Options struct {
 	// every info field enabled (Traefik only).
 	TraefikInfo bool
 
+	// The knobs below reproduce operator misconfigurations found in the
+	// programs' documentation and issue trackers (the integration suite's
+	// misconfig_test.go). They apply to the real programs only; the Traefik
+	// emulation rejects them. Their zero values change nothing.
+
+	// RejectHandshake makes the ingress refuse the TLS handshake for
+	// Hostname before sending any certificate: nginx "ssl_reject_handshake
+	// on" in the Hostname server block; HAProxy "strict-sni" on the bind
+	// line (so give it a ServerCertFile for another name: no certificate
+	// matches the SNI); Caddy a single TLS connection policy matching only
+	// another SNI, i.e. no site for Hostname.
+	RejectHandshake bool
+	// MinTLS and MaxTLS pin the protocol versions the ingress accepts:
+	// "1.0", "1.1", "1.2" or "1.3" ("" keeps the program's default). nginx
+	// ssl_protocols, HAProxy ssl-min-ver/ssl-max-ver, Caddy
+	// protocol_min/protocol_max.
+	MinTLS, MaxTLS string
+	// ClientAuth is how the ingress asks for the client certificate; the
+	// zero value requires and verifies it.
+	ClientAuth ClientAuthMode
+	// VerifyDepth, when set, is nginx's ssl_verify_depth (nil keeps 3;
+	// leaf -> intermediate -> root needs 1). nginx only.
+	VerifyDepth *int
+	// PlainHTTP serves plain HTTP on the ingress's port: the listener
+	// without TLS (nginx "listen" without "ssl", HAProxy "bind" without
+	// "ssl", Caddy a server without TLS connection policies).
+	PlainHTTP bool
+	// StripPrefix makes the ingress remove this path prefix before
+	// proxying: nginx "location <prefix>/ { proxy_pass http://up/; }" (a
+	// proxy_pass with a URI replaces the matched location), HAProxy
+	// "http-request replace-path", Caddy handle_path (strip_path_prefix).
+	StripPrefix string
+	// RedirectTo makes the ingress answer every request for Hostname with a
+	// 301 to this path instead of proxying it.
+	RedirectTo string
+
 	// Dir holds the generated configuration, logs and runtime files. If
 	// empty, a temporary directory is created and removed by Stop.
 	Dir string
+}
+
+// ClientAuthMode is how an ingress asks for the client certificate.
+type ClientAuthMode string
+
+// The client-auth modes.
+const (
+	// ClientAuthRequired requires a certificate and verifies it against
+	// ClientCAFile (nginx "ssl_verify_client on", HAProxy "verify required",
+	// Caddy "require_and_verify"): the default.
+	ClientAuthRequired ClientAuthMode = ""
+	// ClientAuthOptional asks for a certificate and verifies one that is
+	// sent, but lets the request through without one (nginx "optional",
+	// HAProxy "verify optional", Caddy "verify_if_given").
+	ClientAuthOptional ClientAuthMode = "optional"
+	// ClientAuthRequest asks for a certificate and does not verify it
+	// (nginx "optional_no_ca", HAProxy "verify optional" with
+	// "ca-ignore-err all crt-ignore-err all", Caddy "request").
+	ClientAuthRequest ClientAuthMode = "request"
+	// ClientAuthOff never asks for a certificate (nginx "ssl_verify_client
+	// off", HAProxy "verify none", Caddy no client_authentication).
+	ClientAuthOff ClientAuthMode = "off"
+)
+
+// misconfigured reports whether o sets any knob the emulation lacks.
+func (o Options) misconfigured() bool {
+	return o.RejectHandshake || o.MinTLS != "" || o.MaxTLS != "" || o.ClientAuth != ClientAuthRequired ||
+		o.VerifyDepth != nil || o.PlainHTTP || o.StripPrefix != "" || o.RedirectTo != ""
 }
 
 func (o Options) validate() error {
@@ -224,6 +288,9 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Ingress, error) {
 		return nil, err
 	}
 	if kind == Traefik {
+		if opts.misconfigured() {
+			return fail(errors.New("ingress options: the Traefik emulation does not implement the misconfiguration knobs"))
+		}
 		if err := startTraefik(in, opts); err != nil {
 			return fail(err)
 		}

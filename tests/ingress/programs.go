@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -38,7 +39,25 @@ http {
     uwsgi_temp_path %[1]s/uwsgi;
     scgi_temp_path %[1]s/scgi;
 `, d)
+	if o.MinTLS != "" || o.MaxTLS != "" {
+		protos, err := versionRange(o.MinTLS, o.MaxTLS, func(v string) string {
+			if v == "1.0" {
+				return "TLSv1"
+			}
+			return "TLSv" + v
+		})
+		if err != nil {
+			return nil, err
+		}
+		// At http level: nginx negotiates the version with the listening
+		// socket's default server before SNI selects a server block, so an
+		// ssl_protocols only in the node API's server block is ignored.
+		fmt.Fprintf(&b, "    ssl_protocols %s;\n", strings.Join(protos, " "))
+	}
 	listen := in.Addr + " ssl"
+	if o.PlainHTTP {
+		listen = in.Addr
+	}
 	if o.Default404 {
 		fmt.Fprintf(&b, `    server {
         listen %s default_server;
@@ -49,20 +68,44 @@ http {
     }
 `, listen, o.ServerCertFile, o.ServerKeyFile)
 	}
+	verify := map[ClientAuthMode]string{ClientAuthRequired: "on", ClientAuthOptional: "optional",
+		ClientAuthRequest: "optional_no_ca", ClientAuthOff: "off"}[o.ClientAuth]
+	if verify == "" {
+		return nil, fmt.Errorf("nginx: unknown client auth mode %q", o.ClientAuth)
+	}
+	depth := 3
+	if o.VerifyDepth != nil {
+		depth = *o.VerifyDepth
+	}
+	location, proxyPass := "/", "http://"+o.upstreamHostPort()
+	if o.StripPrefix != "" {
+		// The classic trap: a proxy_pass with a URI replaces the part of
+		// the path the location matched.
+		location, proxyPass = strings.TrimSuffix(o.StripPrefix, "/")+"/", proxyPass+"/"
+	}
 	fmt.Fprintf(&b, `    server {
         listen %s;
         server_name %s;
         ssl_certificate %s;
         ssl_certificate_key %s;
-        ssl_verify_client on;
+        ssl_verify_client %s;
         ssl_client_certificate %s;
-        # root -> intermediate -> leaf; nginx's default depth of 1 refuses it.
-        ssl_verify_depth 3;
-        location / {
-            proxy_pass http://%s;
+        # root -> intermediate -> leaf needs depth 1 (nginx's default);
+        # 3 leaves room. Depth 0 refuses it (misconfig_test.go).
+        ssl_verify_depth %d;
+`, listen, o.Hostname, o.ServerCertFile, o.ServerKeyFile, verify, o.ClientCAFile, depth)
+	if o.RejectHandshake {
+		b.WriteString("        ssl_reject_handshake on;\n")
+	}
+	fmt.Fprintf(&b, `        location %s {
+`, location)
+	if o.RedirectTo != "" {
+		fmt.Fprintf(&b, "            return 301 %s;\n", o.RedirectTo)
+	}
+	fmt.Fprintf(&b, `            proxy_pass %s;
             proxy_http_version 1.1;
             proxy_set_header Host $host;
-`, listen, o.Hostname, o.ServerCertFile, o.ServerKeyFile, o.ClientCAFile, o.upstreamHostPort())
+`, proxyPass)
 	if !o.NoForwardCert {
 		fmt.Fprintf(&b, "            proxy_set_header %s $ssl_client_escaped_cert;\n", NginxCertHeader)
 		fmt.Fprintf(&b, "            proxy_set_header %s $ssl_client_verify;\n", NginxVerifyHeader)
@@ -111,8 +154,25 @@ defaults
     timeout client 60s
     timeout server %s
 frontend node_api
-    bind %s ssl crt %s verify required ca-file %s
-`, timeoutServer, in.Addr, combined, o.ClientCAFile)
+    bind %s
+`, timeoutServer, haproxyBind(in.Addr, combined, o))
+	if o.MinTLS != "" || o.MaxTLS != "" {
+		if _, err := versionRange(o.MinTLS, o.MaxTLS, nil); err != nil {
+			return nil, err
+		}
+	}
+	if o.VerifyDepth != nil {
+		return nil, errors.New("haproxy: VerifyDepth is an nginx knob")
+	}
+	if o.ClientAuth != ClientAuthRequired && o.ClientAuth != ClientAuthOptional && o.ClientAuth != ClientAuthRequest && o.ClientAuth != ClientAuthOff {
+		return nil, fmt.Errorf("haproxy: unknown client auth mode %q", o.ClientAuth)
+	}
+	if o.RedirectTo != "" {
+		fmt.Fprintf(&b, "    http-request redirect location %s code 301\n", o.RedirectTo)
+	}
+	if o.StripPrefix != "" {
+		fmt.Fprintf(&b, "    http-request replace-path ^%s(/.*) \\1\n", strings.TrimSuffix(o.StripPrefix, "/"))
+	}
 	if !o.NoForwardCert {
 		fmt.Fprintf(&b, "    http-request set-header %s %%[ssl_c_der,base64]\n", HAProxyCertHeader)
 		fmt.Fprintf(&b, "    http-request set-header %s %%[ssl_c_chain_der,base64]\n", HAProxyChainHeader)
@@ -135,6 +195,79 @@ backend node_api
 	return []string{"-f", cfg, "-db"}, nil
 }
 
+// haproxyBind is the frontend's bind line.
+func haproxyBind(addr, combined string, o Options) string {
+	if o.PlainHTTP {
+		return addr
+	}
+	line := addr + " ssl crt " + combined
+	if o.RejectHandshake {
+		line += " strict-sni"
+	}
+	switch o.ClientAuth {
+	case ClientAuthRequired:
+		line += " verify required"
+	case ClientAuthOptional:
+		line += " verify optional"
+	case ClientAuthRequest:
+		line += " verify optional ca-ignore-err all crt-ignore-err all"
+	case ClientAuthOff:
+		line += " verify none"
+	}
+	line += " ca-file " + o.ClientCAFile
+	if o.MinTLS != "" {
+		line += " ssl-min-ver " + haproxyVersion(o.MinTLS)
+	}
+	if o.MaxTLS != "" {
+		line += " ssl-max-ver " + haproxyVersion(o.MaxTLS)
+	}
+	return line
+}
+
+func haproxyVersion(v string) string { return "TLSv" + v }
+
+// optionTLSVersions are the versions MinTLS and MaxTLS may name, in order.
+var optionTLSVersions = []string{"1.0", "1.1", "1.2", "1.3"}
+
+// versionRange lists the versions from min to max ("" is the first or the
+// last), each spelled by name (nil: as given).
+func versionRange(min, max string, name func(string) string) ([]string, error) {
+	lo, hi := 0, len(optionTLSVersions)-1
+	for i, v := range optionTLSVersions {
+		if v == min {
+			lo = i
+		}
+		if v == max {
+			hi = i
+		}
+	}
+	for _, v := range []string{min, max} {
+		if v != "" && !contains(optionTLSVersions, v) {
+			return nil, fmt.Errorf("ingress options: unknown TLS version %q (want one of %v)", v, optionTLSVersions)
+		}
+	}
+	if lo > hi {
+		return nil, fmt.Errorf("ingress options: MinTLS %s above MaxTLS %s", min, max)
+	}
+	var out []string
+	for _, v := range optionTLSVersions[lo : hi+1] {
+		if name != nil {
+			v = name(v)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
 // writeCaddy writes a JSON configuration (the Caddyfile cannot express a
 // fallback TLS policy and a catch-all 404 as directly): admin API off, no
 // automatic HTTPS, the given certificate, client auth on the Hostname SNI.
@@ -153,9 +286,17 @@ func writeCaddy(in *Ingress, o Options) ([]string, error) {
 	if o.UpstreamTimeout > 0 {
 		proxy["transport"] = m{"protocol": "http", "response_header_timeout": o.UpstreamTimeout.String()}
 	}
+	handle := []m{proxy}
+	if o.StripPrefix != "" {
+		// What handle_path does: strip the prefix, then proxy.
+		handle = []m{{"handler": "rewrite", "strip_path_prefix": strings.TrimSuffix(o.StripPrefix, "/")}, proxy}
+	}
+	if o.RedirectTo != "" {
+		handle = []m{{"handler": "static_response", "status_code": 301, "headers": m{"Location": []string{o.RedirectTo}}}}
+	}
 	routes := []m{{
 		"match":    []m{{"host": []string{o.Hostname}}},
-		"handle":   []m{proxy},
+		"handle":   handle,
 		"terminal": true,
 	}}
 	if o.Default404 {
@@ -165,6 +306,63 @@ func writeCaddy(in *Ingress, o Options) ([]string, error) {
 			"headers":     m{"Content-Type": []string{"text/plain; charset=utf-8"}},
 			"body":        "404 page not found\n",
 		}}})
+	}
+	if o.VerifyDepth != nil {
+		return nil, errors.New("caddy: VerifyDepth is an nginx knob")
+	}
+	clientAuth := m{
+		"trusted_ca_certs_pem_files": []string{o.ClientCAFile},
+		"mode":                       "require_and_verify",
+	}
+	switch o.ClientAuth {
+	case ClientAuthRequired:
+	case ClientAuthOptional:
+		clientAuth["mode"] = "verify_if_given"
+	case ClientAuthRequest:
+		clientAuth["mode"] = "request"
+	case ClientAuthOff:
+		clientAuth = nil
+	default:
+		return nil, fmt.Errorf("caddy: unknown client auth mode %q", o.ClientAuth)
+	}
+	nodeAPIPolicy := m{
+		"match":                 m{"sni": []string{o.Hostname}},
+		"certificate_selection": m{"any_tag": []string{"node-api"}},
+	}
+	if clientAuth != nil {
+		nodeAPIPolicy["client_authentication"] = clientAuth
+	}
+	if o.MinTLS != "" {
+		nodeAPIPolicy["protocol_min"] = "tls" + o.MinTLS
+	}
+	if o.MaxTLS != "" {
+		nodeAPIPolicy["protocol_max"] = "tls" + o.MaxTLS
+	}
+	policies := []m{
+		nodeAPIPolicy,
+		{
+			// No or another SNI: serve the same certificate,
+			// no client auth, so routing can answer.
+			"certificate_selection": m{"any_tag": []string{"node-api"}},
+			"default_sni":           o.Hostname,
+		},
+	}
+	if o.RejectHandshake {
+		// No site for Hostname: the only policy is another name's.
+		policies = []m{{
+			"match":                 m{"sni": []string{"other-site.invalid"}},
+			"certificate_selection": m{"any_tag": []string{"node-api"}},
+		}}
+	}
+	server := m{
+		"listen":          []string{in.Addr},
+		"protocols":       []string{"h1", "h2"}, // no HTTP/3 UDP listener
+		"automatic_https": m{"disable": true},
+		"routes":          routes,
+		"logs":            m{},
+	}
+	if !o.PlainHTTP {
+		server["tls_connection_policies"] = policies
 	}
 	cfg := m{
 		"admin":   m{"disabled": true},
@@ -180,29 +378,7 @@ func writeCaddy(in *Ingress, o Options) ([]string, error) {
 			}}}},
 			"http": m{
 				"grace_period": (2 * time.Second).String(),
-				"servers": m{"node_api": m{
-					"listen":          []string{in.Addr},
-					"protocols":       []string{"h1", "h2"}, // no HTTP/3 UDP listener
-					"automatic_https": m{"disable": true},
-					"tls_connection_policies": []m{
-						{
-							"match":                 m{"sni": []string{o.Hostname}},
-							"certificate_selection": m{"any_tag": []string{"node-api"}},
-							"client_authentication": m{
-								"trusted_ca_certs_pem_files": []string{o.ClientCAFile},
-								"mode":                       "require_and_verify",
-							},
-						},
-						{
-							// No or another SNI: serve the same certificate,
-							// no client auth, so routing can answer.
-							"certificate_selection": m{"any_tag": []string{"node-api"}},
-							"default_sni":           o.Hostname,
-						},
-					},
-					"routes": routes,
-					"logs":   m{},
-				}},
+				"servers":      m{"node_api": server},
 			},
 		},
 	}
