@@ -125,12 +125,39 @@ type Error struct {
 	Problems []Problem
 }
 
+// MaxShownProblems caps the problems Error lists; the rest are counted. A
+// template that is wrong everywhere (or a file that is not a provision config
+// at all) must still give one readable line, not megabytes.
+const MaxShownProblems = 20
+
+// maxProblemLen caps one problem's text in Error: a value or key can be as
+// long as the file.
+const maxProblemLen = 400
+
 func (e *Error) Error() string {
-	parts := make([]string, len(e.Problems))
-	for i, p := range e.Problems {
-		parts[i] = p.String()
+	shown := e.Problems
+	if len(shown) > MaxShownProblems {
+		shown = shown[:MaxShownProblems]
+	}
+	parts := make([]string, len(shown), len(shown)+1)
+	for i, p := range shown {
+		parts[i] = clip(p.String(), maxProblemLen)
+	}
+	if n := len(e.Problems) - len(shown); n > 0 {
+		parts = append(parts, fmt.Sprintf("and %d more problems", n))
 	}
 	return fmt.Sprintf("config %s: %s", e.Path, strings.Join(parts, "; "))
+}
+
+// clip shortens s to at most n bytes, on a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // Load reads and validates the config at path. The path is the real path to
@@ -167,12 +194,13 @@ func Parse(name string, data []byte) (*Config, error) {
 	if err != nil {
 		return nil, &Error{Path: name, Problems: []Problem{decodeProblem(err)}}
 	}
+	lines := newLineIndex(data)
 	var probs []Problem
 	for _, k := range md.Undecoded() {
-		probs = append(probs, Problem{Key: k.String(), Line: keyLine(data, k.String()), Msg: "unknown key" + suggest(k.String())})
+		probs = append(probs, Problem{Key: k.String(), Line: lines.line(k.String()), Msg: "unknown key" + suggest(k.String())})
 	}
 	c.applyDefaults()
-	probs = append(probs, c.validate(data)...)
+	probs = append(probs, c.validate(lines)...)
 	if len(probs) > 0 {
 		sort.SliceStable(probs, func(i, j int) bool {
 			if probs[i].Line == 0 || probs[j].Line == 0 {
@@ -228,6 +256,11 @@ var knownKeys = []string{
 func suggest(key string) string {
 	best, bestD := "", 4
 	for _, k := range knownKeys {
+		// The distance is at least the difference in length: skip the
+		// quadratic computation for keys that cannot be close.
+		if l := len(key) - len(k); l >= bestD || -l >= bestD {
+			continue
+		}
 		if d := editDistance(key, k); d < bestD {
 			best, bestD = k, d
 		}
@@ -239,12 +272,11 @@ func suggest(key string) string {
 }
 
 func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
+	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
 	for j := range prev {
 		prev[j] = j
 	}
 	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
 		cur[0] = i
 		for j := 1; j <= len(b); j++ {
 			cost := 1
@@ -253,7 +285,7 @@ func editDistance(a, b string) int {
 			}
 			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
 		}
-		prev = cur
+		prev, cur = cur, prev
 	}
 	return prev[len(b)]
 }
@@ -296,10 +328,10 @@ var waitPathPattern = regexp.MustCompile(`^(/([A-Za-z0-9\-._~!$&'()*+,;=:@{}]|%[
 // hostnamePattern follows hosts(5): letters, digits, '-' and '.'.
 var hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
-func (c *Config) validate(data []byte) []Problem {
+func (c *Config) validate(lines *lineIndex) []Problem {
 	var probs []Problem
 	add := func(key, format string, args ...any) {
-		probs = append(probs, Problem{Key: key, Line: keyLine(data, key), Msg: fmt.Sprintf(format, args...)})
+		probs = append(probs, Problem{Key: key, Line: lines.line(key), Msg: fmt.Sprintf(format, args...)})
 	}
 
 	switch {
@@ -446,29 +478,38 @@ func (c *Config) HostMap() map[string]netip.Addr {
 	return m
 }
 
-// keyLine finds the line that sets a dotted key ("node_api.url",
-// "hosts[1].ip"), or 0. The TOML library reports positions only for syntax
-// errors, and an operator editing a template wants the line for every problem.
-func keyLine(data []byte, key string) int {
-	table, leaf, index := "", key, -1
-	if i := strings.LastIndex(key, "."); i >= 0 {
-		table, leaf = key[:i], key[i+1:]
-	}
-	if i := strings.Index(table, "["); i >= 0 {
-		fmt.Sscanf(table[i:], "[%d]", &index)
-		table = table[:i]
-	}
-	cur, count := "", -1
+// lineIndex finds the line that sets a dotted key ("node_api.url",
+// "hosts[1].ip"). The TOML library reports positions only for syntax errors,
+// and an operator editing a template wants the line for every problem. The
+// file is scanned once, when the index is built, so a config with tens of
+// thousands of unknown keys costs one pass, not one pass per key.
+//
+// The scan is line-based, not a TOML parser: a "[...]" line is a table
+// header, a "k = v" line sets k in the current table; the first match wins.
+type lineIndex struct {
+	headers  map[string][]int // table name -> lines of its headers, "[t]" and "[[t]]", in order
+	keys     map[tableKey]int // (table, key) -> first line setting key in table; table "" is the top level
+	arrayKey map[arrayKey]int // (table, key, n) -> first line setting key in the n-th (0-based) "[[table]]"
+}
+
+type tableKey struct{ table, key string }
+
+type arrayKey struct {
+	table, key string
+	n          int
+}
+
+func newLineIndex(data []byte) *lineIndex {
+	ix := &lineIndex{headers: map[string][]int{}, keys: map[tableKey]int{}, arrayKey: map[arrayKey]int{}}
+	arrays := map[string]int{} // "[[t]]" headers seen so far, per table
+	cur := ""
 	for n, raw := range strings.Split(string(data), "\n") {
 		line := strings.TrimSpace(raw)
 		if strings.HasPrefix(line, "[") {
-			name := strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t")
-			cur = name
-			if name == table && strings.HasPrefix(line, "[[") {
-				count++
-			}
-			if name == key {
-				return n + 1 // the key is itself a table ("[extra]")
+			cur = strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t")
+			ix.headers[cur] = append(ix.headers[cur], n+1)
+			if strings.HasPrefix(line, "[[") {
+				arrays[cur]++
 			}
 			continue
 		}
@@ -477,36 +518,56 @@ func keyLine(data []byte, key string) int {
 			continue
 		}
 		k = strings.Trim(strings.TrimSpace(k), `"'`)
-		if cur == table && k == leaf && (index < 0 || count == index) {
-			return n + 1
+		if _, dup := ix.keys[tableKey{cur, k}]; !dup {
+			ix.keys[tableKey{cur, k}] = n + 1
 		}
-		if table != "" && cur == "" && k == key {
-			return n + 1 // dotted key at top level
+		ak := arrayKey{cur, k, arrays[cur] - 1}
+		if _, dup := ix.arrayKey[ak]; !dup {
+			ix.arrayKey[ak] = n + 1
 		}
 	}
-	if table != "" {
-		return headerLine(data, table, index)
-	}
-	return 0
+	return ix
 }
 
-// headerLine is the line of table's header ("[ca]", or the index-th
-// "[[hosts]]"), falling back to a top-level "table = ..." line: a missing or
-// bad key inside a table is then reported at the table it belongs to.
-func headerLine(data []byte, table string, index int) int {
-	count := -1
-	for n, raw := range strings.Split(string(data), "\n") {
-		line := strings.TrimSpace(raw)
-		if !strings.HasPrefix(line, "[") {
-			continue
-		}
-		if strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t") != table {
-			continue
-		}
-		count++
-		if index < 0 || index == count {
-			return n + 1
+// line is the line of key, or 0. A key inside a table that is not written
+// out (missing, or set by an inline table) is reported at its table's header
+// ("[ca]", or the index-th "[[hosts]]"), falling back to a top-level
+// "table = ..." line.
+func (ix *lineIndex) line(key string) int {
+	table, leaf, index := "", key, -1
+	if i := strings.LastIndex(key, "."); i >= 0 {
+		table, leaf = key[:i], key[i+1:]
+	}
+	if i := strings.Index(table, "["); i >= 0 {
+		fmt.Sscanf(table[i:], "[%d]", &index)
+		table = table[:i]
+	}
+	best := 0
+	first := func(n int) {
+		if n > 0 && (best == 0 || n < best) {
+			best = n
 		}
 	}
-	return keyLine(data, table)
+	if hs := ix.headers[key]; len(hs) > 0 {
+		first(hs[0]) // the key is itself a table ("[extra]")
+	}
+	if index < 0 {
+		first(ix.keys[tableKey{table, leaf}])
+	} else {
+		first(ix.arrayKey[arrayKey{table, leaf, index}])
+	}
+	if table != "" {
+		first(ix.keys[tableKey{"", key}]) // dotted key at top level
+	}
+	if best > 0 || table == "" {
+		return best
+	}
+	hs := ix.headers[table]
+	switch {
+	case index < 0 && len(hs) > 0:
+		return hs[0]
+	case index >= 0 && index < len(hs):
+		return hs[index]
+	}
+	return ix.line(table)
 }
