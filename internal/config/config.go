@@ -18,7 +18,9 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -375,8 +377,8 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	default:
 		c.CA.Fingerprint = fp
 	}
-	if !strings.HasPrefix(c.CA.TokenFile, "/") {
-		add("ca.token_file", "must be an absolute path, got %q", c.CA.TokenFile)
+	if msg := checkPath(c.CA.TokenFile, false); msg != "" {
+		add("ca.token_file", "%s", msg)
 	}
 
 	if u, msg := checkURL(c.NodeAPI.URL); msg != "" {
@@ -402,9 +404,12 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 		add("node_api.wait_timeout", "must be between 0s and 10m, got %s", d)
 	}
 
-	for _, kp := range [...][2]string{{"paths.hosts_file", c.Paths.HostsFile}, {"paths.pki_dir", c.Paths.PKIDir}, {"paths.state_dir", c.Paths.StateDir}} {
-		if !strings.HasPrefix(kp[1], "/") {
-			add(kp[0], "must be an absolute path, got %q", kp[1])
+	for _, p := range [...]struct {
+		key, val string
+		dir      bool
+	}{{"paths.hosts_file", c.Paths.HostsFile, false}, {"paths.pki_dir", c.Paths.PKIDir, true}, {"paths.state_dir", c.Paths.StateDir, true}} {
+		if msg := checkPath(p.val, p.dir); msg != "" {
+			add(p.key, "%s", msg)
 		}
 	}
 	if d := c.Bootstrap.Deadline.Duration; d < time.Second {
@@ -414,6 +419,39 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 		add("bootstrap.request_timeout", "must be between 100ms and 5m, got %s", d)
 	}
 	return probs
+}
+
+// systemDirs are directories shared with the rest of the system. provision
+// creates the directories it owns 0700 and fills them with its own links, so
+// pki_dir or state_dir set to one of these themselves would lock everyone
+// else out of it (pki_dir = "/etc" leaves /etc 0700). A file key naming one
+// of them can never work either.
+var systemDirs = map[string]bool{
+	"/etc": true, "/var": true, "/usr": true, "/bin": true, "/sbin": true, "/lib": true, "/lib64": true,
+	"/run": true, "/tmp": true, "/var/lib": true, "/boot": true, "/home": true, "/root": true,
+	"/dev": true, "/proc": true, "/sys": true,
+}
+
+// checkPath says what is wrong with a path key's value, or "". Paths must be
+// absolute and clean: "/var/lib/provision/../../../etc" is /etc, and a
+// value that means something other than it says is refused rather than
+// cleaned. dir is true for the directories provision owns and chmods.
+func checkPath(p string, dir bool) string {
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		return fmt.Sprintf("must be an absolute path, got %q", p)
+	case slices.Contains(strings.Split(p, "/"), ".."):
+		return fmt.Sprintf("must not contain '..' (it resolves to %q), got %q", filepath.Clean(p), p)
+	case filepath.Clean(p) != p:
+		return fmt.Sprintf("must be a clean path (no '.', '//' or trailing '/'): write %q, got %q", filepath.Clean(p), p)
+	case p == "/":
+		return "must not be the root directory /"
+	case systemDirs[p] && dir:
+		return fmt.Sprintf("must not be the shared system directory %s itself: provision makes its directories 0700; use a directory of its own such as %q", p, filepath.Join(p, "provision"))
+	case systemDirs[p]:
+		return fmt.Sprintf("is the system directory %s, not a file", p)
+	}
+	return ""
 }
 
 func (c *Config) mapsHost(name string) bool {
