@@ -22,6 +22,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -360,8 +361,17 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 		}
 		if h.IP == "" {
 			add(k+".ip", "required")
-		} else if a, err := netip.ParseAddr(h.IP); err != nil || a.Zone() != "" {
+		} else if a, err := netip.ParseAddr(h.IP); err != nil {
 			add(k+".ip", "%q is not an IP address", h.IP)
+		} else if a.Zone() != "" {
+			add(k+".ip", "%q is not an IP address for /etc/hosts: it carries the zone %q, which hosts(5) has no place for", h.IP, a.Zone())
+		} else if a.Is4In6() {
+			// Refused rather than normalised: resolvers and /etc/hosts
+			// lookups return the unmapped IPv4 form, so the hosts check
+			// comparing them with this value could never pass; and
+			// silently writing a different address than the config says
+			// would hide the mistake from whoever wrote the template.
+			add(k+".ip", "%q is an IPv4-mapped IPv6 address; write the IPv4 address %q", h.IP, a.Unmap().String())
 		}
 	}
 
@@ -479,6 +489,13 @@ func checkURL(s string) (*url.URL, string) {
 	}
 	if u.User != nil || u.RawQuery != "" || u.ForceQuery || strings.Contains(s, "#") {
 		return nil, fmt.Sprintf("must not carry credentials, a query or a fragment: %q", u.Redacted())
+	}
+	// url.Parse takes any run of digits as a port; 99999 was then retried
+	// as a TCP fault until the deadline. An empty port ("host:") means 443.
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Sprintf("port %s is out of range 1-65535: %q", p, u.Redacted())
+		}
 	}
 	return u, ""
 }

@@ -108,3 +108,68 @@ func TestPathSystemDirs(t *testing.T) {
 		t.Fatalf("paths = %+v %q", c.Paths, c.CA.TokenFile)
 	}
 }
+
+// TestURLPorts is issue 12 item 6: a node API port of 99999 parsed as a URL,
+// was retried as a TCP fault until the deadline (exit 14); it is a config
+// error now, as is any port outside 1-65535, in either URL.
+func TestURLPorts(t *testing.T) {
+	urls := []struct {
+		key, host string
+		line      int
+	}{
+		{"ca.url", "ca.cp.internal", 8},
+		{"node_api.url", "node-api.cp.internal", 13},
+	}
+	for _, u := range urls {
+		for _, port := range []string{"99999", "0", "65536", "00000", "4294967297", "18446744073709551617"} {
+			t.Run(u.key+"/"+port, func(t *testing.T) {
+				probs := parseProblems(t, with(map[int]string{u.line: fmt.Sprintf(`url = "https://%s:%s"`, u.host, port)}))
+				wantOnly(t, probs, u.key, u.line, "port "+port+" is out of range 1-65535")
+			})
+		}
+		for _, port := range []string{":1", ":65535", ":443", ":08443", ":", ""} {
+			t.Run(u.key+"/valid"+port, func(t *testing.T) {
+				if _, err := Parse("ok", []byte(with(map[int]string{u.line: fmt.Sprintf(`url = "https://%s%s"`, u.host, port)}))); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+	// The credentials of a URL are never echoed, whatever else is wrong.
+	probs := parseProblems(t, with(map[int]string{8: `url = "https://u:s3cr3t@ca.cp.internal:99999"`}))
+	wantOnly(t, probs, "ca.url", 8, "must not carry credentials")
+	if strings.Contains(probs[0].Msg, "s3cr3t") {
+		t.Fatalf("password echoed: %s", probs[0])
+	}
+}
+
+// TestHostIPs is issue 12 item 6: ip = "::ffff:127.0.0.1" was accepted and
+// then always failed the hosts check, because /etc/hosts lookups return the
+// unmapped IPv4 form. It is refused with the IPv4 form to write instead.
+func TestHostIPs(t *testing.T) {
+	bad := []struct {
+		ip  string
+		msg []string
+	}{
+		{"::ffff:127.0.0.1", []string{"IPv4-mapped IPv6 address", `write the IPv4 address "127.0.0.1"`}},
+		{"::ffff:10.40.0.10", []string{`write the IPv4 address "10.40.0.10"`}},
+		{"::FFFF:a28:a", []string{`write the IPv4 address "10.40.0.10"`}},
+		{"0:0:0:0:0:ffff:10.40.0.10", []string{`write the IPv4 address "10.40.0.10"`}},
+		{"fe80::1%eth0", []string{"is not an IP address for /etc/hosts", `zone "eth0"`}},
+		{"::ffff:10.40.0.10%eth0", []string{"is not an IP address for /etc/hosts", `zone "eth0"`}},
+		{"10.40.0.10%eth0", []string{"is not an IP address"}},
+	}
+	for _, b := range bad {
+		t.Run(b.ip, func(t *testing.T) {
+			probs := parseProblems(t, with(map[int]string{5: fmt.Sprintf("ip = %q", b.ip)}))
+			wantOnly(t, probs, "hosts[0].ip", 5, b.msg...)
+		})
+	}
+	for _, ip := range []string{"10.40.0.10", "fd00::10", "::1", "64:ff9b::a28:a", "::a28:a"} {
+		t.Run("valid "+ip, func(t *testing.T) {
+			if _, err := Parse("ok", []byte(with(map[int]string{5: fmt.Sprintf("ip = %q", ip)}))); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
