@@ -202,7 +202,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	for _, k := range md.Undecoded() {
 		probs = append(probs, Problem{Key: k.String(), Line: lines.line(k.String()), Msg: "unknown key" + suggest(k.String())})
 	}
-	c.applyDefaults()
+	c.applyDefaults(md)
 	probs = append(probs, c.validate(lines)...)
 	if len(probs) > 0 {
 		sort.SliceStable(probs, func(i, j int) bool {
@@ -293,31 +293,72 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-func (c *Config) applyDefaults() {
-	if c.CA.TokenFile == "" {
-		c.CA.TokenFile = DefaultTokenFile
+// applyDefaults fills in the optional keys the file leaves out. A key that
+// is written is kept as written, even "" or "0s", and validated: an explicit
+// value never silently becomes the default.
+func (c *Config) applyDefaults(md toml.MetaData) {
+	for _, d := range []struct {
+		set  bool
+		str  *string
+		dur  *Duration
+		sdef string
+		ddef time.Duration
+	}{
+		{set: md.IsDefined("ca", "token_file"), str: &c.CA.TokenFile, sdef: DefaultTokenFile},
+		{set: md.IsDefined("node_api", "wait_path"), str: &c.NodeAPI.WaitPath, sdef: DefaultWaitPath},
+		{set: md.IsDefined("node_api", "wait_timeout"), dur: &c.NodeAPI.WaitTimeout, ddef: DefaultWaitTimeout},
+		{set: md.IsDefined("paths", "hosts_file"), str: &c.Paths.HostsFile, sdef: DefaultHostsFile},
+		{set: md.IsDefined("paths", "pki_dir"), str: &c.Paths.PKIDir, sdef: DefaultPKIDir},
+		{set: md.IsDefined("paths", "state_dir"), str: &c.Paths.StateDir, sdef: DefaultStateDir},
+		{set: md.IsDefined("bootstrap", "deadline"), dur: &c.Bootstrap.Deadline, ddef: DefaultDeadline},
+		{set: md.IsDefined("bootstrap", "request_timeout"), dur: &c.Bootstrap.RequestTimeout, ddef: DefaultRequestTimeout},
+	} {
+		switch {
+		case d.set:
+		case d.str != nil:
+			*d.str = d.sdef
+		default:
+			d.dur.Duration = d.ddef
+		}
 	}
-	if c.NodeAPI.WaitPath == "" {
-		c.NodeAPI.WaitPath = DefaultWaitPath
+}
+
+// Ranges of the duration keys, inclusive. They are the contract documented
+// in docs/configuration.md; cloud-init's generator enforces the same.
+const (
+	// MaxWaitTimeout keeps the proof's long poll well inside the read
+	// timeout of the ingress in front of the node API (60s by default in
+	// Traefik and nginx): a poll held past it is cut off with a 504 on
+	// every node. 0s is allowed and means no long poll (?timeout=0).
+	MaxWaitTimeout = 30 * time.Second
+	// MinDeadline and MaxDeadline bound the whole bootstrap. Beyond a day
+	// is a typo (10h for 10m), not a plan: the unit gives it 15 minutes.
+	MinDeadline = time.Second
+	MaxDeadline = 24 * time.Hour
+	// Request timeouts: one network request.
+	MinRequestTimeout = 100 * time.Millisecond
+	MaxRequestTimeout = 5 * time.Minute
+)
+
+// zeroHint explains an explicit zero that is out of range: before, "0s"
+// silently meant the default, and a config may still rely on that.
+func zeroHint(d, def time.Duration) string {
+	if d != 0 {
+		return ""
 	}
-	if c.NodeAPI.WaitTimeout.Duration == 0 {
-		c.NodeAPI.WaitTimeout.Duration = DefaultWaitTimeout
+	return "; 0s is not the default: leave the key out for " + fmtDuration(def)
+}
+
+// fmtDuration prints a duration without zero units: 24h, 5m, 1m30s, 100ms.
+func fmtDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
 	}
-	if c.Paths.HostsFile == "" {
-		c.Paths.HostsFile = DefaultHostsFile
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
 	}
-	if c.Paths.PKIDir == "" {
-		c.Paths.PKIDir = DefaultPKIDir
-	}
-	if c.Paths.StateDir == "" {
-		c.Paths.StateDir = DefaultStateDir
-	}
-	if c.Bootstrap.Deadline.Duration == 0 {
-		c.Bootstrap.Deadline.Duration = DefaultDeadline
-	}
-	if c.Bootstrap.RequestTimeout.Duration == 0 {
-		c.Bootstrap.RequestTimeout.Duration = DefaultRequestTimeout
-	}
+	return s
 }
 
 // NodeIDPattern is what a node_id may look like: it becomes a certificate
@@ -387,7 +428,9 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	default:
 		c.CA.Fingerprint = fp
 	}
-	if msg := checkPath(c.CA.TokenFile, false); msg != "" {
+	if c.CA.TokenFile == "" {
+		add("ca.token_file", "is set to \"\"; leave the key out for the default %q", DefaultTokenFile)
+	} else if msg := checkPath(c.CA.TokenFile, false); msg != "" {
 		add("ca.token_file", "%s", msg)
 	}
 
@@ -401,6 +444,8 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 		add("node_api.url", "must not carry a path (%q); put the path in node_api.wait_path", u.Path)
 	}
 	switch {
+	case c.NodeAPI.WaitPath == "":
+		add("node_api.wait_path", "is set to \"\"; leave the key out for the default %q", DefaultWaitPath)
 	case !strings.HasPrefix(c.NodeAPI.WaitPath, "/"):
 		add("node_api.wait_path", "must start with '/', got %q", c.NodeAPI.WaitPath)
 	case !strings.Contains(c.NodeAPI.WaitPath, "{node_id}"):
@@ -410,23 +455,31 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	case !waitPathPattern.MatchString(c.NodeAPI.WaitPath):
 		add("node_api.wait_path", "must be a URL path (letters, digits, -._~!$&'()*+,;=:@/ and %%XX escapes), got %q", c.NodeAPI.WaitPath)
 	}
-	if d := c.NodeAPI.WaitTimeout.Duration; d < 0 || d > 10*time.Minute {
-		add("node_api.wait_timeout", "must be between 0s and 10m, got %s", d)
+	switch d, dl := c.NodeAPI.WaitTimeout.Duration, c.Bootstrap.Deadline.Duration; {
+	case d < 0 || d > MaxWaitTimeout:
+		add("node_api.wait_timeout", "must be between 0s and %s, got %s (the long poll must end well inside the ingress's read timeout, 60s by default)", fmtDuration(MaxWaitTimeout), d)
+	case d >= dl && dl >= MinDeadline:
+		add("node_api.wait_timeout", "must be shorter than bootstrap.deadline (%s): with no task queued the proof's long poll holds that long, so bootstrap could never finish", dl)
 	}
 
 	for _, p := range [...]struct {
-		key, val string
-		dir      bool
-	}{{"paths.hosts_file", c.Paths.HostsFile, false}, {"paths.pki_dir", c.Paths.PKIDir, true}, {"paths.state_dir", c.Paths.StateDir, true}} {
-		if msg := checkPath(p.val, p.dir); msg != "" {
+		key, val, def string
+		dir           bool
+	}{{"paths.hosts_file", c.Paths.HostsFile, DefaultHostsFile, false}, {"paths.pki_dir", c.Paths.PKIDir, DefaultPKIDir, true}, {"paths.state_dir", c.Paths.StateDir, DefaultStateDir, true}} {
+		if p.val == "" {
+			add(p.key, "is set to \"\"; leave the key out for the default %q", p.def)
+		} else if msg := checkPath(p.val, p.dir); msg != "" {
 			add(p.key, "%s", msg)
 		}
 	}
-	if d := c.Bootstrap.Deadline.Duration; d < time.Second {
-		add("bootstrap.deadline", "must be at least 1s, got %s", d)
+	switch d := c.Bootstrap.Deadline.Duration; {
+	case d < MinDeadline:
+		add("bootstrap.deadline", "must be at least %s, got %s%s", fmtDuration(MinDeadline), d, zeroHint(d, DefaultDeadline))
+	case d > MaxDeadline:
+		add("bootstrap.deadline", "must be at most %s, got %s", fmtDuration(MaxDeadline), d)
 	}
-	if d := c.Bootstrap.RequestTimeout.Duration; d < 100*time.Millisecond || d > 5*time.Minute {
-		add("bootstrap.request_timeout", "must be between 100ms and 5m, got %s", d)
+	if d := c.Bootstrap.RequestTimeout.Duration; d < MinRequestTimeout || d > MaxRequestTimeout {
+		add("bootstrap.request_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinRequestTimeout), fmtDuration(MaxRequestTimeout), d, zeroHint(d, DefaultRequestTimeout))
 	}
 	return probs
 }

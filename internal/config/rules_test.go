@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // parseProblems parses src and returns its problems; it fails the test if
@@ -172,4 +173,109 @@ func TestHostIPs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDurationRules is issue 12 item 6: "0s" silently became the default,
+// and wait_timeout = "0s", documented as valid, became 1s. Every duration key
+// is now kept as written and checked against its documented range.
+func TestDurationRules(t *testing.T) {
+	bad := []struct {
+		name string
+		repl map[int]string
+		key  string
+		line int
+		msg  []string
+	}{
+		{"deadline 0s is refused, not the default", map[int]string{23: `deadline = "0s"`}, "bootstrap.deadline", 23,
+			[]string{"must be at least 1s, got 0s", "0s is not the default: leave the key out for 10m"}},
+		{"deadline 0 in another unit", map[int]string{23: `deadline = "0h"`}, "bootstrap.deadline", 23, []string{"must be at least 1s, got 0s"}},
+		{"deadline just below 1s", map[int]string{23: `deadline = "999ms"`}, "bootstrap.deadline", 23, []string{"must be at least 1s, got 999ms"}},
+		{"deadline negative", map[int]string{23: `deadline = "-10m"`}, "bootstrap.deadline", 23, []string{"must be at least 1s, got -10m0s"}},
+		{"deadline over a day", map[int]string{23: `deadline = "24h0m1s"`}, "bootstrap.deadline", 23, []string{"must be at most 24h, got 24h0m1s"}},
+		{"deadline of years", map[int]string{23: `deadline = "87600h"`}, "bootstrap.deadline", 23, []string{"must be at most 24h"}},
+		{"request_timeout 0s is refused, not the default", map[int]string{24: `request_timeout = "0s"`}, "bootstrap.request_timeout", 24,
+			[]string{"must be between 100ms and 5m, got 0s", "leave the key out for 5s"}},
+		{"request_timeout just below 100ms", map[int]string{24: `request_timeout = "99ms"`}, "bootstrap.request_timeout", 24, []string{"got 99ms"}},
+		{"request_timeout just over 5m", map[int]string{24: `request_timeout = "5m0.001s"`}, "bootstrap.request_timeout", 24, []string{"must be between 100ms and 5m"}},
+		{"wait_timeout over 30s", map[int]string{15: `wait_timeout = "31s"`}, "node_api.wait_timeout", 15,
+			[]string{"must be between 0s and 30s, got 31s", "ingress's read timeout"}},
+		{"wait_timeout of the ingress's own timeout", map[int]string{15: `wait_timeout = "60s"`}, "node_api.wait_timeout", 15, []string{"got 1m0s"}},
+		{"wait_timeout negative", map[int]string{15: `wait_timeout = "-1ns"`}, "node_api.wait_timeout", 15, []string{"got -1ns"}},
+		{"wait_timeout as long as the deadline", map[int]string{15: `wait_timeout = "2s"`, 23: `deadline = "2s"`}, "node_api.wait_timeout", 15,
+			[]string{"must be shorter than bootstrap.deadline (2s)"}},
+		{"wait_timeout longer than the deadline", map[int]string{15: `wait_timeout = "30s"`, 23: `deadline = "10s"`}, "node_api.wait_timeout", 15,
+			[]string{"must be shorter than bootstrap.deadline (10s)"}},
+		{"0s deadline in a dotted key", map[int]string{2: `bootstrap.deadline = "0s"`, 23: ``}, "bootstrap.deadline", 2, []string{"got 0s"}},
+		{"0s request_timeout in an inline table", map[int]string{2: `bootstrap = { request_timeout = "0s" }`, 22: ``, 23: ``, 24: ``}, "bootstrap.request_timeout", 2, []string{"got 0s"}},
+	}
+	for _, b := range bad {
+		t.Run(b.name, func(t *testing.T) {
+			wantOnly(t, parseProblems(t, with(b.repl)), b.key, b.line, b.msg...)
+		})
+	}
+
+	good := []struct {
+		name              string
+		repl              map[int]string
+		wait, dl, req     string // as the config keeps them
+		waitURLTimeoutArg string
+	}{
+		{"wait_timeout 0s means no long poll (the repro: it became 1s)", map[int]string{15: `wait_timeout = "0s"`}, "0s", "10m0s", "5s", "timeout=0"},
+		{"wait_timeout 0s in an inline table", map[int]string{2: `node_api = { url = "https://node-api.cp.internal:8443", wait_timeout = "0s" }`, 12: ``, 13: ``, 14: ``, 15: ``}, "0s", "10m0s", "5s", "timeout=0"},
+		{"upper bounds", map[int]string{15: `wait_timeout = "30s"`, 23: `deadline = "24h"`, 24: `request_timeout = "5m"`}, "30s", "24h0m0s", "5m0s", "timeout=30"},
+		{"lower bounds", map[int]string{15: `wait_timeout = "999ms"`, 23: `deadline = "1s"`, 24: `request_timeout = "100ms"`}, "999ms", "1s", "100ms", "timeout=1"},
+		{"absent keys take the defaults", map[int]string{15: ``, 22: ``, 23: ``, 24: ``}, "1s", "10m0s", "5s", "timeout=1"},
+	}
+	for _, g := range good {
+		t.Run(g.name, func(t *testing.T) {
+			c, err := Parse("ok", []byte(with(g.repl)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := [3]string{c.NodeAPI.WaitTimeout.String(), c.Bootstrap.Deadline.String(), c.Bootstrap.RequestTimeout.String()}; got != [3]string{g.wait, g.dl, g.req} {
+				t.Fatalf("wait_timeout, deadline, request_timeout = %v, want %s %s %s", got, g.wait, g.dl, g.req)
+			}
+			if !strings.HasSuffix(c.WaitURL(), "?"+g.waitURLTimeoutArg) {
+				t.Fatalf("WaitURL = %s, want ?%s", c.WaitURL(), g.waitURLTimeoutArg)
+			}
+		})
+	}
+}
+
+// TestExplicitEmptyStrings: like "0s", an optional key written as "" used to
+// become its default; it is an error naming the default instead.
+func TestExplicitEmptyStrings(t *testing.T) {
+	for _, tc := range []struct {
+		key, name string
+		line      int
+		def       string
+	}{
+		{"ca.token_file", "token_file", 10, DefaultTokenFile},
+		{"node_api.wait_path", "wait_path", 14, DefaultWaitPath},
+		{"paths.hosts_file", "hosts_file", 18, DefaultHostsFile},
+		{"paths.pki_dir", "pki_dir", 19, DefaultPKIDir},
+		{"paths.state_dir", "state_dir", 20, DefaultStateDir},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			probs := parseProblems(t, with(map[int]string{tc.line: tc.name + ` = ""`}))
+			wantOnly(t, probs, tc.key, tc.line, `is set to ""`, fmt.Sprintf("leave the key out for the default %q", tc.def))
+		})
+	}
+}
+
+func TestFmtDuration(t *testing.T) {
+	for d, want := range map[string]string{"24h": "24h", "5m": "5m", "30s": "30s", "100ms": "100ms", "1m30s": "1m30s", "1h0m5s": "1h0m5s", "2h30m": "2h30m", "0s": "0s"} {
+		if got := fmtDuration(mustDuration(t, d)); got != want {
+			t.Errorf("fmtDuration(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func mustDuration(t *testing.T, s string) time.Duration {
+	t.Helper()
+	var d Duration
+	if err := d.UnmarshalText([]byte(s)); err != nil {
+		t.Fatal(err)
+	}
+	return d.Duration
 }
