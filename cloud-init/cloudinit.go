@@ -218,7 +218,7 @@ func (p Params) Validate() error {
 		name, v  string
 		min, max time.Duration
 	}{
-		{"WaitTimeout", p.WaitTimeout, time.Millisecond, 10 * time.Minute},
+		{"WaitTimeout", p.WaitTimeout, 0, 30 * time.Second}, // 0s: no long poll
 		{"Deadline", p.Deadline, time.Second, 24 * time.Hour},
 		{"RequestTimeout", p.RequestTimeout, 100 * time.Millisecond, 5 * time.Minute},
 	} {
@@ -227,7 +227,16 @@ func (p Params) Validate() error {
 			return fmt.Errorf("cloudinit: %s %q: want a Go duration between %s and %s", f.name, f.v, f.min, f.max)
 		}
 	}
+	if w, _ := time.ParseDuration(p.WaitTimeout); w >= mustDuration(p.Deadline) {
+		return fmt.Errorf("cloudinit: WaitTimeout %q: must be shorter than Deadline %q, or a node with no task queued never finishes bootstrap", p.WaitTimeout, p.Deadline)
+	}
 	return nil
+}
+
+// mustDuration parses a duration validate has already checked.
+func mustDuration(s string) time.Duration {
+	d, _ := time.ParseDuration(s)
+	return d
 }
 
 func validHostname(name string) error {

@@ -312,7 +312,9 @@ func TestValidateRejects(t *testing.T) {
 		{"wait path without node id", func(p *Params) { p.WaitPath = "/v1/tasks/wait" }},
 		{"request timeout too long", func(p *Params) { p.RequestTimeout = "6m" }},
 		{"negative timeout", func(p *Params) { p.RequestTimeout = "-5s" }},
-		{"zero wait timeout", func(p *Params) { p.WaitTimeout = "0s" }},
+		{"wait timeout past what an ingress allows", func(p *Params) { p.WaitTimeout = "31s" }},
+		{"negative wait timeout", func(p *Params) { p.WaitTimeout = "-1s" }},
+		{"wait timeout as long as the deadline", func(p *Params) { p.WaitTimeout, p.Deadline = "5s", "5s" }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -352,4 +354,20 @@ func FuzzRender(f *testing.F) {
 		}
 		checkRendered(t, p, b.Bytes())
 	})
+}
+
+// TestZeroWaitTimeoutRenders: wait_timeout = "0s" (no long poll) is valid in
+// provision's config, so the generator must render it, and provision must
+// read it back as 0s, not as the 1s default.
+func TestZeroWaitTimeoutRenders(t *testing.T) {
+	p := ExampleParams()
+	p.WaitTimeout = "0s"
+	ud := parse(t, render(t, p))
+	c, err := config.Parse(ConfigPath, []byte(ud.WriteFiles[0].Content))
+	if err != nil {
+		t.Fatalf("provision rejects the rendered config: %v", err)
+	}
+	if c.NodeAPI.WaitTimeout.Duration != 0 {
+		t.Fatalf("wait_timeout = %s, want 0s", c.NodeAPI.WaitTimeout)
+	}
 }

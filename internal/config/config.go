@@ -18,8 +18,11 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -125,12 +128,39 @@ type Error struct {
 	Problems []Problem
 }
 
+// MaxShownProblems caps the problems Error lists; the rest are counted. A
+// template that is wrong everywhere (or a file that is not a provision config
+// at all) must still give one readable line, not megabytes.
+const MaxShownProblems = 20
+
+// maxProblemLen caps one problem's text in Error: a value or key can be as
+// long as the file.
+const maxProblemLen = 400
+
 func (e *Error) Error() string {
-	parts := make([]string, len(e.Problems))
-	for i, p := range e.Problems {
-		parts[i] = p.String()
+	shown := e.Problems
+	if len(shown) > MaxShownProblems {
+		shown = shown[:MaxShownProblems]
+	}
+	parts := make([]string, len(shown), len(shown)+1)
+	for i, p := range shown {
+		parts[i] = clip(p.String(), maxProblemLen)
+	}
+	if n := len(e.Problems) - len(shown); n > 0 {
+		parts = append(parts, fmt.Sprintf("and %d more problems", n))
 	}
 	return fmt.Sprintf("config %s: %s", e.Path, strings.Join(parts, "; "))
+}
+
+// clip shortens s to at most n bytes, on a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // Load reads and validates the config at path. The path is the real path to
@@ -167,12 +197,13 @@ func Parse(name string, data []byte) (*Config, error) {
 	if err != nil {
 		return nil, &Error{Path: name, Problems: []Problem{decodeProblem(err)}}
 	}
+	lines := newLineIndex(data)
 	var probs []Problem
 	for _, k := range md.Undecoded() {
-		probs = append(probs, Problem{Key: k.String(), Line: keyLine(data, k.String()), Msg: "unknown key" + suggest(k.String())})
+		probs = append(probs, Problem{Key: k.String(), Line: lines.line(k.String()), Msg: "unknown key" + suggest(k.String())})
 	}
-	c.applyDefaults()
-	probs = append(probs, c.validate(data)...)
+	c.applyDefaults(md)
+	probs = append(probs, c.validate(lines)...)
 	if len(probs) > 0 {
 		sort.SliceStable(probs, func(i, j int) bool {
 			if probs[i].Line == 0 || probs[j].Line == 0 {
@@ -228,6 +259,11 @@ var knownKeys = []string{
 func suggest(key string) string {
 	best, bestD := "", 4
 	for _, k := range knownKeys {
+		// The distance is at least the difference in length: skip the
+		// quadratic computation for keys that cannot be close.
+		if l := len(key) - len(k); l >= bestD || -l >= bestD {
+			continue
+		}
 		if d := editDistance(key, k); d < bestD {
 			best, bestD = k, d
 		}
@@ -239,12 +275,11 @@ func suggest(key string) string {
 }
 
 func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
+	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
 	for j := range prev {
 		prev[j] = j
 	}
 	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
 		cur[0] = i
 		for j := 1; j <= len(b); j++ {
 			cost := 1
@@ -253,36 +288,77 @@ func editDistance(a, b string) int {
 			}
 			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
 		}
-		prev = cur
+		prev, cur = cur, prev
 	}
 	return prev[len(b)]
 }
 
-func (c *Config) applyDefaults() {
-	if c.CA.TokenFile == "" {
-		c.CA.TokenFile = DefaultTokenFile
+// applyDefaults fills in the optional keys the file leaves out. A key that
+// is written is kept as written, even "" or "0s", and validated: an explicit
+// value never silently becomes the default.
+func (c *Config) applyDefaults(md toml.MetaData) {
+	for _, d := range []struct {
+		set  bool
+		str  *string
+		dur  *Duration
+		sdef string
+		ddef time.Duration
+	}{
+		{set: md.IsDefined("ca", "token_file"), str: &c.CA.TokenFile, sdef: DefaultTokenFile},
+		{set: md.IsDefined("node_api", "wait_path"), str: &c.NodeAPI.WaitPath, sdef: DefaultWaitPath},
+		{set: md.IsDefined("node_api", "wait_timeout"), dur: &c.NodeAPI.WaitTimeout, ddef: DefaultWaitTimeout},
+		{set: md.IsDefined("paths", "hosts_file"), str: &c.Paths.HostsFile, sdef: DefaultHostsFile},
+		{set: md.IsDefined("paths", "pki_dir"), str: &c.Paths.PKIDir, sdef: DefaultPKIDir},
+		{set: md.IsDefined("paths", "state_dir"), str: &c.Paths.StateDir, sdef: DefaultStateDir},
+		{set: md.IsDefined("bootstrap", "deadline"), dur: &c.Bootstrap.Deadline, ddef: DefaultDeadline},
+		{set: md.IsDefined("bootstrap", "request_timeout"), dur: &c.Bootstrap.RequestTimeout, ddef: DefaultRequestTimeout},
+	} {
+		switch {
+		case d.set:
+		case d.str != nil:
+			*d.str = d.sdef
+		default:
+			d.dur.Duration = d.ddef
+		}
 	}
-	if c.NodeAPI.WaitPath == "" {
-		c.NodeAPI.WaitPath = DefaultWaitPath
+}
+
+// Ranges of the duration keys, inclusive. They are the contract documented
+// in docs/configuration.md; cloud-init's generator enforces the same.
+const (
+	// MaxWaitTimeout keeps the proof's long poll well inside the read
+	// timeout of the ingress in front of the node API (60s by default in
+	// Traefik and nginx): a poll held past it is cut off with a 504 on
+	// every node. 0s is allowed and means no long poll (?timeout=0).
+	MaxWaitTimeout = 30 * time.Second
+	// MinDeadline and MaxDeadline bound the whole bootstrap. Beyond a day
+	// is a typo (10h for 10m), not a plan: the unit gives it 15 minutes.
+	MinDeadline = time.Second
+	MaxDeadline = 24 * time.Hour
+	// Request timeouts: one network request.
+	MinRequestTimeout = 100 * time.Millisecond
+	MaxRequestTimeout = 5 * time.Minute
+)
+
+// zeroHint explains an explicit zero that is out of range: before, "0s"
+// silently meant the default, and a config may still rely on that.
+func zeroHint(d, def time.Duration) string {
+	if d != 0 {
+		return ""
 	}
-	if c.NodeAPI.WaitTimeout.Duration == 0 {
-		c.NodeAPI.WaitTimeout.Duration = DefaultWaitTimeout
+	return "; 0s is not the default: leave the key out for " + fmtDuration(def)
+}
+
+// fmtDuration prints a duration without zero units: 24h, 5m, 1m30s, 100ms.
+func fmtDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
 	}
-	if c.Paths.HostsFile == "" {
-		c.Paths.HostsFile = DefaultHostsFile
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
 	}
-	if c.Paths.PKIDir == "" {
-		c.Paths.PKIDir = DefaultPKIDir
-	}
-	if c.Paths.StateDir == "" {
-		c.Paths.StateDir = DefaultStateDir
-	}
-	if c.Bootstrap.Deadline.Duration == 0 {
-		c.Bootstrap.Deadline.Duration = DefaultDeadline
-	}
-	if c.Bootstrap.RequestTimeout.Duration == 0 {
-		c.Bootstrap.RequestTimeout.Duration = DefaultRequestTimeout
-	}
+	return s
 }
 
 // NodeIDPattern is what a node_id may look like: it becomes a certificate
@@ -296,10 +372,10 @@ var waitPathPattern = regexp.MustCompile(`^(/([A-Za-z0-9\-._~!$&'()*+,;=:@{}]|%[
 // hostnamePattern follows hosts(5): letters, digits, '-' and '.'.
 var hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
-func (c *Config) validate(data []byte) []Problem {
+func (c *Config) validate(lines *lineIndex) []Problem {
 	var probs []Problem
 	add := func(key, format string, args ...any) {
-		probs = append(probs, Problem{Key: key, Line: keyLine(data, key), Msg: fmt.Sprintf(format, args...)})
+		probs = append(probs, Problem{Key: key, Line: lines.line(key), Msg: fmt.Sprintf(format, args...)})
 	}
 
 	switch {
@@ -326,8 +402,17 @@ func (c *Config) validate(data []byte) []Problem {
 		}
 		if h.IP == "" {
 			add(k+".ip", "required")
-		} else if a, err := netip.ParseAddr(h.IP); err != nil || a.Zone() != "" {
+		} else if a, err := netip.ParseAddr(h.IP); err != nil {
 			add(k+".ip", "%q is not an IP address", h.IP)
+		} else if a.Zone() != "" {
+			add(k+".ip", "%q is not an IP address for /etc/hosts: it carries the zone %q, which hosts(5) has no place for", h.IP, a.Zone())
+		} else if a.Is4In6() {
+			// Refused rather than normalised: resolvers and /etc/hosts
+			// lookups return the unmapped IPv4 form, so the hosts check
+			// comparing them with this value could never pass; and
+			// silently writing a different address than the config says
+			// would hide the mistake from whoever wrote the template.
+			add(k+".ip", "%q is an IPv4-mapped IPv6 address; write the IPv4 address %q", h.IP, a.Unmap().String())
 		}
 	}
 
@@ -343,8 +428,10 @@ func (c *Config) validate(data []byte) []Problem {
 	default:
 		c.CA.Fingerprint = fp
 	}
-	if !strings.HasPrefix(c.CA.TokenFile, "/") {
-		add("ca.token_file", "must be an absolute path, got %q", c.CA.TokenFile)
+	if c.CA.TokenFile == "" {
+		add("ca.token_file", "is set to \"\"; leave the key out for the default %q", DefaultTokenFile)
+	} else if msg := checkPath(c.CA.TokenFile, false); msg != "" {
+		add("ca.token_file", "%s", msg)
 	}
 
 	if u, msg := checkURL(c.NodeAPI.URL); msg != "" {
@@ -357,6 +444,8 @@ func (c *Config) validate(data []byte) []Problem {
 		add("node_api.url", "must not carry a path (%q); put the path in node_api.wait_path", u.Path)
 	}
 	switch {
+	case c.NodeAPI.WaitPath == "":
+		add("node_api.wait_path", "is set to \"\"; leave the key out for the default %q", DefaultWaitPath)
 	case !strings.HasPrefix(c.NodeAPI.WaitPath, "/"):
 		add("node_api.wait_path", "must start with '/', got %q", c.NodeAPI.WaitPath)
 	case !strings.Contains(c.NodeAPI.WaitPath, "{node_id}"):
@@ -366,22 +455,66 @@ func (c *Config) validate(data []byte) []Problem {
 	case !waitPathPattern.MatchString(c.NodeAPI.WaitPath):
 		add("node_api.wait_path", "must be a URL path (letters, digits, -._~!$&'()*+,;=:@/ and %%XX escapes), got %q", c.NodeAPI.WaitPath)
 	}
-	if d := c.NodeAPI.WaitTimeout.Duration; d < 0 || d > 10*time.Minute {
-		add("node_api.wait_timeout", "must be between 0s and 10m, got %s", d)
+	switch d, dl := c.NodeAPI.WaitTimeout.Duration, c.Bootstrap.Deadline.Duration; {
+	case d < 0 || d > MaxWaitTimeout:
+		add("node_api.wait_timeout", "must be between 0s and %s, got %s (the long poll must end well inside the ingress's read timeout, 60s by default)", fmtDuration(MaxWaitTimeout), d)
+	case d >= dl && dl >= MinDeadline:
+		add("node_api.wait_timeout", "must be shorter than bootstrap.deadline (%s): with no task queued the proof's long poll holds that long, so bootstrap could never finish", dl)
 	}
 
-	for _, kp := range [...][2]string{{"paths.hosts_file", c.Paths.HostsFile}, {"paths.pki_dir", c.Paths.PKIDir}, {"paths.state_dir", c.Paths.StateDir}} {
-		if !strings.HasPrefix(kp[1], "/") {
-			add(kp[0], "must be an absolute path, got %q", kp[1])
+	for _, p := range [...]struct {
+		key, val, def string
+		dir           bool
+	}{{"paths.hosts_file", c.Paths.HostsFile, DefaultHostsFile, false}, {"paths.pki_dir", c.Paths.PKIDir, DefaultPKIDir, true}, {"paths.state_dir", c.Paths.StateDir, DefaultStateDir, true}} {
+		if p.val == "" {
+			add(p.key, "is set to \"\"; leave the key out for the default %q", p.def)
+		} else if msg := checkPath(p.val, p.dir); msg != "" {
+			add(p.key, "%s", msg)
 		}
 	}
-	if d := c.Bootstrap.Deadline.Duration; d < time.Second {
-		add("bootstrap.deadline", "must be at least 1s, got %s", d)
+	switch d := c.Bootstrap.Deadline.Duration; {
+	case d < MinDeadline:
+		add("bootstrap.deadline", "must be at least %s, got %s%s", fmtDuration(MinDeadline), d, zeroHint(d, DefaultDeadline))
+	case d > MaxDeadline:
+		add("bootstrap.deadline", "must be at most %s, got %s", fmtDuration(MaxDeadline), d)
 	}
-	if d := c.Bootstrap.RequestTimeout.Duration; d < 100*time.Millisecond || d > 5*time.Minute {
-		add("bootstrap.request_timeout", "must be between 100ms and 5m, got %s", d)
+	if d := c.Bootstrap.RequestTimeout.Duration; d < MinRequestTimeout || d > MaxRequestTimeout {
+		add("bootstrap.request_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinRequestTimeout), fmtDuration(MaxRequestTimeout), d, zeroHint(d, DefaultRequestTimeout))
 	}
 	return probs
+}
+
+// systemDirs are directories shared with the rest of the system. provision
+// creates the directories it owns 0700 and fills them with its own links, so
+// pki_dir or state_dir set to one of these themselves would lock everyone
+// else out of it (pki_dir = "/etc" leaves /etc 0700). A file key naming one
+// of them can never work either.
+var systemDirs = map[string]bool{
+	"/etc": true, "/var": true, "/usr": true, "/bin": true, "/sbin": true, "/lib": true, "/lib64": true,
+	"/run": true, "/tmp": true, "/var/lib": true, "/boot": true, "/home": true, "/root": true,
+	"/dev": true, "/proc": true, "/sys": true,
+}
+
+// checkPath says what is wrong with a path key's value, or "". Paths must be
+// absolute and clean: "/var/lib/provision/../../../etc" is /etc, and a
+// value that means something other than it says is refused rather than
+// cleaned. dir is true for the directories provision owns and chmods.
+func checkPath(p string, dir bool) string {
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		return fmt.Sprintf("must be an absolute path, got %q", p)
+	case slices.Contains(strings.Split(p, "/"), ".."):
+		return fmt.Sprintf("must not contain '..' (it resolves to %q), got %q", filepath.Clean(p), p)
+	case filepath.Clean(p) != p:
+		return fmt.Sprintf("must be a clean path (no '.', '//' or trailing '/'): write %q, got %q", filepath.Clean(p), p)
+	case p == "/":
+		return "must not be the root directory /"
+	case systemDirs[p] && dir:
+		return fmt.Sprintf("must not be the shared system directory %s itself: provision makes its directories 0700; use a directory of its own such as %q", p, filepath.Join(p, "provision"))
+	case systemDirs[p]:
+		return fmt.Sprintf("is the system directory %s, not a file", p)
+	}
+	return ""
 }
 
 func (c *Config) mapsHost(name string) bool {
@@ -409,6 +542,13 @@ func checkURL(s string) (*url.URL, string) {
 	}
 	if u.User != nil || u.RawQuery != "" || u.ForceQuery || strings.Contains(s, "#") {
 		return nil, fmt.Sprintf("must not carry credentials, a query or a fragment: %q", u.Redacted())
+	}
+	// url.Parse takes any run of digits as a port; 99999 was then retried
+	// as a TCP fault until the deadline. An empty port ("host:") means 443.
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Sprintf("port %s is out of range 1-65535: %q", p, u.Redacted())
+		}
 	}
 	return u, ""
 }
@@ -446,29 +586,38 @@ func (c *Config) HostMap() map[string]netip.Addr {
 	return m
 }
 
-// keyLine finds the line that sets a dotted key ("node_api.url",
-// "hosts[1].ip"), or 0. The TOML library reports positions only for syntax
-// errors, and an operator editing a template wants the line for every problem.
-func keyLine(data []byte, key string) int {
-	table, leaf, index := "", key, -1
-	if i := strings.LastIndex(key, "."); i >= 0 {
-		table, leaf = key[:i], key[i+1:]
-	}
-	if i := strings.Index(table, "["); i >= 0 {
-		fmt.Sscanf(table[i:], "[%d]", &index)
-		table = table[:i]
-	}
-	cur, count := "", -1
+// lineIndex finds the line that sets a dotted key ("node_api.url",
+// "hosts[1].ip"). The TOML library reports positions only for syntax errors,
+// and an operator editing a template wants the line for every problem. The
+// file is scanned once, when the index is built, so a config with tens of
+// thousands of unknown keys costs one pass, not one pass per key.
+//
+// The scan is line-based, not a TOML parser: a "[...]" line is a table
+// header, a "k = v" line sets k in the current table; the first match wins.
+type lineIndex struct {
+	headers  map[string][]int // table name -> lines of its headers, "[t]" and "[[t]]", in order
+	keys     map[tableKey]int // (table, key) -> first line setting key in table; table "" is the top level
+	arrayKey map[arrayKey]int // (table, key, n) -> first line setting key in the n-th (0-based) "[[table]]"
+}
+
+type tableKey struct{ table, key string }
+
+type arrayKey struct {
+	table, key string
+	n          int
+}
+
+func newLineIndex(data []byte) *lineIndex {
+	ix := &lineIndex{headers: map[string][]int{}, keys: map[tableKey]int{}, arrayKey: map[arrayKey]int{}}
+	arrays := map[string]int{} // "[[t]]" headers seen so far, per table
+	cur := ""
 	for n, raw := range strings.Split(string(data), "\n") {
 		line := strings.TrimSpace(raw)
 		if strings.HasPrefix(line, "[") {
-			name := strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t")
-			cur = name
-			if name == table && strings.HasPrefix(line, "[[") {
-				count++
-			}
-			if name == key {
-				return n + 1 // the key is itself a table ("[extra]")
+			cur = strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t")
+			ix.headers[cur] = append(ix.headers[cur], n+1)
+			if strings.HasPrefix(line, "[[") {
+				arrays[cur]++
 			}
 			continue
 		}
@@ -477,36 +626,56 @@ func keyLine(data []byte, key string) int {
 			continue
 		}
 		k = strings.Trim(strings.TrimSpace(k), `"'`)
-		if cur == table && k == leaf && (index < 0 || count == index) {
-			return n + 1
+		if _, dup := ix.keys[tableKey{cur, k}]; !dup {
+			ix.keys[tableKey{cur, k}] = n + 1
 		}
-		if table != "" && cur == "" && k == key {
-			return n + 1 // dotted key at top level
+		ak := arrayKey{cur, k, arrays[cur] - 1}
+		if _, dup := ix.arrayKey[ak]; !dup {
+			ix.arrayKey[ak] = n + 1
 		}
 	}
-	if table != "" {
-		return headerLine(data, table, index)
-	}
-	return 0
+	return ix
 }
 
-// headerLine is the line of table's header ("[ca]", or the index-th
-// "[[hosts]]"), falling back to a top-level "table = ..." line: a missing or
-// bad key inside a table is then reported at the table it belongs to.
-func headerLine(data []byte, table string, index int) int {
-	count := -1
-	for n, raw := range strings.Split(string(data), "\n") {
-		line := strings.TrimSpace(raw)
-		if !strings.HasPrefix(line, "[") {
-			continue
-		}
-		if strings.Trim(strings.SplitN(line, "#", 2)[0], "[] \t") != table {
-			continue
-		}
-		count++
-		if index < 0 || index == count {
-			return n + 1
+// line is the line of key, or 0. A key inside a table that is not written
+// out (missing, or set by an inline table) is reported at its table's header
+// ("[ca]", or the index-th "[[hosts]]"), falling back to a top-level
+// "table = ..." line.
+func (ix *lineIndex) line(key string) int {
+	table, leaf, index := "", key, -1
+	if i := strings.LastIndex(key, "."); i >= 0 {
+		table, leaf = key[:i], key[i+1:]
+	}
+	if i := strings.Index(table, "["); i >= 0 {
+		fmt.Sscanf(table[i:], "[%d]", &index)
+		table = table[:i]
+	}
+	best := 0
+	first := func(n int) {
+		if n > 0 && (best == 0 || n < best) {
+			best = n
 		}
 	}
-	return keyLine(data, table)
+	if hs := ix.headers[key]; len(hs) > 0 {
+		first(hs[0]) // the key is itself a table ("[extra]")
+	}
+	if index < 0 {
+		first(ix.keys[tableKey{table, leaf}])
+	} else {
+		first(ix.arrayKey[arrayKey{table, leaf, index}])
+	}
+	if table != "" {
+		first(ix.keys[tableKey{"", key}]) // dotted key at top level
+	}
+	if best > 0 || table == "" {
+		return best
+	}
+	hs := ix.headers[table]
+	switch {
+	case index < 0 && len(hs) > 0:
+		return hs[0]
+	case index >= 0 && index < len(hs):
+		return hs[index]
+	}
+	return ix.line(table)
 }

@@ -141,7 +141,7 @@ ip = "10.40.0.11"`})
 		{name: "duration as an integer", toml: with(map[int]string{23: `deadline = 600`}),
 			want: []want{{"bootstrap.deadline", 23, "not a duration"}}},
 		{name: "negative wait_timeout", toml: with(map[int]string{15: `wait_timeout = "-1s"`}),
-			want: []want{{"node_api.wait_timeout", 15, "must be between 0s and 10m, got -1s"}}},
+			want: []want{{"node_api.wait_timeout", 15, "must be between 0s and 30s, got -1s"}}},
 		{name: "wait_timeout too long", toml: with(map[int]string{15: `wait_timeout = "11m"`}),
 			want: []want{{"node_api.wait_timeout", 15, "got 11m0s"}}},
 		{name: "negative request_timeout", toml: with(map[int]string{24: `request_timeout = "-5s"`}),
@@ -318,7 +318,7 @@ func TestParseFull(t *testing.T) {
 		10: `token_file = "/etc/provision/token"`,
 		13: `url = "https://Node-API.cp.internal:8443/"`,
 		14: `wait_path = "/api/{node_id}/wait/{node_id}"`,
-		15: `wait_timeout = "2m30s"`,
+		15: `wait_timeout = "25s"`,
 		18: `hosts_file = "/srv/etc/hosts"`,
 		19: `pki_dir = "/srv/pki"`,
 		20: `state_dir = "/srv/state"`,
@@ -339,13 +339,13 @@ func TestParseFull(t *testing.T) {
 	if c.CA.Fingerprint != fp || c.CA.TokenFile != "/etc/provision/token" || c.CA.URL != "https://ca.cp.internal:9000" {
 		t.Fatalf("ca = %+v", c.CA)
 	}
-	if c.NodeAPI.WaitTimeout.Duration != 150*time.Second || c.Bootstrap.Deadline.Duration != time.Hour || c.Bootstrap.RequestTimeout.Duration != 250*time.Millisecond {
+	if c.NodeAPI.WaitTimeout.Duration != 25*time.Second || c.Bootstrap.Deadline.Duration != time.Hour || c.Bootstrap.RequestTimeout.Duration != 250*time.Millisecond {
 		t.Fatalf("durations = %v %v %v", c.NodeAPI.WaitTimeout, c.Bootstrap.Deadline, c.Bootstrap.RequestTimeout)
 	}
 	if c.Paths != (Paths{HostsFile: "/srv/etc/hosts", PKIDir: "/srv/pki", StateDir: "/srv/state"}) {
 		t.Fatalf("paths = %+v", c.Paths)
 	}
-	if got, want := c.WaitURL(), "https://Node-API.cp.internal:8443/api/gpu-0042/wait/gpu-0042?timeout=150"; got != want {
+	if got, want := c.WaitURL(), "https://Node-API.cp.internal:8443/api/gpu-0042/wait/gpu-0042?timeout=25"; got != want {
 		t.Fatalf("WaitURL = %q, want %q", got, want)
 	}
 }

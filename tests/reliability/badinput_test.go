@@ -186,6 +186,50 @@ func TestBadInputMatrix(t *testing.T) {
 			os.Remove(filepath.Join(n.Files.Root, cfgPath))
 		}, exit: 3, last: []string{cfgPath}},
 
+		// config that cannot work (issue 12 items 4, 6, 9): each was accepted
+		// and then broke the node, hung until the deadline or burnt CPU.
+		{name: "pki_dir traversal to /etc", edit: replace(`pki_dir = "/var/lib/provision/pki"`, `pki_dir = "/var/lib/provision/../../../etc"`), exit: 3, last: []string{"paths.pki_dir", "'..'"}},
+		{name: "pki_dir the root", edit: replace(`pki_dir = "/var/lib/provision/pki"`, `pki_dir = "/"`), exit: 3, last: []string{"paths.pki_dir", "root directory"}},
+		{name: "state_dir a system directory", edit: replace(`state_dir = "/var/lib/provision"`, `state_dir = "/var/lib"`), exit: 3, last: []string{"paths.state_dir", "/var/lib"}},
+		{name: "token_file with ..", edit: replace(`token_file = "/run/provision/token"`, `token_file = "/run/provision/../../etc/shadow"`), exit: 3, last: []string{"ca.token_file"}},
+		{name: "hosts_file unclean", edit: replace(`hosts_file = "/etc/hosts"`, `hosts_file = "/etc//hosts"`), exit: 3, last: []string{"paths.hosts_file"}},
+		{name: "node API port 99999", edit: func(s string) string { return strings.Replace(s, cp.API.URL(), withPort(cp.API.URL(), 99999), 1) },
+			exit: 3, last: []string{"node_api.url", "99999"}},
+		{name: "CA port 0", edit: func(s string) string { return strings.Replace(s, cp.CA.URL(), withPort(cp.CA.URL(), 0), 1) },
+			exit: 3, last: []string{"ca.url"}},
+		{name: "IPv4-mapped hosts ip", edit: replace(`ip = "127.0.0.1"`, `ip = "::ffff:127.0.0.1"`), exit: 3, last: []string{"hosts[0].ip", `"127.0.0.1"`}},
+		{name: "deadline 0s is not the default", edit: replace(`deadline = "2s"`, `deadline = "0s"`), exit: 3, last: []string{"bootstrap.deadline", "0s"}},
+		{name: "request_timeout 0s is not the default", edit: replace(`request_timeout = "500ms"`, `request_timeout = "0s"`), exit: 3, last: []string{"bootstrap.request_timeout"}},
+		{name: "wait_timeout past the ingress's timeout", edit: replace(`wait_timeout = "1s"`, `wait_timeout = "90s"`), exit: 3, last: []string{"node_api.wait_timeout"}},
+		{name: "empty pki_dir is not the default", edit: replace(`pki_dir = "/var/lib/provision/pki"`, `pki_dir = ""`), exit: 3, last: []string{"paths.pki_dir"}},
+		{name: "45,000 unknown keys", edit: func(s string) string {
+			var b strings.Builder
+			for i := range 45000 {
+				fmt.Fprintf(&b, "k%05d = 1\n", i)
+			}
+			return b.String() + s
+		}, exit: 3, last: []string{"k00000", "and 44980 more problems"},
+			check: func(t *testing.T, n *badNode, r nodetest.Result) {
+				if l := len(r.Stdout) + len(r.Stderr); l > 16<<10 {
+					t.Errorf("%d bytes of output for a config error, want a short report", l)
+				}
+			}},
+		{name: "wait_timeout 0s works: no long poll, not 1s", edit: replace(`wait_timeout = "1s"`, `wait_timeout = "0s"`), exit: 0, last: []string{"done"},
+			check: func(t *testing.T, n *badNode, r nodetest.Result) {
+				waits := 0
+				for _, q := range n.CP.API.Requests() {
+					if strings.Contains(q.Path, "/"+n.ID+"/") {
+						waits++
+						if q.RawQuery != "timeout=0" {
+							t.Errorf("tasks/wait asked with %q, want timeout=0", q.RawQuery)
+						}
+					}
+				}
+				if waits == 0 {
+					t.Errorf("no tasks/wait request from %s", n.ID)
+				}
+			}},
+
 		// hosts file (exit 10)
 		{name: "hosts lone BEGIN", prepare: writeHosts("127.0.0.1 localhost\n" + beginM + "\n10.0.0.1 x\n"), exit: 10, last: []string{hostsF, "BEGIN"}},
 		{name: "hosts lone END", prepare: writeHosts("127.0.0.1 localhost\n" + endM + "\n"), exit: 10, last: []string{hostsF, "END"}},

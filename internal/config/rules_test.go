@@ -1,0 +1,281 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// parseProblems parses src and returns its problems; it fails the test if
+// src is accepted or the error is not a one-line *Error.
+func parseProblems(t *testing.T, src string) []Problem {
+	t.Helper()
+	c, err := Parse("/etc/provision/provision.toml", []byte(src))
+	if err == nil {
+		t.Fatalf("Parse accepted it: %+v", c)
+	}
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("error %T is not *config.Error: %v", err, err)
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Fatalf("error spans lines: %q", err)
+	}
+	return ce.Problems
+}
+
+// wantOnly checks that problems is exactly one problem on key at line whose
+// message contains every part of msg.
+func wantOnly(t *testing.T, probs []Problem, key string, line int, msg ...string) {
+	t.Helper()
+	if len(probs) != 1 {
+		t.Fatalf("%d problems, want 1 on %s: %v", len(probs), key, probs)
+	}
+	p := probs[0]
+	if p.Key != key || p.Line != line {
+		t.Fatalf("problem %q, want key %s line %d", p, key, line)
+	}
+	for _, m := range msg {
+		if !strings.Contains(p.Msg, m) {
+			t.Fatalf("problem %q does not say %q", p, m)
+		}
+	}
+}
+
+// pathKeys are the path keys of the full config: key, TOML name, line.
+var pathKeys = []struct {
+	key, name string
+	line      int
+	dir       bool
+}{
+	{"ca.token_file", "token_file", 10, false},
+	{"paths.hosts_file", "hosts_file", 18, false},
+	{"paths.pki_dir", "pki_dir", 19, true},
+	{"paths.state_dir", "state_dir", 20, true},
+}
+
+// TestPathRules is issue 12 item 4: pki_dir = "/var/lib/provision/../../../etc"
+// left <root>/etc 0700 with provision's links inside, and pki_dir = "/" made
+// the root 0700. Every path key now refuses such values as config errors.
+func TestPathRules(t *testing.T) {
+	bad := []struct {
+		name, val string
+		msg       []string
+	}{
+		{"traversal to /etc (the repro)", "/var/lib/provision/../../../etc", []string{"must not contain '..'", `resolves to "/etc"`}},
+		{"traversal inside its own tree", "/var/lib/provision/x/../y", []string{"must not contain '..'"}},
+		{"parent of the root", "/..", []string{"must not contain '..'"}},
+		{"the root (the repro)", "/", []string{"must not be the root directory /"}},
+		{"double slash", "//srv/provision", []string{"must be a clean path", `write "/srv/provision"`}},
+		{"trailing slash", "/srv/provision/", []string{"must be a clean path", `write "/srv/provision"`}},
+		{"dot segment", "/srv/./provision", []string{"must be a clean path"}},
+		{"relative", "srv/provision", []string{"must be an absolute path"}},
+		{"relative dot", "./provision", []string{"must be an absolute path"}},
+	}
+	for _, pk := range pathKeys {
+		for _, b := range bad {
+			t.Run(pk.key+"/"+b.name, func(t *testing.T) {
+				probs := parseProblems(t, with(map[int]string{pk.line: fmt.Sprintf("%s = %q", pk.name, b.val)}))
+				wantOnly(t, probs, pk.key, pk.line, b.msg...)
+			})
+		}
+	}
+}
+
+// TestPathSystemDirs: a directory provision owns (and makes 0700) must not
+// be a directory the system shares; a file key naming one is refused too.
+func TestPathSystemDirs(t *testing.T) {
+	dirs := []string{"/etc", "/var", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/run", "/tmp", "/var/lib", "/boot", "/home", "/root", "/dev", "/proc", "/sys"}
+	for _, pk := range pathKeys {
+		for _, d := range dirs {
+			t.Run(pk.key+d, func(t *testing.T) {
+				probs := parseProblems(t, with(map[int]string{pk.line: fmt.Sprintf("%s = %q", pk.name, d)}))
+				if pk.dir {
+					wantOnly(t, probs, pk.key, pk.line, "must not be the shared system directory "+d+" itself", fmt.Sprintf("%q", d+"/provision"))
+				} else {
+					wantOnly(t, probs, pk.key, pk.line, "is the system directory "+d+", not a file")
+				}
+			})
+		}
+	}
+	// Below a system directory is fine: that is where provision's own
+	// directories live.
+	ok := with(map[int]string{10: `token_file = "/run/provision/ott"`, 18: `hosts_file = "/etc/hosts"`, 19: `pki_dir = "/etc/provision/pki"`, 20: `state_dir = "/var/lib/provision-b"`})
+	if c, err := Parse("ok", []byte(ok)); err != nil {
+		t.Fatal(err)
+	} else if c.Paths.PKIDir != "/etc/provision/pki" || c.Paths.StateDir != "/var/lib/provision-b" || c.CA.TokenFile != "/run/provision/ott" {
+		t.Fatalf("paths = %+v %q", c.Paths, c.CA.TokenFile)
+	}
+}
+
+// TestURLPorts is issue 12 item 6: a node API port of 99999 parsed as a URL,
+// was retried as a TCP fault until the deadline (exit 14); it is a config
+// error now, as is any port outside 1-65535, in either URL.
+func TestURLPorts(t *testing.T) {
+	urls := []struct {
+		key, host string
+		line      int
+	}{
+		{"ca.url", "ca.cp.internal", 8},
+		{"node_api.url", "node-api.cp.internal", 13},
+	}
+	for _, u := range urls {
+		for _, port := range []string{"99999", "0", "65536", "00000", "4294967297", "18446744073709551617"} {
+			t.Run(u.key+"/"+port, func(t *testing.T) {
+				probs := parseProblems(t, with(map[int]string{u.line: fmt.Sprintf(`url = "https://%s:%s"`, u.host, port)}))
+				wantOnly(t, probs, u.key, u.line, "port "+port+" is out of range 1-65535")
+			})
+		}
+		for _, port := range []string{":1", ":65535", ":443", ":08443", ":", ""} {
+			t.Run(u.key+"/valid"+port, func(t *testing.T) {
+				if _, err := Parse("ok", []byte(with(map[int]string{u.line: fmt.Sprintf(`url = "https://%s%s"`, u.host, port)}))); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+	// The credentials of a URL are never echoed, whatever else is wrong.
+	probs := parseProblems(t, with(map[int]string{8: `url = "https://u:s3cr3t@ca.cp.internal:99999"`}))
+	wantOnly(t, probs, "ca.url", 8, "must not carry credentials")
+	if strings.Contains(probs[0].Msg, "s3cr3t") {
+		t.Fatalf("password echoed: %s", probs[0])
+	}
+}
+
+// TestHostIPs is issue 12 item 6: ip = "::ffff:127.0.0.1" was accepted and
+// then always failed the hosts check, because /etc/hosts lookups return the
+// unmapped IPv4 form. It is refused with the IPv4 form to write instead.
+func TestHostIPs(t *testing.T) {
+	bad := []struct {
+		ip  string
+		msg []string
+	}{
+		{"::ffff:127.0.0.1", []string{"IPv4-mapped IPv6 address", `write the IPv4 address "127.0.0.1"`}},
+		{"::ffff:10.40.0.10", []string{`write the IPv4 address "10.40.0.10"`}},
+		{"::FFFF:a28:a", []string{`write the IPv4 address "10.40.0.10"`}},
+		{"0:0:0:0:0:ffff:10.40.0.10", []string{`write the IPv4 address "10.40.0.10"`}},
+		{"fe80::1%eth0", []string{"is not an IP address for /etc/hosts", `zone "eth0"`}},
+		{"::ffff:10.40.0.10%eth0", []string{"is not an IP address for /etc/hosts", `zone "eth0"`}},
+		{"10.40.0.10%eth0", []string{"is not an IP address"}},
+	}
+	for _, b := range bad {
+		t.Run(b.ip, func(t *testing.T) {
+			probs := parseProblems(t, with(map[int]string{5: fmt.Sprintf("ip = %q", b.ip)}))
+			wantOnly(t, probs, "hosts[0].ip", 5, b.msg...)
+		})
+	}
+	for _, ip := range []string{"10.40.0.10", "fd00::10", "::1", "64:ff9b::a28:a", "::a28:a"} {
+		t.Run("valid "+ip, func(t *testing.T) {
+			if _, err := Parse("ok", []byte(with(map[int]string{5: fmt.Sprintf("ip = %q", ip)}))); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestDurationRules is issue 12 item 6: "0s" silently became the default,
+// and wait_timeout = "0s", documented as valid, became 1s. Every duration key
+// is now kept as written and checked against its documented range.
+func TestDurationRules(t *testing.T) {
+	bad := []struct {
+		name string
+		repl map[int]string
+		key  string
+		line int
+		msg  []string
+	}{
+		{"deadline 0s is refused, not the default", map[int]string{23: `deadline = "0s"`}, "bootstrap.deadline", 23,
+			[]string{"must be at least 1s, got 0s", "0s is not the default: leave the key out for 10m"}},
+		{"deadline 0 in another unit", map[int]string{23: `deadline = "0h"`}, "bootstrap.deadline", 23, []string{"must be at least 1s, got 0s"}},
+		{"deadline just below 1s", map[int]string{23: `deadline = "999ms"`}, "bootstrap.deadline", 23, []string{"must be at least 1s, got 999ms"}},
+		{"deadline negative", map[int]string{23: `deadline = "-10m"`}, "bootstrap.deadline", 23, []string{"must be at least 1s, got -10m0s"}},
+		{"deadline over a day", map[int]string{23: `deadline = "24h0m1s"`}, "bootstrap.deadline", 23, []string{"must be at most 24h, got 24h0m1s"}},
+		{"deadline of years", map[int]string{23: `deadline = "87600h"`}, "bootstrap.deadline", 23, []string{"must be at most 24h"}},
+		{"request_timeout 0s is refused, not the default", map[int]string{24: `request_timeout = "0s"`}, "bootstrap.request_timeout", 24,
+			[]string{"must be between 100ms and 5m, got 0s", "leave the key out for 5s"}},
+		{"request_timeout just below 100ms", map[int]string{24: `request_timeout = "99ms"`}, "bootstrap.request_timeout", 24, []string{"got 99ms"}},
+		{"request_timeout just over 5m", map[int]string{24: `request_timeout = "5m0.001s"`}, "bootstrap.request_timeout", 24, []string{"must be between 100ms and 5m"}},
+		{"wait_timeout over 30s", map[int]string{15: `wait_timeout = "31s"`}, "node_api.wait_timeout", 15,
+			[]string{"must be between 0s and 30s, got 31s", "ingress's read timeout"}},
+		{"wait_timeout of the ingress's own timeout", map[int]string{15: `wait_timeout = "60s"`}, "node_api.wait_timeout", 15, []string{"got 1m0s"}},
+		{"wait_timeout negative", map[int]string{15: `wait_timeout = "-1ns"`}, "node_api.wait_timeout", 15, []string{"got -1ns"}},
+		{"wait_timeout as long as the deadline", map[int]string{15: `wait_timeout = "2s"`, 23: `deadline = "2s"`}, "node_api.wait_timeout", 15,
+			[]string{"must be shorter than bootstrap.deadline (2s)"}},
+		{"wait_timeout longer than the deadline", map[int]string{15: `wait_timeout = "30s"`, 23: `deadline = "10s"`}, "node_api.wait_timeout", 15,
+			[]string{"must be shorter than bootstrap.deadline (10s)"}},
+		{"0s deadline in a dotted key", map[int]string{2: `bootstrap.deadline = "0s"`, 23: ``}, "bootstrap.deadline", 2, []string{"got 0s"}},
+		{"0s request_timeout in an inline table", map[int]string{2: `bootstrap = { request_timeout = "0s" }`, 22: ``, 23: ``, 24: ``}, "bootstrap.request_timeout", 2, []string{"got 0s"}},
+	}
+	for _, b := range bad {
+		t.Run(b.name, func(t *testing.T) {
+			wantOnly(t, parseProblems(t, with(b.repl)), b.key, b.line, b.msg...)
+		})
+	}
+
+	good := []struct {
+		name              string
+		repl              map[int]string
+		wait, dl, req     string // as the config keeps them
+		waitURLTimeoutArg string
+	}{
+		{"wait_timeout 0s means no long poll (the repro: it became 1s)", map[int]string{15: `wait_timeout = "0s"`}, "0s", "10m0s", "5s", "timeout=0"},
+		{"wait_timeout 0s in an inline table", map[int]string{2: `node_api = { url = "https://node-api.cp.internal:8443", wait_timeout = "0s" }`, 12: ``, 13: ``, 14: ``, 15: ``}, "0s", "10m0s", "5s", "timeout=0"},
+		{"upper bounds", map[int]string{15: `wait_timeout = "30s"`, 23: `deadline = "24h"`, 24: `request_timeout = "5m"`}, "30s", "24h0m0s", "5m0s", "timeout=30"},
+		{"lower bounds", map[int]string{15: `wait_timeout = "999ms"`, 23: `deadline = "1s"`, 24: `request_timeout = "100ms"`}, "999ms", "1s", "100ms", "timeout=1"},
+		{"absent keys take the defaults", map[int]string{15: ``, 22: ``, 23: ``, 24: ``}, "1s", "10m0s", "5s", "timeout=1"},
+	}
+	for _, g := range good {
+		t.Run(g.name, func(t *testing.T) {
+			c, err := Parse("ok", []byte(with(g.repl)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := [3]string{c.NodeAPI.WaitTimeout.String(), c.Bootstrap.Deadline.String(), c.Bootstrap.RequestTimeout.String()}; got != [3]string{g.wait, g.dl, g.req} {
+				t.Fatalf("wait_timeout, deadline, request_timeout = %v, want %s %s %s", got, g.wait, g.dl, g.req)
+			}
+			if !strings.HasSuffix(c.WaitURL(), "?"+g.waitURLTimeoutArg) {
+				t.Fatalf("WaitURL = %s, want ?%s", c.WaitURL(), g.waitURLTimeoutArg)
+			}
+		})
+	}
+}
+
+// TestExplicitEmptyStrings: like "0s", an optional key written as "" used to
+// become its default; it is an error naming the default instead.
+func TestExplicitEmptyStrings(t *testing.T) {
+	for _, tc := range []struct {
+		key, name string
+		line      int
+		def       string
+	}{
+		{"ca.token_file", "token_file", 10, DefaultTokenFile},
+		{"node_api.wait_path", "wait_path", 14, DefaultWaitPath},
+		{"paths.hosts_file", "hosts_file", 18, DefaultHostsFile},
+		{"paths.pki_dir", "pki_dir", 19, DefaultPKIDir},
+		{"paths.state_dir", "state_dir", 20, DefaultStateDir},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			probs := parseProblems(t, with(map[int]string{tc.line: tc.name + ` = ""`}))
+			wantOnly(t, probs, tc.key, tc.line, `is set to ""`, fmt.Sprintf("leave the key out for the default %q", tc.def))
+		})
+	}
+}
+
+func TestFmtDuration(t *testing.T) {
+	for d, want := range map[string]string{"24h": "24h", "5m": "5m", "30s": "30s", "100ms": "100ms", "1m30s": "1m30s", "1h0m5s": "1h0m5s", "2h30m": "2h30m", "0s": "0s"} {
+		if got := fmtDuration(mustDuration(t, d)); got != want {
+			t.Errorf("fmtDuration(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func mustDuration(t *testing.T, s string) time.Duration {
+	t.Helper()
+	var d Duration
+	if err := d.UnmarshalText([]byte(s)); err != nil {
+		t.Fatal(err)
+	}
+	return d.Duration
+}
