@@ -218,7 +218,7 @@ func (p Params) Validate() error {
 		name, v  string
 		min, max time.Duration
 	}{
-		{"WaitTimeout", p.WaitTimeout, 0, 30 * time.Second}, // 0s: no long poll
+		{"WaitTimeout", p.WaitTimeout, 0, 10 * time.Minute}, // 0s: no long poll
 		{"Deadline", p.Deadline, time.Second, 24 * time.Hour},
 		{"RequestTimeout", p.RequestTimeout, 100 * time.Millisecond, 5 * time.Minute},
 	} {

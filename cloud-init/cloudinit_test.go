@@ -312,7 +312,7 @@ func TestValidateRejects(t *testing.T) {
 		{"wait path without node id", func(p *Params) { p.WaitPath = "/v1/tasks/wait" }},
 		{"request timeout too long", func(p *Params) { p.RequestTimeout = "6m" }},
 		{"negative timeout", func(p *Params) { p.RequestTimeout = "-5s" }},
-		{"wait timeout past what an ingress allows", func(p *Params) { p.WaitTimeout = "31s" }},
+		{"wait timeout past the 10m ceiling", func(p *Params) { p.WaitTimeout = "11m" }},
 		{"negative wait timeout", func(p *Params) { p.WaitTimeout = "-1s" }},
 		{"wait timeout as long as the deadline", func(p *Params) { p.WaitTimeout, p.Deadline = "5s", "5s" }},
 	}

@@ -326,11 +326,12 @@ func (c *Config) applyDefaults(md toml.MetaData) {
 // Ranges of the duration keys, inclusive. They are the contract documented
 // in docs/configuration.md; cloud-init's generator enforces the same.
 const (
-	// MaxWaitTimeout keeps the proof's long poll well inside the read
-	// timeout of the ingress in front of the node API (60s by default in
-	// Traefik and nginx): a poll held past it is cut off with a 504 on
-	// every node. 0s is allowed and means no long poll (?timeout=0).
-	MaxWaitTimeout = 30 * time.Second
+	// MaxWaitTimeout is the documented ceiling (10m, the contract since the
+	// first release). A poll longer than the ingress read timeout in front of
+	// the node API (60s by default in Traefik and nginx) ends in a 504 on
+	// every node, which tasks-wait then names; the default stays 1s. 0s is
+	// allowed and means no long poll (?timeout=0).
+	MaxWaitTimeout = 10 * time.Minute
 	// MinDeadline and MaxDeadline bound the whole bootstrap. Beyond a day
 	// is a typo (10h for 10m), not a plan: the unit gives it 15 minutes.
 	MinDeadline = time.Second
@@ -457,7 +458,7 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	}
 	switch d, dl := c.NodeAPI.WaitTimeout.Duration, c.Bootstrap.Deadline.Duration; {
 	case d < 0 || d > MaxWaitTimeout:
-		add("node_api.wait_timeout", "must be between 0s and %s, got %s (the long poll must end well inside the ingress's read timeout, 60s by default)", fmtDuration(MaxWaitTimeout), d)
+		add("node_api.wait_timeout", "must be between 0s and %s, got %s (the proof's long poll must end inside the ingress's read timeout, 60s by default)", fmtDuration(MaxWaitTimeout), d)
 	case d >= dl && dl >= MinDeadline:
 		add("node_api.wait_timeout", "must be shorter than bootstrap.deadline (%s): with no task queued the proof's long poll holds that long, so bootstrap could never finish", dl)
 	}

@@ -141,7 +141,7 @@ ip = "10.40.0.11"`})
 		{name: "duration as an integer", toml: with(map[int]string{23: `deadline = 600`}),
 			want: []want{{"bootstrap.deadline", 23, "not a duration"}}},
 		{name: "negative wait_timeout", toml: with(map[int]string{15: `wait_timeout = "-1s"`}),
-			want: []want{{"node_api.wait_timeout", 15, "must be between 0s and 30s, got -1s"}}},
+			want: []want{{"node_api.wait_timeout", 15, "must be between 0s and 10m, got -1s"}}},
 		{name: "wait_timeout too long", toml: with(map[int]string{15: `wait_timeout = "11m"`}),
 			want: []want{{"node_api.wait_timeout", 15, "got 11m0s"}}},
 		{name: "negative request_timeout", toml: with(map[int]string{24: `request_timeout = "-5s"`}),

@@ -197,9 +197,9 @@ func TestDurationRules(t *testing.T) {
 			[]string{"must be between 100ms and 5m, got 0s", "leave the key out for 5s"}},
 		{"request_timeout just below 100ms", map[int]string{24: `request_timeout = "99ms"`}, "bootstrap.request_timeout", 24, []string{"got 99ms"}},
 		{"request_timeout just over 5m", map[int]string{24: `request_timeout = "5m0.001s"`}, "bootstrap.request_timeout", 24, []string{"must be between 100ms and 5m"}},
-		{"wait_timeout over 30s", map[int]string{15: `wait_timeout = "31s"`}, "node_api.wait_timeout", 15,
-			[]string{"must be between 0s and 30s, got 31s", "ingress's read timeout"}},
-		{"wait_timeout of the ingress's own timeout", map[int]string{15: `wait_timeout = "60s"`}, "node_api.wait_timeout", 15, []string{"got 1m0s"}},
+		{"wait_timeout over 10m", map[int]string{15: `wait_timeout = "11m"`}, "node_api.wait_timeout", 15,
+			[]string{"must be between 0s and 10m, got 11m", "ingress's read timeout"}},
+		{"wait_timeout past the 10m ceiling", map[int]string{15: `wait_timeout = "601s"`}, "node_api.wait_timeout", 15, []string{"got 10m1s"}},
 		{"wait_timeout negative", map[int]string{15: `wait_timeout = "-1ns"`}, "node_api.wait_timeout", 15, []string{"got -1ns"}},
 		{"wait_timeout as long as the deadline", map[int]string{15: `wait_timeout = "2s"`, 23: `deadline = "2s"`}, "node_api.wait_timeout", 15,
 			[]string{"must be shorter than bootstrap.deadline (2s)"}},
@@ -222,7 +222,7 @@ func TestDurationRules(t *testing.T) {
 	}{
 		{"wait_timeout 0s means no long poll (the repro: it became 1s)", map[int]string{15: `wait_timeout = "0s"`}, "0s", "10m0s", "5s", "timeout=0"},
 		{"wait_timeout 0s in an inline table", map[int]string{2: `node_api = { url = "https://node-api.cp.internal:8443", wait_timeout = "0s" }`, 12: ``, 13: ``, 14: ``, 15: ``}, "0s", "10m0s", "5s", "timeout=0"},
-		{"upper bounds", map[int]string{15: `wait_timeout = "30s"`, 23: `deadline = "24h"`, 24: `request_timeout = "5m"`}, "30s", "24h0m0s", "5m0s", "timeout=30"},
+		{"upper bounds", map[int]string{15: `wait_timeout = "10m"`, 23: `deadline = "24h"`, 24: `request_timeout = "5m"`}, "10m0s", "24h0m0s", "5m0s", "timeout=600"},
 		{"lower bounds", map[int]string{15: `wait_timeout = "999ms"`, 23: `deadline = "1s"`, 24: `request_timeout = "100ms"`}, "999ms", "1s", "100ms", "timeout=1"},
 		{"absent keys take the defaults", map[int]string{15: ``, 22: ``, 23: ``, 24: ``}, "1s", "10m0s", "5s", "timeout=1"},
 	}
