@@ -136,6 +136,11 @@ func proven(r *probe.Result) map[Layer]string {
 	return m
 }
 
+func isHTML(r *probe.Result) bool {
+	b := bytes.TrimSpace(r.Body)
+	return strings.HasPrefix(r.Header.Get("Content-Type"), "text/html") || bytes.HasPrefix(b, []byte("<"))
+}
+
 func isJSON(b []byte) bool { return json.Valid(bytes.TrimSpace(b)) }
 
 // newProbeFinding starts a finding with every fact the probe recorded.
@@ -413,6 +418,11 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 	case s == 502 || s == 504:
 		return set(TasksWait, Ingress, true, "check the ingress's upstream for the node API is up, and that its read/idle timeouts exceed the long-poll duration (node_api.wait_timeout is kept below them)",
 			"%d from the ingress: it could not get an answer from the node API in time", s)
+	case s >= 500 && s <= 599 && isHTML(r):
+		// The node API speaks JSON; an HTML error page is the ingress's own
+		// (HAProxy's "No server is available", nginx's default pages).
+		return set(TasksWait, Ingress, true, "the ingress answered for the node API with its own error page: check its upstream for the node API is up and healthy; bootstrap retries this within its deadline",
+			"the ingress answered %d itself with an HTML error page (%s): the node API did not answer", s, bodyExcerpt(r.Body))
 	case s >= 500 && s <= 599:
 		return set(TasksWait, API, true, "check the node API's logs and health; bootstrap retries this within its deadline",
 			"the node API failed the tasks/wait request with %d", s)

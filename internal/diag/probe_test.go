@@ -445,6 +445,8 @@ func TestFromProbeHTTPAnswers(t *testing.T) {
 			want{layer: diag.TasksWait, owner: diag.API, transient: true, summary: []string{"503"}, remedy: "node API's logs"}},
 		{"500", status(500, "boom"), false,
 			want{layer: diag.TasksWait, owner: diag.API, transient: true, summary: []string{"500"}, remedy: "node API's logs"}},
+		{"503 HTML page from HAProxy", status(503, "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n", "Content-Type", "text/html"), false,
+			want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"503 itself", "No server is available"}, remedy: "upstream"}},
 		{"502 from the ingress", status(502, "Bad Gateway"), false,
 			want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"502 from the ingress"}, remedy: "upstream"}},
 		{"504 from the ingress", status(504, "Gateway Timeout"), false,
