@@ -284,7 +284,7 @@ func fromTransport(r *probe.Result, f *Finding, chain ChainState) *Finding {
 	// Server certificate verified, no client certificate asked for yet.
 	case st == probe.StageServerVerified && kind == errAlert:
 		return set(TLSServer, Ingress, false, remedyTLSOption,
-			"the ingress aborted the handshake after its certificate, before asking for a client certificate: %s", alertText(r.Err))
+			"the ingress aborted the handshake after its certificate, before the node sent a client certificate: %s", alertText(r.Err))
 	case st == probe.StageServerVerified && kind == errClosed:
 		return set(TLSServer, Ingress, false, remedyTLSOption,
 			"the ingress closed the connection after its certificate, before the handshake finished (%v)", r.Err)
@@ -375,11 +375,14 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 	}
 	s := r.Status
 	success := s == 204 || (s == 200 && isJSON(r.Body))
-	if !r.ClientCertAsked {
-		if success {
-			return set(TLSClientAuth, Ingress, false, remedyNotEnforce,
-				"the ingress answered %d without asking for a client certificate: mTLS is not enforced on the node API route, so the node's identity is not what the API judged", s)
-		}
+	// Without a client-certificate request, mTLS is not enforced where the
+	// request landed. Unless the answer shows the request reached no node
+	// API route at all (404, 421, a redirect: route, with client auth
+	// unjudged), that is the defect, below whatever the API then said.
+	noRoute := s == 404 || s == 421 || s >= 300 && s <= 399
+	if !r.ClientCertAsked && !noRoute {
+		return set(TLSClientAuth, Ingress, false, remedyNotEnforce,
+			"the ingress answered %d without asking for a client certificate: mTLS is not enforced on the node API route, so no node identity can reach the API", s)
 	}
 	if s >= 500 && s <= 599 || s == 429 || success && r.Stage < probe.StageBody {
 		unproven[Identity] = fmt.Sprintf("not proven: the node API never judged the identity (the answer was %d)", s)
@@ -524,13 +527,6 @@ func identityFinding(r *probe.Result, f *Finding) *Finding {
 		f.Owner = API
 		f.Summary = fmt.Sprintf("the API answered %d %q and does not say whether a client certificate reached it", r.Status, what)
 		f.Remedy = "check the API's rejection log for the caller's mTLS fields: if no certificate arrived, the ingress is not forwarding it; if one did, the API cannot parse the ingress's format"
-	}
-	if !r.ClientCertAsked {
-		f.add("note", "the ingress never asked for a client certificate: mTLS is not enabled on this route")
-		if f.Owner == API && present == nil {
-			f.Owner = Ingress
-			f.Remedy = "enable client-certificate authentication (the mTLS TLS option) on the node API route and forward the certificate to the API"
-		}
 	}
 	return f
 }

@@ -26,6 +26,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,7 +51,7 @@ const (
 	StageConnected            // TCP connection established
 	StageServerCert           // the server presented a certificate (not yet trusted)
 	StageServerVerified       // that certificate chains to Roots and is valid for the hostname
-	StageClientCert           // the server asked for a client certificate and the probe answered
+	StageClientCert           // the server asked for a client certificate and the probe's answer went out
 	StageHandshake            // the TLS handshake completed on the client
 	StageFirstByte            // the server sent application data after the handshake
 	StageResponse             // HTTP status and headers read
@@ -142,6 +143,28 @@ func (w ticketWitness) Put(_ string, cs *tls.ClientSessionState) {
 	})
 }
 
+// sentConn records that the client's answer to a certificate request left
+// the node: the first write after GetClientCertificate carries it (TLS 1.2
+// and 1.3 both send it in the client's next flight).
+type sentConn struct {
+	net.Conn
+	rec      *recorder
+	withCert bool
+	answer   atomic.Bool
+	once     sync.Once
+}
+
+func (c *sentConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 && c.answer.Load() {
+		c.once.Do(func() {
+			c.rec.update(func(r *Result) { r.ClientCertSent = c.withCert })
+			c.rec.reach(StageClientCert)
+		})
+	}
+	return n, err
+}
+
 // firstByteConn marks StageFirstByte when the server's first application
 // bytes arrive: under TLS 1.3 that is the evidence that the server accepted
 // the client certificate, even if the HTTP answer is then cut short.
@@ -229,6 +252,7 @@ func dialTLS(ctx context.Context, network, addr string, r Request, serverName st
 	}
 	rec.update(func(res *Result) { res.RemoteAddr = raw.RemoteAddr().String() })
 	rec.reach(StageConnected)
+	sc := &sentConn{Conn: raw, rec: rec, withCert: r.Cert != nil}
 	conf := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		RootCAs:    r.Roots,
@@ -254,17 +278,18 @@ func dialTLS(ctx context.Context, network, addr string, r Request, serverName st
 				for _, raw := range cri.AcceptableCAs {
 					res.AcceptableCAs = append(res.AcceptableCAs, subjectString(raw))
 				}
-				res.ClientCertSent = r.Cert != nil
 				res.TLSVersion = cri.Version
 			})
-			rec.reach(StageClientCert)
+			// Chosen, not yet sent: TLS 1.2 asks before ServerHelloDone and
+			// sends with the client's next flight. sentConn records the send.
+			sc.answer.Store(true)
 			if r.Cert == nil {
 				return &tls.Certificate{}, nil
 			}
 			return r.Cert, nil
 		},
 	}
-	c := tls.Client(raw, conf)
+	c := tls.Client(sc, conf)
 	if err := c.HandshakeContext(dctx); err != nil {
 		raw.Close()
 		var cve *tls.CertificateVerificationError
