@@ -200,8 +200,10 @@ func TestVerifyUnitsContract(t *testing.T) {
 	if got := s["Service.ExecStart"]; len(got) != 1 || !strings.HasPrefix(got[0], "/usr/bin/provision verify ") {
 		t.Errorf("provision-verify.service ExecStart = %q, want provision verify", got)
 	}
-	if len(s["Service.ReadWritePaths"]) != 0 || s["Service.ProtectSystem"][0] != "strict" {
-		t.Errorf("provision-verify.service must be read-only (ProtectSystem=strict, no ReadWritePaths)")
+	// Read-only but for the task hand-off directory: a task the proof
+	// receives is dequeued at the API and must reach the node-agent.
+	if rw := words(s["Service.ReadWritePaths"]); len(rw) != 1 || !rw["-/var/lib/provision/tasks"] || s["Service.ProtectSystem"][0] != "strict" {
+		t.Errorf("provision-verify.service must be read-only but for -/var/lib/provision/tasks (ProtectSystem=strict), got ReadWritePaths %v", rw)
 	}
 	if len(s["Service.Restart"]) != 0 {
 		t.Errorf("provision-verify.service must not restart; the timer re-runs it")

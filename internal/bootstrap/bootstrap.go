@@ -220,6 +220,19 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	}
 	rep.DurationMS = time.Since(start).Milliseconds()
 	out.Report = rep
+	// A task the API handed out is dequeued there: keep it whatever the
+	// verdict (a route without mTLS can hand one out and still fail).
+	if t, ok := env.Probed().HandedTask(); ok {
+		out.Task = &t
+		rep.Task = json.RawMessage(t.Raw)
+		if _, err := SaveTask(stateDir, t, host.Time()); err != nil {
+			if rep.OK {
+				return stop("task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof received a task but it could not be saved: " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable; the task is in this report's evidence",
+					Evidence: map[string]string{"task": string(t.Raw)}})
+			}
+			log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", err.Error(), "task_id", t.ID)
+		}
+	}
 	if !rep.OK {
 		if ctx.Err() != nil && rep.Transient {
 			rep.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", out.Attempts, cfg.Bootstrap.Deadline.Duration, rep.Summary)
@@ -227,14 +240,6 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		return out
 	}
 	res := env.Probe(ctx)
-	if res.Status == 200 {
-		t := probe.TaskFrom(res.Body)
-		out.Task = &t
-		if err := saveTask(stateDir, t, host.Time()); err != nil {
-			return stop("task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof received a task but it could not be saved: " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable; the task is in this report's evidence"})
-		}
-		rep.Task = json.RawMessage(t.Raw)
-	}
 
 	// 5. The receipt, last.
 	creds, err := env.Creds()
@@ -459,6 +464,11 @@ func WriteReceipt(stateDir string, r *Receipt) error {
 	if err := writeJSON(stateDir, ReceiptFile, r, 0o644); err != nil {
 		return err
 	}
+	// The hand-off directory exists on every done node, so verify, whose
+	// unit may write nowhere else, can leave a task there.
+	if err := os.MkdirAll(filepath.Join(stateDir, TasksDir), 0o700); err != nil {
+		return err
+	}
 	if r.MachineID != "" {
 		if err := writeJSON(filepath.Join(stateDir, DoneDir), r.MachineID, map[string]string{"serial": r.Serial, "proved_at": r.ProvedAt.Format(time.RFC3339)}, 0o644); err != nil {
 			return err
@@ -480,12 +490,16 @@ func ReadReceipt(stateDir string) (*Receipt, error) {
 	return &r, nil
 }
 
-func saveTask(stateDir string, t probe.Task, now time.Time) error {
+// SaveTask hands a task the proof received off to the node-agent: it is
+// written to state_dir/tasks/<id>.json (0600), the one place bootstrap and
+// verify both leave it. It returns the file's path.
+func SaveTask(stateDir string, t probe.Task, now time.Time) (string, error) {
 	id := t.ID
 	if id == "" || strings.ContainsAny(id, "/\\\x00") || id == "." || id == ".." || len(id) > 128 {
 		id = "task-" + now.UTC().Format("20060102T150405.000000000Z")
 	}
-	return writeJSON(filepath.Join(stateDir, TasksDir), id+".json", t.Raw, 0o600)
+	dir := filepath.Join(stateDir, TasksDir)
+	return filepath.Join(dir, id+".json"), writeJSON(dir, id+".json", t.Raw, 0o600)
 }
 
 // sweepTasks removes temp files a killed run left in the tasks directory

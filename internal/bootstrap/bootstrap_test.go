@@ -215,8 +215,8 @@ func TestSaveTaskNames(t *testing.T) {
 			root := t.TempDir()
 			state := filepath.Join(root, "var", "lib", "provision")
 			raw := json.RawMessage(`{"id":` + string(mustJSON(t, tt.id)) + `,"kind":"reimage","args":["a","b"]}`)
-			if err := saveTask(state, probe.Task{ID: tt.id, Raw: raw}, now); err != nil {
-				t.Fatalf("saveTask: %v", err)
+			if _, err := SaveTask(state, probe.Task{ID: tt.id, Raw: raw}, now); err != nil {
+				t.Fatalf("SaveTask: %v", err)
 			}
 			got := files(t, root)
 			want := filepath.Join("var", "lib", "provision", TasksDir, tt.want)
@@ -256,7 +256,7 @@ func mustJSON(t *testing.T, v any) []byte {
 func TestSaveTaskNonJSONBody(t *testing.T) {
 	state := t.TempDir()
 	task := probe.TaskFrom([]byte("reboot now\n"))
-	if err := saveTask(state, task, time.Now()); err != nil {
+	if _, err := SaveTask(state, task, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	ents, err := os.ReadDir(filepath.Join(state, TasksDir))

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -44,7 +45,9 @@ var verifyCmd = &command{
 	usage: `Checks every layer between the node and the node API, in order, and names the
 first one that fails, its owner and the fix. A check whose dependency failed
 is reported as skipped, so one root cause shows instead of a cascade. Writes
-nothing. Network checks use bootstrap.request_timeout each, without retries.
+nothing but a task the API hands to the proof's tasks/wait: that task is
+dequeued, so it is handed off to state_dir/tasks/<id>.json as bootstrap does.
+Network checks use bootstrap.request_timeout each, without retries.
 
 Layers: config hosts clock credentials ca tcp tls-server tls-client-auth route
 identity tasks-wait. Owners: node ca network ingress api.
@@ -167,6 +170,19 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	e := verify.NewEnv(cfg, host)
 	results := verify.Run(ctx, e, verify.Checks(), log)
 	rep := verify.NewReport("verify", cfg.NodeID, results, time.Since(start))
+	// The proof's tasks/wait is the node-agent's: a task the API handed out
+	// is dequeued there, so verify hands it off exactly as bootstrap does.
+	if t, ok := e.Probed().HandedTask(); ok {
+		rep.Task = json.RawMessage(t.Raw)
+		path, err := bootstrap.SaveTask(host.Path(cfg.Paths.StateDir), t, host.Time())
+		if err != nil {
+			return printReport(env, f, verify.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+				Summary:  "the proof received a task but it could not be handed off: " + err.Error(),
+				Remedy:   "make " + cfg.Paths.StateDir + " writable, and give this task (in the evidence) to the node-agent by hand",
+				Evidence: map[string]string{"task": string(t.Raw)}}))
+		}
+		log.Info("task received during the proof and handed off", "task_id", t.ID, "path", strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))
+	}
 	return printReport(env, f, rep)
 }
 

@@ -332,6 +332,17 @@ func subjectString(raw []byte) string {
 	return seq.String()
 }
 
+// HandedTask returns the task the API handed out in this exchange: a 200
+// whose whole JSON body was read. The API has dequeued it for this node, so
+// whoever made the request must hand it off, whatever the verdict on the
+// rest of the exchange.
+func (r *Result) HandedTask() (Task, bool) {
+	if r == nil || r.Status != 200 || r.Stage < StageBody || !json.Valid(bytes.TrimSpace(r.Body)) {
+		return Task{}, false
+	}
+	return TaskFrom(r.Body), true
+}
+
 // Task is a task the API handed out in answer to the proof.
 type Task struct {
 	ID  string

@@ -355,7 +355,7 @@ func tasksWaitPass(msg string, r *probe.Result, e *Env) Outcome {
 	if r.Status == 200 {
 		t := probe.TaskFrom(r.Body)
 		o.Evidence = map[string]string{"task_id": t.ID, "task": string(t.Raw)}
-		o.Message += "; the API handed out a task (shown in the evidence; verify does not store it)"
+		o.Message += "; the API handed out a task (in the evidence; handed off under state_dir/tasks/ like bootstrap's)"
 	}
 	// The clock check compared with the CA; the API's Date is a second
 	// witness. A skew here does not stop the proof, so it only warns.

@@ -155,3 +155,9 @@ func (e *Env) Proof(ctx context.Context) diag.Proof {
 	})
 	return e.proof
 }
+
+// Probed returns the probe's result if a check made it, without making it:
+// after a run, the caller must hand off a task the probe received.
+func (e *Env) Probed() *probe.Result {
+	return e.probe
+}

@@ -4,7 +4,8 @@
 // one root cause, not a cascade), and one report rendered as text or JSON.
 //
 // The same checks end every bootstrap, so bootstrap's last line and verify's
-// answer always agree. Verify itself never writes anything.
+// answer always agree. The checks never write anything; a task the proof
+// received is handed off by the caller (it is dequeued at the API).
 package verify
 
 import (

@@ -3,6 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -100,31 +103,70 @@ func checkLadder(t *testing.T, rep *nodetest.Report, healthy bool) {
 	}
 }
 
-// TestVerifyShowsTaskItReceived: verify writes nothing, so a task the API
-// hands to its proof cannot be saved; it must at least be shown, never
-// dropped silently.
-func TestVerifyShowsTaskItReceived(t *testing.T) {
+// TestVerifyHandsOffEveryTask: verify's proof is the node-agent's own
+// tasks/wait, so a task queued for the node is dequeued by it. Verify runs
+// from a timer on every node: it must hand each task off exactly as
+// bootstrap does (state_dir/tasks/<id>.json), or that work is lost. Three
+// tasks are queued, verify runs four times; the node-agent's side holds
+// each task exactly once, the API holds none, and verify wrote nothing
+// else under the root.
+func TestVerifyHandsOffEveryTask(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, true)
 	nodetest.WantExit(t, n.Run("bootstrap"), 0)
-	task := cp.API.QueueTask(n.ID, controlplane.Task{Kind: "reboot"})
+	var queued []string
+	for _, kind := range []string{"reboot", "reimage", "drain"} {
+		queued = append(queued, cp.API.QueueTask(n.ID, controlplane.Task{Kind: kind}).ID)
+	}
 	before := snapshot(t, n.Root)
-
-	r := n.RunJSON("verify")
-	nodetest.WantExit(t, r, 0)
-	var tw *nodetest.Check
-	for i := range r.Report.Checks {
-		if r.Report.Checks[i].Name == "tasks-wait" {
-			tw = &r.Report.Checks[i]
+	tasksDir := filepath.Join(n.Files.StateDir, "tasks")
+	for i := 0; i < len(queued)+1; i++ {
+		r := n.RunJSON("verify")
+		nodetest.WantExit(t, r, 0)
+		var tw *nodetest.Check
+		for j := range r.Report.Checks {
+			if r.Report.Checks[j].Name == "tasks-wait" {
+				tw = &r.Report.Checks[j]
+			}
+		}
+		if i < len(queued) && (tw == nil || tw.Evidence["task_id"] != queued[i] || !strings.Contains(tw.Message, "handed off")) {
+			t.Errorf("verify %d: tasks-wait does not show the hand-off of %s: %+v", i, queued[i], tw)
 		}
 	}
-	if tw == nil || tw.Evidence["task_id"] != task.ID || !strings.Contains(tw.Evidence["task"], task.Kind) {
-		t.Errorf("verify's tasks-wait check does not show the task %s it received: %+v", task.ID, tw)
+	got := map[string]int{}
+	ents, err := os.ReadDir(tasksDir)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if d := diffSnapshots(before, snapshot(t, n.Root)); len(d) > 0 {
-		t.Errorf("verify wrote under the root:\n%s", strings.Join(d, "\n"))
+	for _, e := range ents {
+		var task controlplane.Task
+		if err := json.Unmarshal(readFile(t, filepath.Join(tasksDir, e.Name())), &task); err != nil {
+			t.Fatalf("%s: %v", e.Name(), err)
+		}
+		got[task.ID]++
+		if m := perm(t, filepath.Join(tasksDir, e.Name())); m != 0o600 {
+			t.Errorf("%s is %04o, want 0600", e.Name(), m)
+		}
 	}
+	for _, id := range queued {
+		if got[id] != 1 {
+			t.Errorf("task %s handed off %d times, want exactly once (hand-offs %v)", id, got[id], got)
+		}
+	}
+	if len(got) != len(queued) {
+		t.Errorf("hand-offs %v, want exactly the queued %v", got, queued)
+	}
+	if left := cp.API.Pending(n.ID); left != 0 {
+		t.Errorf("%d tasks still queued at the API", left)
+	}
+	rel, _ := filepath.Rel(n.Root, tasksDir)
+	for _, d := range diffSnapshots(before, snapshot(t, n.Root)) {
+		if !strings.HasPrefix(d, "added "+rel+string(filepath.Separator)) && !strings.HasPrefix(d, "changed "+rel+":") {
+			t.Errorf("verify wrote outside state_dir/tasks: %s", d)
+		}
+	}
+	t.Logf("verify-hand-off: %d tasks queued, %d verify runs, each task handed off once", len(queued), len(queued)+1)
 }
 
 // BenchmarkVerifyHealthy measures provision verify on a bootstrapped node:

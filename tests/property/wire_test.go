@@ -518,4 +518,3 @@ func runBootstrap(t *testing.T, ctx context.Context, cfg *config.Config, host *s
 		Sleep:  retry.Sleep,
 	})
 }
-
