@@ -403,7 +403,11 @@ func refreshBundle(pki string, env *verify.Env, roots *enroll.Roots, now time.Ti
 }
 
 func writeJSON(dir, name string, v any, mode os.FileMode) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// state_dir may be a link to another volume; done/ and tasks/ are
+	// provision's own and may not (a link there would send the receipt or
+	// a task anywhere).
+	sub := filepath.Base(dir) == DoneDir || filepath.Base(dir) == TasksDir
+	if _, err := system.EnsurePrivateDir(dir, !sub); err != nil {
 		return err
 	}
 	b, err := json.MarshalIndent(v, "", "  ")
