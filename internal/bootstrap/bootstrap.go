@@ -237,10 +237,16 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	return out
 }
 
-// ApplyHosts writes the managed block for cfg.
+// ApplyHosts writes the managed block for cfg. A hosts file that is a
+// symbolic link is edited at its target, resolved inside --root
+// (system.Host.Resolve), so the link stays a link and --root stays a sandbox.
 func ApplyHosts(cfg *config.Config, host *system.Host) (hosts.Strategy, error) {
-	path := host.Path(cfg.Paths.HostsFile)
-	old, err := os.ReadFile(path)
+	target, err := host.Resolve(cfg.Paths.HostsFile)
+	if err != nil {
+		return "", fmt.Errorf("resolving %s: %w", cfg.Paths.HostsFile, err)
+	}
+	path := host.Path(target)
+	old, err := hosts.ReadFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("reading %s: %w", cfg.Paths.HostsFile, err)
 	}

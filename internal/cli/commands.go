@@ -202,7 +202,17 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 	if !ok {
 		return code
 	}
-	path := host.Path(cfg.Paths.HostsFile)
+	target, err := host.Resolve(cfg.Paths.HostsFile)
+	if err != nil {
+		target = cfg.Paths.HostsFile
+	}
+	path := host.Path(target)
+	via := ""
+	if target != filepath.Clean(cfg.Paths.HostsFile) {
+		// A symlinked hosts file is edited at its target, which stays the
+		// file the link names.
+		via = " (a symbolic link: edited its target " + target + ")"
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(env.stderr, "provision: hosts %s failed (layer hosts, owner node): %v; nothing was changed\n", sub, err)
 		return ExitCode(diag.Hosts)
@@ -215,15 +225,15 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 		}
 		switch s {
 		case hosts.Unchanged:
-			fmt.Fprintf(env.stdout, "%s: managed block already up to date\n", cfg.Paths.HostsFile)
+			fmt.Fprintf(env.stdout, "%s: managed block already up to date%s\n", cfg.Paths.HostsFile, via)
 		case hosts.InPlace:
-			fmt.Fprintf(env.stdout, "%s: managed block written in place (the file is a bind mount and cannot be renamed over; the write is not crash-atomic)\n", cfg.Paths.HostsFile)
+			fmt.Fprintf(env.stdout, "%s: managed block written in place%s (the file is a bind mount and cannot be renamed over; the write is not crash-atomic)\n", cfg.Paths.HostsFile, via)
 		default:
-			fmt.Fprintf(env.stdout, "%s: managed block written\n", cfg.Paths.HostsFile)
+			fmt.Fprintf(env.stdout, "%s: managed block written%s\n", cfg.Paths.HostsFile, via)
 		}
 		return ExitOK
 	case "remove":
-		old, err := os.ReadFile(path)
+		old, err := hosts.ReadFile(path)
 		if errors.Is(err, os.ErrNotExist) {
 			fmt.Fprintf(env.stdout, "%s: does not exist; nothing to remove\n", cfg.Paths.HostsFile)
 			return ExitOK
@@ -242,10 +252,10 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 		if _, err := hosts.Write(path, old, nb); err != nil {
 			return fail(err)
 		}
-		fmt.Fprintf(env.stdout, "%s: managed block removed\n", cfg.Paths.HostsFile)
+		fmt.Fprintf(env.stdout, "%s: managed block removed%s\n", cfg.Paths.HostsFile, via)
 		return ExitOK
 	default: // show
-		old, err := os.ReadFile(path)
+		old, err := hosts.ReadFile(path)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fail(err)
 		}
