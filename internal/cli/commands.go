@@ -100,8 +100,7 @@ func runVersion(_ context.Context, env *runEnv, args []string) int {
 func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int, bool) {
 	host, err := system.New(f.root)
 	if err != nil {
-		fmt.Fprintf(env.stderr, "provision: error: %v\n", err)
-		return nil, nil, ExitUsage, false
+		return nil, nil, env.usage(cmd, err.Error(), "--root must name an existing directory"), false
 	}
 	cfg, err := config.Load(host.Path(f.config))
 	if err != nil {
@@ -136,6 +135,11 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	if err != nil {
 		var le *lockError
 		if errors.As(err, &le) && le.busy {
+			rep := verify.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
+				Summary: err.Error(), Remedy: "another provision run on this node has not finished (see its logs); try again later", Transient: true})
+			if f.format == "json" || interruptedBy(ctx) != nil {
+				return printReport(env, f, rep)
+			}
 			fmt.Fprintf(env.stderr, "provision: error: %v; another provision run on this node has not finished (see its logs), try again later\n", err)
 			return ExitLocked
 		}
@@ -186,13 +190,11 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 			f.parse(env, args)
 			return ExitOK
 		}
-		fmt.Fprintln(env.stderr, "provision: error: hosts needs a subcommand: apply, show or remove (provision hosts --help)")
-		return ExitUsage
+		return env.usage("hosts", "hosts needs a subcommand: apply, show or remove (provision hosts --help)", "")
 	}
 	sub := args[0]
 	if sub != "apply" && sub != "show" && sub != "remove" {
-		fmt.Fprintf(env.stderr, "provision: error: unknown hosts subcommand %q: want apply, show or remove\n", sub)
-		return ExitUsage
+		return env.usage("hosts", fmt.Sprintf("unknown hosts subcommand %q: want apply, show or remove", sub), "")
 	}
 	f := newFlags(hostsCmd, env, false)
 	if code, ok := f.parse(env, args[1:]); !ok {
