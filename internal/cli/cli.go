@@ -75,6 +75,7 @@ const exitCodesHelp = `Exit codes:
   19  tasks-wait       tasks/wait failed (5xx, 502/504 from the ingress, timeout)
   20  enroll           one-time token missing, invalid, used or expired
   21  state            receipt or state could not be written
+  130 / 143        interrupted by SIGINT / SIGTERM (run it again: every write is crash-safe)
 `
 
 type command struct {
