@@ -7,7 +7,6 @@
 package main
 
 import (
-	"context"
 	"os"
 	"os/signal"
 	"syscall"
@@ -16,8 +15,10 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	// SIGTERM (systemd stopping the unit) and SIGINT cancel the run; cli.Main
+	// makes sure the process then ends within cli.StopGrace with exit
+	// 128+signal, whatever the run was blocked on.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, sigs, cli.StopGrace))
 }

@@ -267,10 +267,16 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	return out
 }
 
-// ApplyHosts writes the managed block for cfg.
+// ApplyHosts writes the managed block for cfg. A hosts file that is a
+// symbolic link is edited at its target, resolved inside --root
+// (system.Host.Resolve), so the link stays a link and --root stays a sandbox.
 func ApplyHosts(cfg *config.Config, host *system.Host) (hosts.Strategy, error) {
-	path := host.Path(cfg.Paths.HostsFile)
-	old, err := os.ReadFile(path)
+	target, err := host.Resolve(cfg.Paths.HostsFile)
+	if err != nil {
+		return "", fmt.Errorf("resolving %s: %w", cfg.Paths.HostsFile, err)
+	}
+	path := host.Path(target)
+	old, err := hosts.ReadFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("reading %s: %w", cfg.Paths.HostsFile, err)
 	}
@@ -361,13 +367,28 @@ func tokenHash(raw string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// MaxTokenSize bounds the token read: a step-ca one-time token is about a
+// kilobyte.
+const MaxTokenSize = 64 << 10
+
+// readToken reads the token file within ctx (the run's deadline, cancelled by
+// SIGTERM), refusing a link, FIFO, device or directory before it could block
+// on it, and anything larger than MaxTokenSize.
+func readToken(ctx context.Context, path string) ([]byte, error) {
+	return system.ReadRegular(ctx, path, MaxTokenSize)
+}
+
 func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *enroll.Client, roots *enroll.Roots, why string, log *slog.Logger) *diag.Finding {
 	tokPath := host.Path(cfg.CA.TokenFile)
-	raw, err := os.ReadFile(tokPath)
+	raw, err := readToken(ctx, tokPath)
 	if err != nil {
 		msg := "cannot be read: " + err.Error()
-		if errors.Is(err, os.ErrNotExist) {
+		var ue *system.UnsafeFileError
+		switch {
+		case errors.Is(err, os.ErrNotExist):
 			msg = "does not exist"
+		case errors.As(err, &ue):
+			msg = "is a " + ue.Kind + ", not a regular file, so provision did not read it"
 		}
 		f := diag.FromEnroll(&enroll.Error{Kind: enroll.TokenMissing, Op: "read token", Err: errors.New(msg)}, diag.Enroll, cfg.CA.TokenFile)
 		f.Summary = fmt.Sprintf("re-enrollment needed (%s), but the token file %s %s", why, cfg.CA.TokenFile, msg)
@@ -388,7 +409,7 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 	pendingPath := filepath.Join(stateDir, PendingFile)
 	h := tokenHash(string(raw))
 	var prev Pending
-	if b, err := os.ReadFile(pendingPath); err == nil && json.Unmarshal(b, &prev) == nil && prev.TokenSHA256 == h {
+	if b, err := system.ReadRegular(ctx, pendingPath, MaxTokenSize); err == nil && json.Unmarshal(b, &prev) == nil && prev.TokenSHA256 == h {
 		log.Warn("step", "step", "enroll", "layer", "enroll", "status", "retry-token",
 			"message", "this token was already presented by a run that did not finish; trying it once more", "since", prev.Started)
 	}
@@ -449,7 +470,11 @@ func refreshBundle(pki string, env *verify.Env, roots *enroll.Roots, now time.Ti
 }
 
 func writeJSON(dir, name string, v any, mode os.FileMode) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// state_dir may be a link to another volume; done/ and tasks/ are
+	// provision's own and may not (a link there would send the receipt or
+	// a task anywhere).
+	sub := filepath.Base(dir) == DoneDir || filepath.Base(dir) == TasksDir
+	if _, err := system.EnsurePrivateDir(dir, !sub); err != nil {
 		return err
 	}
 	b, err := json.MarshalIndent(v, "", "  ")
@@ -525,14 +550,14 @@ func sweepTasks(dir string) {
 // rather than left lying around; a different token (written since) is kept.
 func forgetBurntToken(cfg *config.Config, host *system.Host, log *slog.Logger) {
 	pendingPath := filepath.Join(host.Path(cfg.Paths.StateDir), PendingFile)
-	b, err := os.ReadFile(pendingPath)
+	b, err := system.ReadRegular(context.Background(), pendingPath, MaxTokenSize)
 	if err != nil {
 		return
 	}
 	var prev Pending
 	if json.Unmarshal(b, &prev) == nil && prev.TokenSHA256 != "" {
 		tokPath := host.Path(cfg.CA.TokenFile)
-		if raw, err := os.ReadFile(tokPath); err == nil && tokenHash(string(raw)) == prev.TokenSHA256 {
+		if raw, err := readToken(context.Background(), tokPath); err == nil && tokenHash(string(raw)) == prev.TokenSHA256 {
 			if os.Remove(tokPath) == nil {
 				log.Info("step", "step", "assess", "layer", "enroll", "status", "token-removed", "path", cfg.CA.TokenFile,
 					"message", "an earlier run enrolled with this token and was interrupted before removing it")

@@ -75,6 +75,7 @@ const exitCodesHelp = `Exit codes:
   19  tasks-wait       tasks/wait failed (5xx, 502/504 from the ingress, timeout)
   20  enroll           one-time token missing, invalid, used or expired
   21  state            receipt or state could not be written
+  130 / 143        interrupted by SIGINT / SIGTERM (run it again: every write is crash-safe)
 `
 
 type command struct {
@@ -86,6 +87,8 @@ type command struct {
 
 type runEnv struct {
 	stdout, stderr io.Writer
+	ctx            context.Context // the run's; its cause says whether a signal ended it
+	json           bool            // --format json was asked for: every exit prints one JSON report
 }
 
 func commands() []*command {
@@ -115,17 +118,20 @@ Examples:
 
 // Run executes the provision command line and returns the process exit code.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
+	env := &runEnv{stdout: stdout, stderr: stderr, ctx: ctx, json: wantsJSON(args)}
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintf(stderr, "provision: internal error: %v\n%s\nprovision: this is a bug; please report it with the lines above\n", r, debug.Stack())
-			code = ExitInternal
+			cmd := ""
+			if len(args) > 0 {
+				cmd = args[0]
+			}
+			code = env.failure(cmd, LayerInternal, fmt.Sprintf("internal error: %v", r), "this is a bug: report it with the stderr of this run", ExitInternal)
 		}
 	}()
-	env := &runEnv{stdout: stdout, stderr: stderr}
 	if len(args) == 0 {
 		printRootHelp(stderr)
-		fmt.Fprintln(stderr, "provision: error: missing command")
-		return ExitUsage
+		return env.usage("", "missing command", "")
 	}
 	switch args[0] {
 	case "-h", "--help", "-help", "help":
@@ -139,8 +145,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 			return c.run(ctx, env, args[1:])
 		}
 	}
-	fmt.Fprintf(stderr, "provision: error: unknown command %q%s\nRun 'provision --help' for the list of commands.\n", args[0], didYouMean(args[0]))
-	return ExitUsage
+	return env.usage("", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), "Run 'provision --help' for the list of commands.")
 }
 
 func printRootHelp(w io.Writer) {
@@ -244,20 +249,16 @@ func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
 			f.printUsage(env.stdout)
 			return ExitOK, false
 		}
-		fmt.Fprintf(env.stderr, "provision: error: %v\nRun 'provision %s --help' for usage.\n", err, f.cmd.name)
-		return ExitUsage, false
+		return env.usage(f.cmd.name, err.Error(), fmt.Sprintf("Run 'provision %s --help' for usage.", f.cmd.name)), false
 	}
 	if f.format != "" && f.format != "text" && f.format != "json" {
-		fmt.Fprintf(env.stderr, "provision: error: --format must be text or json, got %q\n", f.format)
-		return ExitUsage, false
+		return env.usage(f.cmd.name, fmt.Sprintf("--format must be text or json, got %q", f.format), ""), false
 	}
 	if f.logFormat != "text" && f.logFormat != "json" {
-		fmt.Fprintf(env.stderr, "provision: error: --log-format must be text or json, got %q\n", f.logFormat)
-		return ExitUsage, false
+		return env.usage(f.cmd.name, fmt.Sprintf("--log-format must be text or json, got %q", f.logFormat), ""), false
 	}
 	if f.fs.NArg() > 0 {
-		fmt.Fprintf(env.stderr, "provision: error: unexpected argument %q\n", f.fs.Arg(0))
-		return ExitUsage, false
+		return env.usage(f.cmd.name, fmt.Sprintf("unexpected argument %q", f.fs.Arg(0)), ""), false
 	}
 	return 0, true
 }

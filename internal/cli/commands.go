@@ -103,8 +103,7 @@ func runVersion(_ context.Context, env *runEnv, args []string) int {
 func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int, bool) {
 	host, err := system.New(f.root)
 	if err != nil {
-		fmt.Fprintf(env.stderr, "provision: error: %v\n", err)
-		return nil, nil, ExitUsage, false
+		return nil, nil, env.usage(cmd, err.Error(), "--root must name an existing directory"), false
 	}
 	cfg, err := config.Load(host.Path(f.config))
 	if err != nil {
@@ -139,6 +138,11 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	if err != nil {
 		var le *lockError
 		if errors.As(err, &le) && le.busy {
+			rep := verify.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
+				Summary: err.Error(), Remedy: "another provision run on this node has not finished (see its logs); try again later", Transient: true})
+			if f.format == "json" || interruptedBy(ctx) != nil {
+				return printReport(env, f, rep)
+			}
 			fmt.Fprintf(env.stderr, "provision: error: %v; another provision run on this node has not finished (see its logs), try again later\n", err)
 			return ExitLocked
 		}
@@ -146,6 +150,15 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
 	}
 	defer unlock()
+	// pki_dir is provision's own, like state_dir: created 0700, tightened
+	// (and said so) when others could write into it.
+	pki := host.Path(cfg.Paths.PKIDir)
+	if ds, err := system.EnsurePrivateDir(pki, true); err != nil {
+		return printReport(env, f, verify.Failed("bootstrap", cfg.NodeID, "pki-dir", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
+			Summary: err.Error(), Remedy: "make " + cfg.Paths.PKIDir + " a directory owned by root (or remove it), then run again"}))
+	} else if ds.Tightened {
+		log.Warn("pki directory was writable by other users; restricted it to 0700", "dir", cfg.Paths.PKIDir, "was", fmt.Sprintf("%04o", ds.WasMode))
+	}
 	out := bootstrap.Run(ctx, cfg, host, bootstrap.Options{Log: log, Version: Version(), Policy: retry.Default})
 	if out.Report.OK && out.Task != nil {
 		log.Info("task received during the proof and saved", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, bootstrap.TasksDir))
@@ -193,13 +206,11 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 			f.parse(env, args)
 			return ExitOK
 		}
-		fmt.Fprintln(env.stderr, "provision: error: hosts needs a subcommand: apply, show or remove (provision hosts --help)")
-		return ExitUsage
+		return env.usage("hosts", "hosts needs a subcommand: apply, show or remove (provision hosts --help)", "")
 	}
 	sub := args[0]
 	if sub != "apply" && sub != "show" && sub != "remove" {
-		fmt.Fprintf(env.stderr, "provision: error: unknown hosts subcommand %q: want apply, show or remove\n", sub)
-		return ExitUsage
+		return env.usage("hosts", fmt.Sprintf("unknown hosts subcommand %q: want apply, show or remove", sub), "")
 	}
 	f := newFlags(hostsCmd, env, false)
 	if code, ok := f.parse(env, args[1:]); !ok {
@@ -209,7 +220,17 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 	if !ok {
 		return code
 	}
-	path := host.Path(cfg.Paths.HostsFile)
+	target, err := host.Resolve(cfg.Paths.HostsFile)
+	if err != nil {
+		target = cfg.Paths.HostsFile
+	}
+	path := host.Path(target)
+	via := ""
+	if target != filepath.Clean(cfg.Paths.HostsFile) {
+		// A symlinked hosts file is edited at its target, which stays the
+		// file the link names.
+		via = " (a symbolic link: edited its target " + target + ")"
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(env.stderr, "provision: hosts %s failed (layer hosts, owner node): %v; nothing was changed\n", sub, err)
 		return ExitCode(diag.Hosts)
@@ -222,15 +243,15 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 		}
 		switch s {
 		case hosts.Unchanged:
-			fmt.Fprintf(env.stdout, "%s: managed block already up to date\n", cfg.Paths.HostsFile)
+			fmt.Fprintf(env.stdout, "%s: managed block already up to date%s\n", cfg.Paths.HostsFile, via)
 		case hosts.InPlace:
-			fmt.Fprintf(env.stdout, "%s: managed block written in place (the file is a bind mount and cannot be renamed over; the write is not crash-atomic)\n", cfg.Paths.HostsFile)
+			fmt.Fprintf(env.stdout, "%s: managed block written in place%s (the file is a bind mount and cannot be renamed over; the write is not crash-atomic)\n", cfg.Paths.HostsFile, via)
 		default:
-			fmt.Fprintf(env.stdout, "%s: managed block written\n", cfg.Paths.HostsFile)
+			fmt.Fprintf(env.stdout, "%s: managed block written%s\n", cfg.Paths.HostsFile, via)
 		}
 		return ExitOK
 	case "remove":
-		old, err := os.ReadFile(path)
+		old, err := hosts.ReadFile(path)
 		if errors.Is(err, os.ErrNotExist) {
 			fmt.Fprintf(env.stdout, "%s: does not exist; nothing to remove\n", cfg.Paths.HostsFile)
 			return ExitOK
@@ -249,10 +270,10 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 		if _, err := hosts.Write(path, old, nb); err != nil {
 			return fail(err)
 		}
-		fmt.Fprintf(env.stdout, "%s: managed block removed\n", cfg.Paths.HostsFile)
+		fmt.Fprintf(env.stdout, "%s: managed block removed%s\n", cfg.Paths.HostsFile, via)
 		return ExitOK
 	default: // show
-		old, err := os.ReadFile(path)
+		old, err := hosts.ReadFile(path)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fail(err)
 		}

@@ -108,3 +108,72 @@ func TestHostsCommandUsage(t *testing.T) {
 		t.Errorf("missing config: exit %d, want %d", code, ExitConfig)
 	}
 }
+
+// TestHostsSymlinked: /etc/hosts is a symbolic link (as on images that keep
+// it on another volume). apply, show and remove edit the link's target,
+// resolved inside --root (an absolute target is taken under the root), keep
+// the link a link, keep every user line, and never touch a file outside the
+// root, even one the link names literally.
+func TestHostsSymlinked(t *testing.T) {
+	outsideDir := t.TempDir()
+	outside := filepath.Join(outsideDir, "hosts")
+	if err := os.WriteFile(outside, []byte("outside\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, link string // link target as written in the link
+		target     string // the file edited, as a node path under the root
+	}{
+		{"absolute inside", "/run/hosts.real", "/run/hosts.real"},
+		{"relative", "../run/hosts.real", "/run/hosts.real"},
+		{"relative climbing above the root", "../../../../../../../../run/hosts.real", "/run/hosts.real"},
+		{"absolute naming a file outside the root", outside, outside},
+		{"chain of links", "/etc/hosts.link2", "/run/hosts.real"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root, hostsPath := hostsRoot(t)
+			target := filepath.Join(root, tt.target)
+			os.MkdirAll(filepath.Dir(target), 0o755)
+			if err := os.WriteFile(target, []byte(userLines), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(hostsPath)
+			if err := os.Symlink(tt.link, hostsPath); err != nil {
+				t.Fatal(err)
+			}
+			if tt.name == "chain of links" {
+				os.Symlink("/run/hosts.real", filepath.Join(root, "etc/hosts.link2"))
+			}
+			code, out, stderr := runHostsCmd(t, root, "apply")
+			if code != 0 || !strings.Contains(out, "managed block written") || !strings.Contains(out, "edited its target "+tt.target) {
+				t.Fatalf("apply: exit %d, %q %q", code, out, stderr)
+			}
+			if l, err := os.Readlink(hostsPath); err != nil || l != tt.link {
+				t.Fatalf("/etc/hosts is no longer the link: %q %v", l, err)
+			}
+			b, _ := os.ReadFile(target)
+			if !strings.HasPrefix(string(b), userLines) || !strings.Contains(string(b), "10.40.0.10\tnode-api.cp.internal") {
+				t.Fatalf("the target is %q", b)
+			}
+			if st, _ := os.Stat(target); st.Mode().Perm() != 0o640 {
+				t.Errorf("the target's mode changed to %v", st.Mode())
+			}
+			if got, _ := os.ReadFile(outside); string(got) != "outside\n" {
+				t.Fatalf("a file outside the root changed: %q", got)
+			}
+			if code, out, _ := runHostsCmd(t, root, "show"); code != 0 || !strings.Contains(out, "node-api.cp.internal") {
+				t.Fatalf("show through the link: exit %d %q", code, out)
+			}
+			if code, _, _ := runHostsCmd(t, root, "remove"); code != 0 {
+				t.Fatalf("remove through the link: exit %d", code)
+			}
+			if b, _ := os.ReadFile(target); string(b) != userLines {
+				t.Fatalf("after remove the target is %q", b)
+			}
+			if l, _ := os.Readlink(hostsPath); l != tt.link {
+				t.Fatal("remove replaced the link")
+			}
+		})
+	}
+}

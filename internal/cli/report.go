@@ -6,25 +6,123 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/verify"
 )
 
 var statusTag = map[verify.Status]string{verify.Pass: "[PASS]", verify.Fail: "[FAIL]", verify.Warn: "[WARN]", verify.Skip: "[SKIP]"}
 
+// Pseudo-layers: failed_layer values for exits that are not a layer of the
+// ladder, so that a JSON report exists for every exit path.
+const (
+	LayerUsage       diag.Layer = "usage"       // exit 2: command line or --root
+	LayerLock        diag.Layer = "lock"        // exit 4: another run holds the lock
+	LayerInterrupted diag.Layer = "interrupted" // 128+signal: SIGTERM or SIGINT
+	LayerInternal    diag.Layer = "internal"    // exit 1: a bug
+)
+
+// jsonReport is the JSON report. Every documented field is present in
+// every report, failures and successes alike ("" or false when it does not
+// apply): a script reading .transient or .failed_layer must not have to
+// guess whether a missing key means false. It lists verify.Report's fields
+// explicitly, in the documented order, without its omitempty;
+// TestJSONReportCarriesEveryReportField catches a field added there and
+// not here.
+type jsonReport struct {
+	OK          bool            `json:"ok"`
+	Command     string          `json:"command"`
+	NodeID      string          `json:"node_id"`
+	FailedLayer diag.Layer      `json:"failed_layer"`
+	Owner       diag.Owner      `json:"owner"`
+	FailedCheck string          `json:"failed_check"`
+	Summary     string          `json:"summary"`
+	Remedy      string          `json:"remedy"`
+	Transient   bool            `json:"transient"`
+	Checks      []verify.Result `json:"checks"`
+	DurationMS  int64           `json:"duration_ms"`
+	Task        any             `json:"task,omitempty"`
+	ExitCode    int             `json:"exit_code"`
+}
+
+func toJSONReport(r *verify.Report, code int) jsonReport {
+	checks := r.Checks
+	if checks == nil {
+		checks = []verify.Result{}
+	}
+	return jsonReport{OK: r.OK, Command: r.Command, NodeID: r.NodeID, FailedLayer: r.FailedLayer, Owner: r.Owner,
+		FailedCheck: r.FailedCheck, Summary: r.Summary, Remedy: r.Remedy, Transient: r.Transient, Checks: checks,
+		DurationMS: r.DurationMS, Task: r.Task, ExitCode: code}
+}
+
+// printJSON prints r as the one JSON document on stdout, with code.
+func printJSON(env *runEnv, r *verify.Report, code int) {
+	b, err := json.MarshalIndent(toJSONReport(r, code), "", "  ")
+	if err != nil { // a task that cannot be re-encoded; still one document
+		jr := toJSONReport(r, code)
+		jr.Task = nil
+		b, _ = json.MarshalIndent(jr, "", "  ")
+	}
+	fmt.Fprintln(env.stdout, string(b))
+}
+
+// wantsJSON reports whether args ask for --format json, looked for before
+// flag parsing so that a usage error is a JSON report too.
+func wantsJSON(args []string) bool {
+	for i, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--format=json", "-format=json":
+			return true
+		case "--format", "-format":
+			if i+1 < len(args) && args[i+1] == "json" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// failure reports a failure that has no report of its own (usage, lock,
+// internal error): its line on stderr as always, and with --format json also
+// the one JSON report on stdout. It returns code.
+func (env *runEnv) failure(cmd string, layer diag.Layer, summary, remedy string, code int) int {
+	if env.json {
+		printJSON(env, verify.Failed(cmd, "", string(layer), &diag.Finding{Layer: layer, Owner: diag.Node, Summary: summary, Remedy: remedy}), code)
+	}
+	return code
+}
+
+// usage prints a usage error (and its JSON report) and returns ExitUsage.
+func (env *runEnv) usage(cmd, msg, hint string) int {
+	fmt.Fprintf(env.stderr, "provision: error: %s\n", msg)
+	if hint != "" {
+		fmt.Fprintln(env.stderr, hint)
+	}
+	remedy := hint
+	if remedy == "" {
+		remedy = "see 'provision " + cmd + " --help'"
+	}
+	return env.failure(cmd, LayerUsage, msg, remedy, ExitUsage)
+}
+
 // printReport renders the report and returns its exit code. The text form
-// ends with one line a person can act on.
+// ends with one line a person can act on. A failure after SIGTERM or SIGINT
+// is reported as interrupted, with the signal's exit code.
 func printReport(env *runEnv, f *flags, r *verify.Report) int {
 	code := ExitOK
 	if !r.OK {
 		code = ExitCode(r.FailedLayer)
+		if r.FailedLayer == LayerLock {
+			code = ExitLocked
+		}
+	}
+	if i := interruptedBy(env.ctx); i != nil && !r.OK {
+		r = interruptedReport(r.Command, i.Signal, r)
+		code = SignalExit(i.Signal)
 	}
 	if f.format == "json" {
-		type out struct {
-			*verify.Report
-			ExitCode int `json:"exit_code"`
-		}
-		b, _ := json.MarshalIndent(out{r, code}, "", "  ")
-		fmt.Fprintln(env.stdout, string(b))
+		printJSON(env, r, code)
 		return code
 	}
 	w := env.stdout

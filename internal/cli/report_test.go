@@ -117,6 +117,7 @@ func TestRenderJSONFailing(t *testing.T) {
   "failed_check": "tls-client-auth",
   "summary": "the ingress rejected the node's client certificate on the first read after the handshake (TLS 1.3): remote error: tls: unknown certificate authority.",
   "remedy": "re-enroll the node: its certificate was issued by a CA the control plane no longer uses (provision bootstrap with a fresh token)",
+  "transient": false,
   "checks": [
     {
       "name": "config",
@@ -176,16 +177,16 @@ func TestRenderJSONPassingAndTransient(t *testing.T) {
 	if err := json.Unmarshal([]byte(got), &m); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, got)
 	}
-	// A passing report carries no failure fields at all.
-	for _, k := range []string{"ok", "command", "node_id", "summary", "checks", "duration_ms", "exit_code"} {
-		if _, ok := m[k]; !ok {
-			t.Errorf("passing JSON lacks %q", k)
+	// A passing report carries every documented field too, the failure
+	// fields empty: a script reads .transient without guessing.
+	wantAllFields(t, m, got)
+	for _, k := range []string{"failed_layer", "owner", "failed_check", "remedy"} {
+		if m[k] != "" {
+			t.Errorf("passing JSON has %s %v", k, m[k])
 		}
 	}
-	for _, k := range []string{"failed_layer", "owner", "failed_check", "remedy", "transient"} {
-		if _, ok := m[k]; ok {
-			t.Errorf("passing JSON has %q: %s", k, got)
-		}
+	if m["transient"] != false {
+		t.Errorf("passing JSON has transient %v", m["transient"])
 	}
 	if m["ok"] != true || m["exit_code"] != float64(0) || code != 0 {
 		t.Errorf("ok %v exit_code %v code %d", m["ok"], m["exit_code"], code)
@@ -199,6 +200,31 @@ func TestRenderJSONPassingAndTransient(t *testing.T) {
 	}
 	if m["transient"] != true || m["exit_code"] != float64(19) || code != 19 || m["owner"] != "ingress" {
 		t.Errorf("transient report: %s", got)
+	}
+	r = verify.Failed("verify", "gpu-1", "tasks-wait", &diag.Finding{Layer: diag.TasksWait, Owner: diag.API, Summary: "500"})
+	got, _ = render(t, "json", r)
+	m = nil
+	if err := json.Unmarshal([]byte(got), &m); err != nil {
+		t.Fatal(err)
+	}
+	wantAllFields(t, m, got)
+	if m["transient"] != false {
+		t.Errorf("a permanent failure must say transient false: %s", got)
+	}
+}
+
+// documentedFields are the README's --format json fields.
+var documentedFields = []string{"ok", "command", "node_id", "failed_layer", "owner", "failed_check", "summary", "remedy", "transient", "exit_code", "checks"}
+
+func wantAllFields(t *testing.T, m map[string]any, doc string) {
+	t.Helper()
+	for _, k := range documentedFields {
+		if _, ok := m[k]; !ok {
+			t.Errorf("JSON report lacks %q:\n%s", k, doc)
+		}
+	}
+	if _, ok := m["checks"].([]any); !ok {
+		t.Errorf("checks is not an array: %v", m["checks"])
 	}
 }
 

@@ -3,11 +3,14 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
 	cloudinit "github.com/gpuaas/provision/cloud-init"
 	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/system"
 )
 
 var userdataCmd = &command{
@@ -21,7 +24,9 @@ cloud-init. The token appears only in its own write_files entry.
 
 Extra flags:
   --token-file PATH   file holding the node's one-time token (required)
-  --out PATH          write the user-data here (mode 0600) instead of stdout
+  --out PATH          write the user-data here instead of stdout: always mode
+                      0600 (an existing file is replaced atomically, whatever
+                      its mode); a symbolic link at PATH is refused
 
 Examples:
   provision userdata --config node-0042.toml --token-file token.jwt > user-data.yaml
@@ -39,18 +44,18 @@ func runUserdata(_ context.Context, env *runEnv, args []string) int {
 		return code
 	}
 	if *tokenFile == "" {
-		fmt.Fprintln(env.stderr, "provision: error: userdata needs --token-file")
-		return ExitUsage
+		return env.usage("userdata", "userdata needs --token-file", "")
 	}
 	cfg, err := config.Load(f.config)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "provision: error: %v\n", err)
-		return ExitConfig
+		return env.failure("userdata", diag.Config, err.Error(), "fix the named keys in "+f.config+" (see docs/configuration.md)", ExitConfig)
 	}
+	// Not ReadRegular: on the operator's machine --token-file <(step ca
+	// token ...) is a FIFO on purpose.
 	tok, err := os.ReadFile(*tokenFile)
 	if err != nil {
-		fmt.Fprintf(env.stderr, "provision: error: --token-file %s: %v\n", *tokenFile, err)
-		return ExitUsage
+		return env.usage("userdata", fmt.Sprintf("--token-file %s: %v", *tokenFile, err), "")
 	}
 	p := cloudinit.Params{
 		NodeID: cfg.NodeID, CAURL: cfg.CA.URL, CAFingerprint: cfg.CA.Fingerprint, Token: string(bytes.TrimSpace(tok)),
@@ -64,15 +69,24 @@ func runUserdata(_ context.Context, env *runEnv, args []string) int {
 	var buf bytes.Buffer
 	if err := cloudinit.Render(&buf, p); err != nil {
 		fmt.Fprintf(env.stderr, "provision: error: cannot render user-data: %v\n", err)
-		return ExitConfig
+		return env.failure("userdata", diag.Config, "cannot render user-data: "+err.Error(), "fix the config's values", ExitConfig)
 	}
 	if *out == "" {
 		env.stdout.Write(buf.Bytes())
 		return ExitOK
 	}
-	if err := os.WriteFile(*out, buf.Bytes(), 0o600); err != nil {
-		fmt.Fprintf(env.stderr, "provision: error: --out %s: %v\n", *out, err)
-		return ExitUsage
+	// The file holds the token: a temp file created 0600 next to it, fsynced
+	// and renamed over it, so an existing 0644 file does not keep its mode
+	// and no reader sees it half written. A symbolic link (or anything but a
+	// regular file) at --out is refused, not followed and not replaced: the
+	// token must land exactly where the operator said, and a link there may
+	// have been put there to catch it.
+	if err := system.WriteFileAtomic(*out, buf.Bytes(), system.WriteOptions{Mode: 0o600}); err != nil {
+		msg := fmt.Sprintf("--out %s: %v", *out, err)
+		if errors.Is(err, system.ErrUnsafeFile) {
+			msg = fmt.Sprintf("--out %s is not a regular file (a symbolic link, say): provision does not write the token through it or replace it; remove it or choose another path", *out)
+		}
+		return env.usage("userdata", msg, "nothing was written")
 	}
 	fmt.Fprintf(env.stderr, "wrote %s (it holds the token: keep it 0600 and deliver it only to this node)\n", *out)
 	return ExitOK

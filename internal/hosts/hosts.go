@@ -13,6 +13,7 @@ package hosts
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -284,6 +285,13 @@ func Remove(b []byte) ([]byte, bool, error) {
 	return join(out), true, nil
 }
 
+// ReadFile reads the hosts file at path (already resolved to the file
+// itself: see Write) without following a link or blocking on a FIFO, and
+// refuses one larger than MaxSize.
+func ReadFile(path string) ([]byte, error) {
+	return system.ReadRegular(context.Background(), path, MaxSize)
+}
+
 // Strategy says how a file was written.
 type Strategy string
 
@@ -294,7 +302,10 @@ const (
 	InPlace   Strategy = "in-place" // bind-mounted file: rewritten through its inode
 )
 
-// Write replaces the hosts file at path with data. It keeps the old file's
+// Write replaces the hosts file at path with data. path must be the file
+// itself: a symbolic link there is refused (resolve it to its target first,
+// which is what provision does, so a symlinked /etc/hosts has its target
+// edited and stays a link). It keeps the old file's
 // mode, owner and SELinux label. If the file cannot be renamed over because
 // it is a mount point (EBUSY, as in containers), it falls back to rewriting
 // it in place and says so. Before replacing, it checks that the file still
@@ -305,9 +316,14 @@ func Write(path string, old, data []byte) (Strategy, error) {
 		return Unchanged, nil
 	}
 	mode := os.FileMode(0o644)
-	if st, err := os.Stat(path); err == nil {
+	if st, err := os.Lstat(path); err == nil {
+		if !st.Mode().IsRegular() {
+			// Callers resolve a symlinked hosts file to its target first
+			// (system.Host.Resolve); a link here appeared since.
+			return "", &system.UnsafeFileError{Path: path, Kind: system.FileKind(st.Mode())}
+		}
 		mode = st.Mode().Perm()
-		cur, err := os.ReadFile(path)
+		cur, err := ReadFile(path)
 		if err != nil {
 			return "", fmt.Errorf("re-reading %s: %w", path, err)
 		}

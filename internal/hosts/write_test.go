@@ -346,3 +346,36 @@ func bindMountBody(t *testing.T) {
 	}
 	t.Logf("bind-mount body ran: strategy %s", strat)
 }
+
+// TestWriteRefusesNonRegular: Write is given the file itself (callers
+// resolve a symlinked hosts file to its target); a link, FIFO or directory
+// at path is refused, naming it, and nothing changes.
+func TestWriteRefusesNonRegular(t *testing.T) {
+	for _, kind := range []string{"symlink", "fifo", "dir"} {
+		t.Run(kind, func(t *testing.T) {
+			dir := t.TempDir()
+			outside := filepath.Join(dir, "outside")
+			os.WriteFile(outside, []byte("127.0.0.1 localhost\n"), 0o644)
+			p := filepath.Join(dir, "hosts")
+			var err error
+			switch kind {
+			case "symlink":
+				err = os.Symlink(outside, p)
+			case "fifo":
+				err = syscall.Mkfifo(p, 0o644)
+			case "dir":
+				err = os.Mkdir(p, 0o755)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Write(p, []byte("127.0.0.1 localhost\n"), []byte("127.0.0.1 localhost\n10.0.0.1 x\n"))
+			if err == nil || !strings.Contains(err.Error(), p) {
+				t.Fatalf("want a refusal naming %s, got %v", p, err)
+			}
+			if b, _ := os.ReadFile(outside); string(b) != "127.0.0.1 localhost\n" {
+				t.Fatalf("the link's target changed: %q", b)
+			}
+		})
+	}
+}

@@ -36,10 +36,20 @@ var Hook func(step string)
 // directory, fsync, rename, fsync of the directory. renameio does the first
 // three but would keep an existing file's mode (a 0644 key stays 0644) and
 // does not fsync the directory, so both are handled here.
+//
+// An existing path that is not a regular file (a symbolic link, a FIFO, a
+// directory) is refused with an *UnsafeFileError: a rename would only replace
+// a link, not write through it, but a link where provision keeps its own
+// files was planted by someone, and saying so beats silently removing it.
+// The temp file is created with O_EXCL under a random name, so it cannot be
+// a planted link either.
 func WriteFileAtomic(path string, data []byte, o WriteOptions) error {
 	dir := filepath.Dir(path)
 	var old os.FileInfo
 	if st, err := os.Lstat(path); err == nil {
+		if !st.Mode().IsRegular() {
+			return &UnsafeFileError{Path: path, Kind: FileKind(st.Mode())}
+		}
 		old = st
 	}
 	pf, err := renameio.NewPendingFile(path,
@@ -74,9 +84,10 @@ var ErrBusy = syscall.EBUSY
 // whole new content from offset 0, truncate to its length, fsync. It is the
 // fallback for files that cannot be renamed over (a bind-mounted /etc/hosts in
 // a container answers EBUSY). It is not crash-atomic, which is why it is only
-// a fallback and why callers say when they used it.
+// a fallback and why callers say when they used it. Like every write, it does
+// not follow a symbolic link and refuses anything but a regular file.
 func WriteInPlace(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	f, err := OpenRegular(path, os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("opening %s for an in-place write: %w", path, err)
 	}

@@ -110,27 +110,43 @@ func TestWriteFileAtomicOwner(t *testing.T) {
 	}
 }
 
-func TestWriteFileAtomicReplacesSymlink(t *testing.T) {
-	// renameio replaces a symlink rather than writing through it; a
-	// symlinked key must not let a write land outside the directory.
-	dir := t.TempDir()
-	target := filepath.Join(dir, "elsewhere")
-	if err := os.WriteFile(target, []byte("theirs"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	link := filepath.Join(dir, "key.pem")
-	if err := os.Symlink(target, link); err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteFileAtomic(link, []byte("mine"), WriteOptions{Mode: 0o600}); err != nil {
-		t.Fatal(err)
-	}
-	st, _ := os.Lstat(link)
-	if !st.Mode().IsRegular() || st.Mode().Perm() != 0o600 {
-		t.Fatalf("key.pem is %v after the write", st.Mode())
-	}
-	if got, _ := os.ReadFile(target); string(got) != "theirs" {
-		t.Fatalf("symlink target written through: %q", got)
+func TestWriteFileAtomicRefusesNonRegular(t *testing.T) {
+	// A link (or FIFO, or directory) where provision writes its own file was
+	// planted: the write is refused, naming it, and neither the link nor its
+	// target changes.
+	for _, kind := range []string{"symlink", "fifo", "dir"} {
+		t.Run(kind, func(t *testing.T) {
+			dir := t.TempDir()
+			target := filepath.Join(dir, "elsewhere")
+			if err := os.WriteFile(target, []byte("theirs"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(dir, "receipt.json")
+			var err error
+			switch kind {
+			case "symlink":
+				err = os.Symlink(target, p)
+			case "fifo":
+				err = syscall.Mkfifo(p, 0o600)
+			case "dir":
+				err = os.Mkdir(p, 0o700)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, _ := os.Lstat(p)
+			err = WriteFileAtomic(p, []byte("mine"), WriteOptions{Mode: 0o600})
+			if !errors.Is(err, ErrUnsafeFile) || !strings.Contains(err.Error(), p) {
+				t.Fatalf("want a refusal naming %s, got %v", p, err)
+			}
+			after, _ := os.Lstat(p)
+			if after.Mode() != before.Mode() {
+				t.Errorf("%s changed from %v to %v", p, before.Mode(), after.Mode())
+			}
+			if got, _ := os.ReadFile(target); string(got) != "theirs" {
+				t.Errorf("target written: %q", got)
+			}
+		})
 	}
 }
 

@@ -121,7 +121,7 @@ func (h *Host) LookupHost(ctx context.Context, name string) ([]netip.Addr, error
 }
 
 func (h *Host) lookupHostsFile(name string) ([]netip.Addr, error) {
-	b, err := os.ReadFile(h.Path(h.HostsFile))
+	b, err := os.ReadFile(h.ResolvedPath(h.HostsFile)) // a symlinked hosts file, as the node sees it
 	if err != nil {
 		return nil, fmt.Errorf("reading hosts file: %w", err)
 	}

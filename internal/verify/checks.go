@@ -74,7 +74,7 @@ func wantEntries(e *Env) map[string]netip.Addr { return e.Cfg.HostMap() }
 
 func checkHostsBlock(_ context.Context, e *Env) Outcome {
 	path := e.Cfg.Paths.HostsFile
-	b, err := os.ReadFile(e.Host.Path(path))
+	b, err := os.ReadFile(e.Host.ResolvedPath(path)) // through a symlink, inside --root
 	if err != nil {
 		return fail("restore the hosts file, then run provision hosts apply", "cannot read %s: %v", path, err)
 	}
