@@ -59,7 +59,7 @@ func oneJSONReport(t *testing.T, out string, code int) map[string]any {
 }
 
 const jsonTestConfig = hostsTestConfig + `[bootstrap]
-deadline = "1s"
+deadline = "2s"
 request_timeout = "1s"
 `
 
@@ -185,7 +185,7 @@ func TestMainSignal(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			root := jsonRoot(t)
 			cfg := filepath.Join(root, "etc/provision/provision.toml")
-			os.WriteFile(cfg, []byte(strings.Replace(jsonTestConfig, `deadline = "1s"`, `deadline = "30s"`, 1)), 0o644)
+			os.WriteFile(cfg, []byte(strings.Replace(jsonTestConfig, `deadline = "2s"`, `deadline = "30s"`, 1)), 0o644)
 			holdLock(t, root)
 			sigs := make(chan os.Signal, 2)
 			var out, errb syncBuffer
