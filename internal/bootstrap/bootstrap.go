@@ -148,6 +148,13 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		if err == nil {
 			break
 		}
+		// The pinned fetch carries the CA's Date even when the CA's
+		// certificate then fails by the node's clock: a skew is the cause.
+		if f := clockBeforeToken(roots, host.Time()); f != nil {
+			f.Summary = strings.Replace(f.Summary, "the one-time token was not sent", "the CA's certificate cannot be judged and the one-time token was not sent", 1)
+			f.Evidence["ca_error"] = err.Error()
+			return stop("clock", f)
+		}
 		f := diag.FromEnroll(err, diag.CA, cfg.CA.TokenFile)
 		if !f.Transient || ctx.Err() != nil {
 			return stop("ca-roots", f)
@@ -173,6 +180,12 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	}
 	if reason != "" {
 		log.Info("step", "step", "assess", "layer", "credentials", "status", "enroll", "reason", reason)
+		// The one-time token is spent by the sign: a skew the CA's Date
+		// header already shows would only buy a certificate the node then
+		// judges not yet valid or expired, and cost the token.
+		if f := clockBeforeToken(roots, host.Time()); f != nil {
+			return stop("clock", f)
+		}
 		if f := enrollNode(ctx, cfg, host, caClient, roots, reason, log); f != nil {
 			return stop("enroll", f)
 		}
@@ -335,6 +348,23 @@ func NeedsEnrollment(env *verify.Env, roots *enroll.Roots, now time.Time) string
 		return fmt.Sprintf("key file mode %04o is too open; re-issuing rather than trusting a possibly exposed key", s.KeyMode)
 	}
 	return ""
+}
+
+// clockBeforeToken compares the node clock with the CA's Date header from
+// the roots fetch, with verify's clock tolerance, before a token is spent.
+func clockBeforeToken(roots *enroll.Roots, now time.Time) *diag.Finding {
+	if roots == nil || roots.ServerDate.IsZero() {
+		return nil
+	}
+	skew := now.Sub(roots.ServerDate)
+	if skew <= verify.MaxSkew && skew >= -verify.MaxSkew {
+		return nil
+	}
+	return &diag.Finding{Layer: diag.Clock, Owner: diag.Node,
+		Summary: fmt.Sprintf("the node clock is %s off the CA's (its Date header): the one-time token was not sent, since the certificate it buys would look expired or not yet valid", skew.Round(time.Second)),
+		Remedy:  "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run bootstrap again: the token is unspent",
+		Evidence: map[string]string{"node_time": now.UTC().Format(time.RFC3339), "ca_time": roots.ServerDate.UTC().Format(time.RFC3339),
+			"skew": skew.Round(time.Second).String(), "max_skew": verify.MaxSkew.String()}}
 }
 
 // tokenPresent reports whether a non-empty token file is there to rotate

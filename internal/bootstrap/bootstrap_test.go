@@ -758,3 +758,35 @@ func TestRunTightensExposedKey(t *testing.T) {
 	}
 	checkModes()
 }
+
+// TestRunStopsAtClockBeforeSpendingToken: the repro of issue 12 item 10.
+// With the node clock three minutes off the CA's, bootstrap used to enroll
+// (burning the one-time token) and only then fail at clock. The skew is in
+// the CA's Date header from the roots fetch, before the sign: bootstrap
+// stops there, at clock, with the token unspent and no marker claiming it
+// was presented; with the clock fixed the same token enrolls.
+func TestRunStopsAtClockBeforeSpendingToken(t *testing.T) {
+	for _, skew := range []time.Duration{3 * time.Minute, -2*time.Minute - 30*time.Second} {
+		t.Run(skew.String(), func(t *testing.T) {
+			n := prepareNode(t)
+			n.host.Now = func() time.Time { return time.Now().Add(skew) }
+			out := n.run(t)
+			if out.Report.OK || out.Report.FailedLayer != diag.Clock || out.Report.Owner != diag.Node || out.Enrolled {
+				t.Fatalf("skewed clock: ok=%v layer=%s owner=%s enrolled=%v: %s", out.Report.OK, out.Report.FailedLayer, out.Report.Owner, out.Enrolled, out.Report.Summary)
+			}
+			if !strings.Contains(out.Report.Summary, "token was not sent") || !strings.Contains(out.Report.Remedy, "token is unspent") {
+				t.Errorf("summary %q remedy %q", out.Report.Summary, out.Report.Remedy)
+			}
+			if _, err := os.Stat(n.files.TokenPath); err != nil {
+				t.Fatalf("the token is gone: %v", err)
+			}
+			if _, ok := n.pending(t); ok {
+				t.Fatal("an enrollment marker claims the token was presented")
+			}
+			n.host.Now = nil
+			if out := n.run(t); !out.Report.OK || !out.Enrolled {
+				t.Fatalf("clock fixed: the same token must enroll: %s", out.Report.Summary)
+			}
+		})
+	}
+}

@@ -130,7 +130,8 @@ type caProxy struct {
 	srv      *httptest.Server
 	mu       sync.Mutex
 	inject   func(r *http.Request, n int) (status int, header http.Header, body string, ok bool)
-	requests []string // "METHOD path status"
+	requests []string      // "METHOD path status"
+	dateSkew time.Duration // added to the CA's clock in its Date header
 	times    []time.Time
 }
 
@@ -147,6 +148,15 @@ func startCAProxy(t testing.TB, cp *controlplane.ControlPlane) *caProxy {
 		Proxy:           nil,
 	}
 	p := &caProxy{}
+	rp.ModifyResponse = func(resp *http.Response) error {
+		p.mu.Lock()
+		skew := p.dateSkew
+		p.mu.Unlock()
+		if skew != 0 {
+			resp.Header.Set("Date", time.Now().Add(skew).UTC().Format(http.TimeFormat))
+		}
+		return nil
+	}
 	p.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		p.mu.Lock()

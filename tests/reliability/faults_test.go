@@ -397,3 +397,34 @@ func TestFaultSymlinkedPKIDir(t *testing.T) {
 	wantExit(t, n.run(nil, "verify"), 0)
 	t.Logf("symlinked pki_dir: bootstrap and verify exit 0")
 }
+
+// TestFaultCAClockSkewedBeforeToken: the repro of issue 12 item 10. The
+// CA's clock (its Date header, through the CA proxy) is 2.5 minutes off the
+// node's. bootstrap used to enroll, spending the one-time token, then fail
+// at clock. Now it stops at clock (exit 11) before the sign: the token is
+// on disk and the CA saw no POST; with the CA's clock right again the same
+// token enrolls.
+func TestFaultCAClockSkewedBeforeToken(t *testing.T) {
+	cp := controlplane.Start(t, controlplane.Options{})
+	p := startCAProxy(t, cp)
+	p.mu.Lock()
+	p.dateSkew = -150 * time.Second
+	p.mu.Unlock()
+	n := newNode(t, cp, "gpu-skew", func(c *controlplane.NodeConfig) { c.CA.URL = withPort(c.CA.URL, p.port()) })
+	r := n.bootstrap()
+	wantExit(t, r, 11, "layer clock", "token was not sent")
+	if _, err := os.Stat(n.Files.TokenPath); err != nil {
+		t.Fatalf("the token is gone after a clock stop: %v", err)
+	}
+	for _, l := range p.log() {
+		if strings.HasPrefix(l, "POST ") {
+			t.Fatalf("the CA saw a sign with a skewed clock: %v", p.log())
+		}
+	}
+	p.mu.Lock()
+	p.dateSkew = 0
+	p.mu.Unlock()
+	n.CP.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
+	wantExit(t, n.bootstrap(), 0)
+	t.Logf("ca-clock-skew: exit 11 before the sign with the token kept, then enrolled with the same token")
+}
