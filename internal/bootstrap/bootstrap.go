@@ -39,6 +39,7 @@ import (
 const (
 	ReceiptFile = "receipt.json"
 	PendingFile = "enroll-pending.json"
+	ExposedFile = "key-exposed.json"
 	DoneDir     = "done"
 	TasksDir    = "tasks"
 )
@@ -111,7 +112,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		return out
 	}
 	stateDir := host.Path(cfg.Paths.StateDir)
-	system.SweepTemp(stateDir, ReceiptFile, PendingFile)
+	system.SweepTemp(stateDir, ReceiptFile, PendingFile, ExposedFile)
 	// A kill while writing the done marker or a task file leaves renameio's
 	// ".<name><digits>" temp file in those directories too.
 	system.SweepTemp(filepath.Join(stateDir, DoneDir), host.MachineID())
@@ -119,14 +120,17 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 
 	// 0. A private key readable by others is restricted before anything
 	// else, in the same run that finds it, whatever the run decides next.
+	// The exposure is recorded first and kept until the key is rotated: a
+	// crash, or a run without a token, must not forget that this key may
+	// have been read.
 	pki := host.Path(cfg.Paths.PKIDir)
-	tightened, err := credstore.Tighten(pki)
+	exposure, err := restrictKeys(stateDir, pki)
 	if err != nil {
 		return stop("credentials-mode", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: "a private key under " + cfg.Paths.PKIDir + " is readable by others and cannot be restricted: " + err.Error(),
 			Remedy: "restrict it by hand (chmod 0600 the key, 0700 the directory) and treat the key as exposed: issue a fresh one-time token and run provision bootstrap to rotate it"})
 	}
-	for _, c := range tightened {
-		log.Warn("step", "step", "credentials-mode", "layer", "credentials", "status", "tightened", "change", c)
+	if exposure != nil {
+		log.Warn("step", "step", "credentials-mode", "layer", "credentials", "status", "exposed", "found", exposure.Found, "changes", strings.Join(exposure.Changes, "; "))
 	}
 
 	// 1. The hosts override.
@@ -171,11 +175,11 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	credstore.Sweep(pki)
 	reason := NeedsEnrollment(env, roots, host.Time())
 	var warnings []verify.Result
-	if reason == "" && len(tightened) > 0 {
+	if reason == "" && exposure != nil {
 		if tokenPresent(cfg, host) {
-			reason = fmt.Sprintf("key file mode was too open, now restricted (%s); re-issuing rather than trusting a possibly exposed key", strings.Join(tightened, ", "))
+			reason = fmt.Sprintf("key file mode was too open (%s, found %s); re-issuing rather than trusting a possibly exposed key", strings.Join(exposure.Changes, ", "), exposure.Found.Format(time.RFC3339))
 		} else {
-			warnings = append(warnings, exposedKeyWarning(cfg, tightened))
+			warnings = append(warnings, exposedKeyWarning(cfg, exposure))
 		}
 	}
 	if reason != "" {
@@ -375,12 +379,53 @@ func tokenPresent(cfg *config.Config, host *system.Host) bool {
 }
 
 // exposedKeyWarning is the report line for a key that was readable by
-// others, restricted now, and kept because no token was there to rotate it.
-func exposedKeyWarning(cfg *config.Config, tightened []string) verify.Result {
+// others, restricted since, and kept because no token was there to rotate it.
+func exposedKeyWarning(cfg *config.Config, x *Exposure) verify.Result {
 	return verify.Result{Name: "credentials-mode", Layer: diag.Credentials, Owner: diag.Node, Status: verify.Warn,
-		Message:  fmt.Sprintf("the private key was readable by others and is now restricted (%s); it was kept because %s holds no fresh token", strings.Join(tightened, ", "), cfg.CA.TokenFile),
+		Message: fmt.Sprintf("the private key was found readable by others at %s and is restricted now (%s); it was kept because %s holds no fresh token",
+			x.Found.Format(time.RFC3339), strings.Join(x.Changes, ", "), cfg.CA.TokenFile),
 		Remedy:   "treat the key as exposed: write a fresh one-time token to " + cfg.CA.TokenFile + " and run provision bootstrap to rotate it",
-		Evidence: map[string]string{"tightened": strings.Join(tightened, "; ")}}
+		Evidence: map[string]string{"tightened": strings.Join(x.Changes, "; "), "found": x.Found.Format(time.RFC3339)}}
+}
+
+// Exposure records that the installed private key was found readable by
+// others. It stays in state_dir until an enrollment replaces the key.
+type Exposure struct {
+	Found   time.Time `json:"found"`
+	Changes []string  `json:"changes"`
+}
+
+// restrictKeys records an exposed key in state_dir (before changing
+// anything, so a crash cannot lose it), then restricts every loose path
+// under pki. It returns the recorded exposure, old or new, if any.
+func restrictKeys(stateDir, pki string) (*Exposure, error) {
+	var x *Exposure
+	if b, err := os.ReadFile(filepath.Join(stateDir, ExposedFile)); err == nil {
+		x = &Exposure{}
+		if json.Unmarshal(b, x) != nil {
+			x = &Exposure{Changes: []string{"(unreadable record)"}}
+		}
+	}
+	loose, err := credstore.FindLoose(pki)
+	if err != nil {
+		return x, err
+	}
+	var keys []string
+	for _, l := range loose {
+		if l.Key {
+			keys = append(keys, l.String())
+		}
+	}
+	if len(keys) > 0 {
+		if x == nil {
+			x = &Exposure{Found: time.Now().UTC()}
+		}
+		x.Changes = append(x.Changes, keys...)
+		if err := writeJSON(stateDir, ExposedFile, x, 0o600); err != nil {
+			return x, fmt.Errorf("recording the exposure: %w", err)
+		}
+	}
+	return x, credstore.Tighten(loose)
 }
 
 // Pending records that a token is about to be presented to the CA. If the
@@ -479,6 +524,8 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 		log.Info("step", "step", "enroll", "layer", "enroll", "status", "token-removed", "path", cfg.CA.TokenFile)
 	}
 	os.Remove(pendingPath)
+	// A new key replaced whatever key may have been exposed.
+	os.Remove(filepath.Join(stateDir, ExposedFile))
 	system.SyncDir(stateDir)
 	log.Info("step", "step", "enroll", "layer", "enroll", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC())
 	return nil

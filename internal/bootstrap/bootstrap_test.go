@@ -742,6 +742,12 @@ func TestRunTightensExposedKey(t *testing.T) {
 	if len(kept.Receipt.Warnings) != 1 || !strings.Contains(kept.Receipt.Warnings[0], "readable by others") {
 		t.Errorf("receipt warnings %q", kept.Receipt.Warnings)
 	}
+	// The key is 0600 now but still the one that was exposed: the next run
+	// without a token warns again instead of forgetting.
+	again := n.run(t)
+	if !again.Report.OK || again.Enrolled || len(again.Receipt.Warnings) != 1 {
+		t.Fatalf("second run without a token: ok=%v enrolled=%v warnings %q", again.Report.OK, again.Enrolled, again.Receipt.Warnings)
+	}
 
 	// With a fresh token the exposed key is rotated.
 	expose()
@@ -753,10 +759,16 @@ func TestRunTightensExposedKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	rotated := n.run(t)
-	if !rotated.Report.OK || !rotated.Enrolled || rotated.Receipt.Serial == first.Receipt.Serial {
-		t.Fatalf("with a token: ok=%v enrolled=%v serial %s (first %s): %s", rotated.Report.OK, rotated.Enrolled, rotated.Receipt.Serial, first.Receipt.Serial, rotated.Report.Summary)
+	if !rotated.Report.OK || !rotated.Enrolled || rotated.Receipt.Serial == first.Receipt.Serial || len(rotated.Receipt.Warnings) != 0 {
+		t.Fatalf("with a token: ok=%v enrolled=%v serial %s (first %s) warnings %q: %s", rotated.Report.OK, rotated.Enrolled, rotated.Receipt.Serial, first.Receipt.Serial, rotated.Receipt.Warnings, rotated.Report.Summary)
 	}
 	checkModes()
+	if _, err := os.Stat(filepath.Join(n.files.StateDir, ExposedFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the exposure record outlived the rotated key: %v", err)
+	}
+	if out := n.run(t); !out.Report.OK || out.Enrolled || len(out.Receipt.Warnings) != 0 {
+		t.Errorf("after rotation: ok=%v enrolled=%v warnings %q", out.Report.OK, out.Enrolled, out.Receipt.Warnings)
+	}
 }
 
 // TestRunStopsAtClockBeforeSpendingToken: the repro of issue 12 item 10.

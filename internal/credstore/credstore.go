@@ -406,13 +406,21 @@ func Generations(dir string) []string {
 	return gens
 }
 
-// Tighten restricts dir to 0700, every generation directory to 0700 and
-// every private key in them (and a legacy key.pem in dir itself) to 0600.
-// It returns what it changed ("<path> 0644 -> 0600"), so the caller can
-// report the exposure. A key found readable by others must not stay so for
-// one more step, whatever else the run then decides; only regular files
-// are changed (a symlink is never followed to chmod its target).
-func Tighten(dir string) ([]string, error) {
+// Loose is a path under pki_dir whose mode lets group or others in.
+type Loose struct {
+	Path string
+	Mode os.FileMode // as found
+	Want os.FileMode // 0700 for a directory, 0600 for a key
+	Key  bool        // a private key: its contents may have been read
+}
+
+func (l Loose) String() string { return fmt.Sprintf("%s %04o -> %04o", l.Path, l.Mode, l.Want) }
+
+// FindLoose lists what Tighten would restrict: dir and every generation
+// directory not 0700, and every private key in them (and a legacy key.pem
+// in dir itself) readable by group or others. Only real directories and
+// regular files are listed: a symlink is never followed to its target.
+func FindLoose(dir string) ([]Loose, error) {
 	st, err := os.Stat(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -420,38 +428,35 @@ func Tighten(dir string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var changed []string
-	restrict := func(path string, mode os.FileMode, want os.FileMode) error {
-		if mode&0o077 == 0 {
-			return nil
-		}
-		if err := os.Chmod(path, want); err != nil {
-			return fmt.Errorf("restricting %s to %04o: %w", path, want, err)
-		}
-		changed = append(changed, fmt.Sprintf("%s %04o -> %04o", path, mode, want))
-		return nil
-	}
-	if err := restrict(dir, st.Mode().Perm(), 0o700); err != nil {
-		return changed, err
+	var out []Loose
+	if st.Mode().Perm()&0o077 != 0 {
+		out = append(out, Loose{Path: dir, Mode: st.Mode().Perm(), Want: 0o700})
 	}
 	keys := []string{filepath.Join(dir, KeyFile)}
 	for _, g := range Generations(dir) {
 		gd := filepath.Join(dir, g)
 		if fi, err := os.Lstat(gd); err == nil && fi.IsDir() {
-			if err := restrict(gd, fi.Mode().Perm(), 0o700); err != nil {
-				return changed, err
+			if fi.Mode().Perm()&0o077 != 0 {
+				out = append(out, Loose{Path: gd, Mode: fi.Mode().Perm(), Want: 0o700})
 			}
 			keys = append(keys, filepath.Join(gd, KeyFile))
 		}
 	}
 	for _, k := range keys {
-		fi, err := os.Lstat(k)
-		if err != nil || !fi.Mode().IsRegular() {
-			continue
-		}
-		if err := restrict(k, fi.Mode().Perm(), 0o600); err != nil {
-			return changed, err
+		if fi, err := os.Lstat(k); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o077 != 0 {
+			out = append(out, Loose{Path: k, Mode: fi.Mode().Perm(), Want: 0o600, Key: true})
 		}
 	}
-	return changed, nil
+	return out, nil
+}
+
+// Tighten restricts every path FindLoose listed. A key found readable by
+// others must not stay so for one more step, whatever the run then decides.
+func Tighten(loose []Loose) error {
+	for _, l := range loose {
+		if err := os.Chmod(l.Path, l.Want); err != nil {
+			return fmt.Errorf("restricting %s to %04o: %w", l.Path, l.Want, err)
+		}
+	}
+	return nil
 }

@@ -271,7 +271,7 @@ func TestBadInputMatrix(t *testing.T) {
 				t.Fatalf("first bootstrap: %s", r)
 			}
 			n.CP.API.FailAlways(controlplane.Fault{Status: 200, Body: "<html><body>Welcome</body></html>"})
-		}, exit: 19, last: []string{"tasks/wait"}},
+		}, exit: 17, last: []string{"layer route", "not a JSON task"}},
 	}
 	var seq atomic.Int64
 	passed := atomic.Int64{}
