@@ -29,6 +29,7 @@ import (
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/hosts"
+	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
@@ -39,7 +40,7 @@ import (
 const (
 	ReceiptFile = "receipt.json"
 	PendingFile = "enroll-pending.json"
-	ExposedFile = "key-exposed.json"
+	ExposedFile = lifecycle.ExposedFile
 	DoneDir     = "done"
 	TasksDir    = "tasks"
 )
@@ -171,17 +172,11 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	env.SetRoots(roots)
 	log.Info("step", "step", "ca-roots", "layer", "ca", "status", "ok", "roots", len(roots.Current), "fingerprint", cfg.CA.Fingerprint)
 
-	// 3. Keep the credentials or re-enroll.
+	// 3. Keep the credentials or re-enroll, as the one credential verdict
+	// says; verify renders the same verdict, so its remedy is what this does.
 	credstore.Sweep(pki)
-	reason := NeedsEnrollment(env, roots, host.Time())
-	var warnings []verify.Result
-	if reason == "" && exposure != nil {
-		if tokenPresent(cfg, host) {
-			reason = fmt.Sprintf("key file mode was too open (%s, found %s); re-issuing rather than trusting a possibly exposed key", strings.Join(exposure.Changes, ", "), exposure.Found.Format(time.RFC3339))
-		} else {
-			warnings = append(warnings, exposedKeyWarning(cfg, exposure))
-		}
-	}
+	verdict := env.Verdict(ctx)
+	reason, warnings := assess(cfg, host, verdict)
 	if reason != "" {
 		log.Info("step", "step", "assess", "layer", "credentials", "status", "enroll", "reason", reason)
 		// The one-time token is spent by the sign: a skew the CA's Date
@@ -197,7 +192,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		env = verify.NewEnv(cfg, host) // re-read everything from disk
 		env.SetRoots(roots)
 	} else {
-		log.Info("step", "step", "assess", "layer", "credentials", "status", "keep", "reason", "certificate is current")
+		log.Info("step", "step", "assess", "layer", "credentials", "status", "keep", "verdict", verdict.Action.String(), "reasons", fmt.Sprint(verdict.Reasons))
 		forgetBurntToken(cfg, host, log)
 		if err := refreshBundle(pki, env, roots, host.Time()); err != nil {
 			return stop("credentials-write", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error(), Remedy: "check " + cfg.Paths.PKIDir + " is writable"})
@@ -211,7 +206,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	for attempt := 0; ; attempt++ {
 		out.Attempts = attempt + 1
 		t0 := time.Now()
-		results := append(append([]verify.Result(nil), warnings...), verify.Run(ctx, env, verify.Checks(), log)...)
+		results := verify.Run(ctx, env, verify.Checks(), log)
 		last := verify.NewReport("bootstrap", cfg.NodeID, results, time.Since(t0))
 		if ctx.Err() != nil && rep != nil && !last.OK {
 			// The deadline cut this attempt short; the previous attempt's
@@ -270,9 +265,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		ResolvedAddr: res.RemoteAddr, ProbeStatus: res.Status, Enrolled: out.Enrolled,
 		ProvedAt: host.Time().UTC(), MachineID: host.MachineID(), Version: o.Version,
 	}
-	for _, w := range warnings {
-		rc.Warnings = append(rc.Warnings, w.Message+"; "+w.Remedy)
-	}
+	rc.Warnings = warnings
 	hook("before receipt")
 	if err := WriteReceipt(stateDir, rc); err != nil {
 		return stop("receipt", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable and run again (the node itself is healthy)"})
@@ -323,35 +316,29 @@ func HostEntries(cfg *config.Config) []hosts.Entry {
 	return es
 }
 
-// NeedsEnrollment returns why the installed credentials cannot be kept, or
-// "" when they can: the key matches the cert, the cert is valid now and not
-// near expiry, its subject is node_id, and it chains to a current root.
-func NeedsEnrollment(env *verify.Env, roots *enroll.Roots, now time.Time) string {
-	s, err := env.Creds()
-	if errors.Is(err, credstore.ErrNotFound) {
-		return "no credentials installed"
+// assess turns the credential verdict into bootstrap's decision: the reason
+// to enroll ("" to keep) and, when keeping, the warnings for the receipt
+// (the report shows the same facts through verify's credentials check).
+//
+//	re-enroll                          enroll (a token is needed; without one: exit 20)
+//	renew, key-exposed, key-was-exposed enroll if a fresh token is there; else keep, warn
+//	tighten, keep                      keep (modes were restricted in step 0; refreshBundle
+//	                                   rewrites a stale ca.pem or an open pki_dir)
+func assess(cfg *config.Config, host *system.Host, v lifecycle.Verdict) (string, []string) {
+	if v.Action == lifecycle.Reenroll {
+		return string(v.First()) + ": " + v.Detail[v.First()], nil
 	}
-	if err != nil {
-		return "installed credentials unreadable: " + err.Error()
+	var why, warnings []string
+	for _, r := range []lifecycle.Reason{lifecycle.KeyExposed, lifecycle.KeyWasExposed, lifecycle.PastRenewal} {
+		if v.Has(r) {
+			why = append(why, string(r)+": "+v.Detail[r])
+			warnings = append(warnings, v.Detail[r]+"; kept, since "+cfg.CA.TokenFile+" holds no fresh token; "+verify.CredentialRemedy(r, cfg))
+		}
 	}
-	leaf := s.Leaf()
-	switch {
-	case !s.KeyMatches():
-		return "key does not match certificate"
-	case leaf.Subject.CommonName != env.Cfg.NodeID:
-		return fmt.Sprintf("certificate is for %q, not %q", leaf.Subject.CommonName, env.Cfg.NodeID)
-	case now.Before(leaf.NotBefore) || now.After(leaf.NotAfter):
-		return "certificate not valid now"
-	case verify.NearExpiry(leaf.NotBefore, leaf.NotAfter, now):
-		return "certificate near expiry"
+	if len(why) > 0 && tokenPresent(cfg, host) {
+		return strings.Join(why, "; "), nil
 	}
-	if err := verify.ChainsTo(s.Chain, roots.Current, now); err != nil {
-		return "certificate does not chain to the CA's current roots (stale): " + err.Error()
-	}
-	if s.KeyMode&0o077 != 0 {
-		return fmt.Sprintf("key file mode %04o is too open; re-issuing rather than trusting a possibly exposed key", s.KeyMode)
-	}
-	return ""
+	return "", warnings
 }
 
 // clockBeforeToken compares the node clock with the CA's Date header from
@@ -376,16 +363,6 @@ func clockBeforeToken(roots *enroll.Roots, now time.Time) *diag.Finding {
 func tokenPresent(cfg *config.Config, host *system.Host) bool {
 	st, err := os.Stat(host.Path(cfg.CA.TokenFile))
 	return err == nil && st.Mode().IsRegular() && st.Size() > 0
-}
-
-// exposedKeyWarning is the report line for a key that was readable by
-// others, restricted since, and kept because no token was there to rotate it.
-func exposedKeyWarning(cfg *config.Config, x *Exposure) verify.Result {
-	return verify.Result{Name: "credentials-mode", Layer: diag.Credentials, Owner: diag.Node, Status: verify.Warn,
-		Message: fmt.Sprintf("the private key was found readable by others at %s and is restricted now (%s); it was kept because %s holds no fresh token",
-			x.Found.Format(time.RFC3339), strings.Join(x.Changes, ", "), cfg.CA.TokenFile),
-		Remedy:   "treat the key as exposed: write a fresh one-time token to " + cfg.CA.TokenFile + " and run provision bootstrap to rotate it",
-		Evidence: map[string]string{"tightened": strings.Join(x.Changes, "; "), "found": x.Found.Format(time.RFC3339)}}
 }
 
 // Exposure records that the installed private key was found readable by

@@ -21,6 +21,7 @@ import (
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
@@ -65,7 +66,9 @@ func newHost(t *testing.T) *system.Host {
 	return h
 }
 
-func TestNeedsEnrollment(t *testing.T) {
+// TestVerdictOnDisk: the credential verdict, read through verify's Env as
+// bootstrap reads it, for every state a node's pki_dir can be in.
+func TestVerdictOnDisk(t *testing.T) {
 	p, err := controlplane.NewPKI(t.TempDir(), controlplane.CAName)
 	if err != nil {
 		t.Fatal(err)
@@ -107,49 +110,53 @@ func TestNeedsEnrollment(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	type want struct {
+		reason lifecycle.Reason // "" means none
+		action lifecycle.Action
+	}
 	tests := []struct {
 		name    string
 		prepare func(t *testing.T, root string)
-		want    string // substring; "" means keep
+		want    want
 	}{
 		{"current and healthy (generation layout)", func(t *testing.T, root string) {
 			save(t, root, issue(t, p, controlplane.LeafRequest{}), p.Root)
-		}, ""},
+		}, want{action: lifecycle.Keep}},
 		{"current and healthy (legacy layout, 0600)", func(t *testing.T, root string) {
 			plant(t, root, nil, issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o600)
-		}, ""},
-		{"nothing installed", func(t *testing.T, root string) {}, "no credentials installed"},
+		}, want{action: lifecycle.Keep}},
+		{"nothing installed", func(t *testing.T, root string) {}, want{lifecycle.Missing, lifecycle.Reenroll}},
 		{"key of another certificate", func(t *testing.T, root string) {
 			other := issue(t, p, controlplane.LeafRequest{})
 			plant(t, root, other.KeyPEM(), issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o600)
-		}, "key does not match certificate"},
+		}, want{lifecycle.KeyMismatch, lifecycle.Reenroll}},
 		{"certificate for another node", func(t *testing.T, root string) {
 			save(t, root, issue(t, p, controlplane.LeafRequest{CommonName: "gpu-0099", DNSNames: []string{"gpu-0099"}}), p.Root)
-		}, `certificate is for "gpu-0099", not "gpu-0042"`},
+		}, want{lifecycle.WrongNode, lifecycle.Reenroll}},
 		{"expired", func(t *testing.T, root string) {
 			save(t, root, issue(t, p, controlplane.LeafRequest{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}), p.Root)
-		}, "certificate not valid now"},
+		}, want{lifecycle.Expired, lifecycle.Reenroll}},
 		{"not yet valid", func(t *testing.T, root string) {
 			save(t, root, issue(t, p, controlplane.LeafRequest{NotBefore: now.Add(time.Hour), NotAfter: now.Add(48 * time.Hour)}), p.Root)
-		}, "certificate not valid now"},
+		}, want{lifecycle.NotYetValid, lifecycle.Reenroll}},
 		{"near expiry", func(t *testing.T, root string) {
 			save(t, root, issue(t, p, controlplane.LeafRequest{NotBefore: now.Add(-23 * time.Hour), NotAfter: now.Add(time.Hour)}), p.Root)
-		}, "certificate near expiry"},
+		}, want{lifecycle.PastRenewal, lifecycle.Renew}},
 		{"stale: issued by another CA", func(t *testing.T, root string) {
 			save(t, root, issue(t, unrelated, controlplane.LeafRequest{}), unrelated.Root)
-		}, "does not chain to the CA's current roots (stale)"},
+		}, want{lifecycle.OtherCA, lifecycle.Reenroll}},
 		{"stale even with the current root in ca.pem", func(t *testing.T, root string) {
 			save(t, root, issue(t, unrelated, controlplane.LeafRequest{}), p.Root)
-		}, "(stale)"},
+		}, want{lifecycle.OtherCA, lifecycle.Reenroll}},
 		{"0644 key", func(t *testing.T, root string) {
 			plant(t, root, nil, issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o644)
-		}, "key file mode 0644 is too open"},
+		}, want{lifecycle.KeyExposed, lifecycle.Tighten}},
 		{"0640 key", func(t *testing.T, root string) {
 			plant(t, root, nil, issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o640)
-		}, "too open"},
+		}, want{lifecycle.KeyExposed, lifecycle.Tighten}},
 		{"garbage key", func(t *testing.T, root string) {
 			plant(t, root, []byte("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"), issue(t, p, controlplane.LeafRequest{}), p.RootPEM(), 0o600)
-		}, "installed credentials unreadable"},
+		}, want{lifecycle.Unreadable, lifecycle.Reenroll}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -157,16 +164,10 @@ func TestNeedsEnrollment(t *testing.T) {
 			cfg := offlineConfig(t, p.Fingerprint())
 			tt.prepare(t, host.Root)
 			env := verify.NewEnv(cfg, host)
-			roots := &enroll.Roots{Pinned: p.Root, Current: []*x509.Certificate{p.Root}}
-			got := NeedsEnrollment(env, roots, now)
-			if tt.want == "" {
-				if got != "" {
-					t.Fatalf("NeedsEnrollment = %q, want keep", got)
-				}
-				return
-			}
-			if !strings.Contains(got, tt.want) {
-				t.Fatalf("NeedsEnrollment = %q, want it to contain %q", got, tt.want)
+			env.SetRoots(&enroll.Roots{Pinned: p.Root, Current: []*x509.Certificate{p.Root}})
+			v := env.Verdict(context.Background())
+			if v.Action != tt.want.action || (tt.want.reason != "" && v.First() != tt.want.reason) || (tt.want.reason == "" && len(v.Reasons) != 0) {
+				t.Fatalf("verdict %s %v (%v), want %s with first reason %q", v.Action, v.Reasons, v.Detail, tt.want.action, tt.want.reason)
 			}
 		})
 	}
@@ -732,12 +733,12 @@ func TestRunTightensExposedKey(t *testing.T) {
 	checkModes()
 	var warned bool
 	for _, c := range kept.Report.Checks {
-		if c.Name == "credentials-mode" && c.Status == verify.Warn && strings.Contains(c.Message, "0644 -> 0600") && strings.Contains(c.Remedy, "fresh one-time token") {
+		if c.Name == "credentials" && c.Status == verify.Warn && strings.Contains(c.Message, "readable by others") && strings.Contains(c.Remedy, "fresh one-time token") {
 			warned = true
 		}
 	}
 	if !warned {
-		t.Errorf("the report has no credentials-mode warning naming the exposure: %+v", kept.Report.Checks)
+		t.Errorf("the report's credentials check does not warn of the exposure: %+v", kept.Report.Checks)
 	}
 	if len(kept.Receipt.Warnings) != 1 || !strings.Contains(kept.Receipt.Warnings[0], "readable by others") {
 		t.Errorf("receipt warnings %q", kept.Receipt.Warnings)

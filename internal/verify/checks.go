@@ -1,10 +1,8 @@
 package verify
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -14,10 +12,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/hosts"
+	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
 )
 
@@ -246,83 +245,105 @@ func checkClock(ctx context.Context, e *Env) Outcome {
 	return Outcome{Status: Pass, Evidence: ev, Message: "the node clock agrees with the CA's"}
 }
 
-func checkCredentials(_ context.Context, e *Env) Outcome {
-	dir := e.Cfg.Paths.PKIDir
-	s, err := e.Creds()
-	if errors.Is(err, credstore.ErrNotFound) {
-		return fail("enroll: run provision bootstrap with a one-time token in "+e.Cfg.CA.TokenFile, "no credentials in %s: the node has not enrolled", dir)
+// checkCredentials renders the credential verdict's facts about the key
+// and certificate (the chain is ca-chain's). Its remedy is, by
+// construction, what bootstrap does with the same verdict.
+func checkCredentials(ctx context.Context, e *Env) Outcome {
+	v := e.Verdict(ctx)
+	ev := verdictEvidence(v, e.Host.Time())
+	worst, status := Reason(""), Pass
+	for _, r := range v.Reasons {
+		st := credentialStatus(r)
+		if st == "" || (status == Fail) || (status == Warn && st != Fail) {
+			continue
+		}
+		worst, status = r, st
 	}
-	if err != nil {
-		return fail("re-enroll to replace the broken set: provision bootstrap with a fresh token", "the credentials in %s cannot be read: %v", dir, err)
+	if status != Pass {
+		return Outcome{Status: status, Evidence: ev, Message: fmt.Sprintf("%s: %s", e.Cfg.Paths.PKIDir, v.Detail[worst]), Remedy: CredentialRemedy(worst, e.Cfg)}
 	}
-	leaf := s.Leaf()
-	now := e.Host.Time()
-	ev := map[string]string{
-		"subject": leaf.Subject.String(), "issuer": leaf.Issuer.String(), "serial": leaf.SerialNumber.String(),
-		"not_before": leaf.NotBefore.UTC().Format(time.RFC3339), "not_after": leaf.NotAfter.UTC().Format(time.RFC3339),
-	}
-	o := func(status Status, remedy, format string, a ...any) Outcome {
-		return Outcome{Status: status, Remedy: remedy, Evidence: ev, Message: fmt.Sprintf(format, a...)}
-	}
-	switch {
-	case s.KeyMode&0o077 != 0:
-		return o(Fail, "run provision bootstrap: it restricts the key to 0600 at once, and rotates it if a fresh one-time token is in "+e.Cfg.CA.TokenFile+"; treat the key as exposed if other users had access", "%s/key.pem is mode %04o; a private key must be 0600", dir, s.KeyMode)
-	case s.DirMode&0o077 != 0:
-		return o(Fail, "run provision bootstrap (it restricts the directory to 0700)", "%s is mode %04o; it holds a private key and must be 0700", dir, s.DirMode)
-	case !s.KeyMatches():
-		return o(Fail, "re-enroll: provision bootstrap with a fresh token", "%s/key.pem does not match cert.pem", dir)
-	case leaf.Subject.CommonName != e.Cfg.NodeID:
-		return o(Fail, "re-enroll with a token for this node_id", "the certificate is for %q, but node_id is %q", leaf.Subject.CommonName, e.Cfg.NodeID)
-	case now.Before(leaf.NotBefore):
-		return o(Fail, "check the node clock first; if it is right, re-enroll", "the certificate is not valid until %s (node clock %s)", leaf.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
-	case now.After(leaf.NotAfter):
-		return o(Fail, "re-enroll: provision bootstrap with a fresh token", "the certificate expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))
-	}
-	left := leaf.NotAfter.Sub(now)
-	ev["expires_in"] = left.Round(time.Second).String()
-	if NearExpiry(leaf.NotBefore, leaf.NotAfter, now) {
-		return o(Warn, "re-enroll before it expires: provision bootstrap with a fresh token", "the certificate expires in %s (less than a third of its lifetime left)", left.Round(time.Minute))
-	}
-	return o(Pass, "", "key 0600 matches the certificate for %s, valid for %s more", leaf.Subject.CommonName, left.Round(time.Minute))
+	left := v.Leaf.NotAfter.Sub(e.Host.Time())
+	return Outcome{Status: Pass, Evidence: ev, Message: fmt.Sprintf("key 0600 matches the certificate for %s, valid for %s more, renewal due %s",
+		v.Leaf.Subject.CommonName, left.Round(time.Minute), v.RenewAfter.UTC().Format(time.RFC3339))}
 }
 
-// NearExpiry reports whether less than a third of the lifetime is left, the
-// point at which step renews.
-func NearExpiry(notBefore, notAfter, now time.Time) bool {
-	life := notAfter.Sub(notBefore)
-	return notAfter.Sub(now) < life/3
+// Reason is the verdict's reason type, named here for the checks' tables.
+type Reason = lifecycle.Reason
+
+// credentialStatus is how the credentials check shows a reason; "" means
+// another check (ca-chain) owns it.
+func credentialStatus(r Reason) Status {
+	switch r {
+	case lifecycle.OtherCA, lifecycle.BundleStale, lifecycle.RootsUnknown:
+		return ""
+	case lifecycle.PastRenewal, lifecycle.KeyWasExposed:
+		return Warn
+	}
+	return Fail
 }
 
+// CredentialRemedy is the one wording of what to do about a verdict reason;
+// bootstrap acts exactly so (see bootstrap's assess step).
+func CredentialRemedy(r Reason, cfg *config.Config) string {
+	tok := cfg.CA.TokenFile
+	fresh := "write a fresh one-time token for this node_id to " + tok + " and run provision bootstrap: it replaces key, certificate and CA bundle together"
+	switch r {
+	case lifecycle.Missing:
+		return "enroll: write a one-time token to " + tok + " and run provision bootstrap"
+	case lifecycle.NotYetValid:
+		return "check the node clock first (the clock layer); if it is right, re-enroll: " + fresh
+	case lifecycle.OtherCA:
+		return "re-enroll the node: its certificate was issued by a CA the control plane no longer uses; " + fresh
+	case lifecycle.KeyExposed:
+		return "run provision bootstrap: it restricts the key to 0600 at once (no token needed) and rotates it when a fresh one-time token is in " + tok + "; treat the key as exposed until then"
+	case lifecycle.KeyWasExposed:
+		return "rotate the exposed key: write a fresh one-time token to " + tok + " and run provision bootstrap (it issues a new key)"
+	case lifecycle.DirOpen:
+		return "run provision bootstrap: it restricts " + cfg.Paths.PKIDir + " to 0700 (no token needed)"
+	case lifecycle.BundleStale:
+		return "run provision bootstrap: it refreshes ca.pem from the CA's current roots (no token needed)"
+	case lifecycle.PastRenewal:
+		return "renew before it expires: " + fresh
+	}
+	return "re-enroll: " + fresh
+}
+
+func verdictEvidence(v lifecycle.Verdict, now time.Time) map[string]string {
+	ev := map[string]string{"verdict": v.Action.String()}
+	var rs []string
+	for _, r := range v.Reasons {
+		rs = append(rs, string(r))
+	}
+	if len(rs) > 0 {
+		ev["reasons"] = strings.Join(rs, ",")
+	}
+	if l := v.Leaf; l != nil {
+		ev["subject"], ev["issuer"], ev["serial"] = l.Subject.String(), l.Issuer.String(), l.SerialNumber.String()
+		ev["not_before"], ev["not_after"] = l.NotBefore.UTC().Format(time.RFC3339), l.NotAfter.UTC().Format(time.RFC3339)
+		ev["renew_after"] = v.RenewAfter.UTC().Format(time.RFC3339)
+		ev["expires_in"] = l.NotAfter.Sub(now).Round(time.Second).String()
+	}
+	return ev
+}
+
+// checkCAChain renders the verdict's facts about the chain and ca.pem.
 func checkCAChain(ctx context.Context, e *Env) Outcome {
-	state, err := e.Chain(ctx)
-	s, _ := e.Creds()
-	roots, _ := e.Roots(ctx)
-	if state == diag.ChainStale {
-		return Outcome{Status: Fail, Owner: diag.Node,
-			Message:  fmt.Sprintf("the node certificate (issuer %s) does not chain to any of the CA's current roots: it is stale (%v)", s.Leaf().Issuer, err),
-			Remedy:   "re-enroll the node: its certificate was issued by a CA the control plane no longer uses (provision bootstrap with a fresh token replaces it)",
-			Evidence: map[string]string{"issuer": s.Leaf().Issuer.String()}}
+	v := e.Verdict(ctx)
+	ev := verdictEvidence(v, e.Host.Time())
+	switch {
+	case v.Has(lifecycle.OtherCA):
+		return Outcome{Status: Fail, Owner: diag.Node, Evidence: ev, Message: v.Detail[lifecycle.OtherCA], Remedy: CredentialRemedy(lifecycle.OtherCA, e.Cfg)}
+	case v.Has(lifecycle.RootsUnknown):
+		_, err := e.Roots(ctx)
+		return Outcome{Status: Fail, Owner: diag.CAOwner, Evidence: ev, Message: fmt.Sprintf("cannot judge the certificate against the CA: %v", err),
+			Remedy: "check the CA (the ca-root check) and run verify again"}
+	case v.BundleUseless:
+		return Outcome{Status: Fail, Owner: diag.Node, Evidence: ev, Message: v.Detail[lifecycle.BundleStale] + ": the node cannot verify any server of the control plane with it",
+			Remedy: CredentialRemedy(lifecycle.BundleStale, e.Cfg)}
+	case v.Has(lifecycle.BundleStale):
+		return Outcome{Status: Warn, Evidence: ev, Message: "the certificate chains to a current root, but " + v.Detail[lifecycle.BundleStale], Remedy: CredentialRemedy(lifecycle.BundleStale, e.Cfg)}
 	}
-	if err != nil {
-		return Outcome{Status: Fail, Owner: diag.CAOwner, Message: "cannot judge the certificate against the CA: " + err.Error()}
-	}
-	missing := 0
-	for _, r := range roots.Current {
-		found := false
-		for _, b := range s.Roots {
-			if bytes.Equal(b.Raw, r.Raw) {
-				found = true
-			}
-		}
-		if !found {
-			missing++
-		}
-	}
-	if missing > 0 {
-		return Outcome{Status: Warn, Message: fmt.Sprintf("the certificate chains to a current root, but ca.pem lacks %d of the CA's current roots", missing),
-			Remedy: "run provision bootstrap to refresh ca.pem"}
-	}
-	return pass("the node certificate chains to the CA's current root")
+	return Outcome{Status: Pass, Evidence: ev, Message: "the node certificate chains to the CA's current root"}
 }
 
 // probeCheck interprets the one probe for one layer. The layer fails if the

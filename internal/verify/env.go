@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
@@ -42,6 +45,9 @@ type Env struct {
 
 	proofOnce sync.Once
 	proof     diag.Proof
+
+	verdictOnce sync.Once
+	verdict     lifecycle.Verdict
 }
 
 // NewEnv returns an Env for cfg on host.
@@ -94,33 +100,19 @@ func (e *Env) Chain(ctx context.Context) (diag.ChainState, error) {
 			e.chain, e.chainErr = diag.ChainUnknown, errors.Join(errors.New("CA roots unavailable"), err)
 			return
 		}
-		if err := ChainsTo(creds.Chain, roots.Current, e.Host.Time()); err != nil {
+		if err := lifecycle.ChainsTo(creds.Chain, roots.Current, e.Host.Time()); err != nil {
 			e.chain, e.chainErr = diag.ChainStale, err
+			return
+		}
+		// A ca.pem without any current root is stale material too: a server
+		// certificate it cannot verify is the node's to fix, not the ingress's.
+		if v := e.Verdict(ctx); v.BundleUseless {
+			e.chain, e.chainErr = diag.ChainStale, errors.New(v.Detail[lifecycle.BundleStale])
 			return
 		}
 		e.chain = diag.ChainCurrent
 	})
 	return e.chain, e.chainErr
-}
-
-// ChainsTo verifies that chain[0] chains to one of roots, through the
-// intermediates in chain, for client authentication, at now.
-func ChainsTo(chain []*x509.Certificate, roots []*x509.Certificate, now time.Time) error {
-	if len(chain) == 0 {
-		return errors.New("no certificate")
-	}
-	rp, ip := x509.NewCertPool(), x509.NewCertPool()
-	for _, r := range roots {
-		rp.AddCert(r)
-	}
-	for _, c := range chain[1:] {
-		ip.AddCert(c)
-	}
-	_, err := chain[0].Verify(x509.VerifyOptions{
-		Roots: rp, Intermediates: ip, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	return err
 }
 
 // Probe makes the tasks/wait request once, with the credentials read back
@@ -160,4 +152,24 @@ func (e *Env) Proof(ctx context.Context) diag.Proof {
 // after a run, the caller must hand off a task the probe received.
 func (e *Env) Probed() *probe.Result {
 	return e.probe
+}
+
+// Verdict judges the installed credentials once, against the CA's current
+// roots when they can be fetched, and the exposure bootstrap recorded.
+func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
+	e.verdictOnce.Do(func() {
+		set, err := e.Creds()
+		in := lifecycle.Input{Set: set, LoadErr: err, NodeID: e.Cfg.NodeID, Now: e.Host.Time(),
+			Exposed: fileExists(e.Host.Path(filepath.Join(e.Cfg.Paths.StateDir, lifecycle.ExposedFile)))}
+		if roots, rerr := e.Roots(ctx); rerr == nil && roots != nil && len(roots.Current) > 0 {
+			in.Roots = roots.Current
+		}
+		e.verdict = lifecycle.Judge(in)
+	})
+	return e.verdict
+}
+
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }

@@ -1,0 +1,258 @@
+// Package lifecycle answers one question in one place: what should happen to
+// the credentials on disk? Judge looks at the key, the certificate chain and
+// the CA bundle (with their modes), the CA's current roots, node_id and the
+// clock, and returns a typed Verdict. bootstrap acts on it, verify renders
+// it, and renewal schedules from it.
+//
+// Why one function: the same facts used to be read by bootstrap (to decide
+// whether to re-enroll) and by verify (to tell the operator what to do), in
+// a different order, and the two disagreed: verify told the owner of a
+// 0644 key that bootstrap "rewrites the key 0600" while bootstrap in fact
+// demanded a token and failed; a certificate in the last third of its life
+// was healthy to verify and fatal to bootstrap. With one verdict, the
+// remedy verify prints is what bootstrap does.
+package lifecycle
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gpuaas/provision/internal/credstore"
+)
+
+// Action is what the credentials need, from least to most.
+type Action int
+
+// The actions, ordered: a verdict's Action is the largest of its reasons'.
+const (
+	Keep     Action = iota // nothing to do
+	Tighten                // fixable on the node without a token: modes, a stale ca.pem
+	Renew                  // valid, past the renewal point: a new certificate before it expires
+	Reenroll               // unusable for the node: a fresh one-time token is needed
+)
+
+var actionNames = [...]string{"keep", "tighten", "renew", "re-enroll"}
+
+func (a Action) String() string {
+	if int(a) < len(actionNames) {
+		return actionNames[a]
+	}
+	return fmt.Sprintf("action(%d)", int(a))
+}
+
+// MarshalText renders the action by name in JSON reports and receipts.
+func (a Action) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
+
+// Reason names one fact about the credentials. The names are an interface:
+// reports and logs carry them.
+type Reason string
+
+// The reasons, each with the action it calls for.
+const (
+	Missing       Reason = "missing"         // no credentials: the node has not enrolled
+	Unreadable    Reason = "unreadable"      // a file is missing, garbled or unparsable
+	KeyMismatch   Reason = "key-mismatch"    // key.pem does not belong to cert.pem
+	WrongNode     Reason = "wrong-node"      // the certificate is for another node_id
+	NotYetValid   Reason = "not-yet-valid"   // not valid yet by the node's clock
+	Expired       Reason = "expired"         // past NotAfter
+	OtherCA       Reason = "other-ca"        // does not chain to any of the CA's current roots (stale)
+	KeyExposed    Reason = "key-exposed"     // the key is readable by others now: restrict it, rotate with a token
+	KeyWasExposed Reason = "key-was-exposed" // restricted since, but still the key others could read
+	DirOpen       Reason = "dir-open"        // pki_dir lets group or others in
+	BundleStale   Reason = "bundle-stale"    // ca.pem lacks one of the CA's current roots
+	PastRenewal   Reason = "past-renewal"    // valid, past the renewal point
+	RootsUnknown  Reason = "roots-unknown"   // the CA's roots could not be fetched: chain not judged
+)
+
+var reasonAction = map[Reason]Action{
+	Missing: Reenroll, Unreadable: Reenroll, KeyMismatch: Reenroll, WrongNode: Reenroll,
+	NotYetValid: Reenroll, Expired: Reenroll, OtherCA: Reenroll,
+	KeyExposed: Tighten, KeyWasExposed: Tighten, DirOpen: Tighten, BundleStale: Tighten,
+	PastRenewal: Renew, RootsUnknown: Keep,
+}
+
+// Action returns what the reason calls for on its own.
+func (r Reason) Action() Action { return reasonAction[r] }
+
+// ExposedFile, under state_dir, records that the installed key was found
+// readable by others; bootstrap writes it and removes it when a new key
+// replaces the exposed one.
+const ExposedFile = "key-exposed.json"
+
+// DefaultRenewFraction is the share of a certificate's lifetime after which
+// it is renewed: step's and kubelet's two thirds.
+const DefaultRenewFraction = 2.0 / 3.0
+
+// Input is everything Judge looks at.
+type Input struct {
+	Set     *credstore.Set // nil when Load failed
+	LoadErr error          // credstore.Load's error
+	NodeID  string
+	// Roots are the CA's current roots; nil when they could not be fetched
+	// (the chain is then not judged and RootsUnknown is reported).
+	Roots []*x509.Certificate
+	Now   time.Time
+	// RenewFraction of the lifetime after which the certificate is due;
+	// 0 means DefaultRenewFraction.
+	RenewFraction float64
+	// Exposed is set when state records the key as having been readable
+	// by others: the mode is fixed, the key is still the exposed one.
+	Exposed bool
+}
+
+// Verdict is the one answer.
+type Verdict struct {
+	Action  Action
+	Reasons []Reason // every fact that holds, most severe first
+	// Detail is one line per reason, for reports.
+	Detail map[Reason]string
+	// Leaf and its timing, when a certificate could be read.
+	Leaf       *x509.Certificate
+	RenewAfter time.Time
+	ChainErr   error // why the chain does not verify against Roots
+	// BundleMissing counts the CA's current roots ca.pem lacks;
+	// BundleUseless is set when it holds none of them: the node can then
+	// verify no server of the control plane.
+	BundleMissing int
+	BundleUseless bool
+}
+
+// Has reports whether r is among the verdict's reasons.
+func (v Verdict) Has(r Reason) bool {
+	for _, x := range v.Reasons {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// First returns the most severe reason, or "" for Keep.
+func (v Verdict) First() Reason {
+	if len(v.Reasons) == 0 {
+		return ""
+	}
+	return v.Reasons[0]
+}
+
+func (v *Verdict) add(r Reason, format string, a ...any) {
+	v.Reasons = append(v.Reasons, r)
+	if v.Detail == nil {
+		v.Detail = map[Reason]string{}
+	}
+	v.Detail[r] = fmt.Sprintf(format, a...)
+	if r.Action() > v.Action {
+		v.Action = r.Action()
+	}
+}
+
+// Judge decides. It never touches the disk: the caller loaded the set.
+func Judge(in Input) Verdict {
+	var v Verdict
+	switch {
+	case errors.Is(in.LoadErr, credstore.ErrNotFound):
+		v.add(Missing, "no credentials: the node has not enrolled")
+		return v
+	case in.LoadErr != nil || in.Set == nil:
+		v.add(Unreadable, "the credentials cannot be read: %v", in.LoadErr)
+		return v
+	}
+	s := in.Set
+	leaf := s.Leaf()
+	v.Leaf = leaf
+	frac := in.RenewFraction
+	if frac <= 0 || frac >= 1 {
+		frac = DefaultRenewFraction
+	}
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	v.RenewAfter = leaf.NotBefore.Add(time.Duration(float64(life) * frac))
+
+	if !s.KeyMatches() {
+		v.add(KeyMismatch, "key.pem does not match cert.pem")
+	}
+	if leaf.Subject.CommonName != in.NodeID {
+		v.add(WrongNode, "the certificate is for %q, but node_id is %q", leaf.Subject.CommonName, in.NodeID)
+	}
+	switch {
+	case in.Now.Before(leaf.NotBefore):
+		v.add(NotYetValid, "the certificate is not valid until %s (node clock %s)", stamp(leaf.NotBefore), stamp(in.Now))
+	case in.Now.After(leaf.NotAfter):
+		v.add(Expired, "the certificate expired at %s", stamp(leaf.NotAfter))
+	}
+	if in.Roots == nil {
+		v.add(RootsUnknown, "the CA's current roots are unknown: the chain was not judged")
+	} else if err := ChainsTo(s.Chain, in.Roots, in.Now); err != nil && !v.Has(Expired) && !v.Has(NotYetValid) {
+		v.ChainErr = err
+		v.add(OtherCA, "the certificate (issuer %s) does not chain to any of the CA's current roots: it is stale (%v)", leaf.Issuer, err)
+	}
+	if s.KeyMode&0o077 != 0 {
+		v.add(KeyExposed, "key.pem is mode %04o; a private key must be 0600", s.KeyMode)
+	} else if in.Exposed {
+		v.add(KeyWasExposed, "key.pem was found readable by others (recorded in state_dir/%s) and restricted since; it is still that key", ExposedFile)
+	}
+	if s.DirMode&0o077 != 0 {
+		v.add(DirOpen, "pki_dir is mode %04o; it holds a private key and must be 0700", s.DirMode)
+	}
+	if in.Roots != nil {
+		if v.BundleMissing = missingRoots(s.Roots, in.Roots); v.BundleMissing > 0 {
+			v.add(BundleStale, "ca.pem lacks %d of the CA's %d current root(s)", v.BundleMissing, len(in.Roots))
+			v.BundleUseless = v.BundleMissing == len(in.Roots)
+		}
+	}
+	if v.Action < Reenroll && !in.Now.Before(v.RenewAfter) {
+		v.add(PastRenewal, "past its renewal point %s; it expires at %s (in %s)", stamp(v.RenewAfter), stamp(leaf.NotAfter), leaf.NotAfter.Sub(in.Now).Round(time.Minute))
+	}
+	sortBySeverity(v.Reasons)
+	return v
+}
+
+func sortBySeverity(rs []Reason) {
+	// Insertion sort, stable: a handful of reasons at most.
+	for i := 1; i < len(rs); i++ {
+		for j := i; j > 0 && rs[j].Action() > rs[j-1].Action(); j-- {
+			rs[j], rs[j-1] = rs[j-1], rs[j]
+		}
+	}
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+func missingRoots(have, want []*x509.Certificate) int {
+	n := 0
+	for _, r := range want {
+		found := false
+		for _, b := range have {
+			if bytes.Equal(b.Raw, r.Raw) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			n++
+		}
+	}
+	return n
+}
+
+// ChainsTo verifies that chain[0] chains to one of roots, through the
+// intermediates in chain, for client authentication, at now.
+func ChainsTo(chain []*x509.Certificate, roots []*x509.Certificate, now time.Time) error {
+	if len(chain) == 0 {
+		return errors.New("no certificate")
+	}
+	rp, ip := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range roots {
+		rp.AddCert(r)
+	}
+	for _, c := range chain[1:] {
+		ip.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{
+		Roots: rp, Intermediates: ip, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	return err
+}

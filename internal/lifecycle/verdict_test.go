@@ -1,0 +1,109 @@
+package lifecycle_test
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/tests/controlplane"
+)
+
+// TestJudge pins the verdict for each fact alone and for the combinations
+// that decide between actions: the action is the largest of the reasons',
+// the reasons come most severe first, and a key that once was readable by
+// others stays a reason after its mode is fixed.
+func TestJudge(t *testing.T) {
+	dir := t.TempDir()
+	p, err := controlplane.NewPKI(dir+"/cp", "Judge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := controlplane.NewPKI(dir+"/other", "Other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	set := func(from *controlplane.PKI, cn string, nb, na time.Duration, bundle ...*x509.Certificate) *credstore.Set {
+		l, err := from.IssueLeaf(controlplane.LeafRequest{CommonName: cn, DNSNames: []string{cn}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			NotBefore: now.Add(nb), NotAfter: now.Add(na)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bundle == nil {
+			bundle = []*x509.Certificate{from.Root}
+		}
+		return &credstore.Set{Key: l.Key, Chain: []*x509.Certificate{l.Cert, l.Intermediate}, Roots: bundle, KeyMode: 0o600, DirMode: 0o700}
+	}
+	healthy := func() *credstore.Set { return set(p, "gpu-1", -time.Hour, 23*time.Hour) }
+	roots := []*x509.Certificate{p.Root}
+	tests := []struct {
+		name    string
+		in      lifecycle.Input
+		action  lifecycle.Action
+		reasons []lifecycle.Reason
+	}{
+		{"healthy", lifecycle.Input{Set: healthy()}, lifecycle.Keep, nil},
+		{"missing", lifecycle.Input{LoadErr: fmt.Errorf("x: %w", credstore.ErrNotFound)}, lifecycle.Reenroll, []lifecycle.Reason{lifecycle.Missing}},
+		{"unreadable", lifecycle.Input{LoadErr: errors.New("garbled")}, lifecycle.Reenroll, []lifecycle.Reason{lifecycle.Unreadable}},
+		{"key mismatch", lifecycle.Input{Set: func() *credstore.Set { s := healthy(); s.Key = healthy().Key; return s }()}, lifecycle.Reenroll, []lifecycle.Reason{lifecycle.KeyMismatch}},
+		{"wrong node", lifecycle.Input{Set: set(p, "gpu-2", -time.Hour, 23*time.Hour)}, lifecycle.Reenroll, []lifecycle.Reason{lifecycle.WrongNode}},
+		{"expired", lifecycle.Input{Set: set(p, "gpu-1", -25*time.Hour, -time.Hour)}, lifecycle.Reenroll, []lifecycle.Reason{lifecycle.Expired}},
+		{"not yet valid", lifecycle.Input{Set: set(p, "gpu-1", time.Hour, 25*time.Hour)}, lifecycle.Reenroll, []lifecycle.Reason{lifecycle.NotYetValid}},
+		{"other CA", lifecycle.Input{Set: set(other, "gpu-1", -time.Hour, 23*time.Hour)}, lifecycle.Reenroll, []lifecycle.Reason{lifecycle.OtherCA, lifecycle.BundleStale}},
+		{"past renewal (17h of 24h)", lifecycle.Input{Set: set(p, "gpu-1", -17*time.Hour, 7*time.Hour)}, lifecycle.Renew, []lifecycle.Reason{lifecycle.PastRenewal}},
+		{"just before renewal (15h of 24h)", lifecycle.Input{Set: set(p, "gpu-1", -15*time.Hour, 9*time.Hour)}, lifecycle.Keep, nil},
+		{"renew fraction 0.5 at 13h", lifecycle.Input{Set: set(p, "gpu-1", -13*time.Hour, 11*time.Hour), RenewFraction: 0.5}, lifecycle.Renew, []lifecycle.Reason{lifecycle.PastRenewal}},
+		{"key 0644", lifecycle.Input{Set: func() *credstore.Set { s := healthy(); s.KeyMode = 0o644; return s }()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyExposed}},
+		{"key was exposed", lifecycle.Input{Set: healthy(), Exposed: true}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyWasExposed}},
+		{"dir 0755", lifecycle.Input{Set: func() *credstore.Set { s := healthy(); s.DirMode = 0o755; return s }()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.DirOpen}},
+		{"bundle from another CA", lifecycle.Input{Set: set(p, "gpu-1", -time.Hour, 23*time.Hour, other.Root)}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.BundleStale}},
+		{"roots unknown", lifecycle.Input{Set: healthy(), Roots: []*x509.Certificate{}}, lifecycle.Keep, []lifecycle.Reason{lifecycle.RootsUnknown}},
+		{"exposed and past renewal: renew first", lifecycle.Input{Set: func() *credstore.Set { s := set(p, "gpu-1", -20*time.Hour, 4*time.Hour); s.KeyMode = 0o640; return s }()},
+			lifecycle.Renew, []lifecycle.Reason{lifecycle.PastRenewal, lifecycle.KeyExposed}},
+		{"expired and exposed: re-enroll first, no renewal", lifecycle.Input{Set: func() *credstore.Set { s := set(p, "gpu-1", -25*time.Hour, -time.Hour); s.KeyMode = 0o644; return s }()},
+			lifecycle.Reenroll, []lifecycle.Reason{lifecycle.Expired, lifecycle.KeyExposed}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := tt.in
+			in.NodeID, in.Now = "gpu-1", now
+			switch {
+			case tt.name == "roots unknown":
+				in.Roots = nil
+			case in.Roots == nil:
+				in.Roots = roots
+			}
+			v := lifecycle.Judge(in)
+			if v.Action != tt.action || !reflect.DeepEqual(v.Reasons, tt.reasons) {
+				t.Fatalf("Judge = %s %v, want %s %v (detail %v)", v.Action, v.Reasons, tt.action, tt.reasons, v.Detail)
+			}
+			for _, r := range v.Reasons {
+				if v.Detail[r] == "" {
+					t.Errorf("reason %s has no detail", r)
+				}
+			}
+		})
+	}
+}
+
+// TestRenewAfter: the renewal point is NotBefore + 2/3 of the lifetime.
+func TestRenewAfter(t *testing.T) {
+	p, err := controlplane.NewPKI(t.TempDir(), "R")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	l, err := p.IssueLeaf(controlplane.LeafRequest{CommonName: "n", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotBefore: nb, NotAfter: nb.Add(24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := lifecycle.Judge(lifecycle.Input{Set: &credstore.Set{Key: l.Key, Chain: []*x509.Certificate{l.Cert}, Roots: []*x509.Certificate{p.Root}}, NodeID: "n", Now: nb})
+	if want := nb.Add(16 * time.Hour); !v.RenewAfter.Equal(want) {
+		t.Errorf("RenewAfter %s, want %s", v.RenewAfter, want)
+	}
+}
