@@ -186,7 +186,7 @@ func Judge(in Input) Verdict {
 		v.add(RootsUnknown, "the CA's current roots are unknown: the chain was not judged")
 	} else if err := ChainsTo(s.Chain, in.Roots, in.Now); err != nil && !v.Has(Expired) && !v.Has(NotYetValid) {
 		v.ChainErr = err
-		v.add(OtherCA, "the certificate (issuer %s) does not chain to any of the CA's current roots: it is stale (%v)", leaf.Issuer, err)
+		v.add(OtherCA, "the node certificate (issuer %s) does not chain to any of the CA's current roots: it is stale (%v)", leaf.Issuer, err)
 	}
 	if s.KeyMode&0o077 != 0 {
 		v.add(KeyExposed, "key.pem is mode %04o; a private key must be 0600", s.KeyMode)
