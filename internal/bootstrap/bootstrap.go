@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,188 +92,293 @@ func hook(s string) {
 	}
 }
 
-// Run bootstraps the node described by cfg on host.
+// The steps of a run, in order. Each has one job; what it observes is left
+// on the run for the steps after it, never fetched twice.
+var steps = []struct {
+	name string
+	do   func(*run) *diag.Finding
+}{
+	{"sweep", (*run).sweep},               // temp files a killed run left
+	{"credentials-mode", (*run).restrict}, // an exposed key is restricted first
+	{"hosts", (*run).applyHosts},          // the /etc/hosts override
+	{"ca-roots", (*run).fetchRoots},       // the CA's current roots, pinned
+	{"assess", (*run).assess},             // the credential verdict, and the clock before a token
+	{"credentials", (*run).credentials},   // enroll, or keep and refresh the bundle
+	{"proof", (*run).prove},               // verify's ladder ending in a real tasks/wait; a task it got, kept
+	{"receipt", (*run).writeReceipt},      // last, only after the proof
+}
+
+// run is one bootstrap: its inputs and what the steps observed so far.
+type run struct {
+	ctx      context.Context
+	cfg      *config.Config
+	host     *system.Host
+	o        Options
+	log      *slog.Logger
+	stateDir string
+	pki      string
+	out      *Outcome
+
+	exposure *Exposure
+	client   *enroll.Client
+	roots    *enroll.Roots
+	verdict  lifecycle.Verdict
+	reason   string   // why to enroll; "" keeps the credentials
+	warnings []string // for the receipt
+	env      *verify.Env
+	rep      *verify.Report // the proof's report
+	halt     bool           // the proof failed: its report is the run's, no receipt
+	check    string         // the failed_check of a step's finding, when not the step's name
+}
+
+// Run bootstraps the node described by cfg on host: the steps above, in
+// order, each timed in the report; the first that fails ends the run.
 func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) *Outcome {
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if o.Sleep == nil {
-		o.Sleep = retry.Sleep
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
 	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
 	defer cancel()
-	out := &Outcome{}
-	stop := func(step string, f *diag.Finding) *Outcome {
-		log.Error("step", "step", step, "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
-		out.Report = verify.Failed("bootstrap", cfg.NodeID, step, f)
-		out.Report.DurationMS = time.Since(start).Milliseconds()
-		return out
+	r := &run{ctx: ctx, cfg: cfg, host: host, o: o, log: o.Log, out: &Outcome{},
+		stateDir: host.Path(cfg.Paths.StateDir), pki: host.Path(cfg.Paths.PKIDir)}
+	var timings []verify.Step
+	for _, s := range steps {
+		t0 := time.Now()
+		r.check = ""
+		f := s.do(r)
+		st := verify.Step{Name: s.name, Status: "ok", DurationMS: time.Since(t0).Milliseconds()}
+		if f != nil || r.halt {
+			st.Status = "fail"
+		}
+		timings = append(timings, st)
+		if f != nil {
+			r.log.Error("step", "step", s.name, "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
+			check := s.name
+			if r.check != "" {
+				check = r.check // the failed_check names scripts key on
+			}
+			r.out.Report = verify.Failed("bootstrap", cfg.NodeID, check, f)
+			break
+		}
+		if r.halt {
+			break
+		}
 	}
-	stateDir := host.Path(cfg.Paths.StateDir)
-	system.SweepTemp(stateDir, ReceiptFile, PendingFile, ExposedFile)
+	if r.out.Report == nil {
+		r.out.Report = r.rep
+	}
+	r.out.Report.Steps = timings
+	r.out.Report.DurationMS = time.Since(start).Milliseconds()
+	return r.out
+}
+
+func (r *run) sweep() *diag.Finding {
+	system.SweepTemp(r.stateDir, ReceiptFile, PendingFile, ExposedFile)
 	// A kill while writing the done marker or a task file leaves renameio's
 	// ".<name><digits>" temp file in those directories too.
-	system.SweepTemp(filepath.Join(stateDir, DoneDir), host.MachineID())
-	sweepTasks(filepath.Join(stateDir, TasksDir))
+	system.SweepTemp(filepath.Join(r.stateDir, DoneDir), r.host.MachineID())
+	sweepTasks(filepath.Join(r.stateDir, TasksDir))
+	credstore.Sweep(r.pki)
+	return nil
+}
 
-	// 0. A private key readable by others is restricted before anything
-	// else, in the same run that finds it, whatever the run decides next.
-	// The exposure is recorded first and kept until the key is rotated: a
-	// crash, or a run without a token, must not forget that this key may
-	// have been read.
-	pki := host.Path(cfg.Paths.PKIDir)
-	exposure, err := restrictKeys(stateDir, pki)
+// restrict records an exposed key and restricts it, before anything else,
+// in the same run that finds it. The record stays until the key is
+// rotated: a crash, or a run without a token, must not forget that this
+// key may have been read.
+func (r *run) restrict() *diag.Finding {
+	x, err := restrictKeys(r.stateDir, r.pki)
 	if err != nil {
-		return stop("credentials-mode", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: "a private key under " + cfg.Paths.PKIDir + " is readable by others and cannot be restricted: " + err.Error(),
-			Remedy: "restrict it by hand (chmod 0600 the key, 0700 the directory) and treat the key as exposed: issue a fresh one-time token and run provision bootstrap to rotate it"})
+		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: "a private key under " + r.cfg.Paths.PKIDir + " is readable by others and cannot be restricted: " + err.Error(),
+			Remedy: "restrict it by hand (chmod 0600 the key, 0700 the directory) and treat the key as exposed: issue a fresh one-time token and run provision bootstrap to rotate it"}
 	}
-	if exposure != nil {
-		log.Warn("step", "step", "credentials-mode", "layer", "credentials", "status", "exposed", "found", exposure.Found, "changes", strings.Join(exposure.Changes, "; "))
+	if x != nil {
+		r.log.Warn("step", "step", "credentials-mode", "layer", "credentials", "status", "exposed", "found", x.Found, "changes", strings.Join(x.Changes, "; "))
 	}
+	r.exposure = x
+	return nil
+}
 
-	// 1. The hosts override.
-	strategy, err := ApplyHosts(cfg, host)
+func (r *run) applyHosts() *diag.Finding {
+	strategy, err := ApplyHosts(r.cfg, r.host)
 	if err != nil {
-		return stop("hosts-apply", &diag.Finding{Layer: diag.Hosts, Owner: diag.Node, Summary: err.Error(),
-			Remedy: "fix " + cfg.Paths.HostsFile + " as the message says, then run again; nothing was changed"})
+		r.check = "hosts-apply"
+		return &diag.Finding{Layer: diag.Hosts, Owner: diag.Node, Summary: err.Error(),
+			Remedy: "fix " + r.cfg.Paths.HostsFile + " as the message says, then run again; nothing was changed"}
 	}
-	out.Hosts = strategy
-	log.Info("step", "step", "hosts-apply", "layer", "hosts", "status", "ok", "strategy", string(strategy), "path", cfg.Paths.HostsFile)
+	r.out.Hosts = strategy
+	r.log.Info("step", "step", "hosts-apply", "layer", "hosts", "status", "ok", "strategy", string(strategy), "path", r.cfg.Paths.HostsFile)
 	hook("hosts written")
+	return nil
+}
 
-	// 2. The CA's current roots, pinned.
-	env := verify.NewEnv(cfg, host)
-	caClient := env.CAClient(4)
-	var roots *enroll.Roots
-	for attempt := 0; ; attempt++ {
-		roots, err = caClient.FetchRoots(ctx)
+// fetchRoots gets the CA's current roots through the pinned root. The
+// client makes one request per attempt; this loop is the only retry, with
+// the CA's Retry-After honoured, bounded by the bootstrap deadline.
+func (r *run) fetchRoots() *diag.Finding {
+	r.env = verify.NewEnv(r.cfg, r.host)
+	r.client = r.env.CAClient(0)
+	var f *diag.Finding
+	retry.Until(r.ctx, r.o.Policy, r.o.Sleep, func(int) (bool, time.Duration) {
+		roots, err := r.client.FetchRoots(r.ctx)
+		r.roots, f = roots, nil
 		if err == nil {
-			break
+			return true, 0
 		}
 		// The pinned fetch carries the CA's Date even when the CA's
 		// certificate then fails by the node's clock: a skew is the cause.
-		if f := clockBeforeToken(roots, host.Time()); f != nil {
+		if f = clockBeforeToken(roots, r.host.Time()); f != nil {
 			f.Summary = strings.Replace(f.Summary, "the one-time token was not sent", "the CA's certificate cannot be judged and the one-time token was not sent", 1)
 			f.Evidence["ca_error"] = err.Error()
-			return stop("clock", f)
+			r.check = "clock"
+			return true, 0
 		}
-		f := diag.FromEnroll(err, diag.CA, cfg.CA.TokenFile)
-		if !f.Transient || ctx.Err() != nil {
-			return stop("ca-roots", f)
+		f = diag.FromEnroll(err, diag.CA, r.cfg.CA.TokenFile)
+		if !f.Transient {
+			return true, 0
 		}
-		log.Warn("step", "step", "ca-roots", "layer", "ca", "status", "retry", "message", f.Summary)
-		if o.Sleep(ctx, o.Policy.Delay(attempt, 0)) != nil {
-			return stop("ca-roots", f)
-		}
+		r.log.Warn("step", "step", "ca-roots", "layer", "ca", "status", "retry", "message", f.Summary)
+		var ee *enroll.Error
+		errors.As(err, &ee)
+		return false, retryAfter(ee)
+	})
+	if f != nil {
+		return f
 	}
-	env.SetRoots(roots)
-	log.Info("step", "step", "ca-roots", "layer", "ca", "status", "ok", "roots", len(roots.Current), "fingerprint", cfg.CA.Fingerprint)
+	r.env.SetRoots(r.roots)
+	r.log.Info("step", "step", "ca-roots", "layer", "ca", "status", "ok", "roots", len(r.roots.Current), "fingerprint", r.cfg.CA.Fingerprint)
+	return nil
+}
 
-	// 3. Keep the credentials or re-enroll, as the one credential verdict
-	// says; verify renders the same verdict, so its remedy is what this does.
-	credstore.Sweep(pki)
-	verdict := env.Verdict(ctx)
-	reason, warnings := assess(cfg, host, verdict)
-	if reason != "" {
-		log.Info("step", "step", "assess", "layer", "credentials", "status", "enroll", "reason", reason)
-		// The one-time token is spent by the sign: a skew the CA's Date
-		// header already shows would only buy a certificate the node then
-		// judges not yet valid or expired, and cost the token.
-		if f := clockBeforeToken(roots, host.Time()); f != nil {
-			return stop("clock", f)
+func retryAfter(e *enroll.Error) time.Duration {
+	if e == nil {
+		return 0
+	}
+	return e.RetryAfter
+}
+
+// assess takes the one credential verdict (verify renders the same one, so
+// its remedy is what this run does) and, before a token can be spent,
+// compares the node clock with the CA's.
+func (r *run) assess() *diag.Finding {
+	r.verdict = r.env.Verdict(r.ctx)
+	r.reason, r.warnings = decide(r.cfg, r.host, r.verdict)
+	if r.reason == "" {
+		r.log.Info("step", "step", "assess", "layer", "credentials", "status", "keep", "verdict", r.verdict.Action.String(), "reasons", fmt.Sprint(r.verdict.Reasons))
+		return nil
+	}
+	r.log.Info("step", "step", "assess", "layer", "credentials", "status", "enroll", "reason", r.reason)
+	// The one-time token is spent by the sign: a skew the CA's Date header
+	// already shows would only buy a certificate the node then judges not
+	// yet valid or expired, and cost the token.
+	r.check = "clock"
+	return clockBeforeToken(r.roots, r.host.Time())
+}
+
+// credentials enrolls when assess said so, or keeps the installed set and
+// refreshes its CA bundle and modes.
+func (r *run) credentials() *diag.Finding {
+	if r.reason != "" {
+		if f := enrollNode(r.ctx, r.cfg, r.host, r.client, r.roots, r.reason, r.log); f != nil {
+			r.check = "enroll"
+			return f
 		}
-		if f := enrollNode(ctx, cfg, host, caClient, roots, reason, log); f != nil {
-			return stop("enroll", f)
-		}
-		out.Enrolled = true
-		env = verify.NewEnv(cfg, host) // re-read everything from disk
-		env.SetRoots(roots)
+		r.out.Enrolled = true
 	} else {
-		log.Info("step", "step", "assess", "layer", "credentials", "status", "keep", "verdict", verdict.Action.String(), "reasons", fmt.Sprint(verdict.Reasons))
-		forgetBurntToken(cfg, host, log)
-		if err := refreshBundle(pki, env, roots, host.Time()); err != nil {
-			return stop("credentials-write", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error(), Remedy: "check " + cfg.Paths.PKIDir + " is writable"})
+		forgetBurntToken(r.cfg, r.host, r.log)
+		if err := refreshBundle(r.pki, r.env, r.roots, r.host.Time()); err != nil {
+			r.check = "credentials-write"
+			return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error(), Remedy: "check " + r.cfg.Paths.PKIDir + " is writable"}
 		}
-		env = verify.NewEnv(cfg, host)
-		env.SetRoots(roots)
 	}
+	return nil
+}
 
-	// 4. The proof, retried while the failure is transient.
-	var rep *verify.Report
-	for attempt := 0; ; attempt++ {
-		out.Attempts = attempt + 1
+// freshEnv re-reads the credentials from disk (the node-agent reads the
+// same files) with the roots already fetched.
+func (r *run) freshEnv() *verify.Env {
+	e := verify.NewEnv(r.cfg, r.host)
+	e.SetRoots(r.roots)
+	return e
+}
+
+// prove runs verify's ladder, ending in the real tasks/wait, retried with
+// the one retry loop while the failure is transient.
+func (r *run) prove() *diag.Finding {
+	attempts := retry.Until(r.ctx, r.o.Policy, r.o.Sleep, func(n int) (bool, time.Duration) {
+		env := r.freshEnv()
 		t0 := time.Now()
-		results := verify.Run(ctx, env, verify.Checks(), log)
-		last := verify.NewReport("bootstrap", cfg.NodeID, results, time.Since(t0))
-		if ctx.Err() != nil && rep != nil && !last.OK {
+		last := verify.NewReport("bootstrap", r.cfg.NodeID, verify.Run(r.ctx, env, verify.Checks(), r.log), time.Since(t0))
+		if r.ctx.Err() != nil && r.rep != nil && !last.OK {
 			// The deadline cut this attempt short; the previous attempt's
 			// report shows the real failure, not "context deadline exceeded".
-			break
+			return true, 0
 		}
-		rep = last
-		if rep.OK || !rep.Transient || ctx.Err() != nil {
-			break
+		r.rep, r.env = last, env
+		if last.OK || !last.Transient {
+			return true, 0
 		}
-		res := env.Probe(ctx)
 		var ra time.Duration
-		if res != nil && res.Status != 0 {
-			ra = retry.RetryAfter(&http.Response{StatusCode: res.Status, Header: res.Header}, host.Time())
+		if res := env.Probed(); res != nil {
+			ra = retry.RetryAfterHeader(res.Status, res.Header, r.host.Time())
 		}
-		d := o.Policy.Delay(attempt, ra)
-		log.Warn("step", "step", "proof", "layer", string(rep.FailedLayer), "owner", string(rep.Owner), "status", "retry", "attempt", attempt+1, "wait", d.String(), "message", rep.Summary)
-		if o.Sleep(ctx, d) != nil {
-			break
-		}
-		env = verify.NewEnv(cfg, host)
-		env.SetRoots(roots)
+		r.log.Warn("step", "step", "proof", "layer", string(last.FailedLayer), "owner", string(last.Owner), "status", "retry", "attempt", n+1, "message", last.Summary)
+		return false, ra
+	})
+	r.out.Attempts = attempts
+	if !r.rep.OK && r.ctx.Err() != nil && r.rep.Transient {
+		r.rep.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", attempts, r.cfg.Bootstrap.Deadline.Duration, r.rep.Summary)
 	}
-	rep.DurationMS = time.Since(start).Milliseconds()
-	out.Report = rep
-	// A task the API handed out is dequeued there: keep it whatever the
-	// verdict (a route without mTLS can hand one out and still fail).
-	if t, ok := env.Probed().HandedTask(); ok {
-		out.Task = &t
-		rep.Task = json.RawMessage(t.Raw)
-		if _, err := SaveTask(stateDir, t, host.Time()); err != nil {
-			if rep.OK {
-				return stop("task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof received a task but it could not be saved: " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable; the task is in this report's evidence",
-					Evidence: map[string]string{"task": string(t.Raw)}})
-			}
-			log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", err.Error(), "task_id", t.ID)
-		}
+	if f := r.handOff(); f != nil {
+		return f
 	}
-	if !rep.OK {
-		if ctx.Err() != nil && rep.Transient {
-			rep.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", out.Attempts, cfg.Bootstrap.Deadline.Duration, rep.Summary)
-		}
-		return out
-	}
-	res := env.Probe(ctx)
+	r.halt = !r.rep.OK
+	return nil
+}
 
-	// 5. The receipt, last.
-	creds, err := env.Creds()
-	if err != nil {
-		return stop("receipt", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error()})
+// handOff keeps a task the proof received: the API has dequeued it,
+// whatever the verdict (a route without mTLS can hand one out and fail).
+func (r *run) handOff() *diag.Finding {
+	t, ok := r.env.Probed().HandedTask()
+	if !ok {
+		return nil
 	}
+	r.out.Task = &t
+	r.rep.Task = json.RawMessage(t.Raw)
+	if _, err := SaveTask(r.stateDir, t, r.host.Time()); err != nil {
+		if r.rep.OK {
+			r.check = "task-save"
+			return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof received a task but it could not be saved: " + err.Error(), Remedy: "make " + r.cfg.Paths.StateDir + " writable; the task is in this report's evidence",
+				Evidence: map[string]string{"task": string(t.Raw)}}
+		}
+		r.log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", err.Error(), "task_id", t.ID)
+	}
+	return nil
+}
+
+// writeReceipt writes the receipt, last: only a proved node has one.
+func (r *run) writeReceipt() *diag.Finding {
+	creds, err := r.env.Creds()
+	if err != nil {
+		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error(), Remedy: "run provision verify to see what changed under " + r.cfg.Paths.PKIDir}
+	}
+	res := r.env.Probed()
 	leaf := creds.Leaf()
 	rc := &Receipt{
-		NodeID: cfg.NodeID, Serial: leaf.SerialNumber.String(), Issuer: leaf.Issuer.String(), Subject: leaf.Subject.String(),
-		RootFingerprint: cfg.CA.Fingerprint, NotAfter: leaf.NotAfter.UTC(), Endpoint: cfg.NodeAPI.URL,
-		ResolvedAddr: res.RemoteAddr, ProbeStatus: res.Status, Enrolled: out.Enrolled,
-		ProvedAt: host.Time().UTC(), MachineID: host.MachineID(), Version: o.Version,
+		NodeID: r.cfg.NodeID, Serial: leaf.SerialNumber.String(), Issuer: leaf.Issuer.String(), Subject: leaf.Subject.String(),
+		RootFingerprint: r.cfg.CA.Fingerprint, NotAfter: leaf.NotAfter.UTC(), Endpoint: r.cfg.NodeAPI.URL,
+		ResolvedAddr: res.RemoteAddr, ProbeStatus: res.Status, Enrolled: r.out.Enrolled,
+		ProvedAt: r.host.Time().UTC(), MachineID: r.host.MachineID(), Version: r.o.Version, Warnings: r.warnings,
 	}
-	rc.Warnings = warnings
 	hook("before receipt")
-	if err := WriteReceipt(stateDir, rc); err != nil {
-		return stop("receipt", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable and run again (the node itself is healthy)"})
+	if err := WriteReceipt(r.stateDir, rc); err != nil {
+		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: "make " + r.cfg.Paths.StateDir + " writable and run again (the node itself is healthy)"}
 	}
-	out.Receipt = rc
-	log.Info("step", "step", "receipt", "layer", "state", "status", "ok", "path", filepath.Join(cfg.Paths.StateDir, ReceiptFile), "serial", rc.Serial)
-	rep.Summary = fmt.Sprintf("done: %s polls tasks/wait through %s with certificate serial %s", cfg.NodeID, cfg.NodeAPI.URL, rc.Serial)
-	rep.DurationMS = time.Since(start).Milliseconds()
-	return out
+	r.out.Receipt = rc
+	r.log.Info("step", "step", "receipt", "layer", "state", "status", "ok", "path", filepath.Join(r.cfg.Paths.StateDir, ReceiptFile), "serial", rc.Serial)
+	r.rep.Summary = fmt.Sprintf("done: %s polls tasks/wait through %s with certificate serial %s", r.cfg.NodeID, r.cfg.NodeAPI.URL, rc.Serial)
+	return nil
 }
 
 // ApplyHosts writes the managed block for cfg. A hosts file that is a
@@ -316,7 +420,7 @@ func HostEntries(cfg *config.Config) []hosts.Entry {
 	return es
 }
 
-// assess turns the credential verdict into bootstrap's decision: the reason
+// decide turns the credential verdict into bootstrap's decision: the reason
 // to enroll ("" to keep) and, when keeping, the warnings for the receipt
 // (the report shows the same facts through verify's credentials check).
 //
@@ -324,7 +428,7 @@ func HostEntries(cfg *config.Config) []hosts.Entry {
 //	renew, key-exposed, key-was-exposed enroll if a fresh token is there; else keep, warn
 //	tighten, keep                      keep (modes were restricted in step 0; refreshBundle
 //	                                   rewrites a stale ca.pem or an open pki_dir)
-func assess(cfg *config.Config, host *system.Host, v lifecycle.Verdict) (string, []string) {
+func decide(cfg *config.Config, host *system.Host, v lifecycle.Verdict) (string, []string) {
 	if v.Action == lifecycle.Reenroll {
 		return string(v.First()) + ": " + v.Detail[v.First()], nil
 	}

@@ -803,3 +803,32 @@ func TestRunStopsAtClockBeforeSpendingToken(t *testing.T) {
 		})
 	}
 }
+
+// TestRunReportsNamedSteps: the report lists bootstrap's steps in order
+// with their durations (where a run's time goes), and a failing step is
+// the last one listed.
+func TestRunReportsNamedSteps(t *testing.T) {
+	n := prepareNode(t)
+	names := func(out *Outcome) (ns []string, last verify.Step) {
+		for _, s := range out.Report.Steps {
+			ns = append(ns, s.Name+":"+s.Status)
+			if s.DurationMS < 0 {
+				t.Errorf("step %s has a negative duration", s.Name)
+			}
+		}
+		return ns, out.Report.Steps[len(out.Report.Steps)-1]
+	}
+	out := n.run(t)
+	got, _ := names(out)
+	want := []string{"sweep:ok", "credentials-mode:ok", "hosts:ok", "ca-roots:ok", "assess:ok", "credentials:ok", "proof:ok", "receipt:ok"}
+	if !out.Report.OK || !reflect.DeepEqual(got, want) {
+		t.Fatalf("steps %v, want %v (%s)", got, want, out.Report.Summary)
+	}
+	// Expired credentials and no token: the run stops at credentials.
+	os.RemoveAll(n.files.PKIDir)
+	out = n.run(t)
+	got, last := names(out)
+	if out.Report.OK || last.Name != "credentials" || last.Status != "fail" || len(got) != 6 || out.Report.FailedCheck != "enroll" {
+		t.Fatalf("no credentials, no token: steps %v, failed check %s", got, out.Report.FailedCheck)
+	}
+}

@@ -18,7 +18,7 @@ const (
 	LayerUsage       diag.Layer = "usage"       // exit 2: command line or --root
 	LayerLock        diag.Layer = "lock"        // exit 4: another run holds the lock
 	LayerInterrupted diag.Layer = "interrupted" // 128+signal: SIGTERM or SIGINT
-	LayerInternal    diag.Layer = "internal"    // exit 1: a bug
+	LayerInternal               = diag.Internal // exit 1: a bug
 )
 
 // jsonReport is the JSON report. Every documented field is present in
@@ -41,6 +41,7 @@ type jsonReport struct {
 	Checks      []verify.Result `json:"checks"`
 	DurationMS  int64           `json:"duration_ms"`
 	Task        any             `json:"task,omitempty"`
+	Steps       []verify.Step   `json:"steps,omitempty"`
 	ExitCode    int             `json:"exit_code"`
 }
 
@@ -51,7 +52,7 @@ func toJSONReport(r *verify.Report, code int) jsonReport {
 	}
 	return jsonReport{OK: r.OK, Command: r.Command, NodeID: r.NodeID, FailedLayer: r.FailedLayer, Owner: r.Owner,
 		FailedCheck: r.FailedCheck, Summary: r.Summary, Remedy: r.Remedy, Transient: r.Transient, Checks: checks,
-		DurationMS: r.DurationMS, Task: r.Task, ExitCode: code}
+		DurationMS: r.DurationMS, Task: r.Task, Steps: r.Steps, ExitCode: code}
 }
 
 // printJSON prints r as the one JSON document on stdout, with code.

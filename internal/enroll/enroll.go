@@ -79,6 +79,9 @@ type Error struct {
 	Op     string // "fetch pinned root", "fetch roots", "sign"
 	Status int    // HTTP status when the CA answered
 	Err    error
+	// RetryAfter is the CA's Retry-After on a 429 or 503, for the caller's
+	// one retry loop.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -262,6 +265,7 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 		out.ServerDate, _ = http.ParseTime(resp.Header.Get("Date"))
 	}
 	if e := classifyHTTP("fetch pinned root", resp, body, err); e != nil {
+		e.RetryAfter = retry.RetryAfter(resp, c.now())
 		if e.Status == 404 && e.Kind == CARejected {
 			e.Kind = PinMismatch
 			e.Err = fmt.Errorf("the CA does not know a root with fingerprint %s (it answered 404): ca.fingerprint is wrong, or the CA was re-initialised with a new root", c.Fingerprint)
@@ -292,6 +296,7 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 		}
 	}
 	if e := classifyHTTP("fetch roots", resp, body, err); e != nil {
+		e.RetryAfter = retry.RetryAfter(resp, c.now())
 		return out, e
 	}
 	var rs api.RootsResponse

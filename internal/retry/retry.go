@@ -68,10 +68,19 @@ func (p Policy) Delay(attempt int, retryAfter time.Duration) time.Duration {
 // RetryAfter parses a Retry-After header from a 429 or 503 response, as
 // delta-seconds or an HTTP date; 0 when absent or not applicable.
 func RetryAfter(resp *http.Response, now time.Time) time.Duration {
-	if resp == nil || (resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable) {
+	if resp == nil {
 		return 0
 	}
-	v := resp.Header.Get("Retry-After")
+	return RetryAfterHeader(resp.StatusCode, resp.Header, now)
+}
+
+// RetryAfterHeader is RetryAfter for a status and headers recorded
+// elsewhere (the probe's), without building a response.
+func RetryAfterHeader(status int, h http.Header, now time.Time) time.Duration {
+	if status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable {
+		return 0
+	}
+	v := h.Get("Retry-After")
 	if v == "" {
 		return 0
 	}
@@ -87,6 +96,26 @@ func RetryAfter(resp *http.Response, now time.Time) time.Duration {
 		}
 	}
 	return 0
+}
+
+// Until is the project's one retry loop: it calls attempt (n counts from
+// 0) until attempt reports done, sleeping between calls by p (capped full
+// jitter, or the peer's Retry-After up to the cap), and stops when ctx
+// ends during a wait. It returns how many attempts were made. The caller
+// decides inside attempt what is transient: a permanent failure is done.
+func Until(ctx context.Context, p Policy, sleep func(context.Context, time.Duration) error, attempt func(n int) (done bool, retryAfter time.Duration)) int {
+	if sleep == nil {
+		sleep = Sleep
+	}
+	for n := 0; ; n++ {
+		done, ra := attempt(n)
+		if done || ctx.Err() != nil {
+			return n + 1
+		}
+		if sleep(ctx, p.Delay(n, ra)) != nil {
+			return n + 1
+		}
+	}
 }
 
 // Sleep waits d or until ctx ends, whichever is first.

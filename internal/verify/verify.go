@@ -77,6 +77,17 @@ type Report struct {
 	DurationMS  int64      `json:"duration_ms"`
 	// Task is a task the API handed out during the proof, so it is not lost.
 	Task any `json:"task,omitempty"`
+	// Steps are bootstrap's named steps with their durations (empty for
+	// verify): where the time of a run went.
+	Steps []Step `json:"steps,omitempty"`
+}
+
+// Step is one of bootstrap's named steps in the report. Field names are an
+// interface.
+type Step struct {
+	Name       string `json:"name"`
+	Status     string `json:"status"` // ok | fail
+	DurationMS int64  `json:"duration_ms"`
 }
 
 // RootCause returns the first failed check, or nil.
