@@ -412,13 +412,7 @@ func ApplyHosts(cfg *config.Config, host *system.Host) (hosts.Strategy, error) {
 }
 
 // HostEntries is the config's [[hosts]] as managed-block entries.
-func HostEntries(cfg *config.Config) []hosts.Entry {
-	var es []hosts.Entry
-	for n, ip := range cfg.HostMap() {
-		es = append(es, hosts.Entry{Name: n, IP: ip})
-	}
-	return es
-}
+func HostEntries(cfg *config.Config) []hosts.Entry { return hosts.EntriesOf(cfg.HostMap()) }
 
 // decide turns the credential verdict into bootstrap's decision: the reason
 // to enroll ("" to keep) and, when keeping, the warnings for the receipt

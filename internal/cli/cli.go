@@ -233,7 +233,7 @@ func (f *flags) printUsage(w io.Writer) {
 	c := f.cmd
 	name := c.name
 	if c == hostsCmd {
-		name = "hosts apply|show|remove"
+		name = "hosts apply|show|check|remove"
 	}
 	fmt.Fprintf(w, "Usage: provision %s [flags]\n\n%s\n\nFlags:\n", name, c.summary)
 	f.fs.SetOutput(w)

@@ -65,11 +65,16 @@ var hostsCmd = &command{
 	usage: `Subcommands:
   apply    write the managed block from the config's [[hosts]] (nothing else changes)
   show     print the managed block and whether it matches the config
+  check    the same judgement for scripts: exit 0 only when the override is right
   remove   delete the managed block (every other line is kept)
+
+apply, show and check judge the file exactly as verify's hosts-block check
+does; a failure is reported like any other (layer hosts, owner node, exit 10).
 
 Examples:
   provision hosts apply
   provision hosts show --config /etc/provision/provision.toml
+  provision hosts check || provision hosts apply
   provision hosts remove --root /mnt/target
 `,
 }
@@ -206,11 +211,12 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 			f.parse(env, args)
 			return ExitOK
 		}
-		return env.usage("hosts", "hosts needs a subcommand: apply, show or remove (provision hosts --help)", "")
+		return env.usage("hosts", "hosts needs a subcommand: apply, show, check or remove (provision hosts --help)", "")
 	}
 	sub := args[0]
-	if sub != "apply" && sub != "show" && sub != "remove" {
-		return env.usage("hosts", fmt.Sprintf("unknown hosts subcommand %q: want apply, show or remove", sub), "")
+	do, ok := map[string]func(*hostsRun) int{"apply": hostsApply, "show": hostsShow, "check": hostsShow, "remove": hostsRemove}[sub]
+	if !ok {
+		return env.usage("hosts", fmt.Sprintf("unknown hosts subcommand %q: want apply, show, check or remove", sub), "")
 	}
 	f := newFlags(hostsCmd, env, false)
 	if code, ok := f.parse(env, args[1:]); !ok {
@@ -220,93 +226,101 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 	if !ok {
 		return code
 	}
+	h := &hostsRun{env: env, f: f, cfg: cfg, host: host, sub: sub}
 	target, err := host.Resolve(cfg.Paths.HostsFile)
 	if err != nil {
 		target = cfg.Paths.HostsFile
 	}
-	path := host.Path(target)
-	via := ""
+	h.path = host.Path(target)
 	if target != filepath.Clean(cfg.Paths.HostsFile) {
 		// A symlinked hosts file is edited at its target, which stays the
 		// file the link names.
-		via = " (a symbolic link: edited its target " + target + ")"
+		h.via = " (a symbolic link: edited its target " + target + ")"
 	}
-	fail := func(err error) int {
-		fmt.Fprintf(env.stderr, "provision: hosts %s failed (layer hosts, owner node): %v; nothing was changed\n", sub, err)
-		return ExitCode(diag.Hosts)
+	return do(h)
+}
+
+// hostsRun is one 'provision hosts' subcommand: apply, show (or check) and
+// remove all judge the file with hosts.Check, the judgement verify's
+// hosts-block check and bootstrap use, and report failures as they do.
+type hostsRun struct {
+	env       *runEnv
+	f         *flags
+	cfg       *config.Config
+	host      *system.Host
+	sub       string
+	path, via string
+}
+
+// fail reports a hosts failure the way every command reports one: the
+// report, its last line naming layer, owner and the next step, exit 10.
+func (h *hostsRun) fail(msg, remedy string) int {
+	return printReport(h.env, h.f, verify.Failed("hosts "+h.sub, h.cfg.NodeID, "hosts-"+h.sub,
+		&diag.Finding{Layer: diag.Hosts, Owner: diag.Node, Summary: msg, Remedy: remedy}))
+}
+
+func (h *hostsRun) failErr(err error) int {
+	msg, remedy := verify.HostsProblem(h.cfg.Paths.HostsFile, err)
+	return h.fail(msg, remedy+"; nothing was changed")
+}
+
+func hostsApply(h *hostsRun) int {
+	s, err := bootstrap.ApplyHosts(h.cfg, h.host)
+	if err != nil {
+		return h.failErr(err)
 	}
-	switch sub {
-	case "apply":
-		s, err := bootstrap.ApplyHosts(cfg, host)
-		if err != nil {
-			return fail(err)
-		}
-		switch s {
-		case hosts.Unchanged:
-			fmt.Fprintf(env.stdout, "%s: managed block already up to date%s\n", cfg.Paths.HostsFile, via)
-		case hosts.InPlace:
-			fmt.Fprintf(env.stdout, "%s: managed block written in place%s (the file is a bind mount and cannot be renamed over; the write is not crash-atomic)\n", cfg.Paths.HostsFile, via)
-		default:
-			fmt.Fprintf(env.stdout, "%s: managed block written%s\n", cfg.Paths.HostsFile, via)
-		}
+	switch s {
+	case hosts.Unchanged:
+		fmt.Fprintf(h.env.stdout, "%s: managed block already up to date%s\n", h.cfg.Paths.HostsFile, h.via)
+	case hosts.InPlace:
+		fmt.Fprintf(h.env.stdout, "%s: managed block written in place%s (the file is a bind mount and cannot be renamed over; the write is not crash-atomic)\n", h.cfg.Paths.HostsFile, h.via)
+	default:
+		fmt.Fprintf(h.env.stdout, "%s: managed block written%s\n", h.cfg.Paths.HostsFile, h.via)
+	}
+	return ExitOK
+}
+
+func hostsRemove(h *hostsRun) int {
+	old, err := hosts.ReadFile(h.path)
+	if errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(h.env.stdout, "%s: does not exist; nothing to remove\n", h.cfg.Paths.HostsFile)
 		return ExitOK
-	case "remove":
-		old, err := hosts.ReadFile(path)
-		if errors.Is(err, os.ErrNotExist) {
-			fmt.Fprintf(env.stdout, "%s: does not exist; nothing to remove\n", cfg.Paths.HostsFile)
-			return ExitOK
-		}
-		if err != nil {
-			return fail(err)
-		}
-		nb, changed, err := hosts.Remove(old)
-		if err != nil {
-			return fail(err)
-		}
-		if !changed {
-			fmt.Fprintf(env.stdout, "%s: no managed block; nothing to remove\n", cfg.Paths.HostsFile)
-			return ExitOK
-		}
-		if _, err := hosts.Write(path, old, nb); err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(env.stdout, "%s: managed block removed%s\n", cfg.Paths.HostsFile, via)
+	}
+	if err != nil {
+		return h.failErr(err)
+	}
+	nb, changed, err := hosts.Remove(old)
+	if err != nil {
+		return h.failErr(err)
+	}
+	if !changed {
+		fmt.Fprintf(h.env.stdout, "%s: no managed block; nothing to remove\n", h.cfg.Paths.HostsFile)
 		return ExitOK
-	default: // show
-		old, err := hosts.ReadFile(path)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fail(err)
-		}
-		blk, err := hosts.Find(old)
-		if err != nil {
-			return fail(err)
-		}
-		if !blk.Present {
-			fmt.Fprintf(env.stdout, "%s: no managed block\n", cfg.Paths.HostsFile)
-			fmt.Fprintln(env.stderr, "provision: the hosts override is missing (layer hosts, owner node); run 'provision hosts apply'")
-			return ExitCode(diag.Hosts)
-		}
+	}
+	if _, err := hosts.Write(h.path, old, nb); err != nil {
+		return h.fail(fmt.Sprintf("writing %s: %v", h.cfg.Paths.HostsFile, err), "make "+h.cfg.Paths.HostsFile+" writable, then run again; nothing was changed")
+	}
+	fmt.Fprintf(h.env.stdout, "%s: managed block removed%s\n", h.cfg.Paths.HostsFile, h.via)
+	return ExitOK
+}
+
+// hostsShow prints the managed block, then judges the file; 'check' is the
+// same for scripts: exit 0 only when the file carries the override.
+func hostsShow(h *hostsRun) int {
+	old, err := hosts.ReadFile(h.path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return h.failErr(err)
+	}
+	if blk, ferr := hosts.Find(old); ferr == nil && blk.Present {
 		lines := strings.Split(string(old), "\n")
 		for i := blk.Begin; i <= blk.End && i < len(lines); i++ {
-			fmt.Fprintln(env.stdout, strings.TrimRight(lines[i], "\r"))
+			fmt.Fprintln(h.env.stdout, strings.TrimRight(lines[i], "\r"))
 		}
-		if _, _, err := hosts.Apply(old, bootstrap.HostEntries(cfg)); err != nil {
-			// The block may be right while a line outside it is not.
-			return fail(err)
-		}
-		got := map[string]string{}
-		for _, e := range blk.Entries {
-			got[e.Name] = e.IP.String()
-		}
-		want := cfg.HostMap()
-		same := len(got) == len(want)
-		for n, ip := range want {
-			same = same && got[n] == ip.String()
-		}
-		if !same {
-			fmt.Fprintln(env.stderr, "provision: the managed block differs from the config (layer hosts, owner node); run 'provision hosts apply'")
-			return ExitCode(diag.Hosts)
-		}
-		return ExitOK
 	}
+	if err := hosts.Check(old, bootstrap.HostEntries(h.cfg)); err != nil {
+		msg, remedy := verify.HostsProblem(h.cfg.Paths.HostsFile, err)
+		return h.fail(msg, remedy)
+	}
+	fmt.Fprintf(h.env.stdout, "%s: the managed block matches the config\n", h.cfg.Paths.HostsFile)
+	return ExitOK
 }

@@ -7,6 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/system"
+	"github.com/gpuaas/provision/internal/verify"
 )
 
 const hostsTestConfig = `node_id = "gpu-0042"
@@ -41,13 +45,15 @@ func runHostsCmd(t *testing.T, root string, sub string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code := Run(context.Background(), []string{"hosts", sub, "--root", root}, &out, &errb)
-	return code, out.String(), errb.String()
+	// A failure is a report on stdout, like every command's; the tests
+	// look for the wording in either stream.
+	return code, out.String(), out.String() + errb.String()
 }
 
 func TestHostsCommands(t *testing.T) {
 	root, hostsPath := hostsRoot(t)
 
-	if code, _, stderr := runHostsCmd(t, root, "show"); code != 10 || !strings.Contains(stderr, "missing") {
+	if code, _, stderr := runHostsCmd(t, root, "show"); code != 10 || !strings.Contains(stderr, "no provision managed block") {
 		t.Fatalf("show before apply: exit %d, stderr %q; want 10 saying the override is missing", code, stderr)
 	}
 	if code, out, _ := runHostsCmd(t, root, "apply"); code != 0 || !strings.Contains(out, "managed block written") {
@@ -173,6 +179,71 @@ func TestHostsSymlinked(t *testing.T) {
 			}
 			if l, _ := os.Readlink(hostsPath); l != tt.link {
 				t.Fatal("remove replaced the link")
+			}
+		})
+	}
+}
+
+// TestHostsJudgedAlike: for every hosts file, 'hosts check', verify's
+// hosts checks (hosts-block and hosts-resolve, through the resolver under
+// --root) and 'hosts apply' give one answer. A file check accepts, verify
+// passes; a file apply can fix, apply fixes and then both pass; a file
+// apply refuses, apply leaves unchanged and both still fail.
+func TestHostsJudgedAlike(t *testing.T) {
+	block := "# BEGIN provision managed block: do not edit, run 'provision hosts'\n10.40.0.10\tnode-api.cp.internal\n# END provision managed block\n"
+	tests := []struct {
+		name      string
+		file      string
+		ok        bool // check and verify pass as it is
+		applyFix  bool // apply makes it right
+		wantInMsg string
+	}{
+		{"healthy", userLines + block, true, true, ""},
+		{"no block", userLines, false, true, "no provision managed block"},
+		{"block with another address", userLines + strings.Replace(block, "10.40.0.10", "10.40.0.11", 1), false, true, "differs from the config"},
+		{"block with an extra name", userLines + strings.Replace(block, "# END", "10.40.0.12\tother.internal\n# END", 1), false, true, "is not in the config"},
+		{"same mapping also outside the block", "10.40.0.10 node-api.cp.internal\n" + userLines + block, true, true, ""},
+		{"conflicting line outside the block", "10.9.9.9 node-api.cp.internal\n" + userLines + block, false, false, "outside the managed block"},
+		{"lone BEGIN marker", userLines + "# BEGIN provision managed block: do not edit, run 'provision hosts'\n", false, false, "BEGIN"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root, hostsPath := hostsRoot(t)
+			os.WriteFile(hostsPath, []byte(tt.file), 0o644)
+			judge := func() (checkOK, verifyOK bool, msg string) {
+				code, out, _ := runHostsCmd(t, root, "check")
+				host, err := system.New(root)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg, err := config.Load(host.Path("/etc/provision/provision.toml"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var hostsChecks []verify.Check
+				for _, c := range verify.Checks() {
+					if c.Name == "hosts-block" || c.Name == "hosts-resolve" {
+						hostsChecks = append(hostsChecks, c)
+					}
+				}
+				rep := verify.NewReport("verify", cfg.NodeID, verify.Run(context.Background(), verify.NewEnv(cfg, host), hostsChecks, nil), 0)
+				return code == 0, rep.OK, out + rep.Summary
+			}
+			c, v, msg := judge()
+			if c != tt.ok || v != tt.ok {
+				t.Fatalf("as written: hosts check ok=%v, verify ok=%v, want both %v:\n%s", c, v, tt.ok, msg)
+			}
+			if !tt.ok && !strings.Contains(msg, tt.wantInMsg) {
+				t.Errorf("the failure does not say %q:\n%s", tt.wantInMsg, msg)
+			}
+			code, _, _ := runHostsCmd(t, root, "apply")
+			after, _ := os.ReadFile(hostsPath)
+			if (code == 0) != tt.applyFix || (!tt.applyFix && string(after) != tt.file) {
+				t.Fatalf("apply: exit %d, want fixed=%v and, if refused, the file unchanged", code, tt.applyFix)
+			}
+			c, v, msg = judge()
+			if c != tt.applyFix || v != tt.applyFix {
+				t.Fatalf("after apply: hosts check ok=%v, verify ok=%v, want both %v:\n%s", c, v, tt.applyFix, msg)
 			}
 		})
 	}

@@ -348,3 +348,72 @@ func Write(path string, old, data []byte) (Strategy, error) {
 	}
 	return "", err
 }
+
+// ErrNoBlock says the file has no managed block.
+var ErrNoBlock = errors.New("no provision managed block")
+
+// DiffError says the managed block maps other names or addresses than the
+// config; Diffs are sorted, one per name.
+type DiffError struct{ Diffs []string }
+
+func (e *DiffError) Error() string {
+	return "the managed block differs from the config: " + strings.Join(e.Diffs, "; ")
+}
+
+// Check is the one answer to "does this hosts file carry the override the
+// config wants?", for verify, for 'provision hosts show|check' and, by
+// construction, for Apply (which writes exactly what Check accepts). It
+// returns nil, ErrNoBlock, a *DiffError, or the *Error of a malformed file
+// or of a line outside the block that maps a managed name elsewhere.
+func Check(b []byte, want []Entry) error {
+	if err := checkText(b); err != nil {
+		return err
+	}
+	blk, err := Find(b)
+	if err != nil {
+		return err
+	}
+	if err := conflicts(split(b), blk, want); err != nil {
+		return err
+	}
+	if !blk.Present {
+		return ErrNoBlock
+	}
+	got := map[string]netip.Addr{}
+	for _, e := range blk.Entries {
+		got[strings.ToLower(e.Name)] = e.IP
+	}
+	wantM := map[string]netip.Addr{}
+	for _, e := range want {
+		wantM[strings.ToLower(e.Name)] = e.IP
+	}
+	var diffs []string
+	for n, ip := range wantM {
+		if g, ok := got[n]; !ok {
+			diffs = append(diffs, n+" missing")
+		} else if g != ip {
+			diffs = append(diffs, fmt.Sprintf("%s -> %s, want %s", n, g, ip))
+		}
+	}
+	for n := range got {
+		if _, ok := wantM[n]; !ok {
+			diffs = append(diffs, n+" is not in the config")
+		}
+	}
+	if len(diffs) > 0 {
+		sort.Strings(diffs)
+		return &DiffError{Diffs: diffs}
+	}
+	return nil
+}
+
+// EntriesOf turns a name -> address map (the config's [[hosts]]) into
+// entries, sorted by name.
+func EntriesOf(m map[string]netip.Addr) []Entry {
+	es := make([]Entry, 0, len(m))
+	for n, ip := range m {
+		es = append(es, Entry{Name: n, IP: ip})
+	}
+	sort.Slice(es, func(i, j int) bool { return es[i].Name < es[j].Name })
+	return es
+}

@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -77,36 +78,27 @@ func checkHostsBlock(_ context.Context, e *Env) Outcome {
 	if err != nil {
 		return fail("restore the hosts file, then run provision hosts apply", "cannot read %s: %v", path, err)
 	}
-	blk, err := hosts.Find(b)
-	if err != nil {
-		return fail(fmt.Sprintf("repair the managed block in %s by hand (keep one BEGIN and one END marker), then run provision hosts apply", path), "%s: %v", path, err)
-	}
-	if !blk.Present {
-		return fail("write the override: provision hosts apply (cloud-init's manage_etc_hosts may have rewritten the file)", "%s has no provision managed block", path)
-	}
-	got := map[string]netip.Addr{}
-	for _, en := range blk.Entries {
-		got[en.Name] = en.IP
-	}
 	want := wantEntries(e)
-	var diffs []string
-	for n, ip := range want {
-		if g, ok := got[n]; !ok {
-			diffs = append(diffs, fmt.Sprintf("%s missing", n))
-		} else if g != ip {
-			diffs = append(diffs, fmt.Sprintf("%s -> %s, want %s", n, g, ip))
-		}
-	}
-	for n := range got {
-		if _, ok := want[n]; !ok {
-			diffs = append(diffs, fmt.Sprintf("%s is not in the config", n))
-		}
-	}
-	if len(diffs) > 0 {
-		sort.Strings(diffs)
-		return fail("rewrite the override from the config: provision hosts apply", "the managed block in %s differs from the config: %s", path, strings.Join(diffs, "; "))
+	if err := hosts.Check(b, hosts.EntriesOf(want)); err != nil {
+		msg, remedy := HostsProblem(path, err)
+		return fail(remedy, "%s", msg)
 	}
 	return pass("managed block in %s maps %s", path, describe(want))
+}
+
+// HostsProblem words a hosts.Check failure, for verify's hosts-block check
+// and for 'provision hosts show|check', which must say the same.
+func HostsProblem(path string, err error) (msg, remedy string) {
+	var de *hosts.DiffError
+	switch {
+	case errors.Is(err, hosts.ErrNoBlock):
+		return path + " has no provision managed block", "write the override: provision hosts apply (cloud-init's manage_etc_hosts may have rewritten the file)"
+	case errors.As(err, &de):
+		return fmt.Sprintf("the managed block in %s differs from the config: %s", path, strings.Join(de.Diffs, "; ")), "rewrite the override from the config: provision hosts apply"
+	case strings.Contains(err.Error(), "outside the managed block"):
+		return fmt.Sprintf("%s: %v", path, err), "remove or correct that line by hand (provision edits only its block), then run provision hosts apply"
+	}
+	return fmt.Sprintf("%s: %v", path, err), fmt.Sprintf("repair the managed block in %s by hand (keep one BEGIN and one END marker), then run provision hosts apply", path)
 }
 
 func describe(m map[string]netip.Addr) string {
@@ -129,6 +121,10 @@ func checkHostsResolve(ctx context.Context, e *Env) Outcome {
 	for _, n := range names {
 		ip := want[n]
 		addrs, err := e.Host.LookupHost(ctx, n)
+		// The same address twice (a matching line left outside the block by
+		// a manual workaround) is one answer, not a conflict: hosts.Check,
+		// and so 'hosts apply', accept it too.
+		addrs = uniqAddrs(addrs)
 		if err != nil {
 			return Outcome{Status: Fail, Message: fmt.Sprintf("%s does not resolve: %v", n, err), Remedy: "check /etc/nsswitch.conf lists files before dns, and that no cache (nscd) holds an old answer", Evidence: ev}
 		}
@@ -137,6 +133,7 @@ func checkHostsResolve(ctx context.Context, e *Env) Outcome {
 			return Outcome{Status: Fail, Message: fmt.Sprintf("%s resolves to %s, want only %s", n, joinAddrs(addrs), ip), Remedy: "remove other entries for this name (hosts file lines outside the block, DNS answers winning over files in nsswitch.conf)", Evidence: ev}
 		}
 		g, ok, err := e.Host.Getent(ctx, n)
+		g = uniqAddrs(g)
 		if ok {
 			if err != nil || len(g) == 0 || g[0] != ip {
 				return Outcome{Status: Fail, Message: fmt.Sprintf("getent ahosts %s gives %s (err %v), want %s: glibc programs resolve it differently from Go", n, joinAddrs(g), err, ip), Remedy: "check /etc/nsswitch.conf (files before dns) and flush nscd or systemd-resolved caches", Evidence: ev}
@@ -145,6 +142,18 @@ func checkHostsResolve(ctx context.Context, e *Env) Outcome {
 		}
 	}
 	return Outcome{Status: Pass, Message: fmt.Sprintf("%s resolve to the configured addresses", strings.Join(names, ", ")), Evidence: ev}
+}
+
+func uniqAddrs(a []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	seen := map[netip.Addr]bool{}
+	for _, x := range a {
+		if !seen[x.Unmap()] {
+			seen[x.Unmap()] = true
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 func joinAddrs(a []netip.Addr) string {
