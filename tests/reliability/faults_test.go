@@ -355,7 +355,7 @@ func TestFaultKeyMode0644(t *testing.T) {
 	r := n.bootstrap()
 	wantExit(t, r, 0)
 	checkKeyModes(t, n.Files.PKIDir)
-	if !strings.Contains(r.Stderr, "too open") {
+	if !strings.Contains(r.Stderr, "readable by others") {
 		t.Errorf("bootstrap did not say why it re-enrolled:\n%s", r.Stderr)
 	}
 	t.Logf("key 0644: re-enrolled, key now 0600 in 0700 directories")
