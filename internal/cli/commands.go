@@ -28,7 +28,9 @@ is valid, not near expiry, for node_id and chains to a current root, otherwise
 (4) enroll with the one-time token in ca.token_file, (5) write key, chain and
 CA bundle as one unit, (6) prove with a real mTLS GET of tasks/wait through the
 ingress, then (7) write state_dir/receipt.json. Transient failures are retried
-with jittered backoff until bootstrap.deadline; others stop at once.
+with jittered backoff until bootstrap.deadline; others stop at once. The
+outcome is left as node_exporter metrics in metrics.textfile_dir
+(provision_bootstrap.prom) when that directory exists.
 
 Idempotent: on a bootstrapped node it re-proves and exits 0 without enrolling.
 
@@ -45,8 +47,9 @@ var verifyCmd = &command{
 	usage: `Checks every layer between the node and the node API, in order, and names the
 first one that fails, its owner and the fix. A check whose dependency failed
 is reported as skipped, so one root cause shows instead of a cascade. Writes
-nothing but a task the API hands to the proof's tasks/wait: that task is
-dequeued, so it is handed off to state_dir/tasks/<id>.json as bootstrap does.
+nothing but a task the API hands to the proof's tasks/wait (that task is
+dequeued, so it is handed off to state_dir/tasks/<id>.json as bootstrap does)
+and its node_exporter metrics, metrics.textfile_dir/provision_verify.prom.
 Network checks use bootstrap.request_timeout each, without retries.
 
 Layers: config hosts clock credentials ca tcp tls-server tls-client-auth route
