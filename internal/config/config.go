@@ -500,20 +500,26 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	case d > MaxDeadline:
 		add("bootstrap.deadline", "must be at most %s, got %s", fmtDuration(MaxDeadline), d)
 	}
-	switch p := c.Metrics.TextfileDir; {
-	case p == "":
-		add("metrics.textfile_dir", "is set to \"\"; leave the key out for the default %q, or set metrics.enabled = false to write no metrics", DefaultTextfileDir)
-	case systemDirs[p]:
-		add("metrics.textfile_dir", "must not be the shared system directory %s itself: node_exporter would read every *.prom file anyone leaves there; use the directory its textfile collector reads, such as %q", p, DefaultTextfileDir)
-	default:
-		if msg := checkPath(p, true); msg != "" {
-			add("metrics.textfile_dir", "%s", msg)
-		}
+	if msg := checkTextfileDir(c.Metrics.TextfileDir); msg != "" {
+		add("metrics.textfile_dir", "%s", msg)
 	}
 	if d := c.Bootstrap.RequestTimeout.Duration; d < MinRequestTimeout || d > MaxRequestTimeout {
 		add("bootstrap.request_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinRequestTimeout), fmtDuration(MaxRequestTimeout), d, zeroHint(d, DefaultRequestTimeout))
 	}
 	return probs
+}
+
+// checkTextfileDir says what is wrong with metrics.textfile_dir, or "". It
+// is a path like the others, but a directory provision neither owns nor
+// chmods: node_exporter's.
+func checkTextfileDir(p string) string {
+	switch {
+	case p == "":
+		return fmt.Sprintf("is set to \"\"; leave the key out for the default %q, or set metrics.enabled = false to write no metrics", DefaultTextfileDir)
+	case systemDirs[p]:
+		return fmt.Sprintf("must not be the shared system directory %s itself: node_exporter would read every *.prom file anyone leaves there; use the directory its textfile collector reads, such as %q", p, DefaultTextfileDir)
+	}
+	return checkPath(p, true)
 }
 
 // systemDirs are directories shared with the rest of the system. provision

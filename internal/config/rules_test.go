@@ -290,10 +290,10 @@ func TestMetricsRules(t *testing.T) {
 		return with(nil) + "[metrics]\n" + strings.Join(lines, "\n") + "\n"
 	}
 	good := []struct {
-		name     string
-		src      string
-		enabled  bool
-		dir      string
+		name    string
+		src     string
+		enabled bool
+		dir     string
 	}{
 		{"left out: on, Debian's directory", with(nil), true, DefaultTextfileDir},
 		{"empty table: the same", metrics(), true, DefaultTextfileDir},
