@@ -18,6 +18,30 @@ type MiddlewareOptions struct {
 	// with the stable keys) and a Debug record per accepted request.
 	// Default slog.Default().
 	Logger *slog.Logger
+	// OnReject, when set, is called once per rejected request, before the
+	// 401 is written, with what a metrics or audit hook needs: count
+	// rejections by Reason and MTLSPresent (both bounded), and find the
+	// caller by PeerAddr and UserAgent (never metric labels: unbounded).
+	// It runs on the request's goroutine and must not block. clientcert
+	// imports no metrics library; see the package's Prometheus example.
+	OnReject func(Rejection)
+}
+
+// Rejection is one request the middleware refused. It carries the caller's
+// identity fields even when the caller sent no certificate at all: the
+// incident's "anonymous internal caller still polling" is found by
+// PeerAddr and UserAgent, not by a certificate it never presented.
+type Rejection struct {
+	Reason      Reason // why; one of the Reason constants
+	MTLSPresent bool   // a client certificate reached the API (forwarded or direct)
+	// FromTrustedProxy: the TCP peer is in Config.TrustedProxies (the
+	// ingress). False with MTLSPresent false is a caller that reached the
+	// API around the ingress, with no identity at all.
+	FromTrustedProxy bool
+	PeerAddr         string // the TCP peer, r.RemoteAddr ("ip:port")
+	UserAgent        string // the User-Agent header, clipped to 256 bytes
+	Method, Path     string
+	Result           Result // the whole verification result
 }
 
 type ctxKey struct{}
@@ -67,7 +91,13 @@ func (v *Verifier) Middleware(next http.Handler, opts MiddlewareOptions) http.Ha
 		res := v.VerifyExpected(r, expected)
 		attrs := append(res.LogAttrs(), slog.String("method", r.Method), slog.String("path", r.URL.Path))
 		if !res.OK() {
+			rej := Rejection{Reason: res.Reason, MTLSPresent: res.MTLSPresent, FromTrustedProxy: v.trusted(r.RemoteAddr),
+				PeerAddr: r.RemoteAddr, UserAgent: clipUA(r.UserAgent()), Method: r.Method, Path: r.URL.Path, Result: res}
+			attrs = append(attrs, slog.String("user_agent", rej.UserAgent), slog.Bool("from_trusted_proxy", rej.FromTrustedProxy))
 			logger.LogAttrs(r.Context(), slog.LevelWarn, "invalid node identity", attrs...)
+			if opts.OnReject != nil {
+				opts.OnReject(rej)
+			}
 			WriteRejection(w, res)
 			return
 		}
@@ -83,4 +113,13 @@ func WriteRejection(w http.ResponseWriter, res Result) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusUnauthorized)
 	_, _ = w.Write(append(body, '\n'))
+}
+
+// clipUA bounds a caller-controlled header that ends up in logs.
+func clipUA(s string) string {
+	const max = 256
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
 }

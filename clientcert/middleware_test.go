@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -139,5 +140,98 @@ func TestContextAccessorsWithoutMiddleware(t *testing.T) {
 	ctx := NewContext(r.Context(), Result{Reason: ReasonIdentityMismatch, Identity: "x"})
 	if id, ok := IdentityFromContext(ctx); ok || id != "" {
 		t.Errorf("IdentityFromContext returned %q for a rejected result", id)
+	}
+}
+
+// TestMiddlewareOnReject: every rejected request reaches OnReject once with
+// its reason, mtls_present, whether the peer is the ingress, and the peer
+// address and User-Agent, including the incident's anonymous caller that
+// sends no certificate from outside the trusted proxies; an accepted
+// request does not. The rejection log line carries user_agent too.
+func TestMiddlewareOnReject(t *testing.T) {
+	p := newPKI(t, "Acme")
+	good := p.node(t, "gpu-0042")
+	var mu sync.Mutex
+	var got []Rejection
+	var logs syncBuf
+	newServer := func(trusted string) *httptest.Server {
+		v, err := NewVerifier(Config{Roots: p.pool, TrustedProxies: []netip.Prefix{netip.MustParsePrefix(trusted)}, Now: func() time.Time { return testNow }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), MiddlewareOptions{
+			Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
+			OnReject: func(r Rejection) {
+				mu.Lock()
+				defer mu.Unlock()
+				got = append(got, r)
+			},
+		})
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	viaIngress, direct := newServer("127.0.0.0/8"), newServer("10.99.0.0/16")
+	for _, tc := range []struct {
+		name      string
+		srv       *httptest.Server
+		header    string
+		ua        string
+		want      bool // a rejection is recorded
+		reason    Reason
+		present   bool
+		fromProxy bool
+	}{
+		{"accepted", viaIngress, encTraefik(good...), "node-agent/1.4", false, "", false, false},
+		{"ingress forwarded nothing", viaIngress, "", "node-agent/1.4", true, ReasonMissing, false, true},
+		{"anonymous caller around the ingress", direct, "", "python-requests/2.31", true, ReasonMissing, false, false},
+		{"forged header around the ingress", direct, encTraefik(good...), "curl/8.5", true, ReasonUntrustedProxy, true, false},
+		{"broken header via the ingress", viaIngress, "MIIB", "node-agent/1.4", true, ReasonMalformed, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			got = nil
+			mu.Unlock()
+			rq, _ := http.NewRequest("GET", tc.srv.URL+"/v1/nodes/gpu-0042/tasks/wait", nil)
+			rq.Header.Set("User-Agent", tc.ua)
+			if tc.header != "" {
+				rq.Header.Set("X-Forwarded-Tls-Client-Cert", tc.header)
+			}
+			resp, err := tc.srv.Client().Do(rq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			if !tc.want {
+				if len(got) != 0 || resp.StatusCode != 200 {
+					t.Fatalf("status %d, rejections %+v", resp.StatusCode, got)
+				}
+				return
+			}
+			if len(got) != 1 {
+				t.Fatalf("%d rejections recorded, want 1", len(got))
+			}
+			r := got[0]
+			host, _, _ := strings.Cut(r.PeerAddr, ":")
+			if r.Reason != tc.reason || r.MTLSPresent != tc.present || r.FromTrustedProxy != tc.fromProxy ||
+				host != "127.0.0.1" || r.UserAgent != tc.ua || r.Method != "GET" || r.Path != "/v1/nodes/gpu-0042/tasks/wait" || r.Result.Reason != tc.reason {
+				t.Fatalf("rejection %+v", r)
+			}
+			line := logs.lastJSON(t)
+			if line["user_agent"] != tc.ua || line["remote_addr"] != r.PeerAddr || line["from_trusted_proxy"] != tc.fromProxy {
+				t.Errorf("log line lacks the caller: %v", line)
+			}
+		})
+	}
+}
+
+func TestClipUA(t *testing.T) {
+	long := strings.Repeat("a", 300)
+	for _, tc := range []struct{ in, want string }{{"", ""}, {"curl/8", "curl/8"}, {long, long[:256] + "..."}} {
+		if got := clipUA(tc.in); got != tc.want {
+			t.Errorf("clipUA(%d bytes) = %d bytes", len(tc.in), len(got))
+		}
 	}
 }

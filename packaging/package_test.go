@@ -28,15 +28,20 @@ func run(t *testing.T, dir string, env []string, name string, args ...string) (s
 // shipped maps each installed path to the repository file it must equal
 // byte for byte (the binary is checked by running it).
 var shipped = map[string]string{
-	"usr/lib/systemd/system/provision.service":              "../deploy/systemd/provision.service",
-	"usr/lib/systemd/system/provision-verify.service":       "../deploy/systemd/provision-verify.service",
-	"usr/lib/systemd/system/provision-verify.timer":         "../deploy/systemd/provision-verify.timer",
-	"usr/share/provision/cloud-init/user-data.yaml.tmpl":    "../cloud-init/user-data.yaml.tmpl",
-	"usr/share/provision/cloud-init/example-user-data.yaml": "../cloud-init/example-user-data.yaml",
-	"usr/share/doc/provision/provision.toml.example":        "provision.toml.example",
-	"usr/share/doc/provision/runbook.md":                    "../docs/runbook.md",
-	"usr/share/doc/provision/first-boot.md":                 "../docs/first-boot.md",
-	"usr/share/doc/provision/configuration.md":              "../docs/configuration.md",
+	"usr/lib/systemd/system/provision.service":                       "../deploy/systemd/provision.service",
+	"usr/lib/systemd/system/provision-verify.service":                "../deploy/systemd/provision-verify.service",
+	"usr/lib/systemd/system/provision-verify.timer":                  "../deploy/systemd/provision-verify.timer",
+	"usr/share/provision/cloud-init/user-data.yaml.tmpl":             "../cloud-init/user-data.yaml.tmpl",
+	"usr/share/provision/cloud-init/example-user-data.yaml":          "../cloud-init/example-user-data.yaml",
+	"usr/share/doc/provision/provision.toml.example":                 "provision.toml.example",
+	"usr/share/doc/provision/runbook.md":                             "../docs/runbook.md",
+	"usr/share/doc/provision/first-boot.md":                          "../docs/first-boot.md",
+	"usr/share/doc/provision/configuration.md":                       "../docs/configuration.md",
+	"usr/share/doc/provision/provision.rules.yml":                    "../deploy/prometheus/provision.rules.yml",
+	"usr/share/doc/provision/metrics.md":                             "../docs/metrics.md",
+	"usr/share/doc/provision/logging.md":                             "../docs/logging.md",
+	"usr/lib/systemd/system/provision.service.d/metrics.conf":        "../deploy/systemd/provision.service.d/metrics.conf",
+	"usr/lib/systemd/system/provision-verify.service.d/metrics.conf": "../deploy/systemd/provision-verify.service.d/metrics.conf",
 }
 
 func TestDeb(t *testing.T) {

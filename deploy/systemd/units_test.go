@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/testenv"
 )
 
@@ -152,7 +153,7 @@ func TestProvisionServiceContract(t *testing.T) {
 		"Unit.ConditionPathExists":   "!/var/lib/provision/done/%m",
 		"Service.Type":               "oneshot",
 		"Service.RemainAfterExit":    "yes",
-		"Service.ExecStart":          "/usr/bin/provision bootstrap --config /etc/provision/provision.toml",
+		"Service.ExecStart":          "/usr/bin/provision bootstrap --config /etc/provision/provision.toml --log-format json",
 		"Service.Restart":            "on-failure",
 		"Service.UMask":              "0077",
 		"Service.TimeoutStartSec":    "15min",
@@ -195,6 +196,24 @@ func TestProvisionServiceContract(t *testing.T) {
 	}
 }
 
+// TestUnitsLogForTheJournal: both services log JSON lines (docs/logging.md)
+// under one syslog identifier, with a journal field naming the command, so
+// a Loki/Alloy journal scrape can label them.
+func TestUnitsLogForTheJournal(t *testing.T) {
+	for unit, cmd := range map[string]string{"provision.service": "bootstrap", "provision-verify.service": "verify"} {
+		d := directives(t, unit)
+		if got := d["Service.ExecStart"]; len(got) != 1 || !strings.Contains(got[0], " --log-format json") {
+			t.Errorf("%s: ExecStart %q does not log JSON", unit, got)
+		}
+		if got := d["Service.SyslogIdentifier"]; len(got) != 1 || got[0] != "provision" {
+			t.Errorf("%s: SyslogIdentifier = %q, want provision", unit, got)
+		}
+		if got := d["Service.LogExtraFields"]; len(got) != 1 || got[0] != "PROVISION_COMMAND="+cmd {
+			t.Errorf("%s: LogExtraFields = %q, want PROVISION_COMMAND=%s", unit, got, cmd)
+		}
+	}
+}
+
 func TestVerifyUnitsContract(t *testing.T) {
 	s := directives(t, "provision-verify.service")
 	if got := s["Service.ExecStart"]; len(got) != 1 || !strings.HasPrefix(got[0], "/usr/bin/provision verify ") {
@@ -217,5 +236,31 @@ func TestVerifyUnitsContract(t *testing.T) {
 	}
 	if got := tm["Install.WantedBy"]; len(got) != 1 || got[0] != "timers.target" {
 		t.Errorf("timer WantedBy = %q", got)
+	}
+}
+
+// TestMetricsDropIns: both services may write exactly the default
+// metrics.textfile_dir, through a drop-in shipped beside the unit (so the
+// units' own sandbox stays as it is), and systemd-analyze accepts the units
+// with the drop-ins applied.
+func TestMetricsDropIns(t *testing.T) {
+	for _, unit := range []string{"provision.service", "provision-verify.service"} {
+		d := directives(t, filepath.Join(unit+".d", "metrics.conf"))
+		if got := d["Service.ReadWritePaths"]; len(got) != 1 || got[0] != "-"+config.DefaultTextfileDir || len(d) != 1 {
+			t.Errorf("%s.d/metrics.conf: %v, want only ReadWritePaths=-%s", unit, d, config.DefaultTextfileDir)
+		}
+	}
+	dir, files := stage(t, nil)
+	for _, unit := range []string{"provision.service", "provision-verify.service"} {
+		b, err := os.ReadFile(filepath.Join(unit+".d", "metrics.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(filepath.Join(dir, unit+".d"), 0o755)
+		os.WriteFile(filepath.Join(dir, unit+".d", "metrics.conf"), b, 0o644)
+	}
+	ok, ours, all := analyze(t, dir, files)
+	if !ok || len(ours) > 0 {
+		t.Fatalf("systemd-analyze verify with the drop-ins failed (ok=%v):\n%s", ok, all)
 	}
 }

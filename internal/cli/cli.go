@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
 )
@@ -88,7 +89,10 @@ type command struct {
 type runEnv struct {
 	stdout, stderr io.Writer
 	ctx            context.Context // the run's; its cause says whether a signal ended it
-	json           bool            // --format json was asked for: every exit prints one JSON report
+	json           bool            // --format json was asked for, or stdout is the journal: every exit prints one JSON report
+	journal        bool            // stdout is the journal (systemd's JOURNAL_STREAM): the report defaults to JSON
+	start          time.Time       // when the run began, for its duration
+	runID          string          // ties the run's log lines together
 }
 
 func commands() []*command {
@@ -118,7 +122,8 @@ Examples:
 
 // Run executes the provision command line and returns the process exit code.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
-	env := &runEnv{stdout: stdout, stderr: stderr, ctx: ctx, json: wantsJSON(args)}
+	env := &runEnv{stdout: stdout, stderr: stderr, ctx: ctx, start: time.Now(), runID: newRunID(), journal: underJournal(stdout)}
+	env.json = wantsJSON(args) || (env.journal && !formatGiven(args))
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintf(stderr, "provision: internal error: %v\n%s\nprovision: this is a bug; please report it with the lines above\n", r, debug.Stack())
@@ -212,6 +217,7 @@ type flags struct {
 	format    string
 	logFormat string
 	logLevel  string
+	runID     string
 }
 
 func newFlags(c *command, env *runEnv, withFormat bool) *flags {
@@ -225,6 +231,7 @@ func newFlags(c *command, env *runEnv, withFormat bool) *flags {
 	f.fs.StringVar(&f.logFormat, "log-format", "text", "log format on stderr: text or json")
 	f.fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.cmd = c
+	f.runID = env.runID
 	f.fs.Usage = func() {} // printed by parse, to stdout when asked for
 	return f
 }
@@ -251,6 +258,13 @@ func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
 		}
 		return env.usage(f.cmd.name, err.Error(), fmt.Sprintf("Run 'provision %s --help' for usage.", f.cmd.name)), false
 	}
+	explicit := false
+	f.fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "format" })
+	if f.format == "text" && !explicit && env.journal {
+		// Under systemd the report is one JSON line in the journal, not
+		// a page of text lines torn apart by other units' messages.
+		f.format = "json"
+	}
 	if f.format != "" && f.format != "text" && f.format != "json" {
 		return env.usage(f.cmd.name, fmt.Sprintf("--format must be text or json, got %q", f.format), ""), false
 	}
@@ -263,7 +277,9 @@ func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
 	return 0, true
 }
 
-func (f *flags) logger(w io.Writer) *slog.Logger {
+// logger returns the run's logger: every line carries the schema version,
+// the command, the node and the run id (docs/logging.md).
+func (f *flags) logger(w io.Writer, nodeID string) *slog.Logger {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
 		lvl = slog.LevelInfo
@@ -273,5 +289,5 @@ func (f *flags) logger(w io.Writer) *slog.Logger {
 	if f.logFormat == "json" {
 		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(h).With("cmd", "provision")
+	return slog.New(h).With(KeyLogSchema, LogSchema, KeyCommand, f.cmd.name, KeyNodeID, nodeID, KeyRunID, f.runID)
 }

@@ -28,7 +28,9 @@ is valid, not near expiry, for node_id and chains to a current root, otherwise
 (4) enroll with the one-time token in ca.token_file, (5) write key, chain and
 CA bundle as one unit, (6) prove with a real mTLS GET of tasks/wait through the
 ingress, then (7) write state_dir/receipt.json. Transient failures are retried
-with jittered backoff until bootstrap.deadline; others stop at once.
+with jittered backoff until bootstrap.deadline; others stop at once. The
+outcome is left as node_exporter metrics in metrics.textfile_dir
+(provision_bootstrap.prom) when that directory exists.
 
 Idempotent: on a bootstrapped node it re-proves and exits 0 without enrolling.
 
@@ -45,8 +47,9 @@ var verifyCmd = &command{
 	usage: `Checks every layer between the node and the node API, in order, and names the
 first one that fails, its owner and the fix. A check whose dependency failed
 is reported as skipped, so one root cause shows instead of a cascade. Writes
-nothing but a task the API hands to the proof's tasks/wait: that task is
-dequeued, so it is handed off to state_dir/tasks/<id>.json as bootstrap does.
+nothing but a task the API hands to the proof's tasks/wait (that task is
+dequeued, so it is handed off to state_dir/tasks/<id>.json as bootstrap does)
+and its node_exporter metrics, metrics.textfile_dir/provision_verify.prom.
 Network checks use bootstrap.request_timeout each, without retries.
 
 Layers: config hosts clock credentials ca tcp tls-server tls-client-auth route
@@ -123,6 +126,7 @@ func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int,
 			}
 		}
 		rep := verify.Failed(cmd, "", "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: msg, Remedy: remedy})
+		metricsForConfigFailure(env, f, host, rep)
 		return nil, nil, printReport(env, f, rep), false
 	}
 	host.HostsFile = cfg.Paths.HostsFile
@@ -138,7 +142,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	if !ok {
 		return code
 	}
-	log := f.logger(env.stderr)
+	log := f.logger(env.stderr, cfg.NodeID)
 	unlock, err := lock(ctx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
 	if err != nil {
 		var le *lockError
@@ -151,7 +155,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 			fmt.Fprintf(env.stderr, "provision: error: %v; another provision run on this node has not finished (see its logs), try again later\n", err)
 			return ExitLocked
 		}
-		return printReport(env, f, verify.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+		return finish(env, f, cfg, host, log, verify.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
 	}
 	defer unlock()
@@ -159,7 +163,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	// (and said so) when others could write into it.
 	pki := host.Path(cfg.Paths.PKIDir)
 	if ds, err := system.EnsurePrivateDir(pki, true); err != nil {
-		return printReport(env, f, verify.Failed("bootstrap", cfg.NodeID, "pki-dir", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
+		return finish(env, f, cfg, host, log, verify.Failed("bootstrap", cfg.NodeID, "pki-dir", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
 			Summary: err.Error(), Remedy: "make " + cfg.Paths.PKIDir + " a directory owned by root (or remove it), then run again"}))
 	} else if ds.Tightened {
 		log.Warn("pki directory was writable by other users; restricted it to 0700", "dir", cfg.Paths.PKIDir, "was", fmt.Sprintf("%04o", ds.WasMode))
@@ -168,7 +172,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	if out.Report.OK && out.Task != nil {
 		log.Info("task received during the proof and saved", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, bootstrap.TasksDir))
 	}
-	return printReport(env, f, out.Report)
+	return finish(env, f, cfg, host, log, out.Report)
 }
 
 func runVerify(ctx context.Context, env *runEnv, args []string) int {
@@ -180,7 +184,7 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	if !ok {
 		return code
 	}
-	log := f.logger(env.stderr)
+	log := f.logger(env.stderr, cfg.NodeID)
 	budget := 4*cfg.Bootstrap.RequestTimeout.Duration + cfg.NodeAPI.WaitTimeout.Duration
 	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
@@ -194,14 +198,14 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 		rep.Task = json.RawMessage(t.Raw)
 		path, err := bootstrap.SaveTask(host.Path(cfg.Paths.StateDir), t, host.Time())
 		if err != nil {
-			return printReport(env, f, verify.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+			return finish(env, f, cfg, host, log, verify.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 				Summary:  "the proof received a task but it could not be handed off: " + err.Error(),
 				Remedy:   "make " + cfg.Paths.StateDir + " writable, and give this task (in the evidence) to the node-agent by hand",
 				Evidence: map[string]string{"task": string(t.Raw)}}))
 		}
 		log.Info("task received during the proof and handed off", "task_id", t.ID, "path", strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))
 	}
-	return printReport(env, f, rep)
+	return finish(env, f, cfg, host, log, rep)
 }
 
 func runHosts(_ context.Context, env *runEnv, args []string) int {

@@ -55,15 +55,30 @@ func toJSONReport(r *verify.Report, code int) jsonReport {
 		DurationMS: r.DurationMS, Task: r.Task, Steps: r.Steps, ExitCode: code}
 }
 
-// printJSON prints r as the one JSON document on stdout, with code.
+// printJSON prints r as the one JSON document on stdout, with code, on one
+// line: under systemd each line is a journal entry, and an indented report
+// became about 140 of them; jq indents it for a person.
 func printJSON(env *runEnv, r *verify.Report, code int) {
-	b, err := json.MarshalIndent(toJSONReport(r, code), "", "  ")
+	b, err := json.Marshal(toJSONReport(r, code))
 	if err != nil { // a task that cannot be re-encoded; still one document
 		jr := toJSONReport(r, code)
 		jr.Task = nil
-		b, _ = json.MarshalIndent(jr, "", "  ")
+		b, _ = json.Marshal(jr)
 	}
 	fmt.Fprintln(env.stdout, string(b))
+}
+
+// formatGiven reports whether args set --format at all (before "--").
+func formatGiven(args []string) bool {
+	for _, a := range args {
+		switch {
+		case a == "--":
+			return false
+		case a == "--format" || a == "-format" || strings.HasPrefix(a, "--format=") || strings.HasPrefix(a, "-format="):
+			return true
+		}
+	}
+	return false
 }
 
 // wantsJSON reports whether args ask for --format json, looked for before
@@ -111,6 +126,13 @@ func (env *runEnv) usage(cmd, msg, hint string) int {
 // ends with one line a person can act on. A failure after SIGTERM or SIGINT
 // is reported as interrupted, with the signal's exit code.
 func printReport(env *runEnv, f *flags, r *verify.Report) int {
+	r, code := outcome(env, r)
+	renderReport(env, f, r, code)
+	return code
+}
+
+// outcome is the report as it will be printed and its exit code.
+func outcome(env *runEnv, r *verify.Report) (*verify.Report, int) {
 	code := ExitOK
 	if !r.OK {
 		code = ExitCode(r.FailedLayer)
@@ -122,9 +144,14 @@ func printReport(env *runEnv, f *flags, r *verify.Report) int {
 		r = interruptedReport(r.Command, i.Signal, r)
 		code = SignalExit(i.Signal)
 	}
+	return r, code
+}
+
+// renderReport prints r, whose exit code is code.
+func renderReport(env *runEnv, f *flags, r *verify.Report, code int) {
 	if f.format == "json" {
 		printJSON(env, r, code)
-		return code
+		return
 	}
 	w := env.stdout
 	width := 0
@@ -141,7 +168,7 @@ func printReport(env *runEnv, f *flags, r *verify.Report) int {
 			}
 		}
 		fmt.Fprintf(w, "\nprovision %s: %s\n", r.Command, r.Summary)
-		return code
+		return
 	}
 	rc := r.RootCause()
 	fmt.Fprintf(w, "\nRoot cause: layer %s, owner %s (check %s)\n", r.FailedLayer, r.Owner, r.FailedCheck)
@@ -165,7 +192,6 @@ func printReport(env *runEnv, f *flags, r *verify.Report) int {
 		fix = "see the checks above"
 	}
 	fmt.Fprintf(w, "\nprovision %s: FAILED at layer %s (owner: %s): %s. Next: %s (exit %d)\n", r.Command, r.FailedLayer, r.Owner, strings.TrimSuffix(r.Summary, "."), fix, code)
-	return code
 }
 
 func oneLine(s string) string {

@@ -163,6 +163,16 @@ func TestRenderJSONFailing(t *testing.T) {
   "exit_code": 16
 }
 `
+	// The golden is indented to be read; the report is the same document
+	// on one line (one journal entry under systemd).
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, []byte(want)); err != nil {
+		t.Fatal(err)
+	}
+	want = compact.String() + "\n"
+	if strings.Count(got, "\n") != 1 {
+		t.Errorf("the JSON report spans %d lines, want one", strings.Count(got, "\n"))
+	}
 	if got != want {
 		t.Errorf("JSON report\n--- got\n%s--- want\n%s", got, want)
 	}
@@ -258,7 +268,7 @@ func TestExitCodePerLayer(t *testing.T) {
 				if format == "text" && !strings.HasSuffix(out, fmt.Sprintf("(exit %d)\n", want)) {
 					t.Errorf("text's last line does not name exit %d:\n%s", want, out)
 				}
-				if format == "json" && !strings.Contains(out, fmt.Sprintf("\"exit_code\": %d\n", want)) {
+				if format == "json" && !strings.Contains(out, fmt.Sprintf("\"exit_code\":%d}\n", want)) {
 					t.Errorf("JSON lacks exit_code %d:\n%s", want, out)
 				}
 			}

@@ -45,6 +45,7 @@ type Config struct {
 	NodeAPI   NodeAPI   `toml:"node_api"`
 	Paths     Paths     `toml:"paths"`
 	Bootstrap Bootstrap `toml:"bootstrap"`
+	Metrics   Metrics   `toml:"metrics"`
 }
 
 // Host is one name -> IP pair of the /etc/hosts override.
@@ -80,6 +81,17 @@ type Bootstrap struct {
 	RequestTimeout Duration `toml:"request_timeout"`
 }
 
+// Metrics says where provision leaves its node_exporter textfile metrics.
+type Metrics struct {
+	// Enabled is on by default: a node without node_exporter has no
+	// TextfileDir, and provision then writes nothing (it never creates the
+	// directory, which belongs to node_exporter's package).
+	Enabled bool `toml:"enabled"`
+	// TextfileDir is the directory node_exporter's textfile collector
+	// reads; re-rooted under --root like every path.
+	TextfileDir string `toml:"textfile_dir"`
+}
+
 // Defaults for the optional keys.
 const (
 	DefaultTokenFile      = "/run/provision/token"
@@ -90,6 +102,10 @@ const (
 	DefaultStateDir       = "/var/lib/provision"
 	DefaultDeadline       = 10 * time.Minute
 	DefaultRequestTimeout = 5 * time.Second
+	// DefaultTextfileDir is where Debian's prometheus-node-exporter package
+	// points its textfile collector (its README.textfile, and the directory
+	// the package ships).
+	DefaultTextfileDir = "/var/lib/prometheus/node-exporter"
 )
 
 // Duration is a time.Duration written as a Go duration string ("5s", "10m").
@@ -253,6 +269,7 @@ var knownKeys = []string{
 	"node_api", "node_api.url", "node_api.wait_path", "node_api.wait_timeout",
 	"paths", "paths.hosts_file", "paths.pki_dir", "paths.state_dir",
 	"bootstrap", "bootstrap.deadline", "bootstrap.request_timeout",
+	"metrics", "metrics.enabled", "metrics.textfile_dir",
 }
 
 // suggest offers the closest known key for a typo.
@@ -312,6 +329,7 @@ func (c *Config) applyDefaults(md toml.MetaData) {
 		{set: md.IsDefined("paths", "state_dir"), str: &c.Paths.StateDir, sdef: DefaultStateDir},
 		{set: md.IsDefined("bootstrap", "deadline"), dur: &c.Bootstrap.Deadline, ddef: DefaultDeadline},
 		{set: md.IsDefined("bootstrap", "request_timeout"), dur: &c.Bootstrap.RequestTimeout, ddef: DefaultRequestTimeout},
+		{set: md.IsDefined("metrics", "textfile_dir"), str: &c.Metrics.TextfileDir, sdef: DefaultTextfileDir},
 	} {
 		switch {
 		case d.set:
@@ -320,6 +338,9 @@ func (c *Config) applyDefaults(md toml.MetaData) {
 		default:
 			d.dur.Duration = d.ddef
 		}
+	}
+	if !md.IsDefined("metrics", "enabled") {
+		c.Metrics.Enabled = true
 	}
 }
 
@@ -479,10 +500,26 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	case d > MaxDeadline:
 		add("bootstrap.deadline", "must be at most %s, got %s", fmtDuration(MaxDeadline), d)
 	}
+	if msg := checkTextfileDir(c.Metrics.TextfileDir); msg != "" {
+		add("metrics.textfile_dir", "%s", msg)
+	}
 	if d := c.Bootstrap.RequestTimeout.Duration; d < MinRequestTimeout || d > MaxRequestTimeout {
 		add("bootstrap.request_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinRequestTimeout), fmtDuration(MaxRequestTimeout), d, zeroHint(d, DefaultRequestTimeout))
 	}
 	return probs
+}
+
+// checkTextfileDir says what is wrong with metrics.textfile_dir, or "". It
+// is a path like the others, but a directory provision neither owns nor
+// chmods: node_exporter's.
+func checkTextfileDir(p string) string {
+	switch {
+	case p == "":
+		return fmt.Sprintf("is set to \"\"; leave the key out for the default %q, or set metrics.enabled = false to write no metrics", DefaultTextfileDir)
+	case systemDirs[p]:
+		return fmt.Sprintf("must not be the shared system directory %s itself: node_exporter would read every *.prom file anyone leaves there; use the directory its textfile collector reads, such as %q", p, DefaultTextfileDir)
+	}
+	return checkPath(p, true)
 }
 
 // systemDirs are directories shared with the rest of the system. provision

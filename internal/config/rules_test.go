@@ -279,3 +279,58 @@ func mustDuration(t *testing.T, s string) time.Duration {
 	}
 	return d.Duration
 }
+
+// TestMetricsRules: [metrics] is on by default with Debian's
+// node_exporter textfile directory, can be turned off, and textfile_dir is
+// validated like the other path keys (a value that means something other
+// than it says is refused rather than cleaned).
+func TestMetricsRules(t *testing.T) {
+	// full has 24 lines: [metrics] is line 25, its keys 26 and 27.
+	metrics := func(lines ...string) string {
+		return with(nil) + "[metrics]\n" + strings.Join(lines, "\n") + "\n"
+	}
+	good := []struct {
+		name    string
+		src     string
+		enabled bool
+		dir     string
+	}{
+		{"left out: on, Debian's directory", with(nil), true, DefaultTextfileDir},
+		{"empty table: the same", metrics(), true, DefaultTextfileDir},
+		{"turned off", metrics(`enabled = false`), false, DefaultTextfileDir},
+		{"own directory", metrics(`textfile_dir = "/srv/node-exporter/textfile"`), true, "/srv/node-exporter/textfile"},
+		{"on and named", metrics(`enabled = true`, `textfile_dir = "/var/lib/node_exporter"`), true, "/var/lib/node_exporter"},
+	}
+	for _, g := range good {
+		t.Run(g.name, func(t *testing.T) {
+			c, err := Parse("ok", []byte(g.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Metrics.Enabled != g.enabled || c.Metrics.TextfileDir != g.dir {
+				t.Fatalf("metrics = %+v, want enabled=%v dir=%q", c.Metrics, g.enabled, g.dir)
+			}
+		})
+	}
+	bad := []struct {
+		name, line string
+		key        string
+		lineNo     int
+		msg        []string
+	}{
+		{"empty is not the default", `textfile_dir = ""`, "metrics.textfile_dir", 26, []string{"leave the key out", DefaultTextfileDir, "metrics.enabled = false"}},
+		{"relative", `textfile_dir = "var/lib/prometheus/node-exporter"`, "metrics.textfile_dir", 26, []string{"must be an absolute path"}},
+		{"traversal", `textfile_dir = "/var/lib/prometheus/../../../etc"`, "metrics.textfile_dir", 26, []string{"must not contain '..'", `resolves to "/etc"`}},
+		{"trailing slash", `textfile_dir = "/var/lib/prometheus/node-exporter/"`, "metrics.textfile_dir", 26, []string{"must be a clean path"}},
+		{"root", `textfile_dir = "/"`, "metrics.textfile_dir", 26, []string{"must not be the root directory /"}},
+		{"shared /tmp", `textfile_dir = "/tmp"`, "metrics.textfile_dir", 26, []string{"shared system directory /tmp", DefaultTextfileDir}},
+		{"shared /var/lib", `textfile_dir = "/var/lib"`, "metrics.textfile_dir", 26, []string{"shared system directory /var/lib"}},
+		{"not a bool", `enabled = "yes"`, "metrics.enabled", 26, []string{"incompatible types"}},
+		{"misspelt key", `textfiles_dir = "/x"`, "metrics.textfiles_dir", 26, []string{"unknown key", `did you mean "metrics.textfile_dir"`}},
+	}
+	for _, b := range bad {
+		t.Run(b.name, func(t *testing.T) {
+			wantOnly(t, parseProblems(t, metrics(b.line)), b.key, b.lineNo, b.msg...)
+		})
+	}
+}
