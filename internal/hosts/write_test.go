@@ -3,6 +3,7 @@ package hosts
 import (
 	"bytes"
 	"errors"
+	"github.com/gpuaas/provision/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,16 +17,6 @@ import (
 )
 
 const userHosts = "127.0.0.1 localhost\n# keep me\n::1 localhost ip6-localhost\n"
-
-// skipOrFail skips on a developer machine that lacks what a test needs, but
-// fails in CI, where a skipped test must never count as a pass.
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true and this test cannot run: "+format, args...)
-	}
-	t.Skipf("SKIPPED (not run, not passed): "+format, args...)
-}
 
 func statT(t *testing.T, path string) *syscall.Stat_t {
 	t.Helper()
@@ -260,11 +251,11 @@ func TestWriteBindMountFallsBackInPlace(t *testing.T) {
 		return
 	}
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root to bind-mount a file in a private mount namespace")
+		testenv.SkipOrFail(t, "needs root to bind-mount a file in a private mount namespace")
 	}
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
-		skipOrFail(t, "unshare(1) not found (util-linux); the EBUSY fallback is then exercised only by the reliability suite")
+		testenv.SkipOrFail(t, "unshare(1) not found (util-linux); the EBUSY fallback is then exercised only by the reliability suite")
 	}
 	cmd := exec.Command(unshare, "--mount", "--propagation", "private", os.Args[0],
 		"-test.run=^TestWriteBindMountFallsBackInPlace$", "-test.v", "-test.count=1")
@@ -272,7 +263,7 @@ func TestWriteBindMountFallsBackInPlace(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "unshare failed") || strings.Contains(string(out), "Operation not permitted") {
-			skipOrFail(t, "cannot create a mount namespace here: %s", out)
+			testenv.SkipOrFail(t, "cannot create a mount namespace here: %s", out)
 		}
 		t.Fatalf("child in a mount namespace failed: %v\n%s", err, out)
 	}

@@ -3,6 +3,7 @@ package system
 import (
 	"bytes"
 	"errors"
+	"github.com/gpuaas/provision/internal/testenv"
 	"os"
 	"path/filepath"
 	"slices"
@@ -84,7 +85,7 @@ func TestWriteFileAtomicMode(t *testing.T) {
 
 func TestWriteFileAtomicOwner(t *testing.T) {
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root to chown a file to another user")
+		testenv.SkipOrFail(t, "needs root to chown a file to another user")
 	}
 	for _, keep := range []bool{true, false} {
 		dir := t.TempDir()

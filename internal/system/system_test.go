@@ -3,6 +3,7 @@ package system
 import (
 	"context"
 	"errors"
+	"github.com/gpuaas/provision/internal/testenv"
 	"io"
 	"net"
 	"net/netip"
@@ -15,16 +16,6 @@ import (
 	"testing"
 	"time"
 )
-
-// skipOrFail skips on a developer machine that lacks what a test needs, but
-// fails in CI, where a skipped test must never count as a pass.
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true and this test cannot run: "+format, args...)
-	}
-	t.Skipf("SKIPPED (not run, not passed): "+format, args...)
-}
 
 func TestNew(t *testing.T) {
 	h, err := New("")
@@ -262,7 +253,7 @@ func TestGetent(t *testing.T) {
 		t.Fatalf("Getent under a root = %v %v %v; want ok=false (NSS cannot see the root)", a, ok, err)
 	}
 	if _, err := exec.LookPath("getent"); err != nil {
-		skipOrFail(t, "getent(1) not installed (libc-bin)")
+		testenv.SkipOrFail(t, "getent(1) not installed (libc-bin)")
 	}
 	live := &Host{Root: "/"}
 	// An address literal: getent answers without consulting DNS, so the

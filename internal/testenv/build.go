@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // ModuleRoot walks up from the working directory (a package directory under
@@ -52,8 +53,9 @@ func BuildProvision(dir string, tags ...string) (string, error) {
 	if RaceEnabled {
 		args = append(args, "-race")
 	}
-	for _, t := range tags {
-		args = append(args, "-tags", t)
+	if len(tags) > 0 {
+		// One -tags flag with every tag: go build keeps only the last flag.
+		args = append(args, "-tags", strings.Join(tags, ","))
 	}
 	cmd := exec.Command(GoTool(), append(args, "./cmd/provision")...)
 	cmd.Dir = root

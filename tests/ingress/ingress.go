@@ -359,11 +359,7 @@ func Require(tb testing.TB, kind Kind) string {
 	if err == nil {
 		return p
 	}
-	msg := fmt.Sprintf("!!! %s NOT INSTALLED: this integration test needs the real program; install it with `apt-get install -y %s` (CI installs %v) !!!", prog, prog, DebianPackages)
-	if os.Getenv("CI") == "true" {
-		tb.Fatal(msg)
-	}
-	tb.Skip(msg)
+	testenv.SkipOrFail(tb, "!!! %s NOT INSTALLED: this integration test needs the real program; install it with `apt-get install -y %s` (CI installs %v) !!!", prog, prog, DebianPackages)
 	return ""
 }
 
