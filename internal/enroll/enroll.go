@@ -46,10 +46,15 @@ import (
 	"github.com/gpuaas/provision/internal/retry"
 )
 
-func init() {
-	// A step identity under $STEPPATH on the node must never be presented to
-	// the CA instead of the credentials provision manages.
+// newCAClient builds the smallstep client. ca.DisableIdentity is a global
+// of that package, set here where the client is built rather than at
+// import time: a step identity under $STEPPATH on the node (left by an
+// operator's `step ca bootstrap`) must never be presented to the CA instead
+// of the credentials provision manages, and the client would otherwise
+// load it into every request's TLS config.
+func newCAClient(url string, opts ...ca.ClientOption) (*ca.Client, error) {
 	ca.DisableIdentity = true
+	return ca.NewClient(url, opts...)
 }
 
 // Kind says what went wrong talking to the CA, for the classifier.
@@ -430,7 +435,7 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 
 	pinned := c.transport(&tls.Config{RootCAs: roots.Pool(), ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
 	rc := retry.NewClient(pinned, retry.CheckSign, c.Retries, c.Policy)
-	client, err := ca.NewClient(c.URL.String(), ca.WithTransport(&retryablehttp.RoundTripper{Client: rc}), ca.WithTimeout(c.Timeout))
+	client, err := newCAClient(c.URL.String(), ca.WithTransport(&retryablehttp.RoundTripper{Client: rc}), ca.WithTimeout(c.Timeout))
 	if err != nil {
 		return nil, &Error{Kind: Unreachable, Op: "sign", Err: err}
 	}
