@@ -53,9 +53,11 @@ import (
 // of the credentials provision manages, and the client would otherwise
 // load it into every request's TLS config.
 func newCAClient(url string, opts ...ca.ClientOption) (*ca.Client, error) {
-	ca.DisableIdentity = true
+	disableIdentity.Do(func() { ca.DisableIdentity = true }) // once: concurrent clients must not race on it
 	return ca.NewClient(url, opts...)
 }
+
+var disableIdentity sync.Once
 
 // Kind says what went wrong talking to the CA, for the classifier.
 type Kind string
