@@ -22,24 +22,21 @@ both to the node (the token 0600 on /run), turns off cloud-init's
 manage_etc_hosts and runs provision.service so a failure is visible to
 cloud-init. The token appears only in its own write_files entry.
 
-Extra flags:
-  --token-file PATH   file holding the node's one-time token (required)
-  --out PATH          write the user-data here instead of stdout: always mode
-                      0600 (an existing file is replaced atomically, whatever
-                      its mode); a symbolic link at PATH is refused
-
 Examples:
   provision userdata --config node-0042.toml --token-file token.jwt > user-data.yaml
   provision userdata --config node-0042.toml --token-file token.jwt --out user-data.yaml
 `,
+	flags: func(f *flags) {
+		f.fs.StringVar(&f.tokenFile, "token-file", "", "`path` of the file holding the node's one-time token (required)")
+		f.fs.StringVar(&f.out, "out", "", "write the user-data to `path` instead of stdout: always mode 0600, an existing file replaced atomically whatever its mode; a symbolic link there is refused")
+	},
 }
 
 func init() { userdataCmd.run = runUserdata }
 
 func runUserdata(_ context.Context, env *runEnv, args []string) int {
-	f := newFlags(userdataCmd, env, false)
-	tokenFile := f.fs.String("token-file", "", "file holding the node's one-time token")
-	out := f.fs.String("out", "", "write the user-data to `path` (0600) instead of stdout")
+	f := newFlags(userdataCmd, env)
+	tokenFile, out := &f.tokenFile, &f.out
 	if code, ok := f.parse(env, args); !ok {
 		return code
 	}
