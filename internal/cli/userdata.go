@@ -22,6 +22,16 @@ both to the node (the token 0600 on /run), turns off cloud-init's
 manage_etc_hosts and runs provision.service so a failure is visible to
 cloud-init. The token appears only in its own write_files entry.
 
+When the config moves state_dir, pki_dir, hosts_file or the token file out of
+what provision.service may write (/etc, /var/lib/provision, /run/provision),
+the user-data also writes systemd drop-ins,
+/etc/systemd/system/provision{,-verify}.service.d/provision-paths.conf, whose
+ReadWritePaths= open exactly those paths (provision.service creates a moved
+state_dir or pki_dir 0700 before it starts), and its runcmd reloads systemd
+before the start. A path the units keep read-only or hidden (under /usr,
+/boot, /efi, /proc, /sys, /dev, /home, /root, /run/user, /tmp, /var/tmp, or /
+itself) is refused (exit 3).
+
 Examples:
   provision userdata --config node-0042.toml --token-file token.jwt > user-data.yaml
   provision userdata --config node-0042.toml --token-file token.jwt --out user-data.yaml
