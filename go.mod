@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/BurntSushi/toml v1.6.0
 	github.com/google/renameio/v2 v2.0.2
+	github.com/gpuaas/provision/clientcert v0.0.0
 	github.com/hashicorp/go-retryablehttp v0.7.8
 	github.com/prometheus/client_golang v1.23.2
 	github.com/smallstep/certificates v0.30.2
@@ -158,3 +159,7 @@ tool (
 	github.com/goreleaser/nfpm/v2/cmd/nfpm
 	honnef.co/go/tools/cmd/staticcheck
 )
+
+// clientcert is its own module (API teams import it without this module's
+// graph); in this repository it is always the copy next to this file.
+replace github.com/gpuaas/provision/clientcert => ./clientcert

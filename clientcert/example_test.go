@@ -58,7 +58,7 @@ func Example() {
 		}),
 		clientcert.MiddlewareOptions{
 			Expected: func(r *http.Request) string { return r.PathValue("node_id") },
-			Logger:   slog.New(slog.DiscardHandler),
+			Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		}))
 
 	call := func(remote, node, forwarded string) {

@@ -44,7 +44,18 @@ import (
 //go:embed user-data.yaml.tmpl
 var Template string
 
-var tmpl = template.Must(template.New("user-data").Option("missingkey=error").Parse(Template))
+var tmpl = template.Must(template.New("user-data").Option("missingkey=error").Funcs(template.FuncMap{
+	// indent makes a text the body of a YAML block scalar in write_files.
+	"indent": func(s string) string {
+		lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+		for i, l := range lines {
+			if l != "" {
+				lines[i] = "      " + l
+			}
+		}
+		return strings.Join(lines, "\n")
+	},
+}).Parse(Template))
 
 // ConfigPath is where the user-data writes the provision config. It is fixed
 // because provision.service reads exactly this file.
@@ -97,6 +108,94 @@ type Params struct {
 type data struct {
 	Params
 	ConfigPath string
+	DropIns    []DropIn
+}
+
+// DropIn is a systemd drop-in the user-data writes so that a unit's sandbox
+// lets provision write where the config says.
+type DropIn struct {
+	Path    string // /etc/systemd/system/<unit>.d/provision-paths.conf
+	Content string
+}
+
+// What the packaged units may write (deploy/systemd: ReadWritePaths= and
+// StateDirectory=); each unit is ProtectSystem=strict otherwise.
+var (
+	serviceWritable = []string{"/etc", "/var/lib/provision", "/run/provision"}
+	verifyWritable  = []string{"/var/lib/provision/tasks"}
+	// Paths a drop-in cannot or must not open up: the OS itself, kernel
+	// interfaces, and what the units hide (ProtectHome=, PrivateTmp=).
+	sandboxed = []string{"/usr", "/boot", "/efi", "/proc", "/sys", "/dev", "/home", "/root", "/run/user", "/tmp", "/var/tmp"}
+)
+
+const dropInName = "provision-paths.conf"
+
+func under(p string, dirs []string) (string, bool) {
+	for _, d := range dirs {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return d, true
+		}
+	}
+	return "", false
+}
+
+// DropIns returns the drop-ins the units need for p's paths: none with the
+// default paths. A path the units' sandbox must keep out of reach is an
+// error naming the parameter.
+func (p Params) DropIns() ([]DropIn, error) {
+	p = p.withDefaults()
+	type need struct {
+		name, value, path string
+		dir               bool // provision creates it (0700); else it must exist
+	}
+	needs := []need{
+		{"HostsFile", p.HostsFile, path.Dir(p.HostsFile), false}, // a temp file there is renamed over it
+		{"StateDir", p.StateDir, p.StateDir, true},
+		{"PKIDir", p.PKIDir, p.PKIDir, true},
+		{"TokenFile", p.TokenFile, path.Dir(p.TokenFile), false}, // deleted after use
+	}
+	var unit, extra []string
+	for _, n := range needs {
+		if d, bad := under(n.path, sandboxed); bad || n.path == "/" {
+			what := "under " + d + ", which the provision units keep read-only or hidden (ProtectSystem=strict, ProtectHome=, PrivateTmp=, PrivateDevices=)"
+			if n.path == "/" {
+				what = "the filesystem root: making it writable would undo the units' whole sandbox"
+			}
+			return nil, fmt.Errorf("cloudinit: %s %q: provision must write in %s, which is %s; choose a path under /var/lib, /srv, /opt or /etc", n.name, n.value, n.path, what)
+		}
+		if _, ok := under(n.path, serviceWritable); ok {
+			continue
+		}
+		if n.dir {
+			// ReadWritePaths= needs the directory to exist when the unit
+			// starts; ProtectSystem=strict would stop provision creating it.
+			extra = append(extra, "ExecStartPre=+/bin/mkdir -p -m 0700 "+n.path)
+			unit = append(unit, "ReadWritePaths="+n.path)
+		} else {
+			unit = append(unit, "ReadWritePaths=-"+n.path)
+		}
+	}
+	var out []DropIn
+	header := "# Written by cloud-init from `provision userdata`: the config moves paths\n# provision writes, and this lets the unit's sandbox write there.\n"
+	if len(unit) > 0 || p.StateDir != DefaultStateDir {
+		var b strings.Builder
+		b.WriteString(header)
+		if p.StateDir != DefaultStateDir {
+			// The done marker lives in state_dir: reset the packaged
+			// condition and check the marker where it is written.
+			fmt.Fprintf(&b, "[Unit]\nConditionPathExists=\nConditionPathExists=!%s/done/%%m\n\n", p.StateDir)
+		}
+		b.WriteString("[Service]\n")
+		for _, l := range append(unit, extra...) {
+			b.WriteString(l + "\n")
+		}
+		out = append(out, DropIn{Path: "/etc/systemd/system/provision.service.d/" + dropInName, Content: b.String()})
+	}
+	if tasks := p.StateDir + "/tasks"; !func() bool { _, ok := under(tasks, verifyWritable); return ok }() {
+		out = append(out, DropIn{Path: "/etc/systemd/system/provision-verify.service.d/" + dropInName,
+			Content: header + "[Service]\nReadWritePaths=-" + tasks + "\n"})
+	}
+	return out, nil
 }
 
 // Render validates p and writes the #cloud-config user-data to w. Nothing is
@@ -106,13 +205,17 @@ func Render(w io.Writer, p Params) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
+	dropIns, err := p.DropIns()
+	if err != nil {
+		return err
+	}
 	var b strings.Builder
-	if err := tmpl.Execute(&b, data{Params: p, ConfigPath: ConfigPath}); err != nil {
+	if err := tmpl.Execute(&b, data{Params: p, ConfigPath: ConfigPath, DropIns: dropIns}); err != nil {
 		// The template only reads validated fields; an error here is a bug,
 		// and text/template errors never include field values.
 		return fmt.Errorf("cloudinit: render template: %w", err)
 	}
-	_, err := io.WriteString(w, b.String())
+	_, err = io.WriteString(w, b.String())
 	return err
 }
 

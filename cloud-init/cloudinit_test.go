@@ -54,6 +54,18 @@ var goldens = []struct {
 		Deadline:       "30m",
 		RequestTimeout: "10s",
 	}},
+	// state_dir, pki_dir and the hosts file moved out of what the units may
+	// write: drop-ins open exactly those paths, runcmd reloads systemd first.
+	{"testdata/moved-paths.golden.yaml", movedParams()},
+}
+
+func movedParams() Params {
+	p := ExampleParams()
+	p.Token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJncHUtMDA0MiJ9.c2ln"
+	p.StateDir = "/srv/provision"
+	p.PKIDir = "/srv/pki/provision"
+	p.HostsFile = "/var/lib/hosts-override/hosts"
+	return p
 }
 
 func render(t *testing.T, p Params) []byte {
@@ -187,11 +199,25 @@ func checkRendered(t *testing.T, p Params, b []byte) {
 	if ud.ManageEtcHosts == nil || *ud.ManageEtcHosts {
 		t.Errorf("manage_etc_hosts must be present and false")
 	}
-	if want := [][]string{{"systemctl", "start", "provision.service"}}; !reflect.DeepEqual(ud.Runcmd, want) {
+	dropIns, err := p.DropIns()
+	if err != nil {
+		t.Fatalf("DropIns after a successful Render: %v", err)
+	}
+	want := [][]string{{"systemctl", "start", "provision.service"}}
+	if len(dropIns) > 0 {
+		want = [][]string{{"sh", "-c", "systemctl daemon-reload && exec systemctl start provision.service"}}
+	}
+	if !reflect.DeepEqual(ud.Runcmd, want) {
 		t.Errorf("runcmd = %q, want exactly %q", ud.Runcmd, want)
 	}
-	if len(ud.WriteFiles) != 2 {
-		t.Fatalf("write_files has %d entries, want 2 (config, token)", len(ud.WriteFiles))
+	if len(ud.WriteFiles) != 2+len(dropIns) {
+		t.Fatalf("write_files has %d entries, want %d (config, token, drop-ins)", len(ud.WriteFiles), 2+len(dropIns))
+	}
+	for i, d := range dropIns {
+		e := ud.WriteFiles[2+i]
+		if e.Path != d.Path || e.Content != d.Content || e.Permissions != "0644" || e.Owner != "root:root" {
+			t.Errorf("drop-in entry %d = %+v, want %+v", i, e, d)
+		}
 	}
 	cfg, tok := ud.WriteFiles[0], ud.WriteFiles[1]
 	if cfg.Path != ConfigPath || cfg.Permissions != "0644" || cfg.Owner != "root:root" || cfg.Defer {
@@ -369,5 +395,75 @@ func TestZeroWaitTimeoutRenders(t *testing.T) {
 	}
 	if c.NodeAPI.WaitTimeout.Duration != 0 {
 		t.Fatalf("wait_timeout = %s, want 0s", c.NodeAPI.WaitTimeout)
+	}
+}
+
+// TestDropIns: each moved path is opened in exactly the unit that writes it,
+// a directory provision creates is made before the unit starts, the done
+// marker condition follows state_dir, and the default paths need nothing.
+func TestDropIns(t *testing.T) {
+	if d, err := ExampleParams().DropIns(); err != nil || len(d) != 0 {
+		t.Fatalf("default paths: drop-ins %v, %v; want none", d, err)
+	}
+	d, err := movedParams().DropIns()
+	if err != nil || len(d) != 2 {
+		t.Fatalf("moved paths: %v, %v", d, err)
+	}
+	svc, ver := d[0], d[1]
+	if svc.Path != "/etc/systemd/system/provision.service.d/provision-paths.conf" || ver.Path != "/etc/systemd/system/provision-verify.service.d/provision-paths.conf" {
+		t.Errorf("drop-in paths %q %q", svc.Path, ver.Path)
+	}
+	for _, l := range []string{
+		"ConditionPathExists=\nConditionPathExists=!/srv/provision/done/%m\n",
+		"ReadWritePaths=-/var/lib/hosts-override\n", "ReadWritePaths=/srv/provision\n", "ReadWritePaths=/srv/pki/provision\n",
+		"ExecStartPre=+/bin/mkdir -p -m 0700 /srv/provision\n", "ExecStartPre=+/bin/mkdir -p -m 0700 /srv/pki/provision\n",
+	} {
+		if !strings.Contains(svc.Content, l) {
+			t.Errorf("provision.service drop-in lacks %q:\n%s", l, svc.Content)
+		}
+	}
+	if strings.Contains(svc.Content, "/run/provision") || strings.Contains(svc.Content, "ReadWritePaths=/etc") {
+		t.Errorf("drop-in repeats a path the unit already writes:\n%s", svc.Content)
+	}
+	if !strings.HasSuffix(ver.Content, "[Service]\nReadWritePaths=-/srv/provision/tasks\n") {
+		t.Errorf("verify drop-in:\n%s", ver.Content)
+	}
+	// Only the pki_dir moved: the service gets it, verify and the
+	// condition need nothing.
+	p := ExampleParams()
+	p.PKIDir = "/srv/pki"
+	if d, err := p.DropIns(); err != nil || len(d) != 1 || strings.Contains(d[0].Content, "Condition") || !strings.Contains(d[0].Content, "ReadWritePaths=/srv/pki\n") {
+		t.Errorf("pki_dir only: %+v, %v", d, err)
+	}
+}
+
+// TestDropInsRefuse: a path the sandbox must keep read-only or hidden is
+// refused with the parameter, its value and what to do, and nothing is
+// rendered.
+func TestDropInsRefuse(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		set  func(*Params)
+		want string
+	}{
+		{"state under /usr", func(p *Params) { p.StateDir = "/usr/local/provision" }, `StateDir "/usr/local/provision"`},
+		{"pki in /tmp", func(p *Params) { p.PKIDir = "/tmp/pki" }, `PKIDir "/tmp/pki"`},
+		{"state in a home", func(p *Params) { p.StateDir = "/root/provision" }, `StateDir "/root/provision"`},
+		{"hosts file at the root", func(p *Params) { p.HostsFile = "/hosts" }, `HostsFile "/hosts": provision must write in /, which is the filesystem root`},
+		{"hosts file under /boot", func(p *Params) { p.HostsFile = "/boot/hosts" }, `HostsFile "/boot/hosts"`},
+		{"token under /run/user", func(p *Params) { p.TokenFile = "/run/user/0/token" }, `TokenFile "/run/user/0/token"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := ExampleParams()
+			c.set(&p)
+			var b bytes.Buffer
+			err := Render(&b, p)
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "choose a path") {
+				t.Fatalf("Render: %v; want an error containing %q", err, c.want)
+			}
+			if b.Len() != 0 {
+				t.Errorf("Render wrote %d bytes despite the error", b.Len())
+			}
+		})
 	}
 }

@@ -2,17 +2,27 @@ package packaging
 
 import (
 	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/gpuaas/provision/internal/cli"
 	"github.com/gpuaas/provision/internal/testenv"
 )
 
-const testVersion = "1.2.3+pkgtest"
+const (
+	testVersion    = "1.2.3+pkgtest"
+	upgradeVersion = "1.2.4+pkgtest"
+	testCommit     = "0123456789abcdef0123456789abcdef01234567"
+)
 
 func run(t *testing.T, dir string, env []string, name string, args ...string) (stdout string, stderr string, err error) {
 	t.Helper()
@@ -42,6 +52,56 @@ var shipped = map[string]string{
 	"usr/share/doc/provision/logging.md":                             "../docs/logging.md",
 	"usr/lib/systemd/system/provision.service.d/metrics.conf":        "../deploy/systemd/provision.service.d/metrics.conf",
 	"usr/lib/systemd/system/provision-verify.service.d/metrics.conf": "../deploy/systemd/provision-verify.service.d/metrics.conf",
+	"usr/share/doc/provision/copyright":                              "copyright",
+	"usr/share/lintian/overrides/provision":                          "lintian-overrides",
+}
+
+// generated are the installed files build-deb.sh generates (man pages,
+// completions, changelog); each is checked below against what it comes from.
+func generated() []string {
+	g := []string{
+		"usr/share/doc/provision/changelog.gz",
+		"usr/share/bash-completion/completions/provision",
+		"usr/share/zsh/vendor-completions/_provision",
+		"usr/share/man/man1/provision.1.gz",
+	}
+	for _, c := range cli.CommandNames() {
+		g = append(g, "usr/share/man/man1/provision-"+c+".1.gz")
+	}
+	return g
+}
+
+// build runs build-deb.sh for version and returns the .deb's path.
+func build(t *testing.T, out, version string) string {
+	t.Helper()
+	stdout, stderr, err := run(t, "..", []string{"OUT_DIR=" + out, "VERSION=" + version, "COMMIT=" + testCommit, "SOURCE_DATE_EPOCH=1772323200"}, "sh", "packaging/build-deb.sh")
+	if err != nil {
+		t.Fatalf("build-deb.sh: %v\n%s%s", err, stdout, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	deb := lines[len(lines)-1]
+	if want := filepath.Join(out, "provision_"+version+"_"+runtime.GOARCH+".deb"); deb != want {
+		t.Fatalf("build-deb.sh printed %q, want %q", deb, want)
+	}
+	return deb
+}
+
+func gunzip(t *testing.T, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	b, err := io.ReadAll(z)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return b
 }
 
 func TestDeb(t *testing.T) {
@@ -50,15 +110,7 @@ func TestDeb(t *testing.T) {
 	dpkg := testenv.RequireProgram(t, "dpkg", "dpkg")
 
 	out := t.TempDir()
-	stdout, stderr, err := run(t, "..", []string{"OUT_DIR=" + out, "VERSION=" + testVersion}, "sh", "packaging/build-deb.sh")
-	if err != nil {
-		t.Fatalf("build-deb.sh: %v\n%s%s", err, stdout, stderr)
-	}
-	lines := strings.Split(strings.TrimSpace(stdout), "\n")
-	deb := lines[len(lines)-1]
-	if want := filepath.Join(out, "provision_"+testVersion+"_"+runtime.GOARCH+".deb"); deb != want {
-		t.Fatalf("build-deb.sh printed %q, want %q", deb, want)
-	}
+	deb := build(t, out, testVersion)
 
 	t.Run("control", func(t *testing.T) {
 		o, e, err := run(t, ".", nil, dpkgDeb, "-f", deb, "Package", "Version", "Architecture", "Section")
@@ -69,14 +121,60 @@ func TestDeb(t *testing.T) {
 		if o != want {
 			t.Errorf("control fields:\n%s\nwant:\n%s", o, want)
 		}
-		o, e, err = run(t, ".", nil, dpkgDeb, "-I", deb)
-		if err != nil {
-			t.Fatalf("dpkg-deb -I: %v %s", err, e)
+		// The maintainer scripts are the repository's, and none of them
+		// enables or starts a unit: the image or cloud-init decides.
+		ctrl := t.TempDir()
+		if o, e, err := run(t, ".", nil, dpkgDeb, "-e", deb, ctrl); err != nil {
+			t.Fatalf("dpkg-deb -e: %v %s%s", err, o, e)
 		}
-		for _, script := range []string{"preinst", "postinst", "prerm", "postrm"} {
-			if strings.Contains(o, " "+script) {
-				t.Errorf("package has a %s script; it must not change a machine on install:\n%s", script, o)
+		if _, err := os.Stat(filepath.Join(ctrl, "preinst")); err == nil {
+			t.Errorf("package has a preinst; it needs none")
+		}
+		starts := regexp.MustCompile(`systemctl[^\n]*\b(enable|start|restart|reenable|preset)\b|deb-systemd-helper[^\n]*\benable\b|deb-systemd-invoke[^\n]*\b(start|restart)\b`)
+		for _, script := range []string{"postinst", "prerm", "postrm"} {
+			got, err := os.ReadFile(filepath.Join(ctrl, script))
+			if err != nil {
+				t.Errorf("package has no %s: %v", script, err)
+				continue
 			}
+			want, _ := os.ReadFile(filepath.Join("scripts", script))
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s in the package differs from packaging/scripts/%s", script, script)
+			}
+			for _, line := range strings.Split(string(got), "\n") {
+				if m := starts.FindString(line); m != "" && !strings.HasPrefix(strings.TrimSpace(line), "#") {
+					t.Errorf("%s enables or starts a unit: %q", script, line)
+				}
+			}
+		}
+	})
+
+	t.Run("lintian", func(t *testing.T) {
+		lintian := testenv.RequireProgram(t, "lintian", "lintian")
+		o, e, err := run(t, ".", nil, lintian, "--fail-on", "error,warning", "--display-info", deb)
+		var bad []string
+		for _, l := range strings.Split(o+e, "\n") {
+			// An override that matches nothing is reported as info; it
+			// would hide nothing and mislead, so it fails too.
+			if strings.HasPrefix(l, "E: ") || strings.HasPrefix(l, "W: ") || strings.Contains(l, "unused-override") || strings.Contains(l, "mismatched-override") {
+				bad = append(bad, l)
+			}
+		}
+		if err != nil || len(bad) > 0 {
+			t.Errorf("lintian %s: %v; errors and warnings:\n%s\nfull output:\n%s%s", filepath.Base(deb), err, strings.Join(bad, "\n"), o, e)
+		}
+		t.Logf("lintian --fail-on error,warning --display-info: exit 0, no errors or warnings; output:\n%s", strings.TrimSpace(o))
+		// Every override says why, in a comment right above it.
+		b, err := os.ReadFile("lintian-overrides")
+		if err != nil {
+			t.Fatal(err)
+		}
+		prev := ""
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if !strings.HasPrefix(l, "#") && !strings.HasPrefix(prev, "#") {
+				t.Errorf("lintian override %q has no reason (a comment) above it", l)
+			}
+			prev = l
 		}
 	})
 
@@ -94,8 +192,6 @@ func TestDeb(t *testing.T) {
 		}
 		want := map[string]string{
 			"usr/bin/provision":                        "-rwxr-xr-x root/root",
-			"var/lib/provision/":                       "drwx------ root/root",
-			"etc/provision/":                           "drwxr-xr-x root/root",
 			"usr/lib/systemd/system/provision.service": "-rw-r--r-- root/root",
 		}
 		for p := range shipped {
@@ -103,19 +199,28 @@ func TestDeb(t *testing.T) {
 				want[p] = "-rw-r--r-- root/root"
 			}
 		}
+		for _, p := range generated() {
+			want[p] = "-rw-r--r-- root/root"
+		}
 		for p, m := range want {
 			if modes[p] != m {
 				t.Errorf("%s: got %q, want %q", p, modes[p], m)
 			}
 		}
-		if _, ok := modes["etc/provision/provision.toml"]; ok {
-			t.Errorf("the package must not ship /etc/provision/provision.toml (per-node, written by cloud-init)")
+		// The units' StateDirectory= creates /var/lib/provision; the config
+		// directory is the node's (cloud-init writes it).
+		for _, p := range []string{"var/lib/provision/", "etc/provision/", "etc/provision/provision.toml"} {
+			if _, ok := modes[p]; ok {
+				t.Errorf("the package must not ship /%s", p)
+			}
 		}
 	})
 
 	// Install into a scratch root: dpkg keeps its database under the scratch
-	// admindir and unpacks under instdir; with no maintainer scripts nothing
-	// is run in a chroot, so no base system is needed there.
+	// admindir and unpacks under instdir, and runs the maintainer scripts
+	// without chroot (there is no base system there) with DPKG_ROOT set to
+	// the scratch root, which the scripts prefix to every path they touch
+	// (and which keeps them away from the machine's systemd).
 	root := t.TempDir()
 	admin := filepath.Join(root, "var/lib/dpkg")
 	for _, d := range []string{"info", "updates", "triggers"} {
@@ -128,9 +233,14 @@ func TestDeb(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if o, e, err := run(t, ".", nil, dpkg, "--instdir="+root, "--admindir="+admin, "--force-not-root", "--log=/dev/null", "-i", deb); err != nil {
-		t.Fatalf("dpkg -i into scratch root: %v\n%s%s", err, o, e)
+	dpkgIn := func(args ...string) {
+		t.Helper()
+		a := append([]string{"--instdir=" + root, "--admindir=" + admin, "--force-not-root", "--force-script-chrootless", "--log=/dev/null"}, args...)
+		if o, e, err := run(t, ".", nil, dpkg, a...); err != nil {
+			t.Fatalf("dpkg %s in the scratch root: %v\n%s%s", strings.Join(args, " "), err, o, e)
+		}
 	}
+	dpkgIn("-i", deb)
 	if o, _, err := run(t, ".", nil, dpkg, "--admindir="+admin, "-s", "provision"); err != nil || !strings.Contains(o, "Status: install ok installed") || !strings.Contains(o, "Version: "+testVersion) {
 		t.Fatalf("dpkg -s provision after install: %v\n%s", err, o)
 	}
@@ -161,8 +271,21 @@ func TestDeb(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s version: %v\nstdout: %s\nstderr: %s", bin, err, o, e)
 		}
-		if !strings.Contains(o, testVersion) {
-			t.Errorf("provision version printed %q, want it to contain %q", o, testVersion)
+		if !strings.HasPrefix(o, "provision "+testVersion+"\n") {
+			t.Errorf("provision version printed %q, want it to start with provision %s", o, testVersion)
+		}
+		o, e, err = run(t, ".", nil, bin, "version", "--format", "json")
+		var v map[string]string
+		if err != nil || json.Unmarshal([]byte(o), &v) != nil {
+			t.Fatalf("version --format json: %v\n%s%s", err, o, e)
+		}
+		gomod, err := os.ReadFile("../go.mod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pin := regexp.MustCompile(`(?m)^\s*github.com/smallstep/certificates (v\S+)`).FindSubmatch(gomod)
+		if v["version"] != testVersion || v["commit"] != testCommit || pin == nil || v["step_ca_client_version"] != string(pin[1]) || !strings.HasPrefix(v["go_version"], "go1.") {
+			t.Errorf("version --format json = %v; want version %s, commit %s, the step-ca client go.mod pins (%s)", v, testVersion, testCommit, pin)
 		}
 	})
 	t.Run("help", func(t *testing.T) {
@@ -174,6 +297,36 @@ func TestDeb(t *testing.T) {
 			if !strings.Contains(o+e, cmd) {
 				t.Errorf("provision --help does not mention %q:\n%s%s", cmd, o, e)
 			}
+		}
+	})
+	// The installed man pages against the installed binary's --help: built
+	// from the same help text, so every line of it is in the page.
+	t.Run("man pages match --help", func(t *testing.T) {
+		for _, c := range append([]string{""}, cli.CommandNames()...) {
+			page, args := "provision.1.gz", []string{"--help"}
+			if c != "" {
+				page, args = "provision-"+c+".1.gz", []string{c, "--help"}
+			}
+			help, e, err := run(t, ".", nil, bin, args...)
+			if err != nil {
+				t.Fatalf("provision %v: %v %s", args, err, e)
+			}
+			man := testenv.RenderMan(t, gunzip(t, filepath.Join(root, "usr/share/man/man1", page)))
+			if missing := testenv.MissingHelpLines(man, help); len(missing) > 0 {
+				t.Errorf("installed %s lacks lines of 'provision %s':\n%s", page, strings.Join(args, " "), strings.Join(missing, "\n"))
+			}
+		}
+	})
+	t.Run("generated files", func(t *testing.T) {
+		if b, err := os.ReadFile(filepath.Join(root, "usr/share/bash-completion/completions/provision")); err != nil || !bytes.Equal(b, cli.BashCompletion()) {
+			t.Errorf("installed bash completion is not the generated one (%v)", err)
+		}
+		if b, err := os.ReadFile(filepath.Join(root, "usr/share/zsh/vendor-completions/_provision")); err != nil || !bytes.Equal(b, cli.ZshCompletion()) {
+			t.Errorf("installed zsh completion is not the generated one (%v)", err)
+		}
+		cl := string(gunzip(t, filepath.Join(root, "usr/share/doc/provision/changelog.gz")))
+		if !strings.HasPrefix(cl, "provision ("+testVersion+") ") || !strings.Contains(cl, testCommit) || !strings.Contains(cl, "Sun, 01 Mar 2026 00:00:00 +0000") {
+			t.Errorf("changelog:\n%s", cl)
 		}
 	})
 
@@ -211,4 +364,118 @@ func TestDeb(t *testing.T) {
 			t.Fatalf("systemd-analyze verify --root on the installed units: %v\n%s%s", err, o, e)
 		}
 	})
+	// A node that has bootstrapped: what provision wrote (state, PKI, the
+	// token it did not get to delete), what cloud-init wrote (the config)
+	// and the links `systemctl enable` made in the image.
+	state := map[string]string{
+		"var/lib/provision/pki/gen-1/key.pem":     "PRIVATE KEY",
+		"var/lib/provision/pki/gen-1/cert.pem":    "CERT",
+		"var/lib/provision/receipt.json":          "{}",
+		"var/lib/provision/done/0123456789abcdef": "",
+		"run/provision/token":                     "eyJ.token",
+	}
+	config := map[string]string{
+		"etc/provision/provision.toml":                         "node_id = \"gpu-0042\"\n",
+		"etc/systemd/system/provision.service.d/paths.conf":    "[Service]\n",
+		"etc/systemd/system/provision-verify.service.d/x.conf": "[Service]\n",
+	}
+	links := map[string]string{
+		"etc/systemd/system/multi-user.target.wants/provision.service":  "/usr/lib/systemd/system/provision.service",
+		"etc/systemd/system/timers.target.wants/provision-verify.timer": "/usr/lib/systemd/system/provision-verify.timer",
+	}
+	for _, m := range []map[string]string{state, config} {
+		for p, text := range m {
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(root, p), []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for p, target := range links {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, filepath.Join(root, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exists := func(p string) bool {
+		_, err := os.Lstat(filepath.Join(root, p))
+		return err == nil
+	}
+	status := func() string {
+		o, _, _ := run(t, ".", nil, dpkg, "--admindir="+admin, "-s", "provision")
+		return o
+	}
+
+	// Upgrade: the new binary is in place, the node's state untouched.
+	deb2 := build(t, out, upgradeVersion)
+	dpkgIn("-i", deb2)
+	if o, _, err := run(t, ".", nil, bin, "version"); err != nil || !strings.HasPrefix(o, "provision "+upgradeVersion+"\n") {
+		t.Errorf("after the upgrade provision version = %q (%v), want %s", o, err, upgradeVersion)
+	}
+	for p := range state {
+		if !exists(p) {
+			t.Errorf("the upgrade removed /%s", p)
+		}
+	}
+
+	// Remove: the package's files go, the keys and state stay.
+	dpkgIn("-r", "provision")
+	if st := status(); !strings.Contains(st, "Status: deinstall ok config-files") {
+		t.Errorf("dpkg -s after remove:\n%s", st)
+	}
+	for _, p := range append([]string{"usr/bin/provision", "usr/lib/systemd/system/provision.service", "usr/share/man/man1/provision.1.gz"}, generated()...) {
+		if exists(p) {
+			t.Errorf("/%s is still there after dpkg -r", p)
+		}
+	}
+	for _, m := range []map[string]string{state, config, links} {
+		for p := range m {
+			if !exists(p) {
+				t.Errorf("dpkg -r removed /%s; remove must keep the node's keys, state and config", p)
+			}
+		}
+	}
+
+	// Purge: provision's state, PKI, token and enablement links go; the
+	// config cloud-init wrote stays. Nothing else of the package remains.
+	dpkgIn("-P", "provision")
+	if st := status(); strings.Contains(st, "Status:") && !strings.Contains(st, "not-installed") {
+		t.Errorf("dpkg -s after purge:\n%s", st)
+	}
+	for _, m := range []map[string]string{state, links} {
+		for p := range m {
+			if exists(p) {
+				t.Errorf("/%s is still there after dpkg -P", p)
+			}
+		}
+	}
+	for _, p := range []string{"var/lib/provision", "run/provision"} {
+		if exists(p) {
+			t.Errorf("/%s is still there after dpkg -P", p)
+		}
+	}
+	for p := range config {
+		if !exists(p) {
+			t.Errorf("dpkg -P removed /%s, which cloud-init or the operator wrote", p)
+		}
+	}
+	var left []string
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		rel, _ := filepath.Rel(root, path)
+		switch {
+		case err != nil || rel == "." || d.IsDir():
+		case strings.HasPrefix(rel, "var/lib/dpkg/"), config[rel] != "":
+		case strings.HasPrefix(rel, "etc/systemd/system/") && strings.HasSuffix(rel, ".target"): // copied for systemd-analyze
+		default:
+			left = append(left, rel)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Errorf("after dpkg -P these files remain in the root:\n%s", strings.Join(left, "\n"))
+	}
 }

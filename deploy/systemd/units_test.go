@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -262,5 +264,92 @@ func TestMetricsDropIns(t *testing.T) {
 	ok, ours, all := analyze(t, dir, files)
 	if !ok || len(ours) > 0 {
 		t.Fatalf("systemd-analyze verify with the drop-ins failed (ok=%v):\n%s", ok, all)
+	}
+}
+
+// maxExposure is the highest `systemd-analyze security` overall exposure a
+// service may have (0 is the most locked down, 10 the least). doc.go says
+// why each remaining point stays.
+const maxExposure = 2.0
+
+var exposureRe = regexp.MustCompile(`Overall exposure level for (\S+): ([0-9.]+)`)
+
+// exposure runs systemd-analyze security --offline on a staged unit and
+// returns its score.
+func exposure(t *testing.T, dir, file string) (float64, string) {
+	t.Helper()
+	sa := testenv.RequireProgram(t, "systemd-analyze", "systemd")
+	cmd := exec.Command(sa, "security", "--offline=true", "--no-pager", file)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	m := exposureRe.FindSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("systemd-analyze security --offline=true %s: %v\n%s", file, err, out)
+	}
+	score, err := strconv.ParseFloat(string(m[2]), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return score, string(out)
+}
+
+// TestSecurityExposure: every service scores at most maxExposure.
+func TestSecurityExposure(t *testing.T) {
+	dir, files := stage(t, nil)
+	for _, f := range files {
+		if !strings.HasSuffix(f, ".service") {
+			continue
+		}
+		score, out := exposure(t, dir, f)
+		t.Logf("%s: systemd-analyze security exposure %.1f (max %.1f)", filepath.Base(f), score, maxExposure)
+		if score > maxExposure {
+			t.Errorf("%s: exposure %.1f is above %.1f:\n%s", filepath.Base(f), score, maxExposure, out)
+		}
+	}
+}
+
+// TestSecurityExposureCatchesRegression proves the check above can fail:
+// without its system-call filter and with capabilities back, a unit scores
+// above the maximum.
+func TestSecurityExposureCatchesRegression(t *testing.T) {
+	dir, files := stage(t, func(name, text string) string {
+		text = regexp.MustCompile(`(?m)^SystemCallFilter=.*\n`).ReplaceAllString(text, "")
+		return strings.Replace(text, "\nCapabilityBoundingSet=\n", "\nCapabilityBoundingSet=CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER\n", 1)
+	})
+	for _, f := range files {
+		if strings.HasSuffix(f, ".service") {
+			if score, out := exposure(t, dir, f); score <= maxExposure {
+				t.Errorf("%s without its filter scored %.1f, not above %.1f:\n%s", filepath.Base(f), score, maxExposure, out)
+			}
+		}
+	}
+}
+
+// TestSandboxDirectives names the directives doc.go relies on, so that a
+// removed one fails with its name even where the score still passes.
+func TestSandboxDirectives(t *testing.T) {
+	want := map[string]string{
+		"Service.CapabilityBoundingSet":   "",
+		"Service.ProtectProc":             "invisible",
+		"Service.ProcSubset":              "pid",
+		"Service.PrivateMounts":           "yes",
+		"Service.SystemCallErrorNumber":   "EPERM",
+		"Service.SystemCallArchitectures": "native",
+		"Service.MemoryDenyWriteExecute":  "yes",
+		"Service.LockPersonality":         "yes",
+		"Service.NoNewPrivileges":         "yes",
+		"Service.ProtectSystem":           "strict",
+		"Service.RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+	}
+	for _, u := range []string{"provision.service", "provision-verify.service"} {
+		d := directives(t, u)
+		for k, v := range want {
+			if got := d[k]; len(got) != 1 || got[0] != v {
+				t.Errorf("%s: %s = %q, want exactly %q", u, k, got, v)
+			}
+		}
+		if got := d["Service.SystemCallFilter"]; len(got) != 2 || got[0] != "@system-service" || got[1] != "~@privileged @resources" {
+			t.Errorf("%s: SystemCallFilter = %q", u, got)
+		}
 	}
 }

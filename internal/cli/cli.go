@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -79,11 +80,39 @@ const exitCodesHelp = `Exit codes:
   130 / 143        interrupted by SIGINT / SIGTERM (run it again: every write is crash-safe)
 `
 
+// command is one entry of the command table. The help text, the man pages
+// and the shell completions are all generated from it (see docs.go), so they
+// cannot disagree.
 type command struct {
-	name    string
-	summary string
-	usage   string // the full help text after the flag list
-	run     func(ctx context.Context, env *runEnv, args []string) int
+	name     string
+	synopsis string // after "provision " in the Usage line; default: name + " [flags]"
+	summary  string
+	usage    string // the help text: prose, then sections ("Examples:", ...)
+	format   bool   // takes --format text|json
+	flags    func(f *flags)
+	run      func(ctx context.Context, env *runEnv, args []string) int
+}
+
+// Flag value sets. A value outside its set is a usage error (exit 2) that
+// names the accepted values; the help, the man pages and the completions list
+// the same values.
+var flagValues = map[string][]string{
+	"format":     {"text", "json"},
+	"log-format": {"text", "json"},
+	"log-level":  {"debug", "info", "warn", "error"},
+}
+
+// flagPaths says which flags name a file or a directory, for completion.
+// Every flag is in flagValues or flagPaths (TestEveryFlagCompletes).
+var flagPaths = map[string]string{"config": "file", "root": "dir", "token-file": "file", "out": "file"}
+
+// alternatives renders a value set as prose: "text or json", "debug, info,
+// warn or error".
+func alternatives(vs []string) string {
+	if len(vs) < 2 {
+		return strings.Join(vs, "")
+	}
+	return strings.Join(vs[:len(vs)-1], ", ") + " or " + vs[len(vs)-1]
 }
 
 type runEnv struct {
@@ -111,7 +140,8 @@ Usage:
 
 Commands:
 %s
-Run 'provision <command> --help' for a command's flags and examples.
+Run 'provision help <command>' (or 'provision <command> --help') for a command's
+flags and examples.
 
 Examples:
   provision bootstrap                          # first boot: enroll and prove
@@ -139,26 +169,55 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		return env.usage("", "missing command", "")
 	}
 	switch args[0] {
-	case "-h", "--help", "-help", "help":
+	case "-h", "--help", "-help":
 		printRootHelp(stdout)
 		return ExitOK
+	case "help":
+		return runHelp(env, args[1:])
 	case "--version", "-version":
 		args = []string{"version"}
 	}
-	for _, c := range commands() {
-		if c.name == args[0] {
-			return c.run(ctx, env, args[1:])
-		}
+	if c := lookup(args[0]); c != nil {
+		return c.run(ctx, env, args[1:])
 	}
 	return env.usage("", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), "Run 'provision --help' for the list of commands.")
 }
 
-func printRootHelp(w io.Writer) {
+func lookup(name string) *command {
+	for _, c := range commands() {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// runHelp is 'provision help [command]': the command's help, exactly as
+// 'provision <command> --help' prints it, on stdout.
+func runHelp(env *runEnv, args []string) int {
+	switch {
+	case len(args) == 0 || args[0] == "help":
+		printRootHelp(env.stdout)
+		return ExitOK
+	case len(args) > 1 && !(len(args) == 2 && args[0] == "hosts"):
+		return env.usage("help", fmt.Sprintf("help takes one command, got %q", strings.Join(args, " ")), "Run 'provision help <command>'.")
+	}
+	c := lookup(args[0])
+	if c == nil {
+		return env.usage("help", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), "Run 'provision --help' for the list of commands.")
+	}
+	io.WriteString(env.stdout, helpText(c))
+	return ExitOK
+}
+
+func printRootHelp(w io.Writer) { io.WriteString(w, rootHelpText()) }
+
+func rootHelpText() string {
 	var b strings.Builder
 	for _, c := range commands() {
 		fmt.Fprintf(&b, "  %-10s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, rootHelp, b.String())
+	return fmt.Sprintf(rootHelp, b.String())
 }
 
 // didYouMean suggests the command the user most likely meant: one that the
@@ -218,35 +277,78 @@ type flags struct {
 	logFormat string
 	logLevel  string
 	runID     string
+	tokenFile string // userdata
+	out       string // userdata
 }
 
-func newFlags(c *command, env *runEnv, withFormat bool) *flags {
+// newFlags builds c's flag set: the common flags, --format when c takes it,
+// then c's own.
+func newFlags(c *command, env *runEnv) *flags {
 	f := &flags{fs: flag.NewFlagSet("provision "+c.name, flag.ContinueOnError)}
 	f.fs.SetOutput(env.stderr)
 	f.fs.StringVar(&f.config, "config", "/etc/provision/provision.toml", "config file `path` (read under --root)")
 	f.fs.StringVar(&f.root, "root", "/", "treat `dir` as the filesystem root for every path read or written")
-	if withFormat {
-		f.fs.StringVar(&f.format, "format", "text", "report format: text or json")
+	if c.format {
+		f.fs.StringVar(&f.format, "format", "text", "report format: "+alternatives(flagValues["format"]))
 	}
-	f.fs.StringVar(&f.logFormat, "log-format", "text", "log format on stderr: text or json")
-	f.fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.fs.StringVar(&f.logFormat, "log-format", "text", "log format on stderr: "+alternatives(flagValues["log-format"]))
+	f.fs.StringVar(&f.logLevel, "log-level", "info", "log level: "+alternatives(flagValues["log-level"]))
+	if c.flags != nil {
+		c.flags(f)
+	}
 	f.cmd = c
 	f.runID = env.runID
 	f.fs.Usage = func() {} // printed by parse, to stdout when asked for
 	return f
 }
 
-func (f *flags) printUsage(w io.Writer) {
-	c := f.cmd
-	name := c.name
-	if c == hostsCmd {
-		name = "hosts apply|show|check|remove"
+// synopsis is the Usage line after "provision ".
+func (c *command) synopsisLine() string {
+	if c.synopsis != "" {
+		return c.synopsis
 	}
-	fmt.Fprintf(w, "Usage: provision %s [flags]\n\n%s\n\nFlags:\n", name, c.summary)
-	f.fs.SetOutput(w)
-	f.fs.PrintDefaults()
-	fmt.Fprintf(w, "\n%s\n%s", c.usage, exitCodesHelp)
+	return c.name + " [flags]"
 }
+
+// helpText is what 'provision <command> --help' and 'provision help
+// <command>' print: usage line, summary, the description (the usage text
+// up to its first section), flags, the remaining sections and exit codes.
+func helpText(c *command) string {
+	f := newFlags(c, &runEnv{stdout: io.Discard, stderr: io.Discard})
+	var defaults strings.Builder
+	f.fs.SetOutput(&defaults)
+	f.fs.PrintDefaults()
+	desc, sections := splitUsage(c.usage)
+	var b strings.Builder
+	fmt.Fprintf(&b, "Usage: provision %s\n\n%s\n\n", c.synopsisLine(), c.summary)
+	if desc = strings.TrimRight(desc, "\n"); desc != "" {
+		fmt.Fprintf(&b, "%s\n\n", desc)
+	}
+	fmt.Fprintf(&b, "Flags:\n%s\n", defaults.String())
+	if sections != "" {
+		fmt.Fprintf(&b, "%s\n", sections)
+	}
+	b.WriteString(exitCodesHelp)
+	return b.String()
+}
+
+// splitUsage cuts a usage text at its first section heading (an unindented
+// line ending in ':'): the description before it, the sections from it.
+func splitUsage(u string) (desc, sections string) {
+	lines := strings.SplitAfter(u, "\n")
+	for i, l := range lines {
+		if isHeading(strings.TrimRight(l, "\n")) {
+			return strings.Join(lines[:i], ""), strings.Join(lines[i:], "")
+		}
+	}
+	return u, ""
+}
+
+func isHeading(l string) bool {
+	return l != "" && l[0] != ' ' && l[0] != '\t' && strings.HasSuffix(l, ":") && !strings.Contains(strings.TrimSuffix(l, ":"), ":")
+}
+
+func (f *flags) printUsage(w io.Writer) { io.WriteString(w, helpText(f.cmd)) }
 
 // parse parses args; ok=false means return code.
 func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
@@ -265,11 +367,14 @@ func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
 		// a page of text lines torn apart by other units' messages.
 		f.format = "json"
 	}
-	if f.format != "" && f.format != "text" && f.format != "json" {
-		return env.usage(f.cmd.name, fmt.Sprintf("--format must be text or json, got %q", f.format), ""), false
-	}
-	if f.logFormat != "text" && f.logFormat != "json" {
-		return env.usage(f.cmd.name, fmt.Sprintf("--log-format must be text or json, got %q", f.logFormat), ""), false
+	for _, name := range []string{"format", "log-format", "log-level"} {
+		fl := f.fs.Lookup(name)
+		if fl == nil {
+			continue
+		}
+		if v := fl.Value.String(); !slices.Contains(flagValues[name], v) {
+			return env.usage(f.cmd.name, fmt.Sprintf("--%s must be %s, got %q", name, alternatives(flagValues[name]), v), fmt.Sprintf("Run 'provision %s --help' for usage.", f.cmd.name)), false
+		}
 	}
 	if f.fs.NArg() > 0 {
 		return env.usage(f.cmd.name, fmt.Sprintf("unexpected argument %q", f.fs.Arg(0)), ""), false

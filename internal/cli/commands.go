@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 
 var bootstrapCmd = &command{
 	name:    "bootstrap",
+	format:  true,
 	summary: "write the hosts override, enroll, install credentials, prove tasks/wait, write the receipt",
 	usage: `Runs the whole sequence: (1) the /etc/hosts managed block, (2) the CA's current
 roots, pinned by ca.fingerprint, (3) keep the installed certificate only if it
@@ -43,6 +46,7 @@ Examples:
 
 var verifyCmd = &command{
 	name:    "verify",
+	format:  true,
 	summary: "read-only layered diagnosis ending with a real mTLS tasks/wait",
 	usage: `Checks every layer between the node and the node API, in order, and names the
 first one that fails, its owner and the fix. A check whose dependency failed
@@ -63,8 +67,9 @@ Examples:
 }
 
 var hostsCmd = &command{
-	name:    "hosts",
-	summary: "manage only the /etc/hosts override block: apply, show, remove",
+	name:     "hosts",
+	synopsis: "hosts apply|show|check|remove [flags]",
+	summary:  "manage only the /etc/hosts override block: apply, show, remove",
 	usage: `Subcommands:
   apply    write the managed block from the config's [[hosts]] (nothing else changes)
   show     print the managed block and whether it matches the config
@@ -84,9 +89,16 @@ Examples:
 
 var versionCmd = &command{
 	name:    "version",
-	summary: "print the version",
-	usage: `Examples:
+	format:  true,
+	summary: "print the version, the commit and what it was built with",
+	usage: `Prints the version, the commit it was built from, the Go version and the
+version of the step-ca client module (github.com/smallstep/certificates) linked
+into the binary. --format json prints them as one JSON object with the keys
+version, commit, go_version, step_ca_client_module and step_ca_client_version.
+
+Examples:
   provision version
+  provision version --format json | jq -r .commit
 `,
 }
 
@@ -97,12 +109,83 @@ func init() {
 	versionCmd.run = runVersion
 }
 
+// caClientModule is the module provision enrolls with (its ca package is the
+// step-ca client).
+const caClientModule = "github.com/smallstep/certificates"
+
+// BuildInfo is what 'provision version' reports.
+type BuildInfo struct {
+	Version         string `json:"version"`
+	Commit          string `json:"commit"`
+	GoVersion       string `json:"go_version"`
+	CAClientModule  string `json:"step_ca_client_module"`
+	CAClientVersion string `json:"step_ca_client_version"`
+}
+
+// commit may be set at build time with -ldflags "-X
+// github.com/gpuaas/provision/internal/cli.commit=..."; otherwise it is read
+// from the Go toolchain's VCS stamp.
+var commit = ""
+
+// ReadBuildInfo returns the build's version, commit, Go version and step-ca
+// client version; "unknown" for what the binary does not record (a test
+// binary has no VCS stamp).
+func ReadBuildInfo() BuildInfo {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		bi = nil
+	}
+	return buildInfoFrom(bi, Version(), commit)
+}
+
+func buildInfoFrom(bi *debug.BuildInfo, version, commit string) BuildInfo {
+	info := BuildInfo{Version: version, Commit: commit, GoVersion: runtime.Version(), CAClientModule: caClientModule, CAClientVersion: "unknown"}
+	if bi != nil {
+		if bi.GoVersion != "" {
+			info.GoVersion = bi.GoVersion
+		}
+		rev, dirty := "", false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		if info.Commit == "" && rev != "" {
+			info.Commit = rev
+			if dirty {
+				info.Commit += "-dirty"
+			}
+		}
+		for _, d := range bi.Deps {
+			if d.Path == caClientModule {
+				info.CAClientVersion = d.Version
+				if d.Replace != nil && d.Replace.Version != "" {
+					info.CAClientVersion = d.Replace.Version
+				}
+			}
+		}
+	}
+	if info.Commit == "" {
+		info.Commit = "unknown"
+	}
+	return info
+}
+
 func runVersion(_ context.Context, env *runEnv, args []string) int {
-	f := newFlags(versionCmd, env, false)
+	f := newFlags(versionCmd, env)
 	if code, ok := f.parse(env, args); !ok {
 		return code
 	}
-	fmt.Fprintf(env.stdout, "provision %s\n", Version())
+	info := ReadBuildInfo()
+	if f.format == "json" {
+		b, _ := json.MarshalIndent(info, "", "  ")
+		fmt.Fprintln(env.stdout, string(b))
+		return ExitOK
+	}
+	fmt.Fprintf(env.stdout, "provision %s\ncommit: %s\ngo: %s\nstep-ca client: %s %s\n", info.Version, info.Commit, info.GoVersion, info.CAClientModule, info.CAClientVersion)
 	return ExitOK
 }
 
@@ -134,7 +217,7 @@ func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int,
 }
 
 func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
-	f := newFlags(bootstrapCmd, env, true)
+	f := newFlags(bootstrapCmd, env)
 	if code, ok := f.parse(env, args); !ok {
 		return code
 	}
@@ -176,7 +259,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 }
 
 func runVerify(ctx context.Context, env *runEnv, args []string) int {
-	f := newFlags(verifyCmd, env, true)
+	f := newFlags(verifyCmd, env)
 	if code, ok := f.parse(env, args); !ok {
 		return code
 	}
@@ -211,7 +294,7 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 func runHosts(_ context.Context, env *runEnv, args []string) int {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
-			f := newFlags(hostsCmd, env, false)
+			f := newFlags(hostsCmd, env)
 			f.parse(env, args)
 			return ExitOK
 		}
@@ -222,7 +305,7 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 	if !ok {
 		return env.usage("hosts", fmt.Sprintf("unknown hosts subcommand %q: want apply, show, check or remove", sub), "")
 	}
-	f := newFlags(hostsCmd, env, false)
+	f := newFlags(hostsCmd, env)
 	if code, ok := f.parse(env, args[1:]); !ok {
 		return code
 	}

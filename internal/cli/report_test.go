@@ -19,7 +19,7 @@ func render(t *testing.T, format string, r *verify.Report) (string, int) {
 	t.Helper()
 	var out bytes.Buffer
 	env := &runEnv{stdout: &out, stderr: io.Discard}
-	f := newFlags(verifyCmd, env, true)
+	f := newFlags(verifyCmd, env)
 	f.format = format
 	code := printReport(env, f, r)
 	return out.String(), code

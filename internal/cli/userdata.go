@@ -22,24 +22,31 @@ both to the node (the token 0600 on /run), turns off cloud-init's
 manage_etc_hosts and runs provision.service so a failure is visible to
 cloud-init. The token appears only in its own write_files entry.
 
-Extra flags:
-  --token-file PATH   file holding the node's one-time token (required)
-  --out PATH          write the user-data here instead of stdout: always mode
-                      0600 (an existing file is replaced atomically, whatever
-                      its mode); a symbolic link at PATH is refused
+When the config moves state_dir, pki_dir, hosts_file or the token file out of
+what provision.service may write (/etc, /var/lib/provision, /run/provision),
+the user-data also writes systemd drop-ins,
+/etc/systemd/system/provision{,-verify}.service.d/provision-paths.conf, whose
+ReadWritePaths= open exactly those paths (provision.service creates a moved
+state_dir or pki_dir 0700 before it starts), and its runcmd reloads systemd
+before the start. A path the units keep read-only or hidden (under /usr,
+/boot, /efi, /proc, /sys, /dev, /home, /root, /run/user, /tmp, /var/tmp, or /
+itself) is refused (exit 3).
 
 Examples:
   provision userdata --config node-0042.toml --token-file token.jwt > user-data.yaml
   provision userdata --config node-0042.toml --token-file token.jwt --out user-data.yaml
 `,
+	flags: func(f *flags) {
+		f.fs.StringVar(&f.tokenFile, "token-file", "", "`path` of the file holding the node's one-time token (required)")
+		f.fs.StringVar(&f.out, "out", "", "write the user-data to `path` instead of stdout: always mode 0600, an existing file replaced atomically whatever its mode; a symbolic link there is refused")
+	},
 }
 
 func init() { userdataCmd.run = runUserdata }
 
 func runUserdata(_ context.Context, env *runEnv, args []string) int {
-	f := newFlags(userdataCmd, env, false)
-	tokenFile := f.fs.String("token-file", "", "file holding the node's one-time token")
-	out := f.fs.String("out", "", "write the user-data to `path` (0600) instead of stdout")
+	f := newFlags(userdataCmd, env)
+	tokenFile, out := &f.tokenFile, &f.out
 	if code, ok := f.parse(env, args); !ok {
 		return code
 	}

@@ -1,0 +1,3 @@
+module github.com/gpuaas/provision/clientcert
+
+go 1.22

@@ -1,0 +1,382 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// The man pages and the shell completions shipped in the package are
+// generated from the command table at build time (internal/cli/gendocs, run
+// by packaging/build-deb.sh), never written by hand: the man page of a
+// command is its help text, the exact string 'provision <command> --help'
+// prints, turned into roff section by section. TestManPagesMatchHelp and the
+// packaging test render the pages with groff and check that every line of
+// the help is in them.
+
+// ManPage is one generated manual page.
+type ManPage struct {
+	Name string // "provision" or "provision-<command>"
+	File string // "provision-verify.1"
+	Roff []byte
+}
+
+// HelpText returns the help 'provision <command> --help' prints, or the
+// top-level help for "" (what 'provision --help' prints).
+func HelpText(command string) (string, error) {
+	if command == "" {
+		return rootHelpText(), nil
+	}
+	c := lookup(command)
+	if c == nil {
+		return "", fmt.Errorf("no command %q", command)
+	}
+	return helpText(c), nil
+}
+
+// CommandNames lists the commands, in the order of the help.
+func CommandNames() []string {
+	var n []string
+	for _, c := range commands() {
+		n = append(n, c.name)
+	}
+	return n
+}
+
+const rootSummary = "bootstrap a bare-metal GPU node into the control plane"
+
+// ManPages generates provision(1) and provision-<command>(1) for every
+// command. version and date (YYYY-MM-DD) go into the page footer.
+func ManPages(version, date string) []ManPage {
+	var sub []string
+	for _, c := range commands() {
+		sub = append(sub, "provision-"+c.name)
+	}
+	pages := []ManPage{{Name: "provision", File: "provision.1", Roff: manPage("provision", rootSummary, rootHelpText(), version, date, sub)}}
+	for _, c := range commands() {
+		name := "provision-" + c.name
+		pages = append(pages, ManPage{Name: name, File: name + ".1", Roff: manPage(name, c.summary, helpText(c), version, date, []string{"provision"})})
+	}
+	return pages
+}
+
+// WriteDocs writes the man pages to dir/man1/ and the completions to
+// dir/completion/provision.bash and dir/completion/_provision.
+func WriteDocs(dir, version, date string) error {
+	files := map[string][]byte{
+		filepath.Join("completion", "provision.bash"): BashCompletion(),
+		filepath.Join("completion", "_provision"):     ZshCompletion(),
+	}
+	for _, p := range ManPages(version, date) {
+		files[filepath.Join("man1", p.File)] = p.Roff
+	}
+	for name, b := range files {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// roffEscape makes s literal text in roff: backslashes, hyphens (\- is the
+// ASCII hyphen-minus a reader copies into a shell), and a leading . or ' that
+// would make the line a request.
+func roffEscape(s string) string {
+	s = strings.ReplaceAll(s, `\`, `\e`)
+	s = strings.ReplaceAll(s, "-", `\-`)
+	if strings.HasPrefix(s, ".") || strings.HasPrefix(s, "'") {
+		s = `\&` + s
+	}
+	return s
+}
+
+var (
+	columnsRe = regexp.MustCompile(`\s{2,}`)
+	spacesRe  = regexp.MustCompile(`\s+`)
+)
+
+// manSection is a section of a page being built.
+type manSection struct {
+	title string
+	body  strings.Builder
+}
+
+// manPage turns a help text into a man page. The help's structure is
+// small and fixed: a "Usage: ..." line or "Usage:" section (SYNOPSIS), prose
+// paragraphs (DESCRIPTION), sections headed by an unindented line ending in
+// ':' whose indented lines are a flag list ("Flags:", PrintDefaults' layout),
+// verbatim commands ("Usage:", "Examples:") or two-column entries (every
+// other section), and prose paragraphs inside a section.
+func manPage(name, summary, help, version, date string, seeAlso []string) []byte {
+	var order []*manSection
+	byTitle := map[string]*manSection{}
+	section := func(title string) *manSection {
+		if s, ok := byTitle[title]; ok {
+			return s
+		}
+		s := &manSection{title: title}
+		byTitle[title] = s
+		order = append(order, s)
+		return s
+	}
+	var cur *manSection
+	kind := "prose" // prose, flags, verbatim, columns
+	var para []string
+	inVerbatim := false
+	flush := func() {
+		if len(para) > 0 {
+			if cur == nil {
+				cur = section("DESCRIPTION")
+			}
+			fmt.Fprintf(&cur.body, ".PP\n%s\n", roffEscape(strings.Join(para, " ")))
+			para = nil
+		}
+	}
+	closeVerbatim := func() {
+		if inVerbatim {
+			cur.body.WriteString(".EE\n")
+			inVerbatim = false
+		}
+	}
+	for _, line := range strings.Split(strings.TrimRight(help, "\n"), "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "Usage: "):
+			flush()
+			closeVerbatim()
+			cur = section("SYNOPSIS")
+			fmt.Fprintf(&cur.body, ".B provision\n%s\n", roffEscape(strings.TrimPrefix(strings.TrimPrefix(line, "Usage: "), "provision ")))
+			cur, kind = section("DESCRIPTION"), "prose"
+		case trimmed == "":
+			flush()
+		case isHeading(line):
+			flush()
+			closeVerbatim()
+			title := strings.ToUpper(strings.TrimSuffix(line, ":"))
+			switch title {
+			case "USAGE":
+				title, kind = "SYNOPSIS", "verbatim"
+			case "FLAGS":
+				title, kind = "OPTIONS", "flags"
+			case "EXAMPLES":
+				kind = "verbatim"
+			case "EXIT CODES":
+				title, kind = "EXIT STATUS", "columns"
+			default:
+				kind = "columns"
+			}
+			cur = section(title)
+		case line[0] != ' ' && line[0] != '\t':
+			closeVerbatim()
+			para = append(para, trimmed)
+		case kind == "verbatim":
+			if !inVerbatim {
+				cur.body.WriteString(".PP\n.EX\n")
+				inVerbatim = true
+			}
+			fmt.Fprintf(&cur.body, "%s\n", roffEscape(trimmed))
+		case kind == "flags" && strings.HasPrefix(trimmed, "-"):
+			// "  -name arg" (PrintDefaults); the usage follows on
+			// lines indented with a tab.
+			tag, usage, _ := strings.Cut(trimmed, "\t")
+			fname, arg, _ := strings.Cut(tag, " ")
+			fmt.Fprintf(&cur.body, ".TP\n\\fB\\-%s\\fR", roffEscape(fname))
+			if arg != "" {
+				fmt.Fprintf(&cur.body, " \\fI%s\\fR", roffEscape(arg))
+			}
+			cur.body.WriteString("\n")
+			if usage = strings.TrimSpace(usage); usage != "" {
+				fmt.Fprintf(&cur.body, "%s\n", roffEscape(usage))
+			}
+		case kind == "flags":
+			fmt.Fprintf(&cur.body, "%s\n", roffEscape(trimmed))
+		default: // columns: "  tag  [name  ]text"; deeper lines continue the text
+			if len(line)-len(strings.TrimLeft(line, " ")) > 4 {
+				fmt.Fprintf(&cur.body, "%s\n", roffEscape(spacesRe.ReplaceAllString(trimmed, " ")))
+				continue
+			}
+			cols := columnsRe.Split(trimmed, -1)
+			fmt.Fprintf(&cur.body, ".TP\n\\fB%s\\fR\n", roffEscape(cols[0]))
+			if len(cols) == 3 {
+				fmt.Fprintf(&cur.body, "\\fB%s\\fR %s\n", roffEscape(cols[1]), roffEscape(cols[2]))
+			} else if len(cols) > 1 {
+				fmt.Fprintf(&cur.body, "%s\n", roffEscape(strings.Join(cols[1:], " ")))
+			}
+		}
+	}
+	flush()
+	closeVerbatim()
+
+	var b strings.Builder
+	b.WriteString(".\\\" Generated from provision's help text by internal/cli (gendocs); do not edit.\n")
+	fmt.Fprintf(&b, ".TH %s 1 %q %q \"provision manual\"\n.nh\n.ad l\n", strings.ToUpper(roffEscape(name)), date, "provision "+version)
+	fmt.Fprintf(&b, ".SH NAME\n%s \\- %s\n", roffEscape(name), roffEscape(summary))
+	// SYNOPSIS and DESCRIPTION first, as man pages have them; the rest in
+	// the help's order.
+	sort.SliceStable(order, func(i, j int) bool { return rank(order[i].title) < rank(order[j].title) })
+	for _, s := range order {
+		if s.body.Len() == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, ".SH %s\n%s", s.title, s.body.String())
+	}
+	b.WriteString(".SH SEE ALSO\n")
+	for i, s := range seeAlso {
+		sep := ",\n"
+		if i == len(seeAlso)-1 {
+			sep = "\n"
+		}
+		fmt.Fprintf(&b, ".BR %s (1)%s", roffEscape(s), sep)
+	}
+	b.WriteString(".PP\nThe runbook, the configuration reference and the first\\-boot guide in\n.IR /usr/share/doc/provision/ .\n")
+	return []byte(b.String())
+}
+
+func rank(title string) int {
+	switch title {
+	case "SYNOPSIS":
+		return 0
+	case "DESCRIPTION":
+		return 1
+	}
+	return 2
+}
+
+// completionFlag is one flag of one command, for the completions.
+type completionFlag struct {
+	name, usage string
+	values      []string // fixed set
+	path        string   // "file" or "dir"
+}
+
+func completionFlags(c *command) []completionFlag {
+	f := newFlags(c, &runEnv{stdout: io.Discard, stderr: io.Discard})
+	var out []completionFlag
+	for _, name := range flagNames(f) {
+		fl := f.fs.Lookup(name)
+		_, usage := flag.UnquoteUsage(fl)
+		out = append(out, completionFlag{name: name, usage: usage, values: flagValues[name], path: flagPaths[name]})
+	}
+	return out
+}
+
+func flagNames(f *flags) []string {
+	var n []string
+	f.fs.VisitAll(func(fl *flag.Flag) { n = append(n, fl.Name) })
+	return n
+}
+
+// subcommands are the words a command takes before its flags.
+var subcommands = map[string][]string{"hosts": {"apply", "show", "remove"}}
+
+// BashCompletion is the bash completion script for provision, generated
+// from the command table: commands, hosts' subcommands, each command's
+// flags, the fixed values of --format, --log-format and --log-level, files
+// and directories for the path flags.
+func BashCompletion() []byte {
+	var b strings.Builder
+	b.WriteString(`# bash completion for provision(1). Generated from provision's command table
+# by internal/cli (gendocs); do not edit.
+_provision() {
+	local cur prev cword
+	local -a words
+	cur=${COMP_WORDS[COMP_CWORD]}
+	prev=${COMP_WORDS[COMP_CWORD-1]}
+	words=("${COMP_WORDS[@]}")
+	cword=$COMP_CWORD
+	if [[ $cur == -*=* ]]; then
+		prev=${cur%%=*}
+		cur=${cur#*=}
+	fi
+	if ((cword == 1)); then
+		COMPREPLY=($(compgen -W "` + strings.Join(CommandNames(), " ") + ` help --help --version" -- "$cur"))
+		return
+	fi
+	case $prev in
+`)
+	seen := map[string]bool{}
+	var valueCases, pathCases []string
+	for _, c := range commands() {
+		for _, fl := range completionFlags(c) {
+			if seen[fl.name] {
+				continue
+			}
+			seen[fl.name] = true
+			switch {
+			case fl.values != nil:
+				valueCases = append(valueCases, fmt.Sprintf("\t--%s | -%s)\n\t\tCOMPREPLY=($(compgen -W %q -- \"$cur\"))\n\t\treturn\n\t\t;;\n", fl.name, fl.name, strings.Join(fl.values, " ")))
+			case fl.path == "dir":
+				pathCases = append(pathCases, fmt.Sprintf("\t--%s | -%s)\n\t\tcompopt -o filenames 2>/dev/null\n\t\tCOMPREPLY=($(compgen -d -- \"$cur\"))\n\t\treturn\n\t\t;;\n", fl.name, fl.name))
+			default:
+				pathCases = append(pathCases, fmt.Sprintf("\t--%s | -%s)\n\t\tcompopt -o filenames 2>/dev/null\n\t\tCOMPREPLY=($(compgen -f -- \"$cur\"))\n\t\treturn\n\t\t;;\n", fl.name, fl.name))
+			}
+		}
+	}
+	for _, s := range append(valueCases, pathCases...) {
+		b.WriteString(s)
+	}
+	b.WriteString("\tesac\n\tlocal flags=\"\"\n\tcase ${words[1]} in\n")
+	b.WriteString("\thelp)\n\t\t((cword == 2)) && COMPREPLY=($(compgen -W \"" + strings.Join(CommandNames(), " ") + "\" -- \"$cur\"))\n\t\treturn\n\t\t;;\n")
+	for _, c := range commands() {
+		var fl []string
+		for _, f := range completionFlags(c) {
+			fl = append(fl, "--"+f.name)
+		}
+		fl = append(fl, "--help")
+		fmt.Fprintf(&b, "\t%s)\n", c.name)
+		if subs := subcommands[c.name]; subs != nil {
+			fmt.Fprintf(&b, "\t\tif ((cword == 2)); then\n\t\t\tCOMPREPLY=($(compgen -W %q -- \"$cur\"))\n\t\t\treturn\n\t\tfi\n", strings.Join(append(subs, "--help"), " "))
+		}
+		fmt.Fprintf(&b, "\t\tflags=%q\n\t\t;;\n", strings.Join(fl, " "))
+	}
+	b.WriteString("\t*)\n\t\treturn\n\t\t;;\n\tesac\n\tCOMPREPLY=($(compgen -W \"$flags\" -- \"$cur\"))\n}\ncomplete -F _provision provision\n")
+	return []byte(b.String())
+}
+
+// zshQuote escapes s for a single-quoted _arguments spec description.
+func zshQuote(s string) string {
+	s = strings.NewReplacer(`'`, `'\''`, `[`, `\[`, `]`, `\]`, `:`, `\:`).Replace(s)
+	return s
+}
+
+// ZshCompletion is the zsh completion function (_provision), generated from
+// the same table as BashCompletion.
+func ZshCompletion() []byte {
+	var b strings.Builder
+	b.WriteString("#compdef provision\n# zsh completion for provision(1). Generated from provision's command table\n# by internal/cli (gendocs); do not edit.\n\n_provision() {\n\tlocal curcontext=\"$curcontext\" state line\n\ttypeset -A opt_args\n\tlocal -a commands\n\tcommands=(\n")
+	for _, c := range commands() {
+		fmt.Fprintf(&b, "\t\t'%s:%s'\n", c.name, zshQuote(c.summary))
+	}
+	b.WriteString("\t\t'help:print the help of a command'\n\t)\n")
+	b.WriteString("\t_arguments -C '(- *)--help[print the help]' '(- *)--version[print the version]' '1: :->command' '*:: :->args' && return\n")
+	b.WriteString("\tcase $state in\n\tcommand)\n\t\t_describe -t commands 'provision command' commands\n\t\t;;\n\targs)\n\t\tcase $words[1] in\n")
+	b.WriteString("\t\thelp)\n\t\t\t_arguments '1:command:(" + strings.Join(CommandNames(), " ") + ")'\n\t\t\t;;\n")
+	for _, c := range commands() {
+		fmt.Fprintf(&b, "\t\t%s)\n\t\t\t_arguments \\\n", c.name)
+		if subs := subcommands[c.name]; subs != nil {
+			fmt.Fprintf(&b, "\t\t\t\t'1:subcommand:(%s)' \\\n", strings.Join(subs, " "))
+		}
+		for _, f := range completionFlags(c) {
+			action := "_files"
+			switch {
+			case f.values != nil:
+				action = "(" + strings.Join(f.values, " ") + ")"
+			case f.path == "dir":
+				action = "_files -/"
+			}
+			fmt.Fprintf(&b, "\t\t\t\t'--%s=[%s]:%s:%s' \\\n", f.name, zshQuote(f.usage), f.name, action)
+		}
+		b.WriteString("\t\t\t\t'--help[print the help]'\n\t\t\t;;\n")
+	}
+	b.WriteString("\t\tesac\n\t\t;;\n\tesac\n}\n\n_provision \"$@\"\n")
+	return []byte(b.String())
+}

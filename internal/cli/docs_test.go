@@ -1,0 +1,274 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/gpuaas/provision/internal/testenv"
+)
+
+// TestManPagesMatchHelp renders every generated man page with groff and
+// checks that each line of the help the CLI prints for it is in the page:
+// the pages are generated from the help text, and this is what says so.
+func TestManPagesMatchHelp(t *testing.T) {
+	pages := ManPages("1.2.3", "2026-03-01")
+	if len(pages) != len(commands())+1 {
+		t.Fatalf("%d man pages for %d commands + provision(1)", len(pages), len(commands()))
+	}
+	for _, p := range pages {
+		t.Run(p.File, func(t *testing.T) {
+			args := []string{"--help"}
+			if p.Name != "provision" {
+				args = []string{strings.TrimPrefix(p.Name, "provision-"), "--help"}
+			}
+			help, _, code := run(args...)
+			if code != ExitOK || help == "" {
+				t.Fatalf("provision %v: exit %d", args, code)
+			}
+			man := testenv.RenderMan(t, p.Roff)
+			if missing := testenv.MissingHelpLines(man, help); len(missing) > 0 {
+				t.Errorf("man page %s lacks %d lines of 'provision %s':\n%s\n--- rendered ---\n%s", p.File, len(missing), strings.Join(args, " "), strings.Join(missing, "\n"), man)
+			}
+			if !strings.Contains(string(p.Roff), ".SH NAME\n"+roffEscape(p.Name)+` \- `) {
+				t.Errorf("%s: no NAME line for %s", p.File, p.Name)
+			}
+		})
+	}
+}
+
+// TestManCheckCatchesDrift proves the check above can fail: a help line the
+// page does not have, or a changed word, is reported.
+func TestManCheckCatchesDrift(t *testing.T) {
+	help, _, _ := run("verify", "--help")
+	man := testenv.RenderMan(t, ManPages("1", "2026-03-01")[2].Roff)
+	if m := testenv.MissingHelpLines(man, help); len(m) != 0 {
+		t.Fatalf("provision-verify.1 is not the third page: %v", m)
+	}
+	for _, drifted := range []string{
+		help + "  -new-flag string\n",
+		strings.Replace(help, "in order, and names the", "in order, and reports the", 1),
+		strings.Replace(help, `(default "info")`, `(default "warn")`, 1),
+	} {
+		if m := testenv.MissingHelpLines(man, drifted); len(m) != 1 {
+			t.Errorf("a drifted help gave %d missing lines, want 1: %q", len(m), m)
+		}
+	}
+}
+
+func TestHelpCommand(t *testing.T) {
+	for _, c := range commands() {
+		want, _, _ := run(c.name, "--help")
+		got, errs, code := run("help", c.name)
+		if code != ExitOK || got != want || errs != "" {
+			t.Errorf("provision help %s: exit %d, stderr %q, stdout differs from --help: %v", c.name, code, errs, got != want)
+		}
+	}
+	root, _, _ := run("--help")
+	for _, args := range [][]string{{"help"}, {"help", "help"}} {
+		if got, _, code := run(args...); code != ExitOK || got != root {
+			t.Errorf("provision %v: exit %d, want the top-level help", args, code)
+		}
+	}
+	if got, _, code := run("help", "hosts", "apply"); code != ExitOK || !strings.HasPrefix(got, "Usage: provision hosts apply|show|check|remove") {
+		t.Errorf("provision help hosts apply: exit %d\n%s", code, got)
+	}
+	_, errs, code := run("help", "verfy")
+	if code != ExitUsage || !strings.Contains(errs, `unknown command "verfy" (did you mean "verify"?)`) {
+		t.Errorf("provision help verfy: exit %d, stderr %s", code, errs)
+	}
+	if _, errs, code := run("help", "verify", "bootstrap"); code != ExitUsage || !strings.Contains(errs, "help takes one command") {
+		t.Errorf("provision help verify bootstrap: exit %d, stderr %s", code, errs)
+	}
+}
+
+// TestEnumeratedFlags: --format, --log-format and --log-level accept
+// exactly their documented values; anything else is a usage error naming
+// them, whatever the command.
+func TestEnumeratedFlags(t *testing.T) {
+	for _, c := range commands() {
+		f := newFlags(c, &runEnv{})
+		for name, values := range flagValues {
+			if f.fs.Lookup(name) == nil {
+				continue
+			}
+			for _, bad := range []string{"loud", "INFO", "", "json "} {
+				if name != "log-level" && bad == "INFO" {
+					bad = "JSON"
+				}
+				_, errs, code := run(c.name, "--"+name+"="+bad)
+				if c.name == "hosts" {
+					_, errs, code = run(c.name, "show", "--"+name+"="+bad)
+				}
+				want := "--" + name + " must be " + alternatives(values) + ", got " + strconvQuote(bad)
+				if code != ExitUsage || !strings.Contains(errs, want) {
+					t.Errorf("provision %s --%s=%q: exit %d, stderr %q; want 2 and %q", c.name, name, bad, code, errs, want)
+				}
+			}
+		}
+	}
+	if alternatives(flagValues["log-level"]) != "debug, info, warn or error" {
+		t.Errorf("log levels: %s", alternatives(flagValues["log-level"]))
+	}
+	for _, lvl := range flagValues["log-level"] {
+		if _, errs, code := run("version", "--log-level", lvl); code != ExitOK {
+			t.Errorf("--log-level %s: exit %d %s", lvl, code, errs)
+		}
+	}
+	// A usage error asked for in JSON is one JSON report.
+	out, _, code := run("version", "--format", "json", "--log-level", "verbose")
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil || code != ExitUsage || m["failed_layer"] != "usage" {
+		t.Errorf("exit %d, report %s (%v)", code, out, err)
+	}
+}
+
+func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }
+
+func TestVersionJSON(t *testing.T) {
+	out, errs, code := run("version", "--format", "json")
+	if code != ExitOK || errs != "" {
+		t.Fatalf("exit %d, stderr %s", code, errs)
+	}
+	var m map[string]string
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("not one JSON object of strings: %v\n%s", err, out)
+	}
+	keys := []string{"commit", "go_version", "step_ca_client_module", "step_ca_client_version", "version"}
+	var got []string
+	for k, v := range m {
+		got = append(got, k)
+		if v == "" {
+			t.Errorf("%s is empty", k)
+		}
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, keys) {
+		t.Errorf("keys %v, want %v", got, keys)
+	}
+	if !strings.HasPrefix(m["go_version"], "go1.") {
+		t.Errorf("go_version %q", m["go_version"])
+	}
+	// A test binary records no dependencies; the installed binary's answer
+	// is checked against go.mod by the packaging test. Here: what a real
+	// build records is what is reported.
+	bi := &debug.BuildInfo{GoVersion: "go1.26.8", Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "abc123"}, {Key: "vcs.modified", Value: "true"}},
+		Deps: []*debug.Module{{Path: "go.step.sm/crypto", Version: "v0.77.1"}, {Path: caClientModule, Version: "v0.30.2"}}}
+	if got, want := buildInfoFrom(bi, "1.2.3", ""), (BuildInfo{"1.2.3", "abc123-dirty", "go1.26.8", caClientModule, "v0.30.2"}); got != want {
+		t.Errorf("buildInfoFrom = %+v, want %+v", got, want)
+	}
+	bi.Deps[1].Replace = &debug.Module{Path: "../certificates", Version: "v0.30.3-fork"}
+	if got := buildInfoFrom(bi, "1.2.3", "fedcba"); got.Commit != "fedcba" || got.CAClientVersion != "v0.30.3-fork" {
+		t.Errorf("ldflags commit and a replaced CA client: %+v", got)
+	}
+	if got := buildInfoFrom(nil, "dev", ""); got.Commit != "unknown" || got.CAClientVersion != "unknown" {
+		t.Errorf("no build info: %+v", got)
+	}
+	text, _, _ := run("version")
+	if !strings.HasPrefix(text, "provision "+Version()+"\n") || !strings.Contains(text, "step-ca client: "+caClientModule+" "+m["step_ca_client_version"]) {
+		t.Errorf("text version:\n%s", text)
+	}
+}
+
+// TestEveryFlagCompletes: a flag added to a command must say what it takes
+// (a value set, a file or a directory), or the completions cannot offer it.
+func TestEveryFlagCompletes(t *testing.T) {
+	for _, c := range commands() {
+		for _, f := range completionFlags(c) {
+			if f.values == nil && f.path == "" {
+				t.Errorf("provision %s --%s is in neither flagValues nor flagPaths", c.name, f.name)
+			}
+		}
+	}
+}
+
+// complete runs the generated bash completion for a command line (the word
+// under the cursor last) and returns the candidates.
+func complete(t *testing.T, bash, script string, words ...string) []string {
+	t.Helper()
+	var q []string
+	for _, w := range words {
+		q = append(q, "'"+w+"'")
+	}
+	prog := `source "$1"; COMP_WORDS=(` + strings.Join(q, " ") + `); COMP_CWORD=$((${#COMP_WORDS[@]}-1)); _provision; printf '%s\n' "${COMPREPLY[@]}"`
+	cmd := exec.Command(bash, "--norc", "-c", prog, "bash", script)
+	cmd.Dir = t.TempDir()
+	for _, f := range []string{"node.toml", "token.jwt"} {
+		os.WriteFile(filepath.Join(cmd.Dir, f), nil, 0o600)
+	}
+	os.Mkdir(filepath.Join(cmd.Dir, "mnt"), 0o755)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bash completion %v: %v\n%s", words, err, out)
+	}
+	return strings.Fields(string(out))
+}
+
+func TestBashCompletion(t *testing.T) {
+	bash := testenv.RequireProgram(t, "bash", "bash")
+	script := filepath.Join(t.TempDir(), "provision.bash")
+	if err := os.WriteFile(script, BashCompletion(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		words []string
+		want  string
+	}{
+		{[]string{"provision", ""}, "bootstrap verify hosts userdata version help --help --version"},
+		{[]string{"provision", "ver"}, "verify version"},
+		{[]string{"provision", "hosts", ""}, "apply show remove --help"},
+		{[]string{"provision", "verify", "--format", ""}, "text json"},
+		{[]string{"provision", "verify", "--format=j"}, "json"},
+		{[]string{"provision", "bootstrap", "--log-level", ""}, "debug info warn error"},
+		{[]string{"provision", "hosts", "apply", "--"}, "--config --root --log-format --log-level --help"},
+		{[]string{"provision", "verify", "--"}, "--config --root --format --log-format --log-level --help"},
+		{[]string{"provision", "userdata", "--to"}, "--token-file"},
+		{[]string{"provision", "userdata", "--token-file", "tok"}, "token.jwt"},
+		{[]string{"provision", "bootstrap", "--root", ""}, "mnt"},
+		{[]string{"provision", "help", "b"}, "bootstrap"},
+	}
+	for _, c := range cases {
+		got := complete(t, bash, script, c.words...)
+		want := strings.Fields(c.want)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("complete %q: got %q, want %q", c.words, got, want)
+		}
+	}
+}
+
+func TestZshCompletion(t *testing.T) {
+	zsh := testenv.RequireProgram(t, "zsh", "zsh")
+	f := filepath.Join(t.TempDir(), "_provision")
+	script := ZshCompletion()
+	if err := os.WriteFile(f, script, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(zsh, "-n", f).CombinedOutput(); err != nil {
+		t.Fatalf("zsh -n _provision: %v\n%s", err, out)
+	}
+	if !strings.HasPrefix(string(script), "#compdef provision\n") {
+		t.Errorf("no #compdef line")
+	}
+	// Every command and each of its flags, with its values, is offered.
+	for _, c := range commands() {
+		if !strings.Contains(string(script), "\t\t'"+c.name+":") || !strings.Contains(string(script), "\t\t"+c.name+")\n") {
+			t.Errorf("zsh completion lacks command %s", c.name)
+		}
+		for _, fl := range completionFlags(c) {
+			spec := "'--" + fl.name + "=["
+			if !strings.Contains(string(script), spec) {
+				t.Errorf("zsh completion lacks %s --%s", c.name, fl.name)
+			}
+			if fl.values != nil && !strings.Contains(string(script), ":"+fl.name+":("+strings.Join(fl.values, " ")+")'") {
+				t.Errorf("zsh completion lacks the values of --%s", fl.name)
+			}
+		}
+	}
+}

@@ -1,0 +1,38 @@
+// Command gendocs writes provision's man pages and shell completions,
+// generated from the CLI's command table and help text, into a directory:
+//
+//	go run ./internal/cli/gendocs -out DIR -version 1.2.3 -date 2026-03-01
+//
+// writes DIR/man1/provision.1, DIR/man1/provision-<command>.1,
+// DIR/completion/provision.bash and DIR/completion/_provision.
+// packaging/build-deb.sh runs it at build time; nothing generated is
+// committed.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/gpuaas/provision/internal/cli"
+)
+
+func main() {
+	out := flag.String("out", "", "output `dir` (required)")
+	version := flag.String("version", "dev", "version for the man page footer")
+	date := flag.String("date", time.Now().UTC().Format(time.DateOnly), "date (YYYY-MM-DD) for the man page footer")
+	flag.Parse()
+	if *out == "" || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "usage: gendocs -out DIR [-version V] [-date YYYY-MM-DD]")
+		os.Exit(2)
+	}
+	if _, err := time.Parse(time.DateOnly, *date); err != nil {
+		fmt.Fprintf(os.Stderr, "gendocs: -date %q: want YYYY-MM-DD\n", *date)
+		os.Exit(2)
+	}
+	if err := cli.WriteDocs(*out, *version, *date); err != nil {
+		fmt.Fprintf(os.Stderr, "gendocs: %v\n", err)
+		os.Exit(1)
+	}
+}
