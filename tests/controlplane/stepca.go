@@ -15,6 +15,7 @@ import (
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/ca"
+	"github.com/smallstep/certificates/db"
 	"go.step.sm/crypto/jose"
 )
 
@@ -45,6 +46,14 @@ type StepCAOptions struct {
 	Dir         string // required: PKI generations are written under it
 	Hostname    string // default DefaultCAHostname
 	Provisioner string // default DefaultProvisioner
+	// Lifetime, when set, is the provisioner's default and minimum TLS
+	// certificate duration (e.g. 30s-2m), so a test sees certificates reach
+	// their renewal point and expire; backdating is cut to one second and
+	// renewal after expiry stays refused. Zero keeps step-ca's 24h.
+	Lifetime time.Duration
+	// Revocation gives the CA a persistent database (bbolt under Dir), which
+	// step-ca needs to revoke; the default in-memory DB refuses revocation.
+	Revocation bool
 }
 
 // StepCA is a real smallstep step-ca (github.com/smallstep/certificates/ca)
@@ -56,6 +65,12 @@ type StepCA struct {
 	provName string
 	dir      string
 	jwk      *jose.JSONWebKey
+	opts     StepCAOptions
+
+	// retired are roots still listed by /roots beside the current
+	// generation's (during a rotation); federated are roots only
+	// /federation lists.
+	retired, federated []*PKI
 
 	mu     sync.Mutex
 	addr   string
@@ -81,7 +96,7 @@ func StartStepCA(opts StepCAOptions) (*StepCA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provisioner key: %w", err)
 	}
-	s := &StepCA{hostname: opts.Hostname, provName: opts.Provisioner, dir: opts.Dir, jwk: jwk}
+	s := &StepCA{hostname: opts.Hostname, provName: opts.Provisioner, dir: opts.Dir, jwk: jwk, opts: opts}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.newGenerationLocked(); err != nil {
@@ -119,8 +134,18 @@ func (s *StepCA) newGenerationLocked() error {
 
 func (s *StepCA) startLocked() error {
 	pub := s.jwk.Public()
+	prov := &provisioner.JWK{Type: "JWK", Name: s.provName, Key: &pub}
+	roots := []string{s.pki.RootPath}
+	for _, r := range s.retired {
+		roots = append(roots, r.RootPath)
+	}
+	var fed []string
+	for _, r := range s.federated {
+		fed = append(fed, r.RootPath)
+	}
 	cfg := &config.Config{
-		Root:             []string{s.pki.RootPath},
+		Root:             roots,
+		FederatedRoots:   fed,
 		IntermediateCert: s.pki.IntermediatePath,
 		IntermediateKey:  s.pki.IntermediateKeyPath,
 		Address:          s.addr,
@@ -129,8 +154,19 @@ func (s *StepCA) startLocked() error {
 		// concurrent signs under -race) unless there is exactly one name.
 		DNSNames: []string{s.hostname},
 		AuthorityConfig: &config.AuthConfig{
-			Provisioners: provisioner.List{&provisioner.JWK{Type: "JWK", Name: s.provName, Key: &pub}},
+			Provisioners: provisioner.List{prov},
 		},
+	}
+	if d := s.opts.Lifetime; d > 0 {
+		no := false
+		prov.Claims = &provisioner.Claims{
+			MinTLSDur: &provisioner.Duration{Duration: d}, DefaultTLSDur: &provisioner.Duration{Duration: d},
+			AllowRenewalAfterExpiry: &no,
+		}
+		cfg.AuthorityConfig.Backdate = &provisioner.Duration{Duration: time.Second}
+	}
+	if s.opts.Revocation {
+		cfg.DB = &db.Config{Type: "bbolt", DataSource: filepath.Join(s.dir, "stepca.db")}
 	}
 	srv, err := ca.New(cfg, ca.WithQuiet(true))
 	if err != nil {
@@ -209,6 +245,56 @@ func (s *StepCA) Rotate() error {
 	if err := s.newGenerationLocked(); err != nil {
 		return err
 	}
+	s.retired, s.federated = nil, nil
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if err = s.startLocked(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
+}
+
+// AddRoot is the first half of a root rotation: step-ca restarts with a new
+// root and intermediate that issue from now on, and keeps listing the old
+// root in /roots, so certificates issued under it still renew.
+func (s *StepCA) AddRoot() error {
+	return s.restart(func() error {
+		old := s.pki
+		if err := s.newGenerationLocked(); err != nil {
+			return err
+		}
+		s.retired = append(s.retired, old)
+		return nil
+	})
+}
+
+// DropOldRoots is the second half: /roots lists only the newest root; with
+// federate the old ones stay in /federation (and /root/<fingerprint>),
+// otherwise the CA forgets them.
+func (s *StepCA) DropOldRoots(federate bool) error {
+	return s.restart(func() error {
+		if federate {
+			s.federated = append(s.federated, s.retired...)
+		}
+		s.retired = nil
+		return nil
+	})
+}
+
+func (s *StepCA) restart(change func() error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errClosed
+	}
+	if err := s.stopLocked(); err != nil {
+		return fmt.Errorf("stopping step-ca: %w", err)
+	}
+	if err := change(); err != nil {
+		return err
+	}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		if err = s.startLocked(); err == nil {
@@ -268,6 +354,21 @@ func (s *StepCA) PKI() *PKI {
 // Fingerprint is the current root's fingerprint (lowercase hex SHA-256 of
 // the DER).
 func (s *StepCA) Fingerprint() string { return s.PKI().Fingerprint() }
+
+// CurrentRoots are the roots /roots lists: the issuing generation's and
+// any kept during a rotation (AddRoot).
+func (s *StepCA) CurrentRoots() []*PKI {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*PKI{s.pki}, s.retired...)
+}
+
+// RetiredRoots are the roots AddRoot kept beside the issuing one.
+func (s *StepCA) RetiredRoots() []*PKI {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*PKI(nil), s.retired...)
+}
 
 // RootPEM is the current root certificate in PEM.
 func (s *StepCA) RootPEM() []byte { return s.PKI().RootPEM() }
