@@ -485,7 +485,7 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 		return f
 	}
 	hook("after sign")
-	set := &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: roots.Current}
+	set := &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: roots.Bundle()}
 	if _, err := credstore.Save(host.Path(cfg.Paths.PKIDir), set, host.Time()); err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
 			Summary: "the CA issued a certificate but it could not be saved: " + err.Error(),
@@ -508,17 +508,17 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 	return nil
 }
 
-// refreshBundle rewrites the credential set when the CA's current roots
-// differ from ca.pem, keeping key and certificate.
+// refreshBundle rewrites the credential set when the CA's current and
+// federated roots differ from ca.pem, keeping key and certificate.
 func refreshBundle(pki string, env *verify.Env, roots *enroll.Roots, now time.Time) error {
 	s, err := env.Creds()
 	if err != nil {
 		return err
 	}
-	if string(credstore.EncodeCerts(s.Roots)) == string(credstore.EncodeCerts(roots.Current)) && s.DirMode&0o077 == 0 {
+	if string(credstore.EncodeCerts(s.Roots)) == string(roots.PEM()) && s.DirMode&0o077 == 0 {
 		return nil
 	}
-	s.Roots = roots.Current
+	s.Roots = roots.Bundle()
 	_, err = credstore.Save(pki, s, now)
 	return err
 }

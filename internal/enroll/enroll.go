@@ -120,6 +120,10 @@ type Roots struct {
 	// CA vouches for that it does not issue under (an old root during a
 	// rotation, or a peer CA's).
 	Federated []*x509.Certificate
+	// PinRetired is set when the CA no longer knows the pinned root at all
+	// (a rotation that dropped it) and trust followed the rotation through
+	// the roots the node already held (Client.Known): Pinned is then nil.
+	PinRetired bool
 	// ServerDate is the CA's Date header, for the clock check; zero if absent.
 	ServerDate time.Time
 }
@@ -307,6 +311,16 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 		if e.Status == 404 && e.Kind == CARejected {
 			e.Kind = PinMismatch
 			e.Err = fmt.Errorf("the CA does not know a root with fingerprint %s (it answered 404): ca.fingerprint is wrong, or the CA was re-initialised with a new root", c.Fingerprint)
+			if c.knowsPinned() {
+				// A completed root rotation: the node's ca.pem holds the
+				// pinned root and the roots fetched (authenticated) beside
+				// it, which may still vouch for the CA. A fingerprint that
+				// was never among them is wrong, and stays an error.
+				if r, err := c.fetchCurrent(ctx, out, nil); err == nil {
+					r.PinRetired = true
+					return r, nil
+				}
+			}
 		}
 		return out, e
 	}
@@ -323,14 +337,32 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 		return out, &Error{Kind: BadRoot, Op: "fetch pinned root", Err: fmt.Errorf("the certificate with fingerprint %s (%s) is not a self-signed CA certificate", c.Fingerprint, root.Subject)}
 	}
 	out.Pinned = root
+	return c.fetchCurrent(ctx, out, root)
+}
 
+// knowsPinned reports whether Known holds the pinned root.
+func (c *Client) knowsPinned() bool {
+	for _, k := range c.Known {
+		if Fingerprint(k) == c.Fingerprint {
+			return true
+		}
+	}
+	return false
+}
+
+// fetchCurrent fetches /roots and /federation over a connection trusting
+// root (the pinned one; nil after it was retired) and Known. With a pinned
+// root, it must be among them.
+func (c *Client) fetchCurrent(ctx context.Context, out *Roots, root *x509.Certificate) (*Roots, error) {
 	pool := x509.NewCertPool()
-	pool.AddCert(root)
+	if root != nil {
+		pool.AddCert(root)
+	}
 	for _, k := range c.Known {
 		pool.AddCert(k)
 	}
 	pinned := c.transport(&tls.Config{RootCAs: pool, ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
-	resp, body, err = c.get(ctx, pinned, "/roots")
+	resp, body, err := c.get(ctx, pinned, "/roots")
 	if resp != nil {
 		if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
 			out.ServerDate = d
@@ -343,13 +375,13 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 	if err := json.Unmarshal(body, &rs); err != nil {
 		return out, &Error{Kind: NotStepCA, Op: "fetch roots", Err: fmt.Errorf("the answer is not a step-ca roots response: %q", excerpt(body))}
 	}
-	found := false
+	found := root == nil
 	for _, crt := range rs.Certificates {
 		if crt.Certificate == nil {
 			continue
 		}
 		out.Current = append(out.Current, crt.Certificate)
-		if crt.Certificate.Equal(root) {
+		if root != nil && crt.Certificate.Equal(root) {
 			found = true
 		}
 	}
@@ -373,7 +405,7 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 		if !isCurrent {
 			out.Federated = append(out.Federated, crt.Certificate)
 		}
-		if crt.Certificate.Equal(root) {
+		if root != nil && crt.Certificate.Equal(root) {
 			found = true
 		}
 	}
