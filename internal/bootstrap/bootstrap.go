@@ -175,6 +175,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	// 3. Keep the credentials or re-enroll, as the one credential verdict
 	// says; verify renders the same verdict, so its remedy is what this does.
 	credstore.Sweep(pki)
+	replaced, _ := env.Creds() // revoked after the proof if an enrollment replaces it
 	verdict := env.Verdict(ctx)
 	reason, warnings := assess(cfg, host, verdict)
 	if reason != "" {
@@ -265,7 +266,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		ResolvedAddr: res.RemoteAddr, ProbeStatus: res.Status, Enrolled: out.Enrolled,
 		ProvedAt: host.Time().UTC(), MachineID: host.MachineID(), Version: o.Version,
 	}
-	rc.Warnings = warnings
+	rc.Warnings = append(warnings, revokeReplaced(ctx, caClient, roots, replaced, out.Enrolled, host.Time(), rep, log)...)
 	hook("before receipt")
 	if err := WriteReceipt(stateDir, rc); err != nil {
 		return stop("receipt", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable and run again (the node itself is healthy)"})

@@ -318,6 +318,13 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 				// was never among them is wrong, and stays an error.
 				if r, err := c.fetchCurrent(ctx, out, nil); err == nil {
 					r.PinRetired = true
+					// ca.pem keeps the pinned root while the config pins it,
+					// so the next run can follow the rotation the same way.
+					for _, k := range c.Known {
+						if Fingerprint(k) == c.Fingerprint {
+							r.Federated = append(r.Federated, k)
+						}
+					}
 					return r, nil
 				}
 			}

@@ -16,8 +16,8 @@ package lifecycle
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"

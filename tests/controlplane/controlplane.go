@@ -212,14 +212,25 @@ func (cp *ControlPlane) applyModeLocked() {
 	}
 }
 
-// AddCARoot starts a root rotation: step-ca gains a new root and issues
-// under it, while /roots keeps the old one. The node API keeps its server
-// certificate (from the old intermediate, which nodes trust already) and,
-// in ClientCAStep mode, trusts client certificates under either root.
+// AddCARoot starts a root rotation: step-ca lists a new root beside the
+// issuing one (StepCA.AddRoot). In ClientCAStep mode the node API trusts
+// client certificates under any listed root.
 func (cp *ControlPlane) AddCARoot() error {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	if err := cp.CA.AddRoot(); err != nil {
+		return err
+	}
+	cp.applyModeLocked()
+	return nil
+}
+
+// SwitchCARoot makes the new root's intermediate issue (StepCA.SwitchRoot);
+// the node API keeps its server certificate from the old intermediate.
+func (cp *ControlPlane) SwitchCARoot() error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if err := cp.CA.SwitchRoot(); err != nil {
 		return err
 	}
 	cp.applyModeLocked()

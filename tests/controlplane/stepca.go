@@ -71,6 +71,8 @@ type StepCA struct {
 	// generation's (during a rotation); federated are roots only
 	// /federation lists.
 	retired, federated []*PKI
+	// incoming are roots listed by /roots before they issue (AddRoot).
+	incoming []*PKI
 
 	mu     sync.Mutex
 	addr   string
@@ -136,7 +138,7 @@ func (s *StepCA) startLocked() error {
 	pub := s.jwk.Public()
 	prov := &provisioner.JWK{Type: "JWK", Name: s.provName, Key: &pub}
 	roots := []string{s.pki.RootPath}
-	for _, r := range s.retired {
+	for _, r := range append(append([]*PKI(nil), s.retired...), s.incoming...) {
 		roots = append(roots, r.RootPath)
 	}
 	var fed []string
@@ -245,7 +247,7 @@ func (s *StepCA) Rotate() error {
 	if err := s.newGenerationLocked(); err != nil {
 		return err
 	}
-	s.retired, s.federated = nil, nil
+	s.retired, s.federated, s.incoming = nil, nil, nil
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		if err = s.startLocked(); err == nil {
@@ -256,21 +258,38 @@ func (s *StepCA) Rotate() error {
 	return err
 }
 
-// AddRoot is the first half of a root rotation: step-ca restarts with a new
-// root and intermediate that issue from now on, and keeps listing the old
-// root in /roots, so certificates issued under it still renew.
+// AddRoot is the first step of a root rotation: /roots lists a new root
+// beside the issuing one, which keeps issuing (and serving the CA's TLS
+// certificate), so nodes can learn the new root before anything depends
+// on it.
 func (s *StepCA) AddRoot() error {
 	return s.restart(func() error {
 		old := s.pki
 		if err := s.newGenerationLocked(); err != nil {
 			return err
 		}
-		s.retired = append(s.retired, old)
+		s.incoming = append(s.incoming, s.pki)
+		s.pki = old
 		return nil
 	})
 }
 
-// DropOldRoots is the second half: /roots lists only the newest root; with
+// SwitchRoot is the second step: the newest added root's intermediate
+// issues from now on (and serves the CA's TLS); the old root stays listed
+// in /roots, so certificates issued under it still renew.
+func (s *StepCA) SwitchRoot() error {
+	return s.restart(func() error {
+		if len(s.incoming) == 0 {
+			return errors.New("SwitchRoot without AddRoot")
+		}
+		s.retired = append(s.retired, s.pki)
+		s.pki = s.incoming[len(s.incoming)-1]
+		s.incoming = s.incoming[:len(s.incoming)-1]
+		return nil
+	})
+}
+
+// DropOldRoots is the last step: /roots lists only the issuing root; with
 // federate the old ones stay in /federation (and /root/<fingerprint>),
 // otherwise the CA forgets them.
 func (s *StepCA) DropOldRoots(federate bool) error {
@@ -360,7 +379,7 @@ func (s *StepCA) Fingerprint() string { return s.PKI().Fingerprint() }
 func (s *StepCA) CurrentRoots() []*PKI {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]*PKI{s.pki}, s.retired...)
+	return append(append([]*PKI{s.pki}, s.retired...), s.incoming...)
 }
 
 // RetiredRoots are the roots AddRoot kept beside the issuing one.
