@@ -11,7 +11,7 @@ import (
 	"github.com/gpuaas/provision/internal/testenv"
 )
 
-var units = []string{"provision.service", "provision-verify.service", "provision-verify.timer"}
+var units = []string{"provision.service", "provision-verify.service", "provision-verify.timer", "provision-renew.service", "provision-renew.timer"}
 
 // stage copies the units into a temp dir with ExecStart pointing at an
 // executable in that dir: systemd-analyze verify insists that ExecStart
@@ -217,5 +217,24 @@ func TestVerifyUnitsContract(t *testing.T) {
 	}
 	if got := tm["Install.WantedBy"]; len(got) != 1 || got[0] != "timers.target" {
 		t.Errorf("timer WantedBy = %q", got)
+	}
+}
+
+func TestRenewUnitsContract(t *testing.T) {
+	s := directives(t, "provision-renew.service")
+	if got := s["Service.ExecStart"]; len(got) != 1 || !strings.Contains(got[0], "/usr/bin/provision renew ") {
+		t.Errorf("provision-renew.service ExecStart = %q, want provision renew", got)
+	}
+	if got := s["Service.Restart"]; len(got) != 0 {
+		t.Errorf("provision-renew.service must not restart; the timer re-runs it")
+	}
+	tm := directives(t, "provision-renew.timer")
+	for k, want := range map[string]string{"Timer.Unit": "provision-renew.service", "Timer.Persistent": "true"} {
+		if got := tm[k]; len(got) != 1 || got[0] != want {
+			t.Errorf("provision-renew.timer %s = %q, want %q", k, got, want)
+		}
+	}
+	if got := tm["Timer.RandomizedDelaySec"]; len(got) != 1 || got[0] == "0" {
+		t.Errorf("provision-renew.timer needs a RandomizedDelaySec, got %q", got)
 	}
 }
