@@ -52,6 +52,9 @@ var shipped = map[string]string{
 	"usr/share/doc/provision/logging.md":                             "../docs/logging.md",
 	"usr/lib/systemd/system/provision.service.d/metrics.conf":        "../deploy/systemd/provision.service.d/metrics.conf",
 	"usr/lib/systemd/system/provision-verify.service.d/metrics.conf": "../deploy/systemd/provision-verify.service.d/metrics.conf",
+	"usr/lib/systemd/system/provision-renew.service":                 "../deploy/systemd/provision-renew.service",
+	"usr/lib/systemd/system/provision-renew.timer":                   "../deploy/systemd/provision-renew.timer",
+	"usr/lib/systemd/system/provision-renew.service.d/metrics.conf":  "../deploy/systemd/provision-renew.service.d/metrics.conf",
 	"usr/share/doc/provision/copyright":                              "copyright",
 	"usr/share/lintian/overrides/provision":                          "lintian-overrides",
 }

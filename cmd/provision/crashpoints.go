@@ -2,8 +2,8 @@
 
 // This file exists only in test builds (go build -tags crashpoints). It lets
 // tests/reliability kill the real binary at an exact step: when
-// PROVISION_CRASH_AT names a step passed to bootstrap.Hook, credstore.Hook or
-// system.Hook, the process sends itself SIGKILL there, as a power cut or an
+// PROVISION_CRASH_AT names a step passed to bootstrap.Hook, credstore.Hook,
+// renew.Hook or system.Hook, the process sends itself SIGKILL there, as a power cut or an
 // OOM kill would. PROVISION_CRASH_AT may list several steps separated by
 // '|'; the first one reached kills. The production binary carries none of
 // this: the hooks stay nil.
@@ -17,6 +17,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/renew"
 	"github.com/gpuaas/provision/internal/system"
 )
 
@@ -38,5 +39,6 @@ func init() {
 	}
 	bootstrap.Hook = kill
 	credstore.Hook = kill
+	renew.Hook = kill
 	system.Hook = kill
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/gpuaas/provision/internal/testenv"
 )
 
-var units = []string{"provision.service", "provision-verify.service", "provision-verify.timer"}
+var units = []string{"provision.service", "provision-verify.service", "provision-verify.timer", "provision-renew.service", "provision-renew.timer"}
 
 // stage copies the units into a temp dir with ExecStart pointing at an
 // executable in that dir: systemd-analyze verify insists that ExecStart
@@ -246,14 +246,14 @@ func TestVerifyUnitsContract(t *testing.T) {
 // units' own sandbox stays as it is), and systemd-analyze accepts the units
 // with the drop-ins applied.
 func TestMetricsDropIns(t *testing.T) {
-	for _, unit := range []string{"provision.service", "provision-verify.service"} {
+	for _, unit := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
 		d := directives(t, filepath.Join(unit+".d", "metrics.conf"))
 		if got := d["Service.ReadWritePaths"]; len(got) != 1 || got[0] != "-"+config.DefaultTextfileDir || len(d) != 1 {
 			t.Errorf("%s.d/metrics.conf: %v, want only ReadWritePaths=-%s", unit, d, config.DefaultTextfileDir)
 		}
 	}
 	dir, files := stage(t, nil)
-	for _, unit := range []string{"provision.service", "provision-verify.service"} {
+	for _, unit := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
 		b, err := os.ReadFile(filepath.Join(unit+".d", "metrics.conf"))
 		if err != nil {
 			t.Fatal(err)
@@ -341,7 +341,7 @@ func TestSandboxDirectives(t *testing.T) {
 		"Service.ProtectSystem":           "strict",
 		"Service.RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
 	}
-	for _, u := range []string{"provision.service", "provision-verify.service"} {
+	for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
 		d := directives(t, u)
 		for k, v := range want {
 			if got := d[k]; len(got) != 1 || got[0] != v {
@@ -351,5 +351,24 @@ func TestSandboxDirectives(t *testing.T) {
 		if got := d["Service.SystemCallFilter"]; len(got) != 2 || got[0] != "@system-service" || got[1] != "~@privileged @resources" {
 			t.Errorf("%s: SystemCallFilter = %q", u, got)
 		}
+	}
+}
+
+func TestRenewUnitsContract(t *testing.T) {
+	s := directives(t, "provision-renew.service")
+	if got := s["Service.ExecStart"]; len(got) != 1 || !strings.Contains(got[0], "/usr/bin/provision renew ") {
+		t.Errorf("provision-renew.service ExecStart = %q, want provision renew", got)
+	}
+	if got := s["Service.Restart"]; len(got) != 0 {
+		t.Errorf("provision-renew.service must not restart; the timer re-runs it")
+	}
+	tm := directives(t, "provision-renew.timer")
+	for k, want := range map[string]string{"Timer.Unit": "provision-renew.service", "Timer.Persistent": "true"} {
+		if got := tm[k]; len(got) != 1 || got[0] != want {
+			t.Errorf("provision-renew.timer %s = %q, want %q", k, got, want)
+		}
+	}
+	if got := tm["Timer.RandomizedDelaySec"]; len(got) != 1 || got[0] == "0" {
+		t.Errorf("provision-renew.timer needs a RandomizedDelaySec, got %q", got)
 	}
 }

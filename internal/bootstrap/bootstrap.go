@@ -105,6 +105,7 @@ var steps = []struct {
 	{"assess", (*run).assess},             // the credential verdict, and the clock before a token
 	{"credentials", (*run).credentials},   // enroll, or keep and refresh the bundle
 	{"proof", (*run).prove},               // verify's ladder ending in a real tasks/wait; a task it got, kept
+	{"revoke", (*run).revoke},             // a still-valid certificate the enrollment replaced (a failure warns)
 	{"receipt", (*run).writeReceipt},      // last, only after the proof
 }
 
@@ -123,8 +124,9 @@ type run struct {
 	client   *enroll.Client
 	roots    *enroll.Roots
 	verdict  lifecycle.Verdict
-	reason   string   // why to enroll; "" keeps the credentials
-	warnings []string // for the receipt
+	reason   string         // why to enroll; "" keeps the credentials
+	replaced *credstore.Set // the set an enrollment replaces, revoked after the proof
+	warnings []string       // for the receipt
 	env      *verify.Env
 	rep      *verify.Report // the proof's report
 	halt     bool           // the proof failed: its report is the run's, no receipt
@@ -269,6 +271,7 @@ func (r *run) assess() *diag.Finding {
 		return nil
 	}
 	r.log.Info("step", "step", "assess", "layer", "credentials", "status", "enroll", "reason", r.reason)
+	r.replaced, _ = r.env.Creds()
 	// The one-time token is spent by the sign: a skew the CA's Date header
 	// already shows would only buy a certificate the node then judges not
 	// yet valid or expired, and cost the token.
@@ -354,6 +357,14 @@ func (r *run) handOff() *diag.Finding {
 		}
 		r.log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", err.Error(), "task_id", t.ID)
 	}
+	return nil
+}
+
+// revoke revokes, at the CA and authenticated by itself, a still-valid
+// certificate this run's enrollment replaced, now that the new one is
+// proven (reinstall on a kept disk, a rotated key). A failure is a warning.
+func (r *run) revoke() *diag.Finding {
+	r.warnings = append(r.warnings, revokeReplaced(r.ctx, r.client, r.roots, r.replaced, r.out.Enrolled, r.host.Time(), r.rep, r.log)...)
 	return nil
 }
 
@@ -583,7 +594,7 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 		return f
 	}
 	hook("after sign")
-	set := &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: roots.Current}
+	set := &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: roots.Bundle()}
 	if _, err := credstore.Save(host.Path(cfg.Paths.PKIDir), set, host.Time()); err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
 			Summary: "the CA issued a certificate but it could not be saved: " + err.Error(),
@@ -606,17 +617,17 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 	return nil
 }
 
-// refreshBundle rewrites the credential set when the CA's current roots
-// differ from ca.pem, keeping key and certificate.
+// refreshBundle rewrites the credential set when the CA's current and
+// federated roots differ from ca.pem, keeping key and certificate.
 func refreshBundle(pki string, env *verify.Env, roots *enroll.Roots, now time.Time) error {
 	s, err := env.Creds()
 	if err != nil {
 		return err
 	}
-	if string(credstore.EncodeCerts(s.Roots)) == string(credstore.EncodeCerts(roots.Current)) && s.DirMode&0o077 == 0 {
+	if string(credstore.EncodeCerts(s.Roots)) == string(roots.PEM()) && s.DirMode&0o077 == 0 {
 		return nil
 	}
-	s.Roots = roots.Current
+	s.Roots = roots.Bundle()
 	_, err = credstore.Save(pki, s, now)
 	return err
 }

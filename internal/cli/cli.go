@@ -48,7 +48,7 @@ const (
 var layerExit = map[diag.Layer]int{
 	diag.Config: ExitConfig, diag.Hosts: 10, diag.Clock: 11, diag.Credentials: 12, diag.CA: 13,
 	diag.TCP: 14, diag.TLSServer: 15, diag.TLSClientAuth: 16, diag.Route: 17, diag.Identity: 18,
-	diag.TasksWait: 19, diag.Enroll: 20, diag.State: 21, diag.Internal: ExitInternal,
+	diag.TasksWait: 19, diag.Enroll: 20, diag.State: 21, diag.Hook: 22, diag.Internal: ExitInternal,
 }
 
 // ExitCode returns the exit code for a failing layer.
@@ -75,8 +75,10 @@ const exitCodesHelp = `Exit codes:
   17  route            ingress has no route for the Host (404) or SNI/Host mismatch (421)
   18  identity         API refused the node identity (401/403)
   19  tasks-wait       tasks/wait failed (5xx, 502/504 from the ingress, timeout)
-  20  enroll           one-time token missing, invalid, used or expired
+  20  enroll           one-time token missing, invalid, used or expired; renew: certificate revoked
   21  state            receipt or state could not be written
+  22  hook             renew: the renewal was published, renew.post_hook failed
+  30 / 31          renew --check only: not due / cannot renew (0: due)
   130 / 143        interrupted by SIGINT / SIGTERM (run it again: every write is crash-safe)
 `
 
@@ -125,7 +127,7 @@ type runEnv struct {
 }
 
 func commands() []*command {
-	return []*command{bootstrapCmd, verifyCmd, hostsCmd, userdataCmd, versionCmd}
+	return []*command{bootstrapCmd, verifyCmd, renewCmd, hostsCmd, userdataCmd, versionCmd}
 }
 
 const rootHelp = `provision bootstraps a bare-metal GPU node into the control plane.
@@ -146,6 +148,7 @@ flags and examples.
 Examples:
   provision bootstrap                          # first boot: enroll and prove
   provision verify --format json | jq '{ok, failed_layer, owner}'
+  provision renew                              # provision-renew.timer: renew when due
   provision hosts show
 
 ` + exitCodesHelp
@@ -279,6 +282,8 @@ type flags struct {
 	runID     string
 	tokenFile string // userdata
 	out       string // userdata
+	force     bool   // renew
+	check     bool   // renew
 }
 
 // newFlags builds c's flag set: the common flags, --format when c takes it,

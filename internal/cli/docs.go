@@ -256,6 +256,7 @@ type completionFlag struct {
 	name, usage string
 	values      []string // fixed set
 	path        string   // "file" or "dir"
+	boolean     bool     // a switch: takes no value
 }
 
 func completionFlags(c *command) []completionFlag {
@@ -264,7 +265,8 @@ func completionFlags(c *command) []completionFlag {
 	for _, name := range flagNames(f) {
 		fl := f.fs.Lookup(name)
 		_, usage := flag.UnquoteUsage(fl)
-		out = append(out, completionFlag{name: name, usage: usage, values: flagValues[name], path: flagPaths[name]})
+		b, _ := fl.Value.(interface{ IsBoolFlag() bool })
+		out = append(out, completionFlag{name: name, usage: usage, values: flagValues[name], path: flagPaths[name], boolean: b != nil && b.IsBoolFlag()})
 	}
 	return out
 }
@@ -276,7 +278,7 @@ func flagNames(f *flags) []string {
 }
 
 // subcommands are the words a command takes before its flags.
-var subcommands = map[string][]string{"hosts": {"apply", "show", "remove"}}
+var subcommands = map[string][]string{"hosts": {"apply", "show", "check", "remove"}}
 
 // BashCompletion is the bash completion script for provision, generated
 // from the command table: commands, hosts' subcommands, each command's
@@ -312,6 +314,7 @@ _provision() {
 			}
 			seen[fl.name] = true
 			switch {
+			case fl.boolean: // a switch: the next word is not its value
 			case fl.values != nil:
 				valueCases = append(valueCases, fmt.Sprintf("\t--%s | -%s)\n\t\tCOMPREPLY=($(compgen -W %q -- \"$cur\"))\n\t\treturn\n\t\t;;\n", fl.name, fl.name, strings.Join(fl.values, " ")))
 			case fl.path == "dir":
@@ -366,6 +369,10 @@ func ZshCompletion() []byte {
 			fmt.Fprintf(&b, "\t\t\t\t'1:subcommand:(%s)' \\\n", strings.Join(subs, " "))
 		}
 		for _, f := range completionFlags(c) {
+			if f.boolean {
+				fmt.Fprintf(&b, "\t\t\t\t'--%s[%s]' \\\n", f.name, zshQuote(f.usage))
+				continue
+			}
 			action := "_files"
 			switch {
 			case f.values != nil:

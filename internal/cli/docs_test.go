@@ -176,11 +176,12 @@ func TestVersionJSON(t *testing.T) {
 }
 
 // TestEveryFlagCompletes: a flag added to a command must say what it takes
-// (a value set, a file or a directory), or the completions cannot offer it.
+// (a value set, a file or a directory, or none: a switch), or the
+// completions cannot offer it.
 func TestEveryFlagCompletes(t *testing.T) {
 	for _, c := range commands() {
 		for _, f := range completionFlags(c) {
-			if f.values == nil && f.path == "" {
+			if f.values == nil && f.path == "" && !f.boolean {
 				t.Errorf("provision %s --%s is in neither flagValues nor flagPaths", c.name, f.name)
 			}
 		}
@@ -219,9 +220,10 @@ func TestBashCompletion(t *testing.T) {
 		words []string
 		want  string
 	}{
-		{[]string{"provision", ""}, "bootstrap verify hosts userdata version help --help --version"},
+		{[]string{"provision", ""}, "bootstrap verify renew hosts userdata version help --help --version"},
 		{[]string{"provision", "ver"}, "verify version"},
-		{[]string{"provision", "hosts", ""}, "apply show remove --help"},
+		{[]string{"provision", "hosts", ""}, "apply show check remove --help"},
+		{[]string{"provision", "renew", "--f"}, "--force --format"},
 		{[]string{"provision", "verify", "--format", ""}, "text json"},
 		{[]string{"provision", "verify", "--format=j"}, "json"},
 		{[]string{"provision", "bootstrap", "--log-level", ""}, "debug info warn error"},
@@ -263,6 +265,9 @@ func TestZshCompletion(t *testing.T) {
 		}
 		for _, fl := range completionFlags(c) {
 			spec := "'--" + fl.name + "=["
+			if fl.boolean {
+				spec = "'--" + fl.name + "["
+			}
 			if !strings.Contains(string(script), spec) {
 				t.Errorf("zsh completion lacks %s --%s", c.name, fl.name)
 			}

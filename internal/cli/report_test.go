@@ -243,7 +243,7 @@ func wantAllFields(t *testing.T, m map[string]any, doc string) {
 var contractExit = map[diag.Layer]int{
 	diag.Config: 3, diag.Hosts: 10, diag.Clock: 11, diag.Credentials: 12, diag.CA: 13, diag.TCP: 14,
 	diag.TLSServer: 15, diag.TLSClientAuth: 16, diag.Route: 17, diag.Identity: 18, diag.TasksWait: 19,
-	diag.Enroll: 20, diag.State: 21, diag.Internal: 1,
+	diag.Enroll: 20, diag.State: 21, diag.Hook: 22, diag.Internal: 1,
 }
 
 func TestExitCodePerLayer(t *testing.T) {

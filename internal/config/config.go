@@ -46,6 +46,7 @@ type Config struct {
 	Paths     Paths     `toml:"paths"`
 	Bootstrap Bootstrap `toml:"bootstrap"`
 	Metrics   Metrics   `toml:"metrics"`
+	Renew     Renew     `toml:"renew"`
 }
 
 // Host is one name -> IP pair of the /etc/hosts override.
@@ -92,6 +93,24 @@ type Metrics struct {
 	TextfileDir string `toml:"textfile_dir"`
 }
 
+// Renew tunes provision renew: when a certificate is due, whether the key
+// changes, and what runs after a renewal is published.
+type Renew struct {
+	// Fraction of the certificate's lifetime after which it is due.
+	Fraction float64 `toml:"fraction"`
+	// Splay is the most a node waits past the renewal point, chosen per
+	// node and certificate, so a fleet enrolled together does not renew in
+	// one second. It is capped to half the time left after the renewal point.
+	Splay Duration `toml:"splay"`
+	// Rekey: a new key with each renewal (step-ca's /rekey); false keeps the
+	// key (/renew).
+	Rekey bool `toml:"rekey"`
+	// PostHook is a command (argv, no shell) run after a renewal is
+	// published, e.g. ["systemctl", "reload", "node-agent"].
+	PostHook        []string `toml:"post_hook"`
+	PostHookTimeout Duration `toml:"post_hook_timeout"`
+}
+
 // Defaults for the optional keys.
 const (
 	DefaultTokenFile      = "/run/provision/token"
@@ -105,7 +124,11 @@ const (
 	// DefaultTextfileDir is where Debian's prometheus-node-exporter package
 	// points its textfile collector (its README.textfile, and the directory
 	// the package ships).
-	DefaultTextfileDir = "/var/lib/prometheus/node-exporter"
+	DefaultTextfileDir    = "/var/lib/prometheus/node-exporter"
+	DefaultRenewFraction  = 2.0 / 3.0
+	DefaultRenewSplay     = time.Hour
+	DefaultRenewRekey     = true
+	DefaultPostHookTimout = 30 * time.Second
 )
 
 // Duration is a time.Duration written as a Go duration string ("5s", "10m").
@@ -270,6 +293,7 @@ var knownKeys = []string{
 	"paths", "paths.hosts_file", "paths.pki_dir", "paths.state_dir",
 	"bootstrap", "bootstrap.deadline", "bootstrap.request_timeout",
 	"metrics", "metrics.enabled", "metrics.textfile_dir",
+	"renew", "renew.fraction", "renew.splay", "renew.rekey", "renew.post_hook", "renew.post_hook_timeout",
 }
 
 // suggest offers the closest known key for a typo.
@@ -330,6 +354,8 @@ func (c *Config) applyDefaults(md toml.MetaData) {
 		{set: md.IsDefined("bootstrap", "deadline"), dur: &c.Bootstrap.Deadline, ddef: DefaultDeadline},
 		{set: md.IsDefined("bootstrap", "request_timeout"), dur: &c.Bootstrap.RequestTimeout, ddef: DefaultRequestTimeout},
 		{set: md.IsDefined("metrics", "textfile_dir"), str: &c.Metrics.TextfileDir, sdef: DefaultTextfileDir},
+		{set: md.IsDefined("renew", "splay"), dur: &c.Renew.Splay, ddef: DefaultRenewSplay},
+		{set: md.IsDefined("renew", "post_hook_timeout"), dur: &c.Renew.PostHookTimeout, ddef: DefaultPostHookTimout},
 	} {
 		switch {
 		case d.set:
@@ -341,6 +367,12 @@ func (c *Config) applyDefaults(md toml.MetaData) {
 	}
 	if !md.IsDefined("metrics", "enabled") {
 		c.Metrics.Enabled = true
+	}
+	if !md.IsDefined("renew", "fraction") {
+		c.Renew.Fraction = DefaultRenewFraction
+	}
+	if !md.IsDefined("renew", "rekey") {
+		c.Renew.Rekey = DefaultRenewRekey
 	}
 }
 
@@ -360,6 +392,15 @@ const (
 	// Request timeouts: one network request.
 	MinRequestTimeout = 100 * time.Millisecond
 	MaxRequestTimeout = 5 * time.Minute
+	// Renewal: the fraction is a share of the lifetime strictly between 0
+	// and 1 (below 0.1 renews all the time, 0.95 and above leaves no room
+	// for a failed attempt); the splay and the hook's timeout are bounded
+	// so a typo (10h for 10m) is caught.
+	MinRenewFraction   = 0.1
+	MaxRenewFraction   = 0.95
+	MaxRenewSplay      = 24 * time.Hour
+	MinPostHookTimeout = time.Second
+	MaxPostHookTimeout = 10 * time.Minute
 )
 
 // zeroHint explains an explicit zero that is out of range: before, "0s"
@@ -505,6 +546,23 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	}
 	if d := c.Bootstrap.RequestTimeout.Duration; d < MinRequestTimeout || d > MaxRequestTimeout {
 		add("bootstrap.request_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinRequestTimeout), fmtDuration(MaxRequestTimeout), d, zeroHint(d, DefaultRequestTimeout))
+	}
+	if f := c.Renew.Fraction; math.IsNaN(f) || f < MinRenewFraction || f > MaxRenewFraction {
+		add("renew.fraction", "must be between %g and %g (the share of the certificate's lifetime after which it is renewed; default 2/3), got %g", MinRenewFraction, MaxRenewFraction, f)
+	}
+	if d := c.Renew.Splay.Duration; d < 0 || d > MaxRenewSplay {
+		add("renew.splay", "must be between 0s and %s, got %s", fmtDuration(MaxRenewSplay), d)
+	}
+	if len(c.Renew.PostHook) > 0 {
+		switch h := c.Renew.PostHook[0]; {
+		case !strings.HasPrefix(h, "/"):
+			add("renew.post_hook", "the command must be an absolute path (it runs without a shell and without PATH lookup), got %q", h)
+		case filepath.Clean(h) != h:
+			add("renew.post_hook", "the command must be a clean path, got %q", h)
+		}
+	}
+	if d := c.Renew.PostHookTimeout.Duration; d < MinPostHookTimeout || d > MaxPostHookTimeout {
+		add("renew.post_hook_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinPostHookTimeout), fmtDuration(MaxPostHookTimeout), d, zeroHint(d, DefaultPostHookTimout))
 	}
 	return probs
 }

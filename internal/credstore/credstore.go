@@ -48,7 +48,10 @@ const (
 	CertFile    = "cert.pem"
 	CAFile      = "ca.pem"
 	CurrentLink = "current"
-	genPrefix   = "gen-"
+	// PreviousLink names the generation "current" named before the last
+	// Publish: the rollback target prune keeps.
+	PreviousLink = "previous"
+	genPrefix    = "gen-"
 )
 
 // Set is one complete identity.
@@ -239,8 +242,21 @@ func hook(step string) {
 }
 
 // Save publishes s as the current set in dir and returns the generation
-// directory. now names the generation.
+// directory. now names the generation. It is SaveAside then Publish.
 func Save(dir string, s *Set, now time.Time) (string, error) {
+	gen, err := SaveAside(dir, s, now)
+	if err != nil {
+		return "", err
+	}
+	return gen, Publish(dir, gen)
+}
+
+// SaveAside writes s into a new, complete, validated generation directory
+// under dir without publishing it: "current" and the stable links still
+// name the old set, so nothing the node-agent reads changes. renew proves
+// the new set from there before Publish. An unpublished generation is kept
+// (for diagnosis) until the next successful publish prunes it.
+func SaveAside(dir string, s *Set, now time.Time) (string, error) {
 	if !s.KeyMatches() {
 		return "", errors.New("refusing to save: the key does not match the certificate")
 	}
@@ -297,18 +313,44 @@ func Save(dir string, s *Set, now time.Time) (string, error) {
 		return "", err
 	}
 	hook("generation ready")
+	return gen, nil
+}
+
+// Publish makes gen, a generation SaveAside wrote under dir, the current
+// set by one symlink swap, after recording the generation it replaces as
+// "previous" (kept as the rollback target). gen is validated again first:
+// a generation that does not load as a matching pair is never published.
+func Publish(dir, gen string) error {
+	name := filepath.Base(gen)
+	if filepath.Dir(gen) != filepath.Clean(dir) || !strings.HasPrefix(name, genPrefix) {
+		return fmt.Errorf("refusing to publish %s: not a generation of %s", gen, dir)
+	}
+	if _, err := tls.LoadX509KeyPair(filepath.Join(gen, CertFile), filepath.Join(gen, KeyFile)); err != nil {
+		return fmt.Errorf("refusing to publish %s: %w", gen, err)
+	}
+	if prev, err := os.Readlink(filepath.Join(dir, CurrentLink)); err == nil && filepath.Base(prev) != name {
+		if err := renameio.Symlink(filepath.Base(prev), filepath.Join(dir, PreviousLink)); err != nil {
+			return fmt.Errorf("recording %s: %w", PreviousLink, err)
+		}
+	}
 	if err := renameio.Symlink(name, filepath.Join(dir, CurrentLink)); err != nil {
-		return "", fmt.Errorf("switching %s to %s: %w", CurrentLink, name, err)
+		return fmt.Errorf("switching %s to %s: %w", CurrentLink, name, err)
 	}
 	if err := system.SyncDir(dir); err != nil {
-		return "", err
+		return err
 	}
 	hook("current switched")
 	if err := linkStable(dir); err != nil {
-		return "", err
+		return err
 	}
 	prune(dir, name)
-	return gen, nil
+	return nil
+}
+
+// LoadGeneration reads the set in one generation directory (as SaveAside
+// wrote it), for proving it before it is published.
+func LoadGeneration(gen string) (*Set, error) {
+	return Load(gen)
 }
 
 // linkStable points key.pem, cert.pem and ca.pem through "current".
@@ -361,7 +403,7 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 // key.pem and cert.pem, would find no credentials while provision, which
 // reads through "current", would think the node healthy.
 func Sweep(dir string) {
-	system.SweepTemp(dir, CurrentLink, KeyFile, CertFile, CAFile)
+	system.SweepTemp(dir, CurrentLink, PreviousLink, KeyFile, CertFile, CAFile)
 	target, err := os.Readlink(filepath.Join(dir, CurrentLink))
 	if err != nil {
 		return
@@ -374,22 +416,48 @@ func Sweep(dir string) {
 	}
 }
 
-// prune keeps the current generation and the newest one before it (a
-// rollback target) and removes older ones.
+// prune keeps the current generation, the one "previous" names (the
+// rollback target; without that link, the newest one older than current),
+// and the newest generation written after current (an unpublished set a
+// failed renewal left for diagnosis); it removes the others.
 func prune(dir, current string) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	var gens []string
-	for _, e := range ents {
-		if e.IsDir() && strings.HasPrefix(e.Name(), genPrefix) && e.Name() != current {
-			gens = append(gens, e.Name())
+	gens := Generations(dir)
+	keep := map[string]bool{current: true}
+	if p, err := os.Readlink(filepath.Join(dir, PreviousLink)); err == nil {
+		keep[filepath.Base(p)] = true
+	} else {
+		for _, g := range gens {
+			if g < current {
+				keep[g] = false
+			}
+		}
+		older := ""
+		for _, g := range gens {
+			if g < current {
+				older = g
+			}
+		}
+		if older != "" {
+			keep[older] = true
 		}
 	}
-	sort.Strings(gens)
-	for i := 0; i < len(gens)-1; i++ {
-		os.RemoveAll(filepath.Join(dir, gens[i]))
+	// An unpublished generation is told by being written after current (by
+	// modification time: names follow a clock that may have gone back).
+	if cst, err := os.Stat(filepath.Join(dir, current)); err == nil {
+		newer, newest := "", cst.ModTime()
+		for _, g := range gens {
+			if st, err := os.Stat(filepath.Join(dir, g)); err == nil && !keep[g] && st.ModTime().After(newest) {
+				newer, newest = g, st.ModTime()
+			}
+		}
+		if newer != "" {
+			keep[newer] = true
+		}
+	}
+	for _, g := range gens {
+		if !keep[g] {
+			os.RemoveAll(filepath.Join(dir, g))
+		}
 	}
 }
 

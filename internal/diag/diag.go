@@ -29,12 +29,15 @@ const (
 	// Extensions beyond verify's ladder, used by bootstrap.
 	Enroll Layer = "enroll" // the one-time token and the signing request
 	State  Layer = "state"  // local writes of the receipt and state
+	// Hook is renew.post_hook: the renewal was published, the command run
+	// after it failed (used by renew).
+	Hook Layer = "hook"
 	// Internal is a bug in provision itself (a check that panicked): exit 1.
 	Internal Layer = "internal"
 )
 
 // Layers lists every layer in order.
-var Layers = []Layer{Config, Hosts, Clock, Credentials, CA, TCP, TLSServer, TLSClientAuth, Route, Identity, TasksWait, Enroll, State, Internal}
+var Layers = []Layer{Config, Hosts, Clock, Credentials, CA, TCP, TLSServer, TLSClientAuth, Route, Identity, TasksWait, Enroll, State, Hook, Internal}
 
 // Index orders layers; unknown layers sort last.
 func (l Layer) Index() int {

@@ -114,12 +114,26 @@ type Client struct {
 	Retries     int           // retries of idempotent GETs
 	Policy      retry.Policy
 	Now         func() time.Time
+	// Known are roots the node already trusts from an earlier authenticated
+	// fetch (its ca.pem). They are trusted, beside the pinned root, for the
+	// connection that fetches /roots and /federation: after a root rotation
+	// the CA's TLS certificate chains to the new root while the pin still
+	// names the old one (then federated).
+	Known []*x509.Certificate
 }
 
 // Roots is what the CA says its trust is right now.
 type Roots struct {
 	Pinned  *x509.Certificate   // the root ca.fingerprint names
 	Current []*x509.Certificate // GET /roots, fetched over a connection trusting only Pinned
+	// Federated are the roots GET /federation adds to Current: roots the
+	// CA vouches for that it does not issue under (an old root during a
+	// rotation, or a peer CA's).
+	Federated []*x509.Certificate
+	// PinRetired is set when the CA no longer knows the pinned root at all
+	// (a rotation that dropped it) and trust followed the rotation through
+	// the roots the node already held (Client.Known): Pinned is then nil.
+	PinRetired bool
 	// ServerDate is the CA's Date header, for the clock check; zero if absent.
 	ServerDate time.Time
 }
@@ -133,10 +147,42 @@ func (r *Roots) Pool() *x509.CertPool {
 	return p
 }
 
-// PEM returns the current roots as a PEM bundle (ca.pem).
+// Bundle is what ca.pem holds: the current roots, then the federated ones,
+// each once. A node trusts every root the CA vouches for, so a server
+// certificate from either side of a rotation verifies.
+func (r *Roots) Bundle() []*x509.Certificate {
+	out := append([]*x509.Certificate(nil), r.Current...)
+	for _, f := range r.Federated {
+		dup := false
+		for _, c := range out {
+			if c.Equal(f) {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Newest is the current root issued last (by NotBefore): the one a
+// certificate should chain to once a rotation is complete.
+func (r *Roots) Newest() *x509.Certificate {
+	var n *x509.Certificate
+	for _, c := range r.Current {
+		if n == nil || c.NotBefore.After(n.NotBefore) {
+			n = c
+		}
+	}
+	return n
+}
+
+// PEM returns the CA bundle (Bundle) in PEM, as ca.pem holds it.
 func (r *Roots) PEM() []byte {
 	var b bytes.Buffer
-	for _, c := range r.Current {
+	for _, c := range r.Bundle() {
 		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	return b.Bytes()
@@ -276,6 +322,23 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 		if e.Status == 404 && e.Kind == CARejected {
 			e.Kind = PinMismatch
 			e.Err = fmt.Errorf("the CA does not know a root with fingerprint %s (it answered 404): ca.fingerprint is wrong, or the CA was re-initialised with a new root", c.Fingerprint)
+			if c.knowsPinned() {
+				// A completed root rotation: the node's ca.pem holds the
+				// pinned root and the roots fetched (authenticated) beside
+				// it, which may still vouch for the CA. A fingerprint that
+				// was never among them is wrong, and stays an error.
+				if r, err := c.fetchCurrent(ctx, out, nil); err == nil {
+					r.PinRetired = true
+					// ca.pem keeps the pinned root while the config pins it,
+					// so the next run can follow the rotation the same way.
+					for _, k := range c.Known {
+						if Fingerprint(k) == c.Fingerprint {
+							r.Federated = append(r.Federated, k)
+						}
+					}
+					return r, nil
+				}
+			}
 		}
 		return out, e
 	}
@@ -292,11 +355,32 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 		return out, &Error{Kind: BadRoot, Op: "fetch pinned root", Err: fmt.Errorf("the certificate with fingerprint %s (%s) is not a self-signed CA certificate", c.Fingerprint, root.Subject)}
 	}
 	out.Pinned = root
+	return c.fetchCurrent(ctx, out, root)
+}
 
+// knowsPinned reports whether Known holds the pinned root.
+func (c *Client) knowsPinned() bool {
+	for _, k := range c.Known {
+		if Fingerprint(k) == c.Fingerprint {
+			return true
+		}
+	}
+	return false
+}
+
+// fetchCurrent fetches /roots and /federation over a connection trusting
+// root (the pinned one; nil after it was retired) and Known. With a pinned
+// root, it must be among them.
+func (c *Client) fetchCurrent(ctx context.Context, out *Roots, root *x509.Certificate) (*Roots, error) {
 	pool := x509.NewCertPool()
-	pool.AddCert(root)
+	if root != nil {
+		pool.AddCert(root)
+	}
+	for _, k := range c.Known {
+		pool.AddCert(k)
+	}
 	pinned := c.transport(&tls.Config{RootCAs: pool, ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
-	resp, body, err = c.get(ctx, pinned, "/roots")
+	resp, body, err := c.get(ctx, pinned, "/roots")
 	if resp != nil {
 		if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
 			out.ServerDate = d
@@ -310,20 +394,44 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 	if err := json.Unmarshal(body, &rs); err != nil {
 		return out, &Error{Kind: NotStepCA, Op: "fetch roots", Err: fmt.Errorf("the answer is not a step-ca roots response: %q", excerpt(body))}
 	}
-	found := false
+	found := root == nil
 	for _, crt := range rs.Certificates {
 		if crt.Certificate == nil {
 			continue
 		}
 		out.Current = append(out.Current, crt.Certificate)
-		if crt.Certificate.Equal(root) {
+		if root != nil && crt.Certificate.Equal(root) {
+			found = true
+		}
+	}
+	// The federation: every root the CA vouches for (a superset of /roots).
+	resp, body, err = c.get(ctx, pinned, "/federation")
+	if e := classifyHTTP("fetch federation", resp, body, err); e != nil {
+		return out, e
+	}
+	var fr api.FederationResponse
+	if err := json.Unmarshal(body, &fr); err != nil {
+		return out, &Error{Kind: NotStepCA, Op: "fetch federation", Err: fmt.Errorf("the answer is not a step-ca federation response: %q", excerpt(body))}
+	}
+	for _, crt := range fr.Certificates {
+		if crt.Certificate == nil {
+			continue
+		}
+		isCurrent := false
+		for _, cur := range out.Current {
+			isCurrent = isCurrent || cur.Equal(crt.Certificate)
+		}
+		if !isCurrent {
+			out.Federated = append(out.Federated, crt.Certificate)
+		}
+		if root != nil && crt.Certificate.Equal(root) {
 			found = true
 		}
 	}
 	if !found {
 		// The pinned root answered the TLS handshake but is no longer among
-		// the roots the CA serves: the CA was rotated.
-		return out, &Error{Kind: PinMismatch, Op: "fetch roots", Err: fmt.Errorf("the CA no longer lists the pinned root %s among its current roots; update ca.fingerprint", c.Fingerprint)}
+		// the roots the CA serves or vouches for: the CA was re-initialised.
+		return out, &Error{Kind: PinMismatch, Op: "fetch roots", Err: fmt.Errorf("the CA no longer lists the pinned root %s among its current or federated roots; update ca.fingerprint", c.Fingerprint)}
 	}
 	return out, nil
 }

@@ -131,8 +131,8 @@ func TestFetchRootsRealCA(t *testing.T) {
 	if _, err := root.Verify(x509.VerifyOptions{Roots: roots.Pool()}); err != nil {
 		t.Fatalf("the root does not verify against Pool(): %v", err)
 	}
-	if n := dc.n.Load(); n != 2 {
-		t.Fatalf("FetchRoots opened %d connections, want 2 (pinned root, then /roots)", n)
+	if n := dc.n.Load(); n != 3 {
+		t.Fatalf("FetchRoots opened %d connections, want 3 (pinned root, then /roots and /federation)", n)
 	}
 }
 
@@ -239,7 +239,7 @@ func TestFetchRootsPinnedRootNoLongerCurrent(t *testing.T) {
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/root/"):
 			json.NewEncoder(w).Encode(api.RootResponse{RootPEM: api.NewCertificate(old.Root)})
-		case r.URL.Path == "/roots":
+		case r.URL.Path == "/roots", r.URL.Path == "/federation":
 			w.WriteHeader(http.StatusCreated)
 			json.NewEncoder(w).Encode(api.RootsResponse{Certificates: []api.Certificate{api.NewCertificate(rotated.Root)}})
 		}

@@ -15,7 +15,9 @@ package lifecycle
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -59,6 +61,7 @@ const (
 	NotYetValid   Reason = "not-yet-valid"   // not valid yet by the node's clock
 	Expired       Reason = "expired"         // past NotAfter
 	OtherCA       Reason = "other-ca"        // does not chain to any of the CA's current roots (stale)
+	Revoked       Reason = "revoked"         // the CA refused to renew it as revoked (recorded by renew)
 	KeyExposed    Reason = "key-exposed"     // the key is readable by others now: restrict it, rotate with a token
 	KeyWasExposed Reason = "key-was-exposed" // restricted since, but still the key others could read
 	DirOpen       Reason = "dir-open"        // pki_dir lets group or others in
@@ -69,7 +72,7 @@ const (
 
 var reasonAction = map[Reason]Action{
 	Missing: Reenroll, Unreadable: Reenroll, KeyMismatch: Reenroll, WrongNode: Reenroll,
-	NotYetValid: Reenroll, Expired: Reenroll, OtherCA: Reenroll,
+	NotYetValid: Reenroll, Expired: Reenroll, OtherCA: Reenroll, Revoked: Reenroll,
 	KeyExposed: Tighten, KeyWasExposed: Tighten, DirOpen: Tighten, BundleStale: Tighten,
 	PastRenewal: Renew, RootsUnknown: Keep,
 }
@@ -101,6 +104,9 @@ type Input struct {
 	// Exposed is set when state records the key as having been readable
 	// by others: the mode is fixed, the key is still the exposed one.
 	Exposed bool
+	// RevokedSerial is the serial the CA last refused to renew (state_dir's
+	// renew record); the certificate is revoked if it is that serial.
+	RevokedSerial string
 }
 
 // Verdict is the one answer.
@@ -182,6 +188,9 @@ func Judge(in Input) Verdict {
 	case in.Now.After(leaf.NotAfter):
 		v.add(Expired, "the certificate expired at %s", stamp(leaf.NotAfter))
 	}
+	if in.RevokedSerial != "" && in.RevokedSerial == leaf.SerialNumber.String() {
+		v.add(Revoked, "the CA refused to renew certificate serial %s: it was revoked (or its provisioner removed)", in.RevokedSerial)
+	}
 	if in.Roots == nil {
 		v.add(RootsUnknown, "the CA's current roots are unknown: the chain was not judged")
 	} else if err := ChainsTo(s.Chain, in.Roots, in.Now); err != nil && !v.Has(Expired) && !v.Has(NotYetValid) {
@@ -207,6 +216,27 @@ func Judge(in Input) Verdict {
 	}
 	sortBySeverity(v.Reasons)
 	return v
+}
+
+// DueAt is when the certificate is to be renewed: its renewal point plus
+// a splay of up to maxSplay, fixed per certificate (derived from its serial,
+// so every run on the node agrees while a fleet spreads out), and capped to
+// half the time between the renewal point and expiry so that a short-lived
+// certificate is still renewed well before it expires. Zero without a leaf.
+func (v Verdict) DueAt(maxSplay time.Duration) time.Time {
+	if v.Leaf == nil {
+		return time.Time{}
+	}
+	room := v.Leaf.NotAfter.Sub(v.RenewAfter) / 2
+	if maxSplay > room {
+		maxSplay = room
+	}
+	if maxSplay <= 0 {
+		return v.RenewAfter
+	}
+	h := sha256.Sum256(v.Leaf.Raw)
+	frac := float64(binary.BigEndian.Uint64(h[:8])>>11) / float64(1<<53)
+	return v.RenewAfter.Add(time.Duration(frac * float64(maxSplay)))
 }
 
 func sortBySeverity(rs []Reason) {

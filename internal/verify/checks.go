@@ -2,6 +2,7 @@ package verify
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -209,7 +210,16 @@ func checkCARoot(ctx context.Context, e *Env) Outcome {
 		}
 		return fromFinding(diag.FromEnroll(err, diag.CA, e.Cfg.CA.TokenFile))
 	}
-	return pass("the CA serves the pinned root %s and lists %d current root(s)", short(e.Cfg.CA.Fingerprint), len(roots.Current))
+	if roots.PinRetired {
+		fp := ""
+		if n := roots.Newest(); n != nil {
+			fp = enroll.Fingerprint(n)
+		}
+		return Outcome{Status: Warn, Evidence: map[string]string{"newest_root": fp},
+			Message: fmt.Sprintf("the CA no longer knows the pinned root %s (a completed root rotation); trust followed it through the roots in ca.pem, and the CA lists %d current root(s)", short(e.Cfg.CA.Fingerprint), len(roots.Current)),
+			Remedy:  "set ca.fingerprint to the newest root " + fp + " in the config template, so that a node enrolling from scratch pins it"}
+	}
+	return pass("the CA serves the pinned root %s and lists %d current root(s) and %d federated", short(e.Cfg.CA.Fingerprint), len(roots.Current), len(roots.Federated))
 }
 
 func short(fp string) string {
@@ -269,11 +279,35 @@ func checkCredentials(ctx context.Context, e *Env) Outcome {
 		worst, status = r, st
 	}
 	if status != Pass {
-		return Outcome{Status: status, Evidence: ev, Message: fmt.Sprintf("%s: %s", e.Cfg.Paths.PKIDir, v.Detail[worst]), Remedy: CredentialRemedy(worst, e.Cfg)}
+		msg := fmt.Sprintf("%s: %s", e.Cfg.Paths.PKIDir, v.Detail[worst])
+		if worst == lifecycle.PastRenewal || worst == lifecycle.Expired || worst == lifecycle.Revoked {
+			msg += "; " + lastRenew(e, ev)
+		}
+		return Outcome{Status: status, Evidence: ev, Message: msg, Remedy: CredentialRemedy(worst, e.Cfg)}
 	}
 	left := v.Leaf.NotAfter.Sub(e.Host.Time())
 	return Outcome{Status: Pass, Evidence: ev, Message: fmt.Sprintf("key 0600 matches the certificate for %s, valid for %s more, renewal due %s",
 		v.Leaf.Subject.CommonName, left.Round(time.Minute), v.RenewAfter.UTC().Format(time.RFC3339))}
+}
+
+// RenewTimer is the systemd timer that renews the certificate.
+const RenewTimer = "provision-renew.timer"
+
+// lastRenew says how the last renewal attempt went, from state_dir's renew
+// record, and adds it to the evidence.
+func lastRenew(e *Env, ev map[string]string) string {
+	rec := e.RenewRecord()
+	if rec == nil {
+		return "no renewal was attempted yet (is " + RenewTimer + " enabled?)"
+	}
+	ev["last_renew_attempt"] = rec.LastAttempt.UTC().Format(time.RFC3339)
+	ev["last_renew_result"] = rec.LastResult
+	s := fmt.Sprintf("last renewal attempt %s: %s", rec.LastAttempt.UTC().Format(time.RFC3339), rec.LastResult)
+	if rec.LastError != "" {
+		ev["last_renew_error"] = rec.LastError
+		s += " (" + rec.LastError + ")"
+	}
+	return s
 }
 
 // Reason is the verdict's reason type, named here for the checks' tables.
@@ -312,7 +346,11 @@ func CredentialRemedy(r Reason, cfg *config.Config) string {
 	case lifecycle.BundleStale:
 		return "run provision bootstrap: it refreshes ca.pem from the CA's current roots (no token needed)"
 	case lifecycle.PastRenewal:
-		return "renew before it expires: " + fresh
+		return "renew before it expires: run provision renew (no token: it renews over mTLS with the current certificate; " + RenewTimer + " runs it), or " + fresh
+	case lifecycle.Expired:
+		return "the certificate expired, so it can no longer be renewed; re-enroll: " + fresh + "; then check why " + RenewTimer + " did not renew it (systemctl status provision-renew.service)"
+	case lifecycle.Revoked:
+		return "the certificate was revoked, so it can no longer be renewed; re-enroll: " + fresh
 	}
 	return "re-enroll: " + fresh
 }
@@ -352,7 +390,36 @@ func checkCAChain(ctx context.Context, e *Env) Outcome {
 	case v.Has(lifecycle.BundleStale):
 		return Outcome{Status: Warn, Evidence: ev, Message: "the certificate chains to a current root, but " + v.Detail[lifecycle.BundleStale], Remedy: CredentialRemedy(lifecycle.BundleStale, e.Cfg)}
 	}
-	return Outcome{Status: Pass, Evidence: ev, Message: "the node certificate chains to the CA's current root"}
+	msg := "the node certificate chains to the CA's current root"
+	if roots, err := e.Roots(ctx); err == nil && roots != nil {
+		if creds, err := e.Creds(); err == nil {
+			if root := chainRoot(creds.Chain, roots.Current, e.Host.Time()); root != nil {
+				newest := roots.Newest() != nil && roots.Newest().Equal(root)
+				ev["chains_to"] = enroll.Fingerprint(root)
+				ev["chains_to_subject"] = root.Subject.String()
+				ev["chains_to_newest"] = fmt.Sprint(newest)
+				msg = fmt.Sprintf("the node certificate chains to the CA's current root %s", short(enroll.Fingerprint(root)))
+				if len(roots.Current) > 1 {
+					if newest {
+						msg += fmt.Sprintf(", the newest of its %d current roots", len(roots.Current))
+					} else {
+						msg += fmt.Sprintf(", not the newest of its %d current roots (a rotation is under way: the next renewal moves it)", len(roots.Current))
+					}
+				}
+			}
+		}
+	}
+	return Outcome{Status: Pass, Evidence: ev, Message: msg}
+}
+
+// chainRoot is the root among roots that chain[0] verifies to, or nil.
+func chainRoot(chain, roots []*x509.Certificate, now time.Time) *x509.Certificate {
+	for _, r := range roots {
+		if lifecycle.ChainsTo(chain, []*x509.Certificate{r}, now) == nil {
+			return r
+		}
+	}
+	return nil
 }
 
 // probeCheck interprets the one probe for one layer. The layer fails if the

@@ -16,6 +16,7 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
+	"github.com/gpuaas/provision/internal/renewrec"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -27,6 +28,10 @@ type Env struct {
 	Cfg     *config.Config
 	Host    *system.Host
 	Timeout time.Duration // per network operation
+	// CredsDir, when set, is the host path of a generation directory whose
+	// set is judged and proven instead of pki_dir's current one: renew
+	// proves a renewed set before it is published.
+	CredsDir string
 
 	rootsOnce sync.Once
 	roots     *enroll.Roots
@@ -58,10 +63,16 @@ func NewEnv(cfg *config.Config, host *system.Host) *Env {
 // CAClient returns the step-ca client for the configured CA.
 func (e *Env) CAClient(retries int) *enroll.Client {
 	u, _ := url.Parse(e.Cfg.CA.URL)
-	return &enroll.Client{
+	c := &enroll.Client{
 		URL: u, Fingerprint: e.Cfg.CA.Fingerprint, Dial: e.Host.DialContext,
 		Timeout: e.Timeout, Retries: retries, Policy: retry.Default, Now: e.Host.Time,
 	}
+	// The roots in ca.pem were fetched authenticated: after a rotation that
+	// retired the pinned root, they still vouch for the CA.
+	if creds, err := e.Creds(); err == nil {
+		c.Known = creds.Roots
+	}
+	return c
 }
 
 // SetRoots hands the env roots fetched elsewhere (bootstrap fetched them).
@@ -81,7 +92,11 @@ func (e *Env) Roots(ctx context.Context) (*enroll.Roots, error) {
 // Creds loads the installed credentials once.
 func (e *Env) Creds() (*credstore.Set, error) {
 	e.credsOnce.Do(func() {
-		e.creds, e.credsErr = credstore.Load(e.Host.Path(e.Cfg.Paths.PKIDir))
+		dir := e.Host.Path(e.Cfg.Paths.PKIDir)
+		if e.CredsDir != "" {
+			dir = e.CredsDir
+		}
+		e.creds, e.credsErr = credstore.Load(dir)
 	})
 	return e.creds, e.credsErr
 }
@@ -160,13 +175,22 @@ func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 	e.verdictOnce.Do(func() {
 		set, err := e.Creds()
 		in := lifecycle.Input{Set: set, LoadErr: err, NodeID: e.Cfg.NodeID, Now: e.Host.Time(),
-			Exposed: fileExists(e.Host.Path(filepath.Join(e.Cfg.Paths.StateDir, lifecycle.ExposedFile)))}
+			Exposed:       fileExists(e.Host.Path(filepath.Join(e.Cfg.Paths.StateDir, lifecycle.ExposedFile))),
+			RenewFraction: e.Cfg.Renew.Fraction}
+		if rec := e.RenewRecord(); rec != nil {
+			in.RevokedSerial = rec.RevokedSerial
+		}
 		if roots, rerr := e.Roots(ctx); rerr == nil && roots != nil && len(roots.Current) > 0 {
 			in.Roots = roots.Current
 		}
 		e.verdict = lifecycle.Judge(in)
 	})
 	return e.verdict
+}
+
+// RenewRecord reads state_dir/renew.json, nil when there is none.
+func (e *Env) RenewRecord() *renewrec.Record {
+	return renewrec.Read(e.Host.Path(e.Cfg.Paths.StateDir))
 }
 
 func fileExists(p string) bool {

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Options configures New. The zero value is a working control plane.
@@ -28,6 +30,10 @@ type Options struct {
 	APIIdentity IdentitySource
 	// Logger receives the node API's rejection log; default discarded.
 	Logger *slog.Logger
+	// CALifetime and CARevocation are StepCAOptions.Lifetime and
+	// StepCAOptions.Revocation: short certificates, and a CA that can revoke.
+	CALifetime   time.Duration
+	CARevocation bool
 }
 
 // ClientCAMode is what the node API (standing in for the ingress's TLS
@@ -44,6 +50,10 @@ const (
 	// ClientCABroken closes hostname connections right after the ClientHello:
 	// a broken TLS option (wrong secret shape). Nodes see EOF.
 	ClientCABroken
+	// ClientCARetired trusts only the roots a rotation is retiring (see
+	// AddCARoot): an ingress whose client-auth secret still holds only the
+	// old root rejects every certificate issued under the new one.
+	ClientCARetired
 )
 
 func (m ClientCAMode) String() string {
@@ -54,6 +64,8 @@ func (m ClientCAMode) String() string {
 		return "unrelated"
 	case ClientCABroken:
 		return "broken"
+	case ClientCARetired:
+		return "retired"
 	}
 	return fmt.Sprintf("ClientCAMode(%d)", int(m))
 }
@@ -104,7 +116,7 @@ func New(opts Options) (cp *ControlPlane, err error) {
 	if cp.Unrelated, err = NewPKI(filepath.Join(cp.Dir, "unrelated"), CAName); err != nil {
 		return nil, err
 	}
-	if cp.CA, err = StartStepCA(StepCAOptions{Dir: cp.Dir, Hostname: opts.CAHostname}); err != nil {
+	if cp.CA, err = StartStepCA(StepCAOptions{Dir: cp.Dir, Hostname: opts.CAHostname, Lifetime: opts.CALifetime, Revocation: opts.CARevocation}); err != nil {
 		return nil, fmt.Errorf("step-ca: %w", err)
 	}
 	p := cp.CA.PKI()
@@ -183,10 +195,64 @@ func (cp *ControlPlane) applyModeLocked() {
 	case ClientCABroken:
 		cp.API.SetClientCAs(cp.CA.PKI().RootPool())
 		cp.API.SetBrokenTLS(true)
+	case ClientCARetired:
+		pool := x509.NewCertPool()
+		for _, p := range cp.CA.RetiredRoots() {
+			pool.AddCert(p.Root)
+		}
+		cp.API.SetClientCAs(pool)
+		cp.API.SetBrokenTLS(false)
 	default:
-		cp.API.SetClientCAs(cp.CA.PKI().RootPool())
+		pool := x509.NewCertPool()
+		for _, p := range cp.CA.CurrentRoots() {
+			pool.AddCert(p.Root)
+		}
+		cp.API.SetClientCAs(pool)
 		cp.API.SetBrokenTLS(false)
 	}
+}
+
+// AddCARoot starts a root rotation: step-ca lists a new root beside the
+// issuing one (StepCA.AddRoot). In ClientCAStep mode the node API trusts
+// client certificates under any listed root.
+func (cp *ControlPlane) AddCARoot() error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if err := cp.CA.AddRoot(); err != nil {
+		return err
+	}
+	cp.applyModeLocked()
+	return nil
+}
+
+// SwitchCARoot makes the new root's intermediate issue (StepCA.SwitchRoot);
+// the node API keeps its server certificate from the old intermediate.
+func (cp *ControlPlane) SwitchCARoot() error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if err := cp.CA.SwitchRoot(); err != nil {
+		return err
+	}
+	cp.applyModeLocked()
+	return nil
+}
+
+// DropOldCARoots completes the rotation: /roots lists only the new root
+// (with federate the old ones stay federated), the node API serves a
+// certificate from the new intermediate and trusts only current roots.
+func (cp *ControlPlane) DropOldCARoots(federate bool) error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if err := cp.CA.DropOldRoots(federate); err != nil {
+		return err
+	}
+	leaf, err := cp.CA.PKI().IssueServerCert(cp.apiHost, cp.apiIPs...)
+	if err != nil {
+		return err
+	}
+	cp.API.SetServerCert(leaf.TLSCertificate())
+	cp.applyModeLocked()
+	return nil
 }
 
 // RotateCA re-initialises step-ca on the same address with a new root (new

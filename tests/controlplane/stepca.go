@@ -15,6 +15,7 @@ import (
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/ca"
+	"github.com/smallstep/certificates/db"
 	"go.step.sm/crypto/jose"
 )
 
@@ -45,6 +46,14 @@ type StepCAOptions struct {
 	Dir         string // required: PKI generations are written under it
 	Hostname    string // default DefaultCAHostname
 	Provisioner string // default DefaultProvisioner
+	// Lifetime, when set, is the provisioner's default and minimum TLS
+	// certificate duration (e.g. 30s-2m), so a test sees certificates reach
+	// their renewal point and expire; backdating is cut to one second and
+	// renewal after expiry stays refused. Zero keeps step-ca's 24h.
+	Lifetime time.Duration
+	// Revocation gives the CA a persistent database (bbolt under Dir), which
+	// step-ca needs to revoke; the default in-memory DB refuses revocation.
+	Revocation bool
 }
 
 // StepCA is a real smallstep step-ca (github.com/smallstep/certificates/ca)
@@ -56,6 +65,14 @@ type StepCA struct {
 	provName string
 	dir      string
 	jwk      *jose.JSONWebKey
+	opts     StepCAOptions
+
+	// retired are roots still listed by /roots beside the current
+	// generation's (during a rotation); federated are roots only
+	// /federation lists.
+	retired, federated []*PKI
+	// incoming are roots listed by /roots before they issue (AddRoot).
+	incoming []*PKI
 
 	mu     sync.Mutex
 	addr   string
@@ -81,7 +98,7 @@ func StartStepCA(opts StepCAOptions) (*StepCA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provisioner key: %w", err)
 	}
-	s := &StepCA{hostname: opts.Hostname, provName: opts.Provisioner, dir: opts.Dir, jwk: jwk}
+	s := &StepCA{hostname: opts.Hostname, provName: opts.Provisioner, dir: opts.Dir, jwk: jwk, opts: opts}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.newGenerationLocked(); err != nil {
@@ -119,8 +136,18 @@ func (s *StepCA) newGenerationLocked() error {
 
 func (s *StepCA) startLocked() error {
 	pub := s.jwk.Public()
+	prov := &provisioner.JWK{Type: "JWK", Name: s.provName, Key: &pub}
+	roots := []string{s.pki.RootPath}
+	for _, r := range append(append([]*PKI(nil), s.retired...), s.incoming...) {
+		roots = append(roots, r.RootPath)
+	}
+	var fed []string
+	for _, r := range s.federated {
+		fed = append(fed, r.RootPath)
+	}
 	cfg := &config.Config{
-		Root:             []string{s.pki.RootPath},
+		Root:             roots,
+		FederatedRoots:   fed,
 		IntermediateCert: s.pki.IntermediatePath,
 		IntermediateKey:  s.pki.IntermediateKeyPath,
 		Address:          s.addr,
@@ -129,8 +156,19 @@ func (s *StepCA) startLocked() error {
 		// concurrent signs under -race) unless there is exactly one name.
 		DNSNames: []string{s.hostname},
 		AuthorityConfig: &config.AuthConfig{
-			Provisioners: provisioner.List{&provisioner.JWK{Type: "JWK", Name: s.provName, Key: &pub}},
+			Provisioners: provisioner.List{prov},
 		},
+	}
+	if d := s.opts.Lifetime; d > 0 {
+		no := false
+		prov.Claims = &provisioner.Claims{
+			MinTLSDur: &provisioner.Duration{Duration: d}, DefaultTLSDur: &provisioner.Duration{Duration: d},
+			AllowRenewalAfterExpiry: &no,
+		}
+		cfg.AuthorityConfig.Backdate = &provisioner.Duration{Duration: time.Second}
+	}
+	if s.opts.Revocation {
+		cfg.DB = &db.Config{Type: "bbolt", DataSource: filepath.Join(s.dir, "stepca.db")}
 	}
 	srv, err := ca.New(cfg, ca.WithQuiet(true))
 	if err != nil {
@@ -209,6 +247,73 @@ func (s *StepCA) Rotate() error {
 	if err := s.newGenerationLocked(); err != nil {
 		return err
 	}
+	s.retired, s.federated, s.incoming = nil, nil, nil
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if err = s.startLocked(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
+}
+
+// AddRoot is the first step of a root rotation: /roots lists a new root
+// beside the issuing one, which keeps issuing (and serving the CA's TLS
+// certificate), so nodes can learn the new root before anything depends
+// on it.
+func (s *StepCA) AddRoot() error {
+	return s.restart(func() error {
+		old := s.pki
+		if err := s.newGenerationLocked(); err != nil {
+			return err
+		}
+		s.incoming = append(s.incoming, s.pki)
+		s.pki = old
+		return nil
+	})
+}
+
+// SwitchRoot is the second step: the newest added root's intermediate
+// issues from now on (and serves the CA's TLS); the old root stays listed
+// in /roots, so certificates issued under it still renew.
+func (s *StepCA) SwitchRoot() error {
+	return s.restart(func() error {
+		if len(s.incoming) == 0 {
+			return errors.New("SwitchRoot without AddRoot")
+		}
+		s.retired = append(s.retired, s.pki)
+		s.pki = s.incoming[len(s.incoming)-1]
+		s.incoming = s.incoming[:len(s.incoming)-1]
+		return nil
+	})
+}
+
+// DropOldRoots is the last step: /roots lists only the issuing root; with
+// federate the old ones stay in /federation (and /root/<fingerprint>),
+// otherwise the CA forgets them.
+func (s *StepCA) DropOldRoots(federate bool) error {
+	return s.restart(func() error {
+		if federate {
+			s.federated = append(s.federated, s.retired...)
+		}
+		s.retired = nil
+		return nil
+	})
+}
+
+func (s *StepCA) restart(change func() error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errClosed
+	}
+	if err := s.stopLocked(); err != nil {
+		return fmt.Errorf("stopping step-ca: %w", err)
+	}
+	if err := change(); err != nil {
+		return err
+	}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		if err = s.startLocked(); err == nil {
@@ -268,6 +373,21 @@ func (s *StepCA) PKI() *PKI {
 // Fingerprint is the current root's fingerprint (lowercase hex SHA-256 of
 // the DER).
 func (s *StepCA) Fingerprint() string { return s.PKI().Fingerprint() }
+
+// CurrentRoots are the roots /roots lists: the issuing generation's and
+// any kept during a rotation (AddRoot).
+func (s *StepCA) CurrentRoots() []*PKI {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append(append([]*PKI{s.pki}, s.retired...), s.incoming...)
+}
+
+// RetiredRoots are the roots AddRoot kept beside the issuing one.
+func (s *StepCA) RetiredRoots() []*PKI {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*PKI(nil), s.retired...)
+}
 
 // RootPEM is the current root certificate in PEM.
 func (s *StepCA) RootPEM() []byte { return s.PKI().RootPEM() }

@@ -1,0 +1,113 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/gpuaas/provision/internal/bootstrap"
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/renew"
+	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/verify"
+)
+
+// Exit codes of renew --check (outside the layer codes): usable as
+// systemd's ExecCondition=, where 0 runs the service and 1-254 skip it
+// without failing the unit.
+const (
+	ExitCheckDue         = 0
+	ExitCheckNotDue      = 30
+	ExitCheckCannotRenew = 31
+)
+
+var renewCmd = &command{
+	name:    "renew",
+	format:  true,
+	summary: "renew the certificate over mTLS when due, prove it with tasks/wait, then publish it",
+	usage: `Acts on the credential verdict bootstrap and verify use. When the certificate
+has passed renew.fraction of its lifetime (default 2/3) plus this node's
+splay (up to renew.splay, fixed per certificate), it asks step-ca for a new
+certificate over mTLS with the current one (a new key with renew.rekey, the
+default; no token is involved), writes key, chain and a CA bundle refreshed
+from the CA's current and federated roots into a new generation directory,
+proves that set with a real mTLS tasks/wait through the ingress, and only
+then switches pki_dir/current. If the proof fails, the old (still valid) set
+stays current and the run names the layer; the unproven set is kept aside
+for diagnosis. renew.post_hook then runs (its failure is exit 22 and does
+not undo the renewal). When nothing is due it exits 0 quickly, refreshing
+ca.pem (proven the same way) if the CA's roots moved.
+
+An expired, revoked or stale certificate cannot be renewed: renew stops at
+once and says that re-enrollment with a fresh one-time token is needed
+(provision bootstrap): exit 12 (expired or unusable), 20 (revoked) or 13
+(stale: issued by a CA the control plane no longer uses).
+
+  --force   renew now, whatever the renewal point
+  --check   only say whether a renewal is due, offline, and exit:
+              0   due (or --force)
+              30  not due
+              31  cannot renew: re-enrollment with a fresh token is needed
+            usable as ExecCondition= (1-254 skip the unit without failing it)
+
+Run by provision-renew.timer.
+
+Examples:
+  provision renew
+  provision renew --force --format json | jq '{ok, summary, failed_layer}'
+  provision renew --check; echo $?
+`,
+}
+
+func init() {
+	renewCmd.run = runRenew
+	renewCmd.flags = func(f *flags) {
+		f.fs.BoolVar(&f.force, "force", false, "renew now, whatever the renewal point")
+		f.fs.BoolVar(&f.check, "check", false, "only say whether a renewal is due (exit 0 due, 30 not due, 31 cannot renew), offline")
+	}
+}
+
+func runRenew(ctx context.Context, env *runEnv, args []string) int {
+	f := newFlags(renewCmd, env)
+	force, check := &f.force, &f.check
+	if code, ok := f.parse(env, args); !ok {
+		return code
+	}
+	cfg, host, code, ok := load(env, f, "renew")
+	if !ok {
+		return code
+	}
+	log := f.logger(env.stderr, cfg.NodeID)
+	if *check {
+		d, msg := renew.Check(cfg, host, *force)
+		code := map[renew.Decision]int{renew.Due: ExitCheckDue, renew.NotDue: ExitCheckNotDue, renew.CannotRenew: ExitCheckCannotRenew}[d]
+		rep := &verify.Report{OK: d != renew.CannotRenew, Command: "renew", NodeID: cfg.NodeID, Summary: msg}
+		if d == renew.CannotRenew {
+			rep.FailedLayer, rep.Owner, rep.FailedCheck = diag.Credentials, diag.Node, "check"
+			rep.Remedy = "write a fresh one-time token for this node_id to " + cfg.CA.TokenFile + " and run provision bootstrap"
+		}
+		if f.format == "json" {
+			printJSON(env, rep, code)
+		} else {
+			fmt.Fprintf(env.stdout, "provision renew --check: %s (exit %d)\n", msg, code)
+		}
+		return code
+	}
+	unlock, err := lock(ctx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
+	if err != nil {
+		var le *lockError
+		if errors.As(err, &le) && le.busy {
+			return printReport(env, f, verify.Failed("renew", cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
+				Summary: err.Error(), Remedy: "another provision run on this node has not finished (see its logs); try again later", Transient: true}))
+		}
+		return finish(env, f, cfg, host, log, verify.Failed("renew", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
+	}
+	defer unlock()
+	out := renew.Run(ctx, cfg, host, renew.Options{Log: log, Version: Version(), Policy: retry.Default, Force: *force})
+	if out.Task != nil {
+		log.Info("task received during the proof and handed off", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, bootstrap.TasksDir))
+	}
+	return finish(env, f, cfg, host, log, out.Report)
+}

@@ -1,0 +1,180 @@
+package enroll
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/smallstep/certificates/api"
+	"github.com/smallstep/certificates/ca"
+	"github.com/smallstep/certificates/errs"
+)
+
+// The kinds of a renewal or revocation failure (beside Unreachable,
+// Unavailable, TrustMismatch and NotStepCA, which mean what they mean for
+// enrollment).
+const (
+	// CertExpired: the CA's TLS layer refused the node certificate as
+	// expired; step-ca renews an expired certificate only with
+	// allowRenewalAfterExpiry, which provision does not rely on.
+	CertExpired Kind = "cert-expired"
+	// CertUnknownCA: the CA does not know the node certificate's issuer
+	// (a stale certificate from a re-initialised CA).
+	CertUnknownCA Kind = "cert-unknown-ca"
+	// CertRefused: the CA answered 401/403 to the node's own certificate:
+	// it was revoked, or its provisioner no longer exists or may not renew.
+	CertRefused Kind = "cert-refused"
+)
+
+// mtls returns a step-ca client that presents cert to the CA, trusting
+// the CA's TLS certificate through roots (current and federated).
+func (c *Client) mtls(cert tls.Certificate, roots *Roots) (*ca.Client, *http.Transport, error) {
+	pool := x509.NewCertPool()
+	for _, r := range roots.Bundle() {
+		pool.AddCert(r)
+	}
+	tr := c.transport(&tls.Config{
+		Certificates: []tls.Certificate{cert}, RootCAs: pool,
+		ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now,
+	})
+	client, err := ca.NewClient(c.URL.String(), ca.WithTransport(tr), ca.WithTimeout(c.Timeout))
+	return client, tr, err
+}
+
+// Renew asks the CA for a new certificate over mTLS with the node's
+// current one (cert: key and chain). With rekey, a new P-256 key is
+// generated on the node and sent as a CSR (step-ca's /rekey); otherwise
+// the key is kept (/renew). No token is involved. It is not retried here:
+// the caller retries Transient errors within its deadline (renewing twice
+// only costs the CA a second certificate).
+func (c *Client) Renew(ctx context.Context, cert tls.Certificate, roots *Roots, rekey bool) (*Issued, error) {
+	if cert.Leaf == nil {
+		return nil, errors.New("renew: the certificate is not parsed")
+	}
+	op := "renew"
+	client, tr, err := c.mtls(cert, roots)
+	if err != nil {
+		return nil, &Error{Kind: Unreachable, Op: op, Err: err}
+	}
+	rctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	var resp *api.SignResponse
+	key, _ := cert.PrivateKey.(crypto.Signer)
+	if rekey {
+		op = "rekey"
+		nk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("generating key: %w", err)
+		}
+		old := cert.Leaf
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+			Subject: old.Subject, DNSNames: old.DNSNames, IPAddresses: old.IPAddresses,
+			EmailAddresses: old.EmailAddresses, URIs: old.URIs,
+		}, nk)
+		if err != nil {
+			return nil, fmt.Errorf("creating CSR: %w", err)
+		}
+		csr, err := x509.ParseCertificateRequest(der)
+		if err != nil {
+			return nil, fmt.Errorf("parsing CSR: %w", err)
+		}
+		key = nk
+		resp, err = client.RekeyWithContext(rctx, &api.RekeyRequest{CsrPEM: api.NewCertificateRequest(csr)}, tr)
+		if err != nil {
+			return nil, mtlsError(op, err)
+		}
+	} else {
+		resp, err = client.RenewWithContext(rctx, tr)
+		if err != nil {
+			return nil, mtlsError(op, err)
+		}
+	}
+	chain := chainOf(resp)
+	if chain[0] == nil || key == nil || !publicKeyEqual(chain[0].PublicKey, key.Public()) {
+		return nil, &Error{Kind: BadResponse, Op: op, Err: errors.New("the CA returned a certificate that does not match the node's key")}
+	}
+	if chain[0].Subject.CommonName != cert.Leaf.Subject.CommonName {
+		return nil, &Error{Kind: BadResponse, Op: op, Err: fmt.Errorf("the CA issued a certificate for %q, not %q", chain[0].Subject.CommonName, cert.Leaf.Subject.CommonName)}
+	}
+	return &Issued{Key: key, Chain: chain}, nil
+}
+
+// Revoke revokes cert's own serial at the CA, authenticated by cert itself
+// over mTLS (step-ca's passive revocation: a certificate may revoke itself
+// without a token). reason is recorded by the CA.
+func (c *Client) Revoke(ctx context.Context, cert tls.Certificate, roots *Roots, reason string) error {
+	if cert.Leaf == nil {
+		return errors.New("revoke: the certificate is not parsed")
+	}
+	client, tr, err := c.mtls(cert, roots)
+	if err != nil {
+		return &Error{Kind: Unreachable, Op: "revoke", Err: err}
+	}
+	rctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	// Superseded (RFC 5280 reason 4): a newer certificate replaced it.
+	_, err = client.RevokeWithContext(rctx, &api.RevokeRequest{
+		Serial: cert.Leaf.SerialNumber.String(), ReasonCode: 4, Reason: reason, Passive: true,
+	}, tr)
+	if err != nil {
+		return mtlsError("revoke", err)
+	}
+	return nil
+}
+
+func chainOf(resp *api.SignResponse) []*x509.Certificate {
+	chain := []*x509.Certificate{resp.ServerPEM.Certificate}
+	if len(resp.CertChainPEM) > 0 {
+		chain = chain[:0]
+		for _, crt := range resp.CertChainPEM {
+			chain = append(chain, crt.Certificate)
+		}
+	} else if resp.CaPEM.Certificate != nil {
+		chain = append(chain, resp.CaPEM.Certificate)
+	}
+	return chain
+}
+
+// mtlsError classifies a failure of a request authenticated by the node's
+// certificate. A TLS alert names the node certificate's problem (the CA
+// verifies it in the handshake); 401/403 is the CA refusing it.
+func mtlsError(op string, err error) error {
+	var se *errs.Error
+	if errors.As(err, &se) {
+		e := &Error{Op: op, Status: se.StatusCode(), Err: errors.New(se.Message())}
+		switch s := se.StatusCode(); {
+		case s == 401 || s == 403:
+			e.Kind = CertRefused
+		case s == 429 || s >= 500 && s != 501:
+			e.Kind = Unavailable
+		default:
+			e.Kind = CARejected
+		}
+		return e
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "tls: expired certificate"):
+		return &Error{Kind: CertExpired, Op: op, Err: fmt.Errorf("the CA refused the node certificate as expired: %w", err)}
+	case strings.Contains(msg, "tls: unknown certificate authority"), strings.Contains(msg, "tls: bad certificate"):
+		return &Error{Kind: CertUnknownCA, Op: op, Err: fmt.Errorf("the CA does not trust the node certificate's issuer (a stale certificate): %w", err)}
+	case strings.Contains(msg, "tls: revoked certificate"):
+		return &Error{Kind: CertRefused, Op: op, Err: fmt.Errorf("the CA refused the node certificate as revoked: %w", err)}
+	}
+	var cve *tls.CertificateVerificationError
+	if errors.As(err, &cve) || strings.Contains(msg, "tls: failed to verify certificate") {
+		return &Error{Kind: TrustMismatch, Op: op, Err: fmt.Errorf("the CA's TLS certificate does not verify against its current roots: %w", err)}
+	}
+	if strings.Contains(msg, "failed decoding CA error response") {
+		return &Error{Kind: NotStepCA, Op: op, Err: fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)}
+	}
+	return &Error{Kind: Unreachable, Op: op, Err: err}
+}
