@@ -246,7 +246,10 @@ func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*h
 }
 
 func classifyHTTP(op string, resp *http.Response, body []byte, err error) *Error {
-	if err != nil && resp != nil && resp.StatusCode != 0 {
+	// A failure after an error status (the deadline cut a retry wait
+	// short) is that answer's. After a success status the body could not
+	// be read in time: that is a transport failure, not the CA's verdict.
+	if err != nil && resp != nil && resp.StatusCode >= 400 {
 		e := &Error{Kind: Unavailable, Op: op, Status: resp.StatusCode,
 			Err: fmt.Errorf("gave up at the deadline; the CA's last answer was %d (%v)", resp.StatusCode, err)}
 		if resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {

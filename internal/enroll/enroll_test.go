@@ -964,3 +964,27 @@ func mustLeafForKey(t *testing.T, p *controlplane.PKI, cn string) func(pub any) 
 		return c
 	}
 }
+
+// TestFetchRootsBodyTimeoutIsTransient: the CA sent 200 and then held the
+// body past the deadline. That is a transport failure to retry, not a
+// rejection by the CA (it was classified 'CA answered 200', permanent, when
+// a loaded CI machine cut the read short).
+func TestFetchRootsBodyTimeoutIsTransient(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	defer srv.Close()
+	c, _ := fakeClient(t, srv.URL, strings.Repeat("ab", 32))
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := c.FetchRoots(ctx)
+	e := asError(t, err)
+	if e.Kind != enroll.Unreachable || !e.Transient() {
+		t.Fatalf("got kind %s (transient %v): %v; want a transient %s", e.Kind, e.Transient(), err, enroll.Unreachable)
+	}
+}

@@ -463,7 +463,10 @@ func TestWireMisbehaviour(t *testing.T) {
 					cfg.NodeAPI.URL = "https://" + w.cp.API.Hostname() + ":" + port
 					cfg.NodeAPI.WaitTimeout.Duration = 0
 					cfg.Bootstrap.RequestTimeout.Duration = 400 * time.Millisecond
-					cfg.Bootstrap.Deadline.Duration = time.Second
+					// Long enough that the real step-ca answers the roots
+					// fetch under -race on a loaded 2-core machine; a
+					// transient failure is retried until it.
+					cfg.Bootstrap.Deadline.Duration = 3 * time.Second
 					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 					defer cancel()
 					env := verify.NewEnv(&cfg, nr.host)
