@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -105,26 +103,7 @@ func (c *crashNode) killAt(step string, delay time.Duration) (nodetest.Result, b
 		r := c.bootstrap("PROVISION_CRASH_AT=" + step)
 		return r, r.Killed
 	}
-	cmd := exec.Command(nodetest.Binary, "bootstrap", "--root", c.Files.Root)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		c.T.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-time.After(delay):
-			cmd.Process.Signal(syscall.SIGKILL)
-		case <-done:
-		}
-	}()
-	cmd.Wait()
-	close(done)
-	r := nodetest.Result{Stdout: out.String(), Stderr: errb.String(), Code: cmd.ProcessState.ExitCode()}
-	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	r.Killed = ws.Signaled() && ws.Signal() == syscall.SIGKILL
-	return r, r.Killed
+	return c.killAfter(delay, "bootstrap")
 }
 
 // checkAfterKill checks the invariants that must hold at any instant.

@@ -1,6 +1,7 @@
 package reliability
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,7 +13,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/testenv"
@@ -88,6 +91,31 @@ func (n *node) run(env []string, cmd string, args ...string) nodetest.Result {
 }
 
 func (n *node) bootstrap(env ...string) nodetest.Result { return n.run(env, "bootstrap") }
+
+// killAfter runs `provision <args> --root <root>` and sends it SIGKILL after
+// delay, unless it finished first; it reports whether the kill landed.
+func (n *node) killAfter(delay time.Duration, args ...string) (nodetest.Result, bool) {
+	cmd := exec.Command(nodetest.Binary, append(args, "--root", n.Files.Root)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		n.T.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-time.After(delay):
+			cmd.Process.Signal(syscall.SIGKILL)
+		case <-done:
+		}
+	}()
+	cmd.Wait()
+	close(done)
+	r := nodetest.Result{Stdout: out.String(), Stderr: errb.String(), Code: cmd.ProcessState.ExitCode()}
+	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	r.Killed = ws.Signaled() && ws.Signal() == syscall.SIGKILL
+	return r, r.Killed
+}
 
 // credsState reads the credentials the way the node-agent would, through the
 // stable links, and the way provision does, through "current".
