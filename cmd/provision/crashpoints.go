@@ -2,9 +2,9 @@
 
 // This file exists only in test builds (go build -tags crashpoints). It lets
 // tests/reliability kill the real binary at an exact step: when
-// PROVISION_CRASH_AT names a step passed to bootstrap.Hook, credstore.Hook,
-// renew.Hook or system.Hook, the process sends itself SIGKILL there, as a power cut or an
-// OOM kill would. PROVISION_CRASH_AT may list several steps separated by
+// PROVISION_CRASH_AT names a crash point (system.Host.Hook: bootstrap's,
+// renew's, the credential store's and every atomic write's), the process
+// sends itself SIGKILL there, as a power cut or an OOM kill would. PROVISION_CRASH_AT may list several steps separated by
 // '|'; the first one reached kills. The production binary carries none of
 // this: the hooks stay nil.
 
@@ -14,11 +14,6 @@ import (
 	"os"
 	"strings"
 	"syscall"
-
-	"github.com/gpuaas/provision/internal/bootstrap"
-	"github.com/gpuaas/provision/internal/credstore"
-	"github.com/gpuaas/provision/internal/renew"
-	"github.com/gpuaas/provision/internal/system"
 )
 
 func init() {
@@ -37,8 +32,5 @@ func init() {
 			select {} // never returns: the signal is delivered
 		}
 	}
-	bootstrap.Hook = kill
-	credstore.Hook = kill
-	renew.Hook = kill
-	system.Hook = kill
+	crashHook = kill
 }

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/gpuaas/provision/internal/cli"
+	"github.com/gpuaas/provision/internal/system"
 )
 
 func main() {
@@ -20,5 +21,9 @@ func main() {
 	// 128+signal, whatever the run was blocked on.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, sigs, cli.StopGrace))
+	os.Exit(cli.MainWithHook(os.Args[1:], os.Stdout, os.Stderr, sigs, cli.StopGrace, crashHook))
 }
+
+// crashHook stays nil in the production binary; crashpoints.go (the crash
+// tests' build, -tags crashpoints) sets it before main runs.
+var crashHook system.Hook

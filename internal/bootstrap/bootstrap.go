@@ -83,15 +83,6 @@ type Outcome struct {
 	Task     *probe.Task
 }
 
-// Hook, when set, is called at named points; the crash tests use it.
-var Hook func(step string)
-
-func hook(s string) {
-	if Hook != nil {
-		Hook(s)
-	}
-}
-
 // The steps of a run, in order. Each has one job; what it observes is left
 // on the run for the steps after it, never fetched twice.
 var steps = []struct {
@@ -190,7 +181,7 @@ func (r *run) sweep() *diag.Finding {
 // rotated: a crash, or a run without a token, must not forget that this
 // key may have been read.
 func (r *run) restrict() *diag.Finding {
-	x, err := restrictKeys(r.stateDir, r.pki)
+	x, err := restrictKeys(r.stateDir, r.pki, r.host.Hook)
 	if err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: "a private key under " + r.cfg.Paths.PKIDir + " is readable by others and cannot be restricted: " + err.Error(),
 			Remedy: "restrict it by hand (chmod 0600 the key, 0700 the directory) and treat the key as exposed: issue a fresh one-time token and run provision bootstrap to rotate it"}
@@ -211,7 +202,7 @@ func (r *run) applyHosts() *diag.Finding {
 	}
 	r.out.Hosts = strategy
 	r.log.Info("step", "step", "hosts-apply", "layer", "hosts", "status", "ok", "strategy", string(strategy), "path", r.cfg.Paths.HostsFile)
-	hook("hosts written")
+	r.host.Hook.At("hosts written")
 	return nil
 }
 
@@ -290,7 +281,7 @@ func (r *run) credentials() *diag.Finding {
 		r.out.Enrolled = true
 	} else {
 		forgetBurntToken(r.cfg, r.host, r.log)
-		if err := refreshBundle(r.pki, r.env, r.roots, r.host.Time()); err != nil {
+		if err := refreshBundle(r.pki, r.env, r.roots, r.host.Time(), r.host.Hook); err != nil {
 			r.check = "credentials-write"
 			return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error(), Remedy: "check " + r.cfg.Paths.PKIDir + " is writable"}
 		}
@@ -349,7 +340,7 @@ func (r *run) handOff() *diag.Finding {
 	}
 	r.out.Task = &t
 	r.rep.Task = json.RawMessage(t.Raw)
-	if _, err := SaveTask(r.stateDir, t, r.host.Time()); err != nil {
+	if _, err := SaveTask(r.stateDir, t, r.host.Time(), r.host.Hook); err != nil {
 		if r.rep.OK {
 			r.check = "task-save"
 			return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof received a task but it could not be saved: " + err.Error(), Remedy: "make " + r.cfg.Paths.StateDir + " writable; the task is in this report's evidence",
@@ -382,8 +373,8 @@ func (r *run) writeReceipt() *diag.Finding {
 		ResolvedAddr: res.RemoteAddr, ProbeStatus: res.Status, Enrolled: r.out.Enrolled,
 		ProvedAt: r.host.Time().UTC(), MachineID: r.host.MachineID(), Version: r.o.Version, Warnings: r.warnings,
 	}
-	hook("before receipt")
-	if err := WriteReceipt(r.stateDir, rc); err != nil {
+	r.host.Hook.At("before receipt")
+	if err := WriteReceipt(r.stateDir, rc, r.host.Hook); err != nil {
 		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: "make " + r.cfg.Paths.StateDir + " writable and run again (the node itself is healthy)"}
 	}
 	r.out.Receipt = rc
@@ -415,7 +406,7 @@ func ApplyHosts(cfg *config.Config, host *system.Host) (hosts.Strategy, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return "", err
 	}
-	s, err := hosts.Write(path, old, nb)
+	s, err := hosts.Write(path, old, nb, host.Hook)
 	if err != nil {
 		return "", fmt.Errorf("writing %s: %w", cfg.Paths.HostsFile, err)
 	}
@@ -484,7 +475,7 @@ type Exposure struct {
 // restrictKeys records an exposed key in state_dir (before changing
 // anything, so a crash cannot lose it), then restricts every loose path
 // under pki. It returns the recorded exposure, old or new, if any.
-func restrictKeys(stateDir, pki string) (*Exposure, error) {
+func restrictKeys(stateDir, pki string, hook system.Hook) (*Exposure, error) {
 	var x *Exposure
 	if b, err := os.ReadFile(filepath.Join(stateDir, ExposedFile)); err == nil {
 		x = &Exposure{}
@@ -507,7 +498,7 @@ func restrictKeys(stateDir, pki string) (*Exposure, error) {
 			x = &Exposure{Found: time.Now().UTC()}
 		}
 		x.Changes = append(x.Changes, keys...)
-		if err := writeJSON(stateDir, ExposedFile, x, 0o600); err != nil {
+		if err := writeJSON(hook, stateDir, ExposedFile, x, 0o600); err != nil {
 			return x, fmt.Errorf("recording the exposure: %w", err)
 		}
 	}
@@ -574,10 +565,10 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 		log.Warn("step", "step", "enroll", "layer", "enroll", "status", "retry-token",
 			"message", "this token was already presented by a run that did not finish; trying it once more", "since", prev.Started)
 	}
-	if err := writeJSON(stateDir, PendingFile, Pending{TokenSHA256: h, Started: host.Time().UTC()}, 0o600); err != nil {
+	if err := writeJSON(host.Hook, stateDir, PendingFile, Pending{TokenSHA256: h, Started: host.Time().UTC()}, 0o600); err != nil {
 		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "cannot record the enrollment in " + cfg.Paths.StateDir + ": " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable (nothing was sent to the CA; the token is unused)"}
 	}
-	hook("before sign")
+	host.Hook.At("before sign")
 	issued, err := c.Sign(ctx, tok, roots)
 	if err != nil {
 		f := diag.FromEnroll(err, diag.Enroll, cfg.CA.TokenFile)
@@ -587,15 +578,15 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 		}
 		if ee == nil || ee.Kind != enroll.Unreachable {
 			// The CA saw the token: it is burnt whatever happened.
-			writeJSON(stateDir, PendingFile, Pending{TokenSHA256: h, Started: host.Time().UTC()}, 0o600)
+			writeJSON(host.Hook, stateDir, PendingFile, Pending{TokenSHA256: h, Started: host.Time().UTC()}, 0o600)
 		} else {
 			os.Remove(pendingPath)
 		}
 		return f
 	}
-	hook("after sign")
+	host.Hook.At("after sign")
 	set := &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: roots.Bundle()}
-	if _, err := credstore.Save(host.Path(cfg.Paths.PKIDir), set, host.Time()); err != nil {
+	if _, err := credstore.Save(host.Path(cfg.Paths.PKIDir), set, host.Time(), host.Hook); err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
 			Summary: "the CA issued a certificate but it could not be saved: " + err.Error(),
 			Remedy:  "make " + cfg.Paths.PKIDir + " writable, then run again with a fresh token (this one is used)"}
@@ -619,7 +610,7 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 
 // refreshBundle rewrites the credential set when the CA's current and
 // federated roots differ from ca.pem, keeping key and certificate.
-func refreshBundle(pki string, env *verify.Env, roots *enroll.Roots, now time.Time) error {
+func refreshBundle(pki string, env *verify.Env, roots *enroll.Roots, now time.Time, hook system.Hook) error {
 	s, err := env.Creds()
 	if err != nil {
 		return err
@@ -628,11 +619,11 @@ func refreshBundle(pki string, env *verify.Env, roots *enroll.Roots, now time.Ti
 		return nil
 	}
 	s.Roots = roots.Bundle()
-	_, err = credstore.Save(pki, s, now)
+	_, err = credstore.Save(pki, s, now, hook)
 	return err
 }
 
-func writeJSON(dir, name string, v any, mode os.FileMode) error {
+func writeJSON(hook system.Hook, dir, name string, v any, mode os.FileMode) error {
 	// state_dir may be a link to another volume; done/ and tasks/ are
 	// provision's own and may not (a link there would send the receipt or
 	// a task anywhere).
@@ -644,12 +635,12 @@ func writeJSON(dir, name string, v any, mode os.FileMode) error {
 	if err != nil {
 		return err
 	}
-	return system.WriteFileAtomic(filepath.Join(dir, name), append(b, '\n'), system.WriteOptions{Mode: mode})
+	return system.WriteFileAtomic(filepath.Join(dir, name), append(b, '\n'), system.WriteOptions{Mode: mode, Hook: hook})
 }
 
 // WriteReceipt writes the done receipt and the per-install done marker.
-func WriteReceipt(stateDir string, r *Receipt) error {
-	if err := writeJSON(stateDir, ReceiptFile, r, 0o644); err != nil {
+func WriteReceipt(stateDir string, r *Receipt, hook system.Hook) error {
+	if err := writeJSON(hook, stateDir, ReceiptFile, r, 0o644); err != nil {
 		return err
 	}
 	// The hand-off directory exists on every done node, so verify, whose
@@ -658,7 +649,7 @@ func WriteReceipt(stateDir string, r *Receipt) error {
 		return err
 	}
 	if r.MachineID != "" {
-		if err := writeJSON(filepath.Join(stateDir, DoneDir), r.MachineID, map[string]string{"serial": r.Serial, "proved_at": r.ProvedAt.Format(time.RFC3339)}, 0o644); err != nil {
+		if err := writeJSON(hook, filepath.Join(stateDir, DoneDir), r.MachineID, map[string]string{"serial": r.Serial, "proved_at": r.ProvedAt.Format(time.RFC3339)}, 0o644); err != nil {
 			return err
 		}
 	}
@@ -681,13 +672,13 @@ func ReadReceipt(stateDir string) (*Receipt, error) {
 // SaveTask hands a task the proof received off to the node-agent: it is
 // written to state_dir/tasks/<id>.json (0600), the one place bootstrap and
 // verify both leave it. It returns the file's path.
-func SaveTask(stateDir string, t probe.Task, now time.Time) (string, error) {
+func SaveTask(stateDir string, t probe.Task, now time.Time, hook system.Hook) (string, error) {
 	id := t.ID
 	if id == "" || strings.ContainsAny(id, "/\\\x00") || id == "." || id == ".." || len(id) > 128 {
 		id = "task-" + now.UTC().Format("20060102T150405.000000000Z")
 	}
 	dir := filepath.Join(stateDir, TasksDir)
-	return filepath.Join(dir, id+".json"), writeJSON(dir, id+".json", t.Raw, 0o600)
+	return filepath.Join(dir, id+".json"), writeJSON(hook, dir, id+".json", t.Raw, 0o600)
 }
 
 // sweepTasks removes temp files a killed run left in the tasks directory

@@ -107,7 +107,7 @@ func TestVerdictOnDisk(t *testing.T) {
 	save := func(t *testing.T, root string, l *controlplane.Leaf, roots *x509.Certificate) {
 		t.Helper()
 		s := &credstore.Set{Key: l.Key, Chain: []*x509.Certificate{l.Cert, l.Intermediate}, Roots: []*x509.Certificate{roots}}
-		if _, err := credstore.Save(controlplane.InRoot(root, controlplane.DefaultPKIDir), s, now); err != nil {
+		if _, err := credstore.Save(controlplane.InRoot(root, controlplane.DefaultPKIDir), s, now, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -217,7 +217,7 @@ func TestSaveTaskNames(t *testing.T) {
 			root := t.TempDir()
 			state := filepath.Join(root, "var", "lib", "provision")
 			raw := json.RawMessage(`{"id":` + string(mustJSON(t, tt.id)) + `,"kind":"reimage","args":["a","b"]}`)
-			if _, err := SaveTask(state, probe.Task{ID: tt.id, Raw: raw}, now); err != nil {
+			if _, err := SaveTask(state, probe.Task{ID: tt.id, Raw: raw}, now, nil); err != nil {
 				t.Fatalf("SaveTask: %v", err)
 			}
 			got := files(t, root)
@@ -258,7 +258,7 @@ func mustJSON(t *testing.T, v any) []byte {
 func TestSaveTaskNonJSONBody(t *testing.T) {
 	state := t.TempDir()
 	task := probe.TaskFrom([]byte("reboot now\n"))
-	if _, err := SaveTask(state, task, time.Now()); err != nil {
+	if _, err := SaveTask(state, task, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	ents, err := os.ReadDir(filepath.Join(state, TasksDir))
@@ -293,7 +293,7 @@ func TestReceiptRoundTrip(t *testing.T) {
 			state := filepath.Join(t.TempDir(), "state")
 			r := base
 			r.MachineID = tt.machineID
-			if err := WriteReceipt(state, &r); err != nil {
+			if err := WriteReceipt(state, &r, nil); err != nil {
 				t.Fatalf("WriteReceipt: %v", err)
 			}
 			got, err := ReadReceipt(state)
@@ -490,13 +490,13 @@ func TestPendingMarkerAfterCrashBeforeSign(t *testing.T) {
 	n := prepareNode(t)
 	type crash struct{}
 	func() {
-		Hook = func(step string) {
+		n.host.Hook = func(step string) {
 			if step == "before sign" {
 				panic(crash{})
 			}
 		}
 		defer func() {
-			Hook = nil
+			n.host.Hook = nil
 			if r := recover(); r == nil {
 				t.Fatal("bootstrap did not reach the 'before sign' hook")
 			} else if _, ok := r.(crash); !ok {
@@ -526,12 +526,12 @@ func TestPendingMarkerAfterCrashBeforeSign(t *testing.T) {
 // token is unused: no marker is left claiming it was presented.
 func TestPendingMarkerCAUnreachableAtSign(t *testing.T) {
 	n := prepareNode(t)
-	Hook = func(step string) {
+	n.host.Hook = func(step string) {
 		if step == "before sign" {
 			n.cp.CA.Close()
 		}
 	}
-	defer func() { Hook = nil }()
+	defer func() { n.host.Hook = nil }()
 	out := n.run(t)
 	if out.Report.OK {
 		t.Fatal("bootstrap reported OK with the CA down")
@@ -554,13 +554,13 @@ func TestCrashAfterSign(t *testing.T) {
 	n := prepareNode(t)
 	type crash struct{}
 	func() {
-		Hook = func(step string) {
+		n.host.Hook = func(step string) {
 			if step == "after sign" {
 				panic(crash{})
 			}
 		}
 		defer func() {
-			Hook = nil
+			n.host.Hook = nil
 			if r := recover(); r == nil {
 				t.Fatal("bootstrap did not reach the 'after sign' hook")
 			} else if _, ok := r.(crash); !ok {

@@ -196,6 +196,9 @@ func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int,
 	if err != nil {
 		return nil, nil, env.usage(cmd, err.Error(), "--root must name an existing directory"), false
 	}
+	if env.ctx != nil {
+		host.Hook = system.HookFrom(env.ctx) // crash points: set only by the tests' build of main
+	}
 	cfg, err := config.Load(host.Path(f.config))
 	if err != nil {
 		var ce *config.Error
@@ -279,7 +282,7 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	// is dequeued there, so verify hands it off exactly as bootstrap does.
 	if t, ok := e.Probed().HandedTask(); ok {
 		rep.Task = json.RawMessage(t.Raw)
-		path, err := bootstrap.SaveTask(host.Path(cfg.Paths.StateDir), t, host.Time())
+		path, err := bootstrap.SaveTask(host.Path(cfg.Paths.StateDir), t, host.Time(), host.Hook)
 		if err != nil {
 			return finish(env, f, cfg, host, log, verify.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 				Summary:  "the proof received a task but it could not be handed off: " + err.Error(),
@@ -384,7 +387,7 @@ func hostsRemove(h *hostsRun) int {
 		fmt.Fprintf(h.env.stdout, "%s: no managed block; nothing to remove\n", h.cfg.Paths.HostsFile)
 		return ExitOK
 	}
-	if _, err := hosts.Write(h.path, old, nb); err != nil {
+	if _, err := hosts.Write(h.path, old, nb, h.host.Hook); err != nil {
 		return h.fail(fmt.Sprintf("writing %s: %v", h.cfg.Paths.HostsFile, err), "make "+h.cfg.Paths.HostsFile+" writable, then run again; nothing was changed")
 	}
 	fmt.Fprintf(h.env.stdout, "%s: managed block removed%s\n", h.cfg.Paths.HostsFile, h.via)

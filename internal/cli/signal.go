@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/gpuaas/provision/internal/system"
 	"io"
 	"os"
 	"sync"
@@ -65,7 +66,14 @@ func interruptedBy(ctx context.Context) *Interrupted {
 // the JSON report itself when the run had not printed one. The process never
 // outlives a SIGTERM by more than grace.
 func Main(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal, grace time.Duration) int {
-	ctx, cancel := context.WithCancelCause(context.Background())
+	return MainWithHook(args, stdout, stderr, sigs, grace, nil)
+}
+
+// MainWithHook is Main with crash points: hook is set on every Host the run
+// builds (system.Host.Hook). Only the crash tests' build of the binary
+// passes one.
+func MainWithHook(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal, grace time.Duration, hook system.Hook) int {
+	ctx, cancel := context.WithCancelCause(system.WithHook(context.Background(), hook))
 	defer cancel(nil)
 	out := &stopWriter{w: stdout}
 	done := make(chan int, 1)

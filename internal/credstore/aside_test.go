@@ -17,12 +17,12 @@ func TestSaveAsideDoesNotPublish(t *testing.T) {
 	f := newFixture(t)
 	dir := filepath.Join(t.TempDir(), "pki")
 	old := f.set()
-	oldGen, err := credstore.Save(dir, old, time.Now())
+	oldGen, err := credstore.Save(dir, old, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	next := f.set()
-	gen, err := credstore.SaveAside(dir, next, time.Now())
+	gen, err := credstore.SaveAside(dir, next, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestSaveAsideDoesNotPublish(t *testing.T) {
 	if st, err := os.Stat(filepath.Join(gen, credstore.KeyFile)); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("aside key mode: %v %v", st, err)
 	}
-	if err := credstore.Publish(dir, gen); err != nil {
+	if err := credstore.Publish(dir, gen, nil); err != nil {
 		t.Fatal(err)
 	}
 	cur, err = credstore.Load(dir)
@@ -55,12 +55,12 @@ func TestSaveAsideDoesNotPublish(t *testing.T) {
 func TestAsideKeptForDiagnosisThenPruned(t *testing.T) {
 	f := newFixture(t)
 	dir := filepath.Join(t.TempDir(), "pki")
-	g1, err := credstore.Save(dir, f.set(), time.Now())
+	g1, err := credstore.Save(dir, f.set(), time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(10 * time.Millisecond)
-	failed, err := credstore.SaveAside(dir, f.set(), time.Now())
+	failed, err := credstore.SaveAside(dir, f.set(), time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,11 +69,11 @@ func TestAsideKeptForDiagnosisThenPruned(t *testing.T) {
 		t.Fatalf("after Sweep: %v, want current %s and the aside %s", got, g1, failed)
 	}
 	time.Sleep(10 * time.Millisecond)
-	g3, err := credstore.SaveAside(dir, f.set(), time.Now())
+	g3, err := credstore.SaveAside(dir, f.set(), time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := credstore.Publish(dir, g3); err != nil {
+	if err := credstore.Publish(dir, g3, nil); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{filepath.Base(g1), filepath.Base(g3)}
@@ -86,7 +86,7 @@ func TestAsideKeptForDiagnosisThenPruned(t *testing.T) {
 func TestPublishRefuses(t *testing.T) {
 	f := newFixture(t)
 	dir := filepath.Join(t.TempDir(), "pki")
-	if _, err := credstore.Save(dir, f.set(), time.Now()); err != nil {
+	if _, err := credstore.Save(dir, f.set(), time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	for name, gen := range map[string]string{
@@ -95,7 +95,7 @@ func TestPublishRefuses(t *testing.T) {
 		"missing files": filepath.Join(dir, "gen-empty"),
 	} {
 		os.Mkdir(filepath.Join(dir, "gen-empty"), 0o700)
-		if err := credstore.Publish(dir, gen); err == nil {
+		if err := credstore.Publish(dir, gen, nil); err == nil {
 			t.Errorf("%s: Publish(%s) succeeded", name, gen)
 		}
 	}

@@ -231,24 +231,15 @@ func EncodeCerts(cs []*x509.Certificate) []byte {
 	return b.Bytes()
 }
 
-// Hook, when set, is called between the steps of Save with the step's name.
-// The crash tests use it to die at exact points; it is nil in production.
-var Hook func(step string)
-
-func hook(step string) {
-	if Hook != nil {
-		Hook(step)
-	}
-}
-
 // Save publishes s as the current set in dir and returns the generation
 // directory. now names the generation. It is SaveAside then Publish.
-func Save(dir string, s *Set, now time.Time) (string, error) {
-	gen, err := SaveAside(dir, s, now)
+// hook is called between the steps with the step's name (crash points).
+func Save(dir string, s *Set, now time.Time, hook system.Hook) (string, error) {
+	gen, err := SaveAside(dir, s, now, hook)
 	if err != nil {
 		return "", err
 	}
-	return gen, Publish(dir, gen)
+	return gen, Publish(dir, gen, hook)
 }
 
 // SaveAside writes s into a new, complete, validated generation directory
@@ -256,7 +247,7 @@ func Save(dir string, s *Set, now time.Time) (string, error) {
 // name the old set, so nothing the node-agent reads changes. renew proves
 // the new set from there before Publish. An unpublished generation is kept
 // (for diagnosis) until the next successful publish prunes it.
-func SaveAside(dir string, s *Set, now time.Time) (string, error) {
+func SaveAside(dir string, s *Set, now time.Time, hook system.Hook) (string, error) {
 	if !s.KeyMatches() {
 		return "", errors.New("refusing to save: the key does not match the certificate")
 	}
@@ -293,7 +284,7 @@ func SaveAside(dir string, s *Set, now time.Time) (string, error) {
 			os.RemoveAll(tmp)
 			return "", err
 		}
-		hook("wrote " + f.name)
+		hook.At("wrote " + f.name)
 	}
 	if err := system.SyncDir(tmp); err != nil {
 		os.RemoveAll(tmp)
@@ -312,7 +303,7 @@ func SaveAside(dir string, s *Set, now time.Time) (string, error) {
 	if err := system.SyncDir(dir); err != nil {
 		return "", err
 	}
-	hook("generation ready")
+	hook.At("generation ready")
 	return gen, nil
 }
 
@@ -320,7 +311,7 @@ func SaveAside(dir string, s *Set, now time.Time) (string, error) {
 // set by one symlink swap, after recording the generation it replaces as
 // "previous" (kept as the rollback target). gen is validated again first:
 // a generation that does not load as a matching pair is never published.
-func Publish(dir, gen string) error {
+func Publish(dir, gen string, hook system.Hook) error {
 	name := filepath.Base(gen)
 	if filepath.Dir(gen) != filepath.Clean(dir) || !strings.HasPrefix(name, genPrefix) {
 		return fmt.Errorf("refusing to publish %s: not a generation of %s", gen, dir)
@@ -339,7 +330,7 @@ func Publish(dir, gen string) error {
 	if err := system.SyncDir(dir); err != nil {
 		return err
 	}
-	hook("current switched")
+	hook.At("current switched")
 	if err := linkStable(dir); err != nil {
 		return err
 	}

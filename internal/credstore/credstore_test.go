@@ -79,7 +79,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	f := newFixture(t)
 	dir := filepath.Join(t.TempDir(), "pki")
 	want := f.set()
-	gen, err := credstore.Save(dir, want, time.Now())
+	gen, err := credstore.Save(dir, want, time.Now(), nil)
 	if err != nil {
 		t.Fatalf("Save: %v", err)
 	}
@@ -170,7 +170,7 @@ func TestModes(t *testing.T) {
 				tt.prepare(t, dir)
 			}
 			old := syscall.Umask(tt.umask)
-			_, err := credstore.Save(dir, f.set(), time.Now())
+			_, err := credstore.Save(dir, f.set(), time.Now(), nil)
 			syscall.Umask(old)
 			if err != nil {
 				t.Fatalf("Save: %v", err)
@@ -223,10 +223,10 @@ func TestSaveRefusesMismatchedKey(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "pki")
-			if _, err := credstore.Save(dir, a, time.Now()); err != nil {
+			if _, err := credstore.Save(dir, a, time.Now(), nil); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := credstore.Save(dir, tt.set, time.Now().Add(time.Second)); err == nil {
+			if _, err := credstore.Save(dir, tt.set, time.Now().Add(time.Second), nil); err == nil {
 				t.Fatal("Save accepted a set whose key does not match its certificate")
 			}
 			got, err := credstore.Load(dir)
@@ -246,7 +246,7 @@ func TestPruneKeepsOnePrevious(t *testing.T) {
 	t0 := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 	var gens []string
 	for i := 0; i < 4; i++ {
-		gen, err := credstore.Save(dir, f.set(), t0.Add(time.Duration(i)*time.Hour))
+		gen, err := credstore.Save(dir, f.set(), t0.Add(time.Duration(i)*time.Hour), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,7 +270,7 @@ func TestPruneKeepsCurrentWhenClockGoesBack(t *testing.T) {
 	t0 := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 	for _, at := range []time.Time{t0.Add(48 * time.Hour), t0.Add(24 * time.Hour), t0} {
 		want := f.set()
-		if _, err := credstore.Save(dir, want, at); err != nil {
+		if _, err := credstore.Save(dir, want, at, nil); err != nil {
 			t.Fatal(err)
 		}
 		got, err := credstore.Load(dir)
@@ -286,7 +286,7 @@ func TestPruneKeepsCurrentWhenClockGoesBack(t *testing.T) {
 func TestSweep(t *testing.T) {
 	f := newFixture(t)
 	dir := filepath.Join(t.TempDir(), "pki")
-	gen, err := credstore.Save(dir, f.set(), time.Now())
+	gen, err := credstore.Save(dir, f.set(), time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +421,7 @@ func TestLoadLegacyLayout(t *testing.T) {
 	}
 	// Saving over the legacy layout converts it; the old plain files are gone.
 	next := f.set()
-	if _, err := credstore.Save(dir, next, time.Now()); err != nil {
+	if _, err := credstore.Save(dir, next, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	got, err := credstore.Load(dir)
@@ -435,9 +435,8 @@ func steps(t *testing.T) []string {
 	t.Helper()
 	f := newFixture(t)
 	var got []string
-	credstore.Hook = func(s string) { got = append(got, s) }
-	defer func() { credstore.Hook = nil }()
-	if _, err := credstore.Save(filepath.Join(t.TempDir(), "pki"), f.set(), time.Now()); err != nil {
+	record := func(s string) { got = append(got, s) }
+	if _, err := credstore.Save(filepath.Join(t.TempDir(), "pki"), f.set(), time.Now(), record); err != nil {
 		t.Fatal(err)
 	}
 	return got
@@ -448,13 +447,12 @@ type crash struct{ step string }
 // saveCrashingAt runs Save and "kills" it at step by panicking from the hook.
 // It reports whether the crash happened.
 func saveCrashingAt(dir string, s *credstore.Set, now time.Time, step string) (crashed bool, err error) {
-	credstore.Hook = func(at string) {
+	hook := func(at string) {
 		if at == step {
 			panic(crash{at})
 		}
 	}
 	defer func() {
-		credstore.Hook = nil
 		if r := recover(); r != nil {
 			if _, ok := r.(crash); !ok {
 				panic(r)
@@ -462,7 +460,7 @@ func saveCrashingAt(dir string, s *credstore.Set, now time.Time, step string) (c
 			crashed = true
 		}
 	}()
-	_, err = credstore.Save(dir, s, now)
+	_, err = credstore.Save(dir, s, now, hook)
 	return false, err
 }
 
@@ -482,7 +480,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 		{"fresh node", func(t *testing.T, dir string) *credstore.Set { return nil }},
 		{"previous generation", func(t *testing.T, dir string) *credstore.Set {
 			s := f.set()
-			if _, err := credstore.Save(dir, s, time.Now().Add(-time.Hour)); err != nil {
+			if _, err := credstore.Save(dir, s, time.Now().Add(-time.Hour), nil); err != nil {
 				t.Fatal(err)
 			}
 			return s
@@ -531,7 +529,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 				}
 				// Whatever was read, the next Save recovers and cleans up.
 				again := f.set()
-				if _, err := credstore.Save(dir, again, time.Now().Add(time.Minute)); err != nil {
+				if _, err := credstore.Save(dir, again, time.Now().Add(time.Minute), nil); err != nil {
 					t.Fatalf("Save after the crash: %v", err)
 				}
 				got, err = credstore.Load(dir)
@@ -590,7 +588,7 @@ func TestSweepFinishesHalfLinkedLegacy(t *testing.T) {
 	// Publish a new generation the way Save does, then undo the cert.pem and
 	// ca.pem links to reproduce the half-done state.
 	next := f.set()
-	if _, err := credstore.Save(dir, next, time.Now()); err != nil {
+	if _, err := credstore.Save(dir, next, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	for n, b := range map[string][]byte{credstore.CertFile: l.ChainPEM(), credstore.CAFile: f.pki.RootPEM()} {

@@ -970,15 +970,17 @@ func mustLeafForKey(t *testing.T, p *controlplane.PKI, cn string) func(pub any) 
 // rejection by the CA (it was classified 'CA answered 200', permanent, when
 // a loaded CI machine cut the read short).
 func TestFetchRootsBodyTimeoutIsTransient(t *testing.T) {
+	// The handler holds the body until the test ends, whatever the client
+	// does: if it returned when the client gave up, the client could read a
+	// complete empty body instead of timing out.
+	hold := make(chan struct{})
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		w.(http.Flusher).Flush()
-		select {
-		case <-r.Context().Done():
-		case <-time.After(5 * time.Second):
-		}
+		<-hold
 	}))
 	defer srv.Close()
+	defer close(hold)
 	c, _ := fakeClient(t, srv.URL, strings.Repeat("ab", 32))
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

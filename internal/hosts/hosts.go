@@ -310,8 +310,9 @@ const (
 // it is a mount point (EBUSY, as in containers), it falls back to rewriting
 // it in place and says so. Before replacing, it checks that the file still
 // has the content it was computed from (another writer, such as cloud-init,
-// may have changed it): old is what the caller read.
-func Write(path string, old, data []byte) (Strategy, error) {
+// may have changed it): old is what the caller read. hook marks the crash
+// point before the rename.
+func Write(path string, old, data []byte, hook system.Hook) (Strategy, error) {
 	if bytes.Equal(old, data) {
 		return Unchanged, nil
 	}
@@ -336,7 +337,7 @@ func Write(path string, old, data []byte) (Strategy, error) {
 		return "", fmt.Errorf("%s was removed while provision was editing it; run again", path)
 	}
 	system.SweepTemp(filepath.Dir(path), filepath.Base(path))
-	err := system.WriteFileAtomic(path, data, system.WriteOptions{Mode: mode, KeepOwner: true})
+	err := system.WriteFileAtomic(path, data, system.WriteOptions{Mode: mode, KeepOwner: true, Hook: hook})
 	if err == nil {
 		return Renamed, nil
 	}

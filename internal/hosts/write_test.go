@@ -76,7 +76,7 @@ func TestWriteKeepsModeAndOwner(t *testing.T) {
 		data := applied(t, []byte(userHosts))
 
 		old := syscall.Umask(tc.umask)
-		strat, err := Write(path, []byte(userHosts), data)
+		strat, err := Write(path, []byte(userHosts), data, nil)
 		syscall.Umask(old)
 		if err != nil {
 			t.Fatalf("Write: %v", err)
@@ -110,7 +110,7 @@ func TestWriteNewFile(t *testing.T) {
 	path := filepath.Join(dir, "hosts")
 	data := applied(t, nil)
 	old := syscall.Umask(0o077)
-	strat, err := Write(path, nil, data)
+	strat, err := Write(path, nil, data, nil)
 	syscall.Umask(old)
 	if err != nil || strat != Renamed {
 		t.Fatalf("Write = %q, %v", strat, err)
@@ -143,7 +143,7 @@ func TestWriteUnchangedDoesNotTouch(t *testing.T) {
 	if err != nil || changed {
 		t.Fatalf("re-Apply changed=%v err=%v", changed, err)
 	}
-	strat, err := Write(path, cur, nb)
+	strat, err := Write(path, cur, nb, nil)
 	if err != nil || strat != Unchanged {
 		t.Fatalf("Write = %q, %v; want %q", strat, err, Unchanged)
 	}
@@ -170,7 +170,7 @@ func TestWriteDetectsConcurrentModification(t *testing.T) {
 	if err := os.WriteFile(path, theirs, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Write(path, old, data); err == nil || !strings.Contains(err.Error(), "changed while provision was editing it") {
+	if _, err := Write(path, old, data, nil); err == nil || !strings.Contains(err.Error(), "changed while provision was editing it") {
 		t.Fatalf("Write over a concurrently modified file: err = %v", err)
 	}
 	if got, _ := os.ReadFile(path); !bytes.Equal(got, theirs) {
@@ -181,7 +181,7 @@ func TestWriteDetectsConcurrentModification(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Write(path, old, data); err == nil {
+	if _, err := Write(path, old, data, nil); err == nil {
 		t.Fatalf("Write recreated a file that was deleted after it was read")
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
@@ -202,7 +202,7 @@ func TestWriteSweepsTempFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := Write(path, []byte(userHosts), applied(t, []byte(userHosts))); err != nil {
+	if _, err := Write(path, []byte(userHosts), applied(t, []byte(userHosts)), nil); err != nil {
 		t.Fatal(err)
 	}
 	want := append([]string{"hosts"}, keep...)
@@ -309,7 +309,7 @@ func bindMountBody(t *testing.T) {
 		t.Fatalf("reading through the mount: %q %v", old, err)
 	}
 	data := applied(t, old)
-	strat, err := Write(target, old, data)
+	strat, err := Write(target, old, data, nil)
 	if err != nil {
 		t.Fatalf("Write onto a bind mount: %v", err)
 	}
@@ -329,7 +329,7 @@ func bindMountBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strat, err := Write(target, data, back); err != nil || strat != InPlace {
+	if strat, err := Write(target, data, back, nil); err != nil || strat != InPlace {
 		t.Fatalf("second in-place Write = %q, %v", strat, err)
 	}
 	if got, _ := os.ReadFile(source); string(got) != userHosts {
@@ -360,7 +360,7 @@ func TestWriteRefusesNonRegular(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = Write(p, []byte("127.0.0.1 localhost\n"), []byte("127.0.0.1 localhost\n10.0.0.1 x\n"))
+			_, err = Write(p, []byte("127.0.0.1 localhost\n"), []byte("127.0.0.1 localhost\n10.0.0.1 x\n"), nil)
 			if err == nil || !strings.Contains(err.Error(), p) {
 				t.Fatalf("want a refusal naming %s, got %v", p, err)
 			}

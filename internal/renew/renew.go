@@ -57,17 +57,8 @@ type Outcome struct {
 	Task    *probe.Task
 }
 
-// Hook, when set, is called at named points; the crash tests use it.
-var Hook func(step string)
-
-func hook(s string) {
-	if Hook != nil {
-		Hook(s)
-	}
-}
-
-// Steps are the named points of a renewal, in order (Hook's names; the
-// crash tests kill the binary at each).
+// Steps are the named points of a renewal, in order: host.Hook is called
+// with each (the crash tests kill the binary there).
 var Steps = []string{"roots fetched", "renewed", "aside written", "proven", "published", "recorded"}
 
 // Decision is what renew --check answers without the network.
@@ -177,7 +168,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		return stop("ca-roots", renewrec.Failed, diag.FromEnroll(err, diag.CA, cfg.CA.TokenFile))
 	}
 	env.SetRoots(roots)
-	hook("roots fetched")
+	host.Hook.At("roots fetched")
 
 	// 2. The one verdict.
 	v := env.Verdict(ctx)
@@ -230,17 +221,17 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		rec.Rekeyed = cfg.Renew.Rekey
 		log.Info("step", "step", "renew", "layer", "ca", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC(), "rekey", cfg.Renew.Rekey)
 	}
-	hook("renewed")
+	host.Hook.At("renewed")
 
 	// 4. Aside: complete, validated, not published.
-	gen, err := credstore.SaveAside(pki, cand, now)
+	gen, err := credstore.SaveAside(pki, cand, now, host.Hook)
 	if err != nil {
 		return stop("credentials-write", renewrec.Failed, &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
 			Summary: "the renewed certificate could not be written: " + err.Error() + "; the old set stays current",
 			Remedy:  "make " + cfg.Paths.PKIDir + " writable, then run provision renew again"})
 	}
 	rec.Generation = filepath.Base(gen)
-	hook("aside written")
+	host.Hook.At("aside written")
 
 	// 5. The proof, with the new files read back from disk.
 	var rep *verify.Report
@@ -264,7 +255,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	if t, ok := penv.Probed().HandedTask(); ok {
 		out.Task = &t
 		rep.Task = json.RawMessage(t.Raw)
-		if _, err := bootstrap.SaveTask(stateDir, t, host.Time()); err != nil {
+		if _, err := bootstrap.SaveTask(stateDir, t, host.Time(), host.Hook); err != nil {
 			return stop("task-save", renewrec.Failed, &diag.Finding{Layer: diag.State, Owner: diag.Node,
 				Summary:  "the proof received a task but it could not be handed off: " + err.Error() + "; the renewal was not published",
 				Remedy:   "make " + cfg.Paths.StateDir + " writable, give this task (in the evidence) to the node-agent by hand, and run provision renew again",
@@ -280,15 +271,15 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 		rep.DurationMS = time.Since(start).Milliseconds()
 		return out
 	}
-	hook("proven")
+	host.Hook.At("proven")
 
 	// 6. Publish: one symlink swap.
-	if err := credstore.Publish(pki, gen); err != nil {
+	if err := credstore.Publish(pki, gen, host.Hook); err != nil {
 		return stop("publish", renewrec.Failed, &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
 			Summary: "the renewed set was proven but could not be published: " + err.Error() + "; the old set stays current",
 			Remedy:  "make " + cfg.Paths.PKIDir + " writable, then run provision renew again"})
 	}
-	hook("published")
+	host.Hook.At("published")
 	out.Renewed = true
 	newLeaf := cand.Leaf()
 	if newLeaf.SerialNumber.String() != rec.Serial {
@@ -300,7 +291,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	rec.LastRenewed = host.Time().UTC()
 	rec.LastError, rec.FailedLayer = "", ""
 	record(result)
-	hook("recorded")
+	host.Hook.At("recorded")
 	what := fmt.Sprintf("renewed: serial %s replaced %s, valid until %s, next renewal from %s", rec.Serial, rec.PreviousSerial, stamp(rec.NotAfter), stamp(rec.DueAt))
 	if result == renewrec.Refreshed {
 		what = fmt.Sprintf("ca.pem refreshed from the CA's %d current and %d federated root(s); the certificate (serial %s) is not due until %s", len(roots.Current), len(roots.Federated), rec.Serial, stamp(rec.DueAt))

@@ -22,14 +22,12 @@ type WriteOptions struct {
 	// KeepOwner copies uid, gid and the SELinux label of an existing file, as
 	// an edit of /etc/hosts must.
 	KeepOwner bool
+	// Hook is called with "before rename <base name>" once the new content
+	// is in the temp file and before it is renamed over path: the one
+	// instant a torn hosts file or receipt could be seen if the write were
+	// not atomic, where the crash tests kill the process.
+	Hook Hook
 }
-
-// Hook, when set, is called with "before rename <base name>" once the new
-// content is in the temp file and before it is renamed over path. The crash
-// tests (tests/reliability, built with -tags crashpoints) kill the process
-// there, the one instant a torn hosts file or receipt could be seen if the
-// write were not atomic. It is nil in production.
-var Hook func(step string)
 
 // WriteFileAtomic replaces path with data so that a crash at any instant
 // leaves either the old or the new content: a temp file in the same
@@ -68,9 +66,7 @@ func WriteFileAtomic(path string, data []byte, o WriteOptions) error {
 	if _, err := pf.Write(data); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	if Hook != nil {
-		Hook("before rename " + filepath.Base(path))
-	}
+	o.Hook.At("before rename " + filepath.Base(path))
 	if err := pf.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("replacing %s: %w", path, err)
 	}

@@ -34,6 +34,36 @@ type Host struct {
 	// HostsFile is the hosts file path (as seen from inside Root) that
 	// name resolution consults when Root is not "/".
 	HostsFile string
+	// Hook is called at named points of every write provision makes on
+	// this host (crash points); nil in production. The crash tests' build
+	// of the binary sets it to kill the process there, and unit tests set
+	// it on their own Host: it is passed in, never a package variable.
+	Hook Hook
+}
+
+// Hook marks a named point of a run: "hosts written", "before sign",
+// "before rename receipt.json"... A nil Hook does nothing.
+type Hook func(step string)
+
+// At calls h with step, if h is set.
+func (h Hook) At(step string) {
+	if h != nil {
+		h(step)
+	}
+}
+
+type hookKey struct{}
+
+// WithHook returns ctx carrying h, for main to hand the crash points of a
+// test build to the CLI, which sets them on the Host it builds.
+func WithHook(ctx context.Context, h Hook) context.Context {
+	return context.WithValue(ctx, hookKey{}, h)
+}
+
+// HookFrom returns the Hook ctx carries, or nil.
+func HookFrom(ctx context.Context) Hook {
+	h, _ := ctx.Value(hookKey{}).(Hook)
+	return h
 }
 
 // New returns a Host rooted at root ("" means "/").
