@@ -1,4 +1,4 @@
-package clientcert_test
+package clientcertmod_test
 
 import (
 	"crypto/x509"
@@ -19,8 +19,8 @@ import (
 // The labels are the bounded reason and mtls_present; the caller's peer
 // address and User-Agent, unbounded, go to the log line (remote_addr,
 // user_agent), which is where the incident's anonymous caller is found.
-// This file is a test, so client_golang is not in the graph of a program
-// that imports clientcert.
+// This example lives in the main module, beside the module check: clientcert
+// (its own module, standard library only) never sees client_golang.
 func Example_prometheus() {
 	rejections := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nodeapi_identity_rejections_total",
