@@ -116,105 +116,131 @@ type manSection struct {
 // ':' whose indented lines are a flag list ("Flags:", PrintDefaults' layout),
 // verbatim commands ("Usage:", "Examples:") or two-column entries (every
 // other section), and prose paragraphs inside a section.
-func manPage(name, summary, help, version, date string, seeAlso []string) []byte {
-	var order []*manSection
-	byTitle := map[string]*manSection{}
-	section := func(title string) *manSection {
-		if s, ok := byTitle[title]; ok {
-			return s
-		}
-		s := &manSection{title: title}
-		byTitle[title] = s
-		order = append(order, s)
+// manWriter turns help text into man page sections, line by line.
+type manWriter struct {
+	order      []*manSection
+	byTitle    map[string]*manSection
+	cur        *manSection
+	kind       string // prose, flags, verbatim, columns
+	para       []string
+	inVerbatim bool
+}
+
+func (m *manWriter) section(title string) *manSection {
+	if s, ok := m.byTitle[title]; ok {
 		return s
 	}
-	var cur *manSection
-	kind := "prose" // prose, flags, verbatim, columns
-	var para []string
-	inVerbatim := false
-	flush := func() {
-		if len(para) > 0 {
-			if cur == nil {
-				cur = section("DESCRIPTION")
-			}
-			fmt.Fprintf(&cur.body, ".PP\n%s\n", roffEscape(strings.Join(para, " ")))
-			para = nil
+	s := &manSection{title: title}
+	m.byTitle[title] = s
+	m.order = append(m.order, s)
+	return s
+}
+
+func (m *manWriter) flush() {
+	if len(m.para) > 0 {
+		if m.cur == nil {
+			m.cur = m.section("DESCRIPTION")
 		}
+		fmt.Fprintf(&m.cur.body, ".PP\n%s\n", roffEscape(strings.Join(m.para, " ")))
+		m.para = nil
 	}
-	closeVerbatim := func() {
-		if inVerbatim {
-			cur.body.WriteString(".EE\n")
-			inVerbatim = false
+}
+
+func (m *manWriter) closeVerbatim() {
+	if m.inVerbatim {
+		m.cur.body.WriteString(".EE\n")
+		m.inVerbatim = false
+	}
+}
+
+// heading starts the section a help heading ("Flags:", "Examples:") maps to.
+func (m *manWriter) heading(line string) {
+	m.flush()
+	m.closeVerbatim()
+	title := strings.ToUpper(strings.TrimSuffix(line, ":"))
+	switch title {
+	case "USAGE":
+		title, m.kind = "SYNOPSIS", "verbatim"
+	case "FLAGS":
+		title, m.kind = "OPTIONS", "flags"
+	case "EXAMPLES":
+		m.kind = "verbatim"
+	case "EXIT CODES":
+		title, m.kind = "EXIT STATUS", "columns"
+	default:
+		m.kind = "columns"
+	}
+	m.cur = m.section(title)
+}
+
+// flag renders "-name arg<TAB>usage" (PrintDefaults); the usage may
+// continue on lines indented with a tab.
+func (m *manWriter) flag(trimmed string) {
+	tag, usage, _ := strings.Cut(trimmed, "\t")
+	fname, arg, _ := strings.Cut(tag, " ")
+	fmt.Fprintf(&m.cur.body, ".TP\n\\fB\\-%s\\fR", roffEscape(fname))
+	if arg != "" {
+		fmt.Fprintf(&m.cur.body, " \\fI%s\\fR", roffEscape(arg))
+	}
+	m.cur.body.WriteString("\n")
+	if usage = strings.TrimSpace(usage); usage != "" {
+		fmt.Fprintf(&m.cur.body, "%s\n", roffEscape(usage))
+	}
+}
+
+// column renders "  tag  [name  ]text"; deeper lines continue the text.
+func (m *manWriter) column(line, trimmed string) {
+	if len(line)-len(strings.TrimLeft(line, " ")) > 4 {
+		fmt.Fprintf(&m.cur.body, "%s\n", roffEscape(spacesRe.ReplaceAllString(trimmed, " ")))
+		return
+	}
+	cols := columnsRe.Split(trimmed, -1)
+	fmt.Fprintf(&m.cur.body, ".TP\n\\fB%s\\fR\n", roffEscape(cols[0]))
+	if len(cols) == 3 {
+		fmt.Fprintf(&m.cur.body, "\\fB%s\\fR %s\n", roffEscape(cols[1]), roffEscape(cols[2]))
+	} else if len(cols) > 1 {
+		fmt.Fprintf(&m.cur.body, "%s\n", roffEscape(strings.Join(cols[1:], " ")))
+	}
+}
+
+func (m *manWriter) line(line string) {
+	trimmed := strings.TrimSpace(line)
+	switch {
+	case strings.HasPrefix(line, "Usage: "):
+		m.flush()
+		m.closeVerbatim()
+		m.cur = m.section("SYNOPSIS")
+		fmt.Fprintf(&m.cur.body, ".B provision\n%s\n", roffEscape(strings.TrimPrefix(strings.TrimPrefix(line, "Usage: "), "provision ")))
+		m.cur, m.kind = m.section("DESCRIPTION"), "prose"
+	case trimmed == "":
+		m.flush()
+	case isHeading(line):
+		m.heading(line)
+	case line[0] != ' ' && line[0] != '\t':
+		m.closeVerbatim()
+		m.para = append(m.para, trimmed)
+	case m.kind == "verbatim":
+		if !m.inVerbatim {
+			m.cur.body.WriteString(".PP\n.EX\n")
+			m.inVerbatim = true
 		}
+		fmt.Fprintf(&m.cur.body, "%s\n", roffEscape(trimmed))
+	case m.kind == "flags" && strings.HasPrefix(trimmed, "-"):
+		m.flag(trimmed)
+	case m.kind == "flags":
+		fmt.Fprintf(&m.cur.body, "%s\n", roffEscape(trimmed))
+	default:
+		m.column(line, trimmed)
 	}
+}
+
+func manPage(name, summary, help, version, date string, seeAlso []string) []byte {
+	m := &manWriter{byTitle: map[string]*manSection{}, kind: "prose"}
 	for _, line := range strings.Split(strings.TrimRight(help, "\n"), "\n") {
-		trimmed := strings.TrimSpace(line)
-		switch {
-		case strings.HasPrefix(line, "Usage: "):
-			flush()
-			closeVerbatim()
-			cur = section("SYNOPSIS")
-			fmt.Fprintf(&cur.body, ".B provision\n%s\n", roffEscape(strings.TrimPrefix(strings.TrimPrefix(line, "Usage: "), "provision ")))
-			cur, kind = section("DESCRIPTION"), "prose"
-		case trimmed == "":
-			flush()
-		case isHeading(line):
-			flush()
-			closeVerbatim()
-			title := strings.ToUpper(strings.TrimSuffix(line, ":"))
-			switch title {
-			case "USAGE":
-				title, kind = "SYNOPSIS", "verbatim"
-			case "FLAGS":
-				title, kind = "OPTIONS", "flags"
-			case "EXAMPLES":
-				kind = "verbatim"
-			case "EXIT CODES":
-				title, kind = "EXIT STATUS", "columns"
-			default:
-				kind = "columns"
-			}
-			cur = section(title)
-		case line[0] != ' ' && line[0] != '\t':
-			closeVerbatim()
-			para = append(para, trimmed)
-		case kind == "verbatim":
-			if !inVerbatim {
-				cur.body.WriteString(".PP\n.EX\n")
-				inVerbatim = true
-			}
-			fmt.Fprintf(&cur.body, "%s\n", roffEscape(trimmed))
-		case kind == "flags" && strings.HasPrefix(trimmed, "-"):
-			// "  -name arg" (PrintDefaults); the usage follows on
-			// lines indented with a tab.
-			tag, usage, _ := strings.Cut(trimmed, "\t")
-			fname, arg, _ := strings.Cut(tag, " ")
-			fmt.Fprintf(&cur.body, ".TP\n\\fB\\-%s\\fR", roffEscape(fname))
-			if arg != "" {
-				fmt.Fprintf(&cur.body, " \\fI%s\\fR", roffEscape(arg))
-			}
-			cur.body.WriteString("\n")
-			if usage = strings.TrimSpace(usage); usage != "" {
-				fmt.Fprintf(&cur.body, "%s\n", roffEscape(usage))
-			}
-		case kind == "flags":
-			fmt.Fprintf(&cur.body, "%s\n", roffEscape(trimmed))
-		default: // columns: "  tag  [name  ]text"; deeper lines continue the text
-			if len(line)-len(strings.TrimLeft(line, " ")) > 4 {
-				fmt.Fprintf(&cur.body, "%s\n", roffEscape(spacesRe.ReplaceAllString(trimmed, " ")))
-				continue
-			}
-			cols := columnsRe.Split(trimmed, -1)
-			fmt.Fprintf(&cur.body, ".TP\n\\fB%s\\fR\n", roffEscape(cols[0]))
-			if len(cols) == 3 {
-				fmt.Fprintf(&cur.body, "\\fB%s\\fR %s\n", roffEscape(cols[1]), roffEscape(cols[2]))
-			} else if len(cols) > 1 {
-				fmt.Fprintf(&cur.body, "%s\n", roffEscape(strings.Join(cols[1:], " ")))
-			}
-		}
+		m.line(line)
 	}
-	flush()
-	closeVerbatim()
+	m.flush()
+	m.closeVerbatim()
 
 	var b strings.Builder
 	b.WriteString(".\\\" Generated from provision's help text by internal/cli (gendocs); do not edit.\n")
@@ -222,6 +248,7 @@ func manPage(name, summary, help, version, date string, seeAlso []string) []byte
 	fmt.Fprintf(&b, ".SH NAME\n%s \\- %s\n", roffEscape(name), roffEscape(summary))
 	// SYNOPSIS and DESCRIPTION first, as man pages have them; the rest in
 	// the help's order.
+	order := m.order
 	sort.SliceStable(order, func(i, j int) bool { return rank(order[i].title) < rank(order[j].title) })
 	for _, s := range order {
 		if s.body.Len() == 0 {

@@ -435,12 +435,26 @@ var waitPathPattern = regexp.MustCompile(`^(/([A-Za-z0-9\-._~!$&'()*+,;=:@{}]|%[
 // hostnamePattern follows hosts(5): letters, digits, '-' and '.'.
 var hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
+// adder records one problem with a key: its line is looked up once.
+type adder func(key, format string, args ...any)
+
+// validate checks every key against its rules and returns every problem,
+// each naming its key and line. One function per section of the file.
 func (c *Config) validate(lines *lineIndex) []Problem {
 	var probs []Problem
 	add := func(key, format string, args ...any) {
 		probs = append(probs, Problem{Key: key, Line: lines.line(key), Msg: fmt.Sprintf(format, args...)})
 	}
+	c.validateNode(add)
+	c.validateCA(add)
+	c.validateNodeAPI(add)
+	c.validateLocal(add)
+	c.validateRenew(add)
+	return probs
+}
 
+// validateNode: node_id and [[hosts]].
+func (c *Config) validateNode(add adder) {
 	switch {
 	case c.NodeID == "":
 		add("node_id", "required: the node's identity, used as the certificate subject")
@@ -478,7 +492,10 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 			add(k+".ip", "%q is an IPv4-mapped IPv6 address; write the IPv4 address %q", h.IP, a.Unmap().String())
 		}
 	}
+}
 
+// validateCA: [ca].
+func (c *Config) validateCA(add adder) {
 	if _, msg := checkURL(c.CA.URL); msg != "" {
 		add("ca.url", "%s", msg)
 	}
@@ -496,7 +513,10 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	} else if msg := checkPath(c.CA.TokenFile, false); msg != "" {
 		add("ca.token_file", "%s", msg)
 	}
+}
 
+// validateNodeAPI: [node_api].
+func (c *Config) validateNodeAPI(add adder) {
 	if u, msg := checkURL(c.NodeAPI.URL); msg != "" {
 		add("node_api.url", "%s", msg)
 	} else if ip, isIP := hostIsIP(u); isIP {
@@ -524,7 +544,10 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	case d >= dl && dl >= MinDeadline:
 		add("node_api.wait_timeout", "must be shorter than bootstrap.deadline (%s): with no task queued the proof's long poll holds that long, so bootstrap could never finish", dl)
 	}
+}
 
+// validateLocal: [paths], [bootstrap] and [metrics], what stays on the node.
+func (c *Config) validateLocal(add adder) {
 	for _, p := range [...]struct {
 		key, val, def string
 		dir           bool
@@ -547,6 +570,10 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	if d := c.Bootstrap.RequestTimeout.Duration; d < MinRequestTimeout || d > MaxRequestTimeout {
 		add("bootstrap.request_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinRequestTimeout), fmtDuration(MaxRequestTimeout), d, zeroHint(d, DefaultRequestTimeout))
 	}
+}
+
+// validateRenew: [renew].
+func (c *Config) validateRenew(add adder) {
 	if f := c.Renew.Fraction; math.IsNaN(f) || f < MinRenewFraction || f > MaxRenewFraction {
 		add("renew.fraction", "must be between %g and %g (the share of the certificate's lifetime after which it is renewed; default 2/3), got %g", MinRenewFraction, MaxRenewFraction, f)
 	}
@@ -564,7 +591,6 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	if d := c.Renew.PostHookTimeout.Duration; d < MinPostHookTimeout || d > MaxPostHookTimeout {
 		add("renew.post_hook_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinPostHookTimeout), fmtDuration(MaxPostHookTimeout), d, zeroHint(d, DefaultPostHookTimout))
 	}
-	return probs
 }
 
 // checkTextfileDir says what is wrong with metrics.textfile_dir, or "". It

@@ -116,210 +116,269 @@ func cannotRenew(v lifecycle.Verdict, cfg *config.Config) *diag.Finding {
 	return f
 }
 
-// Run renews the node's certificate when the verdict says so.
+// run is one renewal: its inputs and what the steps observed so far.
+type run struct {
+	ctx      context.Context
+	cfg      *config.Config
+	host     *system.Host
+	o        Options
+	log      *slog.Logger
+	start    time.Time
+	stateDir string
+	pki      string
+	out      *Outcome
+	rec      *renewrec.Record
+
+	env    *verify.Env
+	client *enroll.Client
+	roots  *enroll.Roots
+	v      lifecycle.Verdict
+	cur    *credstore.Set
+	due    bool
+	result string         // the record's result if the run publishes
+	cand   *credstore.Set // the set to prove and publish
+	gen    string         // its generation directory, aside until published
+	rep    *verify.Report // the proof's report
+}
+
+// Run renews the node's certificate when the verdict says so: the steps
+// below, in order; the first that returns an outcome ends the run.
 func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) *Outcome {
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
 	}
-	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
 	defer cancel()
-	stateDir := host.Path(cfg.Paths.StateDir)
-	pki := host.Path(cfg.Paths.PKIDir)
-	out := &Outcome{}
-	rec := &renewrec.Record{NodeID: cfg.NodeID, Version: o.Version}
-	if prev := renewrec.Read(stateDir); prev != nil {
-		rec.LastRenewed, rec.PreviousSerial, rec.RevokedSerial = prev.LastRenewed, prev.PreviousSerial, prev.RevokedSerial
+	r := &run{ctx: ctx, cfg: cfg, host: host, o: o, log: o.Log, start: time.Now(), out: &Outcome{},
+		stateDir: host.Path(cfg.Paths.StateDir), pki: host.Path(cfg.Paths.PKIDir),
+		rec: &renewrec.Record{NodeID: cfg.NodeID, Version: o.Version}}
+	if prev := renewrec.Read(r.stateDir); prev != nil {
+		r.rec.LastRenewed, r.rec.PreviousSerial, r.rec.RevokedSerial = prev.LastRenewed, prev.PreviousSerial, prev.RevokedSerial
 	}
-	record := func(result string) {
-		rec.LastAttempt, rec.LastResult = host.Time().UTC(), result
-		if err := renewrec.Write(stateDir, rec); err != nil {
-			log.Error("step", "step", "record", "layer", "state", "status", "fail", "message", err.Error())
+	credstore.Sweep(r.pki)
+	for _, step := range []func() *Outcome{r.fetchRoots, r.assess, r.renew, r.aside, r.prove, r.publish, r.postHook} {
+		if out := step(); out != nil {
+			return out
 		}
 	}
-	stop := func(step, result string, f *diag.Finding) *Outcome {
-		log.Error("step", "step", step, "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
-		rec.LastError, rec.FailedLayer = f.Summary, string(f.Layer)
-		record(result)
-		out.Record = rec
-		out.Report = verify.Failed("renew", cfg.NodeID, step, f)
-		out.Report.DurationMS = time.Since(start).Milliseconds()
-		return out
-	}
-	credstore.Sweep(pki)
+	r.out.Record = r.rec
+	r.rep.DurationMS = time.Since(r.start).Milliseconds()
+	return r.out
+}
 
-	// 1. The CA's current and federated roots, pinned (ca.pem's roots carry
-	// trust across a rotation that retired the pinned root).
-	env := verify.NewEnv(cfg, host)
-	caClient := env.CAClient(2)
-	var roots *enroll.Roots
-	_, err := retry.Do(ctx, o.Policy, o.Sleep, func(int) (bool, error) {
+func (r *run) record(result string) {
+	r.rec.LastAttempt, r.rec.LastResult = r.host.Time().UTC(), result
+	if err := renewrec.Write(r.stateDir, r.rec); err != nil {
+		r.log.Error("step", "step", "record", "layer", "state", "status", "fail", "message", err.Error())
+	}
+}
+
+// stop ends the run at step with finding f, recorded as result.
+func (r *run) stop(step, result string, f *diag.Finding) *Outcome {
+	r.log.Error("step", "step", step, "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
+	r.rec.LastError, r.rec.FailedLayer = f.Summary, string(f.Layer)
+	r.record(result)
+	r.out.Record = r.rec
+	r.out.Report = verify.Failed("renew", r.cfg.NodeID, step, f)
+	r.out.Report.DurationMS = time.Since(r.start).Milliseconds()
+	return r.out
+}
+
+// fetchRoots gets the CA's current and federated roots, pinned (ca.pem's
+// roots carry trust across a rotation that retired the pinned root). The
+// client makes one request per attempt: this loop is the only retry.
+func (r *run) fetchRoots() *Outcome {
+	r.env = verify.NewEnv(r.cfg, r.host)
+	r.client = r.env.CAClient(0)
+	_, err := retry.Do(r.ctx, r.o.Policy, r.o.Sleep, func(int) (bool, error) {
 		var err error
-		roots, err = caClient.FetchRoots(ctx)
+		r.roots, err = r.client.FetchRoots(r.ctx)
 		if err != nil {
-			f := diag.FromEnroll(err, diag.CA, cfg.CA.TokenFile)
-			log.Warn("step", "step", "ca-roots", "layer", "ca", "status", "retry", "message", f.Summary)
+			f := diag.FromEnroll(err, diag.CA, r.cfg.CA.TokenFile)
+			r.log.Warn("step", "step", "ca-roots", "layer", "ca", "status", "retry", "message", f.Summary)
 			return f.Transient, err
 		}
 		return false, nil
 	})
 	if err != nil {
-		return stop("ca-roots", renewrec.Failed, diag.FromEnroll(err, diag.CA, cfg.CA.TokenFile))
+		return r.stop("ca-roots", renewrec.Failed, diag.FromEnroll(err, diag.CA, r.cfg.CA.TokenFile))
 	}
-	env.SetRoots(roots)
-	host.Hook.At("roots fetched")
+	r.env.SetRoots(r.roots)
+	r.host.Hook.At("roots fetched")
+	return nil
+}
 
-	// 2. The one verdict.
-	v := env.Verdict(ctx)
-	if v.Leaf != nil {
-		rec.Serial, rec.NotAfter, rec.RenewAfter = v.Leaf.SerialNumber.String(), v.Leaf.NotAfter.UTC(), v.RenewAfter.UTC()
-		rec.DueAt = v.DueAt(cfg.Renew.Splay.Duration).UTC()
+// assess takes the one verdict: re-enroll stops here; not due (and ca.pem
+// current) ends the run, quickly, with nothing changed.
+func (r *run) assess() *Outcome {
+	r.v = r.env.Verdict(r.ctx)
+	if r.v.Leaf != nil {
+		r.rec.Serial, r.rec.NotAfter, r.rec.RenewAfter = r.v.Leaf.SerialNumber.String(), r.v.Leaf.NotAfter.UTC(), r.v.RenewAfter.UTC()
+		r.rec.DueAt = r.v.DueAt(r.cfg.Renew.Splay.Duration).UTC()
 	}
-	if v.Action == lifecycle.Reenroll {
-		return stop("assess", renewrec.Reenroll, cannotRenew(v, cfg))
+	if r.v.Action == lifecycle.Reenroll {
+		return r.stop("assess", renewrec.Reenroll, cannotRenew(r.v, r.cfg))
 	}
-	cur, _ := env.Creds()
-	now := host.Time()
-	bundleStale := string(credstore.EncodeCerts(cur.Roots)) != string(roots.PEM())
-	due := o.Force || !now.Before(rec.DueAt)
-	log.Info("step", "step", "assess", "layer", "credentials", "status", v.Action.String(), "reasons", fmt.Sprint(v.Reasons), "due_at", rec.DueAt, "due", due, "bundle_stale", bundleStale)
-	if !due && !bundleStale {
-		rec.LastError, rec.FailedLayer = "", ""
-		record(renewrec.NotDue)
-		_, msg := Check(cfg, host, false)
-		out.Record = rec
-		out.Report = &verify.Report{OK: true, Command: "renew", NodeID: cfg.NodeID, Summary: msg, DurationMS: time.Since(start).Milliseconds()}
-		return out
+	r.cur, _ = r.env.Creds()
+	bundleStale := string(credstore.EncodeCerts(r.cur.Roots)) != string(r.roots.PEM())
+	r.due = r.o.Force || !r.host.Time().Before(r.rec.DueAt)
+	r.log.Info("step", "step", "assess", "layer", "credentials", "status", r.v.Action.String(), "reasons", fmt.Sprint(r.v.Reasons), "due_at", r.rec.DueAt, "due", r.due, "bundle_stale", bundleStale)
+	if !r.due && !bundleStale {
+		r.rec.LastError, r.rec.FailedLayer = "", ""
+		r.record(renewrec.NotDue)
+		_, msg := Check(r.cfg, r.host, false)
+		r.out.Record = r.rec
+		r.out.Report = &verify.Report{OK: true, Command: "renew", NodeID: r.cfg.NodeID, Summary: msg, DurationMS: time.Since(r.start).Milliseconds()}
+		return r.out
 	}
+	// The candidate: a renewed certificate (renew fills it in), or, not due
+	// but the CA's roots moved, the same one with the new bundle.
+	r.cand = &credstore.Set{Key: r.cur.Key, Chain: r.cur.Chain, Roots: r.roots.Bundle()}
+	r.result = renewrec.Refreshed
+	return nil
+}
 
-	// 3. The candidate set: a renewed certificate, or (not due, but the CA's
-	// roots moved) the same one with the new bundle.
-	cand := &credstore.Set{Key: cur.Key, Chain: cur.Chain, Roots: roots.Bundle()}
-	result := renewrec.Refreshed
-	if due {
-		result = renewrec.Renewed
-		var issued *enroll.Issued
-		_, err := retry.Do(ctx, o.Policy, o.Sleep, func(int) (bool, error) {
-			var err error
-			issued, err = caClient.Renew(ctx, cur.TLSCertificate(), roots, cfg.Renew.Rekey)
-			var ee *enroll.Error
-			if err != nil && errors.As(err, &ee) && ee.Transient() {
-				log.Warn("step", "step", "renew", "layer", "ca", "status", "retry", "message", err.Error())
-				return true, err
-			}
-			return false, err
-		})
-		if err != nil {
-			res, f := renewError(err, v, cfg)
-			if res == renewrec.RevokedRes {
-				rec.RevokedSerial = rec.Serial
-			}
-			return stop("renew", res, f)
+// renew asks the CA for a new certificate over mTLS with the current one.
+func (r *run) renew() *Outcome {
+	if !r.due {
+		r.host.Hook.At("renewed") // the step's point, reached with nothing to renew
+		return nil
+	}
+	r.result = renewrec.Renewed
+	var issued *enroll.Issued
+	_, err := retry.Do(r.ctx, r.o.Policy, r.o.Sleep, func(int) (bool, error) {
+		var err error
+		issued, err = r.client.Renew(r.ctx, r.cur.TLSCertificate(), r.roots, r.cfg.Renew.Rekey)
+		var ee *enroll.Error
+		if err != nil && errors.As(err, &ee) && ee.Transient() {
+			r.log.Warn("step", "step", "renew", "layer", "ca", "status", "retry", "message", err.Error())
+			return true, err
 		}
-		cand.Key, cand.Chain = issued.Key, issued.Chain
-		rec.Rekeyed = cfg.Renew.Rekey
-		log.Info("step", "step", "renew", "layer", "ca", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC(), "rekey", cfg.Renew.Rekey)
-	}
-	host.Hook.At("renewed")
-
-	// 4. Aside: complete, validated, not published.
-	gen, err := credstore.SaveAside(pki, cand, now, host.Hook)
+		return false, err
+	})
 	if err != nil {
-		return stop("credentials-write", renewrec.Failed, &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
-			Summary: "the renewed certificate could not be written: " + err.Error() + "; the old set stays current",
-			Remedy:  "make " + cfg.Paths.PKIDir + " writable, then run provision renew again"})
-	}
-	rec.Generation = filepath.Base(gen)
-	host.Hook.At("aside written")
-
-	// 5. The proof, with the new files read back from disk.
-	var rep *verify.Report
-	var penv *verify.Env
-	attempts, _ := retry.Do(ctx, o.Policy, o.Sleep, func(int) (bool, error) {
-		penv = verify.NewEnv(cfg, host)
-		penv.CredsDir = gen
-		penv.SetRoots(roots)
-		t0 := time.Now()
-		last := verify.NewReport("renew", cfg.NodeID, verify.Run(ctx, penv, verify.Checks(), log), time.Since(t0))
-		if ctx.Err() != nil && rep != nil && !last.OK {
-			return false, errors.New(rep.Summary)
+		res, f := renewError(err, r.v, r.cfg)
+		if res == renewrec.RevokedRes {
+			r.rec.RevokedSerial = r.rec.Serial
 		}
-		rep = last
-		if rep.OK {
+		return r.stop("renew", res, f)
+	}
+	r.cand.Key, r.cand.Chain = issued.Key, issued.Chain
+	r.rec.Rekeyed = r.cfg.Renew.Rekey
+	r.log.Info("step", "step", "renew", "layer", "ca", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC(), "rekey", r.cfg.Renew.Rekey)
+	r.host.Hook.At("renewed")
+	return nil
+}
+
+// aside writes the candidate complete and validated, not published.
+func (r *run) aside() *Outcome {
+	gen, err := credstore.SaveAside(r.pki, r.cand, r.host.Time(), r.host.Hook)
+	if err != nil {
+		return r.stop("credentials-write", renewrec.Failed, &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
+			Summary: "the renewed certificate could not be written: " + err.Error() + "; the old set stays current",
+			Remedy:  "make " + r.cfg.Paths.PKIDir + " writable, then run provision renew again"})
+	}
+	r.gen = gen
+	r.rec.Generation = filepath.Base(gen)
+	r.host.Hook.At("aside written")
+	return nil
+}
+
+// prove runs verify's ladder with the new files read back from disk; a
+// task the proof received is handed off. A failed proof publishes nothing.
+func (r *run) prove() *Outcome {
+	var penv *verify.Env
+	attempts, _ := retry.Do(r.ctx, r.o.Policy, r.o.Sleep, func(int) (bool, error) {
+		penv = verify.NewEnv(r.cfg, r.host)
+		penv.CredsDir = r.gen
+		penv.SetRoots(r.roots)
+		t0 := time.Now()
+		last := verify.NewReport("renew", r.cfg.NodeID, verify.Run(r.ctx, penv, verify.Checks(), r.log), time.Since(t0))
+		if r.ctx.Err() != nil && r.rep != nil && !last.OK {
+			return false, errors.New(r.rep.Summary)
+		}
+		r.rep = last
+		if r.rep.OK {
 			return false, nil
 		}
-		return rep.Transient, errors.New(rep.Summary)
+		return r.rep.Transient, errors.New(r.rep.Summary)
 	})
-	out.Report = rep
+	r.out.Report = r.rep
 	if t, ok := penv.Probed().HandedTask(); ok {
-		out.Task = &t
-		rep.Task = json.RawMessage(t.Raw)
-		if _, err := bootstrap.SaveTask(stateDir, t, host.Time(), host.Hook); err != nil {
-			return stop("task-save", renewrec.Failed, &diag.Finding{Layer: diag.State, Owner: diag.Node,
+		r.out.Task = &t
+		r.rep.Task = json.RawMessage(t.Raw)
+		if _, err := bootstrap.SaveTask(r.stateDir, t, r.host.Time(), r.host.Hook); err != nil {
+			return r.stop("task-save", renewrec.Failed, &diag.Finding{Layer: diag.State, Owner: diag.Node,
 				Summary:  "the proof received a task but it could not be handed off: " + err.Error() + "; the renewal was not published",
-				Remedy:   "make " + cfg.Paths.StateDir + " writable, give this task (in the evidence) to the node-agent by hand, and run provision renew again",
+				Remedy:   "make " + r.cfg.Paths.StateDir + " writable, give this task (in the evidence) to the node-agent by hand, and run provision renew again",
 				Evidence: map[string]string{"task": string(t.Raw)}})
 		}
 	}
-	if !rep.OK {
-		rep.Summary = fmt.Sprintf("renewed certificate not published: its proof failed after %d attempt(s): %s; the old certificate (serial %s, valid until %s) stays current, and the unproven set is kept aside in %s for diagnosis",
-			attempts, strings.TrimSuffix(rep.Summary, "."), rec.Serial, stamp(rec.NotAfter), filepath.Join(cfg.Paths.PKIDir, rec.Generation))
-		rec.LastError, rec.FailedLayer = rep.Summary, string(rep.FailedLayer)
-		record(renewrec.Failed)
-		out.Record = rec
-		rep.DurationMS = time.Since(start).Milliseconds()
-		return out
+	if !r.rep.OK {
+		r.rep.Summary = fmt.Sprintf("renewed certificate not published: its proof failed after %d attempt(s): %s; the old certificate (serial %s, valid until %s) stays current, and the unproven set is kept aside in %s for diagnosis",
+			attempts, strings.TrimSuffix(r.rep.Summary, "."), r.rec.Serial, stamp(r.rec.NotAfter), filepath.Join(r.cfg.Paths.PKIDir, r.rec.Generation))
+		r.rec.LastError, r.rec.FailedLayer = r.rep.Summary, string(r.rep.FailedLayer)
+		r.record(renewrec.Failed)
+		r.out.Record = r.rec
+		r.rep.DurationMS = time.Since(r.start).Milliseconds()
+		return r.out
 	}
-	host.Hook.At("proven")
+	r.host.Hook.At("proven")
+	return nil
+}
 
-	// 6. Publish: one symlink swap.
-	if err := credstore.Publish(pki, gen, host.Hook); err != nil {
-		return stop("publish", renewrec.Failed, &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
+// publish swaps current to the proven set and records it.
+func (r *run) publish() *Outcome {
+	if err := credstore.Publish(r.pki, r.gen, r.host.Hook); err != nil {
+		return r.stop("publish", renewrec.Failed, &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
 			Summary: "the renewed set was proven but could not be published: " + err.Error() + "; the old set stays current",
-			Remedy:  "make " + cfg.Paths.PKIDir + " writable, then run provision renew again"})
+			Remedy:  "make " + r.cfg.Paths.PKIDir + " writable, then run provision renew again"})
 	}
-	host.Hook.At("published")
-	out.Renewed = true
-	newLeaf := cand.Leaf()
+	r.host.Hook.At("published")
+	r.out.Renewed = true
+	rec := r.rec
+	newLeaf := r.cand.Leaf()
 	if newLeaf.SerialNumber.String() != rec.Serial {
 		rec.PreviousSerial = rec.Serial
 	}
-	nv := lifecycle.Judge(lifecycle.Input{Set: cand, NodeID: cfg.NodeID, Roots: roots.Current, Now: host.Time(), RenewFraction: cfg.Renew.Fraction})
+	nv := lifecycle.Judge(lifecycle.Input{Set: r.cand, NodeID: r.cfg.NodeID, Roots: r.roots.Current, Now: r.host.Time(), RenewFraction: r.cfg.Renew.Fraction})
 	rec.Serial, rec.NotAfter, rec.RenewAfter = newLeaf.SerialNumber.String(), newLeaf.NotAfter.UTC(), nv.RenewAfter.UTC()
-	rec.DueAt = nv.DueAt(cfg.Renew.Splay.Duration).UTC()
-	rec.LastRenewed = host.Time().UTC()
+	rec.DueAt = nv.DueAt(r.cfg.Renew.Splay.Duration).UTC()
+	rec.LastRenewed = r.host.Time().UTC()
 	rec.LastError, rec.FailedLayer = "", ""
-	record(result)
-	host.Hook.At("recorded")
+	r.record(r.result)
+	r.host.Hook.At("recorded")
 	what := fmt.Sprintf("renewed: serial %s replaced %s, valid until %s, next renewal from %s", rec.Serial, rec.PreviousSerial, stamp(rec.NotAfter), stamp(rec.DueAt))
-	if result == renewrec.Refreshed {
-		what = fmt.Sprintf("ca.pem refreshed from the CA's %d current and %d federated root(s); the certificate (serial %s) is not due until %s", len(roots.Current), len(roots.Federated), rec.Serial, stamp(rec.DueAt))
+	if r.result == renewrec.Refreshed {
+		what = fmt.Sprintf("ca.pem refreshed from the CA's %d current and %d federated root(s); the certificate (serial %s) is not due until %s", len(r.roots.Current), len(r.roots.Federated), rec.Serial, stamp(rec.DueAt))
 	}
-	rep.Summary = what + "; proven by tasks/wait through " + cfg.NodeAPI.URL + " before it was published"
+	r.rep.Summary = what + "; proven by tasks/wait through " + r.cfg.NodeAPI.URL + " before it was published"
+	return nil
+}
 
-	// 7. The post-hook: its failure is reported, the renewal stands.
-	if len(cfg.Renew.PostHook) > 0 {
-		if err := runHook(ctx, cfg, rec); err != nil {
-			rec.Hook = "failed: " + err.Error()
-			record(renewrec.HookFailed)
-			f := &diag.Finding{Layer: diag.Hook, Owner: diag.Node,
-				Summary: "renewal published (serial " + rec.Serial + "), but renew.post_hook failed: " + err.Error(),
-				Remedy:  "fix the command in renew.post_hook (or what it reloads) and run it by hand: the new certificate is already in place and stays"}
-			hrep := verify.Failed("renew", cfg.NodeID, "post-hook", f)
-			hrep.Checks = append(rep.Checks, hrep.Checks...)
-			hrep.Task = rep.Task
-			hrep.DurationMS = time.Since(start).Milliseconds()
-			out.Report, out.Record = hrep, rec
-			return out
-		}
-		rec.Hook = "ok"
-		record(result)
-		log.Info("step", "step", "post-hook", "layer", "hook", "status", "ok", "command", cfg.Renew.PostHook[0])
+// postHook runs renew.post_hook: its failure is reported (layer hook), the
+// renewal stands.
+func (r *run) postHook() *Outcome {
+	if len(r.cfg.Renew.PostHook) == 0 {
+		return nil
 	}
-	out.Record = rec
-	rep.DurationMS = time.Since(start).Milliseconds()
-	return out
+	if err := runHook(r.ctx, r.cfg, r.rec); err != nil {
+		r.rec.Hook = "failed: " + err.Error()
+		r.record(renewrec.HookFailed)
+		f := &diag.Finding{Layer: diag.Hook, Owner: diag.Node,
+			Summary: "renewal published (serial " + r.rec.Serial + "), but renew.post_hook failed: " + err.Error(),
+			Remedy:  "fix the command in renew.post_hook (or what it reloads) and run it by hand: the new certificate is already in place and stays"}
+		hrep := verify.Failed("renew", r.cfg.NodeID, "post-hook", f)
+		hrep.Checks = append(r.rep.Checks, hrep.Checks...)
+		hrep.Task = r.rep.Task
+		hrep.DurationMS = time.Since(r.start).Milliseconds()
+		r.out.Report, r.out.Record = hrep, r.rec
+		return r.out
+	}
+	r.rec.Hook = "ok"
+	r.record(r.result)
+	r.log.Info("step", "step", "post-hook", "layer", "hook", "status", "ok", "command", r.cfg.Renew.PostHook[0])
+	return nil
 }
 
 // renewError turns a failed /renew or /rekey into the record's result and

@@ -202,22 +202,16 @@ func NewClient(rt http.RoundTripper, check retryablehttp.CheckRetry, maxRetries 
 	return c
 }
 
-// Do calls fn until it succeeds, returns an error retrying cannot fix
-// (retryable false), or ctx ends, sleeping the policy's jittered delay
-// between attempts; sleep nil means Sleep. It returns fn's last error (not
-// the context's, so a deadline shows the real failure) and the attempts
-// made.
+// Do is Until for callers that speak in errors: it calls fn until it
+// succeeds, returns an error retrying cannot fix (retryable false), or ctx
+// ends. It returns fn's last error (not the context's, so a deadline shows
+// the real failure) and the attempts made.
 func Do(ctx context.Context, p Policy, sleep func(context.Context, time.Duration) error, fn func(attempt int) (retryable bool, err error)) (int, error) {
-	if sleep == nil {
-		sleep = Sleep
-	}
-	for attempt := 0; ; attempt++ {
-		retryable, err := fn(attempt)
-		if err == nil || !retryable || ctx.Err() != nil {
-			return attempt + 1, err
-		}
-		if sleep(ctx, p.Delay(attempt, 0)) != nil {
-			return attempt + 1, err
-		}
-	}
+	var err error
+	n := Until(ctx, p, sleep, func(attempt int) (bool, time.Duration) {
+		var retryable bool
+		retryable, err = fn(attempt)
+		return err == nil || !retryable, 0
+	})
+	return n, err
 }
