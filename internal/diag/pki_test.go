@@ -1,66 +1,32 @@
 package diag_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/gpuaas/provision/tests/controlplane"
 )
 
-// testCA is a real certificate authority made with crypto/x509: the tests
+// testCA is a real certificate authority (root and intermediate, from
+// tests/controlplane's PKI builder, the one the suites use): the tests
 // exercise Go's real TLS stack, so the certificates must be real.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
+type testCA struct{ p *controlplane.PKI }
 
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func serial(t testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
+// newCA makes a CA whose root is "<name> Root CA" and intermediate
+// "<name> Intermediate CA".
 func newCA(t testing.TB, name string) *testCA {
 	t.Helper()
-	k := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	p, err := controlplane.NewPKI(t.TempDir(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: c, key: k}
+	return &testCA{p: p}
 }
 
-func (ca *testCA) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
-	return p
-}
+func (ca *testCA) pool() *x509.CertPool { return ca.p.RootPool() }
 
 type leafOpts struct {
 	cn        string
@@ -71,30 +37,19 @@ type leafOpts struct {
 	selfSign  bool
 }
 
+// issue returns the leaf and the intermediate, as a server or a node
+// presents them.
 func (ca *testCA) issue(t testing.TB, o leafOpts) tls.Certificate {
 	t.Helper()
-	k := newKey(t)
-	if o.notBefore.IsZero() {
-		o.notBefore = time.Now().Add(-time.Minute)
+	l, err := ca.p.IssueLeaf(controlplane.LeafRequest{CommonName: o.cn, DNSNames: o.dns, IPs: o.ips,
+		ExtKeyUsage: []x509.ExtKeyUsage{o.eku}, NotBefore: o.notBefore, SelfSigned: o.selfSign})
+	if err != nil {
+		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t), Subject: pkix.Name{CommonName: o.cn}, DNSNames: o.dns, IPAddresses: o.ips,
-		NotBefore: o.notBefore, NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{o.eku},
-	}
-	parent, signer := ca.cert, ca.key
 	if o.selfSign {
-		parent, signer = tmpl, k
+		return tls.Certificate{Certificate: [][]byte{l.Cert.Raw}, PrivateKey: l.Key, Leaf: l.Cert}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k, Leaf: leaf}
+	return l.TLSCertificate()
 }
 
 func (ca *testCA) server(t testing.TB, host string) tls.Certificate {

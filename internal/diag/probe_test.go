@@ -52,7 +52,7 @@ func newWorld(t *testing.T) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{ca: newCA(t, "Test Root CA"), other: newCA(t, "Other Root CA"), host: h}
+	w := &world{ca: newCA(t, "Test"), other: newCA(t, "Other"), host: h}
 	w.node = w.ca.client(t, "gpu-1")
 	w.server = w.ca.server(t, apiHost)
 	return w
@@ -265,7 +265,7 @@ func TestFromProbeTransportFailures(t *testing.T) {
 				return serveHTTPS(t, cfg, status(204, ""))
 			},
 			want: want{layer: diag.TLSServer, owner: diag.Ingress, summary: []string{"not signed by the CA bundle"},
-				remedy: "control-plane CA", evidence: map[string]string{"server_issuer": "CN=Other Root CA"}},
+				remedy: "control-plane CA", evidence: map[string]string{"server_issuer": "CN=Other Intermediate CA"}},
 		},
 		{
 			// A node whose certificate is stale also holds the stale CA's

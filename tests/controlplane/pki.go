@@ -163,6 +163,12 @@ type LeafRequest struct {
 	ExtKeyUsage []x509.ExtKeyUsage
 	NotBefore   time.Time // zero: now - 1 minute
 	NotAfter    time.Time // zero: now + 24 hours
+	// Organization goes into the subject (forwarded-header tests need a
+	// value with a comma).
+	Organization []string
+	// SelfSigned signs the leaf with its own key instead of the
+	// intermediate: an ingress's built-in default certificate.
+	SelfSigned bool
 }
 
 // IssueLeaf signs a new P-256 leaf with the intermediate.
@@ -180,7 +186,7 @@ func (p *PKI) IssueLeaf(req LeafRequest) (*Leaf, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: mustSerial(),
-		Subject:      pkix.Name{CommonName: req.CommonName},
+		Subject:      pkix.Name{CommonName: req.CommonName, Organization: req.Organization},
 		DNSNames:     req.DNSNames,
 		IPAddresses:  req.IPs,
 		NotBefore:    req.NotBefore,
@@ -188,7 +194,11 @@ func (p *PKI) IssueLeaf(req LeafRequest) (*Leaf, error) {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  req.ExtKeyUsage,
 	}
-	cert, err := createCert(tmpl, p.Intermediate, &key.PublicKey, p.IntermediateKey)
+	parent, signer := p.Intermediate, p.IntermediateKey
+	if req.SelfSigned {
+		parent, signer = tmpl, key
+	}
+	cert, err := createCert(tmpl, parent, &key.PublicKey, signer)
 	if err != nil {
 		return nil, err
 	}

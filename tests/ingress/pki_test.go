@@ -2,17 +2,14 @@ package ingress
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
+
+	"github.com/gpuaas/provision/tests/controlplane"
 )
 
 const (
@@ -39,25 +36,34 @@ type testPKI struct {
 
 func newTestPKI(t testing.TB) *testPKI {
 	t.Helper()
-	p := &testPKI{}
-	p.root = issue(t, nil, &x509.Certificate{Subject: pkix.Name{CommonName: "Test Control Plane Root CA"}, IsCA: true})
-	p.inter = issue(t, &p.root, &x509.Certificate{Subject: pkix.Name{CommonName: "Test Control Plane Intermediate CA"}, IsCA: true})
-	p.client = issue(t, &p.inter, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: testNodeCN, Organization: []string{"Acme, Inc."}},
-		DNSNames:    []string{testNodeCN},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
-	})
-	p.server = issue(t, &p.inter, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: testHostname},
-		DNSNames:    []string{testHostname},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	})
-	p.other = issue(t, nil, &x509.Certificate{Subject: pkix.Name{CommonName: "Transient Unrelated Root CA"}, IsCA: true})
-	p.otherClient = issue(t, &p.other, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: testNodeCN},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
 	dir := t.TempDir()
+	cp, err := controlplane.NewPKI(filepath.Join(dir, "cp"), "Test Control Plane")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unrelated, err := controlplane.NewPKI(filepath.Join(dir, "other"), "Transient Unrelated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := func(from *controlplane.PKI, req controlplane.LeafRequest) issued {
+		l, err := from.IssueLeaf(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return issued{cert: l.Cert, key: l.Key}
+	}
+	p := &testPKI{
+		root:  issued{cert: cp.Root, key: cp.RootKey},
+		inter: issued{cert: cp.Intermediate, key: cp.IntermediateKey},
+		other: issued{cert: unrelated.Root, key: unrelated.RootKey},
+	}
+	// An organization with a comma: the forwarded -Info headers must cope.
+	p.client = leaf(cp, controlplane.LeafRequest{CommonName: testNodeCN, DNSNames: []string{testNodeCN}, Organization: []string{"Acme, Inc."},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}})
+	p.server = leaf(cp, controlplane.LeafRequest{CommonName: testHostname, DNSNames: []string{testHostname}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	// The unrelated CA's node leaf, presented alone: nothing the ingress
+	// trusts chains it.
+	p.otherClient = leaf(unrelated, controlplane.LeafRequest{CommonName: testNodeCN, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	write := func(name string, data []byte) string {
 		f := filepath.Join(dir, name)
 		if err := os.WriteFile(f, data, 0o600); err != nil {
@@ -65,8 +71,8 @@ func newTestPKI(t testing.TB) *testPKI {
 		}
 		return f
 	}
-	p.rootFile = write("root.pem", certPEM(p.root.cert))
-	p.otherRootFile = write("other-root.pem", certPEM(p.other.cert))
+	p.rootFile = cp.RootPath
+	p.otherRootFile = unrelated.RootPath
 	p.serverCertFile = write("server.crt", append(certPEM(p.server.cert), certPEM(p.inter.cert)...))
 	der, err := x509.MarshalECPrivateKey(p.server.key)
 	if err != nil {
@@ -74,8 +80,7 @@ func newTestPKI(t testing.TB) *testPKI {
 	}
 	p.serverKeyFile = write("server.key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
 	p.garbageFile = write("broken-ca.pem", []byte("this is not PEM: a secret key was mounted here\n"))
-	p.pool = x509.NewCertPool()
-	p.pool.AddCert(p.root.cert)
+	p.pool = cp.RootPool()
 	return p
 }
 
@@ -87,39 +92,6 @@ func (p *testPKI) clientCert() tls.Certificate {
 
 func (p *testPKI) otherClientCert() tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{p.otherClient.cert.Raw}, PrivateKey: p.otherClient.key, Leaf: p.otherClient.cert}
-}
-
-var serial int64 = 1000
-
-func issue(t testing.TB, parent *issued, tmpl *x509.Certificate) issued {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial++
-	tmpl.SerialNumber = big.NewInt(serial)
-	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(24 * time.Hour)
-	if tmpl.IsCA {
-		tmpl.BasicConstraintsValid = true
-		tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
-	} else {
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	}
-	signer, signKey := tmpl, key
-	if parent != nil {
-		signer, signKey = parent.cert, parent.key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return issued{cert: c, key: key}
 }
 
 func certPEM(c *x509.Certificate) []byte {
