@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"testing"
 )
 
 // ModuleRoot walks up from the working directory (a package directory under
@@ -75,4 +76,29 @@ func DefaultParallel(n int) {
 	if !explicit {
 		_ = flag.Set("test.parallel", strconv.Itoa(n))
 	}
+}
+
+// RunWithBinary is the suites' TestMain body: it builds ./cmd/provision
+// (with tags) into a temporary directory, hands its path to use, runs the
+// tests and removes the directory. A build failure is reported under the
+// suite's name and fails the run. A non-empty override (an environment
+// variable naming a prebuilt binary) is used instead of building.
+func RunWithBinary(m *testing.M, suite, override string, use func(bin string), tags ...string) int {
+	if override != "" {
+		use(override)
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "provision-"+suite+"-bin-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", suite, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bin, err := BuildProvision(dir, tags...)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: building the provision binary: %v\n", suite, err)
+		return 1
+	}
+	use(bin)
+	return m.Run()
 }

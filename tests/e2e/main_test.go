@@ -70,20 +70,10 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	dir, err := os.MkdirTemp("", "provision-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if nodetest.Binary, err = testenv.BuildProvision(dir); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
-		return 1
-	}
 	// step-ca announces itself through the standard logger; the tests'
 	// output is provision's.
 	log.SetOutput(io.Discard)
-	return m.Run()
+	return testenv.RunWithBinary(m, "e2e", "", func(bin string) { nodetest.Binary = bin })
 }
 
 // node is one node's --root (tests/nodetest) with e2e's own checks.

@@ -57,19 +57,9 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "firstboot:", err)
 		return 1
 	}
-	dir, err := os.MkdirTemp("", "provision-firstboot-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "firstboot:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if nodetest.Binary, err = testenv.BuildProvision(dir); err != nil {
-		fmt.Fprintf(os.Stderr, "firstboot: %v\n", err)
-		return 1
-	}
 	// step-ca logs through the standard logger; keep test output readable.
 	log.SetOutput(io.Discard)
-	return m.Run()
+	return testenv.RunWithBinary(m, "firstboot", "", func(bin string) { nodetest.Binary = bin })
 }
 
 // node is one node's --root (tests/nodetest) with the runbook's way of

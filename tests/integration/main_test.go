@@ -24,19 +24,8 @@ const defaultParallel = 8
 func TestMain(m *testing.M) {
 	flag.Parse()
 	testenv.DefaultParallel(defaultParallel)
-	dir, err := os.MkdirTemp("", "provision-integration-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "integration:", err)
-		os.Exit(1)
-	}
-	if provisionBin, err = testenv.BuildProvision(dir); err != nil {
-		fmt.Fprintln(os.Stderr, "integration: building the provision binary:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
+	code := testenv.RunWithBinary(m, "integration", "", func(bin string) { provisionBin = bin })
 	printMatrix()
-	os.RemoveAll(dir)
 	os.Exit(code)
 }
 

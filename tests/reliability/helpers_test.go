@@ -24,27 +24,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	nodetest.Binary = os.Getenv("RELIABILITY_PROVISION_BIN")
-	var tmp string
-	if nodetest.Binary == "" {
-		var err error
-		tmp, err = os.MkdirTemp("", "reliability-bin-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		// The crashpoints build: PROVISION_CRASH_AT=<step> makes it SIGKILL
-		// itself at that hook step.
-		if nodetest.Binary, err = testenv.BuildProvision(tmp, "crashpoints"); err != nil {
-			fmt.Fprintln(os.Stderr, "reliability: building provision with -tags crashpoints:", err)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	if tmp != "" {
-		os.RemoveAll(tmp)
-	}
-	os.Exit(code)
+	// The crashpoints build: PROVISION_CRASH_AT=<step> makes it SIGKILL
+	// itself at that crash point.
+	os.Exit(testenv.RunWithBinary(m, "reliability", os.Getenv("RELIABILITY_PROVISION_BIN"),
+		func(bin string) { nodetest.Binary = bin }, "crashpoints"))
 }
 
 // needUnshare checks that `unshare -m` and mount work here.
