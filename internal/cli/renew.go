@@ -37,7 +37,9 @@ then switches pki_dir/current. If the proof fails, the old (still valid) set
 stays current and the run names the layer; the unproven set is kept aside
 for diagnosis. renew.post_hook then runs (its failure is exit 22 and does
 not undo the renewal). When nothing is due it exits 0 quickly, refreshing
-ca.pem (proven the same way) if the CA's roots moved.
+ca.pem (proven the same way) if the CA's roots moved. Every run (not --check)
+leaves its outcome as node_exporter metrics in metrics.textfile_dir
+(provision_renew.prom) when that directory exists.
 
 An expired, revoked or stale certificate cannot be renewed: renew stops at
 once and says that re-enrollment with a fresh one-time token is needed
