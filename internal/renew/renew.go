@@ -315,6 +315,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 			f := &diag.Finding{Layer: diag.Hook, Owner: diag.Node,
 				Summary: "renewal published (serial " + rec.Serial + "), but renew.post_hook failed: " + err.Error(),
 				Remedy:  "fix the command in renew.post_hook (or what it reloads) and run it by hand: the new certificate is already in place and stays"}
+			log.Error("step", "step", "post-hook", "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
 			hrep := verify.Failed("renew", cfg.NodeID, "post-hook", f)
 			hrep.Checks = append(rep.Checks, hrep.Checks...)
 			hrep.Task = rep.Task
