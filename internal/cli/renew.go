@@ -47,7 +47,9 @@ once and says that re-enrollment with a fresh one-time token is needed
 (stale: issued by a CA the control plane no longer uses).
 
   --force   renew now, whatever the renewal point
-  --check   only say whether a renewal is due, offline, and exit:
+  --check   only say whether a renewal is due, offline (the chain is judged
+            against the installed ca.pem, and what the last renew run
+            found is taken from state_dir/renew.json), and exit:
               0   due (or --force)
               30  not due
               31  cannot renew: re-enrollment with a fresh token is needed
