@@ -47,7 +47,7 @@ type NodeConfig struct {
 
 // RenewConfig is [renew]; a field left at its zero value is left out.
 type RenewConfig struct {
-	Fraction        float64  `toml:"fraction,omitempty"`
+	Fraction        float64  `toml:"fraction,omitzero"`
 	Splay           string   `toml:"splay,omitempty"`
 	Rekey           *bool    `toml:"rekey,omitempty"`
 	PostHook        []string `toml:"post_hook,omitempty"`
