@@ -68,19 +68,33 @@ func TestPromtoolCheckRules(t *testing.T) {
 
 // TestPromtoolTestRules runs the rule unit tests (series in, alerts out),
 // among them: 3 of 5 nodes fail at tls-client-auth and exactly one fleet
-// alert fires, for owner ingress, with the count 3. Then it proves the
-// tests can fail: with the fleet threshold raised to 4, or the count left
-// out of the summary, promtool must report that case.
+// alert fires, for owner ingress, with the count 3; renew failing for an
+// hour; a certificate past its renewal time. Then it proves the tests can
+// fail: with each rule broken in a way that matters (the fleet threshold
+// raised to 4, the count left out of the summary, renew alerting at once,
+// the overdue alert reading the oldest certificate), promtool must report
+// the case that covers it.
 func TestPromtoolTestRules(t *testing.T) {
 	if out, err := promtool(t, ".", "test", "rules", testsFile); err != nil {
 		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
 	orig, _ := os.ReadFile(rulesFile)
 	tests, _ := os.ReadFile(testsFile)
-	for name, edit := range map[string][2]string{
-		"threshold 4":        {") >= 3", ") >= 4"},
-		"no count":           {"summary: '{{ $value }} nodes fail", "summary: 'nodes fail"},
-		"per check, not per": {"max by (instance, layer, owner) (provision_failed{layer!=\"interrupted\"} == 1)", "provision_failed{layer!=\"interrupted\"} == 1"},
+	const fleetCase = "3 of 5 nodes fail at tls-client-auth"
+	for name, edit := range map[string][3]string{
+		"threshold 4":        {") >= 3", ") >= 4", fleetCase},
+		"no count":           {"summary: '{{ $value }} nodes fail", "summary: 'nodes fail", fleetCase},
+		"per check, not per": {"max by (instance, layer, owner) (provision_failed{layer!=\"interrupted\"} == 1)", "provision_failed{layer!=\"interrupted\"} == 1", fleetCase},
+		// Renew failing: at once instead of after an hour, or counting a
+		// reboot's interruption as a renewal failure.
+		"renew failing at once": {"provision_failed{command=\"renew\", layer!=\"interrupted\"}) == 1\n        for: 1h", "provision_failed{command=\"renew\", layer!=\"interrupted\"}) == 1\n        for: 0m", "renew failing for over an hour"},
+		"renew interrupted":     {"provision_failed{command=\"renew\", layer!=\"interrupted\"}", "provision_failed{command=\"renew\"}", "renew failing for over an hour"},
+		// Renewal overdue: the oldest certificate a command saw (bootstrap's
+		// file keeps the first one) instead of the newest, or no grace.
+		"overdue by the oldest certificate": {"time() - max by (instance) (provision_cert_renew_due_timestamp_seconds)", "time() - min by (instance) (provision_cert_renew_due_timestamp_seconds)", "certificate past its renewal time"},
+		"overdue without grace":             {"(provision_cert_renew_due_timestamp_seconds) > 3600", "(provision_cert_renew_due_timestamp_seconds) > 0", "certificate past its renewal time"},
+		// Expiring soon at verify's warning point fires within every splay.
+		"expiring at a third": {"provision_cert_not_before_timestamp_seconds) / 6)", "provision_cert_not_before_timestamp_seconds) / 3)", "certificate close to expiry"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if !strings.Contains(string(orig), edit[0]) {
@@ -90,8 +104,8 @@ func TestPromtoolTestRules(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, rulesFile), []byte(strings.Replace(string(orig), edit[0], edit[1], 1)), 0o644)
 			os.WriteFile(filepath.Join(dir, testsFile), tests, 0o644)
 			out, err := promtool(t, dir, "test", "rules", testsFile)
-			if err == nil || !strings.Contains(out, "3 of 5 nodes fail at tls-client-auth") {
-				t.Fatalf("promtool test rules passed a broken fleet rule (%v):\n%s", err, out)
+			if err == nil || !strings.Contains(out, "name: "+edit[2]+",") {
+				t.Fatalf("promtool test rules passed a broken rule (%v); want case %q to fail:\n%s", err, edit[2], out)
 			}
 		})
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/metrics"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -63,10 +64,11 @@ func underJournal(w io.Writer) bool {
 	return strconv.FormatUint(uint64(st.Dev), 10) == dev && strconv.FormatUint(st.Ino, 10) == ino
 }
 
-// metricsCommands are the commands that write textfile metrics.
-var metricsCommands = map[string]bool{"bootstrap": true, "verify": true}
+// metricsCommands are the commands that write textfile metrics. renew
+// --check writes none: it is a question, not a run.
+var metricsCommands = map[string]bool{"bootstrap": true, "verify": true, "renew": true}
 
-// finish ends a bootstrap or verify run whose config loaded: it prints the
+// finish ends a bootstrap, verify or renew run whose config loaded: it prints the
 // report, writes the command's metrics and logs the one line that closes
 // the run (with its exit code). It returns the exit code. A metrics write
 // that fails is a warning, never a different exit code.
@@ -102,6 +104,13 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 		dir = cfg.Metrics.TextfileDir
 		if set, err := credstore.Load(host.Path(cfg.Paths.PKIDir)); err == nil {
 			cert = metrics.CertFacts(set.Chain, set.Roots)
+			if cert != nil {
+				// The renewal point and due time are the one verdict's,
+				// the same renew acts on (the chain is not judged here:
+				// the timing does not depend on it).
+				v := lifecycle.Judge(lifecycle.Input{Set: set, NodeID: cfg.NodeID, Now: host.Time(), RenewFraction: cfg.Renew.Fraction})
+				cert.RenewAfter, cert.DueAt = v.RenewAfter, v.DueAt(cfg.Renew.Splay.Duration)
+			}
 		}
 	}
 	run := metrics.Run{Command: r.Command, Report: r, Finished: time.Now(), Duration: time.Since(env.start), Cert: cert, Version: Version()}

@@ -33,7 +33,7 @@ func metricsRoot(t *testing.T, extra string, mkdir bool) (root, dir string) {
 	return root, dir
 }
 
-// TestCLIWritesMetrics: bootstrap and verify leave their own file in the
+// TestCLIWritesMetrics: bootstrap, verify and renew leave their own file in the
 // textfile directory whatever the outcome, and a metrics problem never
 // changes the exit code.
 func TestCLIWritesMetrics(t *testing.T) {
@@ -63,6 +63,12 @@ func TestCLIWritesMetrics(t *testing.T) {
 				os.WriteFile(filepath.Join(root, "etc/provision/provision.toml"), []byte("node_id = 1\n"), 0o644)
 			},
 			want: []string{`provision_failed{command="verify",layer="config",owner="node"} 1`}},
+		{name: "renew with a broken config writes provision_renew.prom", mkdir: true, args: []string{"renew"}, code: 3, file: "provision_renew.prom",
+			setup: func(t *testing.T, root, dir string) {
+				os.WriteFile(filepath.Join(root, "etc/provision/provision.toml"), []byte("node_id = 1\n"), 0o644)
+			},
+			want: []string{`provision_failed{command="renew",layer="config",owner="node"} 1`, `provision_last_run_success{command="renew"} 0`}},
+		{name: "renew --check is a question: no metrics", mkdir: true, args: []string{"renew", "--check"}, code: ExitCheckCannotRenew},
 		{name: "turned off", extra: "enabled = false", mkdir: true, args: []string{"verify"}, code: 10},
 		{name: "no node_exporter: nothing, quietly", args: []string{"verify"}, code: 10, notInLog: "metrics"},
 		{name: "a named directory that is missing is a warning", extra: `textfile_dir = "/srv/textfile"`, args: []string{"verify"}, code: 10,

@@ -37,7 +37,9 @@ then switches pki_dir/current. If the proof fails, the old (still valid) set
 stays current and the run names the layer; the unproven set is kept aside
 for diagnosis. renew.post_hook then runs (its failure is exit 22 and does
 not undo the renewal). When nothing is due it exits 0 quickly, refreshing
-ca.pem (proven the same way) if the CA's roots moved.
+ca.pem (proven the same way) if the CA's roots moved. Every run (not --check)
+leaves its outcome as node_exporter metrics in metrics.textfile_dir
+(provision_renew.prom) when that directory exists.
 
 An expired, revoked or stale certificate cannot be renewed: renew stops at
 once and says that re-enrollment with a fresh one-time token is needed
@@ -45,7 +47,9 @@ once and says that re-enrollment with a fresh one-time token is needed
 (stale: issued by a CA the control plane no longer uses).
 
   --force   renew now, whatever the renewal point
-  --check   only say whether a renewal is due, offline, and exit:
+  --check   only say whether a renewal is due, offline (the chain is judged
+            against the installed ca.pem, and what the last renew run
+            found is taken from state_dir/renew.json), and exit:
               0   due (or --force)
               30  not due
               31  cannot renew: re-enrollment with a fresh token is needed

@@ -334,3 +334,105 @@ func TestMetricsRules(t *testing.T) {
 		})
 	}
 }
+
+// TestRenewRules: [renew] takes its defaults when left out, keeps what is
+// written within its ranges, and refuses the rest naming the key and line:
+// fraction strictly inside (0.1..0.95), splay 0s-24h, rekey a bool,
+// post_hook an argv whose argv[0] is an absolute clean path (it runs
+// without a shell and without PATH), post_hook_timeout 1s-10m; an unknown
+// key under [renew] is named with its line.
+func TestRenewRules(t *testing.T) {
+	// full has 24 lines: [renew] is line 25, its keys 26 on.
+	renewSrc := func(lines ...string) string {
+		return with(nil) + "[renew]\n" + strings.Join(lines, "\n") + "\n"
+	}
+	type renewWant struct {
+		fraction float64
+		splay    string
+		rekey    bool
+		hook     []string
+		timeout  string
+	}
+	def := renewWant{DefaultRenewFraction, "1h0m0s", true, nil, "30s"}
+	good := []struct {
+		name string
+		src  string
+		want renewWant
+	}{
+		{"left out: the defaults", with(nil), def},
+		{"empty table: the defaults", renewSrc(), def},
+		{"every key", renewSrc(`fraction = 0.5`, `splay = "10m"`, `rekey = false`, `post_hook = ["/usr/bin/systemctl", "reload", "node-agent"]`, `post_hook_timeout = "2m"`),
+			renewWant{0.5, "10m0s", false, []string{"/usr/bin/systemctl", "reload", "node-agent"}, "2m0s"}},
+		{"lower bounds", renewSrc(`fraction = 0.1`, `splay = "0s"`, `post_hook_timeout = "1s"`), renewWant{0.1, "0s", true, nil, "1s"}},
+		{"upper bounds", renewSrc(`fraction = 0.95`, `splay = "24h"`, `post_hook_timeout = "10m"`), renewWant{0.95, "24h0m0s", true, nil, "10m0s"}},
+		{"a fraction of three quarters", renewSrc(`fraction = 0.75`), renewWant{0.75, "1h0m0s", true, nil, "30s"}},
+		{"an empty post_hook is no hook", renewSrc(`post_hook = []`), renewWant{DefaultRenewFraction, "1h0m0s", true, []string{}, "30s"}},
+		{"a hook without arguments", renewSrc(`post_hook = ["/usr/local/sbin/reload-agent"]`), renewWant{DefaultRenewFraction, "1h0m0s", true, []string{"/usr/local/sbin/reload-agent"}, "30s"}},
+		{"dotted keys", with(map[int]string{2: `renew.fraction = 0.6`}), renewWant{0.6, "1h0m0s", true, nil, "30s"}},
+	}
+	for _, g := range good {
+		t.Run(g.name, func(t *testing.T) {
+			c, err := Parse("ok", []byte(g.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := c.Renew
+			got := renewWant{r.Fraction, r.Splay.String(), r.Rekey, r.PostHook, r.PostHookTimeout.String()}
+			if got.fraction != g.want.fraction || got.splay != g.want.splay || got.rekey != g.want.rekey || got.timeout != g.want.timeout ||
+				strings.Join(got.hook, "\x00") != strings.Join(g.want.hook, "\x00") {
+				t.Fatalf("renew = %+v, want %+v", got, g.want)
+			}
+		})
+	}
+
+	bad := []struct {
+		name  string
+		lines []string
+		key   string
+		line  int
+		msg   []string
+	}{
+		{"fraction 0", []string{`fraction = 0.0`}, "renew.fraction", 26, []string{"must be between 0.1 and 0.95", "got 0"}},
+		{"fraction just below the floor", []string{`fraction = 0.09`}, "renew.fraction", 26, []string{"must be between 0.1 and 0.95", "got 0.09"}},
+		{"fraction just above the ceiling", []string{`fraction = 0.951`}, "renew.fraction", 26, []string{"got 0.951"}},
+		{"fraction 1: renew only at expiry", []string{`fraction = 1.0`}, "renew.fraction", 26, []string{"got 1"}},
+		{"fraction negative", []string{`fraction = -0.5`}, "renew.fraction", 26, []string{"got -0.5"}},
+		{"fraction nan", []string{`fraction = nan`}, "renew.fraction", 26, []string{"must be between", "got NaN"}},
+		{"fraction inf", []string{`fraction = inf`}, "renew.fraction", 26, []string{"got +Inf"}},
+		{"fraction as a string", []string{`fraction = "2/3"`}, "renew.fraction", 26, []string{"incompatible types"}},
+		{"splay negative", []string{`splay = "-1s"`}, "renew.splay", 26, []string{"must be between 0s and 24h, got -1s"}},
+		{"splay over a day", []string{`splay = "24h0m1s"`}, "renew.splay", 26, []string{"must be between 0s and 24h, got 24h0m1s"}},
+		{"splay not a duration", []string{`splay = "an hour"`}, "renew.splay", 26, nil},
+		{"rekey not a bool", []string{`rekey = "yes"`}, "renew.rekey", 26, []string{"incompatible types"}},
+		{"post_hook relative: no PATH lookup", []string{`post_hook = ["systemctl", "reload", "node-agent"]`}, "renew.post_hook", 26,
+			[]string{"must be an absolute path", "without a shell and without PATH lookup", `got "systemctl"`}},
+		{"post_hook dot-relative", []string{`post_hook = ["./reload.sh"]`}, "renew.post_hook", 26, []string{"must be an absolute path"}},
+		{"post_hook empty argv[0]", []string{`post_hook = [""]`}, "renew.post_hook", 26, []string{"must be an absolute path", `got ""`}},
+		{"post_hook not clean", []string{`post_hook = ["/usr/bin/../bin/systemctl", "reload"]`}, "renew.post_hook", 26, []string{"must be a clean path"}},
+		{"post_hook trailing slash", []string{`post_hook = ["/usr/bin/systemctl/"]`}, "renew.post_hook", 26, []string{"must be a clean path"}},
+		{"post_hook as a shell string, not argv", []string{`post_hook = "/usr/bin/systemctl reload node-agent"`}, "renew.post_hook", 26, []string{"incompatible types"}},
+		{"post_hook_timeout 0s is refused, not the default", []string{`post_hook_timeout = "0s"`}, "renew.post_hook_timeout", 26,
+			[]string{"must be between 1s and 10m, got 0s", "leave the key out for 30s"}},
+		{"post_hook_timeout just below 1s", []string{`post_hook_timeout = "999ms"`}, "renew.post_hook_timeout", 26, []string{"got 999ms"}},
+		{"post_hook_timeout over 10m", []string{`post_hook_timeout = "10m0.001s"`}, "renew.post_hook_timeout", 26, []string{"must be between 1s and 10m"}},
+		{"post_hook_timeout negative", []string{`post_hook_timeout = "-5s"`}, "renew.post_hook_timeout", 26, []string{"got -5s"}},
+		{"unknown key names itself", []string{`splay = "5m"`, `post_hooks = ["/bin/true"]`}, "renew.post_hooks", 27,
+			[]string{"unknown key", `did you mean "renew.post_hook"`}},
+		{"unknown key with no near neighbour", []string{`jitter_percent = 10`}, "renew.jitter_percent", 26, []string{"unknown key"}},
+	}
+	for _, b := range bad {
+		t.Run(b.name, func(t *testing.T) {
+			wantOnly(t, parseProblems(t, renewSrc(b.lines...)), b.key, b.line, b.msg...)
+		})
+	}
+
+	// Several wrong keys are all reported at once, each on its line.
+	probs := parseProblems(t, renewSrc(`fraction = 2.0`, `splay = "48h"`, `post_hook = ["reload"]`, `post_hook_timeout = "0s"`))
+	var got []string
+	for _, p := range probs {
+		got = append(got, fmt.Sprintf("%s:%d", p.Key, p.Line))
+	}
+	if want := "renew.fraction:26 renew.splay:27 renew.post_hook:28 renew.post_hook_timeout:29"; strings.Join(got, " ") != want {
+		t.Fatalf("problems %v, want %s", got, want)
+	}
+}

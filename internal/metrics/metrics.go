@@ -3,7 +3,7 @@
 //
 // Why the textfile collector: provision is a oneshot, not a server, and the
 // node already runs node_exporter. A file per command
-// (provision_bootstrap.prom, provision_verify.prom, later provision_renew.prom)
+// (provision_bootstrap.prom, provision_verify.prom, provision_renew.prom)
 // means one command's run never erases another's; every series carries the
 // command label, because node_exporter merges the files and two files
 // exposing the same series would fail the whole collector.
@@ -61,6 +61,10 @@ type Cert struct {
 	// certificate chains to in the installed CA bundle; "" when none of the
 	// bundle's roots issued the chain (then no root series is written).
 	RootFingerprint string
+	// RenewAfter is the credential verdict's renewal point (renew.fraction
+	// of the lifetime) and DueAt that point plus this node's splay, when
+	// provision renew acts; zero writes no series.
+	RenewAfter, DueAt time.Time
 }
 
 // CertFacts derives Cert from an installed chain (leaf first) and CA bundle.
@@ -111,6 +115,8 @@ var families = []family{
 	{"provision_cert_not_before_timestamp_seconds", "Unix time the installed node certificate became valid (NotBefore), as seen after the run."},
 	{"provision_cert_not_after_timestamp_seconds", "Unix time the installed node certificate expires (NotAfter), as seen after the run."},
 	{"provision_cert_issuer_root_info", "The CA root the installed node certificate chains to (hex SHA-256 of its DER); always 1."},
+	{"provision_cert_renew_after_timestamp_seconds", "Unix time the installed node certificate reaches its renewal point (renew.fraction of its lifetime), as seen after the run."},
+	{"provision_cert_renew_due_timestamp_seconds", "Unix time provision renew renews the installed node certificate: its renewal point plus this node's splay."},
 }
 
 // Names returns every metric name Render may write.
@@ -194,6 +200,12 @@ func Render(r Run) ([]byte, error) {
 		m["provision_cert_not_after_timestamp_seconds"] = []series{{labels("command", cmd), seconds(r.Cert.NotAfter)}}
 		if !r.Cert.NotBefore.IsZero() {
 			m["provision_cert_not_before_timestamp_seconds"] = []series{{labels("command", cmd), seconds(r.Cert.NotBefore)}}
+		}
+		if !r.Cert.RenewAfter.IsZero() {
+			m["provision_cert_renew_after_timestamp_seconds"] = []series{{labels("command", cmd), seconds(r.Cert.RenewAfter)}}
+		}
+		if !r.Cert.DueAt.IsZero() {
+			m["provision_cert_renew_due_timestamp_seconds"] = []series{{labels("command", cmd), seconds(r.Cert.DueAt)}}
 		}
 		if r.Cert.RootFingerprint != "" {
 			m["provision_cert_issuer_root_info"] = []series{{labels("command", cmd, "fingerprint", r.Cert.RootFingerprint), 1}}

@@ -29,6 +29,9 @@ var (
 	notAfter  = time.Date(2026, 3, 15, 9, 0, 0, 0, time.UTC)
 	notBefore = time.Date(2026, 3, 14, 9, 0, 0, 0, time.UTC)
 	rootFP    = strings.Repeat("ab", 32)
+	// renewAt is 2/3 of the lifetime; dueAt adds a splay of 20 minutes.
+	renewAt = time.Date(2026, 3, 15, 1, 0, 0, 0, time.UTC)
+	dueAt   = time.Date(2026, 3, 15, 1, 20, 0, 0, time.UTC)
 )
 
 // failingVerify is the incident's report: the ingress trusts the wrong CA.
@@ -51,7 +54,7 @@ func healthyBootstrap() *verify.Report {
 
 func TestRenderFailingVerify(t *testing.T) {
 	got, err := Render(Run{Command: "verify", Report: failingVerify(), Finished: finished, Duration: 1250 * time.Millisecond,
-		Cert: &Cert{NotBefore: notBefore, NotAfter: notAfter, RootFingerprint: rootFP}, Version: "1.2.3"})
+		Cert: &Cert{NotBefore: notBefore, NotAfter: notAfter, RootFingerprint: rootFP, RenewAfter: renewAt, DueAt: dueAt}, Version: "1.2.3"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,6 +89,12 @@ provision_cert_not_after_timestamp_seconds{command="verify"} 1773565200
 # HELP provision_cert_issuer_root_info The CA root the installed node certificate chains to (hex SHA-256 of its DER); always 1.
 # TYPE provision_cert_issuer_root_info gauge
 provision_cert_issuer_root_info{command="verify",fingerprint="` + rootFP + `"} 1
+# HELP provision_cert_renew_after_timestamp_seconds Unix time the installed node certificate reaches its renewal point (renew.fraction of its lifetime), as seen after the run.
+# TYPE provision_cert_renew_after_timestamp_seconds gauge
+provision_cert_renew_after_timestamp_seconds{command="verify"} 1773536400
+# HELP provision_cert_renew_due_timestamp_seconds Unix time provision renew renews the installed node certificate: its renewal point plus this node's splay.
+# TYPE provision_cert_renew_due_timestamp_seconds gauge
+provision_cert_renew_due_timestamp_seconds{command="verify"} 1773537600
 `
 	if string(got) != want {
 		t.Errorf("--- got\n%s--- want\n%s", got, want)
@@ -109,8 +118,11 @@ func TestRenderSeries(t *testing.T) {
 			[]string{"provision_cert_"}},
 		{"root unknown: expiry without root", Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotAfter: notAfter}},
 			[]string{"provision_cert_not_after_timestamp_seconds"}, []string{"provision_cert_issuer_root_info"}},
-		{"a future command is a parameter", Run{Command: "renew", Report: healthyBootstrap()},
-			[]string{`provision_last_run_success{command="renew"} 1`}, []string{`command="bootstrap"`}},
+		{"renew is a command like the others", Run{Command: "renew", Report: healthyBootstrap(), Cert: &Cert{NotAfter: notAfter, RenewAfter: renewAt, DueAt: dueAt}},
+			[]string{`provision_last_run_success{command="renew"} 1`, `provision_cert_renew_after_timestamp_seconds{command="renew"} 1773536400`,
+				`provision_cert_renew_due_timestamp_seconds{command="renew"} 1773537600`}, []string{`command="bootstrap"`}},
+		{"no renewal point: no renewal series", Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotAfter: notAfter}},
+			[]string{"provision_cert_not_after_timestamp_seconds"}, []string{"provision_cert_renew_"}},
 		{"config failure outside the ladder", Run{Command: "verify", Report: verify.Failed("verify", "", "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: "bad"})},
 			[]string{`provision_failed{command="verify",layer="config",owner="node"} 1`, `provision_check_status{check="config",command="verify",layer="config",owner="node"} 2`}, nil},
 		{"a duplicated check is one series, the worst", Run{Command: "verify", Report: &verify.Report{OK: true, Checks: []verify.Result{
@@ -255,9 +267,9 @@ func TestCertFacts(t *testing.T) {
 		chain, roots []*x509.Certificate
 		want         *Cert
 	}{
-		{"expired leaf still names its root", []*x509.Certificate{leaf, inter}, []*x509.Certificate{other, root}, &Cert{leaf.NotBefore, leaf.NotAfter, fp}},
-		{"chain ending in the root itself", []*x509.Certificate{leaf, inter, root}, []*x509.Certificate{root}, &Cert{leaf.NotBefore, leaf.NotAfter, fp}},
-		{"stale: no bundle root issued it", []*x509.Certificate{leaf, inter}, []*x509.Certificate{other}, &Cert{leaf.NotBefore, leaf.NotAfter, ""}},
+		{"expired leaf still names its root", []*x509.Certificate{leaf, inter}, []*x509.Certificate{other, root}, &Cert{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, RootFingerprint: fp}},
+		{"chain ending in the root itself", []*x509.Certificate{leaf, inter, root}, []*x509.Certificate{root}, &Cert{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, RootFingerprint: fp}},
+		{"stale: no bundle root issued it", []*x509.Certificate{leaf, inter}, []*x509.Certificate{other}, &Cert{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}},
 		{"no certificate", nil, []*x509.Certificate{root}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -321,7 +333,7 @@ func TestDocsListEveryMetric(t *testing.T) {
 	for _, m := range regexp.MustCompile("(?m)^\\| `(provision_[a-z_]+)`").FindAllStringSubmatch(string(b), -1) {
 		documented[m[1]] = true
 	}
-	b, _ = Render(Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotBefore: notBefore, NotAfter: notAfter, RootFingerprint: rootFP}})
+	b, _ = Render(Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotBefore: notBefore, NotAfter: notAfter, RootFingerprint: rootFP, RenewAfter: renewAt, DueAt: dueAt}})
 	written := map[string]bool{}
 	for _, m := range regexp.MustCompile(`(?m)^# TYPE (\S+) `).FindAllStringSubmatch(string(b), -1) {
 		written[m[1]] = true

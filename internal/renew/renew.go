@@ -71,19 +71,38 @@ const (
 	CannotRenew                 // re-enrollment with a fresh token is needed
 )
 
-// Check judges the installed credentials offline (no CA roots: a stale
-// certificate is found by the run itself) and says whether a renewal is
-// due, with a one-line reason.
+// Check judges the installed credentials offline and says whether a
+// renewal is due, with a one-line reason. Without the network, the chain is
+// judged against the installed ca.pem: the CA's current and federated roots
+// as the last bootstrap or renew fetched them, and a bundle that run proved
+// with this very certificate. A certificate none of them issued is stale.
+// A certificate the last renew run found it cannot renew (stale against the
+// CA's roots of now, refused by the CA) stays so in renew.json until a
+// bootstrap replaces it.
 func Check(cfg *config.Config, host *system.Host, force bool) (Decision, string) {
 	env := verify.NewEnv(cfg, host)
 	set, err := env.Creds()
 	in := lifecycle.Input{Set: set, LoadErr: err, NodeID: cfg.NodeID, Now: host.Time(), RenewFraction: cfg.Renew.Fraction}
-	if rec := env.RenewRecord(); rec != nil {
+	if err == nil && set != nil && len(set.Roots) > 0 {
+		in.Roots = set.Roots
+	}
+	rec := env.RenewRecord()
+	if rec != nil {
 		in.RevokedSerial = rec.RevokedSerial
 	}
 	v := lifecycle.Judge(in)
+	// What the last run found with the CA's roots (a certificate stale
+	// because the CA moved on, one the CA refused) holds for the same
+	// certificate until a bootstrap replaces it.
+	if v.Action < lifecycle.Reenroll && rec != nil && rec.LastResult == renewrec.Reenroll && v.Leaf != nil && rec.Serial == v.Leaf.SerialNumber.String() {
+		return CannotRenew, rec.LastError + " (found by the renew run at " + stamp(rec.LastAttempt) + ")"
+	}
 	if v.Action == lifecycle.Reenroll {
-		return CannotRenew, cannotRenew(v, cfg).Summary
+		msg := cannotRenew(v, cfg).Summary
+		if v.First() == lifecycle.OtherCA {
+			msg += " (judged offline against " + filepath.Join(cfg.Paths.PKIDir, credstore.CAFile) + ", the CA's roots when last fetched)"
+		}
+		return CannotRenew, msg
 	}
 	due := v.DueAt(cfg.Renew.Splay.Duration)
 	if force || !host.Time().Before(due) {
@@ -368,6 +387,7 @@ func (r *run) postHook() *Outcome {
 		f := &diag.Finding{Layer: diag.Hook, Owner: diag.Node,
 			Summary: "renewal published (serial " + r.rec.Serial + "), but renew.post_hook failed: " + err.Error(),
 			Remedy:  "fix the command in renew.post_hook (or what it reloads) and run it by hand: the new certificate is already in place and stays"}
+		r.log.Error("step", "step", "post-hook", "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
 		hrep := verify.Failed("renew", r.cfg.NodeID, "post-hook", f)
 		hrep.Checks = append(r.rep.Checks, hrep.Checks...)
 		hrep.Task = r.rep.Task

@@ -262,6 +262,10 @@ func TestRenewCannotRenew(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantStop(t, n.renew(t, true), diag.CA, "certificate stale")
+		// Offline, --check judges the chain against the installed ca.pem.
+		if d, msg := renew.Check(n.cfg, n.host, true); d != renew.CannotRenew || !strings.HasPrefix(msg, "certificate stale:") {
+			t.Fatalf("Check = %v %q, want CannotRenew, stale (even with --force)", d, msg)
+		}
 	})
 	t.Run("revoked", func(t *testing.T) {
 		n := bootstrapped(t, controlplane.Options{CARevocation: true})

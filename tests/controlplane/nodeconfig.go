@@ -41,6 +41,17 @@ type NodeConfig struct {
 		Deadline       string `toml:"deadline,omitempty"`
 		RequestTimeout string `toml:"request_timeout,omitempty"`
 	} `toml:"bootstrap"`
+	// Renew is [renew]; nil leaves the table out (provision's defaults).
+	Renew *RenewConfig `toml:"renew,omitempty"`
+}
+
+// RenewConfig is [renew]; a field left at its zero value is left out.
+type RenewConfig struct {
+	Fraction        float64  `toml:"fraction,omitzero"`
+	Splay           string   `toml:"splay,omitempty"`
+	Rekey           *bool    `toml:"rekey,omitempty"`
+	PostHook        []string `toml:"post_hook,omitempty"`
+	PostHookTimeout string   `toml:"post_hook_timeout,omitempty"`
 }
 
 // Default node-side paths of the contract.

@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
@@ -19,9 +23,11 @@ const textfileDir = "/var/lib/prometheus/node-exporter"
 
 // TestMetricsFromRealRuns: the real binary, against a real step-ca, writes
 // provision_bootstrap.prom after a bootstrap and provision_verify.prom after
-// a healthy and then a failing verify (the ingress trusts the wrong CA);
-// the real promtool accepts each file, each says what the report said, and
-// every metric name written is documented in docs/metrics.md.
+// a healthy and then a failing verify (the ingress trusts the wrong CA),
+// and provision_renew.prom after a real renewal (with the new certificate's
+// renewal point and due time, later than bootstrap's); the real promtool
+// accepts each file, each says what the report said, and every metric name
+// written is documented in docs/metrics.md.
 func TestMetricsFromRealRuns(t *testing.T) {
 	t.Parallel()
 	promtool := testenv.RequireProgram(t, "promtool", "prometheus")
@@ -44,7 +50,8 @@ func TestMetricsFromRealRuns(t *testing.T) {
 	for _, s := range []step{
 		{"bootstrap", func() nodetest.Result { return n.RunJSON("bootstrap") }, 0, "provision_bootstrap.prom",
 			[]string{`provision_last_run_success{command="bootstrap"} 1`, `provision_cert_issuer_root_info{command="bootstrap",fingerprint="` + fp + `"} 1`,
-				`provision_check_status{check="tasks-wait",command="bootstrap",layer="tasks-wait",owner="api"} 0`, "provision_cert_not_after_timestamp_seconds{command=\"bootstrap\"} "},
+				`provision_check_status{check="tasks-wait",command="bootstrap",layer="tasks-wait",owner="api"} 0`, "provision_cert_not_after_timestamp_seconds{command=\"bootstrap\"} ",
+				"provision_cert_renew_after_timestamp_seconds{command=\"bootstrap\"} ", "provision_cert_renew_due_timestamp_seconds{command=\"bootstrap\"} "},
 			[]string{"provision_failed"}},
 		{"healthy verify", func() nodetest.Result { return n.RunJSON("verify") }, 0, "provision_verify.prom",
 			[]string{`provision_last_run_success{command="verify"} 1`, `provision_check_status{check="tls-client-auth",command="verify",layer="tls-client-auth",owner="ingress"} 0`,
@@ -59,6 +66,14 @@ func TestMetricsFromRealRuns(t *testing.T) {
 				`provision_check_status{check="tls-client-auth",command="verify",layer="tls-client-auth",owner="ingress"} 2`,
 				`provision_check_status{check="route",command="verify",layer="route",owner="ingress"} -1`},
 			nil},
+		{"renew --force", func() nodetest.Result { return n.RunJSON("renew", "--force") }, 0, "provision_renew.prom",
+			[]string{`provision_last_run_success{command="renew"} 1`, `provision_cert_issuer_root_info{command="renew",fingerprint="` + fp + `"} 1`,
+				`provision_check_status{check="tasks-wait",command="renew",layer="tasks-wait",owner="api"} 0`,
+				"provision_cert_renew_after_timestamp_seconds{command=\"renew\"} ", "provision_cert_renew_due_timestamp_seconds{command=\"renew\"} "},
+			[]string{"provision_failed"}},
+		{"renew, nothing due", func() nodetest.Result { return n.RunJSON("renew") }, 0, "provision_renew.prom",
+			[]string{`provision_last_run_success{command="renew"} 1`, "provision_cert_renew_due_timestamp_seconds{command=\"renew\"} "},
+			[]string{"provision_failed"}},
 	} {
 		r := s.run()
 		nodetest.WantExit(t, r, s.code)
@@ -98,9 +113,42 @@ func TestMetricsFromRealRuns(t *testing.T) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	if strings.Join(names, " ") != "provision_bootstrap.prom provision_verify.prom" {
+	if strings.Join(names, " ") != "provision_bootstrap.prom provision_renew.prom provision_verify.prom" {
 		t.Errorf("textfile directory holds %v", names)
 	}
+	// The renewal moved the renewal point and due time on: renew's file
+	// holds the new certificate's, bootstrap's the first one's, and
+	// renew.json's due_at is renew's metric.
+	renewDue := gauge(t, filepath.Join(dir, "provision_renew.prom"), "provision_cert_renew_due_timestamp_seconds")
+	bootAfter := gauge(t, filepath.Join(dir, "provision_bootstrap.prom"), "provision_cert_renew_after_timestamp_seconds")
+	renewAfter := gauge(t, filepath.Join(dir, "provision_renew.prom"), "provision_cert_renew_after_timestamp_seconds")
+	if renewAfter <= bootAfter || renewDue < renewAfter {
+		t.Errorf("renewal point %v -> %v, due %v: want a later renewal point after the renewal, and due at or after it", bootAfter, renewAfter, renewDue)
+	}
+	var rec struct {
+		DueAt      time.Time `json:"due_at"`
+		RenewAfter time.Time `json:"renew_after"`
+	}
+	if err := json.Unmarshal(readFile(t, filepath.Join(n.Files.StateDir, "renew.json")), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(float64(rec.DueAt.UnixMilli())/1000-renewDue) > 0.001 || math.Abs(float64(rec.RenewAfter.UnixMilli())/1000-renewAfter) > 0.001 {
+		t.Errorf("renew.json due_at %s renew_after %s, metrics %v %v: the metric is not the record's", rec.DueAt, rec.RenewAfter, renewDue, renewAfter)
+	}
+}
+
+// gauge reads the value of a metric's one series in a .prom file.
+func gauge(t *testing.T, path, name string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + name + `\{[^}]*\} (\S+)$`).FindStringSubmatch(string(readFile(t, path)))
+	if m == nil {
+		t.Fatalf("%s has no %s", path, name)
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // docMetricNames are the metric names in docs/metrics.md's table.

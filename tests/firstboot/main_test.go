@@ -14,6 +14,11 @@
 // are executed by the real jq, as on a node), checks the quoted symptom is
 // in the report, applies the section's fix and runs its proof.
 //
+// TestRunbookCertificateExpiring, TestRunbookCannotRenew and TestRunbookHook
+// do the same for the renewal sections, which quote what verify and renew
+// print: short-lived certificates from the real step-ca, expired, stale and
+// revoked ones planted through tests/controlplane, and a failing post_hook.
+//
 // TestReinstall covers the reinstall workflow of the runbook and of
 // docs/first-boot.md: same node_id, fresh token, with a fresh disk or with
 // the old disk kept under a new /etc/machine-id, and the done marker that
