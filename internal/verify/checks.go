@@ -9,10 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
@@ -165,38 +166,78 @@ func joinAddrs(a []netip.Addr) string {
 	return strings.Join(s, ",")
 }
 
-var manageEtcHosts = regexp.MustCompile(`(?m)^\s*manage_etc_hosts\s*:\s*(true|True|TRUE|template)\s*$`)
-
 // checkHostsPersist warns when cloud-init will rewrite /etc/hosts on the next
-// boot and wipe the override.
+// boot and wipe the override. cloud-init merges its config in this order,
+// the last setting winning: /etc/cloud/cloud.cfg, /etc/cloud/cloud.cfg.d/*.cfg
+// (sorted), then the instance's user-data; its own merged result, when it
+// wrote one, is authoritative. Values are YAML 1.1, as cloud-init reads
+// them: yes, on, true and template (or localhost) turn it on.
 func checkHostsPersist(_ context.Context, e *Env) Outcome {
 	files := []string{"/etc/cloud/cloud.cfg"}
 	if m, _ := filepath.Glob(e.Host.Path("/etc/cloud/cloud.cfg.d/*.cfg")); len(m) > 0 {
+		sort.Strings(m)
 		for _, p := range m {
 			files = append(files, "/etc/cloud/cloud.cfg.d/"+filepath.Base(p))
 		}
 	}
 	files = append(files, "/var/lib/cloud/instance/user-data.txt")
-	var hits []string
+	on, decidedBy := false, ""
 	for _, f := range files {
 		b, err := os.ReadFile(e.Host.Path(f))
-		if err == nil && manageEtcHosts.Match(b) {
-			hits = append(hits, f)
+		if err != nil {
+			continue
+		}
+		if v, set := ManageEtcHosts(b); set {
+			on, decidedBy = v, f
 		}
 	}
 	if b, err := os.ReadFile(e.Host.Path("/run/cloud-init/combined-cloud-config.json")); err == nil {
-		var m struct {
-			Manage any `json:"manage_etc_hosts"`
-		}
-		if json.Unmarshal(b, &m) == nil && (m.Manage == true || m.Manage == "template") {
-			hits = append(hits, "/run/cloud-init/combined-cloud-config.json")
+		var m map[string]any
+		if json.Unmarshal(b, &m) == nil {
+			if v, ok := m["manage_etc_hosts"]; ok {
+				on, decidedBy = manageValue(v), "/run/cloud-init/combined-cloud-config.json"
+			}
 		}
 	}
-	if len(hits) > 0 {
-		return Outcome{Status: Warn, Message: fmt.Sprintf("cloud-init's manage_etc_hosts is on (%s): it rewrites /etc/hosts on every boot and will drop the override", strings.Join(hits, ", ")),
-			Remedy: "set manage_etc_hosts: false (the shipped cloud-config does), or enable provision-verify.timer so the override is re-checked"}
+	if on {
+		return Outcome{Status: Warn, Evidence: map[string]string{"decided_by": decidedBy},
+			Message: fmt.Sprintf("cloud-init's manage_etc_hosts is on (%s): it rewrites /etc/hosts on every boot and will drop the override", decidedBy),
+			Remedy:  "set manage_etc_hosts: false (the shipped cloud-config does), or enable provision-verify.timer so the override is re-checked"}
 	}
-	return pass("cloud-init will not rewrite /etc/hosts on the next boot")
+	o := pass("cloud-init will not rewrite /etc/hosts on the next boot")
+	if decidedBy != "" {
+		o.Evidence = map[string]string{"decided_by": decidedBy}
+	}
+	return o
+}
+
+// ManageEtcHosts reads cloud-init's manage_etc_hosts from one YAML
+// document (a cloud.cfg or #cloud-config user-data): whether it is on, and
+// whether the document sets it at all. A document that is not YAML (a
+// multipart user-data, a script) sets nothing.
+func ManageEtcHosts(doc []byte) (on, set bool) {
+	var m map[string]any
+	if yaml.Unmarshal(doc, &m) != nil {
+		return false, false
+	}
+	v, ok := m["manage_etc_hosts"]
+	if !ok {
+		return false, false
+	}
+	return manageValue(v), true
+}
+
+func manageValue(v any) bool {
+	switch x := v.(type) {
+	case bool:
+		return x
+	case string:
+		switch strings.ToLower(strings.TrimSpace(x)) {
+		case "true", "yes", "on", "y", "template", "localhost":
+			return true
+		}
+	}
+	return false
 }
 
 func checkCARoot(ctx context.Context, e *Env) Outcome {

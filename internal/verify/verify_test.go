@@ -5,12 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
 )
 
@@ -372,5 +376,77 @@ func TestRunContainsAPanickingCheck(t *testing.T) {
 	b, err := json.Marshal(rep)
 	if err != nil || !json.Valid(b) {
 		t.Fatalf("report does not marshal: %v", err)
+	}
+}
+
+// TestManageEtcHosts: cloud-init reads YAML 1.1, so yes and on are true
+// (the regular expression this replaced missed them), a commented-out key
+// or one under another key sets nothing, and a non-YAML user-data sets
+// nothing.
+func TestManageEtcHosts(t *testing.T) {
+	for _, tt := range []struct {
+		doc     string
+		on, set bool
+	}{
+		{"manage_etc_hosts: true\n", true, true},
+		{"manage_etc_hosts: yes\n", true, true},
+		{"manage_etc_hosts: on\n", true, true},
+		{"manage_etc_hosts: template\n", true, true},
+		{"manage_etc_hosts: localhost\n", true, true},
+		{"manage_etc_hosts: false\n", false, true},
+		{"manage_etc_hosts: no\n", false, true},
+		{"manage_etc_hosts: off\n", false, true},
+		{"#cloud-config\nmanage_etc_hosts: True\nhostname: gpu-1\n", true, true},
+		{"# manage_etc_hosts: true\n", false, false},
+		{"system_info:\n  manage_etc_hosts: true\n", false, false},
+		{"#!/bin/sh\necho manage_etc_hosts: true\n", false, false},
+		{"Content-Type: multipart/mixed; boundary=x\n\n--x\n", false, false},
+	} {
+		if on, set := verify.ManageEtcHosts([]byte(tt.doc)); on != tt.on || set != tt.set {
+			t.Errorf("ManageEtcHosts(%q) = %v, %v; want %v, %v", tt.doc, on, set, tt.on, tt.set)
+		}
+	}
+}
+
+// TestHostsPersistMergeOrder: the last file in cloud-init's merge order
+// decides, as cloud-init does: a cloud.cfg.d drop-in turning it off wins
+// over cloud.cfg, and user-data wins over both.
+func TestHostsPersistMergeOrder(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		files map[string]string
+		want  verify.Status
+		by    string
+	}{
+		{"nothing sets it", map[string]string{"etc/cloud/cloud.cfg": "users: [default]\n"}, verify.Pass, ""},
+		{"cloud.cfg on", map[string]string{"etc/cloud/cloud.cfg": "manage_etc_hosts: yes\n"}, verify.Warn, "/etc/cloud/cloud.cfg"},
+		{"drop-in turns it off", map[string]string{"etc/cloud/cloud.cfg": "manage_etc_hosts: true\n", "etc/cloud/cloud.cfg.d/99-provision.cfg": "manage_etc_hosts: false\n"}, verify.Pass, "/etc/cloud/cloud.cfg.d/99-provision.cfg"},
+		{"later drop-in turns it back on", map[string]string{"etc/cloud/cloud.cfg.d/10-a.cfg": "manage_etc_hosts: false\n", "etc/cloud/cloud.cfg.d/20-b.cfg": "manage_etc_hosts: on\n"}, verify.Warn, "/etc/cloud/cloud.cfg.d/20-b.cfg"},
+		{"user-data wins", map[string]string{"etc/cloud/cloud.cfg": "manage_etc_hosts: true\n", "var/lib/cloud/instance/user-data.txt": "#cloud-config\nmanage_etc_hosts: false\n"}, verify.Pass, "/var/lib/cloud/instance/user-data.txt"},
+		{"cloud-init's merged result is authoritative", map[string]string{"var/lib/cloud/instance/user-data.txt": "#cloud-config\nmanage_etc_hosts: false\n", "run/cloud-init/combined-cloud-config.json": `{"manage_etc_hosts": "template"}`}, verify.Warn, "/run/cloud-init/combined-cloud-config.json"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			for p, data := range tt.files {
+				full := filepath.Join(root, p)
+				if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(full, []byte(data), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var persist []verify.Check
+			for _, c := range verify.Checks() {
+				if c.Name == "hosts-persist" {
+					persist = append(persist, c)
+				}
+			}
+			e := verify.NewEnv(&config.Config{}, &system.Host{Root: root})
+			res := verify.Run(context.Background(), e, persist, nil)
+			if len(res) != 1 || res[0].Status != tt.want || res[0].Evidence["decided_by"] != tt.by {
+				t.Fatalf("hosts-persist = %+v, want %s decided by %q", res, tt.want, tt.by)
+			}
+		})
 	}
 }
