@@ -27,6 +27,8 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"github.com/gpuaas/provision/internal/config"
+	"go.yaml.in/yaml/v3"
 	"io"
 	"net/netip"
 	"net/url"
@@ -215,8 +217,36 @@ func Render(w io.Writer, p Params) error {
 		// and text/template errors never include field values.
 		return fmt.Errorf("cloudinit: render template: %w", err)
 	}
+	if err := checkRenderedConfig(b.String()); err != nil {
+		return err
+	}
 	_, err = io.WriteString(w, b.String())
 	return err
+}
+
+// checkRenderedConfig parses the provision.toml the user-data writes with
+// provision's own config loader: one rule set, so user-data never carries a
+// config that bootstrap would then refuse.
+func checkRenderedConfig(userData string) error {
+	var doc struct {
+		WriteFiles []struct {
+			Path    string `yaml:"path"`
+			Content string `yaml:"content"`
+		} `yaml:"write_files"`
+	}
+	if err := yaml.Unmarshal([]byte(userData), &doc); err != nil {
+		return fmt.Errorf("cloudinit: the rendered user-data is not YAML: %w", err)
+	}
+	for _, f := range doc.WriteFiles {
+		if f.Path != ConfigPath {
+			continue
+		}
+		if _, err := config.Parse(ConfigPath, []byte(f.Content)); err != nil {
+			return fmt.Errorf("cloudinit: provision would refuse the config this user-data writes: %w", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("cloudinit: the rendered user-data writes no %s", ConfigPath)
 }
 
 func (p Params) withDefaults() Params {
@@ -239,9 +269,8 @@ func (p Params) withDefaults() Params {
 var (
 	// nodeIDRe: a DNS-label-like id, safe in TOML strings, YAML comments,
 	// URL paths and file names.
-	nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	nodeIDRe = config.NodeIDPattern
 	// hostnameRe: RFC 1123 hostname, at least two labels.
-	labelRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 	// fingerprintRe: lowercase or uppercase hex SHA-256.
 	fingerprintRe = regexp.MustCompile(`^[0-9A-Fa-f]{64}$`)
 	// tokenRe: a JWT (base64url segments joined by dots). Anything else
@@ -342,21 +371,14 @@ func mustDuration(s string) time.Duration {
 	return d
 }
 
+// validHostname is the config's rule (internal/config), so that a name
+// the config accepts is never refused here; an IP address is not a name.
 func validHostname(name string) error {
-	if len(name) > 253 {
-		return fmt.Errorf("%q: longer than 253 characters", name)
-	}
 	if _, err := netip.ParseAddr(name); err == nil {
 		return fmt.Errorf("%q: an IP address, want a hostname", name)
 	}
-	labels := strings.Split(name, ".")
-	if len(labels) < 2 {
-		return fmt.Errorf("%q: want a fully qualified name such as node-api.cp.internal", name)
-	}
-	for _, l := range labels {
-		if !labelRe.MatchString(l) {
-			return fmt.Errorf("%q: label %q is not a valid hostname label", name, l)
-		}
+	if !config.ValidHostname(name) {
+		return fmt.Errorf("%q: not a valid hostname (letters, digits, '-' and '.', at most 253 characters)", name)
 	}
 	return nil
 }

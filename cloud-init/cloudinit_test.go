@@ -467,3 +467,23 @@ func TestDropInsRefuse(t *testing.T) {
 		})
 	}
 }
+
+// TestOneRuleSetWithTheConfig: userdata and provision judge a config by the
+// same rules. A single-label host name, which the config accepts, renders
+// (userdata used to refuse it with exit 3); a state_dir the config refuses
+// (a shared system directory) is refused by Render, naming the key.
+func TestOneRuleSetWithTheConfig(t *testing.T) {
+	p := ExampleParams()
+	p.Hosts = []Host{{Name: "nodeapi", IP: "10.40.0.10"}, p.Hosts[len(p.Hosts)-1]}
+	p.NodeAPIURL = "https://nodeapi:8443"
+	var b bytes.Buffer
+	if err := Render(&b, p); err != nil {
+		t.Fatalf("a single-label host name the config accepts: %v", err)
+	}
+	p = ExampleParams()
+	p.StateDir = "/var/lib"
+	err := Render(&b, p)
+	if err == nil || !strings.Contains(err.Error(), "paths.state_dir") || !strings.Contains(err.Error(), "provision would refuse") {
+		t.Fatalf("state_dir /var/lib: %v, want the config loader's refusal naming paths.state_dir", err)
+	}
+}

@@ -432,6 +432,13 @@ var NodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$`)
 // the braces of {node_id}: anything else would make WaitURL unparsable.
 var waitPathPattern = regexp.MustCompile(`^(/([A-Za-z0-9\-._~!$&'()*+,;=:@{}]|%[0-9A-Fa-f]{2})*)+$`)
 
+// ValidHostname reports whether name is a hostname the config accepts in
+// [[hosts]] (hosts(5): letters, digits, '-' and '.', at most 253
+// characters). provision userdata uses the same rule.
+func ValidHostname(name string) bool {
+	return hostnamePattern.MatchString(name) && len(name) <= 253
+}
+
 // hostnamePattern follows hosts(5): letters, digits, '-' and '.'.
 var hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
@@ -470,7 +477,7 @@ func (c *Config) validateNode(add adder) {
 		k := fmt.Sprintf("hosts[%d]", i)
 		if h.Name == "" {
 			add(k+".name", "required")
-		} else if !hostnamePattern.MatchString(h.Name) || len(h.Name) > 253 {
+		} else if !ValidHostname(h.Name) {
 			add(k+".name", "%q is not a valid hostname", h.Name)
 		} else if j, dup := seen[strings.ToLower(h.Name)]; dup {
 			add(k+".name", "%q is already mapped by hosts[%d]; one name, one IP", h.Name, j)

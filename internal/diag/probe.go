@@ -246,12 +246,22 @@ const (
 // configuration; only an alert after the client sent its certificate can be
 // a client-certificate rejection.
 func fromTransport(r *probe.Result, f *Finding, chain ChainState) *Finding {
-	kind := kindOf(r.Err)
-	tls12 := r.TLSVersion == tls.VersionTLS12
-	set := func(l Layer, o Owner, transient bool, remedy, format string, a ...any) *Finding {
-		f.Layer, f.Owner, f.Transient, f.Remedy, f.Summary = l, o, transient, remedy, fmt.Sprintf(format, a...)
-		return f
+	if r.Stage < probe.StageHandshake {
+		return duringHandshake(r, f, chain, kindOf(r.Err))
 	}
+	return afterHandshake(r, f, chain, kindOf(r.Err))
+}
+
+// set fills in a finding's classification and summary.
+func (f *Finding) set(l Layer, o Owner, transient bool, remedy, format string, a ...any) *Finding {
+	f.Layer, f.Owner, f.Transient, f.Remedy, f.Summary = l, o, transient, remedy, fmt.Sprintf(format, a...)
+	return f
+}
+
+// duringHandshake: the rows for an exchange that stopped before the TLS
+// handshake finished on the client, by stage then error kind.
+func duringHandshake(r *probe.Result, f *Finding, chain ChainState, kind errKind) *Finding {
+	set := f.set
 	switch st := r.Stage; {
 	// Before a TCP connection.
 	case kind == errDNS:
@@ -302,7 +312,16 @@ func fromTransport(r *probe.Result, f *Finding, chain ChainState) *Finding {
 		return clientAuthFinding(f, chain, fmt.Sprintf("the ingress closed the connection right after the node sent its client certificate (%v)", r.Err))
 	case st == probe.StageClientCert && kind == errTimeout:
 		return set(TLSClientAuth, Ingress, true, remedyHeldTLS, "the TLS handshake timed out after the node sent its client certificate (%v)", r.Err)
+	}
+	return nil // settle places it as unrecognised at the lowest layer without evidence
+}
 
+// afterHandshake: the rows for an exchange whose handshake finished on the
+// client and that read no HTTP status.
+func afterHandshake(r *probe.Result, f *Finding, chain ChainState, kind errKind) *Finding {
+	set := f.set
+	tls12 := r.TLSVersion == tls.VersionTLS12
+	switch st := r.Stage; {
 	// The handshake finished on the client, no byte of an answer arrived.
 	// Under TLS 1.3 the server judges the client certificate after the
 	// client's Finished, so this is still tls-client-auth; under TLS 1.2 the
