@@ -56,6 +56,8 @@ type envOptions struct {
 	node func(e *env, c *controlplane.NodeConfig)
 	// noToken writes no token file.
 	noToken bool
+	// ca shapes the cell's control plane (step-ca's certificate lifetime).
+	ca controlplane.Options
 }
 
 // env is one (scenario, ingress) cell: its own step-ca, node API, ingress
@@ -88,7 +90,7 @@ func newEnv(t *testing.T, kind ingress.Kind, eo envOptions) *env {
 	t.Helper()
 	ingressRequire(t, kind)
 	e := &env{t: t, kind: kind, apiLog: &testenv.SyncBuffer{}}
-	e.cp = controlplane.Start(t, controlplane.Options{})
+	e.cp = controlplane.Start(t, eo.ca)
 	dir := t.TempDir()
 	p := e.cp.CA.PKI()
 	leaf, err := p.IssueServerCert(controlplane.DefaultAPIHostname, net.IPv4(127, 0, 0, 1))
