@@ -20,6 +20,7 @@ import (
 	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -190,8 +191,9 @@ type world struct {
 }
 
 type nodeRoot struct {
-	cfg  *config.Config
-	host *system.Host
+	cfg   *config.Config
+	host  *system.Host
+	roots *enroll.Roots // fetched once: the cases are about the node API's wire, not the CA's
 }
 
 func newWorld(t *testing.T, workers int) *world {
@@ -224,7 +226,11 @@ func newWorld(t *testing.T, workers int) *world {
 		if _, err := bootstrap.ApplyHosts(cfg, host); err != nil {
 			t.Fatal(err)
 		}
-		w.roots = append(w.roots, &nodeRoot{cfg: cfg, host: host})
+		roots, err := verify.NewEnv(cfg, host).CAClient(0).FetchRoots(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.roots = append(w.roots, &nodeRoot{cfg: cfg, host: host, roots: roots})
 	}
 	return w
 }
@@ -462,14 +468,20 @@ func TestWireMisbehaviour(t *testing.T) {
 					cfg := *nr.cfg
 					cfg.NodeAPI.URL = "https://" + w.cp.API.Hostname() + ":" + port
 					cfg.NodeAPI.WaitTimeout.Duration = 0
-					cfg.Bootstrap.RequestTimeout.Duration = 400 * time.Millisecond
-					// Long enough that the real step-ca answers the roots
-					// fetch under -race on a loaded 2-core machine; a
-					// transient failure is retried until it.
-					cfg.Bootstrap.Deadline.Duration = 3 * time.Second
-					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+					// Generous for a loaded 2-core CI machine under -race:
+					// bootstrap fetches the roots from the real step-ca
+					// itself, and retries a transient failure until the
+					// deadline; a stall case costs about one deadline.
+					cfg.Bootstrap.RequestTimeout.Duration = time.Second
+					cfg.Bootstrap.Deadline.Duration = 5 * time.Second
+					ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 					defer cancel()
 					env := verify.NewEnv(&cfg, nr.host)
+					// The real CA's roots, fetched once; its Date stands for
+					// "fetched now", or the clock check would see the cache age.
+					roots := *nr.roots
+					roots.ServerDate = time.Now().UTC().Truncate(time.Second)
+					env.SetRoots(&roots)
 					rep := verify.NewReport("verify", cfg.NodeID, verify.Run(ctx, env, verify.Checks(), nil), 0)
 					checkReport(t, "verify", c, rep)
 					out := runBootstrap(t, ctx, &cfg, nr.host)
