@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/smallstep/certificates/db"
 )
 
 // Options configures New. The zero value is a working control plane.
@@ -28,6 +30,8 @@ type Options struct {
 	APIIdentity IdentitySource
 	// Logger receives the node API's rejection log; default discarded.
 	Logger *slog.Logger
+	// CADB is step-ca's database (StepCAOptions.DB); nil is in-memory.
+	CADB *db.Config
 }
 
 // ClientCAMode is what the node API (standing in for the ingress's TLS
@@ -104,7 +108,7 @@ func New(opts Options) (cp *ControlPlane, err error) {
 	if cp.Unrelated, err = NewPKI(filepath.Join(cp.Dir, "unrelated"), CAName); err != nil {
 		return nil, err
 	}
-	if cp.CA, err = StartStepCA(StepCAOptions{Dir: cp.Dir, Hostname: opts.CAHostname}); err != nil {
+	if cp.CA, err = StartStepCA(StepCAOptions{Dir: cp.Dir, Hostname: opts.CAHostname, DB: opts.CADB}); err != nil {
 		return nil, fmt.Errorf("step-ca: %w", err)
 	}
 	p := cp.CA.PKI()

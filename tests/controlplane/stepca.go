@@ -15,6 +15,7 @@ import (
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/certificates/ca"
+	"github.com/smallstep/certificates/db"
 	"go.step.sm/crypto/jose"
 )
 
@@ -45,6 +46,10 @@ type StepCAOptions struct {
 	Dir         string // required: PKI generations are written under it
 	Hostname    string // default DefaultCAHostname
 	Provisioner string // default DefaultProvisioner
+	// DB is step-ca's database; nil keeps its in-memory default. The storm
+	// runs one against PostgreSQL (Type "postgresql") to show that backend
+	// works with provision.
+	DB *db.Config
 }
 
 // StepCA is a real smallstep step-ca (github.com/smallstep/certificates/ca)
@@ -56,6 +61,7 @@ type StepCA struct {
 	provName string
 	dir      string
 	jwk      *jose.JSONWebKey
+	db       *db.Config
 
 	mu     sync.Mutex
 	addr   string
@@ -81,7 +87,7 @@ func StartStepCA(opts StepCAOptions) (*StepCA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provisioner key: %w", err)
 	}
-	s := &StepCA{hostname: opts.Hostname, provName: opts.Provisioner, dir: opts.Dir, jwk: jwk}
+	s := &StepCA{hostname: opts.Hostname, provName: opts.Provisioner, dir: opts.Dir, jwk: jwk, db: opts.DB}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.newGenerationLocked(); err != nil {
@@ -128,6 +134,7 @@ func (s *StepCA) startLocked() error {
 		// shared Sign slice, which has spare capacity (a data race between
 		// concurrent signs under -race) unless there is exactly one name.
 		DNSNames: []string{s.hostname},
+		DB:       s.db,
 		AuthorityConfig: &config.AuthConfig{
 			Provisioners: provisioner.List{&provisioner.JWK{Type: "JWK", Name: s.provName, Key: &pub}},
 		},
