@@ -44,6 +44,10 @@ import (
 
 func main() {
 	rounds := flag.Int("rounds", 15, "rounds (each runs every contender once)")
+	flag.StringVar(&baseline, "baseline", "", "also run this provision `binary` (an older build) as cold/warm/verify (baseline), interleaved, for before/after")
+	flag.IntVar(&signsN, "signs", 0, "instead of the bench, measure step-ca's sign throughput with this many signs")
+	flag.IntVar(&signWorkers, "sign-clients", 16, "concurrent clients for -signs")
+	flag.BoolVar(&signNewConns, "sign-new-conns", false, "with -signs: a new TLS connection per sign, as a node makes")
 	flag.StringVar(&traceCold, "strace", "", "instead of measuring, run one cold bootstrap under strace -f -tt -T -e trace=`SET` and print it (where the time goes)")
 	flag.Parse()
 	log.SetOutput(io.Discard) // step-ca's own start-up lines
@@ -55,6 +59,7 @@ func main() {
 
 type sample struct {
 	d     time.Duration
+	cpu   time.Duration // user + system of the process
 	rssKB int64
 	steps map[string]float64
 }
@@ -87,6 +92,9 @@ func run(rounds int, out io.Writer) error {
 	if traceCold != "" {
 		return straceOne(prov, fl, work, out)
 	}
+	if signsN > 0 {
+		return signThroughput(fl, signsN, signWorkers, signNewConns, out)
+	}
 	stepBin, _ := exec.LookPath("step")
 	curlBin, _ := exec.LookPath("curl")
 
@@ -96,6 +104,12 @@ func run(rounds int, out io.Writer) error {
 
 	res := map[string][]sample{}
 	names := []string{"floor", "cold", "warm", "verify"}
+	if curlBin != "" {
+		names = append(names, "curl-poll")
+	}
+	if baseline != "" {
+		names = append(names, "cold (baseline)", "warm (baseline)", "verify (baseline)")
+	}
 	if stepBin != "" && curlBin != "" {
 		names = append(names, "step+curl")
 	}
@@ -143,6 +157,35 @@ func run(rounds int, out io.Writer) error {
 			s.steps = stepTimes(stdout)
 			res[c.name] = append(res[c.name], s)
 		}
+		if baseline != "" {
+			bid := fmt.Sprintf("base-%04d", i)
+			broot := filepath.Join(work, "nodes", bid)
+			bfiles, _, err := fl.Node(broot, bid, "60s")
+			if err != nil {
+				return err
+			}
+			bargs := []string{"--config", bfiles.ConfigArg, "--root", broot, "--format", "json"}
+			for _, c := range []struct{ name, cmd string }{{"cold (baseline)", "bootstrap"}, {"warm (baseline)", "bootstrap"}, {"verify (baseline)", "verify"}} {
+				s, stdout, err := runProc(baseline, append([]string{c.cmd}, bargs...)...)
+				if err != nil {
+					return fmt.Errorf("baseline %s: %w\n%s", c.name, err, stdout)
+				}
+				s.steps = stepTimes(stdout)
+				res[c.name] = append(res[c.name], s)
+			}
+		}
+		if curlBin != "" {
+			// One tasks/wait round trip with the node's own files, a process
+			// like verify: what verify is compared with.
+			pki := files.PKIDir
+			url := fl.NodeConfig(id, "").NodeAPI.URL + strings.ReplaceAll(controlplane.WaitPath, "{node_id}", id) + "?timeout=0"
+			s, out, err := runProc(curlBin, "-fsS", "--cacert", filepath.Join(pki, "ca.pem"), "--cert", filepath.Join(pki, "cert.pem"),
+				"--key", filepath.Join(pki, "key.pem"), "--resolve", controlplane.DefaultAPIHostname+":"+strconv.Itoa(fl.Ingress.Port)+":127.0.0.1", url)
+			if err != nil {
+				return fmt.Errorf("curl: %w\n%s", err, out)
+			}
+			res["curl-poll"] = append(res["curl-poll"], s)
+		}
 		if stepBin != "" && curlBin != "" {
 			s, err := stepCurl(stepBin, curlBin, fl, work, i)
 			if err != nil {
@@ -184,20 +227,23 @@ func run(rounds int, out io.Writer) error {
 	measureRSS = false
 
 	floorMed := median(res["floor"])
-	fmt.Fprintf(out, "%-10s %9s %9s %9s %9s %12s\n", "", "median", "min", "max", "x floor", "peak RSS")
+	fmt.Fprintf(out, "%-17s %9s %9s %9s %9s %12s %10s\n", "", "median", "min", "max", "x floor", "peak RSS", "CPU")
 	for _, n := range names {
 		ss := res[n]
 		if len(ss) == 0 {
 			continue
 		}
 		mn, mx := minmax(ss)
-		fmt.Fprintf(out, "%-10s %9s %9s %9s %9.2f %9.1f MB\n", n, ms(median(ss)), ms(mn), ms(mx),
-			float64(median(ss))/float64(floorMed), float64(rss[n])/1024)
+		fmt.Fprintf(out, "%-17s %9s %9s %9s %9.2f %9.1f MB %10s\n", n, ms(median(ss)), ms(mn), ms(mx),
+			float64(median(ss))/float64(floorMed), float64(rss[n])/1024, ms(medianCPU(ss)))
 	}
 	if stepBin == "" || curlBin == "" {
 		fmt.Fprintln(out, "step+curl  skipped: no step binary on PATH (the operator's script: step ca certificate + curl --cert)")
 	}
-	for _, n := range []string{"cold", "warm"} {
+	for _, n := range []string{"cold", "warm", "cold (baseline)"} {
+		if len(res[n]) == 0 {
+			continue
+		}
 		fmt.Fprintf(out, "\nprovision bootstrap (%s), median per step from the report's steps[]:\n", n)
 		printSteps(out, res[n])
 	}
@@ -255,6 +301,9 @@ func runProc(bin string, args ...string) (sample, []byte, error) {
 	err := cmd.Run()
 	d := time.Since(t0)
 	s := sample{d: d}
+	if cmd.ProcessState != nil {
+		s.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
 	if rssFile != "" {
 		b, _ := os.ReadFile(rssFile)
 		s.rssKB, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
@@ -389,6 +438,14 @@ func median(ss []sample) time.Duration {
 	return d[len(d)/2]
 }
 
+func medianCPU(ss []sample) time.Duration {
+	c := make([]sample, len(ss))
+	for i, s := range ss {
+		c[i] = sample{d: s.cpu}
+	}
+	return median(c)
+}
+
 func minmax(ss []sample) (time.Duration, time.Duration) {
 	mn, mx := ss[0].d, ss[0].d
 	for _, s := range ss {
@@ -407,7 +464,14 @@ func maxRSS(ss []sample) int64 {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
 
-var traceCold string
+var (
+	baseline  string
+	traceCold string
+	signsN    int
+	// signWorkers is -sign-clients.
+	signWorkers  int
+	signNewConns bool
+)
 
 // straceOne runs one cold bootstrap under strace, for finding where the
 // time goes; it measures nothing.

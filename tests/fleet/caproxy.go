@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -34,17 +35,23 @@ type CAProxy struct {
 
 	mu     sync.Mutex
 	fault  *Fault
-	seq    int
+	signs  int
 	events []Event
 }
 
-// Fault makes the proxy answer Status instead of forwarding to every
-// Every-th request (2: half of them) until Until.
+// Fault makes the proxy answer Status instead of forwarding to a random
+// Share of the requests (0.5: half of them) until Until. Random, not every
+// other one: a node's roots fetch is two requests in a row, and strict
+// alternation would answer the second of every pair.
 type Fault struct {
 	Status     int
 	RetryAfter int // seconds; 0 sends no Retry-After
-	Every      int
+	Share      float64
 	Until      time.Time
+	// FirstSigns, when > 0, answers exactly the first FirstSigns sign
+	// requests with the fault, and no other sign: a deterministic number
+	// of signs for the nodes to recover from (other requests: Share).
+	FirstSigns int
 }
 
 // Event is one request at the proxy.
@@ -101,7 +108,7 @@ func (p *CAProxy) Close() error {
 func (p *CAProxy) SetFault(f *Fault) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.fault, p.seq = f, 0
+	p.fault, p.signs = f, 0
 }
 
 // Events returns every request so far.
@@ -146,9 +153,12 @@ func (p *CAProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f != nil && time.Now().After(f.Until) {
 		f, p.fault = nil, nil
 	}
-	if f != nil {
-		p.seq++
-		ev.Faulted = f.Every <= 1 || p.seq%f.Every == 1
+	switch {
+	case f != nil && ev.Sign && f.FirstSigns > 0:
+		p.signs++
+		ev.Faulted = p.signs <= f.FirstSigns
+	case f != nil:
+		ev.Faulted = rand.Float64() < f.Share
 	}
 	p.mu.Unlock()
 	if ev.Faulted {

@@ -29,8 +29,8 @@ type StormOptions struct {
 	// Restart is what provision.service's Restart=on-failure waits
 	// before starting a failed run again (the unit says 30s); MaxStarts
 	// bounds the starts (the unit's StartLimitBurst=6).
-	Restart time.Duration
-	MaxStarts  int
+	Restart   time.Duration
+	MaxStarts int
 	// CAFault, when set, is installed on the CA proxy at the start for
 	// CAFaultFor.
 	CAFault    *Fault
@@ -44,6 +44,7 @@ type NodeRun struct {
 	ID     string
 	Starts int
 	Codes  []int
+	Why    []string // failed_check and summary of each failed run
 	Done   bool
 	ToDone time.Duration // from its own start to the end of its successful run
 	DoneAt time.Duration // since the storm started
@@ -123,8 +124,11 @@ func Storm(ctx context.Context, f *Fleet, opts StormOptions) (*StormResult, erro
 			start := time.Now()
 			for nr.Starts < opts.MaxStarts && ctx.Err() == nil {
 				nr.Starts++
-				code := runBootstrap(ctx, opts.Binary, nodes[i].cfg, nodes[i].root)
+				code, why := runBootstrap(ctx, opts.Binary, nodes[i].cfg, nodes[i].root)
 				nr.Codes = append(nr.Codes, code)
+				if code != 0 {
+					nr.Why = append(nr.Why, why)
+				}
 				if code == 0 {
 					nr.Done, nr.ToDone, nr.DoneAt = true, time.Since(start), time.Since(t0)
 					return
@@ -142,6 +146,9 @@ func Storm(ctx context.Context, f *Fleet, opts StormOptions) (*StormResult, erro
 	}
 	wg.Wait()
 	res.Duration = time.Since(t0)
+	if opts.CAFault != nil {
+		f.Proxy.SetFault(nil) // a fault outlasting the storm must not reach the next one
+	}
 	for _, e := range f.Proxy.Events()[skip:] {
 		e.At -= base
 		res.Events = append(res.Events, e)
@@ -149,24 +156,28 @@ func Storm(ctx context.Context, f *Fleet, opts StormOptions) (*StormResult, erro
 	return res, ctx.Err()
 }
 
-func runBootstrap(ctx context.Context, bin, cfg, root string) int {
+func runBootstrap(ctx context.Context, bin, cfg, root string) (int, string) {
 	cmd := exec.CommandContext(ctx, bin, "bootstrap", "--config", cfg, "--root", root, "--format", "json")
 	out, err := cmd.Output()
+	var rep struct {
+		OK          bool   `json:"ok"`
+		FailedCheck string `json:"failed_check"`
+		Summary     string `json:"summary"`
+	}
+	json.Unmarshal(out, &rep)
+	why := rep.FailedCheck + ": " + rep.Summary
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
 	case errors.As(err, &ee) && ee.Exited():
-		return ee.ExitCode()
+		return ee.ExitCode(), why
 	default:
-		return -1
+		return -1, err.Error()
 	}
-	var rep struct {
-		OK bool `json:"ok"`
+	if !rep.OK {
+		return -2, "exit 0 without an ok report" // never done
 	}
-	if json.Unmarshal(out, &rep) != nil || !rep.OK {
-		return -2 // exit 0 without an ok report: never done
-	}
-	return 0
+	return 0, ""
 }
 
 // Summary is a storm's verdict and numbers.
@@ -183,7 +194,7 @@ type Summary struct {
 	P50, P95, P99, Max      time.Duration
 	Requests, Faulted       int
 	PeakRate, MeanRate      float64 // CA requests/s at the front, whole storm
-	RecPeak, RecMean        float64 // from the fault's start to the last done
+	RecPeak, RecMean        float64 // from the fault's end to the last done
 	Duration                time.Duration
 	ExitCodes               map[int]int
 	SignsPerNode            float64
@@ -191,16 +202,23 @@ type Summary struct {
 	FwdSeries, FaultSeries  []float64
 	SignSeries              []float64
 	StartSpread, StormLabel string
+	Why                     map[string]int // failed runs by failed_check and summary
 }
 
 // Summarize counts what the storm did.
 func (r *StormResult) Summarize() Summary {
-	s := Summary{Nodes: len(r.Nodes), ExitCodes: map[int]int{}, Duration: r.Duration, StormLabel: r.Opts.Name, StartSpread: r.Opts.Spread.String()}
+	s := Summary{Nodes: len(r.Nodes), ExitCodes: map[int]int{}, Why: map[string]int{}, Duration: r.Duration, StormLabel: r.Opts.Name, StartSpread: r.Opts.Spread.String()}
 	var times []time.Duration
 	for _, n := range r.Nodes {
 		s.Restarts += max(0, n.Starts-1)
 		for _, c := range n.Codes {
 			s.ExitCodes[c]++
+		}
+		for _, w := range n.Why {
+			if len(w) > 160 {
+				w = w[:160] + "..."
+			}
+			s.Why[w]++
 		}
 		if n.Done {
 			s.Done++
@@ -290,7 +308,7 @@ func (r *StormResult) Summarize() Summary {
 		for _, n := range r.Nodes {
 			last = max(last, int(n.DoneAt/time.Second))
 		}
-		s.RecPeak, s.RecMean = peakMean(s.ReqSeries, 0, last+1)
+		s.RecPeak, s.RecMean = peakMean(s.ReqSeries, int(r.FaultEnd/time.Second), last+1)
 	}
 	return s
 }
@@ -324,7 +342,7 @@ func (s Summary) String() string {
 		s.Signs201, s.SignsPerNode, s.SignsAtCA, s.SignsAtFront, len(s.NodesSignedTwice), s.TokensTwiceAtCA, s.TokensTwiceAtFront)
 	fmt.Fprintf(&b, "  CA requests: %d (%d answered by the fault proxy); rate peak %.0f/s, mean %.1f/s over the storm", s.Requests, s.Faulted, s.PeakRate, s.MeanRate)
 	if s.RecMean > 0 {
-		fmt.Fprintf(&b, "; from the fault's start to the last done: peak %.0f/s, mean %.1f/s, peak-to-mean %.1f", s.RecPeak, s.RecMean, s.RecPeak/s.RecMean)
+		fmt.Fprintf(&b, "; recovery (the fault's end to the last done): peak %.0f/s, mean %.1f/s, peak-to-mean %.1f", s.RecPeak, s.RecMean, s.RecPeak/s.RecMean)
 	}
 	b.WriteString("\n  CA requests/s by second: ")
 	for i, v := range s.ReqSeries {
@@ -334,6 +352,22 @@ func (s Summary) String() string {
 		fmt.Fprintf(&b, "%.0f", v)
 	}
 	b.WriteString("\n")
+	type kv struct {
+		k string
+		v int
+	}
+	var whys []kv
+	for k, v := range s.Why {
+		whys = append(whys, kv{k, v})
+	}
+	sort.Slice(whys, func(i, j int) bool { return whys[i].v > whys[j].v || whys[i].v == whys[j].v && whys[i].k < whys[j].k })
+	for i, w := range whys {
+		if i == 5 {
+			fmt.Fprintf(&b, "  failed runs: ... %d more reasons\n", len(whys)-5)
+			break
+		}
+		fmt.Fprintf(&b, "  failed runs: %d x %s\n", w.v, w.k)
+	}
 	if len(s.NodesNotDone) > 0 {
 		fmt.Fprintf(&b, "  NOT DONE: %s\n", strings.Join(firstN(s.NodesNotDone, 10), ", "))
 	}

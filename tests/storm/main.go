@@ -108,9 +108,9 @@ func run(ctx context.Context, n int, spread time.Duration, scenarios []string, f
 		switch sc {
 		case "healthy":
 		case "ca503":
-			so.CAFault, so.CAFaultFor = &fleet.Fault{Status: 503, Every: 2}, faultFor
+			so.CAFault, so.CAFaultFor = &fleet.Fault{Status: 503, Share: 0.5}, faultFor
 		case "ca503-retry-after":
-			so.CAFault, so.CAFaultFor = &fleet.Fault{Status: 503, Every: 2, RetryAfter: 5}, faultFor
+			so.CAFault, so.CAFaultFor = &fleet.Fault{Status: 503, Share: 0.5, RetryAfter: 5}, faultFor
 		case "api503":
 			so.APIFault503 = faultFor
 		default:
