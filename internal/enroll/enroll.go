@@ -193,6 +193,12 @@ func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*h
 }
 
 func classifyHTTP(op string, resp *http.Response, body []byte, err error) *Error {
+	if err != nil && resp != nil && resp.StatusCode > 0 && resp.StatusCode < 400 {
+		// A success whose body did not arrive in time (a CA loaded by a boot
+		// storm): a network failure to retry, not the CA refusing.
+		err = fmt.Errorf("the CA answered %d but its body did not arrive: %w", resp.StatusCode, err)
+		resp = nil
+	}
 	if err != nil && resp != nil && resp.StatusCode != 0 {
 		e := &Error{Kind: Unavailable, Op: op, Status: resp.StatusCode,
 			Err: fmt.Errorf("gave up at the deadline; the CA's last answer was %d (%v)", resp.StatusCode, err)}
