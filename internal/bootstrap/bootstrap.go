@@ -576,8 +576,9 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 		if errors.As(err, &ee) && ee.Kind == enroll.TokenRejected && prev.TokenSHA256 == h {
 			f.Summary = fmt.Sprintf("the CA rejected the enrollment token (401): an earlier run presented this same token at %s and did not finish, so the CA has burnt it", prev.Started.Format(time.RFC3339))
 		}
-		if ee == nil || ee.Kind != enroll.Unreachable {
-			// The CA saw the token: it is burnt whatever happened.
+		if !enroll.NotSent(err) {
+			// The CA saw the token, or may have (a timeout after sending):
+			// it is burnt whatever happened.
 			writeJSON(host.Hook, stateDir, PendingFile, Pending{TokenSHA256: h, Started: host.Time().UTC()}, 0o600)
 		} else {
 			os.Remove(pendingPath)
@@ -603,7 +604,9 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 	os.Remove(pendingPath)
 	// A new key replaced whatever key may have been exposed.
 	os.Remove(filepath.Join(stateDir, ExposedFile))
-	system.SyncDir(stateDir)
+	// No fsync of state_dir here: the receipt's write, moments later,
+	// fsyncs that same directory, and until then a marker brought back by
+	// a power cut is one the next run clears (forgetBurntToken).
 	log.Info("step", "step", "enroll", "layer", "enroll", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC())
 	return nil
 }

@@ -248,7 +248,8 @@ func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*h
 func classifyHTTP(op string, resp *http.Response, body []byte, err error) *Error {
 	// A failure after an error status (the deadline cut a retry wait
 	// short) is that answer's. After a success status the body could not
-	// be read in time: that is a transport failure, not the CA's verdict.
+	// be read in time (a CA loaded by a boot storm): that is a transport
+	// failure to retry, not the CA's verdict.
 	if err != nil && resp != nil && resp.StatusCode >= 400 {
 		e := &Error{Kind: Unavailable, Op: op, Status: resp.StatusCode,
 			Err: fmt.Errorf("gave up at the deadline; the CA's last answer was %d (%v)", resp.StatusCode, err)}
@@ -256,6 +257,9 @@ func classifyHTTP(op string, resp *http.Response, body []byte, err error) *Error
 			e.Kind = CARejected
 		}
 		return e
+	}
+	if err != nil && resp != nil && resp.StatusCode > 0 {
+		err = fmt.Errorf("the CA answered %d but its body did not arrive: %w", resp.StatusCode, err)
 	}
 	if err != nil {
 		var cve *tls.CertificateVerificationError
@@ -548,11 +552,19 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 
 	pinned := c.transport(&tls.Config{RootCAs: roots.Pool(), ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
 	rc := retry.NewClient(pinned, retry.CheckSign, c.Retries, c.Policy)
-	client, err := newCAClient(c.URL.String(), ca.WithTransport(&retryablehttp.RoundTripper{Client: rc}), ca.WithTimeout(c.Timeout))
+	// Once sent, the sign is waited for until the run's deadline, not just
+	// request_timeout: the CA burns the token when it sees the request, so
+	// a sign abandoned because a CA under a boot storm answered late costs
+	// the node its token. Connecting stays bounded by request_timeout.
+	wait := c.Timeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) > wait {
+		wait = time.Until(dl)
+	}
+	client, err := newCAClient(c.URL.String(), ca.WithTransport(&retryablehttp.RoundTripper{Client: rc}), ca.WithTimeout(wait))
 	if err != nil {
 		return nil, &Error{Kind: Unreachable, Op: "sign", Err: err}
 	}
-	sctx, cancel := context.WithTimeout(ctx, c.Timeout*time.Duration(c.Retries+1)+c.Policy.Cap*time.Duration(c.Retries))
+	sctx, cancel := context.WithTimeout(ctx, max(wait, c.Timeout*time.Duration(c.Retries+1)+c.Policy.Cap*time.Duration(c.Retries)))
 	defer cancel()
 	resp, err := client.SignWithContext(sctx, &api.SignRequest{CsrPEM: api.NewCertificateRequest(csr), OTT: t.raw})
 	if err != nil {
@@ -574,6 +586,15 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 		return nil, &Error{Kind: BadResponse, Op: "sign", Err: fmt.Errorf("the CA issued a certificate for %q, not %q", chain[0].Subject.CommonName, t.Subject)}
 	}
 	return &Issued{Key: key, Chain: chain}, nil
+}
+
+// NotSent reports whether a Sign error happened before the request could
+// reach the CA (the connection was never made), so the token is unspent.
+// Any other failure, a timeout waiting for the answer among them, may have
+// reached the CA.
+func NotSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 func publicKeyEqual(a, b crypto.PublicKey) bool {

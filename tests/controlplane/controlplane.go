@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smallstep/certificates/db"
 )
 
 // Options configures New. The zero value is a working control plane.
@@ -34,6 +36,8 @@ type Options struct {
 	// StepCAOptions.Revocation: short certificates, and a CA that can revoke.
 	CALifetime   time.Duration
 	CARevocation bool
+	// CADB is step-ca's database (StepCAOptions.DB); nil is in-memory.
+	CADB *db.Config
 }
 
 // ClientCAMode is what the node API (standing in for the ingress's TLS
@@ -116,7 +120,7 @@ func New(opts Options) (cp *ControlPlane, err error) {
 	if cp.Unrelated, err = NewPKI(filepath.Join(cp.Dir, "unrelated"), CAName); err != nil {
 		return nil, err
 	}
-	if cp.CA, err = StartStepCA(StepCAOptions{Dir: cp.Dir, Hostname: opts.CAHostname, Lifetime: opts.CALifetime, Revocation: opts.CARevocation}); err != nil {
+	if cp.CA, err = StartStepCA(StepCAOptions{Dir: cp.Dir, Hostname: opts.CAHostname, Lifetime: opts.CALifetime, Revocation: opts.CARevocation, DB: opts.CADB}); err != nil {
 		return nil, fmt.Errorf("step-ca: %w", err)
 	}
 	p := cp.CA.PKI()

@@ -54,6 +54,10 @@ type StepCAOptions struct {
 	// Revocation gives the CA a persistent database (bbolt under Dir), which
 	// step-ca needs to revoke; the default in-memory DB refuses revocation.
 	Revocation bool
+	// DB is step-ca's database; nil keeps its in-memory default. The storm
+	// runs one against PostgreSQL (Type "postgresql") to show that backend
+	// works with provision.
+	DB *db.Config
 }
 
 // StepCA is a real smallstep step-ca (github.com/smallstep/certificates/ca)
@@ -73,6 +77,7 @@ type StepCA struct {
 	retired, federated []*PKI
 	// incoming are roots listed by /roots before they issue (AddRoot).
 	incoming []*PKI
+	db       *db.Config
 
 	mu     sync.Mutex
 	addr   string
@@ -98,7 +103,7 @@ func StartStepCA(opts StepCAOptions) (*StepCA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provisioner key: %w", err)
 	}
-	s := &StepCA{hostname: opts.Hostname, provName: opts.Provisioner, dir: opts.Dir, jwk: jwk, opts: opts}
+	s := &StepCA{hostname: opts.Hostname, provName: opts.Provisioner, dir: opts.Dir, jwk: jwk, opts: opts, db: opts.DB}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.newGenerationLocked(); err != nil {
@@ -155,6 +160,7 @@ func (s *StepCA) startLocked() error {
 		// shared Sign slice, which has spare capacity (a data race between
 		// concurrent signs under -race) unless there is exactly one name.
 		DNSNames: []string{s.hostname},
+		DB:       s.db,
 		AuthorityConfig: &config.AuthConfig{
 			Provisioners: provisioner.List{prov},
 		},

@@ -140,6 +140,10 @@ type Options struct {
 	// 301 to this path instead of proxying it.
 	RedirectTo string
 
+	// WorkerConnections is nginx's events.worker_connections (0 keeps 64).
+	// A boot storm of many nodes needs more: each proxied request holds two.
+	WorkerConnections int
+
 	// Dir holds the generated configuration, logs and runtime files. If
 	// empty, a temporary directory is created and removed by Stop.
 	Dir string

@@ -27,10 +27,14 @@ func writeNginx(in *Ingress, o Options) ([]string, error) {
 		// enter the 0700 temporary directory.
 		b.WriteString("user root root;\n")
 	}
+	conns := 64
+	if o.WorkerConnections > 0 {
+		conns = o.WorkerConnections
+	}
 	fmt.Fprintf(&b, `worker_processes 1;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log info;
-events { worker_connections 64; }
+events { worker_connections %[2]d; }
 http {
     access_log %[1]s/access.log;
     client_body_temp_path %[1]s/client_body;
@@ -38,7 +42,7 @@ http {
     fastcgi_temp_path %[1]s/fastcgi;
     uwsgi_temp_path %[1]s/uwsgi;
     scgi_temp_path %[1]s/scgi;
-`, d)
+`, d, conns)
 	if o.MinTLS != "" || o.MaxTLS != "" {
 		protos, err := versionRange(o.MinTLS, o.MaxTLS, func(v string) string {
 			if v == "1.0" {
