@@ -352,15 +352,7 @@ func prepareNode(t *testing.T) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(nf.ConfigPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, err := system.New(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host.HostsFile = cfg.Paths.HostsFile
+	cfg, host := controlplane.LoadNode(t, nf)
 	return &node{cp: cp, files: nf, cfg: cfg, host: host}
 }
 

@@ -49,15 +49,7 @@ func bootstrapped(t *testing.T, opts controlplane.Options) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(nf.ConfigPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, err := system.New(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host.HostsFile = cfg.Paths.HostsFile
+	cfg, host := controlplane.LoadNode(t, nf)
 	n := &node{cp: cp, files: nf, cfg: cfg, host: host}
 	out := bootstrap.Run(context.Background(), cfg, host, bootstrap.Options{Policy: fast})
 	if !out.Report.OK || !out.Enrolled {

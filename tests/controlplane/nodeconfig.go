@@ -7,8 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"testing"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/system"
 )
 
 // HostEntry is one [[hosts]] line of provision.toml.
@@ -188,4 +192,22 @@ func writeFile(path string, data []byte, mode, dirMode os.FileMode) error {
 		return err
 	}
 	return os.WriteFile(path, data, mode)
+}
+
+// LoadNode reads back a prepared node's config with provision's own
+// loader and returns it with the node's Host (its root, and the hosts file
+// name resolution reads there): what an in-process bootstrap, renew or
+// verify runs with.
+func LoadNode(t testing.TB, nf NodeFiles) (*config.Config, *system.Host) {
+	t.Helper()
+	cfg, err := config.Load(nf.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := system.New(nf.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host.HostsFile = cfg.Paths.HostsFile
+	return cfg, host
 }

@@ -214,15 +214,7 @@ func newWorld(t *testing.T, workers int) *world {
 		if err := controlplane.WriteNodeCredentials(root, controlplane.DefaultPKIDir, leaf, w.cp.CA.RootPEM()); err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := config.Load(nf.ConfigPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		host, err := system.New(root)
-		if err != nil {
-			t.Fatal(err)
-		}
-		host.HostsFile = cfg.Paths.HostsFile
+		cfg, host := controlplane.LoadNode(t, nf)
 		if _, err := bootstrap.ApplyHosts(cfg, host); err != nil {
 			t.Fatal(err)
 		}
