@@ -72,7 +72,7 @@ func run(caURL, fp, tokenFile, apiURL, dir string) error {
 		return err
 	}
 	// 1. The pinned root: one unverified fetch, checked by hash.
-	insecure := &http.Client{Transport: transport(&tls.Config{InsecureSkipVerify: true})} //nolint:gosec // checked by fingerprint
+	insecure := &http.Client{Transport: transport(&tls.Config{InsecureSkipVerify: true})} //nolint:gosec // pinned root fetch, checked by fingerprint below
 	resp, err := insecure.Get(strings.TrimSuffix(caURL, "/") + "/root/" + fp)
 	if err != nil {
 		return err
