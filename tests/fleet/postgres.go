@@ -48,8 +48,11 @@ func FindPostgres() (string, error) {
 }
 
 // StartPostgres initialises a cluster in dir and starts it on a free
-// loopback port, trusting local connections (loopback only).
-func StartPostgres(dir string) (*Postgres, error) {
+// loopback port, trusting local connections (loopback only), with
+// maxConns connections allowed. step-ca opens one database connection per
+// concurrent request (its PostgreSQL driver does not bound the pool), so
+// a boot storm needs max_connections above the CA's peak concurrency.
+func StartPostgres(dir string, maxConns int) (*Postgres, error) {
 	bin, err := FindPostgres()
 	if err != nil {
 		return nil, err
@@ -87,7 +90,7 @@ func StartPostgres(dir string) (*Postgres, error) {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	p.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -c port=%d -c unix_socket_directories=%s -c max_connections=200 -c fsync=on", port, dir)
+	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -c port=%d -c unix_socket_directories=%s -c max_connections=%d -c fsync=on", port, dir, maxConns)
 	if out, err := p.cmd("pg_ctl", "-D", data, "-l", filepath.Join(dir, "log"), "-o", opts, "-w", "-t", "30", "start").CombinedOutput(); err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "log"))
 		return nil, fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, log)
@@ -130,6 +133,13 @@ func (p *Postgres) Count(table string) (int, error) {
 	var n int
 	err = d.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&n)
 	return n, err
+}
+
+// LogCount counts the lines of the server's log that contain s, for
+// example "too many clients already".
+func (p *Postgres) LogCount(s string) int {
+	b, _ := os.ReadFile(filepath.Join(p.Dir, "log"))
+	return strings.Count(string(b), s)
 }
 
 // Stop stops the server.

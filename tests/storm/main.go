@@ -42,6 +42,7 @@ func main() {
 	restart := flag.Duration("restart", 30*time.Second, "wait before a failed run is started again (Restart)")
 	plots := flag.String("plots", "", "write one PNG per scenario into this directory")
 	pg := flag.Bool("postgres", false, "run step-ca on PostgreSQL (initdb/pg_ctl on loopback, in a temporary directory)")
+	flag.IntVar(&pgConns, "pg-max-connections", 1000, "PostgreSQL's max_connections with -postgres (step-ca does not bound its pool)")
 	flag.Parse()
 	log.SetOutput(io.Discard)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -57,6 +58,8 @@ func main() {
 	}
 	fmt.Println("storm: every scenario met the bar")
 }
+
+var pgConns int
 
 func run(ctx context.Context, n int, spread time.Duration, scenarios []string, faultFor, restart time.Duration, plots string, pg bool) (bool, error) {
 	if n < 1 || n > 5000 {
@@ -80,7 +83,7 @@ func run(ctx context.Context, n int, spread time.Duration, scenarios []string, f
 	opts := fleet.Options{Dir: filepath.Join(work, "fleet"), Proxy: true, Connections: 4 * n}
 	var db *fleet.Postgres
 	if pg {
-		db, err = fleet.StartPostgres(filepath.Join(work, "pg"))
+		db, err = fleet.StartPostgres(filepath.Join(work, "pg"), pgConns)
 		if err != nil {
 			return false, err
 		}
@@ -135,7 +138,8 @@ func run(ctx context.Context, n int, spread time.Duration, scenarios []string, f
 	if db != nil {
 		certs, err1 := db.Count("x509_certs")
 		otts, err2 := db.Count("used_ott")
-		fmt.Printf("PostgreSQL rows: x509_certs %d, used_ott %d (errors: %v %v)\n", certs, otts, err1, err2)
+		fmt.Printf("PostgreSQL rows: x509_certs %d, used_ott %d (errors: %v %v); max_connections %d, refused for too many clients: %d\n",
+			certs, otts, err1, err2, pgConns, db.LogCount("too many clients already"))
 	}
 	return allOK, nil
 }

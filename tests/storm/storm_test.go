@@ -91,7 +91,7 @@ func TestStormPostgres(t *testing.T) {
 		t.Skipf("SKIPPED: step-ca on PostgreSQL not tested: %v", err)
 	}
 	work := t.TempDir()
-	db, err := fleet.StartPostgres(filepath.Join(work, "pg"))
+	db, err := fleet.StartPostgres(filepath.Join(work, "pg"), 200)
 	if err != nil {
 		t.Fatal(err)
 	}
