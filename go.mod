@@ -7,8 +7,8 @@ require (
 	github.com/google/renameio/v2 v2.0.2
 	github.com/gpuaas/provision/clientcert v0.0.0
 	github.com/hashicorp/go-retryablehttp v0.7.8
-	github.com/prometheus/client_golang v1.23.2
 	github.com/jackc/pgx/v5 v5.8.0
+	github.com/prometheus/client_golang v1.23.2
 	github.com/smallstep/certificates v0.30.2
 	go.step.sm/crypto v0.77.1
 	go.yaml.in/yaml/v3 v3.0.4
