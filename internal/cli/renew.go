@@ -84,11 +84,17 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
 	if *check {
-		d, msg := renew.Check(cfg, host, *force)
+		d, cf := renew.CheckFinding(cfg, host, *force)
+		msg := cf.Summary
 		code := map[renew.Decision]int{renew.Due: ExitCheckDue, renew.NotDue: ExitCheckNotDue, renew.CannotRenew: ExitCheckCannotRenew}[d]
 		rep := &verify.Report{OK: d != renew.CannotRenew, Command: "renew", NodeID: cfg.NodeID, Summary: msg}
 		if d == renew.CannotRenew {
-			rep.FailedLayer, rep.Owner, rep.FailedCheck = diag.Credentials, diag.Node, "check"
+			// The reason's own layer and owner (expired: credentials,
+			// stale: ca, revoked: enroll), as a renewal run names them.
+			rep.FailedLayer, rep.Owner, rep.FailedCheck = cf.Layer, cf.Owner, "check"
+			if rep.FailedLayer == "" {
+				rep.FailedLayer = diag.Credentials
+			}
 			rep.Remedy = "write a fresh one-time token for this node_id to " + cfg.CA.TokenFile + " and run provision bootstrap"
 		}
 		if f.format == "json" {

@@ -80,6 +80,15 @@ const (
 // CA's roots of now, refused by the CA) stays so in renew.json until a
 // bootstrap replaces it.
 func Check(cfg *config.Config, host *system.Host, force bool) (Decision, string) {
+	d, f := CheckFinding(cfg, host, force)
+	return d, f.Summary
+}
+
+// CheckFinding is Check with the answer as a finding: for CannotRenew, the
+// layer, owner and remedy of the reason (expired: credentials, stale: ca,
+// revoked: enroll), so the JSON report of renew --check names them as a
+// renewal run would; otherwise only the summary is set.
+func CheckFinding(cfg *config.Config, host *system.Host, force bool) (Decision, *diag.Finding) {
 	env := verify.NewEnv(cfg, host)
 	set, err := env.Creds()
 	in := lifecycle.Input{Set: set, LoadErr: err, NodeID: cfg.NodeID, Now: host.Time(), RenewFraction: cfg.Renew.Fraction}
@@ -95,20 +104,21 @@ func Check(cfg *config.Config, host *system.Host, force bool) (Decision, string)
 	// because the CA moved on, one the CA refused) holds for the same
 	// certificate until a bootstrap replaces it.
 	if v.Action < lifecycle.Reenroll && rec != nil && rec.LastResult == renewrec.Reenroll && v.Leaf != nil && rec.Serial == v.Leaf.SerialNumber.String() {
-		return CannotRenew, rec.LastError + " (found by the renew run at " + stamp(rec.LastAttempt) + ")"
+		return CannotRenew, &diag.Finding{Layer: diag.Layer(rec.FailedLayer), Owner: diag.Node, Remedy: verify.CredentialRemedy(lifecycle.OtherCA, cfg),
+			Summary: rec.LastError + " (found by the renew run at " + stamp(rec.LastAttempt) + ")"}
 	}
 	if v.Action == lifecycle.Reenroll {
-		msg := cannotRenew(v, cfg).Summary
+		f := cannotRenew(v, cfg)
 		if v.First() == lifecycle.OtherCA {
-			msg += " (judged offline against " + filepath.Join(cfg.Paths.PKIDir, credstore.CAFile) + ", the CA's roots when last fetched)"
+			f.Summary += " (judged offline against " + filepath.Join(cfg.Paths.PKIDir, credstore.CAFile) + ", the CA's roots when last fetched)"
 		}
-		return CannotRenew, msg
+		return CannotRenew, f
 	}
 	due := v.DueAt(cfg.Renew.Splay.Duration)
 	if force || !host.Time().Before(due) {
-		return Due, fmt.Sprintf("renewal due since %s (renewal point %s plus this node's splay); the certificate expires at %s", stamp(due), stamp(v.RenewAfter), stamp(v.Leaf.NotAfter))
+		return Due, &diag.Finding{Summary: fmt.Sprintf("renewal due since %s (renewal point %s plus this node's splay); the certificate expires at %s", stamp(due), stamp(v.RenewAfter), stamp(v.Leaf.NotAfter))}
 	}
-	return NotDue, fmt.Sprintf("not due: the certificate (serial %s) is renewed from %s (renewal point %s plus this node's splay); it expires at %s", v.Leaf.SerialNumber, stamp(due), stamp(v.RenewAfter), stamp(v.Leaf.NotAfter))
+	return NotDue, &diag.Finding{Summary: fmt.Sprintf("not due: the certificate (serial %s) is renewed from %s (renewal point %s plus this node's splay); it expires at %s", v.Leaf.SerialNumber, stamp(due), stamp(v.RenewAfter), stamp(v.Leaf.NotAfter))}
 }
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }

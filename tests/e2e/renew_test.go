@@ -209,6 +209,10 @@ func TestRenewCannotRenewBinary(t *testing.T) {
 				if !strings.Contains(check.Stdout, tc.prefix) || !strings.Contains(check.Stdout, reenroll) {
 					t.Errorf("renew --check said %q", check.Stdout)
 				}
+				// The JSON names the reason's own layer, as the renewal run does.
+				if j := n.RunJSON("renew", "--check"); j.Report.FailedLayer != tc.layer || j.Report.OK {
+					t.Errorf("renew --check --format json: ok=%v failed_layer %q, want %q", j.Report.OK, j.Report.FailedLayer, tc.layer)
+				}
 			}
 
 			r := n.RunJSON("renew")
