@@ -570,15 +570,7 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 	if err != nil {
 		return nil, signError(err)
 	}
-	chain := []*x509.Certificate{resp.ServerPEM.Certificate}
-	if len(resp.CertChainPEM) > 0 {
-		chain = chain[:0]
-		for _, crt := range resp.CertChainPEM {
-			chain = append(chain, crt.Certificate)
-		}
-	} else if resp.CaPEM.Certificate != nil {
-		chain = append(chain, resp.CaPEM.Certificate)
-	}
+	chain := chainOf(resp)
 	if chain[0] == nil || !publicKeyEqual(chain[0].PublicKey, key.Public()) {
 		return nil, &Error{Kind: BadResponse, Op: "sign", Err: errors.New("the CA returned a certificate that does not match the key generated for it")}
 	}
