@@ -18,16 +18,18 @@ import (
 // the reasons come most severe first, and a key that once was readable by
 // others stays a reason after its mode is fixed.
 func TestJudge(t *testing.T) {
-	dir := t.TempDir()
-	p, err := controlplane.NewPKI(dir+"/cp", "Judge")
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := controlplane.NewPKI(dir+"/other", "Other")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Every certificate is built from the same fixed clock the verdict is
+	// judged at, so the table holds on any day it runs.
 	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	dir := t.TempDir()
+	p, err := controlplane.NewPKIAt(dir+"/cp", "Judge", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := controlplane.NewPKIAt(dir+"/other", "Other", now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	set := func(from *controlplane.PKI, cn string, nb, na time.Duration, bundle ...*x509.Certificate) *credstore.Set {
 		l, err := from.IssueLeaf(controlplane.LeafRequest{CommonName: cn, DNSNames: []string{cn}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 			NotBefore: now.Add(nb), NotAfter: now.Add(na)})
@@ -93,11 +95,11 @@ func TestJudge(t *testing.T) {
 
 // TestRenewAfter: the renewal point is NotBefore + 2/3 of the lifetime.
 func TestRenewAfter(t *testing.T) {
-	p, err := controlplane.NewPKI(t.TempDir(), "R")
+	nb := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	p, err := controlplane.NewPKIAt(t.TempDir(), "R", nb)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nb := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
 	l, err := p.IssueLeaf(controlplane.LeafRequest{CommonName: "n", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotBefore: nb, NotAfter: nb.Add(24 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,10 @@
 // A test that needs a missing program must never count as passed: on a
 // developer machine it skips with a loud message, and under CI=true (set by
 // .ci/run) it fails, so a missing install step in CI cannot hide.
+//
+// A test must pass on any day it runs: one that fixes a clock builds every
+// certificate, token, record and file time it judges from that same clock
+// (tests/controlplane.NewPKIAt), or takes its "now" from what it built.
 package testenv
 
 import (

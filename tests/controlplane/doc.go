@@ -24,6 +24,15 @@
 // (IdentitySource), and the same handler can serve plain HTTP behind an
 // ingress.
 //
+// Time: every test passes on any day it runs. A test that fixes a clock
+// builds every certificate, token, record and file time it judges from that
+// same clock (NewPKIAt, LeafRequest's NotBefore/NotAfter from the fixed
+// instant), or takes its "now" from the material it built. Material made at
+// the real time (NewPKI, the step-ca here) is judged at the real time, and
+// only against durations relative to when it was made, never a calendar
+// date. The step-ca issues at the real time, so nothing it signs may be
+// judged at a fixed instant.
+//
 // All parts stop on Close; nothing touches files outside the directories the
 // caller hands in, and nothing talks to anything but loopback.
 package controlplane

@@ -32,15 +32,30 @@ type PKI struct {
 	RootPath            string
 	IntermediatePath    string
 	IntermediateKeyPath string
+	// now is the clock the PKI was built from; leaves issued without explicit
+	// times take theirs from it too.
+	now func() time.Time
 }
 
 // NewPKI generates a fresh root and intermediate named after name and writes
-// them into dir (created if missing).
+// them into dir (created if missing), valid from an hour before the real
+// time. A test that fixes its clock uses NewPKIAt instead.
 func NewPKI(dir, name string) (*PKI, error) {
+	return newPKI(dir, name, time.Now)
+}
+
+// NewPKIAt is NewPKI built from a fixed instant: the root and intermediate
+// are valid from an hour before now, and IssueLeaf's default window is taken
+// from now as well, so a test that judges at now passes on any day it runs.
+func NewPKIAt(dir, name string, now time.Time) (*PKI, error) {
+	return newPKI(dir, name, func() time.Time { return now })
+}
+
+func newPKI(dir, name string, clock func() time.Time) (*PKI, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki dir: %w", err)
 	}
-	now := time.Now()
+	now := clock()
 	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -82,6 +97,7 @@ func NewPKI(dir, name string) (*PKI, error) {
 		RootPath:            filepath.Join(dir, "root_ca.crt"),
 		IntermediatePath:    filepath.Join(dir, "intermediate_ca.crt"),
 		IntermediateKeyPath: filepath.Join(dir, "intermediate_ca_key"),
+		now:                 clock,
 	}
 	keyDER, err := x509.MarshalECPrivateKey(intKey)
 	if err != nil {
@@ -161,8 +177,8 @@ type LeafRequest struct {
 	DNSNames    []string
 	IPs         []net.IP
 	ExtKeyUsage []x509.ExtKeyUsage
-	NotBefore   time.Time // zero: now - 1 minute
-	NotAfter    time.Time // zero: now + 24 hours
+	NotBefore   time.Time // zero: the PKI's now - 1 minute
+	NotAfter    time.Time // zero: the PKI's now + 24 hours
 	// Organization goes into the subject (forwarded-header tests need a
 	// value with a comma).
 	Organization []string
@@ -177,7 +193,7 @@ func (p *PKI) IssueLeaf(req LeafRequest) (*Leaf, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := p.now()
 	if req.NotBefore.IsZero() {
 		req.NotBefore = now.Add(-time.Minute)
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smallstep/certificates/api"
 	"github.com/smallstep/certificates/ca"
@@ -246,6 +247,33 @@ func TestConcurrentSignsOnOneCA(t *testing.T) {
 	for range n {
 		if err := <-errc; err != nil {
 			t.Errorf("concurrent sign: %v", err)
+		}
+	}
+}
+
+// TestNewPKIAtAnyDay: a PKI built at a fixed instant, years from the real
+// time on either side, verifies a leaf at that instant, so a test with a
+// fixed clock does not depend on the day it runs.
+func TestNewPKIAtAnyDay(t *testing.T) {
+	for _, at := range []time.Time{
+		time.Date(2019, 1, 2, 3, 4, 5, 0, time.UTC),
+		time.Date(2041, 6, 1, 12, 0, 0, 0, time.UTC),
+	} {
+		p, err := NewPKIAt(t.TempDir(), "AnyDay", at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := p.IssueClientCert("gpu-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !l.Cert.NotBefore.Before(at) || !l.Cert.NotAfter.After(at) {
+			t.Fatalf("leaf valid %s..%s does not cover %s", l.Cert.NotBefore, l.Cert.NotAfter, at)
+		}
+		inter := x509.NewCertPool()
+		inter.AddCert(p.Intermediate)
+		if _, err := l.Cert.Verify(x509.VerifyOptions{Roots: p.RootPool(), Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Fatalf("at %s: %v", at, err)
 		}
 	}
 }
