@@ -1,0 +1,69 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"time"
+
+	"github.com/gpuaas/provision/internal/bootstrap"
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/verify"
+)
+
+var verifyCmd = &command{
+	name:    "verify",
+	format:  true,
+	summary: "read-only layered diagnosis ending with a real mTLS tasks/wait",
+	usage: `Checks every layer between the node and the node API, in order, and names the
+first one that fails, its owner and the fix. A check whose dependency failed
+is reported as skipped, so one root cause shows instead of a cascade. Writes
+nothing but a task the API hands to the proof's tasks/wait (that task is
+dequeued, so it is handed off to state_dir/tasks/<id>.json as bootstrap does)
+and its node_exporter metrics, metrics.textfile_dir/provision_verify.prom.
+Network checks use bootstrap.request_timeout each, without retries.
+
+Layers: config hosts clock credentials ca tcp tls-server tls-client-auth route
+identity tasks-wait. Owners: node ca network ingress api.
+
+Examples:
+  provision verify
+  provision verify --format json | jq '{ok, failed_layer, owner}'
+  provision verify --format json | jq '.checks[] | select(.status=="fail")'
+`,
+}
+
+func init() { verifyCmd.run = runVerify }
+
+func runVerify(ctx context.Context, env *runEnv, args []string) int {
+	f := newFlags(verifyCmd, env)
+	if code, ok := f.parse(env, args); !ok {
+		return code
+	}
+	cfg, host, code, ok := load(env, f, "verify")
+	if !ok {
+		return code
+	}
+	log := f.logger(env.stderr, cfg.NodeID)
+	budget := 4*cfg.Bootstrap.RequestTimeout.Duration + cfg.NodeAPI.WaitTimeout.Duration
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	start := time.Now()
+	e := verify.NewEnv(cfg, host)
+	results := verify.Run(ctx, e, verify.Checks(), log)
+	rep := verify.NewReport("verify", cfg.NodeID, results, time.Since(start))
+	// The proof's tasks/wait is the node-agent's: a task the API handed out
+	// is dequeued there, so verify hands it off exactly as bootstrap does.
+	if t, ok := e.Probed().HandedTask(); ok {
+		rep.Task = json.RawMessage(t.Raw)
+		path, err := bootstrap.SaveTask(host.Path(cfg.Paths.StateDir), t, host.Time(), host.Hook)
+		if err != nil {
+			return finish(env, f, cfg, host, log, verify.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+				Summary:  "the proof received a task but it could not be handed off: " + err.Error(),
+				Remedy:   "make " + cfg.Paths.StateDir + " writable, and give this task (in the evidence) to the node-agent by hand",
+				Evidence: map[string]string{"task": string(t.Raw)}}))
+		}
+		log.Info("task received during the proof and handed off", "task_id", t.ID, "path", strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))
+	}
+	return finish(env, f, cfg, host, log, rep)
+}
