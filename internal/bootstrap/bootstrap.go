@@ -30,6 +30,7 @@ import (
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -75,7 +76,7 @@ type Options struct {
 
 // Outcome is what a run did.
 type Outcome struct {
-	Report   *verify.Report
+	Report   *report.Report
 	Receipt  *Receipt
 	Enrolled bool
 	Hosts    hosts.Strategy
@@ -119,7 +120,7 @@ type run struct {
 	replaced *credstore.Set // the set an enrollment replaces, revoked after the proof
 	warnings []string       // for the receipt
 	env      *verify.Env
-	rep      *verify.Report // the proof's report
+	rep      *report.Report // the proof's report
 	halt     bool           // the proof failed: its report is the run's, no receipt
 	check    string         // the failed_check of a step's finding, when not the step's name
 }
@@ -135,12 +136,12 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 	defer cancel()
 	r := &run{ctx: ctx, cfg: cfg, host: host, o: o, log: o.Log, out: &Outcome{},
 		stateDir: host.Path(cfg.Paths.StateDir), pki: host.Path(cfg.Paths.PKIDir)}
-	var timings []verify.Step
+	var timings []report.Step
 	for _, s := range steps {
 		t0 := time.Now()
 		r.check = ""
 		f := s.do(r)
-		st := verify.Step{Name: s.name, Status: "ok", DurationMS: time.Since(t0).Milliseconds()}
+		st := report.Step{Name: s.name, Status: "ok", DurationMS: time.Since(t0).Milliseconds()}
 		if f != nil || r.halt {
 			st.Status = "fail"
 		}
@@ -151,7 +152,7 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o Options) 
 			if r.check != "" {
 				check = r.check // the failed_check names scripts key on
 			}
-			r.out.Report = verify.Failed("bootstrap", cfg.NodeID, check, f)
+			r.out.Report = report.Failed("bootstrap", cfg.NodeID, check, f)
 			break
 		}
 		if r.halt {
@@ -303,7 +304,7 @@ func (r *run) prove() *diag.Finding {
 	attempts := retry.Until(r.ctx, r.o.Policy, r.o.Sleep, func(n int) (bool, time.Duration) {
 		env := r.freshEnv()
 		t0 := time.Now()
-		last := verify.NewReport("bootstrap", r.cfg.NodeID, verify.Run(r.ctx, env, verify.Checks(), r.log), time.Since(t0))
+		last := report.New("bootstrap", r.cfg.NodeID, verify.Run(r.ctx, env, verify.Checks(), r.log), time.Since(t0))
 		if r.ctx.Err() != nil && r.rep != nil && !last.OK {
 			// The deadline cut this attempt short; the previous attempt's
 			// report shows the real failure, not "context deadline exceeded".

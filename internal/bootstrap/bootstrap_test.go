@@ -24,6 +24,7 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -726,7 +727,7 @@ func TestRunTightensExposedKey(t *testing.T) {
 	checkModes()
 	var warned bool
 	for _, c := range kept.Report.Checks {
-		if c.Name == "credentials" && c.Status == verify.Warn && strings.Contains(c.Message, "readable by others") && strings.Contains(c.Remedy, "fresh one-time token") {
+		if c.Name == "credentials" && c.Status == report.Warn && strings.Contains(c.Message, "readable by others") && strings.Contains(c.Remedy, "fresh one-time token") {
 			warned = true
 		}
 	}
@@ -806,7 +807,7 @@ func TestRunStopsAtClockBeforeSpendingToken(t *testing.T) {
 // the last one listed.
 func TestRunReportsNamedSteps(t *testing.T) {
 	n := prepareNode(t)
-	names := func(out *Outcome) (ns []string, last verify.Step) {
+	names := func(out *Outcome) (ns []string, last report.Step) {
 		for _, s := range out.Report.Steps {
 			ns = append(ns, s.Name+":"+s.Status)
 			if s.DurationMS < 0 {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
@@ -35,48 +36,48 @@ func TestCredentialStatesAgree(t *testing.T) {
 		plant func(t *testing.T, n *node)
 		// verify's answer
 		check        string
-		status       verify.Status
+		status       report.Status
 		owner        diag.Owner
 		remedy       string
 		noTok, withT outcome
 		after        func(t *testing.T, n *node) // after the no-token bootstrap
 	}{
-		{name: "healthy", plant: func(*testing.T, *node) {}, check: "credentials", status: verify.Pass, noTok: keep, withT: keep},
+		{name: "healthy", plant: func(*testing.T, *node) {}, check: "credentials", status: report.Pass, noTok: keep, withT: keep},
 		{name: "missing", plant: func(t *testing.T, n *node) { os.RemoveAll(n.files.PKIDir) },
-			check: "credentials", status: verify.Fail, owner: diag.Node, remedy: "enroll: write a one-time token", noTok: needsToken, withT: enrolls},
+			check: "credentials", status: report.Fail, owner: diag.Node, remedy: "enroll: write a one-time token", noTok: needsToken, withT: enrolls},
 		{name: "key of another certificate", plant: func(t *testing.T, n *node) {
 			other := leaf(t, n, controlplane.LeafRequest{})
 			l := leaf(t, n, controlplane.LeafRequest{})
 			l.Key = other.Key
 			plantSet(t, n, l, n.cp.CA.RootPEM())
-		}, check: "credentials", status: verify.Fail, owner: diag.Node, remedy: "fresh one-time token", noTok: needsToken, withT: enrolls},
+		}, check: "credentials", status: report.Fail, owner: diag.Node, remedy: "fresh one-time token", noTok: needsToken, withT: enrolls},
 		{name: "certificate for another node_id", plant: func(t *testing.T, n *node) {
 			plantSet(t, n, leaf(t, n, controlplane.LeafRequest{CommonName: "gpu-other", DNSNames: []string{"gpu-other"}}), n.cp.CA.RootPEM())
-		}, check: "credentials", status: verify.Fail, owner: diag.Node, remedy: "for this node_id", noTok: needsToken, withT: enrolls},
+		}, check: "credentials", status: report.Fail, owner: diag.Node, remedy: "for this node_id", noTok: needsToken, withT: enrolls},
 		{name: "expired", plant: func(t *testing.T, n *node) {
 			plantSet(t, n, leaf(t, n, controlplane.LeafRequest{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}), n.cp.CA.RootPEM())
-		}, check: "credentials", status: verify.Fail, owner: diag.Node, remedy: "fresh one-time token", noTok: needsToken, withT: enrolls},
+		}, check: "credentials", status: report.Fail, owner: diag.Node, remedy: "fresh one-time token", noTok: needsToken, withT: enrolls},
 		{name: "past the renewal point", plant: func(t *testing.T, n *node) {
 			plantSet(t, n, leaf(t, n, controlplane.LeafRequest{NotBefore: now.Add(-20 * time.Hour), NotAfter: now.Add(4 * time.Hour)}), n.cp.CA.RootPEM())
-		}, check: "credentials", status: verify.Warn, remedy: "renew before it expires", noTok: keep, withT: enrolls},
+		}, check: "credentials", status: report.Warn, remedy: "renew before it expires", noTok: keep, withT: enrolls},
 		{name: "issued by another CA (stale)", plant: func(t *testing.T, n *node) {
 			l, err := n.cp.IssueStaleCert(nodeID)
 			if err != nil {
 				t.Fatal(err)
 			}
 			plantSet(t, n, l, n.cp.CA.RootPEM())
-		}, check: "ca-chain", status: verify.Fail, owner: diag.Node, remedy: "no longer uses", noTok: needsToken, withT: enrolls},
+		}, check: "ca-chain", status: report.Fail, owner: diag.Node, remedy: "no longer uses", noTok: needsToken, withT: enrolls},
 		{name: "key 0644", plant: func(t *testing.T, n *node) {
 			plantSet(t, n, leaf(t, n, controlplane.LeafRequest{}), n.cp.CA.RootPEM())
 			os.Chmod(filepath.Join(n.files.PKIDir, credstore.KeyFile), 0o644)
-		}, check: "credentials", status: verify.Fail, owner: diag.Node, remedy: "restricts the key to 0600 at once (no token needed)", noTok: keep, withT: enrolls,
+		}, check: "credentials", status: report.Fail, owner: diag.Node, remedy: "restricts the key to 0600 at once (no token needed)", noTok: keep, withT: enrolls,
 			after: func(t *testing.T, n *node) { wantMode(t, filepath.Join(n.files.PKIDir, credstore.KeyFile), 0o600) }},
 		{name: "pki_dir 0755", plant: func(t *testing.T, n *node) { os.Chmod(n.files.PKIDir, 0o755) },
-			check: "credentials", status: verify.Fail, owner: diag.Node, remedy: "to 0700 (no token needed)", noTok: keep, withT: keep,
+			check: "credentials", status: report.Fail, owner: diag.Node, remedy: "to 0700 (no token needed)", noTok: keep, withT: keep,
 			after: func(t *testing.T, n *node) { wantMode(t, n.files.PKIDir, 0o700) }},
 		{name: "ca.pem from another CA", plant: func(t *testing.T, n *node) {
 			plantSet(t, n, leaf(t, n, controlplane.LeafRequest{}), n.cp.Unrelated.RootPEM())
-		}, check: "ca-chain", status: verify.Fail, owner: diag.Node, remedy: "refreshes ca.pem from the CA's current roots (no token needed)", noTok: keep, withT: keep},
+		}, check: "ca-chain", status: report.Fail, owner: diag.Node, remedy: "refreshes ca.pem from the CA's current roots (no token needed)", noTok: keep, withT: keep},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,8 +88,8 @@ func TestCredentialStatesAgree(t *testing.T) {
 			tt.plant(t, n)
 
 			env := verify.NewEnv(n.cfg, n.host)
-			rep := verify.NewReport("verify", nodeID, verify.Run(context.Background(), env, verify.Checks(), nil), 0)
-			var got *verify.Result
+			rep := report.New("verify", nodeID, verify.Run(context.Background(), env, verify.Checks(), nil), 0)
+			var got *report.Result
 			for i := range rep.Checks {
 				if rep.Checks[i].Name == tt.check {
 					got = &rep.Checks[i]
@@ -97,7 +98,7 @@ func TestCredentialStatesAgree(t *testing.T) {
 			if got == nil || got.Status != tt.status || (tt.owner != "" && got.Owner != tt.owner) || !strings.Contains(got.Remedy, tt.remedy) {
 				t.Fatalf("verify's %s: %+v\nwant status %s owner %q remedy containing %q", tt.check, got, tt.status, tt.owner, tt.remedy)
 			}
-			if tt.status == verify.Fail && (rep.FailedCheck != tt.check || rep.Remedy != got.Remedy) {
+			if tt.status == report.Fail && (rep.FailedCheck != tt.check || rep.Remedy != got.Remedy) {
 				t.Errorf("verify's root cause is %s (%s), want %s", rep.FailedCheck, rep.Summary, tt.check)
 			}
 

@@ -8,9 +8,9 @@ import (
 
 	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
-	"github.com/gpuaas/provision/internal/verify"
 )
 
 var bootstrapCmd = &command{
@@ -52,7 +52,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	if err != nil {
 		var le *lockError
 		if errors.As(err, &le) && le.busy {
-			rep := verify.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
+			rep := report.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
 				Summary: err.Error(), Remedy: "another provision run on this node has not finished (see its logs); try again later", Transient: true})
 			if f.format == "json" || interruptedBy(ctx) != nil {
 				return printReport(env, f, rep)
@@ -60,7 +60,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 			fmt.Fprintf(env.stderr, "provision: error: %v; another provision run on this node has not finished (see its logs), try again later\n", err)
 			return ExitLocked
 		}
-		return finish(env, f, cfg, host, log, verify.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+		return finish(env, f, cfg, host, log, report.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
 	}
 	defer unlock()
@@ -68,7 +68,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	// (and said so) when others could write into it.
 	pki := host.Path(cfg.Paths.PKIDir)
 	if ds, err := system.EnsurePrivateDir(pki, true); err != nil {
-		return finish(env, f, cfg, host, log, verify.Failed("bootstrap", cfg.NodeID, "pki-dir", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
+		return finish(env, f, cfg, host, log, report.Failed("bootstrap", cfg.NodeID, "pki-dir", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
 			Summary: err.Error(), Remedy: "make " + cfg.Paths.PKIDir + " a directory owned by root (or remove it), then run again"}))
 	} else if ds.Tightened {
 		log.Warn("pki directory was writable by other users; restricted it to 0700", "dir", cfg.Paths.PKIDir, "was", fmt.Sprintf("%04o", ds.WasMode))

@@ -12,6 +12,7 @@ import (
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/hosts"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
 )
@@ -90,7 +91,7 @@ type hostsRun struct {
 // fail reports a hosts failure the way every command reports one: the
 // report, its last line naming layer, owner and the next step, exit 10.
 func (h *hostsRun) fail(msg, remedy string) int {
-	return printReport(h.env, h.f, verify.Failed("hosts "+h.sub, h.cfg.NodeID, "hosts-"+h.sub,
+	return printReport(h.env, h.f, report.Failed("hosts "+h.sub, h.cfg.NodeID, "hosts-"+h.sub,
 		&diag.Finding{Layer: diag.Hosts, Owner: diag.Node, Summary: msg, Remedy: remedy}))
 }
 

@@ -14,10 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuaas/provision/internal/verify"
+	"github.com/gpuaas/provision/internal/report"
 )
 
-// TestJSONReportCarriesEveryReportField: jsonReport lists verify.Report's
+// TestJSONReportCarriesEveryReportField: jsonReport lists report.Report's
 // fields by hand (to drop their omitempty); a field added to the report and
 // not here would vanish from the JSON.
 func TestJSONReportCarriesEveryReportField(t *testing.T) {
@@ -26,11 +26,11 @@ func TestJSONReportCarriesEveryReportField(t *testing.T) {
 	for i := 0; i < jt.NumField(); i++ {
 		have[strings.Split(jt.Field(i).Tag.Get("json"), ",")[0]] = true
 	}
-	rt := reflect.TypeOf(verify.Report{})
+	rt := reflect.TypeOf(report.Report{})
 	for i := 0; i < rt.NumField(); i++ {
 		name := strings.Split(rt.Field(i).Tag.Get("json"), ",")[0]
 		if name != "-" && name != "" && !have[name] {
-			t.Errorf("verify.Report field %s (json %q) is missing from jsonReport", rt.Field(i).Name, name)
+			t.Errorf("report.Report field %s (json %q) is missing from jsonReport", rt.Field(i).Name, name)
 		}
 	}
 }

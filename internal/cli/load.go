@@ -5,8 +5,8 @@ import (
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
-	"github.com/gpuaas/provision/internal/verify"
 )
 
 // load resolves --root and reads the config. On failure it prints the
@@ -31,7 +31,7 @@ func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int,
 				remedy = "write the config to " + f.config + " (under --root) or point --config at it; see docs/configuration.md"
 			}
 		}
-		rep := verify.Failed(cmd, "", "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: msg, Remedy: remedy})
+		rep := report.Failed(cmd, "", "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: msg, Remedy: remedy})
 		metricsForConfigFailure(env, f, host, rep)
 		return nil, nil, printReport(env, f, rep), false
 	}

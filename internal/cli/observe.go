@@ -16,8 +16,8 @@ import (
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/metrics"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
-	"github.com/gpuaas/provision/internal/verify"
 )
 
 // LogSchema is the version of the log schema (docs/logging.md), carried by
@@ -72,7 +72,7 @@ var metricsCommands = map[string]bool{"bootstrap": true, "verify": true, "renew"
 // report, writes the command's metrics and logs the one line that closes
 // the run (with its exit code). It returns the exit code. A metrics write
 // that fails is a warning, never a different exit code.
-func finish(env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, r *verify.Report) int {
+func finish(env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, r *report.Report) int {
 	r, code := outcome(env, r)
 	renderReport(env, f, r, code)
 	writeMetrics(env, cfg, host, log, r)
@@ -91,7 +91,7 @@ func finish(env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *s
 // default directory is used if it exists, because the config that could
 // say otherwise is the broken thing, and a fleet must see a bad config
 // rollout as a failing layer rather than as silence.
-func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.Logger, r *verify.Report) {
+func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.Logger, r *report.Report) {
 	if !metricsCommands[r.Command] || host == nil {
 		return
 	}
@@ -127,7 +127,7 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 
 // metricsForConfigFailure writes the metrics of a run stopped by its config
 // (see writeMetrics) with a logger that knows no node_id.
-func metricsForConfigFailure(env *runEnv, f *flags, host *system.Host, r *verify.Report) {
+func metricsForConfigFailure(env *runEnv, f *flags, host *system.Host, r *report.Report) {
 	if !metricsCommands[r.Command] {
 		return
 	}

@@ -9,8 +9,8 @@ import (
 	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/renew"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
-	"github.com/gpuaas/provision/internal/verify"
 )
 
 // Exit codes of renew --check (outside the layer codes): usable as
@@ -87,7 +87,7 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 		d, cf := renew.CheckFinding(cfg, host, *force)
 		msg := cf.Summary
 		code := map[renew.Decision]int{renew.Due: ExitCheckDue, renew.NotDue: ExitCheckNotDue, renew.CannotRenew: ExitCheckCannotRenew}[d]
-		rep := &verify.Report{OK: d != renew.CannotRenew, Command: "renew", NodeID: cfg.NodeID, Summary: msg}
+		rep := &report.Report{OK: d != renew.CannotRenew, Command: "renew", NodeID: cfg.NodeID, Summary: msg}
 		if d == renew.CannotRenew {
 			// The reason's own layer and owner (expired: credentials,
 			// stale: ca, revoked: enroll), as a renewal run names them.
@@ -108,10 +108,10 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	if err != nil {
 		var le *lockError
 		if errors.As(err, &le) && le.busy {
-			return printReport(env, f, verify.Failed("renew", cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
+			return printReport(env, f, report.Failed("renew", cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
 				Summary: err.Error(), Remedy: "another provision run on this node has not finished (see its logs); try again later", Transient: true}))
 		}
-		return finish(env, f, cfg, host, log, verify.Failed("renew", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+		return finish(env, f, cfg, host, log, report.Failed("renew", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
 	}
 	defer unlock()

@@ -7,10 +7,10 @@ import (
 	"strings"
 
 	"github.com/gpuaas/provision/internal/diag"
-	"github.com/gpuaas/provision/internal/verify"
+	"github.com/gpuaas/provision/internal/report"
 )
 
-var statusTag = map[verify.Status]string{verify.Pass: "[PASS]", verify.Fail: "[FAIL]", verify.Warn: "[WARN]", verify.Skip: "[SKIP]"}
+var statusTag = map[report.Status]string{report.Pass: "[PASS]", report.Fail: "[FAIL]", report.Warn: "[WARN]", report.Skip: "[SKIP]"}
 
 // Pseudo-layers: failed_layer values for exits that are not a layer of the
 // ladder, so that a JSON report exists for every exit path.
@@ -24,7 +24,7 @@ const (
 // jsonReport is the JSON report. Every documented field is present in
 // every report, failures and successes alike ("" or false when it does not
 // apply): a script reading .transient or .failed_layer must not have to
-// guess whether a missing key means false. It lists verify.Report's fields
+// guess whether a missing key means false. It lists report.Report's fields
 // explicitly, in the documented order, without its omitempty;
 // TestJSONReportCarriesEveryReportField catches a field added there and
 // not here.
@@ -38,17 +38,17 @@ type jsonReport struct {
 	Summary     string          `json:"summary"`
 	Remedy      string          `json:"remedy"`
 	Transient   bool            `json:"transient"`
-	Checks      []verify.Result `json:"checks"`
+	Checks      []report.Result `json:"checks"`
 	DurationMS  int64           `json:"duration_ms"`
 	Task        any             `json:"task,omitempty"`
-	Steps       []verify.Step   `json:"steps,omitempty"`
+	Steps       []report.Step   `json:"steps,omitempty"`
 	ExitCode    int             `json:"exit_code"`
 }
 
-func toJSONReport(r *verify.Report, code int) jsonReport {
+func toJSONReport(r *report.Report, code int) jsonReport {
 	checks := r.Checks
 	if checks == nil {
-		checks = []verify.Result{}
+		checks = []report.Result{}
 	}
 	return jsonReport{OK: r.OK, Command: r.Command, NodeID: r.NodeID, FailedLayer: r.FailedLayer, Owner: r.Owner,
 		FailedCheck: r.FailedCheck, Summary: r.Summary, Remedy: r.Remedy, Transient: r.Transient, Checks: checks,
@@ -58,7 +58,7 @@ func toJSONReport(r *verify.Report, code int) jsonReport {
 // printJSON prints r as the one JSON document on stdout, with code, on one
 // line: under systemd each line is a journal entry, and an indented report
 // became about 140 of them; jq indents it for a person.
-func printJSON(env *runEnv, r *verify.Report, code int) {
+func printJSON(env *runEnv, r *report.Report, code int) {
 	b, err := json.Marshal(toJSONReport(r, code))
 	if err != nil { // a task that cannot be re-encoded; still one document
 		jr := toJSONReport(r, code)
@@ -104,7 +104,7 @@ func wantsJSON(args []string) bool {
 // the one JSON report on stdout. It returns code.
 func (env *runEnv) failure(cmd string, layer diag.Layer, summary, remedy string, code int) int {
 	if env.json {
-		printJSON(env, verify.Failed(cmd, "", string(layer), &diag.Finding{Layer: layer, Owner: diag.Node, Summary: summary, Remedy: remedy}), code)
+		printJSON(env, report.Failed(cmd, "", string(layer), &diag.Finding{Layer: layer, Owner: diag.Node, Summary: summary, Remedy: remedy}), code)
 	}
 	return code
 }
@@ -125,14 +125,14 @@ func (env *runEnv) usage(cmd, msg, hint string) int {
 // printReport renders the report and returns its exit code. The text form
 // ends with one line a person can act on. A failure after SIGTERM or SIGINT
 // is reported as interrupted, with the signal's exit code.
-func printReport(env *runEnv, f *flags, r *verify.Report) int {
+func printReport(env *runEnv, f *flags, r *report.Report) int {
 	r, code := outcome(env, r)
 	renderReport(env, f, r, code)
 	return code
 }
 
 // outcome is the report as it will be printed and its exit code.
-func outcome(env *runEnv, r *verify.Report) (*verify.Report, int) {
+func outcome(env *runEnv, r *report.Report) (*report.Report, int) {
 	code := ExitOK
 	if !r.OK {
 		code = ExitCode(r.FailedLayer)
@@ -148,7 +148,7 @@ func outcome(env *runEnv, r *verify.Report) (*verify.Report, int) {
 }
 
 // renderReport prints r, whose exit code is code.
-func renderReport(env *runEnv, f *flags, r *verify.Report, code int) {
+func renderReport(env *runEnv, f *flags, r *report.Report, code int) {
 	if f.format == "json" {
 		printJSON(env, r, code)
 		return
@@ -163,7 +163,7 @@ func renderReport(env *runEnv, f *flags, r *verify.Report, code int) {
 	}
 	if r.OK {
 		for _, c := range r.Checks {
-			if c.Status == verify.Warn && c.Remedy != "" {
+			if c.Status == report.Warn && c.Remedy != "" {
 				fmt.Fprintf(w, "  warning (%s): %s\n", c.Name, c.Remedy)
 			}
 		}

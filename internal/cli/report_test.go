@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
-	"github.com/gpuaas/provision/internal/verify"
+	"github.com/gpuaas/provision/internal/report"
 )
 
-func render(t *testing.T, format string, r *verify.Report) (string, int) {
+func render(t *testing.T, format string, r *report.Report) (string, int) {
 	t.Helper()
 	var out bytes.Buffer
 	env := &runEnv{stdout: &out, stderr: io.Discard}
@@ -25,26 +25,26 @@ func render(t *testing.T, format string, r *verify.Report) (string, int) {
 	return out.String(), code
 }
 
-func passingReport() *verify.Report {
-	return verify.NewReport("verify", "gpu-0042", []verify.Result{
-		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: verify.Pass, Message: "config is valid", DurationMS: 0},
-		{Name: "hosts-persist", Layer: diag.Hosts, Owner: diag.Node, Status: verify.Warn, Message: "cloud-init's manage_etc_hosts is on",
+func passingReport() *report.Report {
+	return report.New("verify", "gpu-0042", []report.Result{
+		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: report.Pass, Message: "config is valid", DurationMS: 0},
+		{Name: "hosts-persist", Layer: diag.Hosts, Owner: diag.Node, Status: report.Warn, Message: "cloud-init's manage_etc_hosts is on",
 			Remedy: "set manage_etc_hosts: false", DurationMS: 1},
-		{Name: "tasks-wait", Layer: diag.TasksWait, Owner: diag.API, Status: verify.Pass, Message: "tasks/wait answered 204 in 3ms", DurationMS: 3},
+		{Name: "tasks-wait", Layer: diag.TasksWait, Owner: diag.API, Status: report.Pass, Message: "tasks/wait answered 204 in 3ms", DurationMS: 3},
 	}, 12*time.Millisecond)
 }
 
-func failingReport() *verify.Report {
-	return verify.NewReport("verify", "gpu-0042", []verify.Result{
-		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: verify.Pass, Message: "config is valid"},
-		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, Status: verify.Pass, Message: "connected to node-api.cp.internal (127.0.0.1:8443)", DurationMS: 2},
-		{Name: "tls-client-auth", Layer: diag.TLSClientAuth, Owner: diag.Node, Status: verify.Fail,
+func failingReport() *report.Report {
+	return report.New("verify", "gpu-0042", []report.Result{
+		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: report.Pass, Message: "config is valid"},
+		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, Status: report.Pass, Message: "connected to node-api.cp.internal (127.0.0.1:8443)", DurationMS: 2},
+		{Name: "tls-client-auth", Layer: diag.TLSClientAuth, Owner: diag.Node, Status: report.Fail,
 			Message: "the ingress rejected the node's client certificate on the first read after the handshake (TLS 1.3): remote error: tls: unknown certificate authority.",
 			Remedy:  "re-enroll the node: its certificate was issued by a CA the control plane no longer uses (provision bootstrap with a fresh token)",
 			Evidence: map[string]string{"tls_version": "TLS 1.3", "error": "remote error: tls: unknown certificate authority",
 				"body": "line one\nline two", "server_subject": "CN=node-api.cp.internal"},
 			DurationMS: 4},
-		{Name: "route", Layer: diag.Route, Owner: diag.Ingress, Status: verify.Skip, Message: "skipped: depends on tls-client-auth, which did not pass"},
+		{Name: "route", Layer: diag.Route, Owner: diag.Ingress, Status: report.Skip, Message: "skipped: depends on tls-client-auth, which did not pass"},
 	}, 20*time.Millisecond)
 }
 
@@ -92,7 +92,7 @@ provision verify: FAILED at layer tls-client-auth (owner: node): the ingress rej
 }
 
 func TestRenderTextFailingWithoutRemedy(t *testing.T) {
-	r := verify.Failed("bootstrap", "gpu-1", "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "cannot lock"})
+	r := report.Failed("bootstrap", "gpu-1", "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "cannot lock"})
 	got, code := render(t, "text", r)
 	want := `[FAIL] lock  cannot lock
 
@@ -202,7 +202,7 @@ func TestRenderJSONPassingAndTransient(t *testing.T) {
 		t.Errorf("ok %v exit_code %v code %d", m["ok"], m["exit_code"], code)
 	}
 
-	r := verify.Failed("verify", "gpu-1", "tasks-wait", &diag.Finding{Layer: diag.TasksWait, Owner: diag.Ingress, Transient: true, Summary: "502"})
+	r := report.Failed("verify", "gpu-1", "tasks-wait", &diag.Finding{Layer: diag.TasksWait, Owner: diag.Ingress, Transient: true, Summary: "502"})
 	got, code = render(t, "json", r)
 	m = nil
 	if err := json.Unmarshal([]byte(got), &m); err != nil {
@@ -211,7 +211,7 @@ func TestRenderJSONPassingAndTransient(t *testing.T) {
 	if m["transient"] != true || m["exit_code"] != float64(19) || code != 19 || m["owner"] != "ingress" {
 		t.Errorf("transient report: %s", got)
 	}
-	r = verify.Failed("verify", "gpu-1", "tasks-wait", &diag.Finding{Layer: diag.TasksWait, Owner: diag.API, Summary: "500"})
+	r = report.Failed("verify", "gpu-1", "tasks-wait", &diag.Finding{Layer: diag.TasksWait, Owner: diag.API, Summary: "500"})
 	got, _ = render(t, "json", r)
 	m = nil
 	if err := json.Unmarshal([]byte(got), &m); err != nil {
@@ -259,7 +259,7 @@ func TestExitCodePerLayer(t *testing.T) {
 			if got := ExitCode(l); got != want {
 				t.Errorf("ExitCode(%s) = %d, want %d", l, got, want)
 			}
-			r := verify.Failed("verify", "n", "x", &diag.Finding{Layer: l, Owner: diag.Node, Summary: "s"})
+			r := report.Failed("verify", "n", "x", &diag.Finding{Layer: l, Owner: diag.Node, Summary: "s"})
 			for _, format := range []string{"text", "json"} {
 				out, code := render(t, format, r)
 				if code != want {

@@ -4,15 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/gpuaas/provision/internal/system"
 	"io"
 	"os"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/gpuaas/provision/internal/report"
+	"github.com/gpuaas/provision/internal/system"
+
 	"github.com/gpuaas/provision/internal/diag"
-	"github.com/gpuaas/provision/internal/verify"
 )
 
 // StopGrace is how long a run may take to wind down after SIGTERM or SIGINT
@@ -108,7 +109,7 @@ func MainWithHook(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal
 
 // interruptedReport is the report of a run a signal ended; r is what the run
 // had found so far (nil when it never got to report).
-func interruptedReport(cmd string, sig os.Signal, r *verify.Report) *verify.Report {
+func interruptedReport(cmd string, sig os.Signal, r *report.Report) *report.Report {
 	summary := fmt.Sprintf("interrupted by %s before it finished", signalName(sig))
 	if r != nil && r.Summary != "" {
 		summary += fmt.Sprintf(" (it was at layer %s: %s)", r.FailedLayer, r.Summary)
@@ -116,7 +117,7 @@ func interruptedReport(cmd string, sig os.Signal, r *verify.Report) *verify.Repo
 	f := &diag.Finding{Layer: LayerInterrupted, Owner: diag.Node, Transient: true, Summary: summary,
 		Remedy: "run provision " + cmd + " again: an interrupted run leaves the old state or the new one, never a mix, and a token not yet sent is still usable"}
 	if r == nil {
-		return verify.Failed(cmd, "", "interrupted", f)
+		return report.Failed(cmd, "", "interrupted", f)
 	}
 	r.OK = false
 	r.FailedLayer, r.Owner, r.Summary, r.Remedy, r.Transient = f.Layer, f.Owner, f.Summary, f.Remedy, true

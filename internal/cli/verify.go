@@ -8,6 +8,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/verify"
 )
 
@@ -51,14 +52,14 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	start := time.Now()
 	e := verify.NewEnv(cfg, host)
 	results := verify.Run(ctx, e, verify.Checks(), log)
-	rep := verify.NewReport("verify", cfg.NodeID, results, time.Since(start))
+	rep := report.New("verify", cfg.NodeID, results, time.Since(start))
 	// The proof's tasks/wait is the node-agent's: a task the API handed out
 	// is dequeued there, so verify hands it off exactly as bootstrap does.
 	if t, ok := e.Probed().HandedTask(); ok {
 		rep.Task = json.RawMessage(t.Raw)
 		path, err := bootstrap.SaveTask(host.Path(cfg.Paths.StateDir), t, host.Time(), host.Hook)
 		if err != nil {
-			return finish(env, f, cfg, host, log, verify.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+			return finish(env, f, cfg, host, log, report.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 				Summary:  "the proof received a task but it could not be handed off: " + err.Error(),
 				Remedy:   "make " + cfg.Paths.StateDir + " writable, and give this task (in the evidence) to the node-agent by hand",
 				Evidence: map[string]string{"task": string(t.Raw)}}))

@@ -8,7 +8,7 @@
 // command label, because node_exporter merges the files and two files
 // exposing the same series would fail the whole collector.
 //
-// The package renders from what the CLI already has (the final verify.Report
+// The package renders from what the CLI already has (the final report.Report
 // and the installed certificate's facts) and writes one file; it never
 // prints and decides nothing about exit codes. Only internal/cli calls it,
 // and a failed write is the caller's warning, never a failed run.
@@ -29,8 +29,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
-	"github.com/gpuaas/provision/internal/verify"
 )
 
 // FileMode is the mode of a written file: node_exporter runs as its own user
@@ -43,7 +43,7 @@ type Run struct {
 	// command label and the file name (provision_<command>.prom).
 	Command string
 	// Report is the run's final report, as printed.
-	Report *verify.Report
+	Report *report.Report
 	// Finished is when the run ended; Duration how long it took.
 	Finished time.Time
 	Duration time.Duration
@@ -95,8 +95,8 @@ const (
 	StatusFail = 2
 )
 
-var statusValue = map[verify.Status]float64{
-	verify.Skip: StatusSkip, verify.Pass: StatusPass, verify.Warn: StatusWarn, verify.Fail: StatusFail,
+var statusValue = map[report.Status]float64{
+	report.Skip: StatusSkip, report.Pass: StatusPass, report.Warn: StatusWarn, report.Fail: StatusFail,
 }
 
 // family is one metric: its name, help and type. The help text must be the

@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/testenv"
-	"github.com/gpuaas/provision/internal/verify"
 )
 
 var (
@@ -35,20 +35,20 @@ var (
 )
 
 // failingVerify is the incident's report: the ingress trusts the wrong CA.
-func failingVerify() *verify.Report {
-	return verify.NewReport("verify", "gpu-0042", []verify.Result{
-		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: verify.Pass},
-		{Name: "hosts-persist", Layer: diag.Hosts, Owner: diag.Node, Status: verify.Warn},
-		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, Status: verify.Pass},
-		{Name: "tls-client-auth", Layer: diag.TLSClientAuth, Owner: diag.Ingress, Status: verify.Fail, Message: `remote error: "unknown authority"`},
-		{Name: "route", Layer: diag.Route, Owner: diag.Ingress, Status: verify.Skip},
+func failingVerify() *report.Report {
+	return report.New("verify", "gpu-0042", []report.Result{
+		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: report.Pass},
+		{Name: "hosts-persist", Layer: diag.Hosts, Owner: diag.Node, Status: report.Warn},
+		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, Status: report.Pass},
+		{Name: "tls-client-auth", Layer: diag.TLSClientAuth, Owner: diag.Ingress, Status: report.Fail, Message: `remote error: "unknown authority"`},
+		{Name: "route", Layer: diag.Route, Owner: diag.Ingress, Status: report.Skip},
 	}, 1500*time.Millisecond)
 }
 
-func healthyBootstrap() *verify.Report {
-	return verify.NewReport("bootstrap", "gpu-0042", []verify.Result{
-		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: verify.Pass},
-		{Name: "tasks-wait", Layer: diag.TasksWait, Owner: diag.API, Status: verify.Pass},
+func healthyBootstrap() *report.Report {
+	return report.New("bootstrap", "gpu-0042", []report.Result{
+		{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: report.Pass},
+		{Name: "tasks-wait", Layer: diag.TasksWait, Owner: diag.API, Status: report.Pass},
 	}, time.Second)
 }
 
@@ -123,10 +123,10 @@ func TestRenderSeries(t *testing.T) {
 				`provision_cert_renew_due_timestamp_seconds{command="renew"} 1773537600`}, []string{`command="bootstrap"`}},
 		{"no renewal point: no renewal series", Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotAfter: notAfter}},
 			[]string{"provision_cert_not_after_timestamp_seconds"}, []string{"provision_cert_renew_"}},
-		{"config failure outside the ladder", Run{Command: "verify", Report: verify.Failed("verify", "", "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: "bad"})},
+		{"config failure outside the ladder", Run{Command: "verify", Report: report.Failed("verify", "", "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: "bad"})},
 			[]string{`provision_failed{command="verify",layer="config",owner="node"} 1`, `provision_check_status{check="config",command="verify",layer="config",owner="node"} 2`}, nil},
-		{"a duplicated check is one series, the worst", Run{Command: "verify", Report: &verify.Report{OK: true, Checks: []verify.Result{
-			{Name: "x", Layer: diag.Hosts, Owner: diag.Node, Status: verify.Pass}, {Name: "x", Layer: diag.Hosts, Owner: diag.Node, Status: verify.Warn}}}},
+		{"a duplicated check is one series, the worst", Run{Command: "verify", Report: &report.Report{OK: true, Checks: []report.Result{
+			{Name: "x", Layer: diag.Hosts, Owner: diag.Node, Status: report.Pass}, {Name: "x", Layer: diag.Hosts, Owner: diag.Node, Status: report.Warn}}}},
 			[]string{`provision_check_status{check="x",command="verify",layer="hosts",owner="node"} 1`}, []string{`owner="node"} 0`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

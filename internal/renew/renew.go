@@ -33,6 +33,7 @@ import (
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/renewrec"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -51,7 +52,7 @@ type Options struct {
 
 // Outcome is what a run did.
 type Outcome struct {
-	Report  *verify.Report
+	Report  *report.Report
 	Record  *renewrec.Record
 	Renewed bool // a new certificate (or bundle) was proven and published
 	Task    *probe.Task
@@ -167,7 +168,7 @@ type run struct {
 	result string         // the record's result if the run publishes
 	cand   *credstore.Set // the set to prove and publish
 	gen    string         // its generation directory, aside until published
-	rep    *verify.Report // the proof's report
+	rep    *report.Report // the proof's report
 }
 
 // Run renews the node's certificate when the verdict says so: the steps
@@ -208,7 +209,7 @@ func (r *run) stop(step, result string, f *diag.Finding) *Outcome {
 	r.rec.LastError, r.rec.FailedLayer = f.Summary, string(f.Layer)
 	r.record(result)
 	r.out.Record = r.rec
-	r.out.Report = verify.Failed("renew", r.cfg.NodeID, step, f)
+	r.out.Report = report.Failed("renew", r.cfg.NodeID, step, f)
 	r.out.Report.DurationMS = time.Since(r.start).Milliseconds()
 	return r.out
 }
@@ -257,7 +258,7 @@ func (r *run) assess() *Outcome {
 		r.record(renewrec.NotDue)
 		_, msg := Check(r.cfg, r.host, false)
 		r.out.Record = r.rec
-		r.out.Report = &verify.Report{OK: true, Command: "renew", NodeID: r.cfg.NodeID, Summary: msg, DurationMS: time.Since(r.start).Milliseconds()}
+		r.out.Report = &report.Report{OK: true, Command: "renew", NodeID: r.cfg.NodeID, Summary: msg, DurationMS: time.Since(r.start).Milliseconds()}
 		return r.out
 	}
 	// The candidate: a renewed certificate (renew fills it in), or, not due
@@ -322,7 +323,7 @@ func (r *run) prove() *Outcome {
 		penv.CredsDir = r.gen
 		penv.SetRoots(r.roots)
 		t0 := time.Now()
-		last := verify.NewReport("renew", r.cfg.NodeID, verify.Run(r.ctx, penv, verify.Checks(), r.log), time.Since(t0))
+		last := report.New("renew", r.cfg.NodeID, verify.Run(r.ctx, penv, verify.Checks(), r.log), time.Since(t0))
 		if r.ctx.Err() != nil && r.rep != nil && !last.OK {
 			return false, errors.New(r.rep.Summary)
 		}
@@ -398,7 +399,7 @@ func (r *run) postHook() *Outcome {
 			Summary: "renewal published (serial " + r.rec.Serial + "), but renew.post_hook failed: " + err.Error(),
 			Remedy:  "fix the command in renew.post_hook (or what it reloads) and run it by hand: the new certificate is already in place and stays"}
 		r.log.Error("step", "step", "post-hook", "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
-		hrep := verify.Failed("renew", r.cfg.NodeID, "post-hook", f)
+		hrep := report.Failed("renew", r.cfg.NodeID, "post-hook", f)
 		hrep.Checks = append(r.rep.Checks, hrep.Checks...)
 		hrep.Task = r.rep.Task
 		hrep.DurationMS = time.Since(r.start).Milliseconds()

@@ -21,6 +21,7 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/renew"
 	"github.com/gpuaas/provision/internal/renewrec"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -229,7 +230,7 @@ func TestRenewRejectedByIngressKeepsOldSet(t *testing.T) {
 	}
 	// The old set still polls: verify is healthy.
 	e := verify.NewEnv(n.cfg, n.host)
-	if rep := verify.NewReport("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0); !rep.OK {
+	if rep := report.New("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0); !rep.OK {
 		t.Fatalf("verify after the rejected renewal: %s", rep.Summary)
 	}
 }
@@ -274,7 +275,7 @@ func TestRenewCannotRenew(t *testing.T) {
 		// The next run knows without asking the CA, and verify says so.
 		wantStop(t, n.renew(t, false), diag.Enroll, "certificate revoked")
 		e := verify.NewEnv(n.cfg, n.host)
-		rep := verify.NewReport("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0)
+		rep := report.New("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0)
 		if rep.OK || rep.FailedLayer != diag.Credentials || !strings.Contains(rep.Summary, "revoked") || !strings.Contains(rep.Remedy, "re-enroll") {
 			t.Fatalf("verify: %s / %s", rep.Summary, rep.Remedy)
 		}
@@ -312,10 +313,10 @@ func revokeAtCA(t *testing.T, n *node, s *credstore.Set) {
 // verify stay healthy at every phase, without manual steps.
 func TestRootRotation(t *testing.T) {
 	n := bootstrapped(t, controlplane.Options{})
-	healthy := func(phase string) *verify.Report {
+	healthy := func(phase string) *report.Report {
 		t.Helper()
 		e := verify.NewEnv(n.cfg, n.host)
-		rep := verify.NewReport("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0)
+		rep := report.New("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0)
 		if !rep.OK {
 			t.Fatalf("%s: verify: %s (%s)", phase, rep.Summary, rep.FailedLayer)
 		}
@@ -357,7 +358,7 @@ func TestRootRotation(t *testing.T) {
 		t.Fatalf("renew after the old root was dropped: %s", out.Report.Summary)
 	}
 	rep = healthy("old root dropped")
-	if c := rep.Checks[4]; c.Name != "ca-root" || c.Status != verify.Warn || !strings.Contains(c.Remedy, n.cp.CA.Fingerprint()) {
+	if c := rep.Checks[4]; c.Name != "ca-root" || c.Status != report.Warn || !strings.Contains(c.Remedy, n.cp.CA.Fingerprint()) {
 		t.Fatalf("ca-root after the pinned root was dropped: %+v", c)
 	}
 	// The template pins the new root: ca.pem drops the old one.
@@ -392,7 +393,7 @@ func TestReinstallRevokesReplaced(t *testing.T) {
 			if !out.Report.OK || !out.Enrolled {
 				t.Fatalf("bootstrap: %s", out.Report.Summary)
 			}
-			var line *verify.Result
+			var line *report.Result
 			for i := range out.Report.Checks {
 				if out.Report.Checks[i].Name == bootstrap.RevokeCheck {
 					line = &out.Report.Checks[i]
@@ -402,12 +403,12 @@ func TestReinstallRevokesReplaced(t *testing.T) {
 				t.Fatal("no revoke-replaced line in the report")
 			}
 			if !canRevoke {
-				if line.Status != verify.Warn || len(out.Receipt.Warnings) == 0 {
+				if line.Status != report.Warn || len(out.Receipt.Warnings) == 0 {
 					t.Fatalf("revoke line %+v, receipt warnings %v; want a warning in both", line, out.Receipt.Warnings)
 				}
 				return
 			}
-			if line.Status != verify.Pass {
+			if line.Status != report.Pass {
 				t.Fatalf("revoke line %+v", line)
 			}
 			// The CA now refuses to renew the old certificate.

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/probe"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 )
 
@@ -16,19 +17,19 @@ func TestTasksWaitWarnsOnAPIClockSkew(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		date time.Time
-		want Status
+		want report.Status
 	}{
-		{"agrees", now.Add(-2 * time.Second), Pass},
-		{"no Date header", time.Time{}, Pass},
-		{"API 5 minutes ahead", now.Add(5 * time.Minute), Warn},
-		{"API 2 minutes behind", now.Add(-2 * time.Minute), Warn},
+		{"agrees", now.Add(-2 * time.Second), report.Pass},
+		{"no Date header", time.Time{}, report.Pass},
+		{"API 5 minutes ahead", now.Add(5 * time.Minute), report.Warn},
+		{"API 2 minutes behind", now.Add(-2 * time.Minute), report.Warn},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			o := tasksWaitPass("tasks/wait answered 204", &probe.Result{Status: 204, Date: tt.date}, e)
 			if o.Status != tt.want {
 				t.Fatalf("status %s (%s), want %s", o.Status, o.Message, tt.want)
 			}
-			if tt.want == Warn && o.Remedy == "" {
+			if tt.want == report.Warn && o.Remedy == "" {
 				t.Fatal("a warning without a remedy")
 			}
 		})

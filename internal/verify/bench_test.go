@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
@@ -38,7 +39,7 @@ func BenchmarkVerifyHealthy(b *testing.B) {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				res := verify.Run(ctx, e, verify.Checks(), nil)
 				cancel()
-				if r := verify.NewReport("verify", nodeID, res, 0); !r.OK {
+				if r := report.New("verify", nodeID, res, 0); !r.OK {
 					b.Fatalf("not healthy: %s\n%s", r.Summary, dump(r))
 				}
 			}

@@ -21,6 +21,7 @@ import (
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
+	"github.com/gpuaas/provision/internal/report"
 )
 
 // Thresholds.
@@ -56,25 +57,25 @@ func Checks() []Check {
 	}
 }
 
-func pass(format string, a ...any) Outcome {
-	return Outcome{Status: Pass, Message: fmt.Sprintf(format, a...)}
+func pass(format string, a ...any) Answer {
+	return Answer{Status: report.Pass, Message: fmt.Sprintf(format, a...)}
 }
 
-func fail(remedy, format string, a ...any) Outcome {
-	return Outcome{Status: Fail, Message: fmt.Sprintf(format, a...), Remedy: remedy}
+func fail(remedy, format string, a ...any) Answer {
+	return Answer{Status: report.Fail, Message: fmt.Sprintf(format, a...), Remedy: remedy}
 }
 
-func fromFinding(f *diag.Finding) Outcome {
-	return Outcome{Status: Fail, Message: f.Summary, Remedy: f.Remedy, Evidence: f.Evidence, Owner: f.Owner, Layer: f.Layer, Transient: f.Transient}
+func fromFinding(f *diag.Finding) Answer {
+	return Answer{Status: report.Fail, Message: f.Summary, Remedy: f.Remedy, Evidence: f.Evidence, Owner: f.Owner, Layer: f.Layer, Transient: f.Transient}
 }
 
-func checkConfig(_ context.Context, e *Env) Outcome {
+func checkConfig(_ context.Context, e *Env) Answer {
 	return pass("config is valid; the node API is reached by hostname at %s", e.Cfg.NodeAPI.URL)
 }
 
 func wantEntries(e *Env) map[string]netip.Addr { return e.Cfg.HostMap() }
 
-func checkHostsBlock(_ context.Context, e *Env) Outcome {
+func checkHostsBlock(_ context.Context, e *Env) Answer {
 	path := e.Cfg.Paths.HostsFile
 	b, err := os.ReadFile(e.Host.ResolvedPath(path)) // through a symlink, inside --root
 	if err != nil {
@@ -112,7 +113,7 @@ func describe(m map[string]netip.Addr) string {
 	return strings.Join(parts, ", ")
 }
 
-func checkHostsResolve(ctx context.Context, e *Env) Outcome {
+func checkHostsResolve(ctx context.Context, e *Env) Answer {
 	want := wantEntries(e)
 	names := make([]string, 0, len(want))
 	for n := range want {
@@ -128,22 +129,22 @@ func checkHostsResolve(ctx context.Context, e *Env) Outcome {
 		// and so 'hosts apply', accept it too.
 		addrs = uniqAddrs(addrs)
 		if err != nil {
-			return Outcome{Status: Fail, Message: fmt.Sprintf("%s does not resolve: %v", n, err), Remedy: "check /etc/nsswitch.conf lists files before dns, and that no cache (nscd) holds an old answer", Evidence: ev}
+			return Answer{Status: report.Fail, Message: fmt.Sprintf("%s does not resolve: %v", n, err), Remedy: "check /etc/nsswitch.conf lists files before dns, and that no cache (nscd) holds an old answer", Evidence: ev}
 		}
 		ev["resolver:"+n] = joinAddrs(addrs)
 		if len(addrs) != 1 || addrs[0] != ip {
-			return Outcome{Status: Fail, Message: fmt.Sprintf("%s resolves to %s, want only %s", n, joinAddrs(addrs), ip), Remedy: "remove other entries for this name (hosts file lines outside the block, DNS answers winning over files in nsswitch.conf)", Evidence: ev}
+			return Answer{Status: report.Fail, Message: fmt.Sprintf("%s resolves to %s, want only %s", n, joinAddrs(addrs), ip), Remedy: "remove other entries for this name (hosts file lines outside the block, DNS answers winning over files in nsswitch.conf)", Evidence: ev}
 		}
 		g, ok, err := e.Host.Getent(ctx, n)
 		g = uniqAddrs(g)
 		if ok {
 			if err != nil || len(g) == 0 || g[0] != ip {
-				return Outcome{Status: Fail, Message: fmt.Sprintf("getent ahosts %s gives %s (err %v), want %s: glibc programs resolve it differently from Go", n, joinAddrs(g), err, ip), Remedy: "check /etc/nsswitch.conf (files before dns) and flush nscd or systemd-resolved caches", Evidence: ev}
+				return Answer{Status: report.Fail, Message: fmt.Sprintf("getent ahosts %s gives %s (err %v), want %s: glibc programs resolve it differently from Go", n, joinAddrs(g), err, ip), Remedy: "check /etc/nsswitch.conf (files before dns) and flush nscd or systemd-resolved caches", Evidence: ev}
 			}
 			ev["getent:"+n] = joinAddrs(g)
 		}
 	}
-	return Outcome{Status: Pass, Message: fmt.Sprintf("%s resolve to the configured addresses", strings.Join(names, ", ")), Evidence: ev}
+	return Answer{Status: report.Pass, Message: fmt.Sprintf("%s resolve to the configured addresses", strings.Join(names, ", ")), Evidence: ev}
 }
 
 func uniqAddrs(a []netip.Addr) []netip.Addr {
@@ -172,7 +173,7 @@ func joinAddrs(a []netip.Addr) string {
 // (sorted), then the instance's user-data; its own merged result, when it
 // wrote one, is authoritative. Values are YAML 1.1, as cloud-init reads
 // them: yes, on, true and template (or localhost) turn it on.
-func checkHostsPersist(_ context.Context, e *Env) Outcome {
+func checkHostsPersist(_ context.Context, e *Env) Answer {
 	files := []string{"/etc/cloud/cloud.cfg"}
 	if m, _ := filepath.Glob(e.Host.Path("/etc/cloud/cloud.cfg.d/*.cfg")); len(m) > 0 {
 		sort.Strings(m)
@@ -200,7 +201,7 @@ func checkHostsPersist(_ context.Context, e *Env) Outcome {
 		}
 	}
 	if on {
-		return Outcome{Status: Warn, Evidence: map[string]string{"decided_by": decidedBy},
+		return Answer{Status: report.Warn, Evidence: map[string]string{"decided_by": decidedBy},
 			Message: fmt.Sprintf("cloud-init's manage_etc_hosts is on (%s): it rewrites /etc/hosts on every boot and will drop the override", decidedBy),
 			Remedy:  "set manage_etc_hosts: false (the shipped cloud-config does), or enable provision-verify.timer so the override is re-checked"}
 	}
@@ -240,14 +241,14 @@ func manageValue(v any) bool {
 	return false
 }
 
-func checkCARoot(ctx context.Context, e *Env) Outcome {
+func checkCARoot(ctx context.Context, e *Env) Answer {
 	roots, err := e.Roots(ctx)
 	if err != nil {
 		// The CA's Date comes from the unverified pinned-root fetch, so it is
 		// known even when a skewed node clock makes the CA's certificate look
 		// expired or not yet valid: that is the clock's failure, not the CA's.
 		if skew, ok := clockSkew(e, roots); ok && abs(skew) > MaxSkew {
-			return Outcome{Status: Skip, Message: fmt.Sprintf("skipped: depends on clock, which did not pass (the node clock is %s off the CA's, so the CA's certificate cannot be judged: %v)", skew.Round(time.Second), err)}
+			return Answer{Status: report.Skip, Message: fmt.Sprintf("skipped: depends on clock, which did not pass (the node clock is %s off the CA's, so the CA's certificate cannot be judged: %v)", skew.Round(time.Second), err)}
 		}
 		return fromFinding(diag.FromEnroll(err, diag.CA, e.Cfg.CA.TokenFile))
 	}
@@ -256,7 +257,7 @@ func checkCARoot(ctx context.Context, e *Env) Outcome {
 		if n := roots.Newest(); n != nil {
 			fp = enroll.Fingerprint(n)
 		}
-		return Outcome{Status: Warn, Evidence: map[string]string{"newest_root": fp},
+		return Answer{Status: report.Warn, Evidence: map[string]string{"newest_root": fp},
 			Message: fmt.Sprintf("the CA no longer knows the pinned root %s (a completed root rotation); trust followed it through the roots in ca.pem, and the CA lists %d current root(s)", short(e.Cfg.CA.Fingerprint), len(roots.Current)),
 			Remedy:  "set ca.fingerprint to the newest root " + fp + " in the config template, so that a node enrolling from scratch pins it"}
 	}
@@ -285,10 +286,10 @@ func abs(d time.Duration) time.Duration {
 	return d
 }
 
-func checkClock(ctx context.Context, e *Env) Outcome {
+func checkClock(ctx context.Context, e *Env) Answer {
 	roots, _ := e.Roots(ctx)
 	if roots == nil || roots.ServerDate.IsZero() {
-		return Outcome{Status: Warn, Message: "not checked: the CA sent no Date header"}
+		return Answer{Status: report.Warn, Message: "not checked: the CA sent no Date header"}
 	}
 	now := e.Host.Time()
 	// Date has one-second resolution and the request took some time.
@@ -296,38 +297,38 @@ func checkClock(ctx context.Context, e *Env) Outcome {
 	ev := map[string]string{"node_time": now.UTC().Format(time.RFC3339), "ca_time": roots.ServerDate.UTC().Format(time.RFC3339), "skew": skew.Round(time.Second).String()}
 	switch abs := abs(skew); {
 	case abs > MaxSkew:
-		return Outcome{Status: Fail, Evidence: ev,
+		return Answer{Status: report.Fail, Evidence: ev,
 			Message: fmt.Sprintf("the node clock is %s off the CA's: certificates and tokens will look expired or not yet valid", skew.Round(time.Second)),
 			Remedy:  "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run again"}
 	case abs > WarnSkew+time.Second:
-		return Outcome{Status: Warn, Evidence: ev, Message: fmt.Sprintf("the node clock is %s off the CA's", skew.Round(time.Second))}
+		return Answer{Status: report.Warn, Evidence: ev, Message: fmt.Sprintf("the node clock is %s off the CA's", skew.Round(time.Second))}
 	}
-	return Outcome{Status: Pass, Evidence: ev, Message: "the node clock agrees with the CA's"}
+	return Answer{Status: report.Pass, Evidence: ev, Message: "the node clock agrees with the CA's"}
 }
 
 // checkCredentials renders the credential verdict's facts about the key
 // and certificate (the chain is ca-chain's). Its remedy is, by
 // construction, what bootstrap does with the same verdict.
-func checkCredentials(ctx context.Context, e *Env) Outcome {
+func checkCredentials(ctx context.Context, e *Env) Answer {
 	v := e.Verdict(ctx)
 	ev := verdictEvidence(v, e.Host.Time())
-	worst, status := Reason(""), Pass
+	worst, status := Reason(""), report.Pass
 	for _, r := range v.Reasons {
 		st := credentialStatus(r)
-		if st == "" || (status == Fail) || (status == Warn && st != Fail) {
+		if st == "" || (status == report.Fail) || (status == report.Warn && st != report.Fail) {
 			continue
 		}
 		worst, status = r, st
 	}
-	if status != Pass {
+	if status != report.Pass {
 		msg := fmt.Sprintf("%s: %s", e.Cfg.Paths.PKIDir, v.Detail[worst])
 		if worst == lifecycle.PastRenewal || worst == lifecycle.Expired || worst == lifecycle.Revoked {
 			msg += "; " + lastRenew(e, ev)
 		}
-		return Outcome{Status: status, Evidence: ev, Message: msg, Remedy: CredentialRemedy(worst, e.Cfg)}
+		return Answer{Status: status, Evidence: ev, Message: msg, Remedy: CredentialRemedy(worst, e.Cfg)}
 	}
 	left := v.Leaf.NotAfter.Sub(e.Host.Time())
-	return Outcome{Status: Pass, Evidence: ev, Message: fmt.Sprintf("key 0600 matches the certificate for %s, valid for %s more, renewal due %s",
+	return Answer{Status: report.Pass, Evidence: ev, Message: fmt.Sprintf("key 0600 matches the certificate for %s, valid for %s more, renewal due %s",
 		v.Leaf.Subject.CommonName, left.Round(time.Minute), v.RenewAfter.UTC().Format(time.RFC3339))}
 }
 
@@ -356,14 +357,14 @@ type Reason = lifecycle.Reason
 
 // credentialStatus is how the credentials check shows a reason; "" means
 // another check (ca-chain) owns it.
-func credentialStatus(r Reason) Status {
+func credentialStatus(r Reason) report.Status {
 	switch r {
 	case lifecycle.OtherCA, lifecycle.BundleStale, lifecycle.RootsUnknown:
 		return ""
 	case lifecycle.PastRenewal, lifecycle.KeyWasExposed:
-		return Warn
+		return report.Warn
 	}
-	return Fail
+	return report.Fail
 }
 
 // CredentialRemedy is the one wording of what to do about a verdict reason;
@@ -415,21 +416,21 @@ func verdictEvidence(v lifecycle.Verdict, now time.Time) map[string]string {
 }
 
 // checkCAChain renders the verdict's facts about the chain and ca.pem.
-func checkCAChain(ctx context.Context, e *Env) Outcome {
+func checkCAChain(ctx context.Context, e *Env) Answer {
 	v := e.Verdict(ctx)
 	ev := verdictEvidence(v, e.Host.Time())
 	switch {
 	case v.Has(lifecycle.OtherCA):
-		return Outcome{Status: Fail, Owner: diag.Node, Evidence: ev, Message: v.Detail[lifecycle.OtherCA], Remedy: CredentialRemedy(lifecycle.OtherCA, e.Cfg)}
+		return Answer{Status: report.Fail, Owner: diag.Node, Evidence: ev, Message: v.Detail[lifecycle.OtherCA], Remedy: CredentialRemedy(lifecycle.OtherCA, e.Cfg)}
 	case v.Has(lifecycle.RootsUnknown):
 		_, err := e.Roots(ctx)
-		return Outcome{Status: Fail, Owner: diag.CAOwner, Evidence: ev, Message: fmt.Sprintf("cannot judge the certificate against the CA: %v", err),
+		return Answer{Status: report.Fail, Owner: diag.CAOwner, Evidence: ev, Message: fmt.Sprintf("cannot judge the certificate against the CA: %v", err),
 			Remedy: "check the CA (the ca-root check) and run verify again"}
 	case v.BundleUseless:
-		return Outcome{Status: Fail, Owner: diag.Node, Evidence: ev, Message: v.Detail[lifecycle.BundleStale] + ": the node cannot verify any server of the control plane with it",
+		return Answer{Status: report.Fail, Owner: diag.Node, Evidence: ev, Message: v.Detail[lifecycle.BundleStale] + ": the node cannot verify any server of the control plane with it",
 			Remedy: CredentialRemedy(lifecycle.BundleStale, e.Cfg)}
 	case v.Has(lifecycle.BundleStale):
-		return Outcome{Status: Warn, Evidence: ev, Message: "the certificate chains to a current root, but " + v.Detail[lifecycle.BundleStale], Remedy: CredentialRemedy(lifecycle.BundleStale, e.Cfg)}
+		return Answer{Status: report.Warn, Evidence: ev, Message: "the certificate chains to a current root, but " + v.Detail[lifecycle.BundleStale], Remedy: CredentialRemedy(lifecycle.BundleStale, e.Cfg)}
 	}
 	msg := "the node certificate chains to the CA's current root"
 	if roots, err := e.Roots(ctx); err == nil && roots != nil {
@@ -450,7 +451,7 @@ func checkCAChain(ctx context.Context, e *Env) Outcome {
 			}
 		}
 	}
-	return Outcome{Status: Pass, Evidence: ev, Message: msg}
+	return Answer{Status: report.Pass, Evidence: ev, Message: msg}
 }
 
 // chainRoot is the root among roots that chain[0] verifies to, or nil.
@@ -468,8 +469,8 @@ func chainRoot(chain, roots []*x509.Certificate, now time.Time) *x509.Certificat
 // it), passes only on the evidence diag recorded for it, and warns when the
 // exchange crossed it without proof for a reason diag names. diag.Classify
 // guarantees one of the three; the last branch fails closed all the same.
-func probeCheck(layer diag.Layer) func(context.Context, *Env) Outcome {
-	return func(ctx context.Context, e *Env) Outcome {
+func probeCheck(layer diag.Layer) func(context.Context, *Env) Answer {
+	return func(ctx context.Context, e *Env) Answer {
 		p := e.Proof(ctx)
 		if f := p.Finding; f != nil && f.Layer.Index() <= layer.Index() {
 			return fromFinding(f)
@@ -481,14 +482,14 @@ func probeCheck(layer diag.Layer) func(context.Context, *Env) Outcome {
 			return pass("%s", msg)
 		}
 		if why, ok := p.Unproven[layer]; ok {
-			return Outcome{Status: Warn, Message: why}
+			return Answer{Status: report.Warn, Message: why}
 		}
-		return Outcome{Status: Fail, Message: fmt.Sprintf("nothing recorded proves %s and no failure was classified: refusing to pass it", layer),
+		return Answer{Status: report.Fail, Message: fmt.Sprintf("nothing recorded proves %s and no failure was classified: refusing to pass it", layer),
 			Remedy: "this is a bug in provision's classifier: report it with this output (--format json)"}
 	}
 }
 
-func tasksWaitPass(msg string, r *probe.Result, e *Env) Outcome {
+func tasksWaitPass(msg string, r *probe.Result, e *Env) Answer {
 	o := pass("%s", msg)
 	if r.Status == 200 {
 		t := probe.TaskFrom(r.Body)
@@ -500,7 +501,7 @@ func tasksWaitPass(msg string, r *probe.Result, e *Env) Outcome {
 	if !r.Date.IsZero() {
 		skew := e.Host.Time().Sub(r.Date)
 		if skew > MaxSkew || skew < -MaxSkew {
-			o.Status = Warn
+			o.Status = report.Warn
 			o.Message += fmt.Sprintf("; the node clock is %s off the API's Date header", skew.Round(time.Second))
 			o.Remedy = "synchronise the node clock, or the API's if the CA agreed with the node"
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/hosts"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -101,16 +102,16 @@ func (n node) env(t testing.TB, clock system.Clock) *verify.Env {
 	return verify.NewEnv(cfg, host)
 }
 
-func (n node) verify(t testing.TB, clock system.Clock) *verify.Report {
+func (n node) verify(t testing.TB, clock system.Clock) *report.Report {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
 	res := verify.Run(ctx, n.env(t, clock), verify.Checks(), nil)
-	return verify.NewReport("verify", nodeID, res, time.Since(start))
+	return report.New("verify", nodeID, res, time.Since(start))
 }
 
-func dump(r *verify.Report) string {
+func dump(r *report.Report) string {
 	var b strings.Builder
 	for _, c := range r.Checks {
 		fmt.Fprintf(&b, "  %-5s %-16s %-16s %-8s %s\n", c.Status, c.Name, c.Layer, c.Owner, c.Message)
@@ -118,8 +119,8 @@ func dump(r *verify.Report) string {
 	return b.String()
 }
 
-func statuses(r *verify.Report) map[string]verify.Status {
-	m := map[string]verify.Status{}
+func statuses(r *report.Report) map[string]report.Status {
+	m := map[string]report.Status{}
 	for _, c := range r.Checks {
 		m[c.Name] = c.Status
 	}
@@ -148,7 +149,7 @@ func TestLadderHealthyAfterRealEnrollment(t *testing.T) {
 		t.Errorf("%d results for %d checks", len(r.Checks), len(verify.Checks()))
 	}
 	for _, c := range r.Checks {
-		if c.Status != verify.Pass {
+		if c.Status != report.Pass {
 			t.Errorf("%s: %s (%s), want pass", c.Name, c.Status, c.Message)
 		}
 	}
@@ -395,19 +396,19 @@ func TestLadderOneRootCausePerLayer(t *testing.T) {
 			}
 			st := statuses(r)
 			for _, c := range r.Checks {
-				if c.Status == verify.Fail && c.Name != tc.fail {
+				if c.Status == report.Fail && c.Name != tc.fail {
 					if o, ok := tc.alsoFail[c.Name]; !ok || o != c.Owner {
 						t.Errorf("%s also FAILs (%s, owner %s): want exactly one FAIL, the root cause\n%s", c.Name, c.Message, c.Owner, dump(r))
 					}
 				}
 			}
 			for _, s := range tc.skip {
-				if st[s] != verify.Skip {
+				if st[s] != report.Skip {
 					t.Errorf("%s is %s, want skip\n%s", s, st[s], dump(r))
 				}
 			}
 			for _, c := range r.Checks {
-				if c.Status == verify.Skip && !strings.HasPrefix(c.Message, "skipped: depends on ") {
+				if c.Status == report.Skip && !strings.HasPrefix(c.Message, "skipped: depends on ") {
 					t.Errorf("%s skipped without naming its dependency: %q", c.Name, c.Message)
 				}
 			}
@@ -433,7 +434,7 @@ func TestLadderClockWarn(t *testing.T) {
 	if !r.OK {
 		t.Fatalf("30s skew must warn, not fail: %s\n%s", r.Summary, dump(r))
 	}
-	if st := statuses(r); st["clock"] != verify.Warn {
+	if st := statuses(r); st["clock"] != report.Warn {
 		t.Errorf("clock is %s, want warn\n%s", st["clock"], dump(r))
 	}
 	for _, c := range r.Checks {
@@ -458,15 +459,15 @@ func TestLadderCADown(t *testing.T) {
 	}
 	st := statuses(r)
 	for _, c := range []string{"clock"} {
-		if st[c] != verify.Warn {
+		if st[c] != report.Warn {
 			t.Errorf("%s is %s, want warn (not checked)", c, st[c])
 		}
 	}
-	if st["ca-chain"] != verify.Skip {
+	if st["ca-chain"] != report.Skip {
 		t.Errorf("ca-chain is %s, want skip", st["ca-chain"])
 	}
 	for _, c := range probeChain {
-		if st[c] != verify.Pass {
+		if st[c] != report.Pass {
 			t.Errorf("%s is %s, want pass: the API path does not need the CA\n%s", c, st[c], dump(r))
 		}
 	}

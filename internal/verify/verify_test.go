@@ -14,6 +14,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
 )
@@ -21,27 +22,27 @@ import (
 // fake is a check that records that it ran and returns a fixed outcome. The
 // runner's logic (order, suppression, root cause) does not depend on what a
 // check does, so fakes are the honest way to pin it down.
-func fake(name string, layer diag.Layer, owner diag.Owner, o verify.Outcome, ran *[]string, deps ...string) verify.Check {
+func fake(name string, layer diag.Layer, owner diag.Owner, o verify.Answer, ran *[]string, deps ...string) verify.Check {
 	return verify.Check{Name: name, Layer: layer, Owner: owner, DependsOn: deps,
-		Run: func(context.Context, *verify.Env) verify.Outcome {
+		Run: func(context.Context, *verify.Env) verify.Answer {
 			*ran = append(*ran, name)
 			return o
 		}}
 }
 
 var (
-	ok   = verify.Outcome{Status: verify.Pass, Message: "fine"}
-	warn = verify.Outcome{Status: verify.Warn, Message: "meh", Remedy: "look at it"}
-	bad  = verify.Outcome{Status: verify.Fail, Message: "broken", Remedy: "fix it", Evidence: map[string]string{"k": "v"}}
+	ok   = verify.Answer{Status: report.Pass, Message: "fine"}
+	warn = verify.Answer{Status: report.Warn, Message: "meh", Remedy: "look at it"}
+	bad  = verify.Answer{Status: report.Fail, Message: "broken", Remedy: "fix it", Evidence: map[string]string{"k": "v"}}
 )
 
 type row struct {
 	name   string
-	status verify.Status
+	status report.Status
 	msg    string
 }
 
-func rows(rs []verify.Result) []row {
+func rows(rs []report.Result) []row {
 	var out []row
 	for _, r := range rs {
 		out = append(out, row{r.Name, r.Status, r.Message})
@@ -67,7 +68,7 @@ func TestRunOrderAndSuppression(t *testing.T) {
 				}
 			},
 			wantRan: []string{"zeta", "alpha", "mid"},
-			want:    []row{{"zeta", verify.Pass, "fine"}, {"alpha", verify.Pass, "fine"}, {"mid", verify.Pass, "fine"}},
+			want:    []row{{"zeta", report.Pass, "fine"}, {"alpha", report.Pass, "fine"}, {"mid", report.Pass, "fine"}},
 		},
 		{
 			name: "a failed check's dependents are skipped, naming it, and never run",
@@ -79,7 +80,7 @@ func TestRunOrderAndSuppression(t *testing.T) {
 				}
 			},
 			wantRan: []string{"a", "c"},
-			want:    []row{{"a", verify.Fail, "broken"}, {"b", verify.Skip, skipped("a")}, {"c", verify.Pass, "fine"}},
+			want:    []row{{"a", report.Fail, "broken"}, {"b", report.Skip, skipped("a")}, {"c", report.Pass, "fine"}},
 		},
 		{
 			name: "suppression is transitive: a skip blocks its own dependents and names the skipped check",
@@ -92,7 +93,7 @@ func TestRunOrderAndSuppression(t *testing.T) {
 				}
 			},
 			wantRan: []string{"a"},
-			want:    []row{{"a", verify.Fail, "broken"}, {"b", verify.Skip, skipped("a")}, {"c", verify.Skip, skipped("b")}, {"d", verify.Skip, skipped("c")}},
+			want:    []row{{"a", report.Fail, "broken"}, {"b", report.Skip, skipped("a")}, {"c", report.Skip, skipped("b")}, {"d", report.Skip, skipped("c")}},
 		},
 		{
 			name: "warn does not block dependents",
@@ -103,7 +104,7 @@ func TestRunOrderAndSuppression(t *testing.T) {
 				}
 			},
 			wantRan: []string{"a", "b"},
-			want:    []row{{"a", verify.Warn, "meh"}, {"b", verify.Pass, "fine"}},
+			want:    []row{{"a", report.Warn, "meh"}, {"b", report.Pass, "fine"}},
 		},
 		{
 			name: "the first failing dependency in DependsOn order is named",
@@ -116,7 +117,7 @@ func TestRunOrderAndSuppression(t *testing.T) {
 				}
 			},
 			wantRan: []string{"x", "y", "z"},
-			want:    []row{{"x", verify.Pass, "fine"}, {"y", verify.Fail, "broken"}, {"z", verify.Fail, "broken"}, {"w", verify.Skip, skipped("y")}},
+			want:    []row{{"x", report.Pass, "fine"}, {"y", report.Fail, "broken"}, {"z", report.Fail, "broken"}, {"w", report.Skip, skipped("y")}},
 		},
 		{
 			name: "a dependency that is declared later (or unknown) blocks: order is the contract",
@@ -128,7 +129,7 @@ func TestRunOrderAndSuppression(t *testing.T) {
 				}
 			},
 			wantRan: []string{"late"},
-			want:    []row{{"early", verify.Skip, skipped("late")}, {"late", verify.Pass, "fine"}, {"orphan", verify.Skip, skipped("nonexistent")}},
+			want:    []row{{"early", report.Skip, skipped("late")}, {"late", report.Pass, "fine"}, {"orphan", report.Skip, skipped("nonexistent")}},
 		},
 	}
 	for _, tt := range tests {
@@ -147,7 +148,7 @@ func TestRunOrderAndSuppression(t *testing.T) {
 
 func TestRunOutcomeOverridesLayerAndOwner(t *testing.T) {
 	var ran []string
-	o := verify.Outcome{Status: verify.Fail, Message: "lower", Layer: diag.Hosts, Owner: diag.Node}
+	o := verify.Answer{Status: report.Fail, Message: "lower", Layer: diag.Hosts, Owner: diag.Node}
 	got := verify.Run(context.Background(), nil, []verify.Check{
 		fake("tcp", diag.TCP, diag.Network, o, &ran),
 		fake("plain", diag.Route, diag.Ingress, bad, &ran),
@@ -195,19 +196,19 @@ func TestRunLogsEveryCheckWithLayerAndOwner(t *testing.T) {
 }
 
 func TestNewReport(t *testing.T) {
-	transientFail := verify.Outcome{Status: verify.Fail, Message: "503 from the API", Remedy: "wait", Transient: true,
+	transientFail := verify.Answer{Status: report.Fail, Message: "503 from the API", Remedy: "wait", Transient: true,
 		Owner: diag.API, Layer: diag.TasksWait}
 	tests := []struct {
 		name   string
 		checks func(ran *[]string) []verify.Check
-		want   verify.Report // Checks and durations not compared here
+		want   report.Report // Checks and durations not compared here
 	}{
 		{
 			name: "all pass or warn: ok, no failed fields",
 			checks: func(ran *[]string) []verify.Check {
 				return []verify.Check{fake("a", diag.Config, diag.Node, ok, ran), fake("b", diag.Hosts, diag.Node, warn, ran)}
 			},
-			want: verify.Report{OK: true, Command: "verify", NodeID: "gpu-1",
+			want: report.Report{OK: true, Command: "verify", NodeID: "gpu-1",
 				Summary: "healthy: the node polls tasks/wait through the ingress with its own certificate"},
 		},
 		{
@@ -216,10 +217,10 @@ func TestNewReport(t *testing.T) {
 				return []verify.Check{
 					fake("a", diag.Config, diag.Node, ok, ran),
 					fake("route", diag.Route, diag.Ingress, bad, ran),
-					fake("hosts", diag.Hosts, diag.Node, verify.Outcome{Status: verify.Fail, Message: "later"}, ran),
+					fake("hosts", diag.Hosts, diag.Node, verify.Answer{Status: report.Fail, Message: "later"}, ran),
 				}
 			},
-			want: verify.Report{Command: "verify", NodeID: "gpu-1", FailedLayer: diag.Route, Owner: diag.Ingress,
+			want: report.Report{Command: "verify", NodeID: "gpu-1", FailedLayer: diag.Route, Owner: diag.Ingress,
 				FailedCheck: "route", Summary: "broken", Remedy: "fix it"},
 		},
 		{
@@ -227,7 +228,7 @@ func TestNewReport(t *testing.T) {
 			checks: func(ran *[]string) []verify.Check {
 				return []verify.Check{fake("tasks-wait", diag.TasksWait, diag.Ingress, transientFail, ran)}
 			},
-			want: verify.Report{Command: "verify", NodeID: "gpu-1", FailedLayer: diag.TasksWait, Owner: diag.API,
+			want: report.Report{Command: "verify", NodeID: "gpu-1", FailedLayer: diag.TasksWait, Owner: diag.API,
 				FailedCheck: "tasks-wait", Summary: "503 from the API", Remedy: "wait", Transient: true},
 		},
 	}
@@ -235,7 +236,7 @@ func TestNewReport(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var ran []string
 			res := verify.Run(context.Background(), nil, tt.checks(&ran), nil)
-			r := verify.NewReport("verify", "gpu-1", res, 1500*time.Millisecond)
+			r := report.New("verify", "gpu-1", res, 1500*time.Millisecond)
 			if r.DurationMS != 1500 {
 				t.Errorf("duration_ms %d, want 1500", r.DurationMS)
 			}
@@ -261,12 +262,12 @@ func TestNewReport(t *testing.T) {
 func TestFailed(t *testing.T) {
 	f := &diag.Finding{Layer: diag.Enroll, Owner: diag.CAOwner, Transient: true, Summary: "the CA is unavailable",
 		Remedy: "wait", Evidence: map[string]string{"http_status": "503"}}
-	r := verify.Failed("bootstrap", "gpu-7", "enroll", f)
+	r := report.Failed("bootstrap", "gpu-7", "enroll", f)
 	if r.OK || r.Command != "bootstrap" || r.NodeID != "gpu-7" || r.FailedLayer != diag.Enroll || r.Owner != diag.CAOwner ||
 		r.FailedCheck != "enroll" || r.Summary != f.Summary || r.Remedy != "wait" || !r.Transient {
 		t.Errorf("Failed report wrong: %+v", r)
 	}
-	if len(r.Checks) != 1 || r.Checks[0].Status != verify.Fail || r.Checks[0].Evidence["http_status"] != "503" ||
+	if len(r.Checks) != 1 || r.Checks[0].Status != report.Fail || r.Checks[0].Evidence["http_status"] != "503" ||
 		r.Checks[0].Layer != diag.Enroll || r.Checks[0].Owner != diag.CAOwner {
 		t.Errorf("Failed report's single check wrong: %+v", r.Checks)
 	}
@@ -277,10 +278,10 @@ func TestFailed(t *testing.T) {
 func TestReportJSONFieldNames(t *testing.T) {
 	var ran []string
 	res := verify.Run(context.Background(), nil, []verify.Check{
-		fake("tasks-wait", diag.TasksWait, diag.API, verify.Outcome{Status: verify.Fail, Message: "m", Remedy: "r",
+		fake("tasks-wait", diag.TasksWait, diag.API, verify.Answer{Status: report.Fail, Message: "m", Remedy: "r",
 			Evidence: map[string]string{"http_status": "503"}, Transient: true}, &ran),
 	}, nil)
-	b, err := json.Marshal(verify.NewReport("verify", "gpu-1", res, time.Second))
+	b, err := json.Marshal(report.New("verify", "gpu-1", res, time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +348,7 @@ func TestChecksLadder(t *testing.T) {
 func TestRunContainsAPanickingCheck(t *testing.T) {
 	var ran []string
 	boom := verify.Check{Name: "tls-server", Layer: diag.TLSServer, Owner: diag.Ingress,
-		Run: func(context.Context, *verify.Env) verify.Outcome {
+		Run: func(context.Context, *verify.Env) verify.Answer {
 			ran = append(ran, "tls-server")
 			var chain []int
 			_ = chain[0]
@@ -363,14 +364,14 @@ func TestRunContainsAPanickingCheck(t *testing.T) {
 	if want := []string{"tcp", "tls-server", "hosts-persist"}; !reflect.DeepEqual(ran, want) {
 		t.Errorf("ran %v, want %v", ran, want)
 	}
-	rep := verify.NewReport("verify", "gpu-1", results, time.Millisecond)
+	rep := report.New("verify", "gpu-1", results, time.Millisecond)
 	if rep.OK || rep.FailedLayer != diag.Internal || rep.Owner != diag.Provision || rep.FailedCheck != "tls-server" {
 		t.Fatalf("report ok=%v layer=%s owner=%s check=%s, want a failure in internal/provision at tls-server", rep.OK, rep.FailedLayer, rep.Owner, rep.FailedCheck)
 	}
 	if !strings.Contains(rep.Summary, "internal error in check tls-server; this is a bug") || !strings.Contains(rep.Summary, "index out of range") {
 		t.Errorf("summary %q", rep.Summary)
 	}
-	if results[2].Status != verify.Skip || results[3].Status != verify.Pass {
+	if results[2].Status != report.Skip || results[3].Status != report.Pass {
 		t.Errorf("dependent %s, independent %s; want skip and pass", results[2].Status, results[3].Status)
 	}
 	b, err := json.Marshal(rep)
@@ -415,15 +416,15 @@ func TestHostsPersistMergeOrder(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
 		files map[string]string
-		want  verify.Status
+		want  report.Status
 		by    string
 	}{
-		{"nothing sets it", map[string]string{"etc/cloud/cloud.cfg": "users: [default]\n"}, verify.Pass, ""},
-		{"cloud.cfg on", map[string]string{"etc/cloud/cloud.cfg": "manage_etc_hosts: yes\n"}, verify.Warn, "/etc/cloud/cloud.cfg"},
-		{"drop-in turns it off", map[string]string{"etc/cloud/cloud.cfg": "manage_etc_hosts: true\n", "etc/cloud/cloud.cfg.d/99-provision.cfg": "manage_etc_hosts: false\n"}, verify.Pass, "/etc/cloud/cloud.cfg.d/99-provision.cfg"},
-		{"later drop-in turns it back on", map[string]string{"etc/cloud/cloud.cfg.d/10-a.cfg": "manage_etc_hosts: false\n", "etc/cloud/cloud.cfg.d/20-b.cfg": "manage_etc_hosts: on\n"}, verify.Warn, "/etc/cloud/cloud.cfg.d/20-b.cfg"},
-		{"user-data wins", map[string]string{"etc/cloud/cloud.cfg": "manage_etc_hosts: true\n", "var/lib/cloud/instance/user-data.txt": "#cloud-config\nmanage_etc_hosts: false\n"}, verify.Pass, "/var/lib/cloud/instance/user-data.txt"},
-		{"cloud-init's merged result is authoritative", map[string]string{"var/lib/cloud/instance/user-data.txt": "#cloud-config\nmanage_etc_hosts: false\n", "run/cloud-init/combined-cloud-config.json": `{"manage_etc_hosts": "template"}`}, verify.Warn, "/run/cloud-init/combined-cloud-config.json"},
+		{"nothing sets it", map[string]string{"etc/cloud/cloud.cfg": "users: [default]\n"}, report.Pass, ""},
+		{"cloud.cfg on", map[string]string{"etc/cloud/cloud.cfg": "manage_etc_hosts: yes\n"}, report.Warn, "/etc/cloud/cloud.cfg"},
+		{"drop-in turns it off", map[string]string{"etc/cloud/cloud.cfg": "manage_etc_hosts: true\n", "etc/cloud/cloud.cfg.d/99-provision.cfg": "manage_etc_hosts: false\n"}, report.Pass, "/etc/cloud/cloud.cfg.d/99-provision.cfg"},
+		{"later drop-in turns it back on", map[string]string{"etc/cloud/cloud.cfg.d/10-a.cfg": "manage_etc_hosts: false\n", "etc/cloud/cloud.cfg.d/20-b.cfg": "manage_etc_hosts: on\n"}, report.Warn, "/etc/cloud/cloud.cfg.d/20-b.cfg"},
+		{"user-data wins", map[string]string{"etc/cloud/cloud.cfg": "manage_etc_hosts: true\n", "var/lib/cloud/instance/user-data.txt": "#cloud-config\nmanage_etc_hosts: false\n"}, report.Pass, "/var/lib/cloud/instance/user-data.txt"},
+		{"cloud-init's merged result is authoritative", map[string]string{"var/lib/cloud/instance/user-data.txt": "#cloud-config\nmanage_etc_hosts: false\n", "run/cloud-init/combined-cloud-config.json": `{"manage_etc_hosts": "template"}`}, report.Warn, "/run/cloud-init/combined-cloud-config.json"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			root := t.TempDir()

@@ -21,6 +21,7 @@ import (
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -406,14 +407,14 @@ func (r *relay) handle(c net.Conn) {
 }
 
 // checkReport asserts the invariants on one report.
-func checkReport(t *testing.T, who string, c wireCase, rep *verify.Report) {
+func checkReport(t *testing.T, who string, c wireCase, rep *report.Report) {
 	t.Helper()
 	fails := 0
 	for _, ch := range rep.Checks {
 		if ch.Layer == diag.Internal {
 			t.Errorf("%s: check %s panicked: %s", who, ch.Name, ch.Message)
 		}
-		if ch.Status == verify.Fail {
+		if ch.Status == report.Fail {
 			fails++
 		}
 	}
@@ -474,7 +475,7 @@ func TestWireMisbehaviour(t *testing.T) {
 					roots := *nr.roots
 					roots.ServerDate = time.Now().UTC().Truncate(time.Second)
 					env.SetRoots(&roots)
-					rep := verify.NewReport("verify", cfg.NodeID, verify.Run(ctx, env, verify.Checks(), nil), 0)
+					rep := report.New("verify", cfg.NodeID, verify.Run(ctx, env, verify.Checks(), nil), 0)
 					checkReport(t, "verify", c, rep)
 					out := runBootstrap(t, ctx, &cfg, nr.host)
 					if out != nil {
