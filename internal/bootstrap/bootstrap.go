@@ -29,6 +29,7 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
@@ -119,7 +120,7 @@ type run struct {
 	reason   string         // why to enroll; "" keeps the credentials
 	replaced *credstore.Set // the set an enrollment replaces, revoked after the proof
 	warnings []string       // for the receipt
-	env      *verify.Env
+	env      *observe.Env
 	rep      *report.Report // the proof's report
 	halt     bool           // the proof failed: its report is the run's, no receipt
 	check    string         // the failed_check of a step's finding, when not the step's name
@@ -211,7 +212,7 @@ func (r *run) applyHosts() *diag.Finding {
 // client makes one request per attempt; this loop is the only retry, with
 // the CA's Retry-After honoured, bounded by the bootstrap deadline.
 func (r *run) fetchRoots() *diag.Finding {
-	r.env = verify.NewEnv(r.cfg, r.host)
+	r.env = observe.NewEnv(r.cfg, r.host)
 	r.client = r.env.CAClient(0)
 	var f *diag.Finding
 	retry.Until(r.ctx, r.o.Policy, r.o.Sleep, func(int) (bool, time.Duration) {
@@ -292,8 +293,8 @@ func (r *run) credentials() *diag.Finding {
 
 // freshEnv re-reads the credentials from disk (the node-agent reads the
 // same files) with the roots already fetched.
-func (r *run) freshEnv() *verify.Env {
-	e := verify.NewEnv(r.cfg, r.host)
+func (r *run) freshEnv() *observe.Env {
+	e := observe.NewEnv(r.cfg, r.host)
 	e.SetRoots(r.roots)
 	return e
 }
@@ -614,7 +615,7 @@ func enrollNode(ctx context.Context, cfg *config.Config, host *system.Host, c *e
 
 // refreshBundle rewrites the credential set when the CA's current and
 // federated roots differ from ca.pem, keeping key and certificate.
-func refreshBundle(pki string, env *verify.Env, roots *enroll.Roots, now time.Time, hook system.Hook) error {
+func refreshBundle(pki string, env *observe.Env, roots *enroll.Roots, now time.Time, hook system.Hook) error {
 	s, err := env.Creds()
 	if err != nil {
 		return err

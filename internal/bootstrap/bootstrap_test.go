@@ -23,11 +23,11 @@ import (
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
-	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -165,7 +165,7 @@ func TestVerdictOnDisk(t *testing.T) {
 			host := newHost(t)
 			cfg := offlineConfig(t, p.Fingerprint())
 			tt.prepare(t, host.Root)
-			env := verify.NewEnv(cfg, host)
+			env := observe.NewEnv(cfg, host)
 			env.SetRoots(&enroll.Roots{Pinned: p.Root, Current: []*x509.Certificate{p.Root}})
 			v := env.Verdict(context.Background())
 			if v.Action != tt.want.action || (tt.want.reason != "" && v.First() != tt.want.reason) || (tt.want.reason == "" && len(v.Reasons) != 0) {

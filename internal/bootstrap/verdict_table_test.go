@@ -11,6 +11,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
@@ -87,7 +88,7 @@ func TestCredentialStatesAgree(t *testing.T) {
 			}
 			tt.plant(t, n)
 
-			env := verify.NewEnv(n.cfg, n.host)
+			env := observe.NewEnv(n.cfg, n.host)
 			rep := report.New("verify", nodeID, verify.Run(context.Background(), env, verify.Checks(), nil), 0)
 			var got *report.Result
 			for i := range rep.Checks {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -227,7 +228,7 @@ func TestHostsJudgedAlike(t *testing.T) {
 						hostsChecks = append(hostsChecks, c)
 					}
 				}
-				rep := report.New("verify", cfg.NodeID, verify.Run(context.Background(), verify.NewEnv(cfg, host), hostsChecks, nil), 0)
+				rep := report.New("verify", cfg.NodeID, verify.Run(context.Background(), observe.NewEnv(cfg, host), hostsChecks, nil), 0)
 				return code == 0, rep.OK, out + rep.Summary
 			}
 			c, v, msg := judge()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/verify"
 )
@@ -50,7 +51,7 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	start := time.Now()
-	e := verify.NewEnv(cfg, host)
+	e := observe.NewEnv(cfg, host)
 	results := verify.Run(ctx, e, verify.Checks(), log)
 	rep := report.New("verify", cfg.NodeID, results, time.Since(start))
 	// The proof's tasks/wait is the node-agent's: a task the API handed out

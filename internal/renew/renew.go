@@ -31,6 +31,7 @@ import (
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/renewrec"
 	"github.com/gpuaas/provision/internal/report"
@@ -90,7 +91,7 @@ func Check(cfg *config.Config, host *system.Host, force bool) (Decision, string)
 // revoked: enroll), so the JSON report of renew --check names them as a
 // renewal run would; otherwise only the summary is set.
 func CheckFinding(cfg *config.Config, host *system.Host, force bool) (Decision, *diag.Finding) {
-	env := verify.NewEnv(cfg, host)
+	env := observe.NewEnv(cfg, host)
 	set, err := env.Creds()
 	in := lifecycle.Input{Set: set, LoadErr: err, NodeID: cfg.NodeID, Now: host.Time(), RenewFraction: cfg.Renew.Fraction}
 	if err == nil && set != nil && len(set.Roots) > 0 {
@@ -159,7 +160,7 @@ type run struct {
 	out      *Outcome
 	rec      *renewrec.Record
 
-	env    *verify.Env
+	env    *observe.Env
 	client *enroll.Client
 	roots  *enroll.Roots
 	v      lifecycle.Verdict
@@ -218,7 +219,7 @@ func (r *run) stop(step, result string, f *diag.Finding) *Outcome {
 // roots carry trust across a rotation that retired the pinned root). The
 // client makes one request per attempt: this loop is the only retry.
 func (r *run) fetchRoots() *Outcome {
-	r.env = verify.NewEnv(r.cfg, r.host)
+	r.env = observe.NewEnv(r.cfg, r.host)
 	r.client = r.env.CAClient(0)
 	_, err := retry.Do(r.ctx, r.o.Policy, r.o.Sleep, func(int) (bool, error) {
 		var err error
@@ -317,9 +318,9 @@ func (r *run) aside() *Outcome {
 // prove runs verify's ladder with the new files read back from disk; a
 // task the proof received is handed off. A failed proof publishes nothing.
 func (r *run) prove() *Outcome {
-	var penv *verify.Env
+	var penv *observe.Env
 	attempts, _ := retry.Do(r.ctx, r.o.Policy, r.o.Sleep, func(int) (bool, error) {
-		penv = verify.NewEnv(r.cfg, r.host)
+		penv = observe.NewEnv(r.cfg, r.host)
 		penv.CredsDir = r.gen
 		penv.SetRoots(r.roots)
 		t0 := time.Now()

@@ -19,6 +19,7 @@ import (
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/renew"
 	"github.com/gpuaas/provision/internal/renewrec"
 	"github.com/gpuaas/provision/internal/report"
@@ -229,7 +230,7 @@ func TestRenewRejectedByIngressKeepsOldSet(t *testing.T) {
 		t.Fatalf("the unproven set was not kept aside: %v", err)
 	}
 	// The old set still polls: verify is healthy.
-	e := verify.NewEnv(n.cfg, n.host)
+	e := observe.NewEnv(n.cfg, n.host)
 	if rep := report.New("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0); !rep.OK {
 		t.Fatalf("verify after the rejected renewal: %s", rep.Summary)
 	}
@@ -274,7 +275,7 @@ func TestRenewCannotRenew(t *testing.T) {
 		}
 		// The next run knows without asking the CA, and verify says so.
 		wantStop(t, n.renew(t, false), diag.Enroll, "certificate revoked")
-		e := verify.NewEnv(n.cfg, n.host)
+		e := observe.NewEnv(n.cfg, n.host)
 		rep := report.New("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0)
 		if rep.OK || rep.FailedLayer != diag.Credentials || !strings.Contains(rep.Summary, "revoked") || !strings.Contains(rep.Remedy, "re-enroll") {
 			t.Fatalf("verify: %s / %s", rep.Summary, rep.Remedy)
@@ -315,7 +316,7 @@ func TestRootRotation(t *testing.T) {
 	n := bootstrapped(t, controlplane.Options{})
 	healthy := func(phase string) *report.Report {
 		t.Helper()
-		e := verify.NewEnv(n.cfg, n.host)
+		e := observe.NewEnv(n.cfg, n.host)
 		rep := report.New("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0)
 		if !rep.OK {
 			t.Fatalf("%s: verify: %s (%s)", phase, rep.Summary, rep.FailedLayer)

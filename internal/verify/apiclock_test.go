@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
@@ -13,7 +14,7 @@ import (
 // check's second witness; a skew beyond MaxSkew warns without failing.
 func TestTasksWaitWarnsOnAPIClockSkew(t *testing.T) {
 	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
-	e := &Env{Host: &system.Host{Root: "/", Now: func() time.Time { return now }}}
+	e := &observe.Env{Host: &system.Host{Root: "/", Now: func() time.Time { return now }}}
 	for _, tt := range []struct {
 		name string
 		date time.Time

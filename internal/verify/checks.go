@@ -20,6 +20,7 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
 )
@@ -69,13 +70,13 @@ func fromFinding(f *diag.Finding) Answer {
 	return Answer{Status: report.Fail, Message: f.Summary, Remedy: f.Remedy, Evidence: f.Evidence, Owner: f.Owner, Layer: f.Layer, Transient: f.Transient}
 }
 
-func checkConfig(_ context.Context, e *Env) Answer {
+func checkConfig(_ context.Context, e *observe.Env) Answer {
 	return pass("config is valid; the node API is reached by hostname at %s", e.Cfg.NodeAPI.URL)
 }
 
-func wantEntries(e *Env) map[string]netip.Addr { return e.Cfg.HostMap() }
+func wantEntries(e *observe.Env) map[string]netip.Addr { return e.Cfg.HostMap() }
 
-func checkHostsBlock(_ context.Context, e *Env) Answer {
+func checkHostsBlock(_ context.Context, e *observe.Env) Answer {
 	path := e.Cfg.Paths.HostsFile
 	b, err := os.ReadFile(e.Host.ResolvedPath(path)) // through a symlink, inside --root
 	if err != nil {
@@ -113,7 +114,7 @@ func describe(m map[string]netip.Addr) string {
 	return strings.Join(parts, ", ")
 }
 
-func checkHostsResolve(ctx context.Context, e *Env) Answer {
+func checkHostsResolve(ctx context.Context, e *observe.Env) Answer {
 	want := wantEntries(e)
 	names := make([]string, 0, len(want))
 	for n := range want {
@@ -173,7 +174,7 @@ func joinAddrs(a []netip.Addr) string {
 // (sorted), then the instance's user-data; its own merged result, when it
 // wrote one, is authoritative. Values are YAML 1.1, as cloud-init reads
 // them: yes, on, true and template (or localhost) turn it on.
-func checkHostsPersist(_ context.Context, e *Env) Answer {
+func checkHostsPersist(_ context.Context, e *observe.Env) Answer {
 	files := []string{"/etc/cloud/cloud.cfg"}
 	if m, _ := filepath.Glob(e.Host.Path("/etc/cloud/cloud.cfg.d/*.cfg")); len(m) > 0 {
 		sort.Strings(m)
@@ -241,7 +242,7 @@ func manageValue(v any) bool {
 	return false
 }
 
-func checkCARoot(ctx context.Context, e *Env) Answer {
+func checkCARoot(ctx context.Context, e *observe.Env) Answer {
 	roots, err := e.Roots(ctx)
 	if err != nil {
 		// The CA's Date comes from the unverified pinned-root fetch, so it is
@@ -272,7 +273,7 @@ func short(fp string) string {
 }
 
 // clockSkew is the node clock minus the CA's Date header, if the CA sent one.
-func clockSkew(e *Env, roots *enroll.Roots) (time.Duration, bool) {
+func clockSkew(e *observe.Env, roots *enroll.Roots) (time.Duration, bool) {
 	if roots == nil || roots.ServerDate.IsZero() {
 		return 0, false
 	}
@@ -286,7 +287,7 @@ func abs(d time.Duration) time.Duration {
 	return d
 }
 
-func checkClock(ctx context.Context, e *Env) Answer {
+func checkClock(ctx context.Context, e *observe.Env) Answer {
 	roots, _ := e.Roots(ctx)
 	if roots == nil || roots.ServerDate.IsZero() {
 		return Answer{Status: report.Warn, Message: "not checked: the CA sent no Date header"}
@@ -309,7 +310,7 @@ func checkClock(ctx context.Context, e *Env) Answer {
 // checkCredentials renders the credential verdict's facts about the key
 // and certificate (the chain is ca-chain's). Its remedy is, by
 // construction, what bootstrap does with the same verdict.
-func checkCredentials(ctx context.Context, e *Env) Answer {
+func checkCredentials(ctx context.Context, e *observe.Env) Answer {
 	v := e.Verdict(ctx)
 	ev := verdictEvidence(v, e.Host.Time())
 	worst, status := Reason(""), report.Pass
@@ -337,7 +338,7 @@ const RenewTimer = "provision-renew.timer"
 
 // lastRenew says how the last renewal attempt went, from state_dir's renew
 // record, and adds it to the evidence.
-func lastRenew(e *Env, ev map[string]string) string {
+func lastRenew(e *observe.Env, ev map[string]string) string {
 	rec := e.RenewRecord()
 	if rec == nil {
 		return "no renewal was attempted yet (is " + RenewTimer + " enabled?)"
@@ -416,7 +417,7 @@ func verdictEvidence(v lifecycle.Verdict, now time.Time) map[string]string {
 }
 
 // checkCAChain renders the verdict's facts about the chain and ca.pem.
-func checkCAChain(ctx context.Context, e *Env) Answer {
+func checkCAChain(ctx context.Context, e *observe.Env) Answer {
 	v := e.Verdict(ctx)
 	ev := verdictEvidence(v, e.Host.Time())
 	switch {
@@ -469,8 +470,8 @@ func chainRoot(chain, roots []*x509.Certificate, now time.Time) *x509.Certificat
 // it), passes only on the evidence diag recorded for it, and warns when the
 // exchange crossed it without proof for a reason diag names. diag.Classify
 // guarantees one of the three; the last branch fails closed all the same.
-func probeCheck(layer diag.Layer) func(context.Context, *Env) Answer {
-	return func(ctx context.Context, e *Env) Answer {
+func probeCheck(layer diag.Layer) func(context.Context, *observe.Env) Answer {
+	return func(ctx context.Context, e *observe.Env) Answer {
 		p := e.Proof(ctx)
 		if f := p.Finding; f != nil && f.Layer.Index() <= layer.Index() {
 			return fromFinding(f)
@@ -489,7 +490,7 @@ func probeCheck(layer diag.Layer) func(context.Context, *Env) Answer {
 	}
 }
 
-func tasksWaitPass(msg string, r *probe.Result, e *Env) Answer {
+func tasksWaitPass(msg string, r *probe.Result, e *observe.Env) Answer {
 	o := pass("%s", msg)
 	if r.Status == 200 {
 		t := probe.TaskFrom(r.Body)

@@ -15,6 +15,7 @@ import (
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/hosts"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
@@ -87,7 +88,7 @@ func healthyNode(t testing.TB, cp *controlplane.ControlPlane) node {
 }
 
 // env loads the node's config the way the CLI does and returns a fresh Env.
-func (n node) env(t testing.TB, clock system.Clock) *verify.Env {
+func (n node) env(t testing.TB, clock system.Clock) *observe.Env {
 	t.Helper()
 	host, err := system.New(n.root)
 	if err != nil {
@@ -99,7 +100,7 @@ func (n node) env(t testing.TB, clock system.Clock) *verify.Env {
 		t.Fatal(err)
 	}
 	host.HostsFile = cfg.Paths.HostsFile
-	return verify.NewEnv(cfg, host)
+	return observe.NewEnv(cfg, host)
 }
 
 func (n node) verify(t testing.TB, clock system.Clock) *report.Report {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
 )
 
@@ -37,12 +38,12 @@ type Check struct {
 	Layer     diag.Layer
 	Owner     diag.Owner
 	DependsOn []string
-	Run       func(ctx context.Context, e *Env) Answer
+	Run       func(ctx context.Context, e *observe.Env) Answer
 }
 
 // Run runs checks in order. A check whose dependency did not pass (or warn)
 // is skipped and says which dependency failed.
-func Run(ctx context.Context, e *Env, checks []Check, log *slog.Logger) []report.Result {
+func Run(ctx context.Context, e *observe.Env, checks []Check, log *slog.Logger) []report.Result {
 	status := map[string]report.Status{}
 	var out []report.Result
 	for _, c := range checks {
@@ -89,7 +90,7 @@ func Run(ctx context.Context, e *Env, checks []Check, log *slog.Logger) []report
 // failure, in layer internal (exit 1), so the other checks keep their
 // results and the report stays whole: a bug in one check must never cost
 // the operator the rest of the diagnosis.
-func runContained(ctx context.Context, c Check, e *Env) (o Answer) {
+func runContained(ctx context.Context, c Check, e *observe.Env) (o Answer) {
 	defer func() {
 		if r := recover(); r != nil {
 			o = Answer{Status: report.Fail, Layer: diag.Internal, Owner: diag.Provision,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
@@ -24,7 +25,7 @@ import (
 // check does, so fakes are the honest way to pin it down.
 func fake(name string, layer diag.Layer, owner diag.Owner, o verify.Answer, ran *[]string, deps ...string) verify.Check {
 	return verify.Check{Name: name, Layer: layer, Owner: owner, DependsOn: deps,
-		Run: func(context.Context, *verify.Env) verify.Answer {
+		Run: func(context.Context, *observe.Env) verify.Answer {
 			*ran = append(*ran, name)
 			return o
 		}}
@@ -348,7 +349,7 @@ func TestChecksLadder(t *testing.T) {
 func TestRunContainsAPanickingCheck(t *testing.T) {
 	var ran []string
 	boom := verify.Check{Name: "tls-server", Layer: diag.TLSServer, Owner: diag.Ingress,
-		Run: func(context.Context, *verify.Env) verify.Answer {
+		Run: func(context.Context, *observe.Env) verify.Answer {
 			ran = append(ran, "tls-server")
 			var chain []int
 			_ = chain[0]
@@ -443,7 +444,7 @@ func TestHostsPersistMergeOrder(t *testing.T) {
 					persist = append(persist, c)
 				}
 			}
-			e := verify.NewEnv(&config.Config{}, &system.Host{Root: root})
+			e := observe.NewEnv(&config.Config{}, &system.Host{Root: root})
 			res := verify.Run(context.Background(), e, persist, nil)
 			if len(res) != 1 || res[0].Status != tt.want || res[0].Evidence["decided_by"] != tt.by {
 				t.Fatalf("hosts-persist = %+v, want %s decided by %q", res, tt.want, tt.by)

@@ -21,6 +21,7 @@ import (
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
@@ -219,7 +220,7 @@ func newWorld(t *testing.T, workers int) *world {
 		if _, err := bootstrap.ApplyHosts(cfg, host); err != nil {
 			t.Fatal(err)
 		}
-		roots, err := verify.NewEnv(cfg, host).CAClient(0).FetchRoots(context.Background())
+		roots, err := observe.NewEnv(cfg, host).CAClient(0).FetchRoots(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -469,7 +470,7 @@ func TestWireMisbehaviour(t *testing.T) {
 					cfg.Bootstrap.Deadline.Duration = 5 * time.Second
 					ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 					defer cancel()
-					env := verify.NewEnv(&cfg, nr.host)
+					env := observe.NewEnv(&cfg, nr.host)
 					// The real CA's roots, fetched once; its Date stands for
 					// "fetched now", or the clock check would see the cache age.
 					roots := *nr.roots

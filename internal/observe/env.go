@@ -1,4 +1,14 @@
-package verify
+// Package observe is what a run has seen: the config and host it runs on,
+// the credentials on disk, the CA's roots (fetched once, pinned), the renew
+// record, the one credential verdict over them, and the one tasks/wait probe
+// with its classification. Every observation is made at most once per Env
+// and cached, so every step and check of a run interprets the same evidence.
+//
+// Why a package of its own: the observation cache used to live in verify,
+// which made the diagnosis ladder the hub every command imported. Here it
+// knows nothing of checks, reports or wording; verify reads it, bootstrap
+// and renew act on it.
+package observe
 
 import (
 	"context"
@@ -21,7 +31,7 @@ import (
 	"github.com/gpuaas/provision/internal/system"
 )
 
-// Env is what the checks share during one run. Expensive observations (the
+// Env is what the steps and checks of one run share. Expensive observations (the
 // CA's roots, the credentials on disk, the probe) are made once and cached,
 // so each check interprets the same evidence.
 type Env struct {
