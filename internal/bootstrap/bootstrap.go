@@ -34,6 +34,7 @@ import (
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
+	"github.com/gpuaas/provision/internal/tasks"
 	"github.com/gpuaas/provision/internal/verify"
 )
 
@@ -43,7 +44,6 @@ const (
 	PendingFile = "enroll-pending.json"
 	ExposedFile = lifecycle.ExposedFile
 	DoneDir     = "done"
-	TasksDir    = "tasks"
 )
 
 // Receipt is the done receipt. Field names are an interface.
@@ -173,7 +173,7 @@ func (r *run) sweep() *diag.Finding {
 	// A kill while writing the done marker or a task file leaves renameio's
 	// ".<name><digits>" temp file in those directories too.
 	system.SweepTemp(filepath.Join(r.stateDir, DoneDir), r.host.MachineID())
-	sweepTasks(filepath.Join(r.stateDir, TasksDir))
+	tasks.Sweep(r.stateDir)
 	credstore.Sweep(r.pki)
 	return nil
 }
@@ -342,7 +342,7 @@ func (r *run) handOff() *diag.Finding {
 	}
 	r.out.Task = &t
 	r.rep.Task = json.RawMessage(t.Raw)
-	if _, err := SaveTask(r.stateDir, t, r.host.Time(), r.host.Hook); err != nil {
+	if _, err := tasks.Save(r.stateDir, t, r.host.Time(), r.host.Hook); err != nil {
 		if r.rep.OK {
 			r.check = "task-save"
 			return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof received a task but it could not be saved: " + err.Error(), Remedy: "make " + r.cfg.Paths.StateDir + " writable; the task is in this report's evidence",
@@ -629,10 +629,9 @@ func refreshBundle(pki string, env *observe.Env, roots *enroll.Roots, now time.T
 }
 
 func writeJSON(hook system.Hook, dir, name string, v any, mode os.FileMode) error {
-	// state_dir may be a link to another volume; done/ and tasks/ are
-	// provision's own and may not (a link there would send the receipt or
-	// a task anywhere).
-	sub := filepath.Base(dir) == DoneDir || filepath.Base(dir) == TasksDir
+	// state_dir may be a link to another volume; done/ is provision's own
+	// and may not (a link there would send the done marker anywhere).
+	sub := filepath.Base(dir) == DoneDir
 	if _, err := system.EnsurePrivateDir(dir, !sub); err != nil {
 		return err
 	}
@@ -650,7 +649,7 @@ func WriteReceipt(stateDir string, r *Receipt, hook system.Hook) error {
 	}
 	// The hand-off directory exists on every done node, so verify, whose
 	// unit may write nowhere else, can leave a task there.
-	if err := os.MkdirAll(filepath.Join(stateDir, TasksDir), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(stateDir, tasks.Dir), 0o700); err != nil {
 		return err
 	}
 	if r.MachineID != "" {
@@ -672,34 +671,6 @@ func ReadReceipt(stateDir string) (*Receipt, error) {
 		return nil, err
 	}
 	return &r, nil
-}
-
-// SaveTask hands a task the proof received off to the node-agent: it is
-// written to state_dir/tasks/<id>.json (0600), the one place bootstrap and
-// verify both leave it. It returns the file's path.
-func SaveTask(stateDir string, t probe.Task, now time.Time, hook system.Hook) (string, error) {
-	id := t.ID
-	if id == "" || strings.ContainsAny(id, "/\\\x00") || id == "." || id == ".." || len(id) > 128 {
-		id = "task-" + now.UTC().Format("20060102T150405.000000000Z")
-	}
-	dir := filepath.Join(stateDir, TasksDir)
-	return filepath.Join(dir, id+".json"), writeJSON(hook, dir, id+".json", t.Raw, 0o600)
-}
-
-// sweepTasks removes temp files a killed run left in the tasks directory
-// (".<id>.json<digits>"); task IDs are not known in advance.
-func sweepTasks(dir string) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		n := e.Name()
-		trimmed := strings.TrimRight(n, "0123456789")
-		if strings.HasPrefix(n, ".") && len(trimmed) < len(n) && strings.HasSuffix(trimmed, ".json") {
-			os.Remove(filepath.Join(dir, n))
-		}
-	}
 }
 
 // forgetBurntToken runs when the installed credentials are kept. If an

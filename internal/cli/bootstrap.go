@@ -11,6 +11,7 @@ import (
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
+	"github.com/gpuaas/provision/internal/tasks"
 )
 
 var bootstrapCmd = &command{
@@ -75,7 +76,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	}
 	out := bootstrap.Run(ctx, cfg, host, bootstrap.Options{Log: log, Version: Version(), Policy: retry.Default})
 	if out.Report.OK && out.Task != nil {
-		log.Info("task received during the proof and saved", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, bootstrap.TasksDir))
+		log.Info("task received during the proof and saved", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, tasks.Dir))
 	}
 	return finish(env, f, cfg, host, log, out.Report)
 }

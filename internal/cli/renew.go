@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"path/filepath"
 
-	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/renew"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/tasks"
 )
 
 // Exit codes of renew --check (outside the layer codes): usable as
@@ -117,7 +117,7 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	defer unlock()
 	out := renew.Run(ctx, cfg, host, renew.Options{Log: log, Version: Version(), Policy: retry.Default, Force: *force})
 	if out.Task != nil {
-		log.Info("task received during the proof and handed off", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, bootstrap.TasksDir))
+		log.Info("task received during the proof and handed off", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, tasks.Dir))
 	}
 	return finish(env, f, cfg, host, log, out.Report)
 }

@@ -6,10 +6,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
+	"github.com/gpuaas/provision/internal/tasks"
 	"github.com/gpuaas/provision/internal/verify"
 )
 
@@ -58,7 +58,7 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	// is dequeued there, so verify hands it off exactly as bootstrap does.
 	if t, ok := e.Probed().HandedTask(); ok {
 		rep.Task = json.RawMessage(t.Raw)
-		path, err := bootstrap.SaveTask(host.Path(cfg.Paths.StateDir), t, host.Time(), host.Hook)
+		path, err := tasks.Save(host.Path(cfg.Paths.StateDir), t, host.Time(), host.Hook)
 		if err != nil {
 			return finish(env, f, cfg, host, log, report.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 				Summary:  "the proof received a task but it could not be handed off: " + err.Error(),

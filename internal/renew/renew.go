@@ -25,7 +25,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
@@ -37,6 +36,7 @@ import (
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
+	"github.com/gpuaas/provision/internal/tasks"
 	"github.com/gpuaas/provision/internal/verify"
 )
 
@@ -338,7 +338,7 @@ func (r *run) prove() *Outcome {
 	if t, ok := penv.Probed().HandedTask(); ok {
 		r.out.Task = &t
 		r.rep.Task = json.RawMessage(t.Raw)
-		if _, err := bootstrap.SaveTask(r.stateDir, t, r.host.Time(), r.host.Hook); err != nil {
+		if _, err := tasks.Save(r.stateDir, t, r.host.Time(), r.host.Hook); err != nil {
 			return r.stop("task-save", renewrec.Failed, &diag.Finding{Layer: diag.State, Owner: diag.Node,
 				Summary:  "the proof received a task but it could not be handed off: " + err.Error() + "; the renewal was not published",
 				Remedy:   "make " + r.cfg.Paths.StateDir + " writable, give this task (in the evidence) to the node-agent by hand, and run provision renew again",
