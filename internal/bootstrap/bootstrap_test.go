@@ -22,10 +22,13 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/tasks"
+	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -173,77 +176,6 @@ func TestVerdictOnDisk(t *testing.T) {
 	}
 }
 
-func TestReceiptRoundTrip(t *testing.T) {
-	proved := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
-	base := Receipt{
-		NodeID: nodeID, Serial: "123456789", Issuer: "CN=Control Plane Test Intermediate", Subject: "CN=" + nodeID,
-		RootFingerprint: strings.Repeat("ab", 32), NotAfter: proved.Add(24 * time.Hour),
-		Endpoint: "https://node-api.cp.internal:8443", ResolvedAddr: "127.0.0.1:8443", ProbeStatus: 204,
-		Enrolled: true, ProvedAt: proved, Version: "test",
-	}
-	const mid = "0123456789abcdef0123456789abcdef"
-	tests := []struct {
-		name      string
-		machineID string
-	}{
-		{"with machine id", mid},
-		{"without machine id", ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			state := filepath.Join(t.TempDir(), "state")
-			r := base
-			r.MachineID = tt.machineID
-			if err := WriteReceipt(state, &r, nil); err != nil {
-				t.Fatalf("WriteReceipt: %v", err)
-			}
-			got, err := ReadReceipt(state)
-			if err != nil {
-				t.Fatalf("ReadReceipt: %v", err)
-			}
-			if !reflect.DeepEqual(*got, r) {
-				t.Fatalf("round trip:\n got %+v\nwant %+v", *got, r)
-			}
-			// The JSON field names are an interface.
-			b, _ := os.ReadFile(filepath.Join(state, ReceiptFile))
-			var m map[string]any
-			json.Unmarshal(b, &m)
-			for _, k := range []string{"node_id", "serial", "issuer", "root_fingerprint", "not_after", "endpoint", "proved_at"} {
-				if _, ok := m[k]; !ok {
-					t.Errorf("receipt JSON lacks %q", k)
-				}
-			}
-			marker := filepath.Join(state, DoneDir, mid)
-			_, err = os.Stat(marker)
-			switch {
-			case tt.machineID != "" && err != nil:
-				t.Fatalf("done marker missing: %v", err)
-			case tt.machineID == "":
-				if _, err := os.Stat(filepath.Join(state, DoneDir)); !errors.Is(err, os.ErrNotExist) {
-					t.Fatalf("a done directory was written without a machine id (%v)", err)
-				}
-			default:
-				mb, _ := os.ReadFile(marker)
-				var mm map[string]string
-				if err := json.Unmarshal(mb, &mm); err != nil || mm["serial"] != r.Serial {
-					t.Fatalf("done marker %s does not carry the serial (%v)", mb, err)
-				}
-			}
-		})
-	}
-	if _, err := ReadReceipt(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("ReadReceipt of nothing = %v, want ErrNotExist", err)
-	}
-}
-
-// node is a prepared --root for a bootstrap against a real control plane.
-type node struct {
-	cp    *controlplane.ControlPlane
-	files controlplane.NodeFiles
-	cfg   *config.Config
-	host  *system.Host
-}
-
 func prepareNode(t *testing.T) *node {
 	t.Helper()
 	t.Setenv("STEPPATH", t.TempDir())
@@ -257,9 +189,17 @@ func prepareNode(t *testing.T) *node {
 	return &node{cp: cp, files: nf, cfg: cfg, host: host}
 }
 
-func (n *node) run(t *testing.T) *Outcome {
+// node is a prepared --root for a bootstrap against a real control plane.
+type node struct {
+	cp    *controlplane.ControlPlane
+	files controlplane.NodeFiles
+	cfg   *config.Config
+	host  *system.Host
+}
+
+func (n *node) run(t *testing.T) *pipeline.Outcome {
 	t.Helper()
-	return Run(context.Background(), n.cfg, n.host, Options{
+	return Run(context.Background(), n.cfg, n.host, pipeline.Options{Ladder: verify.Ladder,
 		Policy: retry.Policy{Base: time.Millisecond, Cap: 10 * time.Millisecond},
 		Sleep:  retry.Sleep,
 	})
@@ -289,18 +229,18 @@ func (n *node) spendToken(t *testing.T) string {
 	return strings.TrimSpace(string(raw))
 }
 
-func (n *node) pending(t *testing.T) (*Pending, bool) {
+func (n *node) pending(t *testing.T) (*state.Pending, bool) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(n.files.StateDir, PendingFile))
+	b, err := os.ReadFile(filepath.Join(n.files.StateDir, state.PendingFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, false
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p Pending
+	var p state.Pending
 	if err := json.Unmarshal(b, &p); err != nil {
-		t.Fatalf("%s: %v", PendingFile, err)
+		t.Fatalf("%s: %v", state.PendingFile, err)
 	}
 	return &p, true
 }
@@ -333,13 +273,13 @@ func TestPendingMarkerLifeCycle(t *testing.T) {
 	if p.TokenSHA256 != sha(used) {
 		t.Fatal("the marker does not identify the presented token by its hash")
 	}
-	if b, _ := os.ReadFile(filepath.Join(n.files.StateDir, PendingFile)); strings.Contains(string(b), used) {
+	if b, _ := os.ReadFile(filepath.Join(n.files.StateDir, state.PendingFile)); strings.Contains(string(b), used) {
 		t.Fatal("the marker contains the token itself")
 	}
 	if _, err := os.Stat(n.files.TokenPath); err != nil {
 		t.Fatalf("the token file was removed after a failed enrollment: %v", err)
 	}
-	if _, err := ReadReceipt(n.files.StateDir); !errors.Is(err, os.ErrNotExist) {
+	if _, err := state.ReadReceipt(n.files.StateDir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a receipt exists after a failed enrollment (%v)", err)
 	}
 
@@ -370,7 +310,7 @@ func TestPendingMarkerLifeCycle(t *testing.T) {
 	if _, err := os.Stat(n.files.TokenPath); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the token file was not removed after enrollment (%v)", err)
 	}
-	r, err := ReadReceipt(n.files.StateDir)
+	r, err := state.ReadReceipt(n.files.StateDir)
 	if err != nil || r.NodeID != nodeID || !r.Enrolled {
 		t.Fatalf("receipt after success: %+v %v", r, err)
 	}
@@ -473,7 +413,7 @@ func TestCrashAfterSign(t *testing.T) {
 	if _, ok := n.pending(t); !ok {
 		t.Fatal("the marker was dropped while the node is still not enrolled")
 	}
-	if _, err := ReadReceipt(n.files.StateDir); !errors.Is(err, os.ErrNotExist) {
+	if _, err := state.ReadReceipt(n.files.StateDir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("a receipt was written")
 	}
 }
@@ -506,8 +446,8 @@ func TestKeptCredentialsForgetBurntToken(t *testing.T) {
 				}
 			}
 			controlplane.WriteToken(n.files.Root, n.cfg.CA.TokenFile, tok)
-			b, _ := json.Marshal(Pending{TokenSHA256: sha(strings.TrimSpace(string(raw))), Started: time.Now()})
-			os.WriteFile(filepath.Join(n.files.StateDir, PendingFile), b, 0o600)
+			b, _ := json.Marshal(state.Pending{TokenSHA256: sha(strings.TrimSpace(string(raw))), Started: time.Now()})
+			os.WriteFile(filepath.Join(n.files.StateDir, state.PendingFile), b, 0o600)
 
 			out := n.run(t)
 			if !out.Report.OK || out.Enrolled {
@@ -662,7 +602,7 @@ func TestRunTightensExposedKey(t *testing.T) {
 		t.Fatalf("with a token: ok=%v enrolled=%v serial %s (first %s) warnings %q: %s", rotated.Report.OK, rotated.Enrolled, rotated.Receipt.Serial, first.Receipt.Serial, rotated.Receipt.Warnings, rotated.Report.Summary)
 	}
 	checkModes()
-	if _, err := os.Stat(filepath.Join(n.files.StateDir, ExposedFile)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(n.files.StateDir, state.ExposedFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the exposure record outlived the rotated key: %v", err)
 	}
 	if out := n.run(t); !out.Report.OK || out.Enrolled || len(out.Receipt.Warnings) != 0 {
@@ -707,7 +647,7 @@ func TestRunStopsAtClockBeforeSpendingToken(t *testing.T) {
 // the last one listed.
 func TestRunReportsNamedSteps(t *testing.T) {
 	n := prepareNode(t)
-	names := func(out *Outcome) (ns []string, last report.Step) {
+	names := func(out *pipeline.Outcome) (ns []string, last report.Step) {
 		for _, s := range out.Report.Steps {
 			ns = append(ns, s.Name+":"+s.Status)
 			if s.DurationMS < 0 {
@@ -718,7 +658,7 @@ func TestRunReportsNamedSteps(t *testing.T) {
 	}
 	out := n.run(t)
 	got, _ := names(out)
-	want := []string{"sweep:ok", "credentials-mode:ok", "hosts:ok", "ca-roots:ok", "assess:ok", "credentials:ok", "proof:ok", "revoke:ok", "receipt:ok"}
+	want := []string{"sweep:ok", "credentials-mode:ok", "hosts:ok", "ca-roots:ok", "assess:ok", "clock:ok", "credentials:ok", "proof:ok", "publish:ok", "revoke:ok", "receipt:ok", "post-hook:ok"}
 	if !out.Report.OK || !reflect.DeepEqual(got, want) {
 		t.Fatalf("steps %v, want %v (%s)", got, want, out.Report.Summary)
 	}
@@ -726,7 +666,7 @@ func TestRunReportsNamedSteps(t *testing.T) {
 	os.RemoveAll(n.files.PKIDir)
 	out = n.run(t)
 	got, last := names(out)
-	if out.Report.OK || last.Name != "credentials" || last.Status != "fail" || len(got) != 6 || out.Report.FailedCheck != "enroll" {
+	if out.Report.OK || last.Name != "credentials" || last.Status != "fail" || len(got) != 7 || out.Report.FailedCheck != "enroll" {
 		t.Fatalf("no credentials, no token: steps %v, failed check %s", got, out.Report.FailedCheck)
 	}
 }

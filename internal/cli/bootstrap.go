@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 
 	"github.com/gpuaas/provision/internal/bootstrap"
+	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/tasks"
+	"github.com/gpuaas/provision/internal/verify"
 )
 
 var bootstrapCmd = &command{
@@ -49,34 +53,54 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 		return code
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
+	return locked(ctx, env, f, cfg, host, log, func() *report.Report {
+		// pki_dir is provision's own, like state_dir: created 0700, tightened
+		// (and said so) when others could write into it.
+		pki := host.Path(cfg.Paths.PKIDir)
+		if ds, err := system.EnsurePrivateDir(pki, true); err != nil {
+			return report.Failed("bootstrap", cfg.NodeID, "pki-dir", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
+				Summary: err.Error(), Remedy: "make " + cfg.Paths.PKIDir + " a directory owned by root (or remove it), then run again"})
+		} else if ds.Tightened {
+			log.Warn("pki directory was writable by other users; restricted it to 0700", "dir", cfg.Paths.PKIDir, "was", fmt.Sprintf("%04o", ds.WasMode))
+		}
+		out := bootstrap.Run(ctx, cfg, host, pipelineOptions(log, false))
+		logTask(log, cfg, out)
+		return out.Report
+	})
+}
+
+// pipelineOptions are the options of a bootstrap or renew run: verify's
+// ladder is the proof, so their last line and verify's answer agree.
+func pipelineOptions(log *slog.Logger, force bool) pipeline.Options {
+	return pipeline.Options{Log: log, Version: Version(), Policy: retry.Default, Ladder: verify.Ladder, Force: force}
+}
+
+func logTask(log *slog.Logger, cfg *config.Config, out *pipeline.Outcome) {
+	if out.Task != nil {
+		log.Info("task received during the proof and handed off", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, tasks.Dir))
+	}
+}
+
+// locked runs a command that changes the node (bootstrap, renew) under
+// state_dir's lock, then finishes it: report, metrics, the run's last log
+// line. A lock another run holds past the deadline is exit 4.
+func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, run func() *report.Report) int {
+	cmd := f.cmd.name
 	unlock, err := lock(ctx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
 	if err != nil {
 		var le *lockError
 		if errors.As(err, &le) && le.busy {
-			rep := report.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
+			rep := report.Failed(cmd, cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
 				Summary: err.Error(), Remedy: "another provision run on this node has not finished (see its logs); try again later", Transient: true})
-			if f.format == "json" || interruptedBy(ctx) != nil {
+			if cmd != "bootstrap" || f.format == "json" || interruptedBy(ctx) != nil {
 				return printReport(env, f, rep)
 			}
 			fmt.Fprintf(env.stderr, "provision: error: %v; another provision run on this node has not finished (see its logs), try again later\n", err)
 			return ExitLocked
 		}
-		return finish(env, f, cfg, host, log, report.Failed("bootstrap", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
+		return finish(env, f, cfg, host, log, report.Failed(cmd, cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
 	}
 	defer unlock()
-	// pki_dir is provision's own, like state_dir: created 0700, tightened
-	// (and said so) when others could write into it.
-	pki := host.Path(cfg.Paths.PKIDir)
-	if ds, err := system.EnsurePrivateDir(pki, true); err != nil {
-		return finish(env, f, cfg, host, log, report.Failed("bootstrap", cfg.NodeID, "pki-dir", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
-			Summary: err.Error(), Remedy: "make " + cfg.Paths.PKIDir + " a directory owned by root (or remove it), then run again"}))
-	} else if ds.Tightened {
-		log.Warn("pki directory was writable by other users; restricted it to 0700", "dir", cfg.Paths.PKIDir, "was", fmt.Sprintf("%04o", ds.WasMode))
-	}
-	out := bootstrap.Run(ctx, cfg, host, bootstrap.Options{Log: log, Version: Version(), Policy: retry.Default})
-	if out.Report.OK && out.Task != nil {
-		log.Info("task received during the proof and saved", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, tasks.Dir))
-	}
-	return finish(env, f, cfg, host, log, out.Report)
+	return finish(env, f, cfg, host, log, run())
 }

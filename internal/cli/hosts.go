@@ -14,7 +14,6 @@ import (
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
-	"github.com/gpuaas/provision/internal/verify"
 )
 
 var hostsCmd = &command{
@@ -96,12 +95,12 @@ func (h *hostsRun) fail(msg, remedy string) int {
 }
 
 func (h *hostsRun) failErr(err error) int {
-	msg, remedy := verify.HostsProblem(h.cfg.Paths.HostsFile, err)
+	msg, remedy := hosts.Describe(h.cfg.Paths.HostsFile, err)
 	return h.fail(msg, remedy+"; nothing was changed")
 }
 
 func hostsApply(h *hostsRun) int {
-	s, err := bootstrap.ApplyHosts(h.cfg, h.host)
+	s, err := hosts.ApplyTo(h.host, h.cfg.Paths.HostsFile, bootstrap.HostEntries(h.cfg))
 	if err != nil {
 		return h.failErr(err)
 	}
@@ -154,7 +153,7 @@ func hostsShow(h *hostsRun) int {
 		}
 	}
 	if err := hosts.Check(old, bootstrap.HostEntries(h.cfg)); err != nil {
-		msg, remedy := verify.HostsProblem(h.cfg.Paths.HostsFile, err)
+		msg, remedy := hosts.Describe(h.cfg.Paths.HostsFile, err)
 		return h.fail(msg, remedy)
 	}
 	fmt.Fprintf(h.env.stdout, "%s: the managed block matches the config\n", h.cfg.Paths.HostsFile)

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -13,9 +14,8 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/config"
-	"github.com/gpuaas/provision/internal/credstore"
-	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/metrics"
+	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -102,16 +102,7 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 			return
 		}
 		dir = cfg.Metrics.TextfileDir
-		if set, err := credstore.Load(host.Path(cfg.Paths.PKIDir)); err == nil {
-			cert = metrics.CertFacts(set.Chain, set.Roots)
-			if cert != nil {
-				// The renewal point and due time are the one verdict's,
-				// the same renew acts on (the chain is not judged here:
-				// the timing does not depend on it).
-				v := lifecycle.Judge(lifecycle.Input{Set: set, NodeID: cfg.NodeID, Now: host.Time(), RenewFraction: cfg.Renew.Fraction})
-				cert.RenewAfter, cert.DueAt = v.RenewAfter, v.DueAt(cfg.Renew.Splay.Duration)
-			}
-		}
+		cert = certFacts(cfg, host)
 	}
 	run := metrics.Run{Command: r.Command, Report: r, Finished: time.Now(), Duration: time.Since(env.start), Cert: cert, Version: Version()}
 	path, err := metrics.Write(host.ResolvedPath(dir), run)
@@ -133,4 +124,21 @@ func metricsForConfigFailure(env *runEnv, f *flags, host *system.Host, r *report
 	}
 	r, _ = outcome(env, r)
 	writeMetrics(env, nil, host, f.logger(env.stderr, ""), r)
+}
+
+// certFacts are the installed certificate's times for the metrics, judged
+// offline by the one verdict (the renewal point and due time renew acts on).
+func certFacts(cfg *config.Config, host *system.Host) *metrics.Cert {
+	e := observe.NewEnv(cfg, host)
+	e.Offline = true
+	set, err := e.Creds()
+	if err != nil {
+		return nil
+	}
+	cert := metrics.CertFacts(set.Chain, set.Roots)
+	if cert != nil {
+		v := e.Verdict(context.Background())
+		cert.RenewAfter, cert.DueAt = v.RenewAfter, v.DueAt(cfg.Renew.Splay.Duration)
+	}
+	return cert
 }

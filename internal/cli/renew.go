@@ -2,15 +2,12 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"path/filepath"
 
-	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/renew"
 	"github.com/gpuaas/provision/internal/report"
-	"github.com/gpuaas/provision/internal/retry"
-	"github.com/gpuaas/provision/internal/tasks"
+	"github.com/gpuaas/provision/internal/system"
 )
 
 // Exit codes of renew --check (outside the layer codes): usable as
@@ -74,7 +71,6 @@ func init() {
 
 func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	f := newFlags(renewCmd, env)
-	force, check := &f.force, &f.check
 	if code, ok := f.parse(env, args); !ok {
 		return code
 	}
@@ -83,41 +79,31 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 		return code
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
-	if *check {
-		d, cf := renew.CheckFinding(cfg, host, *force)
-		msg := cf.Summary
-		code := map[renew.Decision]int{renew.Due: ExitCheckDue, renew.NotDue: ExitCheckNotDue, renew.CannotRenew: ExitCheckCannotRenew}[d]
-		rep := &report.Report{OK: d != renew.CannotRenew, Command: "renew", NodeID: cfg.NodeID, Summary: msg}
-		if d == renew.CannotRenew {
-			// The reason's own layer and owner (expired: credentials,
-			// stale: ca, revoked: enroll), as a renewal run names them.
-			rep.FailedLayer, rep.Owner, rep.FailedCheck = cf.Layer, cf.Owner, "check"
-			if rep.FailedLayer == "" {
-				rep.FailedLayer = diag.Credentials
-			}
-			rep.Remedy = "write a fresh one-time token for this node_id to " + cfg.CA.TokenFile + " and run provision bootstrap"
-		}
-		if f.format == "json" {
-			printJSON(env, rep, code)
-		} else {
-			fmt.Fprintf(env.stdout, "provision renew --check: %s (exit %d)\n", msg, code)
-		}
-		return code
+	if f.check {
+		return renewCheck(env, f, cfg, host)
 	}
-	unlock, err := lock(ctx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
-	if err != nil {
-		var le *lockError
-		if errors.As(err, &le) && le.busy {
-			return printReport(env, f, report.Failed("renew", cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
-				Summary: err.Error(), Remedy: "another provision run on this node has not finished (see its logs); try again later", Transient: true}))
-		}
-		return finish(env, f, cfg, host, log, report.Failed("renew", cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
-			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
+	return locked(ctx, env, f, cfg, host, log, func() *report.Report {
+		out := renew.Run(ctx, cfg, host, pipelineOptions(log, f.force))
+		logTask(log, cfg, out)
+		return out.Report
+	})
+}
+
+// renewCheck is renew --check: offline, no lock, exit 0 due, 30 not due,
+// 31 cannot renew.
+func renewCheck(env *runEnv, f *flags, cfg *config.Config, host *system.Host) int {
+	d, cf := renew.Check(cfg, host, f.force)
+	code := map[renew.Decision]int{renew.Due: ExitCheckDue, renew.NotDue: ExitCheckNotDue, renew.CannotRenew: ExitCheckCannotRenew}[d]
+	rep := &report.Report{OK: d != renew.CannotRenew, Command: "renew", NodeID: cfg.NodeID, Summary: cf.Summary, Checks: []report.Result{}}
+	if d == renew.CannotRenew {
+		// The reason's own layer and owner (expired: credentials, stale: ca,
+		// revoked: enroll), as a renewal run names them, and its remedy.
+		rep.FailedLayer, rep.Owner, rep.FailedCheck, rep.Remedy = cf.Layer, cf.Owner, "check", cf.Remedy
 	}
-	defer unlock()
-	out := renew.Run(ctx, cfg, host, renew.Options{Log: log, Version: Version(), Policy: retry.Default, Force: *force})
-	if out.Task != nil {
-		log.Info("task received during the proof and handed off", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, tasks.Dir))
+	if f.format == "json" {
+		printJSON(env, rep, code)
+	} else {
+		fmt.Fprintf(env.stdout, "provision renew --check: %s (exit %d)\n", cf.Summary, code)
 	}
-	return finish(env, f, cfg, host, log, out.Report)
+	return code
 }

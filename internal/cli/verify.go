@@ -52,13 +52,13 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	defer cancel()
 	start := time.Now()
 	e := observe.NewEnv(cfg, host)
-	results := verify.Run(ctx, e, verify.Checks(), log)
+	results := verify.Ladder(ctx, e, log)
 	rep := report.New("verify", cfg.NodeID, results, time.Since(start))
 	// The proof's tasks/wait is the node-agent's: a task the API handed out
 	// is dequeued there, so verify hands it off exactly as bootstrap does.
-	if t, ok := e.Probed().HandedTask(); ok {
+	t, path, err := tasks.HandOff(host.Path(cfg.Paths.StateDir), e.Probed(), host.Time(), host.Hook)
+	if t != nil {
 		rep.Task = json.RawMessage(t.Raw)
-		path, err := tasks.Save(host.Path(cfg.Paths.StateDir), t, host.Time(), host.Hook)
 		if err != nil {
 			return finish(env, f, cfg, host, log, report.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 				Summary:  "the proof received a task but it could not be handed off: " + err.Error(),

@@ -519,3 +519,25 @@ func Tighten(loose []Loose) error {
 	}
 	return nil
 }
+
+// Asides lists, newest first, the generations in dir that are neither
+// current nor the rollback target: sets written by SaveAside and never
+// published (a renewal whose proof failed, a run killed before Publish).
+// One of them may hold a certificate the CA issued that is still good: a
+// later run proves it again rather than asking the CA for another.
+func Asides(dir string) []string {
+	skip := map[string]bool{}
+	for _, l := range []string{CurrentLink, PreviousLink} {
+		if t, err := os.Readlink(filepath.Join(dir, l)); err == nil {
+			skip[filepath.Base(t)] = true
+		}
+	}
+	gens := Generations(dir)
+	var out []string
+	for i := len(gens) - 1; i >= 0; i-- {
+		if !skip[gens[i]] {
+			out = append(out, gens[i])
+		}
+	}
+	return out
+}

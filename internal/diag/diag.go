@@ -71,6 +71,9 @@ type Finding struct {
 	Summary   string // what failed, in one line
 	Remedy    string // what to do next, in the incident's recovery words
 	Evidence  map[string]string
+	// Check names the failed_check of a step's finding when it is not the
+	// step's own name (the bootstrap step "credentials" fails at "enroll").
+	Check string
 }
 
 func (f *Finding) add(k, v string) {

@@ -329,22 +329,8 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 		if e.Status == 404 && e.Kind == CARejected {
 			e.Kind = PinMismatch
 			e.Err = fmt.Errorf("the CA does not know a root with fingerprint %s (it answered 404): ca.fingerprint is wrong, or the CA was re-initialised with a new root", c.Fingerprint)
-			if c.knowsPinned() {
-				// A completed root rotation: the node's ca.pem holds the
-				// pinned root and the roots fetched (authenticated) beside
-				// it, which may still vouch for the CA. A fingerprint that
-				// was never among them is wrong, and stays an error.
-				if r, err := c.fetchCurrent(ctx, out, nil); err == nil {
-					r.PinRetired = true
-					// ca.pem keeps the pinned root while the config pins it,
-					// so the next run can follow the rotation the same way.
-					for _, k := range c.Known {
-						if Fingerprint(k) == c.Fingerprint {
-							r.Federated = append(r.Federated, k)
-						}
-					}
-					return r, nil
-				}
+			if r, ok := c.followKnown(ctx, out); ok {
+				return r, nil
 			}
 		}
 		return out, e
@@ -365,14 +351,30 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 	return c.fetchCurrent(ctx, out, root)
 }
 
-// knowsPinned reports whether Known holds the pinned root.
-func (c *Client) knowsPinned() bool {
-	for _, k := range c.Known {
-		if Fingerprint(k) == c.Fingerprint {
-			return true
+// followKnown handles a 404 to the pinned-root fetch on a node that holds
+// roots from an earlier authenticated fetch (its ca.pem): the pin anchors
+// first trust only. The 404 came over the one unverified connection, so it
+// proves nothing by itself; the CA's roots are asked for again over a
+// connection verified by the roots the node holds, and only that answer
+// counts. If it still lists the pinned root, nothing was retired (the 404
+// was not the CA's); if not, the CA dropped it (PinRetired, a warning for
+// the fleet's config). A node without such roots cannot follow anything.
+func (c *Client) followKnown(ctx context.Context, out *Roots) (*Roots, bool) {
+	if len(c.Known) == 0 {
+		return nil, false
+	}
+	r, err := c.fetchCurrent(ctx, out, nil)
+	if err != nil {
+		return nil, false
+	}
+	for _, x := range append(append([]*x509.Certificate(nil), r.Current...), r.Federated...) {
+		if Fingerprint(x) == c.Fingerprint {
+			r.Pinned = x
+			return r, true
 		}
 	}
-	return false
+	r.PinRetired = true
+	return r, true
 }
 
 // fetchCurrent fetches /roots and /federation over a connection trusting

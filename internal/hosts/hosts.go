@@ -45,6 +45,9 @@ type Entry struct {
 type Error struct {
 	Line int
 	Msg  string
+	// Outside marks a conflicting line outside the managed block, which
+	// provision never edits: a person must.
+	Outside bool
 }
 
 func (e *Error) Error() string {
@@ -265,7 +268,7 @@ func conflicts(ls []line, blk Block, entries []Entry) error {
 		}
 		for _, n := range f[1:] {
 			if w, ok := want[strings.ToLower(n)]; ok && ip.Unmap() != w.Unmap() {
-				return &Error{Line: i + 1, Msg: fmt.Sprintf("maps %s to %s outside the managed block, but the config wants %s; remove that line (resolvers disagree about which one wins)", n, ip, w)}
+				return &Error{Line: i + 1, Outside: true, Msg: fmt.Sprintf("maps %s to %s outside the managed block, but the config wants %s; remove that line (resolvers disagree about which one wins)", n, ip, w)}
 			}
 		}
 	}
@@ -417,4 +420,52 @@ func EntriesOf(m map[string]netip.Addr) []Entry {
 	}
 	sort.Slice(es, func(i, j int) bool { return es[i].Name < es[j].Name })
 	return es
+}
+
+// ApplyTo writes the managed block for entries into file, a path on host.
+// A hosts file that is a symbolic link is edited at its target, resolved
+// inside --root (system.Host.Resolve), so the link stays a link and --root
+// stays a sandbox.
+func ApplyTo(host *system.Host, file string, entries []Entry) (Strategy, error) {
+	target, err := host.Resolve(file)
+	if err != nil {
+		return "", fmt.Errorf("resolving %s: %w", file, err)
+	}
+	path := host.Path(target)
+	old, err := ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("reading %s: %w", file, err)
+	}
+	nb, changed, err := Apply(old, entries)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", file, err)
+	}
+	if !changed {
+		return Unchanged, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", err
+	}
+	s, err := Write(path, old, nb, host.Hook)
+	if err != nil {
+		return "", fmt.Errorf("writing %s: %w", file, err)
+	}
+	return s, nil
+}
+
+// Describe words a failure of Check or Apply for path: what is wrong and
+// what to do, the one wording verify's hosts-block check, bootstrap and
+// 'provision hosts' share.
+func Describe(path string, err error) (msg, remedy string) {
+	var de *DiffError
+	var he *Error
+	switch {
+	case errors.Is(err, ErrNoBlock):
+		return path + " has no provision managed block", "write the override: provision hosts apply (cloud-init's manage_etc_hosts may have rewritten the file)"
+	case errors.As(err, &de):
+		return fmt.Sprintf("the managed block in %s differs from the config: %s", path, strings.Join(de.Diffs, "; ")), "rewrite the override from the config: provision hosts apply"
+	case errors.As(err, &he) && he.Outside:
+		return fmt.Sprintf("%s: %v", path, err), "remove or correct that line by hand (provision edits only its block), then run provision hosts apply"
+	}
+	return fmt.Sprintf("%s: %v", path, err), fmt.Sprintf("repair the managed block in %s by hand (keep one BEGIN and one END marker), then run provision hosts apply", path)
 }

@@ -1,8 +1,12 @@
 // Package lifecycle answers one question in one place: what should happen to
 // the credentials on disk? Judge looks at the key, the certificate chain and
-// the CA bundle (with their modes), the CA's current roots, node_id and the
-// clock, and returns a typed Verdict. bootstrap acts on it, verify renders
-// it, and renewal schedules from it.
+// the CA bundle (with their modes), the CA's current and federated roots,
+// node_id, the node clock against the CA's, and what the CA last said about
+// this certificate with evidence (revocation), and returns a typed Verdict.
+// bootstrap and renew act on it, verify renders it, renew --check and the
+// metrics schedule from it, and Remedy words what to do about each reason.
+// The one place that gathers Judge's input from disk and network is
+// observe.Env.Verdict.
 //
 // Why one function: the same facts used to be read by bootstrap (to decide
 // whether to re-enroll) and by verify (to tell the operator what to do), in
@@ -68,13 +72,34 @@ const (
 	BundleStale   Reason = "bundle-stale"    // ca.pem lacks one of the CA's current roots
 	PastRenewal   Reason = "past-renewal"    // valid, past the renewal point
 	RootsUnknown  Reason = "roots-unknown"   // the CA's roots could not be fetched: chain not judged
+	ClockSkewed   Reason = "clock-skew"      // the node clock is more than MaxSkew off the CA's: judge nothing irreversible
 )
 
 var reasonAction = map[Reason]Action{
 	Missing: Reenroll, Unreadable: Reenroll, KeyMismatch: Reenroll, WrongNode: Reenroll,
 	NotYetValid: Reenroll, Expired: Reenroll, OtherCA: Reenroll, Revoked: Reenroll,
 	KeyExposed: Tighten, KeyWasExposed: Tighten, DirOpen: Tighten, BundleStale: Tighten,
-	PastRenewal: Renew, RootsUnknown: Keep,
+	PastRenewal: Renew, RootsUnknown: Keep, ClockSkewed: Keep,
+}
+
+// Clock tolerances against the CA's Date header.
+const (
+	// MaxSkew is the most the node clock may be off the CA's: step-ca gives
+	// tokens one minute of leeway, and TLS has none.
+	MaxSkew = time.Minute
+	// WarnSkew is when a skew is worth a warning before it matters.
+	WarnSkew = 10 * time.Second
+)
+
+// Skew is the node clock minus a peer's (the CA's or the API's Date
+// header) and whether it is beyond MaxSkew; zero and false without a peer
+// time.
+func Skew(now, peer time.Time) (time.Duration, bool) {
+	if peer.IsZero() {
+		return 0, false
+	}
+	d := now.Sub(peer)
+	return d, d > MaxSkew || d < -MaxSkew
 }
 
 // Action returns what the reason calls for on its own.
@@ -97,15 +122,21 @@ type Input struct {
 	// Roots are the CA's current roots; nil when they could not be fetched
 	// (the chain is then not judged and RootsUnknown is reported).
 	Roots []*x509.Certificate
-	Now   time.Time
+	// Federated are the roots the CA vouches for beside Roots: ca.pem must
+	// hold exactly Roots and Federated, no more, no fewer.
+	Federated []*x509.Certificate
+	Now       time.Time
+	// CADate is the CA's clock (its Date header), zero when unknown.
+	CADate time.Time
 	// RenewFraction of the lifetime after which the certificate is due;
 	// 0 means DefaultRenewFraction.
 	RenewFraction float64
 	// Exposed is set when state records the key as having been readable
 	// by others: the mode is fixed, the key is still the exposed one.
 	Exposed bool
-	// RevokedSerial is the serial the CA last refused to renew (state_dir's
-	// renew record); the certificate is revoked if it is that serial.
+	// RevokedSerial is a serial found revoked with evidence (the CA's
+	// signed CRL, recorded in state_dir's renew record); a refusal alone
+	// (a 401 from anything in front of the CA) is never recorded here.
 	RevokedSerial string
 }
 
@@ -118,12 +149,34 @@ type Verdict struct {
 	// Leaf and its timing, when a certificate could be read.
 	Leaf       *x509.Certificate
 	RenewAfter time.Time
-	ChainErr   error // why the chain does not verify against Roots
+	ChainErr   error             // why the chain does not verify against Roots
+	ChainRoot  *x509.Certificate // the current root it chains to, when it does
 	// BundleMissing counts the CA's current roots ca.pem lacks;
 	// BundleUseless is set when it holds none of them: the node can then
-	// verify no server of the control plane.
+	// verify no server of the control plane. BundleDropped counts roots
+	// ca.pem holds that the CA no longer serves or vouches for.
 	BundleMissing int
 	BundleUseless bool
+	BundleDropped int
+	// Skew is the node clock minus the CA's (zero when unknown).
+	Skew time.Duration
+}
+
+// RenewableAfterExpiry reports whether expiry is all that stands between
+// the certificate and a renewal: the key matches, it is this node's, it
+// chains to a current root (judged at its last valid instant), and it is
+// not revoked. step-ca renews such a certificate when its provisioner
+// allows renewal after expiry.
+func (v Verdict) RenewableAfterExpiry() bool {
+	if !v.Has(Expired) {
+		return false
+	}
+	for _, r := range v.Reasons {
+		if r != Expired && r.Action() == Reenroll {
+			return false
+		}
+	}
+	return !v.Has(RootsUnknown)
 }
 
 // Has reports whether r is among the verdict's reasons.
@@ -189,14 +242,12 @@ func Judge(in Input) Verdict {
 		v.add(Expired, "the certificate expired at %s", stamp(leaf.NotAfter))
 	}
 	if in.RevokedSerial != "" && in.RevokedSerial == leaf.SerialNumber.String() {
-		v.add(Revoked, "the CA refused to renew certificate serial %s: it was revoked (or its provisioner removed)", in.RevokedSerial)
+		v.add(Revoked, "certificate serial %s is on the CA's revocation list", in.RevokedSerial)
 	}
-	if in.Roots == nil {
-		v.add(RootsUnknown, "the CA's current roots are unknown: the chain was not judged")
-	} else if err := ChainsTo(s.Chain, in.Roots, in.Now); err != nil && !v.Has(Expired) && !v.Has(NotYetValid) {
-		v.ChainErr = err
-		v.add(OtherCA, "the node certificate (issuer %s) does not chain to any of the CA's current roots: it is stale (%v)", leaf.Issuer, err)
+	if v.Skew, _ = Skew(in.Now, in.CADate); v.Skew > MaxSkew || v.Skew < -MaxSkew {
+		v.add(ClockSkewed, "the node clock is %s off the CA's", v.Skew.Round(time.Second))
 	}
+	v.judgeChain(in, leaf)
 	if s.KeyMode&0o077 != 0 {
 		v.add(KeyExposed, "key.pem is mode %04o; a private key must be 0600", s.KeyMode)
 	} else if in.Exposed {
@@ -205,17 +256,67 @@ func Judge(in Input) Verdict {
 	if s.DirMode&0o077 != 0 {
 		v.add(DirOpen, "pki_dir is mode %04o; it holds a private key and must be 0700", s.DirMode)
 	}
-	if in.Roots != nil {
-		if v.BundleMissing = missingRoots(s.Roots, in.Roots); v.BundleMissing > 0 {
-			v.add(BundleStale, "ca.pem lacks %d of the CA's %d current root(s)", v.BundleMissing, len(in.Roots))
-			v.BundleUseless = v.BundleMissing == len(in.Roots)
-		}
-	}
+	v.judgeBundle(in)
 	if v.Action < Reenroll && !in.Now.Before(v.RenewAfter) {
 		v.add(PastRenewal, "past its renewal point %s; it expires at %s (in %s)", stamp(v.RenewAfter), stamp(leaf.NotAfter), leaf.NotAfter.Sub(in.Now).Round(time.Minute))
 	}
 	sortBySeverity(v.Reasons)
 	return v
+}
+
+// judgeChain: the certificate must chain to one of the CA's current roots.
+// An expired (or not yet valid) certificate is judged at its last (first)
+// valid instant, so a stale one is still told apart from one that only ran
+// out, which the CA may renew after expiry.
+func (v *Verdict) judgeChain(in Input, leaf *x509.Certificate) {
+	if in.Roots == nil {
+		v.add(RootsUnknown, "the CA's current roots are unknown: the chain was not judged")
+		return
+	}
+	at := in.Now
+	switch {
+	case in.Now.After(leaf.NotAfter):
+		at = leaf.NotAfter
+	case in.Now.Before(leaf.NotBefore):
+		at = leaf.NotBefore
+	}
+	if err := ChainsTo(in.Set.Chain, in.Roots, at); err != nil {
+		v.ChainErr = err
+		v.add(OtherCA, "the node certificate (issuer %s) does not chain to any of the CA's current roots: it is stale (%v)", leaf.Issuer, err)
+		return
+	}
+	for _, root := range in.Roots {
+		if ChainsTo(in.Set.Chain, []*x509.Certificate{root}, at) == nil {
+			v.ChainRoot = root
+			break
+		}
+	}
+}
+
+// judgeBundle: ca.pem must hold exactly the roots the CA serves now,
+// current and federated. A missing current root is stale material (the node
+// cannot verify servers under it); a root the CA dropped is trust the node
+// must not keep (a server certificate under it would still verify).
+func (v *Verdict) judgeBundle(in Input) {
+	if in.Roots == nil {
+		return
+	}
+	have := in.Set.Roots
+	want := append(append([]*x509.Certificate(nil), in.Roots...), in.Federated...)
+	v.BundleMissing = missingRoots(have, in.Roots)
+	v.BundleDropped = missingRoots(want, have)
+	fedMissing := missingRoots(have, in.Federated)
+	switch {
+	case v.BundleMissing > 0 && v.BundleDropped > 0:
+		v.add(BundleStale, "ca.pem lacks %d of the CA's %d current root(s) and holds %d root(s) the CA no longer serves", v.BundleMissing, len(in.Roots), v.BundleDropped)
+	case v.BundleMissing > 0:
+		v.add(BundleStale, "ca.pem lacks %d of the CA's %d current root(s)", v.BundleMissing, len(in.Roots))
+	case v.BundleDropped > 0:
+		v.add(BundleStale, "ca.pem holds %d root(s) the CA no longer serves or vouches for", v.BundleDropped)
+	case fedMissing > 0:
+		v.add(BundleStale, "ca.pem lacks %d of the CA's %d federated root(s)", fedMissing, len(in.Federated))
+	}
+	v.BundleUseless = v.BundleMissing > 0 && v.BundleMissing == len(in.Roots)
 }
 
 // DueAt is when the certificate is to be renewed: its renewal point plus

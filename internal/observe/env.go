@@ -26,7 +26,7 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
-	"github.com/gpuaas/provision/internal/renewrec"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -39,9 +39,14 @@ type Env struct {
 	Host    *system.Host
 	Timeout time.Duration // per network operation
 	// CredsDir, when set, is the host path of a generation directory whose
-	// set is judged and proven instead of pki_dir's current one: renew
-	// proves a renewed set before it is published.
+	// set is judged and proven instead of pki_dir's current one: a renewed
+	// or enrolled set is proven before it is published.
 	CredsDir string
+	// Offline judges without the network: the CA's roots are taken to be
+	// the installed ca.pem (the roots the last run fetched, authenticated,
+	// and proved with this very certificate), and the CA's clock is unknown.
+	// renew --check, status and the metrics judge so.
+	Offline bool
 
 	rootsOnce sync.Once
 	roots     *enroll.Roots
@@ -63,6 +68,9 @@ type Env struct {
 
 	verdictOnce sync.Once
 	verdict     lifecycle.Verdict
+
+	recordOnce sync.Once
+	record     *state.Renewal
 }
 
 // NewEnv returns an Env for cfg on host.
@@ -91,12 +99,27 @@ func (e *Env) SetRoots(r *enroll.Roots) {
 }
 
 // Roots fetches the CA's current roots once, without retries: verify must
-// diagnose a dead CA in seconds.
+// diagnose a dead CA in seconds. Offline, they are the installed ca.pem's.
 func (e *Env) Roots(ctx context.Context) (*enroll.Roots, error) {
 	e.rootsOnce.Do(func() {
+		if e.Offline {
+			e.roots, e.rootsErr = e.installedRoots()
+			return
+		}
 		e.roots, e.rootsErr = e.CAClient(0).FetchRoots(ctx)
 	})
 	return e.roots, e.rootsErr
+}
+
+func (e *Env) installedRoots() (*enroll.Roots, error) {
+	creds, err := e.Creds()
+	if err != nil {
+		return nil, err
+	}
+	if len(creds.Roots) == 0 {
+		return nil, errors.New("ca.pem holds no root")
+	}
+	return &enroll.Roots{Current: creds.Roots}, nil
 }
 
 // Creds loads the installed credentials once.
@@ -111,31 +134,29 @@ func (e *Env) Creds() (*credstore.Set, error) {
 	return e.creds, e.credsErr
 }
 
-// Chain judges once whether the node certificate chains to the CA's current
-// roots.
+// Chain says, from the one verdict, whether the node certificate chains to
+// the CA's current roots: who owns a client-certificate rejection depends on
+// it.
 func (e *Env) Chain(ctx context.Context) (diag.ChainState, error) {
 	e.chainOnce.Do(func() {
-		creds, err := e.Creds()
-		if err != nil {
+		if _, err := e.Creds(); err != nil {
 			e.chain, e.chainErr = diag.ChainUnknown, err
 			return
 		}
-		roots, err := e.Roots(ctx)
-		if err != nil || roots == nil || len(roots.Current) == 0 {
+		v := e.Verdict(ctx)
+		switch {
+		case v.Has(lifecycle.RootsUnknown):
+			_, err := e.Roots(ctx)
 			e.chain, e.chainErr = diag.ChainUnknown, errors.Join(errors.New("CA roots unavailable"), err)
-			return
-		}
-		if err := lifecycle.ChainsTo(creds.Chain, roots.Current, e.Host.Time()); err != nil {
-			e.chain, e.chainErr = diag.ChainStale, err
-			return
-		}
-		// A ca.pem without any current root is stale material too: a server
-		// certificate it cannot verify is the node's to fix, not the ingress's.
-		if v := e.Verdict(ctx); v.BundleUseless {
+		case v.Has(lifecycle.OtherCA):
+			e.chain, e.chainErr = diag.ChainStale, v.ChainErr
+		case v.BundleUseless:
+			// A ca.pem without any current root is stale material too: a
+			// server certificate it cannot verify is the node's to fix.
 			e.chain, e.chainErr = diag.ChainStale, errors.New(v.Detail[lifecycle.BundleStale])
-			return
+		default:
+			e.chain = diag.ChainCurrent
 		}
-		e.chain = diag.ChainCurrent
 	})
 	return e.chain, e.chainErr
 }
@@ -179,8 +200,10 @@ func (e *Env) Probed() *probe.Result {
 	return e.probe
 }
 
-// Verdict judges the installed credentials once, against the CA's current
-// roots when they can be fetched, and the exposure bootstrap recorded.
+// Verdict judges the credentials once: the one place that gathers
+// lifecycle.Judge's input (the set on disk with its modes, the CA's current
+// and federated roots and its clock when they can be fetched, the exposure
+// bootstrap recorded, the revocation the renew record holds evidence of).
 func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 	e.verdictOnce.Do(func() {
 		set, err := e.Creds()
@@ -191,16 +214,17 @@ func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 			in.RevokedSerial = rec.RevokedSerial
 		}
 		if roots, rerr := e.Roots(ctx); rerr == nil && roots != nil && len(roots.Current) > 0 {
-			in.Roots = roots.Current
+			in.Roots, in.Federated, in.CADate = roots.Current, roots.Federated, roots.ServerDate
 		}
 		e.verdict = lifecycle.Judge(in)
 	})
 	return e.verdict
 }
 
-// RenewRecord reads state_dir/renew.json, nil when there is none.
-func (e *Env) RenewRecord() *renewrec.Record {
-	return renewrec.Read(e.Host.Path(e.Cfg.Paths.StateDir))
+// RenewRecord reads state_dir/renew.json once; nil when there is none.
+func (e *Env) RenewRecord() *state.Renewal {
+	e.recordOnce.Do(func() { e.record = state.ReadRenewal(e.Host.Path(e.Cfg.Paths.StateDir)) })
+	return e.record
 }
 
 func fileExists(p string) bool {

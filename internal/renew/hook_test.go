@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
-	"github.com/gpuaas/provision/internal/renewrec"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -36,7 +36,7 @@ func TestPostHook(t *testing.T) {
 
 	// renewed runs renew --force with hook and checks that the renewal was
 	// published whatever the hook did.
-	renewed := func(t *testing.T, hook []string, timeout time.Duration) (summary string, layer diag.Layer, ok bool, rec *renewrec.Record, took time.Duration) {
+	renewed := func(t *testing.T, hook []string, timeout time.Duration) (summary string, layer diag.Layer, ok bool, rec *state.Renewal, took time.Duration) {
 		t.Helper()
 		n.cfg.Renew.PostHook = hook
 		n.cfg.Renew.PostHookTimeout.Duration = timeout
@@ -51,7 +51,7 @@ func TestPostHook(t *testing.T) {
 		if cur == before || o.Record.Serial != cur {
 			t.Fatalf("serial %s -> %s, record %s: the renewal must stand whatever the hook does", before, cur, o.Record.Serial)
 		}
-		if disk := renewrec.Read(n.files.StateDir); disk == nil || disk.Serial != cur || disk.Hook != o.Record.Hook || disk.LastResult != o.Record.LastResult {
+		if disk := state.ReadRenewal(n.files.StateDir); disk == nil || disk.Serial != cur || disk.Hook != o.Record.Hook || disk.LastResult != o.Record.LastResult {
 			t.Fatalf("renew.json %+v does not record the run %+v", disk, o.Record)
 		}
 		return o.Report.Summary, o.Report.FailedLayer, o.Report.OK, o.Record, took
@@ -65,7 +65,7 @@ func TestPostHook(t *testing.T) {
 		// Arguments a shell would expand or run: they must arrive as written.
 		args := []string{"reload", "; touch " + marker, "$(touch " + marker + ")", "*", "$HOME"}
 		summary, layer, ok, rec, _ := renewed(t, append([]string{hook}, args...), 10*time.Second)
-		if !ok || layer != "" || rec.Hook != "ok" || rec.LastResult != renewrec.Renewed {
+		if !ok || layer != "" || rec.Hook != "ok" || rec.LastResult != state.Renewed {
 			t.Fatalf("ok=%v layer %q hook %q result %q: %s", ok, layer, rec.Hook, rec.LastResult, summary)
 		}
 		b, err := os.ReadFile(out)
@@ -88,7 +88,7 @@ func TestPostHook(t *testing.T) {
 	t.Run("non-zero exit: layer hook, output quoted, renewal kept", func(t *testing.T) {
 		hook := script(t, dir, "fail.sh", "#!/bin/sh\necho 'node-agent: reload refused' >&2\nexit 3\n")
 		summary, layer, ok, rec, _ := renewed(t, []string{hook}, 10*time.Second)
-		if ok || layer != diag.Hook || rec.LastResult != renewrec.HookFailed || !strings.HasPrefix(rec.Hook, "failed: ") {
+		if ok || layer != diag.Hook || rec.LastResult != state.HookFailed || !strings.HasPrefix(rec.Hook, "failed: ") {
 			t.Fatalf("ok=%v layer %q result %q hook %q", ok, layer, rec.LastResult, rec.Hook)
 		}
 		for _, w := range []string{"renewal published (serial " + rec.Serial + "), but renew.post_hook failed", "exit status 3", "node-agent: reload refused"} {
@@ -101,7 +101,7 @@ func TestPostHook(t *testing.T) {
 	t.Run("timeout: a hook failure, ended on time", func(t *testing.T) {
 		hook := script(t, dir, "hang.sh", "#!/bin/sh\nexec sleep 60\n")
 		summary, layer, ok, rec, took := renewed(t, []string{hook}, time.Second)
-		if ok || layer != diag.Hook || rec.LastResult != renewrec.HookFailed {
+		if ok || layer != diag.Hook || rec.LastResult != state.HookFailed {
 			t.Fatalf("ok=%v layer %q result %q: %s", ok, layer, rec.LastResult, summary)
 		}
 		if !strings.Contains(summary, "did not finish within renew.post_hook_timeout (1s)") {

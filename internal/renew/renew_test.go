@@ -20,10 +20,11 @@ import (
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/renew"
-	"github.com/gpuaas/provision/internal/renewrec"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
@@ -53,16 +54,16 @@ func bootstrapped(t *testing.T, opts controlplane.Options) *node {
 	}
 	cfg, host := controlplane.LoadNode(t, nf)
 	n := &node{cp: cp, files: nf, cfg: cfg, host: host}
-	out := bootstrap.Run(context.Background(), cfg, host, bootstrap.Options{Policy: fast})
+	out := bootstrap.Run(context.Background(), cfg, host, pipeline.Options{Ladder: verify.Ladder, Policy: fast})
 	if !out.Report.OK || !out.Enrolled {
 		t.Fatalf("bootstrap: %s", out.Report.Summary)
 	}
 	return n
 }
 
-func (n *node) renew(t *testing.T, force bool) *renew.Outcome {
+func (n *node) renew(t *testing.T, force bool) *pipeline.Outcome {
 	t.Helper()
-	return renew.Run(context.Background(), n.cfg, n.host, renew.Options{Policy: fast, Force: force})
+	return renew.Run(context.Background(), n.cfg, n.host, pipeline.Options{Ladder: verify.Ladder, Policy: fast, Force: force})
 }
 
 func (n *node) current(t *testing.T) *credstore.Set {
@@ -161,7 +162,7 @@ func TestRenewForSeveralLifetimes(t *testing.T) {
 				t.Fatalf("renewal %d kept the key, want a new key (renew.rekey default)", renewals)
 			}
 			keys[string(pub)] = true
-			if out.Record.LastResult != renewrec.Renewed || out.Record.Serial != serial(cur) {
+			if out.Record.LastResult != state.Renewed || out.Record.Serial != serial(cur) {
 				t.Fatalf("record %+v", out.Record)
 			}
 		}
@@ -192,7 +193,7 @@ func TestRenewNotDueIsQuick(t *testing.T) {
 		t.Fatal("a renew that was not due changed the certificate")
 	}
 	if d, msg := renew.Check(n.cfg, n.host, false); d != renew.NotDue {
-		t.Fatalf("Check = %v %s, want NotDue", d, msg)
+		t.Fatalf("Check = %v %s, want NotDue", d, msg.Summary)
 	}
 	if d, _ := renew.Check(n.cfg, n.host, true); d != renew.Due {
 		t.Fatalf("Check --force = %v, want Due", d)
@@ -208,7 +209,7 @@ func TestRenewRejectedByIngressKeepsOldSet(t *testing.T) {
 	if err := n.cp.AddCARoot(); err != nil {
 		t.Fatal(err)
 	}
-	if out := n.renew(t, false); !out.Report.OK || out.Record.LastResult != renewrec.Refreshed {
+	if out := n.renew(t, false); !out.Report.OK || out.Record.LastResult != state.Refreshed {
 		t.Fatalf("renew after a root was added: %s (%+v)", out.Report.Summary, out.Record)
 	}
 	before := n.current(t)
@@ -220,7 +221,7 @@ func TestRenewRejectedByIngressKeepsOldSet(t *testing.T) {
 	if out.Report.OK || out.Report.FailedLayer != diag.TLSClientAuth {
 		t.Fatalf("renew: ok=%v layer %s: %s", out.Report.OK, out.Report.FailedLayer, out.Report.Summary)
 	}
-	if !strings.Contains(out.Report.Summary, "stays current") || out.Record.LastResult != renewrec.Failed {
+	if !strings.Contains(out.Report.Summary, "stays current") || out.Record.LastResult != state.Failed {
 		t.Fatalf("summary %q, record %+v", out.Report.Summary, out.Record)
 	}
 	if serial(n.current(t)) != serial(before) {
@@ -245,8 +246,10 @@ func TestRenewCannotRenew(t *testing.T) {
 		time.Sleep(4 * time.Second)
 		out := n.renew(t, true)
 		wantStop(t, out, diag.Credentials, "certificate expired")
-		if d, _ := renew.Check(n.cfg, n.host, false); d != renew.CannotRenew {
-			t.Fatalf("Check = %v, want CannotRenew", d)
+		// Offline, expiry alone is due: the run renews after expiry where
+		// the CA allows it, and says so where it does not.
+		if d, _ := renew.Check(n.cfg, n.host, false); d != renew.Due {
+			t.Fatalf("Check = %v, want Due", d)
 		}
 	})
 	t.Run("stale", func(t *testing.T) {
@@ -261,8 +264,8 @@ func TestRenewCannotRenew(t *testing.T) {
 		}
 		wantStop(t, n.renew(t, true), diag.CA, "certificate stale")
 		// Offline, --check judges the chain against the installed ca.pem.
-		if d, msg := renew.Check(n.cfg, n.host, true); d != renew.CannotRenew || !strings.HasPrefix(msg, "certificate stale:") {
-			t.Fatalf("Check = %v %q, want CannotRenew, stale (even with --force)", d, msg)
+		if d, f := renew.Check(n.cfg, n.host, true); d != renew.CannotRenew || !strings.HasPrefix(f.Summary, "certificate stale:") {
+			t.Fatalf("Check = %v %q, want CannotRenew, stale (even with --force)", d, f.Summary)
 		}
 	})
 	t.Run("revoked", func(t *testing.T) {
@@ -270,7 +273,7 @@ func TestRenewCannotRenew(t *testing.T) {
 		cur := n.current(t)
 		revokeAtCA(t, n, cur)
 		wantStop(t, n.renew(t, true), diag.Enroll, "certificate revoked")
-		if rec := renewrec.Read(n.files.StateDir); rec == nil || rec.RevokedSerial != serial(cur) {
+		if rec := state.ReadRenewal(n.files.StateDir); rec == nil || rec.RevokedSerial != serial(cur) {
 			t.Fatalf("record %+v, want revoked_serial %s", rec, serial(cur))
 		}
 		// The next run knows without asking the CA, and verify says so.
@@ -283,7 +286,7 @@ func TestRenewCannotRenew(t *testing.T) {
 	})
 }
 
-func wantStop(t *testing.T, out *renew.Outcome, layer diag.Layer, prefix string) {
+func wantStop(t *testing.T, out *pipeline.Outcome, layer diag.Layer, prefix string) {
 	t.Helper()
 	r := out.Report
 	if r.OK || r.FailedLayer != layer || !strings.HasPrefix(r.Summary, prefix) ||
@@ -321,7 +324,7 @@ func TestRootRotation(t *testing.T) {
 		if !rep.OK {
 			t.Fatalf("%s: verify: %s (%s)", phase, rep.Summary, rep.FailedLayer)
 		}
-		if out := bootstrap.Run(context.Background(), n.cfg, n.host, bootstrap.Options{Policy: fast}); !out.Report.OK || out.Enrolled {
+		if out := bootstrap.Run(context.Background(), n.cfg, n.host, pipeline.Options{Ladder: verify.Ladder, Policy: fast}); !out.Report.OK || out.Enrolled {
 			t.Fatalf("%s: bootstrap: ok=%v enrolled=%v %s", phase, out.Report.OK, out.Enrolled, out.Report.Summary)
 		}
 		return rep
@@ -329,7 +332,7 @@ func TestRootRotation(t *testing.T) {
 	if err := n.cp.AddCARoot(); err != nil {
 		t.Fatal(err)
 	}
-	if out := n.renew(t, false); !out.Report.OK || out.Record.LastResult != renewrec.Refreshed {
+	if out := n.renew(t, false); !out.Report.OK || out.Record.LastResult != state.Refreshed {
 		t.Fatalf("renew after a root was added: %s (%+v)", out.Report.Summary, out.Record)
 	}
 	healthy("second root added")
@@ -353,22 +356,26 @@ func TestRootRotation(t *testing.T) {
 	if err := n.cp.DropOldCARoots(false); err != nil {
 		t.Fatal(err)
 	}
-	// The pinned root is gone from the CA: trust follows through ca.pem,
-	// which keeps it while the config pins it; verify warns to update the pin.
-	if out := n.renew(t, false); !out.Report.OK {
-		t.Fatalf("renew after the old root was dropped: %s", out.Report.Summary)
+	// The pinned root is gone from the CA: trust follows through ca.pem, and
+	// ca.pem holds exactly the roots the CA serves (the dropped one goes);
+	// verify warns to update the pin.
+	if out := n.renew(t, false); !out.Report.OK || out.Record.LastResult != state.Refreshed {
+		t.Fatalf("renew after the old root was dropped: %s (%+v)", out.Report.Summary, out.Record)
+	}
+	if cur := n.current(t); len(cur.Roots) != 1 || !cur.Roots[0].Equal(n.cp.CA.PKI().Root) {
+		t.Fatalf("ca.pem holds %d roots, want only the new one", len(cur.Roots))
 	}
 	rep = healthy("old root dropped")
 	if c := rep.Checks[4]; c.Name != "ca-root" || c.Status != report.Warn || !strings.Contains(c.Remedy, n.cp.CA.Fingerprint()) {
 		t.Fatalf("ca-root after the pinned root was dropped: %+v", c)
 	}
-	// The template pins the new root: ca.pem drops the old one.
+	// The template pins the new root: nothing left to do.
 	n.cfg.CA.Fingerprint = n.cp.CA.Fingerprint()
-	if out := n.renew(t, false); !out.Report.OK || out.Record.LastResult != renewrec.Refreshed {
+	if out := n.renew(t, false); !out.Report.OK || out.Record.LastResult != state.NotDue {
 		t.Fatalf("renew after the pin moved: %s (%+v)", out.Report.Summary, out.Record)
 	}
-	if cur := n.current(t); len(cur.Roots) != 1 || !cur.Roots[0].Equal(n.cp.CA.PKI().Root) {
-		t.Fatalf("ca.pem holds %d roots, want only the new one", len(cur.Roots))
+	if c := healthy("pin moved").Checks[4]; c.Status != report.Pass {
+		t.Fatalf("ca-root after the pin moved: %+v", c)
 	}
 	healthy("old root dropped")
 }
@@ -390,13 +397,13 @@ func TestReinstallRevokesReplaced(t *testing.T) {
 			}
 			// A reinstall: the kept key looks exposed, so bootstrap rotates it.
 			os.Chmod(filepath.Join(n.files.PKIDir, "current", credstore.KeyFile), 0o644)
-			out := bootstrap.Run(context.Background(), n.cfg, n.host, bootstrap.Options{Policy: fast})
+			out := bootstrap.Run(context.Background(), n.cfg, n.host, pipeline.Options{Ladder: verify.Ladder, Policy: fast})
 			if !out.Report.OK || !out.Enrolled {
 				t.Fatalf("bootstrap: %s", out.Report.Summary)
 			}
 			var line *report.Result
 			for i := range out.Report.Checks {
-				if out.Report.Checks[i].Name == bootstrap.RevokeCheck {
+				if out.Report.Checks[i].Name == pipeline.RevokeCheck {
 					line = &out.Report.Checks[i]
 				}
 			}

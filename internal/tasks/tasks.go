@@ -57,3 +57,16 @@ func Sweep(stateDir string) {
 		}
 	}
 }
+
+// HandOff saves the task the probe res received, if any: the API has
+// dequeued it, whatever the proof's verdict (a route without mTLS can hand
+// one out and fail). It returns the task (nil when there was none) and the
+// file's path.
+func HandOff(stateDir string, res *probe.Result, now time.Time, hook system.Hook) (*probe.Task, string, error) {
+	t, ok := res.HandedTask()
+	if !ok {
+		return nil, "", nil
+	}
+	path, err := Save(stateDir, t, now, hook)
+	return &t, path, err
+}

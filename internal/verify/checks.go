@@ -2,9 +2,7 @@ package verify
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -15,7 +13,6 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/hosts"
@@ -23,15 +20,6 @@ import (
 	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
-)
-
-// Thresholds.
-const (
-	// MaxSkew fails the clock check: step-ca gives tokens one minute of
-	// leeway, and TLS has none.
-	MaxSkew = time.Minute
-	// WarnSkew warns before it matters.
-	WarnSkew = 10 * time.Second
 )
 
 // Checks returns the ladder in order. Check names are an interface.
@@ -84,25 +72,10 @@ func checkHostsBlock(_ context.Context, e *observe.Env) Answer {
 	}
 	want := wantEntries(e)
 	if err := hosts.Check(b, hosts.EntriesOf(want)); err != nil {
-		msg, remedy := HostsProblem(path, err)
+		msg, remedy := hosts.Describe(path, err)
 		return fail(remedy, "%s", msg)
 	}
 	return pass("managed block in %s maps %s", path, describe(want))
-}
-
-// HostsProblem words a hosts.Check failure, for verify's hosts-block check
-// and for 'provision hosts show|check', which must say the same.
-func HostsProblem(path string, err error) (msg, remedy string) {
-	var de *hosts.DiffError
-	switch {
-	case errors.Is(err, hosts.ErrNoBlock):
-		return path + " has no provision managed block", "write the override: provision hosts apply (cloud-init's manage_etc_hosts may have rewritten the file)"
-	case errors.As(err, &de):
-		return fmt.Sprintf("the managed block in %s differs from the config: %s", path, strings.Join(de.Diffs, "; ")), "rewrite the override from the config: provision hosts apply"
-	case strings.Contains(err.Error(), "outside the managed block"):
-		return fmt.Sprintf("%s: %v", path, err), "remove or correct that line by hand (provision edits only its block), then run provision hosts apply"
-	}
-	return fmt.Sprintf("%s: %v", path, err), fmt.Sprintf("repair the managed block in %s by hand (keep one BEGIN and one END marker), then run provision hosts apply", path)
 }
 
 func describe(m map[string]netip.Addr) string {
@@ -248,7 +221,10 @@ func checkCARoot(ctx context.Context, e *observe.Env) Answer {
 		// The CA's Date comes from the unverified pinned-root fetch, so it is
 		// known even when a skewed node clock makes the CA's certificate look
 		// expired or not yet valid: that is the clock's failure, not the CA's.
-		if skew, ok := clockSkew(e, roots); ok && abs(skew) > MaxSkew {
+		if roots == nil {
+			return fromFinding(diag.FromEnroll(err, diag.CA, e.Cfg.CA.TokenFile))
+		}
+		if skew, bad := lifecycle.Skew(e.Host.Time(), roots.ServerDate); bad {
 			return Answer{Status: report.Skip, Message: fmt.Sprintf("skipped: depends on clock, which did not pass (the node clock is %s off the CA's, so the CA's certificate cannot be judged: %v)", skew.Round(time.Second), err)}
 		}
 		return fromFinding(diag.FromEnroll(err, diag.CA, e.Cfg.CA.TokenFile))
@@ -259,8 +235,8 @@ func checkCARoot(ctx context.Context, e *observe.Env) Answer {
 			fp = enroll.Fingerprint(n)
 		}
 		return Answer{Status: report.Warn, Evidence: map[string]string{"newest_root": fp},
-			Message: fmt.Sprintf("the CA no longer knows the pinned root %s (a completed root rotation); trust followed it through the roots in ca.pem, and the CA lists %d current root(s)", short(e.Cfg.CA.Fingerprint), len(roots.Current)),
-			Remedy:  "set ca.fingerprint to the newest root " + fp + " in the config template, so that a node enrolling from scratch pins it"}
+			Message: fmt.Sprintf("the CA no longer lists the pinned root %s among its current or federated roots (asked over a connection verified by ca.pem's roots): a completed root rotation, or a wrong ca.fingerprint; the pin anchors first trust only, so this node follows ca.pem, and the CA lists %d current root(s)", short(e.Cfg.CA.Fingerprint), len(roots.Current)),
+			Remedy:  "set ca.fingerprint to the newest root " + fp + " in the fleet's config template (user-data), so that a node enrolling from scratch pins a root the CA serves"}
 	}
 	return pass("the CA serves the pinned root %s and lists %d current root(s) and %d federated", short(e.Cfg.CA.Fingerprint), len(roots.Current), len(roots.Federated))
 }
@@ -272,36 +248,21 @@ func short(fp string) string {
 	return fp
 }
 
-// clockSkew is the node clock minus the CA's Date header, if the CA sent one.
-func clockSkew(e *observe.Env, roots *enroll.Roots) (time.Duration, bool) {
-	if roots == nil || roots.ServerDate.IsZero() {
-		return 0, false
-	}
-	return e.Host.Time().Sub(roots.ServerDate), true
-}
-
-func abs(d time.Duration) time.Duration {
-	if d < 0 {
-		return -d
-	}
-	return d
-}
-
 func checkClock(ctx context.Context, e *observe.Env) Answer {
 	roots, _ := e.Roots(ctx)
 	if roots == nil || roots.ServerDate.IsZero() {
 		return Answer{Status: report.Warn, Message: "not checked: the CA sent no Date header"}
 	}
 	now := e.Host.Time()
-	// Date has one-second resolution and the request took some time.
-	skew := now.Sub(roots.ServerDate)
+	skew, bad := lifecycle.Skew(now, roots.ServerDate)
 	ev := map[string]string{"node_time": now.UTC().Format(time.RFC3339), "ca_time": roots.ServerDate.UTC().Format(time.RFC3339), "skew": skew.Round(time.Second).String()}
-	switch abs := abs(skew); {
-	case abs > MaxSkew:
+	switch {
+	case bad:
 		return Answer{Status: report.Fail, Evidence: ev,
 			Message: fmt.Sprintf("the node clock is %s off the CA's: certificates and tokens will look expired or not yet valid", skew.Round(time.Second)),
-			Remedy:  "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run again"}
-	case abs > WarnSkew+time.Second:
+			Remedy:  lifecycle.Remedy(lifecycle.ClockSkewed, e.Cfg)}
+	// Date has one-second resolution and the request took some time.
+	case skew > lifecycle.WarnSkew+time.Second || skew < -lifecycle.WarnSkew-time.Second:
 		return Answer{Status: report.Warn, Evidence: ev, Message: fmt.Sprintf("the node clock is %s off the CA's", skew.Round(time.Second))}
 	}
 	return Answer{Status: report.Pass, Evidence: ev, Message: "the node clock agrees with the CA's"}
@@ -326,22 +287,19 @@ func checkCredentials(ctx context.Context, e *observe.Env) Answer {
 		if worst == lifecycle.PastRenewal || worst == lifecycle.Expired || worst == lifecycle.Revoked {
 			msg += "; " + lastRenew(e, ev)
 		}
-		return Answer{Status: status, Evidence: ev, Message: msg, Remedy: CredentialRemedy(worst, e.Cfg)}
+		return Answer{Status: status, Evidence: ev, Message: msg, Remedy: lifecycle.Remedy(worst, e.Cfg)}
 	}
 	left := v.Leaf.NotAfter.Sub(e.Host.Time())
 	return Answer{Status: report.Pass, Evidence: ev, Message: fmt.Sprintf("key 0600 matches the certificate for %s, valid for %s more, renewal due %s",
 		v.Leaf.Subject.CommonName, left.Round(time.Minute), v.RenewAfter.UTC().Format(time.RFC3339))}
 }
 
-// RenewTimer is the systemd timer that renews the certificate.
-const RenewTimer = "provision-renew.timer"
-
 // lastRenew says how the last renewal attempt went, from state_dir's renew
 // record, and adds it to the evidence.
 func lastRenew(e *observe.Env, ev map[string]string) string {
 	rec := e.RenewRecord()
 	if rec == nil {
-		return "no renewal was attempted yet (is " + RenewTimer + " enabled?)"
+		return "no renewal was attempted yet (is " + lifecycle.RenewTimer + " enabled?)"
 	}
 	ev["last_renew_attempt"] = rec.LastAttempt.UTC().Format(time.RFC3339)
 	ev["last_renew_result"] = rec.LastResult
@@ -368,36 +326,6 @@ func credentialStatus(r Reason) report.Status {
 	return report.Fail
 }
 
-// CredentialRemedy is the one wording of what to do about a verdict reason;
-// bootstrap acts exactly so (see bootstrap's assess step).
-func CredentialRemedy(r Reason, cfg *config.Config) string {
-	tok := cfg.CA.TokenFile
-	fresh := "write a fresh one-time token for this node_id to " + tok + " and run provision bootstrap: it replaces key, certificate and CA bundle together"
-	switch r {
-	case lifecycle.Missing:
-		return "enroll: write a one-time token to " + tok + " and run provision bootstrap"
-	case lifecycle.NotYetValid:
-		return "check the node clock first (the clock layer); if it is right, re-enroll: " + fresh
-	case lifecycle.OtherCA:
-		return "re-enroll the node: its certificate was issued by a CA the control plane no longer uses; " + fresh
-	case lifecycle.KeyExposed:
-		return "run provision bootstrap: it restricts the key to 0600 at once (no token needed) and rotates it when a fresh one-time token is in " + tok + "; treat the key as exposed until then"
-	case lifecycle.KeyWasExposed:
-		return "rotate the exposed key: write a fresh one-time token to " + tok + " and run provision bootstrap (it issues a new key)"
-	case lifecycle.DirOpen:
-		return "run provision bootstrap: it restricts " + cfg.Paths.PKIDir + " to 0700 (no token needed)"
-	case lifecycle.BundleStale:
-		return "run provision bootstrap: it refreshes ca.pem from the CA's current roots (no token needed)"
-	case lifecycle.PastRenewal:
-		return "renew before it expires: run provision renew (no token: it renews over mTLS with the current certificate; " + RenewTimer + " runs it), or " + fresh
-	case lifecycle.Expired:
-		return "the certificate expired, so it can no longer be renewed; re-enroll: " + fresh + "; then check why " + RenewTimer + " did not renew it (systemctl status provision-renew.service)"
-	case lifecycle.Revoked:
-		return "the certificate was revoked, so it can no longer be renewed; re-enroll: " + fresh
-	}
-	return "re-enroll: " + fresh
-}
-
 func verdictEvidence(v lifecycle.Verdict, now time.Time) map[string]string {
 	ev := map[string]string{"verdict": v.Action.String()}
 	var rs []string
@@ -422,47 +350,34 @@ func checkCAChain(ctx context.Context, e *observe.Env) Answer {
 	ev := verdictEvidence(v, e.Host.Time())
 	switch {
 	case v.Has(lifecycle.OtherCA):
-		return Answer{Status: report.Fail, Owner: diag.Node, Evidence: ev, Message: v.Detail[lifecycle.OtherCA], Remedy: CredentialRemedy(lifecycle.OtherCA, e.Cfg)}
+		return Answer{Status: report.Fail, Owner: diag.Node, Evidence: ev, Message: v.Detail[lifecycle.OtherCA], Remedy: lifecycle.Remedy(lifecycle.OtherCA, e.Cfg)}
 	case v.Has(lifecycle.RootsUnknown):
 		_, err := e.Roots(ctx)
 		return Answer{Status: report.Fail, Owner: diag.CAOwner, Evidence: ev, Message: fmt.Sprintf("cannot judge the certificate against the CA: %v", err),
 			Remedy: "check the CA (the ca-root check) and run verify again"}
 	case v.BundleUseless:
 		return Answer{Status: report.Fail, Owner: diag.Node, Evidence: ev, Message: v.Detail[lifecycle.BundleStale] + ": the node cannot verify any server of the control plane with it",
-			Remedy: CredentialRemedy(lifecycle.BundleStale, e.Cfg)}
+			Remedy: lifecycle.Remedy(lifecycle.BundleStale, e.Cfg)}
 	case v.Has(lifecycle.BundleStale):
-		return Answer{Status: report.Warn, Evidence: ev, Message: "the certificate chains to a current root, but " + v.Detail[lifecycle.BundleStale], Remedy: CredentialRemedy(lifecycle.BundleStale, e.Cfg)}
+		return Answer{Status: report.Warn, Evidence: ev, Message: "the certificate chains to a current root, but " + v.Detail[lifecycle.BundleStale], Remedy: lifecycle.Remedy(lifecycle.BundleStale, e.Cfg)}
 	}
 	msg := "the node certificate chains to the CA's current root"
-	if roots, err := e.Roots(ctx); err == nil && roots != nil {
-		if creds, err := e.Creds(); err == nil {
-			if root := chainRoot(creds.Chain, roots.Current, e.Host.Time()); root != nil {
-				newest := roots.Newest() != nil && roots.Newest().Equal(root)
-				ev["chains_to"] = enroll.Fingerprint(root)
-				ev["chains_to_subject"] = root.Subject.String()
-				ev["chains_to_newest"] = fmt.Sprint(newest)
-				msg = fmt.Sprintf("the node certificate chains to the CA's current root %s", short(enroll.Fingerprint(root)))
-				if len(roots.Current) > 1 {
-					if newest {
-						msg += fmt.Sprintf(", the newest of its %d current roots", len(roots.Current))
-					} else {
-						msg += fmt.Sprintf(", not the newest of its %d current roots (a rotation is under way: the next renewal moves it)", len(roots.Current))
-					}
-				}
+	if root := v.ChainRoot; root != nil {
+		roots, _ := e.Roots(ctx)
+		newest := roots != nil && roots.Newest() != nil && roots.Newest().Equal(root)
+		ev["chains_to"] = enroll.Fingerprint(root)
+		ev["chains_to_subject"] = root.Subject.String()
+		ev["chains_to_newest"] = fmt.Sprint(newest)
+		msg = fmt.Sprintf("the node certificate chains to the CA's current root %s", short(enroll.Fingerprint(root)))
+		if roots != nil && len(roots.Current) > 1 {
+			if newest {
+				msg += fmt.Sprintf(", the newest of its %d current roots", len(roots.Current))
+			} else {
+				msg += fmt.Sprintf(", not the newest of its %d current roots (a rotation is under way: the next renewal moves it)", len(roots.Current))
 			}
 		}
 	}
 	return Answer{Status: report.Pass, Evidence: ev, Message: msg}
-}
-
-// chainRoot is the root among roots that chain[0] verifies to, or nil.
-func chainRoot(chain, roots []*x509.Certificate, now time.Time) *x509.Certificate {
-	for _, r := range roots {
-		if lifecycle.ChainsTo(chain, []*x509.Certificate{r}, now) == nil {
-			return r
-		}
-	}
-	return nil
 }
 
 // probeCheck interprets the one probe for one layer. The layer fails if the
@@ -499,13 +414,10 @@ func tasksWaitPass(msg string, r *probe.Result, e *observe.Env) Answer {
 	}
 	// The clock check compared with the CA; the API's Date is a second
 	// witness. A skew here does not stop the proof, so it only warns.
-	if !r.Date.IsZero() {
-		skew := e.Host.Time().Sub(r.Date)
-		if skew > MaxSkew || skew < -MaxSkew {
-			o.Status = report.Warn
-			o.Message += fmt.Sprintf("; the node clock is %s off the API's Date header", skew.Round(time.Second))
-			o.Remedy = "synchronise the node clock, or the API's if the CA agreed with the node"
-		}
+	if skew, bad := lifecycle.Skew(e.Host.Time(), r.Date); bad {
+		o.Status = report.Warn
+		o.Message += fmt.Sprintf("; the node clock is %s off the API's Date header", skew.Round(time.Second))
+		o.Remedy = "synchronise the node clock, or the API's if the CA agreed with the node"
 	}
 	return o
 }

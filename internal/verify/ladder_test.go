@@ -16,6 +16,7 @@ import (
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
@@ -138,7 +139,7 @@ func TestLadderHealthyAfterRealEnrollment(t *testing.T) {
 	e := n.env(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out := bootstrap.Run(ctx, e.Cfg, e.Host, bootstrap.Options{Policy: retry.Default, Version: "test"})
+	out := bootstrap.Run(ctx, e.Cfg, e.Host, pipeline.Options{Ladder: verify.Ladder, Policy: retry.Default, Version: "test"})
 	if !out.Report.OK {
 		t.Fatalf("bootstrap against the real step-ca failed: %s\n%s", out.Report.Summary, dump(out.Report))
 	}
@@ -268,18 +269,6 @@ func ladderCases() []ladderCase {
 			},
 			fail: "credentials", layer: diag.Credentials, owner: diag.Node, summary: "must be 0600",
 			skip: []string{"ca-chain", "tls-client-auth", "route", "identity", "tasks-wait"},
-		},
-		{
-			name: "ca: ca.fingerprint pins another root",
-			setup: func(t *testing.T, cp *controlplane.ControlPlane) node {
-				leaf, err := cp.IssueNodeCert(nodeID)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return plant(t, cp, func(c *controlplane.NodeConfig) { c.CA.Fingerprint = cp.Unrelated.Fingerprint() }, leaf, cp.CA.RootPEM())
-			},
-			fail: "ca-root", layer: diag.CA, owner: diag.CAOwner, summary: "",
-			skip: []string{"ca-chain"},
 		},
 		{
 			name: "ca: the node's certificate is stale (issued by a CA the control plane no longer uses)",
@@ -481,4 +470,32 @@ func mustAddr(t testing.TB, s string) netip.Addr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// TestPinAnchorsFirstTrustOnly: the pin is checked over the one unverified
+// connection, so a 404 there proves nothing. A node whose ca.pem vouches for
+// the CA asks again over a verified connection: the CA not listing the
+// pinned root is then a warning with the fleet config's remedy, and the node
+// stays healthy; a node with nothing that vouches for the CA fails at
+// ca-root.
+func TestPinAnchorsFirstTrustOnly(t *testing.T) {
+	cp := controlplane.Start(t, controlplane.Options{})
+	leaf, err := cp.IssueNodeCert(nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongPin := func(c *controlplane.NodeConfig) { c.CA.Fingerprint = cp.Unrelated.Fingerprint() }
+	r := plant(t, cp, wrongPin, leaf, cp.CA.RootPEM()).verify(t, nil)
+	if !r.OK || statuses(r)["ca-root"] != report.Warn {
+		t.Fatalf("enrolled node, pin unknown to the CA: ok=%v ca-root %s, want ok and a warning\n%s", r.OK, statuses(r)["ca-root"], dump(r))
+	}
+	for _, c := range r.Checks {
+		if c.Name == "ca-root" && (!strings.Contains(c.Message, "no longer") || !strings.Contains(c.Remedy, "ca.fingerprint")) {
+			t.Errorf("ca-root %q remedy %q: want the dropped pin named and the config's fix", c.Message, c.Remedy)
+		}
+	}
+	fresh := plant(t, cp, wrongPin, nil, nil).verify(t, nil)
+	if fresh.OK || fresh.FailedCheck != "ca-root" || fresh.FailedLayer != diag.CA {
+		t.Fatalf("node without ca.pem, pin unknown to the CA: failed at %s (%s), want ca-root\n%s", fresh.FailedCheck, fresh.FailedLayer, dump(fresh))
+	}
 }

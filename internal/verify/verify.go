@@ -41,6 +41,13 @@ type Check struct {
 	Run       func(ctx context.Context, e *observe.Env) Answer
 }
 
+// Ladder runs the whole ladder on e: what verify prints, and the proof that
+// ends bootstrap and renew (cli hands it to them), so that their last line
+// and verify's answer agree.
+func Ladder(ctx context.Context, e *observe.Env, log *slog.Logger) []report.Result {
+	return Run(ctx, e, Checks(), log)
+}
+
 // Run runs checks in order. A check whose dependency did not pass (or warn)
 // is skipped and says which dependency failed.
 func Run(ctx context.Context, e *observe.Env, checks []Check, log *slog.Logger) []report.Result {

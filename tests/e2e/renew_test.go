@@ -32,7 +32,7 @@ func (n *node) leafSerial() string {
 }
 
 // renewRecord is state_dir/renew.json as its documented fields name it,
-// decoded independently of internal/renewrec.
+// decoded independently of internal/state.
 type renewRecord struct {
 	NodeID      string    `json:"node_id"`
 	Serial      string    `json:"serial"`

@@ -21,9 +21,12 @@ import (
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
@@ -217,7 +220,7 @@ func newWorld(t *testing.T, workers int) *world {
 			t.Fatal(err)
 		}
 		cfg, host := controlplane.LoadNode(t, nf)
-		if _, err := bootstrap.ApplyHosts(cfg, host); err != nil {
+		if _, err := hosts.ApplyTo(host, cfg.Paths.HostsFile, bootstrap.HostEntries(cfg)); err != nil {
 			t.Fatal(err)
 		}
 		roots, err := observe.NewEnv(cfg, host).CAClient(0).FetchRoots(context.Background())
@@ -511,7 +514,7 @@ func TestWireMisbehaviour(t *testing.T) {
 }
 
 // runBootstrap runs bootstrap in-process and turns a panic into a failure.
-func runBootstrap(t *testing.T, ctx context.Context, cfg *config.Config, host *system.Host) (out *bootstrap.Outcome) {
+func runBootstrap(t *testing.T, ctx context.Context, cfg *config.Config, host *system.Host) (out *pipeline.Outcome) {
 	t.Helper()
 	defer func() {
 		if r := recover(); r != nil {
@@ -521,8 +524,8 @@ func runBootstrap(t *testing.T, ctx context.Context, cfg *config.Config, host *s
 	}()
 	// A case that succeeds writes a receipt; the next case must not find
 	// one (bootstrap does not read it, but keep the state honest).
-	defer os.Remove(filepath.Join(host.Path(cfg.Paths.StateDir), bootstrap.ReceiptFile))
-	return bootstrap.Run(ctx, cfg, host, bootstrap.Options{
+	defer os.Remove(filepath.Join(host.Path(cfg.Paths.StateDir), state.ReceiptFile))
+	return bootstrap.Run(ctx, cfg, host, pipeline.Options{Ladder: verify.Ladder,
 		Policy: retry.Policy{Base: 20 * time.Millisecond, Cap: 100 * time.Millisecond},
 		Sleep:  retry.Sleep,
 	})

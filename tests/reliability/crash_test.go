@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/tests/controlplane"
 	"github.com/gpuaas/provision/tests/nodetest"
 )
@@ -79,7 +79,7 @@ func (s *crashStats) violate(format string, args ...any) {
 func (c *crashNode) scenario(kind string) {
 	t := c.T
 	st := c.Files.StateDir
-	for _, p := range []string{bootstrap.ReceiptFile, bootstrap.PendingFile, filepath.Join(bootstrap.DoneDir, machineID)} {
+	for _, p := range []string{state.ReceiptFile, state.PendingFile, filepath.Join(state.DoneDir, machineID)} {
 		os.Remove(filepath.Join(st, p))
 	}
 	if err := os.WriteFile(c.Files.HostsPath, c.oldHosts, 0o644); err != nil {
@@ -129,9 +129,9 @@ func (c *crashNode) checkAfterKill(s *crashStats, label string, proofsBefore int
 	if cs.partial != "" {
 		s.add(func(s *crashStats) { s.partialLinks++ })
 	}
-	if rb, err := os.ReadFile(filepath.Join(c.Files.StateDir, bootstrap.ReceiptFile)); err == nil {
+	if rb, err := os.ReadFile(filepath.Join(c.Files.StateDir, state.ReceiptFile)); err == nil {
 		s.add(func(s *crashStats) { s.receiptsAfterKill++ })
-		var rc bootstrap.Receipt
+		var rc state.Receipt
 		if err := json.Unmarshal(rb, &rc); err != nil {
 			s.violate("%s: torn receipt: %v", label, err)
 		}
@@ -175,16 +175,16 @@ func (c *crashNode) complete(s *crashStats, label string) {
 	if !bytes.Equal(hb, c.newHosts) {
 		s.violate("%s: after completion the hosts file is not the new version", label)
 	}
-	rb, err := os.ReadFile(filepath.Join(c.Files.StateDir, bootstrap.ReceiptFile))
-	var rc bootstrap.Receipt
+	rb, err := os.ReadFile(filepath.Join(c.Files.StateDir, state.ReceiptFile))
+	var rc state.Receipt
 	if err != nil || json.Unmarshal(rb, &rc) != nil || rc.Serial != cs.serial {
 		s.violate("%s: after completion no receipt for serial %s (%v)", label, cs.serial, err)
 	}
 	if fileExists(c.Files.TokenPath) {
 		s.violate("%s: the (used) token file is still on disk after a completed bootstrap", label)
 	}
-	if fileExists(filepath.Join(c.Files.StateDir, bootstrap.PendingFile)) {
-		s.violate("%s: %s left behind after a completed bootstrap", label, bootstrap.PendingFile)
+	if fileExists(filepath.Join(c.Files.StateDir, state.PendingFile)) {
+		s.violate("%s: %s left behind after a completed bootstrap", label, state.PendingFile)
 	}
 	if gens := credstore.Generations(c.Files.PKIDir); len(gens) > 2 {
 		s.violate("%s: %d generation directories, want at most 2", label, len(gens))
@@ -196,7 +196,7 @@ func (c *crashNode) complete(s *crashStats, label string) {
 var targetedSteps = []string{
 	"before rename hosts", // temp hosts file written, not yet renamed
 	"hosts written",
-	"before rename " + bootstrap.PendingFile,
+	"before rename " + state.PendingFile,
 	"before sign",
 	"after sign",
 	"wrote key.pem", // between key and cert
@@ -206,7 +206,7 @@ var targetedSteps = []string{
 	"current switched",
 	"before rename TASK",
 	"before receipt",
-	"before rename " + bootstrap.ReceiptFile,
+	"before rename " + state.ReceiptFile,
 	"before rename " + machineID, // the per-install done marker
 }
 

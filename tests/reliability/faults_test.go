@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/tests/controlplane"
 	"github.com/gpuaas/provision/tests/nodetest"
 )
@@ -296,7 +296,7 @@ func TestFaultFullDisk(t *testing.T) {
 	}
 	// The tmpfs vanished with the namespace; what provision left outside it
 	// (state_dir) must not claim success.
-	if fileExists(filepath.Join(n.Files.StateDir, bootstrap.ReceiptFile)) {
+	if fileExists(filepath.Join(n.Files.StateDir, state.ReceiptFile)) {
 		t.Error("a receipt was written although the credentials could not be saved")
 	}
 	t.Logf("full disk: exit %d: %s", r.Code, r.LastOutputLine())

@@ -24,8 +24,8 @@ func TestRenewCrashConsistency(t *testing.T) {
 	wantExit(t, n.bootstrap(), 0)
 	pki := n.Files.PKIDir
 
-	published := slices.Index(renew.Steps, "published")
-	points := append([]string{"wrote key.pem", "wrote cert.pem", "wrote ca.pem", "generation ready", "current switched"}, renew.Steps...)
+	published := slices.Index(renew.CrashPoints, "published")
+	points := append([]string{"wrote key.pem", "wrote cert.pem", "wrote ca.pem", "generation ready", "current switched"}, renew.CrashPoints...)
 	kills, unreached, violations := 0, 0, 0
 	check := func(label, before string, mustBeOld bool) {
 		t.Helper()
@@ -64,7 +64,7 @@ func TestRenewCrashConsistency(t *testing.T) {
 		kills++
 		// The store's own steps all happen before publishing: SaveAside
 		// writes the generation, Publish switches current.
-		i := slices.Index(renew.Steps, p)
+		i := slices.Index(renew.CrashPoints, p)
 		mustBeOld := (i >= 0 && i < published) || (i < 0 && p != "current switched")
 		check("step "+p, before, mustBeOld)
 		renewOK("step " + p)

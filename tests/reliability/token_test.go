@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/gpuaas/provision/internal/bootstrap"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -35,7 +35,7 @@ func TestTokenCrashWindow(t *testing.T) {
 		if r := n.bootstrap("PROVISION_CRASH_AT=after sign"); !r.Killed {
 			t.Fatalf("not killed at after sign: %s", r)
 		}
-		if !fileExists(filepath.Join(n.Files.StateDir, bootstrap.PendingFile)) {
+		if !fileExists(filepath.Join(n.Files.StateDir, state.PendingFile)) {
 			t.Fatal("no enrollment marker after a kill after sign")
 		}
 		if !fileExists(n.Files.TokenPath) {
@@ -47,7 +47,7 @@ func TestTokenCrashWindow(t *testing.T) {
 		cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 		r2 := n.bootstrap()
 		wantExit(t, r2, 0, "done")
-		if fileExists(n.Files.TokenPath) || fileExists(filepath.Join(n.Files.StateDir, bootstrap.PendingFile)) {
+		if fileExists(n.Files.TokenPath) || fileExists(filepath.Join(n.Files.StateDir, state.PendingFile)) {
 			t.Error("token file or marker left after the enrollment")
 		}
 		t.Logf("token after sign: same token exit %d (%s); fresh token exit %d", r.Code, r.LastOutputLine(), r2.Code)
@@ -63,7 +63,7 @@ func TestTokenCrashWindow(t *testing.T) {
 		if !strings.Contains(r.Stderr, "trying it once more") {
 			t.Errorf("the re-run did not say it reused the presented token:\n%s", r.Stderr)
 		}
-		b, _ := os.ReadFile(filepath.Join(n.Files.StateDir, bootstrap.ReceiptFile))
+		b, _ := os.ReadFile(filepath.Join(n.Files.StateDir, state.ReceiptFile))
 		t.Logf("token before sign: same token exit %d, receipt %d bytes", r.Code, len(b))
 	})
 	t.Logf("token-window: 2 kills, 0 violations")

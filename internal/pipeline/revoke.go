@@ -1,14 +1,10 @@
-package bootstrap
+package pipeline
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"time"
 
-	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
-	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/report"
 )
@@ -16,25 +12,37 @@ import (
 // RevokeCheck is the report line of the replaced certificate's revocation.
 const RevokeCheck = "revoke-replaced"
 
-// revokeReplaced runs after a run that enrolled has proven its new
-// certificate. If the certificate it replaced (a reinstall on a kept disk,
-// a rotated key, a node_id change) is still valid and from this CA, it is
+// Revoke revokes, at the CA and authenticated by itself, a still-valid
+// certificate this run replaced with a new key (an enrollment on a kept
+// disk, an exposed key rotated), now that the new set is proven and
+// published. A failure is a warning.
+func Revoke(r *Run) *diag.Finding {
+	r.Warnings = append(r.Warnings, revokeReplaced(r)...)
+	return nil
+}
+
+// revokeReplaced runs after a run has proven and published a new key. If
+// the certificate it replaced (a reinstall on a kept disk, a rotated key, a
+// node_id change) is still valid and from this CA, it is
 // revoked at the CA, authenticated by itself over mTLS (step-ca's passive
 // revocation: a certificate may revoke itself, no token needed): a copy of
 // the old key, on the old disk or a backup, must not stay a working
 // identity for the rest of its life. A failure is a warning in the report
 // and the receipt, never a failed bootstrap: the node is healthy.
-func revokeReplaced(ctx context.Context, c *enroll.Client, roots *enroll.Roots, old *credstore.Set, enrolled bool, now time.Time, rep *report.Report, log *slog.Logger) []string {
-	if !enrolled || old == nil || !old.KeyMatches() || rep == nil || !rep.OK {
+func revokeReplaced(r *Run) []string {
+	ctx, c, roots, old, rep, log := r.Ctx, r.Client, r.Roots, r.Replaced, r.Proof, r.Log
+	if old == nil || !r.Published || !old.KeyMatches() || rep == nil || !rep.OK || sameKey(old.Key, r.Cand.Key) {
+		return nil
+	}
+	// The verdict assess took judged the replaced set: expired, not yet
+	// valid, or from another CA, it is nothing this CA could revoke.
+	if v := r.Verdict; v.Has(lifecycle.Expired) || v.Has(lifecycle.NotYetValid) || v.Has(lifecycle.OtherCA) || v.Has(lifecycle.RootsUnknown) {
 		return nil
 	}
 	leaf := old.Leaf()
-	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) || lifecycle.ChainsTo(old.Chain, roots.Current, now) != nil {
-		return nil // expired, not yet valid, or from another CA: nothing this CA could revoke
-	}
 	serial := leaf.SerialNumber.String()
 	res := report.Result{Name: RevokeCheck, Layer: diag.Enroll, Owner: diag.CAOwner}
-	err := c.Revoke(ctx, old.TLSCertificate(), roots, "superseded: replaced by provision bootstrap")
+	err := c.Revoke(ctx, old.TLSCertificate(), roots, "superseded: replaced by provision "+r.Command)
 	if err != nil {
 		msg := fmt.Sprintf("the replaced certificate (serial %s, valid until %s) could not be revoked at the CA: %v", serial, leaf.NotAfter.UTC().Format(time.RFC3339), err)
 		res.Status, res.Message = report.Warn, msg

@@ -1,0 +1,40 @@
+package lifecycle
+
+import "github.com/gpuaas/provision/internal/config"
+
+// RenewTimer is the systemd timer that renews the certificate.
+const RenewTimer = "provision-renew.timer"
+
+// Remedy is the one wording of what to do about a verdict reason. bootstrap
+// and renew act exactly so; verify, renew --check and status print it.
+func Remedy(r Reason, cfg *config.Config) string {
+	tok := cfg.CA.TokenFile
+	fresh := "write a fresh one-time token for this node_id to " + tok + " and run provision bootstrap: it replaces key, certificate and CA bundle together"
+	switch r {
+	case Missing:
+		return "enroll: write a one-time token to " + tok + " and run provision bootstrap"
+	case NotYetValid:
+		return "check the node clock first (the clock layer); if it is right, re-enroll: " + fresh
+	case OtherCA:
+		return "re-enroll the node: its certificate was issued by a CA the control plane no longer uses; " + fresh
+	case KeyExposed:
+		return "run provision bootstrap or provision renew: either restricts the key to 0600 at once (no token needed); provision bootstrap rotates it when a fresh one-time token is in " + tok + " (a renewal with renew.rekey rotates it too, and revokes the exposed certificate); treat the key as exposed until then"
+	case KeyWasExposed:
+		return "rotate the exposed key: write a fresh one-time token to " + tok + " and run provision bootstrap (it issues a new key and revokes the exposed certificate), or provision renew --force with renew.rekey"
+	case DirOpen:
+		return "run provision bootstrap or provision renew: either restricts " + cfg.Paths.PKIDir + " to 0700 (no token needed)"
+	case BundleStale:
+		return "run provision bootstrap or provision renew: either refreshes ca.pem from the CA's current roots (no token needed), exactly the current and federated ones, proven before it is published"
+	case PastRenewal:
+		return "renew before it expires: run provision renew (no token: it renews over mTLS with the current certificate; " + RenewTimer + " runs it), or " + fresh
+	case Expired:
+		return "renew after expiry: provision renew (and bootstrap) do it without a token when the CA's provisioner allows it (the claim allowRenewalAfterExpiry: the control-plane team's setting); otherwise re-enroll: " + fresh + "; then check why " + RenewTimer + " did not renew it in time (systemctl status provision-renew.service)"
+	case Revoked:
+		return "the certificate was revoked, so it can no longer be renewed; re-enroll: " + fresh
+	case ClockSkewed:
+		return "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run again; nothing irreversible was done"
+	case RootsUnknown:
+		return "check the CA (provision verify's ca-root check), then run again"
+	}
+	return "re-enroll: " + fresh
+}

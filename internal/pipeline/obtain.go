@@ -1,0 +1,211 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/state"
+)
+
+// Obtain carries out the plan for every case but Enroll (bootstrap's own):
+// keep the installed set, or build a candidate (the same set with ca.pem
+// refreshed, or a renewed certificate) and write it aside, complete and
+// validated, for the proof. A renewal first looks for a set an earlier run
+// obtained and left aside: a certificate the CA already issued is proven
+// again, not thrown away for another sign.
+func Obtain(r *Run) *diag.Finding {
+	switch r.Plan {
+	case Keep:
+		return nil
+	case Refresh:
+		r.Cand = &credstore.Set{Key: r.Current.Key, Chain: r.Current.Chain, Roots: r.Roots.Bundle()}
+		r.SetResult(state.Refreshed)
+	case Adopt:
+		if !r.reuseAside() {
+			return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: "the set left aside is no longer usable", Remedy: "run again"}
+		}
+		return nil
+	case Renew, RenewExpired:
+		if r.reuseAside() {
+			r.Host.Hook.At("renewed")
+			return nil
+		}
+		if r.Current == nil {
+			return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: "no installed certificate to renew", Remedy: lifecycle.Remedy(lifecycle.Missing, r.Cfg)}
+		}
+		if f := r.renew(); f != nil {
+			return f
+		}
+		r.Host.Hook.At("renewed")
+	default:
+		return nil
+	}
+	return r.WriteAside()
+}
+
+// WriteAside writes the candidate into a new generation directory without
+// publishing it: "current" and the stable links still name the old set.
+func (r *Run) WriteAside() *diag.Finding {
+	gen, err := credstore.SaveAside(r.PKI, r.Cand, r.Host.Time(), r.Host.Hook)
+	if err != nil {
+		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "credentials-write",
+			Summary: "the new credentials could not be written: " + err.Error() + "; the installed set stays current",
+			Remedy:  "make " + r.Cfg.Paths.PKIDir + " writable, then run again"}
+	}
+	r.Gen = gen
+	r.Rec.Generation = filepath.Base(gen)
+	r.Host.Hook.At("aside written")
+	return nil
+}
+
+// HasAside reports whether a set an earlier run left aside is still good
+// for this node (see reuseAside); it changes nothing.
+func (r *Run) HasAside() bool {
+	for _, g := range credstore.Asides(r.PKI) {
+		if v, _ := r.asideVerdict(g); v.Action < lifecycle.Reenroll && v.Leaf != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Run) asideVerdict(g string) (lifecycle.Verdict, *observe.Env) {
+	e := r.observeSet(filepath.Join(r.PKI, g))
+	return e.Verdict(r.Ctx), e
+}
+
+// reuseAside looks for a set left aside by an earlier run that is still
+// good (it loads, its key matches, it is this node's, valid now, chains to
+// a current root) and outlives the installed one. Its ca.pem is refreshed
+// in a new generation if the CA's roots moved since.
+func (r *Run) reuseAside() bool {
+	var curEnd time.Time
+	if r.Current != nil {
+		curEnd = r.Current.Leaf().NotAfter
+	}
+	for _, g := range credstore.Asides(r.PKI) {
+		v, e := r.asideVerdict(g)
+		if v.Action >= lifecycle.Reenroll || v.Leaf == nil || !v.Leaf.NotAfter.After(curEnd) {
+			continue
+		}
+		set, _ := e.Creds()
+		r.Cand, r.Reused, r.Gen = set, true, e.CredsDir
+		r.SetResult(state.Renewed)
+		r.Rec.Generation = g
+		r.Log.Info("step", "step", "renew", "layer", "ca", "status", "reuse", "generation", g, "serial", v.Leaf.SerialNumber.String(), "not_after", v.Leaf.NotAfter.UTC())
+		if v.Has(lifecycle.BundleStale) {
+			r.Cand = &credstore.Set{Key: set.Key, Chain: set.Chain, Roots: r.Roots.Bundle()}
+			r.Gen = ""
+			if r.WriteAside() != nil {
+				continue
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// renew asks the CA for a new certificate with the current one: over mTLS
+// (renew, or rekey with renew.rekey), or, for an expired certificate, by
+// step-ca's renewal after expiry. Transient failures are retried with the
+// CA's Retry-After within the deadline; renewing twice only costs the CA a
+// second certificate.
+func (r *Run) renew() *diag.Finding {
+	var issued *enroll.Issued
+	var err error
+	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
+		if r.Plan == RenewExpired {
+			issued, err = r.Client.RenewExpired(r.Ctx, r.Current.TLSCertificate(), r.Roots)
+		} else {
+			issued, err = r.Client.Renew(r.Ctx, r.Current.TLSCertificate(), r.Roots, r.Cfg.Renew.Rekey)
+		}
+		var ee *enroll.Error
+		if err == nil || !errors.As(err, &ee) || !ee.Transient() {
+			return true, 0
+		}
+		r.Log.Warn("step", "step", "renew", "layer", "ca", "status", "retry", "message", err.Error())
+		return false, ee.RetryAfter
+	})
+	if err != nil {
+		return r.renewFailure(err)
+	}
+	r.Cand = &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: r.Roots.Bundle()}
+	r.Rec.Rekeyed = r.Cfg.Renew.Rekey && r.Plan == Renew
+	r.SetResult(state.Renewed)
+	r.Log.Info("step", "step", "renew", "layer", "ca", "status", "ok", "plan", r.Plan.String(), "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC(), "rekey", r.Rec.Rekeyed)
+	return nil
+}
+
+// renewFailure words a failed renewal. No single answer becomes permanent:
+// a refusal (401/403) is recorded as revoked only when the CA's signed
+// revocation list names the serial; otherwise it is a failed attempt the
+// next run repeats.
+func (r *Run) renewFailure(err error) *diag.Finding {
+	var ee *enroll.Error
+	if !errors.As(err, &ee) {
+		r.SetResult(state.Failed)
+		return &diag.Finding{Layer: diag.CA, Owner: diag.CAOwner, Check: "renew", Summary: "renewal failed: " + err.Error() + "; the installed certificate stays current",
+			Remedy: "run provision renew again; the installed certificate stays current"}
+	}
+	leaf := r.Current.Leaf()
+	serial := leaf.SerialNumber.String()
+	switch ee.Kind {
+	case enroll.CertExpired:
+		// The CA's TLS layer sees the certificate as expired although the
+		// node's clock did not: renew after expiry next, like an expired one.
+		r.SetResult(state.Failed)
+		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "renew", Summary: fmt.Sprintf("the CA refused certificate serial %s as expired (%v); the next run renews it after expiry where the CA allows it", serial, ee.Err),
+			Remedy: lifecycle.Remedy(lifecycle.Expired, r.Cfg)}
+	case enroll.AfterExpiryRefused:
+		r.SetResult(state.Reenroll)
+		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "renew",
+			Summary: fmt.Sprintf("certificate expired at %s and the CA does not renew it after expiry (%v): re-enrollment with a fresh one-time token is needed (provision bootstrap), unless the CA's provisioner is changed to allow renewal after expiry", stamp(leaf.NotAfter), ee.Err),
+			Remedy:  "either write a fresh one-time token for this node_id to " + r.Cfg.CA.TokenFile + " and run provision bootstrap, or have the control-plane team allow renewal after expiry on the provisioner (the claim allowRenewalAfterExpiry) and run provision renew"}
+	case enroll.CertUnknownCA:
+		r.SetResult(state.Reenroll)
+		return &diag.Finding{Layer: diag.CA, Owner: diag.Node, Check: "renew", Summary: fmt.Sprintf("certificate stale: the CA does not trust its issuer (%v); renew does not renew a stale identity, so re-enrollment with a fresh one-time token is needed (provision bootstrap)", ee.Err),
+			Remedy: lifecycle.Remedy(lifecycle.OtherCA, r.Cfg)}
+	case enroll.CertRefused:
+		return r.refused(ee, serial)
+	}
+	r.SetResult(state.Failed)
+	f := diag.FromEnroll(err, diag.CA, r.Cfg.CA.TokenFile)
+	f.Check = "renew"
+	f.Summary = "renewal failed: " + f.Summary + "; the installed certificate stays current"
+	f.Remedy = "check the CA (provision verify's ca-root), then run provision renew again; the installed certificate stays current until it expires, and " + lifecycle.RenewTimer + " tries again"
+	return f
+}
+
+// refused handles a 401/403 to the node's own certificate: revoked only
+// with the CA's signed CRL as evidence, else a refusal the next run asks
+// about again (counted, so a persistent one alerts).
+func (r *Run) refused(ee *enroll.Error, serial string) *diag.Finding {
+	ev, err := r.Client.RevocationStatus(r.Ctx, r.Current.Leaf(), r.Roots)
+	if err == nil && ev.Revoked {
+		r.Rec.RevokedSerial, r.Rec.RevocationEvidence = serial, ev.Evidence
+		r.SetResult(state.RevokedRes)
+		return &diag.Finding{Layer: diag.Enroll, Owner: diag.Node, Check: "renew",
+			Summary:  fmt.Sprintf("certificate revoked: serial %s is on the CA's revocation list (%s); re-enrollment with a fresh one-time token is needed (provision bootstrap)", serial, ev.Evidence),
+			Remedy:   lifecycle.Remedy(lifecycle.Revoked, r.Cfg),
+			Evidence: map[string]string{"serial": serial, "evidence": ev.Evidence}}
+	}
+	why := "no revocation list to check"
+	if err != nil {
+		why = "its revocation list could not be checked: " + err.Error()
+	} else if ev.Evidence != "" {
+		why = ev.Evidence
+	}
+	r.Rec.Refusals++
+	r.SetResult(state.Refused)
+	return &diag.Finding{Layer: diag.CA, Owner: diag.CAOwner, Check: "renew", Transient: true,
+		Summary: fmt.Sprintf("the CA (or something in front of it) refused to renew certificate serial %s (answered %d: %v); not recorded as revoked (%s); refusal %d in a row", serial, ee.Status, ee.Err, why, r.Rec.Refusals),
+		Remedy:  "check the CA's logs and anything in front of it (a proxy or WAF answering 401); " + lifecycle.RenewTimer + " asks again, and the installed certificate stays current until it expires"}
+}

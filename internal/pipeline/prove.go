@@ -1,0 +1,115 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/report"
+	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/tasks"
+)
+
+// Prove runs the proof (the ladder, ending in the real mTLS tasks/wait
+// through the ingress) on the candidate read back from its generation
+// directory, or on the installed set when there is no candidate, retried
+// with the one retry loop while the failure is transient. A task the proof
+// received is handed off. Without a candidate, a failed proof is the run's
+// answer; with one, Publish decides.
+func Prove(r *Run) *diag.Finding {
+	ctx := r.Ctx
+	if r.Cand != nil && r.Current != nil {
+		// Keep time to prove the installed set too, if the candidate fails:
+		// the liveness rule compares the two.
+		if dl, ok := r.Ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(r.Ctx, dl.Add(-r.oneProofBudget()))
+			defer cancel()
+		}
+	}
+	rep, env, attempts := r.proveLoop(ctx, r.Gen)
+	r.Proof, r.ProofEnv, r.Out.Attempts = rep, env, attempts
+	if f := r.handOff(env, rep); f != nil {
+		return f
+	}
+	switch {
+	case r.Cand == nil && !rep.OK:
+		r.Halt(rep)
+	case r.Cand != nil && rep.OK:
+		r.Host.Hook.At("proven")
+	}
+	return nil
+}
+
+// oneProofBudget is what one pass of the ladder may take: a few requests
+// of bootstrap.request_timeout and the long poll.
+func (r *Run) oneProofBudget() time.Duration {
+	return 3*r.Cfg.Bootstrap.RequestTimeout.Duration + r.Cfg.NodeAPI.WaitTimeout.Duration
+}
+
+// proveLoop runs the ladder on the set in dir ("" for the installed one)
+// until it passes, fails for good, or ctx ends.
+func (r *Run) proveLoop(ctx context.Context, dir string) (*report.Report, *observe.Env, int) {
+	var rep *report.Report
+	var env *observe.Env
+	attempts := retry.Until(ctx, r.Opts.Policy, r.Opts.Sleep, func(n int) (bool, time.Duration) {
+		e := r.observeSet(dir)
+		t0 := time.Now()
+		last := report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(ctx, e, r.Log), time.Since(t0))
+		if ctx.Err() != nil && rep != nil && !last.OK {
+			// The deadline cut this attempt short; the previous attempt's
+			// report shows the real failure, not "context deadline exceeded".
+			return true, 0
+		}
+		rep, env = last, e
+		if last.OK || !last.Transient {
+			return true, 0
+		}
+		var ra time.Duration
+		if res := e.Probed(); res != nil {
+			ra = retry.RetryAfterHeader(res.Status, res.Header, r.Host.Time())
+		}
+		r.Log.Warn("step", "step", "proof", "layer", string(last.FailedLayer), "owner", string(last.Owner), "status", "retry", "attempt", n+1, "message", last.Summary)
+		return false, ra
+	})
+	if !rep.OK && ctx.Err() != nil && rep.Transient {
+		rep.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", attempts, r.Cfg.Bootstrap.Deadline.Duration, rep.Summary)
+	}
+	return rep, env, attempts
+}
+
+// observeSet is a fresh observation of the set in dir ("" for the
+// installed one), read back from disk as the node-agent will read it, with
+// the roots this run fetched.
+func (r *Run) observeSet(dir string) *observe.Env {
+	e := observe.NewEnv(r.Cfg, r.Host)
+	e.CredsDir = dir
+	if r.Roots != nil {
+		e.SetRoots(r.Roots)
+	}
+	return e
+}
+
+// handOff keeps a task the proof received in state_dir/tasks/.
+func (r *Run) handOff(env *observe.Env, rep *report.Report) *diag.Finding {
+	t, _, err := tasks.HandOff(r.StateDir, env.Probed(), r.Host.Time(), r.Host.Hook)
+	if t == nil {
+		return nil
+	}
+	r.Out.Task = t
+	rep.Task = json.RawMessage(t.Raw)
+	if err == nil {
+		return nil
+	}
+	if !rep.OK && r.Cand == nil {
+		r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", err.Error(), "task_id", t.ID)
+		return nil
+	}
+	return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "task-save",
+		Summary:  "the proof received a task but it could not be handed off: " + err.Error() + "; nothing was published",
+		Remedy:   "make " + r.Cfg.Paths.StateDir + " writable, give this task (in the evidence) to the node-agent by hand, and run again",
+		Evidence: map[string]string{"task": string(t.Raw)}}
+}

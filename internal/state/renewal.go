@@ -1,0 +1,103 @@
+package state
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/gpuaas/provision/internal/system"
+)
+
+// RenewalFile is the renew record's name under state_dir.
+const RenewalFile = "renew.json"
+
+// Results of an attempt. They are an interface: runbooks and scripts key
+// on them.
+const (
+	NotDue     = "not-due"     // nothing to do: before the renewal point (plus splay)
+	Renewed    = "renewed"     // a new certificate was proven and published
+	Refreshed  = "refreshed"   // only ca.pem changed (the CA's roots moved), proven and published
+	Failed     = "failed"      // the attempt failed; the old set stays current
+	Reenroll   = "re-enroll"   // the certificate cannot be renewed: a fresh token is needed
+	RevokedRes = "revoked"     // the CA's revocation list names the certificate
+	HookFailed = "hook-failed" // renewed and published, but renew.post_hook failed
+	// Refused: the CA, or something in front of it, answered 401/403 to the
+	// renewal, with no evidence of revocation; the next run asks again.
+	Refused = "refused"
+	// Unproven: a renewed set was published without a passing proof, under
+	// the liveness rule (a fault the installed set shares); see Unproven.
+	Unproven = "published-unproven"
+	// Enrolled: bootstrap enrolled with a one-time token and published the set.
+	Enrolled = "enrolled"
+)
+
+// Renewal is the renew record, state_dir/renew.json: what the last
+// renewal attempt found and did. Field names are an interface.
+type Renewal struct {
+	NodeID      string    `json:"node_id"`
+	Serial      string    `json:"serial"`       // the current certificate after the attempt
+	NotAfter    time.Time `json:"not_after"`    // its expiry
+	RenewAfter  time.Time `json:"renew_after"`  // its renewal point (fraction of the lifetime)
+	DueAt       time.Time `json:"due_at"`       // renewal point plus this node's splay
+	LastAttempt time.Time `json:"last_attempt"` // when renew last ran
+	LastResult  string    `json:"last_result"`  // one of the results above
+	LastError   string    `json:"last_error,omitempty"`
+	FailedLayer string    `json:"failed_layer,omitempty"`
+	// LastRenewed is when a renewal was last published, and the serial it
+	// replaced.
+	LastRenewed    time.Time `json:"last_renewed,omitzero"`
+	PreviousSerial string    `json:"previous_serial,omitempty"`
+	// RevokedSerial is a serial found revoked with evidence (the CA's
+	// signed revocation list), which RevocationEvidence quotes. A refusal
+	// without evidence is never recorded here.
+	RevokedSerial      string `json:"revoked_serial,omitempty"`
+	RevocationEvidence string `json:"revocation_evidence,omitempty"`
+	Rekeyed            bool   `json:"rekeyed,omitempty"`
+	Generation         string `json:"generation,omitempty"` // the generation directory proven (or kept aside)
+	Hook               string `json:"hook,omitempty"`       // the post_hook's last outcome
+	// HookPending is set while renew.post_hook has not succeeded since the
+	// credentials last changed: every later run (renew and bootstrap) runs
+	// it again until it does.
+	HookPending bool `json:"hook_pending,omitempty"`
+	// Failures counts attempts in a row that did not end well (reset by a
+	// renewal, a not-due run or a refresh); Refusals counts 401/403 answers
+	// in a row without evidence of revocation.
+	Failures int `json:"consecutive_failures,omitempty"`
+	Refusals int `json:"consecutive_refusals,omitempty"`
+	// Unproven says why the current set was published without a passing
+	// proof (the liveness rule), "" when it polled.
+	Unproven string `json:"unproven,omitempty"`
+	// Aside names a generation holding a renewed certificate that was not
+	// published (its proof failed where the installed set's did not, or a
+	// fault both share); the next run proves it again.
+	Aside   string `json:"aside,omitempty"`
+	Version string `json:"version,omitempty"`
+}
+
+// ReadRenewal reads the renew record; nil when there is none or it does
+// not parse.
+func ReadRenewal(stateDir string) *Renewal {
+	b, err := os.ReadFile(filepath.Join(stateDir, RenewalFile))
+	if err != nil {
+		return nil
+	}
+	var r Renewal
+	if json.Unmarshal(b, &r) != nil {
+		return nil
+	}
+	return &r
+}
+
+// WriteRenewal replaces the renew record atomically (0644: it holds no
+// secret).
+func WriteRenewal(stateDir string, r *Renewal) error {
+	if _, err := system.EnsurePrivateDir(stateDir, true); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return system.WriteFileAtomic(filepath.Join(stateDir, RenewalFile), append(b, '\n'), system.WriteOptions{Mode: 0o644})
+}
