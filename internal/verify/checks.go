@@ -288,9 +288,9 @@ func abs(d time.Duration) time.Duration {
 }
 
 func checkClock(ctx context.Context, e *observe.Env) Answer {
-	roots, _ := e.Roots(ctx)
+	roots, err := e.Roots(ctx)
 	if roots == nil || roots.ServerDate.IsZero() {
-		return Answer{Status: report.Warn, Message: "not checked: the CA sent no Date header"}
+		return Answer{Status: report.Warn, Message: clockUnchecked(err)}
 	}
 	now := e.Host.Time()
 	// Date has one-second resolution and the request took some time.
@@ -305,6 +305,21 @@ func checkClock(ctx context.Context, e *observe.Env) Answer {
 		return Answer{Status: report.Warn, Evidence: ev, Message: fmt.Sprintf("the node clock is %s off the CA's", skew.Round(time.Second))}
 	}
 	return Answer{Status: report.Pass, Evidence: ev, Message: "the node clock agrees with the CA's"}
+}
+
+// clockUnchecked says why the clock could not be compared with the CA's,
+// given what fetching the CA's roots returned: only an answer can lack a
+// Date header; a CA that was never reached (its name does not resolve
+// because the hosts block is missing, nothing listens) sent nothing.
+func clockUnchecked(err error) string {
+	var ee *enroll.Error
+	switch {
+	case err == nil:
+		return "not checked: the CA answered without a Date header, so there is no CA time to compare with"
+	case errors.As(err, &ee) && ee.Status > 0:
+		return fmt.Sprintf("not checked: the CA answered %d without a Date header, so there is no CA time to compare with", ee.Status)
+	}
+	return fmt.Sprintf("not checked: the CA could not be reached, so there is no CA time to compare with (%v)", err)
 }
 
 // checkCredentials renders the credential verdict's facts about the key
