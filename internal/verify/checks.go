@@ -487,22 +487,30 @@ func chainRoot(chain, roots []*x509.Certificate, now time.Time) *x509.Certificat
 // guarantees one of the three; the last branch fails closed all the same.
 func probeCheck(layer diag.Layer) func(context.Context, *observe.Env) Answer {
 	return func(ctx context.Context, e *observe.Env) Answer {
-		p := e.Proof(ctx)
-		if f := p.Finding; f != nil && f.Layer.Index() <= layer.Index() {
-			return fromFinding(f)
-		}
-		if msg, ok := p.Proven[layer]; ok {
-			if layer == diag.TasksWait {
-				return tasksWaitPass(msg, e.Probe(ctx), e)
-			}
-			return pass("%s", msg)
-		}
-		if why, ok := p.Unproven[layer]; ok {
-			return Answer{Status: report.Warn, Message: why}
-		}
-		return Answer{Status: report.Fail, Message: fmt.Sprintf("nothing recorded proves %s and no failure was classified: refusing to pass it", layer),
-			Remedy: "this is a bug in provision's classifier: report it with this output (--format json)"}
+		a := judgeProbe(ctx, e, layer)
+		f := e.Proof(ctx).Finding
+		stopped := f != nil && f.Layer.Index() <= layer.Index() // this check reports where the exchange stopped
+		a.Timed, a.Duration = true, diag.LayerTime(e.Probe(ctx), layer, stopped)
+		return a
 	}
+}
+
+func judgeProbe(ctx context.Context, e *observe.Env, layer diag.Layer) Answer {
+	p := e.Proof(ctx)
+	if f := p.Finding; f != nil && f.Layer.Index() <= layer.Index() {
+		return fromFinding(f)
+	}
+	if msg, ok := p.Proven[layer]; ok {
+		if layer == diag.TasksWait {
+			return tasksWaitPass(msg, e.Probe(ctx), e)
+		}
+		return pass("%s", msg)
+	}
+	if why, ok := p.Unproven[layer]; ok {
+		return Answer{Status: report.Warn, Message: why}
+	}
+	return Answer{Status: report.Fail, Message: fmt.Sprintf("nothing recorded proves %s and no failure was classified: refusing to pass it", layer),
+		Remedy: "this is a bug in provision's classifier: report it with this output (--format json)"}
 }
 
 func tasksWaitPass(msg string, r *probe.Result, e *observe.Env) Answer {
