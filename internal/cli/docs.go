@@ -371,7 +371,7 @@ var subcommands = map[string][]string{"hosts": {"apply", "show", "check", "remov
 // and directories for the path flags.
 func BashCompletion() []byte {
 	var b strings.Builder
-	b.WriteString(`# bash completion for provision(1). Generated from provision's command table
+	b.WriteString(`# bash completion for provision(8). Generated from provision's command table
 # by internal/cli (gendocs); do not edit.
 _provision() {
 	local cur prev cword
@@ -440,7 +440,7 @@ func zshQuote(s string) string {
 // the same table as BashCompletion.
 func ZshCompletion() []byte {
 	var b strings.Builder
-	b.WriteString("#compdef provision\n# zsh completion for provision(1). Generated from provision's command table\n# by internal/cli (gendocs); do not edit.\n\n_provision() {\n\tlocal curcontext=\"$curcontext\" state line\n\ttypeset -A opt_args\n\tlocal -a commands\n\tcommands=(\n")
+	b.WriteString("#compdef provision\n# zsh completion for provision(8). Generated from provision's command table\n# by internal/cli (gendocs); do not edit.\n\n_provision() {\n\tlocal curcontext=\"$curcontext\" state line\n\ttypeset -A opt_args\n\tlocal -a commands\n\tcommands=(\n")
 	for _, c := range commands() {
 		fmt.Fprintf(&b, "\t\t'%s:%s'\n", c.name, zshQuote(c.summary))
 	}

@@ -22,7 +22,7 @@ import (
 func TestManPagesMatchHelp(t *testing.T) {
 	pages := ManPages("1.2.3", "2026-03-01")
 	if len(pages) != len(commands())+1 {
-		t.Fatalf("%d man pages for %d commands + provision(1)", len(pages), len(commands()))
+		t.Fatalf("%d man pages for %d commands + provision(8)", len(pages), len(commands()))
 	}
 	for _, p := range pages {
 		t.Run(p.File, func(t *testing.T) {

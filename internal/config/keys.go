@@ -84,7 +84,7 @@ var Keys = []Key{
 	{Name: "ca.url", Kind: KindString, Required: true, Example: `"https://ca.cp.internal:9000"`,
 		Doc:   "`https://`, no credentials, query or fragment; a port, if given, is 1-65535",
 		field: func(c *Config) any { return &c.CA.URL }},
-	{Name: "ca.fingerprint", Kind: KindString, Required: true, Example: `"3a7f…" (64 hex)`,
+	{Name: "ca.fingerprint", Kind: KindString, Required: true, Example: `"<64 hex digits>"`,
 		Doc:   "SHA-256 of the root certificate's DER (`step certificate fingerprint root_ca.crt`); colons allowed. The pin is only as trustworthy as the channel that delivered the config",
 		field: func(c *Config) any { return &c.CA.Fingerprint }},
 	{Name: "ca.token_file", Kind: KindPath, Default: `"` + DefaultTokenFile + `"`,
