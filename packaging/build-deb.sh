@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build the provision .deb: a static binary plus units, man pages and shell
-# completions generated from the CLI's help text, cloud-init template,
+# completions generated from the CLI's help text, the licence texts of the
+# modules linked into the binary, cloud-init template,
 # example config, docs, copyright, changelog and maintainer scripts, packaged
 # by the pinned nfpm Go tool (go.mod).
 #
@@ -49,12 +50,17 @@ CGO_ENABLED=0 go build -trimpath \
 	-ldflags "-s -w -X github.com/gpuaas/provision/internal/cli.version=$VERSION -X github.com/gpuaas/provision/internal/cli.commit=$COMMIT" \
 	-o "$PROVISION_BIN" ./cmd/provision
 
-# Man pages and completions from the command table and help text of this
+# Man pages (provision(8), provision-<command>(8), provision.toml(5)) and
+# completions from the command table, help text and config key table of this
 # same source (go run builds for the machine running the build, whatever
 # GOARCH the package is for).
 GOARCH= go run ./internal/cli/gendocs -out "$GEN" -version "$VERSION" \
 	-date "$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)"
-gzip -9n "$GEN"/man1/*.1
+gzip -9n "$GEN"/man8/*.8 "$GEN"/man5/*.5
+
+# The licence texts of every module the binary links (as it records them),
+# and of the Go distribution; a linked module without one stops the build.
+GOARCH= go run ./packaging/licenses -bin "$PROVISION_BIN" -out "$GEN/licenses"
 
 # A native package's changelog (Debian format, as lintian wants it): one
 # entry for this build, naming the commit whose history it is.

@@ -4,8 +4,10 @@
 // through build-deb.sh, so CI and a developer produce the same artifact with
 // no packager installed system-wide. build-deb.sh also generates what must
 // not drift from the source: the man pages and shell completions (from the
-// CLI's command table and help text, internal/cli/gendocs) and the Debian
-// changelog entry for the build.
+// CLI's command table and help text and the config's key table,
+// internal/cli/gendocs), the licence texts of the modules linked into the
+// binary (packaging/licenses, from the binary's own build info) and the
+// Debian changelog entry for the build.
 //
 // The tests here treat the .deb the way an image build and an operator do:
 // build it with the shipped script, run lintian on it (no errors, no

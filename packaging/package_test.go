@@ -3,6 +3,7 @@ package packaging
 import (
 	"bytes"
 	"compress/gzip"
+	"debug/buildinfo"
 	"encoding/json"
 	"io"
 	"io/fs"
@@ -11,6 +12,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 
@@ -66,13 +69,19 @@ func generated() []string {
 		"usr/share/doc/provision/changelog.gz",
 		"usr/share/bash-completion/completions/provision",
 		"usr/share/zsh/vendor-completions/_provision",
-		"usr/share/man/man1/provision.1.gz",
+		"usr/share/man/man8/provision.8.gz",
+		"usr/share/man/man5/provision.toml.5.gz",
+		"usr/share/doc/provision/licenses/go/LICENSE",
 	}
 	for _, c := range cli.CommandNames() {
-		g = append(g, "usr/share/man/man1/provision-"+c+".1.gz")
+		g = append(g, "usr/share/man/man8/provision-"+c+".8.gz")
 	}
 	return g
 }
+
+// licenceFile matches a licence proper (not only a notice) as the
+// collector (packaging/licenses) counts one.
+var licenceFile = regexp.MustCompile(`(?i)^(licen[cs]e|copying|unlicense)([._-].*)?$`)
 
 // build runs build-deb.sh for version and returns the .deb's path.
 func build(t *testing.T, out, version string) string {
@@ -210,6 +219,12 @@ func TestDeb(t *testing.T) {
 				t.Errorf("%s: got %q, want %q", p, modes[p], m)
 			}
 		}
+		// The collected licence texts: world-readable documentation.
+		for p, m := range modes {
+			if strings.HasPrefix(p, "usr/share/doc/provision/licenses/") && !strings.HasSuffix(p, "/") && m != "-rw-r--r-- root/root" {
+				t.Errorf("%s: %q, want -rw-r--r-- root/root", p, m)
+			}
+		}
 		// The units' StateDirectory= creates /var/lib/provision; the config
 		// directory is the node's (cloud-init writes it).
 		for _, p := range []string{"var/lib/provision/", "etc/provision/", "etc/provision/provision.toml"} {
@@ -306,18 +321,43 @@ func TestDeb(t *testing.T) {
 	// from the same help text, so every line of it is in the page.
 	t.Run("man pages match --help", func(t *testing.T) {
 		for _, c := range append([]string{""}, cli.CommandNames()...) {
-			page, args := "provision.1.gz", []string{"--help"}
+			page, args := "provision.8.gz", []string{"--help"}
 			if c != "" {
-				page, args = "provision-"+c+".1.gz", []string{c, "--help"}
+				page, args = "provision-"+c+".8.gz", []string{c, "--help"}
 			}
 			help, e, err := run(t, ".", nil, bin, args...)
 			if err != nil {
 				t.Fatalf("provision %v: %v %s", args, err, e)
 			}
-			man := testenv.RenderMan(t, gunzip(t, filepath.Join(root, "usr/share/man/man1", page)))
+			man := testenv.RenderMan(t, gunzip(t, filepath.Join(root, "usr/share/man/man8", page)))
 			if missing := testenv.MissingHelpLines(man, help); len(missing) > 0 {
 				t.Errorf("installed %s lacks lines of 'provision %s':\n%s", page, strings.Join(args, " "), strings.Join(missing, "\n"))
 			}
+		}
+	})
+	// Every module the installed binary links has its licence text in the
+	// package, under its module path: the binary's own record decides.
+	t.Run("licences of the linked modules", func(t *testing.T) {
+		bi, err := buildinfo.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bi.Deps) < 10 {
+			t.Fatalf("the installed binary records %d modules; the build info is not what it should be", len(bi.Deps))
+		}
+		for _, d := range append([]*debug.Module{{Path: "go"}}, bi.Deps...) {
+			if strings.HasPrefix(d.Path, bi.Main.Path+"/") {
+				continue // this repository's own (packaging/copyright)
+			}
+			ents, _ := os.ReadDir(filepath.Join(root, "usr/share/doc/provision/licenses", d.Path))
+			if !slices.ContainsFunc(ents, func(e fs.DirEntry) bool { return licenceFile.MatchString(e.Name()) }) {
+				t.Errorf("the linked module %s %s has no licence text in /usr/share/doc/provision/licenses/%s/", d.Path, d.Version, d.Path)
+			}
+		}
+		// The config's man page is installed beside the commands'.
+		cfg := string(gunzip(t, filepath.Join(root, "usr/share/man/man5/provision.toml.5.gz")))
+		if !strings.Contains(cfg, ".TH PROVISION.TOML 5 ") || !strings.Contains(cfg, "node_api.wait_timeout") {
+			t.Errorf("installed provision.toml.5 is not the config page:\n%s", cfg)
 		}
 	})
 	t.Run("generated files", func(t *testing.T) {
@@ -430,7 +470,7 @@ func TestDeb(t *testing.T) {
 	if st := status(); !strings.Contains(st, "Status: deinstall ok config-files") {
 		t.Errorf("dpkg -s after remove:\n%s", st)
 	}
-	for _, p := range append([]string{"usr/bin/provision", "usr/lib/systemd/system/provision.service", "usr/share/man/man1/provision.1.gz"}, generated()...) {
+	for _, p := range append([]string{"usr/bin/provision", "usr/lib/systemd/system/provision.service", "usr/share/man/man8/provision.8.gz", "usr/share/doc/provision/licenses"}, generated()...) {
 		if exists(p) {
 			t.Errorf("/%s is still there after dpkg -r", p)
 		}

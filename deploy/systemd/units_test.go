@@ -363,12 +363,72 @@ func TestRenewUnitsContract(t *testing.T) {
 		t.Errorf("provision-renew.service must not restart; the timer re-runs it")
 	}
 	tm := directives(t, "provision-renew.timer")
-	for k, want := range map[string]string{"Timer.Unit": "provision-renew.service", "Timer.Persistent": "true"} {
+	for k, want := range map[string]string{"Timer.Unit": "provision-renew.service", "Timer.OnBootSec": "5min", "Timer.OnUnitActiveSec": "15min"} {
 		if got := tm[k]; len(got) != 1 || got[0] != want {
 			t.Errorf("provision-renew.timer %s = %q, want %q", k, got, want)
 		}
 	}
 	if got := tm["Timer.RandomizedDelaySec"]; len(got) != 1 || got[0] == "0" {
 		t.Errorf("provision-renew.timer needs a RandomizedDelaySec, got %q", got)
+	}
+}
+
+// timerTriggers are the [Timer] directives that start a run (systemd.timer(5)).
+var timerTriggers = []string{"OnActiveSec", "OnBootSec", "OnStartupSec", "OnUnitActiveSec", "OnUnitInactiveSec", "OnCalendar"}
+
+// inertTimerLines returns what is wrong with a timer's text: a line that does
+// nothing (Persistent= without OnCalendar=: systemd.timer(5) applies it to
+// calendar timers only), or a trigger the header comment does not name, so
+// the comment could credit the wrong line for a run.
+func inertTimerLines(text string) []string {
+	var bad []string
+	comment, set := "", map[string]bool{}
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "#") {
+			comment += line + "\n"
+		} else if k, _, ok := strings.Cut(line, "="); ok {
+			set[k] = true
+		}
+	}
+	if set["Persistent"] && !set["OnCalendar"] {
+		bad = append(bad, "Persistent= does nothing without OnCalendar=")
+	}
+	for _, k := range timerTriggers {
+		if set[k] && !strings.Contains(comment, k+"=") {
+			bad = append(bad, "the comment does not say that "+k+"= triggers a run")
+		}
+	}
+	return bad
+}
+
+// TestTimersHaveNoInertLines: every line of the shipped timers acts, and
+// their comments name what really triggers each run. systemd-analyze verify
+// (TestSystemdAnalyzeVerify) accepts a Persistent= that does nothing, so
+// this says it; the table proves the check can fail.
+func TestTimersHaveNoInertLines(t *testing.T) {
+	for _, u := range units {
+		if !strings.HasSuffix(u, ".timer") {
+			continue
+		}
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bad := inertTimerLines(string(b)); len(bad) > 0 {
+			t.Errorf("%s: %s", u, strings.Join(bad, "; "))
+		}
+	}
+	for _, tc := range []struct {
+		name, text string
+		bad        int
+	}{
+		{"persistent without a calendar", "# OnBootSec= runs it\n[Timer]\nOnBootSec=5min\nPersistent=true\n", 1},
+		{"persistent with a calendar", "# OnCalendar= runs it\n[Timer]\nOnCalendar=hourly\nPersistent=true\n", 0},
+		{"a trigger the comment does not name", "# runs every 15 minutes (Persistent=)\n[Timer]\nOnUnitActiveSec=15min\n", 1},
+	} {
+		if got := inertTimerLines(tc.text); len(got) != tc.bad {
+			t.Errorf("%s: %q, want %d problems", tc.name, got, tc.bad)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -181,6 +182,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		args = []string{"version"}
 	}
 	if c := lookup(args[0]); c != nil {
+		if !c.format {
+			// A command without --format (hosts, userdata) prints text
+			// only: asking it for JSON is a usage error with no report on
+			// stdout, not a JSON document from a command that has none.
+			env.json = false
+		}
 		return c.run(ctx, env, args[1:])
 	}
 	return env.usage("", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), "Run 'provision --help' for the list of commands.")
@@ -321,8 +328,7 @@ func (c *command) synopsisLine() string {
 func helpText(c *command) string {
 	f := newFlags(c, &runEnv{stdout: io.Discard, stderr: io.Discard})
 	var defaults strings.Builder
-	f.fs.SetOutput(&defaults)
-	f.fs.PrintDefaults()
+	printFlags(&defaults, f.fs)
 	desc, sections := splitUsage(c.usage)
 	var b strings.Builder
 	fmt.Fprintf(&b, "Usage: provision %s\n\n%s\n\n", c.synopsisLine(), c.summary)
@@ -336,6 +342,33 @@ func helpText(c *command) string {
 	b.WriteString(exitCodesHelp)
 	return b.String()
 }
+
+// printFlags is flag.PrintDefaults' layout with the two dashes provision
+// is used with everywhere else (README, man pages, completions, messages):
+// "  --name arg" then the usage on the next line, indented by a tab, with
+// the default when it is not the zero value.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(fl *flag.Flag) {
+		arg, usage := flag.UnquoteUsage(fl)
+		fmt.Fprintf(w, "  --%s", fl.Name)
+		if arg != "" {
+			fmt.Fprintf(w, " %s", arg)
+		}
+		fmt.Fprintf(w, "\n    \t%s", strings.ReplaceAll(usage, "\n", "\n    \t"))
+		if b, ok := fl.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			if fl.DefValue != "false" {
+				fmt.Fprintf(w, " (default %s)", fl.DefValue)
+			}
+		} else if fl.DefValue != "" {
+			fmt.Fprintf(w, " (default %q)", fl.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
+}
+
+// flagDashes rewrites the flag package's messages ("flag provided but not
+// defined: -chek") to name flags with the two dashes the help shows.
+var flagDashes = regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]*)`)
 
 // splitUsage cuts a usage text at its first section heading (an unindented
 // line ending in ':'): the description before it, the sections from it.
@@ -363,7 +396,11 @@ func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
 			f.printUsage(env.stdout)
 			return ExitOK, false
 		}
-		return env.usage(f.cmd.name, err.Error(), fmt.Sprintf("Run 'provision %s --help' for usage.", f.cmd.name)), false
+		hint := fmt.Sprintf("Run 'provision %s --help' for usage.", f.cmd.name)
+		if !f.cmd.format && strings.HasSuffix(err.Error(), " -format") {
+			hint = fmt.Sprintf("provision %s prints text only and has no --format; a script uses its exit code%s.", f.cmd.name, map[bool]string{true: " (provision hosts check: 0 only when the override is right)"}[f.cmd.name == "hosts"])
+		}
+		return env.usage(f.cmd.name, flagDashes.ReplaceAllString(err.Error(), "$1--$2"), hint), false
 	}
 	explicit := false
 	f.fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "format" })

@@ -21,9 +21,10 @@ import (
 
 // ManPage is one generated manual page.
 type ManPage struct {
-	Name string // "provision" or "provision-<command>"
-	File string // "provision-verify.1"
-	Roff []byte
+	Name    string // "provision", "provision-<command>" or "provision.toml"
+	Section int    // 8 for the commands (system administration, run as root), 5 for the config file
+	File    string // "provision-verify.8"
+	Roff    []byte
 }
 
 // HelpText returns the help 'provision <command> --help' prints, or the
@@ -50,30 +51,36 @@ func CommandNames() []string {
 
 const rootSummary = "bootstrap a bare-metal GPU node into the control plane"
 
-// ManPages generates provision(1) and provision-<command>(1) for every
-// command. version and date (YYYY-MM-DD) go into the page footer.
+// ManPages generates provision(8) and provision-<command>(8) for every
+// command: provision is a system administration command, run as root, so
+// its pages are in section 8 (Debian policy 12.1). version and date
+// (YYYY-MM-DD) go into the page footer. provision(8) adds a FILES section.
 func ManPages(version, date string) []ManPage {
 	var sub []string
 	for _, c := range commands() {
-		sub = append(sub, "provision-"+c.name)
+		sub = append(sub, "provision-"+c.name+"(8)")
 	}
-	pages := []ManPage{{Name: "provision", File: "provision.1", Roff: manPage("provision", rootSummary, rootHelpText(), version, date, sub)}}
+	root := manPage(manMeta{name: "provision", section: 8, summary: rootSummary, version: version, date: date,
+		seeAlso: append(sub, "provision.toml(5)"), extra: []*manSection{filesSection()}}, rootHelpText())
+	pages := []ManPage{{Name: "provision", Section: 8, File: "provision.8", Roff: root}}
 	for _, c := range commands() {
 		name := "provision-" + c.name
-		pages = append(pages, ManPage{Name: name, File: name + ".1", Roff: manPage(name, c.summary, helpText(c), version, date, []string{"provision"})})
+		roff := manPage(manMeta{name: name, section: 8, summary: c.summary, version: version, date: date,
+			seeAlso: []string{"provision(8)", "provision.toml(5)"}}, helpText(c))
+		pages = append(pages, ManPage{Name: name, Section: 8, File: name + ".8", Roff: roff})
 	}
 	return pages
 }
 
-// WriteDocs writes the man pages to dir/man1/ and the completions to
-// dir/completion/provision.bash and dir/completion/_provision.
+// WriteDocs writes the man pages to dir/man8/ and dir/man5/ and the
+// completions to dir/completion/provision.bash and dir/completion/_provision.
 func WriteDocs(dir, version, date string) error {
 	files := map[string][]byte{
 		filepath.Join("completion", "provision.bash"): BashCompletion(),
 		filepath.Join("completion", "_provision"):     ZshCompletion(),
 	}
-	for _, p := range ManPages(version, date) {
-		files[filepath.Join("man1", p.File)] = p.Roff
+	for _, p := range append(ManPages(version, date), ConfigManPage(version, date)) {
+		files[filepath.Join(fmt.Sprintf("man%d", p.Section), p.File)] = p.Roff
 	}
 	for name, b := range files {
 		path := filepath.Join(dir, name)
@@ -124,6 +131,8 @@ type manWriter struct {
 	kind       string // prose, flags, verbatim, columns
 	para       []string
 	inVerbatim bool
+	bodyIndent int  // the column where the current entry's text starts
+	nested     bool // inside a list nested in an entry (.RS)
 }
 
 func (m *manWriter) section(title string) *manSection {
@@ -151,6 +160,15 @@ func (m *manWriter) closeVerbatim() {
 		m.cur.body.WriteString(".EE\n")
 		m.inVerbatim = false
 	}
+	m.closeNested()
+}
+
+// closeNested ends a list nested in an entry.
+func (m *manWriter) closeNested() {
+	if m.nested {
+		m.cur.body.WriteString(".PD\n.RE\n")
+		m.nested = false
+	}
 }
 
 // heading starts the section a help heading ("Flags:", "Examples:") maps to.
@@ -173,12 +191,12 @@ func (m *manWriter) heading(line string) {
 	m.cur = m.section(title)
 }
 
-// flag renders "-name arg<TAB>usage" (PrintDefaults); the usage may
-// continue on lines indented with a tab.
+// flag renders "--name arg" (printFlags); the usage follows on lines
+// indented with a tab.
 func (m *manWriter) flag(trimmed string) {
 	tag, usage, _ := strings.Cut(trimmed, "\t")
 	fname, arg, _ := strings.Cut(tag, " ")
-	fmt.Fprintf(&m.cur.body, ".TP\n\\fB\\-%s\\fR", roffEscape(fname))
+	fmt.Fprintf(&m.cur.body, ".TP\n\\fB%s\\fR", roffEscape(fname))
 	if arg != "" {
 		fmt.Fprintf(&m.cur.body, " \\fI%s\\fR", roffEscape(arg))
 	}
@@ -188,13 +206,34 @@ func (m *manWriter) flag(trimmed string) {
 	}
 }
 
-// column renders "  tag  [name  ]text"; deeper lines continue the text.
+// column renders "  tag  [name  ]text" as a tagged paragraph. Deeper
+// lines continue the text, except a deeper line in columns past where the
+// text starts: that is an item of a list inside the entry ("exit:" then
+// "0  due", "30  not due"), rendered as a nested list, not run together.
 func (m *manWriter) column(line, trimmed string) {
-	if len(line)-len(strings.TrimLeft(line, " ")) > 4 {
+	indent := len(line) - len(strings.TrimLeft(line, " "))
+	cols := columnsRe.Split(trimmed, -1)
+	switch {
+	case indent > 4 && indent > m.bodyIndent && len(cols) > 1 && m.bodyIndent > 0:
+		if !m.nested {
+			m.cur.body.WriteString(".RS\n.PD 0\n") // one item a line, as the help has them
+			m.nested = true
+		}
+		fmt.Fprintf(&m.cur.body, ".TP\n\\fB%s\\fR\n%s\n", roffEscape(cols[0]), roffEscape(strings.Join(cols[1:], " ")))
+		return
+	case indent > 4 && m.nested:
+		m.closeNested()
+		m.cur.body.WriteString(".IP\n")
+		fallthrough
+	case indent > 4:
 		fmt.Fprintf(&m.cur.body, "%s\n", roffEscape(spacesRe.ReplaceAllString(trimmed, " ")))
 		return
 	}
-	cols := columnsRe.Split(trimmed, -1)
+	m.closeNested()
+	m.bodyIndent = 0
+	if len(cols) > 1 {
+		m.bodyIndent = strings.Index(line, cols[len(cols)-1])
+	}
 	fmt.Fprintf(&m.cur.body, ".TP\n\\fB%s\\fR\n", roffEscape(cols[0]))
 	if len(cols) == 3 {
 		fmt.Fprintf(&m.cur.body, "\\fB%s\\fR %s\n", roffEscape(cols[1]), roffEscape(cols[2]))
@@ -214,6 +253,7 @@ func (m *manWriter) line(line string) {
 		m.cur, m.kind = m.section("DESCRIPTION"), "prose"
 	case trimmed == "":
 		m.flush()
+		m.closeNested()
 	case isHeading(line):
 		m.heading(line)
 	case line[0] != ' ' && line[0] != '\t':
@@ -234,35 +274,53 @@ func (m *manWriter) line(line string) {
 	}
 }
 
-func manPage(name, summary, help, version, date string, seeAlso []string) []byte {
+// manMeta is what a page has besides the text it is generated from.
+type manMeta struct {
+	name, summary string
+	section       int
+	version, date string
+	seeAlso       []string      // "provision(8)"
+	extra         []*manSection // sections after the help's, such as FILES
+	generatedFrom string        // for the header comment; default: the help text
+}
+
+func manPage(meta manMeta, help string) []byte {
 	m := &manWriter{byTitle: map[string]*manSection{}, kind: "prose"}
 	for _, line := range strings.Split(strings.TrimRight(help, "\n"), "\n") {
 		m.line(line)
 	}
 	m.flush()
 	m.closeVerbatim()
+	return renderPage(meta, append(m.order, meta.extra...))
+}
 
+// renderPage writes the page: header, NAME, the sections (SYNOPSIS and
+// DESCRIPTION first, as man pages have them, the rest in their order), SEE
+// ALSO.
+func renderPage(meta manMeta, sections []*manSection) []byte {
+	from := meta.generatedFrom
+	if from == "" {
+		from = "provision's help text"
+	}
 	var b strings.Builder
-	b.WriteString(".\\\" Generated from provision's help text by internal/cli (gendocs); do not edit.\n")
-	fmt.Fprintf(&b, ".TH %s 1 %q %q \"provision manual\"\n.nh\n.ad l\n", strings.ToUpper(roffEscape(name)), date, "provision "+version)
-	fmt.Fprintf(&b, ".SH NAME\n%s \\- %s\n", roffEscape(name), roffEscape(summary))
-	// SYNOPSIS and DESCRIPTION first, as man pages have them; the rest in
-	// the help's order.
-	order := m.order
-	sort.SliceStable(order, func(i, j int) bool { return rank(order[i].title) < rank(order[j].title) })
-	for _, s := range order {
+	fmt.Fprintf(&b, ".\\\" Generated from %s by internal/cli (gendocs); do not edit.\n", from)
+	fmt.Fprintf(&b, ".TH %s %d %q %q \"provision manual\"\n.nh\n.ad l\n", strings.ToUpper(roffEscape(meta.name)), meta.section, meta.date, "provision "+meta.version)
+	fmt.Fprintf(&b, ".SH NAME\n%s \\- %s\n", roffEscape(meta.name), roffEscape(meta.summary))
+	sort.SliceStable(sections, func(i, j int) bool { return rank(sections[i].title) < rank(sections[j].title) })
+	for _, s := range sections {
 		if s.body.Len() == 0 {
 			continue
 		}
 		fmt.Fprintf(&b, ".SH %s\n%s", s.title, s.body.String())
 	}
 	b.WriteString(".SH SEE ALSO\n")
-	for i, s := range seeAlso {
+	for i, s := range meta.seeAlso {
 		sep := ",\n"
-		if i == len(seeAlso)-1 {
+		if i == len(meta.seeAlso)-1 {
 			sep = "\n"
 		}
-		fmt.Fprintf(&b, ".BR %s (1)%s", roffEscape(s), sep)
+		page, sec, _ := strings.Cut(strings.TrimSuffix(s, ")"), "(")
+		fmt.Fprintf(&b, ".BR %s (%s)%s", roffEscape(page), sec, sep)
 	}
 	b.WriteString(".PP\nThe runbook, the configuration reference and the first\\-boot guide in\n.IR /usr/share/doc/provision/ .\n")
 	return []byte(b.String())
@@ -313,7 +371,7 @@ var subcommands = map[string][]string{"hosts": {"apply", "show", "check", "remov
 // and directories for the path flags.
 func BashCompletion() []byte {
 	var b strings.Builder
-	b.WriteString(`# bash completion for provision(1). Generated from provision's command table
+	b.WriteString(`# bash completion for provision(8). Generated from provision's command table
 # by internal/cli (gendocs); do not edit.
 _provision() {
 	local cur prev cword
@@ -382,7 +440,7 @@ func zshQuote(s string) string {
 // the same table as BashCompletion.
 func ZshCompletion() []byte {
 	var b strings.Builder
-	b.WriteString("#compdef provision\n# zsh completion for provision(1). Generated from provision's command table\n# by internal/cli (gendocs); do not edit.\n\n_provision() {\n\tlocal curcontext=\"$curcontext\" state line\n\ttypeset -A opt_args\n\tlocal -a commands\n\tcommands=(\n")
+	b.WriteString("#compdef provision\n# zsh completion for provision(8). Generated from provision's command table\n# by internal/cli (gendocs); do not edit.\n\n_provision() {\n\tlocal curcontext=\"$curcontext\" state line\n\ttypeset -A opt_args\n\tlocal -a commands\n\tcommands=(\n")
 	for _, c := range commands() {
 		fmt.Fprintf(&b, "\t\t'%s:%s'\n", c.name, zshQuote(c.summary))
 	}

@@ -2,14 +2,17 @@ package cli
 
 import (
 	"encoding/json"
+	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/testenv"
 )
 
@@ -19,7 +22,7 @@ import (
 func TestManPagesMatchHelp(t *testing.T) {
 	pages := ManPages("1.2.3", "2026-03-01")
 	if len(pages) != len(commands())+1 {
-		t.Fatalf("%d man pages for %d commands + provision(1)", len(pages), len(commands()))
+		t.Fatalf("%d man pages for %d commands + provision(8)", len(pages), len(commands()))
 	}
 	for _, p := range pages {
 		t.Run(p.File, func(t *testing.T) {
@@ -274,6 +277,138 @@ func TestZshCompletion(t *testing.T) {
 			if fl.values != nil && !strings.Contains(string(script), ":"+fl.name+":("+strings.Join(fl.values, " ")+")'") {
 				t.Errorf("zsh completion lacks the values of --%s", fl.name)
 			}
+		}
+	}
+}
+
+// TestHelpShowsTwoDashes: every flag in every help is shown as --name, as
+// the README, the man pages and the completions write it; no line of a
+// help names a flag with one dash.
+func TestHelpShowsTwoDashes(t *testing.T) {
+	oneDash := regexp.MustCompile(`(^|\s)-[a-z][a-z-]+`)
+	for _, c := range append([]*command{nil}, commands()...) {
+		args := []string{"--help"}
+		if c != nil {
+			args = []string{c.name, "--help"}
+		}
+		help, _, _ := run(args...)
+		for _, l := range strings.Split(help, "\n") {
+			if m := oneDash.FindString(l); m != "" {
+				t.Errorf("provision %s: %q names a flag with one dash (%q)", strings.Join(args, " "), l, m)
+			}
+		}
+		if c == nil {
+			continue
+		}
+		for _, fl := range completionFlags(c) {
+			if !strings.Contains(help, "\n  --"+fl.name) {
+				t.Errorf("provision %s --help lacks the line of --%s", c.name, fl.name)
+			}
+		}
+	}
+	var b strings.Builder
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	fs.Bool("check", false, "only check")
+	fs.String("config", "/etc/x.toml", "config `file`")
+	printFlags(&b, fs)
+	if want := "  --check\n    \tonly check\n  --config file\n    \tconfig file (default \"/etc/x.toml\")\n"; b.String() != want {
+		t.Errorf("printFlags:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+// renderedLines renders a page and returns its lines, spaces collapsed.
+func renderedLines(t *testing.T, roff []byte) []string {
+	var out []string
+	for _, l := range strings.Split(testenv.RenderMan(t, roff), "\n") {
+		if l = strings.Join(strings.Fields(l), " "); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// TestManPageLists: a list inside an entry of the help (renew --check's
+// exit codes) is a list in the man page, one item a line, not run together
+// into the paragraph around it.
+func TestManPageLists(t *testing.T) {
+	var renew ManPage
+	for _, p := range ManPages("1", "2026-03-01") {
+		if p.Name == "provision-renew" {
+			renew = p
+		}
+	}
+	lines := renderedLines(t, renew.Roff)
+	for _, item := range []string{"0 due (or --force)", "30 not due", "31 cannot renew: re-enrollment with a fresh token is needed"} {
+		if !slices.Contains(lines, item) {
+			t.Errorf("provision-renew.8 has no line that is the item %q:\n%s", item, strings.Join(lines, "\n"))
+		}
+	}
+	// The text after the list is its own paragraph, at the entry's indent.
+	if !slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "usable as ExecCondition=") }) {
+		t.Errorf("the text after the list is run into it:\n%s", strings.Join(lines, "\n"))
+	}
+	// The check can fail: the same help with the list flattened into prose.
+	flat := manPage(manMeta{name: "x", section: 8}, "Usage: provision x\n\n  --check   exit: 0 due (or --force) 30 not due\n")
+	if slices.Contains(renderedLines(t, flat), "30 not due") {
+		t.Error("a list run into its paragraph passed as a list")
+	}
+}
+
+// TestConfigManPage: provision.toml(5) shows every key of the key table with
+// its kind, default or requiredness, range and the whole of its text; a key
+// the table gains or a changed word is caught.
+func TestConfigManPage(t *testing.T) {
+	page := ConfigManPage("1.2.3", "2026-03-01")
+	if page.File != "provision.toml.5" || page.Section != 5 || !strings.Contains(string(page.Roff), ".TH PROVISION.TOML 5 ") {
+		t.Fatalf("page %s section %d", page.File, page.Section)
+	}
+	text := strings.Join(renderedLines(t, page.Roff), " ")
+	missing := func(text string) []string {
+		var m []string
+		for _, k := range config.Keys {
+			for _, want := range []string{k.DocName(), "(" + KeyFacts(k) + ")", strings.Join(strings.Fields(PlainInline(k.Doc)), " ")} {
+				if !strings.Contains(text, want) {
+					m = append(m, k.Name+": "+want)
+				}
+			}
+		}
+		return m
+	}
+	if m := missing(text); len(m) > 0 {
+		t.Errorf("provision.toml.5 lacks:\n%s\n--- rendered ---\n%s", strings.Join(m, "\n"), text)
+	}
+	for _, want := range []string{"SYNOPSIS /etc/provision/provision.toml", "FILES", "EXAMPLE", `url = "https://node-api.cp.internal:8443"`, "SEE ALSO provision(8)"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("provision.toml.5 lacks %q", want)
+		}
+	}
+	if m := missing(strings.Replace(text, "keep it on tmpfs", "keep it on disk", 1)); len(m) != 1 {
+		t.Errorf("a changed word gave %d missing entries, want 1: %v", len(m), m)
+	}
+}
+
+// TestMinimalConfigParses: the man page's EXAMPLE, built from the key
+// table's required keys, is a config provision accepts.
+func TestMinimalConfigParses(t *testing.T) {
+	src := strings.Replace(MinimalConfig(), "<64 hex digits>", strings.Repeat("ab", 32), 1)
+	if _, err := config.Parse("example", []byte(src)); err != nil {
+		t.Errorf("the example config is refused: %v\n%s", err, src)
+	}
+}
+
+// TestFilesSection: provision(8) has a FILES section naming what provision
+// reads and writes at the default paths.
+func TestFilesSection(t *testing.T) {
+	text := strings.Join(renderedLines(t, ManPages("1", "2026-03-01")[0].Roff), "\n")
+	i := strings.Index(text, "\nFILES\n")
+	if i < 0 {
+		t.Fatalf("provision.8 has no FILES section:\n%s", text)
+	}
+	for _, p := range []string{"/etc/provision/provision.toml", "/run/provision/token", "/etc/hosts", "/var/lib/provision/pki/key.pem, cert.pem, ca.pem",
+		"/var/lib/provision/receipt.json", "/var/lib/provision/renew.json", "/var/lib/provision/done/<machine-id>", "/var/lib/provision/tasks/<id>.json",
+		"/var/lib/provision/.lock", "/var/lib/prometheus/node-exporter/provision_<command>.prom", "/usr/share/doc/provision/"} {
+		if !strings.Contains(text[i:], "\n"+p+"\n") {
+			t.Errorf("FILES lacks %s:\n%s", p, text[i:])
 		}
 	}
 }

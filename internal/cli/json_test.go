@@ -111,7 +111,7 @@ func TestJSONEveryExitPath(t *testing.T) {
 		{name: "unknown command", args: func(r string) []string { return []string{"verfy", "--format", "json"} }, code: 2, layer: "usage", inText: "did you mean"},
 		{name: "unexpected argument", args: func(r string) []string { return []string{"verify", "--format", "json", "--root", r, "extra"} }, code: 2, layer: "usage"},
 		{name: "bad log format", args: func(r string) []string { return []string{"bootstrap", "--format", "json", "--log-format", "xml"} }, code: 2, layer: "usage"},
-		{name: "hosts takes no --format", args: func(r string) []string { return []string{"hosts", "apply", "--format", "json"} }, code: 2, layer: "usage"},
+		// hosts and userdata take no --format: TestNoFormatNoReport.
 		{name: "bad root", args: func(r string) []string { return []string{"bootstrap", "--format", "json", "--root", r + "/nope"} }, code: 2, layer: "usage", inText: "--root"},
 		{name: "root is a file", args: func(r string) []string {
 			return []string{"verify", "--format", "json", "--root", r + "/etc/provision/provision.toml"}

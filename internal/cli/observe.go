@@ -109,8 +109,13 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 	switch {
 	case err == nil:
 		log.Debug("metrics written", "path", strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))
-	case errors.Is(err, metrics.ErrNoDir) && dir == config.DefaultTextfileDir:
+	case errors.Is(err, metrics.ErrNoDir) && (cfg == nil || !cfg.Written("metrics.textfile_dir")):
+		// The default directory missing means no node_exporter here: silence.
 		log.Debug("metrics not written: node_exporter's textfile directory does not exist", "dir", dir)
+	case errors.Is(err, metrics.ErrNoDir):
+		// A directory the operator wrote (even the default path) is one
+		// they expect to be read.
+		log.Warn("metrics not written: the configured metrics.textfile_dir does not exist (provision never creates it); the run's result stands", "dir", dir)
 	default:
 		log.Warn("metrics not written; the run's result stands", "dir", dir, "error", err.Error())
 	}

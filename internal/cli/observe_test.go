@@ -72,7 +72,11 @@ func TestCLIWritesMetrics(t *testing.T) {
 		{name: "turned off", extra: "enabled = false", mkdir: true, args: []string{"verify"}, code: 10},
 		{name: "no node_exporter: nothing, quietly", args: []string{"verify"}, code: 10, notInLog: "metrics"},
 		{name: "a named directory that is missing is a warning", extra: `textfile_dir = "/srv/textfile"`, args: []string{"verify"}, code: 10,
-			inLog: "metrics not written; the run's result stands"},
+			inLog: `"level":"WARN","msg":"metrics not written: the configured metrics.textfile_dir does not exist`},
+		{name: "the default path written out and missing is a warning too", extra: `textfile_dir = "/var/lib/prometheus/node-exporter"`, args: []string{"verify"}, code: 10,
+			inLog: `"level":"WARN","msg":"metrics not written: the configured metrics.textfile_dir does not exist`},
+		{name: "the default path left out and missing is silent", args: []string{"verify"}, code: 10,
+			inLog: `"level":"DEBUG","msg":"metrics not written: node_exporter's textfile directory does not exist"`, notInLog: "metrics"},
 		{name: "a symlink at the file is refused with a warning, exit unchanged", mkdir: true, args: []string{"verify"}, code: 10,
 			setup: func(t *testing.T, root, dir string) {
 				os.Symlink(filepath.Join(root, "elsewhere"), filepath.Join(dir, "provision_verify.prom"))

@@ -298,14 +298,16 @@ func TestUsageErrorsExit2(t *testing.T) {
 	}{
 		{nil, "missing command"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
-		{[]string{"verify", "--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"verify", "--bogus"}, "flag provided but not defined: --bogus"},
+		{[]string{"renew", "--check=maybe"}, `invalid boolean value "maybe" for --check`},
+		{[]string{"verify", "--config"}, "flag needs an argument: --config"},
 		{[]string{"verify", "--format", "yaml"}, `--format must be text or json, got "yaml"`},
 		{[]string{"bootstrap", "--log-format", "xml"}, `--log-format must be text or json`},
 		{[]string{"verify", "--root", root, "extra"}, `unexpected argument "extra"`},
 		{[]string{"verify", "--root", root + "/does-not-exist"}, "--root"},
 		{[]string{"hosts"}, "hosts needs a subcommand"},
 		{[]string{"hosts", "frob"}, `unknown hosts subcommand "frob"`},
-		{[]string{"hosts", "apply", "--format", "json"}, "flag provided but not defined: -format"},
+		{[]string{"hosts", "apply", "--format", "json"}, "flag provided but not defined: --format"},
 		{[]string{"version", "now"}, `unexpected argument "now"`},
 		{[]string{"userdata"}, "userdata needs --token-file"},
 	}
@@ -319,6 +321,31 @@ func TestUsageErrorsExit2(t *testing.T) {
 				t.Errorf("stderr lacks %q:\n%s", tt.wantStderr, errs)
 			}
 		})
+	}
+}
+
+// TestNoFormatNoReport: a command without --format (hosts, userdata) asked
+// for JSON refuses with a usage error on stderr and prints nothing on
+// stdout: no JSON report from a command that has no JSON (issue 25). A
+// command with --format gives its usage errors as a JSON report.
+func TestNoFormatNoReport(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		report bool
+		hint   string
+	}{
+		{[]string{"hosts", "show", "--format", "json"}, false, "provision hosts check: 0 only when the override is right"},
+		{[]string{"hosts", "check", "--format=json"}, false, "prints text only and has no --format"},
+		{[]string{"userdata", "--format", "json"}, false, "provision userdata prints text only"},
+		{[]string{"verify", "--format", "json", "--bogus"}, true, ""},
+	} {
+		out, errs, code := run(tc.args...)
+		if code != ExitUsage || !strings.Contains(errs, tc.hint) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errs, tc.hint)
+		}
+		if got := out != ""; got != tc.report {
+			t.Errorf("%v: stdout %q; want a report: %v", tc.args, out, tc.report)
+		}
 	}
 }
 

@@ -47,7 +47,15 @@ type Config struct {
 	Bootstrap Bootstrap `toml:"bootstrap"`
 	Metrics   Metrics   `toml:"metrics"`
 	Renew     Renew     `toml:"renew"`
+
+	written map[string]bool // the table's keys the file sets (Written)
 }
+
+// Written reports whether the config file sets key (a dotted name of the key
+// table, such as "metrics.textfile_dir") rather than leaving it to its
+// default. A path the operator wrote deserves a warning where the default
+// path stays silent.
+func (c *Config) Written(key string) bool { return c.written[key] }
 
 // Host is one name -> IP pair of the /etc/hosts override.
 type Host struct {
@@ -241,7 +249,13 @@ func Parse(name string, data []byte) (*Config, error) {
 	for _, k := range md.Undecoded() {
 		probs = append(probs, Problem{Key: k.String(), Line: lines.line(k.String()), Msg: "unknown key" + suggest(k.String())})
 	}
-	c.applyDefaults(md)
+	c.written = map[string]bool{}
+	for _, k := range Keys {
+		if !strings.Contains(k.Name, "[]") && md.IsDefined(strings.Split(k.Name, ".")...) {
+			c.written[k.Name] = true
+		}
+	}
+	c.applyDefaults()
 	probs = append(probs, c.validate(lines)...)
 	if len(probs) > 0 {
 		sort.SliceStable(probs, func(i, j int) bool {
@@ -287,19 +301,10 @@ var (
 	lineInErr = regexp.MustCompile(`^line (\d+) \(last key "([^"]*)"\): (.*)$`)
 )
 
-var knownKeys = []string{
-	"node_id", "hosts", "hosts.name", "hosts.ip", "ca", "ca.url", "ca.fingerprint", "ca.token_file",
-	"node_api", "node_api.url", "node_api.wait_path", "node_api.wait_timeout",
-	"paths", "paths.hosts_file", "paths.pki_dir", "paths.state_dir",
-	"bootstrap", "bootstrap.deadline", "bootstrap.request_timeout",
-	"metrics", "metrics.enabled", "metrics.textfile_dir",
-	"renew", "renew.fraction", "renew.splay", "renew.rekey", "renew.post_hook", "renew.post_hook_timeout",
-}
-
 // suggest offers the closest known key for a typo.
 func suggest(key string) string {
 	best, bestD := "", 4
-	for _, k := range knownKeys {
+	for _, k := range knownKeys() {
 		// The distance is at least the difference in length: skip the
 		// quadratic computation for keys that cannot be close.
 		if l := len(key) - len(k); l >= bestD || -l >= bestD {
@@ -334,45 +339,14 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// applyDefaults fills in the optional keys the file leaves out. A key that
-// is written is kept as written, even "" or "0s", and validated: an explicit
-// value never silently becomes the default.
-func (c *Config) applyDefaults(md toml.MetaData) {
-	for _, d := range []struct {
-		set  bool
-		str  *string
-		dur  *Duration
-		sdef string
-		ddef time.Duration
-	}{
-		{set: md.IsDefined("ca", "token_file"), str: &c.CA.TokenFile, sdef: DefaultTokenFile},
-		{set: md.IsDefined("node_api", "wait_path"), str: &c.NodeAPI.WaitPath, sdef: DefaultWaitPath},
-		{set: md.IsDefined("node_api", "wait_timeout"), dur: &c.NodeAPI.WaitTimeout, ddef: DefaultWaitTimeout},
-		{set: md.IsDefined("paths", "hosts_file"), str: &c.Paths.HostsFile, sdef: DefaultHostsFile},
-		{set: md.IsDefined("paths", "pki_dir"), str: &c.Paths.PKIDir, sdef: DefaultPKIDir},
-		{set: md.IsDefined("paths", "state_dir"), str: &c.Paths.StateDir, sdef: DefaultStateDir},
-		{set: md.IsDefined("bootstrap", "deadline"), dur: &c.Bootstrap.Deadline, ddef: DefaultDeadline},
-		{set: md.IsDefined("bootstrap", "request_timeout"), dur: &c.Bootstrap.RequestTimeout, ddef: DefaultRequestTimeout},
-		{set: md.IsDefined("metrics", "textfile_dir"), str: &c.Metrics.TextfileDir, sdef: DefaultTextfileDir},
-		{set: md.IsDefined("renew", "splay"), dur: &c.Renew.Splay, ddef: DefaultRenewSplay},
-		{set: md.IsDefined("renew", "post_hook_timeout"), dur: &c.Renew.PostHookTimeout, ddef: DefaultPostHookTimout},
-	} {
-		switch {
-		case d.set:
-		case d.str != nil:
-			*d.str = d.sdef
-		default:
-			d.dur.Duration = d.ddef
+// applyDefaults gives every key the file leaves out its default from the
+// key table. A key that is written is kept as written, even "" or "0s", and
+// validated: an explicit value never silently becomes the default.
+func (c *Config) applyDefaults() {
+	for _, k := range Keys {
+		if !c.written[k.Name] {
+			k.setDefault(c)
 		}
-	}
-	if !md.IsDefined("metrics", "enabled") {
-		c.Metrics.Enabled = true
-	}
-	if !md.IsDefined("renew", "fraction") {
-		c.Renew.Fraction = DefaultRenewFraction
-	}
-	if !md.IsDefined("renew", "rekey") {
-		c.Renew.Rekey = DefaultRenewRekey
 	}
 }
 
@@ -402,15 +376,6 @@ const (
 	MinPostHookTimeout = time.Second
 	MaxPostHookTimeout = 10 * time.Minute
 )
-
-// zeroHint explains an explicit zero that is out of range: before, "0s"
-// silently meant the default, and a config may still rely on that.
-func zeroHint(d, def time.Duration) string {
-	if d != 0 {
-		return ""
-	}
-	return "; 0s is not the default: leave the key out for " + fmtDuration(def)
-}
 
 // fmtDuration prints a duration without zero units: 24h, 5m, 1m30s, 100ms.
 func fmtDuration(d time.Duration) string {
@@ -455,9 +420,26 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	c.validateNode(add)
 	c.validateCA(add)
 	c.validateNodeAPI(add)
-	c.validateLocal(add)
+	c.validateTable(add)
 	c.validateRenew(add)
 	return probs
+}
+
+// validateTable checks what the key table says of every key: an optional
+// string written as "" (it does not mean the default), the path rules of a
+// path key, the range of a duration or number.
+func (c *Config) validateTable(add adder) {
+	for _, k := range Keys {
+		if k.field == nil {
+			continue
+		}
+		for _, msg := range []string{k.emptyString(c), k.checkPathKey(c), k.checkRange(c)} {
+			if msg != "" {
+				add(k.Name, "%s", msg)
+				break
+			}
+		}
+	}
 }
 
 // validateNode: node_id and [[hosts]].
@@ -515,11 +497,6 @@ func (c *Config) validateCA(add adder) {
 	default:
 		c.CA.Fingerprint = fp
 	}
-	if c.CA.TokenFile == "" {
-		add("ca.token_file", "is set to \"\"; leave the key out for the default %q", DefaultTokenFile)
-	} else if msg := checkPath(c.CA.TokenFile, false); msg != "" {
-		add("ca.token_file", "%s", msg)
-	}
 }
 
 // validateNodeAPI: [node_api].
@@ -534,8 +511,7 @@ func (c *Config) validateNodeAPI(add adder) {
 		add("node_api.url", "must not carry a path (%q); put the path in node_api.wait_path", u.Path)
 	}
 	switch {
-	case c.NodeAPI.WaitPath == "":
-		add("node_api.wait_path", "is set to \"\"; leave the key out for the default %q", DefaultWaitPath)
+	case c.NodeAPI.WaitPath == "": // the key table's rule
 	case !strings.HasPrefix(c.NodeAPI.WaitPath, "/"):
 		add("node_api.wait_path", "must start with '/', got %q", c.NodeAPI.WaitPath)
 	case !strings.Contains(c.NodeAPI.WaitPath, "{node_id}"):
@@ -545,48 +521,16 @@ func (c *Config) validateNodeAPI(add adder) {
 	case !waitPathPattern.MatchString(c.NodeAPI.WaitPath):
 		add("node_api.wait_path", "must be a URL path (letters, digits, -._~!$&'()*+,;=:@/ and %%XX escapes), got %q", c.NodeAPI.WaitPath)
 	}
+	// Its range is the key table's; here, what it must be against the deadline.
 	switch d, dl := c.NodeAPI.WaitTimeout.Duration, c.Bootstrap.Deadline.Duration; {
 	case d < 0 || d > MaxWaitTimeout:
-		add("node_api.wait_timeout", "must be between 0s and %s, got %s (the proof's long poll must end inside the ingress's read timeout, 60s by default)", fmtDuration(MaxWaitTimeout), d)
 	case d >= dl && dl >= MinDeadline:
 		add("node_api.wait_timeout", "must be shorter than bootstrap.deadline (%s): with no task queued the proof's long poll holds that long, so bootstrap could never finish", dl)
 	}
 }
 
-// validateLocal: [paths], [bootstrap] and [metrics], what stays on the node.
-func (c *Config) validateLocal(add adder) {
-	for _, p := range [...]struct {
-		key, val, def string
-		dir           bool
-	}{{"paths.hosts_file", c.Paths.HostsFile, DefaultHostsFile, false}, {"paths.pki_dir", c.Paths.PKIDir, DefaultPKIDir, true}, {"paths.state_dir", c.Paths.StateDir, DefaultStateDir, true}} {
-		if p.val == "" {
-			add(p.key, "is set to \"\"; leave the key out for the default %q", p.def)
-		} else if msg := checkPath(p.val, p.dir); msg != "" {
-			add(p.key, "%s", msg)
-		}
-	}
-	switch d := c.Bootstrap.Deadline.Duration; {
-	case d < MinDeadline:
-		add("bootstrap.deadline", "must be at least %s, got %s%s", fmtDuration(MinDeadline), d, zeroHint(d, DefaultDeadline))
-	case d > MaxDeadline:
-		add("bootstrap.deadline", "must be at most %s, got %s", fmtDuration(MaxDeadline), d)
-	}
-	if msg := checkTextfileDir(c.Metrics.TextfileDir); msg != "" {
-		add("metrics.textfile_dir", "%s", msg)
-	}
-	if d := c.Bootstrap.RequestTimeout.Duration; d < MinRequestTimeout || d > MaxRequestTimeout {
-		add("bootstrap.request_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinRequestTimeout), fmtDuration(MaxRequestTimeout), d, zeroHint(d, DefaultRequestTimeout))
-	}
-}
-
-// validateRenew: [renew].
+// validateRenew: [renew]'s hook (its numbers are the key table's).
 func (c *Config) validateRenew(add adder) {
-	if f := c.Renew.Fraction; math.IsNaN(f) || f < MinRenewFraction || f > MaxRenewFraction {
-		add("renew.fraction", "must be between %g and %g (the share of the certificate's lifetime after which it is renewed; default 2/3), got %g", MinRenewFraction, MaxRenewFraction, f)
-	}
-	if d := c.Renew.Splay.Duration; d < 0 || d > MaxRenewSplay {
-		add("renew.splay", "must be between 0s and %s, got %s", fmtDuration(MaxRenewSplay), d)
-	}
 	if len(c.Renew.PostHook) > 0 {
 		switch h := c.Renew.PostHook[0]; {
 		case !strings.HasPrefix(h, "/"):
@@ -595,9 +539,6 @@ func (c *Config) validateRenew(add adder) {
 			add("renew.post_hook", "the command must be a clean path, got %q", h)
 		}
 	}
-	if d := c.Renew.PostHookTimeout.Duration; d < MinPostHookTimeout || d > MaxPostHookTimeout {
-		add("renew.post_hook_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinPostHookTimeout), fmtDuration(MaxPostHookTimeout), d, zeroHint(d, DefaultPostHookTimout))
-	}
 }
 
 // checkTextfileDir says what is wrong with metrics.textfile_dir, or "". It
@@ -605,8 +546,6 @@ func (c *Config) validateRenew(add adder) {
 // chmods: node_exporter's.
 func checkTextfileDir(p string) string {
 	switch {
-	case p == "":
-		return fmt.Sprintf("is set to \"\"; leave the key out for the default %q, or set metrics.enabled = false to write no metrics", DefaultTextfileDir)
 	case systemDirs[p]:
 		return fmt.Sprintf("must not be the shared system directory %s itself: node_exporter would read every *.prom file anyone leaves there; use the directory its textfile collector reads, such as %q", p, DefaultTextfileDir)
 	}

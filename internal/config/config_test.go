@@ -147,7 +147,7 @@ ip = "10.40.0.11"`})
 		{name: "negative request_timeout", toml: with(map[int]string{24: `request_timeout = "-5s"`}),
 			want: []want{{"bootstrap.request_timeout", 24, "must be between 100ms and 5m, got -5s"}}},
 		{name: "deadline below a second", toml: with(map[int]string{23: `deadline = "500ms"`}),
-			want: []want{{"bootstrap.deadline", 23, "must be at least 1s, got 500ms"}}},
+			want: []want{{"bootstrap.deadline", 23, "must be between 1s and 24h, got 500ms"}}},
 		{name: "relative token_file", toml: with(map[int]string{10: `token_file = "run/token"`}),
 			want: []want{{"ca.token_file", 10, `must be an absolute path, got "run/token"`}}},
 		{name: "relative pki_dir", toml: with(map[int]string{19: `pki_dir = "pki"`}),

@@ -180,7 +180,7 @@ func TestLineIndexMatchesScan(t *testing.T) {
 		"[ca]\nurl = [\n  [1, 2],\n]\nfingerprint = 1\n[[hosts]]\nip = 1\n",
 		string(manyUnknownKeys(50)),
 	}
-	keys := append([]string(nil), knownKeys...)
+	keys := append([]string(nil), knownKeys()...)
 	keys = append(keys, "extra", "extra.x", "extra.sub", "extra.sub.x", "ca.url", "bootstrp", "bootstrp.deadline",
 		"k00001", "k00049", "paths", "nope", "nope.deeper.key")
 	for i := range 4 {

@@ -187,12 +187,12 @@ func TestDurationRules(t *testing.T) {
 		msg  []string
 	}{
 		{"deadline 0s is refused, not the default", map[int]string{23: `deadline = "0s"`}, "bootstrap.deadline", 23,
-			[]string{"must be at least 1s, got 0s", "0s is not the default: leave the key out for 10m"}},
-		{"deadline 0 in another unit", map[int]string{23: `deadline = "0h"`}, "bootstrap.deadline", 23, []string{"must be at least 1s, got 0s"}},
-		{"deadline just below 1s", map[int]string{23: `deadline = "999ms"`}, "bootstrap.deadline", 23, []string{"must be at least 1s, got 999ms"}},
-		{"deadline negative", map[int]string{23: `deadline = "-10m"`}, "bootstrap.deadline", 23, []string{"must be at least 1s, got -10m0s"}},
-		{"deadline over a day", map[int]string{23: `deadline = "24h0m1s"`}, "bootstrap.deadline", 23, []string{"must be at most 24h, got 24h0m1s"}},
-		{"deadline of years", map[int]string{23: `deadline = "87600h"`}, "bootstrap.deadline", 23, []string{"must be at most 24h"}},
+			[]string{"must be between 1s and 24h, got 0s", "0s is not the default: leave the key out for 10m"}},
+		{"deadline 0 in another unit", map[int]string{23: `deadline = "0h"`}, "bootstrap.deadline", 23, []string{"must be between 1s and 24h, got 0s"}},
+		{"deadline just below 1s", map[int]string{23: `deadline = "999ms"`}, "bootstrap.deadline", 23, []string{"must be between 1s and 24h, got 999ms"}},
+		{"deadline negative", map[int]string{23: `deadline = "-10m"`}, "bootstrap.deadline", 23, []string{"must be between 1s and 24h, got -10m0s"}},
+		{"deadline over a day", map[int]string{23: `deadline = "24h0m1s"`}, "bootstrap.deadline", 23, []string{"must be between 1s and 24h, got 24h0m1s"}},
+		{"deadline of years", map[int]string{23: `deadline = "87600h"`}, "bootstrap.deadline", 23, []string{"must be between 1s and 24h"}},
 		{"request_timeout 0s is refused, not the default", map[int]string{24: `request_timeout = "0s"`}, "bootstrap.request_timeout", 24,
 			[]string{"must be between 100ms and 5m, got 0s", "leave the key out for 5s"}},
 		{"request_timeout just below 100ms", map[int]string{24: `request_timeout = "99ms"`}, "bootstrap.request_timeout", 24, []string{"got 99ms"}},

@@ -12,6 +12,7 @@ import (
 	"net"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/retry"
@@ -575,4 +576,40 @@ func bodyExcerpt(b []byte) string {
 		s = s[:300] + "..."
 	}
 	return s
+}
+
+// layerStages bounds each probe layer's own time in the exchange: it starts
+// where the layer before it ended and ends when its own evidence was
+// recorded. route and identity are judged from the answer whose request and
+// long poll tasks-wait is given, so when they pass they have no time of
+// their own (0 to 0 past the handshake).
+var layerStages = map[Layer][2]probe.Stage{
+	TCP:           {probe.StageNone, probe.StageConnected},
+	TLSServer:     {probe.StageConnected, probe.StageServerVerified},
+	TLSClientAuth: {probe.StageServerVerified, probe.StageHandshake},
+	Route:         {probe.StageHandshake, probe.StageHandshake},
+	Identity:      {probe.StageHandshake, probe.StageHandshake},
+	TasksWait:     {probe.StageHandshake, probe.StageBody},
+}
+
+// LayerTime is the time the exchange spent in layer l's own stage, so that
+// each probe check reports its own time instead of the first one reporting
+// the whole exchange (tcp 1006 ms, tasks-wait 0 ms). stopped says the
+// exchange stopped at l (its check reports the failure): l then gets
+// everything from its start to the end of the exchange, where the time
+// went; tasks-wait gets the request, the long poll and the answer.
+func LayerTime(r *probe.Result, l Layer, stopped bool) time.Duration {
+	span, ok := layerStages[l]
+	if r == nil || !ok {
+		return 0
+	}
+	from := r.At(span[0])
+	to := r.At(span[1])
+	if stopped || l == TasksWait {
+		to = r.Duration
+	}
+	if to < from {
+		return 0
+	}
+	return to - from
 }

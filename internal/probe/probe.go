@@ -94,6 +94,22 @@ type Result struct {
 	BodyTruncated bool   // the body was longer than MaxBody
 	Date          time.Time
 	Duration      time.Duration
+	// StageAt is when each stage was reached, counted from the start of
+	// the exchange like Duration; zero for a stage not reached. It lets
+	// each layer be given the time of its own stage (At).
+	StageAt [StageBody + 1]time.Duration
+}
+
+// At is when the exchange had got as far as stage s: when s was reached,
+// or else the latest stage before it that was (zero if none was). An
+// exchange that never reached s spent no time past that point on it.
+func (r *Result) At(s Stage) time.Duration {
+	for ; s > StageNone; s-- {
+		if int(s) < len(r.StageAt) && r.StageAt[s] > 0 {
+			return r.StageAt[s]
+		}
+	}
+	return 0
 }
 
 // MaxBody caps what the probe keeps of a response body. A task larger than
@@ -104,8 +120,9 @@ const MaxBody = 1 << 20
 // built from it once Do is done, so a goroutine the transport leaves behind
 // cannot race with the caller reading the Result.
 type recorder struct {
-	mu sync.Mutex
-	r  Result
+	mu    sync.Mutex
+	r     Result
+	start time.Time
 }
 
 func (rec *recorder) reach(s Stage) {
@@ -113,6 +130,9 @@ func (rec *recorder) reach(s Stage) {
 	defer rec.mu.Unlock()
 	if s > rec.r.Stage {
 		rec.r.Stage = s
+	}
+	if s > StageNone && int(s) < len(rec.r.StageAt) && rec.r.StageAt[s] == 0 {
+		rec.r.StageAt[s] = max(time.Since(rec.start), time.Nanosecond) // reached, even within the clock's resolution
 	}
 }
 
@@ -184,8 +204,8 @@ func (c *firstByteConn) Read(p []byte) (int, error) {
 
 // Do performs the probe. It never retries; the caller decides.
 func Do(ctx context.Context, r Request) *Result {
-	rec := &recorder{r: Result{URL: r.URL}}
 	start := time.Now()
+	rec := &recorder{r: Result{URL: r.URL}, start: start}
 	finish := func(err error) *Result {
 		rec.update(func(res *Result) {
 			if err != nil && res.Err == nil {

@@ -249,3 +249,56 @@ func TestTaskFrom(t *testing.T) {
 		})
 	}
 }
+
+// TestDoRecordsWhenEachStageWasReached: every stage an exchange crossed has
+// the time it was reached, in the order of the stages, within the whole
+// exchange; stages it did not reach have none.
+func TestDoRecordsWhenEachStageWasReached(t *testing.T) {
+	f := newFixture(t)
+	ok := serve(t, f.serverConfig(t, f.pki, tls.VersionTLS13), func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	})
+	wrongCA := serve(t, f.serverConfig(t, f.other, tls.VersionTLS13), func(http.ResponseWriter, *http.Request) {})
+	for _, tc := range []struct {
+		addr    string
+		reached probe.Stage
+	}{{ok, probe.StageBody}, {wrongCA, probe.StageHandshake}} {
+		r := f.do(tc.addr, nil)
+		if r.Stage != tc.reached {
+			t.Fatalf("reached %s, want %s (%v)", r.Stage, tc.reached, r.Err)
+		}
+		prev := time.Duration(0)
+		for s := probe.StageConnected; s <= probe.StageBody; s++ {
+			at := r.StageAt[s]
+			switch {
+			case s > r.Stage && at != 0:
+				t.Errorf("%s: not reached, but timed at %v", s, at)
+			case s <= r.Stage && s != probe.StageServerCert && at == 0:
+				t.Errorf("%s: reached (the exchange got to %s) but not timed", s, r.Stage)
+			case at != 0 && (at < prev || at > r.Duration):
+				t.Errorf("%s at %v: before the stage before it (%v) or after the end (%v)", s, at, prev, r.Duration)
+			}
+			if at != 0 {
+				prev = at
+			}
+		}
+	}
+}
+
+// TestAt: a stage not reached is as far as the exchange got before it.
+func TestAt(t *testing.T) {
+	var r probe.Result
+	r.StageAt[probe.StageConnected] = 3 * time.Millisecond
+	r.StageAt[probe.StageServerVerified] = 9 * time.Millisecond
+	for _, tc := range []struct {
+		s    probe.Stage
+		want time.Duration
+	}{
+		{probe.StageNone, 0}, {probe.StageConnected, 3 * time.Millisecond}, {probe.StageServerCert, 3 * time.Millisecond},
+		{probe.StageServerVerified, 9 * time.Millisecond}, {probe.StageBody, 9 * time.Millisecond}, {probe.Stage(99), 9 * time.Millisecond},
+	} {
+		if got := r.At(tc.s); got != tc.want {
+			t.Errorf("At(%s) = %v, want %v", tc.s, got, tc.want)
+		}
+	}
+}

@@ -249,9 +249,9 @@ func short(fp string) string {
 }
 
 func checkClock(ctx context.Context, e *observe.Env) Answer {
-	roots, _ := e.Roots(ctx)
+	roots, err := e.Roots(ctx)
 	if roots == nil || roots.ServerDate.IsZero() {
-		return Answer{Status: report.Warn, Message: "not checked: the CA sent no Date header"}
+		return Answer{Status: report.Warn, Message: clockUnchecked(err)}
 	}
 	now := e.Host.Time()
 	skew, bad := lifecycle.Skew(now, roots.ServerDate)
@@ -266,6 +266,21 @@ func checkClock(ctx context.Context, e *observe.Env) Answer {
 		return Answer{Status: report.Warn, Evidence: ev, Message: fmt.Sprintf("the node clock is %s off the CA's", skew.Round(time.Second))}
 	}
 	return Answer{Status: report.Pass, Evidence: ev, Message: "the node clock agrees with the CA's"}
+}
+
+// clockUnchecked says why the clock could not be compared with the CA's,
+// given what fetching the CA's roots returned: only an answer can lack a
+// Date header; a CA that was never reached (its name does not resolve
+// because the hosts block is missing, nothing listens) sent nothing.
+func clockUnchecked(err error) string {
+	var ee *enroll.Error
+	switch {
+	case err == nil:
+		return "not checked: the CA answered without a Date header, so there is no CA time to compare with"
+	case errors.As(err, &ee) && ee.Status > 0:
+		return fmt.Sprintf("not checked: the CA answered %d without a Date header, so there is no CA time to compare with", ee.Status)
+	}
+	return fmt.Sprintf("not checked: the CA could not be reached, so there is no CA time to compare with (%v)", err)
 }
 
 // checkCredentials renders the credential verdict's facts about the key
@@ -387,22 +402,30 @@ func checkCAChain(ctx context.Context, e *observe.Env) Answer {
 // guarantees one of the three; the last branch fails closed all the same.
 func probeCheck(layer diag.Layer) func(context.Context, *observe.Env) Answer {
 	return func(ctx context.Context, e *observe.Env) Answer {
-		p := e.Proof(ctx)
-		if f := p.Finding; f != nil && f.Layer.Index() <= layer.Index() {
-			return fromFinding(f)
-		}
-		if msg, ok := p.Proven[layer]; ok {
-			if layer == diag.TasksWait {
-				return tasksWaitPass(msg, e.Probe(ctx), e)
-			}
-			return pass("%s", msg)
-		}
-		if why, ok := p.Unproven[layer]; ok {
-			return Answer{Status: report.Warn, Message: why}
-		}
-		return Answer{Status: report.Fail, Message: fmt.Sprintf("nothing recorded proves %s and no failure was classified: refusing to pass it", layer),
-			Remedy: "this is a bug in provision's classifier: report it with this output (--format json)"}
+		a := judgeProbe(ctx, e, layer)
+		f := e.Proof(ctx).Finding
+		stopped := f != nil && f.Layer.Index() <= layer.Index() // this check reports where the exchange stopped
+		a.Timed, a.Duration = true, diag.LayerTime(e.Probe(ctx), layer, stopped)
+		return a
 	}
+}
+
+func judgeProbe(ctx context.Context, e *observe.Env, layer diag.Layer) Answer {
+	p := e.Proof(ctx)
+	if f := p.Finding; f != nil && f.Layer.Index() <= layer.Index() {
+		return fromFinding(f)
+	}
+	if msg, ok := p.Proven[layer]; ok {
+		if layer == diag.TasksWait {
+			return tasksWaitPass(msg, e.Probe(ctx), e)
+		}
+		return pass("%s", msg)
+	}
+	if why, ok := p.Unproven[layer]; ok {
+		return Answer{Status: report.Warn, Message: why}
+	}
+	return Answer{Status: report.Fail, Message: fmt.Sprintf("nothing recorded proves %s and no failure was classified: refusing to pass it", layer),
+		Remedy: "this is a bug in provision's classifier: report it with this output (--format json)"}
 }
 
 func tasksWaitPass(msg string, r *probe.Result, e *observe.Env) Answer {

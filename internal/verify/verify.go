@@ -30,6 +30,12 @@ type Answer struct {
 	Owner     diag.Owner // overrides the check's default owner
 	Layer     diag.Layer // overrides the check's layer (a probe may fail lower)
 	Transient bool
+	// Timed: Duration is the time of this check's own stage, measured by
+	// the observation it judges, and the report shows it instead of the
+	// time Run took: the probe checks share one exchange, made by the
+	// first of them, and each is given its own stage's part of it.
+	Timed    bool
+	Duration time.Duration
 }
 
 // Check is one diagnosis step.
@@ -63,6 +69,7 @@ func Run(ctx context.Context, e *observe.Env, checks []Check, log *slog.Logger) 
 			}
 		}
 		start := time.Now()
+		var own *time.Duration // the check's own stage time, when it has one
 		if blocked != "" {
 			res.Status = report.Skip
 			res.Message = fmt.Sprintf("skipped: depends on %s, which did not pass", blocked)
@@ -75,8 +82,14 @@ func Run(ctx context.Context, e *observe.Env, checks []Check, log *slog.Logger) 
 			if o.Layer != "" {
 				res.Layer = o.Layer
 			}
+			if o.Timed {
+				own = &o.Duration
+			}
 		}
 		res.DurationMS = time.Since(start).Milliseconds()
+		if own != nil {
+			res.DurationMS = own.Milliseconds()
+		}
 		status[c.Name] = res.Status
 		out = append(out, res)
 		if log != nil {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"os/exec"
 	"strings"
@@ -19,9 +20,19 @@ func TestLabDemo(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, testenv.GoTool(), "run", "./tests/lab")
 	cmd.Dir = moduleRoot
-	out, err := cmd.CombinedOutput()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	out := stdout.Bytes()
 	if err != nil {
-		t.Fatalf("go run ./tests/lab: %v\n%s", err, out)
+		t.Fatalf("go run ./tests/lab: %v\n%s%s", err, out, stderr.Bytes())
+	}
+	// The demo's stderr is quiet: no log lines for a first-time user (the
+	// go command's own "go: downloading" lines on a cold cache aside).
+	for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		if l != "" && !strings.HasPrefix(l, "go: ") {
+			t.Errorf("go run ./tests/lab wrote to stderr: %q", l)
+		}
 	}
 	for _, want := range []string{
 		"provision bootstrap: done: ",

@@ -3,7 +3,8 @@
 //
 //	go run ./internal/cli/gendocs -out DIR -version 1.2.3 -date 2026-03-01
 //
-// writes DIR/man1/provision.1, DIR/man1/provision-<command>.1,
+// writes DIR/man8/provision.8, DIR/man8/provision-<command>.8,
+// DIR/man5/provision.toml.5 (from the config's key table),
 // DIR/completion/provision.bash and DIR/completion/_provision.
 // packaging/build-deb.sh runs it at build time; nothing generated is
 // committed.
