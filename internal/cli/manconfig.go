@@ -6,10 +6,10 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
-	"github.com/gpuaas/provision/internal/renewrec"
+	"github.com/gpuaas/provision/internal/state"
+
 	"github.com/gpuaas/provision/internal/tasks"
 )
 
@@ -160,18 +160,18 @@ func fileEntry(s *manSection, file, what string) {
 // the default paths (the [paths] keys of provision.toml(5) move them).
 func filesSection() *manSection {
 	s := &manSection{title: "FILES"}
-	pki, state := config.DefaultPKIDir, config.DefaultStateDir
+	pki, stateDir := config.DefaultPKIDir, config.DefaultStateDir
 	fileEntry(s, config.DefaultPath, "the configuration: provision.toml(5)")
 	fileEntry(s, config.DefaultTokenFile, "the one-time enrollment token (`ca.token_file`); never logged or printed, deleted after use")
 	fileEntry(s, config.DefaultHostsFile, "gets the managed block that maps the control-plane hostnames (`paths.hosts_file`); every other line is kept")
 	fileEntry(s, path.Join(pki, credstore.KeyFile)+", "+credstore.CertFile+", "+credstore.CAFile,
 		"the node's key (0600), certificate chain and CA bundle (`paths.pki_dir`, 0700): links through `"+credstore.CurrentLink+"` into a generation directory, replaced as one unit; what the node-agent reads")
-	fileEntry(s, path.Join(state, bootstrap.ReceiptFile), "written last by bootstrap, only after the mTLS tasks/wait proof succeeded")
-	fileEntry(s, path.Join(state, renewrec.File), "what the last renew attempt found and did")
-	fileEntry(s, path.Join(state, bootstrap.DoneDir, "<machine-id>"), "the per-install marker provision.service checks")
-	fileEntry(s, path.Join(state, tasks.Dir, "<id>.json"), "a task the proof received, handed off to the node-agent")
-	fileEntry(s, path.Join(state, bootstrap.PendingFile), "exists while an enrollment token is at the CA")
-	fileEntry(s, path.Join(state, LockFile), "held by the run in progress")
+	fileEntry(s, path.Join(stateDir, state.ReceiptFile), "written last by bootstrap, only after the mTLS tasks/wait proof succeeded")
+	fileEntry(s, path.Join(stateDir, state.RenewalFile), "what the last renew attempt found and did")
+	fileEntry(s, path.Join(stateDir, state.DoneDir, "<machine-id>"), "the per-install marker provision.service checks")
+	fileEntry(s, path.Join(stateDir, tasks.Dir, "<id>.json"), "a task the proof received, handed off to the node-agent")
+	fileEntry(s, path.Join(stateDir, state.PendingFile), "exists while an enrollment token is at the CA")
+	fileEntry(s, path.Join(stateDir, LockFile), "held by the run in progress")
 	fileEntry(s, path.Join(config.DefaultTextfileDir, "provision_<command>.prom"), "node_exporter textfile metrics of bootstrap, verify and renew, when that directory exists (`metrics.textfile_dir`)")
 	fileEntry(s, "/usr/share/doc/provision/", "the runbook, the configuration reference, the first-boot guide, and the licences of the modules linked into the binary")
 	return s
