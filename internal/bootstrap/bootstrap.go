@@ -84,7 +84,8 @@ func HostEntries(cfg *config.Config) []hosts.Entry { return hosts.EntriesOf(cfg.
 // its remedy is what this run does) and plans:
 //
 //	re-enroll, expiry the only fault   renew after expiry (a token, if there is one, is the fallback)
-//	re-enroll, a set left aside        adopt it: a certificate the CA issued is not thrown away
+//	re-enroll (or exposed + token),    adopt it: a certificate the CA issued (an enrollment a
+//	  a set left aside                 killed run did not publish) is not thrown away
 //	re-enroll                          enroll with the one-time token
 //	key exposed, a fresh token there   enroll: a new key, the old certificate revoked
 //	past renewal                       renew over mTLS (the token, if any, is the fallback)
@@ -99,7 +100,7 @@ func assess(r *pipeline.Run) *diag.Finding {
 	switch {
 	case v.RenewableAfterExpiry():
 		r.Plan = pipeline.RenewExpired
-	case v.Action == lifecycle.Reenroll && r.HasAside():
+	case (v.Action == lifecycle.Reenroll || (exposed && tok)) && r.HasAside():
 		r.Plan = pipeline.Adopt
 	case v.Action == lifecycle.Reenroll:
 		r.Plan, r.Why = pipeline.Enroll, string(v.First())+": "+v.Detail[v.First()]

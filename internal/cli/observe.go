@@ -17,6 +17,7 @@ import (
 	"github.com/gpuaas/provision/internal/metrics"
 	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 )
 
@@ -105,6 +106,12 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 		cert = certFacts(cfg, host)
 	}
 	run := metrics.Run{Command: r.Command, Report: r, Finished: time.Now(), Duration: time.Since(env.start), Cert: cert, Version: Version()}
+	// Only renew's file carries the renew record's facts: it runs every 15
+	// minutes, while bootstrap's file would keep a stale copy for the life
+	// of the node.
+	if cfg != nil && r.Command == "renew" {
+		run.Renewal = renewalFacts(host.Path(cfg.Paths.StateDir))
+	}
 	path, err := metrics.Write(host.ResolvedPath(dir), run)
 	switch {
 	case err == nil:
@@ -146,4 +153,14 @@ func certFacts(cfg *config.Config, host *system.Host) *metrics.Cert {
 		cert.RenewAfter, cert.DueAt = v.RenewAfter, v.DueAt(cfg.Renew.Splay.Duration)
 	}
 	return cert
+}
+
+// renewalFacts are the renew record's facts for the metrics: what a later
+// run must not forget (a pending hook) and what alerts when it persists.
+func renewalFacts(stateDir string) *metrics.Renewal {
+	rec := state.ReadRenewal(stateDir)
+	if rec == nil {
+		return nil
+	}
+	return &metrics.Renewal{HookPending: rec.HookPending, Failures: rec.Failures, Refusals: rec.Refusals, Unproven: rec.Unproven != ""}
 }

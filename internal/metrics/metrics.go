@@ -52,6 +52,18 @@ type Run struct {
 	Cert *Cert
 	// Version is provision's version, for provision_build_info.
 	Version string
+	// Renewal is what the renew record says after the run (bootstrap and
+	// renew); nil writes no renewal series.
+	Renewal *Renewal
+}
+
+// Renewal is what the metrics say about the renewal lifecycle, from the
+// renew record: what must not be forgotten between runs.
+type Renewal struct {
+	HookPending bool // renew.post_hook has not succeeded since the credentials changed
+	Failures    int  // renewal attempts in a row that did not end well
+	Refusals    int  // 401/403 answers in a row without evidence of revocation
+	Unproven    bool // the installed set was published without a passing proof (liveness rule)
 }
 
 // Cert is what the metrics say about the installed certificate.
@@ -117,6 +129,10 @@ var families = []family{
 	{"provision_cert_issuer_root_info", "The CA root the installed node certificate chains to (hex SHA-256 of its DER); always 1."},
 	{"provision_cert_renew_after_timestamp_seconds", "Unix time the installed node certificate reaches its renewal point (renew.fraction of its lifetime), as seen after the run."},
 	{"provision_cert_renew_due_timestamp_seconds", "Unix time provision renew renews the installed node certificate: its renewal point plus this node's splay."},
+	{"provision_renew_hook_pending", "1 while renew.post_hook has not succeeded since the credentials last changed (every later run retries it), else 0."},
+	{"provision_renew_consecutive_failures", "Renewal attempts in a row that did not end well (reset by a renewal or a not-due run)."},
+	{"provision_renew_consecutive_refusals", "Renewals in a row the CA (or something in front of it) refused with 401/403, without evidence of revocation."},
+	{"provision_renew_published_unproven", "1 when the installed credentials were published without a passing proof under the liveness rule (a fault both sets shared), else 0."},
 }
 
 // Names returns every metric name Render may write.
@@ -211,6 +227,12 @@ func Render(r Run) ([]byte, error) {
 			m["provision_cert_issuer_root_info"] = []series{{labels("command", cmd, "fingerprint", r.Cert.RootFingerprint), 1}}
 		}
 	}
+	if rn := r.Renewal; rn != nil {
+		m["provision_renew_hook_pending"] = []series{{labels("command", cmd), boolValue(rn.HookPending)}}
+		m["provision_renew_consecutive_failures"] = []series{{labels("command", cmd), float64(rn.Failures)}}
+		m["provision_renew_consecutive_refusals"] = []series{{labels("command", cmd), float64(rn.Refusals)}}
+		m["provision_renew_published_unproven"] = []series{{labels("command", cmd), boolValue(rn.Unproven)}}
+	}
 	var b bytes.Buffer
 	for _, f := range families {
 		ss := dedupe(m[f.name])
@@ -250,6 +272,13 @@ func dedupe(ss []series) []series {
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].key() < out[j].key() })
 	return out
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func seconds(t time.Time) float64 {

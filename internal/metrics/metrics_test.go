@@ -333,7 +333,8 @@ func TestDocsListEveryMetric(t *testing.T) {
 	for _, m := range regexp.MustCompile("(?m)^\\| `(provision_[a-z_]+)`").FindAllStringSubmatch(string(b), -1) {
 		documented[m[1]] = true
 	}
-	b, _ = Render(Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotBefore: notBefore, NotAfter: notAfter, RootFingerprint: rootFP, RenewAfter: renewAt, DueAt: dueAt}})
+	b, _ = Render(Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotBefore: notBefore, NotAfter: notAfter, RootFingerprint: rootFP, RenewAfter: renewAt, DueAt: dueAt},
+		Renewal: &Renewal{HookPending: true, Failures: 2, Refusals: 1}})
 	written := map[string]bool{}
 	for _, m := range regexp.MustCompile(`(?m)^# TYPE (\S+) `).FindAllStringSubmatch(string(b), -1) {
 		written[m[1]] = true

@@ -67,10 +67,15 @@ func (r *Run) WriteAside() *diag.Finding {
 }
 
 // HasAside reports whether a set an earlier run left aside is still good
-// for this node (see reuseAside); it changes nothing.
+// for this node (see reuseAside) and holds another key than the installed
+// one (an enrollment a killed run did not publish); it changes nothing.
 func (r *Run) HasAside() bool {
 	for _, g := range credstore.Asides(r.PKI) {
-		if v, _ := r.asideVerdict(g); v.Action < lifecycle.Reenroll && v.Leaf != nil {
+		v, e := r.asideVerdict(g)
+		if v.Action >= lifecycle.Reenroll || v.Leaf == nil {
+			continue
+		}
+		if set, err := e.Creds(); err == nil && (r.Current == nil || !sameKey(set.Key, r.Current.Key)) {
 			return true
 		}
 	}
@@ -98,7 +103,9 @@ func (r *Run) reuseAside() bool {
 		}
 		set, _ := e.Creds()
 		r.Cand, r.Reused, r.Gen = set, true, e.CredsDir
-		r.SetResult(state.Renewed)
+		if r.Plan != Adopt {
+			r.SetResult(state.Renewed)
+		}
 		r.Rec.Generation = g
 		r.Log.Info("step", "step", "renew", "layer", "ca", "status", "reuse", "generation", g, "serial", v.Leaf.SerialNumber.String(), "not_after", v.Leaf.NotAfter.UTC())
 		if v.Has(lifecycle.BundleStale) {
@@ -167,7 +174,7 @@ func (r *Run) renewFailure(err error) *diag.Finding {
 	case enroll.AfterExpiryRefused:
 		r.SetResult(state.Reenroll)
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "renew",
-			Summary: fmt.Sprintf("certificate expired at %s and the CA does not renew it after expiry (%v): re-enrollment with a fresh one-time token is needed (provision bootstrap), unless the CA's provisioner is changed to allow renewal after expiry", stamp(leaf.NotAfter), ee.Err),
+			Summary: fmt.Sprintf("certificate expired: at %s, and the CA does not renew it after expiry (%v; the provisioner's claim allowRenewalAfterExpiry would let it), so re-enrollment with a fresh one-time token is needed (provision bootstrap)", stamp(leaf.NotAfter), ee.Err),
 			Remedy:  "either write a fresh one-time token for this node_id to " + r.Cfg.CA.TokenFile + " and run provision bootstrap, or have the control-plane team allow renewal after expiry on the provisioner (the claim allowRenewalAfterExpiry) and run provision renew"}
 	case enroll.CertUnknownCA:
 		r.SetResult(state.Reenroll)

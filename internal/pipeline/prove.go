@@ -20,17 +20,18 @@ import (
 // received is handed off. Without a candidate, a failed proof is the run's
 // answer; with one, Publish decides.
 func Prove(r *Run) *diag.Finding {
-	ctx := r.Ctx
+	retryCtx := r.Ctx
 	if r.Cand != nil && r.Current != nil {
 		// Keep time to prove the installed set too, if the candidate fails:
-		// the liveness rule compares the two.
+		// the liveness rule compares the two. Only retries stop early; an
+		// attempt may use the whole deadline.
 		if dl, ok := r.Ctx.Deadline(); ok {
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithDeadline(r.Ctx, dl.Add(-r.oneProofBudget()))
+			retryCtx, cancel = context.WithDeadline(r.Ctx, dl.Add(-r.oneProofBudget()))
 			defer cancel()
 		}
 	}
-	rep, env, attempts := r.proveLoop(ctx, r.Gen)
+	rep, env, attempts := r.proveLoop(retryCtx, r.Gen)
 	r.Proof, r.ProofEnv, r.Out.Attempts = rep, env, attempts
 	if f := r.handOff(env, rep); f != nil {
 		return f
@@ -51,21 +52,22 @@ func (r *Run) oneProofBudget() time.Duration {
 }
 
 // proveLoop runs the ladder on the set in dir ("" for the installed one)
-// until it passes, fails for good, or ctx ends.
-func (r *Run) proveLoop(ctx context.Context, dir string) (*report.Report, *observe.Env, int) {
+// until it passes, fails for good, or the run's deadline ends; retries stop
+// when retryCtx ends.
+func (r *Run) proveLoop(retryCtx context.Context, dir string) (*report.Report, *observe.Env, int) {
 	var rep *report.Report
 	var env *observe.Env
-	attempts := retry.Until(ctx, r.Opts.Policy, r.Opts.Sleep, func(n int) (bool, time.Duration) {
+	attempts := retry.Until(retryCtx, r.Opts.Policy, r.Opts.Sleep, func(n int) (bool, time.Duration) {
 		e := r.observeSet(dir)
 		t0 := time.Now()
-		last := report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(ctx, e, r.Log), time.Since(t0))
-		if ctx.Err() != nil && rep != nil && !last.OK {
+		last := report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(r.Ctx, e, r.Log), time.Since(t0))
+		if r.Ctx.Err() != nil && rep != nil && !last.OK {
 			// The deadline cut this attempt short; the previous attempt's
 			// report shows the real failure, not "context deadline exceeded".
 			return true, 0
 		}
 		rep, env = last, e
-		if last.OK || !last.Transient {
+		if last.OK || !last.Transient || retryCtx.Err() != nil {
 			return true, 0
 		}
 		var ra time.Duration
@@ -75,7 +77,7 @@ func (r *Run) proveLoop(ctx context.Context, dir string) (*report.Report, *obser
 		r.Log.Warn("step", "step", "proof", "layer", string(last.FailedLayer), "owner", string(last.Owner), "status", "retry", "attempt", n+1, "message", last.Summary)
 		return false, ra
 	})
-	if !rep.OK && ctx.Err() != nil && rep.Transient {
+	if !rep.OK && retryCtx.Err() != nil && rep.Transient {
 		rep.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", attempts, r.Cfg.Bootstrap.Deadline.Duration, rep.Summary)
 	}
 	return rep, env, attempts

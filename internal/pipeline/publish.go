@@ -75,9 +75,12 @@ func (r *Run) decide() (bool, string) {
 	if r.Current == nil || r.Verdict.Action == lifecycle.Reenroll {
 		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", r.Verdict.First())
 	}
-	ctx, cancel := context.WithTimeout(r.Ctx, r.oneProofBudget())
-	defer cancel()
-	cur, env, _ := r.proveLoop(ctx, "")
+	if r.Ctx.Err() != nil {
+		return false, "no time was left to prove the installed set as well (bootstrap.deadline)"
+	}
+	once, cancel := context.WithCancel(r.Ctx)
+	cancel() // one attempt, no retries: the fault is the candidate's to explain
+	cur, env, _ := r.proveLoop(once, "")
 	if f := r.handOff(env, cur); f != nil {
 		r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", f.Summary)
 	}

@@ -37,6 +37,9 @@ func (r *Run) RecordRenewal(rep *report.Report) {
 	if !rep.OK {
 		rec.LastError, rec.FailedLayer = rep.Summary, string(rep.FailedLayer)
 	}
+	if rep.OK && r.Proof != nil && r.Proof.OK {
+		rec.Unproven = "" // the installed set polled
+	}
 	switch {
 	case rep.OK:
 		rec.Failures = 0

@@ -86,7 +86,9 @@ func assess(r *pipeline.Run) *diag.Finding {
 		r.Plan = pipeline.Renew
 	case v.Has(lifecycle.BundleStale):
 		r.Plan = pipeline.Refresh
-	case r.Rec.HookPending && len(r.Cfg.Renew.PostHook) > 0:
+	case r.Rec.HookPending && len(r.Cfg.Renew.PostHook) > 0, r.Rec.Unproven != "":
+		// A hook still to run, or a set published without a passing proof
+		// (the liveness rule): prove the installed set, then run the hook.
 		r.Plan = pipeline.Keep
 	default:
 		r.SetResult(state.NotDue)
