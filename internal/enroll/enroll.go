@@ -212,6 +212,12 @@ func (c *Client) now() time.Time {
 }
 
 func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*http.Response, []byte, error) {
+	return c.getLimit(ctx, rt, path, 1<<20)
+}
+
+// getLimit is get reading at most limit+1 bytes of the body, so a caller
+// can tell a body that exceeds limit from one that fits.
+func (c *Client) getLimit(ctx context.Context, rt http.RoundTripper, path string, limit int64) (*http.Response, []byte, error) {
 	rc := retry.NewClient(rt, retry.CheckGET, c.Retries, c.Policy)
 	u := c.URL.ResolveReference(&url.URL{Path: path})
 	rctx, cancel := context.WithTimeout(ctx, c.Timeout*time.Duration(c.Retries+1)+c.Policy.Cap*time.Duration(c.Retries))
@@ -241,7 +247,7 @@ func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*h
 		return resp, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	return resp, body, err
 }
 
