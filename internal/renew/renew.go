@@ -13,14 +13,11 @@
 package renew
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -29,6 +26,7 @@ import (
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/hook"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/probe"
@@ -393,7 +391,7 @@ func (r *run) postHook() *Outcome {
 	if len(r.cfg.Renew.PostHook) == 0 {
 		return nil
 	}
-	if err := runHook(r.ctx, r.cfg, r.rec); err != nil {
+	if _, err := hook.Run(r.ctx, hook.FromConfig(r.cfg, r.host.Root, r.rec.Serial, r.rec.NotAfter)); err != nil {
 		r.rec.Hook = "failed: " + err.Error()
 		r.record(renewrec.HookFailed)
 		f := &diag.Finding{Layer: diag.Hook, Owner: diag.Node,
@@ -441,43 +439,4 @@ func renewError(err error, v lifecycle.Verdict, cfg *config.Config) (string, *di
 		f.Remedy = "check the CA (provision verify's ca-root), then run provision renew again; the old certificate stays current until it expires"
 	}
 	return renewrec.Failed, f
-}
-
-// maxHookOutput bounds what is kept of the hook's output for the report.
-const maxHookOutput = 2048
-
-// runHook runs renew.post_hook (argv, no shell) with its timeout. The new
-// certificate's paths and serial are in its environment.
-func runHook(ctx context.Context, cfg *config.Config, rec *renewrec.Record) error {
-	hctx, cancel := context.WithTimeout(ctx, cfg.Renew.PostHookTimeout.Duration)
-	defer cancel()
-	argv := cfg.Renew.PostHook
-	cmd := exec.CommandContext(hctx, argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(),
-		"PROVISION_NODE_ID="+cfg.NodeID,
-		"PROVISION_SERIAL="+rec.Serial,
-		"PROVISION_NOT_AFTER="+stamp(rec.NotAfter),
-		"PROVISION_CERT="+filepath.Join(cfg.Paths.PKIDir, credstore.CertFile),
-		"PROVISION_KEY="+filepath.Join(cfg.Paths.PKIDir, credstore.KeyFile),
-	)
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	cmd.WaitDelay = time.Second
-	err := cmd.Run()
-	if err == nil {
-		return nil
-	}
-	outText := strings.TrimSpace(buf.String())
-	if len(outText) > maxHookOutput {
-		outText = outText[:maxHookOutput] + "..."
-	}
-	if hctx.Err() == context.DeadlineExceeded {
-		err = fmt.Errorf("%s did not finish within renew.post_hook_timeout (%s)", argv[0], cfg.Renew.PostHookTimeout.Duration)
-	} else {
-		err = fmt.Errorf("%s: %w", argv[0], err)
-	}
-	if outText != "" {
-		err = fmt.Errorf("%w; output: %s", err, strings.ReplaceAll(outText, "\n", " | "))
-	}
-	return err
 }
