@@ -160,7 +160,9 @@ func TestRunOwnTimeoutOrRunDeadline(t *testing.T) {
 	}{
 		{"own timeout", time.Second, func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) },
 			hook.Timeout, context.DeadlineExceeded, "did not finish within renew.post_hook_timeout (1s); its process group was killed"},
-		{"run's deadline first", time.Minute, func() (context.Context, context.CancelFunc) { return context.WithTimeout(context.Background(), time.Second) },
+		{"run's deadline first", time.Minute, func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), time.Second)
+		},
 			hook.RunDeadline, context.DeadlineExceeded, "stopped by the run's deadline (bootstrap.deadline), before its own renew.post_hook_timeout (1m0s)"},
 		{"run interrupted", time.Minute, func() (context.Context, context.CancelFunc) {
 			ctx, cancel := context.WithCancel(context.Background())
