@@ -9,6 +9,13 @@
 // CA's *current* roots, so a CA correction is followed by re-enrollment
 // without anyone deleting files by hand.
 //
+// After enrollment the node's certificate is its credential: Renew renews
+// it over mTLS (or rekeys), Revoke revokes it; once it has expired, mTLS
+// is impossible and RenewExpired renews it by step-ca's token flow where
+// the CA's provisioner allows renewal after expiry (expired.go). A 401 to
+// any of them names no cause, so CheckRevocation reads the CA's CRL for
+// evidence before anyone calls a certificate revoked (revocation.go).
+//
 // Nothing here touches files; the caller reads the token and stores results.
 package enroll
 

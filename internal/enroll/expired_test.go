@@ -249,15 +249,7 @@ func TestRenewExpiredTransient(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var auth atomic.Value
-			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				auth.Store(r.Header.Get("Authorization"))
-				w.WriteHeader(tt.status)
-				fmt.Fprint(w, tt.body)
-			}))
-			srv.TLS = &tls.Config{Certificates: []tls.Certificate{leaf.TLSCertificate()}, MinVersion: tls.VersionTLS12}
-			srv.StartTLS()
-			defer srv.Close()
-			c := clientFor(t, srv.Listener.Addr().String(), s)
+			c := answering(t, s, leaf, tt.status, tt.body, &auth)
 			_, err := c.RenewExpired(context.Background(), cert, roots)
 			e := asError(t, err)
 			if e.Kind != tt.kind || e.Transient() != tt.transient {
@@ -275,6 +267,59 @@ func TestRenewExpiredTransient(t *testing.T) {
 			t.Fatalf("kind %s transient=%v (%v), want %s transient", e.Kind, e.Transient(), err, enroll.Unreachable)
 		}
 	})
+}
+
+// answering is a client for a server that holds a certificate for the CA's
+// hostname (something in front of the CA) and answers every request with
+// status and body, recording the Authorization header in auth.
+func answering(t *testing.T, s *controlplane.StepCA, leaf *controlplane.Leaf, status int, body string, auth *atomic.Value) *enroll.Client {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth.Store(r.Header.Get("Authorization"))
+		w.WriteHeader(status)
+		fmt.Fprint(w, body)
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{leaf.TLSCertificate()}, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return clientFor(t, srv.Listener.Addr().String(), s)
+}
+
+// TestRenewProxyAnswers: on the mTLS renewal and rekey too, a 5xx page
+// from a proxy in front of the CA (not step-ca's JSON) is transient, as
+// step-ca's own 5xx is; a non-JSON 4xx stays "not step-ca".
+func TestRenewProxyAnswers(t *testing.T) {
+	s := startCA(t)
+	_, _, roots, cert := enrolled(t, s)
+	leaf, err := s.PKI().IssueServerCert(s.Hostname())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		status    int
+		body      string
+		kind      enroll.Kind
+		transient bool
+	}{
+		{502, "<html>502 Bad Gateway</html>", enroll.Unavailable, true},
+		{503, "upstream connect error", enroll.Unavailable, true},
+		{503, `{"status":503,"message":"Service Unavailable"}`, enroll.Unavailable, true},
+		{401, "<html>401 Authorization Required</html>", enroll.NotStepCA, false},
+		{401, `{"status":401,"message":"The request lacked necessary authorization to be completed."}`, enroll.CertRefused, false},
+	}
+	for _, tt := range tests {
+		for _, rekey := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%d %.12s rekey=%v", tt.status, tt.body, rekey), func(t *testing.T) {
+				var auth atomic.Value
+				c := answering(t, s, leaf, tt.status, tt.body, &auth)
+				_, err := c.Renew(context.Background(), cert, roots, rekey)
+				e := asError(t, err)
+				if e.Kind != tt.kind || e.Transient() != tt.transient || e.Status != tt.status {
+					t.Fatalf("kind %s status %d transient=%v (%v), want %s %d transient=%v", e.Kind, e.Status, e.Transient(), err, tt.kind, tt.status, tt.transient)
+				}
+			})
+		}
+	}
 }
 
 // clientFor is a client for the CA's hostname whose connections go to addr
