@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -318,6 +319,39 @@ func TestRenewProxyAnswers(t *testing.T) {
 					t.Fatalf("kind %s status %d transient=%v (%v), want %s %d transient=%v", e.Kind, e.Status, e.Transient(), err, tt.kind, tt.status, tt.transient)
 				}
 			})
+		}
+	}
+}
+
+// TestRenewEmptyChainEntries: a renewal answer whose certChain holds empty
+// entries ("" and null decode to no certificate) gives a chain without
+// them, never a nil certificate for the caller to trip on.
+func TestRenewEmptyChainEntries(t *testing.T) {
+	s := startCA(t)
+	_, _, roots, cert := enrolled(t, s)
+	leaf, err := s.PKI().IssueServerCert(s.Hostname())
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := strings.ReplaceAll(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Leaf.Raw})), "\n", `\n`)
+	body := `{"crt":"` + own + `","ca":"","certChain":["` + own + `","",null]}`
+	var auth atomic.Value
+	c := answering(t, s, leaf, http.StatusCreated, body, &auth)
+	for _, renew := range []func() (*enroll.Issued, error){
+		func() (*enroll.Issued, error) { return c.RenewExpired(context.Background(), cert, roots) },
+		func() (*enroll.Issued, error) { return c.Renew(context.Background(), cert, roots, false) },
+	} {
+		issued, err := renew()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, x := range issued.Chain {
+			if x == nil {
+				t.Fatalf("chain[%d] is nil (chain %v)", i, issued.Chain)
+			}
+		}
+		if len(issued.Chain) != 1 {
+			t.Fatalf("chain has %d certificates, want the leaf alone", len(issued.Chain))
 		}
 	}
 }

@@ -151,15 +151,23 @@ func (c *Client) Revoke(ctx context.Context, cert tls.Certificate, roots *Roots,
 	return nil
 }
 
+// chainOf is the leaf (chain[0], nil when the CA sent none) and the
+// intermediates of a sign, renew or rekey answer. An empty entry in the
+// CA's certChain ("" or null decode to no certificate) is dropped, so no
+// caller meets a nil intermediate.
 func chainOf(resp *api.SignResponse) []*x509.Certificate {
 	chain := []*x509.Certificate{resp.ServerPEM.Certificate}
+	rest := []*x509.Certificate{resp.CaPEM.Certificate}
 	if len(resp.CertChainPEM) > 0 {
-		chain = chain[:0]
-		for _, crt := range resp.CertChainPEM {
-			chain = append(chain, crt.Certificate)
+		chain[0], rest = resp.CertChainPEM[0].Certificate, nil
+		for _, crt := range resp.CertChainPEM[1:] {
+			rest = append(rest, crt.Certificate)
 		}
-	} else if resp.CaPEM.Certificate != nil {
-		chain = append(chain, resp.CaPEM.Certificate)
+	}
+	for _, c := range rest {
+		if c != nil {
+			chain = append(chain, c)
+		}
 	}
 	return chain
 }
