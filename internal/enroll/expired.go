@@ -63,12 +63,25 @@ import (
 // provisioner by the CA's operators, is needed.
 const AfterExpiryRefused Kind = "after-expiry-refused"
 
+// RenewClock: the CA refused the renew token's time claims (not yet
+// valid, expired): the node's clock is off by more than the CA's minute of
+// leeway beyond the token's own window. A node back from days powered off
+// may run on a wrong clock until it syncs; fix the clock, then retry.
+const RenewClock Kind = "renew-clock"
+
 // RenewTokenIssuer is the iss of a renew token: the step client's own.
 const RenewTokenIssuer = "step-ca-client/1.0"
 
-// renewTokenLifetime bounds the renew token: it is used at once, and the
-// CA allows a minute of clock leeway on either side.
-const renewTokenLifetime = 5 * time.Minute
+// The renew token's window, by the node's clock: valid from a minute
+// before now (and without iat, which step-ca checks only when present) to
+// five minutes after, so a node clock up to two minutes ahead of the CA's,
+// or six behind, still renews; the CA adds a minute of leeway either way.
+// The token is used at once and only once (its jti), so the window costs
+// nothing.
+const (
+	renewTokenBackdate = time.Minute
+	renewTokenLifetime = 5 * time.Minute
+)
 
 // RenewExpired renews cert, expired or not, without mTLS: POST /renew
 // authenticated by a renew token signed with cert's own key, which step-ca
@@ -85,7 +98,7 @@ func (c *Client) RenewExpired(ctx context.Context, cert tls.Certificate, roots *
 	}
 	key, ok := cert.PrivateKey.(crypto.Signer)
 	if !ok || !publicKeyEqual(cert.Leaf.PublicKey, key.Public()) {
-		return nil, &Error{Kind: BadResponse, Op: op, Err: errors.New("the node's key does not match its certificate")}
+		return nil, errors.New("renew after expiry: the node's key does not match its certificate")
 	}
 	if err := chainsToCurrent(cert, roots); err != nil {
 		return nil, &Error{Kind: CertUnknownCA, Op: op, Err: fmt.Errorf("the certificate does not chain to the CA's current roots, so the CA would refuse it (a stale certificate): %w", err)}
@@ -178,7 +191,7 @@ func (c *Client) renewToken(cert tls.Certificate, key crypto.Signer) (string, er
 	aud := c.URL.ResolveReference(&url.URL{Path: "/1.0/renew"}).String()
 	claims := jose.Claims{
 		ID: hex.EncodeToString(jti), Issuer: RenewTokenIssuer, Subject: cert.Leaf.Subject.CommonName,
-		Audience: jose.Audience{aud}, NotBefore: jose.NewNumericDate(now), IssuedAt: jose.NewNumericDate(now),
+		Audience: jose.Audience{aud}, NotBefore: jose.NewNumericDate(now.Add(-renewTokenBackdate)),
 		Expiry: jose.NewNumericDate(now.Add(renewTokenLifetime)),
 	}
 	return jose.Signed(signer).Claims(claims).CompactSerialize()
@@ -211,9 +224,17 @@ func signingAlgorithm(key crypto.Signer) (jose.SignatureAlgorithm, error) {
 // refusal; the rest is classified as for an mTLS renewal.
 func expiredError(op string, err error, status int) error {
 	var se *errs.Error
-	if errors.As(err, &se) && se.StatusCode() == 401 && strings.Contains(strings.ToLower(se.Message()), "certificate expired") {
+	if !errors.As(err, &se) || se.StatusCode() != 401 {
+		return mtlsError(op, err, status)
+	}
+	msg := strings.ToLower(se.Message())
+	switch {
+	case strings.Contains(msg, "certificate expired"):
 		return &Error{Kind: AfterExpiryRefused, Op: op, Status: 401,
 			Err: fmt.Errorf("the CA does not allow renewal after expiry for this certificate's provisioner (its claim allowRenewalAfterExpiry is off): %s", se.Message())}
+	case strings.Contains(msg, "renew token") && (strings.Contains(msg, "(nbf)") || strings.Contains(msg, "(exp)") || strings.Contains(msg, "(iat)")):
+		return &Error{Kind: RenewClock, Op: op, Status: 401,
+			Err: fmt.Errorf("the CA refused the renew token's validity window, so the node's clock is far from the CA's: %s", se.Message())}
 	}
 	return mtlsError(op, err, status)
 }

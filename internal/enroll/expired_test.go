@@ -195,6 +195,39 @@ func TestRenewExpiredRevokedIsRefused(t *testing.T) {
 	}
 }
 
+// TestRenewExpiredNodeClock: the renew token's window is the node's clock's.
+// A node clock 90 s ahead of the CA's still renews (the token is backdated
+// a minute and carries no iat); ten minutes ahead, the CA refuses the
+// token's time claims and the error says it is the clock (RenewClock),
+// not the certificate.
+func TestRenewExpiredNodeClock(t *testing.T) {
+	s := startCAWith(t, controlplane.StepCAOptions{AllowRenewalAfterExpiry: true})
+	c, _, roots, cert := enrolled(t, s)
+	tests := []struct {
+		ahead time.Duration
+		kind  enroll.Kind // "": renewed
+	}{
+		{90 * time.Second, ""},
+		{10 * time.Minute, enroll.RenewClock},
+	}
+	for _, tt := range tests {
+		t.Run(tt.ahead.String(), func(t *testing.T) {
+			skewed := *c
+			skewed.Now = func() time.Time { return time.Now().Add(tt.ahead) }
+			_, err := skewed.RenewExpired(context.Background(), cert, roots)
+			if tt.kind == "" {
+				if err != nil {
+					t.Fatalf("RenewExpired: %v", err)
+				}
+				return
+			}
+			if e := asError(t, err); e.Kind != tt.kind || e.Transient() {
+				t.Fatalf("kind %s (%v), want %s", e.Kind, err, tt.kind)
+			}
+		})
+	}
+}
+
 // TestRenewExpiredStaleNotSent: a certificate from another CA is refused
 // before anything is sent (the CA would refuse its chain).
 func TestRenewExpiredStaleNotSent(t *testing.T) {
