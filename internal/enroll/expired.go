@@ -30,8 +30,14 @@ package enroll
 // (AfterExpiryRefused: a fresh token, or the claim, is needed); any other
 // 401/403 is the CA refusing this certificate (CertRefused: revoked, its
 // provisioner removed or barred from renewing, or something in front of
-// the CA answering 401; see CheckRevocation for evidence); 429/5xx and
-// connection failures are transient.
+// the CA answering 401; see CheckRevocation for evidence), except a 401
+// about the token's time claims (RenewClock: the node's clock); 429/5xx,
+// from step-ca or from a proxy in front of it, and connection failures are
+// transient.
+//
+// The node's clock matters: the token's window is taken from it (see
+// renewTokenBackdate). A node back from days powered off should renew
+// after its clock has synced (systemd's time-sync.target).
 
 import (
 	"context"
