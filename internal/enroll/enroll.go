@@ -9,6 +9,13 @@
 // CA's *current* roots, so a CA correction is followed by re-enrollment
 // without anyone deleting files by hand.
 //
+// After enrollment the node's certificate is its credential: Renew renews
+// it over mTLS (or rekeys), Revoke revokes it; once it has expired, mTLS
+// is impossible and RenewExpired renews it by step-ca's token flow where
+// the CA's provisioner allows renewal after expiry (expired.go). A 401 to
+// any of them names no cause, so CheckRevocation reads the CA's CRL for
+// evidence before anyone calls a certificate revoked (revocation.go).
+//
 // Nothing here touches files; the caller reads the token and stores results.
 package enroll
 
@@ -212,6 +219,12 @@ func (c *Client) now() time.Time {
 }
 
 func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*http.Response, []byte, error) {
+	return c.getLimit(ctx, rt, path, 1<<20)
+}
+
+// getLimit is get reading at most limit+1 bytes of the body, so a caller
+// can tell a body that exceeds limit from one that fits.
+func (c *Client) getLimit(ctx context.Context, rt http.RoundTripper, path string, limit int64) (*http.Response, []byte, error) {
 	rc := retry.NewClient(rt, retry.CheckGET, c.Retries, c.Policy)
 	u := c.URL.ResolveReference(&url.URL{Path: path})
 	rctx, cancel := context.WithTimeout(ctx, c.Timeout*time.Duration(c.Retries+1)+c.Policy.Cap*time.Duration(c.Retries))
@@ -241,7 +254,7 @@ func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*h
 		return resp, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	return resp, body, err
 }
 

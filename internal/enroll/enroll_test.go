@@ -62,7 +62,7 @@ func startCA(t *testing.T) *controlplane.StepCA {
 
 // caClient returns a client for s by hostname (resolved to loopback by the
 // CA's dialer), counting dials.
-func caClient(t *testing.T, s *controlplane.StepCA, fingerprint string) (*enroll.Client, *dialCounter) {
+func caClient(t testing.TB, s *controlplane.StepCA, fingerprint string) (*enroll.Client, *dialCounter) {
 	t.Helper()
 	u, err := url.Parse(s.URL())
 	if err != nil {

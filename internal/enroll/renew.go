@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	"github.com/smallstep/certificates/api"
 	"github.com/smallstep/certificates/ca"
@@ -23,8 +24,8 @@ import (
 // enrollment).
 const (
 	// CertExpired: the CA's TLS layer refused the node certificate as
-	// expired; step-ca renews an expired certificate only with
-	// allowRenewalAfterExpiry, which provision does not rely on.
+	// expired. step-ca renews an expired certificate only without mTLS,
+	// through RenewExpired, and only when the provisioner allows it.
 	CertExpired Kind = "cert-expired"
 	// CertUnknownCA: the CA does not know the node certificate's issuer
 	// (a stale certificate from a re-initialised CA).
@@ -36,18 +37,38 @@ const (
 
 // mtls returns a step-ca client that presents cert to the CA, trusting
 // the CA's TLS certificate through roots (current and federated).
-func (c *Client) mtls(cert tls.Certificate, roots *Roots) (*ca.Client, *http.Transport, error) {
+func (c *Client) mtls(cert tls.Certificate, roots *Roots) (*ca.Client, *answered, error) {
 	pool := x509.NewCertPool()
 	for _, r := range roots.Bundle() {
 		pool.AddCert(r)
 	}
-	tr := c.transport(&tls.Config{
+	tr := &answered{rt: c.transport(&tls.Config{
 		Certificates: []tls.Certificate{cert}, RootCAs: pool,
 		ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now,
-	})
-	client, err := ca.NewClient(c.URL.String(), ca.WithTransport(tr), ca.WithTimeout(c.Timeout))
+	})}
+	client, err := newCAClient(c.URL.String(), ca.WithTransport(tr), ca.WithTimeout(c.Timeout))
 	return client, tr, err
 }
+
+// answered remembers the HTTP status of the last response through it. The
+// smallstep client drops the status when an error body is not step-ca's
+// JSON, and a proxy's 502 or 503 page in front of the CA must still read
+// as the transient failure it is, not as "not step-ca".
+type answered struct {
+	rt     http.RoundTripper
+	status atomic.Int32
+}
+
+func (a *answered) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := a.rt.RoundTrip(r)
+	if resp != nil {
+		a.status.Store(int32(resp.StatusCode))
+	}
+	return resp, err
+}
+
+// Status is the last response's HTTP status, 0 before any.
+func (a *answered) Status() int { return int(a.status.Load()) }
 
 // Renew asks the CA for a new certificate over mTLS with the node's
 // current one (cert: key and chain). With rekey, a new P-256 key is
@@ -89,12 +110,12 @@ func (c *Client) Renew(ctx context.Context, cert tls.Certificate, roots *Roots, 
 		key = nk
 		resp, err = client.RekeyWithContext(rctx, &api.RekeyRequest{CsrPEM: api.NewCertificateRequest(csr)}, tr)
 		if err != nil {
-			return nil, mtlsError(op, err)
+			return nil, mtlsError(op, err, tr.Status())
 		}
 	} else {
 		resp, err = client.RenewWithContext(rctx, tr)
 		if err != nil {
-			return nil, mtlsError(op, err)
+			return nil, mtlsError(op, err, tr.Status())
 		}
 	}
 	chain := chainOf(resp)
@@ -125,28 +146,37 @@ func (c *Client) Revoke(ctx context.Context, cert tls.Certificate, roots *Roots,
 		Serial: cert.Leaf.SerialNumber.String(), ReasonCode: 4, Reason: reason, Passive: true,
 	}, tr)
 	if err != nil {
-		return mtlsError("revoke", err)
+		return mtlsError("revoke", err, tr.Status())
 	}
 	return nil
 }
 
+// chainOf is the leaf (chain[0], nil when the CA sent none) and the
+// intermediates of a sign, renew or rekey answer. An empty entry in the
+// CA's certChain ("" or null decode to no certificate) is dropped, so no
+// caller meets a nil intermediate.
 func chainOf(resp *api.SignResponse) []*x509.Certificate {
 	chain := []*x509.Certificate{resp.ServerPEM.Certificate}
+	rest := []*x509.Certificate{resp.CaPEM.Certificate}
 	if len(resp.CertChainPEM) > 0 {
-		chain = chain[:0]
-		for _, crt := range resp.CertChainPEM {
-			chain = append(chain, crt.Certificate)
+		chain[0], rest = resp.CertChainPEM[0].Certificate, nil
+		for _, crt := range resp.CertChainPEM[1:] {
+			rest = append(rest, crt.Certificate)
 		}
-	} else if resp.CaPEM.Certificate != nil {
-		chain = append(chain, resp.CaPEM.Certificate)
+	}
+	for _, c := range rest {
+		if c != nil {
+			chain = append(chain, c)
+		}
 	}
 	return chain
 }
 
 // mtlsError classifies a failure of a request authenticated by the node's
 // certificate. A TLS alert names the node certificate's problem (the CA
-// verifies it in the handshake); 401/403 is the CA refusing it.
-func mtlsError(op string, err error) error {
+// verifies it in the handshake); 401/403 is the CA refusing it. status is
+// the HTTP status of the answer, when one came (0 otherwise).
+func mtlsError(op string, err error, status int) error {
 	var se *errs.Error
 	if errors.As(err, &se) {
 		e := &Error{Op: op, Status: se.StatusCode(), Err: errors.New(se.Message())}
@@ -174,7 +204,10 @@ func mtlsError(op string, err error) error {
 		return &Error{Kind: TrustMismatch, Op: op, Err: fmt.Errorf("the CA's TLS certificate does not verify against its current roots: %w", err)}
 	}
 	if strings.Contains(msg, "failed decoding CA error response") {
-		return &Error{Kind: NotStepCA, Op: op, Err: fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)}
+		if status == http.StatusTooManyRequests || status >= 500 && status != http.StatusNotImplemented {
+			return &Error{Kind: Unavailable, Op: op, Status: status, Err: fmt.Errorf("something in front of the CA answered %d without step-ca's JSON (a proxy or load balancer failing): %v", status, err)}
+		}
+		return &Error{Kind: NotStepCA, Op: op, Status: status, Err: fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)}
 	}
 	return &Error{Kind: Unreachable, Op: op, Err: err}
 }

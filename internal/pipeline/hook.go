@@ -1,18 +1,11 @@
 package pipeline
 
 import (
-	"bytes"
-	"context"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"time"
 
-	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/hook"
 	"github.com/gpuaas/provision/internal/state"
 )
 
@@ -35,7 +28,7 @@ func PostHook(r *Run) *diag.Finding {
 	}
 	r.HookRan = true
 	leaf := r.installedLeafFacts()
-	if err := runHook(r.Ctx, r.Cfg, leaf.serial, leaf.notAfter); err != nil {
+	if _, err := hook.Run(r.Ctx, hook.FromConfig(r.Cfg, r.Host.Root, leaf.serial, leaf.notAfter)); err != nil {
 		r.Rec.Hook = "failed: " + err.Error()
 		r.SetResult(state.HookFailed)
 		what := "renew.post_hook (pending since an earlier run changed the credentials) failed again: "
@@ -71,43 +64,4 @@ func (r *Run) installedLeafFacts() leafFacts {
 		return leafFacts{}
 	}
 	return leafFacts{serial: set.Leaf().SerialNumber.String(), notAfter: set.Leaf().NotAfter}
-}
-
-// maxHookOutput bounds what is kept of the hook's output for the report.
-const maxHookOutput = 2048
-
-// runHook runs renew.post_hook (argv, no shell) with its timeout. The new
-// certificate's paths and serial are in its environment.
-func runHook(ctx context.Context, cfg *config.Config, serial string, notAfter time.Time) error {
-	hctx, cancel := context.WithTimeout(ctx, cfg.Renew.PostHookTimeout.Duration)
-	defer cancel()
-	argv := cfg.Renew.PostHook
-	cmd := exec.CommandContext(hctx, argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(),
-		"PROVISION_NODE_ID="+cfg.NodeID,
-		"PROVISION_SERIAL="+serial,
-		"PROVISION_NOT_AFTER="+stamp(notAfter),
-		"PROVISION_CERT="+filepath.Join(cfg.Paths.PKIDir, credstore.CertFile),
-		"PROVISION_KEY="+filepath.Join(cfg.Paths.PKIDir, credstore.KeyFile),
-	)
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	cmd.WaitDelay = time.Second
-	err := cmd.Run()
-	if err == nil {
-		return nil
-	}
-	outText := strings.TrimSpace(buf.String())
-	if len(outText) > maxHookOutput {
-		outText = outText[:maxHookOutput] + "..."
-	}
-	if hctx.Err() == context.DeadlineExceeded {
-		err = fmt.Errorf("%s did not finish within renew.post_hook_timeout (%s)", argv[0], cfg.Renew.PostHookTimeout.Duration)
-	} else {
-		err = fmt.Errorf("%s: %w", argv[0], err)
-	}
-	if outText != "" {
-		err = fmt.Errorf("%w; output: %s", err, strings.ReplaceAll(outText, "\n", " | "))
-	}
-	return err
 }

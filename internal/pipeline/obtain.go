@@ -195,24 +195,23 @@ func (r *Run) renewFailure(err error) *diag.Finding {
 // with the CA's signed CRL as evidence, else a refusal the next run asks
 // about again (counted, so a persistent one alerts).
 func (r *Run) refused(ee *enroll.Error, serial string) *diag.Finding {
-	ev, err := r.Client.RevocationStatus(r.Ctx, r.Current.Leaf(), r.Roots)
-	if err == nil && ev.Revoked {
-		r.Rec.RevokedSerial, r.Rec.RevocationEvidence = serial, ev.Evidence
+	ev := r.Client.CheckRevocation(r.Ctx, r.Current.Chain, r.Roots)
+	if ev.Status == enroll.Revoked {
+		evidence := fmt.Sprintf("the CA's signed revocation list (CRL number %v, %s) lists it, revoked at %s", ev.CRLNumber, ev.Reason, stamp(ev.RevokedAt))
+		r.Rec.RevokedSerial, r.Rec.RevocationEvidence = serial, evidence
 		r.SetResult(state.RevokedRes)
 		return &diag.Finding{Layer: diag.Enroll, Owner: diag.Node, Check: "renew",
-			Summary:  fmt.Sprintf("certificate revoked: serial %s is on the CA's revocation list (%s); re-enrollment with a fresh one-time token is needed (provision bootstrap)", serial, ev.Evidence),
+			Summary:  fmt.Sprintf("certificate revoked: serial %s is on the CA's revocation list (%s); re-enrollment with a fresh one-time token is needed (provision bootstrap)", serial, evidence),
 			Remedy:   lifecycle.Remedy(lifecycle.Revoked, r.Cfg),
-			Evidence: map[string]string{"serial": serial, "evidence": ev.Evidence}}
+			Evidence: map[string]string{"serial": serial, "evidence": evidence}}
 	}
-	why := "no revocation list to check"
-	if err != nil {
-		why = "its revocation list could not be checked: " + err.Error()
-	} else if ev.Evidence != "" {
-		why = ev.Evidence
+	why := "the revocation list does not name it"
+	if ev.Status != enroll.NotRevoked {
+		why = "no evidence of revocation: " + ev.Reason
 	}
 	r.Rec.Refusals++
 	r.SetResult(state.Refused)
 	return &diag.Finding{Layer: diag.CA, Owner: diag.CAOwner, Check: "renew", Transient: true,
-		Summary: fmt.Sprintf("the CA (or something in front of it) refused to renew certificate serial %s (answered %d: %v); not recorded as revoked (%s); refusal %d in a row", serial, ee.Status, ee.Err, why, r.Rec.Refusals),
+		Summary: fmt.Sprintf("the CA (or something in front of it) refused to renew certificate serial %s (answered %d: %v); not recorded as revoked (%s); refusal %d in a row, asked again by the next run", serial, ee.Status, ee.Err, why, r.Rec.Refusals),
 		Remedy:  "check the CA's logs and anything in front of it (a proxy or WAF answering 401); " + lifecycle.RenewTimer + " asks again, and the installed certificate stays current until it expires"}
 }

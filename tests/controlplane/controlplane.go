@@ -38,6 +38,11 @@ type Options struct {
 	CARevocation bool
 	// CADB is step-ca's database (StepCAOptions.DB); nil is in-memory.
 	CADB *db.Config
+	// CAAllowRenewalAfterExpiry and CACRL are
+	// StepCAOptions.AllowRenewalAfterExpiry and StepCAOptions.CRL: a CA
+	// that renews expired certificates, and one that publishes its CRL.
+	CAAllowRenewalAfterExpiry bool
+	CACRL                     bool
 }
 
 // ClientCAMode is what the node API (standing in for the ingress's TLS
@@ -120,7 +125,10 @@ func New(opts Options) (cp *ControlPlane, err error) {
 	if cp.Unrelated, err = NewPKI(filepath.Join(cp.Dir, "unrelated"), CAName); err != nil {
 		return nil, err
 	}
-	if cp.CA, err = StartStepCA(StepCAOptions{Dir: cp.Dir, Hostname: opts.CAHostname, Lifetime: opts.CALifetime, Revocation: opts.CARevocation, DB: opts.CADB}); err != nil {
+	if cp.CA, err = StartStepCA(StepCAOptions{
+		Dir: cp.Dir, Hostname: opts.CAHostname, Lifetime: opts.CALifetime, Revocation: opts.CARevocation, DB: opts.CADB,
+		AllowRenewalAfterExpiry: opts.CAAllowRenewalAfterExpiry, CRL: opts.CACRL,
+	}); err != nil {
 		return nil, fmt.Errorf("step-ca: %w", err)
 	}
 	p := cp.CA.PKI()

@@ -24,6 +24,12 @@
 // (IdentitySource), and the same handler can serve plain HTTP behind an
 // ingress.
 //
+// In front of the CA, CAFront relays the nodes' connections untouched
+// (client certificates included) and, armed, answers their next renewals
+// itself: the stray 401 from a proxy that says nothing about the
+// certificate. The CA can renew expired certificates
+// (AllowRenewalAfterExpiry) and publish its CRL (CRL).
+//
 // Time: every test passes on any day it runs. A test that fixes a clock
 // builds every certificate, token, record and file time it judges from that
 // same clock (NewPKIAt, LeafRequest's NotBefore/NotAfter from the fixed

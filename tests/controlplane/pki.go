@@ -41,17 +41,19 @@ type PKI struct {
 // them into dir (created if missing), valid from an hour before the real
 // time. A test that fixes its clock uses NewPKIAt instead.
 func NewPKI(dir, name string) (*PKI, error) {
-	return newPKI(dir, name, time.Now)
+	return newPKI(dir, name, time.Now, time.Hour)
 }
 
 // NewPKIAt is NewPKI built from a fixed instant: the root and intermediate
 // are valid from an hour before now, and IssueLeaf's default window is taken
 // from now as well, so a test that judges at now passes on any day it runs.
 func NewPKIAt(dir, name string, now time.Time) (*PKI, error) {
-	return newPKI(dir, name, func() time.Time { return now })
+	return newPKI(dir, name, func() time.Time { return now }, time.Hour)
 }
 
-func newPKI(dir, name string, clock func() time.Time) (*PKI, error) {
+// newPKI builds a PKI whose root and intermediate became valid age before
+// clock's now.
+func newPKI(dir, name string, clock func() time.Time, age time.Duration) (*PKI, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki dir: %w", err)
 	}
@@ -63,7 +65,7 @@ func newPKI(dir, name string, clock func() time.Time) (*PKI, error) {
 	rootTmpl := &x509.Certificate{
 		SerialNumber:          mustSerial(),
 		Subject:               pkix.Name{CommonName: name + " Root CA", Organization: []string{"provision tests"}},
-		NotBefore:             now.Add(-time.Hour),
+		NotBefore:             now.Add(-age),
 		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
@@ -81,7 +83,7 @@ func newPKI(dir, name string, clock func() time.Time) (*PKI, error) {
 	intTmpl := &x509.Certificate{
 		SerialNumber:          mustSerial(),
 		Subject:               pkix.Name{CommonName: name + " Intermediate CA", Organization: []string{"provision tests"}},
-		NotBefore:             now.Add(-time.Hour),
+		NotBefore:             now.Add(-age),
 		NotAfter:              now.Add(5 * 365 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
@@ -185,6 +187,8 @@ type LeafRequest struct {
 	// SelfSigned signs the leaf with its own key instead of the
 	// intermediate: an ingress's built-in default certificate.
 	SelfSigned bool
+	// Extensions are added as they are (step-ca's provisioner extension).
+	Extensions []pkix.Extension
 }
 
 // IssueLeaf signs a new P-256 leaf with the intermediate.
@@ -201,14 +205,15 @@ func (p *PKI) IssueLeaf(req LeafRequest) (*Leaf, error) {
 		req.NotAfter = now.Add(24 * time.Hour)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: mustSerial(),
-		Subject:      pkix.Name{CommonName: req.CommonName, Organization: req.Organization},
-		DNSNames:     req.DNSNames,
-		IPAddresses:  req.IPs,
-		NotBefore:    req.NotBefore,
-		NotAfter:     req.NotAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  req.ExtKeyUsage,
+		SerialNumber:    mustSerial(),
+		Subject:         pkix.Name{CommonName: req.CommonName, Organization: req.Organization},
+		DNSNames:        req.DNSNames,
+		IPAddresses:     req.IPs,
+		NotBefore:       req.NotBefore,
+		NotAfter:        req.NotAfter,
+		KeyUsage:        x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:     req.ExtKeyUsage,
+		ExtraExtensions: req.Extensions,
 	}
 	parent, signer := p.Intermediate, p.IntermediateKey
 	if req.SelfSigned {

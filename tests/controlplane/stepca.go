@@ -3,6 +3,8 @@ package controlplane
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"net"
@@ -48,8 +50,8 @@ type StepCAOptions struct {
 	Provisioner string // default DefaultProvisioner
 	// Lifetime, when set, is the provisioner's default and minimum TLS
 	// certificate duration (e.g. 30s-2m), so a test sees certificates reach
-	// their renewal point and expire; backdating is cut to one second and
-	// renewal after expiry stays refused. Zero keeps step-ca's 24h.
+	// their renewal point and expire; backdating is cut to one second.
+	// Zero keeps step-ca's 24h.
 	Lifetime time.Duration
 	// Revocation gives the CA a persistent database (bbolt under Dir), which
 	// step-ca needs to revoke; the default in-memory DB refuses revocation.
@@ -58,6 +60,22 @@ type StepCAOptions struct {
 	// runs one against PostgreSQL (Type "postgresql") to show that backend
 	// works with provision.
 	DB *db.Config
+	// AllowRenewalAfterExpiry sets the provisioner's claim of that name:
+	// step-ca then renews an expired certificate through POST /renew with
+	// an x5c-insecure token signed by the certificate's own key
+	// (enroll.Client.RenewExpired). Off, as in step-ca, it refuses with a
+	// 401 saying the certificate expired. SetAllowRenewalAfterExpiry
+	// changes it on a running CA.
+	AllowRenewalAfterExpiry bool
+	// Age is how long before the real time the CA's root and intermediate
+	// became valid; default an hour. A test planting a certificate from
+	// days ago (IssueNodeCertAt) needs a CA at least that old.
+	Age time.Duration
+	// CRL enables step-ca's certificate revocation list (GET /crl, DER,
+	// signed by the intermediate), regenerated on every revocation. It
+	// needs a persistent database: without DB, the one Revocation would
+	// give (bbolt under Dir) is used.
+	CRL bool
 }
 
 // StepCA is a real smallstep step-ca (github.com/smallstep/certificates/ca)
@@ -131,7 +149,11 @@ func (s *StepCA) newGenerationLocked() error {
 	s.gen++
 	// Every generation has the same subject names, as a CA re-initialised
 	// with the same name would: only the keys differ.
-	p, err := NewPKI(filepath.Join(s.dir, "stepca-"+strconv.Itoa(s.gen)), CAName)
+	age := s.opts.Age
+	if age <= 0 {
+		age = time.Hour
+	}
+	p, err := newPKI(filepath.Join(s.dir, "stepca-"+strconv.Itoa(s.gen)), CAName, time.Now, age)
 	if err != nil {
 		return err
 	}
@@ -165,16 +187,19 @@ func (s *StepCA) startLocked() error {
 			Provisioners: provisioner.List{prov},
 		},
 	}
+	afterExpiry := s.opts.AllowRenewalAfterExpiry
+	prov.Claims = &provisioner.Claims{AllowRenewalAfterExpiry: &afterExpiry}
 	if d := s.opts.Lifetime; d > 0 {
-		no := false
-		prov.Claims = &provisioner.Claims{
-			MinTLSDur: &provisioner.Duration{Duration: d}, DefaultTLSDur: &provisioner.Duration{Duration: d},
-			AllowRenewalAfterExpiry: &no,
-		}
+		prov.Claims.MinTLSDur, prov.Claims.DefaultTLSDur = &provisioner.Duration{Duration: d}, &provisioner.Duration{Duration: d}
 		cfg.AuthorityConfig.Backdate = &provisioner.Duration{Duration: time.Second}
 	}
-	if s.opts.Revocation {
+	if s.opts.Revocation || (s.opts.CRL && s.db == nil) {
 		cfg.DB = &db.Config{Type: "bbolt", DataSource: filepath.Join(s.dir, "stepca.db")}
+	}
+	if s.opts.CRL {
+		// Regenerated on every revocation, so a CRL fetched after a revoke
+		// lists it; the hour is its nextUpdate, far beyond any test.
+		cfg.CRL = &config.CRLConfig{Enabled: true, GenerateOnRevoke: true, CacheDuration: &provisioner.Duration{Duration: time.Hour}}
 	}
 	srv, err := ca.New(cfg, ca.WithQuiet(true))
 	if err != nil {
@@ -328,6 +353,38 @@ func (s *StepCA) restart(change func() error) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return err
+}
+
+// IssueNodeCertAt issues a node certificate for nodeID from the current
+// intermediate with the validity given, as step-ca's JWK provisioner
+// issues it: CN and DNS SAN nodeID, client and server auth, and the
+// provisioner extension by which step-ca finds the provisioner (and its
+// claims) on renewal. It is a certificate that expired days ago while the
+// node was powered off, without waiting days: step-ca judges it exactly as
+// one it signed itself. (A certificate without the extension would renew
+// through step-ca's backward-compatible no-op provisioner, whatever the
+// claims.)
+func (s *StepCA) IssueNodeCertAt(nodeID string, notBefore, notAfter time.Time) (*Leaf, error) {
+	ext, err := (&provisioner.Extension{Type: provisioner.TypeJWK, Name: s.provName, CredentialID: s.jwk.KeyID}).ToExtension()
+	if err != nil {
+		return nil, err
+	}
+	return s.PKI().IssueLeaf(LeafRequest{
+		CommonName: nodeID, DNSNames: []string{nodeID}, NotBefore: notBefore, NotAfter: notAfter,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		Extensions:  []pkix.Extension{ext},
+	})
+}
+
+// SetAllowRenewalAfterExpiry restarts step-ca on the same address and PKI
+// with the provisioner's allowRenewalAfterExpiry claim set to allow: the
+// control-plane team changing its provisioner. The used-token memory of
+// the in-memory DB starts empty.
+func (s *StepCA) SetAllowRenewalAfterExpiry(allow bool) error {
+	return s.restart(func() error {
+		s.opts.AllowRenewalAfterExpiry = allow
+		return nil
+	})
 }
 
 // Close stops step-ca.
