@@ -138,6 +138,11 @@ type Input struct {
 	// signed CRL, recorded in state_dir's renew record); a refusal alone
 	// (a 401 from anything in front of the CA) is never recorded here.
 	RevokedSerial string
+	// StaleSerial is a serial an earlier run judged stale against the CA's
+	// current roots (fetched verified, state_dir's renew record): judged
+	// offline against an equally stale ca.pem, the certificate is still
+	// stale.
+	StaleSerial string
 }
 
 // Verdict is the one answer.
@@ -248,6 +253,9 @@ func Judge(in Input) Verdict {
 		v.add(ClockSkewed, "the node clock is %s off the CA's", v.Skew.Round(time.Second))
 	}
 	v.judgeChain(in, leaf)
+	if in.StaleSerial != "" && in.StaleSerial == leaf.SerialNumber.String() && !v.Has(OtherCA) {
+		v.add(OtherCA, "the certificate (serial %s) was found stale against the CA's current roots by an earlier run", in.StaleSerial)
+	}
 	if s.KeyMode&0o077 != 0 {
 		v.add(KeyExposed, "key.pem is mode %04o; a private key must be 0600", s.KeyMode)
 	} else if in.Exposed {

@@ -212,6 +212,9 @@ func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 			RenewFraction: e.Cfg.Renew.Fraction}
 		if rec := e.RenewRecord(); rec != nil {
 			in.RevokedSerial = rec.RevokedSerial
+			if e.Offline {
+				in.StaleSerial = rec.StaleSerial
+			}
 		}
 		if roots, rerr := e.Roots(ctx); rerr == nil && roots != nil && len(roots.Current) > 0 {
 			in.Roots, in.Federated, in.CADate = roots.Current, roots.Federated, roots.ServerDate

@@ -172,16 +172,18 @@ func (r *Run) renewFailure(err error) *diag.Finding {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "renew", Summary: fmt.Sprintf("the CA refused certificate serial %s as expired (%v); the next run renews it after expiry where the CA allows it", serial, ee.Err),
 			Remedy: lifecycle.Remedy(lifecycle.Expired, r.Cfg)}
 	case enroll.AfterExpiryRefused:
-		r.SetResult(state.Reenroll)
-		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "renew",
-			Summary: fmt.Sprintf("certificate expired: at %s, and the CA does not renew it after expiry (%v; the provisioner's claim allowRenewalAfterExpiry would let it), so re-enrollment with a fresh one-time token is needed (provision bootstrap)", stamp(leaf.NotAfter), ee.Err),
-			Remedy:  "either write a fresh one-time token for this node_id to " + r.Cfg.CA.TokenFile + " and run provision bootstrap, or have the control-plane team allow renewal after expiry on the provisioner (the claim allowRenewalAfterExpiry) and run provision renew"}
+		return r.expiredRefused(ee)
 	case enroll.CertUnknownCA:
 		r.SetResult(state.Reenroll)
 		return &diag.Finding{Layer: diag.CA, Owner: diag.Node, Check: "renew", Summary: fmt.Sprintf("certificate stale: the CA does not trust its issuer (%v); renew does not renew a stale identity, so re-enrollment with a fresh one-time token is needed (provision bootstrap)", ee.Err),
 			Remedy: lifecycle.Remedy(lifecycle.OtherCA, r.Cfg)}
 	case enroll.CertRefused:
 		return r.refused(ee, serial)
+	case enroll.RenewClock:
+		r.SetResult(state.Failed)
+		return &diag.Finding{Layer: diag.Clock, Owner: diag.Node, Check: "renew",
+			Summary: fmt.Sprintf("the CA refused the renewal token's times (%v): the node clock is off", ee.Err),
+			Remedy:  lifecycle.Remedy(lifecycle.ClockSkewed, r.Cfg)}
 	}
 	r.SetResult(state.Failed)
 	f := diag.FromEnroll(err, diag.CA, r.Cfg.CA.TokenFile)
@@ -205,6 +207,11 @@ func (r *Run) refused(ee *enroll.Error, serial string) *diag.Finding {
 			Remedy:   lifecycle.Remedy(lifecycle.Revoked, r.Cfg),
 			Evidence: map[string]string{"serial": serial, "evidence": evidence}}
 	}
+	if r.Plan == RenewExpired {
+		// Expired and refused: nothing to keep alive any more, and the way
+		// out is the same as when the CA does not renew after expiry.
+		return r.expiredRefused(ee)
+	}
 	why := "the revocation list does not name it"
 	if ev.Status != enroll.NotRevoked {
 		why = "no evidence of revocation: " + ev.Reason
@@ -214,4 +221,13 @@ func (r *Run) refused(ee *enroll.Error, serial string) *diag.Finding {
 	return &diag.Finding{Layer: diag.CA, Owner: diag.CAOwner, Check: "renew", Transient: true,
 		Summary: fmt.Sprintf("the CA (or something in front of it) refused to renew certificate serial %s (answered %d: %v); not recorded as revoked (%s); refusal %d in a row, asked again by the next run", serial, ee.Status, ee.Err, why, r.Rec.Refusals),
 		Remedy:  "check the CA's logs and anything in front of it (a proxy or WAF answering 401); " + lifecycle.RenewTimer + " asks again, and the installed certificate stays current until it expires"}
+}
+
+// expiredRefused words an expired certificate the CA will not renew:
+// both ways out, a fresh token or the provisioner's claim.
+func (r *Run) expiredRefused(ee *enroll.Error) *diag.Finding {
+	r.SetResult(state.Reenroll)
+	return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "renew",
+		Summary: fmt.Sprintf("certificate expired: the certificate expired at %s, and the CA does not renew it after expiry (%v; the provisioner's claim allowRenewalAfterExpiry would let it), so re-enrollment with a fresh one-time token is needed (provision bootstrap)", stamp(r.Current.Leaf().NotAfter), ee.Err),
+		Remedy:  "either write a fresh one-time token for this node_id to " + r.Cfg.CA.TokenFile + " and run provision bootstrap, or have the control-plane team allow renewal after expiry on the provisioner (the claim allowRenewalAfterExpiry) and run provision renew"}
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/state"
 )
@@ -15,6 +16,9 @@ import (
 // bootstrap changed the credentials or ran the hook.
 func (r *Run) RecordRenewal(rep *report.Report) {
 	rec := r.Rec
+	if r.Verdict.Has(lifecycle.OtherCA) && r.Verdict.Leaf != nil && !r.Verdict.Has(lifecycle.RootsUnknown) {
+		rec.StaleSerial = r.Verdict.Leaf.SerialNumber.String()
+	}
 	if v := r.observeSet("").Verdict(r.Ctx); v.Leaf != nil {
 		if s := v.Leaf.SerialNumber.String(); s != rec.Serial && rec.Serial != "" && r.Published {
 			rec.PreviousSerial = rec.Serial

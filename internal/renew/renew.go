@@ -65,6 +65,18 @@ func finish(r *pipeline.Run, rep *report.Report) {
 	if r.Published {
 		r.UpdateReceipt()
 	}
+	if rep.OK && r.Published {
+		rep.Summary = published(r) + "; proven by tasks/wait through " + r.Cfg.NodeAPI.URL + " before it was published"
+	}
+}
+
+// published says what the run published.
+func published(r *pipeline.Run) string {
+	rec := r.Rec
+	if r.Result() == state.Refreshed {
+		return fmt.Sprintf("ca.pem refreshed from the CA's %d current and %d federated root(s); the certificate (serial %s) is not due until %s", len(r.Roots.Current), len(r.Roots.Federated), rec.Serial, stamp(rec.DueAt))
+	}
+	return fmt.Sprintf("renewed: serial %s replaced %s, valid until %s, next renewal from %s", rec.Serial, rec.PreviousSerial, stamp(rec.NotAfter), stamp(rec.DueAt))
 }
 
 // assess takes the one verdict and plans: renew when due (or forced),

@@ -269,7 +269,8 @@ func TestRenewCannotRenew(t *testing.T) {
 		}
 	})
 	t.Run("revoked", func(t *testing.T) {
-		n := bootstrapped(t, controlplane.Options{CARevocation: true})
+		// Revoked is recorded only from evidence: the CA's signed CRL.
+		n := bootstrapped(t, controlplane.Options{CARevocation: true, CACRL: true})
 		cur := n.current(t)
 		revokeAtCA(t, n, cur)
 		wantStop(t, n.renew(t, true), diag.Enroll, "certificate revoked")
@@ -282,6 +283,24 @@ func TestRenewCannotRenew(t *testing.T) {
 		rep := report.New("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0)
 		if rep.OK || rep.FailedLayer != diag.Credentials || !strings.Contains(rep.Summary, "revoked") || !strings.Contains(rep.Remedy, "re-enroll") {
 			t.Fatalf("verify: %s / %s", rep.Summary, rep.Remedy)
+		}
+	})
+	t.Run("revoked, but the CA serves no CRL: a refusal, asked again, never revoked", func(t *testing.T) {
+		n := bootstrapped(t, controlplane.Options{CARevocation: true})
+		cur := n.current(t)
+		revokeAtCA(t, n, cur)
+		for i := 1; i <= 2; i++ {
+			out := n.renew(t, true)
+			if out.Report.OK || out.Report.FailedLayer != diag.CA || !out.Report.Transient || !strings.Contains(out.Report.Summary, "not recorded as revoked") {
+				t.Fatalf("run %d: ok=%v layer %s transient=%v: %s", i, out.Report.OK, out.Report.FailedLayer, out.Report.Transient, out.Report.Summary)
+			}
+			rec := state.ReadRenewal(n.files.StateDir)
+			if rec.RevokedSerial != "" || rec.LastResult != state.Refused || rec.Refusals != i {
+				t.Fatalf("run %d: record %+v, want refused %d in a row and no revoked_serial", i, rec, i)
+			}
+		}
+		if d, f := renew.Check(n.cfg, n.host, false); d == renew.CannotRenew {
+			t.Fatalf("--check after refusals: %s; a refusal must not become permanent", f.Summary)
 		}
 	})
 }

@@ -53,6 +53,10 @@ type Renewal struct {
 	// without evidence is never recorded here.
 	RevokedSerial      string `json:"revoked_serial,omitempty"`
 	RevocationEvidence string `json:"revocation_evidence,omitempty"`
+	// StaleSerial is a serial the last run found stale against the CA's
+	// current roots, fetched over a verified connection: renew --check,
+	// offline, says so for the same certificate.
+	StaleSerial string `json:"stale_serial,omitempty"`
 	Rekeyed            bool   `json:"rekeyed,omitempty"`
 	Generation         string `json:"generation,omitempty"` // the generation directory proven (or kept aside)
 	Hook               string `json:"hook,omitempty"`       // the post_hook's last outcome
