@@ -26,8 +26,8 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/probe"
-	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 )
 

@@ -57,9 +57,9 @@ type Renewal struct {
 	// current roots, fetched over a verified connection: renew --check,
 	// offline, says so for the same certificate.
 	StaleSerial string `json:"stale_serial,omitempty"`
-	Rekeyed            bool   `json:"rekeyed,omitempty"`
-	Generation         string `json:"generation,omitempty"` // the generation directory proven (or kept aside)
-	Hook               string `json:"hook,omitempty"`       // the post_hook's last outcome
+	Rekeyed     bool   `json:"rekeyed,omitempty"`
+	Generation  string `json:"generation,omitempty"` // the generation directory proven (or kept aside)
+	Hook        string `json:"hook,omitempty"`       // the post_hook's last outcome
 	// HookPending is set while renew.post_hook has not succeeded since the
 	// credentials last changed: every later run (renew and bootstrap) runs
 	// it again until it does.
