@@ -254,7 +254,7 @@ func Judge(in Input) Verdict {
 	}
 	v.judgeChain(in, leaf)
 	if in.StaleSerial != "" && in.StaleSerial == leaf.SerialNumber.String() && !v.Has(OtherCA) {
-		v.add(OtherCA, "the certificate (serial %s) was found stale against the CA's current roots by an earlier run", in.StaleSerial)
+		v.add(OtherCA, "the node certificate (issuer %s) does not chain to any of the CA's current roots: it is stale (found by an earlier run against the CA's roots of then, serial %s)", leaf.Issuer, in.StaleSerial)
 	}
 	if s.KeyMode&0o077 != 0 {
 		v.add(KeyExposed, "key.pem is mode %04o; a private key must be 0600", s.KeyMode)

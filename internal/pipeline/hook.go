@@ -18,10 +18,15 @@ func PostHook(r *Run) *diag.Finding {
 		r.Rec.Hook, r.Rec.HookPending = "", false
 		return nil
 	}
-	if r.Published && r.Current != nil {
+	if r.Published && r.Current != nil && !r.Rec.HookPending {
 		// The credentials the node-agent holds were replaced: it must be
 		// told, until it has been (a first enrollment replaces nothing).
+		// Recorded before the hook runs, so a kill during it cannot lose it.
 		r.Rec.HookPending = true
+		if err := state.WriteRenewal(r.StateDir, r.Rec); err != nil {
+			r.Log.Error("step", "step", "post-hook", "layer", "state", "status", "fail", "message", err.Error())
+		}
+		r.Host.Hook.At("hook pending")
 	}
 	if !r.Rec.HookPending {
 		return nil

@@ -46,7 +46,7 @@ var Steps = []pipeline.Step{
 
 // CrashPoints are the named points of a renewal, in order: host.Hook is
 // called with each (the crash tests kill the binary there).
-var CrashPoints = []string{"roots fetched", "renewed", "aside written", "proven", "published", "recorded"}
+var CrashPoints = []string{"roots fetched", "renewed", "aside written", "proven", "published", "hook pending", "recorded"}
 
 // Run renews the node's certificate when the verdict says so.
 func Run(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.Options) *pipeline.Outcome {

@@ -207,7 +207,10 @@ func (s *StepCA) startLocked() error {
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- srv.Run() }()
-	if err := s.waitHealthy(runErr); err != nil {
+	if stopped, err := s.waitHealthy(runErr); err != nil {
+		if stopped {
+			return err // Run returned: the CA stopped itself, and Stop would close it twice
+		}
 		select {
 		case <-runErr: // Run already stopped the CA after its startup error
 		default:
@@ -221,7 +224,8 @@ func (s *StepCA) startLocked() error {
 }
 
 // waitHealthy polls GET /health over TLS verified against the current root.
-func (s *StepCA) waitHealthy(runErr <-chan error) error {
+// stopped reports that Run returned (its error consumed from runErr).
+func (s *StepCA) waitHealthy(runErr <-chan error) (stopped bool, err error) {
 	client := &http.Client{
 		Timeout: 2 * time.Second,
 		Transport: &http.Transport{
@@ -235,21 +239,21 @@ func (s *StepCA) waitHealthy(runErr <-chan error) error {
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-runErr:
-			return fmt.Errorf("step-ca on %s stopped while starting: %w", s.addr, err)
+			return true, fmt.Errorf("step-ca on %s stopped while starting: %w", s.addr, err)
 		default:
 		}
 		resp, err := client.Get("https://" + s.addr + "/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return nil
+				return false, nil
 			}
 			err = fmt.Errorf("health: %s", resp.Status)
 		}
 		last = err
 		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("step-ca on %s did not become healthy: %w", s.addr, last)
+	return false, fmt.Errorf("step-ca on %s did not become healthy: %w", s.addr, last)
 }
 
 func (s *StepCA) stopLocked() error {

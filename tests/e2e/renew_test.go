@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"crypto/x509"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -168,9 +167,9 @@ func TestRenewCannotRenewBinary(t *testing.T) {
 		offline bool
 	}{
 		{"expired", func(t *testing.T, cp *controlplane.ControlPlane, n *node) (*controlplane.Leaf, []byte) {
-			l, err := cp.CA.PKI().IssueLeaf(controlplane.LeafRequest{CommonName: n.ID, DNSNames: []string{n.ID},
-				ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-				NotBefore:   time.Now().Add(-25 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+			// The CA's own certificate, ended ten minutes ago; this CA does
+			// not allow renewal after expiry.
+			l, err := cp.CA.IssueNodeCertAt(n.ID, time.Now().Add(-40*time.Minute), time.Now().Add(-10*time.Minute))
 			if err != nil {
 				t.Fatal(err)
 			}

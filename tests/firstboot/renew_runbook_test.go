@@ -76,7 +76,7 @@ func TestRunbookCertificateExpiring(t *testing.T) {
 	t.Parallel()
 	sec := certSection(t)
 	warn := quoted(t, sec, "[WARN] credentials")
-	notPublished := quoted(t, sec, "renewed certificate not published:")
+	notPublished := quoted(t, sec, "new certificate not published (")
 
 	// Two-minute certificates renewed from a tenth of their life: past the
 	// renewal point within seconds, far from expiry.
@@ -149,9 +149,9 @@ func TestRunbookCannotRenew(t *testing.T) {
 	}
 	plant := map[string]func(t *testing.T, n *node){
 		"certificate expired:": func(t *testing.T, n *node) {
-			l, err := n.CP.CA.PKI().IssueLeaf(controlplane.LeafRequest{CommonName: n.ID, DNSNames: []string{n.ID},
-				ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-				NotBefore:   time.Now().Add(-25 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+			// The CA's own certificate, ended ten minutes ago; this CA does
+			// not allow renewal after expiry.
+			l, err := n.CP.CA.IssueNodeCertAt(n.ID, time.Now().Add(-40*time.Minute), time.Now().Add(-10*time.Minute))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -181,7 +181,8 @@ func TestRunbookCannotRenew(t *testing.T) {
 	for words, code := range rows {
 		t.Run(words, func(t *testing.T) {
 			t.Parallel()
-			n := renewNode(t, controlplane.Options{CARevocation: words == "certificate revoked:"}, nil)
+			// Revoked is said only from the CA's signed revocation list.
+			n := renewNode(t, controlplane.Options{CARevocation: words == "certificate revoked:", CACRL: words == "certificate revoked:"}, nil)
 			f, ok := plant[words]
 			if !ok {
 				t.Fatalf("the runbook's table names %q, which this test cannot create", words)

@@ -58,6 +58,8 @@ type envOptions struct {
 	noToken bool
 	// ca shapes the cell's control plane (step-ca's certificate lifetime).
 	ca controlplane.Options
+	// cp, when set, is the control plane to use instead of a new one.
+	cp *controlplane.ControlPlane
 }
 
 // env is one (scenario, ingress) cell: its own step-ca, node API, ingress
@@ -90,7 +92,10 @@ func newEnv(t *testing.T, kind ingress.Kind, eo envOptions) *env {
 	t.Helper()
 	ingressRequire(t, kind)
 	e := &env{t: t, kind: kind, apiLog: &testenv.SyncBuffer{}}
-	e.cp = controlplane.Start(t, eo.ca)
+	e.cp = eo.cp
+	if e.cp == nil {
+		e.cp = controlplane.Start(t, eo.ca)
+	}
 	dir := t.TempDir()
 	p := e.cp.CA.PKI()
 	leaf, err := p.IssueServerCert(controlplane.DefaultAPIHostname, net.IPv4(127, 0, 0, 1))

@@ -1,8 +1,12 @@
 package reliability
 
 import (
+	"encoding/json"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +24,17 @@ import (
 // whatever is current; and the next renew completes.
 func TestRenewCrashConsistency(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
-	n := newNode(t, cp, "gpu-renew-crash", func(c *controlplane.NodeConfig) { c.NodeAPI.WaitTimeout = "0s" })
+	// The post hook appends a line per run: a kill at "hook pending" must
+	// leave it pending, and the next run must run it.
+	hookLog := filepath.Join(t.TempDir(), "hook.log")
+	hookScript := filepath.Join(t.TempDir(), "hook.sh")
+	if err := os.WriteFile(hookScript, []byte("#!/bin/sh\necho ran >> "+hookLog+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := newNode(t, cp, "gpu-renew-crash", func(c *controlplane.NodeConfig) {
+		c.NodeAPI.WaitTimeout = "0s"
+		c.Renew = &controlplane.RenewConfig{PostHook: []string{hookScript}}
+	})
 	wantExit(t, n.bootstrap(), 0)
 	pki := n.Files.PKIDir
 
@@ -67,7 +81,19 @@ func TestRenewCrashConsistency(t *testing.T) {
 		i := slices.Index(renew.CrashPoints, p)
 		mustBeOld := (i >= 0 && i < published) || (i < 0 && p != "current switched")
 		check("step "+p, before, mustBeOld)
+		hooksBefore := lines(hookLog)
+		pendingAfterKill := readPending(filepath.Join(n.Files.StateDir, "renew.json"))
 		renewOK("step " + p)
+		if p == "hook pending" {
+			if !pendingAfterKill {
+				violations++
+				t.Errorf("step %q: renew.json after the kill does not say the hook is pending", p)
+			}
+			if lines(hookLog) <= hooksBefore {
+				violations++
+				t.Errorf("step %q: the next renew did not run the pending hook", p)
+			}
+		}
 	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 14))
 	randomKills := envInt("RENEW_CRASH_RANDOM", 20)
@@ -88,4 +114,19 @@ func TestRenewCrashConsistency(t *testing.T) {
 		renewOK("random kill")
 	}
 	t.Logf("renew-crash: %d kills (%d named points, %d of %d random attempts landed), %d violations, %d points never reached", kills, len(points), kills-len(points)+unreached, randomKills, violations, unreached)
+}
+
+// lines counts the lines of a file (0 when it does not exist).
+func lines(path string) int {
+	b, _ := os.ReadFile(path)
+	return strings.Count(string(b), "\n")
+}
+
+// readPending reports whether the renew record at path says hook_pending.
+func readPending(path string) bool {
+	var rec struct {
+		HookPending bool `json:"hook_pending"`
+	}
+	b, _ := os.ReadFile(path)
+	return json.Unmarshal(b, &rec) == nil && rec.HookPending
 }
