@@ -128,7 +128,7 @@ type runEnv struct {
 }
 
 func commands() []*command {
-	return []*command{bootstrapCmd, verifyCmd, renewCmd, hostsCmd, userdataCmd, versionCmd}
+	return []*command{bootstrapCmd, verifyCmd, renewCmd, statusCmd, hostsCmd, userdataCmd, versionCmd}
 }
 
 const rootHelp = `provision bootstraps a bare-metal GPU node into the control plane.

@@ -43,6 +43,10 @@ type Options struct {
 	// that renews expired certificates, and one that publishes its CRL.
 	CAAllowRenewalAfterExpiry bool
 	CACRL                     bool
+	// CAAge is StepCAOptions.Age: how long before now the CA's root and
+	// intermediate became valid (a node off for days holds a certificate
+	// issued then).
+	CAAge time.Duration
 }
 
 // ClientCAMode is what the node API (standing in for the ingress's TLS
@@ -127,7 +131,7 @@ func New(opts Options) (cp *ControlPlane, err error) {
 	}
 	if cp.CA, err = StartStepCA(StepCAOptions{
 		Dir: cp.Dir, Hostname: opts.CAHostname, Lifetime: opts.CALifetime, Revocation: opts.CARevocation, DB: opts.CADB,
-		AllowRenewalAfterExpiry: opts.CAAllowRenewalAfterExpiry, CRL: opts.CACRL,
+		AllowRenewalAfterExpiry: opts.CAAllowRenewalAfterExpiry, CRL: opts.CACRL, Age: opts.CAAge,
 	}); err != nil {
 		return nil, fmt.Errorf("step-ca: %w", err)
 	}

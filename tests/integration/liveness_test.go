@@ -180,8 +180,14 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 	t.Parallel()
 	e := livenessEnv(t, controlplane.Options{})
 	first := leafOf(t, e)
+	// A staged rotation: the new root is added, the node refreshes ca.pem
+	// (so it trusts the CA's new TLS certificate), then the CA issues under
+	// the new root; the ingress was never told.
 	if err := e.cp.AddCARoot(); err != nil {
 		t.Fatal(err)
+	}
+	if r := e.provision("renew"); r.code != 0 || e.record().LastResult != "refreshed" {
+		t.Fatalf("renew after the root was added: exit %d %s (%+v)", r.code, r.rep.Summary, e.record())
 	}
 	if err := e.cp.SwitchCARoot(); err != nil {
 		t.Fatal(err)
@@ -260,7 +266,7 @@ func TestLivenessAfterExpiry(t *testing.T) {
 	}{{"renew, allowed", true, "renew"}, {"bootstrap, allowed", true, "bootstrap"}, {"renew, not allowed", false, "renew"}, {"bootstrap, not allowed", false, "bootstrap"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			cp := controlplane.Start(t, controlplane.Options{CAAllowRenewalAfterExpiry: tc.allowed})
+			cp := controlplane.Start(t, controlplane.Options{CAAllowRenewalAfterExpiry: tc.allowed, CAAge: 7 * 24 * time.Hour})
 			e := newEnvOn(t, cp, nil)
 			// Powered off for days: the certificate ended two days ago.
 			l, err := cp.CA.IssueNodeCertAt(nodeID, time.Now().Add(-72*time.Hour), time.Now().Add(-48*time.Hour))

@@ -1,0 +1,137 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/gpuaas/provision/internal/status"
+)
+
+// Exit codes of status, in renew --check's family.
+const (
+	ExitStatusAttention = 30
+	ExitStatusUnusable  = 31
+)
+
+var statusCmd = &command{
+	name:    "status",
+	format:  true,
+	summary: "show the installed credentials, the last renewal, a pending hook and the receipt, offline",
+	usage: `Shows what provision knows about this node from its files alone: no network,
+no lock, no task taken off the queue (verify's proof is a real tasks/wait).
+The installed certificate (subject, serial, issuer, the CA root it chains to,
+validity, the renewal point and this node's due time, key and directory
+modes), judged by the same credential verdict bootstrap, renew and verify use
+(offline: against the installed ca.pem); the last renew attempt and its
+result; a post hook still pending; the receipt; and where the textfile
+metrics go. --format json prints it as one JSON object (README, "provision
+status").
+
+Exit codes (renew --check's family):
+  0   ok: a usable identity, nothing pending
+  30  attention: renewal due, the last renewal failed, a hook pending, a key
+      exposed, credentials published without a passing proof, no receipt
+  31  unusable: not enrolled, expired, revoked, stale or unreadable
+
+Examples:
+  provision status
+  provision status --format json | jq '{state, summary, due: .credentials.due_at}'
+`,
+}
+
+func init() { statusCmd.run = runStatus }
+
+func runStatus(_ context.Context, env *runEnv, args []string) int {
+	f := newFlags(statusCmd, env)
+	if code, ok := f.parse(env, args); !ok {
+		return code
+	}
+	cfg, host, code, ok := load(env, f, "status")
+	if !ok {
+		return code
+	}
+	n := status.Take(cfg, host)
+	code = map[status.State]int{status.OK: ExitOK, status.Attention: ExitStatusAttention, status.Unusable: ExitStatusUnusable}[n.State]
+	if f.format == "json" {
+		b, _ := json.Marshal(struct {
+			*status.Node
+			ExitCode int `json:"exit_code"`
+		}{n, code})
+		fmt.Fprintln(env.stdout, string(b))
+		return code
+	}
+	printStatus(env.stdout, n, code)
+	return code
+}
+
+// printStatus is status for a person: one fact a line.
+func printStatus(w io.Writer, n *status.Node, code int) {
+	line := func(k, format string, a ...any) { fmt.Fprintf(w, "%-14s %s\n", k+":", clean(fmt.Sprintf(format, a...))) }
+	line("node", "%s", n.NodeID)
+	c := n.Credentials
+	switch {
+	case c.Present:
+		line("certificate", "serial %s, %s, issued by %s", c.Serial, c.Subject, c.Issuer)
+		line("root", "%s %s (one of %d in ca.pem)", short(c.RootFingerprint), c.RootSubject, c.BundleRoots)
+		line("valid", "%s to %s (expires in %s)", ts(c.NotBefore), ts(c.NotAfter), c.ExpiresIn)
+		line("renewal", "point %s, due %s (this node's splay)", ts(c.RenewAfter), ts(c.DueAt))
+		line("modes", "key %s, %s %s", c.KeyMode, c.PKIDir, c.DirMode)
+	case c.Error != "":
+		line("credentials", "%s: %s", c.PKIDir, c.Error)
+	default:
+		line("credentials", "none in %s", c.PKIDir)
+	}
+	line("verdict", "%s %s", c.Verdict, strings.Join(c.Reasons, ","))
+	if r := n.Renew; r != nil {
+		line("last renew", "%s: %s %s", ts(r.LastAttempt), r.LastResult, r.LastError)
+		if r.HookPending {
+			line("post hook", "pending (%s)", r.Hook)
+		}
+	} else {
+		line("last renew", "never")
+	}
+	if r := n.Receipt; r != nil {
+		line("receipt", "serial %s proved %s by %s", r.Serial, ts(r.ProvedAt), r.Command)
+	} else {
+		line("receipt", "none: bootstrap has not proven this node")
+	}
+	line("metrics", "%s %s", n.Metrics.TextfileDir, strings.Join(n.Metrics.Files, " "))
+	fmt.Fprintf(w, "provision status: %s: %s", n.State, clean(n.Summary))
+	if n.Remedy != "" {
+		fmt.Fprintf(w, ". Next: %s", clean(n.Remedy))
+	}
+	fmt.Fprintf(w, " (exit %d)\n", code)
+}
+
+func ts(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func short(fp string) string {
+	if len(fp) > 16 {
+		return fp[:16] + "..."
+	}
+	if fp == "" {
+		return "(none in ca.pem)"
+	}
+	return fp
+}
+
+// clean neutralises control characters in a line built from files a peer
+// or a hook wrote (an error body, hook output), so a terminal shows them
+// as text and they cannot forge lines.
+func clean(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+}

@@ -1,0 +1,256 @@
+// Package status is provision's offline inventory of a node, what `provision
+// status` shows: the installed credentials with their times and modes, the
+// root they chain to, the last renew attempt, a pending hook, the receipt,
+// and where the metrics go. It reads files only: no network, no lock, no
+// task taken off the queue (verify's proof is a real tasks/wait), so
+// on-call can run it anywhere, any time, as certbot's `certificates` and
+// kubeadm's `certs check-expiration` are run.
+//
+// The credentials are judged by the one verdict (observe.Env offline:
+// against the installed ca.pem), so status, renew --check, verify and the
+// metrics agree on the renewal point, the due time and what is wrong.
+package status
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/enroll"
+	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/state"
+	"github.com/gpuaas/provision/internal/system"
+)
+
+// State is the node's overall state, worst first. Its names are an
+// interface (the JSON's "state").
+type State string
+
+// The states.
+const (
+	// Unusable: no usable identity now (not enrolled, unreadable, expired,
+	// revoked, stale, another node's); the node cannot poll.
+	Unusable State = "unusable"
+	// Attention: a usable identity with something to act on (renewal due
+	// or overdue, the last renewal failed, a hook pending, a key exposed,
+	// credentials published without a passing proof).
+	Attention State = "attention"
+	// OK: a usable identity and nothing pending.
+	OK State = "ok"
+)
+
+// Node is the inventory. Field names are an interface (README, `provision
+// status --format json`).
+type Node struct {
+	NodeID      string       `json:"node_id"`
+	State       State        `json:"state"`
+	Summary     string       `json:"summary"`
+	Attention   []string     `json:"attention"` // what to act on, one line each
+	Remedy      string       `json:"remedy"`
+	Credentials *Credentials `json:"credentials"`
+	Renew       *Renew       `json:"renew"`   // nil: renew never ran
+	Receipt     *Receipt     `json:"receipt"` // nil: never done
+	Metrics     Metrics      `json:"metrics"`
+}
+
+// Credentials are the installed key, certificate and CA bundle.
+type Credentials struct {
+	PKIDir          string    `json:"pki_dir"`
+	Present         bool      `json:"present"`
+	Error           string    `json:"error,omitempty"` // why they could not be read
+	Subject         string    `json:"subject,omitempty"`
+	Serial          string    `json:"serial,omitempty"`
+	Issuer          string    `json:"issuer,omitempty"`
+	RootFingerprint string    `json:"root_fingerprint,omitempty"` // the ca.pem root it chains to
+	RootSubject     string    `json:"root_subject,omitempty"`
+	NotBefore       time.Time `json:"not_before,omitzero"`
+	NotAfter        time.Time `json:"not_after,omitzero"`
+	RenewAfter      time.Time `json:"renew_after,omitzero"` // the renewal point
+	DueAt           time.Time `json:"due_at,omitzero"`      // the renewal point plus this node's splay
+	ExpiresIn       string    `json:"expires_in,omitempty"` // Go duration, negative when expired
+	KeyMode         string    `json:"key_mode,omitempty"`   // octal, e.g. "0600"
+	DirMode         string    `json:"dir_mode,omitempty"`
+	BundleRoots     int       `json:"bundle_roots"`
+	Verdict         string    `json:"verdict"`           // keep, tighten, renew, re-enroll
+	Reasons         []string  `json:"reasons,omitempty"` // the verdict's reasons
+}
+
+// Renew is the last renew attempt, from state_dir/renew.json.
+type Renew struct {
+	LastAttempt         time.Time `json:"last_attempt,omitzero"`
+	LastResult          string    `json:"last_result"`
+	LastError           string    `json:"last_error,omitempty"`
+	FailedLayer         string    `json:"failed_layer,omitempty"`
+	LastRenewed         time.Time `json:"last_renewed,omitzero"`
+	HookPending         bool      `json:"hook_pending"`
+	Hook                string    `json:"hook,omitempty"`
+	ConsecutiveFailures int       `json:"consecutive_failures"`
+	ConsecutiveRefusals int       `json:"consecutive_refusals"`
+	Unproven            string    `json:"unproven,omitempty"`
+	Aside               string    `json:"aside,omitempty"`
+	RevokedSerial       string    `json:"revoked_serial,omitempty"`
+}
+
+// Receipt is the done receipt.
+type Receipt struct {
+	Serial   string    `json:"serial"`
+	ProvedAt time.Time `json:"proved_at"`
+	Command  string    `json:"command,omitempty"`
+	Enrolled bool      `json:"enrolled"`
+	Unproven string    `json:"unproven,omitempty"`
+}
+
+// Metrics says where the textfile metrics go and which exist.
+type Metrics struct {
+	Enabled     bool     `json:"enabled"`
+	TextfileDir string   `json:"textfile_dir"`
+	Files       []string `json:"files"`
+}
+
+// Take reads the node's state from its files.
+func Take(cfg *config.Config, host *system.Host) *Node {
+	n := &Node{NodeID: cfg.NodeID, Attention: []string{}}
+	e := observe.NewEnv(cfg, host)
+	e.Offline = true
+	v := e.Verdict(context.Background())
+	n.Credentials = credentials(cfg, e, v, host.Time())
+	if rec := e.RenewRecord(); rec != nil {
+		n.Renew = &Renew{LastAttempt: rec.LastAttempt, LastResult: rec.LastResult, LastError: rec.LastError, FailedLayer: rec.FailedLayer,
+			LastRenewed: rec.LastRenewed, HookPending: rec.HookPending, Hook: rec.Hook, ConsecutiveFailures: rec.Failures,
+			ConsecutiveRefusals: rec.Refusals, Unproven: rec.Unproven, Aside: rec.Aside, RevokedSerial: rec.RevokedSerial}
+	}
+	if rc, err := state.ReadReceipt(host.Path(cfg.Paths.StateDir)); err == nil {
+		n.Receipt = &Receipt{Serial: rc.Serial, ProvedAt: rc.ProvedAt, Command: rc.Command, Enrolled: rc.Enrolled, Unproven: rc.Unproven}
+	}
+	n.Metrics = metricsFiles(cfg, host)
+	judge(n, v, cfg, host.Time())
+	return n
+}
+
+func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now time.Time) *Credentials {
+	c := &Credentials{PKIDir: cfg.Paths.PKIDir, Verdict: v.Action.String()}
+	for _, r := range v.Reasons {
+		c.Reasons = append(c.Reasons, string(r))
+	}
+	set, err := e.Creds()
+	if err != nil {
+		if !errors.Is(err, credstore.ErrNotFound) {
+			c.Error = err.Error()
+		}
+		return c
+	}
+	c.Present = true
+	leaf := set.Leaf()
+	c.Subject, c.Serial, c.Issuer = leaf.Subject.String(), leaf.SerialNumber.String(), leaf.Issuer.String()
+	c.NotBefore, c.NotAfter = leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
+	c.RenewAfter, c.DueAt = v.RenewAfter.UTC(), v.DueAt(cfg.Renew.Splay.Duration).UTC()
+	c.ExpiresIn = leaf.NotAfter.Sub(now).Round(time.Second).String()
+	c.KeyMode, c.DirMode = fmt.Sprintf("%04o", set.KeyMode), fmt.Sprintf("%04o", set.DirMode)
+	c.BundleRoots = len(set.Roots)
+	if root := rootOf(set.Chain, set.Roots, v); root != nil {
+		c.RootFingerprint, c.RootSubject = enroll.Fingerprint(root), root.Subject.String()
+	}
+	return c
+}
+
+// rootOf is the ca.pem root the chain was issued under (found by signature,
+// so an expired certificate still names it).
+func rootOf(chain, roots []*x509.Certificate, v lifecycle.Verdict) *x509.Certificate {
+	if v.ChainRoot != nil {
+		return v.ChainRoot
+	}
+	if len(chain) == 0 {
+		return nil
+	}
+	top := chain[len(chain)-1]
+	for _, r := range roots {
+		if top.Equal(r) || top.CheckSignatureFrom(r) == nil {
+			return r
+		}
+	}
+	return nil
+}
+
+func metricsFiles(cfg *config.Config, host *system.Host) Metrics {
+	m := Metrics{Enabled: cfg.Metrics.Enabled, TextfileDir: cfg.Metrics.TextfileDir, Files: []string{}}
+	if !m.Enabled {
+		return m
+	}
+	matches, _ := filepath.Glob(filepath.Join(host.ResolvedPath(cfg.Metrics.TextfileDir), "provision_*.prom"))
+	for _, p := range matches {
+		if st, err := os.Lstat(p); err == nil && st.Mode().IsRegular() {
+			m.Files = append(m.Files, filepath.Base(p))
+		}
+	}
+	sort.Strings(m.Files)
+	return m
+}
+
+// judge sets the state, the summary, what needs attention and the remedy.
+func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
+	if v.Action == lifecycle.Reenroll {
+		r := v.First()
+		n.State, n.Summary, n.Remedy = Unusable, "no usable identity: "+v.Detail[r], lifecycle.Remedy(r, cfg)
+		if r == lifecycle.Missing {
+			n.Summary = "not enrolled: " + v.Detail[r]
+		}
+		return
+	}
+	var remedies []string
+	add := func(what, remedy string) {
+		n.Attention = append(n.Attention, what)
+		remedies = append(remedies, remedy)
+	}
+	for _, r := range v.Reasons {
+		switch r {
+		case lifecycle.KeyExposed, lifecycle.KeyWasExposed, lifecycle.DirOpen, lifecycle.BundleStale:
+			add(v.Detail[r], lifecycle.Remedy(r, cfg))
+		}
+	}
+	if due := v.DueAt(cfg.Renew.Splay.Duration); v.Leaf != nil && !now.Before(due) {
+		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(due), stamp(v.Leaf.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
+	}
+	renewAttention(n, add)
+	if n.Receipt == nil {
+		add("no receipt: no bootstrap has proven this node yet", "run provision bootstrap: it proves the installed credentials with a real tasks/wait and writes the receipt")
+	}
+	if len(n.Attention) == 0 {
+		n.State = OK
+		n.Summary = fmt.Sprintf("ok: certificate serial %s valid until %s, renewed from %s", v.Leaf.SerialNumber, stamp(v.Leaf.NotAfter), stamp(v.DueAt(cfg.Renew.Splay.Duration)))
+		return
+	}
+	n.State, n.Summary, n.Remedy = Attention, n.Attention[0], remedies[0]
+	if len(n.Attention) > 1 {
+		n.Summary += fmt.Sprintf(" (and %d more)", len(n.Attention)-1)
+	}
+}
+
+// renewAttention adds what the renew record says needs acting on.
+func renewAttention(n *Node, add func(what, remedy string)) {
+	rn := n.Renew
+	if rn == nil {
+		return
+	}
+	if rn.HookPending {
+		add("renew.post_hook is pending since the credentials changed: "+rn.Hook, "fix renew.post_hook (or what it reloads); every renew and bootstrap runs it again until it succeeds (docs/runbook.md, hook)")
+	}
+	switch rn.LastResult {
+	case state.NotDue, state.Renewed, state.Refreshed, state.Enrolled, state.HookFailed, "":
+	default:
+		add(fmt.Sprintf("the last renew attempt (%s) ended %s: %s", stamp(rn.LastAttempt), rn.LastResult, rn.LastError),
+			"fix the layer it names ("+rn.FailedLayer+"; docs/runbook.md), then run provision renew")
+	}
+	if rn.Unproven != "" {
+		add("the installed credentials were published without a passing proof: "+rn.Unproven, "fix the node API or ingress fault; the next provision renew whose proof passes clears it")
+	}
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
