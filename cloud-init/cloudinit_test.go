@@ -380,7 +380,7 @@ func TestDropIns(t *testing.T) {
 			c.Paths.StateDir, c.Paths.PKIDir, c.Paths.HostsFile = "/srv/provision", "/srv/pki/provision", "/var/lib/hosts-override/hosts"
 		}, map[string][]string{
 			svc: {"[Unit]\nConditionPathExists=\nConditionPathExists=!/srv/provision/done/%m\n", "ReadWritePaths=-/var/lib/hosts-override\n",
-				"ReadWritePaths=/srv/provision\n", "ReadWritePaths=/srv/pki/provision\n",
+				"ReadWritePaths=-/srv/provision\n", "ReadWritePaths=-/srv/pki/provision\n",
 				"ExecStartPre=+/bin/mkdir -p -m 0700 /srv/provision\n", "ExecStartPre=+/bin/mkdir -p -m 0700 /srv/pki/provision\n"},
 			ver: {"[Service]\nReadWritePaths=-/srv/provision/tasks\n"},
 			ren: {"[Unit]\nConditionPathExists=\nConditionPathExists=/srv/pki/provision/current\n", "ReadWritePaths=-/srv/provision\n", "ReadWritePaths=-/srv/pki/provision\n"},
@@ -389,7 +389,7 @@ func TestDropIns(t *testing.T) {
 		// and must look for current there; verify and the done marker
 		// need nothing.
 		{"pki_dir only", func(c *config.Config) { c.Paths.PKIDir = "/srv/pki" }, map[string][]string{
-			svc: {"[Service]\nReadWritePaths=/srv/pki\nExecStartPre=+/bin/mkdir -p -m 0700 /srv/pki\n"},
+			svc: {"[Service]\nReadWritePaths=-/srv/pki\nExecStartPre=+/bin/mkdir -p -m 0700 /srv/pki\n"},
 			ren: {"ConditionPathExists=\nConditionPathExists=/srv/pki/current\n", "ReadWritePaths=-/srv/pki\n"},
 		}, []string{"done/%m", "/var/lib/provision"}},
 		// pki_dir moved under the default state_dir: renew's
@@ -429,6 +429,14 @@ func TestDropIns(t *testing.T) {
 				for _, l := range tc.not {
 					if strings.Contains(d.Content, l) {
 						t.Errorf("%s holds %q:\n%s", d.Path, l, d.Content)
+					}
+				}
+				// Without '-', a directory that does not exist yet fails
+				// the unit's namespace, even for the ExecStartPre=+mkdir
+				// that would create it (systemd 252; tests/boot).
+				for _, l := range strings.Split(d.Content, "\n") {
+					if strings.HasPrefix(l, "ReadWritePaths=") && !strings.HasPrefix(l, "ReadWritePaths=-") {
+						t.Errorf("%s: %q fails the unit while the path does not exist; want ReadWritePaths=-", d.Path, l)
 					}
 				}
 			}

@@ -38,9 +38,13 @@ type need struct {
 	key  string // the config key it comes from, for messages
 	path string // the directory that must be writable
 	// create: provision owns the directory and creates it 0700; the unit
-	// creates it before it starts, because ReadWritePaths= needs it to
-	// exist and ProtectSystem=strict would stop provision making it. Else
-	// '-': a directory that is missing is left out of the sandbox.
+	// creates it before it starts (ExecStartPre=+mkdir), because
+	// ProtectSystem=strict would stop provision making it. Every path is
+	// opened with '-' (a missing one is left out of the sandbox instead of
+	// failing it): systemd 252 sets up the mount namespace for a '+'
+	// command too, so without '-' a directory that does not exist yet
+	// fails the mkdir meant to create it (status 226/NAMESPACE; found by
+	// tests/boot).
 	create bool
 }
 
@@ -170,11 +174,9 @@ func DropInsFor(cfg *config.Config) ([]DropIn, error) {
 			if _, ok := under(n.path, u.writable); ok {
 				continue
 			}
+			rw = append(rw, "ReadWritePaths=-"+n.path)
 			if n.create {
 				pre = append(pre, "ExecStartPre=+/bin/mkdir -p -m 0700 "+n.path)
-				rw = append(rw, "ReadWritePaths="+n.path)
-			} else {
-				rw = append(rw, "ReadWritePaths=-"+n.path)
 			}
 		}
 		if d, ok := dropIn(u, u.conditions(cfg), append(dedupe(rw), dedupe(pre)...)); ok {
