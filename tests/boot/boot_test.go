@@ -118,6 +118,11 @@ func TestBootBrokenIngress(t *testing.T) {
 	if out, code := c.exec(2*time.Minute, "systemctl", "start", "provision-verify.service"); code != 0 {
 		t.Errorf("verify after the recovery: exit %d\n%s", code, out)
 	}
+	// This node has no node_exporter: provision never creates its
+	// directory, so it writes no metrics.
+	if n.exists("/var/lib/prometheus") {
+		t.Errorf("provision created /var/lib/prometheus on a node without node_exporter")
+	}
 }
 
 // TestBootMovedPaths boots a node whose config moves state_dir, pki_dir and
