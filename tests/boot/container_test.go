@@ -50,8 +50,10 @@ func (n *node) boot() *container {
 		"--machine="+c.name, "--directory="+n.root)
 	c.nspawn.Stdout, c.nspawn.Stderr = c.console, c.console
 	// Its own session: a terminal signal to go test does not reach it, and
-	// nspawn does not take over this process's terminal.
-	c.nspawn.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// nspawn does not take over this process's terminal. Should the test
+	// binary die without its cleanups (go test's -timeout), nspawn gets
+	// SIGTERM, which powers the container off.
+	c.nspawn.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGTERM}
 	c.booted = time.Now()
 	if err := c.nspawn.Start(); err != nil {
 		n.t.Fatalf("systemd-nspawn: %v", err)
