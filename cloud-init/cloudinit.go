@@ -102,7 +102,9 @@ type Host struct {
 
 // Params are the per-node inputs of the user-data. NodeID, Hosts, CAURL,
 // CAFingerprint, Token and NodeAPIURL are required; empty optional fields take
-// the Default* values.
+// the Default* values. Params has no fields for [metrics] and [renew]: Render
+// gives them provision's defaults. To render a whole config as provision
+// loads it, use RenderConfig (provision userdata does).
 type Params struct {
 	NodeID        string
 	Hosts         []Host
