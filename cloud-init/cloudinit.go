@@ -4,9 +4,15 @@
 // Why a renderer and not a hand-edited file: the user-data carries a TOML
 // document inside a YAML document, and a single stray quote or newline in a
 // node id, URL or token silently changes the meaning of one of them (or makes
-// cloud-init skip the whole file). Render therefore validates every parameter
-// against the same rules the provision config uses and refuses anything it
-// cannot embed verbatim, instead of trying to escape it.
+// cloud-init skip the whole file). The config is therefore encoded, not
+// templated: RenderConfig writes the whole validated config (every section,
+// [renew] and [metrics] included) with the TOML library provision reads it
+// with, escaped to printable ASCII, and reads the result back with
+// provision's own loader, which must give the same config. What goes into
+// the YAML itself (the token, the token file's path, the paths in the
+// drop-ins) is refused when it cannot be embedded verbatim, instead of
+// escaped. (An earlier template of known keys silently dropped [renew] and
+// [metrics].)
 //
 // The rendered user-data is deliberately thin (see docs/first-boot.md):
 //   - it writes /etc/provision/provision.toml (0644) and the one-time token to
@@ -17,26 +23,37 @@
 //   - it installs and downloads nothing: the image carries the provision package;
 //   - it has exactly one runcmd entry, `systemctl start provision.service`,
 //     because cloud-init reports only the last runcmd command's status and the
-//     packaged unit carries the deadline, restart policy and hardening.
+//     packaged unit carries the deadline, restart policy and hardening;
+//   - when the config moves a path a unit writes (state_dir, pki_dir,
+//     hosts_file, the token file, metrics.textfile_dir), it writes a drop-in
+//     for every packaged unit that writes there, whose ReadWritePaths= open
+//     exactly that path and whose conditions follow it (the done marker of
+//     provision.service, pki_dir/current of provision-renew.service), and
+//     reloads systemd before the start (dropins.go).
 //
 // The ordering that makes the blocking start safe lives in
 // deploy/systemd/provision.service; the tests in this package check both ends.
 package cloudinit
 
 import (
+	"bytes"
 	_ "embed"
 	"errors"
 	"fmt"
-	"github.com/gpuaas/provision/internal/config"
-	"go.yaml.in/yaml/v3"
 	"io"
 	"net/netip"
 	"net/url"
 	"path"
+	"reflect"
 	"regexp"
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/BurntSushi/toml"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/gpuaas/provision/internal/config"
 )
 
 // Template is the Go text/template source of the user-data. It is shipped in
@@ -85,7 +102,9 @@ type Host struct {
 
 // Params are the per-node inputs of the user-data. NodeID, Hosts, CAURL,
 // CAFingerprint, Token and NodeAPIURL are required; empty optional fields take
-// the Default* values.
+// the Default* values. Params has no fields for [metrics] and [renew]: Render
+// gives them provision's defaults. To render a whole config as provision
+// loads it, use RenderConfig (provision userdata does).
 type Params struct {
 	NodeID        string
 	Hosts         []Host
@@ -106,128 +125,143 @@ type Params struct {
 	RequestTimeout string // Go duration
 }
 
-// data is what the template sees: validated Params with defaults applied.
+// data is what the template sees: a validated config, encoded, and the
+// drop-ins its paths need.
 type data struct {
-	Params
+	NodeID     string
 	ConfigPath string
+	ConfigTOML string
+	TokenFile  string
+	Token      string
 	DropIns    []DropIn
 }
 
-// DropIn is a systemd drop-in the user-data writes so that a unit's sandbox
-// lets provision write where the config says.
-type DropIn struct {
-	Path    string // /etc/systemd/system/<unit>.d/provision-paths.conf
-	Content string
-}
-
-// What the packaged units may write (deploy/systemd: ReadWritePaths= and
-// StateDirectory=); each unit is ProtectSystem=strict otherwise.
-var (
-	serviceWritable = []string{"/etc", "/var/lib/provision", "/run/provision"}
-	verifyWritable  = []string{"/var/lib/provision/tasks"}
-	// Paths a drop-in cannot or must not open up: the OS itself, kernel
-	// interfaces, and what the units hide (ProtectHome=, PrivateTmp=).
-	sandboxed = []string{"/usr", "/boot", "/efi", "/proc", "/sys", "/dev", "/home", "/root", "/run/user", "/tmp", "/var/tmp"}
-)
-
-const dropInName = "provision-paths.conf"
-
-func under(p string, dirs []string) (string, bool) {
-	for _, d := range dirs {
-		if p == d || strings.HasPrefix(p, d+"/") {
-			return d, true
-		}
-	}
-	return "", false
-}
-
-// DropIns returns the drop-ins the units need for p's paths: none with the
-// default paths. A path the units' sandbox must keep out of reach is an
-// error naming the parameter.
+// DropIns returns the drop-ins the units need for p's paths (DropInsFor
+// the config p describes): none with the default paths.
 func (p Params) DropIns() ([]DropIn, error) {
-	p = p.withDefaults()
-	type need struct {
-		name, value, path string
-		dir               bool // provision creates it (0700); else it must exist
+	cfg, err := p.withDefaults().Config()
+	if err != nil {
+		return nil, err
 	}
-	needs := []need{
-		{"HostsFile", p.HostsFile, path.Dir(p.HostsFile), false}, // a temp file there is renamed over it
-		{"StateDir", p.StateDir, p.StateDir, true},
-		{"PKIDir", p.PKIDir, p.PKIDir, true},
-		{"TokenFile", p.TokenFile, path.Dir(p.TokenFile), false}, // deleted after use
-	}
-	var unit, extra []string
-	for _, n := range needs {
-		if d, bad := under(n.path, sandboxed); bad || n.path == "/" {
-			what := "under " + d + ", which the provision units keep read-only or hidden (ProtectSystem=strict, ProtectHome=, PrivateTmp=, PrivateDevices=)"
-			if n.path == "/" {
-				what = "the filesystem root: making it writable would undo the units' whole sandbox"
-			}
-			return nil, fmt.Errorf("cloudinit: %s %q: provision must write in %s, which is %s; choose a path under /var/lib, /srv, /opt or /etc", n.name, n.value, n.path, what)
-		}
-		if _, ok := under(n.path, serviceWritable); ok {
-			continue
-		}
-		if n.dir {
-			// ReadWritePaths= needs the directory to exist when the unit
-			// starts; ProtectSystem=strict would stop provision creating it.
-			extra = append(extra, "ExecStartPre=+/bin/mkdir -p -m 0700 "+n.path)
-			unit = append(unit, "ReadWritePaths="+n.path)
-		} else {
-			unit = append(unit, "ReadWritePaths=-"+n.path)
-		}
-	}
-	var out []DropIn
-	header := "# Written by cloud-init from `provision userdata`: the config moves paths\n# provision writes, and this lets the unit's sandbox write there.\n"
-	if len(unit) > 0 || p.StateDir != DefaultStateDir {
-		var b strings.Builder
-		b.WriteString(header)
-		if p.StateDir != DefaultStateDir {
-			// The done marker lives in state_dir: reset the packaged
-			// condition and check the marker where it is written.
-			fmt.Fprintf(&b, "[Unit]\nConditionPathExists=\nConditionPathExists=!%s/done/%%m\n\n", p.StateDir)
-		}
-		b.WriteString("[Service]\n")
-		for _, l := range append(unit, extra...) {
-			b.WriteString(l + "\n")
-		}
-		out = append(out, DropIn{Path: "/etc/systemd/system/provision.service.d/" + dropInName, Content: b.String()})
-	}
-	if tasks := p.StateDir + "/tasks"; !func() bool { _, ok := under(tasks, verifyWritable); return ok }() {
-		out = append(out, DropIn{Path: "/etc/systemd/system/provision-verify.service.d/" + dropInName,
-			Content: header + "[Service]\nReadWritePaths=-" + tasks + "\n"})
-	}
-	return out, nil
+	return DropInsFor(cfg)
 }
 
-// Render validates p and writes the #cloud-config user-data to w. Nothing is
-// written when validation fails.
+// Render validates p and writes the #cloud-config user-data to w: the
+// config p describes (Params.Config, with provision's defaults for every
+// key Params has no field for), through RenderConfig. Nothing is written
+// when validation fails.
 func Render(w io.Writer, p Params) error {
 	p = p.withDefaults()
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	dropIns, err := p.DropIns()
+	cfg, err := p.Config()
+	if err != nil {
+		return err
+	}
+	return RenderConfig(w, cfg, p.Token)
+}
+
+// RenderConfig writes the #cloud-config user-data for cfg, a config as
+// provision's loader returns it (config.Load, config.Parse), and the node's
+// one-time token. The whole config is written, every section and key with
+// its value ([renew], [metrics], moved paths...), encoded from cfg rather
+// than from a template of known keys, so a key the template did not know
+// cannot be dropped on the way to the node; the result is parsed back with
+// provision's own loader and must equal cfg. Nothing is written on error,
+// and no error repeats the token.
+func RenderConfig(w io.Writer, cfg *config.Config, token string) error {
+	if err := checkEmbeddable(cfg, token); err != nil {
+		return err
+	}
+	body, err := EncodeConfig(cfg)
+	if err != nil {
+		return err
+	}
+	dropIns, err := DropInsFor(cfg)
 	if err != nil {
 		return err
 	}
 	var b strings.Builder
-	if err := tmpl.Execute(&b, data{Params: p, ConfigPath: ConfigPath, DropIns: dropIns}); err != nil {
+	d := data{NodeID: cfg.NodeID, ConfigPath: ConfigPath, ConfigTOML: body, TokenFile: cfg.CA.TokenFile, Token: token, DropIns: dropIns}
+	if err := tmpl.Execute(&b, d); err != nil {
 		// The template only reads validated fields; an error here is a bug,
 		// and text/template errors never include field values.
 		return fmt.Errorf("cloudinit: render template: %w", err)
 	}
-	if err := checkRenderedConfig(b.String()); err != nil {
+	if err := readBack(b.String(), cfg, token); err != nil {
 		return err
 	}
 	_, err = io.WriteString(w, b.String())
 	return err
 }
 
-// checkRenderedConfig parses the provision.toml the user-data writes with
-// provision's own config loader: one rule set, so user-data never carries a
-// config that bootstrap would then refuse.
-func checkRenderedConfig(userData string) error {
+// checkEmbeddable refuses what cannot go into the user-data verbatim: the
+// token (a JWT's characters only), the token file (a tmpfs path under
+// /run) and the node id in the header comment. The paths the drop-ins
+// carry are checked by DropInsFor.
+func checkEmbeddable(cfg *config.Config, token string) error {
+	if !nodeIDRe.MatchString(cfg.NodeID) {
+		return fmt.Errorf("cloudinit: node_id %q: want 1-63 characters of [A-Za-z0-9._-], starting with a letter or digit", cfg.NodeID)
+	}
+	if token == "" {
+		return errors.New("cloudinit: Token: required")
+	}
+	if !tokenRe.MatchString(token) {
+		// Never quote the token: it is a credential even when malformed.
+		return errors.New("cloudinit: Token: not a JWT (only base64url segments separated by dots are accepted; whitespace, quotes and newlines are refused)")
+	}
+	if err := validAbsPath(cfg.CA.TokenFile); err != nil {
+		return fmt.Errorf("cloudinit: ca.token_file: %w", err)
+	}
+	if !strings.HasPrefix(cfg.CA.TokenFile, "/run/") {
+		return fmt.Errorf("cloudinit: ca.token_file %q: must be under /run (a tmpfs), so the token does not persist across reboots", cfg.CA.TokenFile)
+	}
+	return nil
+}
+
+// EncodeConfig is the provision.toml the user-data writes: cfg encoded with
+// the TOML library provision decodes it with, every key written out
+// (defaults included, so the node runs exactly this config whatever a later
+// provision's defaults are), in printable ASCII: characters beyond it are
+// written as TOML \u escapes, so the text goes into a YAML block scalar
+// verbatim (YAML 1.1 parsers take U+0085, U+2028 and U+2029 as line
+// breaks).
+func EncodeConfig(cfg *config.Config) (string, error) {
+	var b strings.Builder
+	b.WriteString("# Written by cloud-init for node " + cfg.NodeID + "; read by provision.\n")
+	enc := toml.NewEncoder(&b)
+	enc.Indent = ""
+	if err := enc.Encode(cfg); err != nil {
+		return "", fmt.Errorf("cloudinit: encoding the config: %w", err)
+	}
+	return asciiEscape(b.String()), nil
+}
+
+// asciiEscape replaces every rune outside printable ASCII by its TOML
+// escape. The encoder escapes control characters itself and writes other
+// characters only inside basic strings (keys are the config's ASCII
+// names), where \uXXXX and \UXXXXXXXX mean the same rune.
+func asciiEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\n' || (r >= 0x20 && r < 0x7f):
+			b.WriteRune(r)
+		case r <= 0xffff:
+			fmt.Fprintf(&b, "\\u%04X", r)
+		default:
+			fmt.Fprintf(&b, "\\U%08X", r)
+		}
+	}
+	return b.String()
+}
+
+// readBack parses the user-data back: the provision.toml it writes,
+// read with provision's own config loader, must be cfg exactly (one rule
+// set, and nothing lost or changed on the way), and the token entry must
+// hold the token.
+func readBack(userData string, cfg *config.Config, token string) error {
 	var doc struct {
 		WriteFiles []struct {
 			Path    string `yaml:"path"`
@@ -237,16 +271,77 @@ func checkRenderedConfig(userData string) error {
 	if err := yaml.Unmarshal([]byte(userData), &doc); err != nil {
 		return fmt.Errorf("cloudinit: the rendered user-data is not YAML: %w", err)
 	}
+	var gotConfig, gotToken bool
 	for _, f := range doc.WriteFiles {
-		if f.Path != ConfigPath {
-			continue
+		switch f.Path {
+		case ConfigPath:
+			back, err := config.Parse(ConfigPath, []byte(f.Content))
+			if err != nil {
+				return fmt.Errorf("cloudinit: provision would refuse the config this user-data writes: %w", err)
+			}
+			if !reflect.DeepEqual(back, cfg) {
+				return errors.New("cloudinit: the config this user-data writes does not read back as the config given (a bug in the renderer; nothing was written)")
+			}
+			gotConfig = true
+		case cfg.CA.TokenFile:
+			gotToken = f.Content == token
 		}
-		if _, err := config.Parse(ConfigPath, []byte(f.Content)); err != nil {
-			return fmt.Errorf("cloudinit: provision would refuse the config this user-data writes: %w", err)
-		}
-		return nil
 	}
-	return fmt.Errorf("cloudinit: the rendered user-data writes no %s", ConfigPath)
+	if !gotConfig || !gotToken {
+		return fmt.Errorf("cloudinit: the rendered user-data lacks the %s or token entry (a bug in the renderer; nothing was written)", ConfigPath)
+	}
+	return nil
+}
+
+// Config is the provision config p describes, as provision's loader reads
+// it: the keys Params has fields for, and provision's defaults for the
+// rest ([metrics], [renew]). An error names the key provision refuses.
+func (p Params) Config() (*config.Config, error) {
+	type host struct {
+		Name string `toml:"name"`
+		IP   string `toml:"ip"`
+	}
+	var doc struct {
+		NodeID string `toml:"node_id"`
+		Hosts  []host `toml:"hosts"`
+		CA     struct {
+			URL         string `toml:"url"`
+			Fingerprint string `toml:"fingerprint"`
+			TokenFile   string `toml:"token_file"`
+		} `toml:"ca"`
+		NodeAPI struct {
+			URL         string `toml:"url"`
+			WaitPath    string `toml:"wait_path"`
+			WaitTimeout string `toml:"wait_timeout"`
+		} `toml:"node_api"`
+		Paths struct {
+			HostsFile string `toml:"hosts_file"`
+			PKIDir    string `toml:"pki_dir"`
+			StateDir  string `toml:"state_dir"`
+		} `toml:"paths"`
+		Bootstrap struct {
+			Deadline       string `toml:"deadline"`
+			RequestTimeout string `toml:"request_timeout"`
+		} `toml:"bootstrap"`
+	}
+	p = p.withDefaults()
+	doc.NodeID = p.NodeID
+	for _, h := range p.Hosts {
+		doc.Hosts = append(doc.Hosts, host(h))
+	}
+	doc.CA.URL, doc.CA.Fingerprint, doc.CA.TokenFile = p.CAURL, p.CAFingerprint, p.TokenFile
+	doc.NodeAPI.URL, doc.NodeAPI.WaitPath, doc.NodeAPI.WaitTimeout = p.NodeAPIURL, p.WaitPath, p.WaitTimeout
+	doc.Paths.HostsFile, doc.Paths.PKIDir, doc.Paths.StateDir = p.HostsFile, p.PKIDir, p.StateDir
+	doc.Bootstrap.Deadline, doc.Bootstrap.RequestTimeout = p.Deadline, p.RequestTimeout
+	var b bytes.Buffer
+	if err := toml.NewEncoder(&b).Encode(doc); err != nil {
+		return nil, fmt.Errorf("cloudinit: encoding the parameters: %w", err)
+	}
+	cfg, err := config.Parse(ConfigPath, b.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("cloudinit: provision would refuse the config this user-data writes: %w", err)
+	}
+	return cfg, nil
 }
 
 func (p Params) withDefaults() Params {

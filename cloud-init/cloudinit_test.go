@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/BurntSushi/toml"
 	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/gpuaas/provision/internal/config"
@@ -148,35 +147,6 @@ type userData struct {
 	Runcmd [][]string `yaml:"runcmd"`
 }
 
-// contract mirrors the provision config (docs/configuration.md); decoding is
-// strict: any key the contract does not know fails the test.
-type contract struct {
-	NodeID string `toml:"node_id"`
-	Hosts  []struct {
-		Name string `toml:"name"`
-		IP   string `toml:"ip"`
-	} `toml:"hosts"`
-	CA struct {
-		URL         string `toml:"url"`
-		Fingerprint string `toml:"fingerprint"`
-		TokenFile   string `toml:"token_file"`
-	} `toml:"ca"`
-	NodeAPI struct {
-		URL         string `toml:"url"`
-		WaitPath    string `toml:"wait_path"`
-		WaitTimeout string `toml:"wait_timeout"`
-	} `toml:"node_api"`
-	Paths struct {
-		HostsFile string `toml:"hosts_file"`
-		PKIDir    string `toml:"pki_dir"`
-		StateDir  string `toml:"state_dir"`
-	} `toml:"paths"`
-	Bootstrap struct {
-		Deadline       string `toml:"deadline"`
-		RequestTimeout string `toml:"request_timeout"`
-	} `toml:"bootstrap"`
-}
-
 func parse(t *testing.T, b []byte) userData {
 	t.Helper()
 	if !bytes.HasPrefix(b, []byte("#cloud-config\n")) {
@@ -252,25 +222,17 @@ func checkRendered(t *testing.T, p Params, b []byte) {
 		}
 	}
 
-	var c contract
-	md, err := toml.Decode(cfg.Content, &c)
+	// The config entry is the config p describes, as provision reads it.
+	back, err := config.Parse(ConfigPath, []byte(cfg.Content))
 	if err != nil {
-		t.Fatalf("config content is not TOML: %v", err)
+		t.Fatalf("provision rejects the rendered config: %v", err)
 	}
-	if u := md.Undecoded(); len(u) > 0 {
-		t.Errorf("config has keys outside the contract: %v", u)
+	wantCfg, err := p.Config()
+	if err != nil {
+		t.Fatalf("Params.Config after a successful Render: %v", err)
 	}
-	got := Params{
-		NodeID: c.NodeID, CAURL: c.CA.URL, CAFingerprint: c.CA.Fingerprint, Token: p.Token,
-		NodeAPIURL: c.NodeAPI.URL, TokenFile: c.CA.TokenFile, WaitPath: c.NodeAPI.WaitPath,
-		WaitTimeout: c.NodeAPI.WaitTimeout, HostsFile: c.Paths.HostsFile, PKIDir: c.Paths.PKIDir,
-		StateDir: c.Paths.StateDir, Deadline: c.Bootstrap.Deadline, RequestTimeout: c.Bootstrap.RequestTimeout,
-	}
-	for _, h := range c.Hosts {
-		got.Hosts = append(got.Hosts, Host{Name: h.Name, IP: h.IP})
-	}
-	if !reflect.DeepEqual(got, p) {
-		t.Errorf("config round trip:\n got %+v\nwant %+v", got, p)
+	if !reflect.DeepEqual(back, wantCfg) {
+		t.Errorf("config round trip:\n got %+v\nwant %+v", back, wantCfg)
 	}
 }
 
@@ -398,71 +360,133 @@ func TestZeroWaitTimeoutRenders(t *testing.T) {
 	}
 }
 
-// TestDropIns: each moved path is opened in exactly the unit that writes it,
-// a directory provision creates is made before the unit starts, the done
-// marker condition follows state_dir, and the default paths need nothing.
+// TestDropIns: each moved path is opened in exactly the units that write
+// it, a directory provision creates is made before provision.service
+// starts, the conditions follow the moved paths (the done marker in
+// state_dir, pki_dir/current for renew), and the default paths need
+// nothing.
 func TestDropIns(t *testing.T) {
-	if d, err := ExampleParams().DropIns(); err != nil || len(d) != 0 {
-		t.Fatalf("default paths: drop-ins %v, %v; want none", d, err)
-	}
-	d, err := movedParams().DropIns()
-	if err != nil || len(d) != 2 {
-		t.Fatalf("moved paths: %v, %v", d, err)
-	}
-	svc, ver := d[0], d[1]
-	if svc.Path != "/etc/systemd/system/provision.service.d/provision-paths.conf" || ver.Path != "/etc/systemd/system/provision-verify.service.d/provision-paths.conf" {
-		t.Errorf("drop-in paths %q %q", svc.Path, ver.Path)
-	}
-	for _, l := range []string{
-		"ConditionPathExists=\nConditionPathExists=!/srv/provision/done/%m\n",
-		"ReadWritePaths=-/var/lib/hosts-override\n", "ReadWritePaths=/srv/provision\n", "ReadWritePaths=/srv/pki/provision\n",
-		"ExecStartPre=+/bin/mkdir -p -m 0700 /srv/provision\n", "ExecStartPre=+/bin/mkdir -p -m 0700 /srv/pki/provision\n",
+	const svc, ver, ren = "/etc/systemd/system/provision.service.d/provision-paths.conf",
+		"/etc/systemd/system/provision-verify.service.d/provision-paths.conf",
+		"/etc/systemd/system/provision-renew.service.d/provision-paths.conf"
+	for _, tc := range []struct {
+		name string
+		set  func(c *config.Config)
+		want map[string][]string // drop-in path -> lines it must hold; exactly these drop-ins
+		not  []string            // lines no drop-in may hold
+	}{
+		{"default paths", func(*config.Config) {}, map[string][]string{}, nil},
+		{"state, pki and hosts moved", func(c *config.Config) {
+			c.Paths.StateDir, c.Paths.PKIDir, c.Paths.HostsFile = "/srv/provision", "/srv/pki/provision", "/var/lib/hosts-override/hosts"
+		}, map[string][]string{
+			svc: {"[Unit]\nConditionPathExists=\nConditionPathExists=!/srv/provision/done/%m\n", "ReadWritePaths=-/var/lib/hosts-override\n",
+				"ReadWritePaths=-/srv/provision\n", "ReadWritePaths=-/srv/pki/provision\n",
+				"ExecStartPre=+/bin/mkdir -p -m 0700 /srv/provision\n", "ExecStartPre=+/bin/mkdir -p -m 0700 /srv/pki/provision\n"},
+			ver: {"[Service]\nReadWritePaths=-/srv/provision/tasks\n"},
+			ren: {"[Unit]\nConditionPathExists=\nConditionPathExists=/srv/pki/provision/current\n", "ReadWritePaths=-/srv/provision\n", "ReadWritePaths=-/srv/pki/provision\n"},
+		}, []string{"/run/provision", "ReadWritePaths=/etc\n"}},
+		// Only pki_dir moved: provision.service writes it, renew writes it
+		// and must look for current there; verify and the done marker
+		// need nothing.
+		{"pki_dir only", func(c *config.Config) { c.Paths.PKIDir = "/srv/pki" }, map[string][]string{
+			svc: {"[Service]\nReadWritePaths=-/srv/pki\nExecStartPre=+/bin/mkdir -p -m 0700 /srv/pki\n"},
+			ren: {"ConditionPathExists=\nConditionPathExists=/srv/pki/current\n", "ReadWritePaths=-/srv/pki\n"},
+		}, []string{"done/%m", "/var/lib/provision"}},
+		// pki_dir moved under the default state_dir: renew's
+		// ReadWritePaths=/var/lib/provision covers it, the condition does not.
+		{"pki_dir inside the default state_dir", func(c *config.Config) { c.Paths.PKIDir = "/var/lib/provision/certs" }, map[string][]string{
+			ren: {"[Unit]\nConditionPathExists=\nConditionPathExists=/var/lib/provision/certs/current\n"},
+		}, []string{"ReadWritePaths"}},
+		{"textfile_dir moved", func(c *config.Config) { c.Metrics.TextfileDir = "/srv/metrics" }, map[string][]string{
+			svc: {"[Service]\nReadWritePaths=-/srv/metrics\n"},
+			ver: {"[Service]\nReadWritePaths=-/srv/metrics\n"},
+			ren: {"[Service]\nReadWritePaths=-/srv/metrics\n"},
+		}, []string{"Condition"}},
+		{"textfile_dir moved, metrics off", func(c *config.Config) { c.Metrics.TextfileDir, c.Metrics.Enabled = "/srv/metrics", false }, map[string][]string{}, nil},
+		{"token file moved within /run", func(c *config.Config) { c.CA.TokenFile = "/run/ott/token.jwt" }, map[string][]string{
+			svc: {"[Service]\nReadWritePaths=-/run/ott\n"},
+		}, nil},
 	} {
-		if !strings.Contains(svc.Content, l) {
-			t.Errorf("provision.service drop-in lacks %q:\n%s", l, svc.Content)
-		}
-	}
-	if strings.Contains(svc.Content, "/run/provision") || strings.Contains(svc.Content, "ReadWritePaths=/etc") {
-		t.Errorf("drop-in repeats a path the unit already writes:\n%s", svc.Content)
-	}
-	if !strings.HasSuffix(ver.Content, "[Service]\nReadWritePaths=-/srv/provision/tasks\n") {
-		t.Errorf("verify drop-in:\n%s", ver.Content)
-	}
-	// Only the pki_dir moved: the service gets it, verify and the
-	// condition need nothing.
-	p := ExampleParams()
-	p.PKIDir = "/srv/pki"
-	if d, err := p.DropIns(); err != nil || len(d) != 1 || strings.Contains(d[0].Content, "Condition") || !strings.Contains(d[0].Content, "ReadWritePaths=/srv/pki\n") {
-		t.Errorf("pki_dir only: %+v, %v", d, err)
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := exampleConfig(t)
+			tc.set(cfg)
+			got, err := DropInsFor(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := map[string]bool{}
+			for _, d := range got {
+				seen[d.Path] = true
+				lines, ok := tc.want[d.Path]
+				if !ok {
+					t.Errorf("unexpected drop-in %s:\n%s", d.Path, d.Content)
+				}
+				for _, l := range lines {
+					if !strings.Contains(d.Content, l) {
+						t.Errorf("%s lacks %q:\n%s", d.Path, l, d.Content)
+					}
+				}
+				for _, l := range tc.not {
+					if strings.Contains(d.Content, l) {
+						t.Errorf("%s holds %q:\n%s", d.Path, l, d.Content)
+					}
+				}
+				// Without '-', a directory that does not exist yet fails
+				// the unit's namespace, even for the ExecStartPre=+mkdir
+				// that would create it (systemd 252; tests/boot).
+				for _, l := range strings.Split(d.Content, "\n") {
+					if strings.HasPrefix(l, "ReadWritePaths=") && !strings.HasPrefix(l, "ReadWritePaths=-") {
+						t.Errorf("%s: %q fails the unit while the path does not exist; want ReadWritePaths=-", d.Path, l)
+					}
+				}
+			}
+			for p := range tc.want {
+				if !seen[p] {
+					t.Errorf("no drop-in %s", p)
+				}
+			}
+		})
 	}
 }
 
+// exampleConfig is ExampleParams as provision's loader reads it.
+func exampleConfig(t *testing.T) *config.Config {
+	t.Helper()
+	cfg, err := ExampleParams().Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 // TestDropInsRefuse: a path the sandbox must keep read-only or hidden is
-// refused with the parameter, its value and what to do, and nothing is
+// refused with the config key, its value and what to do, and nothing is
 // rendered.
 func TestDropInsRefuse(t *testing.T) {
 	for _, c := range []struct {
 		name string
-		set  func(*Params)
+		set  func(*config.Config)
 		want string
 	}{
-		{"state under /usr", func(p *Params) { p.StateDir = "/usr/local/provision" }, `StateDir "/usr/local/provision"`},
-		{"pki in /tmp", func(p *Params) { p.PKIDir = "/tmp/pki" }, `PKIDir "/tmp/pki"`},
-		{"state in a home", func(p *Params) { p.StateDir = "/root/provision" }, `StateDir "/root/provision"`},
-		{"hosts file at the root", func(p *Params) { p.HostsFile = "/hosts" }, `HostsFile "/hosts": provision must write in /, which is the filesystem root`},
-		{"hosts file under /boot", func(p *Params) { p.HostsFile = "/boot/hosts" }, `HostsFile "/boot/hosts"`},
-		{"token under /run/user", func(p *Params) { p.TokenFile = "/run/user/0/token" }, `TokenFile "/run/user/0/token"`},
+		{"state under /usr", func(c *config.Config) { c.Paths.StateDir = "/usr/local/provision" }, `paths.state_dir "/usr/local/provision"`},
+		{"pki in /tmp", func(c *config.Config) { c.Paths.PKIDir = "/tmp/pki" }, `paths.pki_dir "/tmp/pki"`},
+		{"state in a home", func(c *config.Config) { c.Paths.StateDir = "/root/provision" }, `paths.state_dir "/root/provision"`},
+		{"hosts file at the root", func(c *config.Config) { c.Paths.HostsFile = "/hosts" }, `paths.hosts_file "/hosts": provision must write in /, which is the filesystem root`},
+		{"hosts file under /boot", func(c *config.Config) { c.Paths.HostsFile = "/boot/hosts" }, `paths.hosts_file "/boot/hosts"`},
+		{"token under /run/user", func(c *config.Config) { c.CA.TokenFile = "/run/user/0/token" }, `ca.token_file "/run/user/0/token"`},
+		{"metrics in /var/tmp", func(c *config.Config) { c.Metrics.TextfileDir = "/var/tmp/metrics" }, `metrics.textfile_dir "/var/tmp/metrics"`},
+		{"metrics dir with a space", func(c *config.Config) { c.Metrics.TextfileDir = "/srv/node exporter" }, `metrics.textfile_dir: "/srv/node exporter"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := ExampleParams()
-			c.set(&p)
+			cfg := exampleConfig(t)
+			c.set(cfg)
 			var b bytes.Buffer
-			err := Render(&b, p)
-			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "choose a path") {
-				t.Fatalf("Render: %v; want an error containing %q", err, c.want)
+			err := RenderConfig(&b, cfg, "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJncHUtMDA0MiJ9.c2ln")
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("RenderConfig: %v; want an error containing %q", err, c.want)
 			}
 			if b.Len() != 0 {
-				t.Errorf("Render wrote %d bytes despite the error", b.Len())
+				t.Errorf("RenderConfig wrote %d bytes despite the error", b.Len())
 			}
 		})
 	}
@@ -485,5 +509,132 @@ func TestOneRuleSetWithTheConfig(t *testing.T) {
 	err := Render(&b, p)
 	if err == nil || !strings.Contains(err.Error(), "paths.state_dir") || !strings.Contains(err.Error(), "provision would refuse") {
 		t.Fatalf("state_dir /var/lib: %v, want the config loader's refusal naming paths.state_dir", err)
+	}
+}
+
+// roundTripSources are configs as operators write them, one per row of
+// TestRenderConfigRoundTrip: together they set every key of every section.
+var roundTripSources = []struct{ name, toml string }{
+	{"required keys only", `node_id = "gpu-0001"
+[[hosts]]
+name = "node-api.cp.internal"
+ip = "10.40.0.10"
+[ca]
+url = "https://10.40.0.11:9000"
+fingerprint = "a3f1c0ffee00a3f1c0ffee00a3f1c0ffee00a3f1c0ffee00a3f1c0ffee00abcd"
+[node_api]
+url = "https://node-api.cp.internal:8443"
+`},
+	{"every section, nothing default", `node_id = "rack7.gpu_12"
+[[hosts]]
+name = "node-api.cp.internal"
+ip = "fd00:40::10"
+[[hosts]]
+name = "ca.cp.internal"
+ip = "10.40.0.11"
+[ca]
+url = "https://ca.cp.internal"
+fingerprint = "A3:F1:C0:FF:EE:00:A3:F1:C0:FF:EE:00:A3:F1:C0:FF:EE:00:A3:F1:C0:FF:EE:00:A3:F1:C0:FF:EE:00:AB:CD"
+token_file = "/run/provision/ott.jwt"
+[node_api]
+url = "https://node-api.cp.internal"
+wait_path = "/v2/nodes/{node_id}/tasks/wait"
+wait_timeout = "0s"
+[paths]
+hosts_file = "/var/lib/hosts-override/hosts"
+pki_dir = "/srv/pki/provision"
+state_dir = "/srv/provision"
+[bootstrap]
+deadline = "30m"
+request_timeout = "10s"
+[metrics]
+enabled = false
+textfile_dir = "/srv/metrics"
+[renew]
+fraction = 0.5
+splay = "0s"
+rekey = false
+post_hook = ["/usr/bin/systemctl", "reload", "node-agent"]
+post_hook_timeout = "2m"
+`},
+	{"metrics moved, renew partly set", `node_id = "gpu-0042"
+[[hosts]]
+name = "node-api.cp.internal"
+ip = "10.40.0.10"
+[ca]
+url = "https://ca.cp.internal:9000"
+fingerprint = "a3f1c0ffee00a3f1c0ffee00a3f1c0ffee00a3f1c0ffee00a3f1c0ffee00abcd"
+[node_api]
+url = "https://node-api.cp.internal:8443"
+[metrics]
+textfile_dir = "/var/lib/node-exporter/textfile"
+[renew]
+fraction = 0.75
+post_hook = []
+`},
+	// A hook argument is any string: quotes, backslashes, control
+	// characters, '#', ": ", a template action, and characters beyond
+	// ASCII, U+2028 (a line break to YAML 1.1) and one beyond the BMP.
+	{"a hostile post_hook", `node_id = "gpu-0042"
+[[hosts]]
+name = "node-api.cp.internal"
+ip = "10.40.0.10"
+[ca]
+url = "https://ca.cp.internal:9000"
+fingerprint = "a3f1c0ffee00a3f1c0ffee00a3f1c0ffee00a3f1c0ffee00a3f1c0ffee00abcd"
+[node_api]
+url = "https://node-api.cp.internal:8443"
+[renew]
+post_hook = ["/bin/sh", "-c", "echo \"renewed\" 'x' \\ # not: a comment\n\tnext line \u007f", "{{ .Token }}", "caf\u00e9 \u2028 \u0085 \U0001F680", "---", "- [a]"]
+`},
+}
+
+// TestRenderConfigRoundTrip: render each source config, read the
+// provision.toml the user-data writes the way cloud-init does (PyYAML, the
+// parser cloud-init itself uses) and load it with provision's own config
+// loader: it equals the source config, every section and key. The real
+// `cloud-init schema` accepts each rendering.
+func TestRenderConfigRoundTrip(t *testing.T) {
+	python := testenv.RequireProgram(t, "python3", "python3-yaml")
+	ci := testenv.RequireProgram(t, "cloud-init", "cloud-init")
+	const token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJncHUtMDA0MiJ9.c2ln"
+	for _, src := range roundTripSources {
+		t.Run(src.name, func(t *testing.T) {
+			want, err := config.Parse("source.toml", []byte(src.toml))
+			if err != nil {
+				t.Fatalf("the source config: %v", err)
+			}
+			var b bytes.Buffer
+			if err := RenderConfig(&b, want, token); err != nil {
+				t.Fatalf("RenderConfig: %v", err)
+			}
+			dir := t.TempDir()
+			ud := filepath.Join(dir, "user-data")
+			if err := os.WriteFile(ud, b.Bytes(), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := exec.Command(ci, "schema", "--config-file", ud).CombinedOutput(); err != nil {
+				t.Fatalf("cloud-init schema: %v\n%s", err, out)
+			}
+			// What cloud-init's write_files would write at ConfigPath.
+			script := `import sys, yaml
+for f in yaml.safe_load(open(sys.argv[1]))["write_files"]:
+    if f["path"] == sys.argv[2]:
+        open(sys.argv[3], "w", encoding="utf-8").write(f["content"])`
+			written := filepath.Join(dir, "provision.toml")
+			if out, err := exec.Command(python, "-c", script, ud, ConfigPath, written).CombinedOutput(); err != nil {
+				t.Fatalf("reading the user-data with PyYAML: %v\n%s", err, out)
+			}
+			got, err := config.Load(written)
+			if err != nil {
+				t.Fatalf("provision's loader refuses the config the user-data writes: %v\n%s", err, b.String())
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("round trip changed the config:\n got %+v\nwant %+v\n%s", got, want, b.String())
+			}
+			if !strings.Contains(b.String(), "[renew]") || !strings.Contains(b.String(), "[metrics]") {
+				t.Errorf("the user-data lacks [renew] or [metrics]:\n%s", b.String())
+			}
+		})
 	}
 }

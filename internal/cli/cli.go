@@ -76,7 +76,8 @@ const exitCodesHelp = `Exit codes:
   17  route            ingress has no route for the Host (404) or SNI/Host mismatch (421)
   18  identity         API refused the node identity (401/403)
   19  tasks-wait       tasks/wait failed (5xx, 502/504 from the ingress, timeout)
-  20  enroll           one-time token missing, invalid, used or expired; renew: certificate revoked
+  20  enroll           one-time token missing, invalid, used or expired; renew: certificate revoked;
+                   userdata: a token that cannot enroll this node at this CA
   21  state            receipt or state could not be written
   22  hook             renew: the renewal was published, renew.post_hook failed
   30 / 31          renew --check only: not due / cannot renew (0: due)

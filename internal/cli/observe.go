@@ -48,8 +48,12 @@ func newRunID() string {
 // underJournal reports whether w is the journal's stream: systemd sets
 // JOURNAL_STREAM to "<dev>:<inode>" of the stream it connected to stdout
 // or stderr (systemd.exec(5)), which is how a service knows its output is
-// a log and not a terminal.
+// a log and not a terminal. The binary hands Run its stdout wrapped in a
+// stopWriter (MainWithHook): the stream under it is what counts.
 func underJournal(w io.Writer) bool {
+	if s, ok := w.(*stopWriter); ok {
+		w = s.w
+	}
 	f, ok := w.(*os.File)
 	if !ok {
 		return false

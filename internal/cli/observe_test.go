@@ -228,19 +228,25 @@ func TestLogSchemaGolden(t *testing.T) {
 
 // TestReportUnderJournal: when stdout is the stream systemd named in
 // JOURNAL_STREAM, the report is one JSON line even without --format json;
-// an explicit --format text, or any other stdout, keeps the text.
+// an explicit --format text, or any other stdout, keeps the text. The
+// "binary's wiring" case goes through MainWithHook, as cmd/provision does:
+// it wraps stdout, and the report came out as text under systemd until the
+// boot suite (tests/boot) saw it in a real journal.
 func TestReportUnderJournal(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		stream  func(st *syscall.Stat_t) string
 		args    []string
 		wantOne bool
+		main    bool // through MainWithHook, the binary's entry point
 	}{
-		{"journal, no --format", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino) }, nil, true},
-		{"journal, usage error", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino) }, []string{"--bogus"}, true},
-		{"journal, --format text asked for", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino) }, []string{"--format", "text"}, false},
-		{"another stream", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino+1) }, nil, false},
-		{"not under systemd", func(*syscall.Stat_t) string { return "" }, nil, false},
+		{"journal, no --format", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino) }, nil, true, false},
+		{"journal, no --format, the binary's wiring", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino) }, nil, true, true},
+		{"journal, --format text, the binary's wiring", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino) }, []string{"--format", "text"}, false, true},
+		{"journal, usage error", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino) }, []string{"--bogus"}, true, false},
+		{"journal, --format text asked for", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino) }, []string{"--format", "text"}, false, false},
+		{"another stream", func(st *syscall.Stat_t) string { return fmt.Sprintf("%d:%d", st.Dev, st.Ino+1) }, nil, false, false},
+		{"not under systemd", func(*syscall.Stat_t) string { return "" }, nil, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := jsonRoot(t)
@@ -253,7 +259,12 @@ func TestReportUnderJournal(t *testing.T) {
 			syscall.Fstat(int(f.Fd()), &st)
 			t.Setenv("JOURNAL_STREAM", tc.stream(&st))
 			var errb bytes.Buffer
-			Run(context.Background(), append([]string{"verify", "--root", root}, tc.args...), f, &errb)
+			args := append([]string{"verify", "--root", root}, tc.args...)
+			if tc.main {
+				MainWithHook(args, f, &errb, make(chan os.Signal), StopGrace, nil)
+			} else {
+				Run(context.Background(), args, f, &errb)
+			}
 			b, _ := os.ReadFile(f.Name())
 			one := strings.Count(string(b), "\n") == 1 && json.Valid(bytes.TrimSpace(b))
 			if one != tc.wantOne {

@@ -96,7 +96,7 @@ func MainWithHook(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal
 	case <-timer.C:
 	}
 	fmt.Fprintf(stderr, "provision: the run did not stop within %s of %s; exiting now (exit %d)\n", grace, signalName(sig), SignalExit(sig))
-	if !out.stop() && wantsJSON(args) {
+	if !out.stop() && (wantsJSON(args) || (underJournal(stdout) && !formatGiven(args))) {
 		cmd := ""
 		if len(args) > 0 {
 			cmd = args[0]

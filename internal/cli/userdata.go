@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
+	"time"
 
 	cloudinit "github.com/gpuaas/provision/cloud-init"
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/system"
 )
 
@@ -22,15 +25,27 @@ both to the node (the token 0600 on /run), turns off cloud-init's
 manage_etc_hosts and runs provision.service so a failure is visible to
 cloud-init. The token appears only in its own write_files entry.
 
-When the config moves state_dir, pki_dir, hosts_file or the token file out of
-what provision.service may write (/etc, /var/lib/provision, /run/provision),
-the user-data also writes systemd drop-ins,
-/etc/systemd/system/provision{,-verify}.service.d/provision-paths.conf, whose
-ReadWritePaths= open exactly those paths (provision.service creates a moved
-state_dir or pki_dir 0700 before it starts), and its runcmd reloads systemd
-before the start. A path the units keep read-only or hidden (under /usr,
-/boot, /efi, /proc, /sys, /dev, /home, /root, /run/user, /tmp, /var/tmp, or /
-itself) is refused (exit 3).
+The config is written whole: every section and key of the validated config
+([renew] and [metrics] included, defaults written out), read back with
+provision's own loader before anything is printed.
+
+The token is checked before it is embedded: it must be a one-time token (a
+JWT) whose subject is node_id, that has not expired, whose sha claim (if any)
+is ca.fingerprint and whose audience is the sign endpoint of ca.url's CA.
+Anything else is refused with exit 20 (enroll) and nothing is written; only
+the CA can check its signature.
+
+When the config moves state_dir, pki_dir, hosts_file, the token file or
+metrics.textfile_dir out of what a packaged unit may write, the user-data also
+writes a drop-in, /etc/systemd/system/<unit>.d/provision-paths.conf, for every
+unit that writes there (provision.service, provision-verify.service,
+provision-renew.service), whose ReadWritePaths= open exactly those paths
+(provision.service creates a moved state_dir or pki_dir 0700 before it
+starts) and whose conditions follow them (the done marker under state_dir,
+pki_dir/current for renew), and its runcmd reloads systemd before the start.
+A path the units keep read-only or hidden (under /usr, /boot, /efi, /proc,
+/sys, /dev, /home, /root, /run/user, /tmp, /var/tmp, or / itself) is refused
+(exit 3).
 
 Examples:
   provision userdata --config node-0042.toml --token-file token.jwt > user-data.yaml
@@ -60,21 +75,20 @@ func runUserdata(_ context.Context, env *runEnv, args []string) int {
 	}
 	// Not ReadRegular: on the operator's machine --token-file <(step ca
 	// token ...) is a FIFO on purpose.
-	tok, err := os.ReadFile(*tokenFile)
+	raw, err := os.ReadFile(*tokenFile)
 	if err != nil {
 		return env.usage("userdata", fmt.Sprintf("--token-file %s: %v", *tokenFile, err), "")
 	}
-	p := cloudinit.Params{
-		NodeID: cfg.NodeID, CAURL: cfg.CA.URL, CAFingerprint: cfg.CA.Fingerprint, Token: string(bytes.TrimSpace(tok)),
-		NodeAPIURL: cfg.NodeAPI.URL, TokenFile: cfg.CA.TokenFile, WaitPath: cfg.NodeAPI.WaitPath,
-		WaitTimeout: cfg.NodeAPI.WaitTimeout.String(), HostsFile: cfg.Paths.HostsFile, PKIDir: cfg.Paths.PKIDir,
-		StateDir: cfg.Paths.StateDir, Deadline: cfg.Bootstrap.Deadline.String(), RequestTimeout: cfg.Bootstrap.RequestTimeout.String(),
-	}
-	for _, h := range cfg.Hosts {
-		p.Hosts = append(p.Hosts, cloudinit.Host{Name: h.Name, IP: h.IP})
+	tok := strings.TrimSpace(string(raw))
+	if err := checkUserdataToken(cfg, tok, time.Now()); err != nil {
+		// One line, naming the file and what is wrong, never the token.
+		msg := fmt.Sprintf("--token-file %s: %v", *tokenFile, err)
+		remedy := "mint a fresh one-time token for " + cfg.NodeID + " from this CA (step ca token " + cfg.NodeID + " --ca-url " + cfg.CA.URL + ") and render again; nothing was written"
+		fmt.Fprintf(env.stderr, "provision: error: %s. Next: %s (exit %d)\n", msg, remedy, ExitCode(diag.Enroll))
+		return env.failure("userdata", diag.Enroll, msg, remedy, ExitCode(diag.Enroll))
 	}
 	var buf bytes.Buffer
-	if err := cloudinit.Render(&buf, p); err != nil {
+	if err := cloudinit.RenderConfig(&buf, cfg, tok); err != nil {
 		fmt.Fprintf(env.stderr, "provision: error: cannot render user-data: %v\n", err)
 		return env.failure("userdata", diag.Config, "cannot render user-data: "+err.Error(), "fix the config's values", ExitConfig)
 	}
@@ -97,4 +111,24 @@ func runUserdata(_ context.Context, env *runEnv, args []string) int {
 	}
 	fmt.Fprintf(env.stderr, "wrote %s (it holds the token: keep it 0600 and deliver it only to this node)\n", *out)
 	return ExitOK
+}
+
+// checkUserdataToken refuses a token that cannot enroll this node, before
+// it is copied into user-data that would only fail at first boot: it must
+// be a JWT whose subject is node_id, that has not expired (step-ca's
+// minute of leeway, as bootstrap judges it), whose sha claim, if any, is
+// ca.fingerprint and whose audience is this CA's sign endpoint. Only the
+// CA can check the signature.
+func checkUserdataToken(cfg *config.Config, raw string, now time.Time) error {
+	t, err := enroll.ParseToken(raw)
+	if err != nil {
+		return err
+	}
+	if err := t.Check(cfg.NodeID, cfg.CA.Fingerprint, now); err != nil {
+		return err
+	}
+	if t.Expiry.IsZero() {
+		return errors.New("check token: the token has no expiry (exp): not a step-ca one-time token")
+	}
+	return t.CheckAudience(cfg.CA.URL)
 }

@@ -7,9 +7,108 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"go.step.sm/crypto/jose"
 )
 
-const testToken = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJncHUtMDA0MiJ9.c2lnbmF0dXJlLW5vdC1yZWFs"
+// testToken is a one-time token for hostsTestConfig's node and CA, shaped
+// as step-ca mints them (userdata cannot check the signature, so any key
+// signs it), valid from now for 5 minutes.
+var testToken = mintToken(tokenClaims{sub: "gpu-0042", aud: "https://ca.cp.internal:9000/1.0/sign", exp: time.Now().Add(5 * time.Minute)})
+
+// tokenClaims are the claims of a minted test token; a zero exp leaves it
+// out.
+type tokenClaims struct {
+	sub, aud, sha string
+	exp, nbf      time.Time
+}
+
+// mintToken signs c as a JWK provisioner's one-time token would be.
+func mintToken(c tokenClaims) string {
+	key, err := jose.GenerateJWK("EC", "P-256", "ES256", "sig", "", 0)
+	if err != nil {
+		panic(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key.Key}, new(jose.SignerOptions).WithType("JWT"))
+	if err != nil {
+		panic(err)
+	}
+	claims := struct {
+		jose.Claims
+		SHA  string   `json:"sha,omitempty"`
+		SANs []string `json:"sans"`
+	}{Claims: jose.Claims{Subject: c.sub, Issuer: "provision-tests", ID: "test-" + c.sub, Audience: jose.Audience{c.aud}}, SHA: c.sha, SANs: []string{c.sub}}
+	if !c.exp.IsZero() {
+		claims.Expiry = jose.NewNumericDate(c.exp)
+	}
+	if !c.nbf.IsZero() {
+		claims.NotBefore = jose.NewNumericDate(c.nbf)
+	}
+	tok, err := jose.Signed(signer).Claims(claims).CompactSerialize()
+	if err != nil {
+		panic(err)
+	}
+	return tok
+}
+
+// TestUserdataToken: userdata embeds only a token that can enroll this
+// node at this CA; any other is refused with exit 20 and one line naming
+// the token file and what is wrong, never the token, and --out is not
+// written.
+func TestUserdataToken(t *testing.T) {
+	const aud = "https://ca.cp.internal:9000/1.0/sign"
+	now := time.Now()
+	soon := now.Add(5 * time.Minute)
+	fp := "8a273a9a13a3e237d8558b8cefadee4a752b94a957e6b2a63cb2fd2ba70bb504"
+	for _, tc := range []struct {
+		name   string
+		token  string
+		code   int
+		errHas string
+	}{
+		{"good", mintToken(tokenClaims{sub: "gpu-0042", aud: aud, exp: soon}), 0, ""},
+		{"good, sha claim is the fingerprint", mintToken(tokenClaims{sub: "gpu-0042", aud: aud, exp: soon, sha: fp}), 0, ""},
+		{"good, audience on another port and /sign", mintToken(tokenClaims{sub: "gpu-0042", aud: "https://CA.cp.internal/sign", exp: soon}), 0, ""},
+		{"garbage", "not-a-token", 20, "not a one-time token"},
+		{"three parts, not a JWT", "aaa.bbb.ccc", 20, "not a one-time token"},
+		{"another node's", mintToken(tokenClaims{sub: "gpu-0043", aud: aud, exp: soon}), 20, `the token is for subject "gpu-0043", but node_id is "gpu-0042"`},
+		{"expired", mintToken(tokenClaims{sub: "gpu-0042", aud: aud, exp: now.Add(-5 * time.Minute), nbf: now.Add(-10 * time.Minute)}), 20, "the token expired at"},
+		{"no expiry", mintToken(tokenClaims{sub: "gpu-0042", aud: aud}), 20, "no expiry"},
+		{"another CA's audience", mintToken(tokenClaims{sub: "gpu-0042", aud: "https://ca.other.internal:9000/1.0/sign", exp: soon}), 20, "not for this CA's sign endpoint"},
+		{"an audience that is not a sign endpoint", mintToken(tokenClaims{sub: "gpu-0042", aud: "https://ca.cp.internal:9000/1.0/revoke", exp: soon}), 20, "not for this CA's sign endpoint"},
+		{"another root pinned", mintToken(tokenClaims{sub: "gpu-0042", aud: aud, exp: soon, sha: strings.Repeat("ab", 32)}), 20, "minted for another CA"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg, tok, out := filepath.Join(dir, "node.toml"), filepath.Join(dir, "token.jwt"), filepath.Join(dir, "user-data.yaml")
+			os.WriteFile(cfg, []byte(hostsTestConfig), 0o644)
+			os.WriteFile(tok, []byte(tc.token+"\n"), 0o600)
+			var stdout, stderr bytes.Buffer
+			code := Run(context.Background(), []string{"userdata", "--config", cfg, "--token-file", tok, "--out", out}, &stdout, &stderr)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d: %s", code, tc.code, stderr.String())
+			}
+			if strings.Contains(stdout.String()+stderr.String(), tc.token) {
+				t.Fatal("the token was printed")
+			}
+			_, statErr := os.Stat(out)
+			if tc.code == 0 {
+				if statErr != nil {
+					t.Fatalf("--out not written: %v", statErr)
+				}
+				return
+			}
+			if statErr == nil {
+				t.Errorf("a refused token was written to --out")
+			}
+			line := strings.TrimSuffix(stderr.String(), "\n")
+			if strings.Contains(line, "\n") || !strings.Contains(line, tok) || !strings.Contains(line, tc.errHas) || !strings.Contains(line, "(exit 20)") {
+				t.Errorf("stderr is not one line naming %s and %q:\n%s", tok, tc.errHas, stderr.String())
+			}
+		})
+	}
+}
 
 // TestUserdataOut: --out holds the token, so it ends 0600 whatever was
 // there (an existing 0644 file included: it is replaced, not rewritten in

@@ -152,8 +152,11 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// MarshalText implements encoding.TextMarshaler.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+// MarshalText implements encoding.TextMarshaler: the duration as an
+// operator writes it ("10m", "1h30m", "0s", not "10m0s"), which
+// UnmarshalText reads back exactly. provision userdata encodes the whole
+// config with it.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(fmtDuration(d.Duration)), nil }
 
 // Problem is one thing wrong with the config, tied to its key.
 type Problem struct {

@@ -388,3 +388,26 @@ func TestDurationText(t *testing.T) {
 		t.Fatal("accepted soon")
 	}
 }
+
+// TestDurationMarshalText: a duration encodes as an operator writes it and
+// decodes back to the same value.
+func TestDurationMarshalText(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0s"}, {100 * time.Millisecond, "100ms"}, {1500 * time.Millisecond, "1.5s"}, {5 * time.Second, "5s"},
+		{10 * time.Minute, "10m"}, {90 * time.Second, "1m30s"}, {time.Hour, "1h"}, {90 * time.Minute, "1h30m"},
+		{24 * time.Hour, "24h"}, {time.Hour + time.Second, "1h0m1s"}, {-time.Second, "-1s"},
+	} {
+		b, err := Duration{tc.d}.MarshalText()
+		if err != nil || string(b) != tc.want {
+			t.Errorf("%v: MarshalText = %q, %v; want %q", tc.d, b, err, tc.want)
+			continue
+		}
+		var back Duration
+		if err := back.UnmarshalText(b); err != nil || back.Duration != tc.d {
+			t.Errorf("%q: read back as %v, %v; want %v", b, back.Duration, err, tc.d)
+		}
+	}
+}

@@ -530,6 +530,32 @@ func (t *Token) Check(nodeID, fingerprint string, now time.Time) error {
 	return nil
 }
 
+// CheckAudience refuses a token minted for another CA. step-ca accepts a
+// one-time token only when its audience is its own sign endpoint
+// (https://<ca host>[:port]/1.0/sign, or /sign) and compares it without
+// the port; so does this check, against ca.url. The signature stays the
+// CA's to verify.
+func (t *Token) CheckAudience(caURL string) error {
+	ca, err := url.Parse(caURL)
+	if err != nil || ca.Hostname() == "" {
+		return &Error{Kind: TokenMismatch, Op: "check token", Err: fmt.Errorf("ca.url %q has no host to compare the token's audience with", caURL)}
+	}
+	base := strings.TrimRight(ca.Path, "/")
+	for _, a := range t.Audience {
+		u, err := url.Parse(a)
+		if err != nil || u.Scheme != "https" || !strings.EqualFold(u.Hostname(), ca.Hostname()) {
+			continue
+		}
+		if p := strings.TrimRight(u.Path, "/"); p == base+"/1.0/sign" || p == base+"/sign" {
+			return nil
+		}
+	}
+	if len(t.Audience) == 0 {
+		return &Error{Kind: TokenMismatch, Op: "check token", Err: errors.New("the token names no CA (no aud claim): it is not a step-ca one-time token")}
+	}
+	return &Error{Kind: TokenMismatch, Op: "check token", Err: fmt.Errorf("the token was minted for %q, not for this CA's sign endpoint (%s/1.0/sign): mint it against ca.url", t.Audience[0], strings.TrimRight(caURL, "/"))}
+}
+
 // Issued is a freshly signed identity.
 type Issued struct {
 	Key   crypto.Signer

@@ -598,6 +598,46 @@ func TestTokenCheck(t *testing.T) {
 	}
 }
 
+// TestTokenCheckAudience: a token is this CA's when its audience is the
+// sign endpoint of ca.url's host, the port not compared (as step-ca does
+// not); anything else is a mismatch.
+func TestTokenCheckAudience(t *testing.T) {
+	const caURL = "https://ca.cp.internal:9000"
+	for _, tt := range []struct {
+		name string
+		aud  []string
+		ca   string
+		ok   bool
+	}{
+		{"sign endpoint", []string{"https://ca.cp.internal:9000/1.0/sign"}, caURL, true},
+		{"legacy /sign", []string{"https://ca.cp.internal:9000/sign"}, caURL, true},
+		{"another port", []string{"https://ca.cp.internal/1.0/sign"}, caURL, true},
+		{"host case differs", []string{"https://CA.CP.internal:9000/1.0/sign"}, caURL, true},
+		{"one of several", []string{"https://other/1.0/sign", "https://ca.cp.internal:9000/1.0/sign"}, caURL, true},
+		{"ca.url with a trailing slash", []string{"https://ca.cp.internal:9000/1.0/sign"}, caURL + "/", true},
+		{"ca.url with a path", []string{"https://ca.cp.internal/step/1.0/sign"}, "https://ca.cp.internal/step", true},
+		{"another host", []string{"https://ca.other.internal:9000/1.0/sign"}, caURL, false},
+		{"another endpoint", []string{"https://ca.cp.internal:9000/1.0/revoke"}, caURL, false},
+		{"plain http", []string{"http://ca.cp.internal:9000/1.0/sign"}, caURL, false},
+		{"no audience", nil, caURL, false},
+		{"not a URL", []string{"::"}, caURL, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tok := enroll.Token{Subject: nodeID, Audience: tt.aud}
+			err := tok.CheckAudience(tt.ca)
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("CheckAudience: %v", err)
+				}
+				return
+			}
+			if e := asError(t, err); e.Kind != enroll.TokenMismatch {
+				t.Fatalf("Kind = %s, want %s (err %v)", e.Kind, enroll.TokenMismatch, err)
+			}
+		})
+	}
+}
+
 func TestTokenCheckRealTokens(t *testing.T) {
 	s := startCA(t)
 	tests := []struct {
@@ -625,6 +665,10 @@ func TestTokenCheckRealTokens(t *testing.T) {
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("Check: %v", err)
+				}
+				// step-ca's own token names its sign endpoint.
+				if err := tok.CheckAudience(s.URL()); err != nil {
+					t.Fatalf("CheckAudience(%s): %v", s.URL(), err)
 				}
 				return
 			}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -11,44 +12,30 @@ import (
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/testenv"
+	"github.com/gpuaas/provision/tests/controlplane"
 	"github.com/gpuaas/provision/tests/nodetest"
 )
 
-// userdataConfig is the contract's example config, as an operator keeps one
-// per node on the machine that renders user-data.
-const userdataConfig = `node_id = "gpu-0042"
+// userdataNode is the node TestUserdataCommand renders user-data for.
+const userdataNode = "gpu-0042"
 
-[[hosts]]
-name = "node-api.cp.internal"
-ip   = "10.40.0.10"
-
-[[hosts]]
-name = "ca.cp.internal"
-ip   = "10.40.0.11"
-
-[ca]
-url         = "https://ca.cp.internal:9000"
-fingerprint = "3f1c2e5d8a9b0c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d"
-token_file  = "/run/provision/token"
-
-[node_api]
-url          = "https://node-api.cp.internal:8443"
-wait_path    = "/v1/nodes/{node_id}/tasks/wait"
-wait_timeout = "1s"
-
-[paths]
-hosts_file = "/etc/hosts"
-pki_dir    = "/var/lib/provision/pki"
-state_dir  = "/var/lib/provision"
-
-[bootstrap]
-deadline        = "10m"
-request_timeout = "5s"
-`
-
-// userdataToken is shaped like a step-ca one-time token (a JWT); userdata
-// never contacts the CA, so it need not be a live one.
-const userdataToken = "eyJhbGciOiJFUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJncHUtMDA0MiIsInNhbnMiOlsiZ3B1LTAwNDIiXX0.dGVzdC1zaWduYXR1cmUtb2YtYS1vbmUtdGltZS10b2tlbg"
+// userdataConfig is a config an operator keeps for the node on the
+// machine that renders user-data, against cp: every section set, [renew]
+// and [metrics] included, and state_dir, pki_dir and the metrics directory
+// moved, so every packaged unit needs a drop-in.
+func userdataConfig(t *testing.T, cp *controlplane.ControlPlane) string {
+	t.Helper()
+	c := cp.NodeConfig(userdataNode)
+	c.Paths.StateDir, c.Paths.PKIDir = "/srv/provision", "/srv/provision/pki"
+	no := false
+	c.Renew = &controlplane.RenewConfig{Fraction: 0.5, Splay: "10m", Rekey: &no,
+		PostHook: []string{"/usr/bin/systemctl", "reload", "node-agent"}, PostHookTimeout: "2m"}
+	b, err := c.TOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b) + "\n[metrics]\nenabled = true\ntextfile_dir = \"/srv/metrics\"\n"
+}
 
 // userData is the part of #cloud-config the checks read.
 type userData struct {
@@ -62,13 +49,17 @@ type userData struct {
 }
 
 // TestUserdataCommand: `provision userdata` renders user-data that the real
-// cloud-init accepts, with the token only in its own 0600 file entry,
-// manage_etc_hosts off, and a config that provision itself parses back to
-// the operator's values; and it refuses bad input with the contract's exit
-// codes.
+// cloud-init accepts, with the token (a real one from step-ca) only in its
+// own 0600 file entry, manage_etc_hosts off, the whole config (provision's
+// own loader reads back exactly the operator's config, [renew] and
+// [metrics] included) and a drop-in for every unit whose paths moved; and
+// it refuses bad input with the contract's exit codes: a config error (3),
+// and a token that cannot enroll this node at this CA (20), before
+// anything is written.
 func TestUserdataCommand(t *testing.T) {
 	t.Parallel()
 	cloudInit := testenv.RequireProgram(t, "cloud-init", "cloud-init") // validated by the real `cloud-init schema`
+	cp := controlplane.Start(t, controlplane.Options{})
 	dir := t.TempDir()
 	write := func(name, body string, mode os.FileMode) string {
 		p := filepath.Join(dir, name)
@@ -77,10 +68,23 @@ func TestUserdataCommand(t *testing.T) {
 		}
 		return p
 	}
-	cfg := write("gpu-0042.toml", userdataConfig, 0o644)
-	tok := write("token.jwt", userdataToken+"\n", 0o600)
-	ipURL := write("ip-url.toml", strings.Replace(userdataConfig, "https://node-api.cp.internal:8443", "https://10.40.0.10:8443", 1), 0o644)
-	typo := write("typo.toml", strings.Replace(userdataConfig, "wait_timeout", "wait_timout", 1), 0o644)
+	mint := func(opts ...controlplane.TokenOption) string {
+		tok, err := cp.Token(userdataNode, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	src := userdataConfig(t, cp)
+	cfg := write("gpu-0042.toml", src, 0o644)
+	token := mint()
+	tok := write("token.jwt", token+"\n", 0o600)
+	apiURL := cp.NodeConfig(userdataNode).NodeAPI.URL
+	ipURL := write("ip-url.toml", strings.Replace(src, apiURL, strings.Replace(apiURL, controlplane.DefaultAPIHostname, "10.40.0.10", 1), 1), 0o644)
+	typo := write("typo.toml", strings.Replace(src, "wait_timeout", "wait_timout", 1), 0o644)
+	other := write("other.jwt", mint(controlplane.TokenForNode("gpu-0043")), 0o600)
+	expired := write("expired.jwt", mint(controlplane.TokenExpired()), 0o600)
+	garbage := write("garbage.jwt", "not-a-token\n", 0o600)
 
 	for _, tc := range []struct {
 		name string
@@ -96,6 +100,9 @@ func TestUserdataCommand(t *testing.T) {
 		{name: "unreadable --token-file", args: []string{"--config", cfg, "--token-file", filepath.Join(dir, "absent")}, code: 2, stderrHas: []string{"--token-file"}},
 		{name: "config with an IP literal node API URL", args: []string{"--config", ipURL, "--token-file", tok}, code: 3, stderrHas: []string{"node_api.url"}},
 		{name: "config with a misspelt key", args: []string{"--config", typo, "--token-file", tok}, code: 3, stderrHas: []string{"node_api.wait_timout", "wait_timeout"}},
+		{name: "another node's token", args: []string{"--config", cfg, "--token-file", other}, out: "refused.yaml", code: 20, stderrHas: []string{other, `"gpu-0043"`}},
+		{name: "an expired token", args: []string{"--config", cfg, "--token-file", expired}, out: "refused.yaml", code: 20, stderrHas: []string{expired, "expired"}},
+		{name: "a token that is not one", args: []string{"--config", cfg, "--token-file", garbage}, out: "refused.yaml", code: 20, stderrHas: []string{garbage, "not a one-time token"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"userdata"}, tc.args...)
@@ -105,7 +112,7 @@ func TestUserdataCommand(t *testing.T) {
 				args = append(args, "--out", outPath)
 			}
 			r := nodetest.RunBinary(t, args...)
-			if strings.Contains(r.Stderr, userdataToken) || (outPath != "" && strings.Contains(r.Stdout, userdataToken)) {
+			if strings.Contains(r.Stderr, token) || (outPath != "" && strings.Contains(r.Stdout, token)) {
 				t.Fatal("the token was printed")
 			}
 			nodetest.WantExit(t, r, tc.code)
@@ -117,6 +124,9 @@ func TestUserdataCommand(t *testing.T) {
 			if tc.code != 0 {
 				if r.Stdout != "" {
 					t.Errorf("a refused render printed user-data:\n%s", r.Stdout)
+				}
+				if outPath != "" && exists(outPath) {
+					t.Errorf("a refused render wrote %s", outPath)
 				}
 				return
 			}
@@ -134,12 +144,19 @@ func TestUserdataCommand(t *testing.T) {
 				}
 				ud = string(readFile(t, outPath))
 			}
-			checkUserData(t, cloudInit, ud)
+			checkUserData(t, cloudInit, ud, src, token)
 		})
 	}
 }
 
-func checkUserData(t *testing.T, cloudInit, ud string) {
+// unitsWithDropIns are the drop-ins userdataConfig's moved paths need.
+var unitsWithDropIns = []string{
+	"/etc/systemd/system/provision.service.d/provision-paths.conf",
+	"/etc/systemd/system/provision-verify.service.d/provision-paths.conf",
+	"/etc/systemd/system/provision-renew.service.d/provision-paths.conf",
+}
+
+func checkUserData(t *testing.T, cloudInit, ud, src, token string) {
 	t.Helper()
 	if !strings.HasPrefix(ud, "#cloud-config\n") {
 		t.Fatalf("user-data does not start with #cloud-config:\n%s", ud)
@@ -152,7 +169,7 @@ func checkUserData(t *testing.T, cloudInit, ud string) {
 	if err != nil {
 		t.Fatalf("cloud-init schema --config-file rejects the rendered user-data: %v\n%s\n%s", err, out, ud)
 	}
-	if n := strings.Count(ud, userdataToken); n != 1 {
+	if n := strings.Count(ud, token); n != 1 {
 		t.Fatalf("the token appears %d times in the user-data, want exactly once", n)
 	}
 	var doc userData
@@ -162,43 +179,44 @@ func checkUserData(t *testing.T, cloudInit, ud string) {
 	if doc.ManageEtcHosts == nil || *doc.ManageEtcHosts {
 		t.Errorf("manage_etc_hosts is %v, want false (cloud-init would drop provision's hosts block on every boot)", doc.ManageEtcHosts)
 	}
-	if len(doc.Runcmd) != 1 {
-		t.Errorf("runcmd has %d entries, want 1 (cloud-init reports only the last one's status)", len(doc.Runcmd))
+	if len(doc.Runcmd) != 1 || !strings.Contains(ud, "systemctl daemon-reload && exec systemctl start provision.service") {
+		t.Errorf("runcmd %v: want one entry that reloads systemd (drop-ins) and starts provision.service", doc.Runcmd)
 	}
-	var gotCfg, gotTok bool
+	files := map[string]string{}
 	for _, f := range doc.WriteFiles {
-		switch f.Path {
-		case "/run/provision/token":
-			gotTok = true
-			if strings.TrimSpace(f.Content) != userdataToken || f.Permissions != "0600" {
-				t.Errorf("token entry: permissions %q, content is the token: %v", f.Permissions, strings.TrimSpace(f.Content) == userdataToken)
-			}
-		case "/etc/provision/provision.toml":
-			gotCfg = true
-			if strings.Contains(f.Content, userdataToken) {
-				t.Error("the config entry holds the token")
-			}
-			c, err := config.Parse(f.Path, []byte(f.Content))
-			if err != nil {
-				t.Fatalf("provision cannot parse the config it rendered: %v\n%s", err, f.Content)
-			}
-			want, err := config.Parse("input", []byte(userdataConfig))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c.NodeID != want.NodeID || c.CA != want.CA || c.NodeAPI != want.NodeAPI || c.Paths != want.Paths ||
-				c.Bootstrap != want.Bootstrap || len(c.Hosts) != len(want.Hosts) {
-				t.Errorf("the rendered config differs from the input:\nrendered %+v\ninput    %+v", c, want)
-			}
-			for i := range min(len(c.Hosts), len(want.Hosts)) {
-				if c.Hosts[i] != want.Hosts[i] {
-					t.Errorf("hosts[%d]: rendered %+v, input %+v", i, c.Hosts[i], want.Hosts[i])
-				}
-			}
+		files[f.Path] = f.Content
+		if f.Path == "/run/provision/token" && (strings.TrimSpace(f.Content) != token || f.Permissions != "0600") {
+			t.Errorf("token entry: permissions %q, content is the token: %v", f.Permissions, strings.TrimSpace(f.Content) == token)
 		}
 	}
-	if !gotCfg || !gotTok {
-		t.Errorf("write_files: config entry %v, token entry %v; want both", gotCfg, gotTok)
+	if _, ok := files["/run/provision/token"]; !ok {
+		t.Error("write_files has no token entry")
+	}
+	for _, d := range unitsWithDropIns {
+		if _, ok := files[d]; !ok {
+			t.Errorf("write_files has no drop-in %s", d)
+		}
+	}
+	if !strings.Contains(files[unitsWithDropIns[2]], "ConditionPathExists=/srv/provision/pki/current") {
+		t.Errorf("the renew drop-in does not move its condition to pki_dir:\n%s", files[unitsWithDropIns[2]])
+	}
+	rendered, ok := files["/etc/provision/provision.toml"]
+	if !ok {
+		t.Fatal("write_files has no config entry")
+	}
+	if strings.Contains(rendered, token) {
+		t.Error("the config entry holds the token")
+	}
+	c, err := config.Parse("provision.toml", []byte(rendered))
+	if err != nil {
+		t.Fatalf("provision cannot parse the config it rendered: %v\n%s", err, rendered)
+	}
+	want, err := config.Parse("input", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("the rendered config differs from the input:\nrendered %+v\ninput    %+v", c, want)
 	}
 }
 

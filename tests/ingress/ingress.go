@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -269,6 +270,44 @@ func (in *Ingress) Stop() error {
 		}
 	})
 	return in.stopErr
+}
+
+// Reload makes a running nginx read its configuration and the files it
+// names again (the client-auth CA file, the certificates), the way an
+// operator applies a fix: SIGHUP to the master, which starts a new worker
+// with the new configuration and lets the old one finish. It returns once
+// the new worker has started and the old one stopped accepting; a
+// configuration nginx refuses leaves the old one running and is an error
+// with nginx's log. Only nginx is supported.
+func (in *Ingress) Reload(ctx context.Context) error {
+	if in.Kind != Nginx || in.cmd == nil {
+		return fmt.Errorf("reload: not supported for %s", in.Kind)
+	}
+	// nginx logs "reconfiguring" on SIGHUP, then "start worker process"
+	// for the new worker, then the old worker's "gracefully shutting down"
+	// once it stopped accepting: only then does every new connection get
+	// the new configuration.
+	reloads := func() (n int, done bool) {
+		l := in.Log()
+		i := strings.LastIndex(l, "reconfiguring")
+		return strings.Count(l, "reconfiguring"), i >= 0 && strings.Contains(l[i:], "start worker process") && strings.Contains(l[i:], "gracefully shutting down")
+	}
+	before, _ := reloads()
+	if err := in.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		return fmt.Errorf("reload: signalling nginx: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for n, done := reloads(); n <= before || !done; n, done = reloads() {
+		select {
+		case <-in.exited:
+			return fmt.Errorf("reload: nginx exited: %v\n%s", in.waitErr, in.Log())
+		case <-ctx.Done():
+			return fmt.Errorf("reload: nginx started no new worker: %w\n%s", ctx.Err(), in.Log())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // Start starts an ingress of the given kind and returns once it accepts

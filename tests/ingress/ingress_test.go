@@ -2,8 +2,11 @@ package ingress
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -316,5 +319,45 @@ func TestBrokenCAFile(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReload: an operator's fix applied the way the runbook says (put the
+// right CA in the ingress's client-auth file and reload it) takes effect
+// for the next connection: a running nginx that trusted the wrong CA
+// refuses the node's certificate, then, after Reload, lets it through. A
+// reload of a kind that has none is an error, not a silent no-op.
+func TestReload(t *testing.T) {
+	Require(t, Nginx)
+	p := newTestPKI(t)
+	u := newUpstream(t)
+	caFile := filepath.Join(t.TempDir(), "client-ca.pem")
+	copyFile := func(from string) {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(caFile, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(p.otherRootFile)
+	o := p.options(u)
+	o.ClientCAFile = caFile
+	in := startIngress(t, Nginx, o)
+	c := p.clientCert()
+	if obs := p.do(t, in, client{cert: &c}, "/v1/echo", nil); obs.status == http.StatusOK {
+		t.Fatalf("nginx trusting the wrong CA let the node through: %v", obs)
+	}
+	copyFile(p.rootFile)
+	if err := in.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if obs := p.do(t, in, client{cert: &c}, "/v1/echo", nil); obs.status != http.StatusOK {
+		t.Fatalf("after the fix and a reload: %v, want HTTP 200", obs)
+	}
+	tr := &Ingress{Kind: Traefik}
+	if err := tr.Reload(context.Background()); err == nil {
+		t.Error("Reload of the Traefik emulation succeeded; it has no reload")
 	}
 }
