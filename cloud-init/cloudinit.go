@@ -44,7 +44,6 @@ import (
 	"net/netip"
 	"net/url"
 	"path"
-	"reflect"
 	"regexp"
 	"strings"
 	"text/template"
@@ -279,7 +278,7 @@ func readBack(userData string, cfg *config.Config, token string) error {
 			if err != nil {
 				return fmt.Errorf("cloudinit: provision would refuse the config this user-data writes: %w", err)
 			}
-			if !reflect.DeepEqual(back, cfg) {
+			if !config.Equal(back, cfg) {
 				return errors.New("cloudinit: the config this user-data writes does not read back as the config given (a bug in the renderer; nothing was written)")
 			}
 			gotConfig = true

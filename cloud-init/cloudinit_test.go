@@ -231,7 +231,7 @@ func checkRendered(t *testing.T, p Params, b []byte) {
 	if err != nil {
 		t.Fatalf("Params.Config after a successful Render: %v", err)
 	}
-	if !reflect.DeepEqual(back, wantCfg) {
+	if !config.Equal(back, wantCfg) {
 		t.Errorf("config round trip:\n got %+v\nwant %+v", back, wantCfg)
 	}
 }
@@ -629,7 +629,7 @@ for f in yaml.safe_load(open(sys.argv[1]))["write_files"]:
 			if err != nil {
 				t.Fatalf("provision's loader refuses the config the user-data writes: %v\n%s", err, b.String())
 			}
-			if !reflect.DeepEqual(got, want) {
+			if !config.Equal(got, want) {
 				t.Errorf("round trip changed the config:\n got %+v\nwant %+v\n%s", got, want, b.String())
 			}
 			if !strings.Contains(b.String(), "[renew]") || !strings.Contains(b.String(), "[metrics]") {

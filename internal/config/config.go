@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -749,4 +750,15 @@ func (ix *lineIndex) line(key string) int {
 		return hs[index]
 	}
 	return ix.line(table)
+}
+
+// Equal reports whether two configs hold the same settings, whichever keys
+// their files spelled out (a rendered config writes every default).
+func Equal(a, b *Config) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	ac, bc := *a, *b
+	ac.written, bc.written = nil, nil
+	return reflect.DeepEqual(ac, bc)
 }

@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 
@@ -215,7 +214,7 @@ func checkUserData(t *testing.T, cloudInit, ud, src, token string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(c, want) {
+	if !config.Equal(c, want) {
 		t.Errorf("the rendered config differs from the input:\nrendered %+v\ninput    %+v", c, want)
 	}
 }
