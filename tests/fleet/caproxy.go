@@ -49,6 +49,7 @@ type CAProxy struct {
 	signs   int
 	held    int           // faulted requests held now (Fault.HoldUntil)
 	release chan struct{} // closed when they are let go
+	first   chan struct{} // closed at the first request after Mark
 	events  []Event
 	conns   []Conn
 }
@@ -70,14 +71,16 @@ type Conn struct {
 func (p *CAProxy) NodeHostname(node string) string { return node + p.suffix }
 
 // Fault makes the proxy answer Status instead of forwarding to a random
-// Share of the requests (0.5: half of them) until Until. Random, not every
-// other one: a node's roots fetch is two requests in a row, and strict
+// Share of the requests (0.5: half of them) until Until, or, when Until is
+// zero, for For from the first request it sees. Random, not every other
+// one: a node's roots fetch is two requests in a row, and strict
 // alternation would answer the second of every pair.
 type Fault struct {
 	Status     int
 	RetryAfter int // seconds; 0 sends no Retry-After
 	Share      float64
 	Until      time.Time
+	For        time.Duration
 	// FirstSigns, when > 0, answers exactly the first FirstSigns sign
 	// requests with the fault, and no other sign: a deterministic number
 	// of signs for the nodes to recover from (other requests: Share).
@@ -256,6 +259,15 @@ func (p *CAProxy) hold(r *http.Request, f *Fault) bool {
 	}
 }
 
+// Mark returns a channel closed when the next request arrives: the moment
+// a fleet's traffic begins.
+func (p *CAProxy) Mark() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.first = make(chan struct{})
+	return p.first
+}
+
 // Events returns every request so far.
 func (p *CAProxy) Events() []Event {
 	p.mu.Lock()
@@ -294,7 +306,14 @@ func (p *CAProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Subject, ev.TokenID = tokenClaims(body)
 	}
 	p.mu.Lock()
+	if p.first != nil {
+		close(p.first)
+		p.first = nil
+	}
 	f := p.fault
+	if f != nil && f.Until.IsZero() {
+		f.Until = time.Now().Add(f.For) // the fault's clock starts with the traffic
+	}
 	if f != nil && time.Now().After(f.Until) {
 		f, p.fault = nil, nil
 	}

@@ -6,15 +6,20 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 )
 
-// proxyForFaults is a CA proxy without step-ca behind it: enough for the
-// requests its fault answers itself.
-func proxyForFaults(f *Fault) *CAProxy {
-	p := &CAProxy{start: time.Now(), suffix: ".ca.cp.internal"}
+// proxyForFaults is a CA proxy with a stand-in for step-ca behind it that
+// answers 299: the fault proxy's own answers are what is tested.
+func proxyForFaults(t *testing.T, f *Fault) *CAProxy {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(299) }))
+	t.Cleanup(backend.Close)
+	u, _ := url.Parse(backend.URL)
+	p := &CAProxy{start: time.Now(), suffix: ".ca.cp.internal", rp: httputil.NewSingleHostReverseProxy(u)}
 	p.SetFault(f)
 	return p
 }
@@ -48,7 +53,7 @@ func waitHeld(t *testing.T, p *CAProxy, n int) {
 // answers them together, then answers later ones at once; a client that
 // gives up while held gets nothing and is counted out.
 func TestCAProxyHoldsThenFailsTogether(t *testing.T) {
-	p := proxyForFaults(&Fault{Status: 404, Share: 1, HTML: BalancerNotFound, HoldUntil: 3, Until: time.Now().Add(time.Hour)})
+	p := proxyForFaults(t, &Fault{Status: 404, Share: 1, HTML: BalancerNotFound, HoldUntil: 3, Until: time.Now().Add(time.Hour)})
 	gone, giveUp := context.WithCancel(context.Background())
 	quitter := serve(gone, p)
 	waitHeld(t, p, 1)
@@ -89,7 +94,7 @@ func TestCAProxyHoldsThenFailsTogether(t *testing.T) {
 // hello records the node that opened a connection by its SNI, when the
 // kernel saw it; other names are not nodes.
 func TestCAProxyHello(t *testing.T) {
-	p := proxyForFaults(nil)
+	p := proxyForFaults(t, nil)
 	for _, tc := range []struct {
 		sni  string
 		conn net.Conn
@@ -149,5 +154,32 @@ func TestSinceLastReceived(t *testing.T) {
 	}
 	if d := sinceLastReceived(s); d < 0 || d%time.Millisecond != 0 {
 		t.Errorf("a TCP connection: %s, want whole milliseconds >= 0", d)
+	}
+}
+
+// A fault with For starts its clock at the first request; Mark sees that
+// request come.
+func TestCAProxyFaultStartsWithTheTraffic(t *testing.T) {
+	p := proxyForFaults(t, &Fault{Status: 503, Share: 1, For: time.Hour})
+	mark := p.Mark()
+	select {
+	case <-mark:
+		t.Fatal("marked before any request")
+	default:
+	}
+	before := time.Now()
+	if w := <-serve(context.Background(), p); w.Code != 503 {
+		t.Errorf("first request: %d, want the fault's 503", w.Code)
+	}
+	<-mark
+	p.mu.Lock()
+	until := p.fault.Until
+	p.mu.Unlock()
+	if until.Before(before.Add(time.Hour)) {
+		t.Errorf("the fault ends at %s, want an hour after the first request (%s)", until, before)
+	}
+	p.SetFault(&Fault{Status: 503, Share: 1}) // no For, no Until: over at its first request
+	if w := <-serve(context.Background(), p); w.Code != 299 {
+		t.Errorf("a fault with neither Until nor For: %d, want the request forwarded (299)", w.Code)
 	}
 }

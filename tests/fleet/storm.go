@@ -36,14 +36,14 @@ type StormOptions struct {
 	// node's restart lands at a phase of its own (see restartAt): 0 is
 	// systemd's SystemdAccuracy, a negative value an exact timer.
 	RestartAccuracy time.Duration
-	// CAFault, when set, is installed on the CA proxy at the start for
-	// CAFaultFor, or, with CAFaultUntilFirstRuns, until every node's first
-	// run has ended: a CA that is down for longer than the nodes'
-	// deadline, so that every first run fails and is restarted.
+	// CAFault, when set, is installed on the CA proxy for CAFaultFor from
+	// the fleet's first request at the CA, or, with CAFaultUntilFirstRuns,
+	// from the start until every node's first run has ended.
 	CAFault               *Fault
 	CAFaultFor            time.Duration
 	CAFaultUntilFirstRuns bool
-	// APIFault503 makes the node API answer 503 for this long from the start.
+	// APIFault503 makes the node API answer 503 for this long from the
+	// fleet's first request at the CA.
 	APIFault503 time.Duration
 	// DBPid is the PostgreSQL postmaster step-ca uses, whose CPU (with its
 	// backends') the storm counts; 0 when there is none.
@@ -166,6 +166,9 @@ func Storm(ctx context.Context, f *Fleet, opts StormOptions) (*StormResult, erro
 		e.At -= base
 		res.Events = append(res.Events, e)
 	}
+	if !opts.CAFaultUntilFirstRuns {
+		res.FaultEnd = st.faultEnd(res.Events)
+	}
 	for _, c := range f.Proxy.Conns()[skipConns:] {
 		c.At -= base
 		c.Accepted -= base
@@ -204,26 +207,63 @@ func (st *storm) prepare() error {
 	return nil
 }
 
-// faults installs the scenario's faults at the start and returns what
-// removes them.
+// faults installs the scenario's faults and returns what removes them. A
+// fault lasts from the fleet's first request at the CA, not from the
+// storm's start: a fleet of processes that share the machine's cores
+// reaches the CA 15-35 s after the start, depending on other load, so a
+// fault timed from the start would hit anything from all to none of the
+// traffic. st.faultFrom learns when that first request came.
 func (st *storm) faults() func() {
 	opts := st.opts
+	first := st.f.Proxy.Mark()
 	if opts.CAFault != nil {
 		fault := *opts.CAFault
-		fault.Until = st.t0.Add(opts.CAFaultFor)
-		st.res.FaultEnd = opts.CAFaultFor
+		fault.Until, fault.For = time.Time{}, opts.CAFaultFor
 		if opts.CAFaultUntilFirstRuns {
 			fault.Until = st.t0.Add(24 * time.Hour) // firstRunEnded removes it
 		}
 		st.f.Proxy.SetFault(&fault)
 	}
-	if opts.APIFault503 > 0 {
-		st.f.API.FailAlways(controlplane.StatusFault(503))
-		st.res.FaultEnd = opts.APIFault503
-		stop := time.AfterFunc(opts.APIFault503, st.f.API.ClearFaults)
-		return func() { stop.Stop() }
+	if opts.APIFault503 <= 0 {
+		return func() {}
 	}
-	return func() {}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-first:
+		case <-done:
+			return
+		}
+		st.f.API.FailAlways(controlplane.StatusFault(503))
+		select {
+		case <-time.After(opts.APIFault503):
+		case <-done:
+		}
+		st.f.API.ClearFaults()
+	}()
+	return func() {
+		close(done)
+		<-stopped // a fault outlasting the storm must not reach the next one
+	}
+}
+
+// faultEnd is when the scenario's timed fault ended, since the storm
+// started: its length after the fleet's first request at the CA.
+func (st *storm) faultEnd(events []Event) time.Duration {
+	d := st.opts.APIFault503
+	if st.opts.CAFault != nil {
+		d = st.opts.CAFaultFor
+	}
+	if d <= 0 || len(events) == 0 {
+		return 0
+	}
+	first := events[0].At
+	for _, e := range events {
+		first = min(first, e.At)
+	}
+	return first + d
 }
 
 // firstRunEnded counts a node's first run out; after the last one a

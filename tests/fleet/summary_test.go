@@ -108,3 +108,24 @@ func TestPeakToMeanNoWindow(t *testing.T) {
 		t.Errorf("the report does not say n/a:\n%s", out)
 	}
 }
+
+func TestFaultEnd(t *testing.T) {
+	events := []Event{{At: 20 * time.Second}, {At: 18 * time.Second}, {At: 25 * time.Second}}
+	for _, tc := range []struct {
+		name   string
+		opts   StormOptions
+		events []Event
+		want   time.Duration
+	}{
+		{"CA fault: from the first request", StormOptions{CAFault: &Fault{Status: 503}, CAFaultFor: 30 * time.Second}, events, 48 * time.Second},
+		{"API fault: from the first request at the CA", StormOptions{APIFault503: 30 * time.Second}, events, 48 * time.Second},
+		{"no fault", StormOptions{}, events, 0},
+		{"no request", StormOptions{APIFault503: 30 * time.Second}, nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := (&storm{opts: tc.opts}).faultEnd(tc.events); got != tc.want {
+				t.Errorf("faultEnd = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
