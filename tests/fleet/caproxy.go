@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"math/rand/v2"
@@ -15,7 +17,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/gpuaas/provision/tests/controlplane"
 )
@@ -27,31 +31,69 @@ import (
 // it forwards, reads the one-time token of each POST /1.0/sign (subject and
 // jti only, never logged) so a second sign for a node or a token presented
 // twice is seen, and can answer a share of the requests with a fault.
+//
+// Its certificate also covers *.<CA hostname>: a storm node reaches it as
+// <node>.<CA hostname> (NodeHostname), so the SNI of each TLS connection
+// names the node that opened it, and the proxy records when it accepted
+// that connection (Conns). That is how the storm sees when a restarted run
+// starts its network work without asking the run.
 type CAProxy struct {
-	ln    net.Listener
-	srv   *http.Server
-	rp    *httputil.ReverseProxy
-	start time.Time
+	ln     net.Listener
+	srv    *http.Server
+	rp     *httputil.ReverseProxy
+	start  time.Time
+	suffix string // "." + the CA's hostname
 
-	mu     sync.Mutex
-	fault  *Fault
-	signs  int
-	events []Event
+	mu      sync.Mutex
+	fault   *Fault
+	signs   int
+	held    int           // faulted requests held now (Fault.HoldUntil)
+	release chan struct{} // closed when they are let go
+	first   chan struct{} // closed at the first request after Mark
+	events  []Event
+	conns   []Conn
 }
 
+// Conn is one TLS connection at the proxy that named a node.
+type Conn struct {
+	// At is when the connection reached the proxy's host, since the proxy
+	// started: the kernel's own record of the last segment it received
+	// (TCP_INFO's last_data_recv: the ClientHello, or the handshake's last
+	// ACK when no data came yet), so that a proxy process waiting for a
+	// CPU does not bunch connections that came apart. Accepted is when
+	// the proxy accepted it.
+	At, Accepted time.Duration
+	Node         string // from the SNI <node>.<CA hostname>
+}
+
+// NodeHostname is the name node reaches the proxy by: a subdomain of the
+// CA's hostname, covered by the proxy's certificate.
+func (p *CAProxy) NodeHostname(node string) string { return node + p.suffix }
+
 // Fault makes the proxy answer Status instead of forwarding to a random
-// Share of the requests (0.5: half of them) until Until. Random, not every
-// other one: a node's roots fetch is two requests in a row, and strict
+// Share of the requests (0.5: half of them) until Until, or, when Until is
+// zero, for For from the first request it sees. Random, not every other
+// one: a node's roots fetch is two requests in a row, and strict
 // alternation would answer the second of every pair.
 type Fault struct {
 	Status     int
 	RetryAfter int // seconds; 0 sends no Retry-After
 	Share      float64
 	Until      time.Time
+	For        time.Duration
 	// FirstSigns, when > 0, answers exactly the first FirstSigns sign
 	// requests with the fault, and no other sign: a deterministic number
 	// of signs for the nodes to recover from (other requests: Share).
 	FirstSigns int
+	// HTML, when set, is the body of a faulted answer instead of
+	// step-ca's JSON error: what a balancer in front of the CA answers
+	// itself (an error page), which provision cannot take for step-ca.
+	HTML string
+	// HoldUntil, when > 0, holds each faulted request until HoldUntil of
+	// them are held at once, answers them all in the same instant, and
+	// every later faulted request at once: a CA that hangs, then fails
+	// every waiting client together.
+	HoldUntil int
 }
 
 // Event is one request at the proxy.
@@ -69,7 +111,10 @@ type Event struct {
 
 // StartCAProxy listens on a free loopback port in front of ca.
 func StartCAProxy(ca *controlplane.StepCA) (*CAProxy, error) {
-	leaf, err := ca.PKI().IssueServerCert(ca.Hostname())
+	leaf, err := ca.PKI().IssueLeaf(controlplane.LeafRequest{
+		CommonName: ca.Hostname(), DNSNames: []string{ca.Hostname(), "*." + ca.Hostname()},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +124,8 @@ func StartCAProxy(ca *controlplane.StepCA) (*CAProxy, error) {
 		return nil, err
 	}
 	target, _ := url.Parse("https://" + net.JoinHostPort(ca.Hostname(), strconv.Itoa(ca.Port())))
-	p := &CAProxy{ln: ln, start: time.Now()}
+	p := &CAProxy{start: time.Now(), suffix: "." + ca.Hostname()}
+	p.ln = &stampListener{Listener: ln, p: p}
 	p.rp = httputil.NewSingleHostReverseProxy(target)
 	p.rp.Transport = &http.Transport{
 		Proxy:               nil,
@@ -89,9 +135,74 @@ func StartCAProxy(ca *controlplane.StepCA) (*CAProxy, error) {
 	}
 	p.rp.ErrorLog = nil
 	p.srv = &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil,
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
-	go p.srv.ServeTLS(ln, "", "")
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, GetConfigForClient: p.hello}}
+	go p.srv.ServeTLS(p.ln, "", "")
 	return p, nil
+}
+
+// stampListener notes when each connection was accepted.
+type stampListener struct {
+	net.Listener
+	p *CAProxy
+}
+
+type stampConn struct {
+	net.Conn
+	at, accepted time.Duration
+}
+
+func (l *stampListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Since(l.p.start)
+	return &stampConn{Conn: c, at: now - sinceLastReceived(c), accepted: now}, nil
+}
+
+// sinceLastReceived is how long ago the kernel received the connection's
+// last segment (struct tcp_info's tcpi_last_data_recv, in milliseconds at
+// offset 52 since Linux 2.6), or 0 when it cannot tell.
+func sinceLastReceived(c net.Conn) time.Duration {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return 0
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var info [104]byte
+	var ms uint32
+	raw.Control(func(fd uintptr) {
+		n := uint32(len(info))
+		_, _, errno := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
+			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
+		if errno == 0 && n >= 56 {
+			ms = binary.NativeEndian.Uint32(info[52:56])
+		}
+	})
+	return time.Duration(ms) * time.Millisecond
+}
+
+// hello records which node opened the connection (the ClientHello's SNI)
+// and when it was accepted; it changes nothing in the handshake.
+func (p *CAProxy) hello(h *tls.ClientHelloInfo) (*tls.Config, error) {
+	c, ok := h.Conn.(*stampConn)
+	node, sub := strings.CutSuffix(strings.ToLower(h.ServerName), p.suffix)
+	if ok && sub && node != "" {
+		p.mu.Lock()
+		p.conns = append(p.conns, Conn{At: c.at, Accepted: c.accepted, Node: node})
+		p.mu.Unlock()
+	}
+	return nil, nil
+}
+
+// Conns returns every connection so far that named a node.
+func (p *CAProxy) Conns() []Conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]Conn(nil), p.conns...)
 }
 
 // Port is the proxy's port on 127.0.0.1.
@@ -105,10 +216,56 @@ func (p *CAProxy) Close() error {
 }
 
 // SetFault installs f (nil removes it).
+// Requests the old fault holds are answered at once.
 func (p *CAProxy) SetFault(f *Fault) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.fault, p.signs = f, 0
+	p.letGo()
+	p.release = make(chan struct{})
+}
+
+// letGo answers every held request; p.mu is held.
+func (p *CAProxy) letGo() {
+	if p.release != nil {
+		select {
+		case <-p.release:
+		default:
+			close(p.release)
+		}
+	}
+}
+
+// hold waits, for Fault.HoldUntil, until enough requests are held at once
+// (or the client gives up, false).
+func (p *CAProxy) hold(r *http.Request, f *Fault) bool {
+	p.mu.Lock()
+	rel := p.release
+	p.held++
+	if p.held >= f.HoldUntil {
+		p.letGo()
+	}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.held--
+		p.mu.Unlock()
+	}()
+	select {
+	case <-rel:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+// Mark returns a channel closed when the next request arrives: the moment
+// a fleet's traffic begins.
+func (p *CAProxy) Mark() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.first = make(chan struct{})
+	return p.first
 }
 
 // Events returns every request so far.
@@ -149,7 +306,14 @@ func (p *CAProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Subject, ev.TokenID = tokenClaims(body)
 	}
 	p.mu.Lock()
+	if p.first != nil {
+		close(p.first)
+		p.first = nil
+	}
 	f := p.fault
+	if f != nil && f.Until.IsZero() {
+		f.Until = time.Now().Add(f.For) // the fault's clock starts with the traffic
+	}
 	if f != nil && time.Now().After(f.Until) {
 		f, p.fault = nil, nil
 	}
@@ -161,15 +325,13 @@ func (p *CAProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Faulted = rand.Float64() < f.Share
 	}
 	p.mu.Unlock()
-	if ev.Faulted {
-		if f.RetryAfter > 0 {
-			w.Header().Set("Retry-After", strconv.Itoa(f.RetryAfter))
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(f.Status)
-		io.WriteString(w, `{"status":`+strconv.Itoa(f.Status)+`,"message":"injected by the storm's fault proxy"}`)
+	switch {
+	case ev.Faulted && f.HoldUntil > 0 && !p.hold(r, f):
+		// The client gave up while held: nothing was answered (Status 0).
+	case ev.Faulted:
+		writeFault(w, f)
 		ev.Status = f.Status
-	} else {
+	default:
 		sw := &statusWriter{ResponseWriter: w}
 		p.rp.ServeHTTP(sw, r)
 		ev.Status, ev.Forwarded = sw.status, true
@@ -177,6 +339,22 @@ func (p *CAProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.mu.Lock()
 	p.events = append(p.events, ev)
 	p.mu.Unlock()
+}
+
+// writeFault answers f: step-ca's JSON error, or the balancer's page.
+func writeFault(w http.ResponseWriter, f *Fault) {
+	if f.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(f.RetryAfter))
+	}
+	if f.HTML != "" {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(f.Status)
+		io.WriteString(w, f.HTML)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(f.Status)
+	io.WriteString(w, `{"status":`+strconv.Itoa(f.Status)+`,"message":"injected by the storm's fault proxy"}`)
 }
 
 // tokenClaims reads sub and jti from the ott of a sign request, unverified

@@ -6,6 +6,13 @@
 //
 // Why a package of its own: go run ./tests/bench, go run ./tests/storm and
 // the CI storm test must measure the same thing, so they share one setup.
+//
+// The storm (Storm) also measures itself, because its speed is only
+// meaningful against what the machine allows: the CPU time of every
+// process it ran (cpu.go), so that time to done can be put against the
+// CPU floor, and when each restarted run starts its network work, seen by
+// the kernel under the CA proxy (herd.go), so that a fleet that comes back
+// together is a number, not a shape in a plot.
 package fleet
 
 import (

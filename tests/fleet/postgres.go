@@ -150,3 +150,18 @@ func (p *Postgres) Stop() error {
 	}
 	return nil
 }
+
+// Pid is the postmaster's process ID (the first line of postmaster.pid),
+// so that a storm can count its CPU with that of its backends.
+func (p *Postgres) Pid() (int, error) {
+	b, err := os.ReadFile(filepath.Join(p.Dir, "data", "postmaster.pid"))
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || pid < 1 {
+		return 0, fmt.Errorf("postmaster.pid: first line %q is not a process ID", line)
+	}
+	return pid, nil
+}

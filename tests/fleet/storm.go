@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
-	"strings"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpuaas/provision/tests/controlplane"
@@ -24,27 +24,72 @@ type StormOptions struct {
 	Spread time.Duration // the nodes start evenly within this window
 	Binary string        // the provision binary
 	Work   string        // node roots go under it
-	// Deadline is each node's bootstrap.deadline.
-	Deadline string
+	// Deadline is each node's bootstrap.deadline, RequestTimeout its
+	// bootstrap.request_timeout ("": the lab's 5s).
+	Deadline, RequestTimeout string
 	// Restart is what provision.service's Restart=on-failure waits
-	// before starting a failed run again (the unit says 30s); MaxStarts
-	// bounds the starts (the unit's StartLimitBurst=6).
+	// before starting a failed run again (the unit's RestartSec=30s);
+	// MaxStarts bounds the starts (the unit's StartLimitBurst=6).
 	Restart   time.Duration
 	MaxStarts int
-	// CAFault, when set, is installed on the CA proxy at the start for
-	// CAFaultFor.
-	CAFault    *Fault
-	CAFaultFor time.Duration
-	// APIFault503 makes the node API answer 503 for this long from the start.
+	// RestartAccuracy is systemd's timer accuracy, within which each
+	// node's restart lands at a phase of its own (see restartAt): 0 is
+	// systemd's SystemdAccuracy, a negative value an exact timer.
+	RestartAccuracy time.Duration
+	// CAFault, when set, is installed on the CA proxy for CAFaultFor from
+	// the fleet's first request at the CA, or, with CAFaultUntilFirstRuns,
+	// from the start until every node's first run has ended.
+	CAFault               *Fault
+	CAFaultFor            time.Duration
+	CAFaultUntilFirstRuns bool
+	// APIFault503 makes the node API answer 503 for this long from the
+	// fleet's first request at the CA.
 	APIFault503 time.Duration
+	// DBPid is the PostgreSQL postmaster step-ca uses, whose CPU (with its
+	// backends') the storm counts; 0 when there is none.
+	DBPid int
+}
+
+// BalancerNotFound is the page a balancer answers itself for a route it
+// does not have (nginx's): not step-ca's JSON, so provision does not
+// retry it.
+const BalancerNotFound = "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+
+// FailTogether makes o the storm of a fleet that fails together and is
+// restarted together: the CA hangs (every request held) until every node
+// waits on it, then its balancer answers all of them 404 in the same
+// instant (a lost route, which provision cannot retry), and keeps doing so
+// until every node's first run has failed. Then the CA is back, and
+// RestartSec later provision.service restarts the whole fleet.
+//
+// Why not simply a CA down for longer than bootstrap.deadline: each run's
+// deadline starts when its process does, and on a shared 2-core machine
+// the processes of a fleet started together take seconds of CPU to get
+// going, so they would fail, and return, spread over those seconds.
+// Failing them by one event keeps what the herd check must see: a fleet
+// that failed in one instant.
+func (o *StormOptions) FailTogether() {
+	o.CAFault = &Fault{Status: 404, Share: 1, HTML: BalancerNotFound, HoldUntil: o.Nodes}
+	o.CAFaultUntilFirstRuns = true
+	o.RequestTimeout = "2m" // no node gives up on its held request while the fleet starts
+}
+
+// Run is one start of a node's bootstrap, as systemd would see it.
+type Run struct {
+	// Due is when systemd would start it (its place in the spread, or the
+	// restart timer); Start is when the harness did, End when it exited;
+	// all since the storm started.
+	Due, Start, End time.Duration
+	Code            int
+	Why             string // failed_check and summary of a failed run
+	CPU             time.Duration
 }
 
 // NodeRun is one node's storm.
 type NodeRun struct {
 	ID     string
 	Starts int
-	Codes  []int
-	Why    []string // failed_check and summary of each failed run
+	Runs   []Run
 	Done   bool
 	ToDone time.Duration // from its own start to the end of its successful run
 	DoneAt time.Duration // since the storm started
@@ -55,8 +100,21 @@ type StormResult struct {
 	Opts     StormOptions
 	Nodes    []NodeRun
 	Events   []Event       // at the CA proxy, At relative to the storm's start
+	Conns    []Conn        // at the CA proxy, At relative to the storm's start
 	Duration time.Duration // until the last node finished
 	FaultEnd time.Duration
+	CPU      CPU
+}
+
+// storm is one storm in flight.
+type storm struct {
+	f         *Fleet
+	opts      StormOptions
+	res       *StormResult
+	cfgs      []string // each node's --config
+	roots     []string
+	t0        time.Time
+	firstLeft atomic.Int64 // nodes whose first run has not ended
 }
 
 // Storm starts opts.Nodes real provision processes against f (which needs
@@ -71,94 +129,198 @@ func Storm(ctx context.Context, f *Fleet, opts StormOptions) (*StormResult, erro
 	if opts.Deadline == "" {
 		opts.Deadline = "5m"
 	}
-	res := &StormResult{Opts: opts, Nodes: make([]NodeRun, opts.Nodes)}
-	type node struct {
-		root string
-		cfg  string
+	if opts.RestartAccuracy == 0 {
+		opts.RestartAccuracy = SystemdAccuracy
 	}
-	nodes := make([]node, opts.Nodes)
-	for i := range nodes {
-		id := fmt.Sprintf("%s-%05d", opts.Name, i)
-		root := filepath.Join(opts.Work, id)
-		tok, err := f.CP.Token(id, controlplane.TokenLifetime(time.Hour))
-		if err != nil {
-			return nil, err
-		}
-		files, err := controlplane.WriteNode(root, f.NodeConfig(id, opts.Deadline), tok)
-		if err != nil {
-			return nil, err
-		}
-		nodes[i] = node{root: root, cfg: files.ConfigArg}
-		res.Nodes[i].ID = id
+	st := &storm{f: f, opts: opts, res: &StormResult{Opts: opts, Nodes: make([]NodeRun, opts.Nodes)}}
+	if err := st.prepare(); err != nil {
+		return nil, err
 	}
-	skip := len(f.Proxy.Events())
-	t0 := time.Now()
+	skipEvents, skipConns := len(f.Proxy.Events()), len(f.Proxy.Conns())
+	meter := newCPUMeter(f.Ingress.Dir, opts.DBPid)
+	st.t0 = time.Now()
 	base := f.Proxy.Since()
-	if opts.CAFault != nil {
-		fault := *opts.CAFault
-		fault.Until = t0.Add(opts.CAFaultFor)
-		f.Proxy.SetFault(&fault)
-		res.FaultEnd = opts.CAFaultFor
-	}
-	if opts.APIFault503 > 0 {
-		f.API.FailAlways(controlplane.StatusFault(503))
-		res.FaultEnd = opts.APIFault503
-		stop := time.AfterFunc(opts.APIFault503, f.API.ClearFaults)
-		defer stop.Stop()
-	}
+	defer st.faults()()
+	st.firstLeft.Store(int64(opts.Nodes))
 	var wg sync.WaitGroup
-	for i := range nodes {
+	for i := range st.res.Nodes {
 		wg.Add(1)
-		go func(i int) {
+		go func() {
 			defer wg.Done()
-			at := time.Duration(0)
-			if opts.Nodes > 1 {
-				at = opts.Spread * time.Duration(i) / time.Duration(opts.Nodes-1)
-			}
-			select {
-			case <-time.After(time.Until(t0.Add(at))):
-			case <-ctx.Done():
-				return
-			}
-			nr := &res.Nodes[i]
-			start := time.Now()
-			for nr.Starts < opts.MaxStarts && ctx.Err() == nil {
-				nr.Starts++
-				code, why := runBootstrap(ctx, opts.Binary, nodes[i].cfg, nodes[i].root)
-				nr.Codes = append(nr.Codes, code)
-				if code != 0 {
-					nr.Why = append(nr.Why, why)
-				}
-				if code == 0 {
-					nr.Done, nr.ToDone, nr.DoneAt = true, time.Since(start), time.Since(t0)
-					return
-				}
-				if code == 2 || code == 3 { // RestartPreventExitStatus=2 3
-					return
-				}
-				select {
-				case <-time.After(opts.Restart):
-				case <-ctx.Done():
-					return
-				}
-			}
-		}(i)
+			st.node(ctx, i)
+		}()
 	}
 	wg.Wait()
-	res.Duration = time.Since(t0)
+	res := st.res
+	res.Duration = time.Since(st.t0)
+	res.CPU = meter.stop()
+	for _, n := range res.Nodes {
+		for _, r := range n.Runs {
+			res.CPU.Nodes += r.CPU
+		}
+	}
 	if opts.CAFault != nil {
 		f.Proxy.SetFault(nil) // a fault outlasting the storm must not reach the next one
 	}
-	for _, e := range f.Proxy.Events()[skip:] {
+	for _, e := range f.Proxy.Events()[skipEvents:] {
 		e.At -= base
 		res.Events = append(res.Events, e)
+	}
+	if !opts.CAFaultUntilFirstRuns {
+		res.FaultEnd = st.faultEnd(res.Events)
+	}
+	for _, c := range f.Proxy.Conns()[skipConns:] {
+		c.At -= base
+		c.Accepted -= base
+		res.Conns = append(res.Conns, c)
 	}
 	return res, ctx.Err()
 }
 
-func runBootstrap(ctx context.Context, bin, cfg, root string) (int, string) {
+// prepare writes every node's root: its config, reaching the CA proxy by
+// the node's own hostname (so the proxy sees which node connects), and a
+// fresh one-time token.
+func (st *storm) prepare() error {
+	st.cfgs = make([]string, st.opts.Nodes)
+	st.roots = make([]string, st.opts.Nodes)
+	for i := range st.cfgs {
+		id := fmt.Sprintf("%s-%05d", st.opts.Name, i)
+		root := filepath.Join(st.opts.Work, id)
+		tok, err := st.f.CP.Token(id, controlplane.TokenLifetime(time.Hour))
+		if err != nil {
+			return err
+		}
+		cfg := st.f.NodeConfig(id, st.opts.Deadline)
+		if st.opts.RequestTimeout != "" {
+			cfg.Bootstrap.RequestTimeout = st.opts.RequestTimeout
+		}
+		host := st.f.Proxy.NodeHostname(id)
+		cfg.Hosts = append(cfg.Hosts, controlplane.HostEntry{Name: host, IP: "127.0.0.1"})
+		cfg.CA.URL = "https://" + net.JoinHostPort(host, strconv.Itoa(st.f.Proxy.Port()))
+		files, err := controlplane.WriteNode(root, cfg, tok)
+		if err != nil {
+			return err
+		}
+		st.cfgs[i], st.roots[i] = files.ConfigArg, root
+		st.res.Nodes[i].ID = id
+	}
+	return nil
+}
+
+// faults installs the scenario's faults and returns what removes them. A
+// fault lasts from the fleet's first request at the CA, not from the
+// storm's start: a fleet of processes that share the machine's cores
+// reaches the CA 15-35 s after the start, depending on other load, so a
+// fault timed from the start would hit anything from all to none of the
+// traffic. st.faultFrom learns when that first request came.
+func (st *storm) faults() func() {
+	opts := st.opts
+	first := st.f.Proxy.Mark()
+	if opts.CAFault != nil {
+		fault := *opts.CAFault
+		fault.Until, fault.For = time.Time{}, opts.CAFaultFor
+		if opts.CAFaultUntilFirstRuns {
+			fault.Until = st.t0.Add(24 * time.Hour) // firstRunEnded removes it
+		}
+		st.f.Proxy.SetFault(&fault)
+	}
+	if opts.APIFault503 <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-first:
+		case <-done:
+			return
+		}
+		st.f.API.FailAlways(controlplane.StatusFault(503))
+		select {
+		case <-time.After(opts.APIFault503):
+		case <-done:
+		}
+		st.f.API.ClearFaults()
+	}()
+	return func() {
+		close(done)
+		<-stopped // a fault outlasting the storm must not reach the next one
+	}
+}
+
+// faultEnd is when the scenario's timed fault ended, since the storm
+// started: its length after the fleet's first request at the CA.
+func (st *storm) faultEnd(events []Event) time.Duration {
+	d := st.opts.APIFault503
+	if st.opts.CAFault != nil {
+		d = st.opts.CAFaultFor
+	}
+	if d <= 0 || len(events) == 0 {
+		return 0
+	}
+	first := events[0].At
+	for _, e := range events {
+		first = min(first, e.At)
+	}
+	return first + d
+}
+
+// firstRunEnded counts a node's first run out; after the last one a
+// CAFaultUntilFirstRuns fault ends.
+func (st *storm) firstRunEnded() {
+	if st.firstLeft.Add(-1) == 0 && st.opts.CAFault != nil && st.opts.CAFaultUntilFirstRuns {
+		st.f.Proxy.SetFault(nil)
+		st.res.FaultEnd = time.Since(st.t0)
+	}
+}
+
+// node runs node i the way provision.service would: started at its place
+// in the spread, started again after a failure RestartSec later (at this
+// node's phase within systemd's timer accuracy), until it is done, exits
+// 2 or 3 (RestartPreventExitStatus=2 3), or has been started MaxStarts
+// times.
+func (st *storm) node(ctx context.Context, i int) {
+	opts, nr := st.opts, &st.res.Nodes[i]
+	first := sync.OnceFunc(st.firstRunEnded)
+	defer first()
+	at := time.Duration(0)
+	if opts.Nodes > 1 {
+		at = opts.Spread * time.Duration(i) / time.Duration(opts.Nodes-1)
+	}
+	phase := randomPhase(opts.RestartAccuracy)
+	for nr.Starts < opts.MaxStarts {
+		select {
+		case <-time.After(time.Until(st.t0.Add(at))):
+		case <-ctx.Done():
+			return
+		}
+		nr.Starts++
+		run := Run{Due: at, Start: time.Since(st.t0)}
+		run.Code, run.Why, run.CPU = runBootstrap(ctx, opts.Binary, st.cfgs[i], st.roots[i])
+		run.End = time.Since(st.t0)
+		nr.Runs = append(nr.Runs, run)
+		first()
+		if run.Code == 0 {
+			nr.Done, nr.ToDone, nr.DoneAt = true, run.End-nr.Runs[0].Start, run.End
+			return
+		}
+		if run.Code == 2 || run.Code == 3 {
+			return
+		}
+		at = restartAt(run.End, opts.Restart, opts.RestartAccuracy, phase)
+	}
+}
+
+// runBootstrap runs one bootstrap and returns its exit code, why it failed
+// (the JSON report's failed_check and summary) and its CPU time.
+func runBootstrap(ctx context.Context, bin, cfg, root string) (int, string, time.Duration) {
 	cmd := exec.CommandContext(ctx, bin, "bootstrap", "--config", cfg, "--root", root, "--format", "json")
 	out, err := cmd.Output()
+	var cpu time.Duration
+	if cmd.ProcessState != nil {
+		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
 	var rep struct {
 		OK          bool   `json:"ok"`
 		FailedCheck string `json:"failed_check"`
@@ -170,218 +332,14 @@ func runBootstrap(ctx context.Context, bin, cfg, root string) (int, string) {
 	switch {
 	case err == nil:
 	case errors.As(err, &ee) && ee.Exited():
-		return ee.ExitCode(), why
+		return ee.ExitCode(), why, cpu
 	default:
-		return -1, err.Error()
+		return -1, err.Error(), cpu
 	}
 	if !rep.OK {
-		return -2, "exit 0 without an ok report" // never done
+		return -2, "exit 0 without an ok report", cpu // never done
 	}
-	return 0, ""
-}
-
-// Summary is a storm's verdict and numbers.
-type Summary struct {
-	Nodes, Done             int
-	Signs201                int // signs step-ca answered 201
-	SignsAtCA               int // sign requests that reached step-ca
-	SignsAtFront            int // sign requests at the proxy, faulted ones included
-	NodesSignedTwice        []string
-	NodesNotDone            []string
-	TokensTwiceAtCA         int // a jti that reached step-ca more than once
-	TokensTwiceAtFront      int
-	Restarts                int
-	P50, P95, P99, Max      time.Duration
-	Requests, Faulted       int
-	PeakRate, MeanRate      float64 // CA requests/s at the front, whole storm
-	RecPeak, RecMean        float64 // from the fault's end to the last done
-	Duration                time.Duration
-	ExitCodes               map[int]int
-	SignsPerNode            float64
-	DoneSeries, ReqSeries   []float64 // per second
-	FwdSeries, FaultSeries  []float64
-	SignSeries              []float64
-	StartSpread, StormLabel string
-	Why                     map[string]int // failed runs by failed_check and summary
-}
-
-// Summarize counts what the storm did.
-func (r *StormResult) Summarize() Summary {
-	s := Summary{Nodes: len(r.Nodes), ExitCodes: map[int]int{}, Why: map[string]int{}, Duration: r.Duration, StormLabel: r.Opts.Name, StartSpread: r.Opts.Spread.String()}
-	var times []time.Duration
-	for _, n := range r.Nodes {
-		s.Restarts += max(0, n.Starts-1)
-		for _, c := range n.Codes {
-			s.ExitCodes[c]++
-		}
-		for _, w := range n.Why {
-			if len(w) > 160 {
-				w = w[:160] + "..."
-			}
-			s.Why[w]++
-		}
-		if n.Done {
-			s.Done++
-			times = append(times, n.ToDone)
-		} else {
-			s.NodesNotDone = append(s.NodesNotDone, n.ID)
-		}
-	}
-	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-	pct := func(p float64) time.Duration {
-		if len(times) == 0 {
-			return 0
-		}
-		return times[min(len(times)-1, int(math.Ceil(p*float64(len(times))))-1)]
-	}
-	s.P50, s.P95, s.P99 = pct(0.50), pct(0.95), pct(0.99)
-	if len(times) > 0 {
-		s.Max = times[len(times)-1]
-	}
-	signs201 := map[string]int{}
-	jtiCA, jtiFront := map[string]int{}, map[string]int{}
-	secs := int(r.Duration/time.Second) + 1
-	s.DoneSeries = make([]float64, secs)
-	s.ReqSeries = make([]float64, secs)
-	s.FwdSeries = make([]float64, secs)
-	s.FaultSeries = make([]float64, secs)
-	s.SignSeries = make([]float64, secs)
-	for _, n := range r.Nodes {
-		if n.Done {
-			for k := int(n.DoneAt / time.Second); k < secs; k++ {
-				s.DoneSeries[k]++
-			}
-		}
-	}
-	for _, e := range r.Events {
-		k := min(secs-1, max(0, int(e.At/time.Second)))
-		s.Requests++
-		s.ReqSeries[k]++
-		if e.Faulted {
-			s.Faulted++
-			s.FaultSeries[k]++
-		} else {
-			s.FwdSeries[k]++
-		}
-		if !e.Sign {
-			continue
-		}
-		s.SignsAtFront++
-		jtiFront[e.TokenID]++
-		if e.Forwarded {
-			s.SignsAtCA++
-			s.SignSeries[k]++
-			jtiCA[e.TokenID]++
-			if e.Status == 201 {
-				s.Signs201++
-				signs201[e.Subject]++
-			}
-		}
-	}
-	for id, c := range signs201 {
-		if c > 1 {
-			s.NodesSignedTwice = append(s.NodesSignedTwice, id)
-		}
-	}
-	for _, n := range r.Nodes {
-		if signs201[n.ID] == 0 && n.Done {
-			s.NodesSignedTwice = append(s.NodesSignedTwice, n.ID+" (done without a sign)")
-		}
-	}
-	sort.Strings(s.NodesSignedTwice)
-	for _, c := range jtiCA {
-		if c > 1 {
-			s.TokensTwiceAtCA++
-		}
-	}
-	for _, c := range jtiFront {
-		if c > 1 {
-			s.TokensTwiceAtFront++
-		}
-	}
-	if s.Nodes > 0 {
-		s.SignsPerNode = float64(s.Signs201) / float64(s.Nodes)
-	}
-	s.PeakRate, s.MeanRate = peakMean(s.ReqSeries, 0, secs)
-	if r.FaultEnd > 0 {
-		last := 0
-		for _, n := range r.Nodes {
-			last = max(last, int(n.DoneAt/time.Second))
-		}
-		s.RecPeak, s.RecMean = peakMean(s.ReqSeries, int(r.FaultEnd/time.Second), last+1)
-	}
-	return s
-}
-
-func peakMean(v []float64, from, to int) (float64, float64) {
-	to = min(to, len(v))
-	if to <= from {
-		return 0, 0
-	}
-	var peak, sum float64
-	for _, x := range v[from:to] {
-		peak = max(peak, x)
-		sum += x
-	}
-	return peak, sum / float64(to-from)
-}
-
-// OK says whether the storm met the bar: every node done, exactly one
-// issued certificate per node, no token reaching step-ca twice.
-func (s Summary) OK() bool {
-	return s.Done == s.Nodes && len(s.NodesSignedTwice) == 0 && s.Signs201 == s.Nodes && s.TokensTwiceAtCA == 0
-}
-
-// String is the storm's report, as docs/performance.md records it.
-func (s Summary) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "storm %s: %d nodes started within %s, all finished in %s\n", s.StormLabel, s.Nodes, s.StartSpread, s.Duration.Round(100*time.Millisecond))
-	fmt.Fprintf(&b, "  done: %d/%d (%.1f%%); restarts (Restart=on-failure): %d; exit codes of all runs: %v\n", s.Done, s.Nodes, 100*float64(s.Done)/float64(max(1, s.Nodes)), s.Restarts, s.ExitCodes)
-	fmt.Fprintf(&b, "  time to done: p50 %s  p95 %s  p99 %s  max %s\n", s.P50.Round(time.Millisecond), s.P95.Round(time.Millisecond), s.P99.Round(time.Millisecond), s.Max.Round(time.Millisecond))
-	fmt.Fprintf(&b, "  CA signs: %d issued (%.2f per node); sign requests at the CA %d, at the proxy %d; nodes signed twice: %d; tokens reaching the CA twice: %d (presented at the proxy twice: %d)\n",
-		s.Signs201, s.SignsPerNode, s.SignsAtCA, s.SignsAtFront, len(s.NodesSignedTwice), s.TokensTwiceAtCA, s.TokensTwiceAtFront)
-	fmt.Fprintf(&b, "  CA requests: %d (%d answered by the fault proxy); rate peak %.0f/s, mean %.1f/s over the storm", s.Requests, s.Faulted, s.PeakRate, s.MeanRate)
-	if s.RecMean > 0 {
-		fmt.Fprintf(&b, "; recovery (the fault's end to the last done): peak %.0f/s, mean %.1f/s, peak-to-mean %.1f", s.RecPeak, s.RecMean, s.RecPeak/s.RecMean)
-	}
-	b.WriteString("\n  CA requests/s by second: ")
-	for i, v := range s.ReqSeries {
-		if i > 0 {
-			b.WriteString(" ")
-		}
-		fmt.Fprintf(&b, "%.0f", v)
-	}
-	b.WriteString("\n")
-	type kv struct {
-		k string
-		v int
-	}
-	var whys []kv
-	for k, v := range s.Why {
-		whys = append(whys, kv{k, v})
-	}
-	sort.Slice(whys, func(i, j int) bool { return whys[i].v > whys[j].v || whys[i].v == whys[j].v && whys[i].k < whys[j].k })
-	for i, w := range whys {
-		if i == 5 {
-			fmt.Fprintf(&b, "  failed runs: ... %d more reasons\n", len(whys)-5)
-			break
-		}
-		fmt.Fprintf(&b, "  failed runs: %d x %s\n", w.v, w.k)
-	}
-	if len(s.NodesNotDone) > 0 {
-		fmt.Fprintf(&b, "  NOT DONE: %s\n", strings.Join(firstN(s.NodesNotDone, 10), ", "))
-	}
-	if len(s.NodesSignedTwice) > 0 {
-		fmt.Fprintf(&b, "  SIGNED TWICE: %s\n", strings.Join(firstN(s.NodesSignedTwice, 10), ", "))
-	}
-	return b.String()
-}
-
-func firstN(v []string, n int) []string {
-	if len(v) > n {
-		return append(v[:n:n], fmt.Sprintf("... %d more", len(v)-n))
-	}
-	return v
+	return 0, "", cpu
 }
 
 // RemoveRoots deletes the node roots of a finished storm.

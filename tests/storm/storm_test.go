@@ -76,7 +76,82 @@ func TestStorm(t *testing.T) {
 			if sc.fault != nil && s.SignsAtFront-s.SignsAtCA != sc.fault.FirstSigns {
 				t.Errorf("%d signs answered by the fault proxy, want %d: the scenario did not test recovery from a failed sign", s.SignsAtFront-s.SignsAtCA, sc.fault.FirstSigns)
 			}
+			checkMeasured(t, s)
 		})
+	}
+}
+
+// checkMeasured fails a storm whose speed figures would be made up: every
+// part's CPU must have been measured, and the restarted runs seen at the CA.
+func checkMeasured(t *testing.T, s fleet.Summary) {
+	t.Helper()
+	c := s.CPU
+	if len(c.Missing) > 0 || c.Nodes <= 0 || c.Storm <= 0 || c.Ingress <= 0 || c.Cores < 1 {
+		t.Errorf("CPU not measured: nodes %s, storm process %s, nginx %s, %d cores; missing: %v", c.Nodes, c.Storm, c.Ingress, c.Cores, c.Missing)
+	}
+	if s.FloorRatio <= 0 && s.Done == s.Nodes {
+		t.Errorf("every node is done but there is no floor ratio (time to done %s, floor %s)", s.TimeToDone, c.Floor())
+	}
+	if s.Herd.Seen != s.Herd.Restarts {
+		t.Errorf("%d of %d restarted runs never reached the CA: their network start is unknown", s.Herd.Restarts-s.Herd.Seen, s.Herd.Restarts)
+	}
+}
+
+// restartSpreadBar is the most of a restarted fleet that may start its
+// network work within one 100 ms. A fleet that returns within one second
+// puts at least a tenth of its restarts into one of that second's ten
+// 100 ms windows, so a share of 10% or more fails.
+const restartSpreadBar = 0.10
+
+// TestStormRestartSpread is issue 26's herd check: the whole fleet fails
+// in one instant (fleet.StormOptions.FailTogether: the CA hangs, then its
+// balancer answers every waiting node 404) and provision.service restarts
+// every node RestartSec later. It fails if the restarted runs come back
+// together: restartSpreadBar or more of them starting their network work
+// (their first connection to the CA, as the kernel under the CA proxy saw
+// it) within one 100 ms. It also checks the storm's correctness bar.
+//
+// It is expected to fail until restarts are spread (issue 26), so it runs
+// only with STORM_RESTART_SPREAD=1 and skips otherwise, CI included: a
+// skip here is "not run", never a pass. It runs provision as shipped (not
+// under -race), since it judges timing the race detector would distort.
+func TestStormRestartSpread(t *testing.T) {
+	if os.Getenv("STORM_RESTART_SPREAD") != "1" {
+		t.Skip("NOT RUN (not passed): the restart-herd check is expected to fail until issue 26 spreads restarts; STORM_RESTART_SPREAD=1 runs it")
+	}
+	ingress.Require(t, ingress.Nginx)
+	n := stormNodes(t)
+	work := t.TempDir()
+	bin, err := build(work)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := fleet.Start(fleet.Options{Dir: filepath.Join(work, "fleet"), Proxy: true, Connections: 4 * n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	so := fleet.StormOptions{Name: "fail-together", Nodes: n, Binary: bin, Work: filepath.Join(work, "nodes"), Deadline: "5m", Restart: 2 * time.Second}
+	so.FailTogether()
+	res, err := fleet.Storm(ctx, f, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := res.Summarize()
+	t.Logf("storm: %s", s.String())
+	if !s.OK() {
+		t.Errorf("the storm did not meet the bar: %d/%d done, %d certificates, twice: %v, tokens twice at the CA: %d", s.Done, s.Nodes, s.Signs201, s.NodesSignedTwice, s.TokensTwiceAtCA)
+	}
+	checkMeasured(t, s)
+	h := s.Herd
+	if h.Seen < n {
+		t.Fatalf("%d restarted runs reached the CA, want at least one per node (%d): the scenario did not fail every node's first run (exit codes %v)", h.Seen, n, s.ExitCodes)
+	}
+	if h.Share100ms() >= restartSpreadBar {
+		t.Errorf("restart herd: %d of %d restarted runs (%.0f%%) started their network work within one 100 ms (from +%s), %.0f%% within one second; the bar is under %.0f%%: a fleet that failed together came back together (issue 26)",
+			h.In100ms, h.Seen, 100*h.Share100ms(), h.At100ms.Round(time.Millisecond), 100*h.Share1s(), 100*restartSpreadBar)
 	}
 }
 
@@ -108,8 +183,12 @@ func TestStormPostgres(t *testing.T) {
 	t.Cleanup(func() { f.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	pid, err := db.Pid()
+	if err != nil {
+		t.Fatal(err)
+	}
 	res, err := fleet.Storm(ctx, f, fleet.StormOptions{Name: "pg-healthy", Nodes: n, Spread: time.Second, Binary: bin,
-		Work: filepath.Join(work, "nodes"), Deadline: "5m", Restart: 2 * time.Second})
+		Work: filepath.Join(work, "nodes"), Deadline: "5m", Restart: 2 * time.Second, DBPid: pid})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +196,10 @@ func TestStormPostgres(t *testing.T) {
 	t.Logf("storm on PostgreSQL (%s): %s", db.Version, s.String())
 	if !s.OK() {
 		t.Errorf("the storm did not meet the bar: %d/%d done, %d certificates, twice: %v, tokens twice at the CA: %d", s.Done, s.Nodes, s.Signs201, s.NodesSignedTwice, s.TokensTwiceAtCA)
+	}
+	checkMeasured(t, s)
+	if s.CPU.DB <= 0 {
+		t.Errorf("PostgreSQL's CPU was not measured (postmaster %d)", pid)
 	}
 	certs, err := db.Count("x509_certs")
 	if err != nil {
