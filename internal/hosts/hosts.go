@@ -258,15 +258,11 @@ func conflicts(ls []line, blk Block, entries []Entry) error {
 		if blk.Present && i >= blk.Begin && i <= blk.End {
 			continue
 		}
-		f := strings.Fields(strings.SplitN(l.text, "#", 2)[0])
-		if len(f) < 2 {
+		ip, names, ok := system.HostsLine(l.text)
+		if !ok {
 			continue
 		}
-		ip, err := netip.ParseAddr(f[0])
-		if err != nil {
-			continue
-		}
-		for _, n := range f[1:] {
+		for _, n := range names {
 			if w, ok := want[strings.ToLower(n)]; ok && ip.Unmap() != w.Unmap() {
 				return &Error{Line: i + 1, Outside: true, Msg: fmt.Sprintf("maps %s to %s outside the managed block, but the config wants %s; remove that line (resolvers disagree about which one wins)", n, ip, w)}
 			}

@@ -169,24 +169,34 @@ func ParseHosts(b []byte) map[string][]netip.Addr {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if i := strings.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		f := strings.Fields(line)
-		if len(f) < 2 {
+		ip, names, ok := HostsLine(sc.Text())
+		if !ok {
 			continue
 		}
-		ip, err := netip.ParseAddr(f[0])
-		if err != nil {
-			continue
-		}
-		for _, n := range f[1:] {
+		for _, n := range names {
 			n = strings.ToLower(n)
 			m[n] = append(m[n], ip.Unmap())
 		}
 	}
 	return m
+}
+
+// HostsLine reads one hosts(5) line: its address and names, the comment
+// stripped; ok is false for a line that maps nothing. It is the one line
+// parser, for resolution here and for the managed block's conflicts.
+func HostsLine(line string) (ip netip.Addr, names []string, ok bool) {
+	if i := strings.IndexByte(line, '#'); i >= 0 {
+		line = line[:i]
+	}
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return netip.Addr{}, nil, false
+	}
+	ip, err := netip.ParseAddr(f[0])
+	if err != nil {
+		return netip.Addr{}, nil, false
+	}
+	return ip, f[1:], true
 }
 
 // Getent resolves name through NSS with getent(1), the path glibc programs
