@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -372,6 +373,7 @@ func TestRootRotation(t *testing.T) {
 			t.Fatalf("ca-chain evidence %v, want chains_to_newest true", c.Evidence)
 		}
 	}
+	dropped := n.cp.CA.RetiredRoots()
 	if err := n.cp.DropOldCARoots(false); err != nil {
 		t.Fatal(err)
 	}
@@ -388,6 +390,25 @@ func TestRootRotation(t *testing.T) {
 	if c := rep.Checks[4]; c.Name != "ca-root" || c.Status != report.Warn || !strings.Contains(c.Remedy, n.cp.CA.Fingerprint()) {
 		t.Fatalf("ca-root after the pinned root was dropped: %+v", c)
 	}
+	// Issue 24's repro: a server certificate that chains only to the dropped
+	// root must not pass tls-server (ca.pem no longer trusts that root).
+	if len(dropped) == 0 {
+		t.Fatal("no retired root to issue from")
+	}
+	old, err := dropped[0].IssueServerCert(n.cp.API.Hostname(), net.IPv4(127, 0, 0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := n.cp.CA.PKI().IssueServerCert(n.cp.API.Hostname(), net.IPv4(127, 0, 0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.cp.API.SetServerCert(old.TLSCertificate())
+	e := observe.NewEnv(n.cfg, n.host)
+	if rep := report.New("verify", nodeID, verify.Ladder(context.Background(), e, nil), 0); rep.OK || rep.FailedCheck != "tls-server" {
+		t.Fatalf("verify against a server certificate under the dropped root: ok=%v at %s: %s", rep.OK, rep.FailedCheck, rep.Summary)
+	}
+	n.cp.API.SetServerCert(good.TLSCertificate())
 	// The template pins the new root: nothing left to do.
 	n.cfg.CA.Fingerprint = n.cp.CA.Fingerprint()
 	if out := n.renew(t, false); !out.Report.OK || out.Record.LastResult != state.NotDue {

@@ -4,15 +4,19 @@ import (
 	"context"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/renew"
 	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
 	"github.com/gpuaas/provision/tests/fleet"
@@ -68,5 +72,26 @@ func TestRenewStopsAtClockBeforeRekey(t *testing.T) {
 	}
 	if serial(n.current(t)) != before || out.Renewed {
 		t.Fatal("the certificate changed although the clock stopped the run")
+	}
+}
+
+// TestRenewTightensExposedKey: renew restricts a key found readable by
+// others exactly as bootstrap does (the pipeline's one credentials-mode
+// step), records the exposure, and says so, even when nothing is due.
+func TestRenewTightensExposedKey(t *testing.T) {
+	n := bootstrapped(t, controlplane.Options{})
+	key := filepath.Join(n.current(t).Dir, credstore.KeyFile)
+	if err := os.Chmod(key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := n.renew(t, false)
+	if !out.Report.OK {
+		t.Fatalf("renew: %s", out.Report.Summary)
+	}
+	if st, err := os.Stat(key); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key mode after renew: %v (%v), want 0600", st.Mode().Perm(), err)
+	}
+	if _, err := os.Stat(filepath.Join(n.files.StateDir, state.ExposedFile)); err != nil {
+		t.Fatalf("the exposure was not recorded: %v", err)
 	}
 }
