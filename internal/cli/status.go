@@ -70,7 +70,9 @@ func runStatus(_ context.Context, env *runEnv, args []string) int {
 
 // printStatus is status for a person: one fact a line.
 func printStatus(w io.Writer, n *status.Node, code int) {
-	line := func(k, format string, a ...any) { fmt.Fprintf(w, "%-14s %s\n", k+":", clean(fmt.Sprintf(format, a...))) }
+	line := func(k, format string, a ...any) {
+		fmt.Fprintf(w, "%-14s %s\n", k+":", clean(fmt.Sprintf(format, a...)))
+	}
 	line("node", "%s", n.NodeID)
 	c := n.Credentials
 	switch {
