@@ -101,11 +101,12 @@ type Renew struct {
 
 // Receipt is the done receipt.
 type Receipt struct {
-	Serial   string    `json:"serial"`
-	ProvedAt time.Time `json:"proved_at"`
-	Command  string    `json:"command,omitempty"`
-	Enrolled bool      `json:"enrolled"`
-	Unproven string    `json:"unproven,omitempty"`
+	Serial    string    `json:"serial"`
+	ProvedAt  time.Time `json:"proved_at"`
+	Command   string    `json:"command,omitempty"`
+	Enrolled  bool      `json:"enrolled"`
+	Unproven  string    `json:"unproven,omitempty"`
+	MachineID string    `json:"machine_id,omitempty"` // the install that proved it
 }
 
 // Metrics says where the textfile metrics go and which exist.
@@ -128,7 +129,7 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 			ConsecutiveRefusals: rec.Refusals, Unproven: rec.Unproven, Aside: rec.Aside, RevokedSerial: rec.RevokedSerial}
 	}
 	if rc, err := state.ReadReceipt(host.Path(cfg.Paths.StateDir)); err == nil {
-		n.Receipt = &Receipt{Serial: rc.Serial, ProvedAt: rc.ProvedAt, Command: rc.Command, Enrolled: rc.Enrolled, Unproven: rc.Unproven}
+		n.Receipt = &Receipt{Serial: rc.Serial, ProvedAt: rc.ProvedAt, Command: rc.Command, Enrolled: rc.Enrolled, Unproven: rc.Unproven, MachineID: rc.MachineID}
 	}
 	n.Metrics = metricsFiles(cfg, host)
 	judge(n, v, cfg, host.Time())
