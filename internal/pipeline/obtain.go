@@ -89,16 +89,18 @@ func (r *Run) asideVerdict(g string) (lifecycle.Verdict, *observe.Env) {
 
 // reuseAside looks for a set left aside by an earlier run that is still
 // good (it loads, its key matches, it is this node's, valid now, chains to
-// a current root) and outlives the installed one. Its ca.pem is refreshed
+// a current root), is not the installed certificate, and lasts at least as
+// long. Its ca.pem is refreshed
 // in a new generation if the CA's roots moved since.
 func (r *Run) reuseAside() bool {
 	var curEnd time.Time
+	curSerial := ""
 	if r.Current != nil {
-		curEnd = r.Current.Leaf().NotAfter
+		curEnd, curSerial = r.Current.Leaf().NotAfter, r.Current.Leaf().SerialNumber.String()
 	}
 	for _, g := range credstore.Asides(r.PKI) {
 		v, e := r.asideVerdict(g)
-		if v.Action >= lifecycle.Reenroll || v.Leaf == nil || !v.Leaf.NotAfter.After(curEnd) {
+		if v.Action >= lifecycle.Reenroll || v.Leaf == nil || v.Leaf.NotAfter.Before(curEnd) || v.Leaf.SerialNumber.String() == curSerial {
 			continue
 		}
 		set, _ := e.Creds()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/renew"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
@@ -94,6 +95,39 @@ func TestRenewCrashConsistency(t *testing.T) {
 				t.Errorf("step %q: the next renew did not run the pending hook", p)
 			}
 		}
+	}
+	// Publishing a set left aside: a run killed after it wrote its renewed
+	// set aside leaves it for the next run, which proves it again and
+	// publishes it without asking the CA for another; that run, killed at
+	// each of its publishing points, keeps the invariants too.
+	for _, p := range []string{"current switched", "published"} {
+		before := readCreds(pki).serial
+		if r := n.run([]string{"PROVISION_CRASH_AT=aside written"}, "renew", "--force"); !r.Killed {
+			t.Fatalf("renew was not killed at %q (exit %d)", "aside written", r.Code)
+		}
+		kills++
+		asides := credstore.Asides(pki)
+		if len(asides) == 0 {
+			t.Fatal("no set left aside after a kill at \"aside written\"")
+		}
+		aside, err := credstore.LoadGeneration(filepath.Join(pki, asides[0]))
+		if err != nil {
+			t.Fatalf("the set aside: %v", err)
+		}
+		r := n.run([]string{"PROVISION_CRASH_AT=" + p}, "renew", "--force")
+		if !r.Killed {
+			unreached++
+			t.Errorf("publishing the set aside: not killed at %q (exit %d)", p, r.Code)
+			continue
+		}
+		kills++
+		check("aside, step "+p, before, false)
+		// Killed once current switched: it names the set aside.
+		if got, want := readCreds(pki).serial, aside.Leaf().SerialNumber.String(); got != want {
+			violations++
+			t.Errorf("aside, step %s: serial %s current after the kill, want the set aside %s (no second certificate)", p, got, want)
+		}
+		renewOK("aside, step " + p)
 	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 14))
 	randomKills := envInt("RENEW_CRASH_RANDOM", 20)
