@@ -16,12 +16,49 @@ import (
 
 func writeNginx(in *Ingress, o Options) ([]string, error) {
 	d := in.Dir
-	for _, sub := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"} {
-		if err := os.MkdirAll(filepath.Join(d, sub), 0o755); err != nil {
-			return nil, fmt.Errorf("creating nginx dir: %w", err)
-		}
+	if err := nginxTempDirs(d); err != nil {
+		return nil, err
 	}
 	var b strings.Builder
+	if err := nginxHTTPHead(&b, d, o); err != nil {
+		return nil, err
+	}
+	listen := in.Addr + " ssl"
+	if o.PlainHTTP {
+		listen = in.Addr
+	}
+	if o.Default404 {
+		nginxDefaultServer(&b, listen, o)
+	}
+	if err := nginxNodeAPIServer(&b, listen, o); err != nil {
+		return nil, err
+	}
+	b.WriteString("}\n")
+	conf := filepath.Join(d, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
+		return nil, fmt.Errorf("writing nginx config: %w", err)
+	}
+	in.Forwarding = ForwardingFor(Nginx, o)
+	// -e stderr keeps nginx from opening the system error log before it has
+	// read the configuration.
+	return []string{"-e", "stderr", "-p", d + "/", "-c", conf, "-g", "daemon off;"}, nil
+}
+
+// nginxTempDirs creates the temporary and log directories the generated
+// configuration points nginx at, under d.
+func nginxTempDirs(d string) error {
+	for _, sub := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"} {
+		if err := os.MkdirAll(filepath.Join(d, sub), 0o755); err != nil {
+			return fmt.Errorf("creating nginx dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// nginxHTTPHead writes everything before the first server block: the main
+// context (user, pid, logs, worker connections) and the http context's
+// paths and protocols, leaving the http block open.
+func nginxHTTPHead(b *strings.Builder, d string, o Options) error {
 	if os.Geteuid() == 0 {
 		// As root nginx would switch its worker to "nobody", which cannot
 		// enter the 0700 temporary directory.
@@ -31,7 +68,7 @@ func writeNginx(in *Ingress, o Options) ([]string, error) {
 	if o.WorkerConnections > 0 {
 		conns = o.WorkerConnections
 	}
-	fmt.Fprintf(&b, `worker_processes 1;
+	fmt.Fprintf(b, `worker_processes 1;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log info;
 events { worker_connections %[2]d; }
@@ -43,27 +80,34 @@ http {
     uwsgi_temp_path %[1]s/uwsgi;
     scgi_temp_path %[1]s/scgi;
 `, d, conns)
-	if o.MinTLS != "" || o.MaxTLS != "" {
-		protos, err := versionRange(o.MinTLS, o.MaxTLS, func(v string) string {
-			if v == "1.0" {
-				return "TLSv1"
-			}
-			return "TLSv" + v
-		})
-		if err != nil {
-			return nil, err
+	return nginxProtocols(b, o)
+}
+
+// nginxProtocols writes ssl_protocols when MinTLS or MaxTLS pins them.
+func nginxProtocols(b *strings.Builder, o Options) error {
+	if o.MinTLS == "" && o.MaxTLS == "" {
+		return nil
+	}
+	protos, err := versionRange(o.MinTLS, o.MaxTLS, func(v string) string {
+		if v == "1.0" {
+			return "TLSv1"
 		}
-		// At http level: nginx negotiates the version with the listening
-		// socket's default server before SNI selects a server block, so an
-		// ssl_protocols only in the node API's server block is ignored.
-		fmt.Fprintf(&b, "    ssl_protocols %s;\n", strings.Join(protos, " "))
+		return "TLSv" + v
+	})
+	if err != nil {
+		return err
 	}
-	listen := in.Addr + " ssl"
-	if o.PlainHTTP {
-		listen = in.Addr
-	}
-	if o.Default404 {
-		fmt.Fprintf(&b, `    server {
+	// At http level: nginx negotiates the version with the listening
+	// socket's default server before SNI selects a server block, so an
+	// ssl_protocols only in the node API's server block is ignored.
+	fmt.Fprintf(b, "    ssl_protocols %s;\n", strings.Join(protos, " "))
+	return nil
+}
+
+// nginxDefaultServer writes the default_server answering 404 for any other
+// name (Default404).
+func nginxDefaultServer(b *strings.Builder, listen string, o Options) {
+	fmt.Fprintf(b, `    server {
         listen %s default_server;
         server_name _;
         ssl_certificate %s;
@@ -71,23 +115,30 @@ http {
         return 404;
     }
 `, listen, o.ServerCertFile, o.ServerKeyFile)
-	}
+}
+
+// nginxVerifyClient is ssl_verify_client's value for a client-auth mode.
+func nginxVerifyClient(mode ClientAuthMode) (string, error) {
 	verify := map[ClientAuthMode]string{ClientAuthRequired: "on", ClientAuthOptional: "optional",
-		ClientAuthRequest: "optional_no_ca", ClientAuthOff: "off"}[o.ClientAuth]
+		ClientAuthRequest: "optional_no_ca", ClientAuthOff: "off"}[mode]
 	if verify == "" {
-		return nil, fmt.Errorf("nginx: unknown client auth mode %q", o.ClientAuth)
+		return "", fmt.Errorf("nginx: unknown client auth mode %q", mode)
+	}
+	return verify, nil
+}
+
+// nginxNodeAPIServer writes the server block for Hostname: TLS and client
+// authentication, then its one location.
+func nginxNodeAPIServer(b *strings.Builder, listen string, o Options) error {
+	verify, err := nginxVerifyClient(o.ClientAuth)
+	if err != nil {
+		return err
 	}
 	depth := 3
 	if o.VerifyDepth != nil {
 		depth = *o.VerifyDepth
 	}
-	location, proxyPass := "/", "http://"+o.upstreamHostPort()
-	if o.StripPrefix != "" {
-		// The classic trap: a proxy_pass with a URI replaces the part of
-		// the path the location matched.
-		location, proxyPass = strings.TrimSuffix(o.StripPrefix, "/")+"/", proxyPass+"/"
-	}
-	fmt.Fprintf(&b, `    server {
+	fmt.Fprintf(b, `    server {
         listen %s;
         server_name %s;
         ssl_certificate %s;
@@ -101,31 +152,37 @@ http {
 	if o.RejectHandshake {
 		b.WriteString("        ssl_reject_handshake on;\n")
 	}
-	fmt.Fprintf(&b, `        location %s {
+	nginxLocation(b, o)
+	b.WriteString("    }\n")
+	return nil
+}
+
+// nginxLocation writes the location that proxies to the upstream (or
+// redirects), with the forwarded certificate headers.
+func nginxLocation(b *strings.Builder, o Options) {
+	location, proxyPass := "/", "http://"+o.upstreamHostPort()
+	if o.StripPrefix != "" {
+		// The classic trap: a proxy_pass with a URI replaces the part of
+		// the path the location matched.
+		location, proxyPass = strings.TrimSuffix(o.StripPrefix, "/")+"/", proxyPass+"/"
+	}
+	fmt.Fprintf(b, `        location %s {
 `, location)
 	if o.RedirectTo != "" {
-		fmt.Fprintf(&b, "            return 301 %s;\n", o.RedirectTo)
+		fmt.Fprintf(b, "            return 301 %s;\n", o.RedirectTo)
 	}
-	fmt.Fprintf(&b, `            proxy_pass %s;
+	fmt.Fprintf(b, `            proxy_pass %s;
             proxy_http_version 1.1;
             proxy_set_header Host $host;
 `, proxyPass)
 	if !o.NoForwardCert {
-		fmt.Fprintf(&b, "            proxy_set_header %s $ssl_client_escaped_cert;\n", NginxCertHeader)
-		fmt.Fprintf(&b, "            proxy_set_header %s $ssl_client_verify;\n", NginxVerifyHeader)
+		fmt.Fprintf(b, "            proxy_set_header %s $ssl_client_escaped_cert;\n", NginxCertHeader)
+		fmt.Fprintf(b, "            proxy_set_header %s $ssl_client_verify;\n", NginxVerifyHeader)
 	}
 	if o.UpstreamTimeout > 0 {
-		fmt.Fprintf(&b, "            proxy_read_timeout %dms;\n", o.UpstreamTimeout.Milliseconds())
+		fmt.Fprintf(b, "            proxy_read_timeout %dms;\n", o.UpstreamTimeout.Milliseconds())
 	}
-	b.WriteString("        }\n    }\n}\n")
-	conf := filepath.Join(d, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
-		return nil, fmt.Errorf("writing nginx config: %w", err)
-	}
-	in.Forwarding = ForwardingFor(Nginx, o)
-	// -e stderr keeps nginx from opening the system error log before it has
-	// read the configuration.
-	return []string{"-e", "stderr", "-p", d + "/", "-c", conf, "-g", "daemon off;"}, nil
+	b.WriteString("        }\n")
 }
 
 func writeHAProxy(in *Ingress, o Options) ([]string, error) {
