@@ -95,141 +95,205 @@ func run(rounds int, out io.Writer) error {
 	if signsN > 0 {
 		return signThroughput(fl, signsN, signWorkers, signNewConns, out)
 	}
-	stepBin, _ := exec.LookPath("step")
-	curlBin, _ := exec.LookPath("curl")
+	b := &bench{work: work, prov: prov, floor: floor, fl: fl, res: map[string][]sample{}}
+	b.stepBin, _ = exec.LookPath("step")
+	b.curlBin, _ = exec.LookPath("curl")
+	printHeader(out, rounds, fl, st.Size())
+	for i := 0; i < rounds; i++ {
+		if err := b.round(i); err != nil {
+			return err
+		}
+	}
+	rss, err := b.peakRSS(rounds)
+	if err != nil {
+		return err
+	}
+	b.report(out, rss)
+	return nil
+}
 
+// bench is one run's contenders and the samples they gave, by name.
+type bench struct {
+	work, prov, floor string
+	fl                *fleet.Fleet
+	// stepBin and curlBin are "" when the program is not on PATH.
+	stepBin, curlBin string
+	res              map[string][]sample
+}
+
+// printHeader prints the run's settings, the control plane and the size of
+// the binary.
+func printHeader(out io.Writer, rounds int, fl *fleet.Fleet, provSize int64) {
 	fmt.Fprintf(out, "bench: %d rounds, GOMAXPROCS %d, %s/%s, %s\n", rounds, runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	fmt.Fprintf(out, "control plane: step-ca %s, nginx %s -> node API (wait_timeout 0s, hold 0)\n", fl.CP.CA.Addr(), fl.Ingress.Addr)
-	fmt.Fprintf(out, "provision stripped (-ldflags='-s -w' -trimpath): %.1f MB\n\n", float64(st.Size())/1e6)
+	fmt.Fprintf(out, "provision stripped (-ldflags='-s -w' -trimpath): %.1f MB\n\n", float64(provSize)/1e6)
+}
 
-	res := map[string][]sample{}
+// names are the contenders in the order the table lists them.
+func (b *bench) names() []string {
 	names := []string{"floor", "cold", "warm", "verify"}
-	if curlBin != "" {
+	if b.curlBin != "" {
 		names = append(names, "curl-poll")
 	}
 	if baseline != "" {
 		names = append(names, "cold (baseline)", "warm (baseline)", "verify (baseline)")
 	}
-	if stepBin != "" && curlBin != "" {
+	if b.stepBin != "" && b.curlBin != "" {
 		names = append(names, "step+curl")
 	}
-	oneRound := func(i int) error {
-		id := fmt.Sprintf("bench-%04d", i)
-		root := filepath.Join(work, "nodes", id)
-		files, _, err := fl.Node(root, id, "60s")
+	return names
+}
+
+// round runs every contender once, on a fresh node. The floor runs first
+// in even rounds and last in odd ones, so neither side always gets the
+// warmer caches.
+func (b *bench) round(i int) error {
+	id := fmt.Sprintf("bench-%04d", i)
+	root := filepath.Join(b.work, "nodes", id)
+	files, _, err := b.fl.Node(root, id, "60s")
+	if err != nil {
+		return err
+	}
+	if i%2 == 0 {
+		if err := b.floorRun(i); err != nil {
+			return err
+		}
+	}
+	args := []string{"--config", files.ConfigArg, "--root", root, "--format", "json"}
+	if err := b.provision(provisionRuns, b.prov, args); err != nil {
+		return err
+	}
+	if baseline != "" {
+		if err := b.runBaseline(i); err != nil {
+			return err
+		}
+	}
+	if b.curlBin != "" {
+		if err := b.curlPoll(id, files.PKIDir); err != nil {
+			return err
+		}
+	}
+	if b.stepBin != "" && b.curlBin != "" {
+		s, err := stepCurl(b.stepBin, b.curlBin, b.fl, b.work, i)
 		if err != nil {
 			return err
 		}
-		args := []string{"--config", files.ConfigArg, "--root", root, "--format", "json"}
-		floorRun := func() error {
-			fid := fmt.Sprintf("floor-%04d", i)
-			tok, err := fl.CP.Token(fid)
-			if err != nil {
-				return err
-			}
-			tf := filepath.Join(work, "floor-nodes", fid+".token")
-			os.MkdirAll(filepath.Dir(tf), 0o700)
-			if err := os.WriteFile(tf, []byte(tok), 0o600); err != nil {
-				return err
-			}
-			cfg := fl.NodeConfig(fid, "")
-			s, _, err := runProc(floor, "-ca", cfg.CA.URL, "-fp", cfg.CA.Fingerprint, "-token", tf,
-				"-api", cfg.NodeAPI.URL+strings.ReplaceAll(cfg.NodeAPI.WaitPath, "{node_id}", fid)+"?timeout=0",
-				"-dir", filepath.Join(work, "floor-nodes", fid))
-			if err != nil {
-				return fmt.Errorf("floor: %w", err)
-			}
-			res["floor"] = append(res["floor"], s)
-			return nil
-		}
-		// The floor runs first in even rounds and last in odd ones, so
-		// neither side always gets the warmer caches.
-		if i%2 == 0 {
-			if err := floorRun(); err != nil {
-				return err
-			}
-		}
-		for _, c := range []struct{ name, cmd string }{{"cold", "bootstrap"}, {"warm", "bootstrap"}, {"verify", "verify"}} {
-			s, stdout, err := runProc(prov, append([]string{c.cmd}, args...)...)
-			if err != nil {
-				return fmt.Errorf("provision %s (%s): %w\n%s", c.cmd, c.name, err, stdout)
-			}
-			s.steps = stepTimes(stdout)
-			res[c.name] = append(res[c.name], s)
-		}
-		if baseline != "" {
-			bid := fmt.Sprintf("base-%04d", i)
-			broot := filepath.Join(work, "nodes", bid)
-			bfiles, _, err := fl.Node(broot, bid, "60s")
-			if err != nil {
-				return err
-			}
-			bargs := []string{"--config", bfiles.ConfigArg, "--root", broot, "--format", "json"}
-			for _, c := range []struct{ name, cmd string }{{"cold (baseline)", "bootstrap"}, {"warm (baseline)", "bootstrap"}, {"verify (baseline)", "verify"}} {
-				s, stdout, err := runProc(baseline, append([]string{c.cmd}, bargs...)...)
-				if err != nil {
-					return fmt.Errorf("baseline %s: %w\n%s", c.name, err, stdout)
-				}
-				s.steps = stepTimes(stdout)
-				res[c.name] = append(res[c.name], s)
-			}
-		}
-		if curlBin != "" {
-			// One tasks/wait round trip with the node's own files, a process
-			// like verify: what verify is compared with.
-			pki := files.PKIDir
-			url := fl.NodeConfig(id, "").NodeAPI.URL + strings.ReplaceAll(controlplane.WaitPath, "{node_id}", id) + "?timeout=0"
-			s, out, err := runProc(curlBin, "-fsS", "--cacert", filepath.Join(pki, "ca.pem"), "--cert", filepath.Join(pki, "cert.pem"),
-				"--key", filepath.Join(pki, "key.pem"), "--resolve", controlplane.DefaultAPIHostname+":"+strconv.Itoa(fl.Ingress.Port)+":127.0.0.1", url)
-			if err != nil {
-				return fmt.Errorf("curl: %w\n%s", err, out)
-			}
-			res["curl-poll"] = append(res["curl-poll"], s)
-		}
-		if stepBin != "" && curlBin != "" {
-			s, err := stepCurl(stepBin, curlBin, fl, work, i)
-			if err != nil {
-				return err
-			}
-			res["step+curl"] = append(res["step+curl"], s)
-		}
-		if i%2 == 1 {
-			if err := floorRun(); err != nil {
-				return err
-			}
-		}
-		return nil
+		b.res["step+curl"] = append(b.res["step+curl"], s)
 	}
-	for i := 0; i < rounds; i++ {
-		if err := oneRound(i); err != nil {
-			return err
-		}
+	if i%2 == 1 {
+		return b.floorRun(i)
 	}
+	return nil
+}
 
-	// Peak RSS: one more round, untimed, each process under the rss helper.
+// floorRun runs the floor program once, with a token of its own.
+func (b *bench) floorRun(i int) error {
+	fid := fmt.Sprintf("floor-%04d", i)
+	tok, err := b.fl.CP.Token(fid)
+	if err != nil {
+		return err
+	}
+	tf := filepath.Join(b.work, "floor-nodes", fid+".token")
+	os.MkdirAll(filepath.Dir(tf), 0o700)
+	if err := os.WriteFile(tf, []byte(tok), 0o600); err != nil {
+		return err
+	}
+	cfg := b.fl.NodeConfig(fid, "")
+	s, _, err := runProc(b.floor, "-ca", cfg.CA.URL, "-fp", cfg.CA.Fingerprint, "-token", tf,
+		"-api", cfg.NodeAPI.URL+strings.ReplaceAll(cfg.NodeAPI.WaitPath, "{node_id}", fid)+"?timeout=0",
+		"-dir", filepath.Join(b.work, "floor-nodes", fid))
+	if err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	b.res["floor"] = append(b.res["floor"], s)
+	return nil
+}
+
+// provisionRun is one provision process of a round: its contender name,
+// its subcommand and how its failure is reported.
+type provisionRun struct{ name, cmd, failure string }
+
+// provisionRuns and baselineRuns are a node's three provision processes,
+// in order: a cold bootstrap, a warm one on the same root, then verify.
+var (
+	provisionRuns = []provisionRun{
+		{"cold", "bootstrap", "provision bootstrap (cold)"},
+		{"warm", "bootstrap", "provision bootstrap (warm)"},
+		{"verify", "verify", "provision verify (verify)"},
+	}
+	baselineRuns = []provisionRun{
+		{"cold (baseline)", "bootstrap", "baseline cold (baseline)"},
+		{"warm (baseline)", "bootstrap", "baseline warm (baseline)"},
+		{"verify (baseline)", "verify", "baseline verify (baseline)"},
+	}
+)
+
+// provision runs bin for each of runs with args, recording the process
+// and the per-step times of its report.
+func (b *bench) provision(runs []provisionRun, bin string, args []string) error {
+	for _, c := range runs {
+		s, stdout, err := runProc(bin, append([]string{c.cmd}, args...)...)
+		if err != nil {
+			return fmt.Errorf("%s: %w\n%s", c.failure, err, stdout)
+		}
+		s.steps = stepTimes(stdout)
+		b.res[c.name] = append(b.res[c.name], s)
+	}
+	return nil
+}
+
+// runBaseline runs the -baseline binary's cold, warm and verify on a node of
+// its own.
+func (b *bench) runBaseline(i int) error {
+	bid := fmt.Sprintf("base-%04d", i)
+	broot := filepath.Join(b.work, "nodes", bid)
+	bfiles, _, err := b.fl.Node(broot, bid, "60s")
+	if err != nil {
+		return err
+	}
+	bargs := []string{"--config", bfiles.ConfigArg, "--root", broot, "--format", "json"}
+	return b.provision(baselineRuns, baseline, bargs)
+}
+
+// curlPoll is one tasks/wait round trip with the node's own files, a
+// process like verify: what verify is compared with.
+func (b *bench) curlPoll(id, pki string) error {
+	url := b.fl.NodeConfig(id, "").NodeAPI.URL + strings.ReplaceAll(controlplane.WaitPath, "{node_id}", id) + "?timeout=0"
+	s, out, err := runProc(b.curlBin, "-fsS", "--cacert", filepath.Join(pki, "ca.pem"), "--cert", filepath.Join(pki, "cert.pem"),
+		"--key", filepath.Join(pki, "key.pem"), "--resolve", controlplane.DefaultAPIHostname+":"+strconv.Itoa(b.fl.Ingress.Port)+":127.0.0.1", url)
+	if err != nil {
+		return fmt.Errorf("curl: %w\n%s", err, out)
+	}
+	b.res["curl-poll"] = append(b.res["curl-poll"], s)
+	return nil
+}
+
+// peakRSS runs one more round, untimed, each process under the rss helper,
+// and returns each contender's peak RSS in KB. The timed samples are left
+// as they were.
+func (b *bench) peakRSS(round int) (map[string]int64, error) {
 	measureRSS = true
-	rss := map[string]int64{}
-	{
-		before := map[string]int{}
-		for n, ss := range res {
-			before[n] = len(ss)
-		}
-		saved := res
-		res = map[string][]sample{}
-		if err := oneRound(rounds); err != nil {
-			return err
-		}
-		for n, ss := range res {
-			rss[n] = maxRSS(ss)
-		}
-		res = saved
+	saved := b.res
+	b.res = map[string][]sample{}
+	if err := b.round(round); err != nil {
+		return nil, err
 	}
+	rss := map[string]int64{}
+	for n, ss := range b.res {
+		rss[n] = maxRSS(ss)
+	}
+	b.res = saved
 	measureRSS = false
+	return rss, nil
+}
 
-	floorMed := median(res["floor"])
+// report prints the table of contenders against the floor, provision's
+// per-step medians and the fsync counts.
+func (b *bench) report(out io.Writer, rss map[string]int64) {
+	floorMed := median(b.res["floor"])
 	fmt.Fprintf(out, "%-17s %9s %9s %9s %9s %12s %10s\n", "", "median", "min", "max", "x floor", "peak RSS", "CPU")
-	for _, n := range names {
-		ss := res[n]
+	for _, n := range b.names() {
+		ss := b.res[n]
 		if len(ss) == 0 {
 			continue
 		}
@@ -237,24 +301,23 @@ func run(rounds int, out io.Writer) error {
 		fmt.Fprintf(out, "%-17s %9s %9s %9s %9.2f %9.1f MB %10s\n", n, ms(median(ss)), ms(mn), ms(mx),
 			float64(median(ss))/float64(floorMed), float64(rss[n])/1024, ms(medianCPU(ss)))
 	}
-	if stepBin == "" || curlBin == "" {
+	if b.stepBin == "" || b.curlBin == "" {
 		fmt.Fprintln(out, "step+curl  skipped: no step binary on PATH (the operator's script: step ca certificate + curl --cert)")
 	}
 	for _, n := range []string{"cold", "warm", "cold (baseline)"} {
-		if len(res[n]) == 0 {
+		if len(b.res[n]) == 0 {
 			continue
 		}
 		fmt.Fprintf(out, "\nprovision bootstrap (%s), median per step from the report's steps[]:\n", n)
-		printSteps(out, res[n])
+		printSteps(out, b.res[n])
 	}
 	fmt.Fprintln(out, "\nverify, median per check from the report's checks[]:")
-	printSteps(out, res["verify"])
-	if cnt, ok := fsyncs(prov, fl, work); ok {
+	printSteps(out, b.res["verify"])
+	if cnt, ok := fsyncs(b.prov, b.fl, b.work); ok {
 		fmt.Fprintf(out, "\nfsync+fdatasync calls (one untimed run each, counted by strace -f): %s\n", cnt)
 	} else {
 		fmt.Fprintln(out, "\nfsync counts skipped: strace is not on PATH (docs/performance.md lists them from the code path)")
 	}
-	return nil
 }
 
 // build builds provision as shipped (stripped) and the floor the same way.

@@ -16,12 +16,49 @@ import (
 
 func writeNginx(in *Ingress, o Options) ([]string, error) {
 	d := in.Dir
-	for _, sub := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"} {
-		if err := os.MkdirAll(filepath.Join(d, sub), 0o755); err != nil {
-			return nil, fmt.Errorf("creating nginx dir: %w", err)
-		}
+	if err := nginxTempDirs(d); err != nil {
+		return nil, err
 	}
 	var b strings.Builder
+	if err := nginxHTTPHead(&b, d, o); err != nil {
+		return nil, err
+	}
+	listen := in.Addr + " ssl"
+	if o.PlainHTTP {
+		listen = in.Addr
+	}
+	if o.Default404 {
+		nginxDefaultServer(&b, listen, o)
+	}
+	if err := nginxNodeAPIServer(&b, listen, o); err != nil {
+		return nil, err
+	}
+	b.WriteString("}\n")
+	conf := filepath.Join(d, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
+		return nil, fmt.Errorf("writing nginx config: %w", err)
+	}
+	in.Forwarding = ForwardingFor(Nginx, o)
+	// -e stderr keeps nginx from opening the system error log before it has
+	// read the configuration.
+	return []string{"-e", "stderr", "-p", d + "/", "-c", conf, "-g", "daemon off;"}, nil
+}
+
+// nginxTempDirs creates the temporary and log directories the generated
+// configuration points nginx at, under d.
+func nginxTempDirs(d string) error {
+	for _, sub := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"} {
+		if err := os.MkdirAll(filepath.Join(d, sub), 0o755); err != nil {
+			return fmt.Errorf("creating nginx dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// nginxHTTPHead writes everything before the first server block: the main
+// context (user, pid, logs, worker connections) and the http context's
+// paths and protocols, leaving the http block open.
+func nginxHTTPHead(b *strings.Builder, d string, o Options) error {
 	if os.Geteuid() == 0 {
 		// As root nginx would switch its worker to "nobody", which cannot
 		// enter the 0700 temporary directory.
@@ -31,7 +68,7 @@ func writeNginx(in *Ingress, o Options) ([]string, error) {
 	if o.WorkerConnections > 0 {
 		conns = o.WorkerConnections
 	}
-	fmt.Fprintf(&b, `worker_processes 1;
+	fmt.Fprintf(b, `worker_processes 1;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log info;
 events { worker_connections %[2]d; }
@@ -43,27 +80,34 @@ http {
     uwsgi_temp_path %[1]s/uwsgi;
     scgi_temp_path %[1]s/scgi;
 `, d, conns)
-	if o.MinTLS != "" || o.MaxTLS != "" {
-		protos, err := versionRange(o.MinTLS, o.MaxTLS, func(v string) string {
-			if v == "1.0" {
-				return "TLSv1"
-			}
-			return "TLSv" + v
-		})
-		if err != nil {
-			return nil, err
+	return nginxProtocols(b, o)
+}
+
+// nginxProtocols writes ssl_protocols when MinTLS or MaxTLS pins them.
+func nginxProtocols(b *strings.Builder, o Options) error {
+	if o.MinTLS == "" && o.MaxTLS == "" {
+		return nil
+	}
+	protos, err := versionRange(o.MinTLS, o.MaxTLS, func(v string) string {
+		if v == "1.0" {
+			return "TLSv1"
 		}
-		// At http level: nginx negotiates the version with the listening
-		// socket's default server before SNI selects a server block, so an
-		// ssl_protocols only in the node API's server block is ignored.
-		fmt.Fprintf(&b, "    ssl_protocols %s;\n", strings.Join(protos, " "))
+		return "TLSv" + v
+	})
+	if err != nil {
+		return err
 	}
-	listen := in.Addr + " ssl"
-	if o.PlainHTTP {
-		listen = in.Addr
-	}
-	if o.Default404 {
-		fmt.Fprintf(&b, `    server {
+	// At http level: nginx negotiates the version with the listening
+	// socket's default server before SNI selects a server block, so an
+	// ssl_protocols only in the node API's server block is ignored.
+	fmt.Fprintf(b, "    ssl_protocols %s;\n", strings.Join(protos, " "))
+	return nil
+}
+
+// nginxDefaultServer writes the default_server answering 404 for any other
+// name (Default404).
+func nginxDefaultServer(b *strings.Builder, listen string, o Options) {
+	fmt.Fprintf(b, `    server {
         listen %s default_server;
         server_name _;
         ssl_certificate %s;
@@ -71,23 +115,30 @@ http {
         return 404;
     }
 `, listen, o.ServerCertFile, o.ServerKeyFile)
-	}
+}
+
+// nginxVerifyClient is ssl_verify_client's value for a client-auth mode.
+func nginxVerifyClient(mode ClientAuthMode) (string, error) {
 	verify := map[ClientAuthMode]string{ClientAuthRequired: "on", ClientAuthOptional: "optional",
-		ClientAuthRequest: "optional_no_ca", ClientAuthOff: "off"}[o.ClientAuth]
+		ClientAuthRequest: "optional_no_ca", ClientAuthOff: "off"}[mode]
 	if verify == "" {
-		return nil, fmt.Errorf("nginx: unknown client auth mode %q", o.ClientAuth)
+		return "", fmt.Errorf("nginx: unknown client auth mode %q", mode)
+	}
+	return verify, nil
+}
+
+// nginxNodeAPIServer writes the server block for Hostname: TLS and client
+// authentication, then its one location.
+func nginxNodeAPIServer(b *strings.Builder, listen string, o Options) error {
+	verify, err := nginxVerifyClient(o.ClientAuth)
+	if err != nil {
+		return err
 	}
 	depth := 3
 	if o.VerifyDepth != nil {
 		depth = *o.VerifyDepth
 	}
-	location, proxyPass := "/", "http://"+o.upstreamHostPort()
-	if o.StripPrefix != "" {
-		// The classic trap: a proxy_pass with a URI replaces the part of
-		// the path the location matched.
-		location, proxyPass = strings.TrimSuffix(o.StripPrefix, "/")+"/", proxyPass+"/"
-	}
-	fmt.Fprintf(&b, `    server {
+	fmt.Fprintf(b, `    server {
         listen %s;
         server_name %s;
         ssl_certificate %s;
@@ -101,31 +152,37 @@ http {
 	if o.RejectHandshake {
 		b.WriteString("        ssl_reject_handshake on;\n")
 	}
-	fmt.Fprintf(&b, `        location %s {
+	nginxLocation(b, o)
+	b.WriteString("    }\n")
+	return nil
+}
+
+// nginxLocation writes the location that proxies to the upstream (or
+// redirects), with the forwarded certificate headers.
+func nginxLocation(b *strings.Builder, o Options) {
+	location, proxyPass := "/", "http://"+o.upstreamHostPort()
+	if o.StripPrefix != "" {
+		// The classic trap: a proxy_pass with a URI replaces the part of
+		// the path the location matched.
+		location, proxyPass = strings.TrimSuffix(o.StripPrefix, "/")+"/", proxyPass+"/"
+	}
+	fmt.Fprintf(b, `        location %s {
 `, location)
 	if o.RedirectTo != "" {
-		fmt.Fprintf(&b, "            return 301 %s;\n", o.RedirectTo)
+		fmt.Fprintf(b, "            return 301 %s;\n", o.RedirectTo)
 	}
-	fmt.Fprintf(&b, `            proxy_pass %s;
+	fmt.Fprintf(b, `            proxy_pass %s;
             proxy_http_version 1.1;
             proxy_set_header Host $host;
 `, proxyPass)
 	if !o.NoForwardCert {
-		fmt.Fprintf(&b, "            proxy_set_header %s $ssl_client_escaped_cert;\n", NginxCertHeader)
-		fmt.Fprintf(&b, "            proxy_set_header %s $ssl_client_verify;\n", NginxVerifyHeader)
+		fmt.Fprintf(b, "            proxy_set_header %s $ssl_client_escaped_cert;\n", NginxCertHeader)
+		fmt.Fprintf(b, "            proxy_set_header %s $ssl_client_verify;\n", NginxVerifyHeader)
 	}
 	if o.UpstreamTimeout > 0 {
-		fmt.Fprintf(&b, "            proxy_read_timeout %dms;\n", o.UpstreamTimeout.Milliseconds())
+		fmt.Fprintf(b, "            proxy_read_timeout %dms;\n", o.UpstreamTimeout.Milliseconds())
 	}
-	b.WriteString("        }\n    }\n}\n")
-	conf := filepath.Join(d, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
-		return nil, fmt.Errorf("writing nginx config: %w", err)
-	}
-	in.Forwarding = ForwardingFor(Nginx, o)
-	// -e stderr keeps nginx from opening the system error log before it has
-	// read the configuration.
-	return []string{"-e", "stderr", "-p", d + "/", "-c", conf, "-g", "daemon off;"}, nil
+	b.WriteString("        }\n")
 }
 
 func writeHAProxy(in *Ingress, o Options) ([]string, error) {
@@ -277,44 +334,93 @@ func contains(list []string, s string) bool {
 // automatic HTTPS, the given certificate, client auth on the Hostname SNI.
 func writeCaddy(in *Ingress, o Options) ([]string, error) {
 	d := in.Dir
-	type m = map[string]any
-	proxy := m{
+	if o.VerifyDepth != nil {
+		return nil, errors.New("caddy: VerifyDepth is an nginx knob")
+	}
+	policies, err := caddyTLSPolicies(o)
+	if err != nil {
+		return nil, err
+	}
+	server := jsonObject{
+		"listen":          []string{in.Addr},
+		"protocols":       []string{"h1", "h2"}, // no HTTP/3 UDP listener
+		"automatic_https": jsonObject{"disable": true},
+		"routes":          caddyRoutes(o),
+		"logs":            jsonObject{},
+	}
+	if !o.PlainHTTP {
+		server["tls_connection_policies"] = policies
+	}
+	js, err := json.MarshalIndent(caddyConfig(d, o, server), "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	file := filepath.Join(d, "caddy.json")
+	if err := os.WriteFile(file, js, 0o644); err != nil {
+		return nil, fmt.Errorf("writing caddy config: %w", err)
+	}
+	in.Forwarding = ForwardingFor(Caddy, o)
+	return []string{"run", "--config", file}, nil
+}
+
+// jsonObject is a JSON object of Caddy's configuration.
+type jsonObject = map[string]any
+
+// caddyRoutes are the node API's route on Hostname and, with Default404,
+// the catch-all 404 after it.
+func caddyRoutes(o Options) []jsonObject {
+	routes := []jsonObject{{
+		"match":    []jsonObject{{"host": []string{o.Hostname}}},
+		"handle":   caddyHandlers(o),
+		"terminal": true,
+	}}
+	if o.Default404 {
+		routes = append(routes, jsonObject{"handle": []jsonObject{{
+			"handler":     "static_response",
+			"status_code": 404,
+			"headers":     jsonObject{"Content-Type": []string{"text/plain; charset=utf-8"}},
+			"body":        "404 page not found\n",
+		}}})
+	}
+	return routes
+}
+
+// caddyHandlers is the node API route's handler chain: the reverse proxy,
+// after a prefix strip (StripPrefix), or instead a redirect (RedirectTo).
+func caddyHandlers(o Options) []jsonObject {
+	if o.RedirectTo != "" {
+		return []jsonObject{{"handler": "static_response", "status_code": 301, "headers": jsonObject{"Location": []string{o.RedirectTo}}}}
+	}
+	proxy := caddyProxy(o)
+	if o.StripPrefix != "" {
+		// What handle_path does: strip the prefix, then proxy.
+		return []jsonObject{{"handler": "rewrite", "strip_path_prefix": strings.TrimSuffix(o.StripPrefix, "/")}, proxy}
+	}
+	return []jsonObject{proxy}
+}
+
+// caddyProxy is the reverse_proxy handler, with the certificate header and
+// the upstream timeout.
+func caddyProxy(o Options) jsonObject {
+	proxy := jsonObject{
 		"handler":   "reverse_proxy",
-		"upstreams": []m{{"dial": o.upstreamHostPort()}},
+		"upstreams": []jsonObject{{"dial": o.upstreamHostPort()}},
 	}
 	if !o.NoForwardCert {
-		proxy["headers"] = m{"request": m{"set": m{
+		proxy["headers"] = jsonObject{"request": jsonObject{"set": jsonObject{
 			CaddyCertHeader: []string{"{http.request.tls.client.certificate_der_base64}"},
 		}}}
 	}
 	if o.UpstreamTimeout > 0 {
-		proxy["transport"] = m{"protocol": "http", "response_header_timeout": o.UpstreamTimeout.String()}
+		proxy["transport"] = jsonObject{"protocol": "http", "response_header_timeout": o.UpstreamTimeout.String()}
 	}
-	handle := []m{proxy}
-	if o.StripPrefix != "" {
-		// What handle_path does: strip the prefix, then proxy.
-		handle = []m{{"handler": "rewrite", "strip_path_prefix": strings.TrimSuffix(o.StripPrefix, "/")}, proxy}
-	}
-	if o.RedirectTo != "" {
-		handle = []m{{"handler": "static_response", "status_code": 301, "headers": m{"Location": []string{o.RedirectTo}}}}
-	}
-	routes := []m{{
-		"match":    []m{{"host": []string{o.Hostname}}},
-		"handle":   handle,
-		"terminal": true,
-	}}
-	if o.Default404 {
-		routes = append(routes, m{"handle": []m{{
-			"handler":     "static_response",
-			"status_code": 404,
-			"headers":     m{"Content-Type": []string{"text/plain; charset=utf-8"}},
-			"body":        "404 page not found\n",
-		}}})
-	}
-	if o.VerifyDepth != nil {
-		return nil, errors.New("caddy: VerifyDepth is an nginx knob")
-	}
-	clientAuth := m{
+	return proxy
+}
+
+// caddyClientAuth is the node API policy's client_authentication, nil for
+// ClientAuthOff.
+func caddyClientAuth(o Options) (jsonObject, error) {
+	clientAuth := jsonObject{
 		"trusted_ca_certs_pem_files": []string{o.ClientCAFile},
 		"mode":                       "require_and_verify",
 	}
@@ -329,9 +435,27 @@ func writeCaddy(in *Ingress, o Options) ([]string, error) {
 	default:
 		return nil, fmt.Errorf("caddy: unknown client auth mode %q", o.ClientAuth)
 	}
-	nodeAPIPolicy := m{
-		"match":                 m{"sni": []string{o.Hostname}},
-		"certificate_selection": m{"any_tag": []string{"node-api"}},
+	return clientAuth, nil
+}
+
+// caddyTLSPolicies are the TLS connection policies: the node API's on the
+// Hostname SNI (client auth, protocol versions) and the fallback for any
+// other SNI; with RejectHandshake only another name's.
+func caddyTLSPolicies(o Options) ([]jsonObject, error) {
+	clientAuth, err := caddyClientAuth(o)
+	if err != nil {
+		return nil, err
+	}
+	if o.RejectHandshake {
+		// No site for Hostname: the only policy is another name's.
+		return []jsonObject{{
+			"match":                 jsonObject{"sni": []string{"other-site.invalid"}},
+			"certificate_selection": jsonObject{"any_tag": []string{"node-api"}},
+		}}, nil
+	}
+	nodeAPIPolicy := jsonObject{
+		"match":                 jsonObject{"sni": []string{o.Hostname}},
+		"certificate_selection": jsonObject{"any_tag": []string{"node-api"}},
 	}
 	if clientAuth != nil {
 		nodeAPIPolicy["client_authentication"] = clientAuth
@@ -342,58 +466,36 @@ func writeCaddy(in *Ingress, o Options) ([]string, error) {
 	if o.MaxTLS != "" {
 		nodeAPIPolicy["protocol_max"] = "tls" + o.MaxTLS
 	}
-	policies := []m{
+	return []jsonObject{
 		nodeAPIPolicy,
 		{
 			// No or another SNI: serve the same certificate,
 			// no client auth, so routing can answer.
-			"certificate_selection": m{"any_tag": []string{"node-api"}},
+			"certificate_selection": jsonObject{"any_tag": []string{"node-api"}},
 			"default_sni":           o.Hostname,
 		},
-	}
-	if o.RejectHandshake {
-		// No site for Hostname: the only policy is another name's.
-		policies = []m{{
-			"match":                 m{"sni": []string{"other-site.invalid"}},
-			"certificate_selection": m{"any_tag": []string{"node-api"}},
-		}}
-	}
-	server := m{
-		"listen":          []string{in.Addr},
-		"protocols":       []string{"h1", "h2"}, // no HTTP/3 UDP listener
-		"automatic_https": m{"disable": true},
-		"routes":          routes,
-		"logs":            m{},
-	}
-	if !o.PlainHTTP {
-		server["tls_connection_policies"] = policies
-	}
-	cfg := m{
-		"admin":   m{"disabled": true},
-		"storage": m{"module": "file_system", "root": filepath.Join(d, "caddy-data")},
-		"logging": m{"logs": m{"default": m{
-			"writer":  m{"output": "stderr"},
-			"encoder": m{"format": "console"},
+	}, nil
+}
+
+// caddyConfig is the whole configuration around the one HTTP server:
+// admin API off, storage and logs, the certificate to load.
+func caddyConfig(d string, o Options, server jsonObject) jsonObject {
+	return jsonObject{
+		"admin":   jsonObject{"disabled": true},
+		"storage": jsonObject{"module": "file_system", "root": filepath.Join(d, "caddy-data")},
+		"logging": jsonObject{"logs": jsonObject{"default": jsonObject{
+			"writer":  jsonObject{"output": "stderr"},
+			"encoder": jsonObject{"format": "console"},
 			"level":   "DEBUG",
 		}}},
-		"apps": m{
-			"tls": m{"certificates": m{"load_files": []m{{
+		"apps": jsonObject{
+			"tls": jsonObject{"certificates": jsonObject{"load_files": []jsonObject{{
 				"certificate": o.ServerCertFile, "key": o.ServerKeyFile, "tags": []string{"node-api"},
 			}}}},
-			"http": m{
+			"http": jsonObject{
 				"grace_period": (2 * time.Second).String(),
-				"servers":      m{"node_api": server},
+				"servers":      jsonObject{"node_api": server},
 			},
 		},
 	}
-	js, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	file := filepath.Join(d, "caddy.json")
-	if err := os.WriteFile(file, js, 0o644); err != nil {
-		return nil, fmt.Errorf("writing caddy config: %w", err)
-	}
-	in.Forwarding = ForwardingFor(Caddy, o)
-	return []string{"run", "--config", file}, nil
 }

@@ -71,58 +71,90 @@ func run(caURL, fp, tokenFile, apiURL, dir string) error {
 	if err != nil {
 		return err
 	}
-	// 1. The pinned root: one unverified fetch, checked by hash.
+	pool, err := pinnedRoot(caURL, fp)
+	if err != nil {
+		return err
+	}
+	key, chain, err := sign(caURL, pool, strings.TrimSpace(string(tok)))
+	if err != nil {
+		return err
+	}
+	if err := writeKeyAndCert(dir, key, chain); err != nil {
+		return err
+	}
+	return poll(apiURL, dir, pool)
+}
+
+// pinnedRoot is step 1, the pinned root: one unverified fetch, checked by
+// hash. It returns a pool holding that root.
+func pinnedRoot(caURL, fp string) (*x509.CertPool, error) {
 	insecure := &http.Client{Transport: transport(&tls.Config{InsecureSkipVerify: true})} //nolint:gosec // pinned root fetch, checked by fingerprint below
 	resp, err := insecure.Get(strings.TrimSuffix(caURL, "/") + "/root/" + fp)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var rr api.RootResponse
 	err = json.NewDecoder(resp.Body).Decode(&rr)
 	resp.Body.Close()
 	if err != nil || rr.RootPEM.Certificate == nil {
-		return fmt.Errorf("root: %v", err)
+		return nil, fmt.Errorf("root: %v", err)
 	}
 	sum := sha256.Sum256(rr.RootPEM.Raw)
 	if hex.EncodeToString(sum[:]) != fp {
-		return fmt.Errorf("root fingerprint mismatch")
+		return nil, fmt.Errorf("root fingerprint mismatch")
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(rr.RootPEM.Certificate)
-	u, _ := http.NewRequest(http.MethodGet, caURL, nil)
+	return pool, nil
+}
 
-	// 2. A P-256 key and a CSR, 3. one sign with step's client.
+// sign is steps 2 and 3: a P-256 key and a CSR for the token's subject and
+// SANs, then one sign with step's client over a connection trusting pool.
+// It returns the key and the certificate chain, leaf first.
+func sign(caURL string, pool *x509.CertPool, tok string) (*ecdsa.PrivateKey, []api.Certificate, error) {
+	u, _ := http.NewRequest(http.MethodGet, caURL, nil)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	var claims struct {
-		Sub  string   `json:"sub"`
-		SANs []string `json:"sans"`
-	}
-	if parts := strings.Split(strings.TrimSpace(string(tok)), "."); len(parts) == 3 {
-		b, _ := base64.RawURLEncoding.DecodeString(parts[1])
-		json.Unmarshal(b, &claims)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: claims.Sub}, DNSNames: claims.SANs}, key)
+	sub, sans := tokenClaims(tok)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: sub}, DNSNames: sans}, key)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	csr, _ := x509.ParseCertificateRequest(der)
 	client, err := ca.NewClient(caURL, ca.WithTransport(transport(&tls.Config{RootCAs: pool, ServerName: u.URL.Hostname()})), ca.WithTimeout(10*time.Second))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	sr, err := client.Sign(&api.SignRequest{CsrPEM: api.NewCertificateRequest(csr), OTT: strings.TrimSpace(string(tok))})
+	sr, err := client.Sign(&api.SignRequest{CsrPEM: api.NewCertificateRequest(csr), OTT: tok})
 	if err != nil {
-		return fmt.Errorf("sign: %w", err)
+		return nil, nil, fmt.Errorf("sign: %w", err)
 	}
+	return key, sr.CertChainPEM, nil
+}
 
-	// 4. key and certificate, each written and fsynced, then the directory.
+// tokenClaims reads the subject and SANs out of the token's payload,
+// unverified (the CA verifies it); empty when the token is not a JWT.
+func tokenClaims(tok string) (sub string, sans []string) {
+	var claims struct {
+		Sub  string   `json:"sub"`
+		SANs []string `json:"sans"`
+	}
+	if parts := strings.Split(tok, "."); len(parts) == 3 {
+		b, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		json.Unmarshal(b, &claims)
+	}
+	return claims.Sub, claims.SANs
+}
+
+// writeKeyAndCert is step 4: key.pem and cert.pem in dir, each written and
+// fsynced, then the directory.
+func writeKeyAndCert(dir string, key *ecdsa.PrivateKey, certs []api.Certificate) error {
 	kb, _ := x509.MarshalECPrivateKey(key)
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 	var chain []byte
-	for _, c := range sr.CertChainPEM {
+	for _, c := range certs {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -142,15 +174,19 @@ func run(caURL, fp, tokenFile, apiURL, dir string) error {
 	}
 	d.Sync()
 	d.Close()
+	return nil
+}
 
-	// 5. One mTLS poll, with the certificate read back from disk.
+// poll is step 5: one mTLS GET of the tasks/wait URL, with the certificate
+// read back from disk; 200 or 204 is success.
+func poll(apiURL, dir string, pool *x509.CertPool) error {
 	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
 	if err != nil {
 		return err
 	}
 	pu, _ := http.NewRequest(http.MethodGet, apiURL, nil)
 	mtls := &http.Client{Transport: transport(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: pu.URL.Hostname()})}
-	resp, err = mtls.Get(apiURL)
+	resp, err := mtls.Get(apiURL)
 	if err != nil {
 		return err
 	}
