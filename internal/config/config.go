@@ -241,8 +241,8 @@ func Parse(name string, data []byte) (*Config, error) {
 	for _, k := range md.Undecoded() {
 		probs = append(probs, Problem{Key: k.String(), Line: lines.line(k.String()), Msg: "unknown key" + suggest(k.String())})
 	}
-	c.applyDefaults(md)
-	probs = append(probs, c.validate(lines)...)
+	defaulted := c.applyDefaults(md)
+	probs = append(probs, c.validate(lines, defaulted)...)
 	if len(probs) > 0 {
 		sort.SliceStable(probs, func(i, j int) bool {
 			if probs[i].Line == 0 || probs[j].Line == 0 {
@@ -334,35 +334,38 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// applyDefaults fills in the optional keys the file leaves out. A key that
-// is written is kept as written, even "" or "0s", and validated: an explicit
-// value never silently becomes the default.
-func (c *Config) applyDefaults(md toml.MetaData) {
+// applyDefaults fills in the optional keys the file leaves out and returns
+// them, so that a rule between two keys can say a value is the default. A
+// key that is written is kept as written, even "" or "0s", and validated:
+// an explicit value never silently becomes the default.
+func (c *Config) applyDefaults(md toml.MetaData) map[string]bool {
+	defaulted := map[string]bool{}
 	for _, d := range []struct {
+		key  string
 		set  bool
 		str  *string
 		dur  *Duration
 		sdef string
 		ddef time.Duration
 	}{
-		{set: md.IsDefined("ca", "token_file"), str: &c.CA.TokenFile, sdef: DefaultTokenFile},
-		{set: md.IsDefined("node_api", "wait_path"), str: &c.NodeAPI.WaitPath, sdef: DefaultWaitPath},
-		{set: md.IsDefined("node_api", "wait_timeout"), dur: &c.NodeAPI.WaitTimeout, ddef: DefaultWaitTimeout},
-		{set: md.IsDefined("paths", "hosts_file"), str: &c.Paths.HostsFile, sdef: DefaultHostsFile},
-		{set: md.IsDefined("paths", "pki_dir"), str: &c.Paths.PKIDir, sdef: DefaultPKIDir},
-		{set: md.IsDefined("paths", "state_dir"), str: &c.Paths.StateDir, sdef: DefaultStateDir},
-		{set: md.IsDefined("bootstrap", "deadline"), dur: &c.Bootstrap.Deadline, ddef: DefaultDeadline},
-		{set: md.IsDefined("bootstrap", "request_timeout"), dur: &c.Bootstrap.RequestTimeout, ddef: DefaultRequestTimeout},
-		{set: md.IsDefined("metrics", "textfile_dir"), str: &c.Metrics.TextfileDir, sdef: DefaultTextfileDir},
-		{set: md.IsDefined("renew", "splay"), dur: &c.Renew.Splay, ddef: DefaultRenewSplay},
-		{set: md.IsDefined("renew", "post_hook_timeout"), dur: &c.Renew.PostHookTimeout, ddef: DefaultPostHookTimout},
+		{key: "ca.token_file", set: md.IsDefined("ca", "token_file"), str: &c.CA.TokenFile, sdef: DefaultTokenFile},
+		{key: "node_api.wait_path", set: md.IsDefined("node_api", "wait_path"), str: &c.NodeAPI.WaitPath, sdef: DefaultWaitPath},
+		{key: "node_api.wait_timeout", set: md.IsDefined("node_api", "wait_timeout"), dur: &c.NodeAPI.WaitTimeout, ddef: DefaultWaitTimeout},
+		{key: "paths.hosts_file", set: md.IsDefined("paths", "hosts_file"), str: &c.Paths.HostsFile, sdef: DefaultHostsFile},
+		{key: "paths.pki_dir", set: md.IsDefined("paths", "pki_dir"), str: &c.Paths.PKIDir, sdef: DefaultPKIDir},
+		{key: "paths.state_dir", set: md.IsDefined("paths", "state_dir"), str: &c.Paths.StateDir, sdef: DefaultStateDir},
+		{key: "bootstrap.deadline", set: md.IsDefined("bootstrap", "deadline"), dur: &c.Bootstrap.Deadline, ddef: DefaultDeadline},
+		{key: "bootstrap.request_timeout", set: md.IsDefined("bootstrap", "request_timeout"), dur: &c.Bootstrap.RequestTimeout, ddef: DefaultRequestTimeout},
+		{key: "metrics.textfile_dir", set: md.IsDefined("metrics", "textfile_dir"), str: &c.Metrics.TextfileDir, sdef: DefaultTextfileDir},
+		{key: "renew.splay", set: md.IsDefined("renew", "splay"), dur: &c.Renew.Splay, ddef: DefaultRenewSplay},
+		{key: "renew.post_hook_timeout", set: md.IsDefined("renew", "post_hook_timeout"), dur: &c.Renew.PostHookTimeout, ddef: DefaultPostHookTimout},
 	} {
 		switch {
 		case d.set:
 		case d.str != nil:
-			*d.str = d.sdef
+			*d.str, defaulted[d.key] = d.sdef, true
 		default:
-			d.dur.Duration = d.ddef
+			d.dur.Duration, defaulted[d.key] = d.ddef, true
 		}
 	}
 	if !md.IsDefined("metrics", "enabled") {
@@ -374,6 +377,7 @@ func (c *Config) applyDefaults(md toml.MetaData) {
 	if !md.IsDefined("renew", "rekey") {
 		c.Renew.Rekey = DefaultRenewRekey
 	}
+	return defaulted
 }
 
 // Ranges of the duration keys, inclusive. They are the contract documented
@@ -447,7 +451,7 @@ type adder func(key, format string, args ...any)
 
 // validate checks every key against its rules and returns every problem,
 // each naming its key and line. One function per section of the file.
-func (c *Config) validate(lines *lineIndex) []Problem {
+func (c *Config) validate(lines *lineIndex, defaulted map[string]bool) []Problem {
 	var probs []Problem
 	add := func(key, format string, args ...any) {
 		probs = append(probs, Problem{Key: key, Line: lines.line(key), Msg: fmt.Sprintf(format, args...)})
@@ -457,6 +461,7 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	c.validateNodeAPI(add)
 	c.validateLocal(add)
 	c.validateRenew(add)
+	c.validateBudget(add, defaulted)
 	return probs
 }
 
@@ -597,6 +602,42 @@ func (c *Config) validateRenew(add adder) {
 	}
 	if d := c.Renew.PostHookTimeout.Duration; d < MinPostHookTimeout || d > MaxPostHookTimeout {
 		add("renew.post_hook_timeout", "must be between %s and %s, got %s%s", fmtDuration(MinPostHookTimeout), fmtDuration(MaxPostHookTimeout), d, zeroHint(d, DefaultPostHookTimout))
+	}
+}
+
+// validateBudget: the rules between keys. Every network timeout, and the
+// post-hook's, must fit in bootstrap.deadline, the budget bootstrap and
+// renew run in (and verify's is built from the same timeouts): a timeout
+// longer than the deadline is never the one that fires, so the config
+// would say something the run cannot do. A key out of its own range has
+// its own problem already and is not judged here again. Each problem names
+// both keys, on the line of the one that does not fit.
+func (c *Config) validateBudget(add adder, defaulted map[string]bool) {
+	dl, req, wait := c.Bootstrap.Deadline.Duration, c.Bootstrap.RequestTimeout.Duration, c.NodeAPI.WaitTimeout.Duration
+	if dl < MinDeadline || dl > MaxDeadline || req < MinRequestTimeout || req > MaxRequestTimeout {
+		return
+	}
+	// value prints a key's duration, saying when the file left it out.
+	value := func(key string, d time.Duration) string {
+		if defaulted[key] {
+			return fmtDuration(d) + ", the default"
+		}
+		return fmtDuration(d)
+	}
+	const shorten = "shorten %s or lengthen bootstrap.deadline"
+	switch {
+	case req > dl:
+		add("bootstrap.request_timeout", "bootstrap.request_timeout (%s) is longer than bootstrap.deadline (%s): every network request must fit in the run's deadline; "+shorten,
+			value("bootstrap.request_timeout", req), fmtDuration(dl), "bootstrap.request_timeout")
+	case wait >= 0 && wait < dl && wait+req > dl:
+		// wait >= dl has its own problem (validateNodeAPI).
+		add("node_api.wait_timeout", "node_api.wait_timeout (%s) plus bootstrap.request_timeout (%s) is %s, longer than bootstrap.deadline (%s): the proof's long poll and the request around it must fit in the run's deadline; "+shorten,
+			value("node_api.wait_timeout", wait), value("bootstrap.request_timeout", req), fmtDuration(wait+req), fmtDuration(dl), "one of them")
+	}
+	hook := c.Renew.PostHookTimeout.Duration
+	if len(c.Renew.PostHook) > 0 && hook >= MinPostHookTimeout && hook <= MaxPostHookTimeout && hook > dl {
+		add("renew.post_hook_timeout", "renew.post_hook_timeout (%s) is longer than bootstrap.deadline (%s), inside which renew runs renew.post_hook: the deadline would kill the hook first; "+shorten,
+			value("renew.post_hook_timeout", hook), fmtDuration(dl), "renew.post_hook_timeout")
 	}
 }
 
