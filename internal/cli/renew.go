@@ -100,7 +100,7 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 		if f.format == "json" {
 			printJSON(env, rep, code)
 		} else {
-			fmt.Fprintf(env.stdout, "provision renew --check: %s (exit %d)\n", msg, code)
+			fmt.Fprintf(env.stdout, "provision renew --check: %s (exit %d)\n", clean(msg), code) // renew.json quotes the CA
 		}
 		return code
 	}
