@@ -479,7 +479,7 @@ type Exposure struct {
 // under pki. It returns the recorded exposure, old or new, if any.
 func restrictKeys(stateDir, pki string, hook system.Hook) (*Exposure, error) {
 	var x *Exposure
-	if b, err := os.ReadFile(filepath.Join(stateDir, ExposedFile)); err == nil {
+	if b, err := system.ReadRegular(context.Background(), filepath.Join(stateDir, ExposedFile), maxRecord); err == nil { // never a FIFO
 		x = &Exposure{}
 		if json.Unmarshal(b, x) != nil {
 			x = &Exposure{Changes: []string{"(unreadable record)"}}
@@ -660,9 +660,13 @@ func WriteReceipt(stateDir string, r *Receipt, hook system.Hook) error {
 	return nil
 }
 
+// maxRecord bounds what provision reads back of its own records in
+// state_dir (the receipt, the key-exposure record): each is under 4 KiB.
+const maxRecord = 1 << 20
+
 // ReadReceipt reads the receipt, if any.
 func ReadReceipt(stateDir string) (*Receipt, error) {
-	b, err := os.ReadFile(filepath.Join(stateDir, ReceiptFile))
+	b, err := system.ReadRegular(context.Background(), filepath.Join(stateDir, ReceiptFile), maxRecord) // never a FIFO
 	if err != nil {
 		return nil, err
 	}

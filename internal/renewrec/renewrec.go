@@ -6,7 +6,10 @@
 package renewrec
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -52,17 +55,39 @@ type Record struct {
 	Version       string `json:"version,omitempty"`
 }
 
-// Read reads the record; nil when there is none or it does not parse.
+// MaxSize bounds the record: a real one is well under 2 KiB (its longest
+// field is a one-line error).
+const MaxSize = 256 << 10
+
+// Load reads the record: nil and no error when there is none. It is opened
+// as a regular file, without following a link or blocking on a FIFO, and
+// read within MaxSize; anything else at its path is refused with an error
+// naming it (a *system.UnsafeFileError for a link, FIFO, device or
+// directory).
+func Load(stateDir string) (*Record, error) {
+	path := filepath.Join(stateDir, File)
+	b, err := system.ReadRegular(context.Background(), path, MaxSize)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: not a renew record: %w", path, err)
+	}
+	return &r, nil
+}
+
+// Read is Load for callers that only want the record: nil when there is
+// none, or it is refused or does not parse.
 func Read(stateDir string) *Record {
-	b, err := os.ReadFile(filepath.Join(stateDir, File))
+	r, err := Load(stateDir)
 	if err != nil {
 		return nil
 	}
-	var r Record
-	if json.Unmarshal(b, &r) != nil {
-		return nil
-	}
-	return &r
+	return r
 }
 
 // Write replaces the record atomically (0644: it holds no secret).
