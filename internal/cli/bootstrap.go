@@ -10,7 +10,6 @@ import (
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
-	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/tasks"
 )
 
@@ -65,15 +64,8 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
 	}
 	defer unlock()
-	// pki_dir is provision's own, like state_dir: created 0700, tightened
-	// (and said so) when others could write into it.
-	pki := host.Path(cfg.Paths.PKIDir)
-	if ds, err := system.EnsurePrivateDir(pki, true); err != nil {
-		return finish(env, f, cfg, host, log, report.Failed("bootstrap", cfg.NodeID, "pki-dir", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
-			Summary: err.Error(), Remedy: "make " + cfg.Paths.PKIDir + " a directory owned by root (or remove it), then run again"}))
-	} else if ds.Tightened {
-		log.Warn("pki directory was writable by other users; restricted it to 0700", "dir", cfg.Paths.PKIDir, "was", fmt.Sprintf("%04o", ds.WasMode))
-	}
+	// pki_dir and state_dir were claimed as provision's own by load
+	// (claimDirs): created 0700, refused when they hold other files.
 	out := bootstrap.Run(ctx, cfg, host, bootstrap.Options{Log: log, Version: Version(), Policy: retry.Default})
 	if out.Report.OK && out.Task != nil {
 		log.Info("task received during the proof and saved", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, tasks.Dir))

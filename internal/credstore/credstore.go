@@ -267,8 +267,10 @@ func SaveAside(dir string, s *Set, now time.Time, hook system.Hook) (string, err
 	if err != nil {
 		return "", fmt.Errorf("encoding key: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("creating %s: %w", dir, err)
+	// pki_dir must be provision's own before anything in it is replaced:
+	// a directory holding somebody else's files is refused, not taken over.
+	if _, err := system.ClaimDir(dir, true); err != nil {
+		return "", err
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return "", fmt.Errorf("restricting %s to 0700: %w", dir, err)

@@ -92,7 +92,7 @@ func Read(stateDir string) *Record {
 
 // Write replaces the record atomically (0644: it holds no secret).
 func Write(stateDir string, r *Record) error {
-	if _, err := system.EnsurePrivateDir(stateDir, true); err != nil {
+	if _, err := system.ClaimDir(stateDir, true); err != nil {
 		return err
 	}
 	b, err := json.MarshalIndent(r, "", "  ")
