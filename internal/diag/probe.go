@@ -125,8 +125,11 @@ func proven(r *probe.Result) map[Layer]string {
 	if r.Stage < probe.StageResponse {
 		return m
 	}
-	done := r.Stage >= probe.StageBody && (r.Status == 204 || (r.Status == 200 && isJSON(r.Body)))
-	if done || r.Status == 401 || r.Status == 403 || r.Status == 429 || r.Status >= 500 && r.Status <= 599 {
+	done := r.Stage >= probe.StageBody && (r.Status == 204 || (r.Status == 200 && probe.IsTask(r.Body)))
+	// A 200 of JSON that is no task came from a backend that speaks JSON:
+	// the request was routed; what it answered is the API's to explain.
+	jsonNoTask := r.Stage >= probe.StageBody && r.Status == 200 && isJSON(r.Body) && !done
+	if done || jsonNoTask || r.Status == 401 || r.Status == 403 || r.Status == 429 || r.Status >= 500 && r.Status <= 599 {
 		m[Route] = fmt.Sprintf("the ingress routed %s to a backend (it answered %d)", r.Host, r.Status)
 	}
 	if done {
@@ -174,7 +177,7 @@ func newProbeFinding(r *probe.Result) *Finding {
 		f.add("http_status", fmt.Sprint(r.Status))
 		f.add("body", bodyExcerpt(r.Body))
 		if r.BodyTruncated {
-			f.add("body_truncated", fmt.Sprintf("longer than %d bytes", probe.MaxBody))
+			f.add("body_truncated", fmt.Sprintf("longer than %d bytes", r.BodyLimit()))
 		}
 		if s := r.Header.Get("Server"); s != "" {
 			f.add("server_header", s)
@@ -393,7 +396,7 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 		return f
 	}
 	s := r.Status
-	success := s == 204 || (s == 200 && isJSON(r.Body))
+	success := s == 204 || (s == 200 && probe.IsTask(r.Body))
 	// Without a client-certificate request, mTLS is not enforced where the
 	// request landed. Unless the answer shows the request reached no node
 	// API route at all (404, 421, a redirect: route, with client auth
@@ -408,10 +411,18 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 	}
 	switch {
 	case r.BodyTruncated && s == 200:
-		return set(TasksWait, API, false, "tasks/wait must answer with one task; check what the node API returns for this node",
-			"tasks/wait answered 200 with a body longer than %d bytes: not a task provision can hand off whole", probe.MaxBody)
+		// The API dequeued something too large to hand off: its failure,
+		// whatever the route did (nothing here says what it did).
+		unproven[Route] = "not proven: the answer was too large to read whole"
+		unproven[Identity] = "not proven: the answer was too large to read whole"
+		return set(TasksWait, API, false, "the node API must hand out tasks far smaller than that (a task is a few KiB of JSON): find this node's task in the API's logs and queue it again, smaller",
+			"tasks/wait answered 200 with a body larger than %d bytes: provision did not read it whole, so the task in it was not handed off (the API dequeued it)", probe.MaxTask)
 	case r.Err != nil && success:
 		return set(TasksWait, Ingress, true, remedyCutAnswer, "the answer to tasks/wait was cut mid-body (%v)", r.Err)
+	case s == 200 && r.Stage >= probe.StageBody && isJSON(r.Body) && !success:
+		unproven[Identity] = "not proven: the answer was not a task, so it does not show the node API accepted the identity"
+		return set(TasksWait, API, false, "the node API must answer 204 when no task is queued, or 200 with one task as a JSON object; check what it returns for this node",
+			"tasks/wait answered 200 with JSON that is not a task (%s): a task is one JSON object, so this is neither a task nor a pass", bodyExcerpt(r.Body))
 	case s == 200 && !isJSON(r.Body):
 		// A task is JSON. An HTML or text 200 is an ingress default page, a
 		// captive proxy or another service: the route reached the wrong place.

@@ -459,6 +459,21 @@ func TestFromProbeHTTPAnswers(t *testing.T) {
 				evidence: map[string]string{"http_status": "418", "body": "teapot", "stage": "body"}}},
 		{"200 HTML default page", status(200, "<html>Welcome to nginx!</html>"), false,
 			want{layer: diag.Route, owner: diag.Ingress, summary: []string{"not a JSON task", "Welcome to nginx"}, remedy: "default backend"}},
+		// Issue 24 item 3: a 200 whose body is JSON but not an object is
+		// not a task, and not a pass; the node API said it, not the route.
+		{"200 JSON null", status(200, "null", "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"not a task", "null"}, remedy: "204 when no task is queued"}},
+		{"200 JSON array", status(200, `[{"id":"t-1"}]`, "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"not a task"}, remedy: "one task as a JSON object"}},
+		{"200 JSON string", status(200, `"reboot"`, "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"not a task"}, remedy: "JSON object"}},
+		{"200 JSON number", status(200, `12345678901234567891`, "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"not a task"}, remedy: "JSON object"}},
+		// A task over the bound is the API's, never the route's: it was
+		// dequeued and could not be handed off whole.
+		{"200 a task larger than probe.MaxTask", status(200, `{"id":"huge","pad":"`+strings.Repeat("x", probe.MaxTask)+`"}`, "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"larger than", "not handed off"}, remedy: "smaller",
+				evidence: map[string]string{"body_truncated": "longer than"}}},
 		{"200 without a client certificate request", status(200, `{"id":"t"}`), true,
 			want{layer: diag.TLSClientAuth, owner: diag.Ingress, summary: []string{"without asking for a client certificate"}, remedy: "enable client-certificate authentication"}},
 		{"204 without a client certificate request", status(204, ""), true,
@@ -501,6 +516,18 @@ func TestFromProbeHealthy(t *testing.T) {
 	// The Date header is the server's real time, whatever the node's clock says.
 	if d := time.Since(r.Date); d < -time.Minute || d > time.Minute {
 		t.Errorf("Date header %v is not the server's real time", r.Date)
+	}
+
+	// A task of several MiB is read whole and is a task (issue 24 item 3:
+	// a task over 1 MiB was dequeued, dropped and blamed on the route).
+	bigTask := `{"id":"task-big","pad":"` + strings.Repeat("x", 3<<20) + `"}`
+	portBig := serveHTTPS(t, w.tlsConfig(), status(200, bigTask, "Content-Type", "application/json"))
+	rb := w.probe(t, portBig)
+	if f := diag.FromProbe(rb, diag.ChainCurrent); f != nil {
+		t.Fatalf("a 3 MiB task classified as %s/%s: %s", f.Layer, f.Owner, f.Summary)
+	}
+	if task, ok := rb.HandedTask(); !ok || task.ID != "task-big" || len(task.Raw) != len(bigTask) {
+		t.Errorf("a 3 MiB task not handed over whole: %v id %q %d bytes", ok, task.ID, len(task.Raw))
 	}
 
 	port204 := serveHTTPS(t, w.tlsConfig(), status(204, ""))
