@@ -86,8 +86,10 @@ func (e *ForeignDirError) Is(target error) bool { return target == ErrForeignDir
 // With change false ClaimDir only judges (verify, renew --check): a
 // missing directory is fine and nothing is created or chmodded. With
 // change true a missing directory is created 0700 (missing parents 0755,
-// as a package manager would), and one of provision's that group or others
-// can write into is restricted to 0700 (DirState says so, for a warning).
+// as a package manager would), an existing one must be writable (a
+// read-only mount is named at the directory), and one of provision's that
+// group or others can write into is restricted to 0700 (DirState says so,
+// for a warning).
 // Only path itself is ever chmodded, never a parent.
 func ClaimDir(path string, change bool) (DirState, error) {
 	var s DirState
@@ -114,6 +116,12 @@ func ClaimDir(path string, change bool) (DirState, error) {
 	}
 	if err := judgeDir(path, true); err != nil {
 		return s, err
+	}
+	// A directory provision is about to write into must take writes: a
+	// read-only mount is named here, at the directory, rather than at the
+	// first file some later step tries to create in it.
+	if err := syscall.Access(path, 2 /* W_OK */); change && err != nil {
+		return s, fmt.Errorf("%s is not writable: %w", path, err)
 	}
 	s.WasMode = st.Mode().Perm()
 	if change && s.WasMode&0o022 != 0 {
