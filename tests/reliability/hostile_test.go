@@ -118,7 +118,7 @@ func runHostile(t *testing.T, n *node, hr hostileRun) {
 	if hr.exit != 0 && rep.Remedy == "" {
 		t.Errorf("%s: a failure without a remedy: %s", hr.cmd, rep.Summary)
 	}
-	t.Logf("%s: exit %d %s/%s: %.160s", hr.cmd, r.Code, rep.FailedLayer, rep.Owner, rep.Summary)
+	t.Logf("ran %s, exit %d %s/%s: %.160s", hr.cmd, r.Code, rep.FailedLayer, rep.Owner, rep.Summary)
 }
 
 // checkTerminalSafe fails if out could drive a terminal: a control
