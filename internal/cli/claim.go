@@ -40,8 +40,11 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 		for _, d := range dirs {
 			ds, err := system.ClaimDir(host.Path(d.path), change)
 			if err != nil {
-				fd := claimFinding(d.key, d.path, d.layer, err)
-				return finish(env, f, cfg, host, log, report.Failed(cmd, cfg.NodeID, d.check, fd)), false
+				rep := report.Failed(cmd, cfg.NodeID, d.check, claimFinding(d.key, d.path, d.layer, err))
+				if f.check {
+					return printReport(env, f, rep), false // renew --check is a question: no metrics
+				}
+				return finish(env, f, cfg, host, log, rep), false
 			}
 			if ds.Tightened {
 				log.Warn("directory was writable by other users; restricted it to 0700", "key", d.key, "dir", d.path, "was", fmt.Sprintf("%04o", ds.WasMode))

@@ -134,7 +134,11 @@ func TestCommandsRefuseForeignDirs(t *testing.T) {
 				for _, s := range tt.setup {
 					s(t, root)
 				}
-				before := treeDigest(t, root)
+				// node_exporter's directory, outside the digest: a refused
+				// run still leaves its metrics, but renew --check never does.
+				prom := filepath.Join(root, "var/lib/prometheus/node-exporter")
+				os.MkdirAll(prom, 0o755)
+				before := treeDigest(t, filepath.Join(root, "etc")) + treeDigest(t, filepath.Join(root, "srv")) + treeDigest(t, filepath.Join(root, "var/lib/provision"))
 				var out, errb bytes.Buffer
 				args := append(append([]string{}, cmd...), "--format", "json", "--root", root)
 				done := make(chan int, 1)
@@ -157,8 +161,12 @@ func TestCommandsRefuseForeignDirs(t *testing.T) {
 						t.Errorf("summary %q does not say %q", m["summary"], s)
 					}
 				}
-				if after := treeDigest(t, root); after != before {
+				if after := treeDigest(t, filepath.Join(root, "etc")) + treeDigest(t, filepath.Join(root, "srv")) + treeDigest(t, filepath.Join(root, "var/lib/provision")); after != before {
 					t.Errorf("the refused run changed the root:\n--- before\n%s--- after\n%s", before, after)
+				}
+				_, err := os.Stat(filepath.Join(prom, "provision_"+cmd[0]+".prom"))
+				if check := len(cmd) > 1; check != os.IsNotExist(err) {
+					t.Errorf("metrics after a refused %s: %v (renew --check writes none, the others always do)", strings.Join(cmd, " "), err)
 				}
 			})
 		}
