@@ -419,6 +419,16 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 			"tasks/wait answered 200 with a body larger than %d bytes: provision did not read it whole, so the task in it was not handed off (the API dequeued it)", probe.MaxTask)
 	case r.Err != nil && success:
 		return set(TasksWait, Ingress, true, remedyCutAnswer, "the answer to tasks/wait was cut mid-body (%v)", r.Err)
+	case s == 200 && r.Err != nil:
+		// A 200 carries a task; one that did not arrive whole is not handed
+		// off, and what it is cannot be judged: never "not the node API".
+		unproven[Route] = "not proven: the answer's body did not arrive whole"
+		unproven[Identity] = "not proven: the answer's body did not arrive whole"
+		if kindOf(r.Err) == errTimeout {
+			return set(TasksWait, API, true, "a task is a few KiB of JSON: check what the node API hands this node (its logs) and the ingress's buffering of large answers; bootstrap retries this within its deadline",
+				"tasks/wait answered 200, but its body did not arrive whole within the request's time (%d bytes so far: %v): the task in it was not handed off", len(r.Body), r.Err)
+		}
+		return set(TasksWait, Ingress, true, remedyCutAnswer, "the answer to tasks/wait was cut mid-body after %d bytes (%v): the task in it was not handed off", len(r.Body), r.Err)
 	case s == 200 && r.Stage >= probe.StageBody && isJSON(r.Body) && !success:
 		unproven[Identity] = "not proven: the answer was not a task, so it does not show the node API accepted the identity"
 		return set(TasksWait, API, false, "the node API must answer 204 when no task is queued, or 200 with one task as a JSON object; check what it returns for this node",

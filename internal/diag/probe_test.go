@@ -535,3 +535,51 @@ func TestFromProbeHealthy(t *testing.T) {
 		t.Fatalf("204 classified as %s: %s", f.Layer, f.Summary)
 	}
 }
+
+// TestFromProbeTaskCutShort: a 200 whose body did not arrive whole is not
+// a task and is never the route's (issue 24 item 3: a large task that was
+// still arriving when the request timed out was blamed on route/ingress).
+// Cut by the peer (EOF), it is the ingress's or API's answer cut short;
+// still arriving at the request timeout, it is the API's (it handed out
+// more than arrives in the budget).
+func TestFromProbeTaskCutShort(t *testing.T) {
+	w := newWorld(t)
+	cut := func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Type", "application/json")
+		rw.Header().Set("Content-Length", "100000")
+		io.WriteString(rw, `{"id":"t-1","pad":"xxxx`)
+	}
+	stall := func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Type", "application/json")
+		rw.Header().Set("Content-Length", "100000")
+		rw.WriteHeader(200)
+		io.WriteString(rw, `{"id":"t-1","pad":"xxxx`)
+		rw.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}
+	for _, tc := range []struct {
+		name    string
+		handler http.HandlerFunc
+		owner   diag.Owner
+		summary string
+	}{
+		{"cut by the peer", cut, diag.Ingress, "cut mid-body"},
+		{"still arriving at the timeout", stall, diag.API, "did not arrive whole"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := serveHTTPS(t, w.tlsConfig(), tc.handler)
+			r := w.probe(t, port, func(r *probe.Request) { r.Timeout, r.Wait = 500*time.Millisecond, 0 })
+			p := diag.Classify(r, diag.ChainCurrent)
+			f := p.Finding
+			if f == nil || f.Layer != diag.TasksWait || f.Owner != tc.owner || !f.Transient || !strings.Contains(f.Summary, tc.summary) {
+				t.Fatalf("finding %+v, want tasks-wait, owner %s, transient, saying %q", f, tc.owner, tc.summary)
+			}
+			if _, ok := p.Unproven[diag.Route]; !ok {
+				t.Errorf("route neither proven nor explained: %+v", p)
+			}
+			if _, ok := r.HandedTask(); ok {
+				t.Error("a task cut short was handed off")
+			}
+		})
+	}
+}
