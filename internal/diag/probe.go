@@ -409,35 +409,12 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 	if s >= 500 && s <= 599 || s == 429 || success && r.Stage < probe.StageBody {
 		unproven[Identity] = fmt.Sprintf("not proven: the node API never judged the identity (the answer was %d)", s)
 	}
+	if s == 200 && !success {
+		return fromNoTask(r, f, unproven)
+	}
 	switch {
-	case r.BodyTruncated && s == 200:
-		// The API dequeued something too large to hand off: its failure,
-		// whatever the route did (nothing here says what it did).
-		unproven[Route] = "not proven: the answer was too large to read whole"
-		unproven[Identity] = "not proven: the answer was too large to read whole"
-		return set(TasksWait, API, false, "the node API must hand out tasks far smaller than that (a task is a few KiB of JSON): find this node's task in the API's logs and queue it again, smaller",
-			"tasks/wait answered 200 with a body larger than %d bytes: provision did not read it whole, so the task in it was not handed off (the API dequeued it)", probe.MaxTask)
 	case r.Err != nil && success:
 		return set(TasksWait, Ingress, true, remedyCutAnswer, "the answer to tasks/wait was cut mid-body (%v)", r.Err)
-	case s == 200 && r.Err != nil:
-		// A 200 carries a task; one that did not arrive whole is not handed
-		// off, and what it is cannot be judged: never "not the node API".
-		unproven[Route] = "not proven: the answer's body did not arrive whole"
-		unproven[Identity] = "not proven: the answer's body did not arrive whole"
-		if kindOf(r.Err) == errTimeout {
-			return set(TasksWait, API, true, "a task is a few KiB of JSON: check what the node API hands this node (its logs) and the ingress's buffering of large answers; bootstrap retries this within its deadline",
-				"tasks/wait answered 200, but its body did not arrive whole within the request's time (%d bytes so far: %v): the task in it was not handed off", len(r.Body), r.Err)
-		}
-		return set(TasksWait, Ingress, true, remedyCutAnswer, "the answer to tasks/wait was cut mid-body after %d bytes (%v): the task in it was not handed off", len(r.Body), r.Err)
-	case s == 200 && r.Stage >= probe.StageBody && isJSON(r.Body) && !success:
-		unproven[Identity] = "not proven: the answer was not a task, so it does not show the node API accepted the identity"
-		return set(TasksWait, API, false, "the node API must answer 204 when no task is queued, or 200 with one task as a JSON object; check what it returns for this node",
-			"tasks/wait answered 200 with JSON that is not a task (%s): a task is one JSON object, so this is neither a task nor a pass", bodyExcerpt(r.Body))
-	case s == 200 && !isJSON(r.Body):
-		// A task is JSON. An HTML or text 200 is an ingress default page, a
-		// captive proxy or another service: the route reached the wrong place.
-		return set(Route, Ingress, false, "check the ingress routes the node API hostname to the node API and not to a default backend or another service",
-			"tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyExcerpt(r.Body))
 	case success:
 		return nil
 	case s == 404 && strings.TrimSpace(string(r.Body)) == traefikNotFound:
@@ -471,6 +448,39 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 			"the node API failed the tasks/wait request with %d", s)
 	}
 	return nil // an answer nobody documents: unrecognised, placed by settle
+}
+
+// fromNoTask classifies a 200 that is not a task handed over whole (issue
+// 24): one too large to read, one whose body did not arrive whole, JSON
+// that is no object (each the API's, at tasks-wait: a 200 carries a task,
+// so it is never "not the node API"), and a body that is not JSON at all,
+// which something other than the node API sent (route).
+func fromNoTask(r *probe.Result, f *Finding, unproven map[Layer]string) *Finding {
+	switch {
+	case r.BodyTruncated:
+		// The API dequeued something too large to hand off: its failure,
+		// whatever the route did (nothing here says what it did).
+		unproven[Route] = "not proven: the answer was too large to read whole"
+		unproven[Identity] = "not proven: the answer was too large to read whole"
+		return f.set(TasksWait, API, false, "the node API must hand out tasks far smaller than that (a task is a few KiB of JSON): find this node's task in the API's logs and queue it again, smaller",
+			"tasks/wait answered 200 with a body larger than %d bytes: provision did not read it whole, so the task in it was not handed off (the API dequeued it)", probe.MaxTask)
+	case r.Err != nil:
+		unproven[Route] = "not proven: the answer's body did not arrive whole"
+		unproven[Identity] = "not proven: the answer's body did not arrive whole"
+		if kindOf(r.Err) == errTimeout {
+			return f.set(TasksWait, API, true, "a task is a few KiB of JSON: check what the node API hands this node (its logs) and the ingress's buffering of large answers; bootstrap retries this within its deadline",
+				"tasks/wait answered 200, but its body did not arrive whole within the request's time (%d bytes so far: %v): the task in it was not handed off", len(r.Body), r.Err)
+		}
+		return f.set(TasksWait, Ingress, true, remedyCutAnswer, "the answer to tasks/wait was cut mid-body after %d bytes (%v): the task in it was not handed off", len(r.Body), r.Err)
+	case isJSON(r.Body):
+		unproven[Identity] = "not proven: the answer was not a task, so it does not show the node API accepted the identity"
+		return f.set(TasksWait, API, false, "the node API must answer 204 when no task is queued, or 200 with one task as a JSON object; check what it returns for this node",
+			"tasks/wait answered 200 with JSON that is not a task (%s): a task is one JSON object, so this is neither a task nor a pass", bodyExcerpt(r.Body))
+	}
+	// A task is JSON. An HTML or text 200 is an ingress default page, a
+	// captive proxy or another service: the route reached the wrong place.
+	return f.set(Route, Ingress, false, "check the ingress routes the node API hostname to the node API and not to a default backend or another service",
+		"tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyExcerpt(r.Body))
 }
 
 const remedyRoute = "add an explicit router for the node API hostname on the ingress (Host rule, with the mTLS option and the client-cert forwarding middleware); check node_api.wait_path matches the API"

@@ -120,8 +120,10 @@ func ClaimDir(path string, change bool) (DirState, error) {
 	// A directory provision is about to write into must take writes: a
 	// read-only mount is named here, at the directory, rather than at the
 	// first file some later step tries to create in it.
-	if err := syscall.Access(path, 2 /* W_OK */); change && err != nil {
-		return s, fmt.Errorf("%s is not writable: %w", path, err)
+	if change {
+		if err := syscall.Access(path, 2 /* W_OK */); err != nil {
+			return s, fmt.Errorf("%s is not writable: %w", path, err)
+		}
 	}
 	s.WasMode = st.Mode().Perm()
 	if change && s.WasMode&0o022 != 0 {
@@ -202,6 +204,10 @@ func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode,
 			return "", &UnsafeFileError{Path: path, Kind: FileKind(typ), Why: fmt.Sprintf("is a %s where provision keeps its own directory; it does not write through it", FileKind(typ))}
 		}
 		return "", nil
+	case special(typ) && (slices.Contains(genLinks, name) || slices.Contains(credFiles, name)):
+		// A FIFO, device or socket at one of provision's names is nobody's
+		// file: somebody planted it.
+		return "", &UnsafeFileError{Path: path, Kind: FileKind(typ)}
 	case slices.Contains(genLinks, name):
 		if !isLink {
 			return "a " + FileKind(typ) + " where provision keeps a link", nil
@@ -217,6 +223,12 @@ func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode,
 	return "a " + FileKind(typ) + " provision did not write", nil
 }
 
+// special reports whether typ is neither a regular file, a directory nor a
+// symbolic link.
+func special(typ os.FileMode) bool {
+	return !typ.IsRegular() && !typ.IsDir() && typ&os.ModeSymlink == 0
+}
+
 // judgeCredFile: a stable name is provision's as a link (into current/,
 // whatever it names: a planted one is replaced), or as a plain file of a
 // credential set, which needs a key and a certificate.
@@ -225,7 +237,7 @@ func judgeCredFile(typ os.FileMode, names map[string]os.FileMode) string {
 	case typ&os.ModeSymlink != 0:
 		return ""
 	case !typ.IsRegular():
-		return "a " + FileKind(typ) + " where provision keeps a credential"
+		return "a " + FileKind(typ) + " where provision keeps a credential" // a directory
 	}
 	_, key := names["key.pem"]
 	_, cert := names["cert.pem"]

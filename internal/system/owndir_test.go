@@ -95,7 +95,9 @@ func TestClaimDir(t *testing.T) {
 		{name: "a FIFO at renew.json", entries: []string{"receipt.json", "renew.json|"}, unsafe: "renew.json"},
 		{name: "a link at receipt.json", entries: []string{"receipt.json -> /etc/shadow"}, unsafe: "receipt.json"},
 		{name: "a link at tasks", entries: []string{"tasks -> /tmp"}, unsafe: "tasks"},
-		{name: "a FIFO at key.pem", entries: []string{"key.pem|", "cert.pem"}, foreign: []string{"key.pem (a FIFO where provision keeps a credential)"}},
+		{name: "a FIFO at key.pem", entries: []string{"key.pem|", "cert.pem"}, unsafe: "key.pem"},
+		{name: "a FIFO at current", entries: []string{"current|"}, unsafe: "current"},
+		{name: "a directory at key.pem", entries: []string{"key.pem/", "cert.pem"}, foreign: []string{"key.pem (a directory where provision keeps a credential)"}},
 		{name: "many foreign entries are counted", entries: []string{"a", "b", "c", "d", "e", "f"}, foreign: []string{"and 2 more"}},
 	}
 	for _, tt := range tests {
