@@ -163,3 +163,29 @@ func TestClaimDir(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkClaimDir is what the rule adds to every command: judging a
+// bootstrapped state_dir (records, done/, tasks/, a pki_dir inside it with
+// three generations and its links), without and with claiming it.
+func BenchmarkClaimDir(b *testing.B) {
+	dir := filepath.Join(b.TempDir(), "provision")
+	os.MkdirAll(dir, 0o700)
+	for _, f := range []string{".lock", "receipt.json", "renew.json"} {
+		os.WriteFile(filepath.Join(dir, f), []byte("{}"), 0o600)
+	}
+	for _, d := range []string{"done", "tasks", "pki/gen-1", "pki/gen-2", "pki/gen-3"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o700)
+	}
+	for l, target := range map[string]string{"current": "gen-3", "previous": "gen-2", "key.pem": "current/key.pem", "cert.pem": "current/cert.pem", "ca.pem": "current/ca.pem"} {
+		os.Symlink(target, filepath.Join(dir, "pki", l))
+	}
+	for _, change := range []bool{false, true} {
+		b.Run(fmt.Sprintf("change=%v", change), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := ClaimDir(dir, change); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package tasks
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -210,4 +211,24 @@ func files(t *testing.T, root string) map[string]bool {
 		return nil
 	})
 	return out
+}
+
+// BenchmarkSave: a typical task, and one of 3 MiB, each saved under a new
+// id (a temp file, fsync, a hard link, fsync of the directory).
+func BenchmarkSave(b *testing.B) {
+	for _, size := range []int{1 << 10, 3 << 20} {
+		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
+			state := b.TempDir()
+			pad := strings.Repeat("x", size)
+			b.SetBytes(int64(size))
+			i := 0
+			for b.Loop() {
+				i++
+				body := fmt.Sprintf(`{"id":"t-%d","pad":%q}`, i, pad)
+				if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
