@@ -1,5 +1,9 @@
 // Package system is the host seam: every path provision reads or writes, the
 // name resolution the node-agent will use, and the clock go through here.
+// So do the careful ways to touch the host as root: ReadRegular (the one
+// way to read a file: never a FIFO, never unbounded), WriteFileAtomic, and
+// ClaimDir, the one rule for which directories are provision's own (it
+// never takes over one holding somebody else's files).
 //
 // Keeping them in one place is what makes --root work everywhere (an installer
 // writing into a chroot, and every test) without special cases elsewhere, and
