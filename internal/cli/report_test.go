@@ -474,3 +474,26 @@ func checkNeutral(t *testing.T, out string, tags ...string) {
 		}
 	}
 }
+
+// FuzzClean: whatever a peer or a hook sends, clean's result is valid UTF-8
+// without a control or bidi character, and cleaning it again changes
+// nothing.
+func FuzzClean(f *testing.F) {
+	for _, s := range []string{"plain", "\n[PASS] ca-root (forged)", "\x1b[2J", "\r", "\xff\xfe", "\u202e", "\u009b", "a\tb", "\u00e9\u200b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c := clean(s)
+		if !utf8.ValidString(c) {
+			t.Fatalf("clean(%q) = %q is not UTF-8", s, c)
+		}
+		for _, r := range c {
+			if unsafeRune(r) {
+				t.Fatalf("clean(%q) = %q keeps %U", s, c, r)
+			}
+		}
+		if clean(c) != c {
+			t.Fatalf("clean is not idempotent on %q: %q then %q", s, c, clean(c))
+		}
+	})
+}
