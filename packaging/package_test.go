@@ -521,4 +521,77 @@ func TestDeb(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("after dpkg -P these files remain in the root:\n%s", strings.Join(left, "\n"))
 	}
+
+	t.Run("purge with a symlinked state_dir", func(t *testing.T) { purgeSymlinked(t, root, deb, dpkgIn) })
+}
+
+// purgeSymlinked is issue 24 item 7a: with /var/lib/provision a symbolic
+// link to another volume (a documented layout), purge removed only the link
+// and left key.pem on the volume; and it left provision_*.prom behind, so
+// the fleet's alerts kept firing for a node that no longer runs provision.
+// Purge now removes provision's own files at the link's target (and at a
+// pki link's), keeps everything else there, and removes provision's
+// metrics from the default textfile directory and from the config's.
+func purgeSymlinked(t *testing.T, root, deb string, dpkgIn func(args ...string)) {
+	dpkgIn("-i", deb)
+	write := func(files map[string]string) {
+		for p, text := range files {
+			full := filepath.Join(root, p)
+			if err := os.MkdirAll(filepath.Dir(full), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(full, []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	link := func(target, at string) {
+		os.MkdirAll(filepath.Dir(filepath.Join(root, at)), 0o755)
+		if err := os.Symlink(target, filepath.Join(root, at)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// provision's files on two volumes: state on /srv/state, the PKI on
+	// /srv/keys (state_dir/pki is itself a link), and the metrics.
+	own := map[string]string{
+		"srv/state/receipt.json": "{}", "srv/state/renew.json": "{}", "srv/state/.lock": "", "srv/state/done/0123456789abcdef": "",
+		"srv/state/tasks/t-1.json": "{}", "srv/state/.receipt.json123": "{",
+		"srv/keys/gen-1/key.pem": "PRIVATE KEY", "srv/keys/gen-1/cert.pem": "CERT", "srv/keys/gen-1/ca.pem": "CA",
+		"var/lib/prometheus/node-exporter/provision_bootstrap.prom": "x", "var/lib/prometheus/node-exporter/provision_verify.prom": "x",
+		"var/lib/prometheus/node-exporter/.provision_renew.prom4242": "x", "srv/metrics/provision_renew.prom": "x",
+	}
+	others := map[string]string{
+		"srv/state/lost+found/inode": "fsck", "srv/keys/README": "the keys volume", "srv/keys/other-service.pem": "not provision's",
+		"var/lib/prometheus/node-exporter/node_disk.prom": "node_exporter's", "srv/metrics/gpu.prom": "dcgm's",
+		"etc/provision/provision.toml": "node_id = \"gpu-0042\"\n\n[metrics] # moved\ntextfile_dir = \"/srv/metrics\"\n",
+	}
+	write(own)
+	write(others)
+	link("gen-1", "srv/keys/current")
+	link("current/key.pem", "srv/keys/key.pem")
+	os.RemoveAll(filepath.Join(root, "var/lib/provision"))
+	link("/srv/state", "var/lib/provision")
+	link("/srv/keys", "srv/state/pki")
+
+	dpkgIn("-P", "provision")
+	for p := range own {
+		if _, err := os.Lstat(filepath.Join(root, p)); err == nil {
+			t.Errorf("/%s is still there after dpkg -P", p)
+		}
+	}
+	for _, p := range []string{"var/lib/provision", "srv/state/pki", "srv/keys/current", "srv/keys/key.pem", "srv/keys/gen-1"} {
+		if _, err := os.Lstat(filepath.Join(root, p)); err == nil {
+			t.Errorf("/%s is still there after dpkg -P", p)
+		}
+	}
+	for p, text := range others {
+		if b, err := os.ReadFile(filepath.Join(root, p)); err != nil || string(b) != text {
+			t.Errorf("dpkg -P removed or changed /%s, which is not provision's (%v)", p, err)
+		}
+	}
+	for _, d := range []string{"srv/state", "srv/keys", "srv/metrics"} {
+		if st, err := os.Lstat(filepath.Join(root, d)); err != nil || !st.IsDir() {
+			t.Errorf("dpkg -P removed the volume directory /%s (%v)", d, err)
+		}
+	}
 }

@@ -54,15 +54,8 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
 	return locked(ctx, env, f, cfg, host, log, func() *report.Report {
-		// pki_dir is provision's own, like state_dir: created 0700, tightened
-		// (and said so) when others could write into it.
-		pki := host.Path(cfg.Paths.PKIDir)
-		if ds, err := system.EnsurePrivateDir(pki, true); err != nil {
-			return report.Failed("bootstrap", cfg.NodeID, "pki-dir", &diag.Finding{Layer: diag.Credentials, Owner: diag.Node,
-				Summary: err.Error(), Remedy: "make " + cfg.Paths.PKIDir + " a directory owned by root (or remove it), then run again"})
-		} else if ds.Tightened {
-			log.Warn("pki directory was writable by other users; restricted it to 0700", "dir", cfg.Paths.PKIDir, "was", fmt.Sprintf("%04o", ds.WasMode))
-		}
+		// pki_dir and state_dir were claimed as provision's own by load
+		// (claimDirs): created 0700, refused when they hold other files.
 		out := bootstrap.Run(ctx, cfg, host, pipelineOptions(log, false))
 		logTask(log, cfg, out)
 		return out.Report

@@ -64,7 +64,8 @@ const exitCodesHelp = `Exit codes:
   0   done / healthy (never when not done)
   1   internal error (a bug: please report it)
   2   usage: unknown command or flag
-  3   config: the config file is missing or invalid (layer config)
+  3   config: the config file is missing or invalid, or state_dir/pki_dir
+      is a directory holding files provision did not write (layer config)
   4   another provision run holds the lock and did not finish in time
   10  hosts            /etc/hosts override missing, wrong or not resolving
   11  clock            node clock too far off the CA's

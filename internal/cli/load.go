@@ -36,5 +36,10 @@ func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int,
 		return nil, nil, printReport(env, f, rep), false
 	}
 	host.HostsFile = cfg.Paths.HostsFile
+	if metricsCommands[cmd] {
+		if code, ok := claimDirs(env, f, cfg, host, cmd); !ok {
+			return nil, nil, code, false
+		}
+	}
 	return cfg, host, 0, true
 }

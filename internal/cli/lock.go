@@ -29,12 +29,13 @@ func (e *lockError) Error() string { return e.msg }
 // holder's pid is written into the file so a waiter can say whom it waits for.
 //
 // provision runs as root, so the lock is opened the careful way: state_dir is
-// created 0700 (and tightened to 0700, with a warning, if anyone else could
-// write into it), and the lock file is never a symbolic link, a FIFO or a
-// hard link to some other file; each is refused, since truncating it would
-// truncate whatever it points at.
+// claimed as provision's own (system.ClaimDir: created 0700, refused when
+// it holds other files, tightened to 0700, with a warning, if anyone else
+// could write into it), and the lock file is never a symbolic link, a FIFO
+// or a hard link to some other file; each is refused, since truncating it
+// would truncate whatever it points at.
 func lock(ctx context.Context, stateDir string, wait time.Duration, log *slog.Logger) (func(), error) {
-	ds, err := system.EnsurePrivateDir(stateDir, true)
+	ds, err := system.ClaimDir(stateDir, true)
 	if err != nil {
 		return nil, &lockError{msg: fmt.Sprintf("preparing the state directory: %v", err)}
 	}

@@ -103,7 +103,7 @@ func renewCheck(env *runEnv, f *flags, cfg *config.Config, host *system.Host) in
 	if f.format == "json" {
 		printJSON(env, rep, code)
 	} else {
-		fmt.Fprintf(env.stdout, "provision renew --check: %s (exit %d)\n", cf.Summary, code)
+		fmt.Fprintf(env.stdout, "provision renew --check: %s (exit %d)\n", clean(cf.Summary), code) // renew.json may quote the CA
 	}
 	return code
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/report"
@@ -147,7 +149,9 @@ func outcome(env *runEnv, r *report.Report) (*report.Report, int) {
 	return r, code
 }
 
-// renderReport prints r, whose exit code is code.
+// renderReport prints r, whose exit code is code. In text, every string
+// goes through clean first: messages, summaries, remedies and evidence
+// carry what peers and hooks said.
 func renderReport(env *runEnv, f *flags, r *report.Report, code int) {
 	if f.format == "json" {
 		printJSON(env, r, code)
@@ -156,27 +160,27 @@ func renderReport(env *runEnv, f *flags, r *report.Report, code int) {
 	w := env.stdout
 	width := 0
 	for _, c := range r.Checks {
-		width = max(width, len(c.Name))
+		width = max(width, len(clean(c.Name)))
 	}
 	for _, c := range r.Checks {
-		fmt.Fprintf(w, "%s %-*s  %s\n", statusTag[c.Status], width, c.Name, c.Message)
+		fmt.Fprintf(w, "%s %-*s  %s\n", statusTag[c.Status], width, clean(c.Name), clean(c.Message))
 	}
 	if r.OK {
 		for _, c := range r.Checks {
 			if c.Status == report.Warn && c.Remedy != "" {
-				fmt.Fprintf(w, "  warning (%s): %s\n", c.Name, c.Remedy)
+				fmt.Fprintf(w, "  warning (%s): %s\n", clean(c.Name), clean(c.Remedy))
 			}
 		}
-		fmt.Fprintf(w, "\nprovision %s: %s\n", r.Command, r.Summary)
+		fmt.Fprintf(w, "\nprovision %s: %s\n", r.Command, clean(r.Summary))
 		return
 	}
-	rc := r.RootCause()
-	fmt.Fprintf(w, "\nRoot cause: layer %s, owner %s (check %s)\n", r.FailedLayer, r.Owner, r.FailedCheck)
-	fmt.Fprintf(w, "  what:   %s\n", r.Summary)
+	layer, owner, summary := clean(string(r.FailedLayer)), clean(string(r.Owner)), clean(r.Summary)
+	fmt.Fprintf(w, "\nRoot cause: layer %s, owner %s (check %s)\n", layer, owner, clean(r.FailedCheck))
+	fmt.Fprintf(w, "  what:   %s\n", summary)
 	if r.Remedy != "" {
-		fmt.Fprintf(w, "  fix:    %s\n", r.Remedy)
+		fmt.Fprintf(w, "  fix:    %s\n", clean(r.Remedy))
 	}
-	if rc != nil && len(rc.Evidence) > 0 {
+	if rc := r.RootCause(); rc != nil && len(rc.Evidence) > 0 {
 		fmt.Fprintln(w, "  evidence:")
 		keys := make([]string, 0, len(rc.Evidence))
 		for k := range rc.Evidence {
@@ -184,20 +188,74 @@ func renderReport(env *runEnv, f *flags, r *report.Report, code int) {
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			fmt.Fprintf(w, "    %s: %s\n", k, oneLine(rc.Evidence[k]))
+			fmt.Fprintf(w, "    %s: %s\n", clean(k), clip(clean(rc.Evidence[k]), maxEvidence))
 		}
 	}
-	fix := r.Remedy
+	fix := clean(r.Remedy)
 	if fix == "" {
 		fix = "see the checks above"
 	}
-	fmt.Fprintf(w, "\nprovision %s: FAILED at layer %s (owner: %s): %s. Next: %s (exit %d)\n", r.Command, r.FailedLayer, r.Owner, strings.TrimSuffix(r.Summary, "."), fix, code)
+	fmt.Fprintf(w, "\nprovision %s: FAILED at layer %s (owner: %s): %s. Next: %s (exit %d)\n", r.Command, layer, owner, strings.TrimSuffix(summary, "."), fix, code)
 }
 
-func oneLine(s string) string {
-	s = strings.ReplaceAll(s, "\n", " ")
-	if len(s) > 400 {
-		s = s[:400] + "..."
+// maxEvidence caps one evidence value in the text report (the JSON report
+// has it whole).
+const maxEvidence = 400
+
+// clip shortens s to at most n bytes, on a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
+
+// clean makes s safe to print on one line of a terminal or a log: a CA
+// error body, an API answer or a hook's output must not be able to forge a
+// report line ("\n[PASS] ca-root ..."), move the cursor, recolour or
+// clear the screen (ANSI and OSC escapes), hide text behind a carriage
+// return, or reorder it (bidirectional overrides). Line breaks and tabs
+// become spaces; every other control character (C0, DEL, C1), every
+// Unicode format character (bidi controls, zero-width characters) and
+// every byte that is not UTF-8 is shown as a Go escape (\x1b, \u202e,
+// \xff), so what the peer sent stays visible and inert. The JSON report
+// needs none of this: encoding/json escapes them.
+func clean(s string) string {
+	ok := true
+	for _, r := range s {
+		if r == utf8.RuneError || unsafeRune(r) {
+			ok = false
+			break
+		}
+	}
+	if ok {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\n' || r == '\r' || r == '\t' || r == '\v' || r == '\f':
+			b.WriteByte(' ')
+		case unsafeRune(r) && r < 0x100:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case unsafeRune(r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
+}
+
+// unsafeRune reports whether r must not reach a terminal as is: a control
+// character or a format character (Cf: bidi controls, zero-width joiners).
+func unsafeRune(r rune) bool {
+	return unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
 }

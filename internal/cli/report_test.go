@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/report"
@@ -418,4 +420,107 @@ func TestVerifyMissingConfig(t *testing.T) {
 	if code != 3 || m["exit_code"] != float64(3) || m["failed_layer"] != "config" || m["owner"] != "node" || m["ok"] != false {
 		t.Errorf("code %d JSON %s", code, out)
 	}
+}
+
+// TestRenderTextNeutralisesControlCharacters is issue 24 item 5: a CA error
+// body on the (unverified) pinned fetch holding "\n[PASS] ca-root ...
+// (forged)" and ANSI cursor escapes, and hook output with CR, ESC and
+// invalid UTF-8, were printed raw by the text report, so a peer could forge
+// lines or rewrite the terminal. Every string a peer or a hook can reach
+// (message, summary, remedy, evidence, names) is rendered on its own line,
+// as valid UTF-8 with no control character; the JSON report already
+// escapes them.
+func TestRenderTextNeutralisesControlCharacters(t *testing.T) {
+	hostile := []struct {
+		name, s string
+	}{
+		{"forged check line", "CA answered 500: \n[PASS] ca-root  the pinned root is served (forged)\n"},
+		{"ANSI cursor escapes", "\x1b[2K\x1b[1A\x1b[32m[PASS]\x1b[0m everything is fine"},
+		{"carriage return", "hook failed\r[PASS] hook ok"},
+		{"invalid UTF-8", "output \xff\xfe\xc3( end"},
+		{"C1 control and DEL", "csi \u009b2J del \x7f nul \x00 bell \a"},
+		{"bidi override", "file \u202etxt.exe\u202c name"},
+		{"OSC hyperlink", "\x1b]8;;https://evil.example\x07click\x1b]8;;\x07"},
+	}
+	for _, h := range hostile {
+		t.Run(h.name, func(t *testing.T) {
+			r := report.New("verify", "gpu-0042", []report.Result{
+				{Name: "config", Layer: diag.Config, Owner: diag.Node, Status: report.Pass, Message: "config is valid"},
+				{Name: "ca-root", Layer: diag.CA, Owner: diag.CAOwner, Status: report.Fail, Message: h.s, Remedy: "fix: " + h.s,
+					Evidence: map[string]string{"body": h.s, "key\n[PASS] x": "v"}},
+				{Name: "hosts-persist", Layer: diag.Hosts, Owner: diag.Node, Status: report.Warn, Message: h.s, Remedy: h.s},
+			}, time.Millisecond)
+			for _, format := range []string{"text"} {
+				got, code := render(t, format, r)
+				if code != 13 {
+					t.Errorf("exit %d, want 13", code)
+				}
+				checkNeutral(t, got, "[PASS] config ", "[FAIL] ca-root ", "[WARN] hosts-persist ")
+			}
+			// A passing report prints the warnings' remedies too.
+			ok := report.New("verify", "gpu-0042", []report.Result{
+				{Name: "hosts-persist", Layer: diag.Hosts, Owner: diag.Node, Status: report.Warn, Message: h.s, Remedy: h.s},
+			}, time.Millisecond)
+			got, _ := render(t, "text", ok)
+			checkNeutral(t, got, "[WARN] hosts-persist ")
+		})
+	}
+}
+
+// checkNeutral fails unless out is valid UTF-8 without control or bidi
+// characters, its check lines are exactly tags (in order), and every other
+// line is one the text report itself starts.
+func checkNeutral(t *testing.T, out string, tags ...string) {
+	t.Helper()
+	if !utf8.ValidString(out) {
+		t.Errorf("output is not valid UTF-8: %q", out)
+	}
+	for _, r := range out {
+		if r != '\n' && (unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)) {
+			t.Errorf("output carries the control character %U: %q", r, out)
+			break
+		}
+	}
+	starts := regexp.MustCompile(`^(  warning \(hosts-persist\): |Root cause: layer ca, |  what:   |  fix:    |  evidence:$|    (body|key.*): |provision verify: |$)`)
+	var got []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "[") {
+			got = append(got, l)
+			continue
+		}
+		if !starts.MatchString(l) {
+			t.Errorf("a line the report did not start: %q\nin:\n%s", l, out)
+		}
+	}
+	if len(got) != len(tags) {
+		t.Fatalf("check lines %q, want %d starting %q", got, len(tags), tags)
+	}
+	for i, l := range got {
+		if !strings.HasPrefix(l, tags[i]) {
+			t.Errorf("check line %q, want it to start %q", l, tags[i])
+		}
+	}
+}
+
+// FuzzClean: whatever a peer or a hook sends, clean's result is valid UTF-8
+// without a control or bidi character, and cleaning it again changes
+// nothing.
+func FuzzClean(f *testing.F) {
+	for _, s := range []string{"plain", "\n[PASS] ca-root (forged)", "\x1b[2J", "\r", "\xff\xfe", "\u202e", "\u009b", "a\tb", "\u00e9\u200b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c := clean(s)
+		if !utf8.ValidString(c) {
+			t.Fatalf("clean(%q) = %q is not UTF-8", s, c)
+		}
+		for _, r := range c {
+			if unsafeRune(r) {
+				t.Fatalf("clean(%q) = %q keeps %U", s, c, r)
+			}
+		}
+		if clean(c) != c {
+			t.Fatalf("clean is not idempotent on %q: %q then %q", s, c, clean(c))
+		}
+	})
 }

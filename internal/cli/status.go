@@ -125,15 +125,3 @@ func short(fp string) string {
 	}
 	return fp
 }
-
-// clean neutralises control characters in a line built from files a peer
-// or a hook wrote (an error body, hook output), so a terminal shows them
-// as text and they cannot forge lines.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return '?'
-		}
-		return r
-	}, strings.ToValidUTF8(s, "?"))
-}

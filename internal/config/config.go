@@ -426,6 +426,7 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	c.validateNodeAPI(add)
 	c.validateTable(add)
 	c.validateRenew(add)
+	c.validateBudget(add)
 	return probs
 }
 
@@ -542,6 +543,42 @@ func (c *Config) validateRenew(add adder) {
 		case filepath.Clean(h) != h:
 			add("renew.post_hook", "the command must be a clean path, got %q", h)
 		}
+	}
+}
+
+// validateBudget: the rules between keys. Every network timeout, and the
+// post-hook's, must fit in bootstrap.deadline, the budget bootstrap and
+// renew run in (and verify's is built from the same timeouts): a timeout
+// longer than the deadline is never the one that fires, so the config
+// would say something the run cannot do. A key out of its own range has
+// its own problem already and is not judged here again. Each problem names
+// both keys, on the line of the one that does not fit.
+func (c *Config) validateBudget(add adder) {
+	dl, req, wait := c.Bootstrap.Deadline.Duration, c.Bootstrap.RequestTimeout.Duration, c.NodeAPI.WaitTimeout.Duration
+	if dl < MinDeadline || dl > MaxDeadline || req < MinRequestTimeout || req > MaxRequestTimeout {
+		return
+	}
+	// value prints a key's duration, saying when the file left it out.
+	value := func(key string, d time.Duration) string {
+		if !c.written[key] {
+			return fmtDuration(d) + ", the default"
+		}
+		return fmtDuration(d)
+	}
+	const shorten = "shorten %s or lengthen bootstrap.deadline"
+	switch {
+	case req > dl:
+		add("bootstrap.request_timeout", "bootstrap.request_timeout (%s) is longer than bootstrap.deadline (%s): every network request must fit in the run's deadline; "+shorten,
+			value("bootstrap.request_timeout", req), fmtDuration(dl), "bootstrap.request_timeout")
+	case wait >= 0 && wait < dl && wait+req > dl:
+		// wait >= dl has its own problem (validateNodeAPI).
+		add("node_api.wait_timeout", "node_api.wait_timeout (%s) plus bootstrap.request_timeout (%s) is %s, longer than bootstrap.deadline (%s): the proof's long poll and the request around it must fit in the run's deadline; "+shorten,
+			value("node_api.wait_timeout", wait), value("bootstrap.request_timeout", req), fmtDuration(wait+req), fmtDuration(dl), "one of them")
+	}
+	hook := c.Renew.PostHookTimeout.Duration
+	if len(c.Renew.PostHook) > 0 && hook >= MinPostHookTimeout && hook <= MaxPostHookTimeout && hook > dl {
+		add("renew.post_hook_timeout", "renew.post_hook_timeout (%s) is longer than bootstrap.deadline (%s), inside which renew runs renew.post_hook: the deadline would kill the hook first; "+shorten,
+			value("renew.post_hook_timeout", hook), fmtDuration(dl), "renew.post_hook_timeout")
 	}
 }
 

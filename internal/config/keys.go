@@ -97,7 +97,7 @@ var Keys = []Key{
 		Doc:   "must start with `/` and contain `{node_id}`; no query, fragment or spaces",
 		field: func(c *Config) any { return &c.NodeAPI.WaitPath }},
 	{Name: "node_api.wait_timeout", Kind: KindDuration, Default: dur(DefaultWaitTimeout), Example: `"2s"`, Min: dur(0), Max: dur(MaxWaitTimeout),
-		Doc:   "sent as `?timeout=<seconds>` (rounded up), and shorter than `bootstrap.deadline`. `\"0s\"` means no long poll (`?timeout=0`: the API answers at once). Keeps the proof's long poll well inside the ingress's read timeout (60s by default in Traefik and nginx)",
+		Doc:   "sent as `?timeout=<seconds>` (rounded up); it plus `bootstrap.request_timeout` must fit in `bootstrap.deadline`. `\"0s\"` means no long poll (`?timeout=0`: the API answers at once). Keeps the proof's long poll well inside the ingress's read timeout (60s by default in Traefik and nginx)",
 		Why:   "the proof's long poll must end inside the ingress's read timeout, 60s by default",
 		field: func(c *Config) any { return &c.NodeAPI.WaitTimeout }},
 	{Name: "paths.hosts_file", Kind: KindPath, Default: `"` + DefaultHostsFile + `"`,
@@ -113,7 +113,7 @@ var Keys = []Key{
 		Doc:   "the whole bootstrap, retries included (and renew's budget). Keep it below the unit's `TimeoutStartSec=15min` (or raise that in a drop-in)",
 		field: func(c *Config) any { return &c.Bootstrap.Deadline }},
 	{Name: "bootstrap.request_timeout", Kind: KindDuration, Default: dur(DefaultRequestTimeout), Example: `"10s"`, Min: dur(MinRequestTimeout), Max: dur(MaxRequestTimeout),
-		Doc:   "each network request. One exception: a sign, once connected, is waited for until `bootstrap.deadline`, since the CA burns the token when it sees the request and a sign given up on costs the node its token (found by the boot storm, [performance.md](performance.md))",
+		Doc:   "each network request; no longer than `bootstrap.deadline`. One exception: a sign, once connected, is waited for until `bootstrap.deadline`, since the CA burns the token when it sees the request and a sign given up on costs the node its token (found by the boot storm, [performance.md](performance.md))",
 		field: func(c *Config) any { return &c.Bootstrap.RequestTimeout }},
 	{Name: "metrics.enabled", Kind: KindBool, Default: "true", Example: "false",
 		Doc:   "write node_exporter textfile metrics after `bootstrap`, `verify` and `renew` ([metrics.md](metrics.md))",
@@ -136,7 +136,7 @@ var Keys = []Key{
 		Doc:   "a command run after a renewal is published, as an argv without a shell, its first element an absolute clean path; it gets `PROVISION_NODE_ID`, `PROVISION_SERIAL`, `PROVISION_NOT_AFTER`, `PROVISION_CERT`, `PROVISION_KEY`. A failure is exit 22 (layer `hook`) and does not undo the renewal",
 		field: func(c *Config) any { return &c.Renew.PostHook }},
 	{Name: "renew.post_hook_timeout", Kind: KindDuration, Default: dur(DefaultPostHookTimout), Example: `"2m"`, Min: dur(MinPostHookTimeout), Max: dur(MaxPostHookTimeout),
-		Doc:   "the hook is killed after this",
+		Doc:   "the hook's whole process group is killed after this; when `renew.post_hook` is set, no longer than `bootstrap.deadline` (the hook runs inside it)",
 		field: func(c *Config) any { return &c.Renew.PostHookTimeout }},
 }
 

@@ -163,11 +163,14 @@ func setKey(t *testing.T, doc map[string]any, key, value string) {
 }
 
 // companions are what the code checks beyond the table (config.go): the
-// wait_timeout must stay shorter than the deadline, so testing one end of a
-// range moves the other key out of the way.
+// wait_timeout must stay shorter than the deadline, and every network
+// timeout and the hook's must fit in it, so testing one end of a range
+// moves the other keys out of the way.
 var companions = map[string][]string{
-	"node_api.wait_timeout": {"bootstrap.deadline", `"24h"`},
-	"bootstrap.deadline":    {"node_api.wait_timeout", `"0s"`},
+	"node_api.wait_timeout":     {"bootstrap.deadline", `"24h"`},
+	"bootstrap.deadline":        {"node_api.wait_timeout", `"0s"`, "bootstrap.request_timeout", `"100ms"`},
+	"bootstrap.request_timeout": {"bootstrap.deadline", `"24h"`},
+	"renew.post_hook_timeout":   {"bootstrap.deadline", `"24h"`},
 }
 
 // TestKeyTableDefaults: a key left out takes exactly the table's default

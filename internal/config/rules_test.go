@@ -201,7 +201,7 @@ func TestDurationRules(t *testing.T) {
 			[]string{"must be between 0s and 10m, got 11m", "ingress's read timeout"}},
 		{"wait_timeout past the 10m ceiling", map[int]string{15: `wait_timeout = "601s"`}, "node_api.wait_timeout", 15, []string{"got 10m1s"}},
 		{"wait_timeout negative", map[int]string{15: `wait_timeout = "-1ns"`}, "node_api.wait_timeout", 15, []string{"got -1ns"}},
-		{"wait_timeout as long as the deadline", map[int]string{15: `wait_timeout = "2s"`, 23: `deadline = "2s"`}, "node_api.wait_timeout", 15,
+		{"wait_timeout as long as the deadline", map[int]string{15: `wait_timeout = "2s"`, 23: `deadline = "2s"`, 24: `request_timeout = "1s"`}, "node_api.wait_timeout", 15,
 			[]string{"must be shorter than bootstrap.deadline (2s)"}},
 		{"wait_timeout longer than the deadline", map[int]string{15: `wait_timeout = "30s"`, 23: `deadline = "10s"`}, "node_api.wait_timeout", 15,
 			[]string{"must be shorter than bootstrap.deadline (10s)"}},
@@ -223,7 +223,8 @@ func TestDurationRules(t *testing.T) {
 		{"wait_timeout 0s means no long poll (the repro: it became 1s)", map[int]string{15: `wait_timeout = "0s"`}, "0s", "10m0s", "5s", "timeout=0"},
 		{"wait_timeout 0s in an inline table", map[int]string{2: `node_api = { url = "https://node-api.cp.internal:8443", wait_timeout = "0s" }`, 12: ``, 13: ``, 14: ``, 15: ``}, "0s", "10m0s", "5s", "timeout=0"},
 		{"upper bounds", map[int]string{15: `wait_timeout = "10m"`, 23: `deadline = "24h"`, 24: `request_timeout = "5m"`}, "10m0s", "24h0m0s", "5m0s", "timeout=600"},
-		{"lower bounds", map[int]string{15: `wait_timeout = "999ms"`, 23: `deadline = "1s"`, 24: `request_timeout = "100ms"`}, "999ms", "1s", "100ms", "timeout=1"},
+		{"lower bounds", map[int]string{15: `wait_timeout = "0s"`, 23: `deadline = "1s"`, 24: `request_timeout = "100ms"`}, "0s", "1s", "100ms", "timeout=0"},
+		{"a sub-second wait is rounded up", map[int]string{15: `wait_timeout = "800ms"`, 23: `deadline = "1s"`, 24: `request_timeout = "100ms"`}, "800ms", "1s", "100ms", "timeout=1"},
 		{"absent keys take the defaults", map[int]string{15: ``, 22: ``, 23: ``, 24: ``}, "1s", "10m0s", "5s", "timeout=1"},
 	}
 	for _, g := range good {
@@ -434,5 +435,63 @@ func TestRenewRules(t *testing.T) {
 	}
 	if want := "renew.fraction:26 renew.splay:27 renew.post_hook:28 renew.post_hook_timeout:29"; strings.Join(got, " ") != want {
 		t.Fatalf("problems %v, want %s", got, want)
+	}
+}
+
+// TestCrossFieldRules is issue 24 item 6: deadline = "2s" with
+// request_timeout = "5m" was accepted (and verify, whose budget is built
+// from request_timeout, then ran for up to 20 minutes), and so was a
+// post_hook_timeout longer than the deadline the hook runs inside. Every
+// network timeout must fit in bootstrap.deadline, and so must the hook's;
+// each error names both keys, on the line of the key that does not fit.
+func TestCrossFieldRules(t *testing.T) {
+	renewSrc := func(repl map[int]string, lines ...string) string {
+		return with(repl) + "[renew]\n" + strings.Join(lines, "\n") + "\n"
+	}
+	hook := `post_hook = ["/usr/bin/systemctl", "reload", "node-agent"]`
+	bad := []struct {
+		name string
+		src  string
+		key  string
+		line int
+		msg  []string
+	}{
+		{"request_timeout longer than the deadline (the repro)", with(map[int]string{23: `deadline = "2s"`, 24: `request_timeout = "5m"`}),
+			"bootstrap.request_timeout", 24, []string{"5m", "longer than bootstrap.deadline (2s)", "must fit"}},
+		{"the default request_timeout in a short deadline", with(map[int]string{23: `deadline = "3s"`, 24: ``}),
+			"bootstrap.request_timeout", 22, []string{"5s, the default", "bootstrap.deadline (3s)"}},
+		{"a request_timeout a nanosecond over", with(map[int]string{15: `wait_timeout = "0s"`, 23: `deadline = "2s"`, 24: `request_timeout = "2.000000001s"`}),
+			"bootstrap.request_timeout", 24, []string{"bootstrap.deadline (2s)"}},
+		{"the proof's wait and request do not fit", with(map[int]string{15: `wait_timeout = "2s"`, 23: `deadline = "4s"`, 24: `request_timeout = "3s"`}),
+			"node_api.wait_timeout", 15, []string{"node_api.wait_timeout (2s) plus bootstrap.request_timeout (3s) is 5s", "bootstrap.deadline (4s)"}},
+		{"the proof with the default wait does not fit", with(map[int]string{15: ``, 23: `deadline = "5s"`, 24: `request_timeout = "4.5s"`}),
+			"node_api.wait_timeout", 12, []string{"(1s, the default)", "bootstrap.request_timeout (4.5s)", "bootstrap.deadline (5s)"}},
+		{"post_hook_timeout longer than the deadline", renewSrc(map[int]string{23: `deadline = "1m"`}, hook, `post_hook_timeout = "5m"`),
+			"renew.post_hook_timeout", 27, []string{"5m", "longer than bootstrap.deadline (1m)", "renew.post_hook"}},
+		{"the default post_hook_timeout in a short deadline", renewSrc(map[int]string{23: `deadline = "20s"`}, hook),
+			"renew.post_hook_timeout", 25, []string{"30s, the default", "bootstrap.deadline (20s)"}},
+	}
+	for _, b := range bad {
+		t.Run(b.name, func(t *testing.T) {
+			probs := parseProblems(t, b.src)
+			wantOnly(t, probs, b.key, b.line, b.msg...)
+		})
+	}
+	good := []struct {
+		name string
+		src  string
+	}{
+		{"the defaults", with(map[int]string{15: ``, 23: ``, 24: ``})},
+		{"wait and request exactly the deadline", with(map[int]string{15: `wait_timeout = "1s"`, 23: `deadline = "2s"`, 24: `request_timeout = "1s"`})},
+		{"request_timeout exactly the deadline without a long poll", with(map[int]string{15: `wait_timeout = "0s"`, 23: `deadline = "5s"`, 24: `request_timeout = "5s"`})},
+		{"post_hook_timeout exactly the deadline", renewSrc(map[int]string{23: `deadline = "1m"`}, hook, `post_hook_timeout = "1m"`)},
+		{"a post_hook_timeout with no hook to time out", renewSrc(map[int]string{23: `deadline = "20s"`}, `post_hook_timeout = "5m"`)},
+	}
+	for _, g := range good {
+		t.Run(g.name, func(t *testing.T) {
+			if _, err := Parse("ok", []byte(g.src)); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

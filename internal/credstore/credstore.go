@@ -22,6 +22,7 @@ package credstore
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -126,28 +127,39 @@ func Load(dir string) (*Set, error) {
 		return nil, err
 	}
 	s.KeyMode = kst.Mode().Perm()
-	keyPEM, err := os.ReadFile(keyPath)
+	keyPEM, err := readFile(keyPath)
 	if err != nil {
 		return nil, err
 	}
 	if s.Key, err = parseKey(keyPEM); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, KeyFile), err)
 	}
-	certPEM, err := os.ReadFile(filepath.Join(src, CertFile))
+	certPEM, err := readFile(filepath.Join(src, CertFile))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CertFile), err)
+		return nil, err
 	}
 	if s.Chain, err = ParseCerts(certPEM); err != nil || len(s.Chain) == 0 {
 		return nil, fmt.Errorf("%s: no certificate in it: %v", filepath.Join(dir, CertFile), err)
 	}
-	caPEM, err := os.ReadFile(filepath.Join(src, CAFile))
+	caPEM, err := readFile(filepath.Join(src, CAFile))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, CAFile), err)
+		return nil, err
 	}
 	if s.Roots, err = ParseCerts(caPEM); err != nil || len(s.Roots) == 0 {
 		return nil, fmt.Errorf("%s: no CA certificate in it: %v", filepath.Join(dir, CAFile), err)
 	}
 	return s, nil
+}
+
+// MaxFile bounds each of key.pem, cert.pem and ca.pem: a key is a few
+// hundred bytes, a chain or a bundle of roots a few KiB.
+const MaxFile = 1 << 20
+
+// readFile reads one credential file the careful way: as a regular file,
+// without following a link at it or blocking on a FIFO, and within MaxFile.
+// Its errors name the file.
+func readFile(path string) ([]byte, error) {
+	return system.ReadRegular(context.Background(), path, MaxFile)
 }
 
 // ParseCerts parses every CERTIFICATE block in b.
@@ -255,8 +267,10 @@ func SaveAside(dir string, s *Set, now time.Time, hook system.Hook) (string, err
 	if err != nil {
 		return "", fmt.Errorf("encoding key: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("creating %s: %w", dir, err)
+	// pki_dir must be provision's own before anything in it is replaced:
+	// a directory holding somebody else's files is refused, not taken over.
+	if _, err := system.ClaimDir(dir, true); err != nil {
+		return "", err
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return "", fmt.Errorf("restricting %s to 0700: %w", dir, err)

@@ -126,8 +126,11 @@ func proven(r *probe.Result) map[Layer]string {
 	if r.Stage < probe.StageResponse {
 		return m
 	}
-	done := r.Stage >= probe.StageBody && (r.Status == 204 || (r.Status == 200 && isJSON(r.Body)))
-	if done || r.Status == 401 || r.Status == 403 || r.Status == 429 || r.Status >= 500 && r.Status <= 599 {
+	done := r.Stage >= probe.StageBody && (r.Status == 204 || (r.Status == 200 && probe.IsTask(r.Body)))
+	// A 200 of JSON that is no task came from a backend that speaks JSON:
+	// the request was routed; what it answered is the API's to explain.
+	jsonNoTask := r.Stage >= probe.StageBody && r.Status == 200 && isJSON(r.Body) && !done
+	if done || jsonNoTask || r.Status == 401 || r.Status == 403 || r.Status == 429 || r.Status >= 500 && r.Status <= 599 {
 		m[Route] = fmt.Sprintf("the ingress routed %s to a backend (it answered %d)", r.Host, r.Status)
 	}
 	if done {
@@ -175,7 +178,7 @@ func newProbeFinding(r *probe.Result) *Finding {
 		f.add("http_status", fmt.Sprint(r.Status))
 		f.add("body", bodyExcerpt(r.Body))
 		if r.BodyTruncated {
-			f.add("body_truncated", fmt.Sprintf("longer than %d bytes", probe.MaxBody))
+			f.add("body_truncated", fmt.Sprintf("longer than %d bytes", r.BodyLimit()))
 		}
 		if s := r.Header.Get("Server"); s != "" {
 			f.add("server_header", s)
@@ -394,7 +397,7 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 		return f
 	}
 	s := r.Status
-	success := s == 204 || (s == 200 && isJSON(r.Body))
+	success := s == 204 || (s == 200 && probe.IsTask(r.Body))
 	// Without a client-certificate request, mTLS is not enforced where the
 	// request landed. Unless the answer shows the request reached no node
 	// API route at all (404, 421, a redirect: route, with client auth
@@ -407,17 +410,12 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 	if s >= 500 && s <= 599 || s == 429 || success && r.Stage < probe.StageBody {
 		unproven[Identity] = fmt.Sprintf("not proven: the node API never judged the identity (the answer was %d)", s)
 	}
+	if s == 200 && !success {
+		return fromNoTask(r, f, unproven)
+	}
 	switch {
-	case r.BodyTruncated && s == 200:
-		return set(TasksWait, API, false, "tasks/wait must answer with one task; check what the node API returns for this node",
-			"tasks/wait answered 200 with a body longer than %d bytes: not a task provision can hand off whole", probe.MaxBody)
 	case r.Err != nil && success:
 		return set(TasksWait, Ingress, true, remedyCutAnswer, "the answer to tasks/wait was cut mid-body (%v)", r.Err)
-	case s == 200 && !isJSON(r.Body):
-		// A task is JSON. An HTML or text 200 is an ingress default page, a
-		// captive proxy or another service: the route reached the wrong place.
-		return set(Route, Ingress, false, "check the ingress routes the node API hostname to the node API and not to a default backend or another service",
-			"tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyExcerpt(r.Body))
 	case success:
 		return nil
 	case s == 404 && strings.TrimSpace(string(r.Body)) == traefikNotFound:
@@ -451,6 +449,39 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 			"the node API failed the tasks/wait request with %d", s)
 	}
 	return nil // an answer nobody documents: unrecognised, placed by settle
+}
+
+// fromNoTask classifies a 200 that is not a task handed over whole (issue
+// 24): one too large to read, one whose body did not arrive whole, JSON
+// that is no object (each the API's, at tasks-wait: a 200 carries a task,
+// so it is never "not the node API"), and a body that is not JSON at all,
+// which something other than the node API sent (route).
+func fromNoTask(r *probe.Result, f *Finding, unproven map[Layer]string) *Finding {
+	switch {
+	case r.BodyTruncated:
+		// The API dequeued something too large to hand off: its failure,
+		// whatever the route did (nothing here says what it did).
+		unproven[Route] = "not proven: the answer was too large to read whole"
+		unproven[Identity] = "not proven: the answer was too large to read whole"
+		return f.set(TasksWait, API, false, "the node API must hand out tasks far smaller than that (a task is a few KiB of JSON): find this node's task in the API's logs and queue it again, smaller",
+			"tasks/wait answered 200 with a body larger than %d bytes: provision did not read it whole, so the task in it was not handed off (the API dequeued it)", probe.MaxTask)
+	case r.Err != nil:
+		unproven[Route] = "not proven: the answer's body did not arrive whole"
+		unproven[Identity] = "not proven: the answer's body did not arrive whole"
+		if kindOf(r.Err) == errTimeout {
+			return f.set(TasksWait, API, true, "a task is a few KiB of JSON: check what the node API hands this node (its logs) and the ingress's buffering of large answers; bootstrap retries this within its deadline",
+				"tasks/wait answered 200, but its body did not arrive whole within the request's time (%d bytes so far: %v): the task in it was not handed off", len(r.Body), r.Err)
+		}
+		return f.set(TasksWait, Ingress, true, remedyCutAnswer, "the answer to tasks/wait was cut mid-body after %d bytes (%v): the task in it was not handed off", len(r.Body), r.Err)
+	case isJSON(r.Body):
+		unproven[Identity] = "not proven: the answer was not a task, so it does not show the node API accepted the identity"
+		return f.set(TasksWait, API, false, "the node API must answer 204 when no task is queued, or 200 with one task as a JSON object; check what it returns for this node",
+			"tasks/wait answered 200 with JSON that is not a task (%s): a task is one JSON object, so this is neither a task nor a pass", bodyExcerpt(r.Body))
+	}
+	// A task is JSON. An HTML or text 200 is an ingress default page, a
+	// captive proxy or another service: the route reached the wrong place.
+	return f.set(Route, Ingress, false, "check the ingress routes the node API hostname to the node API and not to a default backend or another service",
+		"tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyExcerpt(r.Body))
 }
 
 const remedyRoute = "add an explicit router for the node API hostname on the ingress (Host rule, with the mTLS option and the client-cert forwarding middleware); check node_api.wait_path matches the API"

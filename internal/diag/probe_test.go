@@ -459,6 +459,21 @@ func TestFromProbeHTTPAnswers(t *testing.T) {
 				evidence: map[string]string{"http_status": "418", "body": "teapot", "stage": "body"}}},
 		{"200 HTML default page", status(200, "<html>Welcome to nginx!</html>"), false,
 			want{layer: diag.Route, owner: diag.Ingress, summary: []string{"not a JSON task", "Welcome to nginx"}, remedy: "default backend"}},
+		// Issue 24 item 3: a 200 whose body is JSON but not an object is
+		// not a task, and not a pass; the node API said it, not the route.
+		{"200 JSON null", status(200, "null", "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"not a task", "null"}, remedy: "204 when no task is queued"}},
+		{"200 JSON array", status(200, `[{"id":"t-1"}]`, "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"not a task"}, remedy: "one task as a JSON object"}},
+		{"200 JSON string", status(200, `"reboot"`, "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"not a task"}, remedy: "JSON object"}},
+		{"200 JSON number", status(200, `12345678901234567891`, "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"not a task"}, remedy: "JSON object"}},
+		// A task over the bound is the API's, never the route's: it was
+		// dequeued and could not be handed off whole.
+		{"200 a task larger than probe.MaxTask", status(200, `{"id":"huge","pad":"`+strings.Repeat("x", probe.MaxTask)+`"}`, "Content-Type", "application/json"), false,
+			want{layer: diag.TasksWait, owner: diag.API, summary: []string{"larger than", "not handed off"}, remedy: "smaller",
+				evidence: map[string]string{"body_truncated": "longer than"}}},
 		{"200 without a client certificate request", status(200, `{"id":"t"}`), true,
 			want{layer: diag.TLSClientAuth, owner: diag.Ingress, summary: []string{"without asking for a client certificate"}, remedy: "enable client-certificate authentication"}},
 		{"204 without a client certificate request", status(204, ""), true,
@@ -503,8 +518,68 @@ func TestFromProbeHealthy(t *testing.T) {
 		t.Errorf("Date header %v is not the server's real time", r.Date)
 	}
 
+	// A task of several MiB is read whole and is a task (issue 24 item 3:
+	// a task over 1 MiB was dequeued, dropped and blamed on the route).
+	bigTask := `{"id":"task-big","pad":"` + strings.Repeat("x", 3<<20) + `"}`
+	portBig := serveHTTPS(t, w.tlsConfig(), status(200, bigTask, "Content-Type", "application/json"))
+	rb := w.probe(t, portBig)
+	if f := diag.FromProbe(rb, diag.ChainCurrent); f != nil {
+		t.Fatalf("a 3 MiB task classified as %s/%s: %s", f.Layer, f.Owner, f.Summary)
+	}
+	if task, ok := rb.HandedTask(); !ok || task.ID != "task-big" || len(task.Raw) != len(bigTask) {
+		t.Errorf("a 3 MiB task not handed over whole: %v id %q %d bytes", ok, task.ID, len(task.Raw))
+	}
+
 	port204 := serveHTTPS(t, w.tlsConfig(), status(204, ""))
 	if f := diag.FromProbe(w.probe(t, port204), diag.ChainCurrent); f != nil {
 		t.Fatalf("204 classified as %s: %s", f.Layer, f.Summary)
+	}
+}
+
+// TestFromProbeTaskCutShort: a 200 whose body did not arrive whole is not
+// a task and is never the route's (issue 24 item 3: a large task that was
+// still arriving when the request timed out was blamed on route/ingress).
+// Cut by the peer (EOF), it is the ingress's or API's answer cut short;
+// still arriving at the request timeout, it is the API's (it handed out
+// more than arrives in the budget).
+func TestFromProbeTaskCutShort(t *testing.T) {
+	w := newWorld(t)
+	cut := func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Type", "application/json")
+		rw.Header().Set("Content-Length", "100000")
+		io.WriteString(rw, `{"id":"t-1","pad":"xxxx`)
+	}
+	stall := func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Type", "application/json")
+		rw.Header().Set("Content-Length", "100000")
+		rw.WriteHeader(200)
+		io.WriteString(rw, `{"id":"t-1","pad":"xxxx`)
+		rw.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}
+	for _, tc := range []struct {
+		name    string
+		handler http.HandlerFunc
+		owner   diag.Owner
+		summary string
+	}{
+		{"cut by the peer", cut, diag.Ingress, "cut mid-body"},
+		{"still arriving at the timeout", stall, diag.API, "did not arrive whole"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := serveHTTPS(t, w.tlsConfig(), tc.handler)
+			r := w.probe(t, port, func(r *probe.Request) { r.Timeout, r.Wait = 500*time.Millisecond, 0 })
+			p := diag.Classify(r, diag.ChainCurrent)
+			f := p.Finding
+			if f == nil || f.Layer != diag.TasksWait || f.Owner != tc.owner || !f.Transient || !strings.Contains(f.Summary, tc.summary) {
+				t.Fatalf("finding %+v, want tasks-wait, owner %s, transient, saying %q", f, tc.owner, tc.summary)
+			}
+			if _, ok := p.Unproven[diag.Route]; !ok {
+				t.Errorf("route neither proven nor explained: %+v", p)
+			}
+			if _, ok := r.HandedTask(); ok {
+				t.Error("a task cut short was handed off")
+			}
+		})
 	}
 }

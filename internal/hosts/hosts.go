@@ -33,7 +33,7 @@ const (
 )
 
 // MaxSize caps the hosts file provision will edit; a real one is a few KiB.
-const MaxSize = 4 << 20
+const MaxSize = system.MaxHostsFile
 
 // Entry is one address -> name mapping in the block.
 type Entry struct {

@@ -24,7 +24,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,9 +111,25 @@ func (r *Result) At(s Stage) time.Duration {
 	return 0
 }
 
-// MaxBody caps what the probe keeps of a response body. A task larger than
-// this is not a task the probe can hand off whole, so it is not a proof.
+// MaxBody caps what the probe keeps of an answer that is not a 200: an
+// error page or an API error is judged by its first bytes.
 const MaxBody = 1 << 20
+
+// MaxTask caps a 200 answer, which carries a task the API has dequeued for
+// this node and which must be handed off whole. Real tasks are a few KiB
+// of JSON; the bound is far above any of them and still keeps a hostile or
+// broken API from filling the node's memory. A 200 longer than this is not
+// read whole (BodyTruncated) and so not handed off: diag names that as the
+// API's failure, never the route's.
+const MaxTask = 16 << 20
+
+// BodyLimit is the cap the probe applied to this answer's body.
+func (r *Result) BodyLimit() int {
+	if r.Status == http.StatusOK {
+		return MaxTask
+	}
+	return MaxBody
+}
 
 // recorder collects evidence from the transport's goroutines. Result is
 // built from it once Do is done, so a goroutine the transport leaves behind
@@ -250,10 +265,14 @@ func Do(ctx context.Context, r Request) *Result {
 		res.Date, _ = http.ParseTime(resp.Header.Get("Date"))
 	})
 	rec.reach(StageResponse)
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
-	truncated := len(body) > MaxBody
+	limit := MaxBody
+	if resp.StatusCode == http.StatusOK {
+		limit = MaxTask
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
+	truncated := len(body) > limit
 	if truncated {
-		body = body[:MaxBody]
+		body = body[:limit]
 	}
 	rec.update(func(res *Result) { res.Body, res.BodyTruncated = body, truncated })
 	if err == nil && !truncated {
@@ -353,11 +372,12 @@ func subjectString(raw []byte) string {
 }
 
 // HandedTask returns the task the API handed out in this exchange: a 200
-// whose whole JSON body was read. The API has dequeued it for this node, so
-// whoever made the request must hand it off, whatever the verdict on the
-// rest of the exchange.
+// whose whole body was read and is a JSON object (IsTask). The API has
+// dequeued it for this node, so whoever made the request must hand it off,
+// whatever the verdict on the rest of the exchange. Any other 200 body is
+// not a task (and not a pass: diag says whose it is).
 func (r *Result) HandedTask() (Task, bool) {
-	if r == nil || r.Status != 200 || r.Stage < StageBody || !json.Valid(bytes.TrimSpace(r.Body)) {
+	if r == nil || r.Status != 200 || r.Stage < StageBody || !IsTask(r.Body) {
 		return Task{}, false
 	}
 	return TaskFrom(r.Body), true
@@ -365,23 +385,43 @@ func (r *Result) HandedTask() (Task, bool) {
 
 // Task is a task the API handed out in answer to the proof.
 type Task struct {
-	ID  string
+	// ID is the task's "id" exactly as the API wrote it: a JSON string
+	// unquoted, a number as written (never through a float, which made
+	// 12345678901234567891 and ...892 one name), "" for none or another
+	// type.
+	ID string
+	// Raw is the body as received, surrounding space trimmed.
 	Raw json.RawMessage
 }
 
-// TaskFrom extracts a task from a 200 answer. A body that is not a JSON
-// object with an "id" still counts as a task: it must not be lost.
+// IsTask reports whether body is a task: one JSON object and nothing else.
+// null, a list, a string or a number is not, whatever the status said.
+func IsTask(body []byte) bool {
+	b := bytes.TrimSpace(body)
+	return len(b) > 0 && b[0] == '{' && json.Valid(b)
+}
+
+// TaskFrom reads a task from a 200 answer: its exact ID and its bytes.
+// Callers hand off only what IsTask accepts.
 func TaskFrom(body []byte) Task {
-	var m struct {
-		ID any `json:"id"`
-	}
 	t := Task{Raw: json.RawMessage(bytes.TrimSpace(body))}
-	if json.Unmarshal(body, &m) == nil && m.ID != nil {
-		t.ID = strings.TrimSpace(fmt.Sprint(m.ID))
+	if !IsTask(t.Raw) {
+		return t
 	}
-	if !json.Valid(t.Raw) {
-		b, _ := json.Marshal(string(body))
-		t.Raw = b
+	var m struct {
+		ID json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(t.Raw, &m) != nil || len(m.ID) == 0 {
+		return t
+	}
+	switch c := m.ID[0]; {
+	case c == '"':
+		var s string
+		if json.Unmarshal(m.ID, &s) == nil {
+			t.ID = s
+		}
+	case c == '-' || c >= '0' && c <= '9':
+		t.ID = string(m.ID) // a JSON number, as the API wrote it
 	}
 	return t
 }

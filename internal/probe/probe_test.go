@@ -195,7 +195,7 @@ func errorsAs(err error, target **probe.HandshakeError) bool {
 
 func TestDoKeepsWhatTheServerSaid(t *testing.T) {
 	f := newFixture(t)
-	big := strings.Repeat("x", probe.MaxBody+1000)
+	big := strings.Repeat("x", probe.MaxTask+1000)
 	var gotAccept, gotUA string
 	addr := serve(t, f.serverConfig(t, f.pki, tls.VersionTLS13), func(w http.ResponseWriter, r *http.Request) {
 		gotAccept, gotUA = r.Header.Get("Accept"), r.Header.Get("User-Agent")
@@ -203,6 +203,9 @@ func TestDoKeepsWhatTheServerSaid(t *testing.T) {
 		case "redirect":
 			http.Redirect(w, r, "/elsewhere", http.StatusFound)
 		case "big":
+			io.WriteString(w, big)
+		case "big-error":
+			w.WriteHeader(500)
 			io.WriteString(w, big)
 		}
 	})
@@ -214,8 +217,12 @@ func TestDoKeepsWhatTheServerSaid(t *testing.T) {
 		t.Errorf("request headers Accept %q User-Agent %q", gotAccept, gotUA)
 	}
 	r = f.do(addr, func(r *probe.Request) { r.URL += "&case=big" })
-	if len(r.Body) != probe.MaxBody || !r.BodyTruncated || r.Stage != probe.StageResponse {
-		t.Errorf("body %d bytes truncated %v stage %s, want capped at %d, truncated, and not StageBody", len(r.Body), r.BodyTruncated, r.Stage, probe.MaxBody)
+	if len(r.Body) != probe.MaxTask || !r.BodyTruncated || r.Stage != probe.StageResponse || r.BodyLimit() != probe.MaxTask {
+		t.Errorf("body %d bytes truncated %v stage %s, want capped at %d, truncated, and not StageBody", len(r.Body), r.BodyTruncated, r.Stage, probe.MaxTask)
+	}
+	r = f.do(addr, func(r *probe.Request) { r.URL += "&case=big-error" })
+	if len(r.Body) != probe.MaxBody || !r.BodyTruncated || r.Status != 500 || r.BodyLimit() != probe.MaxBody {
+		t.Errorf("an error answer: body %d bytes truncated %v status %d, want capped at %d", len(r.Body), r.BodyTruncated, r.Status, probe.MaxBody)
 	}
 	if r.Date.IsZero() {
 		t.Error("the Date header was not recorded")
@@ -229,22 +236,48 @@ func TestDoBadURL(t *testing.T) {
 	}
 }
 
+// TestTaskFrom is issue 24 item 3: the ID went through a float
+// (12345678901234567891 and ...892 both became 1.2345678901234567e+19), and
+// a body that is not a JSON object (null, a list, text) counted as a task.
+// The ID is the exact bytes the API sent (a string unquoted, a number as
+// written), and only a JSON object is a task.
 func TestTaskFrom(t *testing.T) {
 	tests := []struct {
 		body, id, raw string
+		task          bool
 	}{
-		{`{"id":"t-1","kind":"reboot"}`, "t-1", `{"id":"t-1","kind":"reboot"}`},
-		{"  {\"id\": 42}\n", "42", `{"id": 42}`},
-		{`{"kind":"no id"}`, "", `{"kind":"no id"}`},
-		{`[1,2]`, "", `[1,2]`},
-		{`not json`, "", `"not json"`},
-		{``, "", `""`},
+		{`{"id":"t-1","kind":"reboot"}`, "t-1", `{"id":"t-1","kind":"reboot"}`, true},
+		{"  {\"id\": 42}\n", "42", `{"id": 42}`, true},
+		{`{"id":12345678901234567891}`, "12345678901234567891", `{"id":12345678901234567891}`, true},
+		{`{"id":12345678901234567892}`, "12345678901234567892", `{"id":12345678901234567892}`, true},
+		{`{"id":1e3}`, "1e3", `{"id":1e3}`, true},
+		{`{"id":-0.50}`, "-0.50", `{"id":-0.50}`, true},
+		{`{"id":"12345678901234567891"}`, "12345678901234567891", `{"id":"12345678901234567891"}`, true},
+		{`{"id":"caf\u00e9"}`, "café", `{"id":"caf\u00e9"}`, true},
+		{`{"id":true}`, "", `{"id":true}`, true},
+		{`{"id":{"n":1}}`, "", `{"id":{"n":1}}`, true},
+		{`{"id":null}`, "", `{"id":null}`, true},
+		{`{"kind":"no id"}`, "", `{"kind":"no id"}`, true},
+		{`[1,2]`, "", `[1,2]`, false},
+		{`null`, "", `null`, false},
+		{`"reboot"`, "", `"reboot"`, false},
+		{`7`, "", `7`, false},
+		{`not json`, "", `not json`, false},
+		{`{"id":"t-1"} trailing`, "", `{"id":"t-1"} trailing`, false},
+		{``, "", ``, false},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%q", tt.body), func(t *testing.T) {
 			got := probe.TaskFrom([]byte(tt.body))
 			if got.ID != tt.id || string(got.Raw) != tt.raw {
 				t.Errorf("TaskFrom(%q) = id %q raw %s, want %q %s", tt.body, got.ID, got.Raw, tt.id, tt.raw)
+			}
+			if probe.IsTask([]byte(tt.body)) != tt.task {
+				t.Errorf("IsTask(%q) = %v, want %v", tt.body, !tt.task, tt.task)
+			}
+			r := &probe.Result{Status: 200, Stage: probe.StageBody, Body: []byte(tt.body)}
+			if _, ok := r.HandedTask(); ok != tt.task {
+				t.Errorf("HandedTask for a 200 %q = %v, want %v", tt.body, ok, tt.task)
 			}
 		})
 	}

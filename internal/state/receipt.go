@@ -136,7 +136,12 @@ func WriteExposure(stateDir string, x *Exposure, hook system.Hook) error {
 // allows dir itself to be a symbolic link (state_dir may live on another
 // volume); provision's own subdirectories may not be one.
 func writeJSON(hook system.Hook, dir, name string, v any, mode os.FileMode, followLink bool) error {
-	if _, err := system.EnsurePrivateDir(dir, followLink); err != nil {
+	if followLink {
+		// state_dir: provision's own only if it is (system.ClaimDir).
+		if _, err := system.ClaimDir(dir, true); err != nil {
+			return err
+		}
+	} else if _, err := system.EnsurePrivateDir(dir, false); err != nil {
 		return err
 	}
 	b, err := json.MarshalIndent(v, "", "  ")

@@ -1,7 +1,10 @@
 package state
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -79,24 +82,45 @@ type Renewal struct {
 	Version string `json:"version,omitempty"`
 }
 
-// ReadRenewal reads the renew record; nil when there is none or it does
-// not parse.
+// MaxRenewalSize bounds the record: a real one is well under 2 KiB (its
+// longest field is a one-line error).
+const MaxRenewalSize = 256 << 10
+
+// LoadRenewal reads the renew record: nil and no error when there is none.
+// It is opened as a regular file, without following a link or blocking on
+// a FIFO, and read within MaxRenewalSize; anything else at its path is
+// refused with an error naming it (a *system.UnsafeFileError for a link,
+// FIFO, device or directory).
+func LoadRenewal(stateDir string) (*Renewal, error) {
+	path := filepath.Join(stateDir, RenewalFile)
+	b, err := system.ReadRegular(context.Background(), path, MaxRenewalSize)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r Renewal
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: not a renew record: %w", path, err)
+	}
+	return &r, nil
+}
+
+// ReadRenewal is LoadRenewal for callers that only want the record: nil
+// when there is none, or it is refused or does not parse.
 func ReadRenewal(stateDir string) *Renewal {
-	b, err := os.ReadFile(filepath.Join(stateDir, RenewalFile))
+	r, err := LoadRenewal(stateDir)
 	if err != nil {
 		return nil
 	}
-	var r Renewal
-	if json.Unmarshal(b, &r) != nil {
-		return nil
-	}
-	return &r
+	return r
 }
 
 // WriteRenewal replaces the renew record atomically (0644: it holds no
 // secret).
 func WriteRenewal(stateDir string, r *Renewal) error {
-	if _, err := system.EnsurePrivateDir(stateDir, true); err != nil {
+	if _, err := system.ClaimDir(stateDir, true); err != nil {
 		return err
 	}
 	b, err := json.MarshalIndent(r, "", "  ")

@@ -106,7 +106,18 @@ func Links(f *os.File) uint64 {
 	return 1
 }
 
-// ReadRegular reads a regular file of at most max bytes, refusing links,
+// TooLargeError says a file is larger than the bound its reader set.
+type TooLargeError struct {
+	Path string
+	Max  int64
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("%s is larger than %d bytes: refusing to read it", e.Path, e.Max)
+}
+
+// ReadRegular reads a regular file of at most max bytes (more is a
+// *TooLargeError), refusing links,
 // FIFOs, devices and directories before anything could block on them
 // (OpenRegular), and giving up when ctx ends even if the read itself hangs
 // (a stuck network filesystem): the read then finishes, or not, in the
@@ -126,7 +137,7 @@ func ReadRegular(ctx context.Context, path string, max int64) ([]byte, error) {
 		defer f.Close()
 		b, err := io.ReadAll(io.LimitReader(f, max+1))
 		if err == nil && int64(len(b)) > max {
-			err = fmt.Errorf("%s is larger than %d bytes: refusing to read it", path, max)
+			err = &TooLargeError{Path: path, Max: max}
 			b = nil
 		}
 		ch <- result{b, err}

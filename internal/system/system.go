@@ -1,5 +1,9 @@
 // Package system is the host seam: every path provision reads or writes, the
 // name resolution the node-agent will use, and the clock go through here.
+// So do the careful ways to touch the host as root: ReadRegular (the one
+// way to read a file: never a FIFO, never unbounded), WriteFileAtomic, and
+// ClaimDir, the one rule for which directories are provision's own (it
+// never takes over one holding somebody else's files).
 //
 // Keeping them in one place is what makes --root work everywhere (an installer
 // writing into a chroot, and every test) without special cases elsewhere, and
@@ -105,10 +109,12 @@ func (h *Host) Time() time.Time {
 // which case the system resolver and getent speak for the node-agent.
 func (h *Host) IsLive() bool { return h.Root == "/" || h.Root == "" }
 
-// MachineID returns /etc/machine-id under Root, or "" when absent. It tells
-// one installation from the next: a reinstall gets a new one.
+// MachineID returns /etc/machine-id under Root, or "" when absent or not a
+// regular file (a link is followed inside Root: images link it to
+// /var/lib/dbus/machine-id or the other way round). It tells one
+// installation from the next: a reinstall gets a new one.
 func (h *Host) MachineID() string {
-	b, err := os.ReadFile(h.Path("/etc/machine-id"))
+	b, err := ReadRegular(context.Background(), h.ResolvedPath("/etc/machine-id"), 4096)
 	if err != nil {
 		return ""
 	}
@@ -131,7 +137,7 @@ func (h *Host) LookupHost(ctx context.Context, name string) ([]netip.Addr, error
 		return []netip.Addr{ip}, nil
 	}
 	if !h.IsLive() {
-		return h.lookupHostsFile(name)
+		return h.lookupHostsFile(ctx, name)
 	}
 	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
 	if err != nil {
@@ -150,8 +156,14 @@ func (h *Host) LookupHost(ctx context.Context, name string) ([]netip.Addr, error
 	return out, nil
 }
 
-func (h *Host) lookupHostsFile(name string) ([]netip.Addr, error) {
-	b, err := os.ReadFile(h.ResolvedPath(h.HostsFile)) // a symlinked hosts file, as the node sees it
+// MaxHostsFile caps the hosts file provision reads or edits; a real one is
+// a few KiB.
+const MaxHostsFile = 4 << 20
+
+func (h *Host) lookupHostsFile(ctx context.Context, name string) ([]netip.Addr, error) {
+	// A symlinked hosts file is read at its target, as the node sees it; a
+	// FIFO or device there is refused rather than read.
+	b, err := ReadRegular(ctx, h.ResolvedPath(h.HostsFile), MaxHostsFile)
 	if err != nil {
 		return nil, fmt.Errorf("reading hosts file: %w", err)
 	}

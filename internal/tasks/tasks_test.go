@@ -3,6 +3,7 @@ package tasks
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -33,6 +34,10 @@ func TestSaveNames(t *testing.T) {
 		{"empty", "", fallback},
 		{"long", strings.Repeat("x", 300), fallback},
 		{"128 bytes kept", strings.Repeat("y", 128), strings.Repeat("y", 128) + ".json"},
+		{"hidden", ".x", fallback},
+		{"a temp file's name", ".t.json123", fallback},
+		{"newline", "a\nb", fallback},
+		{"escape", "a\x1b[2Jb", fallback},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -59,7 +64,7 @@ func TestSaveNames(t *testing.T) {
 			var a, w bytes.Buffer
 			json.Compact(&a, b)
 			json.Compact(&w, raw)
-			if a.String() != w.String() {
+			if a.String() != w.String() || string(b) != string(raw)+"\n" {
 				t.Errorf("task content %s, want %s", a.String(), w.String())
 			}
 		})
@@ -75,22 +80,119 @@ func mustJSON(t *testing.T, v any) []byte {
 	return b
 }
 
-// TestSaveNonJSONBody: a 200 body that is not JSON is still a task and
-// is kept (as a JSON string).
-func TestSaveNonJSONBody(t *testing.T) {
+// TestSaveRefusesNonTask: a body that is not a JSON object is not a task
+// (issue 24 item 3: a 200 "null" was saved as a task file); Save refuses it
+// rather than leave the node-agent a file that is no task.
+func TestSaveRefusesNonTask(t *testing.T) {
+	for _, body := range []string{"null", "[1]", `"reboot"`, "42", "reboot now\n", ""} {
+		t.Run(body, func(t *testing.T) {
+			state := t.TempDir()
+			if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil); err == nil || !strings.Contains(err.Error(), "not a task") {
+				t.Fatalf("Save(%q) = %v, want a refusal", body, err)
+			}
+			if got := files(t, state); len(got) != 0 {
+				t.Fatalf("files written: %v", got)
+			}
+		})
+	}
+}
+
+// TestSaveExactIDs is issue 24 item 3: numeric IDs went through a float,
+// so 12345678901234567891 and 12345678901234567892 were both saved as
+// 1.2345678901234567e+19.json and the first task was lost. The file is
+// named by the ID's exact bytes.
+func TestSaveExactIDs(t *testing.T) {
 	state := t.TempDir()
-	task := probe.TaskFrom([]byte("reboot now\n"))
-	if _, err := Save(state, task, time.Now(), nil); err != nil {
+	bodies := []string{
+		`{"id":12345678901234567891,"kind":"reimage"}`,
+		`{"id":12345678901234567892,"kind":"drain"}`,
+		`{"id":1e3,"kind":"a"}`,
+		`{"id":1000,"kind":"b"}`,
+		`{"id":"task-\u00e9","kind":"c"}`,
+	}
+	want := map[string]string{
+		"12345678901234567891.json": bodies[0], "12345678901234567892.json": bodies[1],
+		"1e3.json": bodies[2], "1000.json": bodies[3], "task-é.json": bodies[4],
+	}
+	for _, b := range bodies {
+		if _, err := Save(state, probe.TaskFrom([]byte(b)), time.Now(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkTasks(t, state, want)
+}
+
+// TestSaveNeverOverwrites is issue 24 item 3: the same task ID delivered
+// twice with different payloads kept only the second. A redelivery of the
+// same task (same bytes) is saved once; a different payload under the same
+// ID is kept beside it, named as a redelivery, and the first stays as it
+// was.
+func TestSaveNeverOverwrites(t *testing.T) {
+	state := t.TempDir()
+	first := `{"id":"t-7","kind":"reimage","image":"a"}`
+	second := `{"id":"t-7","kind":"reimage","image":"b"}`
+	third := `{"id":"t-7","kind":"drain"}`
+	var paths []string
+	for _, b := range []string{first, first, second, second, third} {
+		p, err := Save(state, probe.TaskFrom([]byte(b)), time.Now(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, filepath.Base(p))
+	}
+	if paths[0] != "t-7.json" || paths[1] != "t-7.json" || paths[2] != paths[3] || paths[2] == paths[0] || paths[4] == paths[2] {
+		t.Fatalf("saved as %v: want t-7.json twice, then one redelivery name twice, then another", paths)
+	}
+	for _, p := range paths[2:] {
+		if !strings.HasPrefix(p, "t-7.redelivered-") || !strings.HasSuffix(p, ".json") {
+			t.Errorf("a redelivery with another payload saved as %s, want t-7.redelivered-<digest>.json", p)
+		}
+	}
+	checkTasks(t, state, map[string]string{"t-7.json": first, paths[2]: second, paths[4]: third})
+}
+
+// TestSaveLarge: a task of several MiB is written whole, byte for byte.
+func TestSaveLarge(t *testing.T) {
+	state := t.TempDir()
+	body := `{"id":"big","pad":"` + strings.Repeat("x", 5<<20) + `"}`
+	if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
+	checkTasks(t, state, map[string]string{"big.json": body})
+}
+
+// checkTasks fails unless the hand-off directory holds exactly want (file
+// name -> the body as received), each 0600.
+func checkTasks(t *testing.T, state string, want map[string]string) {
+	t.Helper()
 	ents, err := os.ReadDir(filepath.Join(state, Dir))
-	if err != nil || len(ents) != 1 {
-		t.Fatalf("tasks dir: %v %v", ents, err)
+	if err != nil {
+		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(filepath.Join(state, Dir, ents[0].Name()))
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil || s != "reboot now\n" {
-		t.Fatalf("saved %q (%v), want the body as a JSON string", b, err)
+	got := map[string]bool{}
+	for _, e := range ents {
+		got[e.Name()] = true
+		p := filepath.Join(state, Dir, e.Name())
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, ok := want[e.Name()]
+		if !ok {
+			t.Errorf("unexpected file %s", e.Name())
+			continue
+		}
+		if string(b) != w+"\n" {
+			t.Errorf("%s holds %.80q, want the task as received", e.Name(), b)
+		}
+		if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
+			t.Errorf("%s is %04o, want 0600", e.Name(), st.Mode().Perm())
+		}
+	}
+	for n := range want {
+		if !got[n] {
+			t.Errorf("%s missing; files %v", n, got)
+		}
 	}
 }
 
@@ -109,4 +211,24 @@ func files(t *testing.T, root string) map[string]bool {
 		return nil
 	})
 	return out
+}
+
+// BenchmarkSave: a typical task, and one of 3 MiB, each saved under a new
+// id (a temp file, fsync, a hard link, fsync of the directory).
+func BenchmarkSave(b *testing.B) {
+	for _, size := range []int{1 << 10, 3 << 20} {
+		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
+			state := b.TempDir()
+			pad := strings.Repeat("x", size)
+			b.SetBytes(int64(size))
+			i := 0
+			for b.Loop() {
+				i++
+				body := fmt.Sprintf(`{"id":"t-%d","pad":%q}`, i, pad)
+				if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
+	"github.com/gpuaas/provision/internal/system"
 )
 
 // Checks returns the ladder in order. Check names are an interface.
@@ -67,7 +67,7 @@ func wantEntries(e *observe.Env) map[string]netip.Addr { return e.Cfg.HostMap() 
 
 func checkHostsBlock(_ context.Context, e *observe.Env) Answer {
 	path := e.Cfg.Paths.HostsFile
-	b, err := os.ReadFile(e.Host.ResolvedPath(path)) // through a symlink, inside --root
+	b, err := hosts.ReadFile(e.Host.ResolvedPath(path)) // through a symlink, inside --root; never a FIFO
 	if err != nil {
 		return fail("restore the hosts file, then run provision hosts apply", "cannot read %s: %v", path, err)
 	}
@@ -148,7 +148,7 @@ func joinAddrs(a []netip.Addr) string {
 // (sorted), then the instance's user-data; its own merged result, when it
 // wrote one, is authoritative. Values are YAML 1.1, as cloud-init reads
 // them: yes, on, true and template (or localhost) turn it on.
-func checkHostsPersist(_ context.Context, e *observe.Env) Answer {
+func checkHostsPersist(ctx context.Context, e *observe.Env) Answer {
 	files := []string{"/etc/cloud/cloud.cfg"}
 	if m, _ := filepath.Glob(e.Host.Path("/etc/cloud/cloud.cfg.d/*.cfg")); len(m) > 0 {
 		sort.Strings(m)
@@ -159,7 +159,7 @@ func checkHostsPersist(_ context.Context, e *observe.Env) Answer {
 	files = append(files, "/var/lib/cloud/instance/user-data.txt")
 	on, decidedBy := false, ""
 	for _, f := range files {
-		b, err := os.ReadFile(e.Host.Path(f))
+		b, err := system.ReadRegular(ctx, e.Host.ResolvedPath(f), hosts.MaxSize) // never a FIFO
 		if err != nil {
 			continue
 		}
@@ -167,7 +167,7 @@ func checkHostsPersist(_ context.Context, e *observe.Env) Answer {
 			on, decidedBy = v, f
 		}
 	}
-	if b, err := os.ReadFile(e.Host.Path("/run/cloud-init/combined-cloud-config.json")); err == nil {
+	if b, err := system.ReadRegular(ctx, e.Host.ResolvedPath("/run/cloud-init/combined-cloud-config.json"), hosts.MaxSize); err == nil {
 		var m map[string]any
 		if json.Unmarshal(b, &m) == nil {
 			if v, ok := m["manage_etc_hosts"]; ok {

@@ -56,6 +56,10 @@ type Task struct {
 	ID      string          `json:"id"`
 	Kind    string          `json:"kind,omitempty"`
 	Payload json.RawMessage `json:"payload,omitempty"`
+	// Raw, when set, is the whole body tasks/wait answers with, as is (a
+	// numeric id, JSON that is no object, a body of any size); ID is then
+	// only the queue's label.
+	Raw []byte `json:"-"`
 }
 
 // Fault is an answer injected in place of the real one (after Host/SNI
@@ -295,6 +299,11 @@ func (n *NodeAPI) handleWait(w http.ResponseWriter, r *http.Request) {
 	defer timer.Stop()
 	for {
 		task, wake, ok := n.pop(nodeID)
+		if ok && task.Raw != nil {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(task.Raw)
+			return
+		}
 		if ok {
 			writeJSON(w, http.StatusOK, task)
 			return

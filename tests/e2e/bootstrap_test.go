@@ -454,7 +454,8 @@ func TestAPIUnavailableThenOK(t *testing.T) {
 func TestAPIUnavailableUntilDeadline(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
-	n := newNode(t, cp, true, func(c *controlplane.NodeConfig) { c.Bootstrap.Deadline = "3s" })
+	// The 1s long poll and each request (2s) fit in the deadline.
+	n := newNode(t, cp, true, func(c *controlplane.NodeConfig) { c.Bootstrap.Deadline, c.Bootstrap.RequestTimeout = "3s", "2s" })
 	cp.API.FailAlways(controlplane.StatusFault(503))
 
 	r := n.RunJSON("bootstrap")

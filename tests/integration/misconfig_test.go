@@ -272,7 +272,10 @@ func runMisconfig(t *testing.T, mc misconfig) {
 	}
 	eo := envOptions{ingress: mc.ingress}
 	if mc.transient {
-		eo.node = func(e *env, c *controlplane.NodeConfig) { c.Bootstrap.Deadline = "4s" }
+		// request_timeout must fit in the deadline with the 1s long poll.
+		eo.node = func(e *env, c *controlplane.NodeConfig) {
+			c.Bootstrap.Deadline, c.Bootstrap.RequestTimeout = "4s", "3s"
+		}
 	}
 	e := newEnv(t, mc.kind, eo)
 	// What the wire looks like, for the reader of a failure.

@@ -24,6 +24,7 @@ import (
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/pipeline"
+	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
@@ -86,6 +87,8 @@ type wireCase struct {
 	cut     *cut // nil: no relay
 	ceiling diag.Layer
 	success bool
+	layer   diag.Layer // when set, the one layer a failure must name
+	owner   diag.Owner // when set, its owner
 }
 
 type cut struct {
@@ -177,9 +180,18 @@ func cases() []wireCase {
 				wireCase{name: vn + "/not-http-" + how, ver: ver, mode: mtls, handler: hijack("SSH-2.0-OpenSSH_9.2\r\n", stall), ceiling: diag.Route},
 			)
 		}
-		big := `{"id":"big","pad":"` + strings.Repeat("x", 2<<20) + `"}`
+		// Issue 24 item 3: a task of a few MiB is a task, handed off whole;
+		// one over probe.MaxTask, and a 200 whose JSON is no object, are
+		// the API's failures (tasks-wait), never the route's.
+		large := `{"id":"large","pad":"` + strings.Repeat("x", 3<<20) + `"}`
+		big := `{"id":"big","pad":"` + strings.Repeat("x", probe.MaxTask) + `"}`
+		for _, nb := range [][2]string{{"null", "null"}, {"list", `[{"id":"t-1"}]`}, {"string", `"reboot"`}, {"number", "12345678901234567891"}} {
+			out = append(out, wireCase{name: vn + "/200-json-" + nb[0], ver: ver, mode: mtls,
+				handler: statusHandler(200, "application/json", nb[1]), ceiling: diag.TasksWait, layer: diag.TasksWait, owner: diag.API})
+		}
 		out = append(out,
-			wireCase{name: vn + "/oversized-200", ver: ver, mode: mtls, handler: statusHandler(200, "application/json", big), ceiling: diag.TasksWait},
+			wireCase{name: vn + "/large-200-task", ver: ver, mode: mtls, handler: statusHandler(200, "application/json", large), ceiling: diag.TasksWait, success: true},
+			wireCase{name: vn + "/oversized-200", ver: ver, mode: mtls, handler: statusHandler(200, "application/json", big), ceiling: diag.TasksWait, layer: diag.TasksWait, owner: diag.API},
 			wireCase{name: vn + "/client-ca-unrelated", ver: ver, mode: wrongCA, handler: ok204, ceiling: diag.TLSClientAuth},
 			wireCase{name: vn + "/server-cert-other-name", ver: ver, mode: otherName, handler: ok204, ceiling: diag.TLSServer},
 			wireCase{name: vn + "/server-cert-other-ca", ver: ver, mode: otherCA, handler: ok204, ceiling: diag.TLSServer},
@@ -436,6 +448,9 @@ func checkReport(t *testing.T, who string, c wireCase, rep *report.Report) {
 	}
 	if rep.FailedLayer.Index() > c.ceiling.Index() || rep.FailedLayer.Index() < diag.TCP.Index() {
 		t.Errorf("%s: failed at %s (%s), outside tcp..%s where the exchange broke", who, rep.FailedLayer, rep.Summary, c.ceiling)
+	}
+	if c.layer != "" && (rep.FailedLayer != c.layer || rep.Owner != c.owner) {
+		t.Errorf("%s: failed at %s, owner %s (%s); want %s, owner %s", who, rep.FailedLayer, rep.Owner, rep.Summary, c.layer, c.owner)
 	}
 }
 

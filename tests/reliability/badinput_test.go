@@ -201,6 +201,16 @@ func TestBadInputMatrix(t *testing.T) {
 		{name: "deadline 0s is not the default", edit: replace(`deadline = "2s"`, `deadline = "0s"`), exit: 3, last: []string{"bootstrap.deadline", "0s"}},
 		{name: "request_timeout 0s is not the default", edit: replace(`request_timeout = "500ms"`, `request_timeout = "0s"`), exit: 3, last: []string{"bootstrap.request_timeout"}},
 		{name: "wait_timeout past the ingress's timeout", edit: replace(`wait_timeout = "1s"`, `wait_timeout = "90s"`), exit: 3, last: []string{"node_api.wait_timeout"}},
+		// timeouts that cannot fit in the deadline (issue 24 item 6): each
+		// was accepted, and verify's budget, built from request_timeout,
+		// ran for minutes past a 2s deadline.
+		{name: "request_timeout longer than the deadline", cmd: "verify", edit: replace(`request_timeout = "500ms"`, `request_timeout = "5m"`),
+			exit: 3, last: []string{"bootstrap.request_timeout", "bootstrap.deadline (2s)"}},
+		{name: "wait_timeout plus request_timeout past the deadline", edit: replace(`request_timeout = "500ms"`, `request_timeout = "1500ms"`),
+			exit: 3, last: []string{"node_api.wait_timeout", "bootstrap.request_timeout", "bootstrap.deadline (2s)"}},
+		{name: "post_hook_timeout longer than the deadline", cmd: "renew", edit: func(s string) string {
+			return s + "\n[renew]\npost_hook = [\"/bin/true\"]\npost_hook_timeout = \"5m\"\n"
+		}, exit: 3, last: []string{"renew.post_hook_timeout", "bootstrap.deadline (2s)"}},
 		{name: "empty pki_dir is not the default", edit: replace(`pki_dir = "/var/lib/provision/pki"`, `pki_dir = ""`), exit: 3, last: []string{"paths.pki_dir"}},
 		{name: "45,000 unknown keys", edit: func(s string) string {
 			var b strings.Builder

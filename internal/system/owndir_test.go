@@ -1,0 +1,191 @@
+package system
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// tree builds entries under dir: "name" a regular file, "name/" a
+// directory, "name -> target" a symbolic link, "name|" a FIFO.
+func tree(t *testing.T, dir string, entries ...string) {
+	t.Helper()
+	for _, e := range entries {
+		var err error
+		switch name, target, link := strings.Cut(e, " -> "); {
+		case link:
+			os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755)
+			err = os.Symlink(target, filepath.Join(dir, name))
+		case strings.HasSuffix(e, "/"):
+			err = os.MkdirAll(filepath.Join(dir, e), 0o755)
+		case strings.HasSuffix(e, "|"):
+			err = syscall.Mkfifo(filepath.Join(dir, strings.TrimSuffix(e, "|")), 0o600)
+		default:
+			os.MkdirAll(filepath.Dir(filepath.Join(dir, e)), 0o755)
+			err = os.WriteFile(filepath.Join(dir, e), []byte("content of "+e), 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// digest is every file, link and mode under root, to prove nothing changed.
+func digest(t *testing.T, root string) string {
+	t.Helper()
+	var b strings.Builder
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		st, _ := os.Lstat(p)
+		fmt.Fprintf(&b, "%s %v", p, st.Mode())
+		switch {
+		case st.Mode()&os.ModeSymlink != 0:
+			l, _ := os.Readlink(p)
+			b.WriteString(" -> " + l)
+		case st.Mode().IsRegular():
+			c, _ := os.ReadFile(p)
+			fmt.Fprintf(&b, " %x", sha256.Sum256(c))
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	return b.String()
+}
+
+// TestClaimDir is issue 24 item 1: pki_dir = "/etc/pki" (a 0755 directory
+// holding ca.pem and cert.pem) was made 0700 and its ca.pem replaced by a
+// link. A directory is provision's only when it is missing, empty or holds
+// nothing but provision's layout; anything else is refused before anything
+// in it changes, naming what is foreign.
+func TestClaimDir(t *testing.T) {
+	provisionState := []string{".lock", "receipt.json", "renew.json", "enroll-pending.json", "key-exposed.json", "done/", "tasks/",
+		"pki/gen-20261206T000000.000000000Z-0a1b2c3d/", "pki/current -> gen-20261206T000000.000000000Z-0a1b2c3d",
+		"pki/key.pem -> current/key.pem", "pki/cert.pem -> current/cert.pem", "pki/ca.pem -> current/ca.pem", "pki/previous -> gen-x",
+		".receipt.json123456", ".provision-tmp-gen-y/", "pki/.key.pem987"}
+	tests := []struct {
+		name    string
+		entries []string
+		link    bool     // the directory is a link to one holding entries
+		foreign []string // named in the refusal; nil: claimed
+		unsafe  string   // an *UnsafeFileError naming this entry
+	}{
+		{name: "missing"},
+		{name: "empty", entries: []string{}},
+		{name: "provision's state and pki layout", entries: provisionState},
+		{name: "a previous tool's credential set", entries: []string{"key.pem", "cert.pem", "ca.pem"}},
+		{name: "a key and certificate without a bundle", entries: []string{"key.pem", "cert.pem"}},
+		{name: "a symlinked state_dir of provision's", entries: provisionState, link: true},
+		{name: "a pki_dir inside state_dir under another name", entries: []string{"receipt.json", "creds/current -> gen-1", "creds/gen-1/"}},
+		{name: "a pki_dir inside state_dir that is a link", entries: []string{"receipt.json", "pki -> /nonexistent"}, foreign: []string{"pki (a link to nothing usable)"}},
+		{name: "/etc/pki with ca.pem and cert.pem (the repro)", entries: []string{"ca.pem", "cert.pem"},
+			foreign: []string{"ca.pem (a regular file that is not part of a key and certificate pair)", "cert.pem ("}},
+		{name: "/etc/ssl", entries: []string{"certs/a.pem", "private/node.key", "openssl.cnf", "empty/"}, foreign: []string{"certs (a directory holding a.pem", "openssl.cnf (a regular file", "private ("}},
+		{name: "one foreign file among provision's", entries: append([]string{"notes.txt"}, provisionState...), foreign: []string{"notes.txt (a regular file provision did not write)"}},
+		{name: "a symlinked state_dir of somebody else's", entries: []string{"db.sqlite"}, link: true, foreign: []string{"db.sqlite"}},
+		{name: "a nested directory of somebody else's", entries: []string{"pki/key.pem -> current/key.pem", "pki/README"}, foreign: []string{"pki (a directory holding README"}},
+		{name: "a regular file where current should be a link", entries: []string{"current"}, foreign: []string{"current (a regular file where provision keeps a link)"}},
+		{name: "a FIFO at renew.json", entries: []string{"receipt.json", "renew.json|"}, unsafe: "renew.json"},
+		{name: "a link at receipt.json", entries: []string{"receipt.json -> /etc/shadow"}, unsafe: "receipt.json"},
+		{name: "a link at tasks", entries: []string{"tasks -> /tmp"}, unsafe: "tasks"},
+		{name: "a FIFO at key.pem", entries: []string{"key.pem|", "cert.pem"}, unsafe: "key.pem"},
+		{name: "a FIFO at current", entries: []string{"current|"}, unsafe: "current"},
+		{name: "a directory at key.pem", entries: []string{"key.pem/", "cert.pem"}, foreign: []string{"key.pem (a directory where provision keeps a credential)"}},
+		{name: "many foreign entries are counted", entries: []string{"a", "b", "c", "d", "e", "f"}, foreign: []string{"and 2 more"}},
+	}
+	for _, tt := range tests {
+		for _, change := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/change=%v", tt.name, change), func(t *testing.T) {
+				base := t.TempDir()
+				dir := filepath.Join(base, "var", "lib", "provision")
+				if tt.entries != nil {
+					target := dir
+					if tt.link {
+						target = filepath.Join(base, "volume")
+					}
+					os.MkdirAll(target, 0o755)
+					tree(t, target, tt.entries...)
+					os.Chmod(target, 0o777)
+					if tt.link {
+						os.MkdirAll(filepath.Dir(dir), 0o755)
+						if err := os.Symlink(target, dir); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				before := digest(t, base)
+				s, err := ClaimDir(dir, change)
+				var fe *ForeignDirError
+				var ue *UnsafeFileError
+				switch {
+				case tt.foreign != nil:
+					if !errors.As(err, &fe) || !errors.Is(err, ErrForeignDir) {
+						t.Fatalf("ClaimDir = %v, want a *ForeignDirError", err)
+					}
+					for _, f := range tt.foreign {
+						if !strings.Contains(err.Error(), f) {
+							t.Errorf("refusal %q does not name %q", err, f)
+						}
+					}
+				case tt.unsafe != "":
+					if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.unsafe) {
+						t.Fatalf("ClaimDir = %v, want an *UnsafeFileError naming %s", err, tt.unsafe)
+					}
+				case err != nil:
+					t.Fatalf("ClaimDir: %v", err)
+				}
+				after := digest(t, base)
+				switch {
+				case err != nil || !change:
+					if after != before {
+						t.Errorf("ClaimDir changed the tree:\n--- before\n%s--- after\n%s", before, after)
+					}
+				case tt.entries == nil:
+					if st, serr := os.Stat(dir); serr != nil || st.Mode().Perm() != 0o700 || !s.Created {
+						t.Errorf("missing dir: %v %v created=%v, want created 0700", st, serr, s.Created)
+					}
+				default:
+					if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 || !s.Tightened || s.WasMode != 0o777 {
+						t.Errorf("a 0777 directory of provision's: mode %v, state %+v; want tightened to 0700", st.Mode(), s)
+					}
+				}
+				if pst, _ := os.Stat(filepath.Dir(dir)); pst != nil && pst.Mode().Perm() != 0o755 {
+					t.Errorf("the parent was chmodded to %v", pst.Mode())
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkClaimDir is what the rule adds to every command: judging a
+// bootstrapped state_dir (records, done/, tasks/, a pki_dir inside it with
+// three generations and its links), without and with claiming it.
+func BenchmarkClaimDir(b *testing.B) {
+	dir := filepath.Join(b.TempDir(), "provision")
+	os.MkdirAll(dir, 0o700)
+	for _, f := range []string{".lock", "receipt.json", "renew.json"} {
+		os.WriteFile(filepath.Join(dir, f), []byte("{}"), 0o600)
+	}
+	for _, d := range []string{"done", "tasks", "pki/gen-1", "pki/gen-2", "pki/gen-3"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o700)
+	}
+	for l, target := range map[string]string{"current": "gen-3", "previous": "gen-2", "key.pem": "current/key.pem", "cert.pem": "current/cert.pem", "ca.pem": "current/ca.pem"} {
+		os.Symlink(target, filepath.Join(dir, "pki", l))
+	}
+	for _, change := range []bool{false, true} {
+		b.Run(fmt.Sprintf("change=%v", change), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := ClaimDir(dir, change); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
