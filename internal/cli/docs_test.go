@@ -223,7 +223,7 @@ func TestBashCompletion(t *testing.T) {
 		words []string
 		want  string
 	}{
-		{[]string{"provision", ""}, "bootstrap verify renew hosts userdata version help --help --version"},
+		{[]string{"provision", ""}, "bootstrap verify renew status hosts userdata version help --help --version"},
 		{[]string{"provision", "ver"}, "verify version"},
 		{[]string{"provision", "hosts", ""}, "apply show check remove --help"},
 		{[]string{"provision", "renew", "--f"}, "--force --format"},

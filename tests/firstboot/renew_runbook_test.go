@@ -110,7 +110,7 @@ func TestRunbookCertificateExpiring(t *testing.T) {
 	// The section's pointers into renew.json hold what it says.
 	sh := newShell(n, false)
 	code, out := sh.run("jq -r '.last_result, .failed_layer, .last_error' /var/lib/provision/renew.json")
-	if code != 0 || !strings.HasPrefix(out, "failed\ntls-client-auth\nrenewed certificate not published") {
+	if code != 0 || !strings.HasPrefix(out, "failed\ntls-client-auth\nnew certificate not published") {
 		t.Errorf("renew.json's last_result, failed_layer, last_error: %q", out)
 	}
 	for _, field := range []string{"last_result", "last_error", "failed_layer"} {

@@ -28,7 +28,7 @@ func userdataConfig(t *testing.T, cp *controlplane.ControlPlane) string {
 	c.Paths.StateDir, c.Paths.PKIDir = "/srv/provision", "/srv/provision/pki"
 	no := false
 	c.Renew = &controlplane.RenewConfig{Fraction: 0.5, Splay: "10m", Rekey: &no,
-		PostHook: []string{"/usr/bin/systemctl", "reload", "node-agent"}, PostHookTimeout: "2m"}
+		PostHook: []string{"/usr/bin/systemctl", "reload", "node-agent"}, PostHookTimeout: "20s"}
 	b, err := c.TOML()
 	if err != nil {
 		t.Fatal(err)
