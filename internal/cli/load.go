@@ -2,6 +2,7 @@ package cli
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
@@ -36,7 +37,16 @@ func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int,
 		return nil, nil, printReport(env, f, rep), false
 	}
 	host.HostsFile = cfg.Paths.HostsFile
-	if metricsCommands[cmd] {
+	if g := cfg.Paths.KeyGroup; g != "" {
+		if _, err := host.LookupGroup(g); err != nil {
+			rep := report.Failed(cmd, cfg.NodeID, "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node,
+				Summary: fmt.Sprintf("config %s: paths.key_group = %q: %v", f.config, g, err),
+				Remedy:  "create the group (the node-agent's, e.g. groupadd " + g + ") before provision runs, or fix paths.key_group; nothing was changed"})
+			metricsForConfigFailure(env, f, host, rep)
+			return nil, nil, printReport(env, f, rep), false
+		}
+	}
+	if metricsCommands[cmd] || cmd == "status" {
 		if code, ok := claimDirs(env, f, cfg, host, cmd); !ok {
 			return nil, nil, code, false
 		}

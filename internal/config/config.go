@@ -83,6 +83,10 @@ type Paths struct {
 	HostsFile string `toml:"hosts_file"`
 	PKIDir    string `toml:"pki_dir"`
 	StateDir  string `toml:"state_dir"`
+	// KeyGroup, when set, is the group that may read the private key (a
+	// node-agent that does not run as root): the key is then 0640 and
+	// pki_dir and its generations 0750, owned by that group.
+	KeyGroup string `toml:"key_group,omitempty"`
 }
 
 // Bootstrap holds the time budgets of a bootstrap run.
@@ -425,6 +429,9 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	c.validateCA(add)
 	c.validateNodeAPI(add)
 	c.validateTable(add)
+	if g := c.Paths.KeyGroup; c.written["paths.key_group"] && !GroupPattern.MatchString(g) {
+		add("paths.key_group", "%q is not a group name (lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32) nor a numeric group id", g)
+	}
 	c.validateRenew(add)
 	c.validateBudget(add)
 	return probs
@@ -788,6 +795,9 @@ func (ix *lineIndex) line(key string) int {
 	}
 	return ix.line(table)
 }
+
+// GroupPattern is a group name as useradd(8) accepts it, or a numeric gid.
+var GroupPattern = regexp.MustCompile(`^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$`)
 
 // Equal reports whether two configs hold the same settings, whichever keys
 // their files spelled out (a rendered config writes every default).

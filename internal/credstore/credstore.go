@@ -62,6 +62,8 @@ type Set struct {
 	Roots   []*x509.Certificate // CA bundle
 	KeyMode os.FileMode         // as found on disk (Load only)
 	DirMode os.FileMode         // pki_dir's mode as found (Load only)
+	KeyGID  int                 // the key's group as found (Load only)
+	DirGID  int                 // pki_dir's group as found (Load only)
 	Dir     string              // the generation directory it was read from
 }
 
@@ -114,7 +116,7 @@ func Load(dir string) (*Set, error) {
 		}
 		src = target
 	}
-	s := &Set{DirMode: st.Mode().Perm(), Dir: src}
+	s := &Set{DirMode: st.Mode().Perm(), DirGID: gidOf(st), Dir: src}
 	keyPath := filepath.Join(src, KeyFile)
 	kst, err := os.Stat(keyPath)
 	if errors.Is(err, os.ErrNotExist) {
@@ -126,7 +128,7 @@ func Load(dir string) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.KeyMode = kst.Mode().Perm()
+	s.KeyMode, s.KeyGID = kst.Mode().Perm(), gidOf(kst)
 	keyPEM, err := readFile(keyPath)
 	if err != nil {
 		return nil, err
@@ -260,6 +262,12 @@ func Save(dir string, s *Set, now time.Time, hook system.Hook) (string, error) {
 // the new set from there before Publish. An unpublished generation is kept
 // (for diagnosis) until the next successful publish prunes it.
 func SaveAside(dir string, s *Set, now time.Time, hook system.Hook) (string, error) {
+	return SaveAsideFor(dir, s, now, hook, RootOnly)
+}
+
+// SaveAsideFor is SaveAside with the key readable as a allows: with a key
+// group, the key is 0640 and pki_dir and the generation 0750, that group's.
+func SaveAsideFor(dir string, s *Set, now time.Time, hook system.Hook, a Access) (string, error) {
 	if !s.KeyMatches() {
 		return "", errors.New("refusing to save: the key does not match the certificate")
 	}
@@ -272,8 +280,8 @@ func SaveAside(dir string, s *Set, now time.Time, hook system.Hook) (string, err
 	if _, err := system.ClaimDir(dir, true); err != nil {
 		return "", err
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return "", fmt.Errorf("restricting %s to 0700: %w", dir, err)
+	if err := a.apply(dir, a.DirMode()); err != nil {
+		return "", fmt.Errorf("restricting %s to %04o: %w", dir, a.DirMode(), err)
 	}
 	Sweep(dir)
 
@@ -284,17 +292,22 @@ func SaveAside(dir string, s *Set, now time.Time, hook system.Hook) (string, err
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return "", fmt.Errorf("creating %s: %w", tmp, err)
 	}
+	if err := a.apply(tmp, a.DirMode()); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
 	files := []struct {
 		name string
 		data []byte
 		mode os.FileMode
+		gid  int
 	}{
-		{KeyFile, keyPEM, 0o600},
-		{CertFile, EncodeCerts(s.Chain), 0o644},
-		{CAFile, EncodeCerts(s.Roots), 0o644},
+		{KeyFile, keyPEM, a.KeyMode(), a.gid()},
+		{CertFile, EncodeCerts(s.Chain), 0o644, -1},
+		{CAFile, EncodeCerts(s.Roots), 0o644, -1},
 	}
 	for _, f := range files {
-		if err := writeNew(filepath.Join(tmp, f.name), f.data, f.mode); err != nil {
+		if err := writeNew(filepath.Join(tmp, f.name), f.data, f.mode, f.gid); err != nil {
 			os.RemoveAll(tmp)
 			return "", err
 		}
@@ -380,10 +393,16 @@ func linkStable(dir string) error {
 	return system.SyncDir(dir)
 }
 
-func writeNew(path string, data []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+func writeNew(path string, data []byte, mode os.FileMode, gid int) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode&0o700) // no one else before its group is set
 	if err != nil {
 		return fmt.Errorf("creating %s: %w", path, err)
+	}
+	if gid >= 0 {
+		if err := f.Chown(-1, gid); err != nil {
+			f.Close()
+			return fmt.Errorf("giving %s to group %d (paths.key_group): %w", path, gid, err)
+		}
 	}
 	if err := f.Chmod(mode); err != nil { // umask must not loosen or tighten it
 		f.Close()
@@ -489,11 +508,16 @@ type Loose struct {
 
 func (l Loose) String() string { return fmt.Sprintf("%s %04o -> %04o", l.Path, l.Mode, l.Want) }
 
-// FindLoose lists what Tighten would restrict: dir and every generation
-// directory not 0700, and every private key in them (and a legacy key.pem
-// in dir itself) readable by group or others. Only real directories and
+// FindLoose lists what Tighten would restrict with the default access
+// (FindLooseFor RootOnly).
+func FindLoose(dir string) ([]Loose, error) { return FindLooseFor(dir, RootOnly) }
+
+// FindLooseFor lists what Tighten would restrict: dir and every generation
+// directory, and every private key in them (and a legacy key.pem in dir
+// itself), that lets anyone in beyond what a allows (0700 and 0600; with a
+// key group, 0750 and 0640 for that group only). Only real directories and
 // regular files are listed: a symlink is never followed to its target.
-func FindLoose(dir string) ([]Loose, error) {
+func FindLooseFor(dir string, a Access) ([]Loose, error) {
 	st, err := os.Stat(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -502,25 +526,40 @@ func FindLoose(dir string) ([]Loose, error) {
 		return nil, err
 	}
 	var out []Loose
-	if st.Mode().Perm()&0o077 != 0 {
-		out = append(out, Loose{Path: dir, Mode: st.Mode().Perm(), Want: 0o700})
+	if l, loose := a.loose(dir, st, a.DirMode(), false); loose {
+		out = append(out, l)
 	}
 	keys := []string{filepath.Join(dir, KeyFile)}
 	for _, g := range Generations(dir) {
 		gd := filepath.Join(dir, g)
 		if fi, err := os.Lstat(gd); err == nil && fi.IsDir() {
-			if fi.Mode().Perm()&0o077 != 0 {
-				out = append(out, Loose{Path: gd, Mode: fi.Mode().Perm(), Want: 0o700})
+			if l, loose := a.loose(gd, fi, a.DirMode(), false); loose {
+				out = append(out, l)
 			}
 			keys = append(keys, filepath.Join(gd, KeyFile))
 		}
 	}
 	for _, k := range keys {
-		if fi, err := os.Lstat(k); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o077 != 0 {
-			out = append(out, Loose{Path: k, Mode: fi.Mode().Perm(), Want: 0o600, Key: true})
+		if fi, err := os.Lstat(k); err == nil && fi.Mode().IsRegular() {
+			if l, loose := a.loose(k, fi, a.KeyMode(), true); loose {
+				out = append(out, l)
+			}
 		}
 	}
 	return out, nil
+}
+
+// loose says whether path (fi) lets anyone in beyond a, and what to
+// restrict it to: want when it belongs to a's group, else the root-only
+// mode (a group other than the key group must not read it).
+func (a Access) loose(path string, fi os.FileInfo, want os.FileMode, key bool) (Loose, bool) {
+	if a.Allows(fi.Mode(), gidOf(fi), want) {
+		return Loose{}, false
+	}
+	if !a.Group || gidOf(fi) != a.GID {
+		want &^= 0o070
+	}
+	return Loose{Path: path, Mode: fi.Mode().Perm(), Want: want, Key: key && fi.Mode().Perm()&^want != 0}, true
 }
 
 // Tighten restricts every path FindLoose listed. A key found readable by

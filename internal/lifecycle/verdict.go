@@ -134,6 +134,9 @@ type Input struct {
 	// Exposed is set when state records the key as having been readable
 	// by others: the mode is fixed, the key is still the exposed one.
 	Exposed bool
+	// Access is who may read the key besides root (paths.key_group): the
+	// key and pki_dir are judged against it. The zero value means nobody.
+	Access credstore.Access
 	// RevokedSerial is a serial found revoked with evidence (the CA's
 	// signed CRL, recorded in state_dir's renew record); a refusal alone
 	// (a 401 from anything in front of the CA) is never recorded here.
@@ -256,13 +259,14 @@ func Judge(in Input) Verdict {
 	if in.StaleSerial != "" && in.StaleSerial == leaf.SerialNumber.String() && !v.Has(OtherCA) {
 		v.add(OtherCA, "the node certificate (issuer %s) does not chain to any of the CA's current roots: it is stale (found by an earlier run against the CA's roots of then, serial %s)", leaf.Issuer, in.StaleSerial)
 	}
-	if s.KeyMode&0o077 != 0 {
-		v.add(KeyExposed, "key.pem is mode %04o; a private key must be 0600", s.KeyMode)
+	a := in.Access
+	if !a.Allows(s.KeyMode, s.KeyGID, a.KeyMode()) {
+		v.add(KeyExposed, "key.pem is mode %04o (group %d); a private key must be %s", s.KeyMode, s.KeyGID, a.Describe(a.KeyMode()))
 	} else if in.Exposed {
 		v.add(KeyWasExposed, "key.pem was found readable by others (recorded in state_dir/%s) and restricted since; it is still that key", ExposedFile)
 	}
-	if s.DirMode&0o077 != 0 {
-		v.add(DirOpen, "pki_dir is mode %04o; it holds a private key and must be 0700", s.DirMode)
+	if !a.Allows(s.DirMode, s.DirGID, a.DirMode()) {
+		v.add(DirOpen, "pki_dir is mode %04o (group %d); it holds a private key and must be %s", s.DirMode, s.DirGID, a.Describe(a.DirMode()))
 	}
 	v.judgeBundle(in)
 	if v.Action < Reenroll && !in.Now.Before(v.RenewAfter) {

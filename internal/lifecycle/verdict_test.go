@@ -63,6 +63,27 @@ func TestJudge(t *testing.T) {
 		{"key 0644", lifecycle.Input{Set: func() *credstore.Set { s := healthy(); s.KeyMode = 0o644; return s }()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyExposed}},
 		{"key was exposed", lifecycle.Input{Set: healthy(), Exposed: true}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyWasExposed}},
 		{"dir 0755", lifecycle.Input{Set: func() *credstore.Set { s := healthy(); s.DirMode = 0o755; return s }()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.DirOpen}},
+		// paths.key_group: the key 0640 and pki_dir 0750 for that group only.
+		{"key group: key 0640 and dir 0750 of the group", lifecycle.Input{Access: credstore.GroupAccess(4242), Set: func() *credstore.Set {
+			s := healthy()
+			s.KeyMode, s.KeyGID, s.DirMode, s.DirGID = 0o640, 4242, 0o750, 4242
+			return s
+		}()}, lifecycle.Keep, nil},
+		{"key group: key 0640 of another group", lifecycle.Input{Access: credstore.GroupAccess(4242), Set: func() *credstore.Set {
+			s := healthy()
+			s.KeyMode, s.KeyGID = 0o640, 100
+			return s
+		}()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyExposed}},
+		{"key group: key 0644", lifecycle.Input{Access: credstore.GroupAccess(4242), Set: func() *credstore.Set {
+			s := healthy()
+			s.KeyMode, s.KeyGID = 0o644, 4242
+			return s
+		}()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyExposed}},
+		{"no key group: key 0640", lifecycle.Input{Set: func() *credstore.Set {
+			s := healthy()
+			s.KeyMode, s.KeyGID = 0o640, 4242
+			return s
+		}()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyExposed}},
 		{"bundle from another CA", lifecycle.Input{Set: set(p, "gpu-1", -time.Hour, 23*time.Hour, other.Root)}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.BundleStale}},
 		{"roots unknown", lifecycle.Input{Set: healthy(), Roots: []*x509.Certificate{}}, lifecycle.Keep, []lifecycle.Reason{lifecycle.RootsUnknown}},
 		{"exposed and past renewal: renew first", lifecycle.Input{Set: func() *credstore.Set { s := set(p, "gpu-1", -20*time.Hour, 4*time.Hour); s.KeyMode = 0o640; return s }()},

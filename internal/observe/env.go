@@ -200,6 +200,20 @@ func (e *Env) Probed() *probe.Result {
 	return e.probe
 }
 
+// Access is who may read the private key (paths.key_group), resolved on
+// the host; the default when none is set or it cannot be resolved (cli
+// refuses such a config before any run).
+func Access(cfg *config.Config, host *system.Host) credstore.Access {
+	if cfg.Paths.KeyGroup == "" {
+		return credstore.RootOnly
+	}
+	gid, err := host.LookupGroup(cfg.Paths.KeyGroup)
+	if err != nil {
+		return credstore.RootOnly
+	}
+	return credstore.GroupAccess(gid)
+}
+
 // Verdict judges the credentials once: the one place that gathers
 // lifecycle.Judge's input (the set on disk with its modes, the CA's current
 // and federated roots and its clock when they can be fetched, the exposure
@@ -209,7 +223,7 @@ func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 		set, err := e.Creds()
 		in := lifecycle.Input{Set: set, LoadErr: err, NodeID: e.Cfg.NodeID, Now: e.Host.Time(),
 			Exposed:       fileExists(e.Host.Path(filepath.Join(e.Cfg.Paths.StateDir, lifecycle.ExposedFile))),
-			RenewFraction: e.Cfg.Renew.Fraction}
+			RenewFraction: e.Cfg.Renew.Fraction, Access: Access(e.Cfg, e.Host)}
 		if rec := e.RenewRecord(); rec != nil {
 			in.RevokedSerial = rec.RevokedSerial
 			if e.Offline {

@@ -54,7 +54,7 @@ func Obtain(r *Run) *diag.Finding {
 // WriteAside writes the candidate into a new generation directory without
 // publishing it: "current" and the stable links still name the old set.
 func (r *Run) WriteAside() *diag.Finding {
-	gen, err := credstore.SaveAside(r.PKI, r.Cand, r.Host.Time(), r.Host.Hook)
+	gen, err := credstore.SaveAsideFor(r.PKI, r.Cand, r.Host.Time(), r.Host.Hook, observe.Access(r.Cfg, r.Host))
 	if err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "credentials-write",
 			Summary: "the new credentials could not be written: " + err.Error() + "; the installed set stays current",

@@ -45,10 +45,10 @@ func Sweep(r *Run) *diag.Finding {
 // until the key is rotated: a crash, or a run without a token, must not
 // forget that this key may have been read.
 func Restrict(r *Run) *diag.Finding {
-	x, err := restrictKeys(r.StateDir, r.PKI, r.Host)
+	x, err := restrictKeys(r.StateDir, r.PKI, r.Host, observe.Access(r.Cfg, r.Host))
 	if err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: "a private key under " + r.Cfg.Paths.PKIDir + " is readable by others and cannot be restricted: " + err.Error(),
-			Remedy: "restrict it by hand (chmod 0600 the key, 0700 the directory) and treat the key as exposed: issue a fresh one-time token and run provision bootstrap to rotate it"}
+			Remedy: "restrict it by hand (chmod 0600 the key, 0700 the directory; 0640 and 0750 for paths.key_group) and treat the key as exposed: issue a fresh one-time token and run provision bootstrap to rotate it"}
 	}
 	if x != nil && len(x.Changes) > 0 {
 		r.Log.Warn("step", "step", "credentials-mode", "layer", "credentials", "status", "exposed", "found", x.Found, "changes", strings.Join(x.Changes, "; "))
@@ -60,9 +60,9 @@ func Restrict(r *Run) *diag.Finding {
 // restrictKeys records an exposed key in state_dir (before changing
 // anything, so a crash cannot lose it), then restricts every loose path
 // under pki. It returns the recorded exposure, old or new, if any.
-func restrictKeys(stateDir, pki string, host *system.Host) (*state.Exposure, error) {
+func restrictKeys(stateDir, pki string, host *system.Host, a credstore.Access) (*state.Exposure, error) {
 	x := state.ReadExposure(stateDir)
-	loose, err := credstore.FindLoose(pki)
+	loose, err := credstore.FindLooseFor(pki, a)
 	if err != nil {
 		return x, err
 	}

@@ -306,8 +306,12 @@ func checkCredentials(ctx context.Context, e *observe.Env) Answer {
 		return Answer{Status: status, Evidence: ev, Message: msg, Remedy: lifecycle.Remedy(worst, e.Cfg)}
 	}
 	left := v.Leaf.NotAfter.Sub(e.Host.Time())
-	return Answer{Status: report.Pass, Evidence: ev, Message: fmt.Sprintf("key 0600 matches the certificate for %s, valid for %s more, renewal due %s",
-		v.Leaf.Subject.CommonName, left.Round(time.Minute), v.RenewAfter.UTC().Format(time.RFC3339))}
+	mode := "0600"
+	if set, err := e.Creds(); err == nil {
+		mode = fmt.Sprintf("%04o", set.KeyMode)
+	}
+	return Answer{Status: report.Pass, Evidence: ev, Message: fmt.Sprintf("key %s matches the certificate for %s, valid for %s more, renewal due %s",
+		mode, v.Leaf.Subject.CommonName, left.Round(time.Minute), v.RenewAfter.UTC().Format(time.RFC3339))}
 }
 
 // lastRenew says how the last renewal attempt went, from state_dir's renew

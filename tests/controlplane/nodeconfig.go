@@ -40,6 +40,7 @@ type NodeConfig struct {
 		HostsFile string `toml:"hosts_file"`
 		PKIDir    string `toml:"pki_dir"`
 		StateDir  string `toml:"state_dir"`
+		KeyGroup  string `toml:"key_group,omitempty"`
 	} `toml:"paths"`
 	Bootstrap struct {
 		Deadline       string `toml:"deadline,omitempty"`
