@@ -2,6 +2,7 @@ package boot
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,10 +18,22 @@ const (
 	renewFraction = 0.25
 )
 
+// hookLog is where the probe hook writes: a directory of its own, not
+// state_dir (provision refuses a state_dir holding files it did not write),
+// opened to the renew unit's sandbox by a drop-in, as an operator whose
+// hook writes somewhere would.
+const hookLog = "/var/lib/provision-hook/post-hook.log"
+
 // renewConfig is [renew] of a node in these tests: due after a quarter of
-// the lifetime, no splay, the probe hook writing into state.
-func renewConfig(state string) *controlplane.RenewConfig {
-	return &controlplane.RenewConfig{Fraction: renewFraction, Splay: "0s", PostHook: probeHook(state + "/post-hook.log")}
+// the lifetime, no splay, the probe hook writing into hookLog.
+func renewConfig() *controlplane.RenewConfig {
+	return &controlplane.RenewConfig{Fraction: renewFraction, Splay: "0s", PostHook: probeHook(hookLog)}
+}
+
+// openHookLog makes the hook's directory and lets the renew unit write it.
+func (n *node) openHookLog() {
+	n.write(filepath.Dir(hookLog)+"/.keep", "", 0o644)
+	n.dropIn("provision-renew.service", "[Service]\nReadWritePaths="+filepath.Dir(hookLog)+"\n")
 }
 
 // TestBootFirstBoot boots a healthy node with the .deb and a seed from
@@ -31,7 +44,8 @@ func TestBootFirstBoot(t *testing.T) {
 	l := startLab(t, certLifetime, false)
 	n := newNode(t, "gpu-boot-1")
 	cfg := l.nodeConfig(n.id)
-	cfg.Renew = renewConfig(defaultPaths.state)
+	cfg.Renew = renewConfig()
+	n.openHookLog()
 	n.seed(l.operatorFiles(cfg, ""))
 	n.fastTimers("15s", "10s")
 	// node_exporter's package would ship this directory; provision never
@@ -135,7 +149,8 @@ func TestBootMovedPaths(t *testing.T) {
 	p := paths{state: "/srv/provision", pki: "/srv/provision/pki", metrics: "/srv/metrics"}
 	cfg := l.nodeConfig(n.id)
 	cfg.Paths.StateDir, cfg.Paths.PKIDir = p.state, p.pki
-	cfg.Renew = renewConfig(p.state)
+	cfg.Renew = renewConfig()
+	n.openHookLog()
 	ud := n.seed(l.operatorFiles(cfg, "\n[metrics]\ntextfile_dir = \""+p.metrics+"\"\n"))
 	for _, unit := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
 		if !strings.Contains(ud, "/etc/systemd/system/"+unit+".d/provision-paths.conf") {

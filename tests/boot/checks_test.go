@@ -193,7 +193,7 @@ func (c *container) waitRenewed(p paths, first string) renewRecord {
 			t.Errorf("a renew run failed: %s (%s)", r.Summary, r.FailedLayer)
 		}
 	}
-	hook := n.read(p.state + "/post-hook.log")
+	hook := n.read(hookLog)
 	if !strings.Contains(hook, "serial="+rec.Serial+"\n") {
 		t.Errorf("the post_hook did not run for serial %s:\n%s", rec.Serial, hook)
 	}

@@ -293,7 +293,10 @@ func (n *NodeAPI) handleWait(w http.ResponseWriter, r *http.Request) {
 	hold := n.hold
 	n.mu.Unlock()
 	if hold > 0 && !n.sleep(r.Context(), hold) {
-		return
+		// The client gave up (or the API closes): answer nothing. Returning
+		// would send an empty 200, which a client racing its own timeout
+		// could read as an answer.
+		panic(http.ErrAbortHandler)
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
