@@ -71,7 +71,9 @@ func TestStatus(t *testing.T) {
 	if err := os.WriteFile(hook, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	n := newNode(t, cp, true, func(c *controlplane.NodeConfig) { c.Renew = &controlplane.RenewConfig{PostHook: []string{hook}, PostHookTimeout: "5s"} })
+	n := newNode(t, cp, true, func(c *controlplane.NodeConfig) {
+		c.Renew = &controlplane.RenewConfig{PostHook: []string{hook}, PostHookTimeout: "5s"}
+	})
 
 	if d, r := n.status(t); r.Code != 31 || d.State != "unusable" || d.Credentials.Present || !strings.HasPrefix(d.Summary, "not enrolled") || d.Remedy == "" {
 		t.Fatalf("before bootstrap: exit %d %+v", r.Code, d)
