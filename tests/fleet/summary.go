@@ -283,6 +283,8 @@ func (s Summary) writeHerd(b *strings.Builder) {
 	}
 	fmt.Fprintf(b, "  restart herd: %d restarted runs, %d reached the CA; most starting their network work within one 100 ms: %d (%.1f%%) from +%s; within one second: %d (%.1f%%); process start to first CA connection: p50 %s, max %s\n",
 		h.Restarts, h.Seen, h.In100ms, 100*h.Share100ms(), h.At100ms.Round(time.Millisecond), h.In1s, 100*h.Share1s(), h.WaitP50.Round(time.Millisecond), h.WaitMax.Round(time.Millisecond))
+	fmt.Fprintf(b, "  restart splay: %d of %d restarted runs took themselves for a restart and waited (bootstrap.restart_splay): p50 %s, max %s\n",
+		h.Waited, h.Restarts, h.SplayP50.Round(time.Millisecond), h.SplayMax.Round(time.Millisecond))
 	fmt.Fprintf(b, "  (measurement: the harness started restarts up to %s after systemd would have; the proxy accepted first connections up to %s after the kernel saw them)\n",
 		h.LateMax.Round(time.Millisecond), h.AcceptLagMax.Round(time.Millisecond))
 }
