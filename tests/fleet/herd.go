@@ -102,6 +102,23 @@ type Herd struct {
 	LateMax, AcceptLagMax time.Duration
 }
 
+// StartRate is the restarted runs' network starts per second, from the
+// second of the first to the second of the last: the peak and the mean.
+func (h Herd) StartRate() (peak, mean float64) {
+	if len(h.Starts) == 0 {
+		return 0, 0
+	}
+	lo, hi := h.Starts[0], h.Starts[0]
+	for _, s := range h.Starts {
+		lo, hi = min(lo, s), max(hi, s)
+	}
+	bins := make([]float64, int(hi/time.Second)-int(lo/time.Second)+1)
+	for _, s := range h.Starts {
+		bins[int(s/time.Second)-int(lo/time.Second)]++
+	}
+	return peakMean(bins, 0, len(bins))
+}
+
 // Share100ms is In100ms as a share of the restarted runs that were seen.
 func (h Herd) Share100ms() float64 { return share(h.In100ms, h.Seen) }
 
