@@ -3,6 +3,7 @@ package bootstrap
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -137,5 +138,33 @@ func TestRestartSplayInterrupted(t *testing.T) {
 	}
 	if out.Report.FailedLayer != diag.CA || out.Report.Remedy == "" {
 		t.Errorf("layer %s remedy %q: want the earlier failure's layer and a remedy", out.Report.FailedLayer, out.Report.Remedy)
+	}
+}
+
+// TestFailureRecordNeverThroughALink: a symbolic link planted at
+// state_dir/last-failure.json is neither written through by a failed run
+// nor read by the next (which is then no restart): the file it names
+// stays as it was.
+func TestFailureRecordNeverThroughALink(t *testing.T) {
+	n := prepareNode(t)
+	os.Remove(n.files.TokenPath) // the run fails at enroll
+	outside := filepath.Join(t.TempDir(), "shadow")
+	os.WriteFile(outside, []byte("root:x:0:0\n"), 0o600)
+	link := filepath.Join(n.files.StateDir, state.FailureFile)
+	os.MkdirAll(n.files.StateDir, 0o700)
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	if out := n.run(t); out.Report.OK {
+		t.Fatal("bootstrap without a token reported OK")
+	}
+	if b, _ := os.ReadFile(outside); string(b) != "root:x:0:0\n" {
+		t.Fatalf("the file the link names changed: %q", b)
+	}
+	if st, err := os.Lstat(link); err != nil || st.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the planted link was replaced: %v", err)
+	}
+	if rec := state.ReadFailure(n.files.StateDir); rec != nil {
+		t.Fatalf("a record was read through the link: %+v", rec)
 	}
 }
