@@ -62,7 +62,7 @@ func writePlot(s fleet.Summary, path string) error {
 		{"at the CA proxy (all)", s.ReqSeries, color.RGBA{A: 255}},
 		{"answered by the fault proxy", s.FaultSeries, color.RGBA{R: 220, A: 255}},
 		{"signs reaching step-ca", s.SignSeries, color.RGBA{G: 160, A: 255}},
-		{"connections opened (kernel time)", s.ConnSeries, color.RGBA{B: 220, A: 160}},
+		{"connections opened (kernel time)", s.ConnSeries, color.RGBA{R: 150, G: 150, A: 255}},
 	} {
 		line, err := plotter.NewLine(series(l.v, 1))
 		if err != nil {
