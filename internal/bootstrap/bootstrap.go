@@ -36,7 +36,8 @@ var Steps = []pipeline.Step{
 	pipeline.SweepStep,    // temp files a killed run left
 	pipeline.RestrictStep, // an exposed key is restricted first
 	{Name: "hosts", Do: applyHosts},
-	pipeline.RootsStep, // the CA's current roots, pinned, with Retry-After
+	pipeline.RestartSplayStep, // a restart waits a random delay of its own first
+	pipeline.RootsStep,        // the CA's current roots, pinned, with Retry-After
 	{Name: "assess", Do: assess},
 	pipeline.ClockStep, // before a token is spent or a renewal requested
 	{Name: "credentials", Do: credentials},
@@ -55,8 +56,11 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.
 }
 
 // finish records the credentials in renew.json when this run changed them
-// or ran the post hook, so renew, status and the metrics agree with it.
+// or ran the post hook, so renew, status and the metrics agree with it,
+// and records a failed run for the next run's restart decision (or forgets
+// the last one when this run succeeded).
 func finish(r *pipeline.Run, rep *report.Report) {
+	r.NoteOutcome(rep)
 	if r.Published || r.HookRan || r.Plan == pipeline.Renew || r.Plan == pipeline.RenewExpired {
 		r.RecordRenewal(rep)
 	}

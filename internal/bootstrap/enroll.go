@@ -15,6 +15,7 @@ import (
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/pipeline"
+	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -36,10 +37,11 @@ func readToken(ctx context.Context, path string) ([]byte, error) {
 }
 
 // enrollNode spends the one-time token: a key generated here, a CSR with
-// exactly the token's subject and SANs, the sign, and the issued set
-// written aside for the proof. The enrollment marker, written before the
-// sign, lets a later run tell a token an interrupted run burnt from one the
-// CA rejects.
+// exactly the token's subject and SANs, the sign (retried while the CA or
+// the way to it says to come back, see sign), and the issued set written
+// aside for the proof. The enrollment marker, written before every attempt
+// that may reach the CA, lets a later run tell a token an interrupted run
+// burnt from one the CA rejects.
 func enrollNode(r *pipeline.Run) *diag.Finding {
 	cfg, host := r.Cfg, r.Host
 	tok, raw, f := loadToken(r)
@@ -52,13 +54,9 @@ func enrollNode(r *pipeline.Run) *diag.Finding {
 		r.Log.Warn("step", "step", "enroll", "layer", "enroll", "status", "retry-token",
 			"message", "this token was already presented by a run that did not finish; trying it once more", "since", prev.Started)
 	}
-	if err := state.WritePending(r.StateDir, state.Pending{TokenSHA256: h, Started: host.Time().UTC()}, host.Hook); err != nil {
-		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "enroll", Summary: "cannot record the enrollment in " + cfg.Paths.StateDir + ": " + err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable (nothing was sent to the CA; the token is unused)"}
-	}
-	host.Hook.At("before sign")
-	issued, err := r.Client.Sign(r.Ctx, tok, r.Roots)
-	if err != nil {
-		return signFailure(r, err, prev, h)
+	issued, f := sign(r, tok, h, prev)
+	if f != nil {
+		return f
 	}
 	host.Hook.At("after sign")
 	r.Cand = &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: r.Roots.Bundle()}
@@ -82,6 +80,70 @@ func enrollNode(r *pipeline.Run) *diag.Finding {
 	os.Remove(filepath.Join(r.StateDir, state.PendingFile))
 	r.Log.Info("step", "step", "enroll", "layer", "enroll", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC())
 	return nil
+}
+
+// attempts is what this run's signs did with the token.
+type attempts struct {
+	n int
+	// reached is when the last retried attempt that may have reached the
+	// CA was made (zero: none), and why is how it failed.
+	reached time.Time
+	why     string
+	last    time.Time // when the last attempt was made
+}
+
+// sign presents the token until the CA signs, refuses, or the run's
+// deadline ends, with the one retry loop (capped full jitter, the CA's
+// Retry-After). Only a transient failure is retried: a 429 or 5xx (from
+// step-ca or anything in front of it), a connection or TLS handshake that
+// failed or timed out. Each retry is safe because step-ca burns a token
+// before it validates the request: a re-presented token either succeeds
+// (no earlier attempt reached step-ca: a balancer's 503, a dial or
+// handshake failure) or is refused 401 "already used", which stops at
+// once, so nothing is ever signed twice. Every attempt re-presents this
+// same token, after writing the marker.
+func sign(r *pipeline.Run, tok *enroll.Token, h string, prev state.Pending) (*enroll.Issued, *diag.Finding) {
+	var issued *enroll.Issued
+	var err error
+	var a attempts
+	var f *diag.Finding
+	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(n int) (bool, time.Duration) {
+		a.last = r.Host.Time().UTC()
+		if werr := state.WritePending(r.StateDir, state.Pending{TokenSHA256: h, Started: a.last}, r.Host.Hook); werr != nil {
+			f = markerFailure(r, werr, a)
+			return true, 0
+		}
+		r.Host.Hook.At("before sign")
+		a.n++
+		issued, err = r.Client.Sign(r.Ctx, tok, r.Roots)
+		var ee *enroll.Error
+		if err == nil || !errors.As(err, &ee) || !ee.Transient() || r.Ctx.Err() != nil {
+			return true, 0
+		}
+		if !enroll.NotSent(err) {
+			a.reached, a.why = a.last, err.Error()
+		}
+		r.Log.Warn("step", "step", "enroll", "layer", "enroll", "status", "retry", "attempt", a.n, "message", err.Error())
+		return false, ee.RetryAfter
+	})
+	if f != nil {
+		return nil, f
+	}
+	if err != nil {
+		return nil, signFailure(r, err, prev, h, a)
+	}
+	return issued, nil
+}
+
+// markerFailure is a marker that could not be written before an attempt:
+// nothing was sent by that attempt.
+func markerFailure(r *pipeline.Run, err error, a attempts) *diag.Finding {
+	token := "the token is unused"
+	if !a.reached.IsZero() {
+		token = "this run's earlier attempt may have used the token"
+	}
+	return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "enroll", Summary: "cannot record the enrollment in " + r.Cfg.Paths.StateDir + ": " + err.Error(),
+		Remedy: "make " + r.Cfg.Paths.StateDir + " writable (nothing more was sent to the CA; " + token + ")"}
 }
 
 // loadToken reads and checks the token before anything is sent: a token
@@ -116,21 +178,36 @@ func loadToken(r *pipeline.Run) (*enroll.Token, []byte, *diag.Finding) {
 	return tok, raw, nil
 }
 
-// signFailure words a failed sign and keeps the marker when the CA saw the
-// token, or may have (a timeout after sending): it is burnt whatever
-// happened.
-func signFailure(r *pipeline.Run, err error, prev state.Pending, h string) *diag.Finding {
+// signFailure words the sign's last failure and keeps the marker while
+// any attempt, this run's or an earlier run's, may have reached the CA (a
+// timeout after sending, an answer): such a token is burnt whatever
+// happened. It is removed only when no attempt can have reached it.
+func signFailure(r *pipeline.Run, err error, prev state.Pending, h string, a attempts) *diag.Finding {
 	f := diag.FromEnroll(err, diag.Enroll, r.Cfg.CA.TokenFile)
 	f.Check = "enroll"
 	var ee *enroll.Error
-	if errors.As(err, &ee) && ee.Kind == enroll.TokenRejected && prev.TokenSHA256 == h {
+	switch {
+	case errors.As(err, &ee) && ee.Kind == enroll.TokenRejected && !a.reached.IsZero():
+		f.Summary = fmt.Sprintf("the CA rejected the enrollment token (401): this run's earlier attempt presented this same token at %s and may have reached step-ca (%s), and step-ca burns a token the moment it sees it, so it is used now; nothing was signed twice",
+			a.reached.Format(time.RFC3339), a.why)
+	case errors.As(err, &ee) && ee.Kind == enroll.TokenRejected && prev.TokenSHA256 == h:
 		f.Summary = fmt.Sprintf("the CA rejected the enrollment token (401): an earlier run presented this same token at %s and did not finish, so the CA has burnt it", prev.Started.Format(time.RFC3339))
+	case f.Transient && a.n > 1 && errors.Is(r.Ctx.Err(), context.DeadlineExceeded):
+		f.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", a.n, r.Cfg.Bootstrap.Deadline.Duration, f.Summary)
 	}
-	if !enroll.NotSent(err) {
-		state.WritePending(r.StateDir, state.Pending{TokenSHA256: h, Started: r.Host.Time().UTC()}, r.Host.Hook)
-	} else {
+	pending := state.Pending{TokenSHA256: h}
+	switch {
+	case !enroll.NotSent(err):
+		return f // the marker written before this attempt stays
+	case !a.reached.IsZero():
+		pending.Started = a.reached
+	case prev.TokenSHA256 == h:
+		pending.Started = prev.Started
+	default:
 		os.Remove(filepath.Join(r.StateDir, state.PendingFile))
+		return f
 	}
+	state.WritePending(r.StateDir, pending, r.Host.Hook)
 	return f
 }
 

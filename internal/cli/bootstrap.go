@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/gpuaas/provision/internal/bootstrap"
 	"github.com/gpuaas/provision/internal/config"
@@ -65,7 +67,22 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 // pipelineOptions are the options of a bootstrap or renew run: verify's
 // ladder is the proof, so their last line and verify's answer agree.
 func pipelineOptions(log *slog.Logger, force bool) pipeline.Options {
-	return pipeline.Options{Log: log, Version: Version(), Policy: retry.Default, Ladder: verify.Ladder, Force: force}
+	return pipeline.Options{Log: log, Version: Version(), Policy: retry.Default, Ladder: verify.Ladder, Force: force,
+		Invocation: unitInvocation(os.Getenv, os.Getpid())}
+}
+
+// unitInvocation is systemd's INVOCATION_ID when this process is a unit's
+// own (ExecStart=), else "": only such a run can be a restart that spreads
+// itself (pipeline.RestartSplay). systemd 248 and later also set
+// SYSTEMD_EXEC_PID to the process it started, so a provision run from a
+// shell or a test that merely inherited a service's environment (a
+// terminal or a CI runner started as a service) is not taken for the unit.
+func unitInvocation(getenv func(string) string, pid int) string {
+	id := getenv("INVOCATION_ID")
+	if execPID := getenv("SYSTEMD_EXEC_PID"); execPID != "" && execPID != strconv.Itoa(pid) {
+		return ""
+	}
+	return id
 }
 
 func logTask(log *slog.Logger, cfg *config.Config, out *pipeline.Outcome) {

@@ -93,6 +93,11 @@ type Paths struct {
 type Bootstrap struct {
 	Deadline       Duration `toml:"deadline"`
 	RequestTimeout Duration `toml:"request_timeout"`
+	// RestartSplay is the most a restarted run (systemd's Restart=, after
+	// a failed run in the same boot) waits, at random, before its network
+	// work, so a fleet that failed together does not return together; 0
+	// turns it off.
+	RestartSplay Duration `toml:"restart_splay"`
 }
 
 // Metrics says where provision leaves its node_exporter textfile metrics.
@@ -134,6 +139,7 @@ const (
 	DefaultStateDir       = "/var/lib/provision"
 	DefaultDeadline       = 10 * time.Minute
 	DefaultRequestTimeout = 5 * time.Second
+	DefaultRestartSplay   = 30 * time.Second // the unit's RestartSec=30s
 	// DefaultTextfileDir is where Debian's prometheus-node-exporter package
 	// points its textfile collector (its README.textfile, and the directory
 	// the package ships).
@@ -374,6 +380,9 @@ const (
 	// Request timeouts: one network request.
 	MinRequestTimeout = 100 * time.Millisecond
 	MaxRequestTimeout = 5 * time.Minute
+	// MaxRestartSplay bounds a restart's random wait: the unit gives a run
+	// 15 minutes, and the wait is taken from bootstrap.deadline.
+	MaxRestartSplay = 10 * time.Minute
 	// Renewal: the fraction is a share of the lifetime strictly between 0
 	// and 1 (below 0.1 renews all the time, 0.95 and above leaves no room
 	// for a failed attempt); the splay and the hook's timeout are bounded

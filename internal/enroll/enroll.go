@@ -38,9 +38,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -96,6 +98,8 @@ type Error struct {
 	// RetryAfter is the CA's Retry-After on a 429 or 503, for the caller's
 	// one retry loop.
 	RetryAfter time.Duration
+	// NotSent is set by Sign when no request was written (see NotSent).
+	NotSent bool
 }
 
 func (e *Error) Error() string {
@@ -564,8 +568,11 @@ type Issued struct {
 
 // Sign generates a P-256 key on the node, builds a CSR from exactly the
 // token's subject and SANs (the CA demands a 1:1 match), and redeems the
-// token. Only a failure to connect is retried: step-ca burns the token as
-// soon as it sees the request, so any answer is final.
+// token. Only a failure to connect is retried here: step-ca burns the
+// token as soon as it sees the request, so this client sends it once. An
+// answer that says to come back (429, 5xx) is Unavailable with the CA's
+// Retry-After, for the caller's one retry loop (signError says why
+// presenting the same token again is safe).
 func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -593,6 +600,15 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 
 	pinned := c.transport(&tls.Config{RootCAs: roots.Pool(), ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
 	rc := retry.NewClient(pinned, retry.CheckSign, c.Retries, c.Policy)
+	// The CA's answer as it came: step's client keeps only the body of an
+	// error, and the status and Retry-After decide the caller's retry.
+	var mu sync.Mutex
+	var last *http.Response
+	rc.ResponseLogHook = func(_ retryablehttp.Logger, r *http.Response) {
+		mu.Lock()
+		last = &http.Response{StatusCode: r.StatusCode, Header: r.Header.Clone()}
+		mu.Unlock()
+	}
 	// Once sent, the sign is waited for until the run's deadline, not just
 	// request_timeout: the CA burns the token when it sees the request, so
 	// a sign abandoned because a CA under a boot storm answered late costs
@@ -607,9 +623,17 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, max(wait, c.Timeout*time.Duration(c.Retries+1)+c.Policy.Cap*time.Duration(c.Retries)))
 	defer cancel()
+	// The token is in the body, written after the headers: until the
+	// headers were written on a connection, nothing of it left the node.
+	var wrote atomic.Bool
+	sctx = httptrace.WithClientTrace(sctx, &httptrace.ClientTrace{WroteHeaders: func() { wrote.Store(true) }})
 	resp, err := client.SignWithContext(sctx, &api.SignRequest{CsrPEM: api.NewCertificateRequest(csr), OTT: t.raw})
 	if err != nil {
-		return nil, signError(err)
+		mu.Lock()
+		defer mu.Unlock()
+		e := signError(err, last, c.now())
+		e.NotSent = !wrote.Load()
+		return nil, e
 	}
 	chain := chainOf(resp)
 	if chain[0] == nil || !publicKeyEqual(chain[0].PublicKey, key.Public()) {
@@ -621,11 +645,15 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 	return &Issued{Key: key, Chain: chain}, nil
 }
 
-// NotSent reports whether a Sign error happened before the request could
-// reach the CA (the connection was never made), so the token is unspent.
-// Any other failure, a timeout waiting for the answer among them, may have
-// reached the CA.
+// NotSent reports whether a Sign error happened before the token could
+// leave the node (no request was written: the dial or the TLS handshake
+// failed or timed out), so the token is unspent. Any other failure, a
+// timeout waiting for the answer among them, may have reached the CA.
 func NotSent(err error) bool {
+	var e *Error
+	if errors.As(err, &e) && e.NotSent {
+		return true
+	}
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
 }
@@ -636,7 +664,25 @@ func publicKeyEqual(a, b crypto.PublicKey) bool {
 	return ok && k.Equal(b)
 }
 
-func signError(err error) error {
+// signError classifies a failed sign. last is the CA's answer, if one
+// came. A 429 or 5xx (but 501) is Unavailable, with the CA's Retry-After,
+// whoever answered it (step-ca's JSON, or a balancer's page in front of
+// it): the caller may present the same token again, since step-ca burns a
+// token the moment it sees it, so a second presentation either is the
+// first to reach step-ca or is refused 401 "already used", and nothing is
+// signed twice. Retrying is the caller's decision (bootstrap, within its
+// deadline); Sign itself sends the request once.
+func signError(err error, last *http.Response, now time.Time) *Error {
+	if last != nil && (last.StatusCode == 429 || (last.StatusCode >= 500 && last.StatusCode != 501)) {
+		e := &Error{Kind: Unavailable, Op: "sign", Status: last.StatusCode, RetryAfter: retry.RetryAfter(last, now)}
+		var se *errs.Error
+		if errors.As(err, &se) {
+			e.Err = errors.New(se.Message())
+		} else {
+			e.Err = fmt.Errorf("the answer is not step-ca's JSON (a balancer or proxy in front of it answered): %v", err)
+		}
+		return e
+	}
 	var se *errs.Error
 	if errors.As(err, &se) {
 		e := &Error{Op: "sign", Status: se.StatusCode(), Err: errors.New(se.Message())}
@@ -645,8 +691,6 @@ func signError(err error) error {
 			e.Kind = TokenRejected
 		case s == 403:
 			e.Kind = Forbidden
-		case s == 429 || s >= 500:
-			e.Kind = CARejected // the token may already be burnt: not retried
 		default:
 			e.Kind = CARejected
 		}
@@ -657,7 +701,11 @@ func signError(err error) error {
 		return &Error{Kind: TrustMismatch, Op: "sign", Err: fmt.Errorf("the CA's TLS certificate does not verify against its current roots: %w", err)}
 	}
 	if strings.Contains(err.Error(), "failed decoding CA error response") {
-		return &Error{Kind: NotStepCA, Op: "sign", Err: fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)}
+		e := &Error{Kind: NotStepCA, Op: "sign", Err: fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)}
+		if last != nil {
+			e.Status = last.StatusCode
+		}
+		return e
 	}
 	return &Error{Kind: Unreachable, Op: "sign", Err: err}
 }

@@ -18,6 +18,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -918,17 +919,28 @@ func TestSignFaultShapes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Sign sends the request once whatever the answer; a 429 or 5xx is
+	// transient (the caller may present the same token again: step-ca
+	// burns it on sight, so that either is the first to reach step-ca or
+	// gets 401) and carries the CA's Retry-After.
 	tests := []struct {
-		name   string
-		status int
-		body   string
-		kind   enroll.Kind
+		name       string
+		status     int
+		retryAfter string
+		body       string
+		kind       enroll.Kind
+		transient  bool
+		wantAfter  time.Duration
 	}{
-		{"403 SAN mismatch", 403, `{"status":403,"message":"certificate request does not contain the valid DNS names"}`, enroll.Forbidden},
-		{"500 not retried", 500, `{"status":500,"message":"internal"}`, enroll.CARejected},
-		{"503 not retried", 503, `{"status":503,"message":"unavailable"}`, enroll.CARejected},
-		{"400", 400, `{"status":400,"message":"bad"}`, enroll.CARejected},
-		{"html 404 from an ingress", 404, "<html>404 Not Found</html>", enroll.NotStepCA},
+		{"403 SAN mismatch", 403, "", `{"status":403,"message":"certificate request does not contain the valid DNS names"}`, enroll.Forbidden, false, 0},
+		{"500 from step-ca", 500, "", `{"status":500,"message":"internal"}`, enroll.Unavailable, true, 0},
+		{"503 with Retry-After", 503, "7", `{"status":503,"message":"unavailable"}`, enroll.Unavailable, true, 7 * time.Second},
+		{"429 with Retry-After", 429, "3", `{"status":429,"message":"slow down"}`, enroll.Unavailable, true, 3 * time.Second},
+		{"html 502 from a balancer", 502, "", "<html>502 Bad Gateway</html>", enroll.Unavailable, true, 0},
+		{"html 503 from a balancer, Retry-After", 503, "2", "<html>503 Service Temporarily Unavailable</html>", enroll.Unavailable, true, 2 * time.Second},
+		{"501", 501, "", `{"status":501,"message":"not implemented"}`, enroll.CARejected, false, 0},
+		{"400", 400, "", `{"status":400,"message":"bad"}`, enroll.CARejected, false, 0},
+		{"html 404 from an ingress", 404, "", "<html>404 Not Found</html>", enroll.NotStepCA, false, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -940,6 +952,9 @@ func TestSignFaultShapes(t *testing.T) {
 				if json.NewDecoder(r.Body).Decode(&req) == nil && req.OTT == raw {
 					sawToken.Store(true)
 				}
+				if tt.retryAfter != "" {
+					w.Header().Set("Retry-After", tt.retryAfter)
+				}
 				w.WriteHeader(tt.status)
 				fmt.Fprint(w, tt.body)
 			}))
@@ -949,11 +964,14 @@ func TestSignFaultShapes(t *testing.T) {
 			c, _ := fakeClient(t, strings.Replace(srv.URL, "127.0.0.1", "localhost", 1), p.Fingerprint())
 			_, err := c.Sign(context.Background(), tok, roots)
 			e := asError(t, err)
-			if e.Kind != tt.kind {
-				t.Fatalf("kind %s, want %s (err %v)", e.Kind, tt.kind, err)
+			if e.Kind != tt.kind || e.Status != tt.status {
+				t.Fatalf("kind %s status %d, want %s %d (err %v)", e.Kind, e.Status, tt.kind, tt.status, err)
 			}
-			if e.Transient() {
-				t.Fatal("any answer to /sign is final: not transient")
+			if e.Transient() != tt.transient || e.RetryAfter != tt.wantAfter {
+				t.Fatalf("transient=%v Retry-After %s, want %v %s", e.Transient(), e.RetryAfter, tt.transient, tt.wantAfter)
+			}
+			if enroll.NotSent(err) {
+				t.Fatal("NotSent for a sign the server answered: the token was sent")
 			}
 			if n := hits.Load(); n != 1 {
 				t.Fatalf("server saw %d sign requests, want 1", n)
@@ -963,6 +981,68 @@ func TestSignFaultShapes(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), raw) {
 				t.Fatal("the error contains the token")
+			}
+		})
+	}
+}
+
+// TestSignNotSentBeforeTheRequest: a sign whose TLS handshake never
+// finishes (a balancer that accepts and stalls) times out as Unreachable,
+// transient, and NotSent: no request was written, so the token is unspent
+// and the caller may present it again without a marker claiming it. A
+// refused connection is NotSent too.
+func TestSignNotSentBeforeTheRequest(t *testing.T) {
+	s := startCA(t)
+	raw, err := s.Token(nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := enroll.ParseToken(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := &enroll.Roots{Pinned: s.PKI().Root, Current: []*x509.Certificate{s.PKI().Root}}
+	stall, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stall.Close()
+	var mu sync.Mutex
+	var held []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := stall.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // accepted, never answered
+			mu.Unlock()
+		}
+	}()
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	for _, tt := range []struct{ name, addr string }{
+		{"handshake stalls", stall.Addr().String()},
+		{"connection refused", closed.Addr().String()},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := fakeClient(t, "https://"+tt.addr, s.Fingerprint())
+			c.Timeout, c.Retries = 300*time.Millisecond, 0
+			_, err := c.Sign(context.Background(), tok, roots)
+			e := asError(t, err)
+			if e.Kind != enroll.Unreachable || !e.Transient() || !enroll.NotSent(err) {
+				t.Fatalf("kind %s transient=%v NotSent=%v (%v): want unreachable, transient, not sent", e.Kind, e.Transient(), enroll.NotSent(err), err)
 			}
 		})
 	}

@@ -2,7 +2,9 @@
 // steps over one shared run, and the steps both commands take (sweep, the
 // key's mode, the CA's roots with Retry-After, the clock before anything
 // irreversible, the credentials decision and the renewal, the proof, the
-// publish rule, the post hook, the record).
+// publish rule, the post hook, the record), and bootstrap's restart spread
+// (restart.go: a restarted run waits a random delay before its network
+// work, so a fleet that failed together does not return together).
 //
 // Why one pipeline: bootstrap and renew used to be two hand-built copies of
 // the same line, and what one learned the other missed (renew ignored the
@@ -53,6 +55,10 @@ type Options struct {
 	Ladder Ladder
 	// Force renews now, whatever the renewal point (renew --force).
 	Force bool
+	// Invocation is systemd's INVOCATION_ID when this process is the
+	// unit's own (cli decides); "" for a run by hand. Only such a run can
+	// be a restart (RestartSplay).
+	Invocation string
 }
 
 // Outcome is what a run did.

@@ -2,8 +2,9 @@
 // other than the hand-off directory (internal/tasks): the done receipt and
 // its per-install marker (receipt.json, done/<machine-id>), the enrollment
 // marker that tells a burnt token from a bad one (enroll-pending.json), the
-// record of a key once found readable by others (key-exposed.json), and the
-// renew record (renew.json).
+// record of a key once found readable by others (key-exposed.json), the
+// renew record (renew.json), and the last failed bootstrap
+// (last-failure.json), by which the next run knows it is a restart.
 //
 // Why one package: bootstrap and renew both write the receipt and the renew
 // record (whatever replaced the credentials last must be what the receipt

@@ -128,6 +128,24 @@ func TestBootBrokenIngress(t *testing.T) {
 			t.Errorf("a run before the fix: ok %v at %q, want tls-client-auth", r.OK, r.FailedLayer)
 		}
 	}
+	// Under systemd itself (INVOCATION_ID, SYSTEMD_EXEC_PID, the sandbox
+	// hiding the boot ID), every restart knew itself for one and waited
+	// its random delay before its network work; the first start did not.
+	runs, waited := c.splayed("0", "provision.service")
+	if len(runs) != len(reps) || len(runs) < 2 {
+		t.Errorf("%d runs logged, %d reports: want one run per report, and a restart", len(runs), len(reps))
+	}
+	t.Logf("under systemd: %d runs; restart-splay wait logged by each: %v", len(runs), func() (w []bool) {
+		for _, id := range runs {
+			w = append(w, waited[id])
+		}
+		return w
+	}())
+	for i, id := range runs {
+		if waited[id] != (i > 0) {
+			t.Errorf("run %d of %d (run_id %s): restart-splay wait logged %v, want %v", i+1, len(runs), id, waited[id], i > 0)
+		}
+	}
 	n.checkBootstrapFiles(defaultPaths)
 	if out, code := c.exec(2*time.Minute, "systemctl", "start", "provision-verify.service"); code != 0 {
 		t.Errorf("verify after the recovery: exit %d\n%s", code, out)

@@ -183,6 +183,31 @@ func (c *container) reports(boot, unit string) []report {
 	return rs
 }
 
+// splayed says, for each run of unit in boot (by run_id, in order),
+// whether it logged a restart-splay wait: it took itself for a restart.
+func (c *container) splayed(boot, unit string) (runs []string, waited map[string]bool) {
+	waited = map[string]bool{}
+	for _, e := range c.provisionLines(boot, unit) {
+		var l struct {
+			Msg    string `json:"msg"`
+			RunID  string `json:"run_id"`
+			Step   string `json:"step"`
+			Status string `json:"status"`
+		}
+		if json.Unmarshal([]byte(e.str("MESSAGE")), &l) != nil || l.RunID == "" {
+			continue
+		}
+		if _, seen := waited[l.RunID]; !seen {
+			runs = append(runs, l.RunID)
+			waited[l.RunID] = false
+		}
+		if l.Msg == "step" && l.Step == "restart-splay" && l.Status == "wait" {
+			waited[l.RunID] = true
+		}
+	}
+	return runs, waited
+}
+
 // waitReports waits until unit's reports in boot number at least n (the
 // journal takes a unit's last line a moment after the unit ended) and
 // returns them all.

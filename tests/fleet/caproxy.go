@@ -8,10 +8,12 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
@@ -47,6 +49,7 @@ type CAProxy struct {
 	mu      sync.Mutex
 	fault   *Fault
 	signs   int
+	stalls  int           // handshakes held for Fault.StallHandshakes
 	held    int           // faulted requests held now (Fault.HoldUntil)
 	release chan struct{} // closed when they are let go
 	first   chan struct{} // closed at the first request after Mark
@@ -94,6 +97,17 @@ type Fault struct {
 	// every later faulted request at once: a CA that hangs, then fails
 	// every waiting client together.
 	HoldUntil int
+	// LoseAnswer forwards a faulted sign to step-ca and answers the fault
+	// instead of step-ca's answer: an answer lost after step-ca saw (and
+	// burnt) the token. The event is Forwarded with step-ca's status and
+	// Lost.
+	LoseAnswer bool
+	// StallHandshakes, when > 0, holds the next StallHandshakes TLS
+	// handshakes for StallFor after the ClientHello, then fails them: a
+	// balancer that accepts connections but does not get to them, which
+	// a client sees as a TLS handshake timeout. No request is read.
+	StallHandshakes int
+	StallFor        time.Duration
 }
 
 // Event is one request at the proxy.
@@ -107,6 +121,7 @@ type Event struct {
 	Subject   string // the token's sub, for a sign
 	TokenID   string // the token's jti, for a sign
 	Forwarded bool
+	Lost      bool // step-ca answered Status, the client got the fault (Fault.LoseAnswer)
 }
 
 // StartCAProxy listens on a free loopback port in front of ca.
@@ -190,10 +205,19 @@ func sinceLastReceived(c net.Conn) time.Duration {
 func (p *CAProxy) hello(h *tls.ClientHelloInfo) (*tls.Config, error) {
 	c, ok := h.Conn.(*stampConn)
 	node, sub := strings.CutSuffix(strings.ToLower(h.ServerName), p.suffix)
+	p.mu.Lock()
 	if ok && sub && node != "" {
-		p.mu.Lock()
 		p.conns = append(p.conns, Conn{At: c.at, Accepted: c.accepted, Node: node})
-		p.mu.Unlock()
+	}
+	var stall time.Duration
+	if f := p.fault; f != nil && p.stalls < f.StallHandshakes {
+		p.stalls++
+		stall = f.StallFor
+	}
+	p.mu.Unlock()
+	if stall > 0 {
+		time.Sleep(stall)
+		return nil, errors.New("handshake stalled by the storm's fault proxy")
 	}
 	return nil, nil
 }
@@ -220,7 +244,7 @@ func (p *CAProxy) Close() error {
 func (p *CAProxy) SetFault(f *Fault) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.fault, p.signs = f, 0
+	p.fault, p.signs, p.stalls = f, 0, 0
 	p.letGo()
 	p.release = make(chan struct{})
 }
@@ -328,6 +352,11 @@ func (p *CAProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case ev.Faulted && f.HoldUntil > 0 && !p.hold(r, f):
 		// The client gave up while held: nothing was answered (Status 0).
+	case ev.Faulted && f.LoseAnswer && ev.Sign:
+		rec := httptest.NewRecorder()
+		p.rp.ServeHTTP(rec, r)
+		writeFault(w, f)
+		ev.Status, ev.Forwarded, ev.Faulted, ev.Lost = rec.Code, true, false, true
 	case ev.Faulted:
 		writeFault(w, f)
 		ev.Status = f.Status

@@ -88,6 +88,10 @@ type Herd struct {
 	// WaitP50 and WaitMax are from a restarted run's process start to its
 	// first connection: the delay a run adds before its network work.
 	WaitP50, WaitMax time.Duration
+	// Waited is how many restarted runs logged a restart-splay wait (took
+	// themselves for a restart), SplayP50 and SplayMax the waits drawn.
+	Waited             int
+	SplayP50, SplayMax time.Duration
 	// Starts is the network start of every seen restarted run.
 	Starts []time.Duration
 	// How far the measurement itself may bunch runs: LateMax is the most
@@ -96,6 +100,23 @@ type Herd struct {
 	// the CA proxy accepted one of those first connections after the
 	// kernel saw it (not part of the start, which is the kernel's time).
 	LateMax, AcceptLagMax time.Duration
+}
+
+// StartRate is the restarted runs' network starts per second, from the
+// second of the first to the second of the last: the peak and the mean.
+func (h Herd) StartRate() (peak, mean float64) {
+	if len(h.Starts) == 0 {
+		return 0, 0
+	}
+	lo, hi := h.Starts[0], h.Starts[0]
+	for _, s := range h.Starts {
+		lo, hi = min(lo, s), max(hi, s)
+	}
+	bins := make([]float64, int(hi/time.Second)-int(lo/time.Second)+1)
+	for _, s := range h.Starts {
+		bins[int(s/time.Second)-int(lo/time.Second)]++
+	}
+	return peakMean(bins, 0, len(bins))
 }
 
 // Share100ms is In100ms as a share of the restarted runs that were seen.
@@ -119,13 +140,17 @@ func herdOf(nodes []NodeRun, conns []Conn) Herd {
 		byNode[c.Node] = append(byNode[c.Node], c)
 	}
 	var h Herd
-	var waits []time.Duration
+	var waits, splays []time.Duration
 	for _, n := range nodes {
 		cs := byNode[n.ID]
 		sort.Slice(cs, func(i, j int) bool { return cs[i].At < cs[j].At })
 		for k := 1; k < len(n.Runs); k++ {
 			h.Restarts++
 			run, next := n.Runs[k], time.Duration(1<<62)
+			if run.Waited {
+				h.Waited++
+				splays = append(splays, run.Splay)
+			}
 			if k+1 < len(n.Runs) {
 				next = n.Runs[k+1].Start
 			}
@@ -142,9 +167,17 @@ func herdOf(nodes []NodeRun, conns []Conn) Herd {
 	}
 	h.In100ms, h.At100ms = densest(h.Starts, 100*time.Millisecond)
 	h.In1s, _ = densest(h.Starts, time.Second)
-	sort.Slice(waits, func(i, j int) bool { return waits[i] < waits[j] })
-	if len(waits) > 0 {
-		h.WaitP50, h.WaitMax = waits[(len(waits)-1)/2], waits[len(waits)-1]
-	}
+	h.WaitP50, h.WaitMax = medianMax(waits)
+	h.SplayP50, h.SplayMax = medianMax(splays)
 	return h
+}
+
+// medianMax is the median and the largest of d (zero when empty); d is
+// sorted in place.
+func medianMax(d []time.Duration) (time.Duration, time.Duration) {
+	if len(d) == 0 {
+		return 0, 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[(len(d)-1)/2], d[len(d)-1]
 }

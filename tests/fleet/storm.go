@@ -1,7 +1,10 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +87,10 @@ type Run struct {
 	Code            int
 	Why             string // failed_check and summary of a failed run
 	CPU             time.Duration
+	// Waited says the run logged a restart-splay wait (it took itself for
+	// a restart), Splay the wait it drew.
+	Waited bool
+	Splay  time.Duration
 }
 
 // NodeRun is one node's storm.
@@ -279,7 +287,10 @@ func (st *storm) firstRunEnded() {
 // in the spread, started again after a failure RestartSec later (at this
 // node's phase within systemd's timer accuracy), until it is done, exits
 // 2 or 3 (RestartPreventExitStatus=2 3), or has been started MaxStarts
-// times.
+// times. Each run gets an INVOCATION_ID of its own, as systemd gives every
+// start of a unit, and the node's root (its state_dir) is kept across its
+// runs: exactly what provision reads to know a run is a restart (the
+// kernel's boot ID is not there, as it is hidden from the unit).
 func (st *storm) node(ctx context.Context, i int) {
 	opts, nr := st.opts, &st.res.Nodes[i]
 	first := sync.OnceFunc(st.firstRunEnded)
@@ -297,7 +308,7 @@ func (st *storm) node(ctx context.Context, i int) {
 		}
 		nr.Starts++
 		run := Run{Due: at, Start: time.Since(st.t0)}
-		run.Code, run.Why, run.CPU = runBootstrap(ctx, opts.Binary, st.cfgs[i], st.roots[i])
+		runBootstrap(ctx, opts.Binary, st.cfgs[i], st.roots[i], &run)
 		run.End = time.Since(st.t0)
 		nr.Runs = append(nr.Runs, run)
 		first()
@@ -312,34 +323,73 @@ func (st *storm) node(ctx context.Context, i int) {
 	}
 }
 
-// runBootstrap runs one bootstrap and returns its exit code, why it failed
-// (the JSON report's failed_check and summary) and its CPU time.
-func runBootstrap(ctx context.Context, bin, cfg, root string) (int, string, time.Duration) {
+// runBootstrap runs one bootstrap as the unit's process and fills in run
+// its exit code, why it failed (the JSON report's failed_check and
+// summary), its CPU time, and the restart-splay wait it logged.
+func runBootstrap(ctx context.Context, bin, cfg, root string, run *Run) {
 	cmd := exec.CommandContext(ctx, bin, "bootstrap", "--config", cfg, "--root", root, "--format", "json")
+	cmd.Env = unitEnv()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
 	out, err := cmd.Output()
-	var cpu time.Duration
 	if cmd.ProcessState != nil {
-		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		run.CPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
+	run.Splay, run.Waited = splayWait(stderr.String())
 	var rep struct {
 		OK          bool   `json:"ok"`
 		FailedCheck string `json:"failed_check"`
 		Summary     string `json:"summary"`
 	}
 	json.Unmarshal(out, &rep)
-	why := rep.FailedCheck + ": " + rep.Summary
+	run.Why = rep.FailedCheck + ": " + rep.Summary
 	var ee *exec.ExitError
 	switch {
+	case err == nil && rep.OK:
+		run.Code, run.Why = 0, ""
 	case err == nil:
+		run.Code, run.Why = -2, "exit 0 without an ok report" // never done
 	case errors.As(err, &ee) && ee.Exited():
-		return ee.ExitCode(), why, cpu
+		run.Code = ee.ExitCode()
 	default:
-		return -1, err.Error(), cpu
+		run.Code, run.Why = -1, err.Error()
 	}
-	if !rep.OK {
-		return -2, "exit 0 without an ok report", cpu // never done
+}
+
+// splayWait finds the restart-splay wait in a run's text log (stderr):
+// the line with step=restart-splay and status=wait, and its wait=.
+func splayWait(log string) (time.Duration, bool) {
+	for _, l := range strings.Split(log, "\n") {
+		if !strings.Contains(l, "step=restart-splay") || !strings.Contains(l, "status=wait") {
+			continue
+		}
+		for _, f := range strings.Fields(l) {
+			if v, ok := strings.CutPrefix(f, "wait="); ok {
+				d, _ := time.ParseDuration(v)
+				return d, true
+			}
+		}
+		return 0, true
 	}
-	return 0, "", cpu
+	return 0, false
+}
+
+// unitEnv is the environment systemd gives one start of provision.service,
+// as far as provision reads it: a fresh INVOCATION_ID. The harness's own
+// INVOCATION_ID and SYSTEMD_EXEC_PID (when it runs under a service) are
+// not passed on; systemd's SYSTEMD_EXEC_PID for the unit would name the
+// child, which is only known once it started, and provision accepts its
+// absence (systemd before 248).
+func unitEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "INVOCATION_ID=") && !strings.HasPrefix(kv, "SYSTEMD_EXEC_PID=") {
+			env = append(env, kv)
+		}
+	}
+	id := make([]byte, 16)
+	crand.Read(id)
+	return append(env, "INVOCATION_ID="+hex.EncodeToString(id))
 }
 
 // RemoveRoots deletes the node roots of a finished storm.

@@ -42,6 +42,13 @@ type Summary struct {
 	// their network starts per 100 ms.
 	Herd          Herd
 	RestartSeries []float64
+	// ConnSeries counts the TLS connections nodes opened to the CA per
+	// second, by the kernel's time (Conn.At): the load the fleet offered,
+	// apart from when the storm process (the CA proxy, step-ca) found a
+	// CPU to handle it, which is when ReqSeries counts a request. ConnPeak
+	// and ConnMean are over PeakToMean's window.
+	ConnSeries         []float64
+	ConnPeak, ConnMean float64
 }
 
 // Summarize counts what the storm did.
@@ -73,12 +80,27 @@ func (r *StormResult) Summarize() Summary {
 			s.FloorRatio = float64(s.TimeToDone) / float64(f)
 		}
 	}
+	s.countConns(r.Conns, secs, last)
 	s.Herd = herdOf(r.Nodes, r.Conns)
 	s.RestartSeries = make([]float64, int(r.Duration/(100*time.Millisecond))+1)
 	for _, at := range s.Herd.Starts {
 		s.RestartSeries[min(len(s.RestartSeries)-1, max(0, int(at/(100*time.Millisecond))))]++
 	}
 	return s
+}
+
+// countConns is ConnSeries, and its peak and mean over the window
+// PeakToMean judges (the fault's end, or the start, to the last done).
+func (s *Summary) countConns(conns []Conn, secs, last int) {
+	s.ConnSeries = make([]float64, secs)
+	for _, c := range conns {
+		s.ConnSeries[min(secs-1, max(0, int(c.At/time.Second)))]++
+	}
+	from, to := 0, secs
+	if s.FaultEnd > 0 {
+		from, to = int(s.FaultEnd/time.Second), last+1
+	}
+	s.ConnPeak, s.ConnMean = peakMean(s.ConnSeries, from, to)
 }
 
 // countNodes counts runs, exit codes, reasons and times to done.
@@ -261,6 +283,10 @@ func (s Summary) writeSpeed(b *strings.Builder) {
 	} else {
 		fmt.Fprintf(b, "  speed: no floor ratio (not every node done, or no CPU measured); CA request rate peak-to-mean %s\n", s.peakToMeanText())
 	}
+	if s.ConnMean > 0 {
+		fmt.Fprintf(b, "  offered load: CA connections opened per second by the kernel's time, same window: peak %.0f/s, mean %.1f/s, peak-to-mean %.1f\n",
+			s.ConnPeak, s.ConnMean, s.ConnPeak/s.ConnMean)
+	}
 	fmt.Fprintf(b, "  CPU: nodes %.1fs (%.1f ms per node), storm process (step-ca, CA proxy, node API, harness) %.1fs, nginx %.1fs",
 		c.Nodes.Seconds(), c.Nodes.Seconds()*1000/float64(max(1, s.Nodes)), c.Storm.Seconds(), c.Ingress.Seconds())
 	if c.DB > 0 {
@@ -283,6 +309,11 @@ func (s Summary) writeHerd(b *strings.Builder) {
 	}
 	fmt.Fprintf(b, "  restart herd: %d restarted runs, %d reached the CA; most starting their network work within one 100 ms: %d (%.1f%%) from +%s; within one second: %d (%.1f%%); process start to first CA connection: p50 %s, max %s\n",
 		h.Restarts, h.Seen, h.In100ms, 100*h.Share100ms(), h.At100ms.Round(time.Millisecond), h.In1s, 100*h.Share1s(), h.WaitP50.Round(time.Millisecond), h.WaitMax.Round(time.Millisecond))
+	if pk, mean := h.StartRate(); mean > 0 {
+		fmt.Fprintf(b, "  restarted runs starting their network work per second, from the first to the last: peak %.0f, mean %.1f, peak-to-mean %.1f\n", pk, mean, pk/mean)
+	}
+	fmt.Fprintf(b, "  restart splay: %d of %d restarted runs took themselves for a restart and waited (bootstrap.restart_splay): p50 %s, max %s\n",
+		h.Waited, h.Restarts, h.SplayP50.Round(time.Millisecond), h.SplayMax.Round(time.Millisecond))
 	fmt.Fprintf(b, "  (measurement: the harness started restarts up to %s after systemd would have; the proxy accepted first connections up to %s after the kernel saw them)\n",
 		h.LateMax.Round(time.Millisecond), h.AcceptLagMax.Round(time.Millisecond))
 }

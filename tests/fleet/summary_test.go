@@ -48,7 +48,9 @@ func TestSummarize(t *testing.T) {
 			// one partial): peak 3, mean 4/7.
 			name: "no fault: peak-to-mean of the whole storm", res: stormOf(0, 1500*ms),
 			ratio: 2.75, ptm: 5.25, recovery: false,
-			mentioned: []string{"2.75x the CPU floor (2s)", "peak-to-mean 5.2 (the whole storm, no fault)", "1 restarted runs, 1 reached the CA", "1 x enroll: sign: CA answered 503"},
+			mentioned: []string{"2.75x the CPU floor (2s)", "peak-to-mean 5.2 (the whole storm, no fault)", "1 restarted runs, 1 reached the CA", "1 x enroll: sign: CA answered 503",
+				"offered load: CA connections opened per second by the kernel's time, same window: peak 1/s, mean 0.1/s, peak-to-mean 7.0",
+				"network work per second, from the first to the last: peak 1, mean 1.0, peak-to-mean 1.0"},
 		},
 		{
 			// From second 3 (the fault's end) to second 5 (the last done):

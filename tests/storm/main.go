@@ -214,11 +214,14 @@ func storm(ctx context.Context, f *fleet.Fleet, so fleet.StormOptions, c config)
 // printTable is every scenario on one line each: the figures issue 26's
 // goals are judged by.
 func printTable(all []fleet.Summary) {
-	fmt.Printf("\n%-20s %9s %6s %11s %9s %9s %7s %12s %14s\n", "scenario", "done", "certs", "to done", "CPU", "floor", "x floor", "peak-to-mean", "restarts/100ms")
+	fmt.Printf("\n%-20s %9s %6s %11s %9s %9s %7s %12s %9s %14s\n", "scenario", "done", "certs", "to done", "CPU", "floor", "x floor", "peak-to-mean", "(offered)", "restarts/100ms")
 	for _, s := range all {
-		ratio, herd, ptm := "-", "-", "-"
+		ratio, herd, ptm, offered := "-", "-", "-", "-"
 		if v, _, ok := s.PeakToMean(); ok {
 			ptm = fmt.Sprintf("%.1f", v)
+		}
+		if s.ConnMean > 0 {
+			offered = fmt.Sprintf("%.1f", s.ConnPeak/s.ConnMean)
 		}
 		if s.FloorRatio > 0 {
 			ratio = fmt.Sprintf("%.2f", s.FloorRatio)
@@ -226,7 +229,7 @@ func printTable(all []fleet.Summary) {
 		if s.Herd.Seen > 0 {
 			herd = fmt.Sprintf("%d/%d %.0f%%", s.Herd.In100ms, s.Herd.Seen, 100*s.Herd.Share100ms())
 		}
-		fmt.Printf("%-20s %9s %6.2f %11s %8.1fs %8.1fs %7s %12s %14s\n", s.StormLabel, fmt.Sprintf("%d/%d", s.Done, s.Nodes), s.SignsPerNode,
-			s.TimeToDone.Round(100*time.Millisecond), s.CPU.Total().Seconds(), s.CPU.Floor().Seconds(), ratio, ptm, herd)
+		fmt.Printf("%-20s %9s %6.2f %11s %8.1fs %8.1fs %7s %12s %9s %14s\n", s.StormLabel, fmt.Sprintf("%d/%d", s.Done, s.Nodes), s.SignsPerNode,
+			s.TimeToDone.Round(100*time.Millisecond), s.CPU.Total().Seconds(), s.CPU.Floor().Seconds(), ratio, ptm, offered, herd)
 	}
 }

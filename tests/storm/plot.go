@@ -24,8 +24,8 @@ func series(v []float64, step float64) plotter.XYs {
 }
 
 // writePlot writes a PNG: nodes done over time on top, CA requests per
-// second (forwarded to step-ca, answered by the fault proxy, signs) in the
-// middle, restarted runs starting their network work per 100 ms below.
+// second (forwarded to step-ca, answered by the fault proxy, signs, and the
+// TLS connections nodes opened by the kernel's time) in the middle, restarted runs starting their network work per 100 ms below.
 func writePlot(s fleet.Summary, path string) error {
 	top := plot.New()
 	ratio := "no floor ratio"
@@ -62,6 +62,7 @@ func writePlot(s fleet.Summary, path string) error {
 		{"at the CA proxy (all)", s.ReqSeries, color.RGBA{A: 255}},
 		{"answered by the fault proxy", s.FaultSeries, color.RGBA{R: 220, A: 255}},
 		{"signs reaching step-ca", s.SignSeries, color.RGBA{G: 160, A: 255}},
+		{"connections opened (kernel time)", s.ConnSeries, color.RGBA{R: 150, G: 150, A: 255}},
 	} {
 		line, err := plotter.NewLine(series(l.v, 1))
 		if err != nil {
