@@ -89,7 +89,9 @@ func HostEntries(cfg *config.Config) []hosts.Entry { return hosts.EntriesOf(cfg.
 //
 //	re-enroll, expiry the only fault   renew after expiry (a token, if there is one, is the fallback)
 //	re-enroll (or exposed + token),    adopt it: a certificate the CA issued (an enrollment a
-//	  a set left aside                 killed run did not publish) is not thrown away
+//	  a set left aside, no fresh token killed run did not publish) is not thrown away; a fresh
+//	                                   token (not the one that bought it) is the operator's ask
+//	                                   for a new identity, and is used
 //	re-enroll                          enroll with the one-time token
 //	key exposed, a fresh token there   enroll: a new key, the old certificate revoked
 //	past renewal                       renew over mTLS (the token, if any, is the fallback)
@@ -104,7 +106,7 @@ func assess(r *pipeline.Run) *diag.Finding {
 	switch {
 	case v.RenewableAfterExpiry():
 		r.Plan = pipeline.RenewExpired
-	case (v.Action == lifecycle.Reenroll || (exposed && tok)) && r.HasAside():
+	case (v.Action == lifecycle.Reenroll || (exposed && tok)) && !freshToken(r) && r.HasAside():
 		r.Plan = pipeline.Adopt
 	case v.Action == lifecycle.Reenroll:
 		r.Plan, r.Why = pipeline.Enroll, string(v.First())+": "+v.Detail[v.First()]
@@ -169,6 +171,17 @@ func credentials(r *pipeline.Run) *diag.Finding {
 		return nil
 	}
 	return f
+}
+
+// freshToken reports whether the token file holds a token no run has
+// presented yet (not the one the enrollment marker names).
+func freshToken(r *pipeline.Run) bool {
+	raw, err := readToken(r.Ctx, r.Host.Path(r.Cfg.CA.TokenFile))
+	if err != nil || len(raw) == 0 {
+		return false
+	}
+	prev, ok := state.ReadPending(r.Ctx, r.StateDir)
+	return !ok || prev.TokenSHA256 != tokenHash(string(raw))
 }
 
 // tokenPresent reports whether a non-empty token file is there to enroll

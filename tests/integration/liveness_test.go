@@ -310,7 +310,7 @@ func TestLivenessHookUntilItSucceeds(t *testing.T) {
 	}
 	cp := controlplane.Start(t, controlplane.Options{})
 	e := newEnvOn(t, cp, func(c *controlplane.NodeConfig) {
-		c.Renew = &controlplane.RenewConfig{PostHook: []string{script}}
+		c.Renew = &controlplane.RenewConfig{PostHook: []string{script}, PostHookTimeout: "5s"}
 	})
 	textfiles := filepath.Join(e.root, "var", "lib", "prometheus", "node-exporter")
 	if err := os.MkdirAll(textfiles, 0o755); err != nil {

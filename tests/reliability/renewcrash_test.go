@@ -34,7 +34,7 @@ func TestRenewCrashConsistency(t *testing.T) {
 	}
 	n := newNode(t, cp, "gpu-renew-crash", func(c *controlplane.NodeConfig) {
 		c.NodeAPI.WaitTimeout = "0s"
-		c.Renew = &controlplane.RenewConfig{PostHook: []string{hookScript}}
+		c.Renew = &controlplane.RenewConfig{PostHook: []string{hookScript}, PostHookTimeout: "5s"}
 	})
 	wantExit(t, n.bootstrap(), 0)
 	pki := n.Files.PKIDir
