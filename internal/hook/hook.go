@@ -341,27 +341,30 @@ func (b *bounded) String() (string, bool) {
 }
 
 // Sanitize makes a hook's output safe to put on one line of text: line
-// breaks become " | ", tabs a space, invalid UTF-8 U+FFFD, and every other
+// breaks become " | ", tabs a space, a byte that is not UTF-8 \\xNN, and every other
 // character that is not printable (control characters, escape sequences'
 // ESC, bidirectional overrides and other format characters) is written as
 // a \x or \u escape. Surrounding space is trimmed.
 func Sanitize(s string) string {
-	s = strings.TrimSpace(strings.ToValidUTF8(s, "\uFFFD"))
-	s = strings.ReplaceAll(s, "\r\n", "\n")
+	s = strings.TrimSpace(strings.ReplaceAll(s, "\r\n", "\n"))
 	var b strings.Builder
-	for _, r := range s {
+	for len(s) > 0 {
+		r, size := utf8.DecodeRuneInString(s)
 		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[0]) // a byte that is not UTF-8, shown as what it is
 		case r == '\n' || r == '\r':
 			b.WriteString(" | ")
 		case r == '\t':
 			b.WriteByte(' ')
-		case r == utf8.RuneError || r == ' ' || unicode.IsPrint(r):
+		case r == ' ' || unicode.IsPrint(r):
 			b.WriteRune(r)
 		case r < 0x100:
 			fmt.Fprintf(&b, `\x%02x`, r)
 		default:
 			fmt.Fprintf(&b, `\u%04x`, r)
 		}
+		s = s[size:]
 	}
 	return b.String()
 }

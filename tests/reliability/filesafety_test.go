@@ -83,7 +83,7 @@ func TestSymlinkPlantedAtEveryWrittenPath(t *testing.T) {
 		{name: "done marker", path: state("done/" + machineID), code: 21, says: "symbolic link"},
 		{name: "done dir", path: state("done"), dir: true, code: 21, says: "symbolic link"},
 		{name: "enroll-pending marker", path: state("enroll-pending.json"), code: 21, says: "symbolic link"},
-		{name: "last-failure record", path: state("last-failure.json"), code: 0}, // never read or written through; a success removes the link
+		{name: "last-failure record", path: state("last-failure.json"), code: 21, says: "symbolic link"},
 		{name: "task file", path: state("tasks/" + taskID + ".json"), code: 21, says: "symbolic link"},
 		{name: "tasks dir", path: state("tasks"), dir: true, code: 21, says: "symbolic link"},
 		{name: "receipt temp file", path: state(".receipt.json123456789"), code: 0},
