@@ -341,7 +341,7 @@ func (b *bounded) String() (string, bool) {
 }
 
 // Sanitize makes a hook's output safe to put on one line of text: line
-// breaks become " | ", tabs a space, a byte that is not UTF-8 \\xNN, and every other
+// breaks become " | ", tabs a space, a byte that is not UTF-8 \xNN, and every other
 // character that is not printable (control characters, escape sequences'
 // ESC, bidirectional overrides and other format characters) is written as
 // a \x or \u escape. Surrounding space is trimmed.
