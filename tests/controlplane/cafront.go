@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 // CAFront stands in front of a StepCA as a load balancer, WAF or proxy
@@ -37,7 +39,7 @@ import (
 type CAFront struct {
 	ca    *StepCA
 	ln    net.Listener
-	tls   *chanListener
+	tls   *testenv.ChanListener
 	srv   *http.Server
 	proxy *httputil.ReverseProxy
 
@@ -89,7 +91,7 @@ func StartCAFront(ca *StepCA) (*CAFront, error) {
 		return nil, err
 	}
 	f := &CAFront{ca: ca, ln: ln, conns: map[net.Conn]struct{}{},
-		tls: &chanListener{ch: make(chan net.Conn), done: make(chan struct{}), addr: ln.Addr()}}
+		tls: testenv.NewChanListener(ln.Addr())}
 	roots := x509.NewCertPool()
 	for _, p := range ca.CurrentRoots() {
 		roots.AddCert(p.Root)
@@ -180,7 +182,7 @@ func (f *CAFront) accept() {
 		}
 		f.mu.Unlock()
 		if armed {
-			f.tls.push(conn)
+			f.tls.Push(conn)
 			continue
 		}
 		f.wg.Add(1)
@@ -261,36 +263,3 @@ func isRenewalPath(p string) bool {
 	}
 	return false
 }
-
-// chanListener hands the connections the front terminates to its HTTP
-// server.
-type chanListener struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-	addr net.Addr
-}
-
-func (l *chanListener) push(c net.Conn) {
-	select {
-	case l.ch <- c:
-	case <-l.done:
-		c.Close()
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return l.addr }

@@ -62,6 +62,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gpuaas/provision/internal/testenv"
 )
 
 // Traefik's TLS option names in the emulated configuration.
@@ -88,7 +90,7 @@ type traefikEmu struct {
 	proxy       *httputil.ReverseProxy
 	transport   *http.Transport
 	ln          net.Listener
-	conns       *chanListener
+	conns       *testenv.ChanListener
 	srv         *http.Server
 	wg          sync.WaitGroup
 }
@@ -157,7 +159,7 @@ func startTraefik(in *Ingress, o Options) error {
 	in.URL = "https://" + net.JoinHostPort(o.Hostname, strconv.Itoa(in.Port))
 	in.Forwarding = ForwardingFor(Traefik, o)
 
-	t.conns = &chanListener{addr: t.ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
+	t.conns = testenv.NewChanListener(t.ln.Addr())
 	t.srv = &http.Server{
 		Handler:     t,
 		ReadTimeout: 60 * time.Second, // v3 entryPoints respondingTimeouts defaults
@@ -209,11 +211,7 @@ func (t *traefikEmu) route(c net.Conn) {
 		return
 	}
 	tc := tls.Server(&prefixConn{Conn: c, r: io.MultiReader(bytes.NewReader(peeked), c)}, cfg)
-	select {
-	case t.conns.ch <- tc:
-	case <-t.conns.done:
-		c.Close()
-	}
+	t.conns.Push(tc)
 }
 
 // optionForName is findTLSOptionName: the router's option for its Host
@@ -489,27 +487,3 @@ type prefixConn struct {
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-// chanListener hands routed TLS connections to http.Server.
-type chanListener struct {
-	addr net.Addr
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return l.addr }
