@@ -202,6 +202,10 @@ func LoadX509KeyPair(certFile, keyFile string, opts ...Option) (tls.Certificate,
 // its public key: proof that the key is usable now (for a TPM key: the TPM
 // is reachable, accepts the key and signs with it).
 func CheckSigns(k crypto.Signer) error {
+	pub, ok := k.Public().(*ecdsa.PublicKey)
+	if !ok {
+		return nil // RSA or Ed25519: software keys, checked by the pair's match
+	}
 	var msg [32]byte
 	if _, err := rand.Read(msg[:]); err != nil {
 		return err
@@ -210,10 +214,6 @@ func CheckSigns(k crypto.Signer) error {
 	sig, err := k.Sign(rand.Reader, d[:], crypto.SHA256)
 	if err != nil {
 		return err
-	}
-	pub, ok := k.Public().(*ecdsa.PublicKey)
-	if !ok {
-		return nil // RSA or Ed25519: software keys, checked by the pair's match
 	}
 	if !ecdsa.VerifyASN1(pub, d[:], sig) {
 		return &Error{Kind: Failed, Op: opSign, Err: errors.New("the signature does not verify with the key's public half")}
