@@ -23,6 +23,7 @@ package swtpm
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -165,13 +166,14 @@ func (t *TPM) Start() error {
 			return fmt.Errorf("swtpm exited while starting: %v\n%s", err, log)
 		default:
 		}
-		if st, err := os.Stat(t.Socket); err == nil && st.Mode()&os.ModeSocket != 0 {
+		if c, err := net.Dial("unix", t.Socket); err == nil { // listening, not only bound
+			c.Close()
 			return nil
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Stop()
-	return errors.New("swtpm did not create its socket within 10s")
+	return errors.New("swtpm did not listen on its socket within 10s")
 }
 
 // Stop ends swtpm (SIGTERM; its state is on disk). It may be started again.
