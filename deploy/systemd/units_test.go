@@ -432,3 +432,50 @@ func TestTimersHaveNoInertLines(t *testing.T) {
 		}
 	}
 }
+
+// TestTPMDropIn: with tpm.conf applied (key.store = "tpm"), every service
+// may open exactly the TPM's resource manager and nothing else of the
+// hardware, systemd-analyze accepts the units, and each still scores at
+// most maxExposure.
+func TestTPMDropIn(t *testing.T) {
+	d := directives(t, "tpm.conf")
+	want := map[string][]string{
+		"Service.PrivateDevices": {"no"}, "Service.DevicePolicy": {"closed"}, "Service.DeviceAllow": {"/dev/tpmrm0 rw"},
+		"Service.SupplementaryGroups": {"tss"}, "Service.SystemCallFilter": {"~@raw-io"},
+	}
+	if len(d) != len(want) {
+		t.Errorf("tpm.conf sets %v, want exactly %v", d, want)
+	}
+	for k, v := range want {
+		if got := d[k]; len(got) != 1 || got[0] != v[0] {
+			t.Errorf("tpm.conf %s = %v, want %v", k, got, v)
+		}
+	}
+	if got := TPMDropIn("/dev/tpmrm1"); !strings.Contains(got, "\nDeviceAllow=/dev/tpmrm1 rw\n") || strings.Contains(got, "tpmrm0 rw") {
+		t.Errorf("TPMDropIn(/dev/tpmrm1) does not name the device:\n%s", got)
+	}
+	dir, files := stage(t, nil)
+	for _, unit := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+		os.MkdirAll(filepath.Join(dir, unit+".d"), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, unit+".d", "provision-tpm.conf"), []byte(TPMDropIn(DefaultTPMDevice)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ok, ours, all := analyze(t, dir, files)
+	if !ok || len(ours) > 0 {
+		t.Fatalf("systemd-analyze verify with the TPM drop-in failed (ok=%v):\n%s", ok, all)
+	}
+	for _, f := range files {
+		if !strings.HasSuffix(f, ".service") {
+			continue
+		}
+		score, out := exposure(t, dir, f)
+		t.Logf("%s with the TPM drop-in: systemd-analyze security exposure %.1f (max %.1f)", filepath.Base(f), score, maxExposure)
+		if score > maxExposure {
+			t.Errorf("%s with the TPM drop-in: exposure %.1f is above %.1f:\n%s", filepath.Base(f), score, maxExposure, out)
+		}
+		if !strings.Contains(out, "PrivateDevices=") || !strings.Contains(out, "✗ PrivateDevices=") {
+			t.Errorf("%s: the score does not reflect the drop-in (PrivateDevices= still on):\n%s", filepath.Base(f), out)
+		}
+	}
+}
