@@ -48,7 +48,20 @@ type NodeConfig struct {
 	} `toml:"bootstrap"`
 	// Renew is [renew]; nil leaves the table out (provision's defaults).
 	Renew *RenewConfig `toml:"renew,omitempty"`
+	// Key is [key]; nil leaves the table out (a key file).
+	Key *KeyConfig `toml:"key,omitempty"`
 }
+
+// KeyConfig is [key]; a field left empty is left out.
+type KeyConfig struct {
+	Store         string `toml:"store,omitempty"`
+	TPM           string `toml:"tpm,omitempty"`
+	OwnerAuthFile string `toml:"owner_auth_file,omitempty"`
+}
+
+// TPMKey is [key] for a key made in the TPM named spec (a software TPM's
+// "swtpm:path=..." in tests).
+func TPMKey(spec string) *KeyConfig { return &KeyConfig{Store: "tpm", TPM: spec} }
 
 // RenewConfig is [renew]; a field left at its zero value is left out.
 type RenewConfig struct {

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -377,6 +378,21 @@ func (s *StepCA) IssueNodeCertAt(nodeID string, notBefore, notAfter time.Time) (
 		CommonName: nodeID, DNSNames: []string{nodeID}, NotBefore: notBefore, NotAfter: notAfter,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		Extensions:  []pkix.Extension{ext},
+	})
+}
+
+// IssueNodeCertForKeyAt is IssueNodeCertAt for a key the test holds
+// elsewhere (a node key inside a TPM): the leaf certifies pub, and its Key
+// is nil.
+func (s *StepCA) IssueNodeCertForKeyAt(nodeID string, pub *ecdsa.PublicKey, notBefore, notAfter time.Time) (*Leaf, error) {
+	ext, err := (&provisioner.Extension{Type: provisioner.TypeJWK, Name: s.provName, CredentialID: s.jwk.KeyID}).ToExtension()
+	if err != nil {
+		return nil, err
+	}
+	return s.PKI().IssueLeaf(LeafRequest{
+		CommonName: nodeID, DNSNames: []string{nodeID}, NotBefore: notBefore, NotAfter: notAfter,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		Extensions:  []pkix.Extension{ext}, PublicKey: pub,
 	})
 }
 
