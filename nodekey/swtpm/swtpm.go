@@ -84,20 +84,29 @@ func New(tb testing.TB, o ...Option) *TPM {
 	tb.Helper()
 	require(tb, "swtpm")
 	require(tb, "swtpm_setup")
+	t, err := Launch(o...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	t.tb = tb
+	tb.Cleanup(t.Close)
+	return t
+}
+
+// Launch starts a software TPM outside a test (a benchmark); Close stops
+// it and removes its state. The tool methods need a TPM from New.
+func Launch(o ...Option) (*TPM, error) {
 	var op opts
 	for _, f := range o {
 		f(&op)
 	}
 	dir, err := os.MkdirTemp("", "swtpm")
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
-	tb.Cleanup(func() { os.RemoveAll(dir) })
 	state := filepath.Join(dir, "state")
 	if op.fresh {
-		if err := manufacture(state); err != nil {
-			tb.Fatal(err)
-		}
+		err = manufacture(state)
 	} else {
 		templateOnce.Do(func() {
 			templateDir, templateErr = os.MkdirTemp("", "swtpm-template")
@@ -105,19 +114,26 @@ func New(tb testing.TB, o ...Option) *TPM {
 				templateErr = manufacture(filepath.Join(templateDir, "state"))
 			}
 		})
-		if templateErr != nil {
-			tb.Fatal(templateErr)
-		}
-		if err := copyState(filepath.Join(templateDir, "state"), state); err != nil {
-			tb.Fatal(err)
+		err = templateErr
+		if err == nil {
+			err = copyState(filepath.Join(templateDir, "state"), state)
 		}
 	}
-	t := &TPM{Dir: dir, Socket: filepath.Join(dir, "tpm.sock"), tb: tb}
-	if err := t.Start(); err != nil {
-		tb.Fatal(err)
+	t := &TPM{Dir: dir, Socket: filepath.Join(dir, "tpm.sock")}
+	if err == nil {
+		err = t.Start()
 	}
-	tb.Cleanup(func() { t.Stop() })
-	return t
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return t, nil
+}
+
+// Close stops the TPM and removes its state.
+func (t *TPM) Close() {
+	t.Stop()
+	os.RemoveAll(t.Dir)
 }
 
 // manufacture makes a TPM 2.0 state in dir (an EK, no certificates).
