@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io/fs"
 	"net/url"
@@ -528,4 +529,58 @@ func agentPolls(t *testing.T, tlsVersion string) {
 		t.Errorf("the first handshake made no signature with the TPM key: %+v", polls[0])
 	}
 	t.Logf("agent: %s", fmt.Sprint(polls))
+}
+
+// TestTPMKeyFileOpenSSL: the key.pem provision writes for a TPM key is the
+// file the OpenSSL 3 tpm2 provider reads (what a non-Go node-agent uses):
+// its public key is the certificate's, it signs a digest that verifies
+// with the certificate, and it signs a CSR; all straight against the
+// software TPM (TPM2OPENSSL_TCTI, the same swtpm: string). TLS through
+// the provider needs a resource manager (docs/configuration.md).
+func TestTPMKeyFileOpenSSL(t *testing.T) {
+	t.Parallel()
+	openssl := testenv.RequireProgram(t, "openssl", "openssl")
+	tp := swtpm.New(t)
+	list := exec.Command(openssl, "list", "-providers", "-provider", "tpm2")
+	list.Env = append(os.Environ(), "TPM2OPENSSL_TCTI="+tp.TCTI())
+	if out, err := list.CombinedOutput(); err != nil || !strings.Contains(string(out), "tpm2") {
+		testenv.SkipOrFail(t, "!!! the OpenSSL tpm2 provider does not load (apt-get install -y tpm2-openssl; .ci/run does): %v %s !!!", err, out)
+	}
+	e := tpmEnv(t, tp, envOptions{}, nil)
+	if r := e.bootstrap(); r.code != 0 {
+		t.Fatalf("bootstrap: exit %d: %s", r.code, r.rep.Summary)
+	}
+	_, leaf := tpmKey(t, e, tp)
+	dir := t.TempDir()
+	key := filepath.Join(e.files.PKIDir, "key.pem")
+	ossl := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(openssl, args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "TPM2OPENSSL_TCTI="+tp.TCTI())
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	pub := ossl("pkey", "-provider", "tpm2", "-provider", "default", "-in", key, "-pubout")
+	der, _ := x509.MarshalPKIXPublicKey(leaf.PublicKey)
+	if want := string(pemBlock("PUBLIC KEY", der)); pub != want {
+		t.Fatalf("openssl reads another public key from key.pem:\n%s\nwant\n%s", pub, want)
+	}
+	os.WriteFile(filepath.Join(dir, "dg.bin"), bytes.Repeat([]byte{7}, 32), 0o600)
+	os.WriteFile(filepath.Join(dir, "cert.pem"), pemBlock("CERTIFICATE", leaf.Raw), 0o600)
+	ossl("pkeyutl", "-provider", "tpm2", "-provider", "default", "-sign", "-inkey", key, "-in", "dg.bin", "-out", "sig.bin")
+	if out := ossl("pkeyutl", "-verify", "-certin", "-inkey", "cert.pem", "-in", "dg.bin", "-sigfile", "sig.bin"); !strings.Contains(out, "Signature Verified Successfully") {
+		t.Fatalf("the provider's signature does not verify with the certificate: %s", out)
+	}
+	ossl("req", "-new", "-provider", "tpm2", "-provider", "default", "-key", key, "-subj", "/CN="+nodeID, "-out", "node.csr")
+	if out := ossl("req", "-in", "node.csr", "-noout", "-verify"); !strings.Contains(out, "verify OK") {
+		t.Fatalf("the CSR the provider signed does not verify: %s", out)
+	}
+}
+
+func pemBlock(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
 }
