@@ -296,16 +296,27 @@ func exposure(t *testing.T, dir, file string) (float64, string) {
 // TestSecurityExposure: every service scores at most maxExposure.
 func TestSecurityExposure(t *testing.T) {
 	dir, files := stage(t, nil)
+	withinExposure(t, dir, files, "")
+}
+
+// withinExposure scores every staged service (what: "" or the drop-in
+// applied, for the messages), fails the test above maxExposure, and
+// returns systemd-analyze's output per unit file.
+func withinExposure(t *testing.T, dir string, files []string, what string) map[string]string {
+	t.Helper()
+	outs := map[string]string{}
 	for _, f := range files {
 		if !strings.HasSuffix(f, ".service") {
 			continue
 		}
 		score, out := exposure(t, dir, f)
-		t.Logf("%s: systemd-analyze security exposure %.1f (max %.1f)", filepath.Base(f), score, maxExposure)
+		outs[f] = out
+		t.Logf("%s%s: systemd-analyze security exposure %.1f (max %.1f)", filepath.Base(f), what, score, maxExposure)
 		if score > maxExposure {
-			t.Errorf("%s: exposure %.1f is above %.1f:\n%s", filepath.Base(f), score, maxExposure, out)
+			t.Errorf("%s%s: exposure %.1f is above %.1f:\n%s", filepath.Base(f), what, score, maxExposure, out)
 		}
 	}
+	return outs
 }
 
 // TestSecurityExposureCatchesRegression proves the check above can fail:
@@ -465,16 +476,8 @@ func TestTPMDropIn(t *testing.T) {
 	if !ok || len(ours) > 0 {
 		t.Fatalf("systemd-analyze verify with the TPM drop-in failed (ok=%v):\n%s", ok, all)
 	}
-	for _, f := range files {
-		if !strings.HasSuffix(f, ".service") {
-			continue
-		}
-		score, out := exposure(t, dir, f)
-		t.Logf("%s with the TPM drop-in: systemd-analyze security exposure %.1f (max %.1f)", filepath.Base(f), score, maxExposure)
-		if score > maxExposure {
-			t.Errorf("%s with the TPM drop-in: exposure %.1f is above %.1f:\n%s", filepath.Base(f), score, maxExposure, out)
-		}
-		if !strings.Contains(out, "PrivateDevices=") || !strings.Contains(out, "✗ PrivateDevices=") {
+	for f, out := range withinExposure(t, dir, files, " with the TPM drop-in") {
+		if !strings.Contains(out, "✗ PrivateDevices=") {
 			t.Errorf("%s: the score does not reflect the drop-in (PrivateDevices= still on):\n%s", filepath.Base(f), out)
 		}
 	}

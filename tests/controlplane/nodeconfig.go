@@ -126,6 +126,16 @@ type NodeFiles struct {
 	StateDir  string // host path of state_dir
 }
 
+// WriteConfig writes c as the node's config file again (a test changed
+// it, as re-rendered user-data would).
+func WriteConfig(nf NodeFiles, c NodeConfig) error {
+	b, err := c.TOML()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(nf.ConfigPath, b, 0o644)
+}
+
 // InRoot joins a node-side absolute path onto root.
 func InRoot(root, nodePath string) string {
 	return filepath.Join(root, filepath.FromSlash(strings.TrimPrefix(nodePath, "/")))

@@ -370,20 +370,12 @@ func (s *StepCA) restart(change func() error) error {
 // through step-ca's backward-compatible no-op provisioner, whatever the
 // claims.)
 func (s *StepCA) IssueNodeCertAt(nodeID string, notBefore, notAfter time.Time) (*Leaf, error) {
-	ext, err := (&provisioner.Extension{Type: provisioner.TypeJWK, Name: s.provName, CredentialID: s.jwk.KeyID}).ToExtension()
-	if err != nil {
-		return nil, err
-	}
-	return s.PKI().IssueLeaf(LeafRequest{
-		CommonName: nodeID, DNSNames: []string{nodeID}, NotBefore: notBefore, NotAfter: notAfter,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		Extensions:  []pkix.Extension{ext},
-	})
+	return s.IssueNodeCertForKeyAt(nodeID, nil, notBefore, notAfter)
 }
 
 // IssueNodeCertForKeyAt is IssueNodeCertAt for a key the test holds
 // elsewhere (a node key inside a TPM): the leaf certifies pub, and its Key
-// is nil.
+// is nil. A nil pub makes a key, as IssueNodeCertAt does.
 func (s *StepCA) IssueNodeCertForKeyAt(nodeID string, pub *ecdsa.PublicKey, notBefore, notAfter time.Time) (*Leaf, error) {
 	ext, err := (&provisioner.Extension{Type: provisioner.TypeJWK, Name: s.provName, CredentialID: s.jwk.KeyID}).ToExtension()
 	if err != nil {

@@ -207,21 +207,29 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 		t.Fatalf("verify with the installed set: exit %d: %s", v.code, v.rep.Summary)
 	}
 	// The ingress trusts both roots now: the set aside is published.
-	bundle := filepath.Join(t.TempDir(), "client-ca.pem")
-	var pem []byte
-	for _, p := range e.cp.CA.CurrentRoots() {
-		pem = append(pem, p.RootPEM()...)
-	}
-	if err := os.WriteFile(bundle, pem, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e.restartIngress(func(o *ingress.Options) { o.ClientCAFile = bundle })
+	e.trustCurrentRoots()
 	if r := e.provision("renew"); r.code != 0 {
 		t.Fatalf("renew once nginx trusts the new root: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
 	}
 	if got := e.record().Generation; got != aside {
 		t.Fatalf("published %s, want the set kept aside %s (no second certificate)", got, aside)
 	}
+}
+
+// trustCurrentRoots restarts the ingress trusting every current root of
+// the CA for client certificates (the control-plane team catching up with
+// a rotation).
+func (e *env) trustCurrentRoots() {
+	e.t.Helper()
+	bundle := filepath.Join(e.t.TempDir(), "client-ca.pem")
+	var pem []byte
+	for _, p := range e.cp.CA.CurrentRoots() {
+		pem = append(pem, p.RootPEM()...)
+	}
+	if err := os.WriteFile(bundle, pem, 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	e.restartIngress(func(o *ingress.Options) { o.ClientCAFile = bundle })
 }
 
 // TestLivenessStray401: something in front of the CA answers 401 to one
