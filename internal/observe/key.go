@@ -2,7 +2,6 @@ package observe
 
 import (
 	"crypto"
-	"errors"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
@@ -57,7 +56,8 @@ type KeyState struct {
 	// storage key derived): nil when it was not needed or worked.
 	TPMErr error
 	// Signed is set when the installed key signed a test digest that
-	// verified with its certificate's key; SignErr says why it did not.
+	// verified with its public key; SignErr says why it did not. Whether
+	// that key is the certificate's is the verdict's (key-mismatch).
 	Signed  bool
 	SignErr error
 }
@@ -90,9 +90,6 @@ func (e *Env) Key() KeyState {
 		if set != nil {
 			k.SignErr = nodekey.CheckSigns(set.Key)
 			k.Signed = k.SignErr == nil
-			if k.SignErr == nil && !set.KeyMatches() {
-				k.Signed, k.SignErr = false, errors.New("the key signs, but it is not the certificate's key")
-			}
 		}
 		e.key = k
 	})

@@ -13,7 +13,8 @@ import (
 
 // checkKeyStore shows where the key is and proves it signs: the
 // installed key signs a random digest (in the TPM, for a TPM key) that
-// verifies with the certificate's public key; with key.store = "tpm" the
+// verifies with its public key (the credentials check says whether that
+// is the certificate's); with key.store = "tpm" the
 // TPM must answer and derive its storage key, so that the next key can be
 // made there. A key its TPM no longer accepts is the verdict's key-lost
 // (re-enroll), worded the same here.
@@ -41,7 +42,7 @@ func checkKeyStore(_ context.Context, e *observe.Env) Answer {
 	if k.Installed == config.KeyStoreTPM {
 		where = "a key inside the TPM (key.pem holds its wrapped form)"
 	}
-	msg := fmt.Sprintf("key.store %q; the installed key is %s and signed a test digest that verified with its certificate", k.Store, where)
+	msg := fmt.Sprintf("key.store %q; the installed key is %s and signed a test digest that verified with its public key", k.Store, where)
 	if k.Installed == "" {
 		msg = fmt.Sprintf("key.store %q; no key installed yet, so none to prove (the credentials check says why)", k.Store)
 	}
