@@ -180,22 +180,7 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 	t.Parallel()
 	e := livenessEnv(t, controlplane.Options{})
 	first := leafOf(t, e)
-	// A staged rotation: the new root is added, the node refreshes ca.pem
-	// (so it trusts the CA's new TLS certificate), then the CA issues under
-	// the new root; the ingress was never told.
-	if err := e.cp.AddCARoot(); err != nil {
-		t.Fatal(err)
-	}
-	if r := e.provision("renew"); r.code != 0 || e.record().LastResult != "refreshed" {
-		t.Fatalf("renew after the root was added: exit %d %s (%+v)", r.code, r.rep.Summary, e.record())
-	}
-	if err := e.cp.SwitchCARoot(); err != nil {
-		t.Fatal(err)
-	}
-	r := e.provision("renew", "--force")
-	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "not published") {
-		t.Fatalf("renew with the renewal rejected by nginx: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
-	}
+	e.renewRejectedByIngress()
 	if leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 {
 		t.Fatal("the rejected certificate was published")
 	}
@@ -213,6 +198,28 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 	}
 	if got := e.record().Generation; got != aside {
 		t.Fatalf("published %s, want the set kept aside %s (no second certificate)", got, aside)
+	}
+}
+
+// renewRejectedByIngress stages a root rotation the ingress is not told
+// of (the new root added, the node refreshes ca.pem so it trusts the CA's
+// new TLS certificate, then the CA issues under the new root) and runs
+// renew --force: the renewed set is rejected where the installed one is
+// accepted, so it is not published.
+func (e *env) renewRejectedByIngress() {
+	e.t.Helper()
+	if err := e.cp.AddCARoot(); err != nil {
+		e.t.Fatal(err)
+	}
+	if r := e.provision("renew"); r.code != 0 || e.record().LastResult != "refreshed" {
+		e.t.Fatalf("renew after the root was added: exit %d %s (%+v)", r.code, r.rep.Summary, e.record())
+	}
+	if err := e.cp.SwitchCARoot(); err != nil {
+		e.t.Fatal(err)
+	}
+	r := e.provision("renew", "--force")
+	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "not published") {
+		e.t.Fatalf("renew with the renewal rejected by nginx: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
 	}
 }
 

@@ -43,6 +43,14 @@ func tpmEnv(t *testing.T, tp *swtpm.TPM, eo envOptions, edit func(c *controlplan
 	return newEnv(t, ingress.Nginx, eo)
 }
 
+// mustBootstrap runs bootstrap, which must succeed.
+func (e *env) mustBootstrap() {
+	e.t.Helper()
+	if r := e.bootstrap(); r.code != 0 {
+		e.t.Fatalf("bootstrap: exit %d %s: %s\n%s", r.code, r.rep.FailedLayer, r.rep.Summary, r.stderr)
+	}
+}
+
 // rewriteConfig writes e.cfg to the node's config file again.
 func (e *env) rewriteConfig() {
 	e.t.Helper()
@@ -194,9 +202,7 @@ func TestTPMRenewAfterExpiry(t *testing.T) {
 	tp := swtpm.New(t)
 	cp := controlplane.Start(t, controlplane.Options{CAAllowRenewalAfterExpiry: true, CAAge: 7 * 24 * time.Hour})
 	e := tpmEnv(t, tp, envOptions{cp: cp}, nil)
-	if r := e.bootstrap(); r.code != 0 {
-		t.Fatalf("bootstrap: exit %d: %s", r.code, r.rep.Summary)
-	}
+	e.mustBootstrap()
 	// Powered off for days: the certificate for its TPM key ended two days ago.
 	k, err := nodekey.CreateTPMKey(nodekey.WithTPM(tp.Spec()))
 	if err != nil {
@@ -247,23 +253,9 @@ func TestTPMLivenessRejectsRenewed(t *testing.T) {
 	e := tpmEnv(t, tp, envOptions{viaService: true}, func(c *controlplane.NodeConfig) {
 		c.Renew = &controlplane.RenewConfig{Fraction: 0.5, Splay: "0s"}
 	})
-	if r := e.bootstrap(); r.code != 0 {
-		t.Fatalf("bootstrap: exit %d: %s", r.code, r.rep.Summary)
-	}
+	e.mustBootstrap()
 	_, first := tpmKey(t, e, tp)
-	if err := e.cp.AddCARoot(); err != nil {
-		t.Fatal(err)
-	}
-	if r := e.provision("renew"); r.code != 0 || e.record().LastResult != "refreshed" {
-		t.Fatalf("renew after the root was added: exit %d %s (%+v)", r.code, r.rep.Summary, e.record())
-	}
-	if err := e.cp.SwitchCARoot(); err != nil {
-		t.Fatal(err)
-	}
-	r := e.provision("renew", "--force")
-	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "not published") {
-		t.Fatalf("renew with the renewal rejected by nginx: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
-	}
+	e.renewRejectedByIngress()
 	if _, leaf := tpmKey(t, e, tp); leaf.SerialNumber.Cmp(first.SerialNumber) != 0 {
 		t.Fatal("the rejected certificate was published")
 	}
@@ -289,9 +281,7 @@ func TestTPMClearedBetweenBootstrapAndRenew(t *testing.T) {
 	t.Parallel()
 	tp := swtpm.New(t)
 	e := tpmEnv(t, tp, envOptions{}, nil)
-	if r := e.bootstrap(); r.code != 0 {
-		t.Fatalf("bootstrap: exit %d: %s", r.code, r.rep.Summary)
-	}
+	e.mustBootstrap()
 	_, first := tpmKey(t, e, tp)
 	tp.Clear()
 
@@ -330,9 +320,7 @@ func TestTPMAnotherTPM(t *testing.T) {
 	t.Parallel()
 	tp := swtpm.New(t)
 	e := tpmEnv(t, tp, envOptions{}, nil)
-	if r := e.bootstrap(); r.code != 0 {
-		t.Fatalf("bootstrap: exit %d: %s", r.code, r.rep.Summary)
-	}
+	e.mustBootstrap()
 	other := swtpm.New(t, swtpm.Fresh())
 	e.cfg.Key = controlplane.TPMKey(other.Spec())
 	e.rewriteConfig()
@@ -466,9 +454,7 @@ func TestTPMAgentPollsThroughNginx(t *testing.T) {
 func agentPolls(t *testing.T, tlsVersion string) {
 	tp := swtpm.New(t)
 	e := tpmEnv(t, tp, envOptions{ingress: func(_ *env, o *ingress.Options) { o.MinTLS, o.MaxTLS = tlsVersion, tlsVersion }}, nil)
-	if r := e.bootstrap(); r.code != 0 {
-		t.Fatalf("bootstrap: exit %d: %s", r.code, r.rep.Summary)
-	}
+	e.mustBootstrap()
 	root, err := testenv.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -538,9 +524,7 @@ func TestTPMKeyFileOpenSSL(t *testing.T) {
 		testenv.SkipOrFail(t, "!!! the OpenSSL tpm2 provider does not load (apt-get install -y tpm2-openssl; .ci/run does): %v %s !!!", err, out)
 	}
 	e := tpmEnv(t, tp, envOptions{}, nil)
-	if r := e.bootstrap(); r.code != 0 {
-		t.Fatalf("bootstrap: exit %d: %s", r.code, r.rep.Summary)
-	}
+	e.mustBootstrap()
 	_, leaf := tpmKey(t, e, tp)
 	dir := t.TempDir()
 	key := filepath.Join(e.files.PKIDir, "key.pem")
