@@ -98,17 +98,18 @@ func WithStep(f func(string)) Option {
 // ("TSS2 PRIVATE KEY"), which signs in the TPM the options name. Parsing a
 // TPM key does not touch the TPM.
 func ParseKey(keyPEM []byte, opts ...Option) (crypto.Signer, error) {
-	o, err := newOptions(opts)
-	if err != nil {
-		return nil, err
-	}
 	blk, _ := pem.Decode(keyPEM)
 	if blk == nil {
 		return nil, errors.New("no PEM key in it")
 	}
 	var k any
+	var err error
 	switch blk.Type {
-	case PEMType:
+	case PEMType: // the options matter only to a key in a TPM
+		o, err := newOptions(opts)
+		if err != nil {
+			return nil, err
+		}
 		return parseTPMKey(blk.Bytes, o)
 	case "EC PRIVATE KEY":
 		k, err = x509.ParseECPrivateKey(blk.Bytes)

@@ -19,7 +19,10 @@ import (
 // password file (a path, re-rooted like every path). The host's crash
 // points see each step of making or loading a TPM key.
 func KeyOptions(cfg *config.Config, host *system.Host) []nodekey.Option {
-	o := []nodekey.Option{nodekey.WithTPM(cfg.Key.TPM), nodekey.WithStep(host.Hook.At)}
+	o := []nodekey.Option{nodekey.WithStep(host.Hook.At)}
+	if cfg.Key.TPM != "" { // "" only in a config not read by config.Load: the default TPM
+		o = append(o, nodekey.WithTPM(cfg.Key.TPM))
+	}
 	if cfg.Key.OwnerAuthFile != "" {
 		o = append(o, nodekey.WithOwnerAuthFile(host.Path(cfg.Key.OwnerAuthFile)))
 	}
