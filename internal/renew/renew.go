@@ -89,6 +89,15 @@ func assess(r *pipeline.Run) *diag.Finding {
 	r.Current, _ = r.Env.Creds()
 	v := r.Verdict
 	if v.Action == lifecycle.Reenroll && !v.RenewableAfterExpiry() && !forcedPastRevocation(r, v) {
+		if r.HasRenewalAside() {
+			// The installed set cannot stand for the node any more, and a
+			// set the CA issued earlier is still good: proven and
+			// published (it is no worse), not thrown away.
+			r.Plan = pipeline.Adopt
+			r.SetResult(state.Renewed)
+			r.Log.Info("step", "step", "assess", "layer", "credentials", "status", v.Action.String(), "plan", r.Plan.String(), "reasons", fmt.Sprint(v.Reasons))
+			return nil
+		}
 		return cannotRenew(r, v)
 	}
 	dueAt := v.DueAt(r.Cfg.Renew.Splay.Duration)
