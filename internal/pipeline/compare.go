@@ -129,8 +129,12 @@ func compare(c, i outcome) (ruling, string) {
 		return publishNow, fmt.Sprintf("the new set got through the ingress's client authentication and fails at %s with nothing against it (the installed set %s)", c.layer, i)
 	case !i.rejected && c.rejected:
 		return keepAside, fmt.Sprintf("the new set is rejected at %s, and the installed set gave no evidence against itself (%s), so it may still be accepted", c.layer, i)
+	case !i.tried:
+		return lastQuarter, fmt.Sprintf("the new set fails at %s with nothing against it, and no time was left to prove the installed set (no evidence either way)", c.layer)
+	case !i.rejected && c.layer == i.layer:
+		return lastQuarter, fmt.Sprintf("both sets fail at %s (no evidence either way)", c.layer)
 	case !i.rejected:
-		return lastQuarter, fmt.Sprintf("both sets fail at %s and %s with nothing against either (no evidence either way)", c.layer, orNotProven(i))
+		return lastQuarter, fmt.Sprintf("both sets fail with nothing against either, the new set at %s, the installed set at %s (no evidence either way)", c.layer, i.layer)
 	case cl > il:
 		return publishNow, fmt.Sprintf("the new set gets further (fails at %s) than the installed one (rejected at %s)", c.layer, i.layer)
 	case cl < il && c.rejected:
@@ -141,13 +145,4 @@ func compare(c, i outcome) (ruling, string) {
 		return publishNow, fmt.Sprintf("a fault the installed set shares (both fail at %s, past the ingress's client authentication): it says nothing against the new certificate", c.layer)
 	}
 	return lastQuarter, fmt.Sprintf("both sets fail at %s (no evidence either way)", c.layer)
-}
-
-// orNotProven names where the installed set failed, or that it was not
-// proven.
-func orNotProven(i outcome) string {
-	if !i.tried {
-		return "the installed set was not proven (no time was left)"
-	}
-	return string(i.layer)
 }

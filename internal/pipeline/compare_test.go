@@ -49,7 +49,7 @@ func TestCompareScenarios(t *testing.T) {
 		{"ingress rejects both alike", failedAt(diag.TLSClientAuth, rejected), failedAt(diag.TLSClientAuth, rejected), lastQuarter, "no evidence either way"},
 		{"ingress rejects the stale installed set, new set API 503", failedAt(diag.TasksWait, cut), failedAt(diag.TLSClientAuth, rejected), publishNow, "got through"},
 		{"ingress down for both", failedAt(diag.TCP, cut), failedAt(diag.TCP, cut), lastQuarter, "no evidence either way"},
-		{"handshake never completes, no time for the installed set", failedAt(diag.TLSServer, cut), outcome{}, lastQuarter, "was not proven"},
+		{"handshake never completes, no time for the installed set", failedAt(diag.TLSServer, cut), outcome{}, lastQuarter, "no time was left to prove the installed set"},
 		{"new set cut, installed rejected higher", failedAt(diag.TCP, cut), failedAt(diag.Route, rejected), lastQuarter, "no evidence either way"},
 		{"new set cut past the installed set's rejection", failedAt(diag.TLSClientAuth, cut), failedAt(diag.TLSServer, rejected), publishNow, "gets further"},
 		{"new set rejected below the installed set's failure", failedAt(diag.TLSServer, rejected), failedAt(diag.Route, rejected), keepAside, "below the installed set's failure"},

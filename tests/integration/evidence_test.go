@@ -11,11 +11,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -178,37 +176,6 @@ func TestEvidenceStaleInstalledStillPolls(t *testing.T) {
 	t.Logf("evidence-stale-polls: bootstrap exit %d, the stale set that polls stays; verify: ca-chain fail, tasks-wait pass", r.code)
 }
 
-// holdListener accepts TCP connections and never answers: an ingress
-// whose handshake never completes.
-func holdListener(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range held {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return ln.Addr().String()
-}
-
 // TestEvidenceTightestDeadline (issue 29, 4): bootstrap.deadline equal to
 // request_timeout, the tightest budget validation accepts, and an ingress
 // that accepts TCP but never finishes the handshake: no time is ever left
@@ -221,7 +188,7 @@ func TestEvidenceTightestDeadline(t *testing.T) {
 	e.rewriteConfig(func(c *controlplane.NodeConfig) {
 		c.Bootstrap.Deadline, c.Bootstrap.RequestTimeout, c.NodeAPI.WaitTimeout = "2s", "2s", "0s"
 	})
-	e.svc.setTarget(holdListener(t))
+	e.svc.setTarget(controlplane.StartHoldServer(t).Addr())
 	results := outlast(t, e, first)
 	if results["published-unproven"] == 0 {
 		t.Fatalf("the set kept aside was never published: %v", results)
@@ -295,12 +262,7 @@ func crlWith(t *testing.T, cp *controlplane.ControlPlane, serial *big.Int, reaso
 func TestEvidenceRevocationAndForce(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
-	front, err := controlplane.StartCAFront(cp.CA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { front.Close() })
-	e := newEnvOn(t, cp, func(c *controlplane.NodeConfig) { c.CA.URL = front.URL(); c.Bootstrap.Deadline = "6s" })
+	e, front := envBehindFront(t, cp, func(c *controlplane.NodeConfig) { c.Bootstrap.Deadline = "6s" })
 	const hold, keyCompromise = 6, 1
 	for _, tc := range []struct {
 		name string
@@ -359,6 +321,39 @@ func TestEvidenceRevocationAndForce(t *testing.T) {
 	t.Logf("evidence-revocation: holds and stale CRLs refused, not revoked; --force renewed past a recorded revocation and asked the CA 3 times with a set aside")
 }
 
+// envBehindFront is a bootstrapped node on cp that reaches the CA through
+// a CAFront, its config adjusted by edit.
+func envBehindFront(t *testing.T, cp *controlplane.ControlPlane, edit func(c *controlplane.NodeConfig)) (*env, *controlplane.CAFront) {
+	t.Helper()
+	front, err := controlplane.StartCAFront(cp.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { front.Close() })
+	e := newEnvOn(t, cp, func(c *controlplane.NodeConfig) {
+		c.CA.URL = front.URL()
+		if edit != nil {
+			edit(c)
+		}
+	})
+	return e, front
+}
+
+// plantExpired replaces the node's credentials with a certificate from
+// the CA that ended two days ago: a node powered off for days.
+func (e *env) plantExpired(t *testing.T) *controlplane.Leaf {
+	t.Helper()
+	l, err := e.cp.CA.IssueNodeCertAt(nodeID, time.Now().Add(-72*time.Hour), time.Now().Add(-48*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(e.files.PKIDir)
+	if err := controlplane.WriteNodeCredentials(e.root, e.cfg.Paths.PKIDir, l, e.cp.CA.RootPEM()); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 // editRecord changes renew.json's fields as JSON.
 func (e *env) editRecord(edit func(m map[string]any)) {
 	e.t.Helper()
@@ -394,14 +389,7 @@ func TestEvidenceExposedKeyPastExpiry(t *testing.T) {
 			t.Parallel()
 			cp := controlplane.Start(t, controlplane.Options{CAAllowRenewalAfterExpiry: true, CAAge: 7 * 24 * time.Hour})
 			e := newEnvOn(t, cp, nil)
-			l, err := cp.CA.IssueNodeCertAt(nodeID, time.Now().Add(-72*time.Hour), time.Now().Add(-48*time.Hour))
-			if err != nil {
-				t.Fatal(err)
-			}
-			os.RemoveAll(e.files.PKIDir)
-			if err := controlplane.WriteNodeCredentials(e.root, e.cfg.Paths.PKIDir, l, cp.CA.RootPEM()); err != nil {
-				t.Fatal(err)
-			}
+			l := e.plantExpired(t)
 			if err := os.Chmod(filepath.Join(e.files.PKIDir, "key.pem"), 0o644); err != nil {
 				t.Fatal(err)
 			}

@@ -73,17 +73,17 @@ func TestFaultCADown(t *testing.T) {
 // the run gives up at the deadline with exit 13.
 func TestFaultCASlow(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
-	h := startHoldServer(t)
-	n := newNode(t, cp, "gpu-caslow", func(c *controlplane.NodeConfig) { shortBudget(c); c.CA.URL = withPort(c.CA.URL, h.port()) })
+	h := controlplane.StartHoldServer(t)
+	n := newNode(t, cp, "gpu-caslow", func(c *controlplane.NodeConfig) { shortBudget(c); c.CA.URL = withPort(c.CA.URL, h.Port()) })
 	r := n.bootstrap()
 	wantExit(t, r, 13, "layer ca")
-	if c := h.conns.Load(); c < 2 {
+	if c := h.Conns(); c < 2 {
 		t.Errorf("a CA slower than request_timeout was tried %d times, want retries", c)
 	}
 	if !strings.Contains(r.Stdout, "timeout") && !strings.Contains(r.Stdout, "deadline") {
 		t.Errorf("the report does not say the CA timed out:\n%s", r.Stdout)
 	}
-	t.Logf("ca-slow: %d connections to a silent CA, exit %d", h.conns.Load(), r.Code)
+	t.Logf("ca-slow: %d connections to a silent CA, exit %d", h.Conns(), r.Code)
 }
 
 // TestFaultCA503RetryAfter: a CA answering 503 with Retry-After is waited

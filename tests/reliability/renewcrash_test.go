@@ -27,11 +27,7 @@ func TestRenewCrashConsistency(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	// The post hook appends a line per run: a kill at "hook pending" must
 	// leave it pending, and the next run must run it.
-	hookLog := filepath.Join(t.TempDir(), "hook.log")
-	hookScript := filepath.Join(t.TempDir(), "hook.sh")
-	if err := os.WriteFile(hookScript, []byte("#!/bin/sh\necho ran >> "+hookLog+"\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	hookScript, hookLog := countingHook(t)
 	n := newNode(t, cp, "gpu-renew-crash", func(c *controlplane.NodeConfig) {
 		c.NodeAPI.WaitTimeout = "0s"
 		c.Renew = &controlplane.RenewConfig{PostHook: []string{hookScript}, PostHookTimeout: "5s"}
@@ -152,6 +148,16 @@ func TestRenewCrashConsistency(t *testing.T) {
 	t.Logf("renew-crash: %d kills (%d named points, %d of %d random attempts landed), %d violations, %d points never reached", kills, len(points), kills-len(points)+unreached, randomKills, violations, unreached)
 }
 
+// countingHook is a post hook that appends a line to hookLog per run.
+func countingHook(t *testing.T) (script, hookLog string) {
+	t.Helper()
+	hookLog, script = filepath.Join(t.TempDir(), "hook.log"), filepath.Join(t.TempDir(), "hook.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho ran >> "+hookLog+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return script, hookLog
+}
+
 // lines counts the lines of a file (0 when it does not exist).
 func lines(path string) int {
 	b, _ := os.ReadFile(path)
@@ -178,11 +184,7 @@ func readPending(path string) bool {
 // (publishing a set left aside) and runs the pending hook.
 func TestRenewCrashUnprovenPublish(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
-	hookLog := filepath.Join(t.TempDir(), "hook.log")
-	hookScript := filepath.Join(t.TempDir(), "hook.sh")
-	if err := os.WriteFile(hookScript, []byte("#!/bin/sh\necho ran >> "+hookLog+"\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	hookScript, hookLog := countingHook(t)
 	n := newNode(t, cp, "gpu-unproven-crash", func(c *controlplane.NodeConfig) {
 		c.NodeAPI.WaitTimeout, c.Bootstrap.Deadline = "0s", "6s"
 		c.Renew = &controlplane.RenewConfig{PostHook: []string{hookScript}, PostHookTimeout: "5s"}
