@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/clientcert"
 	"github.com/gpuaas/provision/tests/controlplane"
 	"github.com/gpuaas/provision/tests/ingress"
 )
@@ -198,20 +199,28 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 	if v := e.verify(); v.code != 0 {
 		t.Fatalf("verify with the installed set: exit %d: %s", v.code, v.rep.Summary)
 	}
-	// The ingress trusts both roots now: the set aside is published.
+	// The ingress and the API behind it trust both roots now: the next
+	// renew, though nothing is due, proves the set aside again and
+	// publishes it.
 	bundle := filepath.Join(t.TempDir(), "client-ca.pem")
 	var pem []byte
+	api := x509.NewCertPool()
 	for _, p := range e.cp.CA.CurrentRoots() {
 		pem = append(pem, p.RootPEM()...)
+		api.AddCert(p.Root)
+		api.AddCert(p.Intermediate)
 	}
 	if err := os.WriteFile(bundle, pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ident.Set(clientcert.Config{Roots: api}); err != nil {
 		t.Fatal(err)
 	}
 	e.restartIngress(func(o *ingress.Options) { o.ClientCAFile = bundle })
 	if r := e.provision("renew"); r.code != 0 {
 		t.Fatalf("renew once nginx trusts the new root: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
 	}
-	if got := e.record().Generation; got != aside {
+	if got := e.record().Generation; got != aside || leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) == 0 {
 		t.Fatalf("published %s, want the set kept aside %s (no second certificate)", got, aside)
 	}
 }
