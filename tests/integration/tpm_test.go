@@ -51,14 +51,6 @@ func (e *env) mustBootstrap() {
 	}
 }
 
-// rewriteConfig writes e.cfg to the node's config file again.
-func (e *env) rewriteConfig() {
-	e.t.Helper()
-	if err := controlplane.WriteConfig(e.files, e.cfg); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
 // tpmKey reads the published key.pem: it must be a TPM key file, and
 // the key it names must be the certificate's.
 func tpmKey(t *testing.T, e *env, tp *swtpm.TPM) (*nodekey.TPMKey, *x509.Certificate) {
@@ -172,8 +164,7 @@ func TestTPMBootstrapVerifyRenew(t *testing.T) {
 	}
 
 	no := false
-	e.cfg.Renew = &controlplane.RenewConfig{Rekey: &no}
-	e.rewriteConfig()
+	e.rewriteConfig(func(c *controlplane.NodeConfig) { c.Renew = &controlplane.RenewConfig{Rekey: &no} })
 	r = e.provision("renew", "--force")
 	outs = append(outs, r.stdout, r.stderr)
 	if r.code != 0 {
@@ -322,8 +313,7 @@ func TestTPMAnotherTPM(t *testing.T) {
 	e := tpmEnv(t, tp, envOptions{}, nil)
 	e.mustBootstrap()
 	other := swtpm.New(t, swtpm.Fresh())
-	e.cfg.Key = controlplane.TPMKey(other.Spec())
-	e.rewriteConfig()
+	e.rewriteConfig(func(c *controlplane.NodeConfig) { c.Key = controlplane.TPMKey(other.Spec()) })
 	wantKeyStoreFail(t, e, "another TPM")
 }
 
@@ -368,8 +358,7 @@ func TestTPMFailuresBeforeTheToken(t *testing.T) {
 		t.Logf("%s: %s", what, r.rep.Summary)
 	}
 
-	e.cfg.Key = controlplane.TPMKey("/nonexistent/tpmrm0")
-	e.rewriteConfig()
+	e.rewriteConfig(func(c *controlplane.NodeConfig) { c.Key = controlplane.TPMKey("/nonexistent/tpmrm0") })
 	unspent("no TPM", e.bootstrap(), "no TPM")
 
 	dev := filepath.Join(t.TempDir(), "tpmrm0")
@@ -377,24 +366,21 @@ func TestTPMFailuresBeforeTheToken(t *testing.T) {
 		t.Fatalf("mknod: %v", err)
 	}
 	os.Chown(dev, 65534, 65534)
-	e.cfg.Key = controlplane.TPMKey(dev)
-	e.rewriteConfig()
+	e.rewriteConfig(func(c *controlplane.NodeConfig) { c.Key = controlplane.TPMKey(dev) })
 	unspent("no access", e.provisionUncapped("bootstrap"), "no access to the TPM")
 
 	// Another program's wrong TPM passwords lock the TPM out (it does not
 	// count a wrong owner password, so the lockout comes first here).
 	tp.Lockout()
 	tp.SetOwnerPassword("ownerpw")
-	e.cfg.Key = controlplane.TPMKey(tp.Spec())
-	e.rewriteConfig()
+	e.rewriteConfig(func(c *controlplane.NodeConfig) { c.Key = controlplane.TPMKey(tp.Spec()) })
 	unspent("owner password not given", e.bootstrap(), "owner password")
 
 	pw := filepath.Join(e.root, "etc", "provision", "tpm-owner")
 	if err := os.WriteFile(pw, []byte("ownerpw\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e.cfg.Key.OwnerAuthFile = "/etc/provision/tpm-owner"
-	e.rewriteConfig()
+	e.rewriteConfig(func(c *controlplane.NodeConfig) { c.Key.OwnerAuthFile = "/etc/provision/tpm-owner" })
 	r := e.bootstrap()
 	if r.code != 0 {
 		t.Fatalf("bootstrap in lockout with the owner password: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
