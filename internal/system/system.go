@@ -22,7 +22,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -269,25 +268,4 @@ func (h *Host) DialContext(ctx context.Context, network, address string) (net.Co
 		}
 	}
 	return nil, firstErr
-}
-
-// LookupGroup resolves a group name (or a numeric gid) the way the node
-// does: in the root's /etc/group, read as a regular file within a bound.
-func (h *Host) LookupGroup(name string) (int, error) {
-	if gid, err := strconv.Atoi(name); err == nil && gid >= 0 {
-		return gid, nil
-	}
-	b, err := ReadRegular(context.Background(), h.Path("/etc/group"), 4<<20)
-	if err != nil {
-		return -1, fmt.Errorf("reading /etc/group: %w", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Split(line, ":")
-		if len(f) >= 3 && f[0] == name {
-			if gid, err := strconv.Atoi(f[2]); err == nil && gid >= 0 {
-				return gid, nil
-			}
-		}
-	}
-	return -1, fmt.Errorf("no group %q in /etc/group", name)
 }
