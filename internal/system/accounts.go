@@ -18,7 +18,7 @@ import (
 // on the whole file, far above any real one.
 
 // MaxAccountDB bounds how much of /etc/group or /etc/passwd is read.
-const MaxAccountDB = 1 << 30
+const MaxAccountDB = 256 << 20
 
 // maxField bounds a name or id field; a longer one is no name provision
 // looks up, and its line is skipped.
@@ -107,28 +107,26 @@ type fieldScanner struct {
 // one too long.
 func (s *fieldScanner) line() (f [3]string, ok bool, err error) {
 	s.done = false
-	ok = true
 	for i := range f {
-		var fieldOK bool
-		if f[i], fieldOK, err = s.field(); err != nil {
+		if f[i], ok, err = s.field(); err != nil || !ok {
 			return f, false, err
 		}
-		ok = ok && fieldOK
 		if s.done || s.eof {
-			return f, ok && i == len(f)-1, nil
+			return f, i == len(f)-1, nil
 		}
 	}
-	return f, ok, s.skipLine()
+	return f, true, s.skipLine()
 }
 
-// field reads up to the next ':' (consumed) or the end of the line.
+// field reads up to the next ':' (consumed) or the end of the line; ok is
+// false (and the line skipped) for a field longer than maxField.
 func (s *fieldScanner) field() (string, bool, error) {
 	s.buf = s.buf[:0]
 	for {
 		c, err := s.r.ReadByte()
 		if err == io.EOF {
 			s.eof = true
-			return string(s.buf), len(s.buf) <= maxField, nil
+			return string(s.buf), true, nil
 		}
 		if err != nil {
 			return "", false, err
@@ -138,13 +136,16 @@ func (s *fieldScanner) field() (string, bool, error) {
 		}
 		switch {
 		case c == ':':
-			return string(s.buf), len(s.buf) <= maxField, nil
+			return string(s.buf), true, nil
 		case c == '\n':
 			s.done = true
-			return string(s.buf), len(s.buf) <= maxField, nil
-		case len(s.buf) <= maxField:
-			s.buf = append(s.buf, c)
+			return string(s.buf), true, nil
+		case len(s.buf) == maxField:
+			// No field provision looks up is this long: the line is
+			// skipped, at the speed of a copy.
+			return "", false, s.skipLine()
 		}
+		s.buf = append(s.buf, c)
 	}
 }
 
