@@ -216,6 +216,9 @@ func (w *walker) enter(c string) ([]string, error) {
 	serr := unix.Fstatat(w.top().fd, c, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case errors.Is(serr, unix.ENOENT) && w.o.Mkdir:
+		if w.o.Own && !onlyRootWrites(&w.top().st, uint32(os.Geteuid())) {
+			return nil, w.unsafeIn(c) // judged before anything is created
+		}
 		if err := unix.Mkdirat(w.top().fd, c, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 			return nil, &fs.PathError{Op: "mkdir", Path: w.h.Path(w.nodePath(c)), Err: err}
 		}

@@ -123,6 +123,8 @@ func TestChasePathRule(t *testing.T) {
 			refused: unsafe("/var/lib/prometheus/provision is in /var/lib/prometheus, which uid 1001 (prometheus) can write")},
 		{name: "provision's own directory two levels under a user's", entries: []string{"home/alice/ @1001", "home/alice/state/"},
 			path: "/home/alice/state/provision", o: ChaseOptions{Own: true}, refused: unsafe("/home/alice/state is in /home/alice, which uid 1001")},
+		{name: "provision's own directory to be created under a user's", entries: []string{"home/alice/ @1001"},
+			path: "/home/alice/new/provision", o: ChaseOptions{Own: true, Mkdir: true}, refused: unsafe("/home/alice/new is in /home/alice, which uid 1001")},
 		{name: "provision's own directory under root's", path: "/var/lib/provision", o: ChaseOptions{Own: true}, dir: "/var/lib", file: "provision"},
 		{name: "provision's own directory a root link on another volume", entries: []string{"mnt/volume/", "var/lib/provision -> /mnt/volume"},
 			path: "/var/lib/provision", o: ChaseOptions{Own: true, FollowLast: true}, dir: "/mnt", file: "volume"},
@@ -168,7 +170,7 @@ func TestChasePathRule(t *testing.T) {
 					t.Fatalf("Chase(%s) = %s (%s) %q, want %s %q", tt.path, d.Node(), d.Path(), name, tt.dir, tt.file)
 				}
 			}
-			if after := digest(t, root); after != before && !tt.o.Mkdir {
+			if after := digest(t, root); after != before && (!tt.o.Mkdir || err != nil) {
 				t.Errorf("Chase changed the root:\n%s\n---\n%s", before, after)
 			}
 		})

@@ -173,6 +173,7 @@ type DirState struct {
 	Created   bool        // the directory did not exist and was created 0700
 	Tightened bool        // it existed with group or other write and was made 0700
 	WasMode   os.FileMode // its permission bits as found
+	Marked    bool        // ClaimDir wrote OwnMark in it (created, or claimed now)
 }
 
 // EnsurePrivateDir makes sure the directory path, which provision owns
