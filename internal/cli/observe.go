@@ -116,7 +116,7 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 	if cfg != nil && r.Command == "renew" {
 		run.Renewal = renewalFacts(host.Path(cfg.Paths.StateDir))
 	}
-	path, err := metrics.Write(host.ResolvedPath(dir), run)
+	path, err := metrics.Write(host, dir, run)
 	switch {
 	case err == nil:
 		log.Debug("metrics written", "path", strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))

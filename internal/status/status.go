@@ -16,7 +16,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -185,10 +184,16 @@ func metricsFiles(cfg *config.Config, host *system.Host) Metrics {
 	if !m.Enabled {
 		return m
 	}
-	matches, _ := filepath.Glob(filepath.Join(host.ResolvedPath(cfg.Metrics.TextfileDir), "provision_*.prom"))
-	for _, p := range matches {
-		if st, err := os.Lstat(p); err == nil && st.Mode().IsRegular() {
-			m.Files = append(m.Files, filepath.Base(p))
+	// Reached as the metrics writer reaches it: under the path rule.
+	d, _, err := host.Chase(cfg.Metrics.TextfileDir, system.ChaseOptions{Dir: true})
+	if err != nil {
+		return m
+	}
+	defer d.Close()
+	ents, _ := d.ReadDir()
+	for _, e := range ents {
+		if ok, _ := filepath.Match("provision_*.prom", e.Name()); ok && e.Type().IsRegular() {
+			m.Files = append(m.Files, e.Name())
 		}
 	}
 	sort.Strings(m.Files)
