@@ -58,6 +58,9 @@ type Node struct {
 	Renew       *Renew       `json:"renew"`   // nil: renew never ran
 	Receipt     *Receipt     `json:"receipt"` // nil: never done
 	Metrics     Metrics      `json:"metrics"`
+	// damage is the records of state_dir that do not parse or were kept
+	// aside for that: each is on the attention list.
+	damage []state.Damage
 }
 
 // Credentials are the installed key, certificate and CA bundle.
@@ -127,6 +130,7 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 			LastRenewed: rec.LastRenewed, HookPending: rec.HookPending, Hook: rec.Hook, ConsecutiveFailures: rec.Failures,
 			ConsecutiveRefusals: rec.Refusals, Unproven: rec.Unproven, Aside: rec.Aside, RevokedSerial: rec.RevokedSerial}
 	}
+	n.damage = state.FindDamage(host.Path(cfg.Paths.StateDir))
 	if rc, err := state.ReadReceipt(host.Path(cfg.Paths.StateDir)); err == nil {
 		n.Receipt = &Receipt{Serial: rc.Serial, ProvedAt: rc.ProvedAt, Command: rc.Command, Enrolled: rc.Enrolled, Unproven: rc.Unproven, MachineID: rc.MachineID}
 	}
@@ -208,6 +212,9 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
 		if r == lifecycle.Missing {
 			n.Summary = "not enrolled: " + v.Detail[r]
 		}
+		for _, d := range n.damage {
+			n.Attention = append(n.Attention, d.String())
+		}
 		return
 	}
 	var remedies []string
@@ -225,6 +232,9 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
 		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(due), stamp(v.Leaf.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
 	}
 	renewAttention(n, add)
+	for _, d := range n.damage {
+		add(d.String(), d.Remedy())
+	}
 	if n.Receipt == nil {
 		add("no receipt: no bootstrap has proven this node yet", "run provision bootstrap: it proves the installed credentials with a real tasks/wait and writes the receipt")
 	}
