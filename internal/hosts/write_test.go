@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -408,13 +407,13 @@ func TestApplyToFollowsOnlyRootsLinks(t *testing.T) {
 			os.Lchown(filepath.Join(etc, "hosts"), tt.linkUID, tt.linkUID)
 			os.Chmod(etc, tt.etcMode)
 			host, _ := system.New(root)
-			before := treeHash(t, root)
+			before := testenv.TreeDigest(t, root)
 			_, err := ApplyTo(host, "/etc/hosts", entries)
 			if tt.refusal != "" {
 				if !errors.Is(err, system.ErrUnsafePath) || !strings.Contains(err.Error(), tt.refusal) || strings.Contains(err.Error(), "\n") {
 					t.Fatalf("ApplyTo = %v, want a one-line refusal saying %q", err, tt.refusal)
 				}
-				if after := treeHash(t, root); after != before {
+				if after := testenv.TreeDigest(t, root); after != before {
 					t.Fatalf("a refused edit changed the root:\n%s---\n%s", before, after)
 				}
 				return
@@ -427,27 +426,4 @@ func TestApplyToFollowsOnlyRootsLinks(t *testing.T) {
 			}
 		})
 	}
-}
-
-// treeHash is every path, mode, owner, link and content under root.
-func treeHash(t *testing.T, root string) string {
-	t.Helper()
-	var b strings.Builder
-	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		b.WriteString(p + " " + fi.Mode().String() + " " + strconv.Itoa(int(st.Uid)))
-		if fi.Mode()&os.ModeSymlink != 0 {
-			l, _ := os.Readlink(p)
-			b.WriteString(" -> " + l)
-		} else if fi.Mode().IsRegular() {
-			c, _ := os.ReadFile(p)
-			b.WriteString(" " + string(c))
-		}
-		b.WriteString("\n")
-		return nil
-	})
-	return b.String()
 }

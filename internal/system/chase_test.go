@@ -13,13 +13,10 @@ import (
 	"github.com/gpuaas/provision/internal/testenv"
 )
 
-// user is the uid of the unprivileged owner the path rule tests plant
-// links and directories as (node_exporter's user on Debian, say).
-const user = 1001
-
 // layout builds a root for the path rule: entries are "path/" a
 // directory, "path -> target" a link, "path" a file, each optionally
-// followed by " @uid" (owner) and " %mode" (a directory's mode).
+// followed by " @uid" (owner: 1001 plays node_exporter's user) and
+// " %mode" (a directory's mode, octal).
 func layout(t *testing.T, root string, entries ...string) {
 	t.Helper()
 	for _, e := range entries {
@@ -137,7 +134,7 @@ func TestChasePathRule(t *testing.T) {
 			root := t.TempDir()
 			layout(t, root, append(base, tt.entries...)...)
 			os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nprometheus:x:1001:1001::/var/lib/prometheus:/usr/sbin/nologin\n"), 0o644)
-			before := digest(t, root)
+			before := testenv.TreeDigest(t, root)
 			h, err := New(root)
 			if err != nil {
 				t.Fatal(err)
@@ -170,7 +167,7 @@ func TestChasePathRule(t *testing.T) {
 					t.Fatalf("Chase(%s) = %s (%s) %q, want %s %q", tt.path, d.Node(), d.Path(), name, tt.dir, tt.file)
 				}
 			}
-			if after := digest(t, root); after != before && (!tt.o.Mkdir || err != nil) {
+			if after := testenv.TreeDigest(t, root); after != before && (!tt.o.Mkdir || err != nil) {
 				t.Errorf("Chase changed the root:\n%s\n---\n%s", before, after)
 			}
 		})
