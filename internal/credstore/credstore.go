@@ -439,7 +439,7 @@ func writeNew(path string, data []byte, mode os.FileMode, gid int) error {
 // key.pem and cert.pem, would find no credentials while provision, which
 // reads through "current", would think the node healthy.
 func Sweep(dir string) {
-	system.SweepTemp(dir, CurrentLink, PreviousLink, KeyFile, CertFile, CAFile)
+	system.SweepTemp(dir, CurrentLink, PreviousLink, KeyFile, CertFile, CAFile, system.OwnMark)
 	target, err := os.Readlink(filepath.Join(dir, CurrentLink))
 	if err != nil {
 		return

@@ -391,7 +391,7 @@ func TestApplyToFollowsOnlyRootsLinks(t *testing.T) {
 	}{
 		{"root's link in a root-only /etc", 0, 0o755, "", "/run/hosts.real"},
 		{"a user's link", 1001, 0o755, "/etc/hosts is a symbolic link owned by uid 1001", ""},
-		{"root's link in an /etc others can write", 0, 0o777, "/etc/hosts is a symbolic link in /etc, which group or others (mode 0777) can write", ""},
+		{"root's link in an /etc others can write", 0, 0o777, "/etc/hosts is a symbolic link in /etc, which others (mode 0777) can write", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -64,6 +64,16 @@ func (h *Host) owner(uid uint32) string {
 	return "uid " + id + " (" + f[0] + ")"
 }
 
+// group names gid for a message: "group 50 (staff)", or "group 50".
+func (h *Host) group(gid uint32) string {
+	id := strconv.FormatUint(uint64(gid), 10)
+	f, found, err := h.lookupAccount("/etc/group", func(f [3]string) bool { return f[2] == id })
+	if err != nil || !found || f[0] == "" {
+		return "group " + id
+	}
+	return "group " + id + " (" + f[0] + ")"
+}
+
 var errTooLarge = errors.New("too large")
 
 // lookupAccount streams the colon-separated file (a node path) and returns

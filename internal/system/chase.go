@@ -25,8 +25,9 @@ import (
 // provision's back, and what was judged is what is used: the descriptor,
 // not the name, which another user could swap a moment later. A link is
 // followed only when root owns it and it sits in a directory only root can
-// write (a sticky one counts when root owns the link): then nobody but root
-// chose where it points or can change it. That is the rule systemd's
+// write (owned by root, writable by no one else but root's own group; a
+// sticky one counts when root owns the link): then nobody but root chose
+// where it points or can change it. That is the rule systemd's
 // chase() applies to "unsafe transitions". Anything else is refused with
 // an *UnsafePathError naming the link and its owner. Resolution stays
 // inside --root: an absolute target starts again at the root, and ".."
@@ -62,7 +63,7 @@ type ChaseOptions struct {
 // directory on the way that someone else can write.
 type UnsafePathError struct {
 	Path  string // the link or directory refused, as a node path
-	Owner string // who controls it: "uid 1001 (prometheus)", "group or others (mode 0777)"
+	Owner string // who controls it: "uid 1001 (prometheus)", "others (mode 0777)", "group 50 (staff) (mode 2775)"
 	Why   string // what it is, worded after the path
 }
 
@@ -216,23 +217,23 @@ func (w *walker) enter(c string) ([]string, error) {
 	serr := unix.Fstatat(w.top().fd, c, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case errors.Is(serr, unix.ENOENT) && w.o.Mkdir:
-		if w.o.Own && !onlyRootWrites(&w.top().st, uint32(os.Geteuid())) {
+		if w.o.Own && !w.ownParent(uint32(os.Geteuid())) {
 			return nil, w.unsafeIn(c) // judged before anything is created
 		}
 		if err := unix.Mkdirat(w.top().fd, c, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
-			return nil, &fs.PathError{Op: "mkdir", Path: w.h.Path(w.nodePath(c)), Err: err}
+			return nil, &fs.PathError{Op: "mkdir", Path: w.h.rawPath(w.nodePath(c)), Err: err}
 		}
 		return []string{c}, nil // enter what is there now, judged like anything else
 	case errors.Is(serr, unix.ENOENT):
-		return nil, &fs.PathError{Op: "open", Path: w.h.Path(w.nodePath(c)), Err: fs.ErrNotExist}
+		return nil, &fs.PathError{Op: "open", Path: w.h.rawPath(w.nodePath(c)), Err: fs.ErrNotExist}
 	case serr != nil:
-		return nil, &fs.PathError{Op: "stat", Path: w.h.Path(w.nodePath(c)), Err: serr}
+		return nil, &fs.PathError{Op: "stat", Path: w.h.rawPath(w.nodePath(c)), Err: serr}
 	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
 		return w.follow(c, &st)
 	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
 		return nil, fmt.Errorf("%s is a %s, not a directory", w.nodePath(c), FileKind(fileMode(st.Mode)))
 	}
-	return nil, &fs.PathError{Op: "open", Path: w.h.Path(w.nodePath(c)), Err: err}
+	return nil, &fs.PathError{Op: "open", Path: w.h.rawPath(w.nodePath(c)), Err: err}
 }
 
 // last looks at the file's own name c: a link there is followed under the
@@ -248,9 +249,9 @@ func (w *walker) last(c string) (more []string, link bool, err error) {
 	case errors.Is(err, unix.ENOENT):
 		st.Uid = uint32(os.Geteuid()) // provision will create it
 	case err != nil:
-		return nil, false, &fs.PathError{Op: "stat", Path: w.h.Path(w.nodePath(c)), Err: err}
+		return nil, false, &fs.PathError{Op: "stat", Path: w.h.rawPath(w.nodePath(c)), Err: err}
 	}
-	if w.o.Own && !onlyRootWrites(&w.top().st, st.Uid) {
+	if w.o.Own && !w.ownParent(st.Uid) {
 		return nil, false, w.unsafeIn(c)
 	}
 	return nil, false, nil
@@ -280,7 +281,7 @@ func (w *walker) follow(c string, st *unix.Stat_t) ([]string, error) {
 	}
 	target, err := readlinkAt(dir.fd, c)
 	if err != nil {
-		return nil, &fs.PathError{Op: "readlink", Path: w.h.Path(w.nodePath(c)), Err: err}
+		return nil, &fs.PathError{Op: "readlink", Path: w.h.rawPath(w.nodePath(c)), Err: err}
 	}
 	if filepath.IsAbs(target) {
 		w.toRoot()
@@ -296,27 +297,39 @@ func (w *walker) ownCheck(c string, fd int) error {
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return &fs.PathError{Op: "stat", Path: w.h.Path(w.nodePath(c)), Err: err}
+		return &fs.PathError{Op: "stat", Path: w.h.rawPath(w.nodePath(c)), Err: err}
 	}
-	if onlyRootWrites(&w.top().st, st.Uid) {
+	if w.ownParent(st.Uid) {
 		return nil
 	}
 	return w.unsafeIn(c)
 }
 
+// ownParent says whether the directory on top may hold one of provision's
+// own directories (or the way to one), whose owner is uid: only root can
+// write it, or it is itself a directory of provision's this run claimed
+// (state_dir holding pki_dir: tightened by its own claim).
+func (w *walker) ownParent(uid uint32) bool {
+	return onlyRootWrites(&w.top().st, uid) || w.h.isClaimed(w.top().node)
+}
+
 // writers says who besides root can write the directory d.
 func (w *walker) writers(d *opened) string {
-	if !trusted(d.st.Uid) {
+	mode := d.st.Mode & 0o7777
+	switch {
+	case !trusted(d.st.Uid):
 		return w.h.owner(d.st.Uid)
+	case mode&0o002 != 0:
+		return fmt.Sprintf("others (mode %04o)", mode)
 	}
-	return fmt.Sprintf("group or others (mode %04o)", d.st.Mode&0o7777)
+	return fmt.Sprintf("%s (mode %04o)", w.h.group(d.st.Gid), mode)
 }
 
 // take hands the directory on top to the caller.
 func (w *walker) take() *Dir {
 	o := w.top()
 	w.stack = w.stack[:len(w.stack)-1]
-	return &Dir{f: os.NewFile(uintptr(o.fd), w.h.Path(o.node)), node: o.node, path: w.h.Path(o.node)}
+	return &Dir{f: os.NewFile(uintptr(o.fd), w.h.rawPath(o.node)), node: o.node, path: w.h.rawPath(o.node)}
 }
 
 func (w *walker) close() {
@@ -331,14 +344,17 @@ func (w *walker) close() {
 func trusted(uid uint32) bool { return uid == 0 || int(uid) == os.Geteuid() }
 
 // onlyRootWrites says whether only root can change an entry owned by
-// entryUID in the directory dir: a trusted owner, and no write for group
-// or others, unless the directory is sticky (only an entry's owner may
-// rename or remove it) and root owns the entry.
+// entryUID in the directory dir: a trusted owner, no write for others, and
+// none for a group other than root's, unless the directory is sticky (only
+// an entry's owner may rename or remove it) and root owns the entry.
 func onlyRootWrites(dir *unix.Stat_t, entryUID uint32) bool {
-	if !trusted(dir.Uid) {
+	switch {
+	case !trusted(dir.Uid):
 		return false
+	case dir.Mode&unix.S_ISVTX != 0 && trusted(entryUID):
+		return true
 	}
-	return dir.Mode&0o022 == 0 || (dir.Mode&unix.S_ISVTX != 0 && trusted(entryUID))
+	return dir.Mode&0o002 == 0 && (dir.Mode&0o020 == 0 || dir.Gid == 0)
 }
 
 // openDirAt opens the directory name in dirfd without following a link

@@ -15,17 +15,22 @@ import (
 
 // layout builds a root for the path rule: entries are "path/" a
 // directory, "path -> target" a link, "path" a file, each optionally
-// followed by " @uid" (owner: 1001 plays node_exporter's user) and
-// " %mode" (a directory's mode, octal).
+// followed by " @uid" or " @uid:gid" (owner: 1001 plays node_exporter's
+// user, group 50 is staff) and " %mode" (a directory's mode, octal).
 func layout(t *testing.T, root string, entries ...string) {
 	t.Helper()
 	for _, e := range entries {
-		uid, mode := 0, uint64(0o755)
+		uid, gid, mode := 0, 0, uint64(0o755)
 		f := strings.Fields(e)
 		for len(f) > 1 && strings.ContainsAny(f[len(f)-1][:1], "@%") {
 			last := f[len(f)-1]
 			if last[0] == '@' {
-				uid, _ = strconv.Atoi(last[1:])
+				u, g, both := strings.Cut(last[1:], ":")
+				uid, _ = strconv.Atoi(u)
+				gid = uid
+				if both {
+					gid, _ = strconv.Atoi(g)
+				}
 			} else {
 				mode, _ = strconv.ParseUint(last[1:], 8, 32)
 			}
@@ -46,7 +51,7 @@ func layout(t *testing.T, root string, entries ...string) {
 			err = os.WriteFile(p, []byte("precious "+name+"\n"), 0o644)
 		}
 		if err == nil {
-			err = os.Lchown(p, uid, uid)
+			err = os.Lchown(p, uid, gid)
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -93,10 +98,12 @@ func TestChasePathRule(t *testing.T) {
 			path: "/srv/textfile", o: ChaseOptions{Dir: true}, dir: "/var/lib/prometheus/node-exporter"},
 		{name: "root's link in a root-only directory, relative target", entries: []string{"srv/textfile -> ../var/lib/prometheus/node-exporter"},
 			path: "/srv/textfile", o: ChaseOptions{Dir: true}, dir: "/var/lib/prometheus/node-exporter"},
-		{name: "root's link in a group-writable directory", entries: []string{"srv/ %775", "srv/textfile -> /etc/sudoers.d"},
-			path: "/srv/textfile", o: ChaseOptions{Dir: true}, refused: unsafe("which group or others (mode 0775) can write")},
+		{name: "root's link in a directory another group can write", entries: []string{"srv/ @0:50 %2775", "srv/textfile -> /etc/sudoers.d"},
+			path: "/srv/textfile", o: ChaseOptions{Dir: true}, refused: unsafe("/srv/textfile is a symbolic link in /srv, which group 50 (staff) (mode 2775) can write")},
+		{name: "root's link in a directory root's own group can write", entries: []string{"srv/ %775", "srv/textfile -> /etc/sudoers.d"},
+			path: "/srv/textfile", o: ChaseOptions{Dir: true}, dir: "/etc/sudoers.d"},
 		{name: "root's link in a world-writable directory", entries: []string{"srv/ %777", "srv/textfile -> /etc/sudoers.d"},
-			path: "/srv/textfile", o: ChaseOptions{Dir: true}, refused: unsafe("/srv/textfile is a symbolic link in /srv, which group or others (mode 0777)")},
+			path: "/srv/textfile", o: ChaseOptions{Dir: true}, refused: unsafe("/srv/textfile is a symbolic link in /srv, which others (mode 0777) can write")},
 		{name: "root's link in a sticky world-writable directory", entries: []string{"tmp/ %1777", "tmp/textfile -> /etc/sudoers.d"},
 			path: "/tmp/textfile", o: ChaseOptions{Dir: true}, dir: "/etc/sudoers.d"},
 		{name: "a user's link in a sticky directory", entries: []string{"tmp/ %1777", "tmp/textfile -> /etc/sudoers.d @1001"},
@@ -134,6 +141,7 @@ func TestChasePathRule(t *testing.T) {
 			root := t.TempDir()
 			layout(t, root, append(base, tt.entries...)...)
 			os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nprometheus:x:1001:1001::/var/lib/prometheus:/usr/sbin/nologin\n"), 0o644)
+			os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\nstaff:x:50:\n"), 0o644)
 			before := testenv.TreeDigest(t, root)
 			h, err := New(root)
 			if err != nil {

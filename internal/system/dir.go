@@ -169,18 +169,19 @@ func (d *Dir) createTemp(name string) (string, *os.File, error) {
 }
 
 // fill writes data into the new file f, sets its mode exactly (the umask
-// does not apply to fchmod), fsyncs and closes it.
+// does not apply to fchmod), fsyncs and closes it, whatever fails.
 func fill(f *os.File, data []byte, mode os.FileMode) error {
-	if _, err := f.Write(data); err != nil {
-		return err
+	_, err := f.Write(data)
+	if err == nil {
+		err = f.Chmod(mode)
 	}
-	if err := f.Chmod(mode); err != nil {
-		return err
+	if err == nil {
+		err = f.Sync()
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return f.Close()
+	return err
 }
 
 // copyOwner gives the new file f the uid, gid and SELinux label of name

@@ -124,6 +124,18 @@ func (e *ForeignDirError) Is(target error) bool { return target == ErrForeignDir
 // to 0700 (DirState says so, for a warning).
 // Only path itself is ever chmodded, never a parent.
 func ClaimDir(path string, change bool) (DirState, error) {
+	return claimDir(path, change, kernelResolve)
+}
+
+// resolver turns the host path of a link in one of provision's directories
+// into the host path of what it names.
+type resolver func(string) (string, error)
+
+// kernelResolve leaves a link to the kernel, as a process on the node sees
+// it (Host.ClaimDir resolves inside --root instead).
+func kernelResolve(p string) (string, error) { return p, nil }
+
+func claimDir(path string, change bool, resolve resolver) (DirState, error) {
 	var s DirState
 	st, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -146,7 +158,7 @@ func ClaimDir(path string, change bool) (DirState, error) {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
 		return s, &UnsafeFileError{Path: path, Kind: "directory", Why: fmt.Sprintf("is owned by uid %d, not by provision's uid %d: another user could plant files in it", sys.Uid, os.Geteuid())}
 	}
-	v, err := judgeDir(path, true)
+	v, err := judgeDir(path, true, resolve)
 	if err != nil {
 		return s, err
 	}
@@ -178,8 +190,9 @@ func ClaimDir(path string, change bool) (DirState, error) {
 // ClaimDir is the package's ClaimDir for the node path p as the config
 // names it: the directories on the way, and a link at p itself, are judged
 // first by the path rule for provision's own directories (Host.Chase with
-// Own: nothing on the way another user can write), so every later step
-// that reaches p by name reaches what was judged.
+// Own: nothing on the way another user can write). Once claimed, Path maps
+// p (and every path under it) to where it resolved, so every later step
+// reaches the directory that was judged.
 func (h *Host) ClaimDir(p string, change bool) (DirState, error) {
 	d, name, err := h.Chase(p, ChaseOptions{FollowLast: true, Mkdir: change, Own: true})
 	if errors.Is(err, fs.ErrNotExist) && !change {
@@ -189,12 +202,52 @@ func (h *Host) ClaimDir(p string, change bool) (DirState, error) {
 		return DirState{}, err
 	}
 	defer d.Close()
-	return ClaimDir(d.Join(name), change)
+	s, err := claimDir(d.Join(name), change, h.resolveHost)
+	if err == nil {
+		if h.claimed == nil {
+			h.claimed = map[string]string{}
+		}
+		h.claimed[filepath.Clean("/"+p)] = filepath.Join(d.Node(), name)
+	}
+	return s, err
 }
 
-// markOwn writes OwnMark into dir, provision's own.
+// resolveHost is Resolve for a host path under Root: a link in one of
+// provision's directories (a pki_dir link inside state_dir) is judged
+// where it leads inside --root, under the path rule.
+func (h *Host) resolveHost(p string) (string, error) {
+	node, err := h.Resolve("/" + strings.TrimPrefix(strings.TrimPrefix(p, h.Root), "/"))
+	if err != nil {
+		return "", err
+	}
+	return h.rawPath(node), nil
+}
+
+// markOwn writes OwnMark into dir, provision's own. The mark is created
+// exclusively under its own name, not renamed into place: two runs
+// starting together (cloud-init's and the unit's) both mark a new
+// directory before either holds the lock, and the one that gets the lock
+// sweeps temp files. The mark that is there is kept; only one a killed
+// run left unfinished is written again.
 func markOwn(dir string) error {
-	if err := WriteFileAtomic(filepath.Join(dir, OwnMark), []byte(ownMarkText), WriteOptions{Mode: 0o644}); err != nil {
+	d, err := OpenDir(dir)
+	if err != nil {
+		return fmt.Errorf("marking %s as provision's own: %w", dir, err)
+	}
+	defer d.Close()
+	f, err := d.OpenRegular(OwnMark, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		if b, _ := d.ReadRegular(context.Background(), OwnMark, 4096); string(b) == ownMarkText {
+			return nil
+		}
+		err = d.WriteAtomic(OwnMark, []byte(ownMarkText), WriteOptions{Mode: 0o644})
+	} else if err == nil {
+		err = fill(f, []byte(ownMarkText), 0o644)
+	}
+	if err == nil {
+		err = d.Sync()
+	}
+	if err != nil {
 		return fmt.Errorf("marking %s as provision's own: %w", dir, err)
 	}
 	return nil
@@ -236,7 +289,7 @@ type verdict struct {
 // provision made dir (marked, empty, or an earlier provision's layout).
 // top is false for a subdirectory judged as a nested pki_dir: its own
 // subdirectories must then be generations.
-func judgeDir(dir string, top bool) (verdict, error) {
+func judgeDir(dir string, top bool, resolve resolver) (verdict, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return verdict{}, fmt.Errorf("reading %s: %w", dir, err)
@@ -252,7 +305,7 @@ func judgeDir(dir string, top bool) (verdict, error) {
 	foreign, held := &ForeignDirError{Path: dir}, &ForeignDirError{Path: dir, NotMade: true}
 	v.made = v.marked
 	for _, e := range ents {
-		j, err := judgeEntry(dir, e.Name(), e.Type(), names, top, v.marked)
+		j, err := judgeEntry(dir, e.Name(), e.Type(), names, judging{top: top, marked: v.marked, resolve: resolve})
 		if err != nil {
 			return v, err
 		}
@@ -303,10 +356,19 @@ type entryJudgement struct {
 	content bool   // it is something a directory provision did not make must not hold
 }
 
+// judging is how a directory's entries are judged: top is false for a
+// nested pki_dir, marked says the directory holds OwnMark, resolve finds
+// what a nested link names.
+type judging struct {
+	top, marked bool
+	resolve     resolver
+}
+
 // judgeEntry judges name (of type typ) in dir, or returns an
 // *UnsafeFileError for one of provision's names of the wrong kind. names
-// holds every entry of dir; marked says dir holds OwnMark.
-func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode, top, marked bool) (entryJudgement, error) {
+// holds every entry of dir.
+func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode, j judging) (entryJudgement, error) {
+	top, marked := j.top, j.marked
 	path := filepath.Join(dir, name)
 	isLink, isDir, isReg := typ&os.ModeSymlink != 0, typ.IsDir(), typ.IsRegular()
 	switch {
@@ -336,8 +398,15 @@ func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode,
 	case strings.HasPrefix(name, genPrefix) && isDir:
 		return entryJudgement{made: genName.MatchString(name), content: true}, nil
 	case top && (isDir || isLink):
-		why, made := judgeNested(path, isLink)
-		return entryJudgement{why: why, made: made, content: true}, nil
+		// A subdirectory of provision's (made, or empty: a volume
+		// mounted or linked there for pki_dir) holds nothing to take. A
+		// link in a directory provision marked is root's own (pki_dir on
+		// another volume), judged as pki_dir itself.
+		if isLink && marked {
+			return entryJudgement{made: true}, nil
+		}
+		why, made := judgeNested(path, isLink, j.resolve)
+		return entryJudgement{why: why, made: made}, nil
 	}
 	return entryJudgement{why: "a " + FileKind(typ) + " provision did not write"}, nil
 }
@@ -418,7 +487,11 @@ func judgeCredFile(typ os.FileMode, names map[string]os.FileMode, marked bool) s
 // judgeNested says why a subdirectory (or a link to one) is not a
 // directory of provision's, such as a pki_dir inside state_dir ("" when it
 // is), and whether it shows provision made its parent too.
-func judgeNested(path string, isLink bool) (string, bool) {
+func judgeNested(path string, isLink bool, resolve resolver) (string, bool) {
+	path, err := resolve(path)
+	if err != nil {
+		return "a link provision does not follow: " + err.Error(), false
+	}
 	st, err := os.Stat(path)
 	switch {
 	case err != nil:
@@ -431,7 +504,7 @@ func judgeNested(path string, isLink bool) (string, bool) {
 		what = "a link to a directory"
 	}
 	var fe *ForeignDirError
-	v, err := judgeDir(path, false)
+	v, err := judgeDir(path, false, resolve)
 	switch {
 	case errors.As(err, &fe) && fe.NotMade:
 		return what + " provision did not create, holding " + strings.Join(fe.Foreign, ", "), false

@@ -266,7 +266,7 @@ func (h *Host) ResolvedPath(p string) string {
 	if err != nil {
 		return h.Path(p)
 	}
-	return h.Path(r)
+	return h.rawPath(r)
 }
 
 func splitPath(p string) []string {
