@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -345,8 +346,14 @@ func hasMark(dir string, names map[string]os.FileMode) (bool, error) {
 	if !typ.IsRegular() {
 		return false, &UnsafeFileError{Path: filepath.Join(dir, OwnMark), Kind: FileKind(typ)}
 	}
-	b, err := ReadRegular(context.Background(), filepath.Join(dir, OwnMark), 4096)
-	return err == nil && strings.HasPrefix(string(b), "provision created this directory"), err
+	f, err := OpenRegular(filepath.Join(dir, OwnMark), os.O_RDONLY, 0)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	b := make([]byte, len(ownMarkText))
+	n, _ := io.ReadFull(f, b)
+	return string(b[:n]) == ownMarkText, nil
 }
 
 // entryJudgement is what one entry says about its directory.
@@ -378,7 +385,8 @@ func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode,
 		if !isReg {
 			return entryJudgement{}, &UnsafeFileError{Path: path, Kind: FileKind(typ)}
 		}
-		return entryJudgement{made: isAside(name) || recordMade(path, name), content: true}, nil
+		// Proof is looked for only where the mark is missing.
+		return entryJudgement{made: !marked && (isAside(name) || recordMade(path, name)), content: true}, nil
 	case slices.Contains(ownDirs, name):
 		if !isDir {
 			return entryJudgement{}, &UnsafeFileError{Path: path, Kind: FileKind(typ), Why: fmt.Sprintf("is a %s where provision keeps its own directory; it does not write through it", FileKind(typ))}
@@ -392,7 +400,7 @@ func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode,
 		if !isLink {
 			return entryJudgement{why: "a " + FileKind(typ) + " where provision keeps a link"}, nil
 		}
-		return entryJudgement{made: name == "current" && currentMade(path, names), content: true}, nil
+		return entryJudgement{made: !marked && name == "current" && currentMade(path, names), content: true}, nil
 	case slices.Contains(credFiles, name):
 		return entryJudgement{why: judgeCredFile(typ, names, marked), content: true}, nil
 	case strings.HasPrefix(name, genPrefix) && isDir:

@@ -205,6 +205,11 @@ func BenchmarkClaimDir(b *testing.B) {
 	for l, target := range map[string]string{"current": "gen-3", "previous": "gen-2", "key.pem": "current/key.pem", "cert.pem": "current/cert.pem", "ca.pem": "current/ca.pem"} {
 		os.Symlink(target, filepath.Join(dir, "pki", l))
 	}
+	for _, d := range []string{dir, filepath.Join(dir, "pki")} {
+		if err := markOwn(d); err != nil {
+			b.Fatal(err)
+		}
+	}
 	for _, change := range []bool{false, true} {
 		b.Run(fmt.Sprintf("change=%v", change), func(b *testing.B) {
 			for b.Loop() {
