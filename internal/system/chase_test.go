@@ -5,59 +5,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/gpuaas/provision/internal/testenv"
 )
-
-// layout builds a root for the path rule: entries are "path/" a
-// directory, "path -> target" a link, "path" a file, each optionally
-// followed by " @uid" or " @uid:gid" (owner: 1001 plays node_exporter's
-// user, group 50 is staff) and " %mode" (a directory's mode, octal).
-func layout(t *testing.T, root string, entries ...string) {
-	t.Helper()
-	for _, e := range entries {
-		uid, gid, mode := 0, 0, uint64(0o755)
-		f := strings.Fields(e)
-		for len(f) > 1 && strings.ContainsAny(f[len(f)-1][:1], "@%") {
-			last := f[len(f)-1]
-			if last[0] == '@' {
-				u, g, both := strings.Cut(last[1:], ":")
-				uid, _ = strconv.Atoi(u)
-				gid = uid
-				if both {
-					gid, _ = strconv.Atoi(g)
-				}
-			} else {
-				mode, _ = strconv.ParseUint(last[1:], 8, 32)
-			}
-			f = f[:len(f)-1]
-		}
-		name, target, link := strings.Cut(strings.Join(f, " "), " -> ")
-		p := filepath.Join(root, strings.TrimSuffix(name, "/"))
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		var err error
-		switch {
-		case link:
-			err = os.Symlink(target, p)
-		case strings.HasSuffix(name, "/"):
-			if err = os.MkdirAll(p, 0o755); err == nil {
-				err = syscall.Chmod(p, uint32(mode)) // raw: keeps the sticky bit
-			}
-		default:
-			err = os.WriteFile(p, []byte("precious "+name+"\n"), 0o644)
-		}
-		if err == nil {
-			err = os.Lchown(p, uid, gid)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 // TestChasePathRule is issue 31's path rule as a table: link owners
 // (root, a user), the modes of the directory holding the link (root only,
@@ -139,7 +91,7 @@ func TestChasePathRule(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			root := t.TempDir()
-			layout(t, root, append(base, tt.entries...)...)
+			tree(t, root, append(base, tt.entries...)...)
 			os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nprometheus:x:1001:1001::/var/lib/prometheus:/usr/sbin/nologin\n"), 0o644)
 			os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\nstaff:x:50:\n"), 0o644)
 			before := testenv.TreeDigest(t, root)
@@ -191,7 +143,7 @@ func TestChaseHoldsWhatItJudged(t *testing.T) {
 		testenv.SkipOrFail(t, "needs root to give a directory to another user")
 	}
 	root := t.TempDir()
-	layout(t, root, "etc/sudoers.d/", "var/lib/prometheus/ @1001", "var/lib/prometheus/node-exporter/ @1001")
+	tree(t, root, "etc/sudoers.d/", "var/lib/prometheus/ @1001", "var/lib/prometheus/node-exporter/ @1001")
 	h, _ := New(root)
 	d, _, err := h.Chase("/var/lib/prometheus/node-exporter", ChaseOptions{Dir: true})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,30 +15,66 @@ import (
 
 // tree builds entries under dir: "name" a regular file ("name=content"
 // with that content), "name/" a directory, "name -> target" a symbolic
-// link, "name|" a FIFO.
+// link, "name|" a FIFO; each optionally followed by " @uid" or
+// " @uid:gid" (its owner) and " %mode" (a directory's mode, octal, sticky
+// bit included).
 func tree(t *testing.T, dir string, entries ...string) {
 	t.Helper()
 	for _, e := range entries {
+		e, uid, gid, mode := ownership(e)
 		var err error
-		switch name, target, link := strings.Cut(e, " -> "); {
+		name, target, link := strings.Cut(e, " -> ")
+		switch {
 		case link:
 			os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755)
 			err = os.Symlink(target, filepath.Join(dir, name))
 		case strings.HasSuffix(e, "/"):
 			err = os.MkdirAll(filepath.Join(dir, e), 0o755)
 		case strings.HasSuffix(e, "|"):
-			err = syscall.Mkfifo(filepath.Join(dir, strings.TrimSuffix(e, "|")), 0o600)
+			name = strings.TrimSuffix(e, "|")
+			err = syscall.Mkfifo(filepath.Join(dir, name), 0o600)
 		default:
-			name, content, ok := strings.Cut(e, "=")
-			if !ok {
+			var content string
+			var ok bool
+			if name, content, ok = strings.Cut(e, "="); !ok {
 				content = "content of " + e
 			}
 			os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755)
 			err = os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644)
 		}
+		p := filepath.Join(dir, strings.TrimSuffix(name, "/"))
+		if err == nil && mode != 0 {
+			err = syscall.Chmod(p, mode) // raw: keeps the sticky bit
+		}
+		if err == nil && (uid != 0 || gid != 0) {
+			err = os.Lchown(p, uid, gid)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// ownership takes the " @uid[:gid]" and " %mode" suffixes off a tree entry.
+func ownership(e string) (string, int, int, uint32) {
+	uid, gid, mode := 0, 0, uint32(0)
+	for {
+		i := strings.LastIndex(e, " ")
+		if i < 0 || i+1 >= len(e) || (e[i+1] != '@' && e[i+1] != '%') {
+			return e, uid, gid, mode
+		}
+		if e[i+1] == '@' {
+			u, g, both := strings.Cut(e[i+2:], ":")
+			uid, _ = strconv.Atoi(u)
+			gid = uid
+			if both {
+				gid, _ = strconv.Atoi(g)
+			}
+		} else {
+			m, _ := strconv.ParseUint(e[i+2:], 8, 32)
+			mode = uint32(m)
+		}
+		e = e[:i]
 	}
 }
 
