@@ -504,6 +504,10 @@ func Describe(path string, err error) (msg, remedy string) {
 		return fmt.Sprintf("the managed block in %s differs from the config: %s", path, strings.Join(de.Diffs, "; ")), "rewrite the override from the config: provision hosts apply"
 	case errors.As(err, &he) && he.Outside:
 		return fmt.Sprintf("%s: %v", path, err), "remove or correct that line by hand (provision edits only its block), then run provision hosts apply"
+	case errors.Is(err, system.ErrUnsafePath):
+		return fmt.Sprintf("%s: %v", path, err), "put the hosts file itself there, or a link root owns in a directory only root can write (and find out who changed it), then run provision hosts apply"
+	case errors.Is(err, system.ErrUnsafeFile):
+		return fmt.Sprintf("%s: %v", path, err), fmt.Sprintf("make %s a regular file again (and find out who replaced it), then run provision hosts apply", path)
 	}
 	return fmt.Sprintf("%s: %v", path, err), fmt.Sprintf("repair the managed block in %s by hand (keep one BEGIN and one END marker), then run provision hosts apply", path)
 }

@@ -416,6 +416,9 @@ func TestApplyToFollowsOnlyRootsLinks(t *testing.T) {
 				if after := testenv.TreeDigest(t, root); after != before {
 					t.Fatalf("a refused edit changed the root:\n%s---\n%s", before, after)
 				}
+				if _, remedy := Describe("/etc/hosts", err); !strings.Contains(remedy, "a link root owns") {
+					t.Errorf("the remedy does not say what to do about the link: %s", remedy)
+				}
 				return
 			}
 			if err != nil {
