@@ -204,14 +204,20 @@ func (cp *ControlPlane) PrepareNode(root, nodeID string) (NodeFiles, error) {
 // treats as the installed set. Another program's plain files, without the
 // mark, it would refuse to take over.
 func WriteNodeCredentials(root, pkiDir string, leaf *Leaf, caPEM []byte) error {
+	return WriteNodeFiles(root, pkiDir, leaf.KeyPEM(), leaf.ChainPEM(), caPEM)
+}
+
+// WriteNodeFiles is WriteNodeCredentials for a key given as its key.pem
+// (a TPM's key file: the key itself is in the TPM).
+func WriteNodeFiles(root, pkiDir string, keyPEM, chainPEM, caPEM []byte) error {
 	dir := InRoot(root, pkiDir)
-	if err := writeFile(filepath.Join(dir, "key.pem"), leaf.KeyPEM(), 0o600, 0o700); err != nil {
+	if err := writeFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600, 0o700); err != nil {
 		return err
 	}
 	if err := system.MarkOwn(dir); err != nil {
 		return err
 	}
-	if err := writeFile(filepath.Join(dir, "cert.pem"), leaf.ChainPEM(), 0o644, 0o700); err != nil {
+	if err := writeFile(filepath.Join(dir, "cert.pem"), chainPEM, 0o644, 0o700); err != nil {
 		return err
 	}
 	return writeFile(filepath.Join(dir, "ca.pem"), caPEM, 0o644, 0o700)

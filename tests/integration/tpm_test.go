@@ -204,7 +204,10 @@ func TestTPMRenewAfterExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	keyPEM, _ := k.MarshalPEM()
-	writePKI(t, e, keyPEM, l.ChainPEM(), cp.CA.RootPEM())
+	os.RemoveAll(e.files.PKIDir)
+	if err := controlplane.WriteNodeFiles(e.root, e.cfg.Paths.PKIDir, keyPEM, l.ChainPEM(), cp.CA.RootPEM()); err != nil {
+		t.Fatal(err)
+	}
 	r := e.provision("renew")
 	if r.code != 0 {
 		t.Fatalf("renew after expiry with the TPM key: exit %d %s: %s\n%s", r.code, r.rep.FailedLayer, r.rep.Summary, r.stderr)
@@ -213,24 +216,6 @@ func TestTPMRenewAfterExpiry(t *testing.T) {
 	if !k2.Public().(*ecdsa.PublicKey).Equal(k.Public()) || !time.Now().Before(leaf.NotAfter) || leaf.SerialNumber.Cmp(l.Cert.SerialNumber) == 0 {
 		t.Fatalf("not renewed after expiry with the same TPM key: serial %s until %s", leaf.SerialNumber, leaf.NotAfter)
 	}
-}
-
-// writePKI installs a key, chain and bundle in the node's pki_dir as an
-// earlier install would have left them.
-func writePKI(t *testing.T, e *env, key, chain, ca []byte) {
-	t.Helper()
-	dir := e.files.PKIDir
-	os.RemoveAll(dir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"key.pem": key, "cert.pem": chain, "ca.pem": ca} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.Chmod(filepath.Join(dir, "cert.pem"), 0o644)
-	os.Chmod(filepath.Join(dir, "ca.pem"), 0o644)
 }
 
 // TestTPMLivenessRejectsRenewed is the liveness comparison with both sets'
