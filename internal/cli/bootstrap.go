@@ -55,12 +55,12 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 		return code
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
-	return locked(ctx, env, f, cfg, host, log, func() *report.Report {
+	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context) *pipeline.Outcome {
 		// pki_dir and state_dir were claimed as provision's own by load
 		// (claimDirs): created 0700, refused when they hold other files.
 		out := bootstrap.Run(ctx, cfg, host, pipelineOptions(log, false))
 		logTask(log, cfg, out)
-		return out.Report
+		return out
 	})
 }
 
@@ -93,9 +93,13 @@ func logTask(log *slog.Logger, cfg *config.Config, out *pipeline.Outcome) {
 
 // locked runs a command that changes the node (bootstrap, renew) under
 // state_dir's lock, then finishes it: report, metrics, the run's last log
-// line. A lock another run holds past the deadline is exit 4.
-func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, run func() *report.Report) int {
+// line. A lock another run holds past the deadline is exit 4. The wait for
+// the lock and the run share one bootstrap.deadline: a run that waited has
+// that much less time, so no run outlives its deadline.
+func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, run func(context.Context) *pipeline.Outcome) int {
 	cmd := f.cmd.name
+	ctx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
+	defer cancel()
 	unlock, err := lock(ctx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
 	if err != nil {
 		var le *lockError
@@ -109,8 +113,9 @@ func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host
 			return ExitLocked
 		}
 		return finish(env, f, cfg, host, log, report.Failed(cmd, cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
-			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
+			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}), nil)
 	}
 	defer unlock()
-	return finish(env, f, cfg, host, log, run())
+	out := run(ctx)
+	return finish(env, f, cfg, host, log, out.Report, seenBy(out))
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/renew"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
@@ -82,10 +83,10 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	if f.check {
 		return renewCheck(env, f, cfg, host)
 	}
-	return locked(ctx, env, f, cfg, host, log, func() *report.Report {
+	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context) *pipeline.Outcome {
 		out := renew.Run(ctx, cfg, host, pipelineOptions(log, f.force))
 		logTask(log, cfg, out)
-		return out.Report
+		return out
 	})
 }
 

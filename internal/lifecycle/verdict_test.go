@@ -135,7 +135,7 @@ func TestRenewAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := lifecycle.Judge(lifecycle.Input{Set: &credstore.Set{Key: l.Key, Chain: []*x509.Certificate{l.Cert}, Roots: []*x509.Certificate{p.Root}}, NodeID: "n", Now: nb})
-	if want := nb.Add(16 * time.Hour); !v.RenewAfter.Equal(want) {
-		t.Errorf("RenewAfter %s, want %s", v.RenewAfter, want)
+	if want := nb.Add(16 * time.Hour); !v.Schedule.RenewAfter.Equal(want) {
+		t.Errorf("RenewAfter %s, want %s", v.Schedule.RenewAfter, want)
 	}
 }

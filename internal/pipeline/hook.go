@@ -3,7 +3,6 @@ package pipeline
 import (
 	"time"
 
-	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/hook"
 	"github.com/gpuaas/provision/internal/state"
@@ -16,27 +15,24 @@ import (
 // that changed, however long that takes. A failure keeps it pending (exit
 // 22); the new set stands.
 func PostHook(r *Run) *diag.Finding {
-	if len(r.Cfg.Renew.PostHook) == 0 {
-		r.Rec.Hook, r.Rec.HookPending = "", false
+	h := &Hooked{Configured: len(r.Cfg.Renew.PostHook) > 0}
+	r.setHooked(h)
+	pending := r.Found.HookPending || r.Published().HookDue
+	if !h.Configured || !pending {
 		return nil
 	}
-	if !r.Rec.HookPending {
-		return nil
-	}
-	r.HookRan = true
+	h.Ran = true
 	leaf := r.installedLeafFacts()
 	if _, err := hook.Run(r.Ctx, hook.FromConfig(r.Cfg, r.Host.Root, leaf.serial, leaf.notAfter)); err != nil {
-		r.Rec.Hook = "failed: " + err.Error()
-		r.SetResult(state.HookFailed)
+		h.Err, h.Result = err, state.HookFailed
 		what := "renew.post_hook (pending since an earlier run changed the credentials) failed again: "
-		if r.Published {
+		if r.Published().Swapped {
 			what = "renewal published (serial " + leaf.serial + "), but renew.post_hook failed: "
 		}
 		return &diag.Finding{Layer: diag.Hook, Owner: diag.Node, Check: "post-hook",
 			Summary: what + err.Error() + "; it stays pending, and every later run (renew, bootstrap) runs it again until it succeeds",
 			Remedy:  "fix the command in renew.post_hook (or what it reloads) and run provision renew: the credentials in place stay, and the node-agent has not been told about them yet"}
 	}
-	r.Rec.Hook, r.Rec.HookPending = "ok", false
 	r.Log.Info("step", "step", "post-hook", "layer", "hook", "status", "ok", "command", r.Cfg.Renew.PostHook[0])
 	return nil
 }
@@ -46,16 +42,12 @@ type leafFacts struct {
 	notAfter time.Time
 }
 
-// installedLeafFacts are the serial and expiry of the set now current.
+// installedLeafFacts are the serial and expiry of the set now current, as
+// the run knows it: the published candidate, or the installed set.
 func (r *Run) installedLeafFacts() leafFacts {
-	set := r.Current
-	if r.Published {
-		set = r.Cand
-	}
-	if set == nil {
-		if s, err := credstore.Load(r.PKI); err == nil {
-			set = s
-		}
+	set := r.Judged().Current
+	if r.Published().Swapped {
+		set = r.Obtained().Set
 	}
 	if set == nil {
 		return leafFacts{}

@@ -7,7 +7,7 @@ import (
 )
 
 // KeyStoreStep checks the node's key store before anything is spent.
-var KeyStoreStep = Step{diag.KeyStoreCheck, KeyStore}
+var KeyStoreStep = Step{Name: diag.KeyStoreCheck, Do: KeyStore, Reads: []Stage{StageJudged}}
 
 // KeyStore names a key store that cannot do what the plan needs, before
 // the one-time token is sent or a renewal requested: the TPM that must
@@ -19,16 +19,17 @@ var KeyStoreStep = Step{diag.KeyStoreCheck, KeyStore}
 // Nothing is checked when no TPM is involved: a software key is checked by
 // the verdict (it matches its certificate) and signs in memory.
 func KeyStore(r *Run) *diag.Finding {
-	if r.Env == nil || !r.Env.UsesTPM() {
+	if !r.Env.UsesTPM() {
 		return nil
 	}
+	j := r.Judged()
 	k := r.Env.Key()
 	notDone := "nothing was sent to the CA"
 	if r.Command == "bootstrap" {
 		notDone = "nothing was sent to the CA and the one-time token is unspent"
 	}
-	makes := r.Cfg.Key.Store == config.KeyStoreTPM && (r.Plan == Enroll || (r.Plan == Renew && r.Cfg.Renew.Rekey))
-	uses := r.Current != nil && r.Plan != Enroll && !k.KeyLost()
+	makes := r.Cfg.Key.Store == config.KeyStoreTPM && (j.Plan == Enroll || (j.Plan == Renew && r.Cfg.Renew.Rekey))
+	uses := j.Current != nil && j.Plan != Enroll && !k.KeyLost()
 	switch {
 	case k.TPMErr != nil && (makes || uses):
 		return diag.FromKeyStore(k.TPMErr, notDone)

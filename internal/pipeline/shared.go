@@ -20,14 +20,16 @@ import (
 
 // The shared steps, by the names the report's steps[] documents.
 var (
-	SweepStep    = Step{"sweep", Sweep}
-	RestrictStep = Step{"credentials-mode", Restrict}
-	RootsStep    = Step{"ca-roots", Roots}
-	ClockStep    = Step{"clock", Clock}
-	ProveStep    = Step{"proof", Prove}
-	PublishStep  = Step{"publish", Publish}
-	HookStep     = Step{"post-hook", PostHook}
-	RevokeStep   = Step{"revoke", Revoke}
+	SweepStep    = Step{Name: "sweep", Do: Sweep}
+	RestrictStep = Step{Name: "credentials-mode", Do: Restrict}
+	RootsStep    = Step{Name: "ca-roots", Do: Roots, Writes: StageObserved}
+	ClockStep    = Step{Name: "clock", Do: Clock, Reads: []Stage{StageObserved, StageJudged}}
+	ProveStep    = Step{Name: "proof", Do: Prove, Reads: []Stage{StageJudged, StageObtained}, Writes: StageProven}
+	PublishStep  = Step{Name: "publish", Do: Publish, Reads: []Stage{StageJudged, StageObtained, StageProven}, Writes: StagePublished}
+	HookStep     = Step{Name: "post-hook", Do: PostHook, Reads: []Stage{StageJudged, StageObtained, StagePublished}, Writes: StageHooked}
+	RevokeStep   = Step{Name: "revoke", Do: Revoke, Reads: []Stage{StageObserved, StageJudged, StageObtained, StageProven, StagePublished}, Writes: StageRevoked}
+	// ObtainStep is the credentials step for every plan but Enroll.
+	ObtainStep = Step{Name: "credentials", Do: Obtain, Reads: []Stage{StageObserved, StageJudged}, Writes: StageObtained}
 )
 
 // Sweep removes what a killed run left: temp files in state_dir, its done
@@ -43,7 +45,8 @@ func Sweep(r *Run) *diag.Finding {
 // Restrict records an exposed key and restricts it, before anything else,
 // in the same run that finds it, whichever command runs. The record stays
 // until the key is rotated: a crash, or a run without a token, must not
-// forget that this key may have been read.
+// forget that this key may have been read. The run's observation reads the
+// record after this step (the verdict's key-was-exposed).
 func Restrict(r *Run) *diag.Finding {
 	x, err := restrictKeys(r.StateDir, r.PKI, r.Host, observe.Access(r.Cfg, r.Host))
 	if err != nil {
@@ -53,7 +56,6 @@ func Restrict(r *Run) *diag.Finding {
 	if x != nil && len(x.Changes) > 0 {
 		r.Log.Warn("step", "step", "credentials-mode", "layer", "credentials", "status", "exposed", "found", x.Found, "changes", strings.Join(x.Changes, "; "))
 	}
-	r.Exposure = x
 	return nil
 }
 
@@ -85,26 +87,24 @@ func restrictKeys(stateDir, pki string, host *system.Host, a credstore.Access) (
 }
 
 // Roots gets the CA's current and federated roots through the pinned root
-// (ca.pem's roots carry trust across a rotation that retired it). The
-// client makes one request per attempt; this loop is the only retry, with
-// the CA's Retry-After honoured, bounded by the run's deadline. A fetch that
-// fails while the CA's Date shows the node clock off is the clock's
-// failure: the CA's certificate cannot be judged.
+// (ca.pem's roots carry trust across a rotation that retired it) and hands
+// them to the run's observation. The client makes one request per attempt;
+// this loop is the only retry, with the CA's Retry-After honoured, bounded
+// by the run's deadline. A fetch that fails while the CA's Date shows the
+// node clock off is the clock's failure: the CA's certificate cannot be
+// judged. A failed fetch is the observation too: nothing asks the CA again.
 func Roots(r *Run) *diag.Finding {
-	r.Env = observe.NewEnv(r.Cfg, r.Host)
-	r.Client = r.Env.CAClient(0)
+	o := &Observed{Client: r.Env.CAClient(0)}
+	r.setObserved(o)
 	var f *diag.Finding
+	var last error
 	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
-		roots, err := r.Client.FetchRoots(r.Ctx)
-		r.Roots, f = roots, nil
+		roots, err := o.Client.FetchRoots(r.Ctx)
+		o.Roots, f, last = roots, nil, err
 		if err == nil {
 			return true, 0
 		}
-		notDone := "the CA's certificate cannot be judged and nothing was sent to it"
-		if r.Command == "bootstrap" {
-			notDone = "the CA's certificate cannot be judged and the one-time token was not sent"
-		}
-		if f = skewFinding(roots, notDone); f != nil {
+		if f = skewFinding(roots, r.notDone()); f != nil {
 			f.Evidence["ca_error"] = err.Error()
 			return true, 0
 		}
@@ -120,26 +120,37 @@ func Roots(r *Run) *diag.Finding {
 		return false, 0
 	})
 	if f != nil {
+		r.Env.RootsFailed(last)
 		return f
 	}
-	r.Env.SetRoots(r.Roots)
-	r.Log.Info("step", "step", "ca-roots", "layer", "ca", "status", "ok", "roots", len(r.Roots.Current), "federated", len(r.Roots.Federated))
+	r.Env.SetRoots(o.Roots)
+	r.Log.Info("step", "step", "ca-roots", "layer", "ca", "status", "ok", "roots", len(o.Roots.Current), "federated", len(o.Roots.Federated))
 	r.Host.Hook.At("roots fetched")
 	return nil
+}
+
+// notDone says what the run has not done yet when it stops before anything
+// irreversible: bootstrap's token is unspent.
+func (r *Run) notDone() string {
+	if r.Command == "bootstrap" {
+		return "the CA's certificate cannot be judged and the one-time token was not sent"
+	}
+	return "the CA's certificate cannot be judged and nothing was sent to it"
 }
 
 // Clock compares the node clock with the CA's Date header before anything
 // irreversible: a one-time token is spent by the sign, and a renewal's
 // certificate would look expired or not yet valid by a skewed clock.
 func Clock(r *Run) *diag.Finding {
-	if r.Plan != Enroll && r.Plan != Renew && r.Plan != RenewExpired {
+	plan := r.Judged().Plan
+	if plan != Enroll && plan != Renew && plan != RenewExpired {
 		return nil
 	}
 	what := "the renewal was not requested"
-	if r.Plan == Enroll {
+	if plan == Enroll {
 		what = "the one-time token was not sent"
 	}
-	return skewFinding(r.Roots, what)
+	return skewFinding(r.Observed().Roots, what)
 }
 
 // skewFinding is the clock finding when the CA's Date (from the roots

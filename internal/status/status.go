@@ -13,7 +13,6 @@ package status
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -207,32 +206,14 @@ func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now ti
 	leaf := set.Leaf()
 	c.Subject, c.Serial, c.Issuer = leaf.Subject.String(), leaf.SerialNumber.String(), leaf.Issuer.String()
 	c.NotBefore, c.NotAfter = leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
-	c.RenewAfter, c.DueAt = v.RenewAfter.UTC(), v.DueAt(cfg.Renew.Splay.Duration).UTC()
+	c.RenewAfter, c.DueAt = v.Schedule.RenewAfter.UTC(), v.Schedule.DueAt.UTC()
 	c.ExpiresIn = leaf.NotAfter.Sub(now).Round(time.Second).String()
 	c.KeyMode, c.DirMode = fmt.Sprintf("%04o", set.KeyMode), fmt.Sprintf("%04o", set.DirMode)
 	c.BundleRoots = len(set.Roots)
-	if root := rootOf(set.Chain, set.Roots, v); root != nil {
+	if root := lifecycle.IssuingRoot(set.Chain, set.Roots); root != nil {
 		c.RootFingerprint, c.RootSubject = enroll.Fingerprint(root), root.Subject.String()
 	}
 	return c
-}
-
-// rootOf is the ca.pem root the chain was issued under (found by signature,
-// so an expired certificate still names it).
-func rootOf(chain, roots []*x509.Certificate, v lifecycle.Verdict) *x509.Certificate {
-	if v.ChainRoot != nil {
-		return v.ChainRoot
-	}
-	if len(chain) == 0 {
-		return nil
-	}
-	top := chain[len(chain)-1]
-	for _, r := range roots {
-		if top.Equal(r) || top.CheckSignatureFrom(r) == nil {
-			return r
-		}
-	}
-	return nil
 }
 
 func metricsFiles(cfg *config.Config, host *system.Host) Metrics {
@@ -280,8 +261,8 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more
 			add(v.Detail[r], lifecycle.Remedy(r, cfg))
 		}
 	}
-	if due := v.DueAt(cfg.Renew.Splay.Duration); v.Leaf != nil && !now.Before(due) {
-		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(due), stamp(v.Leaf.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
+	if sch := v.Schedule; sch.Due(now) {
+		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(sch.DueAt), stamp(sch.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
 	}
 	more(add)
 	renewAttention(n, add)
@@ -293,7 +274,7 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more
 	}
 	if len(n.Attention) == 0 {
 		n.State = OK
-		n.Summary = fmt.Sprintf("ok: certificate serial %s valid until %s, renewed from %s", v.Leaf.SerialNumber, stamp(v.Leaf.NotAfter), stamp(v.DueAt(cfg.Renew.Splay.Duration)))
+		n.Summary = fmt.Sprintf("ok: certificate serial %s valid until %s, renewed from %s", v.Leaf.SerialNumber, stamp(v.Leaf.NotAfter), stamp(v.Schedule.DueAt))
 		return
 	}
 	n.State, n.Summary, n.Remedy = Attention, n.Attention[0], remedies[0]

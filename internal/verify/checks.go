@@ -329,7 +329,7 @@ func checkCredentials(ctx context.Context, e *observe.Env) Answer {
 		mode = fmt.Sprintf("%04o", set.KeyMode)
 	}
 	return Answer{Status: report.Pass, Evidence: ev, Message: fmt.Sprintf("key %s matches the certificate for %s, valid for %s more, renewal due %s",
-		mode, v.Leaf.Subject.CommonName, left.Round(time.Minute), v.RenewAfter.UTC().Format(time.RFC3339))}
+		mode, v.Leaf.Subject.CommonName, left.Round(time.Minute), v.Schedule.RenewAfter.UTC().Format(time.RFC3339))}
 }
 
 // lastRenew says how the last renewal attempt went, from state_dir's renew
@@ -376,7 +376,7 @@ func verdictEvidence(v lifecycle.Verdict, now time.Time) map[string]string {
 	if l := v.Leaf; l != nil {
 		ev["subject"], ev["issuer"], ev["serial"] = l.Subject.String(), l.Issuer.String(), l.SerialNumber.String()
 		ev["not_before"], ev["not_after"] = l.NotBefore.UTC().Format(time.RFC3339), l.NotAfter.UTC().Format(time.RFC3339)
-		ev["renew_after"] = v.RenewAfter.UTC().Format(time.RFC3339)
+		ev["renew_after"] = v.Schedule.RenewAfter.UTC().Format(time.RFC3339)
 		ev["expires_in"] = l.NotAfter.Sub(now).Round(time.Second).String()
 	}
 	return ev
