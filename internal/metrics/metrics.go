@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gpuaas/provision/internal/report"
@@ -145,11 +146,11 @@ func Names() []string {
 }
 
 // commandPattern keeps a command usable as a file name and a label value.
-var commandPattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+var commandPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`) })
 
 // FileName is the file a command's metrics go to.
 func FileName(command string) (string, error) {
-	if !commandPattern.MatchString(command) {
+	if !commandPattern().MatchString(command) {
 		return "", fmt.Errorf("metrics: command %q is not a lower-case word usable as a file name", command)
 	}
 	return "provision_" + command + ".prom", nil
