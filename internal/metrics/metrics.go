@@ -321,7 +321,10 @@ func Write(dir string, r Run) (string, error) {
 	// ".<name><digits>"; it is provision's own.
 	system.SweepTemp(dir, name)
 	path := filepath.Join(dir, name)
-	if err := system.WriteFileAtomic(path, data, system.WriteOptions{Mode: FileMode}); err != nil {
+	// Atomic, so node_exporter never reads half a file; not made durable:
+	// after a power cut the previous file is as good, and the next run
+	// rewrites it.
+	if err := system.WriteFileAtomic(path, data, system.WriteOptions{Mode: FileMode, Replaceable: true}); err != nil {
 		return "", err
 	}
 	return path, nil

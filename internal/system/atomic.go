@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/google/renameio/v2"
@@ -27,6 +28,12 @@ type WriteOptions struct {
 	// instant a torn hosts file or receipt could be seen if the write were
 	// not atomic, where the crash tests kill the process.
 	Hook Hook
+	// Replaceable is for a file whose content is worth nothing once the
+	// machine restarts, rewritten by the next run (node_exporter's textfile
+	// metrics): the rename is not made durable (no fsync of the
+	// directory), so a power cut may bring back the previous file, whole.
+	// The file is still fsynced before the rename: it is never seen torn.
+	Replaceable bool
 }
 
 // WriteFileAtomic replaces path with data so that a crash at any instant
@@ -70,6 +77,9 @@ func WriteFileAtomic(path string, data []byte, o WriteOptions) error {
 	if err := pf.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("replacing %s: %w", path, err)
 	}
+	if o.Replaceable {
+		return nil
+	}
 	return SyncDir(dir)
 }
 
@@ -111,6 +121,29 @@ func SyncDir(dir string) error {
 		return fmt.Errorf("syncing %s: %w", dir, err)
 	}
 	return nil
+}
+
+// SyncAll fsyncs files and directories at once, each from a goroutine of
+// its own, and returns when all are durable: the disk takes them as one
+// wait instead of one after the other. A directory that cannot be fsynced
+// (EINVAL) is passed over, as SyncDir does.
+func SyncAll(files ...*os.File) error {
+	errs := make([]error, len(files))
+	var wg sync.WaitGroup
+	for i, f := range files {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.Sync(); err != nil {
+				if st, serr := f.Stat(); serr == nil && st.IsDir() && errors.Is(err, syscall.EINVAL) {
+					return
+				}
+				errs[i] = fmt.Errorf("syncing %s: %w", f.Name(), err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func copyOwner(f *os.File, path string, old os.FileInfo) error {

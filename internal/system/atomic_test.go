@@ -247,3 +247,37 @@ func TestSweepTemp(t *testing.T) {
 	}
 	SweepTemp(filepath.Join(dir, "missing")) // must not panic
 }
+
+// TestSyncAll: files and a directory fsynced together; a file that cannot be
+// fsynced (closed here) makes it fail, naming that file, whatever the others
+// did.
+func TestSyncAll(t *testing.T) {
+	dir := t.TempDir()
+	open := func(name string) *os.File {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(name)
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	a, b := open("a"), open("b")
+	if err := SyncAll(a, b, d); err != nil {
+		t.Fatalf("SyncAll of two files and their directory: %v", err)
+	}
+	if err := SyncAll(); err != nil {
+		t.Fatalf("SyncAll of nothing: %v", err)
+	}
+	c := open("c")
+	c.Close()
+	err = SyncAll(a, c, d)
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "c")) {
+		t.Fatalf("SyncAll with a closed file = %v, want an error naming %s", err, filepath.Join(dir, "c"))
+	}
+}
