@@ -52,6 +52,7 @@ import (
 
 func main() {
 	rounds := flag.Int("rounds", 15, "rounds (each runs every contender once)")
+	flag.StringVar(&workParent, "work", "/var/tmp", "the `directory` the bench's nodes are written under (see -help's note on /tmp)")
 	flag.StringVar(&baseline, "baseline", "", "also run this provision `binary` (an older build) as cold/warm/verify (baseline), interleaved, for before/after")
 	flag.IntVar(&signsN, "signs", 0, "instead of the bench, measure step-ca's sign throughput with this many signs")
 	flag.IntVar(&signWorkers, "sign-clients", 16, "concurrent clients for -signs")
@@ -80,11 +81,15 @@ func run(rounds int, out io.Writer) error {
 	if _, err := testenv.LookProgram("nginx"); err != nil {
 		return fmt.Errorf("nginx is needed (Debian package nginx): %w", err)
 	}
-	work, err := os.MkdirTemp("", "provision-bench-")
+	work, err := os.MkdirTemp(workParent, "provision-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
+	inodeCost, err := createCost(work)
+	if err != nil {
+		return err
+	}
 	bins, err := build(work)
 	if err != nil {
 		return err
@@ -109,6 +114,7 @@ func run(rounds int, out io.Writer) error {
 	b.curlBin, _ = exec.LookPath("curl")
 	b.stepSkip = b.setupStep()
 	printHeader(out, rounds, fl, st.Size())
+	fmt.Fprintf(out, "nodes under %s (creating a file there: %s, median of 20)\n\n", work, inodeCost)
 	for i := 0; i < rounds; i++ {
 		if err := b.round(i); err != nil {
 			return err
@@ -157,7 +163,7 @@ func printHeader(out io.Writer, rounds int, fl *fleet.Fleet, provSize int64) {
 	fmt.Fprintf(out, "bench: %d rounds, GOMAXPROCS %d, %s/%s, %s\n", rounds, runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	fmt.Fprintf(out, "control plane: step-ca %s, nginx %s -> node API (wait_timeout 0s, hold 0)\n", fl.CP.CA.Addr(), fl.Ingress.Addr)
 	fmt.Fprintf(out, "provision as shipped (CGO_ENABLED=0 -trimpath -ldflags='-s -w' -tags %s): %.1f MB\n", tagList(), float64(provSize)/1e6)
-	fmt.Fprintf(out, "load average at the start: %s\n\n", loadAvg())
+	fmt.Fprintf(out, "load average at the start: %s\n", loadAvg())
 }
 
 func tagList() string {
@@ -196,7 +202,7 @@ func (b *bench) names() []string {
 func (b *bench) round(i int) error {
 	id := fmt.Sprintf("bench-%04d", i)
 	root := filepath.Join(b.work, "nodes", id)
-	files, _, err := b.fl.Node(root, id, "60s")
+	files, err := node(b.fl, root, id)
 	if err != nil {
 		return err
 	}
@@ -311,7 +317,7 @@ func (b *bench) provision(runs []provisionRun, bin string, args []string) error 
 func (b *bench) runBaseline(i int) error {
 	bid := fmt.Sprintf("base-%04d", i)
 	broot := filepath.Join(b.work, "nodes", bid)
-	bfiles, _, err := b.fl.Node(broot, bid, "60s")
+	bfiles, err := node(b.fl, broot, bid)
 	if err != nil {
 		return err
 	}
@@ -574,7 +580,7 @@ func fsyncs(prov string, fl *fleet.Fleet, work string) (string, bool) {
 		return "", false
 	}
 	root := filepath.Join(work, "nodes", "fsync-count")
-	files, _, err := fl.Node(root, "fsync-count", "60s")
+	files, err := node(fl, root, "fsync-count")
 	if err != nil {
 		return "", false
 	}
@@ -635,11 +641,51 @@ func maxRSS(ss []sample) int64 {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
 
+// node writes a node's root for nodeID under root, as the lab does, and
+// the state directory provision.service's StateDirectory= creates before
+// provision starts (a node's /var/lib exists; the unit makes
+// /var/lib/provision, 0700).
+func node(fl *fleet.Fleet, root, nodeID string) (controlplane.NodeFiles, error) {
+	files, _, err := fl.Node(root, nodeID, "60s")
+	if err != nil {
+		return files, err
+	}
+	state := filepath.Join(root, fl.NodeConfig(nodeID, "").Paths.StateDir)
+	return files, os.MkdirAll(state, 0o700)
+}
+
+// createCost is the median time to create (and close) a file in dir, of
+// 20. On this shared machine /tmp is where every build creates and deletes
+// thousands of files a second, and ext4 without a journal passes over
+// recently deleted inodes when it allocates one: there a file costs ~0.8 ms
+// to create, elsewhere on the same disk ~0.02 ms. A cold bootstrap creates
+// 14 files, directories and links, the floor 3, so in /tmp the bench would
+// measure /tmp. The default -work is /var/tmp, and the figure is printed.
+func createCost(dir string) (time.Duration, error) {
+	d := filepath.Join(dir, "create-cost")
+	if err := os.Mkdir(d, 0o700); err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(d)
+	ss := make([]sample, 20)
+	for i := range ss {
+		t0 := time.Now()
+		f, err := os.Create(filepath.Join(d, strconv.Itoa(i)))
+		if err != nil {
+			return 0, err
+		}
+		ss[i].d = time.Since(t0)
+		f.Close()
+	}
+	return median(ss), nil
+}
+
 var (
-	baseline  string
-	stepFlag  string
-	traceCold string
-	signsN    int
+	workParent string
+	baseline   string
+	stepFlag   string
+	traceCold  string
+	signsN     int
 	// signWorkers is -sign-clients.
 	signWorkers  int
 	signNewConns bool
@@ -653,7 +699,7 @@ func straceOne(prov string, fl *fleet.Fleet, work string, out io.Writer) error {
 		return err
 	}
 	root := filepath.Join(work, "nodes", "trace")
-	files, _, err := fl.Node(root, "trace", "60s")
+	files, err := node(fl, root, "trace")
 	if err != nil {
 		return err
 	}
