@@ -410,14 +410,28 @@ func (b *bench) verdict(out io.Writer) {
 		if len(st) > 0 {
 			fmt.Fprintf(out, ", %.2fx step+curl (goal <= 0.60)", ratio(c, median(st)))
 		}
-		// CPU time moves less with other work on the machine than wall
-		// time, which every wait for a core or the disk lengthens.
-		fmt.Fprintf(out, "; CPU %.2fx the floor's, %.2fx the lean floor's", ratio(cpu, medianCPU(fl)), ratio(cpu, medianCPU(lean)))
+		fmt.Fprintln(out)
+		// Other work on the machine lengthens every wait for a core or the
+		// disk: CPU time moves less, and each contender's fastest run is
+		// the one least disturbed.
+		fmt.Fprintf(out, "  CPU %.2fx the floor's, %.2fx the lean floor's", ratio(cpu, medianCPU(fl)), ratio(cpu, medianCPU(lean)))
 		if len(st) > 0 {
 			fmt.Fprintf(out, ", %.2fx step+curl's", ratio(cpu, medianCPU(st)))
 		}
+		fmt.Fprintf(out, "; fastest runs %.2fx the floor's, %.2fx the lean floor's", ratio(fastest(ss), fastest(fl)), ratio(fastest(ss), fastest(lean)))
+		if len(st) > 0 {
+			fmt.Fprintf(out, ", %.2fx step+curl's", ratio(fastest(ss), fastest(st)))
+		}
 		fmt.Fprintln(out)
 	}
+}
+
+func fastest(ss []sample) time.Duration {
+	if len(ss) == 0 {
+		return 0
+	}
+	mn, _ := minmax(ss)
+	return mn
 }
 
 func ratio(a, b time.Duration) float64 {
