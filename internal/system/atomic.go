@@ -83,6 +83,45 @@ func WriteFileAtomic(path string, data []byte, o WriteOptions) error {
 	return SyncDir(dir)
 }
 
+// CreateDurable creates path, which must not exist, with data and exactly
+// mode, and makes it durable: the file and its directory are fsynced at
+// once (SyncAll), one wait for the disk where WriteFileAtomic has two in a
+// row. Until it returns, a crash may leave the file missing, empty or
+// partly written: it is only for a file that stands for nothing until it is
+// complete, whose reader takes one that does not parse for none. hook is
+// called with "before rename <base name>" once the data is written, the
+// instant WriteFileAtomic's crash point names. An existing path (a link
+// among them) fails with an error that is fs.ErrExist; on any other error
+// the file is removed.
+func CreateDurable(path string, data []byte, mode os.FileMode, hook Hook) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, mode&0o700)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := writeDurable(f, data, mode, hook); err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+func writeDurable(f *os.File, data []byte, mode os.FileMode, hook Hook) error {
+	if err := f.Chmod(mode); err != nil { // exactly mode, whatever the umask
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", f.Name(), err)
+	}
+	hook.At("before rename " + filepath.Base(f.Name()))
+	d, err := os.Open(filepath.Dir(f.Name()))
+	if err != nil {
+		return fmt.Errorf("opening %s to sync it: %w", filepath.Dir(f.Name()), err)
+	}
+	defer d.Close()
+	return SyncAll(f, d)
+}
+
 // ErrBusy wraps the EBUSY a rename onto a bind-mounted file returns.
 var ErrBusy = syscall.EBUSY
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"github.com/gpuaas/provision/internal/testenv"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -279,5 +280,42 @@ func TestSyncAll(t *testing.T) {
 	err = SyncAll(a, c, d)
 	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "c")) {
 		t.Fatalf("SyncAll with a closed file = %v, want an error naming %s", err, filepath.Join(dir, "c"))
+	}
+}
+
+// TestCreateDurable: a new file gets exactly its data and mode (umask
+// ignored) and the crash point of an atomic write; an existing path, a
+// symbolic link among them, is fs.ErrExist and left as it was.
+func TestCreateDurable(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "marker.json")
+	var points []string
+	if err := CreateDurable(p, []byte("{}\n"), 0o640, func(s string) { points = append(points, s) }); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	st, serr := os.Stat(p)
+	if err != nil || serr != nil || string(b) != "{}\n" || st.Mode().Perm() != 0o640 {
+		t.Fatalf("created %q mode %v (%v %v), want {} 0640", b, st.Mode(), err, serr)
+	}
+	if !slices.Equal(points, []string{"before rename marker.json"}) {
+		t.Fatalf("crash points %q", points)
+	}
+	if err := CreateDurable(p, []byte("x"), 0o600, nil); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("over an existing file: %v, want fs.ErrExist", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "{}\n" {
+		t.Fatalf("the existing file became %q", b)
+	}
+	link := filepath.Join(dir, "link.json")
+	target := filepath.Join(dir, "target")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateDurable(link, []byte("x"), 0o600, nil); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("at a dangling link: %v, want fs.ErrExist", err)
+	}
+	if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the link's target was created: %v", err)
 	}
 }
