@@ -14,6 +14,8 @@
 //   - step+curl: `step ca certificate` + `curl --cert`, the operator's
 //     script, with the step CLI built from its source (or -step BIN); skipped
 //     with the reason when it cannot be built or run.
+//   - with -tpm, cold, warm and verify again with the node key inside a
+//     software TPM (key.store = "tpm", tpm.go).
 //
 // Every binary is built as the .deb ships provision: CGO_ENABLED=0,
 // -trimpath, -ldflags=-s -w. It prints medians, min/max, each ratio to the
@@ -58,10 +60,21 @@ func main() {
 	flag.IntVar(&signWorkers, "sign-clients", 16, "concurrent clients for -signs")
 	flag.BoolVar(&signNewConns, "sign-new-conns", false, "with -signs: a new TLS connection per sign, as a node makes")
 	flag.StringVar(&stepFlag, "step", "", "the step CLI `binary` for step+curl (default: build step "+stepVersion+" from its module source, once, into the user cache directory)")
+	useTPM := flag.Bool("tpm", false, "also run cold, warm and verify with the node key inside a software TPM (swtpm)")
 	flag.StringVar(&traceCold, "strace", "", "instead of measuring, run one cold bootstrap under strace -f -tt -T -e trace=`SET` and print it (where the time goes)")
 	flag.Parse()
 	log.SetOutput(io.Discard) // step-ca's own start-up lines
-	if err := run(*rounds, os.Stdout); err != nil {
+	stop := func() {}
+	if *useTPM {
+		var err error
+		if stop, err = startTPM(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+	err := run(*rounds, os.Stdout)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -190,6 +203,9 @@ func (b *bench) names() []string {
 	if baseline != "" {
 		names = append(names, "cold (baseline)", "warm (baseline)", "verify (baseline)")
 	}
+	if benchTPM != nil {
+		names = append(names, "cold (tpm)", "warm (tpm)", "verify (tpm)")
+	}
 	if b.stepBin != "" {
 		names = append(names, "step+curl")
 	}
@@ -222,6 +238,11 @@ func (b *bench) round(i int) error {
 	}
 	if b.curlBin != "" {
 		if err := b.curlPoll(id, files.PKIDir); err != nil {
+			return err
+		}
+	}
+	if benchTPM != nil {
+		if err := b.tpmRound(i); err != nil {
 			return err
 		}
 	}
@@ -380,7 +401,7 @@ func (b *bench) report(out io.Writer, rss map[string]int64) {
 	}
 	b.verdict(out)
 	fmt.Fprintf(out, "load average at the end: %s\n", loadAvg())
-	for _, n := range []string{"cold", "warm", "cold (baseline)"} {
+	for _, n := range []string{"cold", "warm", "cold (baseline)", "cold (tpm)"} {
 		if len(b.res[n]) == 0 {
 			continue
 		}
