@@ -110,7 +110,7 @@ func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host
 				return printReport(env, f, rep)
 			}
 			fmt.Fprintf(env.stderr, "provision: error: %v; another provision run on this node has not finished (see its logs), try again later\n", err)
-			return ExitLocked
+			return ExitCode(LayerLock)
 		}
 		return finish(env, f, cfg, host, log, report.Failed(cmd, cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}), nil)

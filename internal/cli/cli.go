@@ -51,9 +51,12 @@ var layerExit = map[diag.Layer]int{
 	diag.Config: ExitConfig, diag.Hosts: 10, diag.Clock: 11, diag.Credentials: 12, diag.CA: 13,
 	diag.TCP: 14, diag.TLSServer: 15, diag.TLSClientAuth: 16, diag.Route: 17, diag.Identity: 18,
 	diag.TasksWait: 19, diag.Enroll: 20, diag.State: 21, diag.Hook: 22, diag.Internal: ExitInternal,
+	LayerUsage: ExitUsage, LayerLock: ExitLocked,
 }
 
-// ExitCode returns the exit code for a failing layer.
+// ExitCode returns the exit code for a failing layer, the pseudo-layers of
+// a usage error and a held lock included: the one map from a layer to a
+// code. An interrupted run exits 128+signal (SignalExit).
 func ExitCode(l diag.Layer) int {
 	if c, ok := layerExit[l]; ok {
 		return c

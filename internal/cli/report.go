@@ -138,9 +138,6 @@ func outcome(env *runEnv, r *report.Report) (*report.Report, int) {
 	code := ExitOK
 	if !r.OK {
 		code = ExitCode(r.FailedLayer)
-		if r.FailedLayer == LayerLock {
-			code = ExitLocked
-		}
 	}
 	if i := interruptedBy(env.ctx); i != nil && !r.OK {
 		r = interruptedReport(r.Command, i.Signal, r)

@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/probe"
-	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 )
 
@@ -211,7 +211,7 @@ func kindOf(err error) errKind {
 		return errDNS
 	case errors.As(err, &cve):
 		return errCertInvalid
-	case retry.IsTLSAlert(err):
+	case enroll.IsTLSAlert(err):
 		return errAlert
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return errRefused

@@ -268,7 +268,7 @@ func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*h
 // getLimit is get reading at most limit+1 bytes of the body, so a caller
 // can tell a body that exceeds limit from one that fits.
 func (c *Client) getLimit(ctx context.Context, rt http.RoundTripper, path string, limit int64) (*http.Response, []byte, error) {
-	rc := retry.NewClient(rt, retry.CheckGET, c.Retries, c.Policy)
+	rc := retry.NewClient(rt, checkGET, c.Retries, c.Policy)
 	u := c.URL.ResolveReference(&url.URL{Path: path})
 	rctx, cancel := context.WithTimeout(ctx, c.Timeout*time.Duration(c.Retries+1)+c.Policy.Cap*time.Duration(c.Retries))
 	defer cancel()
@@ -332,7 +332,7 @@ func classifyHTTP(op string, resp *http.Response, body []byte, err error) *Error
 			// waiting cannot change that.
 			return &Error{Kind: TrustMismatch, Op: op, Err: fmt.Errorf("the CA's TLS certificate does not verify against the pinned root: %w", err)}
 		}
-		if retry.IsTLSAlert(err) {
+		if IsTLSAlert(err) {
 			return &Error{Kind: Unreachable, Op: op, Err: fmt.Errorf("TLS to the CA failed: %w", err)}
 		}
 		return &Error{Kind: Unreachable, Op: op, Err: err}
@@ -694,7 +694,7 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 	}
 
 	pinned := c.transport(&tls.Config{RootCAs: roots.Pool(), ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
-	rc := retry.NewClient(pinned, retry.CheckSign, c.Retries, c.Policy)
+	rc := retry.NewClient(pinned, checkSign, c.Retries, c.Policy)
 	// The CA's answer as it came: step's client keeps only the body of an
 	// error, and the status and Retry-After decide the caller's retry.
 	var mu sync.Mutex

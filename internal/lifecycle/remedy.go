@@ -5,11 +5,17 @@ import "github.com/gpuaas/provision/internal/config"
 // RenewTimer is the systemd timer that renews the certificate.
 const RenewTimer = "provision-renew.timer"
 
+// FreshToken is the one wording of a re-enrollment: a fresh one-time
+// token, and bootstrap.
+func FreshToken(cfg *config.Config) string {
+	return "write a fresh one-time token for this node_id to " + cfg.CA.TokenFile + " and run provision bootstrap"
+}
+
 // Remedy is the one wording of what to do about a verdict reason. bootstrap
 // and renew act exactly so; verify, renew --check and status print it.
 func Remedy(r Reason, cfg *config.Config) string {
 	tok := cfg.CA.TokenFile
-	fresh := "write a fresh one-time token for this node_id to " + tok + " and run provision bootstrap: it replaces key, certificate and CA bundle together"
+	fresh := FreshToken(cfg) + ": it replaces key, certificate and CA bundle together"
 	switch r {
 	case Missing:
 		return "enroll: write a one-time token to " + tok + " and run provision bootstrap"

@@ -290,5 +290,5 @@ func (r *Run) expiredRefused(j *Judged, g *Obtained, ee *enroll.Error) *diag.Fin
 	g.Result = state.Reenroll
 	return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "renew",
 		Summary: fmt.Sprintf("certificate expired: the certificate expired at %s, and the CA does not renew it after expiry (%v; the provisioner's claim allowRenewalAfterExpiry would let it), so re-enrollment with a fresh one-time token is needed (provision bootstrap)", stamp(j.Current.Leaf().NotAfter), ee.Err),
-		Remedy:  "either write a fresh one-time token for this node_id to " + r.Cfg.CA.TokenFile + " and run provision bootstrap, or have the control-plane team allow renewal after expiry on the provisioner (the claim allowRenewalAfterExpiry) and run provision renew"}
+		Remedy:  "either " + lifecycle.FreshToken(r.Cfg) + ", or have the control-plane team allow renewal after expiry on the provisioner (the claim allowRenewalAfterExpiry) and run provision renew"}
 }

@@ -1,0 +1,237 @@
+package arch
+
+import (
+	"go/ast"
+	"strings"
+	"testing"
+)
+
+// subtracts finds x.Sub(y) where x or y names one of the given fields:
+// arithmetic on a reading, as opposed to passing it on.
+func subtracts(names ...string) func(*pkg) []hit {
+	return func(p *pkg) []hit {
+		var out []hit
+		p.walk(func(f *file, fn string, n ast.Node) {
+			c, ok := n.(*ast.CallExpr)
+			if !ok {
+				return
+			}
+			sel, ok := c.Fun.(*ast.SelectorExpr)
+			if !ok || sel.Sel.Name != "Sub" {
+				return
+			}
+			text := render(f, sel.X)
+			for _, a := range c.Args {
+				text += " " + render(f, a)
+			}
+			for _, name := range names {
+				if strings.Contains(text, name) {
+					out = append(out, hit{f.at(c), render(f, sel) + "(" + name + ")", fn})
+				}
+			}
+		})
+		return out
+	}
+}
+
+// findingsAt finds diag.Finding literals set to one of the probe's layers.
+func findingsAt(layers ...string) func(*pkg) []hit {
+	return func(p *pkg) []hit {
+		var out []hit
+		p.walk(func(f *file, fn string, n ast.Node) {
+			cl, ok := n.(*ast.CompositeLit)
+			if !ok {
+				return
+			}
+			ty, ok := cl.Type.(*ast.SelectorExpr)
+			if !ok || ty.Sel.Name != "Finding" {
+				return
+			}
+			for _, e := range cl.Elts {
+				kv, ok := e.(*ast.KeyValueExpr)
+				if !ok {
+					continue
+				}
+				if k, ok := kv.Key.(*ast.Ident); ok && k.Name == "Layer" {
+					v := render(f, kv.Value)
+					for _, l := range layers {
+						if strings.HasSuffix(v, "."+l) {
+							out = append(out, hit{f.at(cl), "Finding{Layer: " + v + "}", fn})
+						}
+					}
+				}
+			}
+		})
+		return out
+	}
+}
+
+var onePlace = map[string]func(*testing.T, tree){
+	// The stages are written by their steps: only pipeline, bootstrap and
+	// renew make a stage, and each command's tests hold its lists to
+	// CheckOrder.
+	"What does a run know, and which step wrote it?": func(t *testing.T, tr tree) {
+		for _, st := range []string{"Judged", "Obtained"} {
+			only(t, tr, "a "+st+" stage made", []string{"internal/bootstrap", "internal/renew"}, func(p *pkg) []hit { return p.composites(mod("internal/pipeline"), st) })
+		}
+		for _, dir := range []string{"internal/bootstrap", "internal/renew"} {
+			if !strings.Contains(testSources(t, dir), "pipeline.CheckOrder(") {
+				t.Errorf("%s has no test holding its list of steps to pipeline.CheckOrder", dir)
+			}
+		}
+	},
+	// One observation a run: the node is observed by pipeline.New in a
+	// run, and elsewhere only by the commands that are not a run (verify's
+	// ladder, status, renew --check) and the metrics when no run looked;
+	// the renew record and the credentials are read by observe alone (and
+	// the run's first look, and the metrics when no run looked).
+	"What did a run see?": func(t *testing.T, tr tree) {
+		atLeast(t, "the run's observation", only(t, tr, "an observation made", []string{"internal/pipeline", "internal/cli", "internal/status", "internal/renew"}, refsTo(mod("internal/observe"), "NewEnv")))
+		for _, h := range pk(t, tr, "internal/pipeline").refs(mod("internal/observe"), "NewEnv") {
+			if h.fn != "New" {
+				t.Errorf("internal/pipeline observes the node outside New: %s", h)
+			}
+		}
+		for _, h := range pk(t, tr, "internal/renew").refs(mod("internal/observe"), "NewEnv") {
+			if h.fn != "Check" {
+				t.Errorf("internal/renew observes the node outside --check: %s", h)
+			}
+		}
+		only(t, tr, "the renew record read", []string{"internal/observe", "internal/pipeline", "internal/cli", "internal/state"}, refsTo(mod("internal/state"), "ReadRenewal"))
+		only(t, tr, "the credentials loaded", []string{"internal/observe", "internal/credstore"}, refsTo(mod("internal/credstore"), "Load"))
+	},
+	"What should happen to the credentials?": func(t *testing.T, tr tree) {
+		atLeast(t, "the verdict", only(t, tr, "a verdict taken", []string{"internal/observe"}, refsTo(mod("internal/lifecycle"), "Judge")))
+		only(t, tr, "the verdict's input built", []string{"internal/observe"}, func(p *pkg) []hit { return p.composites(mod("internal/lifecycle"), "Input") })
+	},
+	// The schedule's inputs (renew.fraction, renew.splay) are read only to
+	// hand them to the verdict, and the schedule is made only there.
+	"When is the certificate due?": func(t *testing.T, tr tree) {
+		for _, f := range []string{"Fraction", "Splay"} {
+			atLeast(t, "renew."+strings.ToLower(f), only(t, tr, "renew."+strings.ToLower(f)+" read", []string{"internal/config", "internal/observe"}, func(p *pkg) []hit {
+				var out []hit
+				for _, h := range p.fields(f) {
+					if strings.Contains(h.what, "Renew."+f) || strings.HasSuffix(h.what, "."+f) && strings.Contains(h.what, "Renew") {
+						out = append(out, h)
+					}
+				}
+				return out
+			}))
+		}
+		only(t, tr, "a schedule made", []string{"internal/lifecycle"}, func(p *pkg) []hit { return p.composites(mod("internal/lifecycle"), "Schedule") })
+		// (enroll reads the middle of the CA's own certificate's life to
+		// verify it at a time it was valid: not a node certificate.)
+		only(t, tr, "a node certificate's life measured", []string{"internal/lifecycle", "internal/enroll", "clientcert/"}, subtracts("NotBefore"))
+	},
+	// Found by signature in one function: no other package checks which
+	// root signed a chain (enroll checks the CA's own answers).
+	"Which root did the chain come from?": func(t *testing.T, tr tree) {
+		only(t, tr, "a chain's root looked for", []string{"internal/lifecycle", "internal/enroll", "clientcert/", "nodekey/"}, callsOf("CheckSignatureFrom"))
+		atLeast(t, "IssuingRoot", len(pk(t, tr, "internal/status").refs(mod("internal/lifecycle"), "IssuingRoot"))+len(pk(t, tr, "internal/metrics").refs(mod("internal/lifecycle"), "IssuingRoot")))
+	},
+	"Is the node clock off the CA's?": func(t *testing.T, tr tree) {
+		only(t, tr, "a skew computed", []string{"internal/lifecycle"}, subtracts("ServerDate", "CADate", "DateAt"))
+		atLeast(t, "Skew", only(t, tr, "", []string{"internal/lifecycle", "internal/pipeline", "internal/verify"}, callsOf("Skew")))
+	},
+	"Is `ca.pem` what the CA serves?": func(t *testing.T, tr tree) {
+		for _, f := range []string{"BundleMissing", "BundleDropped", "BundleUseless"} {
+			atLeast(t, f, only(t, tr, "the bundle judged", []string{"internal/lifecycle"}, assigns(f)))
+		}
+	},
+	// The remedy of a credential reason is worded once: the re-enrollment
+	// sentence exists only in lifecycle.
+	"What do I tell the operator about a credential reason?": func(t *testing.T, tr tree) {
+		atLeast(t, "the fresh-token remedy", only(t, tr, "a re-enrollment remedy worded", []string{"internal/lifecycle"}, literal("one-time token for this node_id to")))
+	},
+	// Only the classifier puts a failure on a layer of the exchange.
+	"Which layer and owner does this wire event belong to?": func(t *testing.T, tr tree) {
+		only(t, tr, "a wire event classified", []string{"internal/diag"}, findingsAt("TCP", "TLSServer", "TLSClientAuth", "Route", "Identity", "TasksWait"))
+		atLeast(t, "the classifier", len(pk(t, tr, "internal/observe").refs(mod("internal/diag"), "Classify")))
+	},
+	// The backoff is computed in retry alone, and go-retryablehttp is
+	// driven only through it and the CA client's checks.
+	"Is this failure worth retrying?": func(t *testing.T, tr tree) {
+		only(t, tr, "a backoff computed", []string{"internal/retry"}, callsOf("Delay"))
+		for _, dir := range sortedKeys(tr) {
+			if tr[dir].imports()["github.com/hashicorp/go-retryablehttp"] && dir != "internal/retry" && dir != "internal/enroll" {
+				t.Errorf("%s drives go-retryablehttp itself: the loop is retry's", dir)
+			}
+		}
+	},
+	// Only pipeline switches current, and its comparison orders failures
+	// on its own declared path, never by a list position.
+	"Is a new set published without a passing proof?": func(t *testing.T, tr tree) {
+		atLeast(t, "the publish", only(t, tr, "current switched", []string{"internal/pipeline", "internal/credstore"}, refsTo(mod("internal/credstore"), "Publish")))
+		for _, h := range pk(t, tr, "internal/pipeline").calls("Index") {
+			if !strings.HasPrefix(h.what, "slices.") {
+				t.Errorf("internal/pipeline orders layers by a list position: %s", h)
+			}
+		}
+	},
+	// What an exchange cut says is read from the error in diag alone.
+	"Does a failed exchange say anything against the credentials?": func(t *testing.T, tr tree) {
+		for _, e := range []string{"ECONNRESET", "ECONNREFUSED", "EPIPE"} {
+			only(t, tr, "an exchange's error read", []string{"internal/diag", "internal/system", "nodekey/"}, refsTo("syscall", e))
+		}
+		atLeast(t, "NoEvidence", len(pk(t, tr, "internal/pipeline").refs(mod("internal/diag"), "NoEvidence")))
+	},
+	// Only system knows the mark that makes a directory provision's.
+	"Is this directory provision's own?": func(t *testing.T, tr tree) {
+		atLeast(t, "the mark", only(t, tr, "the ownership mark named", []string{"internal/system"}, literal(".provision-dir")))
+	},
+	// Only system walks a path component by component.
+	"May root follow this link, write through this path?": func(t *testing.T, tr tree) {
+		for _, f := range []string{"Openat2", "Readlinkat", "Openat"} {
+			only(t, tr, "a path walked", []string{"internal/system", "nodekey/"}, refsTo("golang.org/x/sys/unix", f))
+		}
+		only(t, tr, "a link resolved", []string{"internal/system"}, refsTo("path/filepath", "EvalSymlinks"))
+	},
+	// Only observe asks the key store about the TPM and a test signature.
+	"Where is the node's key, and does it sign now?": func(t *testing.T, tr tree) {
+		for _, f := range []string{"Probe", "CheckStorageKey", "CheckSigns", "CreateTPMKey"} {
+			only(t, tr, "the key store asked", []string{"internal/observe", "nodekey/"}, refsTo(mod("nodekey"), f))
+		}
+	},
+	"Is the installed TPM key lost (TPM cleared, another TPM)?": func(t *testing.T, tr tree) {
+		atLeast(t, "KeyLost", only(t, tr, "a lost key recognised", []string{"internal/observe", "internal/diag", "nodekey/"}, refsTo(mod("nodekey"), "KeyLost")))
+	},
+	"Who may read the key, and is its mode right?": func(t *testing.T, tr tree) {
+		for _, f := range []string{"GroupAccess", "RootOnly"} {
+			only(t, tr, "the key's readers resolved", []string{"internal/observe", "internal/credstore"}, refsTo(mod("internal/credstore"), f))
+		}
+	},
+	"Was this certificate revoked?": func(t *testing.T, tr tree) {
+		atLeast(t, "CheckRevocation", only(t, tr, "a revocation asked", []string{"internal/pipeline", "internal/enroll"}, callsOf("CheckRevocation")))
+	},
+	"Does the hosts file carry the override?": func(t *testing.T, tr tree) {
+		atLeast(t, "the managed block", only(t, tr, "the managed block parsed", []string{"internal/hosts"}, literal("provision managed block")))
+	},
+	// A layer's code is in cli's table alone, and only a main exits.
+	"Which exit code does a layer get?": func(t *testing.T, tr tree) {
+		for _, dir := range sortedKeys(tr) {
+			p := tr[dir]
+			if hits := p.refs("os", "Exit"); len(hits) > 0 && p.files[0].ast.Name.Name != "main" {
+				for _, h := range hits {
+					t.Errorf("%s exits the process: only a main does (cli.ExitCode decides the code): %s", dir, h)
+				}
+			}
+		}
+		atLeast(t, "ExitCode", len(pk(t, tr, "internal/cli").funcCalls("ExitCode")))
+	},
+}
+
+// testSources is the text of the test files of a package.
+func testSources(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	ents, err := readDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e, "_test.go") {
+			b.WriteString(readFile(t, dir+"/"+e))
+		}
+	}
+	return b.String()
+}
