@@ -95,7 +95,7 @@ func enrollNode(r *pipeline.Run, g *pipeline.Obtained) *diag.Finding {
 	g.Set = &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: r.Observed().Roots.Bundle()}
 	if f := r.WriteAside(g); f != nil {
 		f.Summary = "the CA issued a certificate but it could not be saved: " + f.Summary
-		f.Remedy = "make " + cfg.Paths.PKIDir + " writable, then run again with a fresh token (this one is used)"
+		f.Remedy = diag.Writable(cfg.Paths.PKIDir) + ", then run again with a fresh token (this one is used)"
 		return f
 	}
 	g.Enrolled, g.Result = true, state.Enrolled
@@ -174,7 +174,7 @@ func markerFailure(r *pipeline.Run, err error, a attempts) *diag.Finding {
 		token = "this run's earlier attempt may have used the token"
 	}
 	return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "enroll", Summary: "cannot record the enrollment in " + r.Cfg.Paths.StateDir + ": " + err.Error(),
-		Remedy: "make " + r.Cfg.Paths.StateDir + " writable (nothing more was sent to the CA; " + token + ")"}
+		Remedy: diag.Writable(r.Cfg.Paths.StateDir) + " (nothing more was sent to the CA; " + token + ")"}
 }
 
 // loadToken reads and checks the token before anything is sent: a token
@@ -224,7 +224,7 @@ func signFailure(r *pipeline.Run, err error, prev state.Pending, h string, a att
 	case errors.As(err, &ee) && ee.Kind == enroll.TokenRejected && prev.TokenSHA256 == h:
 		f.Summary = fmt.Sprintf("the CA rejected the enrollment token (401): an earlier run presented this same token at %s and did not finish, so the CA has burnt it", prev.Started.Format(time.RFC3339))
 	case f.Transient && a.n > 1 && errors.Is(r.Ctx.Err(), context.DeadlineExceeded):
-		f.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", a.n, r.Cfg.Bootstrap.Deadline.Duration, f.Summary)
+		f.Summary = r.GaveUp(a.n, f.Summary)
 	}
 	pending := state.Pending{TokenSHA256: h}
 	switch {

@@ -59,7 +59,7 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 		// pki_dir and state_dir were claimed as provision's own by load
 		// (claimDirs): created 0700, refused when they hold other files.
 		out := bootstrap.Run(ctx, cfg, host, pipelineOptions(log, false))
-		logTask(log, cfg, out)
+		logOutcomeTask(log, cfg, out)
 		return out
 	})
 }
@@ -85,9 +85,15 @@ func unitInvocation(getenv func(string) string, pid int) string {
 	return id
 }
 
-func logTask(log *slog.Logger, cfg *config.Config, out *pipeline.Outcome) {
+// logTask logs a task the proof received, handed off to where.
+func logTask(log *slog.Logger, id, where string) {
+	log.Info("task received during the proof and handed off", "task_id", id, "path", where)
+}
+
+// logOutcomeTask logs the task a bootstrap or renew run handed off.
+func logOutcomeTask(log *slog.Logger, cfg *config.Config, out *pipeline.Outcome) {
 	if out.Task != nil {
-		log.Info("task received during the proof and handed off", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, tasks.Dir))
+		logTask(log, out.Task.ID, filepath.Join(cfg.Paths.StateDir, tasks.Dir))
 	}
 }
 
@@ -113,7 +119,7 @@ func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host
 			return ExitCode(LayerLock)
 		}
 		return finish(env, f, cfg, host, log, report.Failed(cmd, cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
-			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}), nil)
+			Summary: err.Error(), Remedy: diag.Writable(cfg.Paths.StateDir) + " by provision"}), nil)
 	}
 	defer unlock()
 	out := run(ctx)

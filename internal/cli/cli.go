@@ -196,8 +196,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		}
 		return c.run(ctx, env, args[1:])
 	}
-	return env.usage("", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), "Run 'provision --help' for the list of commands.")
+	return env.usage("", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), hintCommands)
 }
+
+// hintCommands is the hint of a command line that names no command.
+const hintCommands = "Run 'provision --help' for the list of commands."
 
 func lookup(name string) *command {
 	for _, c := range commands() {
@@ -220,7 +223,7 @@ func runHelp(env *runEnv, args []string) int {
 	}
 	c := lookup(args[0])
 	if c == nil {
-		return env.usage("help", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), "Run 'provision --help' for the list of commands.")
+		return env.usage("help", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), hintCommands)
 	}
 	io.WriteString(env.stdout, helpText(c))
 	return ExitOK

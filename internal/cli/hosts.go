@@ -147,7 +147,7 @@ func hostsRemove(h *hostsRun) int {
 		return ExitOK
 	}
 	if _, err := h.file.Write(old, nb, h.host.Hook); err != nil {
-		return h.fail(fmt.Sprintf("writing %s: %v", h.cfg.Paths.HostsFile, err), "make "+h.cfg.Paths.HostsFile+" writable, then run again; nothing was changed")
+		return h.fail(fmt.Sprintf("writing %s: %v", h.cfg.Paths.HostsFile, err), diag.Writable(h.cfg.Paths.HostsFile)+", then run again; nothing was changed")
 	}
 	fmt.Fprintf(h.env.stdout, "%s: managed block removed%s\n", h.cfg.Paths.HostsFile, h.via)
 	return ExitOK

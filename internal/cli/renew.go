@@ -85,7 +85,7 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	}
 	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context) *pipeline.Outcome {
 		out := renew.Run(ctx, cfg, host, pipelineOptions(log, f.force))
-		logTask(log, cfg, out)
+		logOutcomeTask(log, cfg, out)
 		return out
 	})
 }

@@ -61,12 +61,9 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	if t != nil {
 		rep.Task = json.RawMessage(t.Raw)
 		if err != nil {
-			return finish(env, f, cfg, host, log, report.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
-				Summary:  "the proof received a task but it could not be handed off: " + err.Error(),
-				Remedy:   "make " + cfg.Paths.StateDir + " writable, and give this task (in the evidence) to the node-agent by hand",
-				Evidence: map[string]string{"task": string(t.Raw)}}), verifySeen(e))
+			return finish(env, f, cfg, host, log, report.Failed("verify", cfg.NodeID, "task-save", diag.TaskNotKept(cfg.Paths.StateDir, t.Raw, err, "", "")), verifySeen(e))
 		}
-		log.Info("task received during the proof and handed off", "task_id", t.ID, "path", strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))
+		logTask(log, t.ID, strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))
 	}
 	return finish(env, f, cfg, host, log, rep, verifySeen(e))
 }

@@ -59,10 +59,15 @@ func (a Access) Describe(want os.FileMode) string {
 }
 
 // apply gives path its mode and, with a group, that group.
+// givingErr is a failure to give path to the key group gid.
+func givingErr(path string, gid int, err error) error {
+	return fmt.Errorf("giving %s to group %d (paths.key_group): %w", path, gid, err)
+}
+
 func (a Access) apply(path string, mode os.FileMode) error {
 	if a.Group {
 		if err := os.Lchown(path, -1, a.GID); err != nil {
-			return fmt.Errorf("giving %s to group %d (paths.key_group): %w", path, a.GID, err)
+			return givingErr(path, a.GID, err)
 		}
 	}
 	return os.Chmod(path, mode)

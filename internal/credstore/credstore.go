@@ -444,7 +444,7 @@ func writeNew(path string, data []byte, mode os.FileMode, gid int) (*os.File, er
 	if gid >= 0 {
 		if err := f.Chown(-1, gid); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("giving %s to group %d (paths.key_group): %w", path, gid, err)
+			return nil, givingErr(path, gid, err)
 		}
 	}
 	if err := f.Chmod(mode); err != nil { // umask must not loosen or tighten it

@@ -48,6 +48,18 @@ type Proof struct {
 	Finding  *Finding         // nil only when every probe layer is proven
 }
 
+// Remedies more than one classification gives.
+const (
+	remedyNoListener   = "check that the ingress listens on the node API port at the IP the hosts override names, and that no firewall blocks the node"
+	remedyNoClientCert = "enroll the node so it has a certificate to present: provision bootstrap with a one-time token"
+)
+
+// unproveAnswer leaves route and identity unproven for why: an answer
+// that did not arrive whole proves neither.
+func unproveAnswer(unproven map[Layer]string, why string) {
+	unproven[Route], unproven[Identity] = why, why
+}
+
 // traefikNotFound is the body of Traefik's default router and of Go's
 // http.NotFound: the request never reached a route.
 const traefikNotFound = "404 page not found"
@@ -292,10 +304,10 @@ func duringHandshake(r *probe.Result, f *Finding, chain ChainState, kind errKind
 		return set(Hosts, Node, false, "restore the /etc/hosts override mapping the node API hostname to the private control-plane IP: provision hosts apply",
 			"the node API hostname %s does not resolve", r.Host)
 	case st == probe.StageNone && kind == errRefused:
-		return set(TCP, Network, true, "check that the ingress listens on the node API port at the IP the hosts override names, and that no firewall blocks the node",
+		return set(TCP, Network, true, remedyNoListener,
 			"connection to %s refused: nothing listens on the node API port", r.Host)
 	case st == probe.StageNone && (kind == errDial || kind == errTimeout):
-		return set(TCP, Network, true, "check that the ingress listens on the node API port at the IP the hosts override names, and that no firewall blocks the node",
+		return set(TCP, Network, true, remedyNoListener,
 			"cannot connect to %s: %v", r.Host, r.Err)
 
 	// Connected, no server certificate yet: the server side's TLS.
@@ -328,7 +340,7 @@ func duringHandshake(r *probe.Result, f *Finding, chain ChainState, kind errKind
 	// The client certificate was asked for and answered; the handshake did
 	// not finish (TLS 1.2, or TLS 1.3 failing before its Finished).
 	case st == probe.StageClientCert && !r.ClientCertSent && (kind == errAlert || kind == errClosed):
-		return set(TLSClientAuth, Node, false, "enroll the node so it has a certificate to present: provision bootstrap with a one-time token",
+		return set(TLSClientAuth, Node, false, remedyNoClientCert,
 			"the ingress requires a client certificate and the node has none to send: %v", r.Err)
 	case st == probe.StageClientCert && kind == errAlert:
 		return clientAuthFinding(f, chain, alertSummary(r.Err, "during the handshake"))
@@ -356,7 +368,7 @@ func afterHandshake(r *probe.Result, f *Finding, chain ChainState, kind errKind)
 				"the ingress sent an alert after the handshake without having asked for a client certificate: %s", alertText(r.Err))
 		}
 		if !r.ClientCertSent {
-			return set(TLSClientAuth, Node, false, "enroll the node so it has a certificate to present: provision bootstrap with a one-time token",
+			return set(TLSClientAuth, Node, false, remedyNoClientCert,
 				"the ingress requires a client certificate and the node has none to send: %s", alertText(r.Err))
 		}
 		return clientAuthFinding(f, chain, alertSummary(r.Err, "on the first read after the handshake (TLS 1.3)"))
@@ -481,13 +493,11 @@ func fromNoTask(r *probe.Result, f *Finding, unproven map[Layer]string) *Finding
 	case r.BodyTruncated:
 		// The API dequeued something too large to hand off: its failure,
 		// whatever the route did (nothing here says what it did).
-		unproven[Route] = "not proven: the answer was too large to read whole"
-		unproven[Identity] = "not proven: the answer was too large to read whole"
+		unproveAnswer(unproven, "not proven: the answer was too large to read whole")
 		return f.set(TasksWait, API, false, "the node API must hand out tasks far smaller than that (a task is a few KiB of JSON): find this node's task in the API's logs and queue it again, smaller",
 			"tasks/wait answered 200 with a body larger than %d bytes: provision did not read it whole, so the task in it was not handed off (the API dequeued it)", probe.MaxTask)
 	case r.Err != nil:
-		unproven[Route] = "not proven: the answer's body did not arrive whole"
-		unproven[Identity] = "not proven: the answer's body did not arrive whole"
+		unproveAnswer(unproven, "not proven: the answer's body did not arrive whole")
 		if kindOf(r.Err) == errTimeout {
 			return f.set(TasksWait, API, true, "a task is a few KiB of JSON: check what the node API hands this node (its logs) and the ingress's buffering of large answers; bootstrap retries this within its deadline",
 				"tasks/wait answered 200, but its body did not arrive whole within the request's time (%d bytes so far: %v): the task in it was not handed off", len(r.Body), r.Err)

@@ -144,7 +144,7 @@ func compare(c, i outcome) (ruling, string) {
 		return keepAside, "the installed set polls, the new one does not"
 	case !c.rejected && pastClientAuth(c.layer):
 		if i.tried && c.layer == i.layer {
-			return publishNow, fmt.Sprintf("a fault the installed set shares (both fail at %s, past the ingress's client authentication): it says nothing against the new certificate", c.layer)
+			return publishNow, sharedFault(c.layer)
 		}
 		return publishNow, fmt.Sprintf("the new set got through the ingress's client authentication and fails at %s with nothing against it (the installed set %s)", c.layer, i)
 	case !i.rejected && c.rejected:
@@ -152,7 +152,7 @@ func compare(c, i outcome) (ruling, string) {
 	case !i.tried:
 		return lastQuarter, fmt.Sprintf("the new set fails at %s with nothing against it, and no time was left to prove the installed set (no evidence either way)", c.layer)
 	case !i.rejected && c.layer == i.layer:
-		return lastQuarter, fmt.Sprintf("both sets fail at %s (no evidence either way)", c.layer)
+		return lastQuarter, bothFail(c.layer)
 	case !i.rejected:
 		return lastQuarter, fmt.Sprintf("both sets fail with nothing against either, the new set at %s, the installed set at %s (no evidence either way)", c.layer, i.layer)
 	case cl > il:
@@ -162,7 +162,15 @@ func compare(c, i outcome) (ruling, string) {
 	case cl < il:
 		return lastQuarter, fmt.Sprintf("the new set fails at %s without evidence against it, below the installed set's failure at %s (no evidence either way)", c.layer, i.layer)
 	case pastClientAuth(c.layer):
-		return publishNow, fmt.Sprintf("a fault the installed set shares (both fail at %s, past the ingress's client authentication): it says nothing against the new certificate", c.layer)
+		return publishNow, sharedFault(c.layer)
 	}
-	return lastQuarter, fmt.Sprintf("both sets fail at %s (no evidence either way)", c.layer)
+	return lastQuarter, bothFail(c.layer)
+}
+
+func sharedFault(l diag.Layer) string {
+	return fmt.Sprintf("a fault the installed set shares (both fail at %s, past the ingress's client authentication): it says nothing against the new certificate", l)
+}
+
+func bothFail(l diag.Layer) string {
+	return fmt.Sprintf("both sets fail at %s (no evidence either way)", l)
 }

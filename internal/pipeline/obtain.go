@@ -70,7 +70,7 @@ func (r *Run) WriteAside(g *Obtained) *diag.Finding {
 	if err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "credentials-write",
 			Summary: "the new credentials could not be written: " + err.Error() + "; the installed set stays current",
-			Remedy:  "make " + r.Cfg.Paths.PKIDir + " writable, then run again"}
+			Remedy:  diag.Writable(r.Cfg.Paths.PKIDir) + ", then run again"}
 	}
 	g.Gen = gen
 	r.Host.Hook.At("aside written")
@@ -219,7 +219,7 @@ func (r *Run) renewFailure(j *Judged, g *Obtained, err error) *diag.Finding {
 	var ee *enroll.Error
 	if !errors.As(err, &ee) {
 		g.Result = state.Failed
-		return &diag.Finding{Layer: diag.CA, Owner: diag.CAOwner, Check: "renew", Summary: "renewal failed: " + err.Error() + "; the installed certificate stays current",
+		return &diag.Finding{Layer: diag.CA, Owner: diag.CAOwner, Check: "renew", Summary: "renewal failed: " + err.Error() + stillCurrent,
 			Remedy: "run provision renew again; the installed certificate stays current"}
 	}
 	leaf := j.Current.Leaf()
@@ -248,7 +248,7 @@ func (r *Run) renewFailure(j *Judged, g *Obtained, err error) *diag.Finding {
 	g.Result = state.Failed
 	f := diag.FromEnroll(err, diag.CA, r.Cfg.CA.TokenFile)
 	f.Check = "renew"
-	f.Summary = "renewal failed: " + f.Summary + "; the installed certificate stays current"
+	f.Summary = "renewal failed: " + f.Summary + stillCurrent
 	f.Remedy = "check the CA (provision verify's ca-root), then run provision renew again; the installed certificate stays current until it expires, and " + lifecycle.RenewTimer + " tries again"
 	return f
 }
@@ -292,3 +292,6 @@ func (r *Run) expiredRefused(j *Judged, g *Obtained, ee *enroll.Error) *diag.Fin
 		Summary: fmt.Sprintf("certificate expired: the certificate expired at %s, and the CA does not renew it after expiry (%v; the provisioner's claim allowRenewalAfterExpiry would let it), so re-enrollment with a fresh one-time token is needed (provision bootstrap)", stamp(j.Current.Leaf().NotAfter), ee.Err),
 		Remedy:  "either " + lifecycle.FreshToken(r.Cfg) + ", or have the control-plane team allow renewal after expiry on the provisioner (the claim allowRenewalAfterExpiry) and run provision renew"}
 }
+
+// stillCurrent ends a failed renewal's summary.
+const stillCurrent = "; the installed certificate stays current"

@@ -89,7 +89,7 @@ func (r *Run) proveLoop(retryCtx context.Context, dir string) (*report.Report, *
 		return false, ra
 	})
 	if !rep.OK && retryCtx.Err() != nil && rep.Transient {
-		rep.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", attempts, r.Cfg.Bootstrap.Deadline.Duration, rep.Summary)
+		rep.Summary = r.GaveUp(attempts, rep.Summary)
 	}
 	return rep, env, attempts
 }
@@ -110,8 +110,10 @@ func (r *Run) handOff(env *observe.Env, rep *report.Report, installed bool) (*pr
 		r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", err.Error(), "task_id", t.ID)
 		return t, nil
 	}
-	return t, &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "task-save",
-		Summary:  "the proof received a task but it could not be handed off: " + err.Error() + "; nothing was published",
-		Remedy:   "make " + r.Cfg.Paths.StateDir + " writable, give this task (in the evidence) to the node-agent by hand, and run again",
-		Evidence: map[string]string{"task": string(t.Raw)}}
+	return t, diag.TaskNotKept(r.Cfg.Paths.StateDir, t.Raw, err, "; nothing was published", ", and run again")
+}
+
+// GaveUp is the summary of a failure retried until the run's deadline.
+func (r *Run) GaveUp(attempts int, summary string) string {
+	return fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", attempts, r.Cfg.Bootstrap.Deadline.Duration, summary)
 }

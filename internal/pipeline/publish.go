@@ -42,7 +42,7 @@ func Publish(r *Run) *diag.Finding {
 		}
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "publish",
 			Summary: "the new set was proven but could not be published: " + err.Error() + "; the installed set stays current",
-			Remedy:  "make " + r.Cfg.Paths.PKIDir + " writable, then run again"}
+			Remedy:  diag.Writable(r.Cfg.Paths.PKIDir) + ", then run again"}
 	}
 	r.Host.Hook.At("published")
 	p.Swapped, p.Unproven = true, why

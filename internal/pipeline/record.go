@@ -159,7 +159,7 @@ func WriteReceipt(r *Run) *diag.Finding {
 	}
 	r.Host.Hook.At("before receipt")
 	if err := state.WriteReceipt(r.StateDir, rc, r.Host.Hook); err != nil {
-		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: "make " + r.Cfg.Paths.StateDir + " writable and run again (the node itself is healthy)"}
+		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: diag.Writable(r.Cfg.Paths.StateDir) + " and run again (the node itself is healthy)"}
 	}
 	r.Out.Receipt = rc
 	r.Log.Info("step", "step", "receipt", "layer", "state", "status", "ok", "path", filepath.Join(r.Cfg.Paths.StateDir, state.ReceiptFile), "serial", rc.Serial)

@@ -104,7 +104,7 @@ func Roots(r *Run) *diag.Finding {
 		if err == nil {
 			return true, 0
 		}
-		if f = skewFinding(roots, r.notDone()); f != nil {
+		if f = r.skewFinding(roots, r.notDone()); f != nil {
 			f.Evidence["ca_error"] = err.Error()
 			return true, 0
 		}
@@ -150,14 +150,15 @@ func Clock(r *Run) *diag.Finding {
 	if plan == Enroll {
 		what = "the one-time token was not sent"
 	}
-	return skewFinding(r.Observed().Roots, what)
+	return r.skewFinding(r.Observed().Roots, what)
 }
 
 // skewFinding is the clock finding when the CA's Date (from the roots
 // fetch, authenticated) showed the node clock beyond lifecycle.MaxSkew at
 // the instant it arrived, else nil: however long ago that was, the age of
-// the observation is not skew.
-func skewFinding(roots *enroll.Roots, notDone string) *diag.Finding {
+// the observation is not skew. Its remedy is the clock reason's
+// (lifecycle.Remedy); bootstrap adds that its token is unspent.
+func (r *Run) skewFinding(roots *enroll.Roots, notDone string) *diag.Finding {
 	if roots == nil {
 		return nil
 	}
@@ -166,9 +167,9 @@ func skewFinding(roots *enroll.Roots, notDone string) *diag.Finding {
 	if !bad {
 		return nil
 	}
-	remedy := "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run again: nothing irreversible was done"
-	if strings.Contains(notDone, "token") {
-		remedy = "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run bootstrap again: the token is unspent"
+	remedy := lifecycle.Remedy(lifecycle.ClockSkewed, r.Cfg)
+	if r.Command == "bootstrap" {
+		remedy += "; the one-time token is unspent"
 	}
 	return &diag.Finding{Layer: diag.Clock, Owner: diag.Node, Check: "clock",
 		Summary: fmt.Sprintf("the node clock is %s off the CA's (its Date header): %s, since a certificate would look expired or not yet valid", skew.Round(time.Second), notDone),

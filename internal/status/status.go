@@ -186,7 +186,7 @@ func keyAttention(n *Node, e *observe.Env, add func(what, remedy string)) {
 		add(f.Summary, f.Remedy)
 	case k.Installed != "" && k.Installed != k.Store:
 		add(fmt.Sprintf("the installed key is a %s key, but key.store is %q", k.Installed, k.Store),
-			"the next new key is made in key.store: run provision renew --force (with renew.rekey, the default), or provision bootstrap with a fresh one-time token")
+			diag.RemedyKeyElsewhere)
 	}
 }
 

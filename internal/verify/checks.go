@@ -164,6 +164,9 @@ func joinAddrs(a []netip.Addr) string {
 // (sorted), then the instance's user-data; its own merged result, when it
 // wrote one, is authoritative. Values are YAML 1.1, as cloud-init reads
 // them: yes, on, true and template (or localhost) turn it on.
+// cloudInitCombined is cloud-init's merged config of this boot.
+const cloudInitCombined = "/run/cloud-init/combined-cloud-config.json"
+
 func checkHostsPersist(ctx context.Context, e *observe.Env) Answer {
 	files := []string{"/etc/cloud/cloud.cfg"}
 	if m, _ := filepath.Glob(e.Host.Path("/etc/cloud/cloud.cfg.d/*.cfg")); len(m) > 0 {
@@ -183,11 +186,11 @@ func checkHostsPersist(ctx context.Context, e *observe.Env) Answer {
 			on, decidedBy = v, f
 		}
 	}
-	if b, err := system.ReadRegular(ctx, e.Host.ResolvedPath("/run/cloud-init/combined-cloud-config.json"), hosts.MaxSize); err == nil {
+	if b, err := system.ReadRegular(ctx, e.Host.ResolvedPath(cloudInitCombined), hosts.MaxSize); err == nil {
 		var m map[string]any
 		if json.Unmarshal(b, &m) == nil {
 			if v, ok := m["manage_etc_hosts"]; ok {
-				on, decidedBy = manageValue(v), "/run/cloud-init/combined-cloud-config.json"
+				on, decidedBy = manageValue(v), cloudInitCombined
 			}
 		}
 	}

@@ -67,6 +67,12 @@ func findingsAt(layers ...string) func(*pkg) []hit {
 }
 
 var onePlace = map[string]func(*testing.T, tree){
+	"Where is a sentence a person reads worded?": func(t *testing.T, tr tree) {
+		dups := sentencesTwice(tr)
+		for _, s := range sortedKeys(dups) {
+			t.Errorf("%q is written in %d places: %s", s, len(dups[s]), strings.Join(dups[s], ", "))
+		}
+	},
 	// The stages are written by their steps: only pipeline, bootstrap and
 	// renew make a stage, and each command's tests hold its lists to
 	// CheckOrder.
@@ -234,4 +240,24 @@ func testSources(t *testing.T, dir string) string {
 		}
 	}
 	return b.String()
+}
+
+// sentencesTwice finds the sentences (string literals of 40 characters or
+// more with a space) that stand in more than one place of the production
+// source: each wording is written once and used where it is needed.
+func sentencesTwice(tr tree) map[string][]string {
+	seen := map[string][]string{}
+	for _, dir := range sortedKeys(tr) {
+		for _, h := range tr[dir].strings() {
+			if s := strings.TrimSpace(h.what); len(s) >= 40 && strings.Contains(s, " ") {
+				seen[s] = append(seen[s], h.where)
+			}
+		}
+	}
+	for s, at := range seen {
+		if len(at) < 2 {
+			delete(seen, s)
+		}
+	}
+	return seen
 }
