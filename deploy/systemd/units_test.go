@@ -191,9 +191,22 @@ func TestProvisionServiceContract(t *testing.T) {
 		t.Errorf("DefaultDependencies=no would drop the implicit Before=multi-user.target ordering the deadlock argument needs")
 	}
 	rw := words(d["Service.ReadWritePaths"])
-	for _, p := range []string{"/etc", "/var/lib/provision", "-/run/provision"} {
+	for _, p := range []string{"/etc", "-/var/lib/provision", "-/run/provision"} {
 		if !rw[p] {
 			t.Errorf("ReadWritePaths lacks %s (bootstrap writes there)", p)
+		}
+	}
+	// state_dir is made before the sandbox, and never by StateDirectory=:
+	// systemd would set its mode back at every start and chown a state_dir
+	// in paths.key_group's group back to root, recursively, key included.
+	if got := d["Service.ExecStartPre"]; len(got) != 1 || got[0] != "+/bin/mkdir -p -m 0700 /var/lib/provision" {
+		t.Errorf("ExecStartPre = %q, want the one mkdir of /var/lib/provision", got)
+	}
+	for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+		for k := range directives(t, u) {
+			if strings.HasPrefix(k, "Service.StateDirectory") {
+				t.Errorf("%s: %s would reset state_dir's mode and group at every start", u, k)
+			}
 		}
 	}
 }
@@ -314,7 +327,7 @@ func TestSecurityExposure(t *testing.T) {
 func TestSecurityExposureCatchesRegression(t *testing.T) {
 	dir, files := stage(t, func(name, text string) string {
 		text = regexp.MustCompile(`(?m)^SystemCallFilter=.*\n`).ReplaceAllString(text, "")
-		return strings.Replace(text, "\nCapabilityBoundingSet=\n", "\nCapabilityBoundingSet=CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER\n", 1)
+		return strings.Replace(text, "\nCapabilityBoundingSet=CAP_CHOWN\n", "\nCapabilityBoundingSet=CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER\n", 1)
 	})
 	for _, f := range files {
 		if strings.HasSuffix(f, ".service") {
@@ -329,7 +342,7 @@ func TestSecurityExposureCatchesRegression(t *testing.T) {
 // removed one fails with its name even where the score still passes.
 func TestSandboxDirectives(t *testing.T) {
 	want := map[string]string{
-		"Service.CapabilityBoundingSet":   "",
+		"Service.CapabilityBoundingSet":   "CAP_CHOWN",
 		"Service.ProtectProc":             "invisible",
 		"Service.ProcSubset":              "pid",
 		"Service.PrivateMounts":           "yes",
@@ -348,8 +361,8 @@ func TestSandboxDirectives(t *testing.T) {
 				t.Errorf("%s: %s = %q, want exactly %q", u, k, got, v)
 			}
 		}
-		if got := d["Service.SystemCallFilter"]; len(got) != 2 || got[0] != "@system-service" || got[1] != "~@privileged @resources" {
-			t.Errorf("%s: SystemCallFilter = %q", u, got)
+		if got := d["Service.SystemCallFilter"]; len(got) != 3 || got[0] != "@system-service" || got[1] != "~@privileged @resources" || got[2] != "fchown" {
+			t.Errorf("%s: SystemCallFilter = %q, want @system-service, ~@privileged @resources, then fchown alone (paths.key_group)", u, got)
 		}
 	}
 }

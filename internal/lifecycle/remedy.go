@@ -23,6 +23,8 @@ func Remedy(r Reason, cfg *config.Config) string {
 		return "rotate the exposed key: write a fresh one-time token to " + tok + " and run provision bootstrap (it issues a new key and revokes the exposed certificate), or provision renew --force with renew.rekey"
 	case DirOpen:
 		return "run provision bootstrap or provision renew: either restricts " + cfg.Paths.PKIDir + " to 0700 (no token needed)"
+	case KeyUnreachable:
+		return "run provision bootstrap or provision renew: either gives state_dir (0710), pki_dir and its generations (0750) and the key (0640) to paths.key_group " + cfg.Paths.KeyGroup + " (no token needed); a directory above them that provision did not make must let that group search it (chmod o+x, or g+x with that group), or move pki_dir"
 	case BundleStale:
 		return "run provision bootstrap or provision renew: either refreshes ca.pem from the CA's current roots (no token needed), exactly the current and federated ones, proven before it is published"
 	case PastRenewal:

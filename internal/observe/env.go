@@ -211,7 +211,7 @@ func Access(cfg *config.Config, host *system.Host) credstore.Access {
 	if err != nil {
 		return credstore.RootOnly
 	}
-	return credstore.GroupAccess(gid)
+	return credstore.Access{Group: true, GID: gid, Name: cfg.Paths.KeyGroup}
 }
 
 // Verdict judges the credentials once: the one place that gathers
@@ -221,9 +221,16 @@ func Access(cfg *config.Config, host *system.Host) credstore.Access {
 func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 	e.verdictOnce.Do(func() {
 		set, err := e.Creds()
+		a := Access(e.Cfg, e.Host)
 		in := lifecycle.Input{Set: set, LoadErr: err, NodeID: e.Cfg.NodeID, Now: e.Host.Time(),
 			Exposed:       fileExists(e.Host.Path(filepath.Join(e.Cfg.Paths.StateDir, lifecycle.ExposedFile))),
-			RenewFraction: e.Cfg.Renew.Fraction, Access: Access(e.Cfg, e.Host)}
+			RenewFraction: e.Cfg.Renew.Fraction, Access: a}
+		if err == nil && e.CredsDir == "" {
+			// The installed set, as the node-agent opens it: by the
+			// stable names, walked as a member of its group.
+			pki := e.Cfg.Paths.PKIDir
+			in.Unreachable = a.Reach(e.Host.Root, filepath.Join(pki, credstore.KeyFile), filepath.Join(pki, credstore.CertFile), filepath.Join(pki, credstore.CAFile))
+		}
 		if rec := e.RenewRecord(); rec != nil {
 			in.RevokedSerial = rec.RevokedSerial
 			if e.Offline {

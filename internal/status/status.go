@@ -212,7 +212,7 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
 	}
 	for _, r := range v.Reasons {
 		switch r {
-		case lifecycle.KeyExposed, lifecycle.KeyWasExposed, lifecycle.DirOpen, lifecycle.BundleStale:
+		case lifecycle.KeyExposed, lifecycle.KeyWasExposed, lifecycle.DirOpen, lifecycle.KeyUnreachable, lifecycle.BundleStale:
 			add(v.Detail[r], lifecycle.Remedy(r, cfg))
 		}
 	}
