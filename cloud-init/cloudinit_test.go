@@ -173,9 +173,9 @@ func checkRendered(t *testing.T, p Params, b []byte) {
 	if err != nil {
 		t.Fatalf("DropIns after a successful Render: %v", err)
 	}
-	want := [][]string{{"systemctl", "start", "provision.service"}}
+	want := [][]string{{"sh", "-c", "systemctl enable --now provision-renew.timer provision-verify.timer; timers=$?; systemctl start provision.service && exit $timers"}}
 	if len(dropIns) > 0 {
-		want = [][]string{{"sh", "-c", "systemctl daemon-reload && exec systemctl start provision.service"}}
+		want[0][2] = "systemctl daemon-reload || exit; " + want[0][2]
 	}
 	if !reflect.DeepEqual(ud.Runcmd, want) {
 		t.Errorf("runcmd = %q, want exactly %q", ud.Runcmd, want)

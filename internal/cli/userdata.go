@@ -22,7 +22,9 @@ var userdataCmd = &command{
 	usage: `Reads a provision config (as for bootstrap, but from this machine, not under
 --root) and a one-time token, and prints #cloud-config user-data that writes
 both to the node (the token 0600 on /run), turns off cloud-init's
-manage_etc_hosts and runs provision.service so a failure is visible to
+manage_etc_hosts, enables and starts provision-renew.timer and
+provision-verify.timer (renewal is always scheduled, whatever the image
+did) and runs provision.service, so a failure of either is visible to
 cloud-init. The token appears only in its own write_files entry.
 
 The config is written whole: every section and key of the validated config

@@ -5,6 +5,11 @@ import "github.com/gpuaas/provision/internal/config"
 // RenewTimer is the systemd timer that renews the certificate.
 const RenewTimer = "provision-renew.timer"
 
+// RenewUnscheduled is not a verdict reason (the credentials may be fine)
+// but a fact about the node status and verify report: RenewTimer is not
+// enabled, so nothing will renew the certificate before it expires.
+const RenewUnscheduled Reason = "renew-unscheduled"
+
 // Remedy is the one wording of what to do about a verdict reason. bootstrap
 // and renew act exactly so; verify, renew --check and status print it.
 func Remedy(r Reason, cfg *config.Config) string {
@@ -35,6 +40,8 @@ func Remedy(r Reason, cfg *config.Config) string {
 		return "the certificate was revoked, so it can no longer be renewed; re-enroll: " + fresh
 	case ClockSkewed:
 		return "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run again; nothing irreversible was done"
+	case RenewUnscheduled:
+		return "enable it: systemctl enable --now " + RenewTimer + " (the package enables it on install and an upgrade keeps an operator's choice; provision userdata enables it too); a certificate nothing renews expires within its lifetime"
 	case RootsUnknown:
 		return "check the CA (provision verify's ca-root check), then run again"
 	}

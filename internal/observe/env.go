@@ -255,3 +255,12 @@ func fileExists(p string) bool {
 	_, err := os.Lstat(p)
 	return err == nil
 }
+
+// RenewTimer is whether renewal is scheduled on the node: the state of
+// lifecycle.RenewTimer (enabled, disabled, masked, not-installed) and the
+// file that says so, read offline from the timers.target.wants link under
+// --root. status shows it and verify warns when it is not enabled: step-ca
+// certificates can live a day, and a node whose timer is off lapses in one.
+func RenewTimer(host *system.Host) (system.UnitState, string) {
+	return host.UnitEnablement(lifecycle.RenewTimer, "timers.target")
+}

@@ -41,7 +41,8 @@ const (
 	Unusable State = "unusable"
 	// Attention: a usable identity with something to act on (renewal due
 	// or overdue, the last renewal failed, a hook pending, a key exposed,
-	// credentials published without a passing proof).
+	// credentials published without a passing proof, renewal not
+	// scheduled).
 	Attention State = "attention"
 	// OK: a usable identity and nothing pending.
 	OK State = "ok"
@@ -59,6 +60,15 @@ type Node struct {
 	Renew       *Renew       `json:"renew"`   // nil: renew never ran
 	Receipt     *Receipt     `json:"receipt"` // nil: never done
 	Metrics     Metrics      `json:"metrics"`
+	// RenewTimer says whether renewal is scheduled (issue 30).
+	RenewTimer Timer `json:"renew_timer"`
+}
+
+// Timer is a systemd timer's enablement, from the node's files alone.
+type Timer struct {
+	Unit  string `json:"unit"`
+	State string `json:"state"`          // enabled, disabled, masked, not-installed
+	Path  string `json:"path,omitempty"` // the wants link, the mask or the unit file
 }
 
 // Credentials are the installed key, certificate and CA bundle.
@@ -132,6 +142,8 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 		n.Receipt = &Receipt{Serial: rc.Serial, ProvedAt: rc.ProvedAt, Command: rc.Command, Enrolled: rc.Enrolled, Unproven: rc.Unproven, MachineID: rc.MachineID}
 	}
 	n.Metrics = metricsFiles(cfg, host)
+	st, at := observe.RenewTimer(host)
+	n.RenewTimer = Timer{Unit: lifecycle.RenewTimer, State: string(st), Path: at}
 	judge(n, v, cfg, host.Time())
 	return n
 }
@@ -220,6 +232,9 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
 		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(due), stamp(v.Leaf.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
 	}
 	renewAttention(n, add)
+	if n.RenewTimer.State != string(system.UnitEnabled) {
+		add(fmt.Sprintf("renewal is not scheduled: %s is %s", n.RenewTimer.Unit, n.RenewTimer.State), lifecycle.Remedy(lifecycle.RenewUnscheduled, cfg))
+	}
 	if n.Receipt == nil {
 		add("no receipt: no bootstrap has proven this node yet", "run provision bootstrap: it proves the installed credentials with a real tasks/wait and writes the receipt")
 	}

@@ -408,6 +408,16 @@ type Check struct {
 	Evidence map[string]string `json:"evidence"`
 }
 
+// Check is the report's check named name, nil when it has none.
+func (rep Report) Check(name string) *Check {
+	for i := range rep.Checks {
+		if rep.Checks[i].Name == name {
+			return &rep.Checks[i]
+		}
+	}
+	return nil
+}
+
 // LayerChecks returns the report's checks in layer.
 func (rep Report) LayerChecks(layer string) []Check {
 	var cs []Check
