@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -72,6 +73,17 @@ func underJournal(w io.Writer) bool {
 // metricsCommands are the commands that write textfile metrics. renew
 // --check writes none: it is a question, not a run.
 var metricsCommands = map[string]bool{"bootstrap": true, "verify": true, "renew": true}
+
+// MetricsCommands are the commands that write textfile metrics, sorted:
+// the package's purge removes each one's file (packaging's test).
+func MetricsCommands() []string {
+	var out []string
+	for c := range metricsCommands {
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	return out
+}
 
 // finish ends a bootstrap, verify or renew run whose config loaded: it prints the
 // report, writes the command's metrics and logs the one line that closes
