@@ -131,3 +131,32 @@ func TestPostHook(t *testing.T) {
 		}
 	})
 }
+
+// TestPostHookAfterUnprovenPublish: the node API fails every request alike
+// (503 for the installed set and the renewed one), so the liveness rule
+// publishes the renewal without a passing proof. The credentials the
+// node-agent reads changed, so it must be told in that same run: the hook
+// runs with the new serial, and is not left for a later run to forget
+// (found by tests/boot, renewing by the real timer across a node API
+// outage with a hook that reloads the node-agent).
+func TestPostHookAfterUnprovenPublish(t *testing.T) {
+	n := bootstrapped(t, controlplane.Options{})
+	out := filepath.Join(t.TempDir(), "hook.out")
+	n.cfg.Renew.PostHook = []string{script(t, filepath.Dir(out), "ok.sh", "#!/bin/sh\necho \"serial=$PROVISION_SERIAL\" >> "+out+"\n")}
+	n.cfg.Renew.PostHookTimeout.Duration = 10 * time.Second
+	before := serial(n.current(t))
+	n.cp.API.FailAlways(controlplane.StatusFault(503))
+	o := n.renew(t, true)
+	n.cp.API.ClearFaults()
+	cur := serial(n.current(t))
+	if !o.Renewed || cur == before || o.Record.Unproven == "" {
+		t.Fatalf("renew during a node API outage: renewed %v, serial %s -> %s, unproven %q: %s", o.Renewed, before, cur, o.Record.Unproven, o.Report.Summary)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil || string(b) != "serial="+cur+"\n" {
+		t.Fatalf("the hook after the unproven publish: %q (%v), want it run once with serial %s", b, err, cur)
+	}
+	if o.Record.HookPending || o.Record.Hook != "ok" {
+		t.Errorf("record after the hook: pending %v, hook %q", o.Record.HookPending, o.Record.Hook)
+	}
+}
