@@ -58,8 +58,11 @@ func Save(stateDir string, t probe.Task, now time.Time, hook system.Hook, a cred
 	}
 	// state_dir must be provision's own (system.ClaimDir) and may be a link
 	// to another volume; tasks/ is provision's own and may not (a link
-	// there would send a task anywhere).
-	if _, err := system.ClaimDir(stateDir, true); err != nil {
+	// there would send a task anywhere). state_dir is created when missing,
+	// but need not be writable: provision-verify.service may write tasks/
+	// alone (found by tests/boot, handing a task off through that unit).
+	_, err := os.Lstat(stateDir)
+	if _, err := system.ClaimDir(stateDir, errors.Is(err, os.ErrNotExist)); err != nil {
 		return "", err
 	}
 	dir := filepath.Join(stateDir, Dir)
