@@ -286,15 +286,9 @@ func (a Access) reach(root, p string, final os.FileMode) error {
 	return nil
 }
 
-// components splits a path into its names, without empty ones or ".".
+// components splits a cleaned path into its names.
 func components(p string) []string {
-	var out []string
-	for _, c := range strings.Split(p, "/") {
-		if c != "" && c != "." {
-			out = append(out, c)
-		}
-	}
-	return out
+	return strings.FieldsFunc(filepath.Clean(p), func(r rune) bool { return r == '/' })
 }
 
 // may judges one step of the walk: want (0o1 search, 0o4 read) by the
