@@ -54,12 +54,6 @@ func Publish(r *Run) *diag.Finding {
 		r.Log.Info("step", "step", "publish", "layer", "credentials", "status", "ok", "serial", r.Cand.Leaf().SerialNumber.String())
 		return nil
 	}
-	// The run ends here with the proof's failure, but the credentials the
-	// node-agent reads changed: renew.post_hook runs now (a failure keeps
-	// it pending for the next run), not never.
-	if f := PostHook(r); f != nil {
-		r.Warnings = append(r.Warnings, f.Summary)
-	}
 	r.SetResult(state.Unproven)
 	r.Warnings = append(r.Warnings, "published without a passing proof: "+why)
 	r.Log.Warn("step", "step", "publish", "layer", "credentials", "status", "unproven", "serial", r.Cand.Leaf().SerialNumber.String(), "reason", why)

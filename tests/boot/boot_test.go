@@ -32,10 +32,10 @@ const keyGroup = "node-agent"
 // userdata`. It judges the first boot and that renewal is scheduled by the
 // package and the user-data alone; then the node API goes down before the
 // renewal is due, and the renew timer renews across the outage (the
-// liveness rule publishes the certificate both sets fail alike with, the
-// hook reloads the agent), the agent polls with the new certificate once
-// the API is back, reads a task verify handed off, and a later renew
-// proves the certificate. Then a reboot.
+// liveness rule publishes the certificate both sets fail alike with); once
+// the API is back the next renew proves it and its hook reloads the agent,
+// which polls with the new certificate and reads a task verify handed off.
+// Then a reboot.
 func TestBootFirstBoot(t *testing.T) {
 	require(t)
 	l := startLab(t, certLifetime, false)
@@ -68,12 +68,14 @@ func TestBootFirstBoot(t *testing.T) {
 
 	// The renewal falls due during the outage: the proof of the new
 	// certificate fails as the installed one's does, so the liveness rule
-	// publishes it, and the hook reloads the agent.
+	// publishes it, the hook due from then on. Once the API is back, the
+	// next renew proves it and its hook reloads the agent.
 	rec := c.waitRenewed(defaultPaths, first, true)
 	t.Logf("renewed during the outage: serial %s -> %s at %s (%s)", rec.PreviousSerial, rec.Serial, rec.LastRenewed.Format(time.TimeOnly), rec.Unproven)
-	c.waitAgent("the post_hook to reload the node-agent with the renewed certificate", rec.Serial, false)
 	l.api.ClearFaults()
 	back := time.Now()
+	c.waitHook(rec.Serial)
+	c.waitAgent("the post_hook to reload the node-agent with the renewed certificate", rec.Serial, false)
 	c.waitAgent("the node-agent to poll with the renewed certificate once the API is back", rec.Serial, true)
 	c.handOffToAgent(l, n.id)
 	waitFor(t, "a renew run to prove the certificate published without a proof", 3*time.Minute, func() (bool, string) {

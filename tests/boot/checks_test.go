@@ -192,8 +192,9 @@ type renewRecord struct {
 // bootstrap got (serial first) and judges the renewal: recorded in
 // renew.json, the new certificate current, the post_hook run inside the
 // sandbox with the new serial. During an outage (unproven) the renewal
-// must have been published without a passing proof, else every renew run
-// must have succeeded. It returns the record.
+// must have been published without a passing proof, its hook left due
+// until a run can prove it (waitHook, after); else every renew run must
+// have succeeded. It returns the record.
 func (c *container) waitRenewed(p paths, first string, unproven bool) renewRecord {
 	n, t := c.n, c.n.t
 	t.Helper()
@@ -214,23 +215,33 @@ func (c *container) waitRenewed(p paths, first string, unproven bool) renewRecor
 			}
 		}
 	}
+	if !unproven {
+		c.waitHook(rec.Serial)
+	}
+	if p.metrics != "" {
+		n.checkMetrics(p.metrics, "provision_renew.prom")
+	}
+	return rec
+}
+
+// waitHook waits for the post_hook to have run for serial, and judges the
+// sandbox it recorded from inside the renew unit.
+func (c *container) waitHook(serial string) {
+	t := c.n.t
+	t.Helper()
 	var hook string
-	waitFor(t, "the post_hook's journal lines for serial "+rec.Serial, time.Minute, func() (bool, string) {
+	waitFor(t, "the post_hook's journal lines for serial "+serial, 2*time.Minute, func() (bool, string) {
 		hook = ""
 		for _, e := range c.journal("0", "SYSLOG_IDENTIFIER="+hookTag) {
 			hook += e.str("MESSAGE") + "\n"
 		}
-		return strings.Contains(hook, "serial="+rec.Serial+"\n") && strings.Contains(hook, "usr="), hook
+		return strings.Contains(hook, "serial="+serial+"\n") && strings.Contains(hook, "usr="), hook
 	})
 	for _, want := range sandboxed {
 		if !strings.Contains(hook, want) {
 			t.Errorf("the post_hook (inside provision-renew.service) did not run sandboxed: no %q in\n%s", want, hook)
 		}
 	}
-	if p.metrics != "" {
-		n.checkMetrics(p.metrics, "provision_renew.prom")
-	}
-	return rec
 }
 
 // serialOf is the serial of the node's current certificate, from the
