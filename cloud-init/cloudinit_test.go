@@ -638,3 +638,91 @@ for f in yaml.safe_load(open(sys.argv[1]))["write_files"]:
 		})
 	}
 }
+
+// TestTPMDropIns: key.store = "tpm" gives each of the three units the TPM
+// drop-in naming key.tpm's device, in the rendered user-data too; a file
+// key or a software TPM's socket gives none.
+func TestTPMDropIns(t *testing.T) {
+	base := exampleConfig(t)
+	for _, tc := range []struct {
+		store, tpm string
+		want       int
+	}{{"tpm", "/dev/tpmrm1", 3}, {"tpm", "swtpm:path=/run/swtpm/sock", 0}, {"file", "/dev/tpmrm0", 0}} {
+		cfg := *base
+		cfg.Key.Store, cfg.Key.TPM = tc.store, tc.tpm
+		ds, err := DropInsFor(&cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, d := range ds {
+			if strings.HasSuffix(d.Path, "/provision-tpm.conf") {
+				n++
+				if !strings.Contains(d.Content, "\nDeviceAllow="+tc.tpm+" rw\n") || !strings.Contains(d.Content, "\nSupplementaryGroups=tss\n") {
+					t.Errorf("%s:\n%s", d.Path, d.Content)
+				}
+			}
+		}
+		if n != tc.want {
+			t.Errorf("store %s tpm %s: %d TPM drop-ins, want %d", tc.store, tc.tpm, n, tc.want)
+		}
+		if tc.want == 0 {
+			continue
+		}
+		var b strings.Builder
+		if err := RenderConfig(&b, &cfg, "a.b.c"); err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+			if !strings.Contains(b.String(), "- path: /etc/systemd/system/"+u+".d/provision-tpm.conf") {
+				t.Errorf("the user-data lacks %s's TPM drop-in", u)
+			}
+		}
+	}
+}
+
+// TestKeyGroupDropIns: paths.key_group gives each of the three units the
+// key-group drop-in naming that group (the units' membership of it, which
+// giving files to it without CAP_CHOWN needs), in the rendered user-data
+// too, which then reloads systemd first; no key group gives none.
+func TestKeyGroupDropIns(t *testing.T) {
+	base := exampleConfig(t)
+	for _, tc := range []struct {
+		group string
+		want  int
+	}{{"gpu-agents", 3}, {"4242", 3}, {"", 0}} {
+		cfg := *base
+		cfg.Paths.KeyGroup = tc.group
+		ds, err := DropInsFor(&cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, d := range ds {
+			if strings.HasSuffix(d.Path, "/provision-key-group.conf") {
+				n++
+				if !strings.Contains(d.Content, "\nSupplementaryGroups="+tc.group+"\n") || strings.Count(d.Content, "\n[Service]\n") != 1 {
+					t.Errorf("%s:\n%s", d.Path, d.Content)
+				}
+			}
+		}
+		if n != tc.want {
+			t.Errorf("key_group %q: %d key-group drop-ins, want %d", tc.group, n, tc.want)
+		}
+		if tc.want == 0 {
+			continue
+		}
+		var b strings.Builder
+		if err := RenderConfig(&b, &cfg, "a.b.c"); err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+			if !strings.Contains(b.String(), "- path: /etc/systemd/system/"+u+".d/provision-key-group.conf") {
+				t.Errorf("the user-data lacks %s's key-group drop-in", u)
+			}
+		}
+		if !strings.Contains(b.String(), `"systemctl daemon-reload || exit; `) {
+			t.Errorf("the user-data does not reload systemd before the start, with drop-ins")
+		}
+	}
+}

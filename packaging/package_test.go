@@ -48,6 +48,8 @@ var shipped = map[string]string{
 	"usr/lib/systemd/system/provision-verify.service":                "../deploy/systemd/provision-verify.service",
 	"usr/lib/systemd/system/provision-verify.timer":                  "../deploy/systemd/provision-verify.timer",
 	"usr/share/provision/cloud-init/user-data.yaml.tmpl":             "../cloud-init/user-data.yaml.tmpl",
+	"usr/share/provision/systemd/tpm.conf":                           "../deploy/systemd/tpm.conf",
+	"usr/share/provision/systemd/key-group.conf":                     "../deploy/systemd/key-group.conf",
 	"usr/share/provision/cloud-init/example-user-data.yaml":          "../cloud-init/example-user-data.yaml",
 	"usr/share/doc/provision/provision.toml.example":                 "provision.toml.example",
 	"usr/share/doc/provision/runbook.md":                             "../docs/runbook.md",
@@ -450,11 +452,14 @@ func TestDeb(t *testing.T) {
 	// token it did not get to delete), what cloud-init wrote (the config)
 	// and the links `systemctl enable` made in the image.
 	state := map[string]string{
-		"var/lib/provision/pki/gen-1/key.pem":     "PRIVATE KEY",
-		"var/lib/provision/pki/gen-1/cert.pem":    "CERT",
-		"var/lib/provision/receipt.json":          "{}",
-		"var/lib/provision/done/0123456789abcdef": "",
-		"run/provision/token":                     "eyJ.token",
+		"var/lib/provision/pki/gen-1/key.pem":                   "PRIVATE KEY",
+		"var/lib/provision/pki/gen-1/cert.pem":                  "CERT",
+		"var/lib/provision/receipt.json":                        "{}",
+		"var/lib/provision/done/0123456789abcdef":               "",
+		"run/provision/token":                                   "eyJ.token",
+		"var/lib/provision/.provision-dir":                      "provision created this directory\n",
+		"var/lib/provision/pki/.provision-dir":                  "provision created this directory\n",
+		"var/lib/provision/renew.json.damaged-20260101T000000Z": "{",
 	}
 	config := map[string]string{
 		"etc/provision/provision.toml":                         "node_id = \"gpu-0042\"\n",
@@ -605,6 +610,8 @@ func plantOwnFiles(t *testing.T, root string) []string {
 		files[state+"/"+d+"/entry-1"] = "{}"
 	}
 	files[state+"/"+l.TempPrefix+"x"] = ""
+	files[state+"/"+l.Mark] = "mark"
+	files[pki+"/"+l.Mark] = "mark"
 	gen := l.GenPrefix + "20260301T000000.000000000Z-0a0b0c0d"
 	for _, c := range l.Creds {
 		files[pki+"/"+gen+"/"+c] = c
@@ -659,7 +666,7 @@ func TestPostrmListsEveryOwnName(t *testing.T) {
 		t.Fatal("scripts/postrm has no own_files= line")
 	}
 	l := system.OwnLayout()
-	want := append(append(append([]string(nil), l.Files...), l.Creds...), l.Links...)
+	want := append(append(append([]string{l.Mark}, l.Files...), l.Creds...), l.Links...)
 	got := strings.Fields(string(m[1]))
 	slices.Sort(want)
 	slices.Sort(got)
@@ -711,7 +718,8 @@ func purgeSymlinked(t *testing.T, root, deb string, dpkgIn func(args ...string))
 	// /srv/keys (state_dir/pki is itself a link), and the metrics.
 	own := map[string]string{
 		"srv/state/receipt.json": "{}", "srv/state/renew.json": "{}", "srv/state/.lock": "", "srv/state/done/0123456789abcdef": "",
-		"srv/state/tasks/t-1.json": "{}", "srv/state/.receipt.json123": "{",
+		"srv/state/tasks/t-1.json": "{}", "srv/state/.receipt.json123": "{", "srv/state/.provision-dir": "mark",
+		"srv/state/receipt.json.damaged-20260101T000000Z": "{", "srv/keys/.provision-dir": "mark",
 		"srv/keys/gen-1/key.pem": "PRIVATE KEY", "srv/keys/gen-1/cert.pem": "CERT", "srv/keys/gen-1/ca.pem": "CA",
 		"var/lib/prometheus/node-exporter/provision_bootstrap.prom": "x", "var/lib/prometheus/node-exporter/provision_verify.prom": "x",
 		"var/lib/prometheus/node-exporter/.provision_renew.prom4242": "x", "srv/metrics/provision_renew.prom": "x",

@@ -12,7 +12,8 @@
 //
 // The three services run with the sandbox below, and CI fails when
 // `systemd-analyze security --offline=true` scores any above 2.0 (they
-// score 1.9 with systemd 252; TestSecurityExposure). Each directive is kept
+// score 1.8 with systemd 252, 1.9 with the TPM drop-in; TestSecurityExposure,
+// TestTPMDropIn, TestKeyGroupDropIn). Each directive is kept
 // because what provision does still works under it:
 //
 //   - ProtectSystem=strict with ReadWritePaths= for exactly what is written:
@@ -26,22 +27,36 @@
 //     the unit's at every start and, when its group is not the service's,
 //     chowns the whole tree back to root:root, which would take the key away
 //     from paths.key_group's node-agent on the next start.
-//   - CapabilityBoundingSet=CAP_CHOWN, and nothing else: every file provision
-//     reads or writes is owned by root, and root needs no capability to use
-//     its own files, but giving one to another group (paths.key_group: the
-//     key, its directories, a task handed off) takes CAP_CHOWN. Without it,
-//     on main before issue 30, a bootstrap with key_group burnt its token and
-//     failed, and every renew --force threw away a new certificate. Now the
-//     run proves it can give a file to the group before anything
-//     irreversible, and names these two lines when it cannot
-//     (tests/e2e TestKeyGroupChownRefused runs it under setpriv
-//     --bounding-set=-chown). Without key_group nothing is chowned but
-//     /etc/hosts, whose owner is kept when it is replaced.
+//   - CapabilityBoundingSet= (none): every file provision reads or writes is
+//     owned by root, and root needs no capability to use its own files. A full
+//     bootstrap (enrollment, key, certificate, receipt) and a verify were run
+//     against the lab control plane with an empty bounding set and
+//     no_new_privs (setpriv --bounding-set=-all --no-new-privs): both exit 0.
+//     One loss: an /etc/hosts owned by another user or group is rewritten
+//     root:root (the chown that kept its owner needs CAP_CHOWN).
+//   - paths.key_group (the key, its directories and the tasks handed off go
+//     to a node-agent's group): root without CAP_CHOWN may give a file it
+//     owns to a group it is a member of, and to no other (chown(2)). So the
+//     units take no capability for it; the key-group drop-in
+//     (key-group.conf, written by provision userdata for every unit when the
+//     config names a key group) makes the service a member of exactly that
+//     group (SupplementaryGroups=), which systemd-analyze does not score for a
+//     root service, and fchown is the one ownership call allowed (below). On
+//     main before issue 30 a bootstrap with key_group burnt its token before
+//     the refused chown, and every renew --force threw away a certificate;
+//     now each run proves it can give a new file to the group before
+//     anything irreversible and names the drop-in when it cannot (tests/e2e
+//     TestKeyGroupChownRefused, under setpriv --bounding-set=-chown, with and
+//     without --groups). CAP_CHOWN would have served too, but it lets root
+//     give any file to anyone, and it alone cost the units 0.2 (2.1 with the
+//     TPM drop-in: over the ceiling).
 //   - SystemCallFilter=@system-service minus @privileged and @resources, then
 //     fchown alone allowed again (chown, lchown, fchownat stay filtered:
-//     provision changes ownership only through a descriptor it opened), with
-//     SystemCallErrorNumber=EPERM: the system calls of a traced bootstrap,
-//     verify, version and getent(1) are all allowed. EPERM rather than a
+//     provision changes ownership only through a descriptor it opened; 0.2 of
+//     the score), with SystemCallErrorNumber=EPERM: the system calls of a
+//     traced bootstrap, verify, version and getent(1) are all allowed (an
+//     fchown that keeps /etc/hosts' owner gets EPERM without CAP_CHOWN, which
+//     provision treats as "keep going"). EPERM rather than a
 //     kill, so a call a future Go runtime makes (it already tolerates EPERM
 //     from setrlimit) fails softly instead of killing a first-boot unit with
 //     SIGSYS.
@@ -71,12 +86,22 @@
 //   - DeviceAllow= reports char-rtc: that is ProtectClock=yes's own read-only
 //     rule.
 //
+// The node key in the TPM (key.store = "tpm") needs the TPM's resource
+// manager, which PrivateDevices=yes hides and which is root:tss 0660, out of
+// reach of a root without capabilities. tpm.conf is the drop-in that opens
+// exactly it (PrivateDevices=no, DevicePolicy=closed, DeviceAllow=/dev/tpmrm0
+// rw, SupplementaryGroups=tss, and ~@raw-io, which PrivateDevices= also
+// blocked); it is not applied to the shipped units: `provision userdata`
+// writes it for the three services only when the config keeps the key in
+// the TPM, and the package ships it under /usr/share/provision/systemd/ for
+// nodes set up otherwise. The units score 1.8 with it (TestTPMDropIn).
+//
 // Under a running systemd: tests/boot installs the .deb in a minimal Debian
 // root and boots it with systemd-nspawn (systemd 252 as PID 1), so the
 // services run under exactly this sandbox: bootstrap, verify and renew
 // succeed in it, with paths.key_group too (a node-agent running as its own
 // user reads the key and polls with it), the renew post_hook records
-// CapBnd CAP_CHOWN alone, NoNewPrivs 1, Seccomp 2 and a read-only /usr from
+// CapEff/CapBnd 0, NoNewPrivs 1, Seccomp 2 and a read-only /usr from
 // inside it, and systemd-analyze security scores the loaded units (drop-ins
 // included) at most 2.0. What it does not exercise:
 // the ordering on network-online.target and time-sync.target, which the

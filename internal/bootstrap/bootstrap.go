@@ -18,7 +18,6 @@ package bootstrap
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/gpuaas/provision/internal/config"
@@ -39,7 +38,8 @@ var Steps = []pipeline.Step{
 	pipeline.RestartSplayStep, // a restart waits a random delay of its own first
 	pipeline.RootsStep,        // the CA's current roots, pinned, with Retry-After
 	{Name: "assess", Do: assess},
-	pipeline.ClockStep, // before a token is spent or a renewal requested
+	pipeline.ClockStep,    // before a token is spent or a renewal requested
+	pipeline.KeyStoreStep, // the TPM that makes or holds the key, likewise
 	{Name: "credentials", Do: credentials},
 	pipeline.ProveStep,   // verify's ladder ending in a real tasks/wait; a task it got, kept
 	pipeline.PublishStep, // only a proven set (or the liveness rule)
@@ -180,7 +180,7 @@ func credentials(r *pipeline.Run) *diag.Finding {
 // freshToken reports whether the token file holds a token no run has
 // presented yet (not the one the enrollment marker names).
 func freshToken(r *pipeline.Run) bool {
-	raw, err := readToken(r.Ctx, r.Host.Path(r.Cfg.CA.TokenFile))
+	raw, err := readToken(r.Ctx, r.Host, r.Cfg.CA.TokenFile)
 	if err != nil || len(raw) == 0 {
 		return false
 	}
@@ -191,6 +191,11 @@ func freshToken(r *pipeline.Run) bool {
 // tokenPresent reports whether a non-empty token file is there to enroll
 // or rotate an exposed key with.
 func tokenPresent(cfg *config.Config, host *system.Host) bool {
-	st, err := os.Stat(host.Path(cfg.CA.TokenFile))
+	d, name, err := host.Chase(cfg.CA.TokenFile, system.ChaseOptions{})
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	st, err := d.Lstat(name)
 	return err == nil && st.Mode().IsRegular() && st.Size() > 0
 }

@@ -113,7 +113,12 @@ func TestCommandsRefuseForeignDirs(t *testing.T) {
 		says  []string
 	}{
 		{"pki_dir a shared /etc/pki (the repro)", []func(*testing.T, string){withPaths(`pki_dir = "/etc/pki"` + "\n"), files("etc/pki", 0o755, "ca.pem", "cert.pem")},
-			3, "config", []string{`paths.pki_dir = "/etc/pki"`, "ca.pem (a regular file that is not part of a key and certificate pair)", "not provision's own directory"}},
+			3, "config", []string{`paths.pki_dir = "/etc/pki"`, "ca.pem (a regular file: another program's credential", "not provision's own directory"}},
+		{"pki_dir nginx's key and certificate (issue 31)", []func(*testing.T, string){withPaths(`pki_dir = "/etc/nginx/ssl"` + "\n"), files("etc/nginx/ssl", 0o755, "key.pem", "cert.pem")},
+			3, "config", []string{`paths.pki_dir = "/etc/nginx/ssl"`, "key.pem (a regular file: another program's credential", "not provision's own directory"}},
+		{"state_dir under a directory another user owns (issue 31)", []func(*testing.T, string){withPaths(`state_dir = "/srv/alice/provision"` + "\n"), files("srv/alice", 0o755), func(t *testing.T, root string) {
+			os.Chown(filepath.Join(root, "srv/alice"), 1001, 1001)
+		}}, 21, "state", []string{`paths.state_dir = "/srv/alice/provision"`, "/srv/alice/provision is in /srv/alice, which uid 1001 can write"}},
 		{"pki_dir /etc/ssl", []func(*testing.T, string){withPaths(`pki_dir = "/etc/ssl"` + "\n"), files("etc/ssl", 0o755, "openssl.cnf"), files("etc/ssl/certs", 0o755, "ca-certificates.crt")},
 			3, "config", []string{`paths.pki_dir = "/etc/ssl"`, "openssl.cnf", "certs (a directory holding ca-certificates.crt"}},
 		{"state_dir a data directory", []func(*testing.T, string){withPaths(`state_dir = "/srv/data"` + "\n"), files("srv/data", 0o755, "db.sqlite")},

@@ -90,6 +90,7 @@ func printStatus(w io.Writer, n *status.Node, code int) {
 		line("credentials", "none in %s", c.PKIDir)
 	}
 	line("verdict", "%s %s", c.Verdict, strings.Join(c.Reasons, ","))
+	printKey(line, n.Key)
 	if r := n.Renew; r != nil {
 		line("last renew", "%s: %s %s", ts(r.LastAttempt), r.LastResult, r.LastError)
 		if r.HookPending {
@@ -110,6 +111,28 @@ func printStatus(w io.Writer, n *status.Node, code int) {
 		fmt.Fprintf(w, ". Next: %s", clean(n.Remedy))
 	}
 	fmt.Fprintf(w, " (exit %d)\n", code)
+}
+
+// printKey is the key store's line: where the key is, and whether it
+// signed just now.
+func printKey(line func(k, format string, a ...any), k status.Key) {
+	signs := "signs"
+	switch {
+	case k.Error != "":
+		signs = "FAILS: " + k.Error
+	case !k.Signs:
+		signs = "none installed"
+	}
+	where := "key.store " + k.Store
+	if k.Installed != "" {
+		where += ", installed key in " + k.Installed
+	}
+	line("key", "%s: %s", where, signs)
+	if k.TPMStatus != "" {
+		line("tpm", "%s", k.TPMStatus)
+	} else if k.TPM != "" {
+		line("tpm", "%s", k.TPM)
+	}
 }
 
 func ts(t time.Time) string {

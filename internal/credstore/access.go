@@ -97,9 +97,9 @@ func (a Access) group() string {
 // directory (state_dir and pki_dir on another volume); the directories
 // provision creates inside them may not. The directory is changed through
 // a descriptor (fchown, fchmod), never by name: fchown is the one
-// ownership call the units allow (SystemCallFilter=fchown, with
-// CapabilityBoundingSet=CAP_CHOWN), and a directory already in the group
-// is not chowned at all.
+// ownership call the units allow (SystemCallFilter=fchown; without
+// CAP_CHOWN, as a member of the group: the key-group drop-in), and a
+// directory already in the group is not chowned at all.
 func (a Access) Give(dir string, mode os.FileMode, follow bool) error {
 	flags := os.O_RDONLY | syscall.O_DIRECTORY | syscall.O_CLOEXEC
 	if !follow {
@@ -139,8 +139,8 @@ func (a Access) giveFile(f *os.File, path string, mode os.FileMode) error {
 func (a Access) GiveFile(f *os.File, path string) error { return a.giveFile(f, path, a.KeyMode()) }
 
 // ChownError is a file provision could not give to the key group: under
-// systemd, the unit's sandbox refused it (no CAP_CHOWN in its bounding set,
-// or fchown filtered), or the filesystem does not support ownership.
+// systemd, the unit is not a member of the group (no key-group drop-in) or
+// fchown is filtered; or the filesystem does not support ownership.
 type ChownError struct {
 	Path, Group string
 	Err         error

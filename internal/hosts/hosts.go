@@ -312,18 +312,29 @@ const (
 // may have changed it): old is what the caller read. hook marks the crash
 // point before the rename.
 func Write(path string, old, data []byte, hook system.Hook) (Strategy, error) {
+	d, err := system.OpenDir(filepath.Dir(path))
+	if err != nil {
+		return "", err
+	}
+	defer d.Close()
+	return writeIn(d, filepath.Base(path), old, data, hook)
+}
+
+// writeIn is Write for name in the directory d.
+func writeIn(d *system.Dir, name string, old, data []byte, hook system.Hook) (Strategy, error) {
 	if bytes.Equal(old, data) {
 		return Unchanged, nil
 	}
+	path := d.Join(name)
 	mode := os.FileMode(0o644)
-	if st, err := os.Lstat(path); err == nil {
+	if st, err := d.Lstat(name); err == nil {
 		if !st.Mode().IsRegular() {
 			// Callers resolve a symlinked hosts file to its target first
-			// (system.Host.Resolve); a link here appeared since.
+			// (system.Host.Chase); a link here appeared since.
 			return "", &system.UnsafeFileError{Path: path, Kind: system.FileKind(st.Mode())}
 		}
 		mode = st.Mode().Perm()
-		cur, err := ReadFile(path)
+		cur, err := d.ReadRegular(context.Background(), name, MaxSize)
 		if err != nil {
 			return "", fmt.Errorf("re-reading %s: %w", path, err)
 		}
@@ -335,18 +346,52 @@ func Write(path string, old, data []byte, hook system.Hook) (Strategy, error) {
 	} else if len(old) > 0 {
 		return "", fmt.Errorf("%s was removed while provision was editing it; run again", path)
 	}
-	system.SweepTemp(filepath.Dir(path), filepath.Base(path))
-	err := system.WriteFileAtomic(path, data, system.WriteOptions{Mode: mode, KeepOwner: true, Hook: hook})
+	d.SweepTemp(name)
+	err := d.WriteAtomic(name, data, system.WriteOptions{Mode: mode, KeepOwner: true, Hook: hook})
 	if err == nil {
 		return Renamed, nil
 	}
 	if errors.Is(err, system.ErrBusy) {
-		if err := system.WriteInPlace(path, data); err != nil {
+		if err := d.WriteInPlace(name, data); err != nil {
 			return "", err
 		}
 		return InPlace, nil
 	}
 	return "", err
+}
+
+// File is the hosts file as provision edits it: its directory held open,
+// reached under the path rule (system.Host.Chase: a symlinked hosts file is
+// followed to its target, inside --root, only when root owns the link and
+// only root can write the directory holding it), and its name there.
+type File struct {
+	dir  *system.Dir
+	name string
+	// Node is the file edited, as a node path with every link resolved.
+	Node string
+}
+
+// Open opens the hosts file at the node path file on host for an edit;
+// create makes its missing directories (0755).
+func Open(host *system.Host, file string, create bool) (*File, error) {
+	d, name, err := host.Chase(file, system.ChaseOptions{FollowLast: true, Mkdir: create})
+	if err != nil {
+		return nil, err
+	}
+	return &File{dir: d, name: name, Node: filepath.Join(d.Node(), name)}, nil
+}
+
+// Close releases the file's directory.
+func (f *File) Close() error { return f.dir.Close() }
+
+// Read is ReadFile for the file.
+func (f *File) Read() ([]byte, error) {
+	return f.dir.ReadRegular(context.Background(), f.name, MaxSize)
+}
+
+// Write is Write for the file.
+func (f *File) Write(old, data []byte, hook system.Hook) (Strategy, error) {
+	return writeIn(f.dir, f.name, old, data, hook)
 }
 
 // ErrNoBlock says the file has no managed block.
@@ -420,15 +465,15 @@ func EntriesOf(m map[string]netip.Addr) []Entry {
 
 // ApplyTo writes the managed block for entries into file, a path on host.
 // A hosts file that is a symbolic link is edited at its target, resolved
-// inside --root (system.Host.Resolve), so the link stays a link and --root
-// stays a sandbox.
+// inside --root under the path rule (Open), so the link stays a link and
+// --root stays a sandbox.
 func ApplyTo(host *system.Host, file string, entries []Entry) (Strategy, error) {
-	target, err := host.Resolve(file)
+	f, err := Open(host, file, true)
 	if err != nil {
 		return "", fmt.Errorf("resolving %s: %w", file, err)
 	}
-	path := host.Path(target)
-	old, err := ReadFile(path)
+	defer f.Close()
+	old, err := f.Read()
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("reading %s: %w", file, err)
 	}
@@ -439,10 +484,7 @@ func ApplyTo(host *system.Host, file string, entries []Entry) (Strategy, error) 
 	if !changed {
 		return Unchanged, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return "", err
-	}
-	s, err := Write(path, old, nb, host.Hook)
+	s, err := f.Write(old, nb, host.Hook)
 	if err != nil {
 		return "", fmt.Errorf("writing %s: %w", file, err)
 	}
@@ -462,6 +504,10 @@ func Describe(path string, err error) (msg, remedy string) {
 		return fmt.Sprintf("the managed block in %s differs from the config: %s", path, strings.Join(de.Diffs, "; ")), "rewrite the override from the config: provision hosts apply"
 	case errors.As(err, &he) && he.Outside:
 		return fmt.Sprintf("%s: %v", path, err), "remove or correct that line by hand (provision edits only its block), then run provision hosts apply"
+	case errors.Is(err, system.ErrUnsafePath):
+		return fmt.Sprintf("%s: %v", path, err), "put the hosts file itself there, or a link root owns in a directory only root can write (and find out who changed it), then run provision hosts apply"
+	case errors.Is(err, system.ErrUnsafeFile):
+		return fmt.Sprintf("%s: %v", path, err), fmt.Sprintf("make %s a regular file again (and find out who replaced it), then run provision hosts apply", path)
 	}
 	return fmt.Sprintf("%s: %v", path, err), fmt.Sprintf("repair the managed block in %s by hand (keep one BEGIN and one END marker), then run provision hosts apply", path)
 }

@@ -42,6 +42,8 @@ func Remedy(r Reason, cfg *config.Config) string {
 		return "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run again; nothing irreversible was done"
 	case RenewUnscheduled:
 		return "enable it: systemctl enable --now " + RenewTimer + " (the package enables it on install and an upgrade keeps an operator's choice; provision userdata enables it too); a certificate nothing renews expires within its lifetime"
+	case KeyLost:
+		return "the key cannot be recovered (a TPM key never leaves its TPM, and a clear destroys it); re-enroll: " + fresh + " (with key.store = \"tpm\" the new key is made in this TPM); if the TPM was not meant to be cleared, find out who cleared it (firmware setup, an OS installer, tpm2_clear)"
 	case RootsUnknown:
 		return "check the CA (provision verify's ca-root check), then run again"
 	}

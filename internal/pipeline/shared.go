@@ -34,7 +34,7 @@ var (
 // Sweep removes what a killed run left: temp files in state_dir, its done
 // and tasks directories, and unpublished temp generations under pki_dir.
 func Sweep(r *Run) *diag.Finding {
-	system.SweepTemp(r.StateDir, state.ReceiptFile, state.PendingFile, state.ExposedFile, state.RenewalFile, state.FailureFile)
+	system.SweepTemp(r.StateDir, state.ReceiptFile, state.PendingFile, state.ExposedFile, state.RenewalFile, state.FailureFile, system.OwnMark)
 	system.SweepTemp(filepath.Join(r.StateDir, state.DoneDir), r.Host.MachineID())
 	tasks.Sweep(r.StateDir)
 	credstore.Sweep(r.PKI)
@@ -133,7 +133,7 @@ func groupFinding(r *Run, err error) *diag.Finding {
 	var re *credstore.ReachError
 	switch {
 	case errors.As(err, &ce):
-		f.Remedy = "provision must be able to give files to the group: the shipped units keep CAP_CHOWN in CapabilityBoundingSet= and allow fchown in SystemCallFilter=; check for a drop-in that takes either away (systemctl cat provision.service provision-renew.service provision-verify.service), run it by hand as root with CAP_CHOWN, or remove paths.key_group; then run again"
+		f.Remedy = "provision gives files to the group as a member of it (no CAP_CHOWN under its units): install the key-group drop-in for provision.service, provision-renew.service and provision-verify.service, /etc/systemd/system/<unit>.d/provision-key-group.conf with [Service] SupplementaryGroups=" + r.Cfg.Paths.KeyGroup + " (provision userdata writes it; /usr/share/provision/systemd/key-group.conf), then systemctl daemon-reload, and check no drop-in takes fchown out of SystemCallFilter= (systemctl cat provision.service); by hand, run as root; or remove paths.key_group; then run again"
 	case errors.As(err, &re):
 		f.Remedy = "let group " + r.Cfg.Paths.KeyGroup + " search " + re.At + " (chmod o+x, or g+x with that group), or move pki_dir where it can reach; provision changes only the directories it made (state_dir, pki_dir, tasks/); then run again"
 	default:

@@ -16,13 +16,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/observe"
@@ -57,11 +57,15 @@ type Node struct {
 	Attention   []string     `json:"attention"` // what to act on, one line each
 	Remedy      string       `json:"remedy"`
 	Credentials *Credentials `json:"credentials"`
+	Key         Key          `json:"key"`
 	Renew       *Renew       `json:"renew"`   // nil: renew never ran
 	Receipt     *Receipt     `json:"receipt"` // nil: never done
 	Metrics     Metrics      `json:"metrics"`
 	// RenewTimer says whether renewal is scheduled (issue 30).
 	RenewTimer Timer `json:"renew_timer"`
+	// damage is the records of state_dir that do not parse or were kept
+	// aside for that: each is on the attention list.
+	damage []state.Damage
 }
 
 // Timer is a systemd timer's enablement, from the node's files alone.
@@ -91,6 +95,17 @@ type Credentials struct {
 	BundleRoots     int       `json:"bundle_roots"`
 	Verdict         string    `json:"verdict"`           // keep, tighten, renew, re-enroll
 	Reasons         []string  `json:"reasons,omitempty"` // the verdict's reasons
+}
+
+// Key is the node's key store: where keys are made, where the installed
+// one is, and whether it signed just now (in the TPM, for a TPM key).
+type Key struct {
+	Store     string `json:"store"`               // key.store: where new keys are made
+	Installed string `json:"installed,omitempty"` // the installed key's store, file or tpm
+	TPM       string `json:"tpm,omitempty"`       // key.tpm, when a TPM is involved
+	TPMStatus string `json:"tpm_status,omitempty"`
+	Signs     bool   `json:"signs"` // the installed key signed a test digest that verified
+	Error     string `json:"error,omitempty"`
 }
 
 // Renew is the last renew attempt, from state_dir/renew.json.
@@ -133,19 +148,59 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 	e.Offline = true
 	v := e.Verdict(context.Background())
 	n.Credentials = credentials(cfg, e, v, host.Time())
+	n.Key = key(e)
 	if rec := e.RenewRecord(); rec != nil {
 		n.Renew = &Renew{LastAttempt: rec.LastAttempt, LastResult: rec.LastResult, LastError: rec.LastError, FailedLayer: rec.FailedLayer,
 			LastRenewed: rec.LastRenewed, HookPending: rec.HookPending, Hook: rec.Hook, ConsecutiveFailures: rec.Failures,
 			ConsecutiveRefusals: rec.Refusals, Unproven: rec.Unproven, Aside: rec.Aside, RevokedSerial: rec.RevokedSerial}
 	}
+	n.damage = state.FindDamage(host.Path(cfg.Paths.StateDir))
 	if rc, err := state.ReadReceipt(host.Path(cfg.Paths.StateDir)); err == nil {
 		n.Receipt = &Receipt{Serial: rc.Serial, ProvedAt: rc.ProvedAt, Command: rc.Command, Enrolled: rc.Enrolled, Unproven: rc.Unproven, MachineID: rc.MachineID}
 	}
 	n.Metrics = metricsFiles(cfg, host)
 	st, at := observe.RenewTimer(host)
 	n.RenewTimer = Timer{Unit: lifecycle.RenewTimer, State: string(st), Path: at}
-	judge(n, v, cfg, host.Time())
+	judge(n, v, cfg, host.Time(), func(add func(string, string)) { keyAttention(n, e, add) })
 	return n
+}
+
+// key observes the key store (it signs once with the installed key).
+func key(e *observe.Env) Key {
+	k := e.Key()
+	out := Key{Store: k.Store, Installed: k.Installed, Signs: k.Signed}
+	if e.UsesTPM() {
+		out.TPM = e.Cfg.Key.TPM
+	}
+	if k.TPM != nil {
+		out.TPMStatus = k.TPM.String()
+	}
+	switch {
+	case k.SignErr != nil:
+		out.Error = k.SignErr.Error()
+	case k.TPMErr != nil && (k.Store == config.KeyStoreTPM || k.Installed == config.KeyStoreTPM):
+		out.Error = k.TPMErr.Error()
+	}
+	return out
+}
+
+// keyAttention adds what the key store says needs acting on: a key that
+// does not sign (a lost one is the verdict's), a TPM new keys cannot be
+// made in, a key not where key.store keeps keys.
+func keyAttention(n *Node, e *observe.Env, add func(what, remedy string)) {
+	k := e.Key()
+	switch {
+	case k.KeyLost():
+	case k.SignErr != nil:
+		f := diag.FromKeyStore(k.SignErr, "")
+		add(f.Summary, f.Remedy)
+	case k.TPMErr != nil && (k.Store == config.KeyStoreTPM || k.Installed == config.KeyStoreTPM):
+		f := diag.FromKeyStore(k.TPMErr, "")
+		add(f.Summary, f.Remedy)
+	case k.Installed != "" && k.Installed != k.Store:
+		add(fmt.Sprintf("the installed key is a %s key, but key.store is %q", k.Installed, k.Store),
+			"the next new key is made in key.store: run provision renew --force (with renew.rekey, the default), or provision bootstrap with a fresh one-time token")
+	}
 }
 
 func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now time.Time) *Credentials {
@@ -197,10 +252,16 @@ func metricsFiles(cfg *config.Config, host *system.Host) Metrics {
 	if !m.Enabled {
 		return m
 	}
-	matches, _ := filepath.Glob(filepath.Join(host.ResolvedPath(cfg.Metrics.TextfileDir), "provision_*.prom"))
-	for _, p := range matches {
-		if st, err := os.Lstat(p); err == nil && st.Mode().IsRegular() {
-			m.Files = append(m.Files, filepath.Base(p))
+	// Reached as the metrics writer reaches it: under the path rule.
+	d, _, err := host.Chase(cfg.Metrics.TextfileDir, system.ChaseOptions{Dir: true})
+	if err != nil {
+		return m
+	}
+	defer d.Close()
+	ents, _ := d.ReadDir()
+	for _, e := range ents {
+		if ok, _ := filepath.Match("provision_*.prom", e.Name()); ok && e.Type().IsRegular() {
+			m.Files = append(m.Files, e.Name())
 		}
 	}
 	sort.Strings(m.Files)
@@ -208,12 +269,15 @@ func metricsFiles(cfg *config.Config, host *system.Host) Metrics {
 }
 
 // judge sets the state, the summary, what needs attention and the remedy.
-func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
+func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more func(add func(what, remedy string))) {
 	if v.Action == lifecycle.Reenroll {
 		r := v.First()
 		n.State, n.Summary, n.Remedy = Unusable, "no usable identity: "+v.Detail[r], lifecycle.Remedy(r, cfg)
 		if r == lifecycle.Missing {
 			n.Summary = "not enrolled: " + v.Detail[r]
+		}
+		for _, d := range n.damage {
+			n.Attention = append(n.Attention, d.String())
 		}
 		return
 	}
@@ -231,9 +295,13 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
 	if due := v.DueAt(cfg.Renew.Splay.Duration); v.Leaf != nil && !now.Before(due) {
 		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(due), stamp(v.Leaf.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
 	}
+	more(add)
 	renewAttention(n, add)
 	if n.RenewTimer.State != string(system.UnitEnabled) {
 		add(fmt.Sprintf("renewal is not scheduled: %s is %s", n.RenewTimer.Unit, n.RenewTimer.State), lifecycle.Remedy(lifecycle.RenewUnscheduled, cfg))
+	}
+	for _, d := range n.damage {
+		add(d.String(), d.Remedy())
 	}
 	if n.Receipt == nil {
 		add("no receipt: no bootstrap has proven this node yet", "run provision bootstrap: it proves the installed credentials with a real tasks/wait and writes the receipt")

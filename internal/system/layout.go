@@ -10,6 +10,7 @@ type Layout struct {
 	Dirs       []string // provision's own directories in state_dir
 	Creds      []string // pki_dir's stable names (links into current/)
 	Links      []string // links naming generations
+	Mark       string   // the file that marks each directory provision made (OwnMark)
 	GenPrefix  string   // starts a generation directory's name in pki_dir
 	TempPrefix string   // starts every temporary file's name
 }
@@ -19,6 +20,6 @@ func OwnLayout() Layout {
 	return Layout{
 		Files: append([]string(nil), ownFiles...), Dirs: append([]string(nil), ownDirs...),
 		Creds: append([]string(nil), credFiles...), Links: append([]string(nil), genLinks...),
-		GenPrefix: genPrefix, TempPrefix: TempPrefix,
+		Mark: OwnMark, GenPrefix: genPrefix, TempPrefix: TempPrefix,
 	}
 }

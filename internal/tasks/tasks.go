@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -58,11 +59,15 @@ func Save(stateDir string, t probe.Task, now time.Time, hook system.Hook, a cred
 	}
 	// state_dir must be provision's own (system.ClaimDir) and may be a link
 	// to another volume; tasks/ is provision's own and may not (a link
-	// there would send a task anywhere). state_dir is created when missing,
-	// but need not be writable: provision-verify.service may write tasks/
-	// alone (found by tests/boot, handing a task off through that unit).
-	_, err := os.Lstat(stateDir)
-	if _, err := system.ClaimDir(stateDir, errors.Is(err, os.ErrNotExist)); err != nil {
+	// there would send a task anywhere). state_dir is created and marked
+	// when missing, but need not be writable: provision-verify.service may
+	// write tasks/ alone, state_dir read-only to it (found by tests/boot,
+	// handing a task off through that unit).
+	if _, err := system.ClaimDir(stateDir, true); errors.Is(err, syscall.EROFS) {
+		if _, err := system.ClaimDir(stateDir, false); err != nil { // judged only
+			return "", err
+		}
+	} else if err != nil {
 		return "", err
 	}
 	dir := filepath.Join(stateDir, Dir)

@@ -1,6 +1,7 @@
 // Package testenv holds what the project's tests share about their
-// environment: finding the real programs a test drives, and a log buffer
-// safe for concurrent writers.
+// environment: finding the real programs a test drives, a log buffer safe
+// for concurrent writers, and a digest of a tree to prove a run changed
+// nothing it did not create.
 //
 // A test that needs a missing program must never count as passed: on a
 // developer machine it skips with a loud message, and under CI=true (set by

@@ -36,7 +36,12 @@ func Checks() []Check {
 		// Every check that judges a certificate by the node's clock depends
 		// on clock, so a skewed clock is one root cause, not four failures.
 		{Name: "clock", Layer: diag.Clock, Owner: diag.Node, Run: checkClock},
-		{Name: "credentials", Layer: diag.Credentials, Owner: diag.Node, DependsOn: []string{"clock"}, Run: checkCredentials},
+		// key-store proves the installed key signs now (in the TPM, for a
+		// TPM key) and that new keys can be made where key.store says; a
+		// key that cannot sign (a TPM missing, closed, or that lost the
+		// key) is the one root cause, not also a credentials failure.
+		{Name: diag.KeyStoreCheck, Layer: diag.Credentials, Owner: diag.Node, Run: checkKeyStore},
+		{Name: "credentials", Layer: diag.Credentials, Owner: diag.Node, DependsOn: []string{"clock", diag.KeyStoreCheck}, Run: checkCredentials},
 		// Whether anything will renew them: a warning, never a failure.
 		{Name: "renew-timer", Layer: diag.Credentials, Owner: diag.Node, Run: checkRenewTimer},
 		{Name: "ca-chain", Layer: diag.CA, Owner: diag.Node, DependsOn: []string{"ca-root", "credentials"}, Run: checkCAChain},
@@ -69,7 +74,7 @@ func wantEntries(e *observe.Env) map[string]netip.Addr { return e.Cfg.HostMap() 
 
 func checkHostsBlock(_ context.Context, e *observe.Env) Answer {
 	path := e.Cfg.Paths.HostsFile
-	b, err := hosts.ReadFile(e.Host.ResolvedPath(path)) // through a symlink, inside --root; never a FIFO
+	b, err := readHosts(e.Host, path)
 	if err != nil {
 		return fail("restore the hosts file, then run provision hosts apply", "cannot read %s: %v", path, err)
 	}
@@ -79,6 +84,17 @@ func checkHostsBlock(_ context.Context, e *observe.Env) Answer {
 		return fail(remedy, "%s", msg)
 	}
 	return pass("managed block in %s maps %s", path, describe(want))
+}
+
+// readHosts reads the hosts file as 'provision hosts apply' edits it:
+// through a symlink under the path rule, inside --root; never a FIFO.
+func readHosts(host *system.Host, path string) ([]byte, error) {
+	f, err := hosts.Open(host, path, false)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Read()
 }
 
 func describe(m map[string]netip.Addr) string {

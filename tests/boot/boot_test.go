@@ -46,7 +46,12 @@ func TestBootFirstBoot(t *testing.T) {
 	// take the API down first on a busy machine.
 	cfg.Renew = renewConfig(0.5, "systemctl reload node-agent.service")
 	n.addAgent(keyGroup, cfg.NodeAPI.URL+strings.ReplaceAll(cfg.NodeAPI.WaitPath, "{node_id}", n.id)+"?timeout=1")
-	n.seed(l.operatorFiles(cfg, ""))
+	ud := n.seed(l.operatorFiles(cfg, ""))
+	for _, unit := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+		if !strings.Contains(ud, "/etc/systemd/system/"+unit+".d/provision-key-group.conf") {
+			t.Fatalf("the user-data has no key-group drop-in for %s:\n%s", unit, ud)
+		}
+	}
 	n.fastTimers("15s", "10s")
 	// node_exporter's package would ship this directory; provision never
 	// creates it.

@@ -40,9 +40,10 @@ func probeHook(then string) []string {
 	return []string{"/bin/sh", "-c", probe}
 }
 
-// sandboxed is what probeHook must record for each renewal: the bounding
-// set is CAP_CHOWN alone (bit 0; paths.key_group), as provision.service's.
-var sandboxed = []string{"CapEff:\t0000000000000001", "CapBnd:\t0000000000000001", "NoNewPrivs:\t1", "Seccomp:\t2", "usr=read-only"}
+// sandboxed is what probeHook must record for each renewal: no
+// capabilities, even with paths.key_group (the unit is then a member of
+// the group instead).
+var sandboxed = []string{"CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2", "usr=read-only"}
 
 // checkBootstrapped judges a first boot that cloud-init reported done:
 // provision.service ran once under its sandbox and succeeded, with one
@@ -60,9 +61,9 @@ func (c *container) checkBootstrapped(p paths) report {
 	for _, e := range lines {
 		runs[e.str("_SYSTEMD_INVOCATION_ID")] = true
 		// journald reads the writer's capabilities from /proc: the
-		// unit's CapabilityBoundingSet= left provision CAP_CHOWN alone.
-		if e.str("_COMM") == "provision" && e.str("_CAP_EFFECTIVE") != "1" {
-			t.Errorf("provision ran with capabilities %s (want CAP_CHOWN alone, 1: CapabilityBoundingSet=CAP_CHOWN)", e.str("_CAP_EFFECTIVE"))
+		// unit's CapabilityBoundingSet= left provision none.
+		if e.str("_COMM") == "provision" && e.str("_CAP_EFFECTIVE") != "0" {
+			t.Errorf("provision ran with capabilities %s (want none: CapabilityBoundingSet=)", e.str("_CAP_EFFECTIVE"))
 		}
 	}
 	if len(runs) != 1 || len(reps) != 1 {

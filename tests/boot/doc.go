@@ -24,7 +24,8 @@
 //   - TestBootFirstBoot: a node whose node-agent (tests/boot/agent) runs as
 //     its own user and reads its key through paths.key_group. cloud-init
 //     runs the seed and reports done; provision.service runs once, under
-//     its sandbox (CAP_CHOWN alone, systemd-analyze security of the loaded
+//     its sandbox (no capabilities, a member of the key group through the
+//     drop-in userdata wrote, systemd-analyze security of the loaded
 //     units), and succeeds; the receipt, the done marker and the hosts
 //     block exist, the token is gone; the journal holds exactly one JSON
 //     report line for the run; both timers are enabled and waiting with

@@ -189,6 +189,9 @@ type LeafRequest struct {
 	SelfSigned bool
 	// Extensions are added as they are (step-ca's provisioner extension).
 	Extensions []pkix.Extension
+	// PublicKey, when set, is certified instead of a key made here (a key
+	// in a TPM); the Leaf's Key is then nil.
+	PublicKey *ecdsa.PublicKey
 }
 
 // IssueLeaf signs a new P-256 leaf with the intermediate.
@@ -219,7 +222,11 @@ func (p *PKI) IssueLeaf(req LeafRequest) (*Leaf, error) {
 	if req.SelfSigned {
 		parent, signer = tmpl, key
 	}
-	cert, err := createCert(tmpl, parent, &key.PublicKey, signer)
+	pub := &key.PublicKey
+	if req.PublicKey != nil {
+		pub, key = req.PublicKey, nil
+	}
+	cert, err := createCert(tmpl, parent, pub, signer)
 	if err != nil {
 		return nil, err
 	}
