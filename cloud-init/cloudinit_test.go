@@ -669,15 +669,26 @@ func TestTPMDropIns(t *testing.T) {
 		if tc.want == 0 {
 			continue
 		}
-		var b strings.Builder
-		if err := RenderConfig(&b, &cfg, "a.b.c"); err != nil {
-			t.Fatal(err)
+		renderedWithDropIns(t, &cfg, "provision-tpm.conf")
+	}
+}
+
+// renderedWithDropIns renders cfg's user-data and requires it to write the
+// drop-in name for each of the three units, and to reload systemd before
+// its start.
+func renderedWithDropIns(t *testing.T, cfg *config.Config, name string) {
+	t.Helper()
+	var b strings.Builder
+	if err := RenderConfig(&b, cfg, "a.b.c"); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+		if !strings.Contains(b.String(), "- path: /etc/systemd/system/"+u+".d/"+name) {
+			t.Errorf("the user-data lacks %s's %s", u, name)
 		}
-		for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
-			if !strings.Contains(b.String(), "- path: /etc/systemd/system/"+u+".d/provision-tpm.conf") {
-				t.Errorf("the user-data lacks %s's TPM drop-in", u)
-			}
-		}
+	}
+	if !strings.Contains(b.String(), `"systemctl daemon-reload || exit; `) {
+		t.Errorf("the user-data does not reload systemd before the start, with drop-ins")
 	}
 }
 
@@ -712,17 +723,6 @@ func TestKeyGroupDropIns(t *testing.T) {
 		if tc.want == 0 {
 			continue
 		}
-		var b strings.Builder
-		if err := RenderConfig(&b, &cfg, "a.b.c"); err != nil {
-			t.Fatal(err)
-		}
-		for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
-			if !strings.Contains(b.String(), "- path: /etc/systemd/system/"+u+".d/provision-key-group.conf") {
-				t.Errorf("the user-data lacks %s's key-group drop-in", u)
-			}
-		}
-		if !strings.Contains(b.String(), `"systemctl daemon-reload || exit; `) {
-			t.Errorf("the user-data does not reload systemd before the start, with drop-ins")
-		}
+		renderedWithDropIns(t, &cfg, "provision-key-group.conf")
 	}
 }
