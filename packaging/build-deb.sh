@@ -43,7 +43,10 @@ trap 'rm -rf "$work"' EXIT INT TERM
 PROVISION_BIN="$work/provision"
 GEN="$work/gen"
 export PROVISION_BIN GEN
-CGO_ENABLED=0 go build -trimpath \
+# The build tags are cmd/provision/build-tags (the one list the tests and the
+# bench read too): they drop step-ca's server-only code, such as its databases.
+tags=$(sed -e 's/#.*//' cmd/provision/build-tags | tr -s ' \t\n' '\n' | sed '/^$/d' | paste -sd, -)
+CGO_ENABLED=0 go build -trimpath -tags "$tags" \
 	-ldflags "-s -w -X github.com/gpuaas/provision/internal/cli.version=$VERSION -X github.com/gpuaas/provision/internal/cli.commit=$COMMIT" \
 	-o "$PROVISION_BIN" ./cmd/provision
 

@@ -365,6 +365,18 @@ func TestDeb(t *testing.T) {
 			}
 		}
 	})
+	// The packaged binary is the lean one: built by build-deb.sh with every
+	// tag of cmd/provision/build-tags, no step-ca database linked.
+	t.Run("lean build", func(t *testing.T) {
+		bi, err := buildinfo.ReadFile(bin)
+		tags, terr := testenv.NodeTags()
+		if err != nil || terr != nil {
+			t.Fatal(err, terr)
+		}
+		for _, p := range testenv.LeanProblems(bi, tags) {
+			t.Error("the packaged binary " + p)
+		}
+	})
 	// Every module the installed binary links has its licence text in the
 	// package, under its module path: the binary's own record decides.
 	t.Run("licences of the linked modules", func(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
@@ -370,7 +371,7 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 
 // flagDashes rewrites the flag package's messages ("flag provided but not
 // defined: -chek") to name flags with the two dashes the help shows.
-var flagDashes = regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]*)`)
+var flagDashes = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]*)`) })
 
 // splitUsage cuts a usage text at its first section heading (an unindented
 // line ending in ':'): the description before it, the sections from it.
@@ -402,7 +403,7 @@ func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
 		if !f.cmd.format && strings.HasSuffix(err.Error(), " -format") {
 			hint = fmt.Sprintf("provision %s prints text only and has no --format; a script uses its exit code%s.", f.cmd.name, map[bool]string{true: " (provision hosts check: 0 only when the override is right)"}[f.cmd.name == "hosts"])
 		}
-		return env.usage(f.cmd.name, flagDashes.ReplaceAllString(err.Error(), "$1--$2"), hint), false
+		return env.usage(f.cmd.name, flagDashes().ReplaceAllString(err.Error(), "$1--$2"), hint), false
 	}
 	explicit := false
 	f.fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "format" })

@@ -121,7 +121,11 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 			return
 		}
 		dir = cfg.Metrics.TextfileDir
-		cert = certFacts(cfg, host)
+		// The credentials are read for the metrics only where node_exporter
+		// reads them (metrics.Write says why when there is no directory).
+		if st, err := os.Stat(host.ResolvedPath(dir)); err == nil && st.IsDir() {
+			cert = certFacts(cfg, host)
+		}
 	}
 	run := metrics.Run{Command: r.Command, Report: r, Finished: time.Now(), Duration: time.Since(env.start), Cert: cert, Version: Version()}
 	// Only renew's file carries the renew record's facts: it runs every 15

@@ -291,24 +291,12 @@ func SaveAsideFor(dir string, s *Set, now time.Time, hook system.Hook, a Access)
 		os.RemoveAll(tmp)
 		return "", err
 	}
-	files := []struct {
-		name string
-		data []byte
-		mode os.FileMode
-		who  Access
-	}{
+	files := []setFile{
 		{KeyFile, keyPEM, a.KeyMode(), a},
 		{CertFile, EncodeCerts(s.Chain), 0o644, RootOnly},
 		{CAFile, EncodeCerts(s.Roots), 0o644, RootOnly},
 	}
-	for _, f := range files {
-		if err := writeNew(filepath.Join(tmp, f.name), f.data, f.mode, f.who); err != nil {
-			os.RemoveAll(tmp)
-			return "", err
-		}
-		hook.At("wrote " + f.name)
-	}
-	if err := system.SyncDir(tmp); err != nil {
+	if err := writeSet(tmp, files, hook); err != nil {
 		os.RemoveAll(tmp)
 		return "", err
 	}
@@ -341,6 +329,17 @@ func Publish(dir, gen string, hook system.Hook) error {
 	if _, err := nodekey.LoadX509KeyPair(filepath.Join(gen, CertFile), filepath.Join(gen, KeyFile)); err != nil {
 		return fmt.Errorf("refusing to publish %s: %w", gen, err)
 	}
+	// On a first install the stable links are made before "current", so
+	// that the one fsync below makes both durable. Until "current" appears
+	// they lead nowhere: to the node-agent, as to Load, no credentials, as
+	// before this publish. Links that exist (or files of an older layout)
+	// are replaced only once "current" names the new set.
+	first := noStable(dir)
+	if first {
+		if err := linkStable(dir, false); err != nil {
+			return err
+		}
+	}
 	if prev, err := os.Readlink(filepath.Join(dir, CurrentLink)); err == nil && filepath.Base(prev) != name {
 		if err := renameio.Symlink(filepath.Base(prev), filepath.Join(dir, PreviousLink)); err != nil {
 			return fmt.Errorf("recording %s: %w", PreviousLink, err)
@@ -353,11 +352,24 @@ func Publish(dir, gen string, hook system.Hook) error {
 		return err
 	}
 	hook.At("current switched")
-	if err := linkStable(dir); err != nil {
-		return err
+	if !first {
+		if err := linkStable(dir, true); err != nil {
+			return err
+		}
 	}
 	prune(dir, name)
 	return nil
+}
+
+// noStable reports whether none of the stable paths exists in dir, as a
+// link or otherwise.
+func noStable(dir string) bool {
+	for _, f := range []string{KeyFile, CertFile, CAFile} {
+		if _, err := os.Lstat(filepath.Join(dir, f)); !errors.Is(err, os.ErrNotExist) {
+			return false
+		}
+	}
+	return true
 }
 
 // LoadGeneration reads the set in one generation directory (as SaveAside
@@ -366,8 +378,9 @@ func LoadGeneration(gen string) (*Set, error) {
 	return Load(gen)
 }
 
-// linkStable points key.pem, cert.pem and ca.pem through "current".
-func linkStable(dir string) error {
+// linkStable points key.pem, cert.pem and ca.pem through "current", and
+// fsyncs dir when it changed one and sync is set.
+func linkStable(dir string, sync bool) error {
 	changed := false
 	for _, f := range []string{KeyFile, CertFile, CAFile} {
 		link := filepath.Join(dir, f)
@@ -382,32 +395,62 @@ func linkStable(dir string) error {
 		}
 		changed = true
 	}
-	if !changed {
+	if !changed || !sync {
 		return nil
 	}
 	return system.SyncDir(dir)
 }
 
+// setFile is one file of a generation directory.
+type setFile struct {
+	name string
+	data []byte
+	mode os.FileMode
+	who  Access // the key's: its group, if any
+}
+
+// writeSet writes files into the new generation directory tmp, then makes
+// them and the directory durable together: the three files and the
+// directory are fsynced at once (one wait for the disk instead of four)
+// and all before the directory is renamed into place.
+func writeSet(tmp string, files []setFile, hook system.Hook) error {
+	d, err := os.Open(tmp)
+	if err != nil {
+		return err
+	}
+	open := []*os.File{d}
+	defer func() {
+		for _, f := range open {
+			f.Close()
+		}
+	}()
+	for _, f := range files {
+		fh, err := writeNew(filepath.Join(tmp, f.name), f.data, f.mode, f.who)
+		if err != nil {
+			return err
+		}
+		open = append(open, fh)
+		hook.At("wrote " + f.name)
+	}
+	return system.SyncAll(open...)
+}
+
 // writeNew creates path with data, mode and, when a has a group, that
-// group.
-func writeNew(path string, data []byte, mode os.FileMode, a Access) error {
+// group, and returns it open, not yet fsynced (writeSet does that).
+func writeNew(path string, data []byte, mode os.FileMode, a Access) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode&0o700) // no one else before its group is set
 	if err != nil {
-		return fmt.Errorf("creating %s: %w", path, err)
+		return nil, fmt.Errorf("creating %s: %w", path, err)
 	}
 	if err := a.giveFile(f, path, mode); err != nil {
 		f.Close()
-		return err
+		return nil, err
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
+		return nil, fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("syncing %s: %w", path, err)
-	}
-	return f.Close()
+	return f, nil
 }
 
 // Sweep removes what a killed Save left behind: unpublished generation
@@ -426,7 +469,7 @@ func Sweep(dir string) {
 	if _, err := os.Stat(filepath.Join(dir, target)); err != nil {
 		return
 	}
-	if linkStable(dir) == nil {
+	if linkStable(dir, true) == nil {
 		prune(dir, filepath.Base(target))
 	}
 }
