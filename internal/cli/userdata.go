@@ -47,7 +47,10 @@ starts) and whose conditions follow them (the done marker under state_dir,
 pki_dir/current for renew), and its runcmd reloads systemd before the start.
 A path the units keep read-only or hidden (under /usr, /boot, /efi, /proc,
 /sys, /dev, /home, /root, /run/user, /tmp, /var/tmp, or / itself) is refused
-(exit 3).
+(exit 3). With paths.key_group, each of the three units also gets
+provision-key-group.conf (SupplementaryGroups= that group: the units, which
+have no capabilities, may then give the key and the tasks to it); with
+key.store = "tpm", provision-tpm.conf.
 
 Examples:
   provision userdata --config node-0042.toml --token-file token.jwt > user-data.yaml
