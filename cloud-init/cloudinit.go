@@ -21,9 +21,11 @@
 //   - it sets manage_etc_hosts: false, because cloud-init's update_etc_hosts
 //     module rewrites /etc/hosts on every boot and would drop provision's block;
 //   - it installs and downloads nothing: the image carries the provision package;
-//   - it has exactly one runcmd entry, `systemctl start provision.service`,
-//     because cloud-init reports only the last runcmd command's status and the
-//     packaged unit carries the deadline, restart policy and hardening;
+//   - it has exactly one runcmd entry (Runcmd), which enables and starts the
+//     renew and verify timers and then runs `systemctl start
+//     provision.service`, because cloud-init reports only the last runcmd
+//     command's status and the packaged unit carries the deadline, restart
+//     policy and hardening;
 //   - when the config moves a path a unit writes (state_dir, pki_dir,
 //     hosts_file, the token file, metrics.textfile_dir), it writes a drop-in
 //     for every packaged unit that writes there, whose ReadWritePaths= open
@@ -131,8 +133,8 @@ type Params struct {
 	RequestTimeout string // Go duration
 }
 
-// data is what the template sees: a validated config, encoded, and the
-// drop-ins its paths need.
+// data is what the template sees: a validated config, encoded, the
+// drop-ins its paths need, and the one runcmd entry.
 type data struct {
 	NodeID     string
 	ConfigPath string
@@ -140,6 +142,27 @@ type data struct {
 	TokenFile  string
 	Token      string
 	DropIns    []DropIn
+	Runcmd     []string
+}
+
+// Timers are the packaged timers the user-data enables and starts: the
+// package's postinst enables them already, but an image may have been
+// built with them off, and a node nothing renews expires within its
+// certificate's lifetime (a day with step-ca's default).
+var Timers = []string{"provision-renew.timer", "provision-verify.timer"}
+
+// Runcmd is the user-data's one runcmd entry: reload systemd when drop-ins
+// were written, enable and start the timers, then start provision.service
+// and wait for it. The timers come first and do not stop the bootstrap; the
+// entry exits with the bootstrap's failure, else with the timers', so either
+// shows in `cloud-init status`.
+func Runcmd(dropIns bool) []string {
+	script := "systemctl enable --now " + strings.Join(Timers, " ") + "; timers=$?; systemctl start provision.service && exit $timers"
+	if dropIns {
+		// systemd loaded the units before cloud-init wrote the drop-ins.
+		script = "systemctl daemon-reload || exit; " + script
+	}
+	return []string{"sh", "-c", script}
 }
 
 // DropIns returns the drop-ins the units need for p's paths (DropInsFor
@@ -189,7 +212,7 @@ func RenderConfig(w io.Writer, cfg *config.Config, token string) error {
 		return err
 	}
 	var b strings.Builder
-	d := data{NodeID: cfg.NodeID, ConfigPath: ConfigPath, ConfigTOML: body, TokenFile: cfg.CA.TokenFile, Token: token, DropIns: dropIns}
+	d := data{NodeID: cfg.NodeID, ConfigPath: ConfigPath, ConfigTOML: body, TokenFile: cfg.CA.TokenFile, Token: token, DropIns: dropIns, Runcmd: Runcmd(len(dropIns) > 0)}
 	if err := tmpl().Execute(&b, d); err != nil {
 		// The template only reads validated fields; an error here is a bug,
 		// and text/template errors never include field values.

@@ -6,7 +6,7 @@
 # by the pinned nfpm Go tool (go.mod).
 #
 # Environment:
-#   VERSION            package and binary version (default: derived from git describe)
+#   VERSION            package and binary version (default: packaging/version.sh, from git)
 #   COMMIT             commit recorded in the binary and the changelog (default: git HEAD, "-dirty" when the tree is)
 #   SOURCE_DATE_EPOCH  date of the changelog entry and the man pages (default: the commit's date)
 #   OUT_DIR            where the .deb goes (default: dist)
@@ -18,13 +18,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 if [ -z "${VERSION:-}" ]; then
-	# Debian versions must start with a digit: v1.2.0-3-gabc1234 -> 1.2.0+3.gabc1234;
-	# without a release tag -> 0.0.0+git.<hash>[.dirty].
-	if desc=$(git describe --tags --dirty --match 'v[0-9]*' 2>/dev/null); then
-		VERSION=$(printf '%s' "${desc#v}" | sed 's/-/+/; s/-/./g')
-	else
-		VERSION="0.0.0+git.$(git describe --always --dirty | tr - .)"
-	fi
+	# v1.2.0-3-gabc1234 -> 1.2.0+3.gabc1234; without a release tag
+	# 0.0.0+git<UTC commit time>.<commits>.<hash>[.dirty], which sorts by
+	# commit (packaging/version.sh).
+	VERSION=$(sh packaging/version.sh)
 fi
 if [ -z "${COMMIT:-}" ]; then
 	COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -74,6 +75,17 @@ func underJournal(w io.Writer) bool {
 // metricsCommands are the commands that write textfile metrics. renew
 // --check writes none: it is a question, not a run.
 var metricsCommands = map[string]bool{"bootstrap": true, "verify": true, "renew": true}
+
+// MetricsCommands are the commands that write textfile metrics, sorted:
+// the package's purge removes each one's file (packaging's test).
+func MetricsCommands() []string {
+	var out []string
+	for c := range metricsCommands {
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	return out
+}
 
 // seen is what a run already knows that its metrics say, so that they
 // never look again: the set installed as it ended with its one verdict,

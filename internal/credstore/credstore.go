@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/google/renameio/v2"
@@ -274,8 +275,8 @@ func SaveAsideFor(dir string, s *Set, now time.Time, hook system.Hook, a Access)
 	if _, err := system.ClaimDir(dir, true); err != nil {
 		return "", err
 	}
-	if err := a.apply(dir, a.DirMode()); err != nil {
-		return "", fmt.Errorf("restricting %s to %04o: %w", dir, a.DirMode(), err)
+	if err := a.Give(dir, a.DirMode(), true); err != nil {
+		return "", err
 	}
 	Sweep(dir)
 
@@ -286,14 +287,14 @@ func SaveAsideFor(dir string, s *Set, now time.Time, hook system.Hook, a Access)
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return "", fmt.Errorf("creating %s: %w", tmp, err)
 	}
-	if err := a.apply(tmp, a.DirMode()); err != nil {
+	if err := a.Give(tmp, a.DirMode(), false); err != nil {
 		os.RemoveAll(tmp)
 		return "", err
 	}
 	files := []setFile{
-		{KeyFile, keyPEM, a.KeyMode(), a.gid()},
-		{CertFile, EncodeCerts(s.Chain), 0o644, -1},
-		{CAFile, EncodeCerts(s.Roots), 0o644, -1},
+		{KeyFile, keyPEM, a.KeyMode(), a},
+		{CertFile, EncodeCerts(s.Chain), 0o644, RootOnly},
+		{CAFile, EncodeCerts(s.Roots), 0o644, RootOnly},
 	}
 	if err := writeSet(tmp, files, hook); err != nil {
 		os.RemoveAll(tmp)
@@ -405,7 +406,7 @@ type setFile struct {
 	name string
 	data []byte
 	mode os.FileMode
-	gid  int
+	who  Access // the key's: its group, if any
 }
 
 // writeSet writes files into the new generation directory tmp, then makes
@@ -424,7 +425,7 @@ func writeSet(tmp string, files []setFile, hook system.Hook) error {
 		}
 	}()
 	for _, f := range files {
-		fh, err := writeNew(filepath.Join(tmp, f.name), f.data, f.mode, f.gid)
+		fh, err := writeNew(filepath.Join(tmp, f.name), f.data, f.mode, f.who)
 		if err != nil {
 			return err
 		}
@@ -434,20 +435,14 @@ func writeSet(tmp string, files []setFile, hook system.Hook) error {
 	return system.SyncAll(open...)
 }
 
-// writeNew creates path with data, mode and gid, and returns it open, not
-// yet fsynced (writeSet does that).
-func writeNew(path string, data []byte, mode os.FileMode, gid int) (*os.File, error) {
+// writeNew creates path with data, mode and, when a has a group, that
+// group, and returns it open, not yet fsynced (writeSet does that).
+func writeNew(path string, data []byte, mode os.FileMode, a Access) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode&0o700) // no one else before its group is set
 	if err != nil {
 		return nil, fmt.Errorf("creating %s: %w", path, err)
 	}
-	if gid >= 0 {
-		if err := f.Chown(-1, gid); err != nil {
-			f.Close()
-			return nil, givingErr(path, gid, err)
-		}
-	}
-	if err := f.Chmod(mode); err != nil { // umask must not loosen or tighten it
+	if err := a.giveFile(f, path, mode); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -535,6 +530,48 @@ func Generations(dir string) []string {
 	}
 	sort.Strings(gens)
 	return gens
+}
+
+// GiveTo gives pki_dir (dir), every generation directory in it and every
+// key in them to a's group with a's modes (0750, 0640): a key group set on
+// a node that enrolled without one is served without a new key. Nothing
+// without a group: then FindLooseFor and Tighten restrict what is loose (a
+// group taken away is an exposure). Run it after Tighten, so a key found
+// readable by more than a allows is recorded as exposed first.
+func GiveTo(dir string, a Access) error {
+	if !a.Group {
+		return nil
+	}
+	if err := a.Give(dir, a.DirMode(), true); err != nil {
+		return err
+	}
+	for _, g := range Generations(dir) {
+		gd := filepath.Join(dir, g)
+		if err := a.Give(gd, a.DirMode(), false); err != nil {
+			return err
+		}
+		if err := a.giveKey(filepath.Join(gd, KeyFile)); err != nil {
+			return err
+		}
+	}
+	return a.giveKey(filepath.Join(dir, KeyFile)) // a plain key.pem an older layout left
+}
+
+// giveKey gives the key at path, if it is a regular file there, a's mode
+// and group; a link or anything else is left alone.
+func (a Access) giveKey(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ELOOP) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return err
+	}
+	return a.giveFile(f, path, a.KeyMode())
 }
 
 // Loose is a path under pki_dir whose mode lets group or others in.

@@ -98,7 +98,7 @@ func (r *Run) proveLoop(retryCtx context.Context, dir string) (*report.Report, *
 // that cannot be kept fails the step, but for a failed proof of the
 // installed set (answer: the proof's failure; the task is logged).
 func (r *Run) handOff(env *observe.Env, rep *report.Report, installed bool) (*probe.Task, *diag.Finding) {
-	t, _, err := tasks.HandOff(r.StateDir, env.Probed(), r.Host.Time(), r.Host.Hook)
+	t, _, err := tasks.HandOff(r.StateDir, env.Probed(), r.Host.Time(), r.Host.Hook, observe.Access(r.Cfg, r.Host))
 	if t == nil {
 		return nil, nil
 	}

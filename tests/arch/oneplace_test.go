@@ -67,6 +67,32 @@ func findingsAt(layers ...string) func(*pkg) []hit {
 }
 
 var onePlace = map[string]func(*testing.T, tree){
+	// Only observe reads the timer's enablement (status and verify ask it),
+	// and the link's target is named nowhere else.
+	"Is renewal scheduled?": func(t *testing.T, tr tree) {
+		atLeast(t, "RenewTimer", only(t, tr, "a unit's enablement read", []string{"internal/observe", "internal/system"}, callsOf("UnitEnablement")))
+		only(t, tr, "the timers' target named", []string{"internal/observe"}, func(p *pkg) []hit {
+			var out []hit
+			for _, h := range p.strings() {
+				if h.what == "timers.target" {
+					out = append(out, h)
+				}
+			}
+			return out
+		})
+	},
+	// The names live in system's table: no other package lists what
+	// provision writes in its directories.
+	"Which names does provision write in its directories?": func(t *testing.T, tr tree) {
+		atLeast(t, "the layout", only(t, tr, "the layout built", []string{"internal/system"}, func(p *pkg) []hit { return p.composites("", "Layout") }))
+		only(t, tr, "the layout's own tables read", []string{"internal/system"}, func(p *pkg) []hit {
+			var out []hit
+			for _, n := range []string{"ownFiles", "ownDirs", "credFiles", "genLinks"} {
+				out = append(out, p.fields(n)...)
+			}
+			return out
+		})
+	},
 	"Where is a sentence a person reads worded?": func(t *testing.T, tr tree) {
 		dups := sentencesTwice(tr)
 		for _, s := range sortedKeys(dups) {
