@@ -68,7 +68,7 @@ func finish(r *pipeline.Run, rep *report.Report) {
 		r.RecordRenewal(rep)
 	}
 	if rep.OK && rep.Summary != "" && r.Out.Receipt != nil {
-		rep.Summary = fmt.Sprintf("done: %s polls tasks/wait through %s with certificate serial %s", r.Cfg.NodeID, r.Cfg.NodeAPI.URL, r.Out.Receipt.Serial)
+		rep.Summary = report.Done(r.Cfg.NodeID, r.Cfg.NodeAPI.URL, r.Out.Receipt.Serial)
 	}
 }
 

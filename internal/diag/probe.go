@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -462,7 +463,7 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 		return set(Route, Ingress, false, "route the node API hostname straight to the node API, without redirects (the node-agent does not follow them); check node_api.wait_path",
 			"the ingress redirected tasks/wait (%d) to %q instead of routing it to the node API", s, r.Header.Get("Location"))
 	case s == 400 && looksLikeNginxCertError(r.Body):
-		return clientAuthFinding(f, chain, "the ingress refused the client certificate with 400: "+bodyExcerpt(r.Body))
+		return clientAuthFinding(f, chain, "the ingress refused the client certificate with 400: "+bodyLine(r.Body))
 	case s == 401 || s == 403:
 		return identityFinding(r, f)
 	case s == 429:
@@ -475,7 +476,7 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 		// The node API speaks JSON; an HTML error page is the ingress's own
 		// (HAProxy's "No server is available", nginx's default pages).
 		return set(TasksWait, Ingress, true, "the ingress answered for the node API with its own error page: check its upstream for the node API is up and healthy; bootstrap retries this within its deadline",
-			"the ingress answered %d itself with an HTML error page (%s): the node API did not answer", s, bodyExcerpt(r.Body))
+			"the ingress answered %d itself with an HTML error page (%s): the node API did not answer", s, bodyLine(r.Body))
 	case s >= 500 && s <= 599:
 		return set(TasksWait, API, true, "check the node API's logs and health; bootstrap retries this within its deadline",
 			"the node API failed the tasks/wait request with %d", s)
@@ -506,12 +507,12 @@ func fromNoTask(r *probe.Result, f *Finding, unproven map[Layer]string) *Finding
 	case isJSON(r.Body):
 		unproven[Identity] = "not proven: the answer was not a task, so it does not show the node API accepted the identity"
 		return f.set(TasksWait, API, false, "the node API must answer 204 when no task is queued, or 200 with one task as a JSON object; check what it returns for this node",
-			"tasks/wait answered 200 with JSON that is not a task (%s): a task is one JSON object, so this is neither a task nor a pass", bodyExcerpt(r.Body))
+			"tasks/wait answered 200 with JSON that is not a task (%s): a task is one JSON object, so this is neither a task nor a pass", bodyLine(r.Body))
 	}
 	// A task is JSON. An HTML or text 200 is an ingress default page, a
 	// captive proxy or another service: the route reached the wrong place.
 	return f.set(Route, Ingress, false, "check the ingress routes the node API hostname to the node API and not to a default backend or another service",
-		"tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyExcerpt(r.Body))
+		"tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyLine(r.Body))
 }
 
 const remedyRoute = "add an explicit router for the node API hostname on the ingress (Host rule, with the mTLS option and the client-cert forwarding middleware); check node_api.wait_path matches the API"
@@ -588,7 +589,7 @@ func identityFinding(r *probe.Result, f *Finding) *Finding {
 	}
 	what := strings.TrimSpace(body.Error + " " + body.Message)
 	if what == "" {
-		what = bodyExcerpt(r.Body)
+		what = bodyLine(r.Body)
 	}
 	if body.Reason != "" {
 		f.add("api_reason", body.Reason)
@@ -623,6 +624,32 @@ func subjectOf(r *probe.Result) string {
 	}
 	c := r.ServerChain[0]
 	return fmt.Sprintf("subject %q, DNS names %v", c.Subject.String(), c.DNSNames)
+}
+
+// maxBodyLine bounds a peer's body quoted in a summary.
+const maxBodyLine = 100
+
+var (
+	htmlTitle = regexp.MustCompile(`(?is)<title[^>]*>(.*?)</title>`)
+	htmlTag   = regexp.MustCompile(`(?s)<[^>]*>`)
+)
+
+// bodyLine is a peer's body as a summary quotes it: one line, short. An
+// HTML page is its title, or its text without the markup: nginx's error
+// page for a refused certificate is "400 No required SSL certificate was
+// sent". The whole excerpt stays in the evidence (body).
+func bodyLine(b []byte) string {
+	s := string(bytes.TrimSpace(b))
+	if m := htmlTitle.FindStringSubmatch(s); m != nil && strings.TrimSpace(m[1]) != "" {
+		s = "HTML page: " + m[1]
+	} else if strings.HasPrefix(s, "<") {
+		s = "HTML page: " + htmlTag.ReplaceAllString(s, " ")
+	}
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > maxBodyLine {
+		s = string(r[:maxBodyLine]) + "..."
+	}
+	return s
 }
 
 func bodyExcerpt(b []byte) string {

@@ -11,6 +11,10 @@ func FreshToken(cfg *config.Config) string {
 	return "write a fresh one-time token for this node_id to " + cfg.CA.TokenFile + " and run provision bootstrap"
 }
 
+// NeedsToken ends the summary of a certificate nothing but a re-enrollment
+// can replace.
+const NeedsToken = "re-enrollment with a fresh one-time token is needed (provision bootstrap)"
+
 // RenewUnscheduled is not a verdict reason (the credentials may be fine)
 // but a fact about the node status and verify report: RenewTimer is not
 // enabled, so nothing will renew the certificate before it expires.

@@ -235,7 +235,7 @@ func (r *Run) renewFailure(j *Judged, g *Obtained, err error) *diag.Finding {
 		return r.expiredRefused(j, g, ee)
 	case enroll.CertUnknownCA:
 		g.Result = state.Reenroll
-		return &diag.Finding{Layer: diag.CA, Owner: diag.Node, Check: "renew", Summary: fmt.Sprintf("certificate stale: the CA does not trust its issuer (%v); renew does not renew a stale identity, so re-enrollment with a fresh one-time token is needed (provision bootstrap)", ee.Err),
+		return &diag.Finding{Layer: diag.CA, Owner: diag.Node, Check: "renew", Summary: fmt.Sprintf("certificate stale: the CA does not trust its issuer (%v); renew does not renew a stale identity, so "+lifecycle.NeedsToken, ee.Err),
 			Remedy: lifecycle.Remedy(lifecycle.OtherCA, r.Cfg)}
 	case enroll.CertRefused:
 		return r.refused(j, g, ee, serial)
@@ -264,7 +264,7 @@ func (r *Run) refused(j *Judged, g *Obtained, ee *enroll.Error, serial string) *
 		g.Revocation = &RevocationEvidence{Serial: serial, Evidence: evidence}
 		g.Result = state.RevokedRes
 		return &diag.Finding{Layer: diag.Enroll, Owner: diag.Node, Check: "renew",
-			Summary:  fmt.Sprintf("certificate revoked: serial %s is on the CA's revocation list (%s); re-enrollment with a fresh one-time token is needed (provision bootstrap)", serial, evidence),
+			Summary:  fmt.Sprintf("certificate revoked: serial %s is on the CA's revocation list (%s); "+lifecycle.NeedsToken, serial, evidence),
 			Remedy:   lifecycle.Remedy(lifecycle.Revoked, r.Cfg),
 			Evidence: map[string]string{"serial": serial, "evidence": evidence}}
 	}
@@ -289,7 +289,7 @@ func (r *Run) refused(j *Judged, g *Obtained, ee *enroll.Error, serial string) *
 func (r *Run) expiredRefused(j *Judged, g *Obtained, ee *enroll.Error) *diag.Finding {
 	g.Result = state.Reenroll
 	return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "renew",
-		Summary: fmt.Sprintf("certificate expired: the certificate expired at %s, and the CA does not renew it after expiry (%v; the provisioner's claim allowRenewalAfterExpiry would let it), so re-enrollment with a fresh one-time token is needed (provision bootstrap)", stamp(j.Current.Leaf().NotAfter), ee.Err),
+		Summary: fmt.Sprintf("certificate expired: the certificate expired at %s, and the CA does not renew it after expiry (%v; the provisioner's claim allowRenewalAfterExpiry would let it), so "+lifecycle.NeedsToken, stamp(j.Current.Leaf().NotAfter), ee.Err),
 		Remedy:  "either " + lifecycle.FreshToken(r.Cfg) + ", or have the control-plane team allow renewal after expiry on the provisioner (the claim allowRenewalAfterExpiry) and run provision renew"}
 }
 

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
 )
@@ -58,8 +58,7 @@ func Publish(r *Run) *diag.Finding {
 	p.Warnings = append(p.Warnings, "published without a passing proof: "+why)
 	r.Log.Warn("step", "step", "publish", "layer", "credentials", "status", "unproven", "serial", g.Set.Leaf().SerialNumber.String(), "reason", why)
 	rep := *proof
-	rep.Summary = fmt.Sprintf("new certificate (serial %s, valid until %s) published without a passing proof: %s; its proof failed: %s",
-		g.Set.Leaf().SerialNumber, stamp(g.Set.Leaf().NotAfter), why, strings.TrimSuffix(proof.Summary, "."))
+	rep.Summary = report.PublishedUnproven(g.Set.Leaf().SerialNumber.String(), g.Set.Leaf().NotAfter, why, proof.Summary)
 	r.Halt(&rep)
 	return nil
 }
@@ -177,14 +176,13 @@ func (r *Run) writeRecord() {
 func (r *Run) keptAside(p *Published, why string) {
 	proof, gen := r.Proven().Report, filepath.Base(r.Obtained().Gen)
 	p.Aside, p.Result = gen, state.Failed
-	what := "the installed set stays current"
+	var serial string
+	var notAfter time.Time
 	if cur := r.Judged().Current; cur != nil {
-		l := cur.Leaf()
-		what = fmt.Sprintf("the installed certificate (serial %s, valid until %s) stays current", l.SerialNumber, stamp(l.NotAfter))
+		serial, notAfter = cur.Leaf().SerialNumber.String(), cur.Leaf().NotAfter
 	}
 	rep := *proof
-	rep.Summary = fmt.Sprintf("new certificate not published (%s): %s; %s, and the new set is kept aside in %s and proven again by the next run",
-		why, strings.TrimSuffix(proof.Summary, "."), what, filepath.Join(r.Cfg.Paths.PKIDir, gen))
+	rep.Summary = report.KeptAside(why, proof.Summary, serial, notAfter, filepath.Join(r.Cfg.Paths.PKIDir, gen))
 	r.Log.Warn("step", "step", "publish", "layer", "credentials", "status", "aside", "reason", why, "generation", gen)
 	r.Halt(&rep)
 }

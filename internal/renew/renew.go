@@ -71,18 +71,18 @@ func finish(r *pipeline.Run, rep *report.Report) {
 		r.UpdateReceipt()
 	}
 	if rep.OK && swapped {
-		rep.Summary = published(r) + "; proven by tasks/wait through " + r.Cfg.NodeAPI.URL + " before it was published"
+		rep.Summary = published(r)
 	}
 }
 
 // published says what the run published.
 func published(r *pipeline.Run) string {
-	rec := r.Out.Record
+	rec, url := r.Out.Record, r.Cfg.NodeAPI.URL
 	if r.Result() == state.Refreshed {
 		roots := r.Observed().Roots
-		return fmt.Sprintf("ca.pem refreshed from the CA's %d current and %d federated root(s); the certificate (serial %s) is not due until %s", len(roots.Current), len(roots.Federated), rec.Serial, stamp(rec.DueAt))
+		return report.Refreshed(len(roots.Current), len(roots.Federated), rec.Serial, rec.DueAt, url)
 	}
-	return fmt.Sprintf("renewed: serial %s replaced %s, valid until %s, next renewal from %s", rec.Serial, rec.PreviousSerial, stamp(rec.NotAfter), stamp(rec.DueAt))
+	return report.Renewed(rec.Serial, rec.PreviousSerial, rec.NotAfter, rec.DueAt, url)
 }
 
 // assess takes the one verdict and plans: renew when due (or forced),
@@ -149,7 +149,7 @@ func forcedPastRevocation(r *pipeline.Run, v lifecycle.Verdict) bool {
 
 func notDue(v lifecycle.Verdict) string {
 	sch := v.Schedule
-	return fmt.Sprintf("not due: the certificate (serial %s) is renewed from %s (renewal point %s plus this node's splay); it expires at %s", v.Leaf.SerialNumber, stamp(sch.DueAt), stamp(sch.RenewAfter), stamp(sch.NotAfter))
+	return report.NotDue(v.Leaf.SerialNumber.String(), sch.DueAt, sch.RenewAfter, sch.NotAfter)
 }
 
 // cannotRenew stops a run whose certificate cannot be renewed: its own
@@ -169,7 +169,7 @@ func cannotRenew(j *pipeline.Judged, cfg *config.Config) *diag.Finding {
 func cannotRenewFinding(v lifecycle.Verdict, cfg *config.Config) *diag.Finding {
 	r := v.First()
 	f := &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Remedy: lifecycle.Remedy(r, cfg)}
-	const next = "re-enrollment with a fresh one-time token is needed (provision bootstrap)"
+	const next = lifecycle.NeedsToken
 	switch r {
 	case lifecycle.Revoked:
 		f.Layer = diag.Enroll
@@ -228,11 +228,11 @@ func Check(cfg *config.Config, host *system.Host, force bool) (Decision, *diag.F
 		return CannotRenew, f
 	}
 	if v.Action == lifecycle.Reenroll {
-		return Due, &diag.Finding{Summary: fmt.Sprintf("renewal due: the certificate expired at %s; renew renews it after expiry where the CA allows it (else a fresh token is needed)", stamp(v.Leaf.NotAfter))}
+		return Due, &diag.Finding{Summary: report.DueExpired(v.Leaf.NotAfter)}
 	}
 	sch := v.Schedule
 	if force || sch.Due(host.Time()) {
-		return Due, &diag.Finding{Summary: fmt.Sprintf("renewal due since %s (renewal point %s plus this node's splay); the certificate expires at %s", stamp(sch.DueAt), stamp(sch.RenewAfter), stamp(sch.NotAfter))}
+		return Due, &diag.Finding{Summary: report.DueSince(sch.DueAt, sch.RenewAfter, sch.NotAfter)}
 	}
 	return NotDue, &diag.Finding{Summary: notDue(v)}
 }

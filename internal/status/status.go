@@ -25,6 +25,7 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -289,7 +290,7 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more
 	}
 	if len(n.Attention) == 0 {
 		n.State = OK
-		n.Summary = fmt.Sprintf("ok: certificate serial %s valid until %s, renewed from %s", v.Leaf.SerialNumber, stamp(v.Leaf.NotAfter), stamp(v.Schedule.DueAt))
+		n.Summary = report.Healthy(v.Leaf.SerialNumber.String(), v.Leaf.NotAfter, v.Schedule.DueAt)
 		return
 	}
 	n.State, n.Summary, n.Remedy = Attention, n.Attention[0], remedies[0]
