@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 var bootstrapCmd = &command{
 	name:    "bootstrap",
 	format:  true,
+	exits:   codes(ExitConfig, ExitLocked, layersAll, exitSignals),
 	summary: "write the hosts override, enroll, install credentials, prove tasks/wait, write the receipt",
 	usage: `Runs the whole sequence: (1) the /etc/hosts managed block, (2) the CA's current
 roots, pinned by ca.fingerprint, (3) keep the installed certificate only if it
@@ -115,8 +115,7 @@ func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host
 			if cmd != "bootstrap" || f.format == "json" || interruptedBy(ctx) != nil {
 				return printReport(env, f, rep)
 			}
-			fmt.Fprintf(env.stderr, "provision: error: %v; another provision run on this node has not finished (see its logs), try again later\n", err)
-			return ExitCode(LayerLock)
+			return env.fail(cmd, LayerLock, err.Error(), rep.Remedy)
 		}
 		return finish(env, f, cfg, host, log, report.Failed(cmd, cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
 			Summary: err.Error(), Remedy: diag.Writable(cfg.Paths.StateDir) + " by provision"}), nil)

@@ -17,6 +17,7 @@ import (
 var verifyCmd = &command{
 	name:    "verify",
 	format:  true,
+	exits:   codes(ExitConfig, layersProof, 21, exitSignals),
 	summary: "read-only layered diagnosis ending with a real mTLS tasks/wait",
 	usage: `Checks every layer between the node and the node API, in order, and names the
 first one that fails, its owner and the fix. A check whose dependency failed

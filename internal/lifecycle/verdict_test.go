@@ -131,25 +131,8 @@ func TestJudge(t *testing.T) {
 	}
 }
 
-// TestRenewAfter: the renewal point is NotBefore + 2/3 of the lifetime.
-func TestRenewAfter(t *testing.T) {
-	nb := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
-	p, err := controlplane.NewPKIAt(t.TempDir(), "R", nb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := p.IssueLeaf(controlplane.LeafRequest{CommonName: "n", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotBefore: nb, NotAfter: nb.Add(24 * time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := lifecycle.Judge(lifecycle.Input{Set: &credstore.Set{Key: l.Key, Chain: []*x509.Certificate{l.Cert}, Roots: []*x509.Certificate{p.Root}}, NodeID: "n", Now: nb})
-	if want := nb.Add(16 * time.Hour); !v.Schedule.RenewAfter.Equal(want) {
-		t.Errorf("RenewAfter %s, want %s", v.Schedule.RenewAfter, want)
-	}
-}
-
 // TestSchedule: the one answer to "when is it due?": the renewal point at
-// the fraction of the lifetime, the due time within the splay (capped to
+// the fraction of the lifetime (2/3 by default: NotBefore + 16h of 24h), the due time within the splay (capped to
 // half the room left before expiry, fixed per certificate), the last
 // quarter, and Due/InLastQuarter at each side of them; and the root the
 // chain came from, found by signature even for an expired certificate.

@@ -122,46 +122,43 @@ func TestFloors(t *testing.T) {
 // TestMustNot: every row of the code map that says what its package must
 // not do has a check here, every check has its row, and every check holds.
 func TestMustNot(t *testing.T) {
-	tr := source(t)
-	seen := map[string]bool{}
+	var rows [][2]string
 	for _, row := range tableRows(section(t, "Code map")) {
-		if len(row) < 3 || row[2] == "" {
-			continue
-		}
-		key := row[0]
-		seen[key] = true
-		check, ok := mustNot[key]
-		if !ok {
-			t.Errorf("code map row %s (must not: %s) has no check in tests/arch: add one", key, row[2])
-			continue
-		}
-		t.Run(strings.Trim(key, "`/."), func(t *testing.T) { check(t, tr) })
-	}
-	for key := range mustNot {
-		if !seen[key] {
-			t.Errorf("tests/arch checks code map row %s, which ARCHITECTURE.md no longer has (or says nothing the package must not do)", key)
+		if len(row) >= 3 && row[2] != "" {
+			rows = append(rows, [2]string{row[0], row[2]})
 		}
 	}
+	checkRows(t, "code map row", rows, mustNot)
 }
 
 // TestOnePlace: every question of "Where each question is answered" has a
 // check that no other package answers it; every check has its row.
 func TestOnePlace(t *testing.T) {
+	var rows [][2]string
+	for _, row := range tableRows(section(t, "Where each question is answered")) {
+		rows = append(rows, [2]string{row[0], row[1]})
+	}
+	checkRows(t, "question", rows, onePlace)
+}
+
+// checkRows runs the check of each row (its key, and what the row says),
+// and fails for a row without a check or a check without a row.
+func checkRows(t *testing.T, what string, rows [][2]string, checks map[string]func(*testing.T, tree)) {
 	tr := source(t)
 	seen := map[string]bool{}
-	for _, row := range tableRows(section(t, "Where each question is answered")) {
-		q := row[0]
-		seen[q] = true
-		check, ok := onePlace[q]
+	for _, row := range rows {
+		key := row[0]
+		seen[key] = true
+		check, ok := checks[key]
 		if !ok {
-			t.Errorf("question %q (answered by %s) has no check in tests/arch: add one", q, row[1])
+			t.Errorf("%s %s (%s) has no check in tests/arch: add one", what, key, row[1])
 			continue
 		}
-		t.Run(q, func(t *testing.T) { check(t, tr) })
+		t.Run(strings.Trim(key, "`/."), func(t *testing.T) { check(t, tr) })
 	}
-	for q := range onePlace {
-		if !seen[q] {
-			t.Errorf("tests/arch checks the question %q, which ARCHITECTURE.md no longer asks", q)
+	for key := range checks {
+		if !seen[key] {
+			t.Errorf("tests/arch checks %s %s, which ARCHITECTURE.md no longer has", what, key)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package arch
 
 import (
 	"go/ast"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -10,63 +11,55 @@ import (
 // arithmetic on a reading, as opposed to passing it on.
 func subtracts(names ...string) func(*pkg) []hit {
 	return func(p *pkg) []hit {
-		var out []hit
-		p.walk(func(f *file, fn string, n ast.Node) {
+		return p.find(func(f *file, n ast.Node) (string, bool) {
 			c, ok := n.(*ast.CallExpr)
 			if !ok {
-				return
+				return "", false
 			}
 			sel, ok := c.Fun.(*ast.SelectorExpr)
 			if !ok || sel.Sel.Name != "Sub" {
-				return
+				return "", false
 			}
 			text := render(f, sel.X)
 			for _, a := range c.Args {
 				text += " " + render(f, a)
 			}
-			for _, name := range names {
-				if strings.Contains(text, name) {
-					out = append(out, hit{f.at(c), render(f, sel) + "(" + name + ")", fn})
-				}
-			}
+			i := slices.IndexFunc(names, func(name string) bool { return strings.Contains(text, name) })
+			return render(f, sel) + "(...)", i >= 0
 		})
-		return out
 	}
 }
 
-// findingsAt finds diag.Finding literals set to one of the probe's layers.
+// findingsAt finds diag.Finding literals set to one of the given layers.
 func findingsAt(layers ...string) func(*pkg) []hit {
 	return func(p *pkg) []hit {
-		var out []hit
-		p.walk(func(f *file, fn string, n ast.Node) {
+		return p.find(func(f *file, n ast.Node) (string, bool) {
 			cl, ok := n.(*ast.CompositeLit)
 			if !ok {
-				return
+				return "", false
 			}
-			ty, ok := cl.Type.(*ast.SelectorExpr)
-			if !ok || ty.Sel.Name != "Finding" {
-				return
+			if ty, ok := cl.Type.(*ast.SelectorExpr); !ok || ty.Sel.Name != "Finding" {
+				return "", false
 			}
 			for _, e := range cl.Elts {
 				kv, ok := e.(*ast.KeyValueExpr)
-				if !ok {
-					continue
-				}
-				if k, ok := kv.Key.(*ast.Ident); ok && k.Name == "Layer" {
+				if k, isIdent := kv.Key.(*ast.Ident); ok && isIdent && k.Name == "Layer" {
 					v := render(f, kv.Value)
-					for _, l := range layers {
-						if strings.HasSuffix(v, "."+l) {
-							out = append(out, hit{f.at(cl), "Finding{Layer: " + v + "}", fn})
-						}
-					}
+					return "Finding{Layer: " + v + "}", slices.ContainsFunc(layers, func(l string) bool { return strings.HasSuffix(v, "."+l) })
 				}
 			}
+			return "", false
 		})
-		return out
 	}
 }
 
 var onePlace = map[string]func(*testing.T, tree){
+	// One writer of the error lines: the prefix is written once, in cli.
+	"How does an error without a report of its own reach the operator?": func(t *testing.T, tr tree) {
+		if n := only(t, tr, "an error line written", []string{"internal/cli"}, literal("provision: error")); n != 1 {
+			t.Errorf("\"provision: error\" is written in %d places of cli: one helper (fail) writes it", n)
+		}
+	},
 	// Only observe reads the timer's enablement (status and verify ask it),
 	// and the link's target is named nowhere else.
 	"Is renewal scheduled?": func(t *testing.T, tr tree) {
@@ -237,6 +230,14 @@ var onePlace = map[string]func(*testing.T, tree){
 	},
 	"Does the hosts file carry the override?": func(t *testing.T, tr tree) {
 		atLeast(t, "the managed block", only(t, tr, "the managed block parsed", []string{"internal/hosts"}, literal("provision managed block")))
+	},
+	// The exit codes are one table; its generated copies are tested in cli
+	// (TestExitTables).
+	"Which codes may a command exit with, and what do they mean?": func(t *testing.T, tr tree) {
+		atLeast(t, "the table", only(t, tr, "an exit-code table", []string{"internal/cli"}, func(p *pkg) []hit { return p.composites("", "exitRow") }))
+		if !strings.Contains(testSources(t, "internal/cli"), "func TestExitTables(") {
+			t.Error("internal/cli has no TestExitTables holding the help, man pages and runbook to the table")
+		}
 	},
 	// A layer's code is in cli's table alone, and only a main exits.
 	"Which exit code does a layer get?": func(t *testing.T, tr tree) {

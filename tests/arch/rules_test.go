@@ -104,19 +104,17 @@ func literal(s string) func(*pkg) []hit {
 // assigns finds assignments to a field named name (x.name = ...).
 func assigns(name string) func(*pkg) []hit {
 	return func(p *pkg) []hit {
-		var out []hit
-		p.walk(func(f *file, fn string, n ast.Node) {
+		return p.find(func(f *file, n ast.Node) (string, bool) {
 			as, ok := n.(*ast.AssignStmt)
 			if !ok {
-				return
+				return "", false
 			}
-			for _, l := range as.Lhs {
-				if sel, ok := l.(*ast.SelectorExpr); ok && sel.Sel.Name == name {
-					out = append(out, hit{f.at(as), render(f, sel) + " =", fn})
-				}
-			}
+			i := slices.IndexFunc(as.Lhs, func(l ast.Expr) bool {
+				sel, ok := l.(*ast.SelectorExpr)
+				return ok && sel.Sel.Name == name
+			})
+			return name + " =", i >= 0
 		})
-		return out
 	}
 }
 

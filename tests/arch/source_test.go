@@ -162,6 +162,17 @@ func (p *pkg) walk(visit func(f *file, fn string, n ast.Node)) {
 	}
 }
 
+// find is every node of the package match names (what, true), as hits.
+func (p *pkg) find(match func(f *file, n ast.Node) (string, bool)) []hit {
+	var out []hit
+	p.walk(func(f *file, fn string, n ast.Node) {
+		if what, ok := match(f, n); ok {
+			out = append(out, hit{f.at(n), what, fn})
+		}
+	})
+	return out
+}
+
 func (f *file) at(n ast.Node) string {
 	pos := f.fset.Position(n.Pos())
 	return f.name + ":" + strconv.Itoa(pos.Line)
@@ -170,97 +181,85 @@ func (f *file) at(n ast.Node) string {
 // refs are the package's references to name in the package imported as
 // path ("os" and "ReadFile": os.ReadFile).
 func (p *pkg) refs(path, name string) []hit {
-	var out []hit
-	p.walk(func(f *file, fn string, n ast.Node) {
+	return p.find(func(f *file, n ast.Node) (string, bool) {
 		sel, ok := n.(*ast.SelectorExpr)
 		if !ok || sel.Sel.Name != name {
-			return
+			return "", false
 		}
-		if id, ok := sel.X.(*ast.Ident); ok && f.imports[id.Name] == path {
-			out = append(out, hit{f.at(sel), filepath.Base(path) + "." + name, fn})
-		}
+		id, ok := sel.X.(*ast.Ident)
+		return filepath.Base(path) + "." + name, ok && f.imports[id.Name] == path
 	})
-	return out
 }
 
 // calls are the package's calls of a method or function named name on
 // any receiver (".Publish(").
 func (p *pkg) calls(name string) []hit {
-	var out []hit
-	p.walk(func(f *file, fn string, n ast.Node) {
+	return p.find(func(f *file, n ast.Node) (string, bool) {
 		c, ok := n.(*ast.CallExpr)
 		if !ok {
-			return
+			return "", false
 		}
-		if sel, ok := c.Fun.(*ast.SelectorExpr); ok && sel.Sel.Name == name {
-			out = append(out, hit{f.at(c), render(f, c.Fun), fn})
-		}
+		sel, ok := c.Fun.(*ast.SelectorExpr)
+		return render(f, c.Fun), ok && sel.Sel.Name == name
 	})
-	return out
 }
 
 // funcCalls are the package's calls of its own function named name.
 func (p *pkg) funcCalls(name string) []hit {
-	var out []hit
-	p.walk(func(f *file, fn string, n ast.Node) {
-		if c, ok := n.(*ast.CallExpr); ok {
-			if id, ok := c.Fun.(*ast.Ident); ok && id.Name == name {
-				out = append(out, hit{f.at(c), name + "(...)", fn})
-			}
+	return p.find(func(f *file, n ast.Node) (string, bool) {
+		c, ok := n.(*ast.CallExpr)
+		if !ok {
+			return "", false
 		}
+		id, ok := c.Fun.(*ast.Ident)
+		return name + "(...)", ok && id.Name == name
 	})
-	return out
 }
 
 // fields are the package's selectors of a field or method named name
 // (x.Splay), calls or not.
 func (p *pkg) fields(name string) []hit {
-	var out []hit
-	p.walk(func(f *file, fn string, n ast.Node) {
-		if sel, ok := n.(*ast.SelectorExpr); ok && sel.Sel.Name == name {
-			if id, ok := sel.X.(*ast.Ident); ok && f.imports[id.Name] != "" {
-				return // a package's name, not a field
-			}
-			out = append(out, hit{f.at(sel), render(f, sel), fn})
+	return p.find(func(f *file, n ast.Node) (string, bool) {
+		sel, ok := n.(*ast.SelectorExpr)
+		if !ok || sel.Sel.Name != name {
+			return "", false
 		}
+		if id, ok := sel.X.(*ast.Ident); ok && f.imports[id.Name] != "" {
+			return "", false // a package's name, not a field
+		}
+		return render(f, sel), true
 	})
-	return out
 }
 
 // composites are the package's composite literals of type name in the
 // package imported as path ("" for the package's own type).
 func (p *pkg) composites(path, name string) []hit {
-	var out []hit
-	p.walk(func(f *file, fn string, n ast.Node) {
+	return p.find(func(f *file, n ast.Node) (string, bool) {
 		cl, ok := n.(*ast.CompositeLit)
 		if !ok || cl.Type == nil {
-			return
+			return "", false
 		}
 		switch ty := cl.Type.(type) {
 		case *ast.Ident:
-			if path == "" && ty.Name == name {
-				out = append(out, hit{f.at(cl), name + "{}", fn})
-			}
+			return name + "{}", path == "" && ty.Name == name
 		case *ast.SelectorExpr:
-			if id, ok := ty.X.(*ast.Ident); ok && f.imports[id.Name] == path && ty.Sel.Name == name {
-				out = append(out, hit{f.at(cl), id.Name + "." + name + "{}", fn})
-			}
+			id, ok := ty.X.(*ast.Ident)
+			return name + "{}", ok && f.imports[id.Name] == path && ty.Sel.Name == name
 		}
+		return "", false
 	})
-	return out
 }
 
 // strings are the package's string literals, unquoted.
 func (p *pkg) strings() []hit {
-	var out []hit
-	p.walk(func(f *file, fn string, n ast.Node) {
-		if bl, ok := n.(*ast.BasicLit); ok && bl.Kind == token.STRING {
-			if s, err := strconv.Unquote(bl.Value); err == nil {
-				out = append(out, hit{f.at(bl), s, fn})
-			}
+	return p.find(func(f *file, n ast.Node) (string, bool) {
+		bl, ok := n.(*ast.BasicLit)
+		if !ok || bl.Kind != token.STRING {
+			return "", false
 		}
+		s, err := strconv.Unquote(bl.Value)
+		return s, err == nil
 	})
-	return out
 }
 
 // render is the source text of an expression, short.

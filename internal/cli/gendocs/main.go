@@ -7,7 +7,12 @@
 // DIR/man5/provision.toml.5 (from the config's key table),
 // DIR/completion/provision.bash and DIR/completion/_provision.
 // packaging/build-deb.sh runs it at build time; nothing generated is
-// committed.
+// committed, but for the exit-code table of docs/runbook.md:
+//
+//	go run ./internal/cli/gendocs -runbook docs/runbook.md
+//
+// rewrites it from the CLI's (cli's TestRunbookExitTable fails until it
+// is).
 package main
 
 import (
@@ -23,7 +28,22 @@ func main() {
 	out := flag.String("out", "", "output `dir` (required)")
 	version := flag.String("version", "dev", "version for the man page footer")
 	date := flag.String("date", time.Now().UTC().Format(time.DateOnly), "date (YYYY-MM-DD) for the man page footer")
+	runbook := flag.String("runbook", "", "rewrite the exit-code table of this `file` (docs/runbook.md) from the CLI's, and do nothing else")
 	flag.Parse()
+	if *runbook != "" {
+		b, err := os.ReadFile(*runbook)
+		if err == nil {
+			var doc string
+			if doc, err = cli.WithRunbookTable(string(b)); err == nil {
+				err = os.WriteFile(*runbook, []byte(doc), 0o644)
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "gendocs: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *out == "" || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: gendocs -out DIR [-version V] [-date YYYY-MM-DD]")
 		os.Exit(2)
