@@ -339,8 +339,9 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 }
 
 // flagDashes rewrites the flag package's messages ("flag provided but not
-// defined: -chek") to name flags with the two dashes the help shows.
-var flagDashes = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]*)`) })
+// defined: -chek") to name flags with the two dashes the help shows; a
+// one-letter flag keeps the one dash the user typed ("-q", not "--q").
+var flagDashes = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]+)`) })
 
 // splitUsage cuts a usage text at its first section heading (an unindented
 // line ending in ':'): the description before it, the sections from it.

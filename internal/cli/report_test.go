@@ -303,6 +303,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{nil, "missing command"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"verify", "--bogus"}, "flag provided but not defined: --bogus"},
+		{[]string{"verify", "-z"}, "flag provided but not defined: -z\n"},
 		{[]string{"renew", "--check=maybe"}, `invalid boolean value "maybe" for --check`},
 		{[]string{"verify", "--config"}, "flag needs an argument: --config"},
 		{[]string{"verify", "--format", "yaml"}, `--format must be text or json, got "yaml"`},
