@@ -219,35 +219,39 @@ func writeExitLine(b *strings.Builder, code, name, meaning string) {
 	}
 }
 
-// RunbookExitTable is the exit-code table of docs/runbook.md, generated
-// from the same rows as the help: code, meaning (with the commands that
-// exit so, when not all do), and the runbook section for it.
-func RunbookExitTable() string {
+// RunbookExitTable is the exit-code table of docs/runbook.md (and of the
+// README, whose links lead into the runbook: runbook is the runbook's path
+// from the document, "" in the runbook itself), generated from the same
+// rows as the help: code, meaning (with the commands that exit so, when
+// not all do), and the runbook section for it.
+func RunbookExitTable(runbook string) string {
 	var b strings.Builder
 	b.WriteString("| exit | meaning | section |\n|---|---|---|\n")
 	for _, r := range exitTable(func(n string) string { return "`" + n + "`" }) {
 		meaning, sec := r.meaning, " "
 		if r.section != "" {
-			meaning, sec = r.name+": "+meaning, " ["+r.section+"](#"+r.section+") "
+			meaning, sec = r.name+": "+meaning, " ["+r.section+"]("+runbook+"#"+r.section+") "
 		}
 		fmt.Fprintf(&b, "| %s | %s |%s|\n", strings.ReplaceAll(exitLabel(r.code), "/", ", "), meaning, sec)
 	}
 	return b.String()
 }
 
-// The runbook's table stands between these lines of docs/runbook.md.
+// The generated table stands between these lines of docs/runbook.md and
+// README.md.
 const (
-	RunbookTableStart = "<!-- exit codes: generated from internal/cli (go run ./internal/cli/gendocs -runbook docs/runbook.md) -->"
-	RunbookTableEnd   = "<!-- end of exit codes -->"
+	ExitTableStart = "<!-- exit codes: generated from internal/cli (go run ./internal/cli/gendocs -exit-table FILE) -->"
+	ExitTableEnd   = "<!-- end of exit codes -->"
 )
 
-// WithRunbookTable returns the runbook text doc with its exit-code table
-// (between RunbookTableStart and RunbookTableEnd) generated anew.
-func WithRunbookTable(doc string) (string, error) {
-	i := strings.Index(doc, RunbookTableStart)
-	j := strings.Index(doc, RunbookTableEnd)
+// WithExitTable returns doc with its exit-code table (between
+// ExitTableStart and ExitTableEnd) generated anew; runbook is the
+// runbook's path from doc ("" for the runbook itself).
+func WithExitTable(doc, runbook string) (string, error) {
+	i := strings.Index(doc, ExitTableStart)
+	j := strings.Index(doc, ExitTableEnd)
 	if i < 0 || j < i {
-		return "", fmt.Errorf("the runbook has no exit-code table between %q and %q", RunbookTableStart, RunbookTableEnd)
+		return "", fmt.Errorf("no exit-code table between %q and %q", ExitTableStart, ExitTableEnd)
 	}
-	return doc[:i+len(RunbookTableStart)] + "\n" + RunbookExitTable() + doc[j:], nil
+	return doc[:i+len(ExitTableStart)] + "\n" + RunbookExitTable(runbook) + doc[j:], nil
 }

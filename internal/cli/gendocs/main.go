@@ -9,16 +9,17 @@
 // packaging/build-deb.sh runs it at build time; nothing generated is
 // committed, but for the exit-code table of docs/runbook.md:
 //
-//	go run ./internal/cli/gendocs -runbook docs/runbook.md
+//	go run ./internal/cli/gendocs -exit-table docs/runbook.md -exit-table README.md
 //
-// rewrites it from the CLI's (cli's TestRunbookExitTable fails until it
-// is).
+// rewrites it, and the README's, from the CLI's (cli's TestExitTables
+// fails until it is).
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/gpuaas/provision/internal/cli"
@@ -28,19 +29,18 @@ func main() {
 	out := flag.String("out", "", "output `dir` (required)")
 	version := flag.String("version", "dev", "version for the man page footer")
 	date := flag.String("date", time.Now().UTC().Format(time.DateOnly), "date (YYYY-MM-DD) for the man page footer")
-	runbook := flag.String("runbook", "", "rewrite the exit-code table of this `file` (docs/runbook.md) from the CLI's, and do nothing else")
+	var tables []string
+	flag.Func("exit-table", "rewrite the exit-code table of this `file` (docs/runbook.md, README.md) from the CLI's, and do nothing else; repeatable", func(s string) error {
+		tables = append(tables, s)
+		return nil
+	})
 	flag.Parse()
-	if *runbook != "" {
-		b, err := os.ReadFile(*runbook)
-		if err == nil {
-			var doc string
-			if doc, err = cli.WithRunbookTable(string(b)); err == nil {
-				err = os.WriteFile(*runbook, []byte(doc), 0o644)
+	if len(tables) > 0 {
+		for _, file := range tables {
+			if err := rewriteTable(file); err != nil {
+				fmt.Fprintf(os.Stderr, "gendocs: %s: %v\n", file, err)
+				os.Exit(1)
 			}
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "gendocs: %v\n", err)
-			os.Exit(1)
 		}
 		return
 	}
@@ -56,4 +56,25 @@ func main() {
 		fmt.Fprintf(os.Stderr, "gendocs: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// rewriteTable rewrites file's exit-code table; its links lead into
+// docs/runbook.md, from wherever file is.
+func rewriteTable(file string) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	runbook := ""
+	if filepath.Base(file) != "runbook.md" {
+		root := filepath.Dir(file)
+		if runbook, err = filepath.Rel(root, filepath.Join(root, "docs", "runbook.md")); err != nil {
+			return err
+		}
+	}
+	doc, err := cli.WithExitTable(string(b), runbook)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, []byte(doc), 0o644)
 }
