@@ -17,7 +17,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"time"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
@@ -237,4 +236,3 @@ func Check(cfg *config.Config, host *system.Host, force bool) (Decision, *diag.F
 	return NotDue, &diag.Finding{Summary: notDue(v)}
 }
 
-func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
