@@ -235,4 +235,3 @@ func Check(cfg *config.Config, host *system.Host, force bool) (Decision, *diag.F
 	}
 	return NotDue, &diag.Finding{Summary: notDue(v)}
 }
-
