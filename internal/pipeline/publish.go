@@ -116,9 +116,11 @@ func (r *Run) cannotAuthenticate() bool {
 // proveInstalled proves the installed set for the comparison, with the
 // time the run has left: an attempt that gives no evidence (an exchange
 // cut, a passing fault) is tried again, and a rejection counts only once a
-// second attempt confirms it at the same layer, so that a reload or a
-// flap never makes the installed set look worse than it is. A task a
-// proof receives is handed off.
+// second attempt confirms it at the same layer (outcome.confirmed), so that
+// a reload or a flap never makes the installed set look worse than it is:
+// when the deadline ends before that second attempt (during the backoff,
+// or cutting it), the one rejection is returned unconfirmed, no evidence.
+// A task a proof receives is handed off.
 func (r *Run) proveInstalled() outcome {
 	var last outcome
 	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
@@ -132,7 +134,8 @@ func (r *Run) proveInstalled() outcome {
 			r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", f.Summary)
 		}
 		o := installedOutcome(r.Ctx, rep, env)
-		confirmed := o.polled || (o.rejected && last.rejected && last.layer == o.layer)
+		o.confirmed = o.rejected && last.rejected && last.layer == o.layer
+		confirmed := o.polled || o.confirmed
 		if r.Ctx.Err() != nil && last.tried && !o.polled {
 			// The deadline cut this attempt short: the earlier one speaks.
 			return true, 0

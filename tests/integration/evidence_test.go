@@ -133,6 +133,44 @@ func TestEvidenceFlapDuringComparison(t *testing.T) {
 	t.Logf("evidence-flap: the comparison's connection reset once, retried, installed set polls; exit %d, nothing published", r.code)
 }
 
+// TestEvidenceAlertOnceThenDeadline: a root rotation the ingress does not
+// trust yet, and the installed set's comparison meets a TLS alert once
+// (a reload, a proxy refusing for a moment), after which its next attempt
+// is held until bootstrap.deadline ends. One rejection no second attempt
+// confirmed is no evidence against the installed set: the new set, which
+// the ingress rejects, is kept aside, not published as "getting further".
+func TestEvidenceAlertOnceThenDeadline(t *testing.T) {
+	t.Parallel()
+	e := livenessEnv(t, controlplane.Options{})
+	first := leafOf(t, e)
+	rotateUnderIngress(t, e)
+	e.rewriteConfig(func(c *controlplane.NodeConfig) {
+		c.Bootstrap.Deadline, c.Bootstrap.RequestTimeout, c.NodeAPI.WaitTimeout = "8s", "8s", "0s"
+	})
+	// The new set's proof is forwarded (the ingress rejects it); the
+	// installed set's first comparison attempt gets the alert; every
+	// attempt after is held.
+	e.svc.arm(nil, alertAfterHello, holdAfterHello)
+	r := e.provision("renew", "--force")
+	e.svc.arm()
+	if e.svc.takenCount() < 2 {
+		t.Fatalf("the relay took %d connections: the installed set was never compared twice (run too slow to show anything?): exit %d %s", e.svc.takenCount(), r.code, r.rep.Summary)
+	}
+	if leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatalf("a set the ingress rejects was published on one unconfirmed rejection of the installed set: exit %d: %s\n%s", r.code, r.rep.Summary, r.stderr)
+	}
+	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "not published") || !strings.Contains(r.rep.Summary, "may still be accepted") {
+		t.Fatalf("renew: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
+	}
+	if rec := e.record(); rec.Aside == "" {
+		t.Fatalf("the new set was not kept aside: %+v", rec)
+	}
+	if v := e.verify(); v.code != 0 {
+		t.Fatalf("verify with the installed set: exit %d %s: %s", v.code, v.rep.FailedLayer, v.rep.Summary)
+	}
+	t.Logf("evidence-alert-once: exit %d, %s", r.code, r.rep.Summary)
+}
+
 // TestEvidenceStaleInstalledStillPolls (issue 29, 3): the installed
 // certificate chains to a root the CA no longer issues under nor lists as
 // current (other-ca), but the ingress still trusts it and it polls. A
