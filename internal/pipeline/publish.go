@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"context"
 	"crypto"
 	"fmt"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
 )
@@ -69,7 +69,9 @@ func Publish(r *Run) *diag.Finding {
 // (missing, unreadable, another key's or another node's, expired, not yet
 // valid, revoked): the candidate is no worse. Otherwise the installed set
 // is proven now, in the same run (a stale one too: an ingress may still
-// accept it), and the two proofs compared on evidence (compare): which
+// accept it), its key and certificate with the CA's current roots (a
+// ca.pem gone stale is what a refresh fixes, not evidence against them),
+// and the two proofs compared on evidence (compare): which
 // layer each failed at, and whether that failure is a statement against
 // the set or one that says nothing (a cut exchange, a passing fault). A
 // set the rule keeps waiting for the last quarter of the installed
@@ -127,9 +129,15 @@ func (r *Run) proveInstalled() outcome {
 		if r.Ctx.Err() != nil {
 			return true, 0
 		}
-		once, cancel := context.WithCancel(r.Ctx)
-		cancel() // one pass of the ladder: this loop decides about retries
-		rep, env, _ := r.proveLoop(once, "")
+		// One pass of the ladder (this loop decides about retries) on the
+		// installed key and certificate with the CA's roots, as a refresh
+		// would publish them: a stale ca.pem is not the question here.
+		env := r.observeSet("")
+		if r.Roots != nil {
+			env.Bundle = r.Roots.Bundle()
+		}
+		t0 := time.Now()
+		rep := report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(r.Ctx, env, r.Log), time.Since(t0))
 		if f := r.handOff(env, rep); f != nil {
 			r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", f.Summary)
 		}

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/ingress"
 	"github.com/gpuaas/provision/tests/nodetest"
 )
 
@@ -169,6 +171,57 @@ func TestEvidenceAlertOnceThenDeadline(t *testing.T) {
 		t.Fatalf("verify with the installed set: exit %d %s: %s", v.code, v.rep.FailedLayer, v.rep.Summary)
 	}
 	t.Logf("evidence-alert-once: exit %d, %s", r.code, r.rep.Summary)
+}
+
+// TestEvidenceStaleBundleInComparison: the node was off while the CA
+// added a root and moved to it (the fleet's config now pins the new root),
+// and the ingress moved its server certificate to the new root while its
+// client authentication still trusts only the old one. The installed
+// ca.pem, fetched before the rotation, cannot verify the ingress's new
+// certificate; the renewed set, under the new root, is rejected at
+// tls-client-auth. The installed key and certificate are compared as a
+// refresh would publish them, with the CA's current roots: they poll, so
+// the new set is kept aside, and the next run refreshes ca.pem.
+func TestEvidenceStaleBundleInComparison(t *testing.T) {
+	t.Parallel()
+	e := livenessEnv(t, controlplane.Options{})
+	first := leafOf(t, e)
+	if err := e.cp.AddCARoot(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cp.SwitchCARoot(); err != nil {
+		t.Fatal(err)
+	}
+	newRoot := e.cp.CA.PKI()
+	e.rewriteConfig(func(c *controlplane.NodeConfig) { c.CA.Fingerprint = newRoot.Fingerprint() })
+	leaf, err := newRoot.IssueServerCert(controlplane.DefaultAPIHostname, net.IPv4(127, 0, 0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	if err := os.WriteFile(cert, leaf.ChainPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, leaf.KeyPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.restartIngress(func(o *ingress.Options) { o.ServerCertFile, o.ServerKeyFile = cert, key })
+
+	r := e.provision("renew", "--force")
+	if leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatalf("a set the ingress rejects replaced one that polls with the CA's current roots: exit %d: %s", r.code, r.rep.Summary)
+	}
+	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "the installed set polls") {
+		t.Fatalf("renew --force: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
+	}
+	if r := e.provision("renew"); r.code != 0 || e.record().LastResult != "refreshed" || leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatalf("the next renew: exit %d %s, result %s: %s", r.code, r.rep.FailedLayer, e.record().LastResult, r.rep.Summary)
+	}
+	if v := e.verify(); v.code != 0 {
+		t.Fatalf("verify with the refreshed installed set: exit %d %s: %s", v.code, v.rep.FailedLayer, v.rep.Summary)
+	}
+	t.Logf("evidence-stale-bundle: renew --force kept the new set aside (exit %d); the next renew refreshed ca.pem; verify passes", r.code)
 }
 
 // TestEvidenceStaleInstalledStillPolls (issue 29, 3): the installed
