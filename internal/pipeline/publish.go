@@ -66,8 +66,9 @@ func Publish(r *Run) *diag.Finding {
 
 // decide is the liveness rule, for a candidate whose proof failed. It is
 // published at once when the installed set cannot authenticate at all
-// (missing, unreadable, another key's or another node's, expired, not yet
-// valid, revoked): the candidate is no worse. Otherwise the installed set
+// (missing, unreadable, another key's or another node's, its TPM key lost
+// to a cleared or another TPM, expired, not yet valid, revoked): the
+// candidate is no worse. Otherwise the installed set
 // is proven now, in the same run (a stale one too: an ingress may still
 // accept it), its key and certificate with the CA's current roots (a
 // ca.pem gone stale is what a refresh fixes, not evidence against them),
@@ -106,7 +107,7 @@ func (r *Run) cannotAuthenticate() bool {
 	if v.Has(lifecycle.Revoked) && r.Rec.RevokedSerial != "" {
 		return true
 	}
-	for _, x := range []lifecycle.Reason{lifecycle.Missing, lifecycle.Unreadable, lifecycle.KeyMismatch, lifecycle.WrongNode,
+	for _, x := range []lifecycle.Reason{lifecycle.Missing, lifecycle.Unreadable, lifecycle.KeyMismatch, lifecycle.KeyLost, lifecycle.WrongNode,
 		lifecycle.NotYetValid, lifecycle.Expired} {
 		if v.Has(x) {
 			return true
