@@ -26,7 +26,15 @@ func Publish(r *Run) *diag.Finding {
 	}
 	why, ok := "", r.Proof.OK
 	if !ok {
-		ok, why = r.decide()
+		var f *diag.Finding
+		if ok, why, f = r.decide(); f != nil {
+			// A task the installed set's comparison poll received could not
+			// be handed off: it is the run's answer, the task in its
+			// evidence, and the new set stays aside.
+			r.Rec.Aside = filepath.Base(r.Gen)
+			r.SetResult(state.Failed)
+			return f
+		}
 	}
 	if !ok {
 		r.keptAside(why)
@@ -77,24 +85,27 @@ func Publish(r *Run) *diag.Finding {
 // the set or one that says nothing (a cut exchange, a passing fault). A
 // set the rule keeps waiting for the last quarter of the installed
 // certificate's life is published then, whatever time this run had left.
-func (r *Run) decide() (bool, string) {
+func (r *Run) decide() (bool, string, *diag.Finding) {
 	if r.Current == nil || r.cannotAuthenticate() {
-		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", r.Verdict.First())
+		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", r.Verdict.First()), nil
 	}
-	inst := r.proveInstalled()
+	inst, f := r.proveInstalled()
+	if f != nil {
+		return false, "", f
+	}
 	cand := candidateOutcome(r.Ctx, r.Proof, r.ProofEnv)
 	rule, why := compare(cand, inst)
 	r.Log.Info("step", "step", "publish", "layer", "credentials", "status", "compare", "new", cand.String(), "installed", inst.String(), "ruling", rule.String())
 	r.Host.Hook.At("compared")
 	if rule != lastQuarter {
-		return rule == publishNow, why
+		return rule == publishNow, why, nil
 	}
 	leaf := r.Current.Leaf()
 	urgent := leaf.NotAfter.Add(-leaf.NotAfter.Sub(leaf.NotBefore) / 4)
 	if !r.Host.Time().Before(urgent) {
-		return true, fmt.Sprintf("%s, and the installed certificate is in the last quarter of its life (expires %s)", why, stamp(leaf.NotAfter))
+		return true, fmt.Sprintf("%s, and the installed certificate is in the last quarter of its life (expires %s)", why, stamp(leaf.NotAfter)), nil
 	}
-	return false, fmt.Sprintf("%s; the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", why, stamp(urgent))
+	return false, fmt.Sprintf("%s; the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", why, stamp(urgent)), nil
 }
 
 // cannotAuthenticate reports whether the installed set cannot stand for
@@ -123,9 +134,11 @@ func (r *Run) cannotAuthenticate() bool {
 // a reload or a flap never makes the installed set look worse than it is:
 // when the deadline ends before that second attempt (during the backoff,
 // or cutting it), the one rejection is returned unconfirmed, no evidence.
-// A task a proof receives is handed off.
-func (r *Run) proveInstalled() outcome {
+// A task a proof receives is handed off; one that cannot be is returned
+// as the finding (the task in its evidence), and the comparison stops.
+func (r *Run) proveInstalled() (outcome, *diag.Finding) {
 	var last outcome
+	var lost *diag.Finding
 	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
 		if r.Ctx.Err() != nil {
 			return true, 0
@@ -139,8 +152,8 @@ func (r *Run) proveInstalled() outcome {
 		}
 		t0 := time.Now()
 		rep := report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(r.Ctx, env, r.Log), time.Since(t0))
-		if f := r.handOff(env, rep); f != nil {
-			r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", f.Summary)
+		if lost = r.handOff(env, rep); lost != nil {
+			return true, 0
 		}
 		o := installedOutcome(r.Ctx, rep, env)
 		o.confirmed = o.rejected && last.rejected && last.layer == o.layer
@@ -155,7 +168,7 @@ func (r *Run) proveInstalled() outcome {
 		}
 		return confirmed, 0
 	})
-	return last
+	return last, lost
 }
 
 // hookDue makes renew.post_hook pending, in the renew record, before the

@@ -41,8 +41,8 @@ func TestCannotAuthenticate(t *testing.T) {
 			if !tc.want {
 				return
 			}
-			ok, why := r.decide()
-			if !ok || proven || !strings.Contains(why, "cannot authenticate ("+string(tc.reason)+")") {
+			ok, why, f := r.decide()
+			if !ok || f != nil || proven || !strings.Contains(why, "cannot authenticate ("+string(tc.reason)+")") {
 				t.Fatalf("decide with %s = %v %q (installed set proven: %v), want published at once, unproven", tc.reason, ok, why, proven)
 			}
 		})

@@ -8,7 +8,9 @@ package integration
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"math/big"
 	"net"
@@ -222,6 +224,43 @@ func TestEvidenceStaleBundleInComparison(t *testing.T) {
 		t.Fatalf("verify with the refreshed installed set: exit %d %s: %s", v.code, v.rep.FailedLayer, v.rep.Summary)
 	}
 	t.Logf("evidence-stale-bundle: renew --force kept the new set aside (exit %d); the next renew refreshed ca.pem; verify passes", r.code)
+}
+
+// TestEvidenceComparisonTaskKept: the API hands a task to the installed
+// set's comparison poll (it is dequeued there) while the new set is
+// rejected by the ingress, and the task cannot be handed off (both names
+// it could take in state_dir/tasks/ hold other tasks). The task is not
+// lost: the run fails at the state layer with the task in its evidence,
+// nothing is published, and nothing says it was handed off.
+func TestEvidenceComparisonTaskKept(t *testing.T) {
+	t.Parallel()
+	e := livenessEnv(t, controlplane.Options{})
+	first := leafOf(t, e)
+	rotateUnderIngress(t, e)
+	const task = `{"id":"t-9","kind":"drain"}`
+	sum := sha256.Sum256([]byte(task + "\n"))
+	tasks := filepath.Join(e.files.StateDir, "tasks")
+	for _, name := range []string{"t-9.json", "t-9.redelivered-" + hex.EncodeToString(sum[:8]) + ".json"} {
+		if err := os.WriteFile(filepath.Join(tasks, name), []byte(`{"id":"t-9","kind":"other"}`+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.api.QueueTask(nodeID, controlplane.Task{ID: "t-9", Raw: []byte(task)})
+	r := e.provision("renew", "--force")
+	if e.api.Pending(nodeID) != 0 {
+		t.Fatalf("the task was not dequeued by the comparison: exit %d %s", r.code, r.rep.Summary)
+	}
+	c := check(r.rep, "task-save")
+	if r.code != layerExit["state"] || c.Evidence["task"] != task || !strings.Contains(r.rep.Summary, "could not be handed off") {
+		t.Fatalf("renew: exit %d %s, task-save evidence %q: %s", r.code, r.rep.FailedLayer, c.Evidence["task"], r.rep.Summary)
+	}
+	if strings.Contains(r.stderr, "handed off\"") || strings.Contains(r.stderr, "msg=\"task received during the proof and handed off\"") {
+		t.Errorf("the log says the task was handed off:\n%s", r.stderr)
+	}
+	if leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 || e.record().Aside == "" {
+		t.Fatalf("the new set was published, or not kept aside: %+v", e.record())
+	}
+	t.Logf("evidence-comparison-task: exit %d, the task in the report's evidence: %s", r.code, r.rep.Summary)
 }
 
 // TestEvidenceStaleInstalledStillPolls (issue 29, 3): the installed
