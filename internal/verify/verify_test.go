@@ -438,14 +438,8 @@ func TestHostsPersistMergeOrder(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			var persist []verify.Check
-			for _, c := range verify.Checks() {
-				if c.Name == "hosts-persist" {
-					persist = append(persist, c)
-				}
-			}
 			e := observe.NewEnv(&config.Config{}, &system.Host{Root: root})
-			res := verify.Run(context.Background(), e, persist, nil)
+			res := verify.Run(context.Background(), e, checksNamed("hosts-persist"), nil)
 			if len(res) != 1 || res[0].Status != tt.want || res[0].Evidence["decided_by"] != tt.by {
 				t.Fatalf("hosts-persist = %+v, want %s decided by %q", res, tt.want, tt.by)
 			}
@@ -503,16 +497,21 @@ func TestDeadlineIsNoEvidence(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "etc", "cloud", "cloud.cfg"), []byte("manage_etc_hosts: true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var persist []verify.Check
-	for _, c := range verify.Checks() {
-		if c.Name == "hosts-persist" {
-			persist = append(persist, c)
-		}
-	}
 	e := observe.NewEnv(&config.Config{}, &system.Host{Root: root})
 	for i := 0; i < 20; i++ { // the read races the ended context: try it both ways
-		if res := verify.Run(ended, e, persist, nil); len(res) != 1 || res[0].Status == report.Pass {
+		if res := verify.Run(ended, e, checksNamed("hosts-persist"), nil); len(res) != 1 || res[0].Status == report.Pass {
 			t.Fatalf("hosts-persist after the deadline: %+v, want anything but a pass", res)
 		}
 	}
+}
+
+// checksNamed is the ladder's check of that name, alone.
+func checksNamed(name string) []verify.Check {
+	var out []verify.Check
+	for _, c := range verify.Checks() {
+		if c.Name == name {
+			out = append(out, c)
+		}
+	}
+	return out
 }
