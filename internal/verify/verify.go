@@ -129,19 +129,19 @@ func runContained(ctx context.Context, c Check, e *observe.Env) (o Answer) {
 }
 
 // cut is a check's failure when the run's context had ended by the time
-// it answered (bootstrap.deadline, or a stop): whatever it looks like
+// it answered (its deadline, or a stop): whatever it looks like
 // (getent killed reads as "glibc resolves it differently", a fetch not
 // made as the CA's failure), it says nothing about the check's layer, so
 // it is transient, never evidence for the liveness comparison, and worded
 // as what it is. A judgement of an observation recorded in time (Timed:
 // the probe's stages, classified when the exchange ended) keeps its own.
 func cut(ctx context.Context, o Answer) Answer {
-	what := "the run's deadline (bootstrap.deadline) ended"
+	what := "the run's deadline ended"
 	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		what = "the run was stopped"
 	}
 	o.Transient = true
 	o.Message = fmt.Sprintf("not judged: %s before this check could answer (it saw: %s)", what, o.Message)
-	o.Remedy = "nothing was found against this layer: run again; if runs keep ending here, lengthen bootstrap.deadline or find what made the run slow (the log's retries)"
+	o.Remedy = "nothing was found against this layer: run again; if runs keep ending here, find what made the run slow (the log's retries), or lengthen bootstrap.deadline (bootstrap, renew) or bootstrap.request_timeout (verify's budget)"
 	return o
 }

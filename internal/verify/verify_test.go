@@ -474,7 +474,7 @@ func TestDeadlineIsNoEvidence(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			res := verify.Run(tc.ctx, nil, checks, nil)
 			h := res[0]
-			if h.Status != report.Fail || h.Transient != tc.hostsTransient || strings.Contains(h.Message, "deadline (bootstrap.deadline)") != tc.hostsTransient {
+			if h.Status != report.Fail || h.Transient != tc.hostsTransient || strings.Contains(h.Message, "not judged: the run's deadline ended") != tc.hostsTransient {
 				t.Errorf("hosts-resolve: %s transient=%v %q", h.Status, h.Transient, h.Message)
 			}
 			if res[1].Status != report.Fail || res[1].Transient || res[1].Message != alert.Message {
