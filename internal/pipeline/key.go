@@ -12,7 +12,8 @@ var KeyStoreStep = Step{Name: diag.KeyStoreCheck, Do: KeyStore, Reads: []Stage{S
 // KeyStore names a key store that cannot do what the plan needs, before
 // the one-time token is sent or a renewal requested: the TPM that must
 // make the new key (key.store = "tpm", for an enrollment or a rekeying
-// renewal) must be reachable and derive its storage key, and the installed
+// renewal, an exposed key's included: makesKey) must be reachable and
+// derive its storage key, and the installed
 // key, when the plan uses it (to renew, or to be proven and kept), must
 // sign. A key its TPM no longer accepts (cleared, or another TPM's) is not
 // this step's: the verdict says re-enroll (key-lost), and the plan follows.
@@ -28,7 +29,7 @@ func KeyStore(r *Run) *diag.Finding {
 	if r.Command == "bootstrap" {
 		notDone = "nothing was sent to the CA and the one-time token is unspent"
 	}
-	makes := r.Cfg.Key.Store == config.KeyStoreTPM && (j.Plan == Enroll || (j.Plan == Renew && r.Cfg.Renew.Rekey))
+	makes := makesKey(r.Cfg, j)
 	uses := j.Current != nil && j.Plan != Enroll && !k.KeyLost()
 	switch {
 	case k.TPMErr != nil && (makes || uses):
@@ -38,6 +39,18 @@ func KeyStore(r *Run) *diag.Finding {
 	}
 	r.Log.Info("step", "step", diag.KeyStoreCheck, "layer", "credentials", "status", "ok", "store", k.Store, "installed", k.Installed, "tpm", tpmStatus(k))
 	return nil
+}
+
+// makesKey reports whether j's plan makes a new key in the TPM: an
+// enrollment, a renewal with renew.rekey, or any renewal of an exposed key
+// (rekeyed whatever renew.rekey says; after expiry, renewed then rekeyed
+// at once), so the TPM is found unusable before the CA is asked.
+func makesKey(cfg *config.Config, j *Judged) bool {
+	if cfg.Key.Store != config.KeyStoreTPM {
+		return false
+	}
+	renews := j.Plan == Renew || j.Plan == RenewExpired
+	return j.Plan == Enroll || (j.Plan == Renew && cfg.Renew.Rekey) || (renews && j.KeyExposed())
 }
 
 // tpmStatus is the TPM's status for a log line ("" without one).

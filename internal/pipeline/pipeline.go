@@ -91,12 +91,15 @@ type Installed struct {
 // Step is one named step. Do returns a finding when the step fails; the
 // run ends there. A step may also end the run with a report of its own
 // (Halt). Reads are the stages it reads, Writes the one it writes (0:
-// none), whether it succeeds or fails (see stages.go).
+// none), whether it succeeds or fails (see stages.go); MayRead the stages
+// it reads when an earlier step wrote them, and reads as zero otherwise
+// (the post hook, which also runs after a failure ended the run early).
 type Step struct {
-	Name   string
-	Do     func(*Run) *diag.Finding
-	Reads  []Stage
-	Writes Stage
+	Name    string
+	Do      func(*Run) *diag.Finding
+	Reads   []Stage
+	MayRead []Stage
+	Writes  Stage
 }
 
 // Plan is what the run does about the credentials, decided by assess from
@@ -147,6 +150,7 @@ type Run struct {
 	halted    *report.Report // the report a step ended the run with
 	asideSeen []Aside        // the sets aside, observed once (asides)
 	asideOnce bool
+	parent    context.Context // the caller's context, without the run's deadline (the hook's after it)
 }
 
 // New starts a run of command on host, bounded by bootstrap.deadline (or
@@ -157,9 +161,10 @@ func New(ctx context.Context, command string, cfg *config.Config, host *system.H
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
 	r := &Run{Command: command, Ctx: ctx, Cfg: cfg, Host: host, Opts: o, Log: o.Log, Out: &Outcome{}, Start: time.Now(),
-		StateDir: host.Path(cfg.Paths.StateDir), PKI: host.Path(cfg.Paths.PKIDir)}
+		StateDir: host.Path(cfg.Paths.StateDir), PKI: host.Path(cfg.Paths.PKIDir), parent: parent}
 	r.Found = state.ReadRenewal(r.StateDir)
 	r.Env = observe.NewEnv(cfg, host)
 	r.Env.RootsGiven = true
@@ -199,8 +204,10 @@ func (r *Run) Halt(rep *report.Report) { r.halted = rep }
 func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome {
 	var timings []report.Step
 	var rep *report.Report
+	rest := []Step(nil) // the steps a failure or a halt left unrun
 	for i := range steps {
 		s := &steps[i]
+		rest = steps[i+1:]
 		t0 := time.Now()
 		f := r.do(s)
 		st := report.Step{Name: s.Name, Status: "ok", DurationMS: time.Since(t0).Milliseconds()}
@@ -216,6 +223,9 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 			rep = r.halted
 			break
 		}
+	}
+	if rep != nil {
+		timings = r.hookAnyway(rest, timings)
 	}
 	if rep == nil {
 		rep = r.provenReport()
@@ -288,6 +298,43 @@ func (r *Run) provenChecks() []report.Result {
 		checks = append(checks, *v.Check)
 	}
 	return checks
+}
+
+// hookAnyway runs the post hook, when the list has it among the steps a
+// failure or a halt left unrun and it is pending: a published set the
+// node-agent has not been told about (this run's publish without a
+// passing proof, or an earlier run's) is announced whatever this run's
+// proof or renewal says, and stays pending until the hook succeeds. The
+// run's answer, and its result, stay the failure that ended it; the hook's
+// outcome is in the renew record (hook, hook_pending) and its log line.
+func (r *Run) hookAnyway(rest []Step, timings []report.Step) []report.Step {
+	if !r.hookPending() {
+		return timings
+	}
+	for i := range rest {
+		s := &rest[i]
+		if s.Name != HookStep.Name {
+			continue
+		}
+		t0 := time.Now()
+		f := r.do(s)
+		if h := r.st.hooked; h != nil {
+			h.Result = "" // the run's result is what ended it
+		}
+		st := report.Step{Name: s.Name, Status: "ok", DurationMS: time.Since(t0).Milliseconds()}
+		if f != nil {
+			st.Status = "fail"
+			r.Log.Error("step", "step", s.Name, "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
+		}
+		return append(timings, st)
+	}
+	return timings
+}
+
+// hookPending reports whether renew.post_hook is pending: an earlier run
+// left it so, or this run's publish made it.
+func (r *Run) hookPending() bool {
+	return r.Found.HookPending || (r.st.published != nil && r.st.published.HookDue)
 }
 
 // failed is the report of a step's finding. Checks an earlier proof passed

@@ -56,12 +56,10 @@ func (r *Run) oneProofBudget() time.Duration {
 	return 3*r.Cfg.Bootstrap.RequestTimeout.Duration + r.Cfg.NodeAPI.WaitTimeout.Duration
 }
 
-// proveOnce is one pass of the ladder over a new observation of the set
-// in dir ("" for the installed one).
-func (r *Run) proveOnce(dir string) (*report.Report, *observe.Env) {
-	e := r.Env.ForSet(dir)
+// proveOnce is one pass of the ladder over e, a new observation.
+func (r *Run) proveOnce(e *observe.Env) *report.Report {
 	t0 := time.Now()
-	return report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(r.Ctx, e, r.Log), time.Since(t0)), e
+	return report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(r.Ctx, e, r.Log), time.Since(t0))
 }
 
 // proveLoop runs the ladder on the set in dir ("" for the installed one)
@@ -71,7 +69,8 @@ func (r *Run) proveLoop(retryCtx context.Context, dir string) (*report.Report, *
 	var rep *report.Report
 	var env *observe.Env
 	attempts := retry.Until(retryCtx, r.Opts.Policy, r.Opts.Sleep, func(n int) (bool, time.Duration) {
-		last, e := r.proveOnce(dir)
+		e := r.Env.ForSet(dir)
+		last := r.proveOnce(e)
 		if r.Ctx.Err() != nil && rep != nil && !last.OK {
 			// The deadline cut this attempt short; the previous attempt's
 			// report shows the real failure, not "context deadline exceeded".
@@ -94,9 +93,10 @@ func (r *Run) proveLoop(retryCtx context.Context, dir string) (*report.Report, *
 	return rep, env, attempts
 }
 
-// handOff keeps a task the proof received in state_dir/tasks/. A task
-// that cannot be kept fails the step, but for a failed proof of the
-// installed set (answer: the proof's failure; the task is logged).
+// handOff keeps a task the proof received in state_dir/tasks/ and returns
+// it, once handed off. One that cannot be kept is reported with its bytes,
+// never said to be handed off: it fails the step, but for a failed proof
+// of the installed set (answer: the proof's failure; the task is logged).
 func (r *Run) handOff(env *observe.Env, rep *report.Report, installed bool) (*probe.Task, *diag.Finding) {
 	t, _, err := tasks.HandOff(r.StateDir, env.Probed(), r.Host.Time(), r.Host.Hook, observe.Access(r.Cfg, r.Host))
 	if t == nil {
@@ -108,9 +108,9 @@ func (r *Run) handOff(env *observe.Env, rep *report.Report, installed bool) (*pr
 	}
 	if !rep.OK && installed {
 		r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", err.Error(), "task_id", t.ID)
-		return t, nil
+		return nil, nil
 	}
-	return t, diag.TaskNotKept(r.Cfg.Paths.StateDir, t.Raw, err, "; nothing was published", ", and run again")
+	return nil, diag.TaskNotKept(r.Cfg.Paths.StateDir, t.Raw, err, "; nothing was published", ", and run again")
 }
 
 // GaveUp is the summary of a failure retried until the run's deadline.

@@ -10,6 +10,7 @@ import (
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
@@ -28,7 +29,14 @@ func Publish(r *Run) *diag.Finding {
 	}
 	why, ok := "", proof.OK
 	if !ok {
-		ok, why = r.decide(p)
+		var f *diag.Finding
+		if ok, why, f = r.decide(p); f != nil {
+			// A task the installed set's comparison poll received could not
+			// be handed off: it is the run's answer, the task in its
+			// evidence, and the new set stays aside.
+			p.Aside, p.Result = filepath.Base(g.Gen), state.Failed
+			return f
+		}
 	}
 	if !ok {
 		r.keptAside(p, why)
@@ -65,32 +73,38 @@ func Publish(r *Run) *diag.Finding {
 
 // decide is the liveness rule, for a candidate whose proof failed. It is
 // published at once when the installed set cannot authenticate at all
-// (missing, unreadable, another key's or another node's, expired, not yet
-// valid, revoked): the candidate is no worse. Otherwise the installed set
+// (missing, unreadable, another key's or another node's, its TPM key lost
+// to a cleared or another TPM, expired, not yet valid, revoked): the
+// candidate is no worse. Otherwise the installed set
 // is proven now, in the same run (a stale one too: an ingress may still
-// accept it), and the two proofs compared on evidence (compare): which
+// accept it), its key and certificate with the CA's current roots (a
+// ca.pem gone stale is what a refresh fixes, not evidence against them),
+// and the two proofs compared on evidence (compare): which
 // layer each failed at, and whether that failure is a statement against
 // the set or one that says nothing (a cut exchange, a passing fault). A
 // set the rule keeps waiting for the last quarter of the installed
 // certificate's life is published then, whatever time this run had left.
-func (r *Run) decide(p *Published) (bool, string) {
+func (r *Run) decide(p *Published) (bool, string, *diag.Finding) {
 	j, proof := r.Judged(), r.Proven()
 	if j.Current == nil || r.cannotAuthenticate(j) {
-		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", j.Verdict.First())
+		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", j.Verdict.First()), nil
 	}
-	inst := r.proveInstalled(p)
+	inst, f := r.proveInstalled(p)
+	if f != nil {
+		return false, "", f
+	}
 	cand := candidateOutcome(r.Ctx, proof.Report, proof.Env)
 	rule, why := compare(cand, inst)
 	r.Log.Info("step", "step", "publish", "layer", "credentials", "status", "compare", "new", cand.String(), "installed", inst.String(), "ruling", rule.String())
 	r.Host.Hook.At("compared")
 	if rule != lastQuarter {
-		return rule == publishNow, why
+		return rule == publishNow, why, nil
 	}
 	sch := j.Verdict.Schedule
 	if sch.InLastQuarter(r.Host.Time()) {
-		return true, fmt.Sprintf("%s, and the installed certificate is in the last quarter of its life (expires %s)", why, stamp(j.Current.Leaf().NotAfter))
+		return true, fmt.Sprintf("%s, and the installed certificate is in the last quarter of its life (expires %s)", why, stamp(j.Current.Leaf().NotAfter)), nil
 	}
-	return false, fmt.Sprintf("%s; the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", why, stamp(sch.LastQuarter))
+	return false, fmt.Sprintf("%s; the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", why, stamp(sch.LastQuarter)), nil
 }
 
 // cannotAuthenticate reports whether the installed set cannot stand for
@@ -103,7 +117,7 @@ func (r *Run) cannotAuthenticate(j *Judged) bool {
 	if v.Has(lifecycle.Revoked) && r.Found.RevokedSerial != "" && !r.Obtained().RevocationCleared {
 		return true
 	}
-	for _, x := range []lifecycle.Reason{lifecycle.Missing, lifecycle.Unreadable, lifecycle.KeyMismatch, lifecycle.WrongNode,
+	for _, x := range []lifecycle.Reason{lifecycle.Missing, lifecycle.Unreadable, lifecycle.KeyMismatch, lifecycle.KeyLost, lifecycle.WrongNode,
 		lifecycle.NotYetValid, lifecycle.Expired} {
 		if v.Has(x) {
 			return true
@@ -116,24 +130,39 @@ func (r *Run) cannotAuthenticate(j *Judged) bool {
 // time the run has left, one pass of the ladder an attempt: an attempt
 // that gives no evidence (an exchange cut, a passing fault) is tried
 // again, and a rejection counts only once a second attempt confirms it at
-// the same layer, so that a reload or a flap never makes the installed set
-// look worse than it is. A task a proof receives is handed off.
-func (r *Run) proveInstalled(p *Published) outcome {
+// the same layer (outcome.confirmed), so that a reload or a flap never
+// makes the installed set look worse than it is: when the deadline ends
+// before that second attempt (during the backoff, or cutting it), the one
+// rejection is returned unconfirmed, no evidence. The installed key and
+// certificate are proven with the CA's roots, as a refresh would publish
+// them: a stale ca.pem is not the question here. A task a proof receives
+// is handed off; one that cannot be is returned as the finding (the task
+// in its evidence), and the comparison stops.
+func (r *Run) proveInstalled(p *Published) (outcome, *diag.Finding) {
 	var last outcome
+	var lost *diag.Finding
 	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
 		if r.Ctx.Err() != nil {
 			return true, 0
 		}
-		rep, env := r.proveOnce("")
-		t, f := r.handOff(env, rep, false)
-		if t != nil {
+		// One pass of the ladder (this loop decides about retries) on the
+		// installed key and certificate with the CA's roots, as a refresh
+		// would publish them.
+		env := r.Env.ForSet("")
+		if roots := r.Observed().Roots; roots != nil {
+			env.Bundle = roots.Bundle()
+		}
+		rep := r.proveOnce(env)
+		var t *probe.Task
+		if t, lost = r.handOff(env, rep, false); t != nil {
 			p.Task = t
 		}
-		if f != nil {
-			r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", f.Summary)
+		if lost != nil {
+			return true, 0
 		}
 		o := installedOutcome(r.Ctx, rep, env)
-		confirmed := o.polled || (o.rejected && last.rejected && last.layer == o.layer)
+		o.confirmed = o.rejected && last.rejected && last.layer == o.layer
+		confirmed := o.polled || o.confirmed
 		if r.Ctx.Err() != nil && last.tried && !o.polled {
 			// The deadline cut this attempt short: the earlier one speaks.
 			return true, 0
@@ -144,7 +173,7 @@ func (r *Run) proveInstalled(p *Published) outcome {
 		}
 		return confirmed, 0
 	})
-	return last
+	return last, lost
 }
 
 // hookDue makes renew.post_hook pending, in the renew record, before the

@@ -26,8 +26,8 @@ var (
 	RootsStep    = Step{Name: "ca-roots", Do: Roots, Writes: StageObserved}
 	ClockStep    = Step{Name: "clock", Do: Clock, Reads: []Stage{StageObserved, StageJudged}}
 	ProveStep    = Step{Name: "proof", Do: Prove, Reads: []Stage{StageJudged, StageObtained}, Writes: StageProven}
-	PublishStep  = Step{Name: "publish", Do: Publish, Reads: []Stage{StageJudged, StageObtained, StageProven}, Writes: StagePublished}
-	HookStep     = Step{Name: "post-hook", Do: PostHook, Reads: []Stage{StageJudged, StageObtained, StagePublished}, Writes: StageHooked}
+	PublishStep  = Step{Name: "publish", Do: Publish, Reads: []Stage{StageObserved, StageJudged, StageObtained, StageProven}, Writes: StagePublished}
+	HookStep     = Step{Name: "post-hook", Do: PostHook, MayRead: []Stage{StageJudged, StageObtained, StagePublished}, Writes: StageHooked}
 	RevokeStep   = Step{Name: "revoke", Do: Revoke, Reads: []Stage{StageObserved, StageJudged, StageObtained, StageProven, StagePublished}, Writes: StageRevoked}
 	// ObtainStep is the credentials step for every plan but Enroll.
 	ObtainStep = Step{Name: "credentials", Do: Obtain, Reads: []Stage{StageObserved, StageJudged}, Writes: StageObtained}

@@ -200,6 +200,7 @@ func (r *Run) read(st Stage) {
 		return
 	}
 	switch {
+	case slices.Contains(s.MayRead, st):
 	case !slices.Contains(s.Reads, st) && s.Writes != st:
 		r.bug("step %s reads stage %s without declaring it", s.Name, st)
 	case !r.st.written(st):
