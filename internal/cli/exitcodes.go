@@ -61,36 +61,58 @@ type exitRow struct {
 	section string // the runbook section that handles it ("" none)
 }
 
-// exitRows are the codes every command shares the meaning of. 30 and 31
-// are not here: they mean one thing for renew --check, another for status
+// layerMeaning is what each layer's code (layerExit) means; its runbook
+// section is the layer's name.
+var layerMeaning = map[diag.Layer]string{
+	diag.Hosts:         "/etc/hosts override missing, wrong or not resolving",
+	diag.Clock:         "node clock too far off the CA's",
+	diag.Credentials:   "key/cert missing, unreadable, mismatched, expired, wrong mode",
+	diag.CA:            "CA unreachable, wrong fingerprint, or node cert stale",
+	diag.TCP:           "node API host:port not reachable",
+	diag.TLSServer:     "ingress TLS: no/wrong/untrusted server certificate, EOF before it",
+	diag.TLSClientAuth: "ingress refused the node's client certificate",
+	diag.Route:         "ingress has no route for the Host (404) or SNI/Host mismatch (421)",
+	diag.Identity:      "API refused the node identity (401/403)",
+	diag.TasksWait:     "tasks/wait failed (5xx, 502/504 from the ingress, timeout)",
+	diag.Enroll:        "one-time token missing, invalid, used or expired; the certificate revoked",
+	diag.State:         "receipt, records or a task hand-off could not be written",
+	diag.Hook:          "the credentials changed, renew.post_hook failed (it stays pending)",
+}
+
+// exitRows are the codes every command shares the meaning of, in order:
+// the plain ones, then each layer's, then the signals'. 30 and 31 are not
+// here: they mean one thing for renew --check, another for status
 // (command.exitNotes).
-var exitRows = []exitRow{
-	{ExitOK, "ok", "done / healthy (never when not done)", ""},
-	{ExitInternal, "internal", "internal error (a bug: please report it)", "internal"},
-	{ExitUsage, "usage", "usage: unknown command or flag, a bad flag value, or a --root that is not a directory", ""},
-	{ExitConfig, "config", "the config file is missing or invalid, or state_dir/pki_dir is a directory holding files provision did not write", "config"},
-	{ExitLocked, "lock", "another provision run holds state_dir/.lock and did not finish within bootstrap.deadline", ""},
-	{10, "hosts", "/etc/hosts override missing, wrong or not resolving", "hosts"},
-	{11, "clock", "node clock too far off the CA's", "clock"},
-	{12, "credentials", "key/cert missing, unreadable, mismatched, expired, wrong mode", "credentials"},
-	{13, "ca", "CA unreachable, wrong fingerprint, or node cert stale", "ca"},
-	{14, "tcp", "node API host:port not reachable", "tcp"},
-	{15, "tls-server", "ingress TLS: no/wrong/untrusted server certificate, EOF before it", "tls-server"},
-	{16, "tls-client-auth", "ingress refused the node's client certificate", "tls-client-auth"},
-	{17, "route", "ingress has no route for the Host (404) or SNI/Host mismatch (421)", "route"},
-	{18, "identity", "API refused the node identity (401/403)", "identity"},
-	{19, "tasks-wait", "tasks/wait failed (5xx, 502/504 from the ingress, timeout)", "tasks-wait"},
-	{20, "enroll", "one-time token missing, invalid, used or expired; the certificate revoked", "enroll"},
-	{21, "state", "receipt, records or a task hand-off could not be written", "state"},
-	{22, "hook", "the credentials changed, renew.post_hook failed (it stays pending)", "hook"},
-	{exitSignals, "interrupted", "interrupted by SIGINT / SIGTERM (130 / 143): every write is crash-safe, run it again", "interrupted"},
+var exitRows = func() []exitRow {
+	rows := []exitRow{
+		{ExitOK, "ok", "done / healthy (never when not done)", ""},
+		{ExitInternal, "internal", "internal error (a bug: please report it)", "internal"},
+		{ExitUsage, "usage", "usage: unknown command or flag, a bad flag value, or a --root that is not a directory", ""},
+		{ExitConfig, "config", "the config file is missing or invalid, or state_dir/pki_dir is a directory holding files provision did not write", "config"},
+		{ExitLocked, "lock", "another provision run holds state_dir/.lock and did not finish within bootstrap.deadline", ""},
+	}
+	for _, l := range diag.Layers {
+		if m, ok := layerMeaning[l]; ok {
+			rows = append(rows, exitRow{ExitCode(l), string(l), m, string(l)})
+		}
+	}
+	return append(rows, exitRow{exitSignals, "interrupted", "interrupted by SIGINT / SIGTERM (130 / 143): every write is crash-safe, run it again", "interrupted"})
+}()
+
+// layerCodes are the codes of layers, in order.
+func layerCodes(ls ...diag.Layer) []int {
+	out := make([]int, len(ls))
+	for i, l := range ls {
+		out[i] = ExitCode(l)
+	}
+	return out
 }
 
 // The codes a command may exit with, beyond the ones every command may
 // (0, 1, 2).
 var (
-	layersAll   = []int{10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22}
-	layersProof = []int{10, 11, 12, 13, 14, 15, 16, 17, 18, 19}
+	layersProof = layerCodes(diag.Hosts, diag.Clock, diag.Credentials, diag.CA, diag.TCP, diag.TLSServer, diag.TLSClientAuth, diag.Route, diag.Identity, diag.TasksWait)
+	layersAll   = append(append([]int(nil), layersProof...), layerCodes(diag.Enroll, diag.State, diag.Hook)...)
 )
 
 func codes(cs ...any) []int {
