@@ -138,9 +138,19 @@ func TestVersionJSON(t *testing.T) {
 	if code != ExitOK || errs != "" {
 		t.Fatalf("exit %d, stderr %s", code, errs)
 	}
-	var m map[string]string
-	if err := json.Unmarshal([]byte(out), &m); err != nil {
-		t.Fatalf("not one JSON object of strings: %v\n%s", err, out)
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("not one JSON object: %v\n%s", err, out)
+	}
+	if doc["schema_version"] != float64(SchemaVersion) {
+		t.Errorf("schema_version %v, want %d", doc["schema_version"], SchemaVersion)
+	}
+	delete(doc, "schema_version")
+	m := map[string]string{}
+	for k, v := range doc {
+		if m[k], _ = v.(string); m[k] == "" {
+			t.Errorf("%s is %v, want a non-empty string", k, v)
+		}
 	}
 	keys := []string{"commit", "go_version", "step_ca_client_module", "step_ca_client_version", "version"}
 	var got []string
@@ -162,7 +172,7 @@ func TestVersionJSON(t *testing.T) {
 	// build records is what is reported.
 	bi := &debug.BuildInfo{GoVersion: "go1.26.8", Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "abc123"}, {Key: "vcs.modified", Value: "true"}},
 		Deps: []*debug.Module{{Path: "go.step.sm/crypto", Version: "v0.77.1"}, {Path: caClientModule, Version: "v0.30.2"}}}
-	if got, want := buildInfoFrom(bi, "1.2.3", ""), (BuildInfo{"1.2.3", "abc123-dirty", "go1.26.8", caClientModule, "v0.30.2"}); got != want {
+	if got, want := buildInfoFrom(bi, "1.2.3", ""), (BuildInfo{SchemaVersion, "1.2.3", "abc123-dirty", "go1.26.8", caClientModule, "v0.30.2"}); got != want {
 		t.Errorf("buildInfoFrom = %+v, want %+v", got, want)
 	}
 	bi.Deps[1].Replace = &debug.Module{Path: "../certificates", Version: "v0.30.3-fork"}

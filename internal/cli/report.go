@@ -31,6 +31,8 @@ const (
 // TestJSONReportCarriesEveryReportField catches a field added there and
 // not here.
 type jsonReport struct {
+	SchemaVersion int `json:"schema_version"`
+
 	OK          bool            `json:"ok"`
 	Command     string          `json:"command"`
 	NodeID      string          `json:"node_id"`
@@ -52,7 +54,7 @@ func toJSONReport(r *report.Report, code int) jsonReport {
 	if checks == nil {
 		checks = []report.Result{}
 	}
-	return jsonReport{OK: r.OK, Command: r.Command, NodeID: r.NodeID, FailedLayer: r.FailedLayer, Owner: r.Owner,
+	return jsonReport{SchemaVersion: SchemaVersion, OK: r.OK, Command: r.Command, NodeID: r.NodeID, FailedLayer: r.FailedLayer, Owner: r.Owner,
 		FailedCheck: r.FailedCheck, Summary: r.Summary, Remedy: r.Remedy, Transient: r.Transient, Checks: checks,
 		DurationMS: r.DurationMS, Task: r.Task, Steps: r.Steps, ExitCode: code}
 }

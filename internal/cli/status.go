@@ -58,9 +58,10 @@ func runStatus(_ context.Context, env *runEnv, args []string) int {
 	code = map[status.State]int{status.OK: ExitOK, status.Attention: ExitStatusAttention, status.Unusable: ExitStatusUnusable}[n.State]
 	if f.format == "json" {
 		b, _ := json.Marshal(struct {
+			SchemaVersion int `json:"schema_version"`
 			*status.Node
 			ExitCode int `json:"exit_code"`
-		}{n, code})
+		}{SchemaVersion, n, code})
 		fmt.Fprintln(env.stdout, string(b))
 		return code
 	}
@@ -82,6 +83,10 @@ func printStatus(w io.Writer, n *status.Node, code int) {
 		line("valid", "%s to %s (expires in %s)", ts(c.NotBefore), ts(c.NotAfter), c.ExpiresIn)
 		line("renewal", "point %s, due %s (this node's splay)", ts(c.RenewAfter), ts(c.DueAt))
 		line("modes", "key %s, %s %s", c.KeyMode, c.PKIDir, c.DirMode)
+		line("files", "key %s, certificate %s, CA bundle %s", c.KeyPath, c.CertPath, c.CAPath)
+		for _, r := range c.CARoots {
+			line("ca root", "%s %s, valid until %s (%s)", short(r.Fingerprint), r.Subject, ts(r.NotAfter), inDays(r.ExpiresInSeconds))
+		}
 	case c.Error != "":
 		line("credentials", "%s: %s", c.PKIDir, c.Error)
 	default:
@@ -107,6 +112,19 @@ func printStatus(w io.Writer, n *status.Node, code int) {
 		fmt.Fprintf(w, ". Next: %s", clean(n.Remedy))
 	}
 	fmt.Fprintf(w, " (exit %d)\n", code)
+}
+
+// inDays says how far off an expiry is, for a person: days, or hours
+// under two days; "expired" once passed.
+func inDays(secs int64) string {
+	d := time.Duration(secs) * time.Second
+	switch {
+	case d <= 0:
+		return "expired"
+	case d < 48*time.Hour:
+		return fmt.Sprintf("expires in %s", d.Round(time.Minute))
+	}
+	return fmt.Sprintf("expires in %d days", int64(d/(24*time.Hour)))
 }
 
 func ts(t time.Time) string {

@@ -81,6 +81,29 @@ type Credentials struct {
 	BundleRoots     int       `json:"bundle_roots"`
 	Verdict         string    `json:"verdict"`           // keep, tighten, renew, re-enroll
 	Reasons         []string  `json:"reasons,omitempty"` // the verdict's reasons
+
+	// ExpiresInSeconds is ExpiresIn in whole seconds (negative when
+	// expired), for a script that compares; nil without a certificate.
+	ExpiresInSeconds *int64 `json:"expires_in_seconds,omitempty"`
+	// KeyPath, CertPath and CAPath are the stable paths the node-agent
+	// reads (links through pki_dir/current), as the node names them.
+	KeyPath  string `json:"key_path"`
+	CertPath string `json:"cert_path"`
+	CAPath   string `json:"ca_path"`
+	// CARoots are the roots in ca.pem with their own expiry, as kubeadm's
+	// check-expiration lists the CAs: a root that expires ends every
+	// certificate under it.
+	CARoots []Root `json:"ca_roots"`
+}
+
+// Root is one root certificate of the installed CA bundle.
+type Root struct {
+	Subject          string    `json:"subject"`
+	Fingerprint      string    `json:"fingerprint"` // hex SHA-256 of the DER
+	NotBefore        time.Time `json:"not_before"`
+	NotAfter         time.Time `json:"not_after"`
+	ExpiresInSeconds int64     `json:"expires_in_seconds"`
+	ChainsHere       bool      `json:"issued_certificate"` // the installed certificate chains to this root
 }
 
 // Renew is the last renew attempt, from state_dir/renew.json.
@@ -137,7 +160,10 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 }
 
 func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now time.Time) *Credentials {
-	c := &Credentials{PKIDir: cfg.Paths.PKIDir, Verdict: v.Action.String()}
+	c := &Credentials{PKIDir: cfg.Paths.PKIDir, Verdict: v.Action.String(), CARoots: []Root{},
+		KeyPath:  filepath.Join(cfg.Paths.PKIDir, credstore.KeyFile),
+		CertPath: filepath.Join(cfg.Paths.PKIDir, credstore.CertFile),
+		CAPath:   filepath.Join(cfg.Paths.PKIDir, credstore.CAFile)}
 	for _, r := range v.Reasons {
 		c.Reasons = append(c.Reasons, string(r))
 	}
@@ -154,12 +180,25 @@ func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now ti
 	c.NotBefore, c.NotAfter = leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
 	c.RenewAfter, c.DueAt = v.RenewAfter.UTC(), v.DueAt(cfg.Renew.Splay.Duration).UTC()
 	c.ExpiresIn = leaf.NotAfter.Sub(now).Round(time.Second).String()
+	secs := secondsUntil(leaf.NotAfter, now)
+	c.ExpiresInSeconds = &secs
 	c.KeyMode, c.DirMode = fmt.Sprintf("%04o", set.KeyMode), fmt.Sprintf("%04o", set.DirMode)
 	c.BundleRoots = len(set.Roots)
-	if root := rootOf(set.Chain, set.Roots, v); root != nil {
+	root := rootOf(set.Chain, set.Roots, v)
+	if root != nil {
 		c.RootFingerprint, c.RootSubject = enroll.Fingerprint(root), root.Subject.String()
 	}
+	for _, r := range set.Roots {
+		c.CARoots = append(c.CARoots, Root{Subject: r.Subject.String(), Fingerprint: enroll.Fingerprint(r),
+			NotBefore: r.NotBefore.UTC(), NotAfter: r.NotAfter.UTC(), ExpiresInSeconds: secondsUntil(r.NotAfter, now),
+			ChainsHere: root != nil && r.Equal(root)})
+	}
 	return c
+}
+
+// secondsUntil is t - now in whole seconds (rounded), negative once passed.
+func secondsUntil(t, now time.Time) int64 {
+	return int64(t.Sub(now).Round(time.Second) / time.Second)
 }
 
 // rootOf is the ca.pem root the chain was issued under (found by signature,
