@@ -293,6 +293,24 @@ type flags struct {
 	out       string // userdata
 	force     bool   // renew
 	check     bool   // renew
+	// quiet (-q, --quiet): the text output is the final line only, and
+	// the logs are errors only unless --log-level is given.
+	quiet      bool
+	levelGiven bool // --log-level was given
+}
+
+// shortFlags are the flags that also have a one-letter spelling; the help,
+// the man pages and the completions show both ("-q, --quiet").
+var shortFlags = map[string]string{"quiet": "q"}
+
+// isShort reports whether name is the one-letter spelling of a flag.
+func isShort(name string) bool {
+	for _, s := range shortFlags {
+		if s == name {
+			return true
+		}
+	}
+	return false
 }
 
 // newFlags builds c's flag set: the common flags, --format when c takes it,
@@ -307,6 +325,9 @@ func newFlags(c *command, env *runEnv) *flags {
 	}
 	f.fs.StringVar(&f.logFormat, "log-format", "text", "log format on stderr: "+alternatives(flagValues["log-format"]))
 	f.fs.StringVar(&f.logLevel, "log-level", "info", "log level: "+alternatives(flagValues["log-level"]))
+	const quiet = "print errors and the final line only (logs at error level unless --log-level is given)"
+	f.fs.BoolVar(&f.quiet, "quiet", false, quiet)
+	f.fs.BoolVar(&f.quiet, shortFlags["quiet"], false, quiet)
 	if c.flags != nil {
 		c.flags(f)
 	}
@@ -351,8 +372,15 @@ func helpText(c *command) string {
 // the default when it is not the zero value.
 func printFlags(w io.Writer, fs *flag.FlagSet) {
 	fs.VisitAll(func(fl *flag.Flag) {
+		if isShort(fl.Name) {
+			return // shown with its long spelling
+		}
 		arg, usage := flag.UnquoteUsage(fl)
-		fmt.Fprintf(w, "  --%s", fl.Name)
+		if short, ok := shortFlags[fl.Name]; ok {
+			fmt.Fprintf(w, "  -%s, --%s", short, fl.Name)
+		} else {
+			fmt.Fprintf(w, "  --%s", fl.Name)
+		}
 		if arg != "" {
 			fmt.Fprintf(w, " %s", arg)
 		}
@@ -405,7 +433,10 @@ func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
 		return env.usage(f.cmd.name, flagDashes.ReplaceAllString(err.Error(), "$1--$2"), hint), false
 	}
 	explicit := false
-	f.fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "format" })
+	f.fs.Visit(func(fl *flag.Flag) {
+		explicit = explicit || fl.Name == "format"
+		f.levelGiven = f.levelGiven || fl.Name == "log-level"
+	})
 	if f.format == "text" && !explicit && env.journal {
 		// Under systemd the report is one JSON line in the journal, not
 		// a page of text lines torn apart by other units' messages.
@@ -432,6 +463,9 @@ func (f *flags) logger(w io.Writer, nodeID string) *slog.Logger {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
 		lvl = slog.LevelInfo
+	}
+	if f.quiet && !f.levelGiven {
+		lvl = slog.LevelError
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
 	var h slog.Handler = slog.NewTextHandler(w, opts)

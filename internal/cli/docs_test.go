@@ -240,8 +240,10 @@ func TestBashCompletion(t *testing.T) {
 		{[]string{"provision", "verify", "--format", ""}, "text json"},
 		{[]string{"provision", "verify", "--format=j"}, "json"},
 		{[]string{"provision", "bootstrap", "--log-level", ""}, "debug info warn error"},
-		{[]string{"provision", "hosts", "apply", "--"}, "--config --root --log-format --log-level --help"},
-		{[]string{"provision", "verify", "--"}, "--config --root --format --log-format --log-level --help"},
+		{[]string{"provision", "hosts", "apply", "--"}, "--config --root --log-format --log-level --quiet --help"},
+		{[]string{"provision", "verify", "--"}, "--config --root --format --log-format --log-level --quiet --help"},
+		{[]string{"provision", "status", "-q"}, "-q"},
+		{[]string{"provision", "status", "--q"}, "--quiet"},
 		{[]string{"provision", "userdata", "--to"}, "--token-file"},
 		{[]string{"provision", "userdata", "--token-file", "tok"}, "token.jwt"},
 		{[]string{"provision", "bootstrap", "--root", ""}, "mnt"},
@@ -278,7 +280,10 @@ func TestZshCompletion(t *testing.T) {
 		}
 		for _, fl := range completionFlags(c) {
 			spec := "'--" + fl.name + "=["
-			if fl.boolean {
+			switch short, ok := shortFlags[fl.name]; {
+			case ok:
+				spec = "{-" + short + ",--" + fl.name + "}'["
+			case fl.boolean:
 				spec = "'--" + fl.name + "["
 			}
 			if !strings.Contains(string(script), spec) {
@@ -311,7 +316,11 @@ func TestHelpShowsTwoDashes(t *testing.T) {
 			continue
 		}
 		for _, fl := range completionFlags(c) {
-			if !strings.Contains(help, "\n  --"+fl.name) {
+			line := "\n  --" + fl.name
+			if short, ok := shortFlags[fl.name]; ok {
+				line = "\n  -" + short + ", --" + fl.name
+			}
+			if !strings.Contains(help, line) {
 				t.Errorf("provision %s --help lacks the line of --%s", c.name, fl.name)
 			}
 		}

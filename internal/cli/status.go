@@ -65,14 +65,19 @@ func runStatus(_ context.Context, env *runEnv, args []string) int {
 		fmt.Fprintln(env.stdout, string(b))
 		return code
 	}
-	printStatus(env.stdout, n, code)
+	printStatus(env.stdout, n, code, f.quiet)
 	return code
 }
 
-// printStatus is status for a person: one fact a line.
-func printStatus(w io.Writer, n *status.Node, code int) {
+// printStatus is status for a person: one fact a line, then the verdict;
+// quiet, the verdict's line only.
+func printStatus(w io.Writer, n *status.Node, code int, quiet bool) {
+	facts := w
+	if quiet {
+		facts = io.Discard
+	}
 	line := func(k, format string, a ...any) {
-		fmt.Fprintf(w, "%-14s %s\n", k+":", clean(fmt.Sprintf(format, a...)))
+		fmt.Fprintf(facts, "%-14s %s\n", k+":", clean(fmt.Sprintf(format, a...)))
 	}
 	line("node", "%s", n.NodeID)
 	c := n.Credentials

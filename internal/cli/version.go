@@ -104,6 +104,10 @@ func runVersion(_ context.Context, env *runEnv, args []string) int {
 		fmt.Fprintln(env.stdout, string(b))
 		return ExitOK
 	}
+	if f.quiet {
+		fmt.Fprintf(env.stdout, "provision %s\n", info.Version)
+		return ExitOK
+	}
 	fmt.Fprintf(env.stdout, "provision %s\ncommit: %s\ngo: %s\nstep-ca client: %s %s\n", info.Version, info.Commit, info.GoVersion, info.CAClientModule, info.CAClientVersion)
 	return ExitOK
 }
