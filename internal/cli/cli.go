@@ -130,7 +130,7 @@ type runEnv struct {
 }
 
 func commands() []*command {
-	return []*command{bootstrapCmd, verifyCmd, renewCmd, statusCmd, hostsCmd, userdataCmd, versionCmd}
+	return []*command{bootstrapCmd, verifyCmd, renewCmd, statusCmd, hostsCmd, configCmd, userdataCmd, versionCmd}
 }
 
 const rootHelp = `provision bootstraps a bare-metal GPU node into the control plane.
@@ -211,7 +211,7 @@ func runHelp(env *runEnv, args []string) int {
 	case len(args) == 0 || args[0] == "help":
 		printRootHelp(env.stdout)
 		return ExitOK
-	case len(args) > 1 && !(len(args) == 2 && args[0] == "hosts"):
+	case len(args) > 1 && !(len(args) == 2 && (args[0] == "hosts" || args[0] == "config")):
 		return env.usage("help", fmt.Sprintf("help takes one command, got %q", strings.Join(args, " ")), "Run 'provision help <command>'.")
 	}
 	c := lookup(args[0])

@@ -374,7 +374,7 @@ func flagNames(f *flags) []string {
 }
 
 // subcommands are the words a command takes before its flags.
-var subcommands = map[string][]string{"hosts": {"apply", "show", "check", "remove"}}
+var subcommands = map[string][]string{"hosts": {"apply", "show", "check", "remove"}, "config": {"check"}}
 
 // BashCompletion is the bash completion script for provision, generated
 // from the command table: commands, hosts' subcommands, each command's

@@ -104,10 +104,11 @@ func TestEnumeratedFlags(t *testing.T) {
 				if name != "log-level" && bad == "INFO" {
 					bad = "JSON"
 				}
-				_, errs, code := run(c.name, "--"+name+"="+bad)
-				if c.name == "hosts" {
-					_, errs, code = run(c.name, "show", "--"+name+"="+bad)
+				args := []string{c.name}
+				if subs := subcommands[c.name]; subs != nil {
+					args = append(args, subs[len(subs)-1]) // hosts remove, config check
 				}
+				_, errs, code := run(append(args, "--"+name+"="+bad)...)
 				want := "--" + name + " must be " + alternatives(values) + ", got " + strconvQuote(bad)
 				if code != ExitUsage || !strings.Contains(errs, want) {
 					t.Errorf("provision %s --%s=%q: exit %d, stderr %q; want 2 and %q", c.name, name, bad, code, errs, want)
@@ -233,7 +234,8 @@ func TestBashCompletion(t *testing.T) {
 		words []string
 		want  string
 	}{
-		{[]string{"provision", ""}, "bootstrap verify renew status hosts userdata version help --help --version"},
+		{[]string{"provision", ""}, "bootstrap verify renew status hosts config userdata version help --help --version"},
+		{[]string{"provision", "config", ""}, "check --help"},
 		{[]string{"provision", "ver"}, "verify version"},
 		{[]string{"provision", "hosts", ""}, "apply show check remove --help"},
 		{[]string{"provision", "renew", "--f"}, "--force --format"},
