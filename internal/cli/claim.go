@@ -13,9 +13,9 @@ import (
 // claimDirs applies system.ClaimDir, the one rule for the directories
 // provision keeps its files in, to state_dir and pki_dir before a command
 // does anything else: bootstrap and renew claim them (create, tighten),
-// verify and renew --check only judge them (they change nothing). A
-// directory that is not provision's own (pki_dir = "/etc/pki" holding
-// somebody's ca.pem) is a config error, exit 3, with nothing changed: the
+// verify, renew --check and the dry runs only judge them (they change
+// nothing). A directory that is not provision's own (pki_dir = "/etc/pki"
+// holding somebody's ca.pem) is a config error, exit 3, with nothing changed: the
 // fix is in the config. One of provision's names that is the wrong kind of
 // file (a FIFO at renew.json) is the state layer's (exit 21), or the
 // credentials' in pki_dir (exit 12). It returns false, with the report
@@ -32,7 +32,7 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 	// Both are judged before either is created or tightened, so a refused
 	// pki_dir leaves state_dir as it was too.
 	passes := []bool{false}
-	if cmd == "bootstrap" || cmd == "renew" && !f.check {
+	if (cmd == "bootstrap" || cmd == "renew" && !f.check) && !f.dryRun {
 		passes = append(passes, true)
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
@@ -41,8 +41,8 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 			ds, err := system.ClaimDir(host.Path(d.path), change)
 			if err != nil {
 				rep := report.Failed(cmd, cfg.NodeID, d.check, claimFinding(d.key, d.path, d.layer, err))
-				if f.check {
-					return printReport(env, f, rep), false // renew --check is a question: no metrics
+				if f.check || f.dryRun {
+					return printReport(env, f, rep), false // renew --check and a dry run are questions: no metrics
 				}
 				return finish(env, f, cfg, host, log, rep), false
 			}

@@ -293,6 +293,7 @@ type flags struct {
 	out       string // userdata
 	force     bool   // renew
 	check     bool   // renew
+	dryRun    bool   // bootstrap, renew
 	// quiet (-q, --quiet): the text output is the final line only, and
 	// the logs are errors only unless --log-level is given.
 	quiet      bool

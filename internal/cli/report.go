@@ -46,6 +46,7 @@ type jsonReport struct {
 	DurationMS  int64           `json:"duration_ms"`
 	Task        any             `json:"task,omitempty"`
 	Steps       []report.Step   `json:"steps,omitempty"`
+	DryRun      any             `json:"dry_run,omitempty"`
 	ExitCode    int             `json:"exit_code"`
 }
 
@@ -56,7 +57,7 @@ func toJSONReport(r *report.Report, code int) jsonReport {
 	}
 	return jsonReport{SchemaVersion: SchemaVersion, OK: r.OK, Command: r.Command, NodeID: r.NodeID, FailedLayer: r.FailedLayer, Owner: r.Owner,
 		FailedCheck: r.FailedCheck, Summary: r.Summary, Remedy: r.Remedy, Transient: r.Transient, Checks: checks,
-		DurationMS: r.DurationMS, Task: r.Task, Steps: r.Steps, ExitCode: code}
+		DurationMS: r.DurationMS, Task: r.Task, Steps: r.Steps, DryRun: r.DryRun, ExitCode: code}
 }
 
 // printJSON prints r as the one JSON document on stdout, with code, on one

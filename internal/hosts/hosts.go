@@ -423,30 +423,62 @@ func EntriesOf(m map[string]netip.Addr) []Entry {
 // inside --root (system.Host.Resolve), so the link stays a link and --root
 // stays a sandbox.
 func ApplyTo(host *system.Host, file string, entries []Entry) (Strategy, error) {
-	target, err := host.Resolve(file)
+	c, err := PlanTo(host, file, entries)
 	if err != nil {
-		return "", fmt.Errorf("resolving %s: %w", file, err)
-	}
-	path := host.Path(target)
-	old, err := ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("reading %s: %w", file, err)
-	}
-	nb, changed, err := Apply(old, entries)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", file, err)
-	}
-	if !changed {
-		return Unchanged, nil
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return "", err
 	}
-	s, err := Write(path, old, nb, host.Hook)
+	if !c.Changed {
+		return Unchanged, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(c.Path), 0o755); err != nil {
+		return "", err
+	}
+	s, err := Write(c.Path, c.Old, c.New, host.Hook)
 	if err != nil {
 		return "", fmt.Errorf("writing %s: %w", file, err)
 	}
 	return s, nil
+}
+
+// Change is what ApplyTo would do to a hosts file, decided without
+// writing anything: the file's contents now and after.
+type Change struct {
+	Path     string // the host path written: the file, or a link's target
+	Old, New []byte
+	Changed  bool
+}
+
+// PlanTo is ApplyTo's decision alone (bootstrap --dry-run shows it): the
+// file resolved and read as ApplyTo reads it, and the managed block for
+// entries applied in memory.
+func PlanTo(host *system.Host, file string, entries []Entry) (*Change, error) {
+	target, err := host.Resolve(file)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: %w", file, err)
+	}
+	c := &Change{Path: host.Path(target)}
+	c.Old, err = ReadFile(c.Path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("reading %s: %w", file, err)
+	}
+	if c.New, c.Changed, err = Apply(c.Old, entries); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return c, nil
+}
+
+// BlockLines are the lines of b's managed block, markers included; none
+// when it has no block (or an unreadable one).
+func BlockLines(b []byte) []string {
+	blk, ls, err := markers(b)
+	if err != nil || !blk.Present {
+		return nil
+	}
+	var out []string
+	for _, l := range ls[blk.Begin : blk.End+1] {
+		out = append(out, strings.TrimSuffix(l.text, "\r"))
+	}
+	return out
 }
 
 // Describe words a failure of Check or Apply for path: what is wrong and
