@@ -130,7 +130,7 @@ type runEnv struct {
 }
 
 func commands() []*command {
-	return []*command{bootstrapCmd, verifyCmd, renewCmd, statusCmd, hostsCmd, configCmd, userdataCmd, versionCmd}
+	return []*command{bootstrapCmd, verifyCmd, renewCmd, statusCmd, revokeCmd, hostsCmd, configCmd, userdataCmd, versionCmd}
 }
 
 const rootHelp = `provision bootstraps a bare-metal GPU node into the control plane.
@@ -294,6 +294,7 @@ type flags struct {
 	force     bool   // renew
 	check     bool   // renew
 	dryRun    bool   // bootstrap, renew
+	yes       bool   // revoke
 	// quiet (-q, --quiet): the text output is the final line only, and
 	// the logs are errors only unless --log-level is given.
 	quiet      bool

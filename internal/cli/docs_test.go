@@ -234,8 +234,10 @@ func TestBashCompletion(t *testing.T) {
 		words []string
 		want  string
 	}{
-		{[]string{"provision", ""}, "bootstrap verify renew status hosts config userdata version help --help --version"},
+		{[]string{"provision", ""}, "bootstrap verify renew status revoke hosts config userdata version help --help --version"},
 		{[]string{"provision", "config", ""}, "check --help"},
+		{[]string{"provision", "revoke", "--y"}, "--yes"},
+		{[]string{"provision", "bootstrap", "--d"}, "--dry-run"},
 		{[]string{"provision", "ver"}, "verify version"},
 		{[]string{"provision", "hosts", ""}, "apply show check remove --help"},
 		{[]string{"provision", "renew", "--f"}, "--force --format"},

@@ -141,8 +141,11 @@ func outcome(env *runEnv, r *report.Report) (*report.Report, int) {
 	code := ExitOK
 	if !r.OK {
 		code = ExitCode(r.FailedLayer)
-		if r.FailedLayer == LayerLock {
+		switch r.FailedLayer {
+		case LayerLock:
 			code = ExitLocked
+		case LayerUsage:
+			code = ExitUsage
 		}
 	}
 	if i := interruptedBy(env.ctx); i != nil && !r.OK {

@@ -112,6 +112,13 @@ func printStatus(w io.Writer, n *status.Node, code int, quiet bool) {
 		line("receipt", "none: bootstrap has not proven this node")
 	}
 	line("metrics", "%s %s", n.Metrics.TextfileDir, strings.Join(n.Metrics.Files, " "))
+	if rv := n.Revoked; rv != nil {
+		done := "credentials removed"
+		if !rv.Complete {
+			done = "not finished: run provision revoke again"
+		}
+		line("revoked", "%s by provision revoke: serials %s; %s", ts(rv.At), strings.Join(rv.Serials, ", "), done)
+	}
 	fmt.Fprintf(w, "provision status: %s: %s", n.State, clean(n.Summary))
 	if n.Remedy != "" {
 		fmt.Fprintf(w, ". Next: %s", clean(n.Remedy))

@@ -325,3 +325,28 @@ func Write(dir string, r Run) (string, error) {
 	}
 	return path, nil
 }
+
+// Remove deletes the textfile metrics of commands from dir: provision
+// revoke removes a decommissioned node's bootstrap, verify and renew files,
+// which would otherwise go on reporting a certificate that is gone (and,
+// past its renewal point, alert). Only a regular file at one of
+// provision's names is removed; anything else there is left alone. It
+// returns the names removed; a missing directory removes nothing.
+func Remove(dir string, commands ...string) ([]string, error) {
+	var removed []string
+	for _, c := range commands {
+		name, err := FileName(c)
+		if err != nil {
+			return removed, err
+		}
+		p := filepath.Join(dir, name)
+		if st, err := os.Lstat(p); err != nil || !st.Mode().IsRegular() {
+			continue
+		}
+		if err := os.Remove(p); err != nil {
+			return removed, err
+		}
+		removed = append(removed, name)
+	}
+	return removed, nil
+}

@@ -59,6 +59,17 @@ type Node struct {
 	Renew       *Renew       `json:"renew"`   // nil: renew never ran
 	Receipt     *Receipt     `json:"receipt"` // nil: never done
 	Metrics     Metrics      `json:"metrics"`
+
+	// Revoked is what provision revoke did (state_dir/revoke.json); nil
+	// when it never ran.
+	Revoked *Revoked `json:"revoked"`
+}
+
+// Revoked is the revoke record, in short.
+type Revoked struct {
+	At       time.Time `json:"revoked_at"`
+	Serials  []string  `json:"serials"`  // the certificates revoked at the CA (now or before)
+	Complete bool      `json:"complete"` // the credentials and records were removed
 }
 
 // Credentials are the installed key, certificate and CA bundle.
@@ -155,6 +166,14 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 		n.Receipt = &Receipt{Serial: rc.Serial, ProvedAt: rc.ProvedAt, Command: rc.Command, Enrolled: rc.Enrolled, Unproven: rc.Unproven, MachineID: rc.MachineID}
 	}
 	n.Metrics = metricsFiles(cfg, host)
+	if rv := state.ReadRevocation(host.Path(cfg.Paths.StateDir)); rv != nil {
+		n.Revoked = &Revoked{At: rv.At, Complete: rv.Complete, Serials: []string{}}
+		for _, c := range rv.Certificates {
+			if c.Result == state.RevokedNow || c.Result == state.RevokedBefore {
+				n.Revoked.Serials = append(n.Revoked.Serials, c.Serial)
+			}
+		}
+	}
 	judge(n, v, cfg, host.Time())
 	return n
 }
@@ -241,6 +260,9 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
 		n.State, n.Summary, n.Remedy = Unusable, "no usable identity: "+v.Detail[r], lifecycle.Remedy(r, cfg)
 		if r == lifecycle.Missing {
 			n.Summary = "not enrolled: " + v.Detail[r]
+			if rv := n.Revoked; rv != nil && rv.Complete {
+				n.Summary = fmt.Sprintf("not enrolled: taken out of service by provision revoke at %s (%d certificate(s) revoked at the CA, the credentials removed)", stamp(rv.At), len(rv.Serials))
+			}
 		}
 		return
 	}

@@ -143,6 +143,9 @@ func TestDryRunBootstrap(t *testing.T) {
 	if r.Code != 20 || r.Report.FailedLayer != "enroll" || d.Plan != "enroll" || d.Token.Use != "enroll" || d.Token.Problem == "" || !strings.HasPrefix(r.Report.Summary, "dry run: ") {
 		t.Fatalf("dry run without a token: %+v\n%s", d, r)
 	}
+	if treeHash(t, n.Root) != before {
+		t.Fatal("a dry run that stopped at enroll changed the node root")
+	}
 	if err := os.WriteFile(tokPath, tok, 0o600); err != nil {
 		t.Fatal(err)
 	}
