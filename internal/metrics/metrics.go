@@ -25,9 +25,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
@@ -178,7 +181,11 @@ func labels(kv ...string) [][2]string {
 }
 
 // Render returns the run's metrics in the Prometheus text exposition format
-// that node_exporter's textfile collector reads.
+// that node_exporter's textfile collector reads, written by the Prometheus
+// project's own encoder (github.com/prometheus/common/expfmt): its escaping
+// of label values and help texts and its number format are the ones
+// node_exporter parses, not a copy of them. The families, their order and
+// the one-series-per-label-set rule are provision's.
 func Render(r Run) ([]byte, error) {
 	if _, err := FileName(r.Command); err != nil {
 		return nil, err
@@ -239,19 +246,16 @@ func Render(r Run) ([]byte, error) {
 		if len(ss) == 0 {
 			continue
 		}
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n", f.name, f.help, f.name)
+		mf := &dto.MetricFamily{Name: proto.String(f.name), Help: proto.String(f.help), Type: dto.MetricType_GAUGE.Enum()}
 		for _, s := range ss {
-			b.WriteString(f.name)
-			b.WriteByte('{')
-			for i, l := range s.labels {
-				if i > 0 {
-					b.WriteByte(',')
-				}
-				fmt.Fprintf(&b, "%s=\"%s\"", l[0], escape(l[1]))
+			mt := &dto.Metric{Gauge: &dto.Gauge{Value: proto.Float64(s.value)}}
+			for _, l := range s.labels {
+				mt.Label = append(mt.Label, &dto.LabelPair{Name: proto.String(l[0]), Value: proto.String(l[1])})
 			}
-			b.WriteString("} ")
-			b.WriteString(strconv.FormatFloat(s.value, 'f', -1, 64))
-			b.WriteByte('\n')
+			mf.Metric = append(mf.Metric, mt)
+		}
+		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+			return nil, fmt.Errorf("metrics: %s: %w", f.name, err)
 		}
 	}
 	return b.Bytes(), nil
@@ -284,10 +288,6 @@ func boolValue(b bool) float64 {
 func seconds(t time.Time) float64 {
 	return float64(t.UnixMilli()) / 1000
 }
-
-var escaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-
-func escape(s string) string { return escaper.Replace(s) }
 
 // ErrNoDir says the textfile directory does not exist: node_exporter is not
 // installed (or reads another directory). provision never creates it.

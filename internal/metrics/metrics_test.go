@@ -63,7 +63,7 @@ func TestRenderFailingVerify(t *testing.T) {
 provision_build_info{command="verify",version="1.2.3"} 1
 # HELP provision_last_run_timestamp_seconds Unix time the last run of the command ended.
 # TYPE provision_last_run_timestamp_seconds gauge
-provision_last_run_timestamp_seconds{command="verify"} 1773480413.589
+provision_last_run_timestamp_seconds{command="verify"} 1.773480413589e+09
 # HELP provision_last_run_success 1 if the last run of the command was ok (exit 0), else 0.
 # TYPE provision_last_run_success gauge
 provision_last_run_success{command="verify"} 0
@@ -82,19 +82,19 @@ provision_check_status{check="tcp",command="verify",layer="tcp",owner="network"}
 provision_check_status{check="tls-client-auth",command="verify",layer="tls-client-auth",owner="ingress"} 2
 # HELP provision_cert_not_before_timestamp_seconds Unix time the installed node certificate became valid (NotBefore), as seen after the run.
 # TYPE provision_cert_not_before_timestamp_seconds gauge
-provision_cert_not_before_timestamp_seconds{command="verify"} 1773478800
+provision_cert_not_before_timestamp_seconds{command="verify"} 1.7734788e+09
 # HELP provision_cert_not_after_timestamp_seconds Unix time the installed node certificate expires (NotAfter), as seen after the run.
 # TYPE provision_cert_not_after_timestamp_seconds gauge
-provision_cert_not_after_timestamp_seconds{command="verify"} 1773565200
+provision_cert_not_after_timestamp_seconds{command="verify"} 1.7735652e+09
 # HELP provision_cert_issuer_root_info The CA root the installed node certificate chains to (hex SHA-256 of its DER); always 1.
 # TYPE provision_cert_issuer_root_info gauge
 provision_cert_issuer_root_info{command="verify",fingerprint="` + rootFP + `"} 1
 # HELP provision_cert_renew_after_timestamp_seconds Unix time the installed node certificate reaches its renewal point (renew.fraction of its lifetime), as seen after the run.
 # TYPE provision_cert_renew_after_timestamp_seconds gauge
-provision_cert_renew_after_timestamp_seconds{command="verify"} 1773536400
+provision_cert_renew_after_timestamp_seconds{command="verify"} 1.7735364e+09
 # HELP provision_cert_renew_due_timestamp_seconds Unix time provision renew renews the installed node certificate: its renewal point plus this node's splay.
 # TYPE provision_cert_renew_due_timestamp_seconds gauge
-provision_cert_renew_due_timestamp_seconds{command="verify"} 1773537600
+provision_cert_renew_due_timestamp_seconds{command="verify"} 1.7735376e+09
 `
 	if string(got) != want {
 		t.Errorf("--- got\n%s--- want\n%s", got, want)
@@ -119,8 +119,8 @@ func TestRenderSeries(t *testing.T) {
 		{"root unknown: expiry without root", Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotAfter: notAfter}},
 			[]string{"provision_cert_not_after_timestamp_seconds"}, []string{"provision_cert_issuer_root_info"}},
 		{"renew is a command like the others", Run{Command: "renew", Report: healthyBootstrap(), Cert: &Cert{NotAfter: notAfter, RenewAfter: renewAt, DueAt: dueAt}},
-			[]string{`provision_last_run_success{command="renew"} 1`, `provision_cert_renew_after_timestamp_seconds{command="renew"} 1773536400`,
-				`provision_cert_renew_due_timestamp_seconds{command="renew"} 1773537600`}, []string{`command="bootstrap"`}},
+			[]string{`provision_last_run_success{command="renew"} 1`, `provision_cert_renew_after_timestamp_seconds{command="renew"} 1.7735364e+09`,
+				`provision_cert_renew_due_timestamp_seconds{command="renew"} 1.7735376e+09`}, []string{`command="bootstrap"`}},
 		{"no renewal point: no renewal series", Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotAfter: notAfter}},
 			[]string{"provision_cert_not_after_timestamp_seconds"}, []string{"provision_cert_renew_"}},
 		{"config failure outside the ladder", Run{Command: "verify", Report: report.Failed("verify", "", "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: "bad"})},
