@@ -1,15 +1,10 @@
 package metrics
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"errors"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +17,7 @@ import (
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/testenv"
+	"github.com/gpuaas/provision/tests/controlplane"
 )
 
 var (
@@ -238,28 +234,20 @@ func TestWrite(t *testing.T) {
 	})
 }
 
-func selfSigned(t *testing.T, cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour), IsCA: parent == nil, BasicConstraintsValid: true}
-	signer, signKey := tmpl, key
-	if parent != nil {
-		signer, signKey = parent, parentKey
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, key.Public(), signKey)
+func TestCertFacts(t *testing.T) {
+	p, err := controlplane.NewPKI(t.TempDir(), "root")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := x509.ParseCertificate(der)
-	return c, key
-}
-
-func TestCertFacts(t *testing.T) {
-	root, rootKey := selfSigned(t, "root", nil, nil)
-	other, _ := selfSigned(t, "other root", nil, nil)
-	inter, interKey := selfSigned(t, "intermediate", root, rootKey)
-	leaf, _ := selfSigned(t, "gpu-0042", inter, interKey)
+	o, err := controlplane.NewPKI(t.TempDir(), "other root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := p.IssueLeaf(controlplane.LeafRequest{CommonName: "gpu-0042", NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, other, inter, leaf := p.Root, o.Root, p.Intermediate, l.Cert
 	sum := sha256.Sum256(root.Raw)
 	fp := hex.EncodeToString(sum[:])
 	for _, tc := range []struct {
