@@ -429,7 +429,8 @@ func TestFilesSection(t *testing.T) {
 	}
 	for _, p := range []string{"/etc/provision/provision.toml", "/run/provision/token", "/etc/hosts", "/var/lib/provision/pki/key.pem, cert.pem, ca.pem",
 		"/var/lib/provision/receipt.json", "/var/lib/provision/renew.json", "/var/lib/provision/done/<machine-id>", "/var/lib/provision/tasks/<id>.json",
-		"/var/lib/provision/.lock", "/var/lib/prometheus/node-exporter/provision_<command>.prom", "/usr/share/doc/provision/"} {
+		"/var/lib/provision/.lock", "/var/lib/provision/revoke.json", "/var/lib/prometheus/node-exporter/provision_<command>.prom", "/usr/share/doc/provision/",
+		"/usr/share/provision/schemas/"} {
 		if !strings.Contains(text[i:], "\n"+p+"\n") {
 			t.Errorf("FILES lacks %s:\n%s", p, text[i:])
 		}
