@@ -234,29 +234,17 @@ func (d *decom) revokedEarlier(serial string) string {
 // the record.
 func (d *decom) remove(r *pipeline.Run) *diag.Finding {
 	cfg := r.Cfg
-	creds, err := credstore.Remove(r.PKI)
-	for _, n := range creds {
-		d.rec.Removed = append(d.rec.Removed, path.Join(cfg.Paths.PKIDir, n))
-	}
-	if err != nil {
+	if err := d.removed(cfg.Paths.PKIDir)(credstore.Remove(r.PKI)); err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "remove",
 			Summary: "the certificates are revoked, but the credentials could not all be removed from " + cfg.Paths.PKIDir + ": " + err.Error(),
 			Remedy:  "make " + cfg.Paths.PKIDir + " writable and run provision revoke again (it finds them revoked), or remove its contents by hand"}
 	}
-	records, err := state.Forget(r.StateDir)
-	for _, n := range records {
-		d.rec.Removed = append(d.rec.Removed, path.Join(cfg.Paths.StateDir, n))
-	}
-	if err != nil {
+	if err := d.removed(cfg.Paths.StateDir)(state.Forget(r.StateDir)); err != nil {
 		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "remove",
 			Summary: "the certificates are revoked and the credentials removed, but the node's records could not all be removed from " + cfg.Paths.StateDir + ": " + err.Error(),
 			Remedy:  "make " + cfg.Paths.StateDir + " writable and run provision revoke again"}
 	}
-	prom, err := metrics.Remove(r.Host.ResolvedPath(cfg.Metrics.TextfileDir), "bootstrap", "verify", "renew")
-	for _, n := range prom {
-		d.rec.Removed = append(d.rec.Removed, path.Join(cfg.Metrics.TextfileDir, n))
-	}
-	if err != nil {
+	if err := d.removed(cfg.Metrics.TextfileDir)(metrics.Remove(r.Host.ResolvedPath(cfg.Metrics.TextfileDir), "bootstrap", "verify", "renew")); err != nil {
 		r.Warnings = append(r.Warnings, "the textfile metrics could not all be removed from "+cfg.Metrics.TextfileDir+": "+err.Error())
 	}
 	d.rec.Complete = true
@@ -267,6 +255,17 @@ func (d *decom) remove(r *pipeline.Run) *diag.Finding {
 	}
 	r.Log.Info("step", "step", "remove", "layer", "credentials", "status", "ok", "removed", len(d.rec.Removed))
 	return nil
+}
+
+// removed records names removed from dir (a node path) and passes on the
+// error of the removal that returned them.
+func (d *decom) removed(dir string) func(names []string, err error) error {
+	return func(names []string, err error) error {
+		for _, n := range names {
+			d.rec.Removed = append(d.rec.Removed, path.Join(dir, n))
+		}
+		return err
+	}
 }
 
 // finish puts each certificate's outcome in the report, and words the

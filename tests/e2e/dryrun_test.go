@@ -5,10 +5,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,38 +18,25 @@ import (
 	"github.com/gpuaas/provision/tests/nodetest"
 )
 
-// treeHash is one hash over every path under dir: its type and mode, its
-// modification time, a link's target and a file's contents. Two equal
-// hashes mean nothing under dir was created, removed, written, touched or
-// chmodded in between.
+// treeHash is one hash over every path under dir: what snapshot records
+// of each (type and mode, size, modification time, a link's target) and a
+// file's contents. Two equal hashes mean nothing under dir was created,
+// removed, written, touched or chmodded in between.
 func treeHash(t testing.TB, dir string) string {
 	t.Helper()
+	snap := snapshot(t, dir)
+	paths := make([]string, 0, len(snap))
+	for p := range snap {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
 	h := sha256.New()
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	for _, p := range paths {
+		e := snap[p]
+		fmt.Fprintf(h, "%s\x00%v\x00%d\x00%d\x00%s\x00", p, e.Mode, e.Size, e.ModTime.UnixNano(), e.Link)
+		if e.Mode.IsRegular() {
+			h.Write(readFile(t, filepath.Join(dir, p)))
 		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		fmt.Fprintf(h, "%s\x00%v\x00%d\x00", rel, fi.Mode(), fi.ModTime().UnixNano())
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			l, _ := os.Readlink(p)
-			fmt.Fprintf(h, "%s\x00", l)
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			h.Write(b)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("hashing %s: %v", dir, err)
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
