@@ -402,6 +402,18 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 // defined: -chek") to name flags with the two dashes the help shows.
 var flagDashes = regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]*)`)
 
+// dashes rewrites a flag package message to name each flag as the help
+// shows it: two dashes, one for a one-letter spelling (-q).
+func dashes(msg string) string {
+	return flagDashes.ReplaceAllStringFunc(msg, func(m string) string {
+		sep, name := m[:len(m)-len(strings.TrimLeft(m, ": "))], strings.TrimLeft(m, ": -")
+		if isShort(name) {
+			return sep + "-" + name
+		}
+		return sep + "--" + name
+	})
+}
+
 // splitUsage cuts a usage text at its first section heading (an unindented
 // line ending in ':'): the description before it, the sections from it.
 func splitUsage(u string) (desc, sections string) {
@@ -432,7 +444,7 @@ func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
 		if !f.cmd.format && strings.HasSuffix(err.Error(), " -format") {
 			hint = fmt.Sprintf("provision %s prints text only and has no --format; a script uses its exit code%s.", f.cmd.name, map[bool]string{true: " (provision hosts check: 0 only when the override is right)"}[f.cmd.name == "hosts"])
 		}
-		return env.usage(f.cmd.name, flagDashes.ReplaceAllString(err.Error(), "$1--$2"), hint), false
+		return env.usage(f.cmd.name, dashes(err.Error()), hint), false
 	}
 	explicit := false
 	f.fs.Visit(func(fl *flag.Flag) {

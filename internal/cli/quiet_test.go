@@ -85,3 +85,14 @@ func TestQuietLogsErrorsOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestQuietUsageErrorNamesTheFlag: a bad value for -q names -q, and for
+// --quiet names --quiet (the help shows both); exit 2.
+func TestQuietUsageErrorNamesTheFlag(t *testing.T) {
+	for flag, want := range map[string]string{"-q=maybe": `invalid boolean value "maybe" for -q`, "--quiet=maybe": `invalid boolean value "maybe" for --quiet`, "-bogus": "flag provided but not defined: --bogus"} {
+		_, errs, code := run("status", flag)
+		if code != ExitUsage || !strings.Contains(errs, want) {
+			t.Errorf("%s: exit %d, stderr %q, want %q", flag, code, errs, want)
+		}
+	}
+}
