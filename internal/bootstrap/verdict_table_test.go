@@ -2,7 +2,10 @@ package bootstrap
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +17,7 @@ import (
 	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
+	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
@@ -114,6 +118,15 @@ func TestCredentialStatesAgree(t *testing.T) {
 						label, out.Report.OK, out.Enrolled, out.Report.FailedLayer, out.Report.Summary, want.ok, want.enrolled, want.layer)
 				}
 			}
+			// The dry run says what the run is about to do: where a token is
+			// needed and missing it stops at the same layer (and plans the
+			// enrollment), and with a token it plans an enrollment exactly
+			// when the run enrolls.
+			p := n.dryRun(t)
+			needs := !tt.noTok.ok && tt.noTok.layer == diag.Enroll
+			if p.Report.OK != tt.noTok.ok || (!tt.noTok.ok && p.Report.FailedLayer != tt.noTok.layer) || (p.Plan == "enroll") != needs {
+				t.Errorf("dry run: ok=%v layer=%s plan %q (%s); the runs: %+v without a token, %+v with one", p.Report.OK, p.Report.FailedLayer, p.Plan, p.Report.Summary, tt.noTok, tt.withT)
+			}
 			expect("without a token", n.run(t), tt.noTok)
 			if tt.after != nil {
 				tt.after(t, n)
@@ -128,9 +141,45 @@ func TestCredentialStatesAgree(t *testing.T) {
 			if tt.noTok.ok {
 				tt.plant(t, n) // the first run repaired what it could
 			}
+			if p := n.dryRun(t); !p.Report.OK || (p.Plan == "enroll") != tt.withT.enrolled || (p.Token.Use == "enroll") != tt.withT.enrolled {
+				t.Errorf("dry run with a token: ok=%v plan %q token %+v (%s); the run: %+v", p.Report.OK, p.Plan, p.Token, p.Report.Summary, tt.withT)
+			}
 			expect("with a fresh token", n.run(t), tt.withT)
 		})
 	}
+}
+
+// dryRun is bootstrap --dry-run on n; the node's files are the same after.
+func (n *node) dryRun(t *testing.T) *pipeline.Preview {
+	t.Helper()
+	before := snapshotTree(t, n.files.Root)
+	p := DryRun(context.Background(), n.cfg, n.host, pipeline.Options{Ladder: verify.Ladder,
+		Policy: retry.Policy{Base: time.Millisecond, Cap: 10 * time.Millisecond}, Sleep: retry.Sleep})
+	if after := snapshotTree(t, n.files.Root); after != before {
+		t.Errorf("the dry run changed the node's files:\n%s\n---\n%s", before, after)
+	}
+	return p
+}
+
+// snapshotTree is every path under root with its mode, link and contents.
+func snapshotTree(t *testing.T, root string) string {
+	t.Helper()
+	var b strings.Builder
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		st, _ := os.Lstat(p)
+		l, _ := os.Readlink(p)
+		fmt.Fprintf(&b, "%s %v %s", strings.TrimPrefix(p, root), st.Mode(), l)
+		if st.Mode().IsRegular() {
+			c, _ := os.ReadFile(p)
+			fmt.Fprintf(&b, " %x", sha256.Sum256(c))
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	return b.String()
 }
 
 func leaf(t *testing.T, n *node, req controlplane.LeafRequest) *controlplane.Leaf {

@@ -173,7 +173,11 @@ func (l *Leaf) ChainPEM() []byte {
 // TLSCertificate is the leaf, its intermediate (none for a self-signed
 // leaf) and key for a tls.Config.
 func (l *Leaf) TLSCertificate() tls.Certificate {
-	c := tls.Certificate{Certificate: [][]byte{l.Cert.Raw}, PrivateKey: l.Signer, Leaf: l.Cert}
+	key := l.Signer
+	if l.Key != nil {
+		key = l.Key // a test may swap the P-256 key (a key of another certificate)
+	}
+	c := tls.Certificate{Certificate: [][]byte{l.Cert.Raw}, PrivateKey: key, Leaf: l.Cert}
 	if l.Intermediate != nil {
 		c.Certificate = append(c.Certificate, l.Intermediate.Raw)
 	}
