@@ -92,7 +92,9 @@ func HostEntries(cfg *config.Config) []hosts.Entry { return hosts.EntriesOf(cfg.
 // assess takes the one credential verdict (verify renders the same one, so
 // its remedy is what this run does) and plans:
 //
-//	re-enroll, expiry the only fault   renew after expiry (a token, if there is one, is the fallback)
+//	re-enroll, expiry the only fault   renew after expiry (a token, if there is one, is the fallback;
+//	                                   an exposed key with a token enrolls instead, one without
+//	                                   is rekeyed right after: it is never carried forward)
 //	re-enroll (or exposed + token),    adopt it: a certificate the CA issued (an enrollment a
 //	  a set left aside, no fresh token killed run did not publish) is not thrown away; a fresh
 //	                                   token (not the one that bought it) is the operator's ask
@@ -109,10 +111,12 @@ func assess(r *pipeline.Run) *diag.Finding {
 	tok := tokenPresent(r.Cfg, r.Host)
 	exposed := v.Has(lifecycle.KeyExposed) || v.Has(lifecycle.KeyWasExposed)
 	switch {
-	case v.RenewableAfterExpiry():
+	case v.RenewableAfterExpiry() && !(exposed && freshToken(r)):
 		r.Plan = pipeline.RenewExpired
 	case (v.Action == lifecycle.Reenroll || (exposed && tok)) && !freshToken(r) && r.HasAside():
 		r.Plan = pipeline.Adopt
+	case v.Action == lifecycle.Reenroll && exposed && tok:
+		r.Plan, r.Why = pipeline.Enroll, string(v.First())+": "+v.Detail[v.First()]+"; "+exposureWhy(v)
 	case v.Action == lifecycle.Reenroll:
 		r.Plan, r.Why = pipeline.Enroll, string(v.First())+": "+v.Detail[v.First()]
 	case exposed && tok:

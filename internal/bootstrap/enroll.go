@@ -188,7 +188,7 @@ func signFailure(r *pipeline.Run, err error, prev state.Pending, h string, a att
 	var ee *enroll.Error
 	switch {
 	case errors.As(err, &ee) && ee.Kind == enroll.TokenRejected && !a.reached.IsZero():
-		f.Summary = fmt.Sprintf("the CA rejected the enrollment token (401): this run's earlier attempt presented this same token at %s and may have reached step-ca (%s), and step-ca burns a token the moment it sees it, so it is used now; nothing was signed twice",
+		f.Summary = fmt.Sprintf("the CA rejected the enrollment token (401) as already used: this run's earlier attempt presented this same token at %s and may have reached step-ca (%s), and step-ca burns a token the moment it sees it; nothing was signed twice, and a fresh token is needed",
 			a.reached.Format(time.RFC3339), a.why)
 	case errors.As(err, &ee) && ee.Kind == enroll.TokenRejected && prev.TokenSHA256 == h:
 		f.Summary = fmt.Sprintf("the CA rejected the enrollment token (401): an earlier run presented this same token at %s and did not finish, so the CA has burnt it", prev.Started.Format(time.RFC3339))

@@ -228,6 +228,26 @@ func kindOf(err error) errKind {
 	return errOther
 }
 
+// NoEvidence reports whether an exchange that failed was cut without any
+// statement from the peer: refused, unreachable, timed out, closed or reset
+// (right after the ClientHello too), before any HTTP status was read. The
+// classifier places such a failure at the layer where it happened, and
+// calls EOF after the ClientHello final (a broken TLS option looks like
+// that), but in kind it is what a reload, a flap or an outage also look
+// like: it says nothing for or against the credentials the exchange
+// carried. The liveness comparison (pipeline.Publish) never counts it as
+// a rejection of either set.
+func NoEvidence(r *probe.Result) bool {
+	if r == nil || r.Err == nil || r.Status != 0 {
+		return false
+	}
+	switch kindOf(r.Err) {
+	case errRefused, errDial, errTimeout, errClosed:
+		return true
+	}
+	return false
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())

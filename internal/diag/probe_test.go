@@ -161,6 +161,9 @@ type want struct {
 	summary   []string          // substrings of Summary
 	remedy    string            // substring of Remedy
 	evidence  map[string]string // key -> substring of value
+	// noEvidence: the exchange was cut without a word from the peer
+	// (diag.NoEvidence), whatever layer it stopped at.
+	noEvidence bool
 }
 
 func check(t *testing.T, r *probe.Result, f *diag.Finding, w want) {
@@ -171,6 +174,9 @@ func check(t *testing.T, r *probe.Result, f *diag.Finding, w want) {
 	if f.Layer != w.layer || f.Owner != w.owner || f.Transient != w.transient {
 		t.Errorf("got layer %s owner %s transient %v, want %s %s %v\nsummary: %s\nprobe: stage %d status %d err %v",
 			f.Layer, f.Owner, f.Transient, w.layer, w.owner, w.transient, f.Summary, r.Stage, r.Status, r.Err)
+	}
+	if got := diag.NoEvidence(r); got != w.noEvidence {
+		t.Errorf("NoEvidence = %v, want %v (stage %d status %d err %v)", got, w.noEvidence, r.Stage, r.Status, r.Err)
 	}
 	for _, s := range w.summary {
 		if !strings.Contains(f.Summary, s) {
@@ -210,12 +216,12 @@ func TestFromProbeTransportFailures(t *testing.T) {
 				ln.Close()
 				return p
 			},
-			want: want{layer: diag.TCP, owner: diag.Network, transient: true, summary: []string{"refused", apiHost}, remedy: "listens on the node API port"},
+			want: want{layer: diag.TCP, owner: diag.Network, transient: true, summary: []string{"refused", apiHost}, remedy: "listens on the node API port", noEvidence: true},
 		},
 		{
 			name: "closes right after reading the ClientHello (broken TLS option)",
 			port: func(t *testing.T) string { return serveRaw(t, readClientHello) },
-			want: want{layer: diag.TLSServer, owner: diag.Ingress, summary: []string{"closed the connection before presenting a server certificate"}, remedy: "TLS option"},
+			want: want{layer: diag.TLSServer, owner: diag.Ingress, summary: []string{"closed the connection before presenting a server certificate"}, remedy: "TLS option", noEvidence: true},
 		},
 		{
 			name: "resets right after reading the ClientHello",
@@ -225,7 +231,7 @@ func TestFromProbeTransportFailures(t *testing.T) {
 					c.(*net.TCPConn).SetLinger(0)
 				})
 			},
-			want: want{layer: diag.TLSServer, owner: diag.Ingress, summary: []string{"closed the connection before presenting a server certificate"}, remedy: "TLS option"},
+			want: want{layer: diag.TLSServer, owner: diag.Ingress, summary: []string{"closed the connection before presenting a server certificate"}, remedy: "TLS option", noEvidence: true},
 		},
 		{
 			name: "accepts but never answers the handshake",
@@ -233,7 +239,7 @@ func TestFromProbeTransportFailures(t *testing.T) {
 				return serveRaw(t, func(c net.Conn) { readClientHello(c); io.Copy(io.Discard, c) })
 			},
 			mod:  func(r *probe.Request) { r.Timeout = 300 * time.Millisecond },
-			want: want{layer: diag.TLSServer, owner: diag.Ingress, transient: true, summary: []string{"handshake"}, remedy: "not complete the TLS handshake"},
+			want: want{layer: diag.TLSServer, owner: diag.Ingress, transient: true, summary: []string{"handshake"}, remedy: "not complete the TLS handshake", noEvidence: true},
 		},
 		{
 			name: "default certificate for another host, from the trusted CA",
@@ -301,7 +307,7 @@ func TestFromProbeTransportFailures(t *testing.T) {
 			},
 			// The session ticket proved the client certificate; no HTTP byte
 			// proves the route.
-			want: want{layer: diag.Route, owner: diag.Ingress, transient: true, summary: []string{"dropped the connection"}, remedy: "ingress logs"},
+			want: want{layer: diag.Route, owner: diag.Ingress, transient: true, summary: []string{"dropped the connection"}, remedy: "ingress logs", noEvidence: true},
 		},
 		{
 			name: "connection reset after the request, no client auth on the route",
@@ -317,7 +323,7 @@ func TestFromProbeTransportFailures(t *testing.T) {
 					c.(*net.TCPConn).SetLinger(0)
 				})
 			},
-			want: want{layer: diag.Route, owner: diag.Ingress, transient: true, summary: []string{"dropped the connection"}, remedy: "upstream"},
+			want: want{layer: diag.Route, owner: diag.Ingress, transient: true, summary: []string{"dropped the connection"}, remedy: "upstream", noEvidence: true},
 		},
 		{
 			name: "no answer before the response timeout",
@@ -330,7 +336,7 @@ func TestFromProbeTransportFailures(t *testing.T) {
 				})
 			},
 			mod:  func(r *probe.Request) { r.Timeout, r.Wait = 200*time.Millisecond, 0 },
-			want: want{layer: diag.Route, owner: diag.Ingress, transient: true, summary: []string{"no answer to tasks/wait"}, remedy: "wait_timeout"},
+			want: want{layer: diag.Route, owner: diag.Ingress, transient: true, summary: []string{"no answer to tasks/wait"}, remedy: "wait_timeout", noEvidence: true},
 		},
 	}
 	for _, tt := range tests {

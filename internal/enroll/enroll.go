@@ -145,8 +145,26 @@ type Roots struct {
 	// (a rotation that dropped it) and trust followed the rotation through
 	// the roots the node already held (Client.Known): Pinned is then nil.
 	PinRetired bool
-	// ServerDate is the CA's Date header, for the clock check; zero if absent.
-	ServerDate time.Time
+	// ServerDate is the CA's clock (its Date header), and DateAt the node
+	// clock at the instant the answer carrying it arrived: the clock check
+	// compares the two (lifecycle.Skew), never ServerDate with the clock of
+	// a later moment, whose distance would be the observation's age and
+	// not skew. Both come only from an answer over a connection
+	// authenticated by the pinned root or the roots the node holds (never
+	// the unverified pinned-root fetch: anyone answering on the CA's address
+	// can write a Date there). Zero when no such answer came.
+	ServerDate, DateAt time.Time
+}
+
+// observeDate records the Date of an answer that came over an
+// authenticated connection, with the node clock now (its arrival).
+func (r *Roots) observeDate(resp *http.Response, now time.Time) {
+	if resp == nil {
+		return
+	}
+	if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+		r.ServerDate, r.DateAt = d, now
+	}
 }
 
 // Pool returns the current roots as a pool.
@@ -337,10 +355,7 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 	// is step's own "pinned trust on first use" bootstrap.
 	insecure := c.transport(&tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}) //nolint:gosec // pinned root fetch, verified by fingerprint below
 	resp, body, err := c.get(ctx, insecure, "/root/"+c.Fingerprint)
-	out := &Roots{}
-	if resp != nil {
-		out.ServerDate, _ = http.ParseTime(resp.Header.Get("Date"))
-	}
+	out := &Roots{} // no Date from this answer: nothing authenticated it
 	if e := classifyHTTP("fetch pinned root", resp, body, err); e != nil {
 		e.RetryAfter = retry.RetryAfter(resp, c.now())
 		if e.Status == 404 && e.Kind == CARejected {
@@ -407,13 +422,12 @@ func (c *Client) fetchCurrent(ctx context.Context, out *Roots, root *x509.Certif
 	}
 	pinned := c.transport(&tls.Config{RootCAs: pool, ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
 	resp, body, err := c.get(ctx, pinned, "/roots")
-	if resp != nil {
-		if d, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
-			out.ServerDate = d
-		}
-	}
+	out.observeDate(resp, c.now()) // any answer came over the verified connection
 	if e := classifyHTTP("fetch roots", resp, body, err); e != nil {
 		e.RetryAfter = retry.RetryAfter(resp, c.now())
+		if e.Kind == TrustMismatch {
+			c.observeClockOutOfTime(ctx, pool, err, out)
+		}
 		return out, e
 	}
 	var rs api.RootsResponse
@@ -460,6 +474,25 @@ func (c *Client) fetchCurrent(ctx context.Context, out *Roots, root *x509.Certif
 		return out, &Error{Kind: PinMismatch, Op: "fetch roots", Err: fmt.Errorf("the CA no longer lists the pinned root %s among its current or federated roots; update ca.fingerprint", c.Fingerprint)}
 	}
 	return out, nil
+}
+
+// observeClockOutOfTime reads the CA's Date when its TLS certificate
+// verified against pool except for its validity by the node clock (err):
+// once more, verified at an instant inside the certificate's validity. The
+// server then proved it holds a key pool vouches for, for the CA's name, so
+// its Date is the CA's and tells a skewed node clock from a CA whose
+// certificate really expired. Nothing of that answer but its Date is used.
+func (c *Client) observeClockOutOfTime(ctx context.Context, pool *x509.CertPool, err error, out *Roots) {
+	var cve *tls.CertificateVerificationError
+	var inv x509.CertificateInvalidError
+	if !errors.As(err, &cve) || !errors.As(err, &inv) || inv.Reason != x509.Expired || len(cve.UnverifiedCertificates) == 0 {
+		return
+	}
+	leaf := cve.UnverifiedCertificates[0]
+	within := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+	tr := c.transport(&tls.Config{RootCAs: pool, ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: func() time.Time { return within }})
+	resp, _, _ := c.get(ctx, tr, "/roots")
+	out.observeDate(resp, c.now())
 }
 
 // Token is what provision reads from an unverified one-time token. The CA

@@ -17,11 +17,17 @@ package enroll
 // and re-initialised CAs share names), that issuer chaining to one of the
 // CA's current roots, and complete (not a delta CRL, not scoped to some
 // reasons or to CA certificates, no critical extension it cannot
-// interpret; RFC 5280 §5.2, §6.3.3). Then a listed serial is Revoked, and
-// a serial absent from a CRL that is still current (before its
-// nextUpdate) is NotRevoked. Everything else, a CA without a CRL, one that
-// cannot be reached, a body that is not a CRL, a CRL that does not verify
-// or is stale, is Unknown: no evidence either way, never Revoked.
+// interpret; RFC 5280 §5.2, §6.3.3), and current: within its validity
+// (issued, and its nextUpdate not passed) by the node clock. Then a serial
+// it lists with a final reason is Revoked, and a serial absent from it is
+// NotRevoked. A serial listed on hold (certificateHold) is not revoked: a
+// hold is a suspension the CA may release, so the CA's refusal meanwhile
+// is a refusal, asked about again by the next run; removeFromCRL (a
+// released hold) is not a revocation either. Everything else, a CA
+// without a CRL, one that cannot be reached, a body that is not a CRL, a
+// CRL that does not verify or is stale, is Unknown: no evidence either
+// way, never Revoked. Revoked is recorded by the node for good (until a
+// new certificate), so only fresh and final evidence makes it.
 
 import (
 	"bytes"
@@ -146,18 +152,28 @@ func JudgeCRL(crl []byte, chain []*x509.Certificate, roots []*x509.Certificate, 
 	if why := incomplete(rl); why != "" {
 		return unknown("the CRL cannot be relied on: %s", why)
 	}
-	out := &Revocation{CRLNumber: rl.Number, ThisUpdate: rl.ThisUpdate, NextUpdate: rl.NextUpdate}
+	out := &Revocation{Status: RevocationUnknown, CRLNumber: rl.Number, ThisUpdate: rl.ThisUpdate, NextUpdate: rl.NextUpdate}
+	switch {
+	case !rl.NextUpdate.IsZero() && now.After(rl.NextUpdate):
+		out.Reason = fmt.Sprintf("the CA's CRL is stale (next update was due %s): what it says about serial %s is no evidence now", stamp(rl.NextUpdate), leaf.SerialNumber)
+		return out
+	case now.Add(crlLeeway).Before(rl.ThisUpdate):
+		out.Reason = fmt.Sprintf("the CA's CRL is not valid yet by the node clock (issued %s): it is no evidence", stamp(rl.ThisUpdate))
+		return out
+	}
 	for _, e := range rl.RevokedCertificateEntries {
-		if e.SerialNumber != nil && e.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
-			out.Status, out.RevokedAt, out.ReasonCode = Revoked, e.RevocationTime, e.ReasonCode
-			out.Reason = fmt.Sprintf("the CA's CRL (number %v, signed by %s, issued %s) lists serial %s as revoked at %s (reason code %d)",
-				rl.Number, issuer.Subject.CommonName, stamp(rl.ThisUpdate), leaf.SerialNumber, stamp(e.RevocationTime), e.ReasonCode)
+		if e.SerialNumber == nil || e.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+			continue
+		}
+		out.RevokedAt, out.ReasonCode = e.RevocationTime, e.ReasonCode
+		if e.ReasonCode == reasonCertificateHold || e.ReasonCode == reasonRemoveFromCRL {
+			out.Reason = fmt.Sprintf("the CA's CRL (number %v) lists serial %s with reason %s, not a revocation: a hold is a suspension the CA may release",
+				rl.Number, leaf.SerialNumber, reasonName(e.ReasonCode))
 			return out
 		}
-	}
-	if !rl.NextUpdate.IsZero() && now.After(rl.NextUpdate) {
-		out.Status = RevocationUnknown
-		out.Reason = fmt.Sprintf("the CA's CRL is stale (next update was due %s): its silence about serial %s is no evidence", stamp(rl.NextUpdate), leaf.SerialNumber)
+		out.Status = Revoked
+		out.Reason = fmt.Sprintf("the CA's CRL (number %v, signed by %s, issued %s, next update %s) lists serial %s as revoked at %s (reason %s)",
+			rl.Number, issuer.Subject.CommonName, stamp(rl.ThisUpdate), stamp(rl.NextUpdate), leaf.SerialNumber, stamp(e.RevocationTime), reasonName(e.ReasonCode))
 		return out
 	}
 	out.Status = NotRevoked
@@ -191,6 +207,26 @@ func issuerOf(leaf *x509.Certificate, candidates, roots []*x509.Certificate, now
 		return cand, nil
 	}
 	return nil, errors.New("the certificate's chain does not hold the certificate that signed it")
+}
+
+// RFC 5280 CRLReason codes that are not a revocation.
+const (
+	reasonCertificateHold = 6
+	reasonRemoveFromCRL   = 8
+)
+
+// crlLeeway is how far ahead of the node clock a CRL's thisUpdate may be
+// (clocks a little apart) and still count.
+const crlLeeway = time.Minute
+
+// reasonName is an RFC 5280 CRLReason by name.
+func reasonName(code int) string {
+	names := map[int]string{0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged", 4: "superseded",
+		5: "cessationOfOperation", 6: "certificateHold", 8: "removeFromCRL", 9: "privilegeWithdrawn", 10: "aACompromise"}
+	if n, ok := names[code]; ok {
+		return fmt.Sprintf("%s (%d)", n, code)
+	}
+	return fmt.Sprintf("code %d", code)
 }
 
 var (

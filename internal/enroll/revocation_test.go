@@ -86,6 +86,8 @@ type crlSpec struct {
 	signer     *x509.Certificate
 	key        crypto.Signer
 	list       bool          // list the node's serial
+	reason     int           // the entry's CRLReason (default 1, keyCompromise)
+	thisUpdate time.Duration // from now; default an hour ago
 	nextUpdate time.Duration // from now; negative: stale
 	ext        []pkix.Extension
 	pem        bool
@@ -94,9 +96,15 @@ type crlSpec struct {
 func buildCRL(t *testing.T, serial *big.Int, sp crlSpec) []byte {
 	t.Helper()
 	now := time.Now()
-	rl := &x509.RevocationList{Number: big.NewInt(7), ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(sp.nextUpdate), ExtraExtensions: sp.ext}
+	if sp.thisUpdate == 0 {
+		sp.thisUpdate = -time.Hour
+	}
+	if sp.reason == 0 {
+		sp.reason = 1
+	}
+	rl := &x509.RevocationList{Number: big.NewInt(7), ThisUpdate: now.Add(sp.thisUpdate), NextUpdate: now.Add(sp.nextUpdate), ExtraExtensions: sp.ext}
 	if sp.list {
-		rl.RevokedCertificateEntries = []x509.RevocationListEntry{{SerialNumber: serial, RevocationTime: now.Add(-time.Minute), ReasonCode: 1}}
+		rl.RevokedCertificateEntries = []x509.RevocationListEntry{{SerialNumber: serial, RevocationTime: now.Add(-time.Minute), ReasonCode: sp.reason}}
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, rl, sp.signer, sp.key)
 	if err != nil {
@@ -109,8 +117,10 @@ func buildCRL(t *testing.T, serial *big.Int, sp crlSpec) []byte {
 }
 
 // TestCheckRevocationForgedAndPartialCRLs: only a CRL that verifies, signed
-// by the key that issued the node's certificate, complete and current, is
-// evidence. A CRL listing the serial but signed by another CA of the same
+// by the key that issued the node's certificate, complete and current
+// (within its thisUpdate and nextUpdate), is evidence, and only a listing
+// with a final reason is a revocation: a hold (certificateHold) or its
+// release (removeFromCRL) is not, nor a listing in a stale CRL. A CRL listing the serial but signed by another CA of the same
 // name (a forged one), by the root instead of the issuing intermediate,
 // or carrying what provision cannot interpret, is Unknown, never Revoked.
 // The answers come from a server holding a certificate for the CA's name
@@ -148,7 +158,12 @@ func TestCheckRevocationForgedAndPartialCRLs(t *testing.T) {
 		{"genuine PEM, listed", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.list, c.pem = true, true })), 200, enroll.Revoked, "lists serial"},
 		{"genuine, not listed", buildCRL(t, cert.Leaf.SerialNumber, genuine), 200, enroll.NotRevoked, "does not list"},
 		{"genuine, user certs only, not listed", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.ext = critical(asn1.ObjectIdentifier{2, 5, 29, 28}, userOnly) })), 200, enroll.NotRevoked, "does not list"},
-		{"genuine, stale, listed: revocation stands", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.list, c.nextUpdate = true, -time.Minute })), 200, enroll.Revoked, "lists serial"},
+		{"genuine, listed superseded", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.list, c.reason = true, 4 })), 200, enroll.Revoked, "superseded"},
+		{"genuine, listed on hold: not revoked", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.list, c.reason = true, 6 })), 200, enroll.RevocationUnknown, "certificateHold"},
+		{"genuine, listed removeFromCRL: not revoked", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.list, c.reason = true, 8 })), 200, enroll.RevocationUnknown, "removeFromCRL"},
+		{"genuine, stale, listed: no evidence now", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.list, c.nextUpdate = true, -time.Minute })), 200, enroll.RevocationUnknown, "stale"},
+		{"genuine, stale, listed on hold", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.list, c.reason, c.nextUpdate = true, 6, -time.Minute })), 200, enroll.RevocationUnknown, "stale"},
+		{"genuine, not valid yet, listed", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.list, c.thisUpdate = true, 10*time.Minute })), 200, enroll.RevocationUnknown, "not valid yet"},
 		{"genuine, stale, not listed", buildCRL(t, cert.Leaf.SerialNumber, with(func(c *crlSpec) { c.nextUpdate = -time.Minute })), 200, enroll.RevocationUnknown, "stale"},
 		{"forged: another CA of the same name", buildCRL(t, cert.Leaf.SerialNumber, crlSpec{signer: forger.Intermediate, key: forger.IntermediateKey, list: true, nextUpdate: time.Hour}), 200, enroll.RevocationUnknown, "not signed by the certificate's issuer"},
 		{"signed by the root, not the issuer", buildCRL(t, cert.Leaf.SerialNumber, crlSpec{signer: p.Root, key: p.RootKey, list: true, nextUpdate: time.Hour}), 200, enroll.RevocationUnknown, "not by the certificate's issuer"},

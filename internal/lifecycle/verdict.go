@@ -93,12 +93,15 @@ const (
 
 // Skew is the node clock minus a peer's (the CA's or the API's Date
 // header) and whether it is beyond MaxSkew; zero and false without a peer
-// time.
-func Skew(now, peer time.Time) (time.Duration, bool) {
-	if peer.IsZero() {
+// time. at is the node clock at the instant the peer's answer arrived, not
+// the clock now: an observation is judged against the clock of the moment
+// it was made, or its age (a slow CA, a long outage, a loaded machine)
+// would read as skew.
+func Skew(at, peer time.Time) (time.Duration, bool) {
+	if peer.IsZero() || at.IsZero() {
 		return 0, false
 	}
-	d := now.Sub(peer)
+	d := at.Sub(peer)
 	return d, d > MaxSkew || d < -MaxSkew
 }
 
@@ -126,8 +129,10 @@ type Input struct {
 	// hold exactly Roots and Federated, no more, no fewer.
 	Federated []*x509.Certificate
 	Now       time.Time
-	// CADate is the CA's clock (its Date header), zero when unknown.
-	CADate time.Time
+	// CADate is the CA's clock (its Date header, from an authenticated
+	// answer), and CADateAt the node clock when that answer arrived; zero
+	// when unknown. Skew is judged between the two, not against Now.
+	CADate, CADateAt time.Time
 	// RenewFraction of the lifetime after which the certificate is due;
 	// 0 means DefaultRenewFraction.
 	RenewFraction float64
@@ -252,7 +257,7 @@ func Judge(in Input) Verdict {
 	if in.RevokedSerial != "" && in.RevokedSerial == leaf.SerialNumber.String() {
 		v.add(Revoked, "certificate serial %s is on the CA's revocation list", in.RevokedSerial)
 	}
-	if v.Skew, _ = Skew(in.Now, in.CADate); v.Skew > MaxSkew || v.Skew < -MaxSkew {
+	if v.Skew, _ = Skew(in.CADateAt, in.CADate); v.Skew > MaxSkew || v.Skew < -MaxSkew {
 		v.add(ClockSkewed, "the node clock is %s off the CA's", v.Skew.Round(time.Second))
 	}
 	v.judgeChain(in, leaf)

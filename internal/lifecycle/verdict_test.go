@@ -88,6 +88,12 @@ func TestJudge(t *testing.T) {
 		{"roots unknown", lifecycle.Input{Set: healthy(), Roots: []*x509.Certificate{}}, lifecycle.Keep, []lifecycle.Reason{lifecycle.RootsUnknown}},
 		{"exposed and past renewal: renew first", lifecycle.Input{Set: func() *credstore.Set { s := set(p, "gpu-1", -20*time.Hour, 4*time.Hour); s.KeyMode = 0o640; return s }()},
 			lifecycle.Renew, []lifecycle.Reason{lifecycle.PastRenewal, lifecycle.KeyExposed}},
+		// The CA's clock is judged at the instant its answer arrived: an hour
+		// old, the reading is still no skew; a reading without its arrival
+		// time is no reading.
+		{"CA clock read an hour ago, agreeing then", lifecycle.Input{Set: healthy(), CADate: now.Add(-time.Hour), CADateAt: now.Add(-time.Hour + 2*time.Second)}, lifecycle.Keep, nil},
+		{"CA clock 3 minutes behind when read", lifecycle.Input{Set: healthy(), CADate: now.Add(-time.Hour - 3*time.Minute), CADateAt: now.Add(-time.Hour)}, lifecycle.Keep, []lifecycle.Reason{lifecycle.ClockSkewed}},
+		{"CA Date without its arrival time", lifecycle.Input{Set: healthy(), CADate: now.Add(-time.Hour)}, lifecycle.Keep, nil},
 		{"expired and exposed: re-enroll first, no renewal", lifecycle.Input{Set: func() *credstore.Set { s := set(p, "gpu-1", -25*time.Hour, -time.Hour); s.KeyMode = 0o644; return s }()},
 			lifecycle.Reenroll, []lifecycle.Reason{lifecycle.Expired, lifecycle.KeyExposed}},
 	}

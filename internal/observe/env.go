@@ -8,6 +8,19 @@
 // which made the diagnosis ladder the hub every command imported. Here it
 // knows nothing of checks, reports or wording; verify reads it, bootstrap
 // and renew act on it.
+//
+// An observation carries its time. What is cached here is judged against
+// the clock of the moment it was made, never against the clock of a later
+// one: a run may outlive its observations by minutes (a proof retried
+// through a long API outage, a slow CA, a loaded machine), and comparing an
+// old reading with the clock now would turn its age into a fault. So the
+// CA's clock is kept as its Date header together with the node clock at the
+// instant that answer arrived (enroll.Roots.ServerDate and DateAt), and the
+// offset between the two is the skew, whenever it is judged. And only an
+// answer that came over a connection authenticated by the pinned root or
+// the roots the node holds is a reading of the CA's clock: the unverified
+// pinned-root fetch, or anything else answering on the CA's address,
+// says nothing about it (a forged Date on a 503 is not skew).
 package observe
 
 import (
@@ -231,7 +244,7 @@ func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 			}
 		}
 		if roots, rerr := e.Roots(ctx); rerr == nil && roots != nil && len(roots.Current) > 0 {
-			in.Roots, in.Federated, in.CADate = roots.Current, roots.Federated, roots.ServerDate
+			in.Roots, in.Federated, in.CADate, in.CADateAt = roots.Current, roots.Federated, roots.ServerDate, roots.DateAt
 		}
 		e.verdict = lifecycle.Judge(in)
 	})

@@ -9,24 +9,16 @@ import (
 	"github.com/gpuaas/provision/internal/state"
 )
 
-// PostHook runs renew.post_hook when this run published a new set, or when
-// an earlier run's hook has not succeeded yet (the record's hook_pending):
-// the node-agent must be told about credentials that changed, however long
-// that takes. A failure keeps it pending (exit 22); the new set stands.
+// PostHook runs renew.post_hook while it is pending (the record's
+// hook_pending): every publish that replaced credentials made it so before
+// the swap (hookDue), this run's or an earlier one's, a publish without a
+// passing proof among them. The node-agent must be told about credentials
+// that changed, however long that takes. A failure keeps it pending (exit
+// 22); the new set stands.
 func PostHook(r *Run) *diag.Finding {
 	if len(r.Cfg.Renew.PostHook) == 0 {
 		r.Rec.Hook, r.Rec.HookPending = "", false
 		return nil
-	}
-	if r.Published && r.Current != nil && !r.Rec.HookPending {
-		// The credentials the node-agent holds were replaced: it must be
-		// told, until it has been (a first enrollment replaces nothing).
-		// Recorded before the hook runs, so a kill during it cannot lose it.
-		r.Rec.HookPending = true
-		if err := state.WriteRenewal(r.StateDir, r.Rec); err != nil {
-			r.Log.Error("step", "step", "post-hook", "layer", "state", "status", "fail", "message", err.Error())
-		}
-		r.Host.Hook.At("hook pending")
 	}
 	if !r.Rec.HookPending {
 		return nil

@@ -34,7 +34,9 @@ func Obtain(r *Run) *diag.Finding {
 		}
 		return nil
 	case Renew, RenewExpired:
-		if r.reuseAside() {
+		// renew --force asks the CA for a new certificate, whatever an
+		// earlier run left aside.
+		if !r.Opts.Force && r.reuseAside() {
 			r.Host.Hook.At("renewed")
 			return nil
 		}
@@ -88,19 +90,12 @@ func (r *Run) asideVerdict(g string) (lifecycle.Verdict, *observe.Env) {
 }
 
 // reuseAside looks for a set left aside by an earlier run that is still
-// good (it loads, its key matches, it is this node's, valid now, chains to
-// a current root), is not the installed certificate, and lasts at least as
-// long. Its ca.pem is refreshed
+// good (usableAside) and makes it the candidate. Its ca.pem is refreshed
 // in a new generation if the CA's roots moved since.
 func (r *Run) reuseAside() bool {
-	var curEnd time.Time
-	curSerial := ""
-	if r.Current != nil {
-		curEnd, curSerial = r.Current.Leaf().NotAfter, r.Current.Leaf().SerialNumber.String()
-	}
 	for _, g := range credstore.Asides(r.PKI) {
-		v, e := r.asideVerdict(g)
-		if v.Action >= lifecycle.Reenroll || v.Leaf == nil || v.Leaf.NotAfter.Before(curEnd) || v.Leaf.SerialNumber.String() == curSerial {
+		v, e, ok := r.usableAside(g)
+		if !ok {
 			continue
 		}
 		set, _ := e.Creds()
@@ -122,20 +117,51 @@ func (r *Run) reuseAside() bool {
 	return false
 }
 
+// HasRenewalAside reports whether an earlier run left aside a renewed set
+// that is still good (usableAside); it changes nothing. renew proves it
+// again even before the installed certificate is due: a certificate the
+// CA issued is proven again by every run until it is published or no
+// longer good.
+func (r *Run) HasRenewalAside() bool {
+	for _, g := range credstore.Asides(r.PKI) {
+		if _, _, ok := r.usableAside(g); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// usableAside judges the set left aside in generation g: it is good when
+// it loads, its key matches, it is this node's, valid now, chains to a
+// current root, is not the installed certificate, lasts at least as long,
+// and does not carry an exposed key forward.
+func (r *Run) usableAside(g string) (lifecycle.Verdict, *observe.Env, bool) {
+	var curEnd time.Time
+	curSerial := ""
+	if r.Current != nil {
+		curEnd, curSerial = r.Current.Leaf().NotAfter, r.Current.Leaf().SerialNumber.String()
+	}
+	v, e := r.asideVerdict(g)
+	if v.Action >= lifecycle.Reenroll || v.Leaf == nil || v.Leaf.NotAfter.Before(curEnd) || v.Leaf.SerialNumber.String() == curSerial {
+		return v, e, false
+	}
+	set, err := e.Creds()
+	if err != nil || (r.KeyExposed() && r.Current != nil && sameKey(set.Key, r.Current.Key)) {
+		return v, e, false
+	}
+	return v, e, true
+}
+
 // renew asks the CA for a new certificate with the current one: over mTLS
 // (renew, or rekey with renew.rekey), or, for an expired certificate, by
 // step-ca's renewal after expiry. Transient failures are retried with the
 // CA's Retry-After within the deadline; renewing twice only costs the CA a
 // second certificate.
 func (r *Run) renew() *diag.Finding {
-	var issued *enroll.Issued
+	var issued, mid *enroll.Issued
 	var err error
 	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
-		if r.Plan == RenewExpired {
-			issued, err = r.Client.RenewExpired(r.Ctx, r.Current.TLSCertificate(), r.Roots)
-		} else {
-			issued, err = r.Client.Renew(r.Ctx, r.Current.TLSCertificate(), r.Roots, r.Cfg.Renew.Rekey)
-		}
+		issued, err = r.renewOnce(&mid)
 		var ee *enroll.Error
 		if err == nil || !errors.As(err, &ee) || !ee.Transient() {
 			return true, 0
@@ -147,10 +173,43 @@ func (r *Run) renew() *diag.Finding {
 		return r.renewFailure(err)
 	}
 	r.Cand = &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: r.Roots.Bundle()}
-	r.Rec.Rekeyed = r.Cfg.Renew.Rekey && r.Plan == Renew
+	r.Rec.Rekeyed = !sameKey(issued.Key, r.Current.Key)
+	if r.Rec.RevokedSerial != "" {
+		// The CA renewed the certificate (step-ca refuses a revoked one):
+		// the revocation recorded from an earlier CRL no longer holds.
+		r.Log.Info("step", "step", "renew", "layer", "ca", "status", "revocation-cleared", "serial", r.Rec.RevokedSerial)
+		r.Rec.RevokedSerial, r.Rec.RevocationEvidence = "", ""
+	}
 	r.SetResult(state.Renewed)
 	r.Log.Info("step", "step", "renew", "layer", "ca", "status", "ok", "plan", r.Plan.String(), "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC(), "rekey", r.Rec.Rekeyed)
 	return nil
+}
+
+// renewOnce is one attempt at the renewal. A key that was exposed is never
+// carried forward: an mTLS renewal of it rekeys, whatever renew.rekey says,
+// and a renewal after expiry (which step-ca grants for the same key only)
+// is rekeyed at once over mTLS with the certificate it gave, which is
+// never published. mid keeps that certificate across attempts.
+func (r *Run) renewOnce(mid **enroll.Issued) (*enroll.Issued, error) {
+	if r.Plan != RenewExpired {
+		return r.Client.Renew(r.Ctx, r.Current.TLSCertificate(), r.Roots, r.Cfg.Renew.Rekey || r.KeyExposed())
+	}
+	if *mid == nil {
+		got, err := r.Client.RenewExpired(r.Ctx, r.Current.TLSCertificate(), r.Roots)
+		if err != nil || !r.KeyExposed() {
+			return got, err
+		}
+		*mid = got
+		r.Log.Info("step", "step", "renew", "layer", "ca", "status", "rekey-exposed", "message", "renewed after expiry with the exposed key; rekeying it now", "serial", got.Chain[0].SerialNumber.String())
+	}
+	set := credstore.Set{Key: (*mid).Key, Chain: (*mid).Chain}
+	return r.Client.Renew(r.Ctx, set.TLSCertificate(), r.Roots, true)
+}
+
+// KeyExposed reports whether the installed key was found readable by
+// others, now or before (the exposure record): a renewal must replace it.
+func (r *Run) KeyExposed() bool {
+	return r.Verdict.Has(lifecycle.KeyExposed) || r.Verdict.Has(lifecycle.KeyWasExposed)
 }
 
 // renewFailure words a failed renewal. No single answer becomes permanent:

@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
 )
 
@@ -30,7 +32,13 @@ func Publish(r *Run) *diag.Finding {
 		r.keptAside(why)
 		return nil
 	}
+	wasPending := r.Rec.HookPending
+	r.hookDue()
 	if err := credstore.Publish(r.PKI, r.Gen, r.Host.Hook); err != nil {
+		if !wasPending && r.Rec.HookPending {
+			r.Rec.HookPending = false // nothing changed after all
+			r.writeRecord()
+		}
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "publish",
 			Summary: "the new set was proven but could not be published: " + err.Error() + "; the installed set stays current",
 			Remedy:  "make " + r.Cfg.Paths.PKIDir + " writable, then run again"}
@@ -57,52 +65,109 @@ func Publish(r *Run) *diag.Finding {
 }
 
 // decide is the liveness rule, for a candidate whose proof failed. It is
-// published when the installed set is no better:
-//   - the installed set cannot authenticate at all (missing, expired,
-//     stale, another node's...): the candidate is no worse;
-//   - otherwise the installed set is proven now, in the same run, and the
-//     two compared: a candidate that fails at a lower layer than the
-//     installed set, or where the installed set passes, is never published
-//     (the ingress or the API rejects it where the installed one is
-//     accepted); one that fails at the same layer above tls-client-auth
-//     (the ingress accepted it; the API or the route fails alike: 5xx,
-//     timeouts, 401 for both) is published now; one that fails at the same
-//     layer at or below tls-client-auth (the ingress unreachable for both:
-//     no evidence either way) is kept aside until the installed
-//     certificate enters the last quarter of its life, then published,
-//     since the alternative is certain expiry.
+// published at once when the installed set cannot authenticate at all
+// (missing, unreadable, another key's or another node's, expired, not yet
+// valid, revoked): the candidate is no worse. Otherwise the installed set
+// is proven now, in the same run (a stale one too: an ingress may still
+// accept it), and the two proofs compared on evidence (compare): which
+// layer each failed at, and whether that failure is a statement against
+// the set or one that says nothing (a cut exchange, a passing fault). A
+// set the rule keeps waiting for the last quarter of the installed
+// certificate's life is published then, whatever time this run had left.
 func (r *Run) decide() (bool, string) {
-	if r.Current == nil || r.Verdict.Action == lifecycle.Reenroll {
+	if r.Current == nil || r.cannotAuthenticate() {
 		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", r.Verdict.First())
 	}
-	if r.Ctx.Err() != nil {
-		return false, "no time was left to prove the installed set as well (bootstrap.deadline)"
-	}
-	once, cancel := context.WithCancel(r.Ctx)
-	cancel() // one attempt, no retries: the fault is the candidate's to explain
-	cur, env, _ := r.proveLoop(once, "")
-	if f := r.handOff(env, cur); f != nil {
-		r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", f.Summary)
-	}
-	cand := r.Proof
-	r.Log.Info("step", "step", "publish", "layer", "credentials", "status", "compare", "new_failed_layer", string(cand.FailedLayer), "installed_ok", cur.OK, "installed_failed_layer", string(cur.FailedLayer))
-	ci, ii := cand.FailedLayer.Index(), cur.FailedLayer.Index()
-	switch {
-	case cur.OK:
-		return false, "the installed set polls, the new one does not"
-	case ci < ii:
-		return false, fmt.Sprintf("the new set fails at %s, below the installed set's failure at %s", cand.FailedLayer, cur.FailedLayer)
-	case ci > ii:
-		return true, fmt.Sprintf("the new set gets further (fails at %s) than the installed one (fails at %s)", cand.FailedLayer, cur.FailedLayer)
-	case ci > diag.TLSClientAuth.Index():
-		return true, fmt.Sprintf("a fault the installed set shares (both fail at %s, past the ingress's client authentication): it says nothing against the new certificate", cand.FailedLayer)
+	inst := r.proveInstalled()
+	cand := candidateOutcome(r.Ctx, r.Proof, r.ProofEnv)
+	rule, why := compare(cand, inst)
+	r.Log.Info("step", "step", "publish", "layer", "credentials", "status", "compare", "new", cand.String(), "installed", inst.String(), "ruling", rule.String())
+	r.Host.Hook.At("compared")
+	if rule != lastQuarter {
+		return rule == publishNow, why
 	}
 	leaf := r.Current.Leaf()
 	urgent := leaf.NotAfter.Add(-leaf.NotAfter.Sub(leaf.NotBefore) / 4)
 	if !r.Host.Time().Before(urgent) {
-		return true, fmt.Sprintf("both sets fail at %s (no evidence either way) and the installed certificate is in the last quarter of its life (expires %s)", cand.FailedLayer, stamp(leaf.NotAfter))
+		return true, fmt.Sprintf("%s, and the installed certificate is in the last quarter of its life (expires %s)", why, stamp(leaf.NotAfter))
 	}
-	return false, fmt.Sprintf("both sets fail at %s (no evidence either way); the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", cand.FailedLayer, stamp(urgent))
+	return false, fmt.Sprintf("%s; the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", why, stamp(urgent))
+}
+
+// cannotAuthenticate reports whether the installed set cannot stand for
+// the node at all, so that comparing it with the new set is pointless. A
+// stale chain (other-ca) is not among these: the ingress may still accept
+// it, and then it is the set that works. A revocation counts while the
+// record holds it (a CA that renewed the certificate this run cleared it).
+func (r *Run) cannotAuthenticate() bool {
+	v := r.Verdict
+	if v.Has(lifecycle.Revoked) && r.Rec.RevokedSerial != "" {
+		return true
+	}
+	for _, x := range []lifecycle.Reason{lifecycle.Missing, lifecycle.Unreadable, lifecycle.KeyMismatch, lifecycle.WrongNode,
+		lifecycle.NotYetValid, lifecycle.Expired} {
+		if v.Has(x) {
+			return true
+		}
+	}
+	return false
+}
+
+// proveInstalled proves the installed set for the comparison, with the
+// time the run has left: an attempt that gives no evidence (an exchange
+// cut, a passing fault) is tried again, and a rejection counts only once a
+// second attempt confirms it at the same layer, so that a reload or a
+// flap never makes the installed set look worse than it is. A task a
+// proof receives is handed off.
+func (r *Run) proveInstalled() outcome {
+	var last outcome
+	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
+		if r.Ctx.Err() != nil {
+			return true, 0
+		}
+		once, cancel := context.WithCancel(r.Ctx)
+		cancel() // one pass of the ladder: this loop decides about retries
+		rep, env, _ := r.proveLoop(once, "")
+		if f := r.handOff(env, rep); f != nil {
+			r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", f.Summary)
+		}
+		o := installedOutcome(r.Ctx, rep, env)
+		confirmed := o.polled || (o.rejected && last.rejected && last.layer == o.layer)
+		if r.Ctx.Err() != nil && last.tried && !o.polled {
+			// The deadline cut this attempt short: the earlier one speaks.
+			return true, 0
+		}
+		last = o
+		if !confirmed {
+			r.Log.Info("step", "step", "publish", "layer", string(o.layer), "status", "compare-retry", "installed", o.String())
+		}
+		return confirmed, 0
+	})
+	return last
+}
+
+// hookDue makes renew.post_hook pending, in the renew record, before the
+// new set is published: every publish (proven, unproven under the liveness
+// rule, bootstrap's) changes what the node-agent must load, and it is told
+// by the hook, however many runs that takes. Recorded before the swap, so
+// no kill can publish a set without the hook due; a kill in between only
+// runs the hook once more. A first enrollment, onto an empty pki_dir,
+// replaces nothing a node-agent could hold.
+func (r *Run) hookDue() {
+	if len(r.Cfg.Renew.PostHook) == 0 || r.Rec.HookPending || r.Verdict.Has(lifecycle.Missing) {
+		return
+	}
+	r.Rec.HookPending = true
+	r.writeRecord()
+	r.Host.Hook.At("hook pending")
+}
+
+// writeRecord writes the renew record as it stands, mid-run; a failure is
+// logged (the run's own record, written last, tries again).
+func (r *Run) writeRecord() {
+	if err := state.WriteRenewal(r.StateDir, r.Rec); err != nil {
+		r.Log.Error("step", "step", "record", "layer", "state", "status", "fail", "message", err.Error())
+	}
 }
 
 // keptAside ends the run with the candidate's failed proof, the installed

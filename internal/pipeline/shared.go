@@ -104,7 +104,7 @@ func Roots(r *Run) *diag.Finding {
 		if r.Command == "bootstrap" {
 			notDone = "the CA's certificate cannot be judged and the one-time token was not sent"
 		}
-		if f = skewFinding(roots, r.Host.Time(), notDone); f != nil {
+		if f = skewFinding(roots, notDone); f != nil {
 			f.Evidence["ca_error"] = err.Error()
 			return true, 0
 		}
@@ -139,15 +139,18 @@ func Clock(r *Run) *diag.Finding {
 	if r.Plan == Enroll {
 		what = "the one-time token was not sent"
 	}
-	return skewFinding(r.Roots, r.Host.Time(), what)
+	return skewFinding(r.Roots, what)
 }
 
 // skewFinding is the clock finding when the CA's Date (from the roots
-// fetch) shows the node clock beyond lifecycle.MaxSkew, else nil.
-func skewFinding(roots *enroll.Roots, now time.Time, notDone string) *diag.Finding {
+// fetch, authenticated) showed the node clock beyond lifecycle.MaxSkew at
+// the instant it arrived, else nil: however long ago that was, the age of
+// the observation is not skew.
+func skewFinding(roots *enroll.Roots, notDone string) *diag.Finding {
 	if roots == nil {
 		return nil
 	}
+	now := roots.DateAt
 	skew, bad := lifecycle.Skew(now, roots.ServerDate)
 	if !bad {
 		return nil

@@ -91,8 +91,10 @@ type Result struct {
 	Header        http.Header
 	Body          []byte // at most MaxBody
 	BodyTruncated bool   // the body was longer than MaxBody
-	Date          time.Time
-	Duration      time.Duration
+	// Date is the API's Date header and DateAt the node clock when that
+	// answer arrived (Request.Now): a skew is judged between the two.
+	Date, DateAt time.Time
+	Duration     time.Duration
 	// StageAt is when each stage was reached, counted from the start of
 	// the exchange like Duration; zero for a stage not reached. It lets
 	// each layer be given the time of its own stage (At).
@@ -263,6 +265,10 @@ func Do(ctx context.Context, r Request) *Result {
 		res.Status = resp.StatusCode
 		res.Header = resp.Header
 		res.Date, _ = http.ParseTime(resp.Header.Get("Date"))
+		res.DateAt = time.Now()
+		if r.Now != nil {
+			res.DateAt = r.Now()
+		}
 	})
 	rec.reach(StageResponse)
 	limit := MaxBody

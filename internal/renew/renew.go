@@ -46,7 +46,7 @@ var Steps = []pipeline.Step{
 
 // CrashPoints are the named points of a renewal, in order: host.Hook is
 // called with each (the crash tests kill the binary there).
-var CrashPoints = []string{"roots fetched", "renewed", "aside written", "proven", "published", "hook pending", "recorded"}
+var CrashPoints = []string{"roots fetched", "renewed", "aside written", "proven", "hook pending", "published", "recorded"}
 
 // Run renews the node's certificate when the verdict says so.
 func Run(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.Options) *pipeline.Outcome {
@@ -81,23 +81,38 @@ func published(r *pipeline.Run) string {
 
 // assess takes the one verdict and plans: renew when due (or forced),
 // renew after expiry when expiry is all that is wrong, refresh ca.pem when
-// only the CA's roots moved, run a pending hook, or stop: not due (exit 0,
-// quickly, nothing changed), or cannot renew (a fresh token is needed).
+// only the CA's roots moved, prove again a renewed set an earlier run left
+// aside, run a pending hook, or stop: not due (exit 0, quickly, nothing
+// changed), or cannot renew (a fresh token is needed).
 func assess(r *pipeline.Run) *diag.Finding {
 	r.Verdict = r.Env.Verdict(r.Ctx)
 	r.Current, _ = r.Env.Creds()
 	v := r.Verdict
-	if v.Action == lifecycle.Reenroll && !v.RenewableAfterExpiry() {
+	if v.Action == lifecycle.Reenroll && !v.RenewableAfterExpiry() && !forcedPastRevocation(r, v) {
+		if r.HasRenewalAside() {
+			// The installed set cannot stand for the node any more, and a
+			// set the CA issued earlier is still good: proven and
+			// published (it is no worse), not thrown away.
+			r.Plan = pipeline.Adopt
+			r.SetResult(state.Renewed)
+			r.Log.Info("step", "step", "assess", "layer", "credentials", "status", v.Action.String(), "plan", r.Plan.String(), "reasons", fmt.Sprint(v.Reasons))
+			return nil
+		}
 		return cannotRenew(r, v)
 	}
 	dueAt := v.DueAt(r.Cfg.Renew.Splay.Duration)
 	switch {
-	case v.Action == lifecycle.Reenroll:
+	case v.Has(lifecycle.Expired):
 		r.Plan = pipeline.RenewExpired
 	case r.Opts.Force || !r.Host.Time().Before(dueAt):
 		r.Plan = pipeline.Renew
 	case v.Has(lifecycle.BundleStale):
 		r.Plan = pipeline.Refresh
+	case r.HasRenewalAside():
+		// A renewed set an earlier run could not prove (or was killed
+		// before it published): proven again now, not thrown away.
+		r.Plan = pipeline.Adopt
+		r.SetResult(state.Renewed)
 	case r.Rec.HookPending && len(r.Cfg.Renew.PostHook) > 0, r.Rec.Unproven != "":
 		// A hook still to run, or a set published without a passing proof
 		// (the liveness rule): prove the installed set, then run the hook.
@@ -111,6 +126,23 @@ func assess(r *pipeline.Run) *diag.Finding {
 	}
 	r.Log.Info("step", "step", "assess", "layer", "credentials", "status", v.Action.String(), "plan", r.Plan.String(), "reasons", fmt.Sprint(v.Reasons), "due_at", dueAt.UTC())
 	return nil
+}
+
+// forcedPastRevocation: renew --force asks the CA for a new certificate
+// even when a revocation is recorded, revocation being all that stops the
+// renewal. The record rests on a CRL read earlier; the CA, asked again,
+// decides: it signs (and the record is cleared), or it refuses and its CRL
+// is read again.
+func forcedPastRevocation(r *pipeline.Run, v lifecycle.Verdict) bool {
+	if !r.Opts.Force || !v.Has(lifecycle.Revoked) || v.Has(lifecycle.RootsUnknown) {
+		return false
+	}
+	for _, x := range v.Reasons {
+		if x != lifecycle.Revoked && x != lifecycle.Expired && x.Action() == lifecycle.Reenroll {
+			return false
+		}
+	}
+	return true
 }
 
 func notDue(v lifecycle.Verdict, dueAt time.Time) string {

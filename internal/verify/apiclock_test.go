@@ -11,10 +11,13 @@ import (
 )
 
 // TestTasksWaitWarnsOnAPIClockSkew: the API's Date header is the clock
-// check's second witness; a skew beyond MaxSkew warns without failing.
+// check's second witness; a skew beyond MaxSkew warns without failing. It
+// is judged at the instant the answer arrived, not later: a tasks/wait
+// answer that came an hour before the check compares as it came.
 func TestTasksWaitWarnsOnAPIClockSkew(t *testing.T) {
 	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
-	e := &observe.Env{Host: &system.Host{Root: "/", Now: func() time.Time { return now }}}
+	// The check itself runs an hour after the answer came.
+	e := &observe.Env{Host: &system.Host{Root: "/", Now: func() time.Time { return now.Add(time.Hour) }}}
 	for _, tt := range []struct {
 		name string
 		date time.Time
@@ -26,7 +29,7 @@ func TestTasksWaitWarnsOnAPIClockSkew(t *testing.T) {
 		{"API 2 minutes behind", now.Add(-2 * time.Minute), report.Warn},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			o := tasksWaitPass("tasks/wait answered 204", &probe.Result{Status: 204, Date: tt.date}, e)
+			o := tasksWaitPass("tasks/wait answered 204", &probe.Result{Status: 204, Date: tt.date, DateAt: now}, e)
 			if o.Status != tt.want {
 				t.Fatalf("status %s (%s), want %s", o.Status, o.Message, tt.want)
 			}

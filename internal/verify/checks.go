@@ -219,13 +219,14 @@ func manageValue(v any) bool {
 func checkCARoot(ctx context.Context, e *observe.Env) Answer {
 	roots, err := e.Roots(ctx)
 	if err != nil {
-		// The CA's Date comes from the unverified pinned-root fetch, so it is
-		// known even when a skewed node clock makes the CA's certificate look
-		// expired or not yet valid: that is the clock's failure, not the CA's.
+		// The CA's Date is read over a connection verified at an instant
+		// inside its certificate's validity when the node clock makes that
+		// certificate look expired or not yet valid: a skew it shows is the
+		// clock's failure, not the CA's.
 		if roots == nil {
 			return fromFinding(diag.FromEnroll(err, diag.CA, e.Cfg.CA.TokenFile))
 		}
-		if skew, bad := lifecycle.Skew(e.Host.Time(), roots.ServerDate); bad {
+		if skew, bad := lifecycle.Skew(roots.DateAt, roots.ServerDate); bad {
 			return Answer{Status: report.Skip, Message: fmt.Sprintf("skipped: depends on clock, which did not pass (the node clock is %s off the CA's, so the CA's certificate cannot be judged: %v)", skew.Round(time.Second), err)}
 		}
 		return fromFinding(diag.FromEnroll(err, diag.CA, e.Cfg.CA.TokenFile))
@@ -254,7 +255,8 @@ func checkClock(ctx context.Context, e *observe.Env) Answer {
 	if roots == nil || roots.ServerDate.IsZero() {
 		return Answer{Status: report.Warn, Message: clockUnchecked(err)}
 	}
-	now := e.Host.Time()
+	// Judged at the instant the CA's answer arrived, however long ago.
+	now := roots.DateAt
 	skew, bad := lifecycle.Skew(now, roots.ServerDate)
 	ev := map[string]string{"node_time": now.UTC().Format(time.RFC3339), "ca_time": roots.ServerDate.UTC().Format(time.RFC3339), "skew": skew.Round(time.Second).String()}
 	switch {
@@ -442,7 +444,7 @@ func tasksWaitPass(msg string, r *probe.Result, e *observe.Env) Answer {
 	}
 	// The clock check compared with the CA; the API's Date is a second
 	// witness. A skew here does not stop the proof, so it only warns.
-	if skew, bad := lifecycle.Skew(e.Host.Time(), r.Date); bad {
+	if skew, bad := lifecycle.Skew(r.DateAt, r.Date); bad {
 		o.Status = report.Warn
 		o.Message += fmt.Sprintf("; the node clock is %s off the API's Date header", skew.Round(time.Second))
 		o.Remedy = "synchronise the node clock, or the API's if the CA agreed with the node"

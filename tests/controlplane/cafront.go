@@ -25,7 +25,8 @@ import (
 // Renewals authenticate by the node's client certificate (mTLS to the CA),
 // which a TLS-terminating proxy cannot pass on. So the front is a plain
 // TCP relay (the node's TLS, client certificate included, reaches step-ca
-// untouched) except while it is armed by Refuse: then it terminates TLS
+// untouched) except while it is armed by Refuse or ServeCRL (which answers
+// GET /crl with a list the test built): then it terminates TLS
 // itself, with a certificate for the CA's hostname from the CA's own
 // intermediate (nodes verify it exactly as they verify step-ca), asks for
 // a client certificate without verifying it, and answers the next POSTs to
@@ -46,6 +47,7 @@ type CAFront struct {
 	mu      sync.Mutex
 	pending int
 	answer  FrontAnswer
+	crl     []byte // ServeCRL's
 	events  []FrontEvent
 	relayed int
 	conns   map[net.Conn]struct{}
@@ -123,6 +125,17 @@ func (f *CAFront) Refuse(n int, a FrontAnswer) {
 	f.pending, f.answer = n, a
 }
 
+// ServeCRL makes the front answer GET /crl itself with der, a revocation
+// list the test built (signed with the CA's own intermediate key, it is as
+// genuine as step-ca's: stale, or listing a serial on hold), terminating
+// TLS for every connection while it is set; nil stops it. Renewals that
+// are not refused meanwhile get the front's 503 (see Refuse).
+func (f *CAFront) ServeCRL(der []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.crl = der
+}
+
 // Pending is how many renewals the front will still answer itself.
 func (f *CAFront) Pending() int {
 	f.mu.Lock()
@@ -176,7 +189,7 @@ func (f *CAFront) accept() {
 			return
 		}
 		f.mu.Lock()
-		armed := f.pending > 0
+		armed := f.pending > 0 || f.crl != nil
 		if !armed {
 			f.relayed++
 		}
@@ -227,13 +240,17 @@ func (f *CAFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ev := FrontEvent{Method: r.Method, Path: r.URL.Path, ClientCert: r.TLS != nil && len(r.TLS.PeerCertificates) > 0}
 	renewal := r.Method == http.MethodPost && isRenewalPath(r.URL.Path)
 	f.mu.Lock()
-	answer := f.answer
+	answer, crl := f.answer, f.crl
 	refuse := renewal && f.pending > 0
 	if refuse {
 		f.pending--
 	}
 	f.mu.Unlock()
 	switch {
+	case crl != nil && r.Method == http.MethodGet && (r.URL.Path == "/crl" || r.URL.Path == "/1.0/crl"):
+		ev.Answered, ev.Status = true, http.StatusOK
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		w.Write(crl)
 	case refuse:
 		ev.Answered, ev.Status = true, answer.Status
 		if answer.ContentType != "" {

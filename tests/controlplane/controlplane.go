@@ -47,6 +47,8 @@ type Options struct {
 	// intermediate became valid (a node off for days holds a certificate
 	// issued then).
 	CAAge time.Duration
+	// CADisableIssuedAtCheck is StepCAOptions.DisableIssuedAtCheck.
+	CADisableIssuedAtCheck bool
 }
 
 // ClientCAMode is what the node API (standing in for the ingress's TLS
@@ -132,6 +134,7 @@ func New(opts Options) (cp *ControlPlane, err error) {
 	if cp.CA, err = StartStepCA(StepCAOptions{
 		Dir: cp.Dir, Hostname: opts.CAHostname, Lifetime: opts.CALifetime, Revocation: opts.CARevocation, DB: opts.CADB,
 		AllowRenewalAfterExpiry: opts.CAAllowRenewalAfterExpiry, CRL: opts.CACRL, Age: opts.CAAge,
+		DisableIssuedAtCheck: opts.CADisableIssuedAtCheck,
 	}); err != nil {
 		return nil, fmt.Errorf("step-ca: %w", err)
 	}

@@ -76,6 +76,12 @@ type StepCAOptions struct {
 	// needs a persistent database: without DB, the one Revocation would
 	// give (bbolt under Dir) is used.
 	CRL bool
+	// DisableIssuedAtCheck is step-ca's authority.disableIssuedAtCheck: a
+	// token minted before the CA process started is accepted (tokens
+	// minted into user-data ahead of a boot need it). Without it a
+	// restarted CA refuses every older token as "issued before the
+	// bootstrap of certificate authority", whatever its database holds.
+	DisableIssuedAtCheck bool
 }
 
 // StepCA is a real smallstep step-ca (github.com/smallstep/certificates/ca)
@@ -162,6 +168,31 @@ func (s *StepCA) newGenerationLocked() error {
 }
 
 func (s *StepCA) startLocked() error {
+	srv, err := ca.New(s.configLocked(), ca.WithQuiet(true))
+	if err != nil {
+		return fmt.Errorf("step-ca config: %w", err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- srv.Run() }()
+	if stopped, err := s.waitHealthy(runErr); err != nil {
+		if stopped {
+			return err // Run returned: the CA stopped itself, and Stop would close it twice
+		}
+		select {
+		case <-runErr: // Run already stopped the CA after its startup error
+		default:
+			_ = srv.Stop()
+			<-runErr
+		}
+		return err
+	}
+	s.srv, s.runErr = srv, runErr
+	return nil
+}
+
+// configLocked is step-ca's configuration for the current generation on
+// s.addr: the one StartReplica gives a replica too.
+func (s *StepCA) configLocked() *config.Config {
 	pub := s.jwk.Public()
 	prov := &provisioner.JWK{Type: "JWK", Name: s.provName, Key: &pub}
 	roots := []string{s.pki.RootPath}
@@ -201,26 +232,8 @@ func (s *StepCA) startLocked() error {
 		// lists it; the hour is its nextUpdate, far beyond any test.
 		cfg.CRL = &config.CRLConfig{Enabled: true, GenerateOnRevoke: true, CacheDuration: &provisioner.Duration{Duration: time.Hour}}
 	}
-	srv, err := ca.New(cfg, ca.WithQuiet(true))
-	if err != nil {
-		return fmt.Errorf("step-ca config: %w", err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- srv.Run() }()
-	if stopped, err := s.waitHealthy(runErr); err != nil {
-		if stopped {
-			return err // Run returned: the CA stopped itself, and Stop would close it twice
-		}
-		select {
-		case <-runErr: // Run already stopped the CA after its startup error
-		default:
-			_ = srv.Stop()
-			<-runErr
-		}
-		return err
-	}
-	s.srv, s.runErr = srv, runErr
-	return nil
+	cfg.AuthorityConfig.DisableIssuedAtCheck = s.opts.DisableIssuedAtCheck
+	return cfg
 }
 
 // waitHealthy polls GET /health over TLS verified against the current root.
@@ -390,6 +403,12 @@ func (s *StepCA) SetAllowRenewalAfterExpiry(allow bool) error {
 		return nil
 	})
 }
+
+// Restart stops step-ca and starts it again on the same address, PKI and
+// configuration: a deploy, or a crash and its restart. With the in-memory
+// database the used-token memory starts empty; a persistent one
+// (Revocation, CRL, DB) keeps every token it has seen.
+func (s *StepCA) Restart() error { return s.restart(func() error { return nil }) }
 
 // Close stops step-ca.
 func (s *StepCA) Close() error {

@@ -102,6 +102,10 @@ type Fault struct {
 	// burnt) the token. The event is Forwarded with step-ca's status and
 	// Lost.
 	LoseAnswer bool
+	// AfterLost, with LoseAnswer, runs after step-ca answered the sign and
+	// before the client gets the fault: step-ca restarted, say, between a
+	// lost answer and the node's retry.
+	AfterLost func()
 	// StallHandshakes, when > 0, holds the next StallHandshakes TLS
 	// handshakes for StallFor after the ClientHello, then fails them: a
 	// balancer that accepts connections but does not get to them, which
@@ -355,6 +359,12 @@ func (p *CAProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case ev.Faulted && f.LoseAnswer && ev.Sign:
 		rec := httptest.NewRecorder()
 		p.rp.ServeHTTP(rec, r)
+		if f.AfterLost != nil {
+			f.AfterLost()
+			if tr, ok := p.rp.Transport.(*http.Transport); ok {
+				tr.CloseIdleConnections() // to the step-ca that is gone
+			}
+		}
 		writeFault(w, f)
 		ev.Status, ev.Forwarded, ev.Faulted, ev.Lost = rec.Code, true, false, true
 	case ev.Faulted:

@@ -280,6 +280,49 @@ type relay struct {
 	target string
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
+	// cutIn > 0 resets the cutIn-th connection from now right after its
+	// ClientHello arrives, without forwarding it (a reload or a reset
+	// exactly there); cuts counts the connections so reset.
+	cutIn, cuts int
+}
+
+// cutNth arms the relay to reset the n-th connection accepted from now
+// after its first bytes (the ClientHello), before the ingress sees it.
+func (r *relay) cutNth(n int) {
+	r.mu.Lock()
+	r.cutIn = n
+	r.mu.Unlock()
+}
+
+// cutCount is how many connections the relay reset so.
+func (r *relay) cutCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cuts
+}
+
+// cutThis reports whether the connection just accepted is the one to cut.
+func (r *relay) cutThis() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cutIn == 0 {
+		return false
+	}
+	r.cutIn--
+	if r.cutIn > 0 {
+		return false
+	}
+	r.cuts++
+	return true
+}
+
+// resetAfterHello reads the client's first bytes, then resets c (RST).
+func resetAfterHello(c net.Conn) {
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	c.Read(buf)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
 }
 
 func newRelay(t *testing.T) *relay {
@@ -318,6 +361,10 @@ func (r *relay) accept() {
 		c, err := r.ln.Accept()
 		if err != nil {
 			return
+		}
+		if r.cutThis() {
+			go resetAfterHello(c)
+			continue
 		}
 		r.mu.Lock()
 		target := r.target

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/clientcert"
 	"github.com/gpuaas/provision/tests/controlplane"
 	"github.com/gpuaas/provision/tests/ingress"
 )
@@ -183,15 +184,7 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 	// A staged rotation: the new root is added, the node refreshes ca.pem
 	// (so it trusts the CA's new TLS certificate), then the CA issues under
 	// the new root; the ingress was never told.
-	if err := e.cp.AddCARoot(); err != nil {
-		t.Fatal(err)
-	}
-	if r := e.provision("renew"); r.code != 0 || e.record().LastResult != "refreshed" {
-		t.Fatalf("renew after the root was added: exit %d %s (%+v)", r.code, r.rep.Summary, e.record())
-	}
-	if err := e.cp.SwitchCARoot(); err != nil {
-		t.Fatal(err)
-	}
+	rotateUnderIngress(t, e)
 	r := e.provision("renew", "--force")
 	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "not published") {
 		t.Fatalf("renew with the renewal rejected by nginx: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
@@ -206,20 +199,28 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 	if v := e.verify(); v.code != 0 {
 		t.Fatalf("verify with the installed set: exit %d: %s", v.code, v.rep.Summary)
 	}
-	// The ingress trusts both roots now: the set aside is published.
+	// The ingress and the API behind it trust both roots now: the next
+	// renew, though nothing is due, proves the set aside again and
+	// publishes it.
 	bundle := filepath.Join(t.TempDir(), "client-ca.pem")
 	var pem []byte
+	api := x509.NewCertPool()
 	for _, p := range e.cp.CA.CurrentRoots() {
 		pem = append(pem, p.RootPEM()...)
+		api.AddCert(p.Root)
+		api.AddCert(p.Intermediate)
 	}
 	if err := os.WriteFile(bundle, pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ident.Set(clientcert.Config{Roots: api}); err != nil {
 		t.Fatal(err)
 	}
 	e.restartIngress(func(o *ingress.Options) { o.ClientCAFile = bundle })
 	if r := e.provision("renew"); r.code != 0 {
 		t.Fatalf("renew once nginx trusts the new root: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
 	}
-	if got := e.record().Generation; got != aside {
+	if got := e.record().Generation; got != aside || leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) == 0 {
 		t.Fatalf("published %s, want the set kept aside %s (no second certificate)", got, aside)
 	}
 }
@@ -229,12 +230,7 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 func TestLivenessStray401(t *testing.T) {
 	t.Parallel()
 	cp := controlplane.Start(t, controlplane.Options{})
-	front, err := controlplane.StartCAFront(cp.CA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { front.Close() })
-	e := newEnvOn(t, cp, func(c *controlplane.NodeConfig) { c.CA.URL = front.URL() })
+	e, front := envBehindFront(t, cp, nil)
 	first := leafOf(t, e)
 	front.Refuse(1, controlplane.FrontAnswer{})
 	r := e.provision("renew", "--force")
@@ -269,14 +265,7 @@ func TestLivenessAfterExpiry(t *testing.T) {
 			cp := controlplane.Start(t, controlplane.Options{CAAllowRenewalAfterExpiry: tc.allowed, CAAge: 7 * 24 * time.Hour})
 			e := newEnvOn(t, cp, nil)
 			// Powered off for days: the certificate ended two days ago.
-			l, err := cp.CA.IssueNodeCertAt(nodeID, time.Now().Add(-72*time.Hour), time.Now().Add(-48*time.Hour))
-			if err != nil {
-				t.Fatal(err)
-			}
-			os.RemoveAll(e.files.PKIDir)
-			if err := controlplane.WriteNodeCredentials(e.root, e.cfg.Paths.PKIDir, l, cp.CA.RootPEM()); err != nil {
-				t.Fatal(err)
-			}
+			l := e.plantExpired(t)
 			r := e.provision(tc.cmd)
 			if !tc.allowed {
 				if r.code != layerExit["credentials"] || !strings.Contains(r.rep.Summary, "allowRenewalAfterExpiry") ||

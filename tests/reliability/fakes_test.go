@@ -81,47 +81,6 @@ func (p *tcpProxy) forward(c net.Conn) {
 
 func (p *tcpProxy) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
 
-// holdServer accepts TCP connections and never answers: a CA that is up but
-// too slow for request_timeout.
-type holdServer struct {
-	ln    net.Listener
-	conns atomic.Int64
-}
-
-func startHoldServer(t testing.TB) *holdServer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &holdServer{ln: ln}
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			h.conns.Add(1)
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range held {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return h
-}
-
-func (h *holdServer) port() int { return h.ln.Addr().(*net.TCPAddr).Port }
-
 // caProxy is a TLS reverse proxy in front of the real step-ca, serving a
 // certificate for the CA's hostname from the step intermediate (so provision
 // verifies it exactly as it verifies step-ca), with a fault injector that

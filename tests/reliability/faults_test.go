@@ -73,17 +73,17 @@ func TestFaultCADown(t *testing.T) {
 // the run gives up at the deadline with exit 13.
 func TestFaultCASlow(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
-	h := startHoldServer(t)
-	n := newNode(t, cp, "gpu-caslow", func(c *controlplane.NodeConfig) { shortBudget(c); c.CA.URL = withPort(c.CA.URL, h.port()) })
+	h := controlplane.StartHoldServer(t)
+	n := newNode(t, cp, "gpu-caslow", func(c *controlplane.NodeConfig) { shortBudget(c); c.CA.URL = withPort(c.CA.URL, h.Port()) })
 	r := n.bootstrap()
 	wantExit(t, r, 13, "layer ca")
-	if c := h.conns.Load(); c < 2 {
+	if c := h.Conns(); c < 2 {
 		t.Errorf("a CA slower than request_timeout was tried %d times, want retries", c)
 	}
 	if !strings.Contains(r.Stdout, "timeout") && !strings.Contains(r.Stdout, "deadline") {
 		t.Errorf("the report does not say the CA timed out:\n%s", r.Stdout)
 	}
-	t.Logf("ca-slow: %d connections to a silent CA, exit %d", h.conns.Load(), r.Code)
+	t.Logf("ca-slow: %d connections to a silent CA, exit %d", h.Conns(), r.Code)
 }
 
 // TestFaultCA503RetryAfter: a CA answering 503 with Retry-After is waited
@@ -433,4 +433,36 @@ func TestFaultCAClockSkewedBeforeToken(t *testing.T) {
 	n.CP.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
 	wantExit(t, n.bootstrap(), 0)
 	t.Logf("ca-clock-skew: exit 11 before the sign with the token kept, then enrolled with the same token")
+}
+
+// TestFaultForgedDateUnauthenticated (issue 29, 8): a server on the CA's
+// address answers 503 with a Date ten minutes ahead, over TLS that nothing
+// authenticates (a self-signed certificate, the pinned-root fetch's
+// unverified connection). Its Date is not the CA's clock: renew --force
+// does not stop at clock in milliseconds blaming the node, it retries the
+// CA within its deadline and ends at layer ca, owner ca. The same Date
+// from the real CA's verified answers is the clock's failure
+// (TestFaultCAClockSkewedBeforeToken).
+func TestFaultForgedDateUnauthenticated(t *testing.T) {
+	cp := controlplane.Start(t, controlplane.Options{})
+	n := newNode(t, cp, "gpu-forged-date", nil)
+	wantExit(t, n.bootstrap(), 0)
+	fake := startFake(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Date", time.Now().Add(10*time.Minute).UTC().Format(http.TimeFormat))
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `{"status":503,"message":"The certificate authority is unavailable"}`)
+	})
+	n.Cfg.CA.URL = withPort(n.Cfg.CA.URL, fake.port())
+	n.Cfg.Bootstrap.Deadline = "4s"
+	n.RewriteConfig()
+	r := n.RunJSON("renew", "--force")
+	nodetest.WantFailure(t, r, 13, "ca", "ca")
+	if fake.count() < 2 {
+		t.Fatalf("the CA was asked %d time(s): a 503 is retried within the deadline", fake.count())
+	}
+	if strings.Contains(r.Report.Summary, "clock") {
+		t.Fatalf("the unauthenticated Date was taken for the CA's clock: %s", r.Report.Summary)
+	}
+	t.Logf("forged-date: exit %d at layer ca after %d requests to the forger, no clock verdict", r.Code, fake.count())
 }

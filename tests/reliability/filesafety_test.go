@@ -219,9 +219,9 @@ func TestTokenFileFIFOAndOtherNonRegular(t *testing.T) {
 // saying it was interrupted.
 func TestSIGTERMEndsRun(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
-	hold := startHoldServer(t)
+	hold := controlplane.StartHoldServer(t)
 	slowCA := func(c *controlplane.NodeConfig) {
-		c.CA.URL = withPort(c.CA.URL, hold.port())
+		c.CA.URL = withPort(c.CA.URL, hold.Port())
 		c.Bootstrap.Deadline = "60s"
 		c.Bootstrap.RequestTimeout = "30s"
 	}

@@ -24,6 +24,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// This binary, started again by controlplane.StartReplica, is a
+	// step-ca replica (TestTokenSingleUseAcrossReplicas).
+	controlplane.RunReplicaIfAsked()
 	// The crashpoints build: PROVISION_CRASH_AT=<step> makes it SIGKILL
 	// itself at that crash point.
 	os.Exit(testenv.RunWithBinary(m, "reliability", os.Getenv("RELIABILITY_PROVISION_BIN"),

@@ -27,11 +27,7 @@ func TestRenewCrashConsistency(t *testing.T) {
 	cp := controlplane.Start(t, controlplane.Options{})
 	// The post hook appends a line per run: a kill at "hook pending" must
 	// leave it pending, and the next run must run it.
-	hookLog := filepath.Join(t.TempDir(), "hook.log")
-	hookScript := filepath.Join(t.TempDir(), "hook.sh")
-	if err := os.WriteFile(hookScript, []byte("#!/bin/sh\necho ran >> "+hookLog+"\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	hookScript, hookLog := countingHook(t)
 	n := newNode(t, cp, "gpu-renew-crash", func(c *controlplane.NodeConfig) {
 		c.NodeAPI.WaitTimeout = "0s"
 		c.Renew = &controlplane.RenewConfig{PostHook: []string{hookScript}, PostHookTimeout: "5s"}
@@ -98,8 +94,10 @@ func TestRenewCrashConsistency(t *testing.T) {
 	}
 	// Publishing a set left aside: a run killed after it wrote its renewed
 	// set aside leaves it for the next run, which proves it again and
-	// publishes it without asking the CA for another; that run, killed at
-	// each of its publishing points, keeps the invariants too.
+	// publishes it without asking the CA for another (a plain renew, even
+	// before the installed certificate is due: --force always asks the
+	// CA); that run, killed at each of its publishing points, keeps the
+	// invariants too.
 	for _, p := range []string{"current switched", "published"} {
 		before := readCreds(pki).serial
 		if r := n.run([]string{"PROVISION_CRASH_AT=aside written"}, "renew", "--force"); !r.Killed {
@@ -114,7 +112,7 @@ func TestRenewCrashConsistency(t *testing.T) {
 		if err != nil {
 			t.Fatalf("the set aside: %v", err)
 		}
-		r := n.run([]string{"PROVISION_CRASH_AT=" + p}, "renew", "--force")
+		r := n.run([]string{"PROVISION_CRASH_AT=" + p}, "renew")
 		if !r.Killed {
 			unreached++
 			t.Errorf("publishing the set aside: not killed at %q (exit %d)", p, r.Code)
@@ -150,6 +148,16 @@ func TestRenewCrashConsistency(t *testing.T) {
 	t.Logf("renew-crash: %d kills (%d named points, %d of %d random attempts landed), %d violations, %d points never reached", kills, len(points), kills-len(points)+unreached, randomKills, violations, unreached)
 }
 
+// countingHook is a post hook that appends a line to hookLog per run.
+func countingHook(t *testing.T) (script, hookLog string) {
+	t.Helper()
+	hookLog, script = filepath.Join(t.TempDir(), "hook.log"), filepath.Join(t.TempDir(), "hook.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho ran >> "+hookLog+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return script, hookLog
+}
+
 // lines counts the lines of a file (0 when it does not exist).
 func lines(path string) int {
 	b, _ := os.ReadFile(path)
@@ -163,4 +171,65 @@ func readPending(path string) bool {
 	}
 	b, _ := os.ReadFile(path)
 	return json.Unmarshal(b, &rec) == nil && rec.HookPending
+}
+
+// TestRenewCrashUnprovenPublish: the steps of a publish without a passing
+// proof (issue 29), under SIGKILL. The node API answers 503, so the new
+// set's proof fails, the installed set is proven for the comparison, and
+// the rule publishes the new set at once; renew --force is killed at each
+// step of that path. After every kill the credentials are whole, the old
+// serial is current until the swap, and from the hook's step on renew.json
+// says the hook is pending, so no set is ever published without the node-
+// agent being told; once the API is back the next plain renew completes
+// (publishing a set left aside) and runs the pending hook.
+func TestRenewCrashUnprovenPublish(t *testing.T) {
+	cp := controlplane.Start(t, controlplane.Options{})
+	hookScript, hookLog := countingHook(t)
+	n := newNode(t, cp, "gpu-unproven-crash", func(c *controlplane.NodeConfig) {
+		c.NodeAPI.WaitTimeout, c.Bootstrap.Deadline = "0s", "6s"
+		c.Renew = &controlplane.RenewConfig{PostHook: []string{hookScript}, PostHookTimeout: "5s"}
+	})
+	wantExit(t, n.bootstrap(), 0)
+	pki, record := n.Files.PKIDir, filepath.Join(n.Files.StateDir, "renew.json")
+	points := []string{"aside written", "compared", "hook pending", "current switched", "published", "recorded"}
+	kills, violations := 0, 0
+	for i, p := range points {
+		before := readCreds(pki).serial
+		cp.API.FailAlways(controlplane.StatusFault(503))
+		r := n.run([]string{"PROVISION_CRASH_AT=" + p}, "renew", "--force")
+		cp.API.ClearFaults()
+		if !r.Killed {
+			violations++
+			t.Errorf("step %q: renew was not killed there (exit %d)\n%s", p, r.Code, r.LastOutputLine())
+			continue
+		}
+		kills++
+		cs := readCreds(pki)
+		switched := i >= slices.Index(points, "current switched")
+		pending := readPending(record)
+		switch {
+		case cs.none || cs.mismatch != "" || cs.partial != "":
+			violations++
+			t.Errorf("step %q: credentials after the kill: %+v", p, cs)
+		case !switched && cs.serial != before:
+			violations++
+			t.Errorf("step %q: serial %s current before the swap (old %s)", p, cs.serial, before)
+		case i >= slices.Index(points, "hook pending") && !pending:
+			violations++
+			t.Errorf("step %q: renew.json does not say the hook is pending", p)
+		}
+		hooks := lines(hookLog)
+		if r := n.run(nil, "renew"); r.Code != 0 {
+			t.Fatalf("step %q: renew once the API is back: exit %d\n%s", p, r.Code, r)
+		}
+		if pending && lines(hookLog) <= hooks {
+			violations++
+			t.Errorf("step %q: the pending hook did not run", p)
+		}
+		if readPending(record) {
+			violations++
+			t.Errorf("step %q: the hook is still pending after a passing renew", p)
+		}
+	}
+	t.Logf("renew-crash-unproven: %d kills at %d steps of an unproven publish, %d violations", kills, len(points), violations)
 }

@@ -1,0 +1,121 @@
+package pipeline
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/gpuaas/provision/internal/diag"
+)
+
+// ladderLayers are the layers a proof can fail at, in order.
+var ladderLayers = []diag.Layer{diag.Config, diag.Hosts, diag.Clock, diag.Credentials, diag.CA,
+	diag.TCP, diag.TLSServer, diag.TLSClientAuth, diag.Route, diag.Identity, diag.TasksWait}
+
+// allOutcomes is every outcome a proof can have: not proven, polled, and a
+// failure at each layer, rejected or not.
+func allOutcomes() []outcome {
+	out := []outcome{{}, {tried: true, polled: true}}
+	for _, l := range ladderLayers {
+		out = append(out, outcome{tried: true, layer: l}, outcome{tried: true, layer: l, rejected: true})
+	}
+	return out
+}
+
+func failedAt(l diag.Layer, rejected bool) outcome {
+	return outcome{tried: true, layer: l, rejected: rejected}
+}
+
+// TestCompareScenarios: the liveness comparison on the cases issue 21 and
+// issue 29 name, each with the ruling and why.
+func TestCompareScenarios(t *testing.T) {
+	const cut, rejected = false, true
+	tests := []struct {
+		name       string
+		cand, inst outcome
+		want       ruling
+		why        string
+	}{
+		{"API down for both (5xx, a long outage)", failedAt(diag.TasksWait, cut), failedAt(diag.TasksWait, cut), publishNow, "a fault the installed set shares"},
+		{"API down, installed cut by a flap", failedAt(diag.TasksWait, cut), failedAt(diag.TLSServer, cut), publishNow, "got through the ingress's client authentication"},
+		{"API down, no time left for the installed set", failedAt(diag.TasksWait, cut), outcome{}, publishNow, "got through the ingress's client authentication"},
+		{"API down for the new set, the installed one polls", failedAt(diag.TasksWait, cut), outcome{tried: true, polled: true}, keepAside, "the installed set polls"},
+		{"the API rejects both (401)", failedAt(diag.Identity, rejected), failedAt(diag.Identity, rejected), publishNow, "a fault the installed set shares"},
+		{"the API rejects the new set, the installed one cut", failedAt(diag.Identity, rejected), failedAt(diag.TCP, cut), keepAside, "may still be accepted"},
+		{"ingress rejects the new root, installed polls", failedAt(diag.TLSClientAuth, rejected), outcome{tried: true, polled: true}, keepAside, "the installed set polls"},
+		{"ingress rejects the new root, installed reset after ClientHello", failedAt(diag.TLSClientAuth, rejected), failedAt(diag.TLSServer, cut), keepAside, "may still be accepted"},
+		{"ingress rejects the new root, no time for the installed set", failedAt(diag.TLSClientAuth, rejected), outcome{}, keepAside, "may still be accepted"},
+		{"ingress rejects the new root, installed rejected lower (confirmed)", failedAt(diag.TLSClientAuth, rejected), failedAt(diag.TLSServer, rejected), publishNow, "gets further"},
+		{"ingress rejects both alike", failedAt(diag.TLSClientAuth, rejected), failedAt(diag.TLSClientAuth, rejected), lastQuarter, "no evidence either way"},
+		{"ingress rejects the stale installed set, new set API 503", failedAt(diag.TasksWait, cut), failedAt(diag.TLSClientAuth, rejected), publishNow, "got through"},
+		{"ingress down for both", failedAt(diag.TCP, cut), failedAt(diag.TCP, cut), lastQuarter, "no evidence either way"},
+		{"handshake never completes, no time for the installed set", failedAt(diag.TLSServer, cut), outcome{}, lastQuarter, "no time was left to prove the installed set"},
+		{"new set cut, installed rejected higher", failedAt(diag.TCP, cut), failedAt(diag.Route, rejected), lastQuarter, "no evidence either way"},
+		{"new set cut past the installed set's rejection", failedAt(diag.TLSClientAuth, cut), failedAt(diag.TLSServer, rejected), publishNow, "gets further"},
+		{"new set rejected below the installed set's failure", failedAt(diag.TLSServer, rejected), failedAt(diag.Route, rejected), keepAside, "below the installed set's failure"},
+		{"the clock is off for both", failedAt(diag.Clock, rejected), failedAt(diag.Clock, rejected), lastQuarter, "no evidence either way"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, why := compare(tt.cand, tt.inst)
+			if got != tt.want || !strings.Contains(why, tt.why) {
+				t.Fatalf("compare(new %s, installed %s) = %s (%s), want %s with %q", tt.cand, tt.inst, got, why, tt.want, tt.why)
+			}
+		})
+	}
+}
+
+// TestCompareEveryPair checks the rule's promises on every pair of
+// outcomes (the new set's failed proof against every outcome of the
+// installed set's):
+//   - publish-safety: a new set is never published (now or in the last
+//     quarter) while the installed set polls, nor when it is rejected
+//     where the installed set gave no evidence against itself or was
+//     rejected only higher up;
+//   - evidence: a new set is published at once only when it got through
+//     the ingress's client authentication without a rejection, or the
+//     installed set's confirmed rejection is at or below its own failure;
+//   - liveness: a new set with nothing against it is always published,
+//     at once or in the last quarter, unless the installed set polls.
+func TestCompareEveryPair(t *testing.T) {
+	auth := diag.TLSClientAuth.Index()
+	pairs := 0
+	for _, c := range allOutcomes() {
+		if !c.tried || c.polled {
+			continue // decide compares only a new set whose proof failed
+		}
+		for _, i := range allOutcomes() {
+			pairs++
+			got, why := compare(c, i)
+			cl, il := c.layer.Index(), i.layer.Index()
+			name := fmt.Sprintf("new %s, installed %s: %s (%s)", c, i, got, why)
+			if why == "" {
+				t.Errorf("%s: no reason", name)
+			}
+			if i.polled && got != keepAside {
+				t.Errorf("%s: published while the installed set polls", name)
+			}
+			if c.rejected && (!i.tried || !i.rejected || cl < il) && got != keepAside {
+				t.Errorf("%s: a rejected new set published where the installed set may be accepted", name)
+			}
+			passedAuth := !c.rejected && cl > auth
+			further := i.rejected && (cl > il || (cl == il && cl > auth))
+			if got == publishNow && !passedAuth && !further {
+				t.Errorf("%s: published at once without evidence for it", name)
+			}
+			if !c.rejected && !i.polled && got == keepAside {
+				t.Errorf("%s: a new set with nothing against it is never published", name)
+			}
+			if passedAuth && !i.polled && got != publishNow {
+				t.Errorf("%s: a new set past client authentication with nothing against it waits", name)
+			}
+			if i.rejected && cl > il && got != publishNow {
+				t.Errorf("%s: the new set gets further than a confirmed rejection but waits", name)
+			}
+		}
+	}
+	if want := 2 * len(ladderLayers) * (2 + 2*len(ladderLayers)); pairs != want {
+		t.Fatalf("checked %d pairs, want %d", pairs, want)
+	}
+	t.Logf("compare: %d pairs of outcomes checked", pairs)
+}
