@@ -2,10 +2,7 @@ package bootstrap
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +15,7 @@ import (
 	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
@@ -152,34 +150,13 @@ func TestCredentialStatesAgree(t *testing.T) {
 // dryRun is bootstrap --dry-run on n; the node's files are the same after.
 func (n *node) dryRun(t *testing.T) *pipeline.Preview {
 	t.Helper()
-	before := snapshotTree(t, n.files.Root)
+	before := testenv.TreeDigest(t, n.files.Root)
 	p := DryRun(context.Background(), n.cfg, n.host, pipeline.Options{Ladder: verify.Ladder,
 		Policy: retry.Policy{Base: time.Millisecond, Cap: 10 * time.Millisecond}, Sleep: retry.Sleep})
-	if after := snapshotTree(t, n.files.Root); after != before {
+	if after := testenv.TreeDigest(t, n.files.Root); after != before {
 		t.Errorf("the dry run changed the node's files:\n%s\n---\n%s", before, after)
 	}
 	return p
-}
-
-// snapshotTree is every path under root with its mode, link and contents.
-func snapshotTree(t *testing.T, root string) string {
-	t.Helper()
-	var b strings.Builder
-	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		st, _ := os.Lstat(p)
-		l, _ := os.Readlink(p)
-		fmt.Fprintf(&b, "%s %v %s", strings.TrimPrefix(p, root), st.Mode(), l)
-		if st.Mode().IsRegular() {
-			c, _ := os.ReadFile(p)
-			fmt.Fprintf(&b, " %x", sha256.Sum256(c))
-		}
-		b.WriteString("\n")
-		return nil
-	})
-	return b.String()
 }
 
 func leaf(t *testing.T, n *node, req controlplane.LeafRequest) *controlplane.Leaf {

@@ -3,10 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +15,7 @@ import (
 	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/tasks"
+	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -59,25 +57,8 @@ func TestClaimDirKnowsEveryName(t *testing.T) {
 	}
 }
 
-// tree digest: every path, mode, link and content under root.
-func treeDigest(t *testing.T, root string) string {
-	t.Helper()
-	var b strings.Builder
-	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		st, _ := os.Lstat(p)
-		fmt.Fprintf(&b, "%s %v", strings.TrimPrefix(p, root), st.Mode())
-		if st.Mode().IsRegular() {
-			c, _ := os.ReadFile(p)
-			fmt.Fprintf(&b, " %x", sha256.Sum256(c))
-		}
-		b.WriteString("\n")
-		return nil
-	})
-	return b.String()
-}
+// treeDigest: every path, mode, link and content under root.
+func treeDigest(t *testing.T, root string) string { return testenv.TreeDigest(t, root) }
 
 // TestCommandsRefuseForeignDirs is issue 24 item 1 through the commands:
 // pki_dir = "/etc/pki", an existing 0755 directory holding ca.pem and
