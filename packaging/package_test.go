@@ -431,11 +431,14 @@ func TestDeb(t *testing.T) {
 	// token it did not get to delete), what cloud-init wrote (the config)
 	// and the links `systemctl enable` made in the image.
 	state := map[string]string{
-		"var/lib/provision/pki/gen-1/key.pem":     "PRIVATE KEY",
-		"var/lib/provision/pki/gen-1/cert.pem":    "CERT",
-		"var/lib/provision/receipt.json":          "{}",
-		"var/lib/provision/done/0123456789abcdef": "",
-		"run/provision/token":                     "eyJ.token",
+		"var/lib/provision/pki/gen-1/key.pem":                   "PRIVATE KEY",
+		"var/lib/provision/pki/gen-1/cert.pem":                  "CERT",
+		"var/lib/provision/receipt.json":                        "{}",
+		"var/lib/provision/done/0123456789abcdef":               "",
+		"run/provision/token":                                   "eyJ.token",
+		"var/lib/provision/.provision-dir":                      "provision created this directory\n",
+		"var/lib/provision/pki/.provision-dir":                  "provision created this directory\n",
+		"var/lib/provision/renew.json.damaged-20260101T000000Z": "{",
 	}
 	config := map[string]string{
 		"etc/provision/provision.toml":                         "node_id = \"gpu-0042\"\n",
@@ -575,7 +578,8 @@ func purgeSymlinked(t *testing.T, root, deb string, dpkgIn func(args ...string))
 	// /srv/keys (state_dir/pki is itself a link), and the metrics.
 	own := map[string]string{
 		"srv/state/receipt.json": "{}", "srv/state/renew.json": "{}", "srv/state/.lock": "", "srv/state/done/0123456789abcdef": "",
-		"srv/state/tasks/t-1.json": "{}", "srv/state/.receipt.json123": "{",
+		"srv/state/tasks/t-1.json": "{}", "srv/state/.receipt.json123": "{", "srv/state/.provision-dir": "mark",
+		"srv/state/receipt.json.damaged-20260101T000000Z": "{", "srv/keys/.provision-dir": "mark",
 		"srv/keys/gen-1/key.pem": "PRIVATE KEY", "srv/keys/gen-1/cert.pem": "CERT", "srv/keys/gen-1/ca.pem": "CA",
 		"var/lib/prometheus/node-exporter/provision_bootstrap.prom": "x", "var/lib/prometheus/node-exporter/provision_verify.prom": "x",
 		"var/lib/prometheus/node-exporter/.provision_renew.prom4242": "x", "srv/metrics/provision_renew.prom": "x",

@@ -18,7 +18,6 @@ package bootstrap
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/gpuaas/provision/internal/config"
@@ -185,7 +184,7 @@ func credentials(r *pipeline.Run) *diag.Finding {
 // freshToken reports whether the token file holds a token no run has
 // presented yet (not the one the enrollment marker names).
 func freshToken(r *pipeline.Run) bool {
-	raw, err := readToken(r.Ctx, r.Host.Path(r.Cfg.CA.TokenFile))
+	raw, err := readToken(r.Ctx, r.Host, r.Cfg.CA.TokenFile)
 	if err != nil || len(raw) == 0 {
 		return false
 	}
@@ -196,6 +195,11 @@ func freshToken(r *pipeline.Run) bool {
 // tokenPresent reports whether a non-empty token file is there to enroll
 // or rotate an exposed key with.
 func tokenPresent(cfg *config.Config, host *system.Host) bool {
-	st, err := os.Stat(host.Path(cfg.CA.TokenFile))
+	d, name, err := host.Chase(cfg.CA.TokenFile, system.ChaseOptions{})
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	st, err := d.Lstat(name)
 	return err == nil && st.Mode().IsRegular() && st.Size() > 0
 }

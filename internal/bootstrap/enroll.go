@@ -29,11 +29,44 @@ func tokenHash(raw string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// readToken reads the token file within ctx (the run's deadline, cancelled by
-// SIGTERM), refusing a link, FIFO, device or directory before it could block
-// on it, and anything larger than MaxTokenSize.
-func readToken(ctx context.Context, path string) ([]byte, error) {
-	return system.ReadRegular(ctx, path, MaxTokenSize)
+// readToken reads the token file (a node path on host) within ctx (the
+// run's deadline, cancelled by SIGTERM): its directory is reached under the
+// path rule (system.Host.Chase), and a link, FIFO, device or directory at
+// the file itself is refused before it could block on it, as is anything
+// larger than MaxTokenSize.
+func readToken(ctx context.Context, host *system.Host, file string) ([]byte, error) {
+	d, name, err := host.Chase(file, system.ChaseOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.ReadRegular(ctx, name, MaxTokenSize)
+}
+
+// removeToken removes the token file (a burnt token) through its directory
+// reached under the path rule, never through a link on the way, and only
+// when it still holds the token hashed as h ("" removes whatever regular
+// file is there). It reports whether it removed it.
+func removeToken(host *system.Host, file, h string) bool {
+	d, name, err := host.Chase(file, system.ChaseOptions{})
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	if h != "" {
+		raw, err := d.ReadRegular(context.Background(), name, MaxTokenSize)
+		if err != nil || tokenHash(string(raw)) != h {
+			return false
+		}
+	}
+	if st, err := d.Lstat(name); err != nil || !st.Mode().IsRegular() {
+		return false
+	}
+	if d.Remove(name) != nil {
+		return false
+	}
+	d.Sync()
+	return true
 }
 
 // enrollNode spends the one-time token: a key generated here, a CSR with
@@ -72,9 +105,7 @@ func enrollNode(r *pipeline.Run) *diag.Finding {
 	// The token goes before the marker: a run killed in between leaves the
 	// marker, and the next run (adopting the set left aside) removes it; the
 	// other order could leave the used token forever.
-	tokPath := host.Path(cfg.CA.TokenFile)
-	if err := os.Remove(tokPath); err == nil {
-		system.SyncDir(filepath.Dir(tokPath))
+	if removeToken(host, cfg.CA.TokenFile, "") {
 		r.Log.Info("step", "step", "enroll", "layer", "enroll", "status", "token-removed", "path", cfg.CA.TokenFile)
 	}
 	os.Remove(filepath.Join(r.StateDir, state.PendingFile))
@@ -150,7 +181,7 @@ func markerFailure(r *pipeline.Run, err error, a attempts) *diag.Finding {
 // that cannot work for this node is never presented (and so never burnt).
 func loadToken(r *pipeline.Run) (*enroll.Token, []byte, *diag.Finding) {
 	cfg := r.Cfg
-	raw, err := readToken(r.Ctx, r.Host.Path(cfg.CA.TokenFile))
+	raw, err := readToken(r.Ctx, r.Host, cfg.CA.TokenFile)
 	if err != nil {
 		msg := "cannot be read: " + err.Error()
 		var ue *system.UnsafeFileError
@@ -222,14 +253,9 @@ func forgetBurntToken(r *pipeline.Run) {
 		os.Remove(filepath.Join(r.StateDir, state.PendingFile))
 		return
 	}
-	if prev.TokenSHA256 != "" {
-		tokPath := r.Host.Path(r.Cfg.CA.TokenFile)
-		if raw, err := readToken(context.Background(), tokPath); err == nil && tokenHash(string(raw)) == prev.TokenSHA256 {
-			if os.Remove(tokPath) == nil {
-				r.Log.Info("step", "step", "assess", "layer", "enroll", "status", "token-removed", "path", r.Cfg.CA.TokenFile,
-					"message", "an earlier run enrolled with this token and was interrupted before removing it")
-			}
-		}
+	if prev.TokenSHA256 != "" && removeToken(r.Host, r.Cfg.CA.TokenFile, prev.TokenSHA256) {
+		r.Log.Info("step", "step", "assess", "layer", "enroll", "status", "token-removed", "path", r.Cfg.CA.TokenFile,
+			"message", "an earlier run enrolled with this token and was interrupted before removing it")
 	}
 	os.Remove(filepath.Join(r.StateDir, state.PendingFile))
 	system.SyncDir(r.StateDir)

@@ -188,7 +188,7 @@ func TestSignRetryMarkerBeforeEveryAttempt(t *testing.T) {
 
 func readTokenFile(t *testing.T, n *node) string {
 	t.Helper()
-	tok, err := readToken(context.Background(), n.files.TokenPath)
+	tok, err := readToken(context.Background(), n.host, n.cfg.CA.TokenFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,8 @@ import (
 
 // claimDirs applies system.ClaimDir, the one rule for the directories
 // provision keeps its files in, to state_dir and pki_dir before a command
-// does anything else: bootstrap and renew claim them (create, tighten),
+// does anything else, after the path rule judged the way to them
+// (Host.ClaimDir): bootstrap and renew claim them (create, mark, tighten),
 // verify, renew --check and the dry runs only judge them (they change
 // nothing). A directory that is not provision's own (pki_dir = "/etc/pki"
 // holding somebody's ca.pem) is a config error, exit 3, with nothing changed: the
@@ -38,7 +39,7 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 	log := f.logger(env.stderr, cfg.NodeID)
 	for _, change := range passes {
 		for _, d := range dirs {
-			ds, err := system.ClaimDir(host.Path(d.path), change)
+			ds, err := host.ClaimDir(d.path, change)
 			if err != nil {
 				rep := report.Failed(cmd, cfg.NodeID, d.check, claimFinding(d.key, d.path, d.layer, err))
 				if f.check || f.dryRun {
@@ -57,10 +58,14 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 // claimFinding words a refused directory.
 func claimFinding(key, path string, layer diag.Layer, err error) *diag.Finding {
 	var ue *system.UnsafeFileError
+	var pe *system.UnsafePathError
 	switch {
 	case errors.Is(err, system.ErrForeignDir):
 		return &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: fmt.Sprintf("%s = %q: %v", key, path, err),
-			Remedy: fmt.Sprintf("point %s at a directory of provision's own (a new or empty one, such as %s), or move the other files out of %s; nothing was changed", key, ownDefault(key), path)}
+			Remedy: fmt.Sprintf("point %s at a path provision may create (one that does not exist yet, or an empty directory, such as %s), or move the other files out of %s; nothing was changed", key, ownDefault(key), path)}
+	case errors.As(err, &pe):
+		return &diag.Finding{Layer: layer, Owner: diag.Node, Summary: fmt.Sprintf("%s = %q: %v", key, path, err),
+			Remedy: fmt.Sprintf("point %s at a path whose directories only root can write, or have root own %s and remove write access for others (check who changed it); nothing was changed", key, pe.Path)}
 	case errors.As(err, &ue):
 		return &diag.Finding{Layer: layer, Owner: diag.Node, Summary: fmt.Sprintf("%s = %q: %v", key, path, err),
 			Remedy: fmt.Sprintf("remove %s (it is not what provision keeps there) and check who created it, then run provision again; nothing was changed", ue.Path)}

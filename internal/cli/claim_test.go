@@ -3,7 +3,10 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +18,6 @@ import (
 	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/tasks"
-	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -57,8 +59,25 @@ func TestClaimDirKnowsEveryName(t *testing.T) {
 	}
 }
 
-// treeDigest: every path, mode, link and content under root.
-func treeDigest(t *testing.T, root string) string { return testenv.TreeDigest(t, root) }
+// tree digest: every path, mode, link and content under root.
+func treeDigest(t *testing.T, root string) string {
+	t.Helper()
+	var b strings.Builder
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		st, _ := os.Lstat(p)
+		fmt.Fprintf(&b, "%s %v", strings.TrimPrefix(p, root), st.Mode())
+		if st.Mode().IsRegular() {
+			c, _ := os.ReadFile(p)
+			fmt.Fprintf(&b, " %x", sha256.Sum256(c))
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	return b.String()
+}
 
 // TestCommandsRefuseForeignDirs is issue 24 item 1 through the commands:
 // pki_dir = "/etc/pki", an existing 0755 directory holding ca.pem and
@@ -94,7 +113,12 @@ func TestCommandsRefuseForeignDirs(t *testing.T) {
 		says  []string
 	}{
 		{"pki_dir a shared /etc/pki (the repro)", []func(*testing.T, string){withPaths(`pki_dir = "/etc/pki"` + "\n"), files("etc/pki", 0o755, "ca.pem", "cert.pem")},
-			3, "config", []string{`paths.pki_dir = "/etc/pki"`, "ca.pem (a regular file that is not part of a key and certificate pair)", "not provision's own directory"}},
+			3, "config", []string{`paths.pki_dir = "/etc/pki"`, "ca.pem (a regular file: another program's credential", "not provision's own directory"}},
+		{"pki_dir nginx's key and certificate (issue 31)", []func(*testing.T, string){withPaths(`pki_dir = "/etc/nginx/ssl"` + "\n"), files("etc/nginx/ssl", 0o755, "key.pem", "cert.pem")},
+			3, "config", []string{`paths.pki_dir = "/etc/nginx/ssl"`, "key.pem (a regular file: another program's credential", "not provision's own directory"}},
+		{"state_dir under a directory another user owns (issue 31)", []func(*testing.T, string){withPaths(`state_dir = "/srv/alice/provision"` + "\n"), files("srv/alice", 0o755), func(t *testing.T, root string) {
+			os.Chown(filepath.Join(root, "srv/alice"), 1001, 1001)
+		}}, 21, "state", []string{`paths.state_dir = "/srv/alice/provision"`, "/srv/alice/provision is in /srv/alice, which uid 1001 can write"}},
 		{"pki_dir /etc/ssl", []func(*testing.T, string){withPaths(`pki_dir = "/etc/ssl"` + "\n"), files("etc/ssl", 0o755, "openssl.cnf"), files("etc/ssl/certs", 0o755, "ca-certificates.crt")},
 			3, "config", []string{`paths.pki_dir = "/etc/ssl"`, "openssl.cnf", "certs (a directory holding ca-certificates.crt"}},
 		{"state_dir a data directory", []func(*testing.T, string){withPaths(`state_dir = "/srv/data"` + "\n"), files("srv/data", 0o755, "db.sqlite")},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,15 +63,19 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 		return code
 	}
 	h := &hostsRun{env: env, f: f, cfg: cfg, host: host, sub: sub}
-	target, err := host.Resolve(cfg.Paths.HostsFile)
-	if err != nil {
-		target = cfg.Paths.HostsFile
-	}
-	h.path = host.Path(target)
-	if target != filepath.Clean(cfg.Paths.HostsFile) {
-		// A symlinked hosts file is edited at its target, which stays the
-		// file the link names.
-		h.via = " (a symbolic link: edited its target " + target + ")"
+	// The file is reached under the path rule (hosts.Open): a symlinked
+	// hosts file is edited at its target, which stays the file the link
+	// names, when root owns the link in a directory only root can write.
+	file, err := hosts.Open(host, cfg.Paths.HostsFile, false)
+	switch {
+	case err == nil:
+		defer file.Close()
+		h.file = file
+		if file.Node != filepath.Clean(cfg.Paths.HostsFile) {
+			h.via = " (a symbolic link: edited its target " + file.Node + ")"
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return h.failErr(err)
 	}
 	return do(h)
 }
@@ -79,12 +84,21 @@ func runHosts(_ context.Context, env *runEnv, args []string) int {
 // remove all judge the file with hosts.Check, the judgement verify's
 // hosts-block check and bootstrap use, and report failures as they do.
 type hostsRun struct {
-	env       *runEnv
-	f         *flags
-	cfg       *config.Config
-	host      *system.Host
-	sub       string
-	path, via string
+	env  *runEnv
+	f    *flags
+	cfg  *config.Config
+	host *system.Host
+	sub  string
+	file *hosts.File // nil when its directory does not exist
+	via  string
+}
+
+// read reads the hosts file; a missing directory is a missing file.
+func (h *hostsRun) read() ([]byte, error) {
+	if h.file == nil {
+		return nil, os.ErrNotExist
+	}
+	return h.file.Read()
 }
 
 // fail reports a hosts failure the way every command reports one: the
@@ -116,7 +130,7 @@ func hostsApply(h *hostsRun) int {
 }
 
 func hostsRemove(h *hostsRun) int {
-	old, err := hosts.ReadFile(h.path)
+	old, err := h.read()
 	if errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(h.env.stdout, "%s: does not exist; nothing to remove\n", h.cfg.Paths.HostsFile)
 		return ExitOK
@@ -132,7 +146,7 @@ func hostsRemove(h *hostsRun) int {
 		fmt.Fprintf(h.env.stdout, "%s: no managed block; nothing to remove\n", h.cfg.Paths.HostsFile)
 		return ExitOK
 	}
-	if _, err := hosts.Write(h.path, old, nb, h.host.Hook); err != nil {
+	if _, err := h.file.Write(old, nb, h.host.Hook); err != nil {
 		return h.fail(fmt.Sprintf("writing %s: %v", h.cfg.Paths.HostsFile, err), "make "+h.cfg.Paths.HostsFile+" writable, then run again; nothing was changed")
 	}
 	fmt.Fprintf(h.env.stdout, "%s: managed block removed%s\n", h.cfg.Paths.HostsFile, h.via)
@@ -142,7 +156,7 @@ func hostsRemove(h *hostsRun) int {
 // hostsShow prints the managed block, then judges the file; 'check' is the
 // same for scripts: exit 0 only when the file carries the override.
 func hostsShow(h *hostsRun) int {
-	old, err := hosts.ReadFile(h.path)
+	old, err := h.read()
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return h.failErr(err)
 	}

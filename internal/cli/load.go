@@ -39,9 +39,13 @@ func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int,
 	host.HostsFile = cfg.Paths.HostsFile
 	if g := cfg.Paths.KeyGroup; g != "" {
 		if _, err := host.LookupGroup(g); err != nil {
+			remedy := "create the group (the node-agent's, e.g. groupadd " + g + ") before provision runs, or fix paths.key_group; nothing was changed"
+			if errors.Is(err, system.ErrGroupTooLarge) {
+				remedy = "give paths.key_group as the numeric gid (getent group " + g + "), which needs no lookup; nothing was changed"
+			}
 			rep := report.Failed(cmd, cfg.NodeID, "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node,
 				Summary: fmt.Sprintf("config %s: paths.key_group = %q: %v", f.config, g, err),
-				Remedy:  "create the group (the node-agent's, e.g. groupadd " + g + ") before provision runs, or fix paths.key_group; nothing was changed"})
+				Remedy:  remedy})
 			metricsForConfigFailure(env, f, host, rep)
 			return nil, nil, printReport(env, f, rep), false
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/metrics"
 	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/report"
@@ -78,6 +79,7 @@ var metricsCommands = map[string]bool{"bootstrap": true, "verify": true, "renew"
 // the run (with its exit code). It returns the exit code. A metrics write
 // that fails is a warning, never a different exit code.
 func finish(env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, r *report.Report) int {
+	warnDamaged(cfg, host, r)
 	r, code := outcome(env, r)
 	renderReport(env, f, r, code)
 	writeMetrics(env, cfg, host, log, r)
@@ -116,7 +118,7 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 	if cfg != nil && r.Command == "renew" {
 		run.Renewal = renewalFacts(host.Path(cfg.Paths.StateDir))
 	}
-	path, err := metrics.Write(host.ResolvedPath(dir), run)
+	path, err := metrics.Write(host, dir, run)
 	switch {
 	case err == nil:
 		log.Debug("metrics written", "path", strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))
@@ -140,6 +142,26 @@ func metricsForConfigFailure(env *runEnv, f *flags, host *system.Host, r *report
 	}
 	r, _ = outcome(env, r)
 	writeMetrics(env, nil, host, f.logger(env.stderr, ""), r)
+}
+
+// RecordsCheck names the warning a report carries while a record of
+// state_dir does not parse, or one was kept aside for that.
+const RecordsCheck = "state-records"
+
+// warnDamaged adds the records check to r, a warning, when state_dir holds
+// a damaged record: the text and JSON reports and the metrics
+// (provision_check_status) then all say so.
+func warnDamaged(cfg *config.Config, host *system.Host, r *report.Report) {
+	ds := state.FindDamage(host.Path(cfg.Paths.StateDir))
+	if len(ds) == 0 {
+		return
+	}
+	msgs := make([]string, len(ds))
+	for i, d := range ds {
+		msgs[i] = d.String()
+	}
+	r.Checks = append(r.Checks, report.Result{Name: RecordsCheck, Layer: diag.State, Owner: diag.Node, Status: report.Warn,
+		Message: "state_dir " + cfg.Paths.StateDir + ": " + strings.Join(msgs, "; "), Remedy: ds[0].Remedy()})
 }
 
 // certFacts are the installed certificate's times for the metrics, judged

@@ -101,7 +101,7 @@ var Keys = []Key{
 		Why:   "the proof's long poll must end inside the ingress's read timeout, 60s by default",
 		field: func(c *Config) any { return &c.NodeAPI.WaitTimeout }},
 	{Name: "paths.hosts_file", Kind: KindPath, Default: `"` + DefaultHostsFile + `"`,
-		Doc:   "the hosts file that gets the managed block; a symbolic link is edited at its target, resolved inside `--root`",
+		Doc:   "the hosts file that gets the managed block; a symbolic link is edited at its target, resolved inside `--root`, when root owns it in a directory only root can write",
 		field: func(c *Config) any { return &c.Paths.HostsFile }},
 	{Name: "paths.pki_dir", Kind: KindDir, Default: `"` + DefaultPKIDir + `"`,
 		Doc:   "`key.pem` (0600), `cert.pem` (leaf + intermediates), `ca.pem` (roots), through the `current` link into a generation directory",

@@ -141,16 +141,28 @@ func Load(dir string) (*Set, error) {
 		return nil, err
 	}
 	if s.Chain, err = ParseCerts(certPEM); err != nil || len(s.Chain) == 0 {
-		return nil, fmt.Errorf("%s: no certificate in it: %v", filepath.Join(dir, CertFile), err)
+		return nil, noCerts(filepath.Join(dir, CertFile), "certificate", certPEM, err)
 	}
 	caPEM, err := readFile(filepath.Join(src, CAFile))
 	if err != nil {
 		return nil, err
 	}
 	if s.Roots, err = ParseCerts(caPEM); err != nil || len(s.Roots) == 0 {
-		return nil, fmt.Errorf("%s: no CA certificate in it: %v", filepath.Join(dir, CAFile), err)
+		return nil, noCerts(filepath.Join(dir, CAFile), "CA certificate", caPEM, err)
 	}
 	return s, nil
+}
+
+// noCerts says why the file at path (holding b) gave no certificate: it is
+// empty, holds no PEM certificate, or one that does not parse (err).
+func noCerts(path, what string, b []byte, err error) error {
+	switch {
+	case err != nil:
+		return fmt.Errorf("%s: a %s in it does not parse: %w", path, what, err)
+	case len(bytes.TrimSpace(b)) == 0:
+		return fmt.Errorf("%s is empty: no %s in it", path, what)
+	}
+	return fmt.Errorf("%s holds no PEM %s (no CERTIFICATE block)", path, what)
 }
 
 // MaxFile bounds each of key.pem, cert.pem and ca.pem: a key is a few
@@ -427,7 +439,7 @@ func writeNew(path string, data []byte, mode os.FileMode, gid int) error {
 // key.pem and cert.pem, would find no credentials while provision, which
 // reads through "current", would think the node healthy.
 func Sweep(dir string) {
-	system.SweepTemp(dir, CurrentLink, PreviousLink, KeyFile, CertFile, CAFile)
+	system.SweepTemp(dir, CurrentLink, PreviousLink, KeyFile, CertFile, CAFile, system.OwnMark)
 	target, err := os.Readlink(filepath.Join(dir, CurrentLink))
 	if err != nil {
 		return

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/system"
 )
 
 // TestRemove: after three publishes and a set left aside, Remove deletes
@@ -39,9 +40,11 @@ func TestRemove(t *testing.T) {
 			t.Errorf("%s not in removed %v", want, removed)
 		}
 	}
+	// Only the mark that makes pki_dir provision's own is left (the next
+	// bootstrap enrolls into it).
 	ents, _ := os.ReadDir(dir)
-	if len(ents) != 0 {
-		t.Errorf("left in pki_dir: %v", ents)
+	if len(ents) != 1 || ents[0].Name() != system.OwnMark {
+		t.Errorf("left in pki_dir: %v, want only %s", ents, system.OwnMark)
 	}
 	if _, err := credstore.Load(dir); !errors.Is(err, credstore.ErrNotFound) {
 		t.Errorf("Load after Remove: %v", err)

@@ -312,18 +312,29 @@ const (
 // may have changed it): old is what the caller read. hook marks the crash
 // point before the rename.
 func Write(path string, old, data []byte, hook system.Hook) (Strategy, error) {
+	d, err := system.OpenDir(filepath.Dir(path))
+	if err != nil {
+		return "", err
+	}
+	defer d.Close()
+	return writeIn(d, filepath.Base(path), old, data, hook)
+}
+
+// writeIn is Write for name in the directory d.
+func writeIn(d *system.Dir, name string, old, data []byte, hook system.Hook) (Strategy, error) {
 	if bytes.Equal(old, data) {
 		return Unchanged, nil
 	}
+	path := d.Join(name)
 	mode := os.FileMode(0o644)
-	if st, err := os.Lstat(path); err == nil {
+	if st, err := d.Lstat(name); err == nil {
 		if !st.Mode().IsRegular() {
 			// Callers resolve a symlinked hosts file to its target first
-			// (system.Host.Resolve); a link here appeared since.
+			// (system.Host.Chase); a link here appeared since.
 			return "", &system.UnsafeFileError{Path: path, Kind: system.FileKind(st.Mode())}
 		}
 		mode = st.Mode().Perm()
-		cur, err := ReadFile(path)
+		cur, err := d.ReadRegular(context.Background(), name, MaxSize)
 		if err != nil {
 			return "", fmt.Errorf("re-reading %s: %w", path, err)
 		}
@@ -335,18 +346,52 @@ func Write(path string, old, data []byte, hook system.Hook) (Strategy, error) {
 	} else if len(old) > 0 {
 		return "", fmt.Errorf("%s was removed while provision was editing it; run again", path)
 	}
-	system.SweepTemp(filepath.Dir(path), filepath.Base(path))
-	err := system.WriteFileAtomic(path, data, system.WriteOptions{Mode: mode, KeepOwner: true, Hook: hook})
+	d.SweepTemp(name)
+	err := d.WriteAtomic(name, data, system.WriteOptions{Mode: mode, KeepOwner: true, Hook: hook})
 	if err == nil {
 		return Renamed, nil
 	}
 	if errors.Is(err, system.ErrBusy) {
-		if err := system.WriteInPlace(path, data); err != nil {
+		if err := d.WriteInPlace(name, data); err != nil {
 			return "", err
 		}
 		return InPlace, nil
 	}
 	return "", err
+}
+
+// File is the hosts file as provision edits it: its directory held open,
+// reached under the path rule (system.Host.Chase: a symlinked hosts file is
+// followed to its target, inside --root, only when root owns the link and
+// only root can write the directory holding it), and its name there.
+type File struct {
+	dir  *system.Dir
+	name string
+	// Node is the file edited, as a node path with every link resolved.
+	Node string
+}
+
+// Open opens the hosts file at the node path file on host for an edit;
+// create makes its missing directories (0755).
+func Open(host *system.Host, file string, create bool) (*File, error) {
+	d, name, err := host.Chase(file, system.ChaseOptions{FollowLast: true, Mkdir: create})
+	if err != nil {
+		return nil, err
+	}
+	return &File{dir: d, name: name, Node: filepath.Join(d.Node(), name)}, nil
+}
+
+// Close releases the file's directory.
+func (f *File) Close() error { return f.dir.Close() }
+
+// Read is ReadFile for the file.
+func (f *File) Read() ([]byte, error) {
+	return f.dir.ReadRegular(context.Background(), f.name, MaxSize)
+}
+
+// Write is Write for the file.
+func (f *File) Write(old, data []byte, hook system.Hook) (Strategy, error) {
+	return writeIn(f.dir, f.name, old, data, hook)
 }
 
 // ErrNoBlock says the file has no managed block.
@@ -420,20 +465,22 @@ func EntriesOf(m map[string]netip.Addr) []Entry {
 
 // ApplyTo writes the managed block for entries into file, a path on host.
 // A hosts file that is a symbolic link is edited at its target, resolved
-// inside --root (system.Host.Resolve), so the link stays a link and --root
-// stays a sandbox.
+// inside --root under the path rule (Open), so the link stays a link and
+// --root stays a sandbox.
 func ApplyTo(host *system.Host, file string, entries []Entry) (Strategy, error) {
-	c, err := PlanTo(host, file, entries)
+	f, err := Open(host, file, true)
+	if err != nil {
+		return "", fmt.Errorf("resolving %s: %w", file, err)
+	}
+	defer f.Close()
+	c, err := plan(f, file, entries)
 	if err != nil {
 		return "", err
 	}
 	if !c.Changed {
 		return Unchanged, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(c.Path), 0o755); err != nil {
-		return "", err
-	}
-	s, err := Write(c.Path, c.Old, c.New, host.Hook)
+	s, err := f.Write(c.Old, c.New, host.Hook)
 	if err != nil {
 		return "", fmt.Errorf("writing %s: %w", file, err)
 	}
@@ -443,24 +490,38 @@ func ApplyTo(host *system.Host, file string, entries []Entry) (Strategy, error) 
 // Change is what ApplyTo would do to a hosts file, decided without
 // writing anything: the file's contents now and after.
 type Change struct {
-	Path     string // the host path written: the file, or a link's target
+	Node     string // the file edited, as a node path with every link resolved ("" when its directory is missing)
 	Old, New []byte
 	Changed  bool
 }
 
 // PlanTo is ApplyTo's decision alone (bootstrap --dry-run shows it): the
-// file resolved and read as ApplyTo reads it, and the managed block for
-// entries applied in memory.
+// file reached and read as ApplyTo reaches it, under the path rule but
+// creating nothing, and the managed block for entries applied in memory.
+// A missing directory is a missing file: ApplyTo would create both.
 func PlanTo(host *system.Host, file string, entries []Entry) (*Change, error) {
-	target, err := host.Resolve(file)
-	if err != nil {
+	f, err := Open(host, file, false)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return plan(nil, file, entries)
+	case err != nil:
 		return nil, fmt.Errorf("resolving %s: %w", file, err)
 	}
-	c := &Change{Path: host.Path(target)}
-	c.Old, err = ReadFile(c.Path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("reading %s: %w", file, err)
+	defer f.Close()
+	return plan(f, file, entries)
+}
+
+// plan reads f (nil: no file yet) and applies entries to it in memory.
+func plan(f *File, file string, entries []Entry) (*Change, error) {
+	c := &Change{}
+	if f != nil {
+		old, err := f.Read()
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("reading %s: %w", file, err)
+		}
+		c.Node, c.Old = f.Node, old
 	}
+	var err error
 	if c.New, c.Changed, err = Apply(c.Old, entries); err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
@@ -494,6 +555,10 @@ func Describe(path string, err error) (msg, remedy string) {
 		return fmt.Sprintf("the managed block in %s differs from the config: %s", path, strings.Join(de.Diffs, "; ")), "rewrite the override from the config: provision hosts apply"
 	case errors.As(err, &he) && he.Outside:
 		return fmt.Sprintf("%s: %v", path, err), "remove or correct that line by hand (provision edits only its block), then run provision hosts apply"
+	case errors.Is(err, system.ErrUnsafePath):
+		return fmt.Sprintf("%s: %v", path, err), "put the hosts file itself there, or a link root owns in a directory only root can write (and find out who changed it), then run provision hosts apply"
+	case errors.Is(err, system.ErrUnsafeFile):
+		return fmt.Sprintf("%s: %v", path, err), fmt.Sprintf("make %s a regular file again (and find out who replaced it), then run provision hosts apply", path)
 	}
 	return fmt.Sprintf("%s: %v", path, err), fmt.Sprintf("repair the managed block in %s by hand (keep one BEGIN and one END marker), then run provision hosts apply", path)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"github.com/gpuaas/provision/internal/testenv"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -366,6 +367,65 @@ func TestWriteRefusesNonRegular(t *testing.T) {
 			}
 			if b, _ := os.ReadFile(outside); string(b) != "127.0.0.1 localhost\n" {
 				t.Fatalf("the link's target changed: %q", b)
+			}
+		})
+	}
+}
+
+// TestApplyToFollowsOnlyRootsLinks is issue 31's path rule at the hosts
+// file: a symlinked /etc/hosts is edited at its target (inside --root)
+// when root owns the link in a directory only root can write; a link
+// another user owns, or one in a directory another user can write, is
+// refused with a line naming it and its owner, and nothing changes.
+func TestApplyToFollowsOnlyRootsLinks(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.SkipOrFail(t, "needs root to give a link to another user")
+	}
+	entries := []Entry{{Name: "node-api.cp.internal", IP: netip.MustParseAddr("10.40.0.10")}}
+	tests := []struct {
+		name     string
+		linkUID  int
+		etcMode  os.FileMode
+		refusal  string // "" when the target is edited
+		editedAt string
+	}{
+		{"root's link in a root-only /etc", 0, 0o755, "", "/run/hosts.real"},
+		{"a user's link", 1001, 0o755, "/etc/hosts is a symbolic link owned by uid 1001", ""},
+		{"root's link in an /etc others can write", 0, 0o777, "/etc/hosts is a symbolic link in /etc, which others (mode 0777) can write", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			etc, run := filepath.Join(root, "etc"), filepath.Join(root, "run")
+			os.MkdirAll(etc, 0o755)
+			os.MkdirAll(run, 0o755)
+			os.WriteFile(filepath.Join(run, "hosts.real"), []byte("127.0.0.1 localhost\n"), 0o644)
+			os.WriteFile(filepath.Join(etc, "shadow"), []byte("precious\n"), 0o640)
+			if err := os.Symlink("/run/hosts.real", filepath.Join(etc, "hosts")); err != nil {
+				t.Fatal(err)
+			}
+			os.Lchown(filepath.Join(etc, "hosts"), tt.linkUID, tt.linkUID)
+			os.Chmod(etc, tt.etcMode)
+			host, _ := system.New(root)
+			before := testenv.TreeDigest(t, root)
+			_, err := ApplyTo(host, "/etc/hosts", entries)
+			if tt.refusal != "" {
+				if !errors.Is(err, system.ErrUnsafePath) || !strings.Contains(err.Error(), tt.refusal) || strings.Contains(err.Error(), "\n") {
+					t.Fatalf("ApplyTo = %v, want a one-line refusal saying %q", err, tt.refusal)
+				}
+				if after := testenv.TreeDigest(t, root); after != before {
+					t.Fatalf("a refused edit changed the root:\n%s---\n%s", before, after)
+				}
+				if _, remedy := Describe("/etc/hosts", err); !strings.Contains(remedy, "a link root owns") {
+					t.Errorf("the remedy does not say what to do about the link: %s", remedy)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, _ := os.ReadFile(filepath.Join(root, tt.editedAt)); !bytes.Contains(b, []byte("node-api.cp.internal")) {
+				t.Fatalf("%s was not edited: %q", tt.editedAt, b)
 			}
 		})
 	}

@@ -21,8 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"io/fs"
 	"regexp"
 	"sort"
 	"strings"
@@ -295,10 +294,14 @@ var ErrNoDir = errors.New("the textfile directory does not exist")
 
 // Write renders r and replaces dir/provision_<command>.prom atomically: a
 // temp file in dir (whose name does not end in .prom, so node_exporter never
-// reads a partial file), fsync, rename, fsync of dir. An existing symbolic
-// link or other non-regular file at the path is refused, not followed. It
-// returns the path written.
-func Write(dir string, r Run) (string, error) {
+// reads a partial file), fsync, rename, fsync of dir. dir is a node path on
+// host, reached under the path rule (system.Host.Chase): node_exporter's
+// user owns the directory on Debian, and a link it planted there is not
+// followed unless root owns it in a directory only root can write; the
+// write then goes through the directory opened, not its name. An existing
+// symbolic link or other non-regular file at the file's path is refused,
+// not followed. It returns the path written.
+func Write(host *system.Host, dir string, r Run) (string, error) {
 	name, err := FileName(r.Command)
 	if err != nil {
 		return "", err
@@ -307,46 +310,52 @@ func Write(dir string, r Run) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	st, err := os.Stat(dir)
+	d, _, err := host.Chase(dir, system.ChaseOptions{Dir: true})
 	switch {
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, fs.ErrNotExist):
 		return "", fmt.Errorf("%s: %w", dir, ErrNoDir)
 	case err != nil:
-		return "", err
-	case !st.IsDir():
-		return "", fmt.Errorf("metrics: %s is not a directory", dir)
+		return "", fmt.Errorf("metrics: %w", err)
 	}
+	defer d.Close()
 	// A run killed between temp file and rename left renameio's
 	// ".<name><digits>"; it is provision's own.
-	system.SweepTemp(dir, name)
-	path := filepath.Join(dir, name)
-	if err := system.WriteFileAtomic(path, data, system.WriteOptions{Mode: FileMode}); err != nil {
+	d.SweepTemp(name)
+	if err := d.WriteAtomic(name, data, system.WriteOptions{Mode: FileMode}); err != nil {
 		return "", err
 	}
-	return path, nil
+	return d.Join(name), nil
 }
 
-// Remove deletes the textfile metrics of commands from dir: provision
-// revoke removes a decommissioned node's bootstrap, verify and renew files,
-// which would otherwise go on reporting a certificate that is gone (and,
-// past its renewal point, alert). Only a regular file at one of
-// provision's names is removed; anything else there is left alone. It
-// returns the names removed; a missing directory removes nothing.
-func Remove(dir string, commands ...string) ([]string, error) {
+// Remove deletes the textfile metrics of commands from dir, a node path
+// on host reached under the path rule as Write reaches it: provision revoke
+// removes a decommissioned node's bootstrap, verify and renew files, which
+// would otherwise go on reporting a certificate that is gone (and, past its
+// renewal point, alert). Only a regular file at one of provision's names
+// is removed; anything else there is left alone. It returns the names
+// removed; a missing directory removes nothing.
+func Remove(host *system.Host, dir string, commands ...string) ([]string, error) {
+	d, _, err := host.Chase(dir, system.ChaseOptions{Dir: true})
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	defer d.Close()
 	var removed []string
 	for _, c := range commands {
 		name, err := FileName(c)
 		if err != nil {
 			return removed, err
 		}
-		p := filepath.Join(dir, name)
-		if st, err := os.Lstat(p); err != nil || !st.Mode().IsRegular() {
+		if st, err := d.Lstat(name); err != nil || !st.Mode().IsRegular() {
 			continue
 		}
-		if err := os.Remove(p); err != nil {
+		if err := d.Remove(name); err != nil {
 			return removed, err
 		}
 		removed = append(removed, name)
 	}
-	return removed, nil
+	return removed, d.Sync()
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/report"
+	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
@@ -170,15 +171,32 @@ func TestFileName(t *testing.T) {
 	}
 }
 
+// rooted returns a Host rooted at a new directory holding node_exporter's
+// textfile directory, and that directory's path on this machine.
+func rooted(t *testing.T) (*system.Host, string) {
+	t.Helper()
+	h, err := system.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := h.Path(textfileDir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return h, dir
+}
+
+const textfileDir = "/var/lib/prometheus/node-exporter"
+
 func TestWrite(t *testing.T) {
 	run := Run{Command: "verify", Report: failingVerify(), Finished: finished}
 	t.Run("atomic, 0644, sweeps a killed run's temp file, keeps other files", func(t *testing.T) {
-		dir := t.TempDir()
+		h, dir := rooted(t)
 		other := filepath.Join(dir, "provision_bootstrap.prom")
 		os.WriteFile(other, []byte("x 1\n"), 0o644)
 		leftover := filepath.Join(dir, ".provision_verify.prom123456")
 		os.WriteFile(leftover, []byte("partial"), 0o600)
-		path, err := Write(dir, run)
+		path, err := Write(h, textfileDir, run)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -205,8 +223,9 @@ func TestWrite(t *testing.T) {
 		}
 	})
 	t.Run("missing directory is ErrNoDir and is not created", func(t *testing.T) {
-		dir := filepath.Join(t.TempDir(), "node-exporter")
-		if _, err := Write(dir, run); !errors.Is(err, ErrNoDir) {
+		h, dir := rooted(t)
+		os.Remove(dir)
+		if _, err := Write(h, textfileDir, run); !errors.Is(err, ErrNoDir) {
 			t.Fatalf("err = %v, want ErrNoDir", err)
 		}
 		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
@@ -214,11 +233,11 @@ func TestWrite(t *testing.T) {
 		}
 	})
 	t.Run("a symlink at the path is refused, its target untouched", func(t *testing.T) {
-		dir := t.TempDir()
+		h, dir := rooted(t)
 		target := filepath.Join(t.TempDir(), "shadow")
 		os.WriteFile(target, []byte("secret\n"), 0o600)
 		os.Symlink(target, filepath.Join(dir, "provision_verify.prom"))
-		if _, err := Write(dir, run); err == nil {
+		if _, err := Write(h, textfileDir, run); err == nil {
 			t.Fatal("wrote through a symlink")
 		}
 		if b, _ := os.ReadFile(target); string(b) != "secret\n" {
@@ -226,10 +245,31 @@ func TestWrite(t *testing.T) {
 		}
 	})
 	t.Run("a file where the directory should be", func(t *testing.T) {
-		f := filepath.Join(t.TempDir(), "f")
-		os.WriteFile(f, nil, 0o644)
-		if _, err := Write(f, run); err == nil || errors.Is(err, ErrNoDir) {
+		h, dir := rooted(t)
+		os.Remove(dir)
+		os.WriteFile(dir, nil, 0o644)
+		if _, err := Write(h, textfileDir, run); err == nil || errors.Is(err, ErrNoDir) {
 			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("a link the exporter's user planted is not followed (issue 31)", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			testenv.SkipOrFail(t, "needs root to give the link to another user")
+		}
+		h, dir := rooted(t)
+		sudoers := h.Path("/etc/sudoers.d")
+		os.MkdirAll(sudoers, 0o755)
+		prom := filepath.Dir(dir)
+		os.Chown(prom, 1001, 1001)
+		os.Remove(dir)
+		os.Symlink("/etc/sudoers.d", dir)
+		os.Lchown(dir, 1001, 1001)
+		_, err := Write(h, textfileDir, run)
+		if !errors.Is(err, system.ErrUnsafePath) || !strings.Contains(err.Error(), textfileDir+" is a symbolic link owned by uid 1001") {
+			t.Fatalf("err = %v, want the path rule's refusal naming the link and its owner", err)
+		}
+		if ents, _ := os.ReadDir(sudoers); len(ents) != 0 {
+			t.Fatalf("root wrote into /etc/sudoers.d: %v", ents)
 		}
 	})
 }

@@ -22,6 +22,7 @@ package pipeline
 import (
 	"context"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/gpuaas/provision/internal/config"
@@ -152,8 +153,27 @@ func New(ctx context.Context, command string, cfg *config.Config, host *system.H
 	if r.Rec == nil {
 		r.Rec = &state.Renewal{}
 	}
+	r.keepDamaged()
 	r.Rec.NodeID, r.Rec.Version = cfg.NodeID, o.Version
 	return r, cancel
+}
+
+// keepDamaged moves a record that does not parse aside before this run
+// writes a new one over it (the run holds the lock), so it is kept and
+// named (status, verify and the metrics warn of it). A damaged renew
+// record may have held a pending post hook: the hook is treated as
+// pending, so the node-agent is told once more rather than never.
+func (r *Run) keepDamaged() {
+	moved, err := state.KeepDamaged(r.StateDir, r.Host.Time())
+	if err != nil {
+		r.Log.Error("step", "step", "records", "layer", "state", "status", "fail", "message", err.Error())
+	}
+	for _, d := range moved {
+		r.Log.Warn("step", "step", "records", "layer", "state", "status", "kept-aside", "path", filepath.Join(r.Cfg.Paths.StateDir, d.Aside), "message", d.String())
+		if d.File == state.RenewalFile {
+			r.Rec.HookPending = true
+		}
+	}
 }
 
 // Halt ends the run after the current step with rep as its report.

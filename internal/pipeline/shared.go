@@ -33,7 +33,7 @@ var (
 // Sweep removes what a killed run left: temp files in state_dir, its done
 // and tasks directories, and unpublished temp generations under pki_dir.
 func Sweep(r *Run) *diag.Finding {
-	system.SweepTemp(r.StateDir, state.ReceiptFile, state.PendingFile, state.ExposedFile, state.RenewalFile, state.FailureFile)
+	system.SweepTemp(r.StateDir, state.ReceiptFile, state.PendingFile, state.ExposedFile, state.RenewalFile, state.FailureFile, system.OwnMark)
 	system.SweepTemp(filepath.Join(r.StateDir, state.DoneDir), r.Host.MachineID())
 	tasks.Sweep(r.StateDir)
 	credstore.Sweep(r.PKI)

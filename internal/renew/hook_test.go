@@ -131,3 +131,38 @@ func TestPostHook(t *testing.T) {
 		}
 	})
 }
+
+// TestDamagedRecordHookPending is issue 31 item 4 through renew: a
+// truncated renew.json may have held a pending post hook, and reading it
+// as no record forgot the hook. renew, not due, keeps the damaged record
+// aside under a timestamped name, unchanged, treats the hook as pending
+// (fail toward telling the node-agent) and runs it, and writes a new
+// record.
+func TestDamagedRecordHookPending(t *testing.T) {
+	n := bootstrapped(t, controlplane.Options{})
+	dir := t.TempDir()
+	ran := filepath.Join(dir, "ran")
+	n.cfg.Renew.PostHook = []string{script(t, dir, "hook.sh", "#!/bin/sh\ntouch "+ran+"\n")}
+	damaged := []byte(`{"node_id":"gpu-0042","serial":"4","hook_pen`)
+	if err := os.WriteFile(filepath.Join(n.files.StateDir, state.RenewalFile), damaged, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := n.renew(t, false)
+	if !o.Report.OK || o.Renewed {
+		t.Fatalf("renew: ok=%v renewed=%v: %s", o.Report.OK, o.Renewed, o.Report.Summary)
+	}
+	if _, err := os.Stat(ran); err != nil {
+		t.Fatalf("the hook a damaged record may have held did not run: %v", err)
+	}
+	ds := state.FindDamage(n.files.StateDir)
+	if len(ds) != 1 || ds[0].File != state.RenewalFile || !strings.HasPrefix(ds[0].Aside, "renew.json.damaged-") {
+		t.Fatalf("damage after renew = %+v, want renew.json kept aside", ds)
+	}
+	if b, _ := os.ReadFile(filepath.Join(n.files.StateDir, ds[0].Aside)); string(b) != string(damaged) {
+		t.Fatalf("the record kept aside holds %q", b)
+	}
+	rec, err := state.LoadRenewal(n.files.StateDir)
+	if err != nil || rec == nil || rec.Hook != "ok" || rec.HookPending {
+		t.Fatalf("the new record: %+v, %v; want the hook done", rec, err)
+	}
+}

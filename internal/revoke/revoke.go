@@ -244,7 +244,7 @@ func (d *decom) remove(r *pipeline.Run) *diag.Finding {
 			Summary: "the certificates are revoked and the credentials removed, but the node's records could not all be removed from " + cfg.Paths.StateDir + ": " + err.Error(),
 			Remedy:  "make " + cfg.Paths.StateDir + " writable and run provision revoke again"}
 	}
-	if err := d.removed(cfg.Metrics.TextfileDir)(metrics.Remove(r.Host.ResolvedPath(cfg.Metrics.TextfileDir), "bootstrap", "verify", "renew")); err != nil {
+	if err := d.removed(cfg.Metrics.TextfileDir)(metrics.Remove(r.Host, cfg.Metrics.TextfileDir, "bootstrap", "verify", "renew")); err != nil {
 		r.Warnings = append(r.Warnings, "the textfile metrics could not all be removed from "+cfg.Metrics.TextfileDir+": "+err.Error())
 	}
 	d.rec.Complete = true

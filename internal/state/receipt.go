@@ -76,15 +76,17 @@ func WriteReceipt(stateDir string, r *Receipt, hook system.Hook) error {
 	return nil
 }
 
-// ReadReceipt reads the receipt, if any.
+// ReadReceipt reads the receipt, if any; one that does not parse is a
+// *DamagedError.
 func ReadReceipt(stateDir string) (*Receipt, error) {
-	b, err := system.ReadRegular(context.Background(), filepath.Join(stateDir, ReceiptFile), maxRecord)
+	path := filepath.Join(stateDir, ReceiptFile)
+	b, err := system.ReadRegular(context.Background(), path, maxRecord)
 	if err != nil {
 		return nil, err
 	}
 	var r Receipt
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, err
+	if err := decodeRecord(path, b, &r); err != nil {
+		return nil, err // a *DamagedError: see KeepDamaged
 	}
 	return &r, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -93,7 +92,7 @@ const MaxRenewalSize = 256 << 10
 // It is opened as a regular file, without following a link or blocking on
 // a FIFO, and read within MaxRenewalSize; anything else at its path is
 // refused with an error naming it (a *system.UnsafeFileError for a link,
-// FIFO, device or directory).
+// FIFO, device or directory); one that does not parse is a *DamagedError.
 func LoadRenewal(stateDir string) (*Renewal, error) {
 	path := filepath.Join(stateDir, RenewalFile)
 	b, err := system.ReadRegular(context.Background(), path, MaxRenewalSize)
@@ -104,8 +103,8 @@ func LoadRenewal(stateDir string) (*Renewal, error) {
 		return nil, err
 	}
 	var r Renewal
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%s: not a renew record: %w", path, err)
+	if err := decodeRecord(path, b, &r); err != nil {
+		return nil, err // a *DamagedError: see KeepDamaged
 	}
 	return &r, nil
 }

@@ -6,13 +6,19 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/gpuaas/provision/internal/system"
 )
 
 // TestForgetKeepsWhatIsNotTheIdentity: Forget removes the receipt, the done
 // markers, the renew, exposure, enrollment and failure records, and keeps
 // the revoke record, the lock and the tasks handed off to the node-agent.
 func TestForgetKeepsWhatIsNotTheIdentity(t *testing.T) {
-	dir := t.TempDir()
+	dir := filepath.Join(t.TempDir(), "state")
+	os.Mkdir(dir, 0o700)
+	if err := system.MarkOwn(dir); err != nil { // a state_dir provision made
+		t.Fatal(err)
+	}
 	for _, f := range []string{ReceiptFile, RenewalFile, ExposedFile, PendingFile, FailureFile, RevokeFile, ".lock"} {
 		os.WriteFile(filepath.Join(dir, f), []byte("{}"), 0o600)
 	}
@@ -30,7 +36,7 @@ func TestForgetKeepsWhatIsNotTheIdentity(t *testing.T) {
 	if !slices.Equal(removed, want) {
 		t.Errorf("removed %v, want %v", removed, want)
 	}
-	for _, keep := range []string{RevokeFile, ".lock", "tasks/7.json"} {
+	for _, keep := range []string{RevokeFile, ".lock", "tasks/7.json", system.OwnMark} {
 		if _, err := os.Stat(filepath.Join(dir, keep)); err != nil {
 			t.Errorf("%s: %v", keep, err)
 		}

@@ -16,7 +16,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -59,6 +58,9 @@ type Node struct {
 	Renew       *Renew       `json:"renew"`   // nil: renew never ran
 	Receipt     *Receipt     `json:"receipt"` // nil: never done
 	Metrics     Metrics      `json:"metrics"`
+	// damage is the records of state_dir that do not parse or were kept
+	// aside for that: each is on the attention list.
+	damage []state.Damage
 
 	// Revoked is what provision revoke did (state_dir/revoke.json); nil
 	// when it never ran.
@@ -162,6 +164,7 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 			LastRenewed: rec.LastRenewed, HookPending: rec.HookPending, Hook: rec.Hook, ConsecutiveFailures: rec.Failures,
 			ConsecutiveRefusals: rec.Refusals, Unproven: rec.Unproven, Aside: rec.Aside, RevokedSerial: rec.RevokedSerial}
 	}
+	n.damage = state.FindDamage(host.Path(cfg.Paths.StateDir))
 	if rc, err := state.ReadReceipt(host.Path(cfg.Paths.StateDir)); err == nil {
 		n.Receipt = &Receipt{Serial: rc.Serial, ProvedAt: rc.ProvedAt, Command: rc.Command, Enrolled: rc.Enrolled, Unproven: rc.Unproven, MachineID: rc.MachineID}
 	}
@@ -243,10 +246,16 @@ func metricsFiles(cfg *config.Config, host *system.Host) Metrics {
 	if !m.Enabled {
 		return m
 	}
-	matches, _ := filepath.Glob(filepath.Join(host.ResolvedPath(cfg.Metrics.TextfileDir), "provision_*.prom"))
-	for _, p := range matches {
-		if st, err := os.Lstat(p); err == nil && st.Mode().IsRegular() {
-			m.Files = append(m.Files, filepath.Base(p))
+	// Reached as the metrics writer reaches it: under the path rule.
+	d, _, err := host.Chase(cfg.Metrics.TextfileDir, system.ChaseOptions{Dir: true})
+	if err != nil {
+		return m
+	}
+	defer d.Close()
+	ents, _ := d.ReadDir()
+	for _, e := range ents {
+		if ok, _ := filepath.Match("provision_*.prom", e.Name()); ok && e.Type().IsRegular() {
+			m.Files = append(m.Files, e.Name())
 		}
 	}
 	sort.Strings(m.Files)
@@ -263,6 +272,9 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
 			if rv := n.Revoked; rv != nil && rv.Complete {
 				n.Summary = fmt.Sprintf("not enrolled: taken out of service by provision revoke at %s (%d certificate(s) revoked at the CA, the credentials removed)", stamp(rv.At), len(rv.Serials))
 			}
+		}
+		for _, d := range n.damage {
+			n.Attention = append(n.Attention, d.String())
 		}
 		return
 	}
@@ -281,6 +293,9 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
 		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(due), stamp(v.Leaf.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
 	}
 	renewAttention(n, add)
+	for _, d := range n.damage {
+		add(d.String(), d.Remedy())
+	}
 	if n.Receipt == nil {
 		add("no receipt: no bootstrap has proven this node yet", "run provision bootstrap: it proves the installed credentials with a real tasks/wait and writes the receipt")
 	}

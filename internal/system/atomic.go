@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-
-	"github.com/google/renameio/v2"
 )
 
 // TempPrefix starts the name of every temporary file provision creates, so a
@@ -31,9 +29,9 @@ type WriteOptions struct {
 
 // WriteFileAtomic replaces path with data so that a crash at any instant
 // leaves either the old or the new content: a temp file in the same
-// directory, fsync, rename, fsync of the directory. renameio does the first
-// three but would keep an existing file's mode (a 0644 key stays 0644) and
-// does not fsync the directory, so both are handled here.
+// directory, fsync, rename, fsync of the directory (Dir.WriteAtomic in
+// path's directory). The mode is set exactly: an existing file's is never
+// kept, so a 0644 key becomes 0600.
 //
 // An existing path that is not a regular file (a symbolic link, a FIFO, a
 // directory) is refused with an *UnsafeFileError: a rename would only replace
@@ -42,35 +40,12 @@ type WriteOptions struct {
 // The temp file is created with O_EXCL under a random name, so it cannot be
 // a planted link either.
 func WriteFileAtomic(path string, data []byte, o WriteOptions) error {
-	dir := filepath.Dir(path)
-	var old os.FileInfo
-	if st, err := os.Lstat(path); err == nil {
-		if !st.Mode().IsRegular() {
-			return &UnsafeFileError{Path: path, Kind: FileKind(st.Mode())}
-		}
-		old = st
-	}
-	pf, err := renameio.NewPendingFile(path,
-		renameio.WithTempDir(dir),
-		renameio.WithStaticPermissions(o.Mode),
-	)
+	d, err := OpenDir(filepath.Dir(path))
 	if err != nil {
-		return fmt.Errorf("creating temp file in %s: %w", dir, err)
+		return fmt.Errorf("creating temp file in %s: %w", filepath.Dir(path), err)
 	}
-	defer pf.Cleanup()
-	if o.KeepOwner && old != nil && old.Mode().IsRegular() {
-		if err := copyOwner(pf.File, path, old); err != nil {
-			return err
-		}
-	}
-	if _, err := pf.Write(data); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	o.Hook.At("before rename " + filepath.Base(path))
-	if err := pf.CloseAtomicallyReplace(); err != nil {
-		return fmt.Errorf("replacing %s: %w", path, err)
-	}
-	return SyncDir(dir)
+	defer d.Close()
+	return d.WriteAtomic(filepath.Base(path), data, o)
 }
 
 // ErrBusy wraps the EBUSY a rename onto a bind-mounted file returns.
@@ -87,15 +62,21 @@ func WriteInPlace(path string, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("opening %s for an in-place write: %w", path, err)
 	}
+	return rewrite(f, data)
+}
+
+// rewrite writes data over the open file f from offset 0, truncates it to
+// its length, fsyncs and closes it.
+func rewrite(f *os.File, data []byte) error {
 	defer f.Close()
 	if _, err := f.WriteAt(data, 0); err != nil {
-		return fmt.Errorf("writing %s in place: %w", path, err)
+		return fmt.Errorf("writing %s in place: %w", f.Name(), err)
 	}
 	if err := f.Truncate(int64(len(data))); err != nil {
-		return fmt.Errorf("truncating %s: %w", path, err)
+		return fmt.Errorf("truncating %s: %w", f.Name(), err)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", path, err)
+		return fmt.Errorf("syncing %s: %w", f.Name(), err)
 	}
 	return f.Close()
 }
@@ -113,25 +94,6 @@ func SyncDir(dir string) error {
 	return nil
 }
 
-func copyOwner(f *os.File, path string, old os.FileInfo) error {
-	if st, ok := old.Sys().(*syscall.Stat_t); ok {
-		if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, syscall.EPERM) {
-			return fmt.Errorf("keeping the owner of %s: %w", path, err)
-		}
-	}
-	// Keep the SELinux label: /etc/hosts is net_conf_t and a renamed-in temp
-	// file would otherwise carry the directory default.
-	buf := make([]byte, 256)
-	n, err := syscall.Getxattr(path, "security.selinux", buf)
-	if err == nil && n > 0 {
-		if err := syscall.Setxattr(f.Name(), "security.selinux", buf[:n], 0); err != nil &&
-			!errors.Is(err, syscall.ENOTSUP) && !errors.Is(err, syscall.EPERM) {
-			return fmt.Errorf("keeping the SELinux label of %s: %w", path, err)
-		}
-	}
-	return nil
-}
-
 // SweepTemp removes temporary files a killed provision left in dir: its own
 // prefix and renameio's ".<name><digits>" pattern for the given names.
 func SweepTemp(dir string, names ...string) {
@@ -140,19 +102,26 @@ func SweepTemp(dir string, names ...string) {
 		return
 	}
 	for _, e := range ents {
-		n := e.Name()
-		if strings.HasPrefix(n, TempPrefix) {
-			os.RemoveAll(filepath.Join(dir, n))
-			continue
-		}
-		for _, base := range names {
-			if strings.HasPrefix(n, "."+base) && len(n) > len(base)+1 && isDigits(n[len(base)+1:]) {
-				// renameio.Symlink leaves a directory holding tmp.symlink
-				// when killed before its rename: Remove would fail on it.
-				os.RemoveAll(filepath.Join(dir, n))
-			}
+		// renameio.Symlink leaves a directory holding tmp.symlink when
+		// killed before its rename: Remove would fail on it.
+		if ownTemp(e.Name(), names) {
+			os.RemoveAll(filepath.Join(dir, e.Name()))
 		}
 	}
+}
+
+// ownTemp says whether n is one of provision's temp files: its own prefix,
+// or renameio's ".<name><digits>" for one of names.
+func ownTemp(n string, names []string) bool {
+	if strings.HasPrefix(n, TempPrefix) {
+		return true
+	}
+	for _, base := range names {
+		if strings.HasPrefix(n, "."+base) && len(n) > len(base)+1 && isDigits(n[len(base)+1:]) {
+			return true
+		}
+	}
+	return false
 }
 
 func isDigits(s string) bool {

@@ -1,10 +1,15 @@
 package system
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -14,10 +19,25 @@ import (
 // and replaces the links in them. Pointed at a directory that is not its
 // own (pki_dir = "/etc/pki" with a ca.pem in it), it used to chmod that
 // directory 0700 and replace ca.pem by a link into its generations: the
-// other files' contents and modes were lost. ClaimDir is the one rule: a
-// directory is provision's when it is missing (and then created), empty,
-// or holds nothing but provision's own layout. Anything else is refused
-// before anything in it changes.
+// other files' contents and modes were lost. Pointed at nginx's
+// /etc/nginx/ssl holding key.pem and cert.pem, it took them over as "a
+// credential set". ClaimDir is the one rule: a directory is provision's
+// when provision made it, and only then. It writes a mark (OwnMark) in
+// every directory it creates; a directory without one is provision's only
+// when it is empty (what systemd's StateDirectory= or an installer makes
+// for it) or holds what an earlier provision, which wrote no mark, leaves:
+// a generation and its current link, a record of its own that parses as
+// one, its run lock. Another program's key and certificate are not that,
+// whatever their names. Anything else is refused before anything in it
+// changes.
+
+// OwnMark is the file provision writes into each directory it creates or
+// claims (state_dir, pki_dir): the proof, for every later run, that the
+// directory is its own.
+const OwnMark = ".provision-dir"
+
+// ownMarkText is the mark's content, which says what it is to a person.
+const ownMarkText = "provision created this directory and keeps only its own files in it: docs/configuration.md, \"Files and modes written\".\n"
 
 // The names provision writes in its two directories. state_dir and pki_dir
 // may be one directory, and pki_dir is by default inside state_dir, so
@@ -43,11 +63,16 @@ var (
 const genPrefix = "gen-"
 
 // ForeignDirError says that a directory provision would keep its files in
-// already holds files it did not write, and so is not its own.
+// already holds files it did not write, or that provision did not make it,
+// and so is not its own.
 type ForeignDirError struct {
 	Path    string
 	Foreign []string // up to maxForeign entries, each "name (why)"
 	Count   int      // how many entries are foreign
+	// NotMade: every entry has one of provision's names, but provision did
+	// not make the directory (no OwnMark, nothing an earlier provision
+	// leaves); Foreign then lists what it holds.
+	NotMade bool
 }
 
 const maxForeign = 4
@@ -56,6 +81,10 @@ func (e *ForeignDirError) Error() string {
 	more := ""
 	if n := e.Count - len(e.Foreign); n > 0 {
 		more = fmt.Sprintf(" and %d more", n)
+	}
+	if e.NotMade {
+		return fmt.Sprintf("%s is not provision's own directory: provision did not create it (it holds no %s, and %s%s is not what an earlier provision leaves); provision does not take over a directory it did not create (it would make it 0700 and replace files in it)",
+			e.Path, OwnMark, strings.Join(e.Foreign, ", "), more)
 	}
 	return fmt.Sprintf("%s is not provision's own directory: it holds %s%s; provision does not take over a directory that holds files it did not write (it would make it 0700 and replace files in it)",
 		e.Path, strings.Join(e.Foreign, ", "), more)
@@ -69,14 +98,18 @@ func (e *ForeignDirError) Is(target error) bool { return target == ErrForeignDir
 
 // ClaimDir is the one rule for the directories provision keeps its files
 // in (state_dir and pki_dir, as configured; a link to a directory is
-// followed there, for another volume). A directory is provision's when
-// it holds nothing but provision's own layout: the records and run lock of
+// followed there, for another volume: Host.ClaimDir judges that link and
+// the parents by the path rule first). A directory is provision's when
+// provision made it: it holds OwnMark, or it is empty, or it holds what an
+// earlier provision (which wrote no mark) leaves, and in every case
+// nothing but provision's own layout: the records and run lock of
 // state_dir, its done/ and tasks/ directories, pki_dir's generations,
-// current/previous links and stable names, provision's temp files, and
-// subdirectories (or links to them) that are themselves only that, such as
-// a pki_dir inside state_dir. key.pem, cert.pem and ca.pem as plain files
-// count only as a credential set (key.pem and cert.pem both there): a
-// lone ca.pem or cert.pem is somebody else's.
+// current/previous links and stable names, provision's temp files, a
+// damaged record it kept aside, and subdirectories (or links to them) that
+// are themselves provision's, such as a pki_dir inside state_dir. key.pem,
+// cert.pem and ca.pem as plain files count only in a marked directory, as
+// a pair (key.pem and cert.pem both there): elsewhere they are another
+// program's credentials, never taken over.
 //
 // Anything else is a *ForeignDirError, returned before anything changes.
 // A name of provision's that is the wrong kind of file (a FIFO or link at
@@ -84,14 +117,26 @@ func (e *ForeignDirError) Is(target error) bool { return target == ErrForeignDir
 // itself must belong to this process's user.
 //
 // With change false ClaimDir only judges (verify, renew --check): a
-// missing directory is fine and nothing is created or chmodded. With
-// change true a missing directory is created 0700 (missing parents 0755,
-// as a package manager would), an existing one must be writable (a
-// read-only mount is named at the directory), and one of provision's that
-// group or others can write into is restricted to 0700 (DirState says so,
-// for a warning).
+// missing directory is fine and nothing is created, marked or chmodded.
+// With change true a missing directory is created 0700 (missing parents
+// 0755, as a package manager would) and marked, an existing one must be
+// writable (a read-only mount is named at the directory) and is marked if
+// it was not, and one that group or others can write into is restricted
+// to 0700 (DirState says so, for a warning).
 // Only path itself is ever chmodded, never a parent.
 func ClaimDir(path string, change bool) (DirState, error) {
+	return claimDir(path, change, kernelResolve)
+}
+
+// resolver turns the host path of a link in one of provision's directories
+// into the host path of what it names.
+type resolver func(string) (string, error)
+
+// kernelResolve leaves a link to the kernel, as a process on the node sees
+// it (Host.ClaimDir resolves inside --root instead).
+func kernelResolve(p string) (string, error) { return p, nil }
+
+func claimDir(path string, change bool, resolve resolver) (DirState, error) {
 	var s DirState
 	st, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -114,19 +159,27 @@ func ClaimDir(path string, change bool) (DirState, error) {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
 		return s, &UnsafeFileError{Path: path, Kind: "directory", Why: fmt.Sprintf("is owned by uid %d, not by provision's uid %d: another user could plant files in it", sys.Uid, os.Geteuid())}
 	}
-	if err := judgeDir(path, true); err != nil {
+	v, err := judgeDir(path, true, resolve)
+	if err != nil {
 		return s, err
+	}
+	s.WasMode = st.Mode().Perm()
+	if !change {
+		return s, nil
 	}
 	// A directory provision is about to write into must take writes: a
 	// read-only mount is named here, at the directory, rather than at the
 	// first file some later step tries to create in it.
-	if change {
-		if err := syscall.Access(path, 2 /* W_OK */); err != nil {
-			return s, fmt.Errorf("%s is not writable: %w", path, err)
-		}
+	if err := syscall.Access(path, 2 /* W_OK */); err != nil {
+		return s, fmt.Errorf("%s is not writable: %w", path, err)
 	}
-	s.WasMode = st.Mode().Perm()
-	if change && s.WasMode&0o022 != 0 {
+	if !v.marked {
+		if err := markOwn(path); err != nil {
+			return s, err
+		}
+		s.Marked = true
+	}
+	if s.WasMode&0o022 != 0 {
 		if err := os.Chmod(path, 0o700); err != nil {
 			return s, fmt.Errorf("restricting %s (mode %04o, writable by others) to 0700: %w", path, s.WasMode, err)
 		}
@@ -135,9 +188,80 @@ func ClaimDir(path string, change bool) (DirState, error) {
 	return s, nil
 }
 
-// createPrivateDir creates path 0700, and its missing parents 0755.
+// ClaimDir is the package's ClaimDir for the node path p as the config
+// names it: the directories on the way, and a link at p itself, are judged
+// first by the path rule for provision's own directories (Host.Chase with
+// Own: nothing on the way another user can write). Once claimed, Path maps
+// p (and every path under it) to where it resolved, so every later step
+// reaches the directory that was judged.
+func (h *Host) ClaimDir(p string, change bool) (DirState, error) {
+	d, name, err := h.Chase(p, ChaseOptions{FollowLast: true, Mkdir: change, Own: true})
+	if errors.Is(err, fs.ErrNotExist) && !change {
+		return DirState{}, nil // nothing there yet: nothing to judge
+	}
+	if err != nil {
+		return DirState{}, err
+	}
+	defer d.Close()
+	s, err := claimDir(d.Join(name), change, h.resolveHost)
+	if err == nil {
+		if h.claimed == nil {
+			h.claimed = map[string]string{}
+		}
+		h.claimed[filepath.Clean("/"+p)] = filepath.Join(d.Node(), name)
+	}
+	return s, err
+}
+
+// resolveHost is Resolve for a host path under Root: a link in one of
+// provision's directories (a pki_dir link inside state_dir) is judged
+// where it leads inside --root, under the path rule.
+func (h *Host) resolveHost(p string) (string, error) {
+	node, err := h.Resolve("/" + strings.TrimPrefix(strings.TrimPrefix(p, h.Root), "/"))
+	if err != nil {
+		return "", err
+	}
+	return h.rawPath(node), nil
+}
+
+// markOwn writes OwnMark into dir, provision's own. The mark is created
+// exclusively under its own name, not renamed into place: two runs
+// starting together (cloud-init's and the unit's) both mark a new
+// directory before either holds the lock, and the one that gets the lock
+// sweeps temp files. The mark that is there is kept; only one a killed
+// run left unfinished is written again.
+func markOwn(dir string) error {
+	d, err := OpenDir(dir)
+	if err != nil {
+		return fmt.Errorf("marking %s as provision's own: %w", dir, err)
+	}
+	defer d.Close()
+	f, err := d.OpenRegular(OwnMark, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		if b, _ := d.ReadRegular(context.Background(), OwnMark, 4096); string(b) == ownMarkText {
+			return nil
+		}
+		err = d.WriteAtomic(OwnMark, []byte(ownMarkText), WriteOptions{Mode: 0o644})
+	} else if err == nil {
+		err = fill(f, []byte(ownMarkText), 0o644)
+	}
+	if err == nil {
+		err = d.Sync()
+	}
+	if err != nil {
+		return fmt.Errorf("marking %s as provision's own: %w", dir, err)
+	}
+	return nil
+}
+
+// MarkOwn writes OwnMark into dir, for tests that plant a directory of
+// provision's as an earlier run would have left it.
+func MarkOwn(dir string) error { return markOwn(dir) }
+
+// createPrivateDir creates path 0700, and its missing parents 0755, and
+// marks it provision's.
 func createPrivateDir(path string) (DirState, error) {
-	s := DirState{Created: true}
+	s := DirState{Created: true, Marked: true}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return DirState{}, fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
 	}
@@ -151,76 +275,193 @@ func createPrivateDir(path string) (DirState, error) {
 	if err := os.Chmod(path, 0o700); err != nil {
 		return s, fmt.Errorf("restricting %s to 0700: %w", path, err)
 	}
-	return s, nil
+	// A run killed before the mark leaves an empty directory, which the
+	// next run claims (and marks) as its own.
+	return s, markOwn(path)
 }
 
-// judgeDir checks every entry of dir against provision's layout. top is
-// false for a subdirectory judged as a nested pki_dir: its own
+// verdict is what judgeDir found in a directory of provision's.
+type verdict struct {
+	marked bool // it holds OwnMark
+	made   bool // marked, or it holds what only an earlier provision leaves
+}
+
+// judgeDir checks every entry of dir against provision's layout, and that
+// provision made dir (marked, empty, or an earlier provision's layout).
+// top is false for a subdirectory judged as a nested pki_dir: its own
 // subdirectories must then be generations.
-func judgeDir(dir string, top bool) error {
+func judgeDir(dir string, top bool, resolve resolver) (verdict, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("reading %s: %w", dir, err)
+		return verdict{}, fmt.Errorf("reading %s: %w", dir, err)
 	}
 	names := map[string]os.FileMode{}
 	for _, e := range ents {
 		names[e.Name()] = e.Type()
 	}
-	foreign := &ForeignDirError{Path: dir}
+	var v verdict
+	if v.marked, err = hasMark(dir, names); err != nil {
+		return v, err
+	}
+	foreign, held := &ForeignDirError{Path: dir}, &ForeignDirError{Path: dir, NotMade: true}
+	v.made = v.marked
 	for _, e := range ents {
-		why, err := judgeEntry(dir, e.Name(), e.Type(), names, top)
+		j, err := judgeEntry(dir, e.Name(), e.Type(), names, judging{top: top, marked: v.marked, resolve: resolve})
 		if err != nil {
-			return err
+			return v, err
 		}
-		if why != "" {
-			foreign.Count++
-			if len(foreign.Foreign) < maxForeign {
-				foreign.Foreign = append(foreign.Foreign, e.Name()+" ("+why+")")
-			}
+		v.made = v.made || j.made
+		note(foreign, e.Name(), j.why)
+		if j.content {
+			note(held, e.Name(), FileKind(e.Type()))
 		}
 	}
-	if foreign.Count > 0 {
-		return foreign
+	switch {
+	case foreign.Count > 0:
+		return v, foreign
+	case !v.made && held.Count > 0:
+		return v, held
 	}
-	return nil
+	return v, nil
 }
 
-// judgeEntry says why name (of type typ) in dir is not provision's, "" when
-// it is, or an *UnsafeFileError for one of provision's names of the wrong
-// kind. names holds every entry of dir.
-func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode, top bool) (string, error) {
+// note adds name (why) to e when why is not "".
+func note(e *ForeignDirError, name, why string) {
+	if why == "" {
+		return
+	}
+	e.Count++
+	if len(e.Foreign) < maxForeign {
+		e.Foreign = append(e.Foreign, name+" ("+why+")")
+	}
+}
+
+// hasMark says whether dir holds OwnMark; one that is not a regular file
+// was planted.
+func hasMark(dir string, names map[string]os.FileMode) (bool, error) {
+	typ, ok := names[OwnMark]
+	if !ok {
+		return false, nil
+	}
+	if !typ.IsRegular() {
+		return false, &UnsafeFileError{Path: filepath.Join(dir, OwnMark), Kind: FileKind(typ)}
+	}
+	f, err := OpenRegular(filepath.Join(dir, OwnMark), os.O_RDONLY, 0)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	b := make([]byte, len(ownMarkText))
+	n, _ := io.ReadFull(f, b)
+	return string(b[:n]) == ownMarkText, nil
+}
+
+// entryJudgement is what one entry says about its directory.
+type entryJudgement struct {
+	why     string // why it is not provision's; "" when it is
+	made    bool   // it shows an earlier provision made the directory
+	content bool   // it is something a directory provision did not make must not hold
+}
+
+// judging is how a directory's entries are judged: top is false for a
+// nested pki_dir, marked says the directory holds OwnMark, resolve finds
+// what a nested link names.
+type judging struct {
+	top, marked bool
+	resolve     resolver
+}
+
+// judgeEntry judges name (of type typ) in dir, or returns an
+// *UnsafeFileError for one of provision's names of the wrong kind. names
+// holds every entry of dir.
+func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode, j judging) (entryJudgement, error) {
+	top, marked := j.top, j.marked
 	path := filepath.Join(dir, name)
 	isLink, isDir, isReg := typ&os.ModeSymlink != 0, typ.IsDir(), typ.IsRegular()
 	switch {
-	case isTemp(name):
-		return "", nil // a killed run's temp file: swept as provision's own
-	case slices.Contains(ownFiles, name):
+	case name == OwnMark || isTemp(name):
+		return entryJudgement{}, nil // a killed run's temp file: swept as provision's own
+	case slices.Contains(ownFiles, name) || isAside(name):
 		if !isReg {
-			return "", &UnsafeFileError{Path: path, Kind: FileKind(typ)}
+			return entryJudgement{}, &UnsafeFileError{Path: path, Kind: FileKind(typ)}
 		}
-		return "", nil
+		// Proof is looked for only where the mark is missing.
+		return entryJudgement{made: !marked && (isAside(name) || recordMade(path, name)), content: true}, nil
 	case slices.Contains(ownDirs, name):
 		if !isDir {
-			return "", &UnsafeFileError{Path: path, Kind: FileKind(typ), Why: fmt.Sprintf("is a %s where provision keeps its own directory; it does not write through it", FileKind(typ))}
+			return entryJudgement{}, &UnsafeFileError{Path: path, Kind: FileKind(typ), Why: fmt.Sprintf("is a %s where provision keeps its own directory; it does not write through it", FileKind(typ))}
 		}
-		return "", nil
+		return entryJudgement{content: true}, nil
 	case special(typ) && (slices.Contains(genLinks, name) || slices.Contains(credFiles, name)):
 		// A FIFO, device or socket at one of provision's names is nobody's
 		// file: somebody planted it.
-		return "", &UnsafeFileError{Path: path, Kind: FileKind(typ)}
+		return entryJudgement{}, &UnsafeFileError{Path: path, Kind: FileKind(typ)}
 	case slices.Contains(genLinks, name):
 		if !isLink {
-			return "a " + FileKind(typ) + " where provision keeps a link", nil
+			return entryJudgement{why: "a " + FileKind(typ) + " where provision keeps a link"}, nil
 		}
-		return "", nil
+		return entryJudgement{made: !marked && name == "current" && currentMade(path, names), content: true}, nil
 	case slices.Contains(credFiles, name):
-		return judgeCredFile(typ, names), nil
+		return entryJudgement{why: judgeCredFile(typ, names, marked), content: true}, nil
 	case strings.HasPrefix(name, genPrefix) && isDir:
-		return "", nil
+		return entryJudgement{made: genName.MatchString(name), content: true}, nil
 	case top && (isDir || isLink):
-		return judgeNested(path, isLink), nil
+		// A subdirectory of provision's (made, or empty: a volume
+		// mounted or linked there for pki_dir) holds nothing to take. A
+		// link in a directory provision marked is root's own (pki_dir on
+		// another volume), judged as pki_dir itself.
+		if isLink && marked {
+			return entryJudgement{made: true}, nil
+		}
+		why, made := judgeNested(path, isLink, j.resolve)
+		return entryJudgement{why: why, made: made}, nil
 	}
-	return "a " + FileKind(typ) + " provision did not write", nil
+	return entryJudgement{why: "a " + FileKind(typ) + " provision did not write"}, nil
+}
+
+// genName is how credstore names a generation: gen-<UTC time>-<random>.
+var genName = regexp.MustCompile(`^gen-[0-9]{8}T[0-9]{6}(\.[0-9]+)?Z-[0-9a-f]+$`)
+
+// currentMade says whether the current link at path names a generation
+// beside it, as every provision that published a set left it.
+func currentMade(path string, names map[string]os.FileMode) bool {
+	target, err := os.Readlink(path)
+	return err == nil && !strings.Contains(target, "/") && genName.MatchString(target) && names[target].IsDir()
+}
+
+// recordKeys are a field each of provision's records always carries: an
+// earlier provision's record parses as a JSON object with it.
+var recordKeys = map[string]string{"receipt.json": "node_id", "renew.json": "node_id", "enroll-pending.json": "token_sha256",
+	"key-exposed.json": "found", "last-failure.json": "ended_at"}
+
+// recordMade says whether the record at path (named name) is one an
+// earlier provision wrote: a record that parses as one, or the run lock
+// holding nothing but a pid.
+func recordMade(path, name string) bool {
+	b, err := ReadRegular(context.Background(), path, 256<<10)
+	if err != nil {
+		return false
+	}
+	if name == ".lock" {
+		pid := strings.TrimSpace(string(b))
+		return len(b) <= 32 && (pid == "" || isDigits(pid))
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(b, &m) != nil {
+		return false
+	}
+	_, ok := m[recordKeys[name]]
+	return ok
+}
+
+// AsideMark is in the name of a record provision kept aside because it
+// did not parse: "renew.json.damaged-20260101T000000Z".
+const AsideMark = ".damaged-"
+
+// isAside says whether name is a record provision kept aside.
+func isAside(name string) bool {
+	base, _, ok := strings.Cut(name, AsideMark)
+	return ok && slices.Contains(ownFiles, base)
 }
 
 // special reports whether typ is neither a regular file, a directory nor a
@@ -230,14 +471,18 @@ func special(typ os.FileMode) bool {
 }
 
 // judgeCredFile: a stable name is provision's as a link (into current/,
-// whatever it names: a planted one is replaced), or as a plain file of a
-// credential set, which needs a key and a certificate.
-func judgeCredFile(typ os.FileMode, names map[string]os.FileMode) string {
+// whatever it names: a planted one is replaced), or, in a directory
+// provision marked as its own, as a plain file of a credential set (a key
+// and a certificate) an interrupted conversion left. Plain files anywhere
+// else are another program's credentials.
+func judgeCredFile(typ os.FileMode, names map[string]os.FileMode, marked bool) string {
 	switch {
 	case typ&os.ModeSymlink != 0:
 		return ""
 	case !typ.IsRegular():
 		return "a " + FileKind(typ) + " where provision keeps a credential" // a directory
+	case !marked:
+		return "a regular file: another program's credential; provision keeps its own as links"
 	}
 	_, key := names["key.pem"]
 	_, cert := names["cert.pem"]
@@ -248,27 +493,35 @@ func judgeCredFile(typ os.FileMode, names map[string]os.FileMode) string {
 }
 
 // judgeNested says why a subdirectory (or a link to one) is not a
-// directory of provision's, such as a pki_dir inside state_dir.
-func judgeNested(path string, isLink bool) string {
+// directory of provision's, such as a pki_dir inside state_dir ("" when it
+// is), and whether it shows provision made its parent too.
+func judgeNested(path string, isLink bool, resolve resolver) (string, bool) {
+	path, err := resolve(path)
+	if err != nil {
+		return "a link provision does not follow: " + err.Error(), false
+	}
 	st, err := os.Stat(path)
 	switch {
 	case err != nil:
-		return "a link to nothing usable"
+		return "a link to nothing usable", false
 	case !st.IsDir():
-		return "a link to a " + FileKind(st.Mode())
+		return "a link to a " + FileKind(st.Mode()), false
 	}
 	what := "a directory"
 	if isLink {
 		what = "a link to a directory"
 	}
 	var fe *ForeignDirError
-	switch err := judgeDir(path, false); {
+	v, err := judgeDir(path, false, resolve)
+	switch {
+	case errors.As(err, &fe) && fe.NotMade:
+		return what + " provision did not create, holding " + strings.Join(fe.Foreign, ", "), false
 	case errors.As(err, &fe):
-		return what + " holding " + strings.Join(fe.Foreign, ", ")
+		return what + " holding " + strings.Join(fe.Foreign, ", "), false
 	case err != nil:
-		return what + " provision cannot judge: " + err.Error()
+		return what + " provision cannot judge: " + err.Error(), false
 	}
-	return ""
+	return "", v.made
 }
 
 // isTemp reports whether name is one of provision's temp files: its own
@@ -284,5 +537,5 @@ func isTemp(name string) bool {
 	if len(base) == len(name)-1 {
 		return false
 	}
-	return slices.Contains(ownFiles, base) || slices.Contains(credFiles, base) || slices.Contains(genLinks, base)
+	return slices.Contains(ownFiles, base) || slices.Contains(credFiles, base) || slices.Contains(genLinks, base) || base == OwnMark
 }

@@ -7,32 +7,74 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 )
 
-// tree builds entries under dir: "name" a regular file, "name/" a
-// directory, "name -> target" a symbolic link, "name|" a FIFO.
+// tree builds entries under dir: "name" a regular file ("name=content"
+// with that content), "name/" a directory, "name -> target" a symbolic
+// link, "name|" a FIFO; each optionally followed by " @uid" or
+// " @uid:gid" (its owner) and " %mode" (a directory's mode, octal, sticky
+// bit included).
 func tree(t *testing.T, dir string, entries ...string) {
 	t.Helper()
 	for _, e := range entries {
+		e, uid, gid, mode := ownership(e)
 		var err error
-		switch name, target, link := strings.Cut(e, " -> "); {
+		name, target, link := strings.Cut(e, " -> ")
+		switch {
 		case link:
 			os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755)
 			err = os.Symlink(target, filepath.Join(dir, name))
 		case strings.HasSuffix(e, "/"):
 			err = os.MkdirAll(filepath.Join(dir, e), 0o755)
 		case strings.HasSuffix(e, "|"):
-			err = syscall.Mkfifo(filepath.Join(dir, strings.TrimSuffix(e, "|")), 0o600)
+			name = strings.TrimSuffix(e, "|")
+			err = syscall.Mkfifo(filepath.Join(dir, name), 0o600)
 		default:
-			os.MkdirAll(filepath.Dir(filepath.Join(dir, e)), 0o755)
-			err = os.WriteFile(filepath.Join(dir, e), []byte("content of "+e), 0o644)
+			var content string
+			var ok bool
+			if name, content, ok = strings.Cut(e, "="); !ok {
+				content = "content of " + e
+			}
+			os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755)
+			err = os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644)
+		}
+		p := filepath.Join(dir, strings.TrimSuffix(name, "/"))
+		if err == nil && mode != 0 {
+			err = syscall.Chmod(p, mode) // raw: keeps the sticky bit
+		}
+		if err == nil && (uid != 0 || gid != 0) {
+			err = os.Lchown(p, uid, gid)
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// ownership takes the " @uid[:gid]" and " %mode" suffixes off a tree entry.
+func ownership(e string) (string, int, int, uint32) {
+	uid, gid, mode := 0, 0, uint32(0)
+	for {
+		i := strings.LastIndex(e, " ")
+		if i < 0 || i+1 >= len(e) || (e[i+1] != '@' && e[i+1] != '%') {
+			return e, uid, gid, mode
+		}
+		if e[i+1] == '@' {
+			u, g, both := strings.Cut(e[i+2:], ":")
+			uid, _ = strconv.Atoi(u)
+			gid = uid
+			if both {
+				gid, _ = strconv.Atoi(g)
+			}
+		} else {
+			m, _ := strconv.ParseUint(e[i+2:], 8, 32)
+			mode = uint32(m)
+		}
+		e = e[:i]
 	}
 }
 
@@ -60,14 +102,19 @@ func digest(t *testing.T, root string) string {
 	return b.String()
 }
 
-// TestClaimDir is issue 24 item 1: pki_dir = "/etc/pki" (a 0755 directory
-// holding ca.pem and cert.pem) was made 0700 and its ca.pem replaced by a
-// link. A directory is provision's only when it is missing, empty or holds
-// nothing but provision's layout; anything else is refused before anything
-// in it changes, naming what is foreign.
+// TestClaimDir is issue 24 item 1 and issue 31 item 2: pki_dir =
+// "/etc/pki" (a 0755 directory holding ca.pem and cert.pem) was made 0700
+// and its ca.pem replaced by a link, and nginx's /etc/nginx/ssl holding
+// key.pem and cert.pem was taken over as "a credential set". A directory
+// is provision's only when provision made it (its mark, empty, or what an
+// earlier provision leaves) and it holds nothing but provision's layout;
+// anything else is refused before anything in it changes, naming what is
+// foreign.
 func TestClaimDir(t *testing.T) {
-	provisionState := []string{".lock", "receipt.json", "renew.json", "enroll-pending.json", "key-exposed.json", "done/", "tasks/",
-		"pki/gen-20261206T000000.000000000Z-0a1b2c3d/", "pki/current -> gen-20261206T000000.000000000Z-0a1b2c3d",
+	const gen = "gen-20261206T000000.000000000Z-0a1b2c3d"
+	mark := OwnMark + "=" + ownMarkText
+	provisionState := []string{".lock=4242\n", "receipt.json", "renew.json", "enroll-pending.json", "key-exposed.json", "done/", "tasks/",
+		"pki/" + gen + "/", "pki/current -> " + gen,
 		"pki/key.pem -> current/key.pem", "pki/cert.pem -> current/cert.pem", "pki/ca.pem -> current/ca.pem", "pki/previous -> gen-x",
 		".receipt.json123456", ".provision-tmp-gen-y/", "pki/.key.pem987"}
 	tests := []struct {
@@ -80,13 +127,25 @@ func TestClaimDir(t *testing.T) {
 		{name: "missing"},
 		{name: "empty", entries: []string{}},
 		{name: "provision's state and pki layout", entries: provisionState},
-		{name: "a previous tool's credential set", entries: []string{"key.pem", "cert.pem", "ca.pem"}},
-		{name: "a key and certificate without a bundle", entries: []string{"key.pem", "cert.pem"}},
+		{name: "marked, with records that do not parse", entries: []string{mark, "receipt.json", "renew.json=\x00\x01", "renew.json.damaged-20260101T000000Z"}},
+		{name: "an earlier provision's state: a receipt that parses", entries: []string{"receipt.json={\"node_id\":\"gpu-1\"}", "tasks/", "done/"}},
+		{name: "an earlier provision's state: its run lock", entries: []string{".lock=12345\n"}},
+		{name: "an earlier provision's pki_dir: a generation and current", entries: []string{gen + "/", "current -> " + gen, "key.pem -> current/key.pem"}},
+		{name: "a marked directory with the pair an interrupted conversion left", entries: []string{mark, "key.pem", "cert.pem", "ca.pem"}},
+		{name: "a previous tool's credential set", entries: []string{"key.pem", "cert.pem", "ca.pem"},
+			foreign: []string{"key.pem (a regular file: another program's credential"}},
+		{name: "nginx's key and certificate (issue 31)", entries: []string{"key.pem", "cert.pem"},
+			foreign: []string{"cert.pem (a regular file: another program's credential", "key.pem ("}},
 		{name: "a symlinked state_dir of provision's", entries: provisionState, link: true},
-		{name: "a pki_dir inside state_dir under another name", entries: []string{"receipt.json", "creds/current -> gen-1", "creds/gen-1/"}},
+		{name: "a pki_dir inside state_dir under another name", entries: []string{"receipt.json", "creds/current -> " + gen, "creds/" + gen + "/"}},
 		{name: "a pki_dir inside state_dir that is a link", entries: []string{"receipt.json", "pki -> /nonexistent"}, foreign: []string{"pki (a link to nothing usable)"}},
 		{name: "/etc/pki with ca.pem and cert.pem (the repro)", entries: []string{"ca.pem", "cert.pem"},
-			foreign: []string{"ca.pem (a regular file that is not part of a key and certificate pair)", "cert.pem ("}},
+			foreign: []string{"ca.pem (a regular file: another program's credential", "cert.pem ("}},
+		{name: "a lone ca.pem in a marked directory", entries: []string{mark, "ca.pem"}, foreign: []string{"ca.pem (a regular file that is not part of a key and certificate pair)"}},
+		{name: "another program's single file with a name of provision's", entries: []string{"receipt.json={\"order\":7}"},
+			foreign: []string{"provision did not create it", "receipt.json (regular file)"}},
+		{name: "another program's queue: tasks/ and a lock", entries: []string{".lock=locked by worker", "tasks/", "tasks/job-1"},
+			foreign: []string{"provision did not create it", ".lock (regular file)", "tasks (directory)"}},
 		{name: "/etc/ssl", entries: []string{"certs/a.pem", "private/node.key", "openssl.cnf", "empty/"}, foreign: []string{"certs (a directory holding a.pem", "openssl.cnf (a regular file", "private ("}},
 		{name: "one foreign file among provision's", entries: append([]string{"notes.txt"}, provisionState...), foreign: []string{"notes.txt (a regular file provision did not write)"}},
 		{name: "a symlinked state_dir of somebody else's", entries: []string{"db.sqlite"}, link: true, foreign: []string{"db.sqlite"}},
@@ -94,6 +153,7 @@ func TestClaimDir(t *testing.T) {
 		{name: "a regular file where current should be a link", entries: []string{"current"}, foreign: []string{"current (a regular file where provision keeps a link)"}},
 		{name: "a FIFO at renew.json", entries: []string{"receipt.json", "renew.json|"}, unsafe: "renew.json"},
 		{name: "a link at receipt.json", entries: []string{"receipt.json -> /etc/shadow"}, unsafe: "receipt.json"},
+		{name: "a link at the mark", entries: []string{OwnMark + " -> /etc/shadow"}, unsafe: OwnMark},
 		{name: "a link at tasks", entries: []string{"tasks -> /tmp"}, unsafe: "tasks"},
 		{name: "a FIFO at key.pem", entries: []string{"key.pem|", "cert.pem"}, unsafe: "key.pem"},
 		{name: "a FIFO at current", entries: []string{"current|"}, unsafe: "current"},
@@ -156,6 +216,9 @@ func TestClaimDir(t *testing.T) {
 						t.Errorf("a 0777 directory of provision's: mode %v, state %+v; want tightened to 0700", st.Mode(), s)
 					}
 				}
+				if b, _ := os.ReadFile(filepath.Join(dir, OwnMark)); err == nil && change && string(b) != ownMarkText {
+					t.Errorf("a directory provision claimed holds no mark: %q", b)
+				}
 				if pst, _ := os.Stat(filepath.Dir(dir)); pst != nil && pst.Mode().Perm() != 0o755 {
 					t.Errorf("the parent was chmodded to %v", pst.Mode())
 				}
@@ -178,6 +241,11 @@ func BenchmarkClaimDir(b *testing.B) {
 	}
 	for l, target := range map[string]string{"current": "gen-3", "previous": "gen-2", "key.pem": "current/key.pem", "cert.pem": "current/cert.pem", "ca.pem": "current/ca.pem"} {
 		os.Symlink(target, filepath.Join(dir, "pki", l))
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "pki")} {
+		if err := markOwn(d); err != nil {
+			b.Fatal(err)
+		}
 	}
 	for _, change := range []bool{false, true} {
 		b.Run(fmt.Sprintf("change=%v", change), func(b *testing.B) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,17 +72,28 @@ func FileKind(m os.FileMode) string {
 func OpenRegular(path string, flag int, perm os.FileMode) (*os.File, error) {
 	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, perm)
 	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
-			return nil, &UnsafeFileError{Path: path, Kind: "symbolic link"}
-		}
-		if errors.Is(err, syscall.ENXIO) { // a FIFO without a reader, opened for writing
-			return nil, &UnsafeFileError{Path: path, Kind: "FIFO"}
-		}
-		if errors.Is(err, syscall.EISDIR) {
-			return nil, &UnsafeFileError{Path: path, Kind: "directory"}
-		}
-		return nil, err
+		return nil, refusal(path, err)
 	}
+	return regularOnly(f)
+}
+
+// refusal names the open error of path that says what it is: a link (with
+// O_NOFOLLOW), a FIFO without a reader (opened for writing), a directory.
+func refusal(path string, err error) error {
+	switch {
+	case errors.Is(err, syscall.ELOOP):
+		return &UnsafeFileError{Path: path, Kind: "symbolic link"}
+	case errors.Is(err, syscall.ENXIO):
+		return &UnsafeFileError{Path: path, Kind: "FIFO"}
+	case errors.Is(err, syscall.EISDIR):
+		return &UnsafeFileError{Path: path, Kind: "directory"}
+	}
+	return err
+}
+
+// regularOnly checks the opened f with fstat, so what is checked is what
+// is used: anything but a regular file is closed and refused.
+func regularOnly(f *os.File) (*os.File, error) {
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -89,7 +101,7 @@ func OpenRegular(path string, flag int, perm os.FileMode) (*os.File, error) {
 	}
 	if !st.Mode().IsRegular() {
 		f.Close()
-		return nil, &UnsafeFileError{Path: path, Kind: FileKind(st.Mode())}
+		return nil, &UnsafeFileError{Path: f.Name(), Kind: FileKind(st.Mode())}
 	}
 	return f, nil
 }
@@ -123,13 +135,19 @@ func (e *TooLargeError) Error() string {
 // (a stuck network filesystem): the read then finishes, or not, in the
 // background, and its result is dropped.
 func ReadRegular(ctx context.Context, path string, max int64) ([]byte, error) {
+	return readBounded(ctx, path, max, func() (*os.File, error) { return OpenRegular(path, os.O_RDONLY, 0) })
+}
+
+// readBounded reads what open opens (path, for messages) within max bytes,
+// giving up when ctx ends.
+func readBounded(ctx context.Context, path string, max int64, open func() (*os.File, error)) ([]byte, error) {
 	type result struct {
 		b   []byte
 		err error
 	}
 	ch := make(chan result, 1)
 	go func() {
-		f, err := OpenRegular(path, os.O_RDONLY, 0)
+		f, err := open()
 		if err != nil {
 			ch <- result{nil, err}
 			return
@@ -155,6 +173,7 @@ type DirState struct {
 	Created   bool        // the directory did not exist and was created 0700
 	Tightened bool        // it existed with group or other write and was made 0700
 	WasMode   os.FileMode // its permission bits as found
+	Marked    bool        // ClaimDir wrote OwnMark in it (created, or claimed now)
 }
 
 // EnsurePrivateDir makes sure the directory path, which provision owns
@@ -218,43 +237,27 @@ func EnsurePrivateDir(path string, followLink bool) (DirState, error) {
 // maxLinks bounds link resolution, as the kernel's ELOOP does.
 const maxLinks = 40
 
-// Resolve follows every symbolic link in the node path p the way a process
-// chrooted into Root would see them: an absolute link target is taken under
-// Root, and ".." never climbs above Root. It returns the node path with no
-// links left (its last components may not exist yet). Root stays a sandbox:
-// a link cannot lead provision to a file outside it.
+// Resolve follows the symbolic links in the node path p the way a process
+// chrooted into Root would see them (an absolute link target is taken under
+// Root, and ".." never climbs above Root), under the path rule of
+// Host.Chase: a link root does not own, or in a directory someone else can
+// write, is an *UnsafePathError. It returns the node path with no links
+// left (its last components may not exist yet). Root stays a sandbox: a
+// link cannot lead provision to a file outside it.
 func (h *Host) Resolve(p string) (string, error) {
-	todo := splitPath(p)
-	resolved := "/"
-	hops := 0
-	for len(todo) > 0 {
-		c := todo[0]
-		todo = todo[1:]
-		next := filepath.Join(resolved, c) // Clean: ".." stops at "/"
-		st, err := os.Lstat(h.Path(next))
-		if errors.Is(err, os.ErrNotExist) {
-			return filepath.Join(append([]string{next}, todo...)...), nil
-		}
-		if err != nil {
-			return "", err
-		}
-		if st.Mode()&os.ModeSymlink == 0 {
-			resolved = next
-			continue
-		}
-		if hops++; hops > maxLinks {
-			return "", fmt.Errorf("%s: too many levels of symbolic links", p)
-		}
-		target, err := os.Readlink(h.Path(next))
-		if err != nil {
-			return "", err
-		}
-		if filepath.IsAbs(target) {
-			resolved = "/"
-		}
-		todo = append(splitPath(target), todo...)
+	w, err := h.newWalker(ChaseOptions{FollowLast: true})
+	if err != nil {
+		return "", err
 	}
-	return resolved, nil
+	defer w.close()
+	name, err := w.run(splitPath(p))
+	if errors.Is(err, fs.ErrNotExist) {
+		return filepath.Join(append([]string{w.top().node}, w.rest...)...), nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(w.top().node, name), nil
 }
 
 // ResolvedPath is Path(Resolve(p)), or Path(p) when p cannot be resolved.
@@ -263,7 +266,7 @@ func (h *Host) ResolvedPath(p string) string {
 	if err != nil {
 		return h.Path(p)
 	}
-	return h.Path(r)
+	return h.rawPath(r)
 }
 
 func splitPath(p string) []string {

@@ -22,7 +22,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -39,6 +38,9 @@ type Host struct {
 	// HostsFile is the hosts file path (as seen from inside Root) that
 	// name resolution consults when Root is not "/".
 	HostsFile string
+	// claimed maps each directory ClaimDir claimed, as a node path, to the
+	// node path it resolved to (Path).
+	claimed map[string]string
 	// Hook is called at named points of every write provision makes on
 	// this host (crash points); nil in production. The crash tests' build
 	// of the binary sets it to kill the process there, and unit tests set
@@ -96,11 +98,51 @@ func New(root string) (*Host, error) {
 }
 
 // Path maps an absolute path as seen on the node to the real path under Root.
+// A path under a directory ClaimDir claimed (state_dir, pki_dir) is mapped
+// to where that directory resolved under the path rule, so every later
+// step reaches the directory that was judged: the kernel, resolving the
+// configured name again, would take an absolute link target outside Root.
 func (h *Host) Path(p string) string {
+	if to, ok := h.claimedPath(p); ok {
+		p = to
+	}
+	return h.rawPath(p)
+}
+
+// rawPath is Path without the claimed directories' mapping: for a node
+// path with every link already resolved.
+func (h *Host) rawPath(p string) string {
 	if h.Root == "/" || h.Root == "" {
 		return filepath.Clean(p)
 	}
 	return filepath.Join(h.Root, filepath.Clean("/"+p))
+}
+
+// isClaimed says whether the resolved node path p is a directory ClaimDir
+// claimed.
+func (h *Host) isClaimed(p string) bool {
+	for _, to := range h.claimed {
+		if to == p {
+			return true
+		}
+	}
+	return false
+}
+
+// claimedPath maps the node path p under a claimed directory (the longest
+// that holds it) to the same path under where that directory resolved.
+func (h *Host) claimedPath(p string) (string, bool) {
+	p = filepath.Clean("/" + p)
+	best := ""
+	for dir := range h.claimed {
+		if (p == dir || strings.HasPrefix(p, dir+"/")) && len(dir) > len(best) {
+			best = dir
+		}
+	}
+	if best == "" {
+		return "", false
+	}
+	return filepath.Join(h.claimed[best], strings.TrimPrefix(p, best)), true
 }
 
 // Time returns the current time from the host's clock.
@@ -277,25 +319,4 @@ func (h *Host) DialContext(ctx context.Context, network, address string) (net.Co
 		}
 	}
 	return nil, firstErr
-}
-
-// LookupGroup resolves a group name (or a numeric gid) the way the node
-// does: in the root's /etc/group, read as a regular file within a bound.
-func (h *Host) LookupGroup(name string) (int, error) {
-	if gid, err := strconv.Atoi(name); err == nil && gid >= 0 {
-		return gid, nil
-	}
-	b, err := ReadRegular(context.Background(), h.Path("/etc/group"), 4<<20)
-	if err != nil {
-		return -1, fmt.Errorf("reading /etc/group: %w", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Split(line, ":")
-		if len(f) >= 3 && f[0] == name {
-			if gid, err := strconv.Atoi(f[2]); err == nil && gid >= 0 {
-				return gid, nil
-			}
-		}
-	}
-	return -1, fmt.Errorf("no group %q in /etc/group", name)
 }

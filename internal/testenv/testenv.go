@@ -1,6 +1,7 @@
 // Package testenv holds what the project's tests share about their
-// environment: finding the real programs a test drives, and a log buffer
-// safe for concurrent writers.
+// environment: finding the real programs a test drives, a log buffer safe
+// for concurrent writers, and a digest of a tree to prove a run changed
+// nothing it did not create.
 //
 // A test that needs a missing program must never count as passed: on a
 // developer machine it skips with a loud message, and under CI=true (set by
@@ -13,14 +14,10 @@ package testenv
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 )
@@ -82,36 +79,4 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// TreeDigest is every path under root with its mode, a link's target and
-// a file's contents (hashed), one line each: two equal digests mean nothing
-// under root was created, removed, written, relinked or chmodded.
-func TreeDigest(tb testing.TB, root string) string {
-	tb.Helper()
-	var b strings.Builder
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		st, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		l, _ := os.Readlink(p)
-		fmt.Fprintf(&b, "%s %v %s", strings.TrimPrefix(p, root), st.Mode(), l)
-		if st.Mode().IsRegular() {
-			c, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(&b, " %x", sha256.Sum256(c))
-		}
-		b.WriteString("\n")
-		return nil
-	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		tb.Fatalf("digest of %s: %v", root, err)
-	}
-	return b.String()
 }

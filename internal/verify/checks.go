@@ -67,7 +67,7 @@ func wantEntries(e *observe.Env) map[string]netip.Addr { return e.Cfg.HostMap() 
 
 func checkHostsBlock(_ context.Context, e *observe.Env) Answer {
 	path := e.Cfg.Paths.HostsFile
-	b, err := hosts.ReadFile(e.Host.ResolvedPath(path)) // through a symlink, inside --root; never a FIFO
+	b, err := readHosts(e.Host, path)
 	if err != nil {
 		return fail("restore the hosts file, then run provision hosts apply", "cannot read %s: %v", path, err)
 	}
@@ -77,6 +77,17 @@ func checkHostsBlock(_ context.Context, e *observe.Env) Answer {
 		return fail(remedy, "%s", msg)
 	}
 	return pass("managed block in %s maps %s", path, describe(want))
+}
+
+// readHosts reads the hosts file as 'provision hosts apply' edits it:
+// through a symlink under the path rule, inside --root; never a FIFO.
+func readHosts(host *system.Host, path string) ([]byte, error) {
+	f, err := hosts.Open(host, path, false)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Read()
 }
 
 func describe(m map[string]netip.Addr) string {

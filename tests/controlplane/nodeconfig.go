@@ -176,10 +176,16 @@ func (cp *ControlPlane) PrepareNode(root, nodeID string) (NodeFiles, error) {
 
 // WriteNodeCredentials plants a key, certificate chain and CA bundle where
 // provision keeps them (pki_dir/key.pem 0600, cert.pem, ca.pem under root),
-// for example a stale certificate from IssueStaleCert.
+// for example a stale certificate from IssueStaleCert: as plain files in a
+// pki_dir provision marked as its own (system.OwnMark), which it then
+// treats as the installed set. Another program's plain files, without the
+// mark, it would refuse to take over.
 func WriteNodeCredentials(root, pkiDir string, leaf *Leaf, caPEM []byte) error {
 	dir := InRoot(root, pkiDir)
 	if err := writeFile(filepath.Join(dir, "key.pem"), leaf.KeyPEM(), 0o600, 0o700); err != nil {
+		return err
+	}
+	if err := system.MarkOwn(dir); err != nil {
 		return err
 	}
 	if err := writeFile(filepath.Join(dir, "cert.pem"), leaf.ChainPEM(), 0o644, 0o700); err != nil {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/tests/controlplane"
 	"github.com/gpuaas/provision/tests/nodetest"
 )
@@ -225,6 +226,11 @@ func replaceCreds(t *testing.T, n *node, key, chain, ca []byte) {
 		t.Fatal(err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// provision's pki_dir as a restored backup of it holds it: marked as
+	// provision's own, a directory it made.
+	if err := system.MarkOwn(dir); err != nil {
 		t.Fatal(err)
 	}
 	for name, b := range map[string][]byte{"key.pem": key, "cert.pem": chain, "ca.pem": ca} {

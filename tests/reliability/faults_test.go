@@ -388,7 +388,9 @@ func TestFaultSymlinkedPKIDir(t *testing.T) {
 	real := filepath.Join(n.Files.Root, "srv", "pki-volume")
 	os.MkdirAll(real, 0o700)
 	os.MkdirAll(filepath.Dir(n.Files.PKIDir), 0o755)
-	if err := os.Symlink(real, n.Files.PKIDir); err != nil {
+	// As on the node: the absolute target is the node's path (resolved
+	// inside --root).
+	if err := os.Symlink("/srv/pki-volume", n.Files.PKIDir); err != nil {
 		t.Fatal(err)
 	}
 	cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
@@ -399,7 +401,7 @@ func TestFaultSymlinkedPKIDir(t *testing.T) {
 	if !fileExists(filepath.Join(real, credstore.CurrentLink)) {
 		t.Error("credentials not written through the symlink")
 	}
-	checkKeyModes(t, n.Files.PKIDir)
+	checkKeyModes(t, real)
 	wantExit(t, n.run(nil, "verify"), 0)
 	t.Logf("symlinked pki_dir: bootstrap and verify exit 0")
 }

@@ -234,7 +234,7 @@ func foreignDirCases(cp *controlplane.ControlPlane) []hostileCase {
 				writeFiles(t, n, "/mnt/volume", 0o755, map[string]string{"postgres/PG_VERSION": "16"})
 				os.RemoveAll(n.Files.StateDir)
 				os.MkdirAll(filepath.Dir(n.Files.StateDir), 0o755)
-				if err := os.Symlink(n.Path("/mnt/volume"), n.Files.StateDir); err != nil {
+				if err := os.Symlink("/mnt/volume", n.Files.StateDir); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -244,7 +244,7 @@ func foreignDirCases(cp *controlplane.ControlPlane) []hostileCase {
 				writeFiles(t, n, "/mnt/volume", 0o755, nil)
 				os.RemoveAll(n.Files.StateDir)
 				os.MkdirAll(filepath.Dir(n.Files.StateDir), 0o755)
-				if err := os.Symlink(n.Path("/mnt/volume"), n.Files.StateDir); err != nil {
+				if err := os.Symlink("/mnt/volume", n.Files.StateDir); err != nil {
 					t.Fatal(err)
 				}
 				cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
