@@ -638,3 +638,45 @@ for f in yaml.safe_load(open(sys.argv[1]))["write_files"]:
 		})
 	}
 }
+
+// TestTPMDropIns: key.store = "tpm" gives each of the three units the TPM
+// drop-in naming key.tpm's device, in the rendered user-data too; a file
+// key or a software TPM's socket gives none.
+func TestTPMDropIns(t *testing.T) {
+	base := exampleConfig(t)
+	for _, tc := range []struct {
+		store, tpm string
+		want       int
+	}{{"tpm", "/dev/tpmrm1", 3}, {"tpm", "swtpm:path=/run/swtpm/sock", 0}, {"file", "/dev/tpmrm0", 0}} {
+		cfg := *base
+		cfg.Key.Store, cfg.Key.TPM = tc.store, tc.tpm
+		ds, err := DropInsFor(&cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, d := range ds {
+			if strings.HasSuffix(d.Path, "/provision-tpm.conf") {
+				n++
+				if !strings.Contains(d.Content, "\nDeviceAllow="+tc.tpm+" rw\n") || !strings.Contains(d.Content, "\nSupplementaryGroups=tss\n") {
+					t.Errorf("%s:\n%s", d.Path, d.Content)
+				}
+			}
+		}
+		if n != tc.want {
+			t.Errorf("store %s tpm %s: %d TPM drop-ins, want %d", tc.store, tc.tpm, n, tc.want)
+		}
+		if tc.want == 0 {
+			continue
+		}
+		var b strings.Builder
+		if err := RenderConfig(&b, &cfg, "a.b.c"); err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+			if !strings.Contains(b.String(), "- path: /etc/systemd/system/"+u+".d/provision-tpm.conf") {
+				t.Errorf("the user-data lacks %s's TPM drop-in", u)
+			}
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/gpuaas/provision/deploy/systemd"
 	"github.com/gpuaas/provision/internal/config"
 )
 
@@ -13,7 +14,17 @@ import (
 type DropIn struct {
 	Path    string // /etc/systemd/system/<unit>.d/provision-paths.conf
 	Content string
+	// Why is the user-data's comment above the entry, one line each.
+	Why []string
 }
+
+// The user-data's comments on the drop-ins.
+var (
+	pathsWhy = []string{"The config moves a path provision writes away from what the packaged unit",
+		"may write: this drop-in opens exactly that path in the unit's sandbox."}
+	tpmWhy = []string{"key.store = \"tpm\": the unit reaches the TPM's resource manager (and no other",
+		"device), as the tss group (deploy/systemd/tpm.conf)."}
+)
 
 const dropInName = "provision-paths.conf"
 
@@ -182,9 +193,25 @@ func DropInsFor(cfg *config.Config) ([]DropIn, error) {
 		if d, ok := dropIn(u, u.conditions(cfg), append(dedupe(rw), dedupe(pre)...)); ok {
 			out = append(out, d)
 		}
+		if d, ok := tpmDropIn(u, cfg); ok {
+			out = append(out, d)
+		}
 	}
 	return out, nil
 }
+
+// tpmDropIn is the unit's access to the TPM (deploy/systemd/tpm.conf,
+// naming key.tpm's device), written only when key.store = "tpm": no other
+// node's units reach a hardware device. A software TPM's socket (a test
+// config) needs none.
+func tpmDropIn(u unit, cfg *config.Config) (DropIn, bool) {
+	if cfg.Key.Store != config.KeyStoreTPM || !strings.HasPrefix(cfg.Key.TPM, "/") {
+		return DropIn{}, false
+	}
+	return DropIn{Path: "/etc/systemd/system/" + u.name + ".d/" + tpmDropInName, Content: systemd.TPMDropIn(cfg.Key.TPM), Why: tpmWhy}, true
+}
+
+const tpmDropInName = "provision-tpm.conf"
 
 // dropIn writes one unit's drop-in; none when there is nothing to say.
 func dropIn(u unit, unitLines, serviceLines []string) (DropIn, bool) {
@@ -202,7 +229,7 @@ func dropIn(u unit, unitLines, serviceLines []string) (DropIn, bool) {
 	if len(serviceLines) > 0 {
 		b.WriteString("[Service]\n" + strings.Join(serviceLines, "\n") + "\n")
 	}
-	return DropIn{Path: "/etc/systemd/system/" + u.name + ".d/" + dropInName, Content: b.String()}, true
+	return DropIn{Path: "/etc/systemd/system/" + u.name + ".d/" + dropInName, Content: b.String(), Why: pathsWhy}, true
 }
 
 // dedupe keeps the first of equal lines (pki_dir under a moved state_dir

@@ -45,6 +45,7 @@ var shipped = map[string]string{
 	"usr/lib/systemd/system/provision-verify.service":                "../deploy/systemd/provision-verify.service",
 	"usr/lib/systemd/system/provision-verify.timer":                  "../deploy/systemd/provision-verify.timer",
 	"usr/share/provision/cloud-init/user-data.yaml.tmpl":             "../cloud-init/user-data.yaml.tmpl",
+	"usr/share/provision/systemd/tpm.conf":                           "../deploy/systemd/tpm.conf",
 	"usr/share/provision/cloud-init/example-user-data.yaml":          "../cloud-init/example-user-data.yaml",
 	"usr/share/doc/provision/provision.toml.example":                 "provision.toml.example",
 	"usr/share/doc/provision/runbook.md":                             "../docs/runbook.md",

@@ -2,14 +2,14 @@
 # Runs every go fuzz target in the module for a short time each (default 5s),
 # starting from the committed seed corpora under each package's
 # testdata/fuzz/. Usage: tests/fuzz.sh [duration]
-# Both modules: the main one and the nested clientcert module, which
+# Every module: the main one and the nested clientcert and nodekey modules, which
 # `go list ./...` at the root does not enter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t="${1:-5s}"
 count=0
 top=$(pwd)
-for mod in . clientcert; do
+for mod in . clientcert nodekey; do
 	cd "$top/$mod"
 	for pkg in $(go list ./...); do
 		targets=$(go test -list '^Fuzz' "$pkg" 2>/dev/null | grep '^Fuzz' || true)

@@ -60,6 +60,16 @@
 //   - DeviceAllow= reports char-rtc: that is ProtectClock=yes's own read-only
 //     rule.
 //
+// The node key in the TPM (key.store = "tpm") needs the TPM's resource
+// manager, which PrivateDevices=yes hides and which is root:tss 0660, out of
+// reach of a root without capabilities. tpm.conf is the drop-in that opens
+// exactly it (PrivateDevices=no, DevicePolicy=closed, DeviceAllow=/dev/tpmrm0
+// rw, SupplementaryGroups=tss, and ~@raw-io, which PrivateDevices= also
+// blocked); it is not applied to the shipped units: `provision userdata`
+// writes it for the three services only when the config keeps the key in
+// the TPM, and the package ships it under /usr/share/provision/systemd/ for
+// nodes set up otherwise. The units score 1.8 with it (TestTPMDropIn).
+//
 // Under a running systemd: tests/boot installs the .deb in a minimal Debian
 // root and boots it with systemd-nspawn (systemd 252 as PID 1), so the
 // services run under exactly this sandbox: bootstrap, verify and renew

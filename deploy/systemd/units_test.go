@@ -296,16 +296,27 @@ func exposure(t *testing.T, dir, file string) (float64, string) {
 // TestSecurityExposure: every service scores at most maxExposure.
 func TestSecurityExposure(t *testing.T) {
 	dir, files := stage(t, nil)
+	withinExposure(t, dir, files, "")
+}
+
+// withinExposure scores every staged service (what: "" or the drop-in
+// applied, for the messages), fails the test above maxExposure, and
+// returns systemd-analyze's output per unit file.
+func withinExposure(t *testing.T, dir string, files []string, what string) map[string]string {
+	t.Helper()
+	outs := map[string]string{}
 	for _, f := range files {
 		if !strings.HasSuffix(f, ".service") {
 			continue
 		}
 		score, out := exposure(t, dir, f)
-		t.Logf("%s: systemd-analyze security exposure %.1f (max %.1f)", filepath.Base(f), score, maxExposure)
+		outs[f] = out
+		t.Logf("%s%s: systemd-analyze security exposure %.1f (max %.1f)", filepath.Base(f), what, score, maxExposure)
 		if score > maxExposure {
-			t.Errorf("%s: exposure %.1f is above %.1f:\n%s", filepath.Base(f), score, maxExposure, out)
+			t.Errorf("%s%s: exposure %.1f is above %.1f:\n%s", filepath.Base(f), what, score, maxExposure, out)
 		}
 	}
+	return outs
 }
 
 // TestSecurityExposureCatchesRegression proves the check above can fail:
@@ -429,6 +440,45 @@ func TestTimersHaveNoInertLines(t *testing.T) {
 	} {
 		if got := inertTimerLines(tc.text); len(got) != tc.bad {
 			t.Errorf("%s: %q, want %d problems", tc.name, got, tc.bad)
+		}
+	}
+}
+
+// TestTPMDropIn: with tpm.conf applied (key.store = "tpm"), every service
+// may open exactly the TPM's resource manager and nothing else of the
+// hardware, systemd-analyze accepts the units, and each still scores at
+// most maxExposure.
+func TestTPMDropIn(t *testing.T) {
+	d := directives(t, "tpm.conf")
+	want := map[string][]string{
+		"Service.PrivateDevices": {"no"}, "Service.DevicePolicy": {"closed"}, "Service.DeviceAllow": {"/dev/tpmrm0 rw"},
+		"Service.SupplementaryGroups": {"tss"}, "Service.SystemCallFilter": {"~@raw-io"},
+	}
+	if len(d) != len(want) {
+		t.Errorf("tpm.conf sets %v, want exactly %v", d, want)
+	}
+	for k, v := range want {
+		if got := d[k]; len(got) != 1 || got[0] != v[0] {
+			t.Errorf("tpm.conf %s = %v, want %v", k, got, v)
+		}
+	}
+	if got := TPMDropIn("/dev/tpmrm1"); !strings.Contains(got, "\nDeviceAllow=/dev/tpmrm1 rw\n") || strings.Contains(got, "tpmrm0 rw") {
+		t.Errorf("TPMDropIn(/dev/tpmrm1) does not name the device:\n%s", got)
+	}
+	dir, files := stage(t, nil)
+	for _, unit := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+		os.MkdirAll(filepath.Join(dir, unit+".d"), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, unit+".d", "provision-tpm.conf"), []byte(TPMDropIn(DefaultTPMDevice)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ok, ours, all := analyze(t, dir, files)
+	if !ok || len(ours) > 0 {
+		t.Fatalf("systemd-analyze verify with the TPM drop-in failed (ok=%v):\n%s", ok, all)
+	}
+	for f, out := range withinExposure(t, dir, files, " with the TPM drop-in") {
+		if !strings.Contains(out, "✗ PrivateDevices=") {
+			t.Errorf("%s: the score does not reflect the drop-in (PrivateDevices= still on):\n%s", filepath.Base(f), out)
 		}
 	}
 }

@@ -38,7 +38,8 @@ var Steps = []pipeline.Step{
 	pipeline.RestartSplayStep, // a restart waits a random delay of its own first
 	pipeline.RootsStep,        // the CA's current roots, pinned, with Retry-After
 	{Name: "assess", Do: assess},
-	pipeline.ClockStep, // before a token is spent or a renewal requested
+	pipeline.ClockStep,    // before a token is spent or a renewal requested
+	pipeline.KeyStoreStep, // the TPM that makes or holds the key, likewise
 	{Name: "credentials", Do: credentials},
 	pipeline.ProveStep,   // verify's ladder ending in a real tasks/wait; a task it got, kept
 	pipeline.PublishStep, // only a proven set (or the liveness rule)

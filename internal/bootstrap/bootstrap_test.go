@@ -664,7 +664,7 @@ func TestRunReportsNamedSteps(t *testing.T) {
 	}
 	out := n.run(t)
 	got, _ := names(out)
-	want := []string{"sweep:ok", "credentials-mode:ok", "hosts:ok", "restart-splay:ok", "ca-roots:ok", "assess:ok", "clock:ok", "credentials:ok", "proof:ok", "publish:ok", "revoke:ok", "receipt:ok", "post-hook:ok"}
+	want := []string{"sweep:ok", "credentials-mode:ok", "hosts:ok", "restart-splay:ok", "ca-roots:ok", "assess:ok", "clock:ok", "key-store:ok", "credentials:ok", "proof:ok", "publish:ok", "revoke:ok", "receipt:ok", "post-hook:ok"}
 	if !out.Report.OK || !reflect.DeepEqual(got, want) {
 		t.Fatalf("steps %v, want %v (%s)", got, want, out.Report.Summary)
 	}
@@ -672,7 +672,7 @@ func TestRunReportsNamedSteps(t *testing.T) {
 	os.RemoveAll(n.files.PKIDir)
 	out = n.run(t)
 	got, last := names(out)
-	if out.Report.OK || last.Name != "credentials" || last.Status != "fail" || len(got) != 8 || out.Report.FailedCheck != "enroll" {
+	if out.Report.OK || last.Name != "credentials" || last.Status != "fail" || len(got) != 9 || out.Report.FailedCheck != "enroll" {
 		t.Fatalf("no credentials, no token: steps %v, failed check %s", got, out.Report.FailedCheck)
 	}
 }

@@ -16,8 +16,8 @@ import (
 
 // DryRun is bootstrap --dry-run: bootstrap's own list up to the first
 // step that would change anything (pipeline.DryRun): the hosts block
-// decided but not written, the CA's roots fetched, the same assess and
-// clock check, and the token read and checked but not sent.
+// decided but not written, the CA's roots fetched, the same assess, clock
+// and key-store checks, and the token read and checked but not sent.
 func DryRun(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.Options) *pipeline.Preview {
 	return pipeline.DryRun(ctx, "bootstrap", cfg, host, o, func(p *pipeline.Preview) []pipeline.Step {
 		return []pipeline.Step{
@@ -25,6 +25,7 @@ func DryRun(ctx context.Context, cfg *config.Config, host *system.Host, o pipeli
 			pipeline.RootsStep,
 			{Name: "assess", Do: assess},
 			pipeline.ClockStep,
+			pipeline.KeyStoreStep, // the TPM that would make or holds the key (it signs a test digest; nothing written)
 			{Name: "credentials", Do: func(r *pipeline.Run) *diag.Finding { return previewToken(r, p) }},
 		}
 	})

@@ -61,7 +61,7 @@ func TestArchitectureNamesExist(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := regexp.MustCompile("`((?:internal|cmd|tests|deploy|packaging|cloud-init|clientcert)(?:/[a-z0-9-]+)*)/?`").FindAllStringSubmatch(string(b), -1)
+	names := regexp.MustCompile("`((?:internal|cmd|tests|deploy|packaging|cloud-init|clientcert|nodekey)(?:/[a-z0-9-]+)*)/?`").FindAllStringSubmatch(string(b), -1)
 	if len(names) < 20 {
 		t.Fatalf("found only %d package names in ARCHITECTURE.md", len(names))
 	}

@@ -98,6 +98,7 @@ func printStatus(w io.Writer, n *status.Node, code int, quiet bool) {
 		line("credentials", "none in %s", c.PKIDir)
 	}
 	line("verdict", "%s %s", c.Verdict, strings.Join(c.Reasons, ","))
+	printKey(line, n.Key)
 	if r := n.Renew; r != nil {
 		line("last renew", "%s: %s %s", ts(r.LastAttempt), r.LastResult, r.LastError)
 		if r.HookPending {
@@ -137,6 +138,28 @@ func inDays(secs int64) string {
 		return fmt.Sprintf("expires in %s", d.Round(time.Minute))
 	}
 	return fmt.Sprintf("expires in %d days", int64(d/(24*time.Hour)))
+}
+
+// printKey is the key store's line: where the key is, and whether it
+// signed just now.
+func printKey(line func(k, format string, a ...any), k status.Key) {
+	signs := "signs"
+	switch {
+	case k.Error != "":
+		signs = "FAILS: " + k.Error
+	case !k.Signs:
+		signs = "none installed"
+	}
+	where := "key.store " + k.Store
+	if k.Installed != "" {
+		where += ", installed key in " + k.Installed
+	}
+	line("key", "%s: %s", where, signs)
+	if k.TPMStatus != "" {
+		line("tpm", "%s", k.TPMStatus)
+	} else if k.TPM != "" {
+		line("tpm", "%s", k.TPM)
+	}
 }
 
 func ts(t time.Time) string {

@@ -29,6 +29,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/gpuaas/provision/nodekey"
 )
 
 // DefaultPath is where provision looks for its configuration.
@@ -45,6 +47,7 @@ type Config struct {
 	CA        CA        `toml:"ca"`
 	NodeAPI   NodeAPI   `toml:"node_api"`
 	Paths     Paths     `toml:"paths"`
+	Key       NodeKey   `toml:"key"`
 	Bootstrap Bootstrap `toml:"bootstrap"`
 	Metrics   Metrics   `toml:"metrics"`
 	Renew     Renew     `toml:"renew"`
@@ -88,6 +91,26 @@ type Paths struct {
 	// pki_dir and its generations 0750, owned by that group.
 	KeyGroup string `toml:"key_group,omitempty"`
 }
+
+// NodeKey ([key]) says where the node's private key is made and kept.
+type NodeKey struct {
+	// Store is KeyStoreFile (a software key in key.pem) or KeyStoreTPM
+	// (a key made inside the TPM; key.pem holds its wrapped form).
+	Store string `toml:"store"`
+	// TPM names the TPM: a device path, or a software TPM's socket
+	// ("swtpm:path=...") for tests. It is the running machine's, not
+	// re-rooted under --root.
+	TPM string `toml:"tpm"`
+	// OwnerAuthFile holds the TPM owner hierarchy's password, when one is
+	// set; "" for none.
+	OwnerAuthFile string `toml:"owner_auth_file,omitempty"`
+}
+
+// The key stores.
+const (
+	KeyStoreFile = "file"
+	KeyStoreTPM  = "tpm"
+)
 
 // Bootstrap holds the time budgets of a bootstrap run.
 type Bootstrap struct {
@@ -148,6 +171,8 @@ const (
 	DefaultRenewSplay     = time.Hour
 	DefaultRenewRekey     = true
 	DefaultPostHookTimout = 30 * time.Second
+	DefaultKeyStore       = KeyStoreFile
+	DefaultTPM            = nodekey.DefaultTPM
 )
 
 // Duration is a time.Duration written as a Go duration string ("5s", "10m").
@@ -442,6 +467,7 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 		add("paths.key_group", "%q is not a group name (lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32) nor a numeric group id", g)
 	}
 	c.validateRenew(add)
+	c.validateKey(add)
 	c.validateBudget(add)
 	return probs
 }
@@ -558,6 +584,21 @@ func (c *Config) validateRenew(add adder) {
 			add("renew.post_hook", "the command must be an absolute path (it runs without a shell and without PATH lookup), got %q", h)
 		case filepath.Clean(h) != h:
 			add("renew.post_hook", "the command must be a clean path, got %q", h)
+		}
+	}
+}
+
+// validateKey: [key]'s store and TPM name (owner_auth_file is a path of
+// the key table).
+func (c *Config) validateKey(add adder) {
+	switch c.Key.Store {
+	case KeyStoreFile, KeyStoreTPM, "": // "" is the key table's rule
+	default:
+		add("key.store", "must be %q (a key file, the default) or %q (a key made inside the TPM), got %q", KeyStoreFile, KeyStoreTPM, c.Key.Store)
+	}
+	if c.Key.TPM != "" {
+		if _, err := nodekey.ParseSpec(c.Key.TPM); err != nil {
+			add("key.tpm", "%v", err)
 		}
 	}
 }

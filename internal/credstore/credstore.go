@@ -18,13 +18,17 @@
 //
 // The key is 0600 and the directories 0700 whatever existed before: a
 // previous tool's 0644 key.pem is replaced, not inherited.
+//
+// key.pem is a software key, or a TPM's wrapped key (TSS2 key file) when
+// the key lives in the node's TPM (config key.store): either way it is
+// written, validated and published the same, and package nodekey (the
+// node-agent's own) reads and writes it, so both agree on what it holds.
 package credstore
 
 import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -41,6 +45,7 @@ import (
 	"github.com/google/renameio/v2"
 
 	"github.com/gpuaas/provision/internal/system"
+	"github.com/gpuaas/provision/nodekey"
 )
 
 // File names inside pki_dir. They are the node-agent's contract.
@@ -101,7 +106,10 @@ var ErrNotFound = errors.New("no credentials installed")
 // concurrent swap cannot hand it a key from one generation and a certificate
 // from another. A pki_dir without "current" (written by something else) is
 // read from the plain files.
-func Load(dir string) (*Set, error) {
+//
+// A TPM key (key.pem a TSS2 key file) signs in the TPM opts name; loading
+// it does not touch the TPM.
+func Load(dir string, opts ...nodekey.Option) (*Set, error) {
 	st, err := os.Stat(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%s: %w", dir, ErrNotFound)
@@ -133,7 +141,7 @@ func Load(dir string) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.Key, err = parseKey(keyPEM); err != nil {
+	if s.Key, err = nodekey.ParseKey(keyPEM, opts...); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, KeyFile), err)
 	}
 	certPEM, err := readFile(filepath.Join(src, CertFile))
@@ -197,29 +205,19 @@ func ParseCerts(b []byte) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-func parseKey(b []byte) (crypto.Signer, error) {
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil, errors.New("no PEM key in it")
+// Key stores, as KeyStore names them.
+const (
+	StoreFile = "file"
+	StoreTPM  = "tpm"
+)
+
+// KeyStore says where the set's key is: StoreTPM for a key in a TPM
+// (key.pem a TSS2 key file), StoreFile for a software key.
+func (s *Set) KeyStore() string {
+	if _, ok := s.Key.(*nodekey.TPMKey); ok {
+		return StoreTPM
 	}
-	var k any
-	var err error
-	switch blk.Type {
-	case "EC PRIVATE KEY":
-		k, err = x509.ParseECPrivateKey(blk.Bytes)
-	case "RSA PRIVATE KEY":
-		k, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
-	default:
-		k, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("cannot parse the key: %w", err)
-	}
-	s, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, errors.New("unsupported key type")
-	}
-	return s, nil
+	return StoreFile
 }
 
 // KeyMatches reports whether the key is the leaf's private key.
@@ -230,22 +228,6 @@ func (s *Set) KeyMatches() bool {
 	}
 	pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && pub.Equal(s.Key.Public())
-}
-
-func encodeKey(k crypto.Signer) ([]byte, error) {
-	var der []byte
-	var err error
-	typ := "PRIVATE KEY"
-	if ec, ok := k.(*ecdsa.PrivateKey); ok {
-		der, err = x509.MarshalECPrivateKey(ec)
-		typ = "EC PRIVATE KEY"
-	} else {
-		der, err = x509.MarshalPKCS8PrivateKey(k)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), nil
 }
 
 // EncodeCerts PEM-encodes certificates in order.
@@ -283,7 +265,7 @@ func SaveAsideFor(dir string, s *Set, now time.Time, hook system.Hook, a Access)
 	if !s.KeyMatches() {
 		return "", errors.New("refusing to save: the key does not match the certificate")
 	}
-	keyPEM, err := encodeKey(s.Key)
+	keyPEM, err := nodekey.MarshalKey(s.Key)
 	if err != nil {
 		return "", fmt.Errorf("encoding key: %w", err)
 	}
@@ -330,7 +312,7 @@ func SaveAsideFor(dir string, s *Set, now time.Time, hook system.Hook, a Access)
 		return "", err
 	}
 	// Validate what is on disk, not what is in memory.
-	if _, err := tls.LoadX509KeyPair(filepath.Join(tmp, CertFile), filepath.Join(tmp, KeyFile)); err != nil {
+	if _, err := nodekey.LoadX509KeyPair(filepath.Join(tmp, CertFile), filepath.Join(tmp, KeyFile)); err != nil {
 		os.RemoveAll(tmp)
 		return "", fmt.Errorf("the written key and certificate do not load as a pair: %w", err)
 	}
@@ -355,7 +337,7 @@ func Publish(dir, gen string, hook system.Hook) error {
 	if filepath.Dir(gen) != filepath.Clean(dir) || !strings.HasPrefix(name, genPrefix) {
 		return fmt.Errorf("refusing to publish %s: not a generation of %s", gen, dir)
 	}
-	if _, err := tls.LoadX509KeyPair(filepath.Join(gen, CertFile), filepath.Join(gen, KeyFile)); err != nil {
+	if _, err := nodekey.LoadX509KeyPair(filepath.Join(gen, CertFile), filepath.Join(gen, KeyFile)); err != nil {
 		return fmt.Errorf("refusing to publish %s: %w", gen, err)
 	}
 	if prev, err := os.Readlink(filepath.Join(dir, CurrentLink)); err == nil && filepath.Base(prev) != name {

@@ -16,6 +16,8 @@ import (
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/system"
+	"github.com/gpuaas/provision/nodekey"
+	"github.com/gpuaas/provision/nodekey/swtpm"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -600,4 +602,47 @@ func TestSweepFinishesHalfLinkedLegacy(t *testing.T) {
 	}
 	credstore.Sweep(dir)
 	agentView(t, dir, serial(next))
+}
+
+// TestSaveLoadTPMKey: a set whose key lives in a TPM is written, validated
+// and published like any other: key.pem holds the TSS2 key file (0600),
+// Load reads it back as a TPM key that signs in that TPM, and the set's
+// KeyStore says so.
+func TestSaveLoadTPMKey(t *testing.T) {
+	f := newFixture(t)
+	tp := swtpm.New(t)
+	k, err := nodekey.CreateTPMKey(nodekey.WithTPM(tp.Spec()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := f.pki.IssueLeaf(controlplane.LeafRequest{CommonName: nodeID, DNSNames: []string{nodeID},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, PublicKey: k.Public().(*ecdsa.PublicKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "pki")
+	set := &credstore.Set{Key: k, Chain: []*x509.Certificate{l.Cert, l.Intermediate}, Roots: []*x509.Certificate{f.pki.Root}}
+	if _, err := credstore.Save(dir, set, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, credstore.KeyFile))
+	if err != nil || !strings.HasPrefix(string(b), "-----BEGIN TSS2 PRIVATE KEY-----") || strings.Contains(string(b), "BEGIN EC PRIVATE KEY") {
+		t.Fatalf("key.pem: %q, %v", b, err)
+	}
+	if m := mode(t, filepath.Join(dir, credstore.KeyFile)); m != 0o600 {
+		t.Errorf("key.pem mode %04o", m)
+	}
+	got, err := credstore.Load(dir, nodekey.WithTPM(tp.Spec()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.KeyStore() != credstore.StoreTPM || !got.KeyMatches() {
+		t.Fatalf("loaded: store %s, matches %v", got.KeyStore(), got.KeyMatches())
+	}
+	if err := nodekey.CheckSigns(got.Key); err != nil {
+		t.Errorf("the loaded key does not sign: %v", err)
+	}
+	if sw := f.set(); sw.KeyStore() != credstore.StoreFile {
+		t.Errorf("a software key's store is %s", sw.KeyStore())
+	}
 }

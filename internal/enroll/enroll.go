@@ -87,6 +87,7 @@ const (
 	Forbidden     Kind = "forbidden"      // the CA answered 403: SAN/policy mismatch
 	CARejected    Kind = "ca-rejected"    // any other 4xx
 	BadResponse   Kind = "bad-response"   // certificate that does not fit the key or the node
+	KeyFailed     Kind = "key-store"      // the node's key store (its TPM) made or signed nothing: nothing was sent
 )
 
 // Error is an enrollment failure with its kind and evidence.
@@ -131,6 +132,26 @@ type Client struct {
 	// the CA's TLS certificate chains to the new root while the pin still
 	// names the old one (then federated).
 	Known []*x509.Certificate
+	// NewKey makes the node's new key for an enrollment or a rekey: in a
+	// TPM, when the config keeps the key there. nil makes a software
+	// P-256 key.
+	NewKey func() (crypto.Signer, error)
+}
+
+// newKey makes the node's next key (see NewKey). A failure is KeyFailed
+// and NotSent: it happens before any request.
+func (c *Client) newKey(op string) (crypto.Signer, error) {
+	var k crypto.Signer
+	var err error
+	if c.NewKey != nil {
+		k, err = c.NewKey()
+	} else {
+		k, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	}
+	if err != nil {
+		return nil, &Error{Kind: KeyFailed, Op: op, Err: fmt.Errorf("making the node's new key: %w", err), NotSent: true}
+	}
+	return k, nil
 }
 
 // Roots is what the CA says its trust is right now.
@@ -599,7 +620,8 @@ type Issued struct {
 	Chain []*x509.Certificate // leaf first, then intermediates
 }
 
-// Sign generates a P-256 key on the node, builds a CSR from exactly the
+// Sign makes the node's new key (NewKey: in its TPM, or a software P-256
+// key), builds a CSR signed by it from exactly the
 // token's subject and SANs (the CA demands a 1:1 match), and redeems the
 // token. Only a failure to connect is retried here: step-ca burns the
 // token as soon as it sees the request, so this client sends it once. An
@@ -607,9 +629,9 @@ type Issued struct {
 // Retry-After, for the caller's one retry loop (signError says why
 // presenting the same token again is safe).
 func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := c.newKey("sign")
 	if err != nil {
-		return nil, fmt.Errorf("generating key: %w", err)
+		return nil, err
 	}
 	sans := t.SANs
 	if len(sans) == 0 {
@@ -624,7 +646,7 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 		URIs:           uris,
 	}, key)
 	if err != nil {
-		return nil, fmt.Errorf("creating CSR: %w", err)
+		return nil, &Error{Kind: KeyFailed, Op: "sign", Err: fmt.Errorf("signing the CSR with the node's key: %w", err), NotSent: true}
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {

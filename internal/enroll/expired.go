@@ -111,7 +111,7 @@ func (c *Client) RenewExpired(ctx context.Context, cert tls.Certificate, roots *
 	}
 	tok, err := c.renewToken(cert, key)
 	if err != nil {
-		return nil, &Error{Kind: BadResponse, Op: op, Err: fmt.Errorf("signing the renew token with the node's key: %w", err)}
+		return nil, &Error{Kind: KeyFailed, Op: op, Err: fmt.Errorf("signing the renew token with the node's key: %w", err), NotSent: true}
 	}
 	client, tr, err := c.bearerClient(roots)
 	if err != nil {
@@ -203,11 +203,12 @@ func (c *Client) renewToken(cert tls.Certificate, key crypto.Signer) (string, er
 	return jose.Signed(signer).Claims(claims).CompactSerialize()
 }
 
-// signingAlgorithm is the JWS algorithm for the node's key. go-jose needs
-// the concrete key type, so a key held elsewhere (a TPM) is not supported.
+// signingAlgorithm is the JWS algorithm for the node's key, judged by its
+// public half: go.step.sm/crypto/jose signs with any crypto.Signer (a key
+// in a TPM among them), wrapping it as an opaque signer.
 func signingAlgorithm(key crypto.Signer) (jose.SignatureAlgorithm, error) {
-	switch k := key.(type) {
-	case *ecdsa.PrivateKey:
+	switch k := key.Public().(type) {
+	case *ecdsa.PublicKey:
 		switch k.Curve {
 		case elliptic.P256():
 			return jose.ES256, nil
@@ -217,9 +218,9 @@ func signingAlgorithm(key crypto.Signer) (jose.SignatureAlgorithm, error) {
 			return jose.ES512, nil
 		}
 		return "", fmt.Errorf("unsupported ECDSA curve %s", k.Curve.Params().Name)
-	case ed25519.PrivateKey:
+	case ed25519.PublicKey:
 		return jose.EdDSA, nil
-	case *rsa.PrivateKey:
+	case *rsa.PublicKey:
 		return jose.RS256, nil
 	}
 	return "", fmt.Errorf("unsupported key type %T", key)

@@ -3,8 +3,6 @@ package enroll
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -71,8 +69,9 @@ func (a *answered) RoundTrip(r *http.Request) (*http.Response, error) {
 func (a *answered) Status() int { return int(a.status.Load()) }
 
 // Renew asks the CA for a new certificate over mTLS with the node's
-// current one (cert: key and chain). With rekey, a new P-256 key is
-// generated on the node and sent as a CSR (step-ca's /rekey); otherwise
+// current one (cert: key and chain). With rekey, a new key is made
+// (NewKey: in the TPM when the node's key lives there) and sent as a CSR
+// (step-ca's /rekey); otherwise
 // the key is kept (/renew). No token is involved. It is not retried here:
 // the caller retries Transient errors within its deadline (renewing twice
 // only costs the CA a second certificate).
@@ -91,9 +90,9 @@ func (c *Client) Renew(ctx context.Context, cert tls.Certificate, roots *Roots, 
 	key, _ := cert.PrivateKey.(crypto.Signer)
 	if rekey {
 		op = "rekey"
-		nk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		nk, err := c.newKey(op)
 		if err != nil {
-			return nil, fmt.Errorf("generating key: %w", err)
+			return nil, err
 		}
 		old := cert.Leaf
 		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
@@ -101,7 +100,7 @@ func (c *Client) Renew(ctx context.Context, cert tls.Certificate, roots *Roots, 
 			EmailAddresses: old.EmailAddresses, URIs: old.URIs,
 		}, nk)
 		if err != nil {
-			return nil, fmt.Errorf("creating CSR: %w", err)
+			return nil, &Error{Kind: KeyFailed, Op: op, Err: fmt.Errorf("signing the CSR with the new key: %w", err), NotSent: true}
 		}
 		csr, err := x509.ParseCertificateRequest(der)
 		if err != nil {
@@ -207,6 +206,10 @@ func mtlsError(op string, err error, status int) error {
 	}
 	msg := err.Error()
 	switch {
+	case strings.Contains(msg, "tls: failed to sign handshake"):
+		// crypto/tls keeps only the text of the key's error: the node's
+		// key (its TPM) could not sign, and the CA saw no certificate.
+		return &Error{Kind: KeyFailed, Op: op, Err: fmt.Errorf("the node's key could not sign the TLS handshake: %w", err), NotSent: true}
 	case strings.Contains(msg, "tls: expired certificate"):
 		return &Error{Kind: CertExpired, Op: op, Err: fmt.Errorf("the CA refused the node certificate as expired: %w", err)}
 	case strings.Contains(msg, "tls: unknown certificate authority"), strings.Contains(msg, "tls: bad certificate"):

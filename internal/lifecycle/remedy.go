@@ -33,6 +33,8 @@ func Remedy(r Reason, cfg *config.Config) string {
 		return "the certificate was revoked, so it can no longer be renewed; re-enroll: " + fresh
 	case ClockSkewed:
 		return "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run again; nothing irreversible was done"
+	case KeyLost:
+		return "the key cannot be recovered (a TPM key never leaves its TPM, and a clear destroys it); re-enroll: " + fresh + " (with key.store = \"tpm\" the new key is made in this TPM); if the TPM was not meant to be cleared, find out who cleared it (firmware setup, an OS installer, tpm2_clear)"
 	case RootsUnknown:
 		return "check the CA (provision verify's ca-root check), then run again"
 	}

@@ -61,6 +61,7 @@ const (
 	Missing       Reason = "missing"         // no credentials: the node has not enrolled
 	Unreadable    Reason = "unreadable"      // a file is missing, garbled or unparsable
 	KeyMismatch   Reason = "key-mismatch"    // key.pem does not belong to cert.pem
+	KeyLost       Reason = "key-lost"        // key.pem's TPM key no longer loads: the TPM was cleared, or it is another TPM's
 	WrongNode     Reason = "wrong-node"      // the certificate is for another node_id
 	NotYetValid   Reason = "not-yet-valid"   // not valid yet by the node's clock
 	Expired       Reason = "expired"         // past NotAfter
@@ -76,7 +77,7 @@ const (
 )
 
 var reasonAction = map[Reason]Action{
-	Missing: Reenroll, Unreadable: Reenroll, KeyMismatch: Reenroll, WrongNode: Reenroll,
+	Missing: Reenroll, Unreadable: Reenroll, KeyMismatch: Reenroll, KeyLost: Reenroll, WrongNode: Reenroll,
 	NotYetValid: Reenroll, Expired: Reenroll, OtherCA: Reenroll, Revoked: Reenroll,
 	KeyExposed: Tighten, KeyWasExposed: Tighten, DirOpen: Tighten, BundleStale: Tighten,
 	PastRenewal: Renew, RootsUnknown: Keep, ClockSkewed: Keep,
@@ -146,6 +147,10 @@ type Input struct {
 	// signed CRL, recorded in state_dir's renew record); a refusal alone
 	// (a 401 from anything in front of the CA) is never recorded here.
 	RevokedSerial string
+	// KeyLost, when set, is why the installed key's TPM refused to load
+	// it (observed by signing with it: evidence, not a guess): the TPM
+	// was cleared since enrollment, or key.pem was made by another TPM.
+	KeyLost string
 	// StaleSerial is a serial an earlier run judged stale against the CA's
 	// current roots (fetched verified, state_dir's renew record): judged
 	// offline against an equally stale ca.pem, the certificate is still
@@ -244,6 +249,9 @@ func Judge(in Input) Verdict {
 
 	if !s.KeyMatches() {
 		v.add(KeyMismatch, "key.pem does not match cert.pem")
+	}
+	if in.KeyLost != "" {
+		v.add(KeyLost, "key.pem's key lives in a TPM that no longer accepts it (the TPM was cleared since enrollment, or key.pem was made by another TPM): %s", in.KeyLost)
 	}
 	if leaf.Subject.CommonName != in.NodeID {
 		v.add(WrongNode, "the certificate is for %q, but node_id is %q", leaf.Subject.CommonName, in.NodeID)

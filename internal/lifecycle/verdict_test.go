@@ -84,6 +84,9 @@ func TestJudge(t *testing.T) {
 			s.KeyMode, s.KeyGID = 0o640, 4242
 			return s
 		}()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyExposed}},
+		{"TPM key lost (cleared, or another TPM)", lifecycle.Input{Set: healthy(), KeyLost: "TPM_RC_INTEGRITY"}, lifecycle.Reenroll, []lifecycle.Reason{lifecycle.KeyLost}},
+		{"TPM key lost and past renewal: re-enroll, no renewal", lifecycle.Input{Set: set(p, "gpu-1", -20*time.Hour, 4*time.Hour), KeyLost: "TPM_RC_INTEGRITY"},
+			lifecycle.Reenroll, []lifecycle.Reason{lifecycle.KeyLost}},
 		{"bundle from another CA", lifecycle.Input{Set: set(p, "gpu-1", -time.Hour, 23*time.Hour, other.Root)}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.BundleStale}},
 		{"roots unknown", lifecycle.Input{Set: healthy(), Roots: []*x509.Certificate{}}, lifecycle.Keep, []lifecycle.Reason{lifecycle.RootsUnknown}},
 		{"exposed and past renewal: renew first", lifecycle.Input{Set: func() *credstore.Set { s := set(p, "gpu-1", -20*time.Hour, 4*time.Hour); s.KeyMode = 0o640; return s }()},

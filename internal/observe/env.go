@@ -84,6 +84,9 @@ type Env struct {
 
 	recordOnce sync.Once
 	record     *state.Renewal
+
+	keyOnce sync.Once
+	key     KeyState
 }
 
 // NewEnv returns an Env for cfg on host.
@@ -97,6 +100,7 @@ func (e *Env) CAClient(retries int) *enroll.Client {
 	c := &enroll.Client{
 		URL: u, Fingerprint: e.Cfg.CA.Fingerprint, Dial: e.Host.DialContext,
 		Timeout: e.Timeout, Retries: retries, Policy: retry.Default, Now: e.Host.Time,
+		NewKey: NewKey(e.Cfg, e.Host),
 	}
 	// The roots in ca.pem were fetched authenticated: after a rotation that
 	// retired the pinned root, they still vouch for the CA.
@@ -142,7 +146,7 @@ func (e *Env) Creds() (*credstore.Set, error) {
 		if e.CredsDir != "" {
 			dir = e.CredsDir
 		}
-		e.creds, e.credsErr = credstore.Load(dir)
+		e.creds, e.credsErr = credstore.Load(dir, KeyOptions(e.Cfg, e.Host)...)
 	})
 	return e.creds, e.credsErr
 }
@@ -237,6 +241,9 @@ func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 		in := lifecycle.Input{Set: set, LoadErr: err, NodeID: e.Cfg.NodeID, Now: e.Host.Time(),
 			Exposed:       fileExists(e.Host.Path(filepath.Join(e.Cfg.Paths.StateDir, lifecycle.ExposedFile))),
 			RenewFraction: e.Cfg.Renew.Fraction, Access: Access(e.Cfg, e.Host)}
+		if k := e.Key(); k.KeyLost() {
+			in.KeyLost = k.SignErr.Error()
+		}
 		if rec := e.RenewRecord(); rec != nil {
 			in.RevokedSerial = rec.RevokedSerial
 			if e.Offline {

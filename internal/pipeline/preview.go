@@ -42,7 +42,8 @@ type Preview struct {
 	Plan string `json:"plan"`
 	// Why says why a token is needed (enroll).
 	Why string `json:"why,omitempty"`
-	// Rekey: a renewal would generate a new key (renew.rekey).
+	// Rekey: a renewal would generate a new key (renew.rekey, or an
+	// exposed key).
 	Rekey bool `json:"rekey"`
 	// KeyModes are the paths under pki_dir whose modes the run would
 	// restrict first ("path 0644 -> 0600").
@@ -150,7 +151,7 @@ func (r *Run) describe(p *Preview) {
 	}
 	r.describeCreds(p)
 	p.Plan = r.previewPlan(rep)
-	p.Rekey = r.Cfg.Renew.Rekey && (p.Plan == Renew.String())
+	p.Rekey = (r.Cfg.Renew.Rekey || r.KeyExposed()) && p.Plan == Renew.String() // as renew asks the CA
 	p.Hook = HookUse{Command: append([]string{}, r.Cfg.Renew.PostHook...), Pending: r.Rec.HookPending}
 	changes := p.Plan == Refresh.String() || p.Plan == Renew.String() || p.Plan == RenewExpired.String() || p.Plan == Enroll.String() || p.Plan == Adopt.String()
 	p.Hook.Run = len(p.Hook.Command) > 0 && rep.OK && (r.Rec.HookPending || (changes && r.Current != nil))
@@ -207,7 +208,7 @@ func (r *Run) wouldRevoke(plan string) bool {
 	if old == nil || !old.KeyMatches() {
 		return false
 	}
-	newKey := plan == Enroll.String() || (plan == Renew.String() && r.Cfg.Renew.Rekey)
+	newKey := plan == Enroll.String() || (plan == Renew.String() && (r.Cfg.Renew.Rekey || r.KeyExposed()))
 	v := r.Verdict
 	return newKey && !v.Has(lifecycle.Expired) && !v.Has(lifecycle.NotYetValid) && !v.Has(lifecycle.OtherCA) && !v.Has(lifecycle.RootsUnknown)
 }

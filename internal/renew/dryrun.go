@@ -10,10 +10,11 @@ import (
 
 // DryRun is renew --dry-run: renew's own list up to the first step that
 // would change anything (pipeline.DryRun): the CA's roots fetched, the
-// same assess (due, not due, after expiry, refresh, cannot renew) and the
-// clock check; nothing is renewed, proven, published or recorded.
+// same assess (due, not due, after expiry, refresh, cannot renew), the
+// clock check and the key store's; nothing is renewed, proven, published
+// or recorded.
 func DryRun(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.Options) *pipeline.Preview {
 	return pipeline.DryRun(ctx, "renew", cfg, host, o, func(*pipeline.Preview) []pipeline.Step {
-		return []pipeline.Step{pipeline.RootsStep, {Name: "assess", Do: assess}, pipeline.ClockStep}
+		return []pipeline.Step{pipeline.RootsStep, {Name: "assess", Do: assess}, pipeline.ClockStep, pipeline.KeyStoreStep}
 	})
 }

@@ -37,6 +37,7 @@ var Steps = []pipeline.Step{
 	pipeline.RootsStep,
 	{Name: "assess", Do: assess},
 	pipeline.ClockStep,
+	pipeline.KeyStoreStep,
 	{Name: "credentials", Do: pipeline.Obtain},
 	pipeline.ProveStep,
 	pipeline.PublishStep,

@@ -19,7 +19,8 @@
 // It is one list of named steps over the pipeline, as bootstrap and renew
 // are: the CA's roots come through the shared, pinned fetch with its
 // Retry-After and clock check, and the request is signed by the same
-// crypto.Signer the renewal presents (credstore.Set.TLSCertificate).
+// crypto.Signer the renewal presents (credstore.Set.TLSCertificate, the
+// key loaded through observe.KeyOptions: in the TPM for a TPM key).
 package revoke
 
 import (
@@ -100,9 +101,12 @@ func (d *decom) inventory(r *pipeline.Run) *diag.Finding {
 		d.found = append(d.found, &found{set: set, cert: state.RevokedCert{Serial: leaf.SerialNumber.String(), Subject: leaf.Subject.String(),
 			NotAfter: leaf.NotAfter.UTC(), Generation: path.Base(set.Dir), Result: state.RevokeNotTried}})
 	}
-	add(credstore.Load(r.PKI))
+	// The key is loaded as every run loads it: a key in the TPM signs the
+	// revocation inside the TPM (observe.KeyOptions), as it signs renewals.
+	keys := observe.KeyOptions(r.Cfg, r.Host)
+	add(credstore.Load(r.PKI, keys...))
 	for _, g := range credstore.Generations(r.PKI) {
-		add(credstore.LoadGeneration(path.Join(r.PKI, g)))
+		add(credstore.Load(path.Join(r.PKI, g), keys...))
 	}
 	r.Log.Info("step", "step", "inventory", "layer", "credentials", "status", "ok", "certificates", len(d.found))
 	return nil

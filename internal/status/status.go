@@ -22,6 +22,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/observe"
@@ -55,6 +56,7 @@ type Node struct {
 	Attention   []string     `json:"attention"` // what to act on, one line each
 	Remedy      string       `json:"remedy"`
 	Credentials *Credentials `json:"credentials"`
+	Key         Key          `json:"key"`
 	Renew       *Renew       `json:"renew"`   // nil: renew never ran
 	Receipt     *Receipt     `json:"receipt"` // nil: never done
 	Metrics     Metrics      `json:"metrics"`
@@ -119,6 +121,17 @@ type Root struct {
 	ChainsHere       bool      `json:"issued_certificate"` // the installed certificate chains to this root
 }
 
+// Key is the node's key store: where keys are made, where the installed
+// one is, and whether it signed just now (in the TPM, for a TPM key).
+type Key struct {
+	Store     string `json:"store"`               // key.store: where new keys are made
+	Installed string `json:"installed,omitempty"` // the installed key's store, file or tpm
+	TPM       string `json:"tpm,omitempty"`       // key.tpm, when a TPM is involved
+	TPMStatus string `json:"tpm_status,omitempty"`
+	Signs     bool   `json:"signs"` // the installed key signed a test digest that verified
+	Error     string `json:"error,omitempty"`
+}
+
 // Renew is the last renew attempt, from state_dir/renew.json.
 type Renew struct {
 	LastAttempt         time.Time `json:"last_attempt,omitzero"`
@@ -159,6 +172,7 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 	e.Offline = true
 	v := e.Verdict(context.Background())
 	n.Credentials = credentials(cfg, e, v, host.Time())
+	n.Key = key(e)
 	if rec := e.RenewRecord(); rec != nil {
 		n.Renew = &Renew{LastAttempt: rec.LastAttempt, LastResult: rec.LastResult, LastError: rec.LastError, FailedLayer: rec.FailedLayer,
 			LastRenewed: rec.LastRenewed, HookPending: rec.HookPending, Hook: rec.Hook, ConsecutiveFailures: rec.Failures,
@@ -177,8 +191,46 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 			}
 		}
 	}
-	judge(n, v, cfg, host.Time())
+	judge(n, v, cfg, host.Time(), func(add func(string, string)) { keyAttention(n, e, add) })
 	return n
+}
+
+// key observes the key store (it signs once with the installed key).
+func key(e *observe.Env) Key {
+	k := e.Key()
+	out := Key{Store: k.Store, Installed: k.Installed, Signs: k.Signed}
+	if e.UsesTPM() {
+		out.TPM = e.Cfg.Key.TPM
+	}
+	if k.TPM != nil {
+		out.TPMStatus = k.TPM.String()
+	}
+	switch {
+	case k.SignErr != nil:
+		out.Error = k.SignErr.Error()
+	case k.TPMErr != nil && (k.Store == config.KeyStoreTPM || k.Installed == config.KeyStoreTPM):
+		out.Error = k.TPMErr.Error()
+	}
+	return out
+}
+
+// keyAttention adds what the key store says needs acting on: a key that
+// does not sign (a lost one is the verdict's), a TPM new keys cannot be
+// made in, a key not where key.store keeps keys.
+func keyAttention(n *Node, e *observe.Env, add func(what, remedy string)) {
+	k := e.Key()
+	switch {
+	case k.KeyLost():
+	case k.SignErr != nil:
+		f := diag.FromKeyStore(k.SignErr, "")
+		add(f.Summary, f.Remedy)
+	case k.TPMErr != nil && (k.Store == config.KeyStoreTPM || k.Installed == config.KeyStoreTPM):
+		f := diag.FromKeyStore(k.TPMErr, "")
+		add(f.Summary, f.Remedy)
+	case k.Installed != "" && k.Installed != k.Store:
+		add(fmt.Sprintf("the installed key is a %s key, but key.store is %q", k.Installed, k.Store),
+			"the next new key is made in key.store: run provision renew --force (with renew.rekey, the default), or provision bootstrap with a fresh one-time token")
+	}
 }
 
 func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now time.Time) *Credentials {
@@ -263,7 +315,7 @@ func metricsFiles(cfg *config.Config, host *system.Host) Metrics {
 }
 
 // judge sets the state, the summary, what needs attention and the remedy.
-func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
+func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more func(add func(what, remedy string))) {
 	if v.Action == lifecycle.Reenroll {
 		r := v.First()
 		n.State, n.Summary, n.Remedy = Unusable, "no usable identity: "+v.Detail[r], lifecycle.Remedy(r, cfg)
@@ -292,6 +344,7 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time) {
 	if due := v.DueAt(cfg.Renew.Splay.Duration); v.Leaf != nil && !now.Before(due) {
 		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(due), stamp(v.Leaf.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
 	}
+	more(add)
 	renewAttention(n, add)
 	for _, d := range n.damage {
 		add(d.String(), d.Remedy())

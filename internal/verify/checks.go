@@ -36,7 +36,12 @@ func Checks() []Check {
 		// Every check that judges a certificate by the node's clock depends
 		// on clock, so a skewed clock is one root cause, not four failures.
 		{Name: "clock", Layer: diag.Clock, Owner: diag.Node, Run: checkClock},
-		{Name: "credentials", Layer: diag.Credentials, Owner: diag.Node, DependsOn: []string{"clock"}, Run: checkCredentials},
+		// key-store proves the installed key signs now (in the TPM, for a
+		// TPM key) and that new keys can be made where key.store says; a
+		// key that cannot sign (a TPM missing, closed, or that lost the
+		// key) is the one root cause, not also a credentials failure.
+		{Name: diag.KeyStoreCheck, Layer: diag.Credentials, Owner: diag.Node, Run: checkKeyStore},
+		{Name: "credentials", Layer: diag.Credentials, Owner: diag.Node, DependsOn: []string{"clock", diag.KeyStoreCheck}, Run: checkCredentials},
 		{Name: "ca-chain", Layer: diag.CA, Owner: diag.Node, DependsOn: []string{"ca-root", "credentials"}, Run: checkCAChain},
 		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, DependsOn: []string{"hosts-resolve"}, Run: probeCheck(diag.TCP)},
 		{Name: "tls-server", Layer: diag.TLSServer, Owner: diag.Ingress, DependsOn: []string{"tcp", "clock"}, Run: probeCheck(diag.TLSServer)},

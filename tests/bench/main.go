@@ -7,7 +7,9 @@
 //   - cold: provision bootstrap on a fresh root with a fresh token;
 //   - warm: provision bootstrap again on that root (it re-proves);
 //   - verify: provision verify on that healthy root;
-//   - step+curl: `step ca certificate` + `curl --cert`, when step is on PATH.
+//   - step+curl: `step ca certificate` + `curl --cert`, when step is on PATH;
+//   - with -tpm, cold, warm and verify again with the node key inside a
+//     software TPM (key.store = "tpm", tpm.go).
 //
 // It prints medians, min/max, each ratio to the floor, provision's own
 // per-step time from the JSON report's steps[], the stripped binary size
@@ -48,10 +50,21 @@ func main() {
 	flag.IntVar(&signsN, "signs", 0, "instead of the bench, measure step-ca's sign throughput with this many signs")
 	flag.IntVar(&signWorkers, "sign-clients", 16, "concurrent clients for -signs")
 	flag.BoolVar(&signNewConns, "sign-new-conns", false, "with -signs: a new TLS connection per sign, as a node makes")
+	useTPM := flag.Bool("tpm", false, "also run cold, warm and verify with the node key inside a software TPM (swtpm)")
 	flag.StringVar(&traceCold, "strace", "", "instead of measuring, run one cold bootstrap under strace -f -tt -T -e trace=`SET` and print it (where the time goes)")
 	flag.Parse()
 	log.SetOutput(io.Discard) // step-ca's own start-up lines
-	if err := run(*rounds, os.Stdout); err != nil {
+	stop := func() {}
+	if *useTPM {
+		var err error
+		if stop, err = startTPM(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+	err := run(*rounds, os.Stdout)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -138,6 +151,9 @@ func (b *bench) names() []string {
 	if baseline != "" {
 		names = append(names, "cold (baseline)", "warm (baseline)", "verify (baseline)")
 	}
+	if benchTPM != nil {
+		names = append(names, "cold (tpm)", "warm (tpm)", "verify (tpm)")
+	}
 	if b.stepBin != "" && b.curlBin != "" {
 		names = append(names, "step+curl")
 	}
@@ -170,6 +186,11 @@ func (b *bench) round(i int) error {
 	}
 	if b.curlBin != "" {
 		if err := b.curlPoll(id, files.PKIDir); err != nil {
+			return err
+		}
+	}
+	if benchTPM != nil {
+		if err := b.tpmRound(i); err != nil {
 			return err
 		}
 	}
@@ -304,7 +325,7 @@ func (b *bench) report(out io.Writer, rss map[string]int64) {
 	if b.stepBin == "" || b.curlBin == "" {
 		fmt.Fprintln(out, "step+curl  skipped: no step binary on PATH (the operator's script: step ca certificate + curl --cert)")
 	}
-	for _, n := range []string{"cold", "warm", "cold (baseline)"} {
+	for _, n := range []string{"cold", "warm", "cold (baseline)", "cold (tpm)"} {
 		if len(b.res[n]) == 0 {
 			continue
 		}

@@ -48,7 +48,20 @@ type NodeConfig struct {
 	} `toml:"bootstrap"`
 	// Renew is [renew]; nil leaves the table out (provision's defaults).
 	Renew *RenewConfig `toml:"renew,omitempty"`
+	// Key is [key]; nil leaves the table out (a key file).
+	Key *KeyConfig `toml:"key,omitempty"`
 }
+
+// KeyConfig is [key]; a field left empty is left out.
+type KeyConfig struct {
+	Store         string `toml:"store,omitempty"`
+	TPM           string `toml:"tpm,omitempty"`
+	OwnerAuthFile string `toml:"owner_auth_file,omitempty"`
+}
+
+// TPMKey is [key] for a key made in the TPM named spec (a software TPM's
+// "swtpm:path=..." in tests).
+func TPMKey(spec string) *KeyConfig { return &KeyConfig{Store: "tpm", TPM: spec} }
 
 // RenewConfig is [renew]; a field left at its zero value is left out.
 type RenewConfig struct {
@@ -111,6 +124,16 @@ type NodeFiles struct {
 	HostsPath string // host path of the node's hosts file
 	PKIDir    string // host path of pki_dir
 	StateDir  string // host path of state_dir
+}
+
+// WriteConfig writes c as the node's config file again (a test changed
+// it, as re-rendered user-data would).
+func WriteConfig(nf NodeFiles, c NodeConfig) error {
+	b, err := c.TOML()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(nf.ConfigPath, b, 0o644)
 }
 
 // InRoot joins a node-side absolute path onto root.
@@ -181,14 +204,20 @@ func (cp *ControlPlane) PrepareNode(root, nodeID string) (NodeFiles, error) {
 // treats as the installed set. Another program's plain files, without the
 // mark, it would refuse to take over.
 func WriteNodeCredentials(root, pkiDir string, leaf *Leaf, caPEM []byte) error {
+	return WriteNodeFiles(root, pkiDir, leaf.KeyPEM(), leaf.ChainPEM(), caPEM)
+}
+
+// WriteNodeFiles is WriteNodeCredentials for a key given as its key.pem
+// (a TPM's key file: the key itself is in the TPM).
+func WriteNodeFiles(root, pkiDir string, keyPEM, chainPEM, caPEM []byte) error {
 	dir := InRoot(root, pkiDir)
-	if err := writeFile(filepath.Join(dir, "key.pem"), leaf.KeyPEM(), 0o600, 0o700); err != nil {
+	if err := writeFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600, 0o700); err != nil {
 		return err
 	}
 	if err := system.MarkOwn(dir); err != nil {
 		return err
 	}
-	if err := writeFile(filepath.Join(dir, "cert.pem"), leaf.ChainPEM(), 0o644, 0o700); err != nil {
+	if err := writeFile(filepath.Join(dir, "cert.pem"), chainPEM, 0o644, 0o700); err != nil {
 		return err
 	}
 	return writeFile(filepath.Join(dir, "ca.pem"), caPEM, 0o644, 0o700)

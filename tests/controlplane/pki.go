@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	"go.step.sm/crypto/x509util"
@@ -212,8 +213,8 @@ type LeafRequest struct {
 	// Key is the leaf's own key (the RSA key of the default certificate an
 	// ingress generates, say); nil generates a P-256 key.
 	Key crypto.Signer
-	// PublicKey issues the leaf for a key held elsewhere (a node's key);
-	// the Leaf then holds no key.
+	// PublicKey issues the leaf for a key held elsewhere (a node's key, a
+	// key in a TPM); the Leaf then holds no key.
 	PublicKey crypto.PublicKey
 	// Serial is the serial number; nil: random.
 	Serial *big.Int
@@ -276,6 +277,9 @@ func (p *PKI) IssueLeaf(req LeafRequest) (*Leaf, error) {
 
 // leafKey is the leaf's signer (nil for PublicKey) and public key.
 func leafKey(req LeafRequest) (crypto.Signer, crypto.PublicKey, error) {
+	if v := reflect.ValueOf(req.PublicKey); v.Kind() == reflect.Pointer && v.IsNil() {
+		req.PublicKey = nil // a typed nil (*ecdsa.PublicKey)(nil): no key given
+	}
 	switch {
 	case req.PublicKey != nil:
 		if req.SelfSigned {

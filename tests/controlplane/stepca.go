@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -382,6 +383,13 @@ func (s *StepCA) restart(change func() error) error {
 // through step-ca's backward-compatible no-op provisioner, whatever the
 // claims.)
 func (s *StepCA) IssueNodeCertAt(nodeID string, notBefore, notAfter time.Time) (*Leaf, error) {
+	return s.IssueNodeCertForKeyAt(nodeID, nil, notBefore, notAfter)
+}
+
+// IssueNodeCertForKeyAt is IssueNodeCertAt for a key the test holds
+// elsewhere (a node key inside a TPM): the leaf certifies pub, and its Key
+// is nil. A nil pub makes a key, as IssueNodeCertAt does.
+func (s *StepCA) IssueNodeCertForKeyAt(nodeID string, pub *ecdsa.PublicKey, notBefore, notAfter time.Time) (*Leaf, error) {
 	ext, err := (&provisioner.Extension{Type: provisioner.TypeJWK, Name: s.provName, CredentialID: s.jwk.KeyID}).ToExtension()
 	if err != nil {
 		return nil, err
@@ -389,7 +397,7 @@ func (s *StepCA) IssueNodeCertAt(nodeID string, notBefore, notAfter time.Time) (
 	return s.PKI().IssueLeaf(LeafRequest{
 		CommonName: nodeID, DNSNames: []string{nodeID}, NotBefore: notBefore, NotAfter: notAfter,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		Extensions:  []pkix.Extension{ext},
+		Extensions:  []pkix.Extension{ext}, PublicKey: pub,
 	})
 }
 

@@ -25,11 +25,7 @@ import (
 func (e *env) rewriteConfig(edit func(c *controlplane.NodeConfig)) {
 	e.t.Helper()
 	edit(&e.cfg)
-	data, err := e.cfg.TOML()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.WriteFile(e.files.ConfigPath, data, 0o644); err != nil {
+	if err := controlplane.WriteConfig(e.files, e.cfg); err != nil {
 		e.t.Fatal(err)
 	}
 }

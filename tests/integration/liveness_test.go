@@ -181,14 +181,7 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 	t.Parallel()
 	e := livenessEnv(t, controlplane.Options{})
 	first := leafOf(t, e)
-	// A staged rotation: the new root is added, the node refreshes ca.pem
-	// (so it trusts the CA's new TLS certificate), then the CA issues under
-	// the new root; the ingress was never told.
-	rotateUnderIngress(t, e)
-	r := e.provision("renew", "--force")
-	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "not published") {
-		t.Fatalf("renew with the renewal rejected by nginx: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
-	}
+	e.renewRejectedByIngress()
 	if leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 {
 		t.Fatal("the rejected certificate was published")
 	}
@@ -202,7 +195,33 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 	// The ingress and the API behind it trust both roots now: the next
 	// renew, though nothing is due, proves the set aside again and
 	// publishes it.
-	bundle := filepath.Join(t.TempDir(), "client-ca.pem")
+	e.trustCurrentRoots()
+	if r := e.provision("renew"); r.code != 0 {
+		t.Fatalf("renew once nginx trusts the new root: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
+	}
+	if got := e.record().Generation; got != aside || leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) == 0 {
+		t.Fatalf("published %s, want the set kept aside %s (no second certificate)", got, aside)
+	}
+}
+
+// renewRejectedByIngress stages a root rotation the ingress is not told
+// of (rotateUnderIngress) and runs renew --force: the renewed set is
+// rejected where the installed one is accepted, so it is not published.
+func (e *env) renewRejectedByIngress() {
+	e.t.Helper()
+	rotateUnderIngress(e.t, e)
+	r := e.provision("renew", "--force")
+	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "not published") {
+		e.t.Fatalf("renew with the renewal rejected by nginx: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
+	}
+}
+
+// trustCurrentRoots restarts the ingress, and the API behind it, trusting
+// every current root of the CA for client certificates (the control-plane
+// team catching up with a rotation).
+func (e *env) trustCurrentRoots() {
+	e.t.Helper()
+	bundle := filepath.Join(e.t.TempDir(), "client-ca.pem")
 	var pem []byte
 	api := x509.NewCertPool()
 	for _, p := range e.cp.CA.CurrentRoots() {
@@ -211,18 +230,12 @@ func TestLivenessIngressRejectsRenewed(t *testing.T) {
 		api.AddCert(p.Intermediate)
 	}
 	if err := os.WriteFile(bundle, pem, 0o644); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	if err := e.ident.Set(clientcert.Config{Roots: api}); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	e.restartIngress(func(o *ingress.Options) { o.ClientCAFile = bundle })
-	if r := e.provision("renew"); r.code != 0 {
-		t.Fatalf("renew once nginx trusts the new root: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
-	}
-	if got := e.record().Generation; got != aside || leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) == 0 {
-		t.Fatalf("published %s, want the set kept aside %s (no second certificate)", got, aside)
-	}
 }
 
 // TestLivenessStray401: something in front of the CA answers 401 to one

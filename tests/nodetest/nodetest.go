@@ -167,11 +167,7 @@ func (n *Node) WriteToken(tok string) {
 // re-rendered user-data would.
 func (n *Node) RewriteConfig() {
 	n.T.Helper()
-	b, err := n.Cfg.TOML()
-	if err != nil {
-		n.T.Fatal(err)
-	}
-	if err := os.WriteFile(n.Files.ConfigPath, b, 0o644); err != nil {
+	if err := controlplane.WriteConfig(n.Files, n.Cfg); err != nil {
 		n.T.Fatal(err)
 	}
 }
