@@ -21,9 +21,11 @@
 //   - it sets manage_etc_hosts: false, because cloud-init's update_etc_hosts
 //     module rewrites /etc/hosts on every boot and would drop provision's block;
 //   - it installs and downloads nothing: the image carries the provision package;
-//   - it has exactly one runcmd entry, `systemctl start provision.service`,
-//     because cloud-init reports only the last runcmd command's status and the
-//     packaged unit carries the deadline, restart policy and hardening;
+//   - it has exactly one runcmd entry (Runcmd), which enables and starts the
+//     renew and verify timers and then runs `systemctl start
+//     provision.service`, because cloud-init reports only the last runcmd
+//     command's status and the packaged unit carries the deadline, restart
+//     policy and hardening;
 //   - when the config moves a path a unit writes (state_dir, pki_dir,
 //     hosts_file, the token file, metrics.textfile_dir), it writes a drop-in
 //     for every packaged unit that writes there, whose ReadWritePaths= open
@@ -46,6 +48,7 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"sync"
 	"text/template"
 	"time"
 
@@ -62,18 +65,24 @@ import (
 //go:embed user-data.yaml.tmpl
 var Template string
 
-var tmpl = template.Must(template.New("user-data").Option("missingkey=error").Funcs(template.FuncMap{
-	// indent makes a text the body of a YAML block scalar in write_files.
-	"indent": func(s string) string {
-		lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
-		for i, l := range lines {
-			if l != "" {
-				lines[i] = "      " + l
+// tmpl is parsed the first time it is used (provision userdata), not
+// before main: every other command would pay for it.
+var tmpl = sync.OnceValue(parseTemplate)
+
+func parseTemplate() *template.Template {
+	return template.Must(template.New("user-data").Option("missingkey=error").Funcs(template.FuncMap{
+		// indent makes a text the body of a YAML block scalar in write_files.
+		"indent": func(s string) string {
+			lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+			for i, l := range lines {
+				if l != "" {
+					lines[i] = "      " + l
+				}
 			}
-		}
-		return strings.Join(lines, "\n")
-	},
-}).Parse(Template))
+			return strings.Join(lines, "\n")
+		},
+	}).Parse(Template))
+}
 
 // ConfigPath is where the user-data writes the provision config. It is fixed
 // because provision.service reads exactly this file.
@@ -124,8 +133,8 @@ type Params struct {
 	RequestTimeout string // Go duration
 }
 
-// data is what the template sees: a validated config, encoded, and the
-// drop-ins its paths need.
+// data is what the template sees: a validated config, encoded, the
+// drop-ins its paths need, and the one runcmd entry.
 type data struct {
 	NodeID     string
 	ConfigPath string
@@ -133,6 +142,27 @@ type data struct {
 	TokenFile  string
 	Token      string
 	DropIns    []DropIn
+	Runcmd     []string
+}
+
+// Timers are the packaged timers the user-data enables and starts: the
+// package's postinst enables them already, but an image may have been
+// built with them off, and a node nothing renews expires within its
+// certificate's lifetime (a day with step-ca's default).
+var Timers = []string{"provision-renew.timer", "provision-verify.timer"}
+
+// Runcmd is the user-data's one runcmd entry: reload systemd when drop-ins
+// were written, enable and start the timers, then start provision.service
+// and wait for it. The timers come first and do not stop the bootstrap; the
+// entry exits with the bootstrap's failure, else with the timers', so either
+// shows in `cloud-init status`.
+func Runcmd(dropIns bool) []string {
+	script := "systemctl enable --now " + strings.Join(Timers, " ") + "; timers=$?; systemctl start provision.service && exit $timers"
+	if dropIns {
+		// systemd loaded the units before cloud-init wrote the drop-ins.
+		script = "systemctl daemon-reload || exit; " + script
+	}
+	return []string{"sh", "-c", script}
 }
 
 // DropIns returns the drop-ins the units need for p's paths (DropInsFor
@@ -182,8 +212,8 @@ func RenderConfig(w io.Writer, cfg *config.Config, token string) error {
 		return err
 	}
 	var b strings.Builder
-	d := data{NodeID: cfg.NodeID, ConfigPath: ConfigPath, ConfigTOML: body, TokenFile: cfg.CA.TokenFile, Token: token, DropIns: dropIns}
-	if err := tmpl.Execute(&b, d); err != nil {
+	d := data{NodeID: cfg.NodeID, ConfigPath: ConfigPath, ConfigTOML: body, TokenFile: cfg.CA.TokenFile, Token: token, DropIns: dropIns, Runcmd: Runcmd(len(dropIns) > 0)}
+	if err := tmpl().Execute(&b, d); err != nil {
 		// The template only reads validated fields; an error here is a bug,
 		// and text/template errors never include field values.
 		return fmt.Errorf("cloudinit: render template: %w", err)
@@ -200,13 +230,13 @@ func RenderConfig(w io.Writer, cfg *config.Config, token string) error {
 // /run) and the node id in the header comment. The paths the drop-ins
 // carry are checked by DropInsFor.
 func checkEmbeddable(cfg *config.Config, token string) error {
-	if !nodeIDRe.MatchString(cfg.NodeID) {
+	if !config.ValidNodeID(cfg.NodeID) {
 		return fmt.Errorf("cloudinit: node_id %q: want 1-63 characters of [A-Za-z0-9._-], starting with a letter or digit", cfg.NodeID)
 	}
 	if token == "" {
 		return errors.New("cloudinit: Token: required")
 	}
-	if !tokenRe.MatchString(token) {
+	if !tokenRe().MatchString(token) {
 		// Never quote the token: it is a credential even when malformed.
 		return errors.New("cloudinit: Token: not a JWT (only base64url segments separated by dots are accepted; whitespace, quotes and newlines are refused)")
 	}
@@ -360,28 +390,31 @@ func (p Params) withDefaults() Params {
 	return p
 }
 
+// The patterns are compiled when first used, as tmpl is parsed. A node_id
+// is config.ValidNodeID: a DNS-label-like id, safe in TOML strings, YAML
+// comments, URL paths and file names.
 var (
-	// nodeIDRe: a DNS-label-like id, safe in TOML strings, YAML comments,
-	// URL paths and file names.
-	nodeIDRe = config.NodeIDPattern
-	// hostnameRe: RFC 1123 hostname, at least two labels.
 	// fingerprintRe: lowercase or uppercase hex SHA-256.
-	fingerprintRe = regexp.MustCompile(`^[0-9A-Fa-f]{64}$`)
+	fingerprintRe = lazyRegexp(`^[0-9A-Fa-f]{64}$`)
 	// tokenRe: a JWT (base64url segments joined by dots). Anything else
 	// would need escaping in YAML and is not a step-ca token.
-	tokenRe = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]*){0,4}$`)
+	tokenRe = lazyRegexp(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]*){0,4}$`)
 	// pathSafeRe: characters allowed in paths and the wait path template;
 	// no quotes, backslashes, spaces, '#' or control characters.
-	pathSafeRe = regexp.MustCompile(`^[A-Za-z0-9/._{}+-]+$`)
+	pathSafeRe = lazyRegexp(`^[A-Za-z0-9/._{}+-]+$`)
 	// urlSafeRe: characters allowed in the CA and node API URLs.
-	urlSafeRe = regexp.MustCompile(`^[A-Za-z0-9:/._\[\]+-]+$`)
+	urlSafeRe = lazyRegexp(`^[A-Za-z0-9:/._\[\]+-]+$`)
 )
+
+func lazyRegexp(pattern string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(pattern) })
+}
 
 // Validate reports the first parameter that is missing or that cannot be
 // embedded verbatim in both YAML and TOML. Errors name the parameter but never
 // repeat the token.
 func (p Params) Validate() error {
-	if !nodeIDRe.MatchString(p.NodeID) {
+	if !config.ValidNodeID(p.NodeID) {
 		return fmt.Errorf("cloudinit: NodeID %q: want 1-63 characters of [A-Za-z0-9._-], starting with a letter or digit", p.NodeID)
 	}
 	if len(p.Hosts) == 0 {
@@ -405,13 +438,13 @@ func (p Params) Validate() error {
 	if err := validHTTPSURL(p.CAURL, false); err != nil {
 		return fmt.Errorf("cloudinit: CAURL: %w", err)
 	}
-	if !fingerprintRe.MatchString(p.CAFingerprint) {
+	if !fingerprintRe().MatchString(p.CAFingerprint) {
 		return errors.New("cloudinit: CAFingerprint: want 64 hex digits (SHA-256 of the root certificate's DER)")
 	}
 	if p.Token == "" {
 		return errors.New("cloudinit: Token: required")
 	}
-	if !tokenRe.MatchString(p.Token) {
+	if !tokenRe().MatchString(p.Token) {
 		// Never quote the token: it is a credential even when malformed.
 		return errors.New("cloudinit: Token: not a JWT (only base64url segments separated by dots are accepted; whitespace, quotes and newlines are refused)")
 	}
@@ -429,7 +462,7 @@ func (p Params) Validate() error {
 	if !strings.HasPrefix(p.TokenFile, "/run/") {
 		return fmt.Errorf("cloudinit: TokenFile %q: must be under /run (a tmpfs), so the token does not persist across reboots", p.TokenFile)
 	}
-	if !strings.HasPrefix(p.WaitPath, "/") || !pathSafeRe.MatchString(p.WaitPath) || !strings.Contains(p.WaitPath, "{node_id}") {
+	if !strings.HasPrefix(p.WaitPath, "/") || !pathSafeRe().MatchString(p.WaitPath) || !strings.Contains(p.WaitPath, "{node_id}") {
 		return fmt.Errorf("cloudinit: WaitPath %q: want an absolute URL path of [A-Za-z0-9/._{}+-] containing {node_id}", p.WaitPath)
 	}
 	for _, f := range []struct{ name, v string }{
@@ -485,7 +518,7 @@ func validHTTPSURL(raw string, hostnameOnly bool) error {
 	if raw == "" {
 		return errors.New("required")
 	}
-	if !urlSafeRe.MatchString(raw) {
+	if !urlSafeRe().MatchString(raw) {
 		return fmt.Errorf("%q: contains characters that are not allowed (quotes, spaces, '#', control characters)", raw)
 	}
 	u, err := url.Parse(raw)
@@ -509,7 +542,7 @@ func validAbsPath(p string) error {
 	if p == "" {
 		return errors.New("required")
 	}
-	if !pathSafeRe.MatchString(p) || strings.ContainsAny(p, "{}") {
+	if !pathSafeRe().MatchString(p) || strings.ContainsAny(p, "{}") {
 		return fmt.Errorf("%q: want an absolute path of [A-Za-z0-9/._+-]", p)
 	}
 	if !path.IsAbs(p) || path.Clean(p) != p || p == "/" {

@@ -173,9 +173,9 @@ func checkRendered(t *testing.T, p Params, b []byte) {
 	if err != nil {
 		t.Fatalf("DropIns after a successful Render: %v", err)
 	}
-	want := [][]string{{"systemctl", "start", "provision.service"}}
+	want := [][]string{{"sh", "-c", "systemctl enable --now provision-renew.timer provision-verify.timer; timers=$?; systemctl start provision.service && exit $timers"}}
 	if len(dropIns) > 0 {
-		want = [][]string{{"sh", "-c", "systemctl daemon-reload && exec systemctl start provision.service"}}
+		want[0][2] = "systemctl daemon-reload || exit; " + want[0][2]
 	}
 	if !reflect.DeepEqual(ud.Runcmd, want) {
 		t.Errorf("runcmd = %q, want exactly %q", ud.Runcmd, want)
@@ -669,14 +669,60 @@ func TestTPMDropIns(t *testing.T) {
 		if tc.want == 0 {
 			continue
 		}
-		var b strings.Builder
-		if err := RenderConfig(&b, &cfg, "a.b.c"); err != nil {
+		renderedWithDropIns(t, &cfg, "provision-tpm.conf")
+	}
+}
+
+// renderedWithDropIns renders cfg's user-data and requires it to write the
+// drop-in name for each of the three units, and to reload systemd before
+// its start.
+func renderedWithDropIns(t *testing.T, cfg *config.Config, name string) {
+	t.Helper()
+	var b strings.Builder
+	if err := RenderConfig(&b, cfg, "a.b.c"); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+		if !strings.Contains(b.String(), "- path: /etc/systemd/system/"+u+".d/"+name) {
+			t.Errorf("the user-data lacks %s's %s", u, name)
+		}
+	}
+	if !strings.Contains(b.String(), `"systemctl daemon-reload || exit; `) {
+		t.Errorf("the user-data does not reload systemd before the start, with drop-ins")
+	}
+}
+
+// TestKeyGroupDropIns: paths.key_group gives each of the three units the
+// key-group drop-in naming that group (the units' membership of it, which
+// giving files to it without CAP_CHOWN needs), in the rendered user-data
+// too, which then reloads systemd first; no key group gives none.
+func TestKeyGroupDropIns(t *testing.T) {
+	base := exampleConfig(t)
+	for _, tc := range []struct {
+		group string
+		want  int
+	}{{"gpu-agents", 3}, {"4242", 3}, {"", 0}} {
+		cfg := *base
+		cfg.Paths.KeyGroup = tc.group
+		ds, err := DropInsFor(&cfg)
+		if err != nil {
 			t.Fatal(err)
 		}
-		for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
-			if !strings.Contains(b.String(), "- path: /etc/systemd/system/"+u+".d/provision-tpm.conf") {
-				t.Errorf("the user-data lacks %s's TPM drop-in", u)
+		n := 0
+		for _, d := range ds {
+			if strings.HasSuffix(d.Path, "/provision-key-group.conf") {
+				n++
+				if !strings.Contains(d.Content, "\nSupplementaryGroups="+tc.group+"\n") || strings.Count(d.Content, "\n[Service]\n") != 1 {
+					t.Errorf("%s:\n%s", d.Path, d.Content)
+				}
 			}
 		}
+		if n != tc.want {
+			t.Errorf("key_group %q: %d key-group drop-ins, want %d", tc.group, n, tc.want)
+		}
+		if tc.want == 0 {
+			continue
+		}
+		renderedWithDropIns(t, &cfg, "provision-key-group.conf")
 	}
 }

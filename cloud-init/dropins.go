@@ -24,6 +24,8 @@ var (
 		"may write: this drop-in opens exactly that path in the unit's sandbox."}
 	tpmWhy = []string{"key.store = \"tpm\": the unit reaches the TPM's resource manager (and no other",
 		"device), as the tss group (deploy/systemd/tpm.conf)."}
+	keyGroupWhy = []string{"paths.key_group: the unit is a member of the node-agent's group, so provision",
+		"can give it the key and the tasks (deploy/systemd/key-group.conf)."}
 )
 
 const dropInName = "provision-paths.conf"
@@ -168,8 +170,8 @@ func needValue(c *config.Config, key string) string {
 	return c.Metrics.TextfileDir
 }
 
-// DropInsFor returns the drop-ins the packaged units need for cfg's paths:
-// none with the default paths. Every unit that writes a moved path gets
+// DropInsFor returns the drop-ins the packaged units need for cfg's paths
+// (none with the default paths), its TPM and its key group. Every unit that writes a moved path gets
 // one (provision.service, provision-verify.service, provision-renew.service),
 // and a condition that names a default path is pointed at the moved one. A
 // path the units' sandbox must keep out of reach is an error naming its
@@ -196,9 +198,17 @@ func DropInsFor(cfg *config.Config) ([]DropIn, error) {
 		if d, ok := tpmDropIn(u, cfg); ok {
 			out = append(out, d)
 		}
+		if g := cfg.Paths.KeyGroup; g != "" {
+			out = append(out, DropIn{Path: "/etc/systemd/system/" + u.name + ".d/" + keyGroupDropInName, Content: systemd.KeyGroupDropIn(g), Why: keyGroupWhy})
+		}
 	}
 	return out, nil
 }
+
+// keyGroupDropInName is the drop-in that makes a unit a member of
+// paths.key_group's group (deploy/systemd/key-group.conf): written only
+// with a key group, so no other node's units are in any group but root's.
+const keyGroupDropInName = "provision-key-group.conf"
 
 // tpmDropIn is the unit's access to the TPM (deploy/systemd/tpm.conf,
 // naming key.tpm's device), written only when key.store = "tpm": no other

@@ -6,7 +6,7 @@
 # by the pinned nfpm Go tool (go.mod).
 #
 # Environment:
-#   VERSION            package and binary version (default: derived from git describe)
+#   VERSION            package and binary version (default: packaging/version.sh, from git)
 #   COMMIT             commit recorded in the binary and the changelog (default: git HEAD, "-dirty" when the tree is)
 #   SOURCE_DATE_EPOCH  date of the changelog entry and the man pages (default: the commit's date)
 #   OUT_DIR            where the .deb goes (default: dist)
@@ -18,13 +18,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 if [ -z "${VERSION:-}" ]; then
-	# Debian versions must start with a digit: v1.2.0-3-gabc1234 -> 1.2.0+3.gabc1234;
-	# without a release tag -> 0.0.0+git.<hash>[.dirty].
-	if desc=$(git describe --tags --dirty --match 'v[0-9]*' 2>/dev/null); then
-		VERSION=$(printf '%s' "${desc#v}" | sed 's/-/+/; s/-/./g')
-	else
-		VERSION="0.0.0+git.$(git describe --always --dirty | tr - .)"
-	fi
+	# v1.2.0-3-gabc1234 -> 1.2.0+3.gabc1234; without a release tag
+	# 0.0.0+git<UTC commit time>.<commits>.<hash>[.dirty], which sorts by
+	# commit (packaging/version.sh).
+	VERSION=$(sh packaging/version.sh)
 fi
 if [ -z "${COMMIT:-}" ]; then
 	COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -46,7 +43,10 @@ trap 'rm -rf "$work"' EXIT INT TERM
 PROVISION_BIN="$work/provision"
 GEN="$work/gen"
 export PROVISION_BIN GEN
-CGO_ENABLED=0 go build -trimpath \
+# The build tags are cmd/provision/build-tags (the one list the tests and the
+# bench read too): they drop step-ca's server-only code, such as its databases.
+tags=$(sed -e 's/#.*//' cmd/provision/build-tags | tr -s ' \t\n' '\n' | sed '/^$/d' | paste -sd, -)
+CGO_ENABLED=0 go build -trimpath -tags "$tags" \
 	-ldflags "-s -w -X github.com/gpuaas/provision/internal/cli.version=$VERSION -X github.com/gpuaas/provision/internal/cli.commit=$COMMIT" \
 	-o "$PROVISION_BIN" ./cmd/provision
 

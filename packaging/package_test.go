@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"debug/buildinfo"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"testing"
 
 	"github.com/gpuaas/provision/internal/cli"
+	"github.com/gpuaas/provision/internal/metrics"
+	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/testenv"
 )
 
@@ -46,6 +49,7 @@ var shipped = map[string]string{
 	"usr/lib/systemd/system/provision-verify.timer":                  "../deploy/systemd/provision-verify.timer",
 	"usr/share/provision/cloud-init/user-data.yaml.tmpl":             "../cloud-init/user-data.yaml.tmpl",
 	"usr/share/provision/systemd/tpm.conf":                           "../deploy/systemd/tpm.conf",
+	"usr/share/provision/systemd/key-group.conf":                     "../deploy/systemd/key-group.conf",
 	"usr/share/provision/cloud-init/example-user-data.yaml":          "../cloud-init/example-user-data.yaml",
 	"usr/share/doc/provision/provision.toml.example":                 "provision.toml.example",
 	"usr/share/doc/provision/runbook.md":                             "../docs/runbook.md",
@@ -145,8 +149,11 @@ func TestDeb(t *testing.T) {
 		if o != want {
 			t.Errorf("control fields:\n%s\nwant:\n%s", o, want)
 		}
-		// The maintainer scripts are the repository's, and none of them
-		// enables or starts a unit: the image or cloud-init decides.
+		// The maintainer scripts are the repository's. Only postinst
+		// enables or starts anything, and only the two timers (renewal is
+		// always scheduled), through deb-systemd-helper as
+		// dh_installsystemd does; provision.service is cloud-init's or the
+		// image's to start.
 		ctrl := t.TempDir()
 		if o, e, err := run(t, ".", nil, dpkgDeb, "-e", deb, ctrl); err != nil {
 			t.Fatalf("dpkg-deb -e: %v %s%s", err, o, e)
@@ -166,9 +173,15 @@ func TestDeb(t *testing.T) {
 				t.Errorf("%s in the package differs from packaging/scripts/%s", script, script)
 			}
 			for _, line := range strings.Split(string(got), "\n") {
-				if m := starts.FindString(line); m != "" && !strings.HasPrefix(strings.TrimSpace(line), "#") {
+				if m := starts.FindString(line); m != "" && !strings.HasPrefix(strings.TrimSpace(line), "#") && (script != "postinst" || strings.Contains(line, "provision.service")) {
 					t.Errorf("%s enables or starts a unit: %q", script, line)
 				}
+			}
+		}
+		post, _ := os.ReadFile(filepath.Join(ctrl, "postinst"))
+		for _, want := range []string{`timers="provision-renew.timer provision-verify.timer"`, `deb-systemd-helper --quiet was-enabled "$t"`, `deb-systemd-helper enable "$t"`, `deb-systemd-helper update-state "$t"`} {
+			if !strings.Contains(string(post), want) {
+				t.Errorf("postinst lacks %s", want)
 			}
 		}
 	})
@@ -237,7 +250,7 @@ func TestDeb(t *testing.T) {
 				t.Errorf("%s: %q, want -rw-r--r-- root/root", p, m)
 			}
 		}
-		// The units' StateDirectory= creates /var/lib/provision; the config
+		// provision.service's ExecStartPre= creates /var/lib/provision; the config
 		// directory is the node's (cloud-init writes it).
 		for _, p := range []string{"var/lib/provision/", "etc/provision/", "etc/provision/provision.toml"} {
 			if _, ok := modes[p]; ok {
@@ -263,6 +276,8 @@ func TestDeb(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The deb-systemd-helper the scripts run is this machine's, which
+	// honours DPKG_ROOT.
 	dpkgIn := func(args ...string) {
 		t.Helper()
 		a := append([]string{"--instdir=" + root, "--admindir=" + admin, "--force-not-root", "--force-script-chrootless", "--log=/dev/null"}, args...)
@@ -273,6 +288,20 @@ func TestDeb(t *testing.T) {
 	dpkgIn("-i", deb)
 	if o, _, err := run(t, ".", nil, dpkg, "--admindir="+admin, "-s", "provision"); err != nil || !strings.Contains(o, "Status: install ok installed") || !strings.Contains(o, "Version: "+testVersion) {
 		t.Fatalf("dpkg -s provision after install: %v\n%s", err, o)
+	}
+	// Renewal is scheduled by the package alone: postinst enabled both
+	// timers (deb-systemd-helper, honouring DPKG_ROOT), and nothing else.
+	timerLinks := map[string]string{
+		"etc/systemd/system/timers.target.wants/provision-renew.timer":  "/usr/lib/systemd/system/provision-renew.timer",
+		"etc/systemd/system/timers.target.wants/provision-verify.timer": "/usr/lib/systemd/system/provision-verify.timer",
+	}
+	for l, target := range timerLinks {
+		if got, err := os.Readlink(filepath.Join(root, l)); err != nil || got != target {
+			t.Errorf("after install /%s -> %q (%v), want a link to %s", l, got, err, target)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(root, "etc/systemd/system/*/provision.service")); len(m) != 0 {
+		t.Errorf("postinst enabled provision.service: %v", m)
 	}
 
 	t.Run("installed files", func(t *testing.T) {
@@ -356,6 +385,18 @@ func TestDeb(t *testing.T) {
 			}
 		}
 	})
+	// The packaged binary is the lean one: built by build-deb.sh with every
+	// tag of cmd/provision/build-tags, no step-ca database linked.
+	t.Run("lean build", func(t *testing.T) {
+		bi, err := buildinfo.ReadFile(bin)
+		tags, terr := testenv.NodeTags()
+		if err != nil || terr != nil {
+			t.Fatal(err, terr)
+		}
+		for _, p := range testenv.LeanProblems(bi, tags) {
+			t.Error("the packaged binary " + p)
+		}
+	})
 	// Every module the installed binary links has its licence text in the
 	// package, under its module path: the binary's own record decides.
 	t.Run("licences of the linked modules", func(t *testing.T) {
@@ -396,7 +437,9 @@ func TestDeb(t *testing.T) {
 
 	// The installed units, checked by systemd against the installed binary.
 	// The scratch root gets the host's targets so that default dependencies
-	// (sysinit.target, ...) resolve; nothing else is copied.
+	// (sysinit.target, ...) resolve, and its /bin/mkdir (provision.service's
+	// ExecStartPre=, which systemd-analyze requires to exist), removed
+	// again after; nothing else is copied.
 	t.Run("systemd-analyze installed units", func(t *testing.T) {
 		sa := testenv.RequireProgram(t, "systemd-analyze", "systemd")
 		targets, _ := filepath.Glob("/lib/systemd/system/*.target")
@@ -419,8 +462,17 @@ func TestDeb(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		mkdir, err := os.ReadFile("/bin/mkdir")
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+		if err := os.WriteFile(filepath.Join(root, "bin/mkdir"), mkdir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(filepath.Join(root, "bin"))
 		args := []string{"verify", "--man=no", "--root=" + root}
-		for _, u := range []string{"provision.service", "provision-verify.service", "provision-verify.timer"} {
+		for _, u := range []string{"provision.service", "provision-verify.service", "provision-verify.timer", "provision-renew.service", "provision-renew.timer"} {
 			args = append(args, filepath.Join(root, "usr/lib/systemd/system", u))
 		}
 		o, e, err := run(t, ".", nil, sa, args...)
@@ -447,8 +499,7 @@ func TestDeb(t *testing.T) {
 		"etc/systemd/system/provision-verify.service.d/x.conf": "[Service]\n",
 	}
 	links := map[string]string{
-		"etc/systemd/system/multi-user.target.wants/provision.service":  "/usr/lib/systemd/system/provision.service",
-		"etc/systemd/system/timers.target.wants/provision-verify.timer": "/usr/lib/systemd/system/provision-verify.timer",
+		"etc/systemd/system/multi-user.target.wants/provision.service": "/usr/lib/systemd/system/provision.service",
 	}
 	for _, m := range []map[string]string{state, config} {
 		for p, text := range m {
@@ -477,6 +528,11 @@ func TestDeb(t *testing.T) {
 		return o
 	}
 
+	// The operator turns the verify timer off (systemctl disable): the
+	// upgrade keeps that choice, and keeps the renew timer enabled.
+	if o, e, err := run(t, ".", nil, "systemctl", "--root="+root, "disable", "provision-verify.timer"); err != nil {
+		t.Fatalf("systemctl --root disable provision-verify.timer: %v\n%s%s", err, o, e)
+	}
 	// Upgrade: the new binary is in place, the node's state untouched.
 	deb2 := build(t, out, upgradeVersion)
 	dpkgIn("-i", deb2)
@@ -488,6 +544,13 @@ func TestDeb(t *testing.T) {
 			t.Errorf("the upgrade removed /%s", p)
 		}
 	}
+	if exists("etc/systemd/system/timers.target.wants/provision-verify.timer") {
+		t.Errorf("the upgrade enabled provision-verify.timer again, which the operator had disabled")
+	}
+	if !exists("etc/systemd/system/timers.target.wants/provision-renew.timer") {
+		t.Errorf("the upgrade disabled provision-renew.timer")
+	}
+	own := plantOwnFiles(t, root)
 
 	// Remove: the package's files go, the keys and state stay.
 	dpkgIn("-r", "provision")
@@ -506,6 +569,11 @@ func TestDeb(t *testing.T) {
 			}
 		}
 	}
+	for _, p := range own {
+		if !exists(p) {
+			t.Errorf("dpkg -r removed /%s; remove must keep the node's state", p)
+		}
+	}
 
 	// Purge: provision's state, PKI, token and enablement links go; the
 	// config cloud-init wrote stays. Nothing else of the package remains.
@@ -513,11 +581,16 @@ func TestDeb(t *testing.T) {
 	if st := status(); strings.Contains(st, "Status:") && !strings.Contains(st, "not-installed") {
 		t.Errorf("dpkg -s after purge:\n%s", st)
 	}
-	for _, m := range []map[string]string{state, links} {
+	for _, m := range []map[string]string{state, links, timerLinks} {
 		for p := range m {
 			if exists(p) {
 				t.Errorf("/%s is still there after dpkg -P", p)
 			}
+		}
+	}
+	for _, p := range own {
+		if exists(p) {
+			t.Errorf("/%s, a file provision writes, is still there after dpkg -P", p)
 		}
 	}
 	for _, p := range []string{"var/lib/provision", "run/provision"} {
@@ -547,6 +620,104 @@ func TestDeb(t *testing.T) {
 	}
 
 	t.Run("purge with a symlinked state_dir", func(t *testing.T) { purgeSymlinked(t, root, deb, dpkgIn) })
+}
+
+// plantOwnFiles writes, at the default paths under root, every name
+// provision writes, from the one table ClaimDir judges by
+// (system.OwnLayout) and the metrics each command writes: what a node that
+// ran every command, crashed in every write and handed off tasks would
+// have. It returns the planted paths (relative to root). The postrm's own
+// list is checked against the same table, so a name added to provision and
+// not to the purge fails here.
+func plantOwnFiles(t *testing.T, root string) []string {
+	t.Helper()
+	l := system.OwnLayout()
+	state, pki := "var/lib/provision", "var/lib/provision/pki"
+	files := map[string]string{}
+	for _, f := range l.Files {
+		files[state+"/"+f] = "{}"
+		files[state+"/."+f+"4242"] = "{" // a killed write's temp file
+	}
+	for _, d := range l.Dirs {
+		files[state+"/"+d+"/entry-1"] = "{}"
+	}
+	files[state+"/"+l.TempPrefix+"x"] = ""
+	files[state+"/"+l.Mark] = "mark"
+	files[pki+"/"+l.Mark] = "mark"
+	gen := l.GenPrefix + "20260301T000000.000000000Z-0a0b0c0d"
+	for _, c := range l.Creds {
+		files[pki+"/"+gen+"/"+c] = c
+		files[pki+"/."+c+"99"] = "" // renameio's temp link, as a file
+	}
+	files[pki+"/"+l.TempPrefix+gen+"/key.pem"] = "k"
+	for _, c := range cli.MetricsCommands() {
+		name, err := metrics.FileName(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files["var/lib/prometheus/node-exporter/"+name] = "x"
+		files["var/lib/prometheus/node-exporter/."+name+"77"] = "x"
+	}
+	var out []string
+	for p, text := range files {
+		full := filepath.Join(root, p)
+		os.MkdirAll(filepath.Dir(full), 0o700)
+		if err := os.WriteFile(full, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p)
+	}
+	for _, lk := range l.Links {
+		os.Remove(filepath.Join(root, pki, lk))
+		if err := os.Symlink(gen, filepath.Join(root, pki, lk)); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, pki+"/"+lk)
+	}
+	for _, c := range l.Creds {
+		os.Remove(filepath.Join(root, pki, c))
+		if err := os.Symlink("current/"+c, filepath.Join(root, pki, c)); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, pki+"/"+c)
+	}
+	return out
+}
+
+// TestPostrmListsEveryOwnName: the purge's list of provision's own names
+// is the table ClaimDir judges by (system.OwnLayout), so a record added to
+// provision (last-failure.json was one, issue 30) cannot be left behind by
+// dpkg -P; and it purges each command's metrics.
+func TestPostrmListsEveryOwnName(t *testing.T) {
+	b, err := os.ReadFile("scripts/postrm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^own_files="([^"]*)"$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("scripts/postrm has no own_files= line")
+	}
+	l := system.OwnLayout()
+	want := append(append(append([]string{l.Mark}, l.Files...), l.Creds...), l.Links...)
+	got := strings.Fields(string(m[1]))
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("postrm's own_files = %v\nthe table (system.OwnLayout) = %v", got, want)
+	}
+	for _, d := range l.Dirs {
+		if !strings.Contains(string(b), `"$dir/`+d+`"`) {
+			t.Errorf("postrm does not remove state_dir/%s/", d)
+		}
+	}
+	for _, p := range []string{`"$dir"/` + l.GenPrefix + `*`, `"$dir"/` + l.TempPrefix + `*`} {
+		if !strings.Contains(string(b), p) {
+			t.Errorf("postrm does not remove %s", p)
+		}
+	}
+	if want := "for cmd in " + strings.Join(cli.MetricsCommands(), " ") + "; do"; !strings.Contains(string(b), want) {
+		t.Errorf("postrm does not purge the metrics of exactly %v (want %q)", cli.MetricsCommands(), want)
+	}
 }
 
 // purgeSymlinked is issue 24 item 7a: with /var/lib/provision a symbolic
@@ -618,5 +789,80 @@ func purgeSymlinked(t *testing.T, root, deb string, dpkgIn func(args ...string))
 		if st, err := os.Lstat(filepath.Join(root, d)); err != nil || !st.IsDir() {
 			t.Errorf("dpkg -P removed the volume directory /%s (%v)", d, err)
 		}
+	}
+}
+
+// TestVersionsSort is issue 30's fifth finding: untagged builds were
+// versioned 0.0.0+git.<hash>, which sorts by the hash, so apt took a newer
+// build for a downgrade (0.0.0+git.a5c35ca is not greater than
+// 0.0.0+git.d6a527c). In a repository of its own, two consecutive commits
+// (one second apart, their hashes in either order), then a release tag and
+// a commit after it: packaging/version.sh's versions must each sort above
+// the one before under the real dpkg --compare-versions. The repository's
+// own last two commits are checked too, when the clone has them.
+func TestVersionsSort(t *testing.T) {
+	dpkg := testenv.RequireProgram(t, "dpkg", "dpkg")
+	gitBin := testenv.RequireProgram(t, "git", "git")
+	script, err := filepath.Abs("version.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := t.TempDir()
+	git := func(date string, args ...string) string {
+		t.Helper()
+		env := []string{"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.invalid",
+			"GIT_AUTHOR_DATE=" + date, "GIT_COMMITTER_DATE=" + date, "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1"}
+		o, e, err := run(t, repo, env, gitBin, args...)
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s%s", args, err, o, e)
+		}
+		return strings.TrimSpace(o)
+	}
+	version := func(dir string, rev ...string) string {
+		t.Helper()
+		o, e, err := run(t, dir, []string{"TZ=Asia/Tokyo"}, "sh", append([]string{script}, rev...)...)
+		if err != nil {
+			t.Fatalf("version.sh %v: %v\n%s", rev, err, e)
+		}
+		return strings.TrimSpace(o)
+	}
+	gt := func(a, b string) bool {
+		_, _, err := run(t, ".", nil, dpkg, "--compare-versions", a, "gt", b)
+		return err == nil
+	}
+	git("2026-12-06T07:06:04Z", "init", "-q", "-b", "main")
+	var seq []string
+	for i, date := range []string{"2026-12-06T07:06:04Z", "2026-12-06T07:06:05Z", "2026-12-06T07:06:05Z"} {
+		os.WriteFile(filepath.Join(repo, "f"), []byte(fmt.Sprint(i)), 0o644)
+		git(date, "add", "f")
+		git(date, "commit", "-q", "-m", fmt.Sprint("commit ", i))
+		seq = append(seq, version(repo))
+	}
+	if !regexp.MustCompile(`^0\.0\.0\+git20261206070604\.1\.[0-9a-f]{7}$`).MatchString(seq[0]) {
+		t.Errorf("an untagged build is %q, want 0.0.0+git<UTC commit time>.<commits>.<hash>", seq[0])
+	}
+	git("2026-12-06T08:00:00Z", "tag", "v1.0.0")
+	seq = append(seq, version(repo))
+	os.WriteFile(filepath.Join(repo, "f"), []byte("after the tag"), 0o644)
+	git("2026-12-06T08:00:01Z", "commit", "-q", "-am", "after the tag")
+	seq = append(seq, version(repo))
+	os.WriteFile(filepath.Join(repo, "f"), []byte("uncommitted"), 0o644)
+	seq = append(seq, version(repo))
+	for i := 1; i < len(seq); i++ {
+		if !gt(seq[i], seq[i-1]) {
+			t.Errorf("dpkg --compare-versions %s gt %s is false: the later build sorts lower", seq[i], seq[i-1])
+		}
+	}
+	if seq[3] != "1.0.0" || !strings.HasPrefix(seq[4], "1.0.0+1.g") || !strings.HasSuffix(seq[5], ".dirty") {
+		t.Errorf("tagged versions %q, want 1.0.0, 1.0.0+1.g<hash>, then .dirty", seq[3:])
+	}
+	t.Logf("versions in order: %s", strings.Join(seq, " < "))
+	// This repository's own last two commits.
+	if _, _, err := run(t, "..", nil, gitBin, "rev-parse", "--verify", "-q", "HEAD~1"); err == nil {
+		prev, head := version("..", "HEAD~1"), version("..", "HEAD")
+		if !gt(head, prev) {
+			t.Errorf("this repository: HEAD is %s, HEAD~1 %s: HEAD does not sort higher", head, prev)
+		}
+		t.Logf("this repository: HEAD~1 %s < HEAD %s", prev, head)
 	}
 }

@@ -93,6 +93,10 @@ func TestPromtoolTestRules(t *testing.T) {
 		// file keeps the first one) instead of the newest, or no grace.
 		"overdue by the oldest certificate": {"time() - max by (instance) (provision_cert_renew_due_timestamp_seconds)", "time() - min by (instance) (provision_cert_renew_due_timestamp_seconds)", "certificate past its renewal time"},
 		"overdue without grace":             {"(provision_cert_renew_due_timestamp_seconds) > 3600", "(provision_cert_renew_due_timestamp_seconds) > 0", "certificate past its renewal time"},
+		// Renew not run: a threshold of ten periods, or forgetting the node
+		// that never renewed at all.
+		"renew not run after ten periods": {"provision_renew\\\\.prom\"}) > 3600)", "provision_renew\\\\.prom\"}) > 36000)", "renew timer not running"},
+		"renew never run forgotten":       {"\n          or\n          (max by (instance) (time() - node_textfile_mtime_seconds", "\n          and\n          (max by (instance) (time() - node_textfile_mtime_seconds", "renew timer not running"},
 		// Expiring soon at verify's warning point fires within every splay.
 		"expiring at a third": {"provision_cert_not_before_timestamp_seconds) / 6)", "provision_cert_not_before_timestamp_seconds) / 3)", "certificate close to expiry"},
 	} {

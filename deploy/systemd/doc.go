@@ -10,30 +10,56 @@
 //
 // # Sandbox
 //
-// Both services run with the sandbox below, and CI fails when
-// `systemd-analyze security --offline=true` scores either above 2.0 (they
-// score 1.6 with systemd 252; TestSecurityExposure). Each directive is kept
+// The three services run with the sandbox below, and CI fails when
+// `systemd-analyze security --offline=true` scores any above 2.0 (they
+// score 1.8 with systemd 252, 1.9 with the TPM drop-in; TestSecurityExposure,
+// TestTPMDropIn, TestKeyGroupDropIn). Each directive is kept
 // because what provision does still works under it:
 //
 //   - ProtectSystem=strict with ReadWritePaths= for exactly what is written:
 //     /etc (the hosts file is replaced by a rename from a temp file in /etc),
-//     /var/lib/provision (StateDirectory=), -/run/provision (the token, deleted
-//     after use); verify only -/var/lib/provision/tasks. A config that moves
-//     those paths needs a drop-in, which `provision userdata` writes.
+//     -/var/lib/provision, -/run/provision (the token, deleted after use);
+//     verify only -/var/lib/provision/tasks. A config that moves those paths
+//     needs a drop-in, which `provision userdata` writes.
+//   - /var/lib/provision is created 0700, when missing, by
+//     ExecStartPre=+/bin/mkdir (unsandboxed: /var/lib is read-only inside),
+//     not by StateDirectory=: systemd sets a StateDirectory='s mode back to
+//     the unit's at every start and, when its group is not the service's,
+//     chowns the whole tree back to root:root, which would take the key away
+//     from paths.key_group's node-agent on the next start.
 //   - CapabilityBoundingSet= (none): every file provision reads or writes is
 //     owned by root, and root needs no capability to use its own files. A full
 //     bootstrap (enrollment, key, certificate, receipt) and a verify were run
 //     against the lab control plane with an empty bounding set and
 //     no_new_privs (setpriv --bounding-set=-all --no-new-privs): both exit 0.
-//     The one loss: an /etc/hosts owned by another user or group is rewritten
+//     One loss: an /etc/hosts owned by another user or group is rewritten
 //     root:root (the chown that kept its owner needs CAP_CHOWN).
-//   - SystemCallFilter=@system-service minus @privileged and @resources, with
-//     SystemCallErrorNumber=EPERM: the system calls of a traced bootstrap,
-//     verify, version and getent(1) are all allowed but fchown, which returns
-//     EPERM and which provision already treats as "keep going" (see above).
-//     EPERM rather than a kill, so a call a future Go runtime makes (it already
-//     tolerates EPERM from setrlimit) fails softly instead of killing a
-//     first-boot unit with SIGSYS.
+//   - paths.key_group (the key, its directories and the tasks handed off go
+//     to a node-agent's group): root without CAP_CHOWN may give a file it
+//     owns to a group it is a member of, and to no other (chown(2)). So the
+//     units take no capability for it; the key-group drop-in
+//     (key-group.conf, written by provision userdata for every unit when the
+//     config names a key group) makes the service a member of exactly that
+//     group (SupplementaryGroups=), which systemd-analyze does not score for a
+//     root service, and fchown is the one ownership call allowed (below). On
+//     main before issue 30 a bootstrap with key_group burnt its token before
+//     the refused chown, and every renew --force threw away a certificate;
+//     now each run proves it can give a new file to the group before
+//     anything irreversible and names the drop-in when it cannot (tests/e2e
+//     TestKeyGroupChownRefused, under setpriv --bounding-set=-chown, with and
+//     without --groups). CAP_CHOWN would have served too, but it lets root
+//     give any file to anyone, and it alone cost the units 0.2 (2.1 with the
+//     TPM drop-in: over the ceiling).
+//   - SystemCallFilter=@system-service minus @privileged and @resources, then
+//     fchown alone allowed again (chown, lchown, fchownat stay filtered:
+//     provision changes ownership only through a descriptor it opened; 0.2 of
+//     the score), with SystemCallErrorNumber=EPERM: the system calls of a
+//     traced bootstrap, verify, version and getent(1) are all allowed (an
+//     fchown that keeps /etc/hosts' owner gets EPERM without CAP_CHOWN, which
+//     provision treats as "keep going"). EPERM rather than a
+//     kill, so a call a future Go runtime makes (it already tolerates EPERM
+//     from setrlimit) fails softly instead of killing a first-boot unit with
+//     SIGSYS.
 //   - RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK: TCP to the
 //     CA and the node API; getent(1) resolves through glibc's NSS, which talks
 //     to nscd or systemd-resolved over AF_UNIX and asks the kernel for the
@@ -73,10 +99,11 @@
 // Under a running systemd: tests/boot installs the .deb in a minimal Debian
 // root and boots it with systemd-nspawn (systemd 252 as PID 1), so the
 // services run under exactly this sandbox: bootstrap, verify and renew
-// succeed in it, journald records provision without capabilities, the
-// renew post_hook records CapEff/CapBnd 0, NoNewPrivs 1, Seccomp 2 and a
-// read-only /usr from inside it, and systemd-analyze security scores the
-// loaded units (drop-ins included) at most 2.0. What it does not exercise:
+// succeed in it, with paths.key_group too (a node-agent running as its own
+// user reads the key and polls with it), the renew post_hook records
+// CapEff/CapBnd 0, NoNewPrivs 1, Seccomp 2 and a read-only /usr from
+// inside it, and systemd-analyze security scores the loaded units (drop-ins
+// included) at most 2.0. What it does not exercise:
 // the ordering on network-online.target and time-sync.target, which the
 // container reaches at once; units_test.go checks that ordering here.
 package systemd

@@ -191,9 +191,22 @@ func TestProvisionServiceContract(t *testing.T) {
 		t.Errorf("DefaultDependencies=no would drop the implicit Before=multi-user.target ordering the deadlock argument needs")
 	}
 	rw := words(d["Service.ReadWritePaths"])
-	for _, p := range []string{"/etc", "/var/lib/provision", "-/run/provision"} {
+	for _, p := range []string{"/etc", "-/var/lib/provision", "-/run/provision"} {
 		if !rw[p] {
 			t.Errorf("ReadWritePaths lacks %s (bootstrap writes there)", p)
+		}
+	}
+	// state_dir is made before the sandbox, and never by StateDirectory=:
+	// systemd would set its mode back at every start and chown a state_dir
+	// in paths.key_group's group back to root, recursively, key included.
+	if got := d["Service.ExecStartPre"]; len(got) != 1 || got[0] != "+/bin/mkdir -p -m 0700 /var/lib/provision" {
+		t.Errorf("ExecStartPre = %q, want the one mkdir of /var/lib/provision", got)
+	}
+	for _, u := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+		for k := range directives(t, u) {
+			if strings.HasPrefix(k, "Service.StateDirectory") {
+				t.Errorf("%s: %s would reset state_dir's mode and group at every start", u, k)
+			}
 		}
 	}
 }
@@ -359,8 +372,8 @@ func TestSandboxDirectives(t *testing.T) {
 				t.Errorf("%s: %s = %q, want exactly %q", u, k, got, v)
 			}
 		}
-		if got := d["Service.SystemCallFilter"]; len(got) != 2 || got[0] != "@system-service" || got[1] != "~@privileged @resources" {
-			t.Errorf("%s: SystemCallFilter = %q", u, got)
+		if got := d["Service.SystemCallFilter"]; len(got) != 3 || got[0] != "@system-service" || got[1] != "~@privileged @resources" || got[2] != "fchown" {
+			t.Errorf("%s: SystemCallFilter = %q, want @system-service, ~@privileged @resources, then fchown alone (paths.key_group)", u, got)
 		}
 	}
 }
@@ -480,5 +493,44 @@ func TestTPMDropIn(t *testing.T) {
 		if !strings.Contains(out, "✗ PrivateDevices=") {
 			t.Errorf("%s: the score does not reflect the drop-in (PrivateDevices= still on):\n%s", filepath.Base(f), out)
 		}
+	}
+}
+
+// TestKeyGroupDropIn: paths.key_group's drop-in (key-group.conf, which
+// provision userdata writes naming the group) makes the units a member of
+// that group and changes nothing else; the units pass systemd-analyze
+// verify with it and stay within the exposure ceiling, with the TPM
+// drop-in too (a node may have both).
+func TestKeyGroupDropIn(t *testing.T) {
+	d := directives(t, "key-group.conf")
+	if len(d) != 1 || len(d["Service.SupplementaryGroups"]) != 1 || d["Service.SupplementaryGroups"][0] != "node-agent" {
+		t.Errorf("key-group.conf sets %v, want SupplementaryGroups=node-agent alone", d)
+	}
+	if got := KeyGroupDropIn("gpu-agents"); !strings.Contains(got, "\nSupplementaryGroups=gpu-agents\n") || strings.Contains(got, "=node-agent") {
+		t.Errorf("KeyGroupDropIn(gpu-agents) does not name the group:\n%s", got)
+	}
+	for _, withTPM := range []bool{false, true} {
+		dir, files := stage(t, nil)
+		for _, unit := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+			os.MkdirAll(filepath.Join(dir, unit+".d"), 0o755)
+			// root's own group: it exists on the machine running the test.
+			if err := os.WriteFile(filepath.Join(dir, unit+".d", "provision-key-group.conf"), []byte(KeyGroupDropIn("root")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if withTPM {
+				if err := os.WriteFile(filepath.Join(dir, unit+".d", "provision-tpm.conf"), []byte(TPMDropIn(DefaultTPMDevice)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		ok, ours, all := analyze(t, dir, files)
+		if !ok || len(ours) > 0 {
+			t.Fatalf("systemd-analyze verify with the key-group drop-in (TPM %v) failed (ok=%v):\n%s", withTPM, ok, all)
+		}
+		what := " with the key-group drop-in"
+		if withTPM {
+			what += " and the TPM drop-in"
+		}
+		withinExposure(t, dir, files, what)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
@@ -400,12 +401,12 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 
 // flagDashes rewrites the flag package's messages ("flag provided but not
 // defined: -chek") to name flags with the two dashes the help shows.
-var flagDashes = regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]*)`)
+var flagDashes = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]*)`) })
 
 // dashes rewrites a flag package message to name each flag as the help
 // shows it: two dashes, one for a one-letter spelling (-q).
 func dashes(msg string) string {
-	return flagDashes.ReplaceAllStringFunc(msg, func(m string) string {
+	return flagDashes().ReplaceAllStringFunc(msg, func(m string) string {
 		sep, name := m[:len(m)-len(strings.TrimLeft(m, ": "))], strings.TrimLeft(m, ": -")
 		if isShort(name) {
 			return sep + "-" + name

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // The man pages and the shell completions shipped in the package are
@@ -107,8 +108,8 @@ func roffEscape(s string) string {
 }
 
 var (
-	columnsRe = regexp.MustCompile(`\s{2,}`)
-	spacesRe  = regexp.MustCompile(`\s+`)
+	columnsRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`\s{2,}`) })
+	spacesRe  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`\s+`) })
 )
 
 // manSection is a section of a page being built.
@@ -220,7 +221,7 @@ func (m *manWriter) flag(trimmed string) {
 // "0  due", "30  not due"), rendered as a nested list, not run together.
 func (m *manWriter) column(line, trimmed string) {
 	indent := len(line) - len(strings.TrimLeft(line, " "))
-	cols := columnsRe.Split(trimmed, -1)
+	cols := columnsRe().Split(trimmed, -1)
 	switch {
 	case indent > 4 && indent > m.bodyIndent && len(cols) > 1 && m.bodyIndent > 0:
 		if !m.nested {
@@ -234,7 +235,7 @@ func (m *manWriter) column(line, trimmed string) {
 		m.cur.body.WriteString(".IP\n")
 		fallthrough
 	case indent > 4:
-		fmt.Fprintf(&m.cur.body, "%s\n", roffEscape(spacesRe.ReplaceAllString(trimmed, " ")))
+		fmt.Fprintf(&m.cur.body, "%s\n", roffEscape(spacesRe().ReplaceAllString(trimmed, " ")))
 		return
 	}
 	m.closeNested()

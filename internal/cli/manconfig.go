@@ -5,6 +5,7 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
@@ -22,14 +23,16 @@ import (
 
 // markup is the inline markup of the key table's Doc: `code`, **strong**,
 // [text](link).
-var markup = regexp.MustCompile("`[^`]*`|\\*\\*[^*]+\\*\\*|\\[[^\\]]+\\]\\([^)]+\\)")
+var markup = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile("`[^`]*`|\\*\\*[^*]+\\*\\*|\\[[^\\]]+\\]\\([^)]+\\)")
+})
 
 // roffInline renders Doc markup as roff: code and strong in bold, a link as
 // its text.
 func roffInline(s string) string {
 	var b strings.Builder
 	last := 0
-	for _, m := range markup.FindAllStringIndex(s, -1) {
+	for _, m := range markup().FindAllStringIndex(s, -1) {
 		b.WriteString(roffEscape(s[last:m[0]]))
 		tok := s[m[0]:m[1]]
 		switch {
@@ -49,7 +52,7 @@ func roffInline(s string) string {
 
 // PlainInline is Doc markup as a reader of the rendered page sees it.
 func PlainInline(s string) string {
-	return markup.ReplaceAllStringFunc(s, func(tok string) string {
+	return markup().ReplaceAllStringFunc(s, func(tok string) string {
 		switch {
 		case strings.HasPrefix(tok, "`"):
 			return strings.Trim(tok, "`")

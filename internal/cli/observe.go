@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -74,6 +75,17 @@ func underJournal(w io.Writer) bool {
 // --check writes none: it is a question, not a run.
 var metricsCommands = map[string]bool{"bootstrap": true, "verify": true, "renew": true}
 
+// MetricsCommands are the commands that write textfile metrics, sorted:
+// the package's purge removes each one's file (packaging's test).
+func MetricsCommands() []string {
+	var out []string
+	for c := range metricsCommands {
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // finish ends a bootstrap, verify or renew run whose config loaded: it prints the
 // report, writes the command's metrics and logs the one line that closes
 // the run (with its exit code). It returns the exit code. A metrics write
@@ -109,7 +121,11 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 			return
 		}
 		dir = cfg.Metrics.TextfileDir
-		cert = certFacts(cfg, host)
+		// The credentials are read for the metrics only where node_exporter
+		// reads them (metrics.Write says why when there is no directory).
+		if st, err := os.Stat(host.ResolvedPath(dir)); err == nil && st.IsDir() {
+			cert = certFacts(cfg, host)
+		}
 	}
 	run := metrics.Run{Command: r.Command, Report: r, Finished: time.Now(), Duration: time.Since(env.start), Cert: cert, Version: Version()}
 	// Only renew's file carries the renew record's facts: it runs every 15

@@ -27,14 +27,16 @@ The installed certificate (subject, serial, issuer, the CA root it chains to,
 validity, the renewal point and this node's due time, key and directory
 modes), judged by the same credential verdict bootstrap, renew and verify use
 (offline: against the installed ca.pem); the last renew attempt and its
-result; a post hook still pending; the receipt; and where the textfile
-metrics go. --format json prints it as one JSON object (README, "provision
-status").
+result; a post hook still pending; the receipt; where the textfile
+metrics go; and whether provision-renew.timer is enabled (from its
+timers.target.wants link, so under --root too). --format json prints it as
+one JSON object (README, "provision status").
 
 Exit codes (renew --check's family):
   0   ok: a usable identity, nothing pending
   30  attention: renewal due, the last renewal failed, a hook pending, a key
-      exposed, credentials published without a passing proof, no receipt
+      exposed or out of paths.key_group's reach, credentials published
+      without a passing proof, no receipt, provision-renew.timer not enabled
   31  unusable: not enrolled, expired, revoked, stale or unreadable
 
 Examples:
@@ -113,6 +115,7 @@ func printStatus(w io.Writer, n *status.Node, code int, quiet bool) {
 		line("receipt", "none: bootstrap has not proven this node")
 	}
 	line("metrics", "%s %s", n.Metrics.TextfileDir, strings.Join(n.Metrics.Files, " "))
+	line("renew timer", "%s %s %s", n.RenewTimer.Unit, n.RenewTimer.State, n.RenewTimer.Path)
 	if rv := n.Revoked; rv != nil {
 		done := "credentials removed"
 		if !rv.Complete {

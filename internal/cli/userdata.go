@@ -22,7 +22,9 @@ var userdataCmd = &command{
 	usage: `Reads a provision config (as for bootstrap, but from this machine, not under
 --root) and a one-time token, and prints #cloud-config user-data that writes
 both to the node (the token 0600 on /run), turns off cloud-init's
-manage_etc_hosts and runs provision.service so a failure is visible to
+manage_etc_hosts, enables and starts provision-renew.timer and
+provision-verify.timer (renewal is always scheduled, whatever the image
+did) and runs provision.service, so a failure of either is visible to
 cloud-init. The token appears only in its own write_files entry.
 
 The config is written whole: every section and key of the validated config
@@ -45,7 +47,10 @@ starts) and whose conditions follow them (the done marker under state_dir,
 pki_dir/current for renew), and its runcmd reloads systemd before the start.
 A path the units keep read-only or hidden (under /usr, /boot, /efi, /proc,
 /sys, /dev, /home, /root, /run/user, /tmp, /var/tmp, or / itself) is refused
-(exit 3).
+(exit 3). With paths.key_group, each of the three units also gets
+provision-key-group.conf (SupplementaryGroups= that group: the units, which
+have no capabilities, may then give the key and the tasks to it); with
+key.store = "tpm", provision-tpm.conf.
 
 Examples:
   provision userdata --config node-0042.toml --token-file token.jwt > user-data.yaml

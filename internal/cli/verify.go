@@ -56,7 +56,7 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	rep := report.New("verify", cfg.NodeID, results, time.Since(start))
 	// The proof's tasks/wait is the node-agent's: a task the API handed out
 	// is dequeued there, so verify hands it off exactly as bootstrap does.
-	t, path, err := tasks.HandOff(host.Path(cfg.Paths.StateDir), e.Probed(), host.Time(), host.Hook)
+	t, path, err := tasks.HandOff(host.Path(cfg.Paths.StateDir), e.Probed(), host.Time(), host.Hook, observe.Access(cfg, host))
 	if t != nil {
 		rep.Task = json.RawMessage(t.Raw)
 		if err != nil {

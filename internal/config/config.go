@@ -25,6 +25,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -326,18 +327,21 @@ func decodeProblem(err error) Problem {
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "toml: ")
 	key, line := "syntax", 0
-	if m := lineInErr.FindStringSubmatch(msg); m != nil {
+	if m := lineInErr().FindStringSubmatch(msg); m != nil {
 		fmt.Sscanf(m[1], "%d", &line)
 		key, msg = m[2], m[3]
-	} else if m := keyInErr.FindStringSubmatch(msg); m != nil {
+	} else if m := keyInErr().FindStringSubmatch(msg); m != nil {
 		key = m[1]
 	}
 	return Problem{Key: key, Line: line, Msg: msg}
 }
 
+// The patterns of this package are compiled when first used, not before
+// main: most runs never need most of them (a node's every run pays what its
+// packages' variables cost to build).
 var (
-	keyInErr  = regexp.MustCompile(`(?:key|field) "?([A-Za-z0-9_.\[\]]+)"?`)
-	lineInErr = regexp.MustCompile(`^line (\d+) \(last key "([^"]*)"\): (.*)$`)
+	keyInErr  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?:key|field) "?([A-Za-z0-9_.\[\]]+)"?`) })
+	lineInErr = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^line (\d+) \(last key "([^"]*)"\): (.*)$`) })
 )
 
 // suggest offers the closest known key for a typo.
@@ -431,23 +435,54 @@ func fmtDuration(d time.Duration) string {
 	return s
 }
 
-// NodeIDPattern is what a node_id may look like: it becomes a certificate
-// subject, a URL path segment and a file name.
-var NodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$`)
+// ValidNodeID reports whether id is what a node_id may look like, the
+// pattern ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$: it becomes a certificate
+// subject, a URL path segment and a file name. provision userdata uses the
+// same rule. (Written out: that regular expression takes a tenth of a
+// millisecond to compile, before every command.)
+func ValidNodeID(id string) bool {
+	if id == "" || len(id) > 63 || !isAlnum(id[0]) {
+		return false
+	}
+	for i := 1; i < len(id); i++ {
+		if c := id[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
 
 // waitPathPattern is an RFC 3986 path of pchars and valid %XX escapes, plus
 // the braces of {node_id}: anything else would make WaitURL unparsable.
-var waitPathPattern = regexp.MustCompile(`^(/([A-Za-z0-9\-._~!$&'()*+,;=:@{}]|%[0-9A-Fa-f]{2})*)+$`)
+var waitPathPattern = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^(/([A-Za-z0-9\-._~!$&'()*+,;=:@{}]|%[0-9A-Fa-f]{2})*)+$`)
+})
 
 // ValidHostname reports whether name is a hostname the config accepts in
 // [[hosts]] (hosts(5): letters, digits, '-' and '.', at most 253
-// characters). provision userdata uses the same rule.
+// characters, each label at most 63). provision userdata uses the same rule.
 func ValidHostname(name string) bool {
-	return hostnamePattern.MatchString(name) && len(name) <= 253
+	if len(name) > 253 || !hostnamePattern().MatchString(name) {
+		return false
+	}
+	for _, label := range strings.Split(name, ".") {
+		if utf8.RuneCountInString(label) > 63 {
+			return false
+		}
+	}
+	return true
 }
 
-// hostnamePattern follows hosts(5): letters, digits, '-' and '.'.
-var hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+// hostnamePattern follows hosts(5): letters, digits, '-' and '.'; the
+// length of a label (at most 63) is checked apart, which keeps the
+// expression quick to compile.
+var hostnamePattern = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+})
 
 // adder records one problem with a key: its line is looked up once.
 type adder func(key, format string, args ...any)
@@ -463,7 +498,7 @@ func (c *Config) validate(lines *lineIndex) []Problem {
 	c.validateCA(add)
 	c.validateNodeAPI(add)
 	c.validateTable(add)
-	if g := c.Paths.KeyGroup; c.written["paths.key_group"] && !GroupPattern.MatchString(g) {
+	if g := c.Paths.KeyGroup; c.written["paths.key_group"] && !GroupPattern().MatchString(g) {
 		add("paths.key_group", "%q is not a group name (lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32) nor a numeric group id", g)
 	}
 	c.validateRenew(add)
@@ -494,7 +529,7 @@ func (c *Config) validateNode(add adder) {
 	switch {
 	case c.NodeID == "":
 		add("node_id", "required: the node's identity, used as the certificate subject")
-	case !NodeIDPattern.MatchString(c.NodeID):
+	case !ValidNodeID(c.NodeID):
 		add("node_id", "%q is not a valid node id (letters, digits, '.', '_', '-'; at most 63 characters)", c.NodeID)
 	}
 
@@ -565,7 +600,7 @@ func (c *Config) validateNodeAPI(add adder) {
 		add("node_api.wait_path", "must contain {node_id}, got %q", c.NodeAPI.WaitPath)
 	case strings.ContainsAny(c.NodeAPI.WaitPath, "?# \t"):
 		add("node_api.wait_path", "must be a plain path without query, fragment or spaces, got %q", c.NodeAPI.WaitPath)
-	case !waitPathPattern.MatchString(c.NodeAPI.WaitPath):
+	case !waitPathPattern().MatchString(c.NodeAPI.WaitPath):
 		add("node_api.wait_path", "must be a URL path (letters, digits, -._~!$&'()*+,;=:@/ and %%XX escapes), got %q", c.NodeAPI.WaitPath)
 	}
 	// Its range is the key table's; here, what it must be against the deadline.
@@ -847,7 +882,7 @@ func (ix *lineIndex) line(key string) int {
 }
 
 // GroupPattern is a group name as useradd(8) accepts it, or a numeric gid.
-var GroupPattern = regexp.MustCompile(`^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$`)
+var GroupPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$`) })
 
 // Equal reports whether two configs hold the same settings, whichever keys
 // their files spelled out (a rendered config writes every default).

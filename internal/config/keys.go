@@ -110,7 +110,7 @@ var Keys = []Key{
 		Doc:   "`receipt.json`, `renew.json`, `.lock`, `done/<machine-id>`, `tasks/<id>.json`",
 		field: func(c *Config) any { return &c.Paths.StateDir }},
 	{Name: "paths.key_group", Kind: KindString, Example: `"node-agent"`,
-		Doc:   "the group that may read the private key, for a node-agent that does not run as root (a name in `/etc/group`, or a numeric gid): `key.pem` is then 0640 and `pki_dir` and its generation directories 0750, owned by that group; nothing else changes. Left out, the key is 0600 and the directories 0700, root's alone",
+		Doc:   "the group that may read the private key, for a node-agent that does not run as root (a name in `/etc/group`, or a numeric gid): `key.pem` is then 0640, `pki_dir` and its generation directories 0750, `state_dir` 0710 (the group passes through, cannot list it) and `tasks/` 0750 with each task 0640, all owned by that group; verify and status fail when the group cannot walk the path to the key. Left out, the key and tasks are 0600 and the directories 0700, root's alone",
 		field: func(c *Config) any { return &c.Paths.KeyGroup }},
 	{Name: "key.store", Kind: KindString, Default: `"` + DefaultKeyStore + `"`, Example: `"tpm"`,
 		Doc:   "where the node's private key is made and kept. `\"file\"`: a software P-256 key in `key.pem`. `\"tpm\"`: a P-256 key made inside the node's TPM 2.0, which never leaves it (not exportable, sign-only, immune to dictionary-attack lockout); `key.pem` then holds the TPM's wrapped key (`-----BEGIN TSS2 PRIVATE KEY-----`), useless on any other machine, and every signature is the TPM's. A change applies from the next new key: an enrollment, or a renewal with `renew.rekey` ([configuration.md](configuration.md#the-node-key-in-the-tpm))",

@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/google/renameio/v2"
@@ -274,8 +275,8 @@ func SaveAsideFor(dir string, s *Set, now time.Time, hook system.Hook, a Access)
 	if _, err := system.ClaimDir(dir, true); err != nil {
 		return "", err
 	}
-	if err := a.apply(dir, a.DirMode()); err != nil {
-		return "", fmt.Errorf("restricting %s to %04o: %w", dir, a.DirMode(), err)
+	if err := a.Give(dir, a.DirMode(), true); err != nil {
+		return "", err
 	}
 	Sweep(dir)
 
@@ -286,28 +287,16 @@ func SaveAsideFor(dir string, s *Set, now time.Time, hook system.Hook, a Access)
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return "", fmt.Errorf("creating %s: %w", tmp, err)
 	}
-	if err := a.apply(tmp, a.DirMode()); err != nil {
+	if err := a.Give(tmp, a.DirMode(), false); err != nil {
 		os.RemoveAll(tmp)
 		return "", err
 	}
-	files := []struct {
-		name string
-		data []byte
-		mode os.FileMode
-		gid  int
-	}{
-		{KeyFile, keyPEM, a.KeyMode(), a.gid()},
-		{CertFile, EncodeCerts(s.Chain), 0o644, -1},
-		{CAFile, EncodeCerts(s.Roots), 0o644, -1},
+	files := []setFile{
+		{KeyFile, keyPEM, a.KeyMode(), a},
+		{CertFile, EncodeCerts(s.Chain), 0o644, RootOnly},
+		{CAFile, EncodeCerts(s.Roots), 0o644, RootOnly},
 	}
-	for _, f := range files {
-		if err := writeNew(filepath.Join(tmp, f.name), f.data, f.mode, f.gid); err != nil {
-			os.RemoveAll(tmp)
-			return "", err
-		}
-		hook.At("wrote " + f.name)
-	}
-	if err := system.SyncDir(tmp); err != nil {
+	if err := writeSet(tmp, files, hook); err != nil {
 		os.RemoveAll(tmp)
 		return "", err
 	}
@@ -340,6 +329,17 @@ func Publish(dir, gen string, hook system.Hook) error {
 	if _, err := nodekey.LoadX509KeyPair(filepath.Join(gen, CertFile), filepath.Join(gen, KeyFile)); err != nil {
 		return fmt.Errorf("refusing to publish %s: %w", gen, err)
 	}
+	// On a first install the stable links are made before "current", so
+	// that the one fsync below makes both durable. Until "current" appears
+	// they lead nowhere: to the node-agent, as to Load, no credentials, as
+	// before this publish. Links that exist (or files of an older layout)
+	// are replaced only once "current" names the new set.
+	first := noStable(dir)
+	if first {
+		if err := linkStable(dir, false); err != nil {
+			return err
+		}
+	}
 	if prev, err := os.Readlink(filepath.Join(dir, CurrentLink)); err == nil && filepath.Base(prev) != name {
 		if err := renameio.Symlink(filepath.Base(prev), filepath.Join(dir, PreviousLink)); err != nil {
 			return fmt.Errorf("recording %s: %w", PreviousLink, err)
@@ -352,11 +352,24 @@ func Publish(dir, gen string, hook system.Hook) error {
 		return err
 	}
 	hook.At("current switched")
-	if err := linkStable(dir); err != nil {
-		return err
+	if !first {
+		if err := linkStable(dir, true); err != nil {
+			return err
+		}
 	}
 	prune(dir, name)
 	return nil
+}
+
+// noStable reports whether none of the stable paths exists in dir, as a
+// link or otherwise.
+func noStable(dir string) bool {
+	for _, f := range []string{KeyFile, CertFile, CAFile} {
+		if _, err := os.Lstat(filepath.Join(dir, f)); !errors.Is(err, os.ErrNotExist) {
+			return false
+		}
+	}
+	return true
 }
 
 // LoadGeneration reads the set in one generation directory (as SaveAside
@@ -365,8 +378,9 @@ func LoadGeneration(gen string) (*Set, error) {
 	return Load(gen)
 }
 
-// linkStable points key.pem, cert.pem and ca.pem through "current".
-func linkStable(dir string) error {
+// linkStable points key.pem, cert.pem and ca.pem through "current", and
+// fsyncs dir when it changed one and sync is set.
+func linkStable(dir string, sync bool) error {
 	changed := false
 	for _, f := range []string{KeyFile, CertFile, CAFile} {
 		link := filepath.Join(dir, f)
@@ -381,36 +395,62 @@ func linkStable(dir string) error {
 		}
 		changed = true
 	}
-	if !changed {
+	if !changed || !sync {
 		return nil
 	}
 	return system.SyncDir(dir)
 }
 
-func writeNew(path string, data []byte, mode os.FileMode, gid int) error {
+// setFile is one file of a generation directory.
+type setFile struct {
+	name string
+	data []byte
+	mode os.FileMode
+	who  Access // the key's: its group, if any
+}
+
+// writeSet writes files into the new generation directory tmp, then makes
+// them and the directory durable together: the three files and the
+// directory are fsynced at once (one wait for the disk instead of four)
+// and all before the directory is renamed into place.
+func writeSet(tmp string, files []setFile, hook system.Hook) error {
+	d, err := os.Open(tmp)
+	if err != nil {
+		return err
+	}
+	open := []*os.File{d}
+	defer func() {
+		for _, f := range open {
+			f.Close()
+		}
+	}()
+	for _, f := range files {
+		fh, err := writeNew(filepath.Join(tmp, f.name), f.data, f.mode, f.who)
+		if err != nil {
+			return err
+		}
+		open = append(open, fh)
+		hook.At("wrote " + f.name)
+	}
+	return system.SyncAll(open...)
+}
+
+// writeNew creates path with data, mode and, when a has a group, that
+// group, and returns it open, not yet fsynced (writeSet does that).
+func writeNew(path string, data []byte, mode os.FileMode, a Access) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode&0o700) // no one else before its group is set
 	if err != nil {
-		return fmt.Errorf("creating %s: %w", path, err)
+		return nil, fmt.Errorf("creating %s: %w", path, err)
 	}
-	if gid >= 0 {
-		if err := f.Chown(-1, gid); err != nil {
-			f.Close()
-			return fmt.Errorf("giving %s to group %d (paths.key_group): %w", path, gid, err)
-		}
-	}
-	if err := f.Chmod(mode); err != nil { // umask must not loosen or tighten it
+	if err := a.giveFile(f, path, mode); err != nil {
 		f.Close()
-		return err
+		return nil, err
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
+		return nil, fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("syncing %s: %w", path, err)
-	}
-	return f.Close()
+	return f, nil
 }
 
 // Sweep removes what a killed Save left behind: unpublished generation
@@ -429,7 +469,7 @@ func Sweep(dir string) {
 	if _, err := os.Stat(filepath.Join(dir, target)); err != nil {
 		return
 	}
-	if linkStable(dir) == nil {
+	if linkStable(dir, true) == nil {
 		prune(dir, filepath.Base(target))
 	}
 }
@@ -490,6 +530,48 @@ func Generations(dir string) []string {
 	}
 	sort.Strings(gens)
 	return gens
+}
+
+// GiveTo gives pki_dir (dir), every generation directory in it and every
+// key in them to a's group with a's modes (0750, 0640): a key group set on
+// a node that enrolled without one is served without a new key. Nothing
+// without a group: then FindLooseFor and Tighten restrict what is loose (a
+// group taken away is an exposure). Run it after Tighten, so a key found
+// readable by more than a allows is recorded as exposed first.
+func GiveTo(dir string, a Access) error {
+	if !a.Group {
+		return nil
+	}
+	if err := a.Give(dir, a.DirMode(), true); err != nil {
+		return err
+	}
+	for _, g := range Generations(dir) {
+		gd := filepath.Join(dir, g)
+		if err := a.Give(gd, a.DirMode(), false); err != nil {
+			return err
+		}
+		if err := a.giveKey(filepath.Join(gd, KeyFile)); err != nil {
+			return err
+		}
+	}
+	return a.giveKey(filepath.Join(dir, KeyFile)) // a plain key.pem an older layout left
+}
+
+// giveKey gives the key at path, if it is a regular file there, a's mode
+// and group; a link or anything else is left alone.
+func (a Access) giveKey(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ELOOP) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return err
+	}
+	return a.giveFile(f, path, a.KeyMode())
 }
 
 // Loose is a path under pki_dir whose mode lets group or others in.

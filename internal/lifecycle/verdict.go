@@ -76,10 +76,15 @@ const (
 	ClockSkewed   Reason = "clock-skew"      // the node clock is more than MaxSkew off the CA's: judge nothing irreversible
 )
 
+// KeyUnreachable: paths.key_group is set, but a member of that group
+// cannot get to the installed key, judged the way the kernel walks the
+// path (credstore.Access.Reach): the node-agent would fail to read it.
+const KeyUnreachable Reason = "key-unreachable"
+
 var reasonAction = map[Reason]Action{
 	Missing: Reenroll, Unreadable: Reenroll, KeyMismatch: Reenroll, KeyLost: Reenroll, WrongNode: Reenroll,
 	NotYetValid: Reenroll, Expired: Reenroll, OtherCA: Reenroll, Revoked: Reenroll,
-	KeyExposed: Tighten, KeyWasExposed: Tighten, DirOpen: Tighten, BundleStale: Tighten,
+	KeyExposed: Tighten, KeyWasExposed: Tighten, DirOpen: Tighten, KeyUnreachable: Tighten, BundleStale: Tighten,
 	PastRenewal: Renew, RootsUnknown: Keep, ClockSkewed: Keep,
 }
 
@@ -143,6 +148,10 @@ type Input struct {
 	// Access is who may read the key besides root (paths.key_group): the
 	// key and pki_dir are judged against it. The zero value means nobody.
 	Access credstore.Access
+	// Unreachable is why a member of the key group cannot read the
+	// installed key (credstore.Access.Reach); nil when it can, or without
+	// a key group.
+	Unreachable error
 	// RevokedSerial is a serial found revoked with evidence (the CA's
 	// signed CRL, recorded in state_dir's renew record); a refusal alone
 	// (a 401 from anything in front of the CA) is never recorded here.
@@ -280,6 +289,9 @@ func Judge(in Input) Verdict {
 	}
 	if !a.Allows(s.DirMode, s.DirGID, a.DirMode()) {
 		v.add(DirOpen, "pki_dir is mode %04o (group %d); it holds a private key and must be %s", s.DirMode, s.DirGID, a.Describe(a.DirMode()))
+	}
+	if in.Unreachable != nil {
+		v.add(KeyUnreachable, "the node-agent cannot read its key: %v", in.Unreachable)
 	}
 	v.judgeBundle(in)
 	if v.Action < Reenroll && !in.Now.Before(v.RenewAfter) {

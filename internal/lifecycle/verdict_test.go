@@ -79,6 +79,14 @@ func TestJudge(t *testing.T) {
 			s.KeyMode, s.KeyGID = 0o644, 4242
 			return s
 		}()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyExposed}},
+		// The modes are right but the group cannot get there (a closed
+		// state_dir, as credstore.Access.Reach found it): a mode to fix,
+		// no token needed.
+		{"key group: the way to the key closed", lifecycle.Input{Access: credstore.GroupAccess(4242), Unreachable: errors.New("group 4242 cannot search /var/lib/provision"), Set: func() *credstore.Set {
+			s := healthy()
+			s.KeyMode, s.KeyGID, s.DirMode, s.DirGID = 0o640, 4242, 0o750, 4242
+			return s
+		}()}, lifecycle.Tighten, []lifecycle.Reason{lifecycle.KeyUnreachable}},
 		{"no key group: key 0640", lifecycle.Input{Set: func() *credstore.Set {
 			s := healthy()
 			s.KeyMode, s.KeyGID = 0o640, 4242

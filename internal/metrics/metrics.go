@@ -25,6 +25,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -147,11 +148,11 @@ func Names() []string {
 }
 
 // commandPattern keeps a command usable as a file name and a label value.
-var commandPattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+var commandPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`) })
 
 // FileName is the file a command's metrics go to.
 func FileName(command string) (string, error) {
-	if !commandPattern.MatchString(command) {
+	if !commandPattern().MatchString(command) {
 		return "", fmt.Errorf("metrics: command %q is not a lower-case word usable as a file name", command)
 	}
 	return "provision_" + command + ".prom", nil
@@ -321,7 +322,10 @@ func Write(host *system.Host, dir string, r Run) (string, error) {
 	// A run killed between temp file and rename left renameio's
 	// ".<name><digits>"; it is provision's own.
 	d.SweepTemp(name)
-	if err := d.WriteAtomic(name, data, system.WriteOptions{Mode: FileMode}); err != nil {
+	// Atomic, so node_exporter never reads half a file; not made durable:
+	// after a power cut the previous file is as good, and the next run
+	// rewrites it.
+	if err := d.WriteAtomic(name, data, system.WriteOptions{Mode: FileMode, Replaceable: true}); err != nil {
 		return "", err
 	}
 	return d.Join(name), nil

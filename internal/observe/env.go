@@ -228,7 +228,7 @@ func Access(cfg *config.Config, host *system.Host) credstore.Access {
 	if err != nil {
 		return credstore.RootOnly
 	}
-	return credstore.GroupAccess(gid)
+	return credstore.Access{Group: true, GID: gid, Name: cfg.Paths.KeyGroup}
 }
 
 // Verdict judges the credentials once: the one place that gathers
@@ -238,9 +238,16 @@ func Access(cfg *config.Config, host *system.Host) credstore.Access {
 func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 	e.verdictOnce.Do(func() {
 		set, err := e.Creds()
+		a := Access(e.Cfg, e.Host)
 		in := lifecycle.Input{Set: set, LoadErr: err, NodeID: e.Cfg.NodeID, Now: e.Host.Time(),
 			Exposed:       fileExists(e.Host.Path(filepath.Join(e.Cfg.Paths.StateDir, lifecycle.ExposedFile))),
-			RenewFraction: e.Cfg.Renew.Fraction, Access: Access(e.Cfg, e.Host)}
+			RenewFraction: e.Cfg.Renew.Fraction, Access: a}
+		if err == nil && e.CredsDir == "" {
+			// The installed set, as the node-agent opens it: by the
+			// stable names, walked as a member of its group.
+			pki := e.Cfg.Paths.PKIDir
+			in.Unreachable = a.Reach(e.Host.Root, filepath.Join(pki, credstore.KeyFile), filepath.Join(pki, credstore.CertFile), filepath.Join(pki, credstore.CAFile))
+		}
 		if k := e.Key(); k.KeyLost() {
 			in.KeyLost = k.SignErr.Error()
 		}
@@ -267,4 +274,13 @@ func (e *Env) RenewRecord() *state.Renewal {
 func fileExists(p string) bool {
 	_, err := os.Lstat(p)
 	return err == nil
+}
+
+// RenewTimer is whether renewal is scheduled on the node: the state of
+// lifecycle.RenewTimer (enabled, disabled, masked, not-installed) and the
+// file that says so, read offline from the timers.target.wants link under
+// --root. status shows it and verify warns when it is not enabled: step-ca
+// certificates can live a day, and a node whose timer is off lapses in one.
+func RenewTimer(host *system.Host) (system.UnitState, string) {
+	return host.UnitEnablement(lifecycle.RenewTimer, "timers.target")
 }

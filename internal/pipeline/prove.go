@@ -97,7 +97,7 @@ func (r *Run) observeSet(dir string) *observe.Env {
 
 // handOff keeps a task the proof received in state_dir/tasks/.
 func (r *Run) handOff(env *observe.Env, rep *report.Report) *diag.Finding {
-	t, _, err := tasks.HandOff(r.StateDir, env.Probed(), r.Host.Time(), r.Host.Hook)
+	t, _, err := tasks.HandOff(r.StateDir, env.Probed(), r.Host.Time(), r.Host.Hook, observe.Access(r.Cfg, r.Host))
 	if t == nil {
 		return nil
 	}

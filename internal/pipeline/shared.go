@@ -3,6 +3,7 @@ package pipeline
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -44,8 +45,13 @@ func Sweep(r *Run) *diag.Finding {
 // in the same run that finds it, whichever command runs. The record stays
 // until the key is rotated: a crash, or a run without a token, must not
 // forget that this key may have been read.
+//
+// With paths.key_group it first opens provision's directories to that group
+// (grantGroup): a chown the unit's sandbox refuses is found here, before
+// a token is spent or a certificate asked for, not after.
 func Restrict(r *Run) *diag.Finding {
-	x, err := restrictKeys(r.StateDir, r.PKI, r.Host, observe.Access(r.Cfg, r.Host))
+	a := observe.Access(r.Cfg, r.Host)
+	x, err := restrictKeys(r.StateDir, r.PKI, r.Host, a)
 	if err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: "a private key under " + r.Cfg.Paths.PKIDir + " is readable by others and cannot be restricted: " + err.Error(),
 			Remedy: "restrict it by hand (chmod 0600 the key, 0700 the directory; 0640 and 0750 for paths.key_group) and treat the key as exposed: issue a fresh one-time token and run provision bootstrap to rotate it"}
@@ -54,7 +60,86 @@ func Restrict(r *Run) *diag.Finding {
 		r.Log.Warn("step", "step", "credentials-mode", "layer", "credentials", "status", "exposed", "found", x.Found, "changes", strings.Join(x.Changes, "; "))
 	}
 	r.Exposure = x
+	return grantGroup(r, a)
+}
+
+// grantGroup gives provision's directories the modes a says. With a key
+// group: state_dir 0710, pki_dir, its generations and tasks/ 0750 and the
+// keys 0640, all that group's (giveToGroup); without one, state_dir and
+// tasks/ 0700, so a group taken away loses them too (pki_dir and the keys
+// are restrictKeys's: a group there is an exposure).
+func grantGroup(r *Run, a credstore.Access) *diag.Finding {
+	if a.Group {
+		if err := giveToGroup(r, a); err != nil {
+			return groupFinding(r, err)
+		}
+		return nil
+	}
+	for _, d := range []string{r.StateDir, filepath.Join(r.StateDir, tasks.Dir)} {
+		if !fileExists(d) {
+			continue
+		}
+		// A group's leftover holds nothing secret: a failure is a warning.
+		if err := a.Give(d, a.StateDirMode(), d == r.StateDir); err != nil {
+			r.Log.Warn("step", "step", "credentials-mode", "layer", "state", "status", "warn", "message", err.Error())
+		}
+	}
 	return nil
+}
+
+// giveToGroup gives state_dir, tasks/ and pki_dir with its generations and
+// keys to a's group, then proves, before anything that cannot be taken
+// back, what a renewal and a task hand-off will need (giving a new file to
+// the group) and that the group can get to pki_dir through every directory
+// above it, as the kernel will judge the node-agent: a directory provision
+// did not make that stops the group is named, never changed.
+func giveToGroup(r *Run, a credstore.Access) error {
+	for _, d := range []string{r.StateDir, r.PKI} { // cli claimed both; a library caller may not have
+		if _, err := system.ClaimDir(d, true); err != nil {
+			return err
+		}
+	}
+	if err := a.Give(r.StateDir, a.StateDirMode(), true); err != nil { // may be a link to another volume
+		return err
+	}
+	// tasks/ is made here (it would come with the receipt), so verify,
+	// which may write nowhere else, hands a task off into the group's.
+	d := filepath.Join(r.StateDir, tasks.Dir)
+	if _, err := system.EnsurePrivateDir(d, false); err != nil {
+		return err
+	}
+	if err := a.Give(d, a.DirMode(), false); err != nil {
+		return err
+	}
+	if err := credstore.GiveTo(r.PKI, a); err != nil {
+		return err
+	}
+	if err := a.CheckChown(r.PKI); err != nil {
+		return err
+	}
+	return a.ReachDir(r.Host.Root, r.Cfg.Paths.PKIDir)
+}
+
+// groupFinding words a key group provision cannot serve, in the run that
+// finds it, before anything that cannot be taken back.
+func groupFinding(r *Run, err error) *diag.Finding {
+	spent := "nothing was asked of the CA"
+	if r.Command == "bootstrap" {
+		spent = "nothing was sent to the CA: the one-time token, if any, is unused"
+	}
+	f := &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "key-group",
+		Summary: "paths.key_group = " + r.Cfg.Paths.KeyGroup + ": " + err.Error() + "; " + spent}
+	var ce *credstore.ChownError
+	var re *credstore.ReachError
+	switch {
+	case errors.As(err, &ce):
+		f.Remedy = "provision gives files to the group as a member of it (no CAP_CHOWN under its units): install the key-group drop-in for provision.service, provision-renew.service and provision-verify.service, /etc/systemd/system/<unit>.d/provision-key-group.conf with [Service] SupplementaryGroups=" + r.Cfg.Paths.KeyGroup + " (provision userdata writes it; /usr/share/provision/systemd/key-group.conf), then systemctl daemon-reload, and check no drop-in takes fchown out of SystemCallFilter= (systemctl cat provision.service); by hand, run as root; or remove paths.key_group; then run again"
+	case errors.As(err, &re):
+		f.Remedy = "let group " + r.Cfg.Paths.KeyGroup + " search " + re.At + " (chmod o+x, or g+x with that group), or move pki_dir where it can reach; provision changes only the directories it made (state_dir, pki_dir, tasks/); then run again"
+	default:
+		f.Remedy = "make " + r.Cfg.Paths.StateDir + " and " + r.Cfg.Paths.PKIDir + " directories root can change, then run again"
+	}
+	return f
 }
 
 // restrictKeys records an exposed key in state_dir (before changing
@@ -164,4 +249,9 @@ func skewFinding(roots *enroll.Roots, notDone string) *diag.Finding {
 		Remedy:  remedy,
 		Evidence: map[string]string{"node_time": now.UTC().Format(time.RFC3339), "ca_time": roots.ServerDate.UTC().Format(time.RFC3339),
 			"skew": skew.Round(time.Second).String(), "max_skew": lifecycle.MaxSkew.String()}}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }

@@ -132,6 +132,37 @@ func TestPostHook(t *testing.T) {
 	})
 }
 
+// TestPostHookAfterUnprovenPublish: the node API fails every request alike
+// (503 for the installed set and the renewed one), so the liveness rule
+// publishes the renewal without a passing proof. The credentials the
+// node-agent reads changed, so the hook is due from that run on (recorded
+// before the swap) and the first later run whose proof passes runs it with
+// the new serial: the node-agent is told once it can use them (issue 30's
+// boot suite renews by the timer across such an outage with a hook that
+// reloads a node-agent).
+func TestPostHookAfterUnprovenPublish(t *testing.T) {
+	n := bootstrapped(t, controlplane.Options{})
+	out := filepath.Join(t.TempDir(), "hook.out")
+	n.cfg.Renew.PostHook = []string{script(t, filepath.Dir(out), "ok.sh", "#!/bin/sh\necho \"serial=$PROVISION_SERIAL\" >> "+out+"\n")}
+	n.cfg.Renew.PostHookTimeout.Duration = 10 * time.Second
+	before := serial(n.current(t))
+	n.cp.API.FailAlways(controlplane.StatusFault(503))
+	o := n.renew(t, true)
+	cur := serial(n.current(t))
+	if !o.Renewed || cur == before || o.Record.Unproven == "" || !o.Record.HookPending {
+		t.Fatalf("renew during a node API outage: renewed %v, serial %s -> %s, unproven %q, hook pending %v: %s", o.Renewed, before, cur, o.Record.Unproven, o.Record.HookPending, o.Report.Summary)
+	}
+	n.cp.API.ClearFaults()
+	o = n.renew(t, false)
+	b, err := os.ReadFile(out)
+	if err != nil || string(b) != "serial="+cur+"\n" {
+		t.Fatalf("the hook after the outage: %q (%v), want it run once with serial %s (%s)", b, err, cur, o.Report.Summary)
+	}
+	if o.Record.HookPending || o.Record.Hook != "ok" || o.Record.Unproven != "" {
+		t.Errorf("record after the hook: pending %v, hook %q, unproven %q", o.Record.HookPending, o.Record.Hook, o.Record.Unproven)
+	}
+}
+
 // TestDamagedRecordHookPending is issue 31 item 4 through renew: a
 // truncated renew.json may have held a pending post hook, and reading it
 // as no record forgot the hook. renew, not due, keeps the damaged record

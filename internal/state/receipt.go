@@ -3,6 +3,8 @@ package state
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -103,9 +105,25 @@ type Pending struct {
 	Started     time.Time `json:"started"`
 }
 
-// WritePending records a token about to be presented.
+// WritePending records a token about to be presented. A first marker is
+// created in place, its file and state_dir fsynced at once
+// (system.CreateDurable): torn only until it returns, and the token is sent
+// only after that, so a marker a power cut left torn stands for a token
+// never sent, which is what ReadPending makes of it (none). A marker that
+// exists may hold an earlier run's evidence: it is replaced atomically.
 func WritePending(stateDir string, p Pending, hook system.Hook) error {
-	return writeJSON(hook, stateDir, PendingFile, p, 0o600, true)
+	if _, err := system.ClaimDir(stateDir, true); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(p, "", "  ")
+	if err != nil {
+		return err
+	}
+	err = system.CreateDurable(filepath.Join(stateDir, PendingFile), append(b, '\n'), 0o600, hook)
+	if errors.Is(err, fs.ErrExist) {
+		return writeJSON(hook, stateDir, PendingFile, p, 0o600, true)
+	}
+	return err
 }
 
 // ReadPending reads the enrollment marker; ok is false when there is none

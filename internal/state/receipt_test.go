@@ -1,6 +1,7 @@
 package state
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -71,5 +72,47 @@ func TestReceiptRoundTrip(t *testing.T) {
 	}
 	if _, err := ReadReceipt(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("ReadReceipt of nothing = %v, want ErrNotExist", err)
+	}
+}
+
+// TestPendingMarker: the first marker is created in place, a second
+// replaces it whole, a torn one (what a power cut during the first write
+// can leave, before the token was sent) reads as none and is replaced, and
+// a link where the marker goes is refused with the link left as it was.
+func TestPendingMarker(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, PendingFile)
+	t0 := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	for i, p := range []Pending{{TokenSHA256: strings.Repeat("a", 64), Started: t0}, {TokenSHA256: strings.Repeat("b", 64), Started: t0.Add(time.Minute)}} {
+		if err := WritePending(dir, p, nil); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		got, ok := ReadPending(context.Background(), dir)
+		if st, err := os.Stat(path); !ok || got != p || err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("write %d: read %+v %v (stat %v), want %+v, 0600", i, got, ok, err, p)
+		}
+	}
+	if err := os.WriteFile(path, []byte(`{"token_sha2`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ReadPending(context.Background(), dir); ok {
+		t.Fatal("a torn marker read as a marker")
+	}
+	p := Pending{TokenSHA256: strings.Repeat("c", 64), Started: t0}
+	if err := WritePending(dir, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := ReadPending(context.Background(), dir); !ok || got != p {
+		t.Fatalf("after a torn marker: %+v %v, want %+v", got, ok, p)
+	}
+	os.Remove(path)
+	if err := os.Symlink(filepath.Join(dir, "elsewhere"), path); err != nil {
+		t.Fatal(err)
+	}
+	if err := WritePending(dir, p, nil); err == nil {
+		t.Fatal("a marker was written through a symbolic link")
+	}
+	if target, err := os.Readlink(path); err != nil || target != filepath.Join(dir, "elsewhere") {
+		t.Fatalf("the link became %q (%v)", target, err)
 	}
 }

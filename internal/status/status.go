@@ -41,7 +41,8 @@ const (
 	Unusable State = "unusable"
 	// Attention: a usable identity with something to act on (renewal due
 	// or overdue, the last renewal failed, a hook pending, a key exposed,
-	// credentials published without a passing proof).
+	// credentials published without a passing proof, renewal not
+	// scheduled).
 	Attention State = "attention"
 	// OK: a usable identity and nothing pending.
 	OK State = "ok"
@@ -60,6 +61,8 @@ type Node struct {
 	Renew       *Renew       `json:"renew"`   // nil: renew never ran
 	Receipt     *Receipt     `json:"receipt"` // nil: never done
 	Metrics     Metrics      `json:"metrics"`
+	// RenewTimer says whether renewal is scheduled (issue 30).
+	RenewTimer Timer `json:"renew_timer"`
 	// damage is the records of state_dir that do not parse or were kept
 	// aside for that: each is on the attention list.
 	damage []state.Damage
@@ -74,6 +77,13 @@ type Revoked struct {
 	At       time.Time `json:"revoked_at"`
 	Serials  []string  `json:"serials"`  // the certificates revoked at the CA (now or before)
 	Complete bool      `json:"complete"` // the credentials and records were removed
+}
+
+// Timer is a systemd timer's enablement, from the node's files alone.
+type Timer struct {
+	Unit  string `json:"unit"`
+	State string `json:"state"`          // enabled, disabled, masked, not-installed
+	Path  string `json:"path,omitempty"` // the wants link, the mask or the unit file
 }
 
 // Credentials are the installed key, certificate and CA bundle.
@@ -183,6 +193,8 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 		n.Receipt = &Receipt{Serial: rc.Serial, ProvedAt: rc.ProvedAt, Command: rc.Command, Enrolled: rc.Enrolled, Unproven: rc.Unproven, MachineID: rc.MachineID}
 	}
 	n.Metrics = metricsFiles(cfg, host)
+	st, at := observe.RenewTimer(host)
+	n.RenewTimer = Timer{Unit: lifecycle.RenewTimer, State: string(st), Path: at}
 	if rv := state.ReadRevocation(host.Path(cfg.Paths.StateDir)); rv != nil {
 		n.Revoked = &Revoked{At: rv.At, Complete: rv.Complete, Serials: []string{}}
 		for _, c := range rv.Certificates {
@@ -337,7 +349,7 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more
 	}
 	for _, r := range v.Reasons {
 		switch r {
-		case lifecycle.KeyExposed, lifecycle.KeyWasExposed, lifecycle.DirOpen, lifecycle.BundleStale:
+		case lifecycle.KeyExposed, lifecycle.KeyWasExposed, lifecycle.DirOpen, lifecycle.KeyUnreachable, lifecycle.BundleStale:
 			add(v.Detail[r], lifecycle.Remedy(r, cfg))
 		}
 	}
@@ -346,6 +358,9 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more
 	}
 	more(add)
 	renewAttention(n, add)
+	if n.RenewTimer.State != string(system.UnitEnabled) {
+		add(fmt.Sprintf("renewal is not scheduled: %s is %s", n.RenewTimer.Unit, n.RenewTimer.State), lifecycle.Remedy(lifecycle.RenewUnscheduled, cfg))
+	}
 	for _, d := range n.damage {
 		add(d.String(), d.Remedy())
 	}

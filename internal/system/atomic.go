@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -25,6 +26,12 @@ type WriteOptions struct {
 	// instant a torn hosts file or receipt could be seen if the write were
 	// not atomic, where the crash tests kill the process.
 	Hook Hook
+	// Replaceable is for a file whose content is worth nothing once the
+	// machine restarts, rewritten by the next run (node_exporter's textfile
+	// metrics): the rename is not made durable (no fsync of the
+	// directory), so a power cut may bring back the previous file, whole.
+	// The file is still fsynced before the rename: it is never seen torn.
+	Replaceable bool
 }
 
 // WriteFileAtomic replaces path with data so that a crash at any instant
@@ -46,6 +53,45 @@ func WriteFileAtomic(path string, data []byte, o WriteOptions) error {
 	}
 	defer d.Close()
 	return d.WriteAtomic(filepath.Base(path), data, o)
+}
+
+// CreateDurable creates path, which must not exist, with data and exactly
+// mode, and makes it durable: the file and its directory are fsynced at
+// once (SyncAll), one wait for the disk where WriteFileAtomic has two in a
+// row. Until it returns, a crash may leave the file missing, empty or
+// partly written: it is only for a file that stands for nothing until it is
+// complete, whose reader takes one that does not parse for none. hook is
+// called with "before rename <base name>" once the data is written, the
+// instant WriteFileAtomic's crash point names. An existing path (a link
+// among them) fails with an error that is fs.ErrExist; on any other error
+// the file is removed.
+func CreateDurable(path string, data []byte, mode os.FileMode, hook Hook) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, mode&0o700)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := writeDurable(f, data, mode, hook); err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+func writeDurable(f *os.File, data []byte, mode os.FileMode, hook Hook) error {
+	if err := f.Chmod(mode); err != nil { // exactly mode, whatever the umask
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", f.Name(), err)
+	}
+	hook.At("before rename " + filepath.Base(f.Name()))
+	d, err := os.Open(filepath.Dir(f.Name()))
+	if err != nil {
+		return fmt.Errorf("opening %s to sync it: %w", filepath.Dir(f.Name()), err)
+	}
+	defer d.Close()
+	return SyncAll(f, d)
 }
 
 // ErrBusy wraps the EBUSY a rename onto a bind-mounted file returns.
@@ -92,6 +138,29 @@ func SyncDir(dir string) error {
 		return fmt.Errorf("syncing %s: %w", dir, err)
 	}
 	return nil
+}
+
+// SyncAll fsyncs files and directories at once, each from a goroutine of
+// its own, and returns when all are durable: the disk takes them as one
+// wait instead of one after the other. A directory that cannot be fsynced
+// (EINVAL) is passed over, as SyncDir does.
+func SyncAll(files ...*os.File) error {
+	errs := make([]error, len(files))
+	var wg sync.WaitGroup
+	for i, f := range files {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.Sync(); err != nil {
+				if st, serr := f.Stat(); serr == nil && st.IsDir() && errors.Is(err, syscall.EINVAL) {
+					return
+				}
+				errs[i] = fmt.Errorf("syncing %s: %w", f.Name(), err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // SweepTemp removes temporary files a killed provision left in dir: its own

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"github.com/gpuaas/provision/internal/testenv"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -246,4 +247,75 @@ func TestSweepTemp(t *testing.T) {
 		t.Fatalf("after SweepTemp: %v\nwant %v", got, want)
 	}
 	SweepTemp(filepath.Join(dir, "missing")) // must not panic
+}
+
+// TestSyncAll: files and a directory fsynced together; a file that cannot be
+// fsynced (closed here) makes it fail, naming that file, whatever the others
+// did.
+func TestSyncAll(t *testing.T) {
+	dir := t.TempDir()
+	open := func(name string) *os.File {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(name)
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	a, b := open("a"), open("b")
+	if err := SyncAll(a, b, d); err != nil {
+		t.Fatalf("SyncAll of two files and their directory: %v", err)
+	}
+	if err := SyncAll(); err != nil {
+		t.Fatalf("SyncAll of nothing: %v", err)
+	}
+	c := open("c")
+	c.Close()
+	err = SyncAll(a, c, d)
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "c")) {
+		t.Fatalf("SyncAll with a closed file = %v, want an error naming %s", err, filepath.Join(dir, "c"))
+	}
+}
+
+// TestCreateDurable: a new file gets exactly its data and mode (umask
+// ignored) and the crash point of an atomic write; an existing path, a
+// symbolic link among them, is fs.ErrExist and left as it was.
+func TestCreateDurable(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "marker.json")
+	var points []string
+	if err := CreateDurable(p, []byte("{}\n"), 0o640, func(s string) { points = append(points, s) }); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	st, serr := os.Stat(p)
+	if err != nil || serr != nil || string(b) != "{}\n" || st.Mode().Perm() != 0o640 {
+		t.Fatalf("created %q mode %v (%v %v), want {} 0640", b, st.Mode(), err, serr)
+	}
+	if !slices.Equal(points, []string{"before rename marker.json"}) {
+		t.Fatalf("crash points %q", points)
+	}
+	if err := CreateDurable(p, []byte("x"), 0o600, nil); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("over an existing file: %v, want fs.ErrExist", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "{}\n" {
+		t.Fatalf("the existing file became %q", b)
+	}
+	link := filepath.Join(dir, "link.json")
+	target := filepath.Join(dir, "target")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateDurable(link, []byte("x"), 0o600, nil); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("at a dangling link: %v, want fs.ErrExist", err)
+	}
+	if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the link's target was created: %v", err)
+	}
 }

@@ -147,6 +147,9 @@ func (d *Dir) WriteAtomic(name string, data []byte, o WriteOptions) error {
 		return fmt.Errorf("replacing %s: %w", path, err)
 	}
 	done = true
+	if o.Replaceable {
+		return nil
+	}
 	return d.Sync()
 }
 

@@ -1,7 +1,8 @@
 // Package tasks hands off a task the proof received. The proof's tasks/wait
 // is the node-agent's own request, so a task the API hands to it has been
 // dequeued there: bootstrap, renew and verify each leave it in
-// state_dir/tasks/<id>.json (0600), the one place the node-agent picks it up.
+// state_dir/tasks/<id>.json (0600, or 0640 in paths.key_group), the one
+// place the node-agent picks it up.
 // A task must never be lost, so this package is the only writer of that
 // directory and the only reader of its names.
 //
@@ -25,9 +26,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 	"unicode"
 
+	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -35,13 +38,18 @@ import (
 // Dir is the hand-off directory under state_dir.
 const Dir = "tasks"
 
-// Save writes t to stateDir/tasks/<id>.json (0600), exactly as received, and
+// Save writes t to stateDir/tasks/<id>.json, exactly as received, and
 // returns the file's path. An ID that is not a safe file name is replaced
 // by the time. An existing file is never replaced: if it holds the same
 // bytes the task is already handed off; if it holds another task, t goes
 // to <id>.redelivered-<digest>.json beside it. A body that is not a JSON
 // object is not a task and is refused.
-func Save(stateDir string, t probe.Task, now time.Time, hook system.Hook) (string, error) {
+//
+// The file is a's (0600, or 0640 in paths.key_group, as the key is, in a
+// tasks/ of 0750 in that group), so a node-agent that reads its key reads
+// its tasks. A task that cannot be given to the group is still saved, root's
+// alone, and the error says so: a task is never lost.
+func Save(stateDir string, t probe.Task, now time.Time, hook system.Hook, a credstore.Access) (string, error) {
 	if !probe.IsTask(t.Raw) {
 		return "", fmt.Errorf("not a task (a task is one JSON object): %.80q", t.Raw)
 	}
@@ -51,19 +59,29 @@ func Save(stateDir string, t probe.Task, now time.Time, hook system.Hook) (strin
 	}
 	// state_dir must be provision's own (system.ClaimDir) and may be a link
 	// to another volume; tasks/ is provision's own and may not (a link
-	// there would send a task anywhere).
-	if _, err := system.ClaimDir(stateDir, true); err != nil {
+	// there would send a task anywhere). state_dir is created and marked
+	// when missing, but need not be writable: provision-verify.service may
+	// write tasks/ alone, state_dir read-only to it (found by tests/boot,
+	// handing a task off through that unit).
+	if _, err := system.ClaimDir(stateDir, true); errors.Is(err, syscall.EROFS) {
+		if _, err := system.ClaimDir(stateDir, false); err != nil { // judged only
+			return "", err
+		}
+	} else if err != nil {
 		return "", err
 	}
 	dir := filepath.Join(stateDir, Dir)
 	if _, err := system.EnsurePrivateDir(dir, false); err != nil {
 		return "", err
 	}
+	if err := a.Give(dir, a.DirMode(), false); err != nil {
+		return "", err
+	}
 	data := append(bytes.TrimSpace(t.Raw), '\n')
 	sum := sha256.Sum256(data)
 	for _, name := range []string{id + ".json", id + ".redelivered-" + hex.EncodeToString(sum[:8]) + ".json"} {
 		path := filepath.Join(dir, name)
-		saved, err := saveNew(path, data, hook)
+		saved, err := saveNew(path, data, hook, a)
 		if err != nil || saved {
 			return path, err
 		}
@@ -97,7 +115,7 @@ func safeName(id string) bool {
 // same directory (".<name><digits>", swept by Sweep after a crash),
 // fsynced, then hard-linked to path, which fails rather than replace an
 // existing file. It reports whether it wrote path.
-func saveNew(path string, data []byte, hook system.Hook) (bool, error) {
+func saveNew(path string, data []byte, hook system.Hook, a credstore.Access) (bool, error) {
 	dir, name := filepath.Split(path)
 	var rnd [8]byte
 	rand.Read(rnd[:])
@@ -107,9 +125,14 @@ func saveNew(path string, data []byte, hook system.Hook) (bool, error) {
 		return false, fmt.Errorf("creating a temp file for %s: %w", path, err)
 	}
 	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return false, err
+	// Given to the key group before it has a name the node-agent reads; if
+	// that fails the task is still saved, root's alone (groupErr).
+	groupErr := a.GiveFile(f, path)
+	if groupErr != nil {
+		if err := f.Chmod(0o600); err != nil {
+			f.Close()
+			return false, err
+		}
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
@@ -129,7 +152,13 @@ func saveNew(path string, data []byte, hook system.Hook) (bool, error) {
 		return false, fmt.Errorf("saving %s: %w", path, err)
 	}
 	os.Remove(tmp)
-	return true, system.SyncDir(dir)
+	if err := system.SyncDir(dir); err != nil {
+		return true, err
+	}
+	if groupErr != nil {
+		return true, fmt.Errorf("saved %s, but only root can read it: %w", path, groupErr)
+	}
+	return true, nil
 }
 
 // holds reports whether the file at path holds exactly data. What is there
@@ -167,11 +196,11 @@ func Sweep(stateDir string) {
 // dequeued it, whatever the proof's verdict (a route without mTLS can hand
 // one out and fail). It returns the task (nil when there was none) and the
 // file's path.
-func HandOff(stateDir string, res *probe.Result, now time.Time, hook system.Hook) (*probe.Task, string, error) {
+func HandOff(stateDir string, res *probe.Result, now time.Time, hook system.Hook, a credstore.Access) (*probe.Task, string, error) {
 	t, ok := res.HandedTask()
 	if !ok {
 		return nil, "", nil
 	}
-	path, err := Save(stateDir, t, now, hook)
+	path, err := Save(stateDir, t, now, hook, a)
 	return &t, path, err
 }

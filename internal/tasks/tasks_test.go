@@ -8,9 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -45,7 +47,7 @@ func TestSaveNames(t *testing.T) {
 			root := t.TempDir()
 			state := filepath.Join(root, "var", "lib", "provision")
 			raw := json.RawMessage(`{"id":` + string(mustJSON(t, tt.id)) + `,"kind":"reimage","args":["a","b"]}`)
-			if _, err := Save(state, probe.Task{ID: tt.id, Raw: raw}, now, nil); err != nil {
+			if _, err := Save(state, probe.Task{ID: tt.id, Raw: raw}, now, nil, credstore.RootOnly); err != nil {
 				t.Fatalf("SaveTask: %v", err)
 			}
 			got := files(t, root)
@@ -88,7 +90,7 @@ func TestSaveRefusesNonTask(t *testing.T) {
 	for _, body := range []string{"null", "[1]", `"reboot"`, "42", "reboot now\n", ""} {
 		t.Run(body, func(t *testing.T) {
 			state := t.TempDir()
-			if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil); err == nil || !strings.Contains(err.Error(), "not a task") {
+			if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil, credstore.RootOnly); err == nil || !strings.Contains(err.Error(), "not a task") {
 				t.Fatalf("Save(%q) = %v, want a refusal", body, err)
 			}
 			if got := files(t, state); len(got) != 0 {
@@ -116,7 +118,7 @@ func TestSaveExactIDs(t *testing.T) {
 		"1e3.json": bodies[2], "1000.json": bodies[3], "task-é.json": bodies[4],
 	}
 	for _, b := range bodies {
-		if _, err := Save(state, probe.TaskFrom([]byte(b)), time.Now(), nil); err != nil {
+		if _, err := Save(state, probe.TaskFrom([]byte(b)), time.Now(), nil, credstore.RootOnly); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -135,7 +137,7 @@ func TestSaveNeverOverwrites(t *testing.T) {
 	third := `{"id":"t-7","kind":"drain"}`
 	var paths []string
 	for _, b := range []string{first, first, second, second, third} {
-		p, err := Save(state, probe.TaskFrom([]byte(b)), time.Now(), nil)
+		p, err := Save(state, probe.TaskFrom([]byte(b)), time.Now(), nil, credstore.RootOnly)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +158,7 @@ func TestSaveNeverOverwrites(t *testing.T) {
 func TestSaveLarge(t *testing.T) {
 	state := t.TempDir()
 	body := `{"id":"big","pad":"` + strings.Repeat("x", 5<<20) + `"}`
-	if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil); err != nil {
+	if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil, credstore.RootOnly); err != nil {
 		t.Fatal(err)
 	}
 	checkTasks(t, state, map[string]string{"big.json": body})
@@ -226,8 +228,43 @@ func BenchmarkSave(b *testing.B) {
 			for b.Loop() {
 				i++
 				body := fmt.Sprintf(`{"id":"t-%d","pad":%q}`, i, pad)
-				if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil); err != nil {
+				if _, err := Save(state, probe.TaskFrom([]byte(body)), time.Now(), nil, credstore.RootOnly); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestSaveForKeyGroup: with paths.key_group a task is the group's, as the
+// key is (0640 in a tasks/ of 0750, both that group's), so a node-agent
+// that reads its key reads its tasks; without one it is root's alone.
+func TestSaveForKeyGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("giving files to a group needs root (CI runs as root)")
+	}
+	for _, tc := range []struct {
+		name      string
+		a         credstore.Access
+		file, dir os.FileMode
+		gid       uint32
+	}{
+		{"root only", credstore.RootOnly, 0o600, 0o700, 0},
+		{"key group", credstore.Access{Group: true, GID: 4242, Name: "node-agent"}, 0o640, 0o750, 4242},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state := t.TempDir()
+			p, err := Save(state, probe.TaskFrom([]byte(`{"id":"t-1"}`)), time.Now(), nil, tc.a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for path, want := range map[string]os.FileMode{p: tc.file, filepath.Dir(p): tc.dir} {
+				st, err := os.Stat(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if gid := st.Sys().(*syscall.Stat_t).Gid; st.Mode().Perm() != want || gid != tc.gid {
+					t.Errorf("%s: %04o group %d, want %04o group %d", path, st.Mode().Perm(), gid, want, tc.gid)
 				}
 			}
 		})

@@ -40,30 +40,89 @@ func GoTool() string {
 	return "/usr/local/go/bin/go"
 }
 
+// TagsFile is the one list of the provision binary's build tags, relative
+// to the module root; packaging/build-deb.sh reads the same file.
+const TagsFile = "cmd/provision/build-tags"
+
+// NodeTags are the build tags of every provision binary (TagsFile: one per
+// line, '#' starts a comment), in the file's order.
+func NodeTags() ([]string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(root, TagsFile))
+	if err != nil {
+		return nil, err
+	}
+	return ParseTags(string(b)), nil
+}
+
+// ParseTags reads a TagsFile's text: one tag per line, blank lines and
+// everything after '#' ignored.
+func ParseTags(text string) []string {
+	var tags []string
+	for _, line := range strings.Split(text, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		tags = append(tags, strings.Fields(line)...)
+	}
+	return tags
+}
+
 // BuildProvision builds ./cmd/provision into dir and returns the binary's
 // path. The suites that run the real binary build it once in TestMain. When
 // the tests run with -race, so does the binary: the product's goroutines run
-// there. tags are extra build tags (the crash tests use "crashpoints").
+// there. The binary gets NodeTags, as shipped; tags are extra build tags
+// (the crash tests use "crashpoints").
 func BuildProvision(dir string, tags ...string) (string, error) {
-	root, err := ModuleRoot()
+	node, err := NodeTags()
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "provision")
-	args := []string{"build", "-o", bin}
+	var args []string
 	if RaceEnabled {
 		args = append(args, "-race")
+	}
+	return bin, goBuild(bin, "./cmd/provision", args, nil, append(node, tags...))
+}
+
+// BuildShipped builds ./cmd/provision into bin the way packaging/build-deb.sh
+// does (BuildStatic with NodeTags), for the bench and the storm.
+func BuildShipped(bin string) error {
+	tags, err := NodeTags()
+	if err != nil {
+		return err
+	}
+	return BuildStatic(bin, "./cmd/provision", tags)
+}
+
+// BuildStatic builds pkg (relative to the module root) into bin with the
+// shipped binary's flags, CGO_ENABLED=0, -trimpath and -ldflags=-s -w, and
+// the given tags.
+func BuildStatic(bin, pkg string, tags []string) error {
+	return goBuild(bin, pkg, []string{"-trimpath", "-ldflags=-s -w"}, []string{"CGO_ENABLED=0"}, tags)
+}
+
+// goBuild runs go build -o bin args [-tags tags] pkg in the module root,
+// with env added to the environment.
+func goBuild(bin, pkg string, args, env, tags []string) error {
+	root, err := ModuleRoot()
+	if err != nil {
+		return err
 	}
 	if len(tags) > 0 {
 		// One -tags flag with every tag: go build keeps only the last flag.
 		args = append(args, "-tags", strings.Join(tags, ","))
 	}
-	cmd := exec.Command(GoTool(), append(args, "./cmd/provision")...)
+	args = append(append([]string{"build", "-o", bin}, args...), pkg)
+	cmd := exec.Command(GoTool(), args...)
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), env...)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go %v: %v\n%s", args, err, out)
+		return fmt.Errorf("go %v: %v\n%s", args, err, out)
 	}
-	return bin, nil
+	return nil
 }
 
 // DefaultParallel raises -test.parallel to n unless the command line set it.

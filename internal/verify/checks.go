@@ -42,6 +42,8 @@ func Checks() []Check {
 		// key) is the one root cause, not also a credentials failure.
 		{Name: diag.KeyStoreCheck, Layer: diag.Credentials, Owner: diag.Node, Run: checkKeyStore},
 		{Name: "credentials", Layer: diag.Credentials, Owner: diag.Node, DependsOn: []string{"clock", diag.KeyStoreCheck}, Run: checkCredentials},
+		// Whether anything will renew them: a warning, never a failure.
+		{Name: "renew-timer", Layer: diag.Credentials, Owner: diag.Node, Run: checkRenewTimer},
 		{Name: "ca-chain", Layer: diag.CA, Owner: diag.Node, DependsOn: []string{"ca-root", "credentials"}, Run: checkCAChain},
 		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, DependsOn: []string{"hosts-resolve"}, Run: probeCheck(diag.TCP)},
 		{Name: "tls-server", Layer: diag.TLSServer, Owner: diag.Ingress, DependsOn: []string{"tcp", "clock"}, Run: probeCheck(diag.TLSServer)},
@@ -330,6 +332,23 @@ func checkCredentials(ctx context.Context, e *observe.Env) Answer {
 	}
 	return Answer{Status: report.Pass, Evidence: ev, Message: fmt.Sprintf("key %s matches the certificate for %s, valid for %s more, renewal due %s",
 		mode, v.Leaf.Subject.CommonName, left.Round(time.Minute), v.RenewAfter.UTC().Format(time.RFC3339))}
+}
+
+// checkRenewTimer warns when nothing will renew the certificate:
+// provision-renew.timer is not enabled (read from its timers.target.wants
+// link, under --root too). A warning and not a failure: the node polls
+// today, and a fleet alert (ProvisionRenewNotRun) pages on the same fact.
+func checkRenewTimer(_ context.Context, e *observe.Env) Answer {
+	st, at := observe.RenewTimer(e.Host)
+	ev := map[string]string{"unit": lifecycle.RenewTimer, "state": string(st)}
+	if at != "" {
+		ev["path"] = at
+	}
+	if st == system.UnitEnabled {
+		return Answer{Status: report.Pass, Evidence: ev, Message: fmt.Sprintf("%s is enabled (%s): renewal is scheduled", lifecycle.RenewTimer, at)}
+	}
+	return Answer{Status: report.Warn, Evidence: ev, Remedy: lifecycle.Remedy(lifecycle.RenewUnscheduled, e.Cfg),
+		Message: fmt.Sprintf("renewal is not scheduled: %s is %s; the certificate will expire unrenewed", lifecycle.RenewTimer, st)}
 }
 
 // lastRenew says how the last renewal attempt went, from state_dir's renew

@@ -318,7 +318,7 @@ func TestChecksLadder(t *testing.T) {
 	want := []c{
 		{"config", diag.Config, diag.Node}, {"hosts-block", diag.Hosts, diag.Node}, {"hosts-resolve", diag.Hosts, diag.Node},
 		{"hosts-persist", diag.Hosts, diag.Node}, {"ca-root", diag.CA, diag.CAOwner}, {"clock", diag.Clock, diag.Node},
-		{"key-store", diag.Credentials, diag.Node}, {"credentials", diag.Credentials, diag.Node}, {"ca-chain", diag.CA, diag.Node}, {"tcp", diag.TCP, diag.Network},
+		{"key-store", diag.Credentials, diag.Node}, {"credentials", diag.Credentials, diag.Node}, {"renew-timer", diag.Credentials, diag.Node}, {"ca-chain", diag.CA, diag.Node}, {"tcp", diag.TCP, diag.Network},
 		{"tls-server", diag.TLSServer, diag.Ingress}, {"tls-client-auth", diag.TLSClientAuth, diag.Ingress},
 		{"route", diag.Route, diag.Ingress}, {"identity", diag.Identity, diag.API}, {"tasks-wait", diag.TasksWait, diag.API},
 	}

@@ -38,7 +38,7 @@ func startTPM() (func(), error) {
 func (b *bench) tpmRound(i int) error {
 	id := fmt.Sprintf("tpm-%04d", i)
 	root := filepath.Join(b.work, "nodes", id)
-	files, _, err := b.fl.Node(root, id, "60s")
+	files, err := node(b.fl, root, id)
 	if err != nil {
 		return err
 	}

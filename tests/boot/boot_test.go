@@ -1,8 +1,8 @@
 package boot
 
 import (
+	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,41 +12,46 @@ import (
 
 // certLifetime is what the lab's step-ca issues: short enough that the
 // renew timer renews inside a test, long enough that a busy machine never
-// sees a certificate expire before its renewal (renewFraction of it).
-const (
-	certLifetime  = 2 * time.Minute
-	renewFraction = 0.25
-)
+// sees a certificate expire before its renewal.
+const certLifetime = 2 * time.Minute
 
-// hookLog is where the probe hook writes: a directory of its own, not
-// state_dir (provision refuses a state_dir holding files it did not write),
-// opened to the renew unit's sandbox by a drop-in, as an operator whose
-// hook writes somewhere would.
-const hookLog = "/var/lib/provision-hook/post-hook.log"
-
-// renewConfig is [renew] of a node in these tests: due after a quarter of
-// the lifetime, no splay, the probe hook writing into hookLog.
-func renewConfig() *controlplane.RenewConfig {
-	return &controlplane.RenewConfig{Fraction: renewFraction, Splay: "0s", PostHook: probeHook(hookLog)}
+// renewConfig is [renew] of a node in these tests: due after fraction of
+// the lifetime, no splay, the probe hook then (when set) its real job.
+func renewConfig(fraction float64, then string) *controlplane.RenewConfig {
+	return &controlplane.RenewConfig{Fraction: fraction, Splay: "0s", PostHook: probeHook(then)}
 }
 
-// openHookLog makes the hook's directory and lets the renew unit write it.
-func (n *node) openHookLog() {
-	n.write(filepath.Dir(hookLog)+"/.keep", "", 0o644)
-	n.dropIn("provision-renew.service", "[Service]\nReadWritePaths="+filepath.Dir(hookLog)+"\n")
-}
+// keyGroup is paths.key_group of TestBootFirstBoot's node: the stand-in
+// node-agent's group.
+const keyGroup = "node-agent"
 
-// TestBootFirstBoot boots a healthy node with the .deb and a seed from
-// `provision userdata`, lets the timers verify and renew it, and reboots
-// it.
+// TestBootFirstBoot boots a node the way a rack does: an image with
+// nothing but the package installed (dpkg in the image's root: no unit
+// enabled by hand) and a node-agent of its own, which runs as user agent
+// and reads its identity through paths.key_group; the seed from `provision
+// userdata`. It judges the first boot and that renewal is scheduled by the
+// package and the user-data alone; then the node API goes down before the
+// renewal is due, and the renew timer renews across the outage (the
+// liveness rule publishes the certificate both sets fail alike with); once
+// the API is back the next renew proves it and its hook reloads the agent,
+// which polls with the new certificate and reads a task verify handed off.
+// Then a reboot.
 func TestBootFirstBoot(t *testing.T) {
 	require(t)
 	l := startLab(t, certLifetime, false)
 	n := newNode(t, "gpu-boot-1")
 	cfg := l.nodeConfig(n.id)
-	cfg.Renew = renewConfig()
-	n.openHookLog()
-	n.seed(l.operatorFiles(cfg, ""))
+	cfg.Paths.KeyGroup = keyGroup
+	// Due at half the lifetime: a minute after bootstrap, time enough to
+	// take the API down first on a busy machine.
+	cfg.Renew = renewConfig(0.5, "systemctl reload node-agent.service")
+	n.addAgent(keyGroup, cfg.NodeAPI.URL+strings.ReplaceAll(cfg.NodeAPI.WaitPath, "{node_id}", n.id)+"?timeout=1")
+	ud := n.seed(l.operatorFiles(cfg, ""))
+	for _, unit := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
+		if !strings.Contains(ud, "/etc/systemd/system/"+unit+".d/provision-key-group.conf") {
+			t.Fatalf("the user-data has no key-group drop-in for %s:\n%s", unit, ud)
+		}
+	}
 	n.fastTimers("15s", "10s")
 	// node_exporter's package would ship this directory; provision never
 	// creates it.
@@ -57,13 +62,37 @@ func TestBootFirstBoot(t *testing.T) {
 	if !done || !strings.Contains(status, "status: done") || !strings.Contains(status, "DataSourceNoCloud") {
 		t.Fatalf("cloud-init on first boot:\n%s", status)
 	}
+	// The node API goes down (every request 503) before anything is due.
+	l.api.FailAlways(controlplane.StatusFault(503))
 	t.Logf("first boot: cloud-init done %s after nspawn started; system %s", time.Since(c.booted).Round(100*time.Millisecond), c.waitBooted())
-	boot := c.checkBootstrapped(defaultPaths)
-	c.waitVerify(boot.at)
+	c.checkBootstrapped(defaultPaths)
+	c.checkRenewScheduled()
+	n.checkKeyGroupModes(keyGroup)
+	first := n.serialOf(defaultPaths.state)
+	c.waitAgent("the node-agent, user agent, to read the key", first, false)
+
+	// The renewal falls due during the outage: the proof of the new
+	// certificate fails as the installed one's does, so the liveness rule
+	// publishes it, the hook due from then on. Once the API is back, the
+	// next renew proves it and its hook reloads the agent.
+	rec := c.waitRenewed(defaultPaths, first, true)
+	t.Logf("renewed during the outage: serial %s -> %s at %s (%s)", rec.PreviousSerial, rec.Serial, rec.LastRenewed.Format(time.TimeOnly), rec.Unproven)
+	l.api.ClearFaults()
+	back := time.Now()
+	c.waitHook(rec.Serial)
+	c.waitAgent("the post_hook to reload the node-agent with the renewed certificate", rec.Serial, false)
+	c.waitAgent("the node-agent to poll with the renewed certificate once the API is back", rec.Serial, true)
+	c.handOffToAgent(l, n.id)
+	waitFor(t, "a renew run to prove the certificate published without a proof", 3*time.Minute, func() (bool, string) {
+		raw := n.read(defaultPaths.state + "/renew.json")
+		var r renewRecord
+		json.Unmarshal([]byte(raw), &r)
+		return r.Unproven == "" && r.LastAttempt.After(back), raw
+	})
+	// A verify that began during the outage may end just after it (a 503
+	// answers at once): judge those that began after it.
+	c.waitVerify(back.Add(10 * time.Second))
 	n.checkMetrics(defaultPaths.metrics, "provision_verify.prom")
-	rec := c.waitRenewed(defaultPaths, n.serialOf(defaultPaths.state))
-	t.Logf("renewed: serial %s -> %s at %s", rec.PreviousSerial, rec.Serial, rec.LastRenewed.Format(time.TimeOnly))
-	c.waitVerify(rec.LastRenewed)
 	hostsBefore := n.read("/etc/hosts")
 	if err := c.stop(); err != nil {
 		t.Fatal(err)
@@ -83,6 +112,7 @@ func TestBootFirstBoot(t *testing.T) {
 	if lines := c.provisionLines("0", "provision.service"); len(lines) != 0 {
 		t.Errorf("bootstrap ran again on the second boot: %d journal lines", len(lines))
 	}
+	c.checkRenewScheduled()
 	c.waitVerify(c.booted)
 }
 
@@ -94,9 +124,8 @@ func TestBootBrokenIngress(t *testing.T) {
 	l := startLab(t, 0, true)
 	n := newNode(t, "gpu-boot-2")
 	n.seed(l.operatorFiles(l.nodeConfig(n.id), ""))
-	// The unit retries a failed bootstrap after RestartSec=30s; 10s here,
-	// still well inside StartLimitBurst=6 per StartLimitIntervalSec=2h.
-	n.dropIn("provision.service", "[Service]\nRestartSec=10s\n")
+	// The unit as shipped: it retries a failed bootstrap after
+	// RestartSec=30s, then waits its restart splay.
 
 	c := n.boot()
 	status, done := c.cloudInit()
@@ -167,8 +196,7 @@ func TestBootMovedPaths(t *testing.T) {
 	p := paths{state: "/srv/provision", pki: "/srv/provision/pki", metrics: "/srv/metrics"}
 	cfg := l.nodeConfig(n.id)
 	cfg.Paths.StateDir, cfg.Paths.PKIDir = p.state, p.pki
-	cfg.Renew = renewConfig()
-	n.openHookLog()
+	cfg.Renew = renewConfig(0.25, "")
 	ud := n.seed(l.operatorFiles(cfg, "\n[metrics]\ntextfile_dir = \""+p.metrics+"\"\n"))
 	for _, unit := range []string{"provision.service", "provision-verify.service", "provision-renew.service"} {
 		if !strings.Contains(ud, "/etc/systemd/system/"+unit+".d/provision-paths.conf") {
@@ -188,7 +216,7 @@ func TestBootMovedPaths(t *testing.T) {
 	}
 	c.waitVerify(boot.at)
 	n.checkMetrics(p.metrics, "provision_verify.prom")
-	rec := c.waitRenewed(p, n.serialOf(p.state))
+	rec := c.waitRenewed(p, n.serialOf(p.state), false)
 	c.waitVerify(rec.LastRenewed)
 	if err := c.stop(); err != nil {
 		t.Fatal(err)

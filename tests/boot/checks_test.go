@@ -2,10 +2,13 @@ package boot
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gpuaas/provision/tests/controlplane"
@@ -18,17 +21,28 @@ type paths struct{ state, pki, metrics string }
 
 var defaultPaths = paths{state: controlplane.DefaultStateDir, pki: controlplane.DefaultPKIDir, metrics: "/var/lib/prometheus/node-exporter"}
 
+// hookTag is the syslog identifier the probe hook logs under.
+const hookTag = "provision-hook"
+
 // probeHook is a renew.post_hook that records, from inside the renew
 // unit's sandbox, the serial it was handed and the sandbox it runs in:
 // its capability sets, no_new_privs, its seccomp mode, and whether /usr
-// is writable. A hook inherits the unit's sandbox, so this is the
-// sandbox renew itself ran under.
-func probeHook(log string) []string {
-	return []string{"/bin/sh", "-c", "{ echo serial=$PROVISION_SERIAL; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; " +
-		"if test -w /usr; then echo usr=writable; else echo usr=read-only; fi; } >> " + log}
+// is writable; into the journal (systemd-cat, over the journal's socket:
+// no path of the node is opened for it). A hook inherits the unit's
+// sandbox, so this is the sandbox renew itself ran under. then, when set,
+// runs after it: the hook's real job, such as reloading the node-agent.
+func probeHook(then string) []string {
+	probe := "{ echo serial=$PROVISION_SERIAL; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; " +
+		"if test -w /usr; then echo usr=writable; else echo usr=read-only; fi; } | systemd-cat -t " + hookTag
+	if then != "" {
+		probe += " && " + then
+	}
+	return []string{"/bin/sh", "-c", probe}
 }
 
-// sandboxed is what probeHook must record for each renewal.
+// sandboxed is what probeHook must record for each renewal: no
+// capabilities, even with paths.key_group (the unit is then a member of
+// the group instead).
 var sandboxed = []string{"CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2", "usr=read-only"}
 
 // checkBootstrapped judges a first boot that cloud-init reported done:
@@ -168,17 +182,21 @@ func (c *container) waitVerify(since time.Time) time.Time {
 type renewRecord struct {
 	Serial         string    `json:"serial"`
 	LastResult     string    `json:"last_result"`
+	LastAttempt    time.Time `json:"last_attempt"`
 	LastRenewed    time.Time `json:"last_renewed"`
 	PreviousSerial string    `json:"previous_serial"`
 	Hook           string    `json:"hook"`
+	Unproven       string    `json:"unproven"`
 }
 
 // waitRenewed waits for provision-renew.timer to renew the certificate
 // bootstrap got (serial first) and judges the renewal: recorded in
 // renew.json, the new certificate current, the post_hook run inside the
-// sandbox with the new serial, every renew run a success. It returns the
-// record.
-func (c *container) waitRenewed(p paths, first string) renewRecord {
+// sandbox with the new serial. During an outage (unproven) the renewal
+// must have been published without a passing proof, its hook left due
+// until a run can prove it (waitHook, after); else every renew run must
+// have succeeded. It returns the record.
+func (c *container) waitRenewed(p paths, first string, unproven bool) renewRecord {
 	n, t := c.n, c.n.t
 	t.Helper()
 	var rec renewRecord
@@ -188,24 +206,43 @@ func (c *container) waitRenewed(p paths, first string) renewRecord {
 		json.Unmarshal([]byte(raw), &rec)
 		return !rec.LastRenewed.IsZero() && rec.Serial != first, raw
 	})
-	for _, r := range c.reports("0", "provision-renew.service") {
-		if !r.OK || *r.ExitCode != 0 {
-			t.Errorf("a renew run failed: %s (%s)", r.Summary, r.FailedLayer)
+	switch {
+	case unproven && rec.Unproven == "":
+		t.Errorf("renewed during the outage with a passing proof? renew.json %+v", rec)
+	case !unproven:
+		for _, r := range c.reports("0", "provision-renew.service") {
+			if !r.OK || *r.ExitCode != 0 {
+				t.Errorf("a renew run failed: %s (%s)", r.Summary, r.FailedLayer)
+			}
 		}
 	}
-	hook := n.read(hookLog)
-	if !strings.Contains(hook, "serial="+rec.Serial+"\n") {
-		t.Errorf("the post_hook did not run for serial %s:\n%s", rec.Serial, hook)
-	}
-	for _, want := range sandboxed {
-		if !strings.Contains(hook, want) {
-			t.Errorf("the post_hook (inside provision-renew.service) did not run sandboxed: no %q in\n%s", want, hook)
-		}
+	if !unproven {
+		c.waitHook(rec.Serial)
 	}
 	if p.metrics != "" {
 		n.checkMetrics(p.metrics, "provision_renew.prom")
 	}
 	return rec
+}
+
+// waitHook waits for the post_hook to have run for serial, and judges the
+// sandbox it recorded from inside the renew unit.
+func (c *container) waitHook(serial string) {
+	t := c.n.t
+	t.Helper()
+	var hook string
+	waitFor(t, "the post_hook's journal lines for serial "+serial, 2*time.Minute, func() (bool, string) {
+		hook = ""
+		for _, e := range c.journal("0", "SYSLOG_IDENTIFIER="+hookTag) {
+			hook += e.str("MESSAGE") + "\n"
+		}
+		return strings.Contains(hook, "serial="+serial+"\n") && strings.Contains(hook, "usr="), hook
+	})
+	for _, want := range sandboxed {
+		if !strings.Contains(hook, want) {
+			t.Errorf("the post_hook (inside provision-renew.service) did not run sandboxed: no %q in\n%s", want, hook)
+		}
+	}
 }
 
 // serialOf is the serial of the node's current certificate, from the
@@ -214,4 +251,131 @@ func (n *node) serialOf(state string) string {
 	var r struct{ Serial string }
 	json.Unmarshal([]byte(n.read(state+"/receipt.json")), &r)
 	return r.Serial
+}
+
+// checkRenewScheduled: renewal is scheduled by what the node was given
+// alone (the package, the user-data): both timers enabled and waiting, as
+// systemd itself says, and provision status reads the same offline.
+func (c *container) checkRenewScheduled() {
+	t := c.n.t
+	t.Helper()
+	for _, timer := range []string{"provision-renew.timer", "provision-verify.timer"} {
+		if got := c.unitState(timer); got != "enabled active" {
+			t.Errorf("%s is %s, want enabled and active with nothing but the package (and the user-data)", timer, got)
+		}
+	}
+	out, _ := c.exec(30*time.Second, "provision", "status", "--format", "json")
+	var st struct {
+		RenewTimer struct{ State, Path string } `json:"renew_timer"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.RenewTimer.State != "enabled" {
+		t.Errorf("provision status's renew_timer: %+v (%v)\n%s", st.RenewTimer, err, out)
+	}
+}
+
+// checkKeyGroupModes: with paths.key_group the way to the key is the
+// group's: state_dir 0710, pki_dir and the generation 0750, key.pem 0640,
+// each in the group (its gid as the node's /etc/group has it).
+func (n *node) checkKeyGroupModes(group string) {
+	t := n.t
+	t.Helper()
+	gid := -1
+	for _, l := range strings.Split(n.read("/etc/group"), "\n") {
+		if f := strings.Split(l, ":"); len(f) > 2 && f[0] == group {
+			gid, _ = strconv.Atoi(f[2])
+		}
+	}
+	gen, _ := os.Readlink(n.path(defaultPaths.pki + "/current"))
+	for p, want := range map[string]os.FileMode{
+		defaultPaths.state: 0o710, defaultPaths.pki: 0o750,
+		defaultPaths.pki + "/" + gen: 0o750, defaultPaths.pki + "/" + gen + "/key.pem": 0o640,
+	} {
+		st, err := os.Stat(n.path(p))
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+			continue
+		}
+		if g := int(st.Sys().(*syscall.Stat_t).Gid); st.Mode().Perm() != want || g != gid {
+			t.Errorf("%s is %04o group %d, want %04o group %s (%d)", p, st.Mode().Perm(), g, want, group, gid)
+		}
+	}
+}
+
+// agentEvent is one line of the stand-in node-agent (tests/boot/agent).
+type agentEvent struct {
+	Event  string `json:"event"`
+	Serial string `json:"serial"`
+	Status int    `json:"status"`
+	UID    *int   `json:"uid"`
+	File   string `json:"file"`
+	Bytes  int    `json:"bytes"`
+	Error  string `json:"error"`
+}
+
+// agentEvents are the node-agent's lines in this boot.
+func (c *container) agentEvents() []agentEvent {
+	var out []agentEvent
+	for _, e := range c.journal("0", "_SYSTEMD_UNIT=node-agent.service") {
+		var ev agentEvent
+		if json.Unmarshal([]byte(e.str("MESSAGE")), &ev) == nil && ev.Event != "" {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// waitAgent waits for the node-agent, running as its own user, to hold
+// the certificate serial (loaded at its start or on the hook's reload) or,
+// with polled, to have polled tasks/wait with it and been answered (200 or
+// 204).
+func (c *container) waitAgent(what, serial string, polled bool) {
+	t := c.n.t
+	t.Helper()
+	waitFor(t, what, 2*time.Minute, func() (bool, string) {
+		evs := c.agentEvents()
+		for _, ev := range evs {
+			if ev.UID != nil && *ev.UID == 0 {
+				t.Fatalf("the stand-in node-agent runs as root: %+v", ev)
+			}
+			switch {
+			case polled && ev.Event == "poll" && ev.Serial == serial && (ev.Status == 200 || ev.Status == 204):
+				return true, ""
+			case !polled && (ev.Event == "start" || ev.Event == "reload") && ev.Serial == serial:
+				return true, ""
+			}
+		}
+		if len(evs) > 4 {
+			evs = evs[len(evs)-4:]
+		}
+		return false, fmt.Sprintf("last events: %+v", evs)
+	})
+}
+
+// handOffToAgent queues a task while the node-agent is stopped, so that
+// provision-verify.service's proof (the unit as shipped) is the poll that
+// receives it and hands it off; the task file is the key group's, and the
+// agent, started again, reads it.
+func (c *container) handOffToAgent(l *lab, nodeID string) {
+	n, t := c.n, c.n.t
+	t.Helper()
+	if out, code := c.exec(time.Minute, "systemctl", "stop", "node-agent.service"); code != 0 {
+		t.Fatalf("systemctl stop node-agent.service: exit %d\n%s", code, out)
+	}
+	task := l.api.QueueTask(nodeID, controlplane.Task{Kind: "boot-test"})
+	c.exec(2*time.Minute, "systemctl", "start", "provision-verify.service")
+	file := defaultPaths.state + "/tasks/" + task.ID + ".json"
+	if st, err := os.Stat(n.path(file)); err != nil || st.Mode().Perm() != 0o640 {
+		t.Fatalf("verify did not hand the task off readable by the key group: %s (%v)", file, err)
+	}
+	if out, code := c.exec(time.Minute, "systemctl", "start", "node-agent.service"); code != 0 {
+		t.Fatalf("systemctl start node-agent.service: exit %d\n%s", code, out)
+	}
+	waitFor(t, "the node-agent to read the task verify handed off", time.Minute, func() (bool, string) {
+		for _, ev := range c.agentEvents() {
+			if ev.Event == "task" && ev.File == task.ID+".json" {
+				return ev.Error == "" && ev.Bytes > 0, fmt.Sprintf("%+v", ev)
+			}
+		}
+		return false, "no task event"
+	})
 }

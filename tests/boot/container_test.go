@@ -168,10 +168,20 @@ func (c *container) show(unit string, props ...string) map[string]string {
 
 // waitBooted waits for the end of the boot transaction inside (systemctl
 // is-system-running --wait: running, or degraded when a unit failed) and
-// returns the state.
+// returns the state. Right after PID 1 appears its bus may not be up yet
+// ("Failed to connect to bus"): asked again until it answers a state.
 func (c *container) waitBooted() string {
-	out, _ := c.exec(5*time.Minute, "systemctl", "is-system-running", "--wait")
-	return strings.TrimSpace(out)
+	var state string
+	waitFor(c.n.t, "systemd in "+c.name+" to finish booting", 5*time.Minute, func() (bool, string) {
+		out, _ := c.exec(5*time.Minute, "systemctl", "is-system-running", "--wait")
+		state = strings.TrimSpace(out)
+		switch state {
+		case "running", "degraded", "maintenance", "stopping":
+			return true, state
+		}
+		return false, state
+	})
+	return state
 }
 
 // cloudInit waits for cloud-init to finish this boot and returns `cloud-init

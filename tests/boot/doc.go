@@ -16,28 +16,49 @@
 // root, and commands run inside it through nsenter (cloud-init status,
 // systemctl show, systemd-analyze security).
 //
-// What the tests prove (docs/first-boot.md, "The boot suite"):
+// What the tests prove (docs/first-boot.md, "The boot suite"). The units
+// run as shipped: the only drop-ins the tests write shorten the timers'
+// periods (fastTimers); an image is made by dpkg -i in its root, which
+// enables nothing but what the package's postinst enables.
 //
-//   - TestBootFirstBoot: cloud-init runs the seed and reports done;
-//     provision.service runs once, under its sandbox (no capabilities,
-//     systemd-analyze security of the loaded units), and succeeds; the
-//     receipt, the done marker and the hosts block exist, the token is
-//     gone; the journal holds exactly one JSON report line for the run;
-//     the verify and renew timers fire (shortened by drop-ins the test
-//     writes) and their services succeed, a minute-long certificate is
-//     really renewed and its post_hook runs inside the renew sandbox; the
-//     textfile metrics appear (promtool accepts them). Then a reboot: the
-//     hosts block survives cloud-init's second boot, bootstrap is not run
-//     again (the done marker), verify stays healthy.
+//   - TestBootFirstBoot: a node whose node-agent (tests/boot/agent) runs as
+//     its own user and reads its key through paths.key_group. cloud-init
+//     runs the seed and reports done; provision.service runs once, under
+//     its sandbox (no capabilities, a member of the key group through the
+//     drop-in userdata wrote, systemd-analyze security of the loaded
+//     units), and succeeds; the receipt, the done marker and the hosts
+//     block exist, the token is gone; the journal holds exactly one JSON
+//     report line for the run; both timers are enabled and waiting with
+//     nothing but the package and the user-data (systemctl, and provision
+//     status offline); state_dir, pki_dir, the generation and the key are
+//     the group's (0710, 0750, 0750, 0640) and the agent reads the key.
+//     The node API then fails every request (503) before the renewal is
+//     due: the renew timer renews across the outage (published without a
+//     proof, both sets failing alike past the ingress, the hook due). Once
+//     the API is back the next renew proves it and the post_hook runs
+//     inside the renew sandbox (it records the sandbox in the journal) and
+//     reloads the agent, which polls with the new certificate and reads a
+//     task provision-verify.service handed off (0640, the group's); verify
+//     passes; the textfile metrics appear (promtool accepts them). Then a
+//     reboot: the hosts block survives cloud-init's second boot, bootstrap
+//     is not run again (the done marker), the timers are still scheduled,
+//     verify stays healthy.
 //   - TestBootBrokenIngress: nginx trusts the wrong client CA. The boot
 //     does not claim success (cloud-init status: error, no done marker),
 //     the journal's report names tls-client-auth and the ingress, and once
-//     nginx is fixed and reloaded the unit's own restart bootstraps the
-//     node.
+//     nginx is fixed and reloaded the unit's own restart (RestartSec=30s as
+//     shipped, then its restart splay) bootstraps the node.
 //   - TestBootMovedPaths: state_dir, pki_dir and the metrics directory
 //     moved; the drop-ins userdata wrote let the node bootstrap, verify and
 //     renew under the sandbox, and the done marker condition follows the
 //     moved state_dir across a reboot.
+//   - TestBootPackage: the .deb installed, upgraded (N then N+1), removed
+//     and purged with dpkg inside the booted node, so its maintainer
+//     scripts run under systemd: the install enables and starts both
+//     timers and provision.service bootstraps under the units just
+//     installed; an operator's disable survives the upgrade, which does
+//     not run bootstrap again; remove stops everything and keeps the
+//     node's state; purge leaves none of provision's files or enablement.
 //
 // The root is built once per `go test` run with mmdebstrap (minbase,
 // systemd, cloud-init) and kept in a cache keyed by its package list
@@ -53,7 +74,9 @@
 //
 // It needs root, systemd-nspawn (systemd-container), mmdebstrap, nsenter,
 // journalctl, dpkg, nginx and promtool: missing, a test skips loudly on a
-// developer machine and fails under CI=true (.ci/run installs them).
+// developer machine and fails under CI=true (.ci/run installs them). The
+// packages are built by packaging/build-deb.sh, the stand-in node-agent by
+// go build, once per test binary.
 //
 // The package holds only tests; this file carries the documentation.
 package boot

@@ -63,12 +63,24 @@ func require(t *testing.T) {
 	}
 }
 
-// artifacts are built once per test binary: the base root and the .deb.
+// artifacts are built once per test binary: the base root, the .deb and
+// the stand-in node-agent; the next version's .deb only for the test that
+// upgrades to it.
 var artifacts struct {
-	once      sync.Once
-	base, deb string
-	err       error
+	once             sync.Once
+	base, deb, agent string
+	err              error
+	nextOnce         sync.Once
+	next             string
+	nextErr          error
 }
+
+// debVersion and nextVersion are the package versions the suite builds:
+// every node gets the first; TestBootPackage upgrades to the second.
+const (
+	debVersion  = "1.0.0+boottest"
+	nextVersion = "1.0.1+boottest"
+)
 
 // image returns the cached base root and the freshly built .deb, building
 // what is missing on the first call.
@@ -81,8 +93,13 @@ func image(t *testing.T) (base, deb string) {
 		}
 		t.Logf("boot: base root %s ready in %s", artifacts.base, time.Since(start).Round(time.Second))
 		start = time.Now()
-		artifacts.deb, artifacts.err = buildDeb()
+		if artifacts.deb, artifacts.err = buildDeb(debVersion); artifacts.err != nil {
+			return
+		}
 		t.Logf("boot: package %s built in %s", filepath.Base(artifacts.deb), time.Since(start).Round(time.Second))
+		start = time.Now()
+		artifacts.agent, artifacts.err = buildAgent()
+		t.Logf("boot: stand-in node-agent built in %s", time.Since(start).Round(time.Second))
 	})
 	if artifacts.err != nil {
 		t.Fatalf("boot: %v", artifacts.err)
@@ -154,17 +171,50 @@ func prepareImage(root string) error {
 	return nil
 }
 
+// nextDeb is the package of the next version, for an upgrade: the same
+// source built again by build-deb.sh with its version raised.
+func nextDeb(t *testing.T) string {
+	t.Helper()
+	image(t)
+	artifacts.nextOnce.Do(func() {
+		start := time.Now()
+		artifacts.next, artifacts.nextErr = buildDeb(nextVersion)
+		t.Logf("boot: package %s built in %s", filepath.Base(artifacts.next), time.Since(start).Round(time.Second))
+	})
+	if artifacts.nextErr != nil {
+		t.Fatalf("boot: %v", artifacts.nextErr)
+	}
+	return artifacts.next
+}
+
+// buildAgent builds the stand-in node-agent (tests/boot/agent), static, to
+// run inside a node.
+func buildAgent() (string, error) {
+	mod, err := testenv.ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(workDir, "node-agent")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./tests/boot/agent")
+	cmd.Dir = mod
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the stand-in node-agent: %v\n%s", err, b)
+	}
+	return out, nil
+}
+
 // buildDeb builds the project's package with packaging/build-deb.sh, as
 // packaging/package_test.go does, into a directory removed when the test
 // binary ends (TestMain).
-func buildDeb() (string, error) {
+func buildDeb(version string) (string, error) {
 	mod, err := testenv.ModuleRoot()
 	if err != nil {
 		return "", err
 	}
 	cmd := exec.Command("sh", "packaging/build-deb.sh")
 	cmd.Dir = mod
-	cmd.Env = append(os.Environ(), "OUT_DIR="+workDir, "VERSION=1.0.0+boottest", "SOURCE_DATE_EPOCH=1772323200")
+	cmd.Env = append(os.Environ(), "OUT_DIR="+workDir, "VERSION="+version, "SOURCE_DATE_EPOCH=1772323200")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -188,17 +238,76 @@ type node struct {
 }
 
 // newNode copies the base root for id and installs the .deb the way an
-// image build does: dpkg into the root (its maintainer scripts honour
-// DPKG_ROOT), then systemctl enable of the two timers (the package enables
-// nothing; docs/first-boot.md).
+// image build does: dpkg -i run in the root (chroot), its maintainer
+// scripts with it, and nothing else. No unit is enabled by the test: the
+// package's postinst enables the timers itself (docs/first-boot.md), which
+// TestBootFirstBoot checks under the booted systemd.
 func newNode(t *testing.T, id string) *node {
 	t.Helper()
-	base, deb := image(t)
+	_, deb := image(t)
+	n := bareNode(t, id)
+	n.chroot("dpkg", "-i", n.put(deb, "/var/cache/provision-test/"+filepath.Base(deb)))
+	return n
+}
+
+// bareNode is a copy of the base root for id without the package.
+func bareNode(t *testing.T, id string) *node {
+	t.Helper()
+	base, _ := image(t)
 	n := &node{t: t, id: id, root: filepath.Join(t.TempDir(), id)}
 	n.run("cp", "-a", base, n.root)
-	n.run("dpkg", "--root="+n.root, "--force-script-chrootless", "-i", deb)
-	n.run("systemctl", "--root="+n.root, "enable", "provision-verify.timer", "provision-renew.timer")
 	return n
+}
+
+// put copies a file of this machine into the node at p (0644) and returns
+// p.
+func (n *node) put(src, p string) string {
+	n.t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.write(p, string(b), 0o644)
+	return p
+}
+
+// chroot runs a command in the node's root, as an image build does (no
+// systemd running there: the maintainer scripts see no /run/systemd/system).
+func (n *node) chroot(args ...string) string {
+	n.t.Helper()
+	return n.run("chroot", append([]string{n.root}, args...)...)
+}
+
+// agentUnit runs the stand-in node-agent as its own user, a member of
+// paths.key_group's group, the way a node-agent's package would; its
+// reload is the SIGHUP renew.post_hook asks for (systemctl reload).
+const agentUnit = `[Unit]
+Description=stand-in node-agent (tests/boot): reads the key as user agent through paths.key_group, polls tasks/wait
+After=network-online.target
+
+[Service]
+User=agent
+Group=agent
+ExecStart=/usr/local/bin/node-agent -url %s
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=always
+RestartSec=2s
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// addAgent adds, as an image build would, the node-agent's user (agent,
+// in group keyGroup) and its enabled unit, polling waitURL.
+func (n *node) addAgent(keyGroup, waitURL string) {
+	n.t.Helper()
+	_, _ = image(n.t)
+	n.chroot("groupadd", "--system", keyGroup)
+	n.chroot("useradd", "--system", "--user-group", "--groups", keyGroup, "--no-create-home", "--shell", "/usr/sbin/nologin", "agent")
+	n.put(artifacts.agent, "/usr/local/bin/node-agent")
+	os.Chmod(n.path("/usr/local/bin/node-agent"), 0o755)
+	n.write("/etc/systemd/system/node-agent.service", fmt.Sprintf(agentUnit, waitURL), 0o644)
+	n.run("systemctl", "--root="+n.root, "enable", "node-agent.service")
 }
 
 // run runs a command on this machine for the node's preparation.
@@ -258,19 +367,21 @@ func (n *node) seed(cfgFile, tokenFile string) string {
 	return n.read("/var/lib/cloud/seed/nocloud/user-data")
 }
 
-// dropIn writes a drop-in of the test's own for unit. Only timers and
-// restart delays are shortened this way; the shipped units stay as they
-// are.
+// dropIn writes a drop-in of the test's own for unit. Only the timers'
+// periods are shortened this way (fastTimers); the shipped units stay as
+// they are.
 func (n *node) dropIn(unit, content string) {
 	n.write("/etc/systemd/system/"+unit+".d/boot-test.conf", "# tests/boot: shortened for the test.\n"+content, 0o644)
 }
 
 // fastTimers makes provision-verify.timer and provision-renew.timer fire
-// every few seconds instead of hourly and every 15 minutes, without the
-// fleet's random delay.
+// every few seconds instead of hourly and every 15 minutes: their periods
+// scaled down, the fleet's random delay kept (a few seconds, not zero) and
+// systemd's coalescing window (AccuracySec=, a minute by default) cut to
+// a second. Nothing else of the units changes.
 func (n *node) fastTimers(verifyEvery, renewEvery string) {
 	for unit, every := range map[string]string{"provision-verify.timer": verifyEvery, "provision-renew.timer": renewEvery} {
-		n.dropIn(unit, "[Timer]\nOnBootSec=\nOnUnitActiveSec=\nOnBootSec="+every+"\nOnUnitActiveSec="+every+"\nRandomizedDelaySec=0\nAccuracySec=1s\n")
+		n.dropIn(unit, "[Timer]\nOnBootSec=\nOnUnitActiveSec=\nOnBootSec="+every+"\nOnUnitActiveSec="+every+"\nRandomizedDelaySec=3s\nAccuracySec=1s\n")
 	}
 }
 

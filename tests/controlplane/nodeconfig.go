@@ -142,8 +142,11 @@ func InRoot(root, nodePath string) string {
 }
 
 // WriteNode writes cfg to root/etc/provision/provision.toml, a hosts file
-// with ordinary user lines (kept if one exists) and, unless token is empty,
-// the token file (0600, directory 0700). Nothing outside root is touched.
+// with ordinary user lines (kept if one exists), provision-renew.timer
+// installed and enabled as the package leaves it (a stand-in unit file and
+// its timers.target.wants link: renewal is scheduled, which status and
+// verify judge) and, unless token is empty, the token file (0600,
+// directory 0700). Nothing outside root is touched.
 func WriteNode(root string, cfg NodeConfig, token string) (NodeFiles, error) {
 	if root == "" || !filepath.IsAbs(root) {
 		return NodeFiles{}, fmt.Errorf("node root %q must be an absolute directory", root)
@@ -170,12 +173,37 @@ func WriteNode(root string, cfg NodeConfig, token string) (NodeFiles, error) {
 			return f, err
 		}
 	}
+	if err := EnableRenewTimer(root); err != nil {
+		return f, err
+	}
 	if token != "" {
 		if err := WriteToken(root, cfg.CA.TokenFile, token); err != nil {
 			return f, err
 		}
 	}
 	return f, nil
+}
+
+// RenewTimerLink is where the package's postinst (deb-systemd-helper
+// enable) links provision-renew.timer: the link status and verify read.
+const RenewTimerLink = "/etc/systemd/system/timers.target.wants/provision-renew.timer"
+
+// EnableRenewTimer installs a stand-in provision-renew.timer under root,
+// unless a unit file is already there, and enables it as the package does.
+func EnableRenewTimer(root string) error {
+	unit := "/usr/lib/systemd/system/provision-renew.timer"
+	if _, err := os.Lstat(InRoot(root, unit)); errors.Is(err, os.ErrNotExist) {
+		if err := writeFile(InRoot(root, unit), []byte("# tests/controlplane: stands in for the packaged unit.\n[Timer]\nOnUnitActiveSec=15min\n"), 0o644, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(InRoot(root, RenewTimerLink)), 0o755); err != nil {
+		return err
+	}
+	if err := os.Symlink(unit, InRoot(root, RenewTimerLink)); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
 }
 
 // WriteToken (re)writes the token file at root+nodePath with mode 0600.

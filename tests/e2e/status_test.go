@@ -45,6 +45,11 @@ type statusDoc struct {
 		TextfileDir string   `json:"textfile_dir"`
 		Files       []string `json:"files"`
 	} `json:"metrics"`
+	RenewTimer struct {
+		Unit  string `json:"unit"`
+		State string `json:"state"`
+		Path  string `json:"path"`
+	} `json:"renew_timer"`
 }
 
 func (n *node) status(t *testing.T) (statusDoc, nodetest.Result) {
@@ -90,6 +95,23 @@ func TestStatus(t *testing.T) {
 	if text.Code != 0 || !strings.Contains(text.Stdout, rc.Serial) || !strings.Contains(text.Stdout, "provision status: ok") {
 		t.Fatalf("status text:\n%s", text)
 	}
+	if d.RenewTimer.Unit != "provision-renew.timer" || d.RenewTimer.State != "enabled" || d.RenewTimer.Path != controlplane.RenewTimerLink {
+		t.Errorf("renew_timer after bootstrap: %+v, want enabled by %s", d.RenewTimer, controlplane.RenewTimerLink)
+	}
+	// Renewal not scheduled (the timer disabled: its wants link gone):
+	// status asks for attention and verify warns, from the files alone;
+	// verify still passes (the node polls today).
+	os.Remove(n.Path(controlplane.RenewTimerLink))
+	if d, r := n.status(t); r.Code != 30 || d.RenewTimer.State != "disabled" || !strings.Contains(d.Summary, "renewal is not scheduled: provision-renew.timer is disabled") ||
+		!strings.Contains(d.Remedy, "systemctl enable --now provision-renew.timer") {
+		t.Fatalf("timer disabled: exit %d %+v", r.Code, d)
+	}
+	v := n.RunJSON("verify")
+	nodetest.WantExit(t, v, 0)
+	if c := v.Report.Check("renew-timer"); c == nil || c.Status != "warn" || !strings.Contains(c.Message, "disabled") {
+		t.Errorf("verify with the timer disabled: renew-timer %+v, want a warning", c)
+	}
+	controlplane.EnableRenewTimer(n.Root)
 	// A renewal whose hook fails: attention, the hook pending.
 	nodetest.WantExit(t, n.Run("renew", "--force"), 22)
 	if d, r := n.status(t); r.Code != 30 || d.State != "attention" || d.Renew == nil || !d.Renew.HookPending || !strings.Contains(strings.Join(d.Attention, "\n"), "post_hook") {

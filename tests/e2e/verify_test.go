@@ -20,7 +20,7 @@ import (
 // config first and tasks-wait, the proof, last.
 var wantLayer = map[string]string{
 	"config": "config", "hosts-block": "hosts", "hosts-resolve": "hosts", "hosts-persist": "hosts",
-	"clock": "clock", "ca-root": "ca", "key-store": "credentials", "credentials": "credentials", "ca-chain": "ca", "tcp": "tcp",
+	"clock": "clock", "ca-root": "ca", "key-store": "credentials", "credentials": "credentials", "renew-timer": "credentials", "ca-chain": "ca", "tcp": "tcp",
 	"tls-server": "tls-server", "tls-client-auth": "tls-client-auth", "route": "route",
 	"identity": "identity", "tasks-wait": "tasks-wait",
 }

@@ -178,8 +178,8 @@ func checkUserData(t *testing.T, cloudInit, ud, src, token string) {
 	if doc.ManageEtcHosts == nil || *doc.ManageEtcHosts {
 		t.Errorf("manage_etc_hosts is %v, want false (cloud-init would drop provision's hosts block on every boot)", doc.ManageEtcHosts)
 	}
-	if len(doc.Runcmd) != 1 || !strings.Contains(ud, "systemctl daemon-reload && exec systemctl start provision.service") {
-		t.Errorf("runcmd %v: want one entry that reloads systemd (drop-ins) and starts provision.service", doc.Runcmd)
+	if len(doc.Runcmd) != 1 || !strings.Contains(ud, `systemctl daemon-reload || exit; systemctl enable --now provision-renew.timer provision-verify.timer; timers=$?; systemctl start provision.service && exit $timers`) {
+		t.Errorf("runcmd %v: want one entry that reloads systemd (drop-ins), enables the timers and starts provision.service", doc.Runcmd)
 	}
 	files := map[string]string{}
 	for _, f := range doc.WriteFiles {

@@ -223,6 +223,16 @@ func (n *Node) RunEnv(env []string, args ...string) Result {
 	return r
 }
 
+// RunVia is Run through a wrapper program that execs the binary (setpriv
+// --bounding-set=-chown, say: the binary under a sandbox as a unit would
+// run it): wrapper[0] is run with wrapper[1:], the binary and args.
+func (n *Node) RunVia(wrapper []string, args ...string) Result {
+	n.T.Helper()
+	r := runVia(n.T, wrapper, nil, false, append(args, "--root", n.Root)...)
+	n.NoTokenIn(r.Stdout+r.Stderr, "provision "+strings.Join(r.Args, " "))
+	return r
+}
+
 // RunJSON runs cmd with --format json (and extra) and requires stdout to be
 // one decodable report whose exit_code matches the process's.
 func (n *Node) RunJSON(cmd string, extra ...string) Result {
@@ -305,12 +315,18 @@ func RunBinary(t testing.TB, args ...string) Result {
 
 func run(t testing.TB, env []string, signalOK bool, args ...string) Result {
 	t.Helper()
+	return runVia(t, nil, env, signalOK, args...)
+}
+
+func runVia(t testing.TB, wrapper, env []string, signalOK bool, args ...string) Result {
+	t.Helper()
 	if Binary == "" {
 		t.Fatal("nodetest.Binary is not set: the suite's TestMain must build provision and set it")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), RunTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, Binary, args...)
+	argv := append(append(append([]string(nil), wrapper...), Binary), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	if env != nil {
 		cmd.Env = append(os.Environ(), env...)
 	}
@@ -386,6 +402,16 @@ type Check struct {
 	Message  string            `json:"message"`
 	Remedy   string            `json:"remedy"`
 	Evidence map[string]string `json:"evidence"`
+}
+
+// Check is the report's check named name, nil when it has none.
+func (rep Report) Check(name string) *Check {
+	for i := range rep.Checks {
+		if rep.Checks[i].Name == name {
+			return &rep.Checks[i]
+		}
+	}
+	return nil
 }
 
 // LayerChecks returns the report's checks in layer.

@@ -288,6 +288,7 @@ func (w *world) serve(t testing.TB, c wireCase) (string, func()) {
 	if c.cut != nil {
 		rl := listen(t)
 		r := &relay{backend: addr, ver: c.ver, cut: *c.cut}
+		r.wg.Add(1) // the accept loop itself, so its Adds never race wait's Wait at zero
 		go r.serve(rl)
 		stops = append(stops, func() { rl.Close(); r.wait() })
 		addr = rl.Addr().String()
@@ -317,6 +318,7 @@ type relay struct {
 func (r *relay) wait() { r.wg.Wait() }
 
 func (r *relay) serve(ln net.Listener) {
+	defer r.wg.Done()
 	for {
 		c, err := ln.Accept()
 		if err != nil {

@@ -35,7 +35,6 @@ import (
 	"io"
 	"log"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -152,16 +151,7 @@ func run(ctx context.Context, c config) (bool, error) {
 // build builds provision as shipped.
 func build(work string) (string, error) {
 	bin := filepath.Join(work, "provision")
-	root, err := testenv.ModuleRoot()
-	if err != nil {
-		return "", err
-	}
-	b := exec.Command(testenv.GoTool(), "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./cmd/provision")
-	b.Dir = root
-	if o, err := b.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, o)
-	}
-	return bin, nil
+	return bin, testenv.BuildShipped(bin)
 }
 
 // scenario is the storm of one named scenario.
