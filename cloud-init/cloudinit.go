@@ -55,6 +55,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/gpuaas/provision/deploy/systemd"
 	"github.com/gpuaas/provision/internal/config"
 )
 
@@ -155,12 +156,20 @@ var Timers = []string{"provision-renew.timer", "provision-verify.timer"}
 // were written, enable and start the timers, then start provision.service
 // and wait for it. The timers come first and do not stop the bootstrap; the
 // entry exits with the bootstrap's failure, else with the timers', so either
-// shows in `cloud-init status`.
-func Runcmd(dropIns bool) []string {
+// shows in `cloud-init status`. groups are those the drop-ins make the
+// units members of (DropInGroups): each is checked first, since a unit
+// whose SupplementaryGroups= names a missing group does not start at all
+// (status 216/GROUP, which says nothing of why); a missing one is named,
+// with what provides it, and nothing is started.
+func Runcmd(dropIns bool, groups ...string) []string {
 	script := "systemctl enable --now " + strings.Join(Timers, " ") + "; timers=$?; systemctl start provision.service && exit $timers"
 	if dropIns {
 		// systemd loaded the units before cloud-init wrote the drop-ins.
 		script = "systemctl daemon-reload || exit; " + script
+	}
+	if len(groups) > 0 {
+		script = "for g in '" + strings.Join(groups, "' '") + "'; do getent group \"$g\" >/dev/null || { echo \"provision: group $g does not exist on this node, and the drop-ins above make provision's units members of it: they would not start (status 216/GROUP); " +
+			"for " + systemd.TPMGroup + " (key.store = tpm) install Debian's tpm-udev package, for paths.key_group create the node-agent's group; nothing was started and the one-time token is unused\" >&2; exit 1; }; done; " + script
 	}
 	return []string{"sh", "-c", script}
 }
@@ -212,7 +221,7 @@ func RenderConfig(w io.Writer, cfg *config.Config, token string) error {
 		return err
 	}
 	var b strings.Builder
-	d := data{NodeID: cfg.NodeID, ConfigPath: ConfigPath, ConfigTOML: body, TokenFile: cfg.CA.TokenFile, Token: token, DropIns: dropIns, Runcmd: Runcmd(len(dropIns) > 0)}
+	d := data{NodeID: cfg.NodeID, ConfigPath: ConfigPath, ConfigTOML: body, TokenFile: cfg.CA.TokenFile, Token: token, DropIns: dropIns, Runcmd: Runcmd(len(dropIns) > 0, DropInGroups(cfg)...)}
 	if err := tmpl().Execute(&b, d); err != nil {
 		// The template only reads validated fields; an error here is a bug,
 		// and text/template errors never include field values.

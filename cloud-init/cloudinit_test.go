@@ -687,7 +687,7 @@ func renderedWithDropIns(t *testing.T, cfg *config.Config, name string) {
 			t.Errorf("the user-data lacks %s's %s", u, name)
 		}
 	}
-	if !strings.Contains(b.String(), `"systemctl daemon-reload || exit; `) {
+	if !strings.Contains(b.String(), `systemctl daemon-reload || exit; systemctl enable --now `) {
 		t.Errorf("the user-data does not reload systemd before the start, with drop-ins")
 	}
 }
@@ -724,5 +724,60 @@ func TestKeyGroupDropIns(t *testing.T) {
 			continue
 		}
 		renderedWithDropIns(t, &cfg, "provision-key-group.conf")
+	}
+}
+
+// TestRuncmdChecksGroups: a drop-in that makes the units members of a
+// group (tss for key.store = "tpm", paths.key_group's) keeps them from
+// starting at all where that group does not exist (status 216/GROUP). The
+// user-data's runcmd checks each group first and, when one is missing,
+// says which and what provides it, and starts nothing (the token stays
+// unused); with every group there it reloads and starts as before. The
+// rendered script itself runs, with getent and systemctl stubbed.
+func TestRuncmdChecksGroups(t *testing.T) {
+	sh := testenv.RequireProgram(t, "sh", "dash")
+	cfg := *exampleConfig(t)
+	cfg.Key.Store, cfg.Key.TPM, cfg.Paths.KeyGroup = "tpm", "/dev/tpmrm0", "gpu-agents"
+	var b strings.Builder
+	if err := RenderConfig(&b, &cfg, "a.b.c"); err != nil {
+		t.Fatal(err)
+	}
+	ud := parse(t, []byte(b.String()))
+	if len(ud.Runcmd) != 1 || len(ud.Runcmd[0]) != 3 || ud.Runcmd[0][0] != "sh" {
+		t.Fatalf("runcmd %q", ud.Runcmd)
+	}
+	script := ud.Runcmd[0][2]
+	for _, tc := range []struct {
+		present, missing string
+	}{{"tss gpu-agents", ""}, {"gpu-agents", "tss"}, {"tss", "gpu-agents"}} {
+		t.Run("present "+tc.present, func(t *testing.T) {
+			dir := t.TempDir()
+			log := filepath.Join(dir, "systemctl.log")
+			stubs := map[string]string{
+				"getent":    "#!/bin/sh\ncase \" " + tc.present + " \" in *\" $2 \"*) echo \"$2:x:4242:\"; exit 0;; esac\nexit 2\n",
+				"systemctl": "#!/bin/sh\necho \"$*\" >> " + log + "\n",
+			}
+			for name, body := range stubs {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cmd := exec.Command(sh, "-c", script)
+			cmd.Env = []string{"PATH=" + dir + ":/usr/bin:/bin"}
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			calls, _ := os.ReadFile(log)
+			if tc.missing == "" {
+				if err != nil || !strings.Contains(string(calls), "daemon-reload") || !strings.Contains(string(calls), "start provision.service") {
+					t.Fatalf("every group there: %v %s; systemctl %q", err, stderr.String(), calls)
+				}
+				return
+			}
+			msg := stderr.String()
+			if err == nil || len(calls) != 0 || !strings.Contains(msg, "group "+tc.missing+" does not exist") || !strings.Contains(msg, "216/GROUP") || !strings.Contains(msg, "tpm-udev") {
+				t.Fatalf("group %s missing: %v, systemctl %q, stderr %q", tc.missing, err, calls, msg)
+			}
+		})
 	}
 }

@@ -205,6 +205,20 @@ func DropInsFor(cfg *config.Config) ([]DropIn, error) {
 	return out, nil
 }
 
+// DropInGroups are the groups cfg's drop-ins make the units members of:
+// the TPM's (tpm.conf) and paths.key_group. Each must exist on the node, or
+// the units do not start (Runcmd checks them first).
+func DropInGroups(cfg *config.Config) []string {
+	var out []string
+	if _, ok := tpmDropIn(units[0], cfg); ok {
+		out = append(out, systemd.TPMGroup)
+	}
+	if g := cfg.Paths.KeyGroup; g != "" {
+		out = append(out, g)
+	}
+	return out
+}
+
 // keyGroupDropInName is the drop-in that makes a unit a member of
 // paths.key_group's group (deploy/systemd/key-group.conf): written only
 // with a key group, so no other node's units are in any group but root's.

@@ -17,7 +17,7 @@ const (
 	// in the firmware, or a systemd unit with PrivateDevices=yes hides it.
 	NoDevice Kind = "tpm-missing"
 	// NoAccess: the TPM is there but this process may not open it (the
-	// device is root:tss 0660 and an uncapable root needs the tss group;
+	// device is tss:tss 0660 and an uncapable root needs the tss group;
 	// a unit needs DeviceAllow=/dev/tpmrm0 rw).
 	NoAccess Kind = "tpm-access"
 	// Lockout: the TPM is in dictionary-attack lockout and refuses a key

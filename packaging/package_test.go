@@ -149,6 +149,12 @@ func TestDeb(t *testing.T) {
 		if o != want {
 			t.Errorf("control fields:\n%s\nwant:\n%s", o, want)
 		}
+		// key.store = "tpm": the units reach /dev/tpmrm0 as group tss
+		// (the TPM drop-in), which tpm-udev creates with the device rule.
+		// Recommended, not required: a node with file keys needs neither.
+		if o, e, err := run(t, ".", nil, dpkgDeb, "-f", deb, "Recommends", "Depends"); err != nil || o != "Recommends: tpm-udev\n" {
+			t.Errorf("Recommends/Depends: %q (%v %s), want Recommends: tpm-udev and no Depends", o, err, e)
+		}
 		// The maintainer scripts are the repository's. Only postinst
 		// enables or starts anything, and only the two timers (renewal is
 		// always scheduled), through deb-systemd-helper as

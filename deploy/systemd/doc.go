@@ -87,8 +87,9 @@
 //     rule.
 //
 // The node key in the TPM (key.store = "tpm") needs the TPM's resource
-// manager, which PrivateDevices=yes hides and which is root:tss 0660, out of
-// reach of a root without capabilities. tpm.conf is the drop-in that opens
+// manager, which PrivateDevices=yes hides and which is tss:tss 0660 (Debian's
+// tpm-udev rules; that package creates the tss group, and the .deb recommends
+// it), out of reach of a root without capabilities. tpm.conf is the drop-in that opens
 // exactly it (PrivateDevices=no, DevicePolicy=closed, DeviceAllow=/dev/tpmrm0
 // rw, SupplementaryGroups=tss, and ~@raw-io, which PrivateDevices= also
 // blocked); it is not applied to the shipped units: `provision userdata`

@@ -465,7 +465,7 @@ func TestTPMDropIn(t *testing.T) {
 	d := directives(t, "tpm.conf")
 	want := map[string][]string{
 		"Service.PrivateDevices": {"no"}, "Service.DevicePolicy": {"closed"}, "Service.DeviceAllow": {"/dev/tpmrm0 rw"},
-		"Service.SupplementaryGroups": {"tss"}, "Service.SystemCallFilter": {"~@raw-io"},
+		"Service.SupplementaryGroups": {TPMGroup}, "Service.SystemCallFilter": {"~@raw-io"},
 	}
 	if len(d) != len(want) {
 		t.Errorf("tpm.conf sets %v, want exactly %v", d, want)

@@ -39,7 +39,7 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 	log := f.logger(env.stderr, cfg.NodeID)
 	for _, change := range passes {
 		for _, d := range dirs {
-			ds, err := host.ClaimDir(d.path, change)
+			ds, err := host.ClaimDir(d.path, change, cfg.Paths.StateDir, cfg.Paths.PKIDir) // pki_dir may sit in state_dir
 			if err != nil {
 				rep := report.Failed(cmd, cfg.NodeID, d.check, claimFinding(d.key, d.path, d.layer, err))
 				if f.check || f.dryRun {

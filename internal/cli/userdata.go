@@ -50,7 +50,10 @@ A path the units keep read-only or hidden (under /usr, /boot, /efi, /proc,
 (exit 3). With paths.key_group, each of the three units also gets
 provision-key-group.conf (SupplementaryGroups= that group: the units, which
 have no capabilities, may then give the key and the tasks to it); with
-key.store = "tpm", provision-tpm.conf.
+key.store = "tpm", provision-tpm.conf (SupplementaryGroups=tss). A unit
+whose group does not exist does not start at all (status 216/GROUP), so the
+runcmd first checks each group those drop-ins name and, when one is missing,
+says which (tss comes from Debian's tpm-udev package) and starts nothing.
 
 Examples:
   provision userdata --config node-0042.toml --token-file token.jwt > user-data.yaml

@@ -151,7 +151,7 @@ var Keys = []Key{
 		Doc:   "a command run after new credentials are published (a renewal, proven or published without a passing proof, or a re-enrollment; not a first enrollment), until it succeeds, as an argv without a shell, its first element an absolute clean path; it gets `PROVISION_NODE_ID`, `PROVISION_SERIAL`, `PROVISION_NOT_AFTER`, `PROVISION_CERT`, `PROVISION_KEY`. A failure is exit 22 (layer `hook`) and does not undo the renewal",
 		field: func(c *Config) any { return &c.Renew.PostHook }},
 	{Name: "renew.post_hook_timeout", Kind: KindDuration, Default: dur(DefaultPostHookTimout), Example: `"2m"`, Min: dur(MinPostHookTimeout), Max: dur(MaxPostHookTimeout),
-		Doc:   "the hook's whole process group is killed after this; when `renew.post_hook` is set, no longer than `bootstrap.deadline` (the hook runs inside it)",
+		Doc:   "the hook's whole process group is killed after this; when `renew.post_hook` is set, no longer than `bootstrap.deadline` (the hook runs inside it; a pending hook whose run's deadline a failing proof used up still runs, bounded by this alone)",
 		field: func(c *Config) any { return &c.Renew.PostHookTimeout }},
 }
 

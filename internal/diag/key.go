@@ -3,6 +3,7 @@ package diag
 import (
 	"errors"
 
+	"github.com/gpuaas/provision/deploy/systemd"
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/nodekey"
 )
@@ -12,6 +13,15 @@ const KeyStoreCheck = "key-store"
 
 // TPMDropIn is where the units' TPM access is documented.
 const TPMDropIn = "the TPM drop-in of docs/configuration.md (PrivateDevices=no, DevicePolicy=closed, DeviceAllow=/dev/tpmrm0 rw, SupplementaryGroups=tss), which provision userdata writes when key.store = \"tpm\""
+
+// TPMGroup is the group provision's units reach the TPM's device as (the
+// TPM drop-in's SupplementaryGroups=): Debian's tpm-udev package creates it
+// and makes /dev/tpmrm0 tss:tss 0660.
+const TPMGroup = systemd.TPMGroup
+
+// ErrNoTPMGroup: key.tpm names a device, and the node has no TPMGroup, so
+// provision's units, members of it by the TPM drop-in, would not start.
+var ErrNoTPMGroup = errors.New("the " + TPMGroup + " group does not exist on this node, and provision's units reach the TPM as a member of it")
 
 // FromKeyStore words a failure of the node's key store (its TPM), in the
 // credentials layer, the node's to fix. notDone says what the run did not
@@ -26,13 +36,19 @@ func FromKeyStore(err error, notDone string) *Finding {
 		f.Summary += "; " + notDone
 	}
 	f.add("key_store_error", string(nodekey.KindOf(err)))
+	if errors.Is(err, ErrNoTPMGroup) {
+		f.Summary = "no " + TPMGroup + " group: " + f.Summary
+		f.add("key_store_error", "tpm-group")
+		f.Remedy = "install Debian's tpm-udev package (provision's package recommends it): it creates the " + TPMGroup + " group and makes /dev/tpmrm0 tss:tss 0660; without the group the units, members of it by " + TPMDropIn + ", fail to start (status 216/GROUP); then systemctl daemon-reload and run again"
+		return f
+	}
 	switch nodekey.KindOf(err) {
 	case nodekey.NoDevice:
 		f.Summary = "no TPM: " + f.Summary
 		f.Remedy = "check the machine has a TPM 2.0 enabled in its firmware (ls -l /dev/tpmrm0) and that key.tpm names it; provision's units see it only with " + TPMDropIn + "; a machine without a TPM keeps key.store = \"file\""
 	case nodekey.NoAccess:
 		f.Summary = "no access to the TPM: " + f.Summary
-		f.Remedy = "/dev/tpmrm0 is root:tss 0660 and provision's units run without capabilities: install " + TPMDropIn + ", then systemctl daemon-reload and run again"
+		f.Remedy = "/dev/tpmrm0 is tss:tss 0660 (Debian's tpm-udev rules) and provision's units run without capabilities: install " + TPMDropIn + ", then systemctl daemon-reload and run again"
 	case nodekey.Lockout:
 		f.Summary = "the TPM is in dictionary-attack lockout: " + f.Summary
 		f.Remedy = "this key.pem is subject to lockout (the keys provision makes are not: it was made elsewhere); wait out the lockout (tpm2_getcap properties-variable: TPM2_PT_LOCKOUT_INTERVAL per forgiven failure) or clear it with the lockout password (tpm2_dictionarylockout --clear-lockout), find what is trying wrong TPM passwords, then run again"

@@ -41,3 +41,15 @@ func TestFromKeyStore(t *testing.T) {
 		}
 	}
 }
+
+// TestFromKeyStoreNoTPMGroup: a node without the tss group is named as
+// such, with the package that creates it and what the units do without
+// it, not as a TPM failure of unknown kind.
+func TestFromKeyStoreNoTPMGroup(t *testing.T) {
+	f := FromKeyStore(fmt.Errorf("%w (no group %q in /etc/group)", ErrNoTPMGroup, TPMGroup), "the one-time token is unspent")
+	if f.Layer != Credentials || f.Owner != Node || f.Transient || !strings.HasPrefix(f.Summary, "no tss group: ") ||
+		!strings.HasSuffix(f.Summary, "; the one-time token is unspent") || !strings.Contains(f.Remedy, "tpm-udev") ||
+		!strings.Contains(f.Remedy, "216/GROUP") || f.Evidence["key_store_error"] != "tpm-group" {
+		t.Fatalf("%+v", f)
+	}
+}

@@ -55,6 +55,13 @@ type Env struct {
 	// set is judged and proven instead of pki_dir's current one: a renewed
 	// or enrolled set is proven before it is published.
 	CredsDir string
+	// Bundle, when set, stands in for the set's ca.pem: the set is judged
+	// and proven with these roots, as a refresh would publish it (the CA's
+	// current and federated roots). The liveness comparison proves the
+	// installed key and certificate so: a ca.pem gone stale while the node
+	// was off (the ingress's certificate moved to a root it lacks) says
+	// nothing against them, and must not make them look rejected.
+	Bundle []*x509.Certificate
 	// Offline judges without the network: the CA's roots are taken to be
 	// the installed ca.pem (the roots the last run fetched, authenticated,
 	// and proved with this very certificate), and the CA's clock is unknown.
@@ -147,6 +154,11 @@ func (e *Env) Creds() (*credstore.Set, error) {
 			dir = e.CredsDir
 		}
 		e.creds, e.credsErr = credstore.Load(dir, KeyOptions(e.Cfg, e.Host)...)
+		if e.credsErr == nil && e.Bundle != nil {
+			s := *e.creds
+			s.Roots = e.Bundle
+			e.creds = &s
+		}
 	})
 	return e.creds, e.credsErr
 }

@@ -2,9 +2,13 @@ package observe
 
 import (
 	"crypto"
+	"fmt"
+	"os"
+	"strings"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
+	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/nodekey"
 )
@@ -81,7 +85,10 @@ func (e *Env) Key() KeyState {
 		}
 		opts := KeyOptions(e.Cfg, e.Host)
 		if e.UsesTPM() {
-			st, err := nodekey.Probe(opts...)
+			st, err := nodekey.Status{}, e.tpmGroup()
+			if err == nil {
+				st, err = nodekey.Probe(opts...)
+			}
 			if err == nil {
 				k.TPM = &st
 				if e.Cfg.Key.Store == config.KeyStoreTPM {
@@ -97,4 +104,22 @@ func (e *Env) Key() KeyState {
 		e.key = k
 	})
 	return e.key
+}
+
+// tpmGroup fails when key.store = "tpm" makes keys in a TPM device that is
+// there, and the node has no diag.TPMGroup: the units reach the device as
+// a member of it (the TPM drop-in) and would not start without it, which
+// no run of provision could report. A software TPM's socket needs none.
+func (e *Env) tpmGroup() error {
+	dev := e.Cfg.Key.TPM
+	if e.Cfg.Key.Store != config.KeyStoreTPM || !strings.HasPrefix(dev, "/") {
+		return nil
+	}
+	if _, err := os.Stat(dev); err != nil {
+		return nil // no device: the probe names that
+	}
+	if _, err := e.Host.LookupGroup(diag.TPMGroup); err != nil {
+		return fmt.Errorf("%w (%v)", diag.ErrNoTPMGroup, err)
+	}
+	return nil
 }

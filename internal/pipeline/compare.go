@@ -29,6 +29,12 @@ type outcome struct {
 	// without a word: EOF, reset, timeout, refused, closed after the
 	// ClientHello; or a fault the peer says is passing: 5xx, 429).
 	rejected bool
+	// confirmed: a second attempt was rejected at the same layer. Only a
+	// confirmed rejection of the installed set is evidence against it: one
+	// the deadline left unconfirmed (it ended during the backoff, or cut
+	// the next attempt) may be a flap, and counts as no evidence. A
+	// rejection of the new set needs none: it only keeps it aside.
+	confirmed bool
 }
 
 func (o outcome) String() string {
@@ -37,8 +43,10 @@ func (o outcome) String() string {
 		return "not proven: no time was left (bootstrap.deadline)"
 	case o.polled:
 		return "polls"
-	case o.rejected:
+	case o.rejected && o.confirmed:
 		return "rejected at " + string(o.layer)
+	case o.rejected:
+		return "rejected once at " + string(o.layer) + ", unconfirmed when the deadline ended: no evidence"
 	}
 	return "fails at " + string(o.layer) + " without evidence against it"
 }
@@ -55,6 +63,7 @@ func candidateOutcome(ctx context.Context, rep *report.Report, env *observe.Env)
 	if o.rejected && slices.Contains(diag.ProbeLayers, rep.FailedLayer) && env != nil && diag.NoEvidence(env.Probed()) {
 		o.rejected = false
 	}
+	o.confirmed = o.rejected // it only keeps the new set aside: no second attempt needed
 	return o
 }
 
@@ -107,6 +116,8 @@ func (r ruling) String() string { return [...]string{"keep-aside", "publish", "l
 //     to prove it): a new set rejected anywhere is kept aside (the
 //     installed set may well be accepted: a flap is no evidence); one
 //     without evidence against it waits for the last quarter;
+//   - a rejection of the installed set no second attempt confirmed is no
+//     evidence, ruled as the case above;
 //   - the installed set was rejected (confirmed): the new set is published
 //     when it gets further, kept aside when it is rejected lower, published
 //     now when both are rejected alike past client authentication (a fault
@@ -119,6 +130,7 @@ func (r ruling) String() string { return [...]string{"keep-aside", "publish", "l
 func compare(c, i outcome) (ruling, string) {
 	auth := diag.TLSClientAuth.Index()
 	cl, il := c.layer.Index(), i.layer.Index()
+	against := i.rejected && i.confirmed // evidence against the installed set
 	switch {
 	case i.polled:
 		return keepAside, "the installed set polls, the new one does not"
@@ -127,13 +139,13 @@ func compare(c, i outcome) (ruling, string) {
 			return publishNow, fmt.Sprintf("a fault the installed set shares (both fail at %s, past the ingress's client authentication): it says nothing against the new certificate", c.layer)
 		}
 		return publishNow, fmt.Sprintf("the new set got through the ingress's client authentication and fails at %s with nothing against it (the installed set %s)", c.layer, i)
-	case !i.rejected && c.rejected:
+	case !against && c.rejected:
 		return keepAside, fmt.Sprintf("the new set is rejected at %s, and the installed set gave no evidence against itself (%s), so it may still be accepted", c.layer, i)
 	case !i.tried:
 		return lastQuarter, fmt.Sprintf("the new set fails at %s with nothing against it, and no time was left to prove the installed set (no evidence either way)", c.layer)
-	case !i.rejected && c.layer == i.layer:
+	case !against && c.layer == i.layer:
 		return lastQuarter, fmt.Sprintf("both sets fail at %s (no evidence either way)", c.layer)
-	case !i.rejected:
+	case !against:
 		return lastQuarter, fmt.Sprintf("both sets fail with nothing against either, the new set at %s, the installed set at %s (no evidence either way)", c.layer, i.layer)
 	case cl > il:
 		return publishNow, fmt.Sprintf("the new set gets further (fails at %s) than the installed one (rejected at %s)", c.layer, i.layer)

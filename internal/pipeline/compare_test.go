@@ -13,17 +13,25 @@ var ladderLayers = []diag.Layer{diag.Config, diag.Hosts, diag.Clock, diag.Creden
 	diag.TCP, diag.TLSServer, diag.TLSClientAuth, diag.Route, diag.Identity, diag.TasksWait}
 
 // allOutcomes is every outcome a proof can have: not proven, polled, and a
-// failure at each layer, rejected or not.
+// failure at each layer, not rejected, rejected once (unconfirmed: the
+// deadline ended before a second attempt), or rejected and confirmed.
 func allOutcomes() []outcome {
 	out := []outcome{{}, {tried: true, polled: true}}
 	for _, l := range ladderLayers {
-		out = append(out, outcome{tried: true, layer: l}, outcome{tried: true, layer: l, rejected: true})
+		out = append(out, outcome{tried: true, layer: l}, outcome{tried: true, layer: l, rejected: true},
+			outcome{tried: true, layer: l, rejected: true, confirmed: true})
 	}
 	return out
 }
 
+// failedAt is a failure at l; a rejection is a confirmed one.
 func failedAt(l diag.Layer, rejected bool) outcome {
-	return outcome{tried: true, layer: l, rejected: rejected}
+	return outcome{tried: true, layer: l, rejected: rejected, confirmed: rejected}
+}
+
+// rejectedOnce is a rejection at l that no second attempt confirmed.
+func rejectedOnce(l diag.Layer) outcome {
+	return outcome{tried: true, layer: l, rejected: true}
 }
 
 // TestCompareScenarios: the liveness comparison on the cases issue 21 and
@@ -46,6 +54,9 @@ func TestCompareScenarios(t *testing.T) {
 		{"ingress rejects the new root, installed reset after ClientHello", failedAt(diag.TLSClientAuth, rejected), failedAt(diag.TLSServer, cut), keepAside, "may still be accepted"},
 		{"ingress rejects the new root, no time for the installed set", failedAt(diag.TLSClientAuth, rejected), outcome{}, keepAside, "may still be accepted"},
 		{"ingress rejects the new root, installed rejected lower (confirmed)", failedAt(diag.TLSClientAuth, rejected), failedAt(diag.TLSServer, rejected), publishNow, "gets further"},
+		{"ingress rejects the new root, installed rejected once lower, then the deadline", failedAt(diag.TLSClientAuth, rejected), rejectedOnce(diag.TLSServer), keepAside, "may still be accepted"},
+		{"API down, installed rejected once lower, then the deadline", failedAt(diag.TasksWait, cut), rejectedOnce(diag.TLSServer), publishNow, "got through the ingress's client authentication"},
+		{"ingress down for the new set, installed rejected once, then the deadline", failedAt(diag.TCP, cut), rejectedOnce(diag.Hosts), lastQuarter, "no evidence either way"},
 		{"ingress rejects both alike", failedAt(diag.TLSClientAuth, rejected), failedAt(diag.TLSClientAuth, rejected), lastQuarter, "no evidence either way"},
 		{"ingress rejects the stale installed set, new set API 503", failedAt(diag.TasksWait, cut), failedAt(diag.TLSClientAuth, rejected), publishNow, "got through"},
 		{"ingress down for both", failedAt(diag.TCP, cut), failedAt(diag.TCP, cut), lastQuarter, "no evidence either way"},
@@ -75,6 +86,8 @@ func TestCompareScenarios(t *testing.T) {
 //   - evidence: a new set is published at once only when it got through
 //     the ingress's client authentication without a rejection, or the
 //     installed set's confirmed rejection is at or below its own failure;
+//     a rejection of the installed set no second attempt confirmed is no
+//     evidence: the ruling is the one for a failure without evidence;
 //   - liveness: a new set with nothing against it is always published,
 //     at once or in the last quarter, unless the installed set polls.
 func TestCompareEveryPair(t *testing.T) {
@@ -95,11 +108,17 @@ func TestCompareEveryPair(t *testing.T) {
 			if i.polled && got != keepAside {
 				t.Errorf("%s: published while the installed set polls", name)
 			}
-			if c.rejected && (!i.tried || !i.rejected || cl < il) && got != keepAside {
+			confirmed := i.rejected && i.confirmed
+			if c.rejected && (!i.tried || !confirmed || cl < il) && got != keepAside {
 				t.Errorf("%s: a rejected new set published where the installed set may be accepted", name)
 			}
+			if i.rejected && !i.confirmed {
+				if same, _ := compare(c, outcome{tried: true, layer: i.layer}); got != same {
+					t.Errorf("%s: an unconfirmed rejection counted as evidence (without it: %s)", name, same)
+				}
+			}
 			passedAuth := !c.rejected && cl > auth
-			further := i.rejected && (cl > il || (cl == il && cl > auth))
+			further := confirmed && (cl > il || (cl == il && cl > auth))
 			if got == publishNow && !passedAuth && !further {
 				t.Errorf("%s: published at once without evidence for it", name)
 			}
@@ -109,12 +128,12 @@ func TestCompareEveryPair(t *testing.T) {
 			if passedAuth && !i.polled && got != publishNow {
 				t.Errorf("%s: a new set past client authentication with nothing against it waits", name)
 			}
-			if i.rejected && cl > il && got != publishNow {
+			if confirmed && cl > il && got != publishNow {
 				t.Errorf("%s: the new set gets further than a confirmed rejection but waits", name)
 			}
 		}
 	}
-	if want := 2 * len(ladderLayers) * (2 + 2*len(ladderLayers)); pairs != want {
+	if want := 3 * len(ladderLayers) * (2 + 3*len(ladderLayers)); pairs != want {
 		t.Fatalf("checked %d pairs, want %d", pairs, want)
 	}
 	t.Logf("compare: %d pairs of outcomes checked", pairs)

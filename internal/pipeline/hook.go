@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	"github.com/gpuaas/provision/internal/credstore"
@@ -13,8 +15,10 @@ import (
 // hook_pending): every publish that replaced credentials made it so before
 // the swap (hookDue), this run's or an earlier one's, a publish without a
 // passing proof among them. The node-agent must be told about credentials
-// that changed, however long that takes. A failure keeps it pending (exit
-// 22); the new set stands.
+// that changed, however long that takes: a pending hook runs in every run,
+// also one a failure ended (Run.hookAnyway), and after the run's deadline
+// within its own timeout. A failure keeps it pending (exit 22 when nothing
+// else failed); the new set stands.
 func PostHook(r *Run) *diag.Finding {
 	if len(r.Cfg.Renew.PostHook) == 0 {
 		r.Rec.Hook, r.Rec.HookPending = "", false
@@ -25,7 +29,14 @@ func PostHook(r *Run) *diag.Finding {
 	}
 	r.HookRan = true
 	leaf := r.installedLeafFacts()
-	if _, err := hook.Run(r.Ctx, hook.FromConfig(r.Cfg, r.Host.Root, leaf.serial, leaf.notAfter)); err != nil {
+	ctx := r.Ctx
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) && r.parent != nil {
+		// The run's deadline went to a proof or a renewal retried through
+		// an outage: the node-agent is told all the same, the hook bounded
+		// by its own renew.post_hook_timeout (a signal still stops it).
+		ctx = r.parent
+	}
+	if _, err := hook.Run(ctx, hook.FromConfig(r.Cfg, r.Host.Root, leaf.serial, leaf.notAfter)); err != nil {
 		r.Rec.Hook = "failed: " + err.Error()
 		r.SetResult(state.HookFailed)
 		what := "renew.post_hook (pending since an earlier run changed the credentials) failed again: "

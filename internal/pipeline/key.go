@@ -12,7 +12,8 @@ var KeyStoreStep = Step{diag.KeyStoreCheck, KeyStore}
 // KeyStore names a key store that cannot do what the plan needs, before
 // the one-time token is sent or a renewal requested: the TPM that must
 // make the new key (key.store = "tpm", for an enrollment or a rekeying
-// renewal) must be reachable and derive its storage key, and the installed
+// renewal, an exposed key's included: makesKey) must be reachable and
+// derive its storage key, and the installed
 // key, when the plan uses it (to renew, or to be proven and kept), must
 // sign. A key its TPM no longer accepts (cleared, or another TPM's) is not
 // this step's: the verdict says re-enroll (key-lost), and the plan follows.
@@ -27,7 +28,7 @@ func KeyStore(r *Run) *diag.Finding {
 	if r.Command == "bootstrap" {
 		notDone = "nothing was sent to the CA and the one-time token is unspent"
 	}
-	makes := r.Cfg.Key.Store == config.KeyStoreTPM && (r.Plan == Enroll || (r.Plan == Renew && r.Cfg.Renew.Rekey))
+	makes := r.makesKey()
 	uses := r.Current != nil && r.Plan != Enroll && !k.KeyLost()
 	switch {
 	case k.TPMErr != nil && (makes || uses):
@@ -37,6 +38,18 @@ func KeyStore(r *Run) *diag.Finding {
 	}
 	r.Log.Info("step", "step", diag.KeyStoreCheck, "layer", "credentials", "status", "ok", "store", k.Store, "installed", k.Installed, "tpm", tpmStatus(k))
 	return nil
+}
+
+// makesKey reports whether the plan makes a new key in the TPM: an
+// enrollment, a renewal with renew.rekey, or any renewal of an exposed key
+// (rekeyed whatever renew.rekey says; after expiry, renewed then rekeyed
+// at once), so the TPM is found unusable before the CA is asked.
+func (r *Run) makesKey() bool {
+	if r.Cfg.Key.Store != config.KeyStoreTPM {
+		return false
+	}
+	renews := r.Plan == Renew || r.Plan == RenewExpired
+	return r.Plan == Enroll || (r.Plan == Renew && r.Cfg.Renew.Rekey) || (renews && r.KeyExposed())
 }
 
 // tpmStatus is the TPM's status for a log line ("" without one).

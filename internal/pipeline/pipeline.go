@@ -136,8 +136,9 @@ type Run struct {
 	HookRan   bool
 	Warnings  []string
 
-	result string         // the renew record's result, when a step set one
-	halted *report.Report // the report a step ended the run with
+	result string          // the renew record's result, when a step set one
+	halted *report.Report  // the report a step ended the run with
+	parent context.Context // the caller's context, without the run's deadline (the hook's after it)
 }
 
 // New starts a run of command on host, bounded by bootstrap.deadline. The
@@ -146,9 +147,10 @@ func New(ctx context.Context, command string, cfg *config.Config, host *system.H
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
 	r := &Run{Command: command, Ctx: ctx, Cfg: cfg, Host: host, Opts: o, Log: o.Log, Out: &Outcome{}, Start: time.Now(),
-		StateDir: host.Path(cfg.Paths.StateDir), PKI: host.Path(cfg.Paths.PKIDir)}
+		StateDir: host.Path(cfg.Paths.StateDir), PKI: host.Path(cfg.Paths.PKIDir), parent: parent}
 	r.Rec = state.ReadRenewal(r.StateDir)
 	if r.Rec == nil {
 		r.Rec = &state.Renewal{}
@@ -185,7 +187,9 @@ func (r *Run) Halt(rep *report.Report) { r.halted = rep }
 func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome {
 	var timings []report.Step
 	var rep *report.Report
-	for _, s := range steps {
+	rest := []Step(nil) // the steps a failure or a halt left unrun
+	for i, s := range steps {
+		rest = steps[i+1:]
 		t0 := time.Now()
 		f := s.Do(r)
 		st := report.Step{Name: s.Name, Status: "ok", DurationMS: time.Since(t0).Milliseconds()}
@@ -202,6 +206,9 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 			break
 		}
 	}
+	if rep != nil {
+		timings = r.hookAnyway(rest, timings)
+	}
 	if rep == nil {
 		rep = r.Proof
 	}
@@ -215,6 +222,31 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 	rep.DurationMS = time.Since(r.Start).Milliseconds()
 	r.Out.Report = rep
 	return r.Out
+}
+
+// hookAnyway runs the post hook, when the list has it among the steps a
+// failure or a halt left unrun and it is pending: a published set the
+// node-agent has not been told about (this run's publish without a
+// passing proof, or an earlier run's) is announced whatever this run's
+// proof or renewal says, and stays pending until the hook succeeds. The
+// run's answer stays the failure that ended it; the hook's outcome is in
+// the renew record (hook, hook_pending) and its log line.
+func (r *Run) hookAnyway(rest []Step, timings []report.Step) []report.Step {
+	for _, s := range rest {
+		if s.Name != HookStep.Name || !r.Rec.HookPending {
+			continue
+		}
+		result, t0 := r.result, time.Now()
+		f := s.Do(r)
+		r.result = result // the run's result is what ended it
+		st := report.Step{Name: s.Name, Status: "ok", DurationMS: time.Since(t0).Milliseconds()}
+		if f != nil {
+			st.Status = "fail"
+			r.Log.Error("step", "step", s.Name, "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
+		}
+		return append(timings, st)
+	}
+	return timings
 }
 
 // failed is the report of a step's finding. Checks an earlier proof passed

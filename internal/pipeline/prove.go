@@ -95,15 +95,16 @@ func (r *Run) observeSet(dir string) *observe.Env {
 	return e
 }
 
-// handOff keeps a task the proof received in state_dir/tasks/.
+// handOff keeps a task the proof received in state_dir/tasks/. One that
+// cannot be kept is reported with its bytes, never said to be handed off.
 func (r *Run) handOff(env *observe.Env, rep *report.Report) *diag.Finding {
 	t, _, err := tasks.HandOff(r.StateDir, env.Probed(), r.Host.Time(), r.Host.Hook, observe.Access(r.Cfg, r.Host))
 	if t == nil {
 		return nil
 	}
-	r.Out.Task = t
 	rep.Task = json.RawMessage(t.Raw)
 	if err == nil {
+		r.Out.Task = t // handed off: cli says so
 		return nil
 	}
 	if !rep.OK && r.Cand == nil {

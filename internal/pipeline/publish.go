@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"context"
 	"crypto"
 	"fmt"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
 )
@@ -26,7 +26,15 @@ func Publish(r *Run) *diag.Finding {
 	}
 	why, ok := "", r.Proof.OK
 	if !ok {
-		ok, why = r.decide()
+		var f *diag.Finding
+		if ok, why, f = r.decide(); f != nil {
+			// A task the installed set's comparison poll received could not
+			// be handed off: it is the run's answer, the task in its
+			// evidence, and the new set stays aside.
+			r.Rec.Aside = filepath.Base(r.Gen)
+			r.SetResult(state.Failed)
+			return f
+		}
 	}
 	if !ok {
 		r.keptAside(why)
@@ -66,32 +74,38 @@ func Publish(r *Run) *diag.Finding {
 
 // decide is the liveness rule, for a candidate whose proof failed. It is
 // published at once when the installed set cannot authenticate at all
-// (missing, unreadable, another key's or another node's, expired, not yet
-// valid, revoked): the candidate is no worse. Otherwise the installed set
+// (missing, unreadable, another key's or another node's, its TPM key lost
+// to a cleared or another TPM, expired, not yet valid, revoked): the
+// candidate is no worse. Otherwise the installed set
 // is proven now, in the same run (a stale one too: an ingress may still
-// accept it), and the two proofs compared on evidence (compare): which
+// accept it), its key and certificate with the CA's current roots (a
+// ca.pem gone stale is what a refresh fixes, not evidence against them),
+// and the two proofs compared on evidence (compare): which
 // layer each failed at, and whether that failure is a statement against
 // the set or one that says nothing (a cut exchange, a passing fault). A
 // set the rule keeps waiting for the last quarter of the installed
 // certificate's life is published then, whatever time this run had left.
-func (r *Run) decide() (bool, string) {
+func (r *Run) decide() (bool, string, *diag.Finding) {
 	if r.Current == nil || r.cannotAuthenticate() {
-		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", r.Verdict.First())
+		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", r.Verdict.First()), nil
 	}
-	inst := r.proveInstalled()
+	inst, f := r.proveInstalled()
+	if f != nil {
+		return false, "", f
+	}
 	cand := candidateOutcome(r.Ctx, r.Proof, r.ProofEnv)
 	rule, why := compare(cand, inst)
 	r.Log.Info("step", "step", "publish", "layer", "credentials", "status", "compare", "new", cand.String(), "installed", inst.String(), "ruling", rule.String())
 	r.Host.Hook.At("compared")
 	if rule != lastQuarter {
-		return rule == publishNow, why
+		return rule == publishNow, why, nil
 	}
 	leaf := r.Current.Leaf()
 	urgent := leaf.NotAfter.Add(-leaf.NotAfter.Sub(leaf.NotBefore) / 4)
 	if !r.Host.Time().Before(urgent) {
-		return true, fmt.Sprintf("%s, and the installed certificate is in the last quarter of its life (expires %s)", why, stamp(leaf.NotAfter))
+		return true, fmt.Sprintf("%s, and the installed certificate is in the last quarter of its life (expires %s)", why, stamp(leaf.NotAfter)), nil
 	}
-	return false, fmt.Sprintf("%s; the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", why, stamp(urgent))
+	return false, fmt.Sprintf("%s; the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", why, stamp(urgent)), nil
 }
 
 // cannotAuthenticate reports whether the installed set cannot stand for
@@ -104,7 +118,7 @@ func (r *Run) cannotAuthenticate() bool {
 	if v.Has(lifecycle.Revoked) && r.Rec.RevokedSerial != "" {
 		return true
 	}
-	for _, x := range []lifecycle.Reason{lifecycle.Missing, lifecycle.Unreadable, lifecycle.KeyMismatch, lifecycle.WrongNode,
+	for _, x := range []lifecycle.Reason{lifecycle.Missing, lifecycle.Unreadable, lifecycle.KeyMismatch, lifecycle.KeyLost, lifecycle.WrongNode,
 		lifecycle.NotYetValid, lifecycle.Expired} {
 		if v.Has(x) {
 			return true
@@ -116,23 +130,34 @@ func (r *Run) cannotAuthenticate() bool {
 // proveInstalled proves the installed set for the comparison, with the
 // time the run has left: an attempt that gives no evidence (an exchange
 // cut, a passing fault) is tried again, and a rejection counts only once a
-// second attempt confirms it at the same layer, so that a reload or a
-// flap never makes the installed set look worse than it is. A task a
-// proof receives is handed off.
-func (r *Run) proveInstalled() outcome {
+// second attempt confirms it at the same layer (outcome.confirmed), so that
+// a reload or a flap never makes the installed set look worse than it is:
+// when the deadline ends before that second attempt (during the backoff,
+// or cutting it), the one rejection is returned unconfirmed, no evidence.
+// A task a proof receives is handed off; one that cannot be is returned
+// as the finding (the task in its evidence), and the comparison stops.
+func (r *Run) proveInstalled() (outcome, *diag.Finding) {
 	var last outcome
+	var lost *diag.Finding
 	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
 		if r.Ctx.Err() != nil {
 			return true, 0
 		}
-		once, cancel := context.WithCancel(r.Ctx)
-		cancel() // one pass of the ladder: this loop decides about retries
-		rep, env, _ := r.proveLoop(once, "")
-		if f := r.handOff(env, rep); f != nil {
-			r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", f.Summary)
+		// One pass of the ladder (this loop decides about retries) on the
+		// installed key and certificate with the CA's roots, as a refresh
+		// would publish them: a stale ca.pem is not the question here.
+		env := r.observeSet("")
+		if r.Roots != nil {
+			env.Bundle = r.Roots.Bundle()
+		}
+		t0 := time.Now()
+		rep := report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(r.Ctx, env, r.Log), time.Since(t0))
+		if lost = r.handOff(env, rep); lost != nil {
+			return true, 0
 		}
 		o := installedOutcome(r.Ctx, rep, env)
-		confirmed := o.polled || (o.rejected && last.rejected && last.layer == o.layer)
+		o.confirmed = o.rejected && last.rejected && last.layer == o.layer
+		confirmed := o.polled || o.confirmed
 		if r.Ctx.Err() != nil && last.tried && !o.polled {
 			// The deadline cut this attempt short: the earlier one speaks.
 			return true, 0
@@ -143,7 +168,7 @@ func (r *Run) proveInstalled() outcome {
 		}
 		return confirmed, 0
 	})
-	return last
+	return last, lost
 }
 
 // hookDue makes renew.post_hook pending, in the renew record, before the

@@ -106,7 +106,11 @@ func (e *ForeignDirError) Is(target error) bool { return target == ErrForeignDir
 // state_dir, its done/ and tasks/ directories, pki_dir's generations,
 // current/previous links and stable names, provision's temp files, a
 // damaged record it kept aside, and subdirectories (or links to them) that
-// are themselves provision's, such as a pki_dir inside state_dir. key.pem,
+// are themselves provision's, such as a pki_dir inside state_dir: in a
+// directory without the mark, one only when it is marked, holds what an
+// earlier provision leaves, or is named in nested (the configured pki_dir,
+// which may be an empty volume), since an empty subdirectory or a link to
+// one is just as likely another program's (an app's cache/ and spool/). key.pem,
 // cert.pem and ca.pem as plain files count only in a marked directory, as
 // a pair (key.pem and cert.pem both there): elsewhere they are another
 // program's credentials, never taken over.
@@ -124,8 +128,8 @@ func (e *ForeignDirError) Is(target error) bool { return target == ErrForeignDir
 // it was not, and one that group or others can write into is restricted
 // to 0700 (DirState says so, for a warning).
 // Only path itself is ever chmodded, never a parent.
-func ClaimDir(path string, change bool) (DirState, error) {
-	return claimDir(path, change, kernelResolve)
+func ClaimDir(path string, change bool, nested ...string) (DirState, error) {
+	return claimDir(path, change, kernelResolve, nested)
 }
 
 // resolver turns the host path of a link in one of provision's directories
@@ -136,7 +140,7 @@ type resolver func(string) (string, error)
 // it (Host.ClaimDir resolves inside --root instead).
 func kernelResolve(p string) (string, error) { return p, nil }
 
-func claimDir(path string, change bool, resolve resolver) (DirState, error) {
+func claimDir(path string, change bool, resolve resolver, nested []string) (DirState, error) {
 	var s DirState
 	st, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -159,7 +163,7 @@ func claimDir(path string, change bool, resolve resolver) (DirState, error) {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
 		return s, &UnsafeFileError{Path: path, Kind: "directory", Why: fmt.Sprintf("is owned by uid %d, not by provision's uid %d: another user could plant files in it", sys.Uid, os.Geteuid())}
 	}
-	v, err := judgeDir(path, true, resolve)
+	v, err := judgeDir(path, judging{top: true, resolve: resolve, nested: nested})
 	if err != nil {
 		return s, err
 	}
@@ -191,10 +195,12 @@ func claimDir(path string, change bool, resolve resolver) (DirState, error) {
 // ClaimDir is the package's ClaimDir for the node path p as the config
 // names it: the directories on the way, and a link at p itself, are judged
 // first by the path rule for provision's own directories (Host.Chase with
-// Own: nothing on the way another user can write). Once claimed, Path maps
-// p (and every path under it) to where it resolved, so every later step
-// reaches the directory that was judged.
-func (h *Host) ClaimDir(p string, change bool) (DirState, error) {
+// Own: nothing on the way another user can write). own are the node paths
+// of provision's other directories as configured (state_dir, pki_dir): one
+// directly inside p may be an unmarked, empty subdirectory. Once claimed,
+// Path maps p (and every path under it) to where it resolved, so every
+// later step reaches the directory that was judged.
+func (h *Host) ClaimDir(p string, change bool, own ...string) (DirState, error) {
 	d, name, err := h.Chase(p, ChaseOptions{FollowLast: true, Mkdir: change, Own: true})
 	if errors.Is(err, fs.ErrNotExist) && !change {
 		return DirState{}, nil // nothing there yet: nothing to judge
@@ -203,7 +209,13 @@ func (h *Host) ClaimDir(p string, change bool) (DirState, error) {
 		return DirState{}, err
 	}
 	defer d.Close()
-	s, err := claimDir(d.Join(name), change, h.resolveHost)
+	var nested []string
+	for _, o := range own {
+		if o = filepath.Clean("/" + o); filepath.Dir(o) == filepath.Clean("/"+p) {
+			nested = append(nested, filepath.Base(o))
+		}
+	}
+	s, err := claimDir(d.Join(name), change, h.resolveHost, nested)
 	if err == nil {
 		if h.claimed == nil {
 			h.claimed = map[string]string{}
@@ -269,7 +281,7 @@ func createPrivateDir(path string) (DirState, error) {
 		return DirState{}, fmt.Errorf("creating %s: %w", path, err)
 	} else if err != nil {
 		// Another run made it in between: judge it like any other.
-		return ClaimDir(path, true)
+		return ClaimDir(path, true) // made by the other run: empty or marked
 	}
 	// The umask may have taken bits off; 0700 exactly is the point.
 	if err := os.Chmod(path, 0o700); err != nil {
@@ -288,9 +300,9 @@ type verdict struct {
 
 // judgeDir checks every entry of dir against provision's layout, and that
 // provision made dir (marked, empty, or an earlier provision's layout).
-// top is false for a subdirectory judged as a nested pki_dir: its own
+// j.top is false for a subdirectory judged as a nested pki_dir: its own
 // subdirectories must then be generations.
-func judgeDir(dir string, top bool, resolve resolver) (verdict, error) {
+func judgeDir(dir string, j judging) (verdict, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return verdict{}, fmt.Errorf("reading %s: %w", dir, err)
@@ -306,13 +318,14 @@ func judgeDir(dir string, top bool, resolve resolver) (verdict, error) {
 	foreign, held := &ForeignDirError{Path: dir}, &ForeignDirError{Path: dir, NotMade: true}
 	v.made = v.marked
 	for _, e := range ents {
-		j, err := judgeEntry(dir, e.Name(), e.Type(), names, judging{top: top, marked: v.marked, resolve: resolve})
+		j.marked = v.marked
+		ej, err := judgeEntry(dir, e.Name(), e.Type(), names, j)
 		if err != nil {
 			return v, err
 		}
-		v.made = v.made || j.made
-		note(foreign, e.Name(), j.why)
-		if j.content {
+		v.made = v.made || ej.made
+		note(foreign, e.Name(), ej.why)
+		if ej.content {
 			note(held, e.Name(), FileKind(e.Type()))
 		}
 	}
@@ -365,10 +378,12 @@ type entryJudgement struct {
 
 // judging is how a directory's entries are judged: top is false for a
 // nested pki_dir, marked says the directory holds OwnMark, resolve finds
-// what a nested link names.
+// what a nested link names, nested names the entries that are provision's
+// own directories by configuration.
 type judging struct {
 	top, marked bool
 	resolve     resolver
+	nested      []string
 }
 
 // judgeEntry judges name (of type typ) in dir, or returns an
@@ -414,6 +429,11 @@ func judgeEntry(dir, name string, typ os.FileMode, names map[string]os.FileMode,
 			return entryJudgement{made: true}, nil
 		}
 		why, made := judgeNested(path, isLink, j.resolve)
+		if why == "" && !made && !marked && !slices.Contains(j.nested, name) {
+			// Empty, unmarked, in a directory provision did not mark: as
+			// likely another program's as an earlier provision's.
+			why = nestedKind(isLink) + " provision did not create (no " + OwnMark + " in it, and it is not the configured pki_dir)"
+		}
 		return entryJudgement{why: why, made: made}, nil
 	}
 	return entryJudgement{why: "a " + FileKind(typ) + " provision did not write"}, nil
@@ -507,12 +527,9 @@ func judgeNested(path string, isLink bool, resolve resolver) (string, bool) {
 	case !st.IsDir():
 		return "a link to a " + FileKind(st.Mode()), false
 	}
-	what := "a directory"
-	if isLink {
-		what = "a link to a directory"
-	}
+	what := nestedKind(isLink)
 	var fe *ForeignDirError
-	v, err := judgeDir(path, false, resolve)
+	v, err := judgeDir(path, judging{resolve: resolve})
 	switch {
 	case errors.As(err, &fe) && fe.NotMade:
 		return what + " provision did not create, holding " + strings.Join(fe.Foreign, ", "), false
@@ -522,6 +539,14 @@ func judgeNested(path string, isLink bool, resolve resolver) (string, bool) {
 		return what + " provision cannot judge: " + err.Error(), false
 	}
 	return "", v.made
+}
+
+// nestedKind words a subdirectory, or a link to one.
+func nestedKind(isLink bool) string {
+	if isLink {
+		return "a link to a directory"
+	}
+	return "a directory"
 }
 
 // isTemp reports whether name is one of provision's temp files: its own

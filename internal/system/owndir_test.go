@@ -121,6 +121,7 @@ func TestClaimDir(t *testing.T) {
 		name    string
 		entries []string
 		link    bool     // the directory is a link to one holding entries
+		nested  []string // entries that are provision's own directories by configuration (pki_dir)
 		foreign []string // named in the refusal; nil: claimed
 		unsafe  string   // an *UnsafeFileError naming this entry
 	}{
@@ -139,6 +140,13 @@ func TestClaimDir(t *testing.T) {
 		{name: "a symlinked state_dir of provision's", entries: provisionState, link: true},
 		{name: "a pki_dir inside state_dir under another name", entries: []string{"receipt.json", "creds/current -> " + gen, "creds/" + gen + "/"}},
 		{name: "a pki_dir inside state_dir that is a link", entries: []string{"receipt.json", "pki -> /nonexistent"}, foreign: []string{"pki (a link to nothing usable)"}},
+		{name: "an unmarked state_dir holding the configured pki_dir, empty", entries: []string{"pki/"}, nested: []string{"pki"}},
+		{name: "an unmarked state_dir holding the configured pki_dir, marked", entries: []string{"receipt.json={\"node_id\":\"gpu-1\"}", "pki/" + OwnMark + "=" + ownMarkText}},
+		{name: "a marked state_dir holding an empty subdirectory", entries: []string{mark, "pki/"}},
+		{name: "another program's directory: empty subdirectories and a link (app/ with cache/, spool/, data)", entries: []string{"cache/", "spool/", "data -> cache"},
+			foreign: []string{"cache (a directory provision did not create", "data (a link to a directory provision did not create", "spool ("}},
+		{name: "an empty subdirectory that is not the configured pki_dir", entries: []string{"receipt.json={\"node_id\":\"gpu-1\"}", "cache/"}, nested: []string{"pki"},
+			foreign: []string{"cache (a directory provision did not create"}},
 		{name: "/etc/pki with ca.pem and cert.pem (the repro)", entries: []string{"ca.pem", "cert.pem"},
 			foreign: []string{"ca.pem (a regular file: another program's credential", "cert.pem ("}},
 		{name: "a lone ca.pem in a marked directory", entries: []string{mark, "ca.pem"}, foreign: []string{"ca.pem (a regular file that is not part of a key and certificate pair)"}},
@@ -146,7 +154,7 @@ func TestClaimDir(t *testing.T) {
 			foreign: []string{"provision did not create it", "receipt.json (regular file)"}},
 		{name: "another program's queue: tasks/ and a lock", entries: []string{".lock=locked by worker", "tasks/", "tasks/job-1"},
 			foreign: []string{"provision did not create it", ".lock (regular file)", "tasks (directory)"}},
-		{name: "/etc/ssl", entries: []string{"certs/a.pem", "private/node.key", "openssl.cnf", "empty/"}, foreign: []string{"certs (a directory holding a.pem", "openssl.cnf (a regular file", "private ("}},
+		{name: "/etc/ssl", entries: []string{"certs/a.pem", "private/node.key", "openssl.cnf", "empty/"}, foreign: []string{"certs (a directory holding a.pem", "empty (a directory provision did not create", "openssl.cnf (a regular file", "private ("}},
 		{name: "one foreign file among provision's", entries: append([]string{"notes.txt"}, provisionState...), foreign: []string{"notes.txt (a regular file provision did not write)"}},
 		{name: "a symlinked state_dir of somebody else's", entries: []string{"db.sqlite"}, link: true, foreign: []string{"db.sqlite"}},
 		{name: "a nested directory of somebody else's", entries: []string{"pki/key.pem -> current/key.pem", "pki/README"}, foreign: []string{"pki (a directory holding README"}},
@@ -181,7 +189,7 @@ func TestClaimDir(t *testing.T) {
 					}
 				}
 				before := digest(t, base)
-				s, err := ClaimDir(dir, change)
+				s, err := ClaimDir(dir, change, tt.nested...)
 				var fe *ForeignDirError
 				var ue *UnsafeFileError
 				switch {

@@ -279,6 +279,11 @@ func (h *Host) Getent(ctx context.Context, name string) (addrs []netip.Addr, ok 
 		if errors.As(err, &ee) && ee.ExitCode() == 2 {
 			return nil, true, fmt.Errorf("%s: %w (getent)", name, ErrNotFound)
 		}
+		if cerr := ctx.Err(); cerr != nil {
+			// Killed, or never started, because the run's context ended:
+			// not an answer of the resolver.
+			return nil, true, fmt.Errorf("getent ahosts %s: stopped before it answered: %w", name, cerr)
+		}
 		return nil, true, fmt.Errorf("getent ahosts %s: %w", name, err)
 	}
 	seen := map[netip.Addr]bool{}

@@ -317,3 +317,24 @@ func TestDialContextByNameFromRootHostsFile(t *testing.T) {
 		t.Fatal("address without a port accepted")
 	}
 }
+
+// TestGetentDeadline: getent under a context that has ended (the run's
+// deadline, or a cancel) is not an answer of the resolver: the error wraps
+// the context's and says getent was stopped before it answered, so no
+// check reads it as glibc resolving otherwise.
+func TestGetentDeadline(t *testing.T) {
+	testenv.RequireProgram(t, "getent", "libc-bin")
+	ended, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	cancelled, stop := context.WithCancel(context.Background())
+	stop()
+	for _, ctx := range []context.Context{ended, cancelled} {
+		_, ok, err := (&Host{Root: "/"}).Getent(ctx, "localhost")
+		if !ok || !errors.Is(err, ctx.Err()) || !strings.Contains(err.Error(), "stopped before it answered") {
+			t.Fatalf("Getent under an ended context = ok %v, %v; want the context's error, said so", ok, err)
+		}
+	}
+	if _, ok, err := (&Host{Root: "/"}).Getent(context.Background(), "localhost"); !ok || err != nil {
+		t.Fatalf("Getent localhost = ok %v, %v", ok, err)
+	}
+}

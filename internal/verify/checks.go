@@ -193,6 +193,10 @@ func checkHostsPersist(ctx context.Context, e *observe.Env) Answer {
 			}
 		}
 	}
+	if ctx.Err() != nil {
+		// A file not read because the run's context ended says nothing.
+		return Answer{Status: report.Warn, Message: "not checked: the run's deadline ended before cloud-init's config was read"}
+	}
 	if on {
 		return Answer{Status: report.Warn, Evidence: map[string]string{"decided_by": decidedBy},
 			Message: fmt.Sprintf("cloud-init's manage_etc_hosts is on (%s): it rewrites /etc/hosts on every boot and will drop the override", decidedBy),

@@ -10,6 +10,7 @@ package verify
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -109,7 +110,8 @@ func Run(ctx context.Context, e *observe.Env, checks []Check, log *slog.Logger) 
 // runContained runs one check. A panic inside it becomes that check's
 // failure, in layer internal (exit 1), so the other checks keep their
 // results and the report stays whole: a bug in one check must never cost
-// the operator the rest of the diagnosis.
+// the operator the rest of the diagnosis. A failure under a context that
+// has ended is no evidence (cut).
 func runContained(ctx context.Context, c Check, e *observe.Env) (o Answer) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -119,5 +121,27 @@ func runContained(ctx context.Context, c Check, e *observe.Env) (o Answer) {
 				Evidence: map[string]string{"panic": fmt.Sprint(r), "stack": string(debug.Stack())}}
 		}
 	}()
-	return c.Run(ctx, e)
+	o = c.Run(ctx, e)
+	if o.Status == report.Fail && !o.Timed && ctx.Err() != nil {
+		o = cut(ctx, o)
+	}
+	return o
+}
+
+// cut is a check's failure when the run's context had ended by the time
+// it answered (its deadline, or a stop): whatever it looks like
+// (getent killed reads as "glibc resolves it differently", a fetch not
+// made as the CA's failure), it says nothing about the check's layer, so
+// it is transient, never evidence for the liveness comparison, and worded
+// as what it is. A judgement of an observation recorded in time (Timed:
+// the probe's stages, classified when the exchange ended) keeps its own.
+func cut(ctx context.Context, o Answer) Answer {
+	what := "the run's deadline ended"
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		what = "the run was stopped"
+	}
+	o.Transient = true
+	o.Message = fmt.Sprintf("not judged: %s before this check could answer (it saw: %s)", what, o.Message)
+	o.Remedy = "nothing was found against this layer: run again; if runs keep ending here, find what made the run slow (the log's retries), or lengthen bootstrap.deadline (bootstrap, renew) or bootstrap.request_timeout (verify's budget)"
+	return o
 }

@@ -438,17 +438,80 @@ func TestHostsPersistMergeOrder(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			var persist []verify.Check
-			for _, c := range verify.Checks() {
-				if c.Name == "hosts-persist" {
-					persist = append(persist, c)
-				}
-			}
 			e := observe.NewEnv(&config.Config{}, &system.Host{Root: root})
-			res := verify.Run(context.Background(), e, persist, nil)
+			res := verify.Run(context.Background(), e, checksNamed("hosts-persist"), nil)
 			if len(res) != 1 || res[0].Status != tt.want || res[0].Evidence["decided_by"] != tt.by {
 				t.Fatalf("hosts-persist = %+v, want %s decided by %q", res, tt.want, tt.by)
 			}
 		})
 	}
+}
+
+// TestDeadlineIsNoEvidence: a check whose run's deadline has ended (or
+// ends while it asks) reports a failure that says nothing about its layer:
+// getent killed by the context is not "glibc resolves it differently". The
+// runner makes such a failure transient and words it as the deadline; a
+// judgement of an observation recorded in time (Timed: the probe's
+// stages) keeps its own classification, and a pass stays a pass. Under a
+// live context nothing changes. hosts-persist reads nothing after the
+// deadline and so cannot say cloud-init leaves /etc/hosts alone.
+func TestDeadlineIsNoEvidence(t *testing.T) {
+	ended, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	glibc := verify.Answer{Status: report.Fail, Message: "getent ahosts ca.cp.internal gives  (err getent ahosts ca.cp.internal: context deadline exceeded), want 10.0.0.1: glibc programs resolve it differently from Go", Remedy: "check nsswitch"}
+	alert := verify.Answer{Status: report.Fail, Message: "the ingress refused the client certificate", Timed: true}
+	var ran []string
+	checks := []verify.Check{
+		fake("hosts-resolve", diag.Hosts, diag.Node, glibc, &ran),
+		fake("tls-client-auth", diag.TLSClientAuth, diag.Ingress, alert, &ran),
+		fake("config", diag.Config, diag.Node, ok, &ran),
+	}
+	for _, tc := range []struct {
+		name           string
+		ctx            context.Context
+		hostsTransient bool
+	}{{"deadline ended", ended, true}, {"live", context.Background(), false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := verify.Run(tc.ctx, nil, checks, nil)
+			h := res[0]
+			if h.Status != report.Fail || h.Transient != tc.hostsTransient || strings.Contains(h.Message, "not judged: the run's deadline ended") != tc.hostsTransient {
+				t.Errorf("hosts-resolve: %s transient=%v %q", h.Status, h.Transient, h.Message)
+			}
+			if res[1].Status != report.Fail || res[1].Transient || res[1].Message != alert.Message {
+				t.Errorf("a probe stage recorded in time was reworded: %+v", res[1])
+			}
+			if res[2].Status != report.Pass {
+				t.Errorf("a pass under an ended deadline: %+v", res[2])
+			}
+			rep := report.New("verify", "gpu-1", res, 0)
+			if rep.FailedLayer != diag.Hosts || rep.Transient != tc.hostsTransient {
+				t.Errorf("report: layer %s transient %v", rep.FailedLayer, rep.Transient)
+			}
+		})
+	}
+
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "etc", "cloud"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc", "cloud", "cloud.cfg"), []byte("manage_etc_hosts: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := observe.NewEnv(&config.Config{}, &system.Host{Root: root})
+	for i := 0; i < 20; i++ { // the read races the ended context: try it both ways
+		if res := verify.Run(ended, e, checksNamed("hosts-persist"), nil); len(res) != 1 || res[0].Status == report.Pass {
+			t.Fatalf("hosts-persist after the deadline: %+v, want anything but a pass", res)
+		}
+	}
+}
+
+// checksNamed is the ladder's check of that name, alone.
+func checksNamed(name string) []verify.Check {
+	var out []verify.Check
+	for _, c := range verify.Checks() {
+		if c.Name == name {
+			out = append(out, c)
+		}
+	}
+	return out
 }

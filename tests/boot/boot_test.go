@@ -32,9 +32,10 @@ const keyGroup = "node-agent"
 // userdata`. It judges the first boot and that renewal is scheduled by the
 // package and the user-data alone; then the node API goes down before the
 // renewal is due, and the renew timer renews across the outage (the
-// liveness rule publishes the certificate both sets fail alike with); once
-// the API is back the next renew proves it and its hook reloads the agent,
-// which polls with the new certificate and reads a task verify handed off.
+// liveness rule publishes the certificate both sets fail alike with, and
+// its hook reloads the agent at once); once the API is back the next renew
+// proves it, and the agent polls with the new certificate and reads a task
+// verify handed off.
 // Then a reboot.
 func TestBootFirstBoot(t *testing.T) {
 	require(t)
@@ -73,8 +74,8 @@ func TestBootFirstBoot(t *testing.T) {
 
 	// The renewal falls due during the outage: the proof of the new
 	// certificate fails as the installed one's does, so the liveness rule
-	// publishes it, the hook due from then on. Once the API is back, the
-	// next renew proves it and its hook reloads the agent.
+	// publishes it, and its hook reloads the agent in that run, whatever
+	// the proof said. Once the API is back, the next renew proves it.
 	rec := c.waitRenewed(defaultPaths, first, true)
 	t.Logf("renewed during the outage: serial %s -> %s at %s (%s)", rec.PreviousSerial, rec.Serial, rec.LastRenewed.Format(time.TimeOnly), rec.Unproven)
 	l.api.ClearFaults()

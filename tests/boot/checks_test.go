@@ -193,9 +193,9 @@ type renewRecord struct {
 // bootstrap got (serial first) and judges the renewal: recorded in
 // renew.json, the new certificate current, the post_hook run inside the
 // sandbox with the new serial. During an outage (unproven) the renewal
-// must have been published without a passing proof, its hook left due
-// until a run can prove it (waitHook, after); else every renew run must
-// have succeeded. It returns the record.
+// must have been published without a passing proof (its hook, run in
+// that run all the same, is judged by waitHook after); else every renew
+// run must have succeeded. It returns the record.
 func (c *container) waitRenewed(p paths, first string, unproven bool) renewRecord {
 	n, t := c.n, c.n.t
 	t.Helper()

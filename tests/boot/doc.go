@@ -34,10 +34,10 @@
 //     the group's (0710, 0750, 0750, 0640) and the agent reads the key.
 //     The node API then fails every request (503) before the renewal is
 //     due: the renew timer renews across the outage (published without a
-//     proof, both sets failing alike past the ingress, the hook due). Once
-//     the API is back the next renew proves it and the post_hook runs
-//     inside the renew sandbox (it records the sandbox in the journal) and
-//     reloads the agent, which polls with the new certificate and reads a
+//     proof, both sets failing alike past the ingress), and the post_hook
+//     runs in that run all the same, inside the renew sandbox (it records
+//     the sandbox in the journal), and reloads the agent. Once the API is
+//     back the next renew proves it, and the agent polls with the new certificate and reads a
 //     task provision-verify.service handed off (0640, the group's); verify
 //     passes; the textfile metrics appear (promtool accepts them). Then a
 //     reboot: the hosts block survives cloud-init's second boot, bootstrap

@@ -22,7 +22,7 @@ import (
 func TestKeyGroup(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("giving files to a group needs root (CI runs as root)")
+		testenv.SkipOrFail(t, "giving files to a group needs root (CI runs as root)")
 	}
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, true, func(c *controlplane.NodeConfig) { c.Paths.KeyGroup = "node-agent" })
@@ -122,7 +122,7 @@ func modeOf(t *testing.T, path string) (os.FileMode, uint32) {
 func TestKeyGroupChownRefused(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("giving files to a group needs root (CI runs as root)")
+		testenv.SkipOrFail(t, "giving files to a group needs root (CI runs as root)")
 	}
 	setpriv := testenv.RequireProgram(t, "setpriv", "util-linux")
 	noChown := []string{setpriv, "--bounding-set=-chown"}
@@ -171,7 +171,7 @@ func TestKeyGroupChownRefused(t *testing.T) {
 func TestKeyGroupParentClosed(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("giving files to a group needs root (CI runs as root)")
+		testenv.SkipOrFail(t, "giving files to a group needs root (CI runs as root)")
 	}
 	cp := controlplane.Start(t, controlplane.Options{})
 	n := newNode(t, cp, true, func(c *controlplane.NodeConfig) {

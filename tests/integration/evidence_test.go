@@ -8,9 +8,12 @@ package integration
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +21,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/tests/controlplane"
+	"github.com/gpuaas/provision/tests/ingress"
 	"github.com/gpuaas/provision/tests/nodetest"
 )
 
@@ -133,6 +137,132 @@ func TestEvidenceFlapDuringComparison(t *testing.T) {
 	t.Logf("evidence-flap: the comparison's connection reset once, retried, installed set polls; exit %d, nothing published", r.code)
 }
 
+// TestEvidenceAlertOnceThenDeadline: a root rotation the ingress does not
+// trust yet, and the installed set's comparison meets a TLS alert once
+// (a reload, a proxy refusing for a moment), after which its next attempt
+// is held until bootstrap.deadline ends. One rejection no second attempt
+// confirmed is no evidence against the installed set: the new set, which
+// the ingress rejects, is kept aside, not published as "getting further".
+func TestEvidenceAlertOnceThenDeadline(t *testing.T) {
+	t.Parallel()
+	e := livenessEnv(t, controlplane.Options{})
+	first := leafOf(t, e)
+	rotateUnderIngress(t, e)
+	e.rewriteConfig(func(c *controlplane.NodeConfig) {
+		c.Bootstrap.Deadline, c.Bootstrap.RequestTimeout, c.NodeAPI.WaitTimeout = "8s", "8s", "0s"
+	})
+	// The new set's proof is forwarded (the ingress rejects it); the
+	// installed set's first comparison attempt gets the alert; every
+	// attempt after is held.
+	e.svc.arm(nil, alertAfterHello, holdAfterHello)
+	r := e.provision("renew", "--force")
+	e.svc.arm()
+	if e.svc.takenCount() < 2 {
+		t.Fatalf("the relay took %d connections: the installed set was never compared twice (run too slow to show anything?): exit %d %s", e.svc.takenCount(), r.code, r.rep.Summary)
+	}
+	if leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatalf("a set the ingress rejects was published on one unconfirmed rejection of the installed set: exit %d: %s\n%s", r.code, r.rep.Summary, r.stderr)
+	}
+	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "not published") || !strings.Contains(r.rep.Summary, "may still be accepted") {
+		t.Fatalf("renew: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
+	}
+	if rec := e.record(); rec.Aside == "" {
+		t.Fatalf("the new set was not kept aside: %+v", rec)
+	}
+	if v := e.verify(); v.code != 0 {
+		t.Fatalf("verify with the installed set: exit %d %s: %s", v.code, v.rep.FailedLayer, v.rep.Summary)
+	}
+	t.Logf("evidence-alert-once: exit %d, %s", r.code, r.rep.Summary)
+}
+
+// TestEvidenceStaleBundleInComparison: the node was off while the CA
+// added a root and moved to it (the fleet's config now pins the new root),
+// and the ingress moved its server certificate to the new root while its
+// client authentication still trusts only the old one. The installed
+// ca.pem, fetched before the rotation, cannot verify the ingress's new
+// certificate; the renewed set, under the new root, is rejected at
+// tls-client-auth. The installed key and certificate are compared as a
+// refresh would publish them, with the CA's current roots: they poll, so
+// the new set is kept aside, and the next run refreshes ca.pem.
+func TestEvidenceStaleBundleInComparison(t *testing.T) {
+	t.Parallel()
+	e := livenessEnv(t, controlplane.Options{})
+	first := leafOf(t, e)
+	if err := e.cp.AddCARoot(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cp.SwitchCARoot(); err != nil {
+		t.Fatal(err)
+	}
+	newRoot := e.cp.CA.PKI()
+	e.rewriteConfig(func(c *controlplane.NodeConfig) { c.CA.Fingerprint = newRoot.Fingerprint() })
+	leaf, err := newRoot.IssueServerCert(controlplane.DefaultAPIHostname, net.IPv4(127, 0, 0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	if err := os.WriteFile(cert, leaf.ChainPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, leaf.KeyPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.restartIngress(func(o *ingress.Options) { o.ServerCertFile, o.ServerKeyFile = cert, key })
+
+	r := e.provision("renew", "--force")
+	if leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatalf("a set the ingress rejects replaced one that polls with the CA's current roots: exit %d: %s", r.code, r.rep.Summary)
+	}
+	if r.code != layerExit["tls-client-auth"] || !strings.Contains(r.rep.Summary, "the installed set polls") {
+		t.Fatalf("renew --force: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
+	}
+	if r := e.provision("renew"); r.code != 0 || e.record().LastResult != "refreshed" || leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatalf("the next renew: exit %d %s, result %s: %s", r.code, r.rep.FailedLayer, e.record().LastResult, r.rep.Summary)
+	}
+	if v := e.verify(); v.code != 0 {
+		t.Fatalf("verify with the refreshed installed set: exit %d %s: %s", v.code, v.rep.FailedLayer, v.rep.Summary)
+	}
+	t.Logf("evidence-stale-bundle: renew --force kept the new set aside (exit %d); the next renew refreshed ca.pem; verify passes", r.code)
+}
+
+// TestEvidenceComparisonTaskKept: the API hands a task to the installed
+// set's comparison poll (it is dequeued there) while the new set is
+// rejected by the ingress, and the task cannot be handed off (both names
+// it could take in state_dir/tasks/ hold other tasks). The task is not
+// lost: the run fails at the state layer with the task in its evidence,
+// nothing is published, and nothing says it was handed off.
+func TestEvidenceComparisonTaskKept(t *testing.T) {
+	t.Parallel()
+	e := livenessEnv(t, controlplane.Options{})
+	first := leafOf(t, e)
+	rotateUnderIngress(t, e)
+	const task = `{"id":"t-9","kind":"drain"}`
+	sum := sha256.Sum256([]byte(task + "\n"))
+	tasks := filepath.Join(e.files.StateDir, "tasks")
+	for _, name := range []string{"t-9.json", "t-9.redelivered-" + hex.EncodeToString(sum[:8]) + ".json"} {
+		if err := os.WriteFile(filepath.Join(tasks, name), []byte(`{"id":"t-9","kind":"other"}`+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.api.QueueTask(nodeID, controlplane.Task{ID: "t-9", Raw: []byte(task)})
+	r := e.provision("renew", "--force")
+	if e.api.Pending(nodeID) != 0 {
+		t.Fatalf("the task was not dequeued by the comparison: exit %d %s", r.code, r.rep.Summary)
+	}
+	c := check(r.rep, "task-save")
+	if r.code != layerExit["state"] || c.Evidence["task"] != task || !strings.Contains(r.rep.Summary, "could not be handed off") {
+		t.Fatalf("renew: exit %d %s, task-save evidence %q: %s", r.code, r.rep.FailedLayer, c.Evidence["task"], r.rep.Summary)
+	}
+	if strings.Contains(r.stderr, "handed off\"") || strings.Contains(r.stderr, "msg=\"task received during the proof and handed off\"") {
+		t.Errorf("the log says the task was handed off:\n%s", r.stderr)
+	}
+	if leafOf(t, e).SerialNumber.Cmp(first.SerialNumber) != 0 || e.record().Aside == "" {
+		t.Fatalf("the new set was published, or not kept aside: %+v", e.record())
+	}
+	t.Logf("evidence-comparison-task: exit %d, the task in the report's evidence: %s", r.code, r.rep.Summary)
+}
+
 // TestEvidenceStaleInstalledStillPolls (issue 29, 3): the installed
 // certificate chains to a root the CA no longer issues under nor lists as
 // current (other-ca), but the ingress still trusts it and it polls. A
@@ -199,13 +329,24 @@ func TestEvidenceTightestDeadline(t *testing.T) {
 
 // TestEvidenceHookAfterUnprovenPublish (issue 29, 5): a set published
 // without a passing proof (the API answering 503) makes the post hook
-// pending, in renew.json and the metrics, and the next run runs it.
+// pending, in renew.json and the metrics, and the hook runs at once. One
+// that fails stays pending, and it is run again by the next run, while
+// the API still fails and that run's proof with it: the node-agent is told
+// about the published set whatever the proof says. Once it succeeded, no
+// later run repeats it.
 func TestEvidenceHookAfterUnprovenPublish(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	count, script := filepath.Join(dir, "count"), filepath.Join(dir, "hook.sh")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\necho x >> "+count+"\n"), 0o755); err != nil {
+	count, script, failing := filepath.Join(dir, "count"), filepath.Join(dir, "hook.sh"), filepath.Join(dir, "failing")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho x >> "+count+"\n[ ! -e "+failing+" ]\n"), 0o755); err != nil {
 		t.Fatal(err)
+	}
+	if err := os.WriteFile(failing, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runs := func() int {
+		b, _ := os.ReadFile(count)
+		return strings.Count(string(b), "x")
 	}
 	cp := controlplane.Start(t, controlplane.Options{})
 	e := newEnvOn(t, cp, func(c *controlplane.NodeConfig) {
@@ -218,18 +359,23 @@ func TestEvidenceHookAfterUnprovenPublish(t *testing.T) {
 	e.api.FailAlways(controlplane.StatusFault(503))
 	r := e.provision("renew", "--force")
 	rec := e.record()
-	if rec.LastResult != "published-unproven" || !rec.HookPending || e.textfileMetric("provision_renew_hook_pending") != "1" {
-		t.Fatalf("unproven publish: exit %d, record %+v, hook_pending metric %s: %s", r.code, rec, e.textfileMetric("provision_renew_hook_pending"), r.rep.Summary)
+	if rec.LastResult != "published-unproven" || !rec.HookPending || runs() != 1 || e.textfileMetric("provision_renew_hook_pending") != "1" {
+		t.Fatalf("unproven publish, the hook failing: exit %d, record %+v, hook runs %d, hook_pending metric %s: %s", r.code, rec, runs(), e.textfileMetric("provision_renew_hook_pending"), r.rep.Summary)
+	}
+	// The hook is fixed; the API still fails, and so does this run's proof.
+	os.Remove(failing)
+	r = e.provision("renew")
+	if rec := e.record(); r.code != layerExit["tasks-wait"] || rec.HookPending || runs() != 2 || e.textfileMetric("provision_renew_hook_pending") != "0" {
+		t.Fatalf("renew with the API failing and the hook pending: exit %d %s, record %+v, hook runs %d, metric %s: %s", r.code, r.rep.FailedLayer, rec, runs(), e.textfileMetric("provision_renew_hook_pending"), r.rep.Summary)
 	}
 	e.api.ClearFaults()
 	if r := e.provision("renew"); r.code != 0 {
 		t.Fatalf("renew once the API is back: exit %d %s: %s", r.code, r.rep.FailedLayer, r.rep.Summary)
 	}
-	runs, _ := os.ReadFile(count)
-	if rec := e.record(); rec.HookPending || rec.Unproven != "" || strings.Count(string(runs), "x") != 1 || e.textfileMetric("provision_renew_hook_pending") != "0" {
-		t.Fatalf("after the API came back: record %+v, hook runs %d, metric %s", rec, strings.Count(string(runs), "x"), e.textfileMetric("provision_renew_hook_pending"))
+	if rec := e.record(); rec.HookPending || rec.Unproven != "" || runs() != 2 {
+		t.Fatalf("after the API came back: record %+v, hook runs %d", rec, runs())
 	}
-	t.Logf("evidence-hook-unproven: published-unproven with hook_pending 1, the next run ran the hook once")
+	t.Logf("evidence-hook-unproven: the hook failed in the unproven publish's run (pending), ran again and succeeded in the next run while the API still failed; not repeated after")
 }
 
 // crlWith is a CRL signed by the CA's own intermediate, as genuine as the

@@ -284,6 +284,61 @@ type relay struct {
 	// ClientHello arrives, without forwarding it (a reload or a reset
 	// exactly there); cuts counts the connections so reset.
 	cutIn, cuts int
+	// acts, when armed, say what happens to the next connections, in
+	// order (arm); taken counts the connections an act took.
+	acts  []func(net.Conn)
+	taken int
+}
+
+// arm sets what the relay does with the next connections it accepts, one
+// entry each, in order: nil forwards the connection to the ingress, a
+// function takes it instead. The last entry stays for every connection
+// after; arm() with nothing forwards them all again.
+func (r *relay) arm(acts ...func(net.Conn)) {
+	r.mu.Lock()
+	r.acts = acts
+	r.mu.Unlock()
+}
+
+// next is the act for the connection just accepted (nil: forward it).
+func (r *relay) next() func(net.Conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.acts) == 0 {
+		return nil
+	}
+	a := r.acts[0]
+	if len(r.acts) > 1 {
+		r.acts = r.acts[1:]
+	}
+	if a != nil {
+		r.taken++
+	}
+	return a
+}
+
+// takenCount is how many connections an armed act took.
+func (r *relay) takenCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.taken
+}
+
+// alertAfterHello reads the client's first bytes and answers with a
+// fatal TLS alert (handshake_failure), as a server refusing the
+// handshake does, then closes c.
+func alertAfterHello(c net.Conn) {
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.Read(make([]byte, 512))
+	c.Write([]byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28}) // alert record, TLS 1.2: fatal, handshake_failure
+	c.Close()
+}
+
+// holdAfterHello reads the client's first bytes and never answers, until
+// the client gives up (or the relay closes).
+func holdAfterHello(c net.Conn) {
+	io.Copy(io.Discard, c)
+	c.Close()
 }
 
 // cutNth arms the relay to reset the n-th connection accepted from now
@@ -361,6 +416,16 @@ func (r *relay) accept() {
 		c, err := r.ln.Accept()
 		if err != nil {
 			return
+		}
+		if act := r.next(); act != nil {
+			r.track(c, true)
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				defer r.track(c, false)
+				act(c)
+			}()
+			continue
 		}
 		if r.cutThis() {
 			go resetAfterHello(c)

@@ -313,7 +313,8 @@ func wantKeyStoreFail(t *testing.T, e *env, want string) {
 	}
 }
 
-// TestTPMFailuresBeforeTheToken: no TPM where key.tpm points, a TPM this
+// TestTPMFailuresBeforeTheToken: no TPM where key.tpm points, a TPM device
+// on a node without the tss group the units reach it as, a TPM this
 // process may not open (root without capabilities, as in the units, and a
 // device not in its group), and a TPM whose owner password is not given:
 // each stops bootstrap at key-store, in the credentials layer, the node's,
@@ -352,6 +353,16 @@ func TestTPMFailuresBeforeTheToken(t *testing.T) {
 	}
 	os.Chown(dev, 65534, 65534)
 	e.rewriteConfig(func(c *controlplane.NodeConfig) { c.Key = controlplane.TPMKey(dev) })
+	// The device is there, but no tss group (Debian's tpm-udev not
+	// installed): the units, members of tss by the TPM drop-in, would not
+	// even start (216/GROUP). Named before anything is spent.
+	unspent("no tss group", e.bootstrap(), "no tss group")
+	if err := os.MkdirAll(filepath.Join(e.root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.root, "etc", "group"), []byte("root:x:0:\ntss:x:109:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	unspent("no access", e.provisionUncapped("bootstrap"), "no access to the TPM")
 
 	// Another program's wrong TPM passwords lock the TPM out (it does not

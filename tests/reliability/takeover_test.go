@@ -206,6 +206,22 @@ func foreignFileCases() []takeoverCase {
 			notOwn: []string{"/srv/app"},
 			plant:  func(t *testing.T, n *node) { writeAt(t, n, "/srv/app/renew.json", `{"schedule":"daily"}`+"\n", 0o644) },
 			runs:   refused("provision did not create it")},
+		{name: "state_dir an app's directory holding only empty subdirectories and a link",
+			cfg:    func(c *controlplane.NodeConfig) { c.Paths.StateDir = "/srv/app" },
+			notOwn: []string{"/srv/app"},
+			plant: func(t *testing.T, n *node) {
+				for _, d := range []string{"/srv/app/cache", "/srv/app/spool", "/srv/elsewhere"} {
+					must(t, os.MkdirAll(n.Path(d), 0o755))
+				}
+				must(t, os.Symlink("/srv/elsewhere", n.Path("/srv/app/data")))
+				must(t, os.Chmod(n.Path("/srv/app"), 0o775))
+			},
+			runs: refused("cache (a directory provision did not create")},
+		{name: "state_dir unmarked, holding the configured pki_dir empty (a volume mounted for it)",
+			cfg:   func(c *controlplane.NodeConfig) { c.Paths.StateDir, c.Paths.PKIDir = "/srv/prov", "/srv/prov/pki" },
+			own:   []string{"/srv/prov"},
+			plant: func(t *testing.T, n *node) { must(t, os.MkdirAll(n.Path("/srv/prov/pki"), 0o755)) },
+			runs:  []takeoverRun{{cmd: "bootstrap"}}},
 	}
 }
 
