@@ -154,7 +154,9 @@ func (r *Run) describe(p *Preview) {
 	p.Rekey = (r.Cfg.Renew.Rekey || r.KeyExposed()) && p.Plan == Renew.String() // as renew asks the CA
 	p.Hook = HookUse{Command: append([]string{}, r.Cfg.Renew.PostHook...), Pending: r.Rec.HookPending}
 	changes := p.Plan == Refresh.String() || p.Plan == Renew.String() || p.Plan == RenewExpired.String() || p.Plan == Enroll.String() || p.Plan == Adopt.String()
-	p.Hook.Run = len(p.Hook.Command) > 0 && rep.OK && (r.Rec.HookPending || (changes && r.Current != nil))
+	// As PostHook and hookDue decide: a pending hook runs in every run,
+	// whatever ends it; a publish that replaces credentials makes it due.
+	p.Hook.Run = len(p.Hook.Command) > 0 && (r.Rec.HookPending || (rep.OK && changes && !r.Verdict.Has(lifecycle.Missing)))
 	p.Receipt = r.Command == "bootstrap" && rep.OK
 	if rep.OK && r.wouldRevoke(p.Plan) {
 		p.RevokeSerial = r.Replaced.Leaf().SerialNumber.String()
