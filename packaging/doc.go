@@ -7,7 +7,10 @@
 // CLI's command table and help text and the config's key table,
 // internal/cli/gendocs), the licence texts of the modules linked into the
 // binary (packaging/licenses, from the binary's own build info) and the
-// Debian changelog entry for the build.
+// Debian changelog entry for the build. The JSON Schemas of every JSON
+// document provision prints or writes (schemas/, schema_version 1) ship as
+// they are, under /usr/share/provision/schemas/; tests/e2e validates real
+// documents against them, and the test here the installed binary's.
 //
 // The tests here treat the .deb the way an image build and an operator do:
 // build it with the shipped script, run lintian on it (no errors, no

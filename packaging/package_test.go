@@ -67,6 +67,17 @@ var shipped = map[string]string{
 	"usr/share/lintian/overrides/provision":                          "lintian-overrides",
 }
 
+// The JSON Schemas ship as they are in the repository.
+func init() {
+	files, _ := filepath.Glob("schemas/*.schema.json")
+	if len(files) == 0 {
+		panic("packaging/schemas holds no *.schema.json") // the package must ship them
+	}
+	for _, f := range files {
+		shipped["usr/share/provision/schemas/"+filepath.Base(f)] = f
+	}
+}
+
 // generated are the installed files build-deb.sh generates (man pages,
 // completions, changelog); each is checked below against what it comes from.
 func generated() []string {
@@ -329,10 +340,19 @@ func TestDeb(t *testing.T) {
 			t.Errorf("provision version printed %q, want it to start with provision %s", o, testVersion)
 		}
 		o, e, err = run(t, ".", nil, bin, "version", "--format", "json")
-		var v map[string]string
-		if err != nil || json.Unmarshal([]byte(o), &v) != nil {
+		var doc map[string]any
+		if err != nil || json.Unmarshal([]byte(o), &doc) != nil {
 			t.Fatalf("version --format json: %v\n%s%s", err, o, e)
 		}
+		v := map[string]string{}
+		for k, x := range doc {
+			v[k], _ = x.(string)
+		}
+		// The installed binary's documents against the installed schemas.
+		schemas := testenv.LoadSchemas(t, filepath.Join(root, "usr/share/provision/schemas"))
+		schemas.Validate(t, "version", "installed provision version --format json", []byte(o))
+		cc, _, _ := run(t, ".", nil, bin, "config", "check", "--config", filepath.Join(root, "usr/share/doc/provision/provision.toml.example"), "--format", "json")
+		schemas.Validate(t, "config-check", "installed provision config check --format json", []byte(cc))
 		gomod, err := os.ReadFile("../go.mod")
 		if err != nil {
 			t.Fatal(err)

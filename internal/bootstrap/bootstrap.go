@@ -75,13 +75,18 @@ func finish(r *pipeline.Run, rep *report.Report) {
 func applyHosts(r *pipeline.Run) *diag.Finding {
 	strategy, err := hosts.ApplyTo(r.Host, r.Cfg.Paths.HostsFile, HostEntries(r.Cfg))
 	if err != nil {
-		msg, remedy := hosts.Describe(r.Cfg.Paths.HostsFile, err)
-		return &diag.Finding{Layer: diag.Hosts, Owner: diag.Node, Check: "hosts-apply", Summary: msg, Remedy: remedy + "; nothing was changed"}
+		return hostsFinding(r.Cfg, err)
 	}
 	r.Out.Hosts = strategy
 	r.Log.Info("step", "step", "hosts-apply", "layer", "hosts", "status", "ok", "strategy", string(strategy), "path", r.Cfg.Paths.HostsFile)
 	r.Host.Hook.At("hosts written")
 	return nil
+}
+
+// hostsFinding is a failure to write the managed block.
+func hostsFinding(cfg *config.Config, err error) *diag.Finding {
+	msg, remedy := hosts.Describe(cfg.Paths.HostsFile, err)
+	return &diag.Finding{Layer: diag.Hosts, Owner: diag.Node, Check: "hosts-apply", Summary: msg, Remedy: remedy + "; nothing was changed"}
 }
 
 // HostEntries is the config's [[hosts]] as managed-block entries.

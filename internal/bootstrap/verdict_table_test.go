@@ -14,6 +14,8 @@ import (
 	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
+	"github.com/gpuaas/provision/internal/retry"
+	"github.com/gpuaas/provision/internal/testenv"
 	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
@@ -114,6 +116,15 @@ func TestCredentialStatesAgree(t *testing.T) {
 						label, out.Report.OK, out.Enrolled, out.Report.FailedLayer, out.Report.Summary, want.ok, want.enrolled, want.layer)
 				}
 			}
+			// The dry run says what the run is about to do: where a token is
+			// needed and missing it stops at the same layer (and plans the
+			// enrollment), and with a token it plans an enrollment exactly
+			// when the run enrolls.
+			p := n.dryRun(t)
+			needs := !tt.noTok.ok && tt.noTok.layer == diag.Enroll
+			if p.Report.OK != tt.noTok.ok || (!tt.noTok.ok && p.Report.FailedLayer != tt.noTok.layer) || (p.Plan == "enroll") != needs {
+				t.Errorf("dry run: ok=%v layer=%s plan %q (%s); the runs: %+v without a token, %+v with one", p.Report.OK, p.Report.FailedLayer, p.Plan, p.Report.Summary, tt.noTok, tt.withT)
+			}
 			expect("without a token", n.run(t), tt.noTok)
 			if tt.after != nil {
 				tt.after(t, n)
@@ -128,9 +139,24 @@ func TestCredentialStatesAgree(t *testing.T) {
 			if tt.noTok.ok {
 				tt.plant(t, n) // the first run repaired what it could
 			}
+			if p := n.dryRun(t); !p.Report.OK || (p.Plan == "enroll") != tt.withT.enrolled || (p.Token.Use == "enroll") != tt.withT.enrolled {
+				t.Errorf("dry run with a token: ok=%v plan %q token %+v (%s); the run: %+v", p.Report.OK, p.Plan, p.Token, p.Report.Summary, tt.withT)
+			}
 			expect("with a fresh token", n.run(t), tt.withT)
 		})
 	}
+}
+
+// dryRun is bootstrap --dry-run on n; the node's files are the same after.
+func (n *node) dryRun(t *testing.T) *pipeline.Preview {
+	t.Helper()
+	before := testenv.TreeDigest(t, n.files.Root)
+	p := DryRun(context.Background(), n.cfg, n.host, pipeline.Options{Ladder: verify.Ladder,
+		Policy: retry.Policy{Base: time.Millisecond, Cap: 10 * time.Millisecond}, Sleep: retry.Sleep})
+	if after := testenv.TreeDigest(t, n.files.Root); after != before {
+		t.Errorf("the dry run changed the node's files:\n%s\n---\n%s", before, after)
+	}
+	return p
 }
 
 func leaf(t *testing.T, n *node, req controlplane.LeafRequest) *controlplane.Leaf {

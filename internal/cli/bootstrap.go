@@ -36,14 +36,30 @@ outcome is left as node_exporter metrics in metrics.textfile_dir
 
 Idempotent: on a bootstrapped node it re-proves and exits 0 without enrolling.
 
+--dry-run shows what the run would do and changes nothing: it reads the config,
+decides the hosts block (and shows it), fetches the CA's roots (the pinned GET
+the run makes first), takes the same credential verdict and plan (keep,
+refresh, renew, renew-after-expiry, enroll, adopt), checks the clock, and reads
+and checks the token it would send, then stops. No token is sent, no
+certificate is requested, no key mode is changed, nothing is written (no lock,
+no metrics, no record) and no tasks/wait is made (it would take a task).
+It exits 0 when nothing it can see stands in the way, or with the exit code of
+the layer the run would stop at (3, 10, 11, 13, 20, ...).
+
 Examples:
   provision bootstrap
+  provision bootstrap --dry-run
   provision bootstrap --config /etc/provision/provision.toml --format json
   provision bootstrap --root /mnt/target        # an installer's chroot
 `,
 }
 
-func init() { bootstrapCmd.run = runBootstrap }
+func init() {
+	bootstrapCmd.run = runBootstrap
+	bootstrapCmd.flags = func(f *flags) {
+		f.fs.BoolVar(&f.dryRun, "dry-run", false, "show what the run would do, change nothing: no token sent, no certificate requested, nothing written")
+	}
+}
 
 func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	f := newFlags(bootstrapCmd, env)
@@ -55,6 +71,9 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 		return code
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
+	if f.dryRun {
+		return dryRun(ctx, env, f, cfg, host, log)
+	}
 	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context) *pipeline.Outcome {
 		// pki_dir and state_dir were claimed as provision's own by load
 		// (claimDirs): created 0700, refused when they hold other files.

@@ -14,9 +14,9 @@ import (
 // provision keeps its files in, to state_dir and pki_dir before a command
 // does anything else, after the path rule judged the way to them
 // (Host.ClaimDir): bootstrap and renew claim them (create, mark, tighten),
-// verify and renew --check only judge them (they change nothing). A
-// directory that is not provision's own (pki_dir = "/etc/pki" holding
-// somebody's ca.pem) is a config error, exit 3, with nothing changed: the
+// verify, renew --check and the dry runs only judge them (they change
+// nothing). A directory that is not provision's own (pki_dir = "/etc/pki"
+// holding somebody's ca.pem) is a config error, exit 3, with nothing changed: the
 // fix is in the config. One of provision's names that is the wrong kind of
 // file (a FIFO at renew.json) is the state layer's (exit 21), or the
 // credentials' in pki_dir (exit 12). It returns false, with the report
@@ -33,7 +33,7 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 	// Both are judged before either is created or tightened, so a refused
 	// pki_dir leaves state_dir as it was too.
 	passes := []bool{false}
-	if cmd == "bootstrap" || cmd == "renew" && !f.check {
+	if (cmd == "bootstrap" || cmd == "renew" && !f.check) && !f.dryRun {
 		passes = append(passes, true)
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
@@ -42,8 +42,8 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 			ds, err := host.ClaimDir(d.path, change, cfg.Paths.StateDir, cfg.Paths.PKIDir) // pki_dir may sit in state_dir
 			if err != nil {
 				rep := report.Failed(cmd, cfg.NodeID, d.check, claimFinding(d.key, d.path, d.layer, err))
-				if f.check {
-					return printReport(env, f, rep), false // renew --check is a question: no metrics
+				if f.check || f.dryRun {
+					return printReport(env, f, rep), false // renew --check and a dry run are questions: no metrics
 				}
 				return finish(env, f, cfg, host, log, rep, nil), false
 			}

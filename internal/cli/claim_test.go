@@ -29,7 +29,7 @@ import (
 func TestClaimDirKnowsEveryName(t *testing.T) {
 	stateDir := filepath.Join(t.TempDir(), "provision")
 	os.MkdirAll(stateDir, 0o700)
-	for _, f := range []string{LockFile, state.ReceiptFile, state.PendingFile, state.ExposedFile, state.RenewalFile, state.FailureFile} {
+	for _, f := range []string{LockFile, state.ReceiptFile, state.PendingFile, state.ExposedFile, state.RenewalFile, state.FailureFile, state.RevokeFile} {
 		if err := os.WriteFile(filepath.Join(stateDir, f), []byte("{}"), 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -89,7 +89,7 @@ type runEnv struct {
 }
 
 func commands() []*command {
-	return []*command{bootstrapCmd, verifyCmd, renewCmd, statusCmd, hostsCmd, userdataCmd, versionCmd}
+	return []*command{bootstrapCmd, verifyCmd, renewCmd, statusCmd, revokeCmd, hostsCmd, configCmd, userdataCmd, versionCmd}
 }
 
 const rootHelp = `provision bootstraps a bare-metal GPU node into the control plane.
@@ -173,7 +173,7 @@ func runHelp(env *runEnv, args []string) int {
 	case len(args) == 0 || args[0] == "help":
 		printRootHelp(env.stdout)
 		return ExitOK
-	case len(args) > 1 && !(len(args) == 2 && args[0] == "hosts"):
+	case len(args) > 1 && !(len(args) == 2 && (args[0] == "hosts" || args[0] == "config")):
 		return env.usage("help", fmt.Sprintf("help takes one command, got %q", strings.Join(args, " ")), "Run 'provision help <command>'.")
 	}
 	c := lookup(args[0])
@@ -255,6 +255,26 @@ type flags struct {
 	out       string // userdata
 	force     bool   // renew
 	check     bool   // renew
+	dryRun    bool   // bootstrap, renew
+	yes       bool   // revoke
+	// quiet (-q, --quiet): the text output is the final line only, and
+	// the logs are errors only unless --log-level is given.
+	quiet      bool
+	levelGiven bool // --log-level was given
+}
+
+// shortFlags are the flags that also have a one-letter spelling; the help,
+// the man pages and the completions show both ("-q, --quiet").
+var shortFlags = map[string]string{"quiet": "q"}
+
+// isShort reports whether name is the one-letter spelling of a flag.
+func isShort(name string) bool {
+	for _, s := range shortFlags {
+		if s == name {
+			return true
+		}
+	}
+	return false
 }
 
 // newFlags builds c's flag set: the common flags, --format when c takes it,
@@ -277,6 +297,9 @@ func newFlags(c *command, env *runEnv) *flags {
 	}
 	f.fs.StringVar(&f.logFormat, "log-format", "text", "log format on stderr: "+alternatives(flagValues["log-format"]))
 	f.fs.StringVar(&f.logLevel, "log-level", "info", "log level: "+alternatives(flagValues["log-level"]))
+	const quiet = "print errors and the final line only (logs at error level unless --log-level is given)"
+	f.fs.BoolVar(&f.quiet, "quiet", false, quiet)
+	f.fs.BoolVar(&f.quiet, shortFlags["quiet"], false, quiet)
 	if c.flags != nil {
 		c.flags(f)
 	}
@@ -321,8 +344,15 @@ func helpText(c *command) string {
 // the default when it is not the zero value.
 func printFlags(w io.Writer, fs *flag.FlagSet) {
 	fs.VisitAll(func(fl *flag.Flag) {
+		if isShort(fl.Name) {
+			return // shown with its long spelling
+		}
 		arg, usage := flag.UnquoteUsage(fl)
-		fmt.Fprintf(w, "  --%s", fl.Name)
+		if short, ok := shortFlags[fl.Name]; ok {
+			fmt.Fprintf(w, "  -%s, --%s", short, fl.Name)
+		} else {
+			fmt.Fprintf(w, "  --%s", fl.Name)
+		}
 		if arg != "" {
 			fmt.Fprintf(w, " %s", arg)
 		}
@@ -342,6 +372,18 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 // defined: -chek") to name flags with the two dashes the help shows; a
 // one-letter flag keeps the one dash the user typed ("-q", not "--q").
 var flagDashes = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]+)`) })
+
+// dashes rewrites a flag package message to name each flag as the help
+// shows it: two dashes, one for a one-letter spelling (-q).
+func dashes(msg string) string {
+	return flagDashes().ReplaceAllStringFunc(msg, func(m string) string {
+		sep, name := m[:len(m)-len(strings.TrimLeft(m, ": "))], strings.TrimLeft(m, ": -")
+		if isShort(name) {
+			return sep + "-" + name
+		}
+		return sep + "--" + name
+	})
+}
 
 // splitUsage cuts a usage text at its first section heading (an unindented
 // line ending in ':'): the description before it, the sections from it.
@@ -373,10 +415,13 @@ func (f *flags) parse(env *runEnv, args []string) (code int, ok bool) {
 		if !f.cmd.format && strings.HasSuffix(err.Error(), " -format") {
 			hint = fmt.Sprintf("provision %s prints text only and has no --format; a script uses its exit code%s.", f.cmd.name, map[bool]string{true: " (provision hosts check: 0 only when the override is right)"}[f.cmd.name == "hosts"])
 		}
-		return env.usage(f.cmd.name, flagDashes().ReplaceAllString(err.Error(), "$1--$2"), hint), false
+		return env.usage(f.cmd.name, dashes(err.Error()), hint), false
 	}
 	explicit := false
-	f.fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "format" })
+	f.fs.Visit(func(fl *flag.Flag) {
+		explicit = explicit || fl.Name == "format"
+		f.levelGiven = f.levelGiven || fl.Name == "log-level"
+	})
 	if f.format == "text" && !explicit && env.journal {
 		// Under systemd the report is one JSON line in the journal, not
 		// a page of text lines torn apart by other units' messages.
@@ -403,6 +448,9 @@ func (f *flags) logger(w io.Writer, nodeID string) *slog.Logger {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
 		lvl = slog.LevelInfo
+	}
+	if f.quiet && !f.levelGiven {
+		lvl = slog.LevelError
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
 	var h slog.Handler = slog.NewTextHandler(w, opts)

@@ -196,8 +196,16 @@ func (m *manWriter) heading(line string) {
 // indented with a tab.
 func (m *manWriter) flag(trimmed string) {
 	tag, usage, _ := strings.Cut(trimmed, "\t")
+	short := ""
+	if s, long, ok := strings.Cut(tag, ", "); ok && !strings.HasPrefix(s, "--") {
+		short, tag = s, long // "-q, --quiet": both spellings
+	}
 	fname, arg, _ := strings.Cut(tag, " ")
-	fmt.Fprintf(&m.cur.body, ".TP\n\\fB%s\\fR", roffEscape(fname))
+	m.cur.body.WriteString(".TP\n")
+	if short != "" {
+		fmt.Fprintf(&m.cur.body, "\\fB%s\\fR, ", roffEscape(short))
+	}
+	fmt.Fprintf(&m.cur.body, "\\fB%s\\fR", roffEscape(fname))
 	if arg != "" {
 		fmt.Fprintf(&m.cur.body, " \\fI%s\\fR", roffEscape(arg))
 	}
@@ -349,6 +357,9 @@ func completionFlags(c *command) []completionFlag {
 	f := newFlags(c, &runEnv{stdout: io.Discard, stderr: io.Discard})
 	var out []completionFlag
 	for _, name := range flagNames(f) {
+		if isShort(name) {
+			continue // completed with its long spelling
+		}
 		fl := f.fs.Lookup(name)
 		_, usage := flag.UnquoteUsage(fl)
 		b, _ := fl.Value.(interface{ IsBoolFlag() bool })
@@ -364,7 +375,7 @@ func flagNames(f *flags) []string {
 }
 
 // subcommands are the words a command takes before its flags.
-var subcommands = map[string][]string{"hosts": {"apply", "show", "check", "remove"}}
+var subcommands = map[string][]string{"hosts": {"apply", "show", "check", "remove"}, "config": {"check"}}
 
 // BashCompletion is the bash completion script for provision, generated
 // from the command table: commands, hosts' subcommands, each command's
@@ -419,6 +430,9 @@ _provision() {
 		var fl []string
 		for _, f := range completionFlags(c) {
 			fl = append(fl, "--"+f.name)
+			if short, ok := shortFlags[f.name]; ok {
+				fl = append(fl, "-"+short)
+			}
 		}
 		fl = append(fl, "--help")
 		fmt.Fprintf(&b, "\t%s)\n", c.name)
@@ -456,7 +470,12 @@ func ZshCompletion() []byte {
 		}
 		for _, f := range completionFlags(c) {
 			if f.boolean {
-				fmt.Fprintf(&b, "\t\t\t\t'--%s[%s]' \\\n", f.name, zshQuote(f.usage))
+				spec := "'--" + f.name + "[" + zshQuote(f.usage) + "]'"
+				if short, ok := shortFlags[f.name]; ok {
+					// Either spelling, and not both: zsh's exclusion list.
+					spec = "'(-" + short + " --" + f.name + ")'{-" + short + ",--" + f.name + "}'[" + zshQuote(f.usage) + "]'"
+				}
+				fmt.Fprintf(&b, "\t\t\t\t%s \\\n", spec)
 				continue
 			}
 			action := "_files"

@@ -104,10 +104,11 @@ func TestEnumeratedFlags(t *testing.T) {
 				if name != "log-level" && bad == "INFO" {
 					bad = "JSON"
 				}
-				_, errs, code := run(c.name, "--"+name+"="+bad)
-				if c.name == "hosts" {
-					_, errs, code = run(c.name, "show", "--"+name+"="+bad)
+				args := []string{c.name}
+				if subs := subcommands[c.name]; subs != nil {
+					args = append(args, subs[len(subs)-1]) // hosts remove, config check
 				}
+				_, errs, code := run(append(args, "--"+name+"="+bad)...)
 				want := "--" + name + " must be " + alternatives(values) + ", got " + strconvQuote(bad)
 				if code != ExitUsage || !strings.Contains(errs, want) {
 					t.Errorf("provision %s --%s=%q: exit %d, stderr %q; want 2 and %q", c.name, name, bad, code, errs, want)
@@ -138,9 +139,19 @@ func TestVersionJSON(t *testing.T) {
 	if code != ExitOK || errs != "" {
 		t.Fatalf("exit %d, stderr %s", code, errs)
 	}
-	var m map[string]string
-	if err := json.Unmarshal([]byte(out), &m); err != nil {
-		t.Fatalf("not one JSON object of strings: %v\n%s", err, out)
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("not one JSON object: %v\n%s", err, out)
+	}
+	if doc["schema_version"] != float64(SchemaVersion) {
+		t.Errorf("schema_version %v, want %d", doc["schema_version"], SchemaVersion)
+	}
+	delete(doc, "schema_version")
+	m := map[string]string{}
+	for k, v := range doc {
+		if m[k], _ = v.(string); m[k] == "" {
+			t.Errorf("%s is %v, want a non-empty string", k, v)
+		}
 	}
 	keys := []string{"commit", "go_version", "step_ca_client_module", "step_ca_client_version", "version"}
 	var got []string
@@ -162,7 +173,7 @@ func TestVersionJSON(t *testing.T) {
 	// build records is what is reported.
 	bi := &debug.BuildInfo{GoVersion: "go1.26.8", Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "abc123"}, {Key: "vcs.modified", Value: "true"}},
 		Deps: []*debug.Module{{Path: "go.step.sm/crypto", Version: "v0.77.1"}, {Path: caClientModule, Version: "v0.30.2"}}}
-	if got, want := buildInfoFrom(bi, "1.2.3", ""), (BuildInfo{"1.2.3", "abc123-dirty", "go1.26.8", caClientModule, "v0.30.2"}); got != want {
+	if got, want := buildInfoFrom(bi, "1.2.3", ""), (BuildInfo{SchemaVersion, "1.2.3", "abc123-dirty", "go1.26.8", caClientModule, "v0.30.2"}); got != want {
 		t.Errorf("buildInfoFrom = %+v, want %+v", got, want)
 	}
 	bi.Deps[1].Replace = &debug.Module{Path: "../certificates", Version: "v0.30.3-fork"}
@@ -223,15 +234,20 @@ func TestBashCompletion(t *testing.T) {
 		words []string
 		want  string
 	}{
-		{[]string{"provision", ""}, "bootstrap verify renew status hosts userdata version help --help --version"},
+		{[]string{"provision", ""}, "bootstrap verify renew status revoke hosts config userdata version help --help --version"},
+		{[]string{"provision", "config", ""}, "check --help"},
+		{[]string{"provision", "revoke", "--y"}, "--yes"},
+		{[]string{"provision", "bootstrap", "--d"}, "--dry-run"},
 		{[]string{"provision", "ver"}, "verify version"},
 		{[]string{"provision", "hosts", ""}, "apply show check remove --help"},
 		{[]string{"provision", "renew", "--f"}, "--force --format"},
 		{[]string{"provision", "verify", "--format", ""}, "text json"},
 		{[]string{"provision", "verify", "--format=j"}, "json"},
 		{[]string{"provision", "bootstrap", "--log-level", ""}, "debug info warn error"},
-		{[]string{"provision", "hosts", "apply", "--"}, "--config --root --log-format --log-level --help"},
-		{[]string{"provision", "verify", "--"}, "--config --root --format --log-format --log-level --help"},
+		{[]string{"provision", "hosts", "apply", "--"}, "--config --root --log-format --log-level --quiet --help"},
+		{[]string{"provision", "verify", "--"}, "--config --root --format --log-format --log-level --quiet --help"},
+		{[]string{"provision", "status", "-q"}, "-q"},
+		{[]string{"provision", "status", "--q"}, "--quiet"},
 		{[]string{"provision", "userdata", "--to"}, "--token-file"},
 		{[]string{"provision", "userdata", "--token-file", "tok"}, "token.jwt"},
 		{[]string{"provision", "bootstrap", "--root", ""}, "mnt"},
@@ -268,7 +284,10 @@ func TestZshCompletion(t *testing.T) {
 		}
 		for _, fl := range completionFlags(c) {
 			spec := "'--" + fl.name + "=["
-			if fl.boolean {
+			switch short, ok := shortFlags[fl.name]; {
+			case ok:
+				spec = "{-" + short + ",--" + fl.name + "}'["
+			case fl.boolean:
 				spec = "'--" + fl.name + "["
 			}
 			if !strings.Contains(string(script), spec) {
@@ -301,7 +320,11 @@ func TestHelpShowsTwoDashes(t *testing.T) {
 			continue
 		}
 		for _, fl := range completionFlags(c) {
-			if !strings.Contains(help, "\n  --"+fl.name) {
+			line := "\n  --" + fl.name
+			if short, ok := shortFlags[fl.name]; ok {
+				line = "\n  -" + short + ", --" + fl.name
+			}
+			if !strings.Contains(help, line) {
 				t.Errorf("provision %s --help lacks the line of --%s", c.name, fl.name)
 			}
 		}
@@ -402,7 +425,8 @@ func TestFilesSection(t *testing.T) {
 	}
 	for _, p := range []string{"/etc/provision/provision.toml", "/run/provision/token", "/etc/hosts", "/var/lib/provision/pki/key.pem, cert.pem, ca.pem",
 		"/var/lib/provision/receipt.json", "/var/lib/provision/renew.json", "/var/lib/provision/done/<machine-id>", "/var/lib/provision/tasks/<id>.json",
-		"/var/lib/provision/.lock", "/var/lib/prometheus/node-exporter/provision_<command>.prom", "/usr/share/doc/provision/"} {
+		"/var/lib/provision/.lock", "/var/lib/provision/revoke.json", "/var/lib/prometheus/node-exporter/provision_<command>.prom", "/usr/share/doc/provision/",
+		"/usr/share/provision/schemas/"} {
 		if !strings.Contains(text[i:], "\n"+p+"\n") {
 			t.Errorf("FILES lacks %s:\n%s", p, text[i:])
 		}

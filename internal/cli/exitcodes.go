@@ -87,7 +87,7 @@ var exitRows = func() []exitRow {
 	rows := []exitRow{
 		{ExitOK, "ok", "done / healthy (never when not done)", ""},
 		{ExitInternal, "internal", "internal error (a bug: please report it)", "internal"},
-		{ExitUsage, "usage", "usage: unknown command or flag, a bad flag value, or a --root that is not a directory", ""},
+		{ExitUsage, "usage", "usage: unknown command or flag, a bad flag value, a --root that is not a directory, or revoke on a node with a usable identity without --yes (nothing changed)", ""},
 		{ExitConfig, "config", "the config file is missing or invalid, or state_dir/pki_dir is a directory holding files provision did not write", "config"},
 		{ExitLocked, "lock", "another provision run holds state_dir/.lock and did not finish within bootstrap.deadline", ""},
 	}

@@ -165,7 +165,7 @@ func hostsShow(h *hostsRun) int {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return h.failErr(err)
 	}
-	if blk, ferr := hosts.Find(old); ferr == nil && blk.Present {
+	if blk, ferr := hosts.Find(old); ferr == nil && blk.Present && !h.f.quiet {
 		lines := strings.Split(string(old), "\n")
 		for i := blk.Begin; i <= blk.End && i < len(lines); i++ {
 			fmt.Fprintln(h.env.stdout, strings.TrimRight(lines[i], "\r"))

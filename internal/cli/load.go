@@ -50,7 +50,7 @@ func load(env *runEnv, f *flags, cmd string) (*config.Config, *system.Host, int,
 			return nil, nil, printReport(env, f, rep), false
 		}
 	}
-	if metricsCommands[cmd] || cmd == "status" {
+	if metricsCommands[cmd] || cmd == "status" || cmd == "revoke" {
 		if code, ok := claimDirs(env, f, cfg, host, cmd); !ok {
 			return nil, nil, code, false
 		}

@@ -175,7 +175,9 @@ func filesSection() *manSection {
 	fileEntry(s, path.Join(stateDir, tasks.Dir, "<id>.json"), "a task the proof received, handed off to the node-agent")
 	fileEntry(s, path.Join(stateDir, state.PendingFile), "exists while an enrollment token is at the CA")
 	fileEntry(s, path.Join(stateDir, LockFile), "held by the run in progress")
+	fileEntry(s, path.Join(stateDir, state.RevokeFile), "what provision revoke did: each certificate and the CA's answer, every path removed")
 	fileEntry(s, path.Join(config.DefaultTextfileDir, "provision_<command>.prom"), "node_exporter textfile metrics of bootstrap, verify and renew, when that directory exists (`metrics.textfile_dir`)")
 	fileEntry(s, "/usr/share/doc/provision/", "the runbook, the configuration reference, the first-boot guide, and the licences of the modules linked into the binary")
+	fileEntry(s, "/usr/share/provision/schemas/", "the JSON Schemas of every JSON document provision prints or writes (schema_version 1)")
 	return s
 }

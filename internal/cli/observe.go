@@ -168,7 +168,7 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 // metricsForConfigFailure writes the metrics of a run stopped by its config
 // (see writeMetrics) with a logger that knows no node_id.
 func metricsForConfigFailure(env *runEnv, f *flags, host *system.Host, r *report.Report) {
-	if !metricsCommands[r.Command] {
+	if !metricsCommands[r.Command] || f.dryRun {
 		return
 	}
 	r, _ = outcome(env, r)

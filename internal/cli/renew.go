@@ -51,12 +51,20 @@ issued by a CA the control plane no longer uses).
             (below: 0 due, 30 not due, 31 cannot renew); usable as
             ExecCondition= (1-254 skip the unit without failing it)
 
+  --dry-run show what the run would do and change nothing: the CA's roots
+            are fetched (the pinned GET the run makes first), the same
+            verdict and plan are taken (renew, renew-after-expiry, refresh,
+            keep, not-due, cannot-renew) and the clock checked; nothing is
+            renewed, proven, published, recorded or run (no hook, no lock,
+            no metrics); exit 0, or the exit code the run would stop with
+
 Run by provision-renew.timer.
 
 Examples:
   provision renew
   provision renew --force --format json | jq '{ok, summary, failed_layer}'
   provision renew --check; echo $?
+  provision renew --dry-run --force
 `,
 }
 
@@ -65,6 +73,7 @@ func init() {
 	renewCmd.flags = func(f *flags) {
 		f.fs.BoolVar(&f.force, "force", false, "renew now, whatever the renewal point")
 		f.fs.BoolVar(&f.check, "check", false, "only say whether a renewal is due (exit 0 due, 30 not due, 31 cannot renew), offline")
+		f.fs.BoolVar(&f.dryRun, "dry-run", false, "show what the run would do, change nothing: no certificate requested, nothing written, no hook run")
 	}
 }
 
@@ -73,6 +82,9 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	if code, ok := f.parse(env, args); !ok {
 		return code
 	}
+	if f.check && f.dryRun {
+		return env.usage("renew", "--check and --dry-run are two questions: --check answers offline whether a renewal is due, --dry-run what a run would do", "Run 'provision renew --help' for usage.")
+	}
 	cfg, host, code, ok := load(env, f, "renew")
 	if !ok {
 		return code
@@ -80,6 +92,9 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	log := f.logger(env.stderr, cfg.NodeID)
 	if f.check {
 		return renewCheck(env, f, cfg, host)
+	}
+	if f.dryRun {
+		return dryRun(ctx, env, f, cfg, host, log)
 	}
 	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context) *pipeline.Outcome {
 		out := renew.Run(ctx, cfg, host, pipelineOptions(log, f.force))

@@ -31,6 +31,8 @@ const (
 // TestJSONReportCarriesEveryReportField catches a field added there and
 // not here.
 type jsonReport struct {
+	SchemaVersion int `json:"schema_version"`
+
 	OK          bool            `json:"ok"`
 	Command     string          `json:"command"`
 	NodeID      string          `json:"node_id"`
@@ -44,6 +46,7 @@ type jsonReport struct {
 	DurationMS  int64           `json:"duration_ms"`
 	Task        any             `json:"task,omitempty"`
 	Steps       []report.Step   `json:"steps,omitempty"`
+	DryRun      any             `json:"dry_run,omitempty"`
 	ExitCode    int             `json:"exit_code"`
 }
 
@@ -52,9 +55,9 @@ func toJSONReport(r *report.Report, code int) jsonReport {
 	if checks == nil {
 		checks = []report.Result{}
 	}
-	return jsonReport{OK: r.OK, Command: r.Command, NodeID: r.NodeID, FailedLayer: r.FailedLayer, Owner: r.Owner,
+	return jsonReport{SchemaVersion: SchemaVersion, OK: r.OK, Command: r.Command, NodeID: r.NodeID, FailedLayer: r.FailedLayer, Owner: r.Owner,
 		FailedCheck: r.FailedCheck, Summary: r.Summary, Remedy: r.Remedy, Transient: r.Transient, Checks: checks,
-		DurationMS: r.DurationMS, Task: r.Task, Steps: r.Steps, ExitCode: code}
+		DurationMS: r.DurationMS, Task: r.Task, Steps: r.Steps, DryRun: r.DryRun, ExitCode: code}
 }
 
 // printJSON prints r as the one JSON document on stdout, with code, on one
@@ -161,6 +164,12 @@ func renderReport(env *runEnv, f *flags, r *report.Report, code int) {
 		printJSON(env, r, code)
 		return
 	}
+	if f.quiet {
+		// Errors and the final line only: the line a script or a person
+		// acts on, with the layer, owner, next step and exit code.
+		fmt.Fprintln(env.stdout, finalLine(r, code))
+		return
+	}
 	w := env.stdout
 	width := 0
 	for _, c := range r.Checks {
@@ -175,7 +184,7 @@ func renderReport(env *runEnv, f *flags, r *report.Report, code int) {
 				fmt.Fprintf(w, "  warning (%s): %s\n", clean(c.Name), clean(c.Remedy))
 			}
 		}
-		fmt.Fprintf(w, "\nprovision %s: %s\n", r.Command, clean(r.Summary))
+		fmt.Fprintf(w, "\n%s\n", finalLine(r, code))
 		return
 	}
 	layer, owner, summary := clean(string(r.FailedLayer)), clean(string(r.Owner)), clean(r.Summary)
@@ -195,11 +204,20 @@ func renderReport(env *runEnv, f *flags, r *report.Report, code int) {
 			fmt.Fprintf(w, "    %s: %s\n", clean(k), clip(clean(rc.Evidence[k]), maxEvidence))
 		}
 	}
+	fmt.Fprintf(w, "\n%s\n", finalLine(r, code))
+}
+
+// finalLine is the last line of a text report: what happened, and for a
+// failure the layer, its owner, what to do next and the exit code.
+func finalLine(r *report.Report, code int) string {
+	if r.OK {
+		return fmt.Sprintf("provision %s: %s", r.Command, clean(r.Summary))
+	}
 	fix := clean(r.Remedy)
 	if fix == "" {
 		fix = "see the checks above"
 	}
-	fmt.Fprintf(w, "\nprovision %s: FAILED at layer %s (owner: %s): %s. Next: %s (exit %d)\n", r.Command, layer, owner, strings.TrimSuffix(summary, "."), fix, code)
+	return fmt.Sprintf("provision %s: FAILED at layer %s (owner: %s): %s. Next: %s (exit %d)", r.Command, clean(string(r.FailedLayer)), clean(string(r.Owner)), strings.TrimSuffix(clean(r.Summary), "."), fix, code)
 }
 
 // maxEvidence caps one evidence value in the text report (the JSON report

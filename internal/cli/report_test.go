@@ -113,6 +113,7 @@ provision bootstrap: FAILED at layer state (owner: node): cannot lock. Next: see
 func TestRenderJSONFailing(t *testing.T) {
 	got, code := render(t, "json", failingReport())
 	want := `{
+  "schema_version": 1,
   "ok": false,
   "command": "verify",
   "node_id": "gpu-0042",
@@ -228,7 +229,7 @@ func TestRenderJSONPassingAndTransient(t *testing.T) {
 }
 
 // documentedFields are the README's --format json fields.
-var documentedFields = []string{"ok", "command", "node_id", "failed_layer", "owner", "failed_check", "summary", "remedy", "transient", "exit_code", "checks"}
+var documentedFields = []string{"schema_version", "ok", "command", "node_id", "failed_layer", "owner", "failed_check", "summary", "remedy", "transient", "exit_code", "checks"}
 
 func wantAllFields(t *testing.T, m map[string]any, doc string) {
 	t.Helper()

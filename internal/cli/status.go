@@ -53,20 +53,26 @@ func runStatus(_ context.Context, env *runEnv, args []string) int {
 	code = map[status.State]int{status.OK: ExitOK, status.Attention: ExitStatusAttention, status.Unusable: ExitStatusUnusable}[n.State]
 	if f.format == "json" {
 		b, _ := json.Marshal(struct {
+			SchemaVersion int `json:"schema_version"`
 			*status.Node
 			ExitCode int `json:"exit_code"`
-		}{n, code})
+		}{SchemaVersion, n, code})
 		fmt.Fprintln(env.stdout, string(b))
 		return code
 	}
-	printStatus(env.stdout, n, code)
+	printStatus(env.stdout, n, code, f.quiet)
 	return code
 }
 
-// printStatus is status for a person: one fact a line.
-func printStatus(w io.Writer, n *status.Node, code int) {
+// printStatus is status for a person: one fact a line, then the verdict;
+// quiet, the verdict's line only.
+func printStatus(w io.Writer, n *status.Node, code int, quiet bool) {
+	facts := w
+	if quiet {
+		facts = io.Discard
+	}
 	line := func(k, format string, a ...any) {
-		fmt.Fprintf(w, "%s\n", strings.TrimRight(fmt.Sprintf("%-14s %s", k+":", clean(fmt.Sprintf(format, a...))), " "))
+		fmt.Fprintf(facts, "%s\n", strings.TrimRight(fmt.Sprintf("%-14s %s", k+":", clean(fmt.Sprintf(format, a...))), " "))
 	}
 	line("node", "%s", n.NodeID)
 	c := n.Credentials
@@ -77,6 +83,10 @@ func printStatus(w io.Writer, n *status.Node, code int) {
 		line("valid", "%s to %s (expires in %s)", ts(c.NotBefore), ts(c.NotAfter), c.ExpiresIn)
 		line("renewal", "point %s, due %s (this node's splay)", ts(c.RenewAfter), ts(c.DueAt))
 		line("modes", "key %s, %s %s", c.KeyMode, c.PKIDir, c.DirMode)
+		line("files", "key %s, certificate %s, CA bundle %s", c.KeyPath, c.CertPath, c.CAPath)
+		for _, r := range c.CARoots {
+			line("ca root", "%s %s, valid until %s (%s)", short(r.Fingerprint), r.Subject, ts(r.NotAfter), inDays(r.ExpiresInSeconds))
+		}
 	case c.Error != "":
 		line("credentials", "%s: %s", c.PKIDir, c.Error)
 	default:
@@ -99,11 +109,31 @@ func printStatus(w io.Writer, n *status.Node, code int) {
 	}
 	line("metrics", "%s %s", n.Metrics.TextfileDir, strings.Join(n.Metrics.Files, " "))
 	line("renew timer", "%s %s %s", n.RenewTimer.Unit, n.RenewTimer.State, n.RenewTimer.Path)
+	if rv := n.Revoked; rv != nil {
+		done := "credentials removed"
+		if !rv.Complete {
+			done = "not finished: run provision revoke again"
+		}
+		line("revoked", "%s by provision revoke: serials %s; %s", ts(rv.At), strings.Join(rv.Serials, ", "), done)
+	}
 	fmt.Fprintf(w, "provision status: %s: %s", n.State, clean(n.Summary))
 	if n.Remedy != "" {
 		fmt.Fprintf(w, ". Next: %s", clean(n.Remedy))
 	}
 	fmt.Fprintf(w, " (exit %d)\n", code)
+}
+
+// inDays says how far off an expiry is, for a person: days, or hours
+// under two days; "expired" once passed.
+func inDays(secs int64) string {
+	d := time.Duration(secs) * time.Second
+	switch {
+	case d <= 0:
+		return "expired"
+	case d < 48*time.Hour:
+		return fmt.Sprintf("expires in %s", d.Round(time.Minute))
+	}
+	return fmt.Sprintf("expires in %d days", int64(d/(24*time.Hour)))
 }
 
 // printKey is the key store's line: where the key is, and whether it

@@ -20,7 +20,7 @@ func TestPrintStatusText(t *testing.T) {
 		Credentials: &status.Credentials{PKIDir: "/var/lib/provision/pki", Present: true, Serial: "42", Verdict: "keep", DueAt: due},
 		Renew:       &status.Renew{LastResult: "not-due"}, Metrics: status.Metrics{TextfileDir: "/var/lib/node_exporter"}}
 	var b bytes.Buffer
-	printStatus(&b, n, 0)
+	printStatus(&b, n, 0, false)
 	out := b.String()
 	for i, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
 		if strings.TrimRight(l, " \t") != l {

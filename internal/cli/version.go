@@ -17,7 +17,8 @@ var versionCmd = &command{
 	usage: `Prints the version, the commit it was built from, the Go version and the
 version of the step-ca client module (github.com/smallstep/certificates) linked
 into the binary. --format json prints them as one JSON object with the keys
-version, commit, go_version, step_ca_client_module and step_ca_client_version.
+schema_version, version, commit, go_version, step_ca_client_module and
+step_ca_client_version.
 
 Examples:
   provision version
@@ -33,6 +34,8 @@ const caClientModule = "github.com/smallstep/certificates"
 
 // BuildInfo is what 'provision version' reports.
 type BuildInfo struct {
+	SchemaVersion int `json:"schema_version"`
+
 	Version         string `json:"version"`
 	Commit          string `json:"commit"`
 	GoVersion       string `json:"go_version"`
@@ -57,7 +60,7 @@ func ReadBuildInfo() BuildInfo {
 }
 
 func buildInfoFrom(bi *debug.BuildInfo, version, commit string) BuildInfo {
-	info := BuildInfo{Version: version, Commit: commit, GoVersion: runtime.Version(), CAClientModule: caClientModule, CAClientVersion: "unknown"}
+	info := BuildInfo{SchemaVersion: SchemaVersion, Version: version, Commit: commit, GoVersion: runtime.Version(), CAClientModule: caClientModule, CAClientVersion: "unknown"}
 	if bi != nil {
 		if bi.GoVersion != "" {
 			info.GoVersion = bi.GoVersion
@@ -101,6 +104,10 @@ func runVersion(_ context.Context, env *runEnv, args []string) int {
 	if f.format == "json" {
 		b, _ := json.MarshalIndent(info, "", "  ")
 		fmt.Fprintln(env.stdout, string(b))
+		return ExitOK
+	}
+	if f.quiet {
+		fmt.Fprintf(env.stdout, "provision %s\n", info.Version)
 		return ExitOK
 	}
 	fmt.Fprintf(env.stdout, "provision %s\ncommit: %s\ngo: %s\nstep-ca client: %s %s\n", info.Version, info.Commit, info.GoVersion, info.CAClientModule, info.CAClientVersion)

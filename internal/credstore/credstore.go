@@ -670,3 +670,37 @@ func Asides(dir string) []string {
 	}
 	return out
 }
+
+// Remove deletes the credentials from dir, as provision revoke does once
+// they are revoked: first the stable names and "current" (the node-agent
+// finds no credentials from then on, rather than a revoked set), then
+// "previous", every generation and provision's temp files. Only
+// provision's own names are touched; dir itself stays. It returns the
+// names removed.
+func Remove(dir string) ([]string, error) {
+	var removed []string
+	for _, name := range []string{KeyFile, CertFile, CAFile, CurrentLink, PreviousLink} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
+		if err := os.Remove(p); err != nil { // a link, or a plain file of an older layout
+			return removed, err
+		}
+		removed = append(removed, name)
+	}
+	if err := system.SyncDir(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return removed, err
+	}
+	for _, g := range Generations(dir) {
+		if err := os.RemoveAll(filepath.Join(dir, g)); err != nil {
+			return removed, err
+		}
+		removed = append(removed, g+"/")
+	}
+	system.SweepTemp(dir, CurrentLink, PreviousLink, KeyFile, CertFile, CAFile)
+	if err := system.SyncDir(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return removed, err
+	}
+	return removed, nil
+}

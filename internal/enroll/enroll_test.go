@@ -3,14 +3,11 @@ package enroll_test
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -1101,20 +1098,12 @@ func TestSignBadResponse(t *testing.T) {
 // the given public key from p's intermediate.
 func mustLeafForKey(t *testing.T, p *controlplane.PKI, cn string) func(pub any) *x509.Certificate {
 	return func(pub any) *x509.Certificate {
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(time.Now().UnixNano()),
-			Subject:      pkix.Name{CommonName: cn},
-			DNSNames:     []string{cn},
-			NotBefore:    time.Now().Add(-time.Minute),
-			NotAfter:     time.Now().Add(time.Hour),
-			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, p.Intermediate, pub, p.IntermediateKey)
+		l, err := p.IssueLeaf(controlplane.LeafRequest{CommonName: cn, DNSNames: []string{cn}, PublicKey: pub,
+			NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 		if err != nil {
 			t.Error(err)
 			return nil
 		}
-		c, _ := x509.ParseCertificate(der)
-		return c
+		return l.Cert
 	}
 }

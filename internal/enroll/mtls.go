@@ -123,10 +123,26 @@ func (c *Client) Renew(ctx context.Context, cert tls.Certificate, roots *Roots, 
 	return renewed(op, key, chainOf(resp), cert.Leaf.Subject.CommonName)
 }
 
+// RFC 5280 revocation reason codes provision sends.
+const (
+	// ReasonSuperseded: a newer certificate replaced it (a rotated key).
+	ReasonSuperseded = 4
+	// ReasonCessationOfOperation: the node is decommissioned or
+	// re-imaged (provision revoke).
+	ReasonCessationOfOperation = 5
+)
+
 // Revoke revokes cert's own serial at the CA, authenticated by cert itself
 // over mTLS (step-ca's passive revocation: a certificate may revoke itself
-// without a token). reason is recorded by the CA.
+// without a token), as superseded. reason is recorded by the CA.
 func (c *Client) Revoke(ctx context.Context, cert tls.Certificate, roots *Roots, reason string) error {
+	return c.RevokeFor(ctx, cert, roots, ReasonSuperseded, reason)
+}
+
+// RevokeFor is Revoke with the RFC 5280 reason code given. The request is
+// signed by cert's own key, whatever holds it (cert.PrivateKey is the
+// crypto.Signer the renewal presents too).
+func (c *Client) RevokeFor(ctx context.Context, cert tls.Certificate, roots *Roots, code int, reason string) error {
 	if cert.Leaf == nil {
 		return errors.New("revoke: the certificate is not parsed")
 	}
@@ -136,9 +152,8 @@ func (c *Client) Revoke(ctx context.Context, cert tls.Certificate, roots *Roots,
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	// Superseded (RFC 5280 reason 4): a newer certificate replaced it.
 	_, err = client.RevokeWithContext(rctx, &api.RevokeRequest{
-		Serial: cert.Leaf.SerialNumber.String(), ReasonCode: 4, Reason: reason, Passive: true,
+		Serial: cert.Leaf.SerialNumber.String(), ReasonCode: code, Reason: reason, Passive: true,
 	}, tr)
 	if err != nil {
 		return mtlsError("revoke", err, tr.Status())

@@ -473,22 +473,73 @@ func ApplyTo(host *system.Host, file string, entries []Entry) (Strategy, error) 
 		return "", fmt.Errorf("resolving %s: %w", file, err)
 	}
 	defer f.Close()
-	old, err := f.Read()
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("reading %s: %w", file, err)
-	}
-	nb, changed, err := Apply(old, entries)
+	c, err := plan(f, file, entries)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", file, err)
+		return "", err
 	}
-	if !changed {
+	if !c.Changed {
 		return Unchanged, nil
 	}
-	s, err := f.Write(old, nb, host.Hook)
+	s, err := f.Write(c.Old, c.New, host.Hook)
 	if err != nil {
 		return "", fmt.Errorf("writing %s: %w", file, err)
 	}
 	return s, nil
+}
+
+// Change is what ApplyTo would do to a hosts file, decided without
+// writing anything: the file's contents now and after.
+type Change struct {
+	Node     string // the file edited, as a node path with every link resolved ("" when its directory is missing)
+	Old, New []byte
+	Changed  bool
+}
+
+// PlanTo is ApplyTo's decision alone (bootstrap --dry-run shows it): the
+// file reached and read as ApplyTo reaches it, under the path rule but
+// creating nothing, and the managed block for entries applied in memory.
+// A missing directory is a missing file: ApplyTo would create both.
+func PlanTo(host *system.Host, file string, entries []Entry) (*Change, error) {
+	f, err := Open(host, file, false)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return plan(nil, file, entries)
+	case err != nil:
+		return nil, fmt.Errorf("resolving %s: %w", file, err)
+	}
+	defer f.Close()
+	return plan(f, file, entries)
+}
+
+// plan reads f (nil: no file yet) and applies entries to it in memory.
+func plan(f *File, file string, entries []Entry) (*Change, error) {
+	c := &Change{}
+	if f != nil {
+		old, err := f.Read()
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("reading %s: %w", file, err)
+		}
+		c.Node, c.Old = f.Node, old
+	}
+	var err error
+	if c.New, c.Changed, err = Apply(c.Old, entries); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return c, nil
+}
+
+// BlockLines are the lines of b's managed block, markers included; none
+// when it has no block (or an unreadable one).
+func BlockLines(b []byte) []string {
+	blk, ls, err := markers(b)
+	if err != nil || !blk.Present {
+		return nil
+	}
+	var out []string
+	for _, l := range ls[blk.Begin : blk.End+1] {
+		out = append(out, strings.TrimSuffix(l.text, "\r"))
+	}
+	return out
 }
 
 // Describe words a failure of Check or Apply for path: what is wrong and

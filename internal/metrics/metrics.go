@@ -24,12 +24,15 @@ import (
 	"io/fs"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/gpuaas/provision/internal/lifecycle"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -175,7 +178,11 @@ func labels(kv ...string) [][2]string {
 }
 
 // Render returns the run's metrics in the Prometheus text exposition format
-// that node_exporter's textfile collector reads.
+// that node_exporter's textfile collector reads, written by the Prometheus
+// project's own encoder (github.com/prometheus/common/expfmt): its escaping
+// of label values and help texts and its number format are the ones
+// node_exporter parses, not a copy of them. The families, their order and
+// the one-series-per-label-set rule are provision's.
 func Render(r Run) ([]byte, error) {
 	if _, err := FileName(r.Command); err != nil {
 		return nil, err
@@ -236,19 +243,16 @@ func Render(r Run) ([]byte, error) {
 		if len(ss) == 0 {
 			continue
 		}
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n", f.name, f.help, f.name)
+		mf := &dto.MetricFamily{Name: proto.String(f.name), Help: proto.String(f.help), Type: dto.MetricType_GAUGE.Enum()}
 		for _, s := range ss {
-			b.WriteString(f.name)
-			b.WriteByte('{')
-			for i, l := range s.labels {
-				if i > 0 {
-					b.WriteByte(',')
-				}
-				fmt.Fprintf(&b, "%s=\"%s\"", l[0], escape(l[1]))
+			mt := &dto.Metric{Gauge: &dto.Gauge{Value: proto.Float64(s.value)}}
+			for _, l := range s.labels {
+				mt.Label = append(mt.Label, &dto.LabelPair{Name: proto.String(l[0]), Value: proto.String(l[1])})
 			}
-			b.WriteString("} ")
-			b.WriteString(strconv.FormatFloat(s.value, 'f', -1, 64))
-			b.WriteByte('\n')
+			mf.Metric = append(mf.Metric, mt)
+		}
+		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+			return nil, fmt.Errorf("metrics: %s: %w", f.name, err)
 		}
 	}
 	return b.Bytes(), nil
@@ -281,10 +285,6 @@ func boolValue(b bool) float64 {
 func seconds(t time.Time) float64 {
 	return float64(t.UnixMilli()) / 1000
 }
-
-var escaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-
-func escape(s string) string { return escaper.Replace(s) }
 
 // ErrNoDir says the textfile directory does not exist: node_exporter is not
 // installed (or reads another directory). provision never creates it.
@@ -326,4 +326,37 @@ func Write(host *system.Host, dir string, r Run) (string, error) {
 		return "", err
 	}
 	return d.Join(name), nil
+}
+
+// Remove deletes the textfile metrics of commands from dir, a node path
+// on host reached under the path rule as Write reaches it: provision revoke
+// removes a decommissioned node's bootstrap, verify and renew files, which
+// would otherwise go on reporting a certificate that is gone (and, past its
+// renewal point, alert). Only a regular file at one of provision's names
+// is removed; anything else there is left alone. It returns the names
+// removed; a missing directory removes nothing.
+func Remove(host *system.Host, dir string, commands ...string) ([]string, error) {
+	d, _, err := host.Chase(dir, system.ChaseOptions{Dir: true})
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	defer d.Close()
+	var removed []string
+	for _, c := range commands {
+		name, err := FileName(c)
+		if err != nil {
+			return removed, err
+		}
+		if st, err := d.Lstat(name); err != nil || !st.Mode().IsRegular() {
+			continue
+		}
+		if err := d.Remove(name); err != nil {
+			return removed, err
+		}
+		removed = append(removed, name)
+	}
+	return removed, d.Sync()
 }

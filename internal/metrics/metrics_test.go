@@ -1,15 +1,10 @@
 package metrics
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"errors"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +18,7 @@ import (
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 	"github.com/gpuaas/provision/internal/testenv"
+	"github.com/gpuaas/provision/tests/controlplane"
 )
 
 var (
@@ -64,7 +60,7 @@ func TestRenderFailingVerify(t *testing.T) {
 provision_build_info{command="verify",version="1.2.3"} 1
 # HELP provision_last_run_timestamp_seconds Unix time the last run of the command ended.
 # TYPE provision_last_run_timestamp_seconds gauge
-provision_last_run_timestamp_seconds{command="verify"} 1773480413.589
+provision_last_run_timestamp_seconds{command="verify"} 1.773480413589e+09
 # HELP provision_last_run_success 1 if the last run of the command was ok (exit 0), else 0.
 # TYPE provision_last_run_success gauge
 provision_last_run_success{command="verify"} 0
@@ -83,19 +79,19 @@ provision_check_status{check="tcp",command="verify",layer="tcp",owner="network"}
 provision_check_status{check="tls-client-auth",command="verify",layer="tls-client-auth",owner="ingress"} 2
 # HELP provision_cert_not_before_timestamp_seconds Unix time the installed node certificate became valid (NotBefore), as seen after the run.
 # TYPE provision_cert_not_before_timestamp_seconds gauge
-provision_cert_not_before_timestamp_seconds{command="verify"} 1773478800
+provision_cert_not_before_timestamp_seconds{command="verify"} 1.7734788e+09
 # HELP provision_cert_not_after_timestamp_seconds Unix time the installed node certificate expires (NotAfter), as seen after the run.
 # TYPE provision_cert_not_after_timestamp_seconds gauge
-provision_cert_not_after_timestamp_seconds{command="verify"} 1773565200
+provision_cert_not_after_timestamp_seconds{command="verify"} 1.7735652e+09
 # HELP provision_cert_issuer_root_info The CA root the installed node certificate chains to (hex SHA-256 of its DER); always 1.
 # TYPE provision_cert_issuer_root_info gauge
 provision_cert_issuer_root_info{command="verify",fingerprint="` + rootFP + `"} 1
 # HELP provision_cert_renew_after_timestamp_seconds Unix time the installed node certificate reaches its renewal point (renew.fraction of its lifetime), as seen after the run.
 # TYPE provision_cert_renew_after_timestamp_seconds gauge
-provision_cert_renew_after_timestamp_seconds{command="verify"} 1773536400
+provision_cert_renew_after_timestamp_seconds{command="verify"} 1.7735364e+09
 # HELP provision_cert_renew_due_timestamp_seconds Unix time provision renew renews the installed node certificate: its renewal point plus this node's splay.
 # TYPE provision_cert_renew_due_timestamp_seconds gauge
-provision_cert_renew_due_timestamp_seconds{command="verify"} 1773537600
+provision_cert_renew_due_timestamp_seconds{command="verify"} 1.7735376e+09
 `
 	if string(got) != want {
 		t.Errorf("--- got\n%s--- want\n%s", got, want)
@@ -120,8 +116,8 @@ func TestRenderSeries(t *testing.T) {
 		{"root unknown: expiry without root", Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotAfter: notAfter}},
 			[]string{"provision_cert_not_after_timestamp_seconds"}, []string{"provision_cert_issuer_root_info"}},
 		{"renew is a command like the others", Run{Command: "renew", Report: healthyBootstrap(), Cert: &Cert{NotAfter: notAfter, RenewAfter: renewAt, DueAt: dueAt}},
-			[]string{`provision_last_run_success{command="renew"} 1`, `provision_cert_renew_after_timestamp_seconds{command="renew"} 1773536400`,
-				`provision_cert_renew_due_timestamp_seconds{command="renew"} 1773537600`}, []string{`command="bootstrap"`}},
+			[]string{`provision_last_run_success{command="renew"} 1`, `provision_cert_renew_after_timestamp_seconds{command="renew"} 1.7735364e+09`,
+				`provision_cert_renew_due_timestamp_seconds{command="renew"} 1.7735376e+09`}, []string{`command="bootstrap"`}},
 		{"no renewal point: no renewal series", Run{Command: "verify", Report: failingVerify(), Cert: &Cert{NotAfter: notAfter}},
 			[]string{"provision_cert_not_after_timestamp_seconds"}, []string{"provision_cert_renew_"}},
 		{"config failure outside the ladder", Run{Command: "verify", Report: report.Failed("verify", "", "config", &diag.Finding{Layer: diag.Config, Owner: diag.Node, Summary: "bad"})},
@@ -278,28 +274,20 @@ func TestWrite(t *testing.T) {
 	})
 }
 
-func selfSigned(t *testing.T, cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour), IsCA: parent == nil, BasicConstraintsValid: true}
-	signer, signKey := tmpl, key
-	if parent != nil {
-		signer, signKey = parent, parentKey
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, key.Public(), signKey)
+func TestCertFacts(t *testing.T) {
+	p, err := controlplane.NewPKI(t.TempDir(), "root")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := x509.ParseCertificate(der)
-	return c, key
-}
-
-func TestCertFacts(t *testing.T) {
-	root, rootKey := selfSigned(t, "root", nil, nil)
-	other, _ := selfSigned(t, "other root", nil, nil)
-	inter, interKey := selfSigned(t, "intermediate", root, rootKey)
-	leaf, _ := selfSigned(t, "gpu-0042", inter, interKey)
+	o, err := controlplane.NewPKI(t.TempDir(), "other root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := p.IssueLeaf(controlplane.LeafRequest{CommonName: "gpu-0042", NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, other, inter, leaf := p.Root, o.Root, p.Intermediate, l.Cert
 	sum := sha256.Sum256(root.Raw)
 	fp := hex.EncodeToString(sum[:])
 	for _, tc := range []struct {

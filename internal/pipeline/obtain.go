@@ -257,8 +257,7 @@ func (r *Run) renewFailure(j *Judged, g *Obtained, err error) *diag.Finding {
 // with the CA's signed CRL as evidence, else a refusal the next run asks
 // about again (counted, so a persistent one alerts).
 func (r *Run) refused(j *Judged, g *Obtained, ee *enroll.Error, serial string) *diag.Finding {
-	o := r.Observed()
-	ev := o.Client.CheckRevocation(r.Ctx, j.Current.Chain, o.Roots)
+	ev := r.RevocationOf(j.Current.Chain)
 	if ev.Status == enroll.Revoked {
 		evidence := fmt.Sprintf("the CA's signed revocation list (CRL number %v, %s) lists it, revoked at %s", ev.CRLNumber, ev.Reason, stamp(ev.RevokedAt))
 		g.Revocation = &RevocationEvidence{Serial: serial, Evidence: evidence}

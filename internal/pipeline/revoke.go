@@ -1,10 +1,12 @@
 package pipeline
 
 import (
+	"crypto/x509"
 	"fmt"
 	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/report"
 )
@@ -56,4 +58,13 @@ func revokeReplaced(r *Run, out *Revocation) {
 	}
 	res.Status, res.Message = report.Pass, fmt.Sprintf("the replaced certificate (serial %s) was revoked at the CA, authenticated by itself", serial)
 	r.Log.Info("step", "step", RevokeCheck, "layer", "enroll", "status", "ok", "serial", serial)
+}
+
+// RevocationOf is the CA's signed evidence about chain's certificate (its
+// CRL, verified against the roots the run observed): the one way a run
+// asks whether a certificate was revoked. The step that asks must have
+// read the observed stage.
+func (r *Run) RevocationOf(chain []*x509.Certificate) *enroll.Revocation {
+	o := r.Observed()
+	return o.Client.CheckRevocation(r.Ctx, chain, o.Roots)
 }

@@ -279,6 +279,12 @@ func (r *Run) SetJudged(j *Judged) {
 // must declare Writes: StageObtained.
 func (r *Run) SetObtained(g *Obtained) { put(r, StageObtained, &r.st.obtained, g) }
 
+// NoRoots writes the observed stage empty: the step that declares it
+// found nothing the CA's roots are needed for (revoke, with no certificate
+// this CA could revoke), so the CA is not asked; later steps read nil
+// Roots and Client.
+func (r *Run) NoRoots() { r.setObserved(&Observed{}) }
+
 func (r *Run) setObserved(o *Observed)   { put(r, StageObserved, &r.st.observed, o) }
 func (r *Run) setProven(p *Proven)       { put(r, StageProven, &r.st.proven, p) }
 func (r *Run) setPublished(p *Published) { put(r, StagePublished, &r.st.published, p) }

@@ -263,6 +263,7 @@ func TestRenewCannotRenew(t *testing.T) {
 		if err := controlplane.WriteNodeCredentials(n.files.Root, n.cfg.Paths.PKIDir, l, n.cp.CA.RootPEM()); err != nil {
 			t.Fatal(err)
 		}
+		wantDryStop(t, n, true, diag.CA, "certificate stale")
 		wantStop(t, n.renew(t, true), diag.CA, "certificate stale")
 		// Offline, --check judges the chain against the installed ca.pem.
 		if d, f := renew.Check(n.cfg, n.host, true); d != renew.CannotRenew || !strings.HasPrefix(f.Summary, "certificate stale:") {
@@ -280,6 +281,7 @@ func TestRenewCannotRenew(t *testing.T) {
 		}
 		// The next run knows without asking the CA, and verify says so.
 		wantStop(t, n.renew(t, false), diag.Enroll, "certificate revoked")
+		wantDryStop(t, n, false, diag.Enroll, "certificate revoked")
 		e := observe.NewEnv(n.cfg, n.host)
 		rep := report.New("verify", nodeID, verify.Run(context.Background(), e, verify.Checks(), nil), 0)
 		if rep.OK || rep.FailedLayer != diag.Credentials || !strings.Contains(rep.Summary, "revoked") || !strings.Contains(rep.Remedy, "re-enroll") {
@@ -308,9 +310,27 @@ func TestRenewCannotRenew(t *testing.T) {
 
 func wantStop(t *testing.T, out *pipeline.Outcome, layer diag.Layer, prefix string) {
 	t.Helper()
-	r := out.Report
+	wantStopReport(t, out.Report, layer, prefix)
+	if out.Renewed {
+		t.Fatal("renew renewed")
+	}
+}
+
+// wantDryStop: renew --dry-run (with --force or not) stops where the run
+// stops, and calls it cannot-renew.
+func wantDryStop(t *testing.T, n *node, force bool, layer diag.Layer, prefix string) {
+	t.Helper()
+	p := renew.DryRun(context.Background(), n.cfg, n.host, pipeline.Options{Ladder: verify.Ladder, Policy: fast, Force: force})
+	wantStopReport(t, p.Report, layer, prefix)
+	if p.Plan != "cannot-renew" {
+		t.Fatalf("dry run plan %q, want cannot-renew", p.Plan)
+	}
+}
+
+func wantStopReport(t *testing.T, r *report.Report, layer diag.Layer, prefix string) {
+	t.Helper()
 	if r.OK || r.FailedLayer != layer || !strings.HasPrefix(r.Summary, prefix) ||
-		!strings.Contains(r.Summary, "re-enrollment with a fresh one-time token is needed (provision bootstrap)") || out.Renewed {
+		!strings.Contains(r.Summary, "re-enrollment with a fresh one-time token is needed (provision bootstrap)") {
 		t.Fatalf("renew: ok=%v layer %s summary %q; want layer %s, %q", r.OK, r.FailedLayer, r.Summary, layer, prefix)
 	}
 }

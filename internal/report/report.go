@@ -59,6 +59,9 @@ type Report struct {
 	// Steps are the command's named steps with their durations (empty for
 	// verify): where the time of a run went.
 	Steps []Step `json:"steps,omitempty"`
+	// DryRun is what a dry run (bootstrap or renew --dry-run) found the
+	// run would do (a pipeline.Preview); absent from every other report.
+	DryRun any `json:"dry_run,omitempty"`
 }
 
 // Step is one of a command's named steps in the report. Field names are an

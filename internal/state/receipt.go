@@ -20,8 +20,19 @@ const (
 	DoneDir     = "done"
 )
 
+// SchemaVersion is the version of every record provision writes under
+// state_dir (the receipt, renew.json, revoke.json), carried as their
+// schema_version and described by the JSON Schemas the package ships
+// (packaging/schemas). Like the log schema it changes only if a field is
+// renamed or removed or changes meaning, which the contract forbids; a
+// field added does not change it.
+const SchemaVersion = 1
+
 // Receipt is the done receipt. Field names are an interface.
 type Receipt struct {
+	// SchemaVersion is SchemaVersion when written.
+	SchemaVersion int `json:"schema_version"`
+
 	NodeID          string    `json:"node_id"`
 	Serial          string    `json:"serial"`
 	Issuer          string    `json:"issuer"`
@@ -48,6 +59,7 @@ type Receipt struct {
 
 // WriteReceipt writes the done receipt and the per-install done marker.
 func WriteReceipt(stateDir string, r *Receipt, hook system.Hook) error {
+	r.SchemaVersion = SchemaVersion
 	if err := writeJSON(hook, stateDir, ReceiptFile, r, 0o644, true); err != nil {
 		return err
 	}

@@ -37,6 +37,9 @@ const (
 // Renewal is the renew record, state_dir/renew.json: what the last
 // renewal attempt found and did. Field names are an interface.
 type Renewal struct {
+	// SchemaVersion is state.SchemaVersion when written.
+	SchemaVersion int `json:"schema_version"`
+
 	NodeID      string    `json:"node_id"`
 	Serial      string    `json:"serial"`       // the current certificate after the attempt
 	NotAfter    time.Time `json:"not_after"`    // its expiry
@@ -119,6 +122,7 @@ func ReadRenewal(stateDir string) *Renewal {
 // WriteRenewal replaces the renew record atomically (0644: it holds no
 // secret).
 func WriteRenewal(stateDir string, r *Renewal) error {
+	r.SchemaVersion = SchemaVersion
 	if _, err := system.ClaimDir(stateDir, true); err != nil {
 		return err
 	}

@@ -66,6 +66,17 @@ type Node struct {
 	// damage is the records of state_dir that do not parse or were kept
 	// aside for that: each is on the attention list.
 	damage []state.Damage
+
+	// Revoked is what provision revoke did (state_dir/revoke.json); nil
+	// when it never ran.
+	Revoked *Revoked `json:"revoked"`
+}
+
+// Revoked is the revoke record, in short.
+type Revoked struct {
+	At       time.Time `json:"revoked_at"`
+	Serials  []string  `json:"serials"`  // the certificates revoked at the CA (now or before)
+	Complete bool      `json:"complete"` // the credentials and records were removed
 }
 
 // Timer is a systemd timer's enablement, from the node's files alone.
@@ -95,6 +106,29 @@ type Credentials struct {
 	BundleRoots     int       `json:"bundle_roots"`
 	Verdict         string    `json:"verdict"`           // keep, tighten, renew, re-enroll
 	Reasons         []string  `json:"reasons,omitempty"` // the verdict's reasons
+
+	// ExpiresInSeconds is ExpiresIn in whole seconds (negative when
+	// expired), for a script that compares; nil without a certificate.
+	ExpiresInSeconds *int64 `json:"expires_in_seconds,omitempty"`
+	// KeyPath, CertPath and CAPath are the stable paths the node-agent
+	// reads (links through pki_dir/current), as the node names them.
+	KeyPath  string `json:"key_path"`
+	CertPath string `json:"cert_path"`
+	CAPath   string `json:"ca_path"`
+	// CARoots are the roots in ca.pem with their own expiry, as kubeadm's
+	// check-expiration lists the CAs: a root that expires ends every
+	// certificate under it.
+	CARoots []Root `json:"ca_roots"`
+}
+
+// Root is one root certificate of the installed CA bundle.
+type Root struct {
+	Subject          string    `json:"subject"`
+	Fingerprint      string    `json:"fingerprint"` // hex SHA-256 of the DER
+	NotBefore        time.Time `json:"not_before"`
+	NotAfter         time.Time `json:"not_after"`
+	ExpiresInSeconds int64     `json:"expires_in_seconds"`
+	ChainsHere       bool      `json:"issued_certificate"` // the installed certificate chains to this root
 }
 
 // Key is the node's key store: where keys are made, where the installed
@@ -161,6 +195,14 @@ func Take(cfg *config.Config, host *system.Host) *Node {
 	n.Metrics = metricsFiles(cfg, host)
 	st, at := observe.RenewTimer(host)
 	n.RenewTimer = Timer{Unit: lifecycle.RenewTimer, State: string(st), Path: at}
+	if rv := state.ReadRevocation(host.Path(cfg.Paths.StateDir)); rv != nil {
+		n.Revoked = &Revoked{At: rv.At, Complete: rv.Complete, Serials: []string{}}
+		for _, c := range rv.Certificates {
+			if c.Result == state.RevokedNow || c.Result == state.RevokedBefore {
+				n.Revoked.Serials = append(n.Revoked.Serials, c.Serial)
+			}
+		}
+	}
 	judge(n, v, cfg, host.Time(), func(add func(string, string)) { keyAttention(n, e, add) })
 	return n
 }
@@ -204,7 +246,10 @@ func keyAttention(n *Node, e *observe.Env, add func(what, remedy string)) {
 }
 
 func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now time.Time) *Credentials {
-	c := &Credentials{PKIDir: cfg.Paths.PKIDir, Verdict: v.Action.String()}
+	c := &Credentials{PKIDir: cfg.Paths.PKIDir, Verdict: v.Action.String(), CARoots: []Root{},
+		KeyPath:  filepath.Join(cfg.Paths.PKIDir, credstore.KeyFile),
+		CertPath: filepath.Join(cfg.Paths.PKIDir, credstore.CertFile),
+		CAPath:   filepath.Join(cfg.Paths.PKIDir, credstore.CAFile)}
 	for _, r := range v.Reasons {
 		c.Reasons = append(c.Reasons, string(r))
 	}
@@ -221,12 +266,25 @@ func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now ti
 	c.NotBefore, c.NotAfter = leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
 	c.RenewAfter, c.DueAt = v.Schedule.RenewAfter.UTC(), v.Schedule.DueAt.UTC()
 	c.ExpiresIn = leaf.NotAfter.Sub(now).Round(time.Second).String()
+	secs := secondsUntil(leaf.NotAfter, now)
+	c.ExpiresInSeconds = &secs
 	c.KeyMode, c.DirMode = fmt.Sprintf("%04o", set.KeyMode), fmt.Sprintf("%04o", set.DirMode)
 	c.BundleRoots = len(set.Roots)
-	if root := lifecycle.IssuingRoot(set.Chain, set.Roots); root != nil {
+	root := lifecycle.IssuingRoot(set.Chain, set.Roots)
+	if root != nil {
 		c.RootFingerprint, c.RootSubject = enroll.Fingerprint(root), root.Subject.String()
 	}
+	for _, r := range set.Roots {
+		c.CARoots = append(c.CARoots, Root{Subject: r.Subject.String(), Fingerprint: enroll.Fingerprint(r),
+			NotBefore: r.NotBefore.UTC(), NotAfter: r.NotAfter.UTC(), ExpiresInSeconds: secondsUntil(r.NotAfter, now),
+			ChainsHere: root != nil && r.Equal(root)})
+	}
 	return c
+}
+
+// secondsUntil is t - now in whole seconds (rounded), negative once passed.
+func secondsUntil(t, now time.Time) int64 {
+	return int64(t.Sub(now).Round(time.Second) / time.Second)
 }
 
 func metricsFiles(cfg *config.Config, host *system.Host) Metrics {
@@ -257,6 +315,9 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more
 		n.State, n.Summary, n.Remedy = Unusable, "no usable identity: "+v.Detail[r], lifecycle.Remedy(r, cfg)
 		if r == lifecycle.Missing {
 			n.Summary = "not enrolled: " + v.Detail[r]
+			if rv := n.Revoked; rv != nil && rv.Complete {
+				n.Summary = fmt.Sprintf("not enrolled: taken out of service by provision revoke at %s (%d certificate(s) revoked at the CA, the credentials removed)", stamp(rv.At), len(rv.Serials))
+			}
 		}
 		for _, d := range n.damage {
 			n.Attention = append(n.Attention, d.String())
@@ -320,3 +381,16 @@ func renewAttention(n *Node, add func(what, remedy string)) {
 }
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// Usable says, offline, whether the node holds a usable identity (the one
+// verdict, judged against the installed ca.pem as Take judges it):
+// provision revoke ends it only when told to (--yes). what names it.
+func Usable(cfg *config.Config, host *system.Host) (ok bool, what string) {
+	e := observe.NewEnv(cfg, host)
+	e.Offline = true
+	v := e.Verdict(context.Background())
+	if v.Action == lifecycle.Reenroll || v.Leaf == nil {
+		return false, "no usable identity: " + v.Detail[v.First()]
+	}
+	return true, fmt.Sprintf("the node holds a usable identity: certificate serial %s, valid until %s", v.Leaf.SerialNumber, stamp(v.Leaf.NotAfter))
+}

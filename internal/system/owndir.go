@@ -48,7 +48,7 @@ const ownMarkText = "provision created this directory and keeps only its own fil
 var (
 	// ownFiles are regular files: the run lock and the records in
 	// state_dir.
-	ownFiles = []string{".lock", "receipt.json", "enroll-pending.json", "key-exposed.json", "renew.json", "last-failure.json"}
+	ownFiles = []string{".lock", "receipt.json", "enroll-pending.json", "key-exposed.json", "renew.json", "last-failure.json", "revoke.json"}
 	// ownDirs are real directories in state_dir (a link there is refused:
 	// it would send a done marker or a task anywhere).
 	ownDirs = []string{"done", "tasks"}

@@ -46,6 +46,11 @@ type Host struct {
 	// of the binary sets it to kill the process there, and unit tests set
 	// it on their own Host: it is passed in, never a package variable.
 	Hook Hook
+	// Overlay maps lower-case names to addresses, consulted by LookupHost
+	// before anything else: the hosts block a dry run decided but did not
+	// write (bootstrap writes it before its first connection, so its dry
+	// run resolves as the run will). nil in every run that writes.
+	Overlay map[string][]netip.Addr
 }
 
 // Hook marks a named point of a run: "hosts written", "before sign",
@@ -178,6 +183,9 @@ var ErrNotFound = errors.New("no address for name")
 func (h *Host) LookupHost(ctx context.Context, name string) ([]netip.Addr, error) {
 	if ip, err := netip.ParseAddr(name); err == nil {
 		return []netip.Addr{ip}, nil
+	}
+	if a := h.Overlay[strings.ToLower(name)]; len(a) > 0 {
+		return a, nil
 	}
 	if !h.IsLive() {
 		return h.lookupHostsFile(ctx, name)

@@ -113,7 +113,9 @@ var onePlace = map[string]func(*testing.T, tree){
 	"What did a run see?": func(t *testing.T, tr tree) {
 		atLeast(t, "the run's observation", only(t, tr, "an observation made", []string{"internal/pipeline", "internal/cli", "internal/status", "internal/renew"}, refsTo(mod("internal/observe"), "NewEnv")))
 		for _, h := range pk(t, tr, "internal/pipeline").refs(mod("internal/observe"), "NewEnv") {
-			if h.fn != "New" {
+			// A dry run that stopped before assess has no verdict of the
+			// run's: it judges the installed set offline, as status does.
+			if h.fn != "New" && h.fn != "describeCreds" {
 				t.Errorf("internal/pipeline observes the node outside New: %s", h)
 			}
 		}
@@ -237,6 +239,45 @@ var onePlace = map[string]func(*testing.T, tree){
 		atLeast(t, "the table", only(t, tr, "an exit-code table", []string{"internal/cli"}, func(p *pkg) []hit { return p.composites("", "exitRow") }))
 		if !strings.Contains(testSources(t, "internal/cli"), "func TestExitTables(") {
 			t.Error("internal/cli has no TestExitTables holding the help, man pages and runbook to the table")
+		}
+	},
+	// A dry run is the command's own steps: bootstrap's and renew's dry
+	// runs go through pipeline.DryRun, take their command's assess step
+	// (no assess of their own), and only cli starts one.
+	"What would a run do?": func(t *testing.T, tr tree) {
+		for _, dir := range []string{"internal/bootstrap", "internal/renew"} {
+			p := pk(t, tr, dir)
+			atLeast(t, dir+" DryRun through pipeline.DryRun", len(p.refs(mod("internal/pipeline"), "DryRun")))
+			for _, h := range literal(`"assess"`)(p) {
+				if !strings.Contains(h.where, "bootstrap.go") && !strings.Contains(h.where, "renew.go") {
+					t.Errorf("%s names an assess step outside its list: a dry run takes AssessStep: %s", dir, h)
+				}
+			}
+		}
+		only(t, tr, "a dry run started", []string{"internal/cli", "internal/bootstrap", "internal/renew"}, refsTo(mod("internal/pipeline"), "DryRun"))
+	},
+	// config check reads the config as every command does, through
+	// config.Load, and nothing but the config.
+	"Is this config valid on its own?": func(t *testing.T, tr tree) {
+		p := pk(t, tr, "internal/cli")
+		atLeast(t, "config.Load in cli", len(p.refs(mod("internal/config"), "Load")))
+		only(t, tr, "the config decoded", []string{"internal/config"}, refsTo("github.com/BurntSushi/toml", "NewDecoder"))
+		seen := false
+		for _, f := range p.files {
+			if !strings.HasSuffix(f.name, "configcheck.go") {
+				continue
+			}
+			seen = true
+			for _, path := range f.imports {
+				for _, bad := range []string{"internal/observe", "internal/credstore", "internal/state", "internal/pipeline", "internal/enroll", "net/http"} {
+					if path == mod(bad) || path == bad {
+						t.Errorf("%s imports %s: config check reads nothing but the config", f.name, path)
+					}
+				}
+			}
+		}
+		if !seen {
+			t.Error("internal/cli has no configcheck.go")
 		}
 	},
 	// A layer's code is in cli's table alone, and only a main exits.

@@ -255,6 +255,32 @@ var mustNot = map[string]func(*testing.T, tree){
 	},
 	"`internal/bootstrap`": func(t *testing.T, tr tree) { noSharedStep(t, tr, "internal/bootstrap") },
 	"`internal/renew`":     func(t *testing.T, tr tree) { noSharedStep(t, tr, "internal/renew") },
+	// remove anything before the CA revoked it: the credentials and the
+	// records are removed by the remove step alone, which the list runs
+	// after the revoke step (a failure there ends the run); tests/e2e
+	// TestRevokeFailsClosed shows nothing removed when the CA refuses.
+	"`internal/revoke`": func(t *testing.T, tr tree) {
+		p := pk(t, tr, "internal/revoke")
+		for _, ref := range [][2]string{{"internal/credstore", "Remove"}, {"internal/state", "Forget"}, {"internal/metrics", "Remove"}} {
+			hits := p.refs(mod(ref[0]), ref[1])
+			atLeast(t, ref[0]+"."+ref[1], len(hits))
+			for _, h := range hits {
+				if h.fn != "remove" {
+					t.Errorf("internal/revoke removes outside its remove step: %s", h)
+				}
+			}
+		}
+		line := map[string]int{}
+		for _, h := range p.strings() {
+			if h.fn == "Run" && (h.what == "revoke" || h.what == "remove") {
+				n, _ := strconv.Atoi(h.where[strings.LastIndex(h.where, ":")+1:])
+				line[h.what] = n
+			}
+		}
+		if line["revoke"] == 0 || line["remove"] == 0 || line["revoke"] > line["remove"] {
+			t.Errorf("internal/revoke's list (Run) must name the revoke step before the remove step: %v", line)
+		}
+	},
 	// use the network or the lock: no network package, no probe, no CA
 	// client, and every observation it makes is offline.
 	"`internal/status`": func(t *testing.T, tr tree) {
@@ -325,7 +351,7 @@ var mustNot = map[string]func(*testing.T, tree){
 	},
 	// run a command but through the CLI.
 	"`tests/...`": func(t *testing.T, tr tree) {
-		forbidden := []string{"internal/pipeline", "internal/bootstrap", "internal/renew", "internal/verify", "internal/observe", "internal/status"}
+		forbidden := []string{"internal/pipeline", "internal/bootstrap", "internal/renew", "internal/revoke", "internal/verify", "internal/observe", "internal/status"}
 		files := testImports(t)
 		for _, f := range sortedKeys(files) {
 			if strings.HasPrefix(f, "tests/arch/") {

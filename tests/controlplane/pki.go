@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -14,9 +15,13 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"time"
+
+	"go.step.sm/crypto/x509util"
 )
 
 // PKI is a two-level certificate hierarchy (root -> intermediate, ECDSA
@@ -144,12 +149,15 @@ func Fingerprint(cert *x509.Certificate) string {
 // Leaf is an end-entity certificate with its key and the intermediate that
 // issued it.
 type Leaf struct {
-	Cert         *x509.Certificate
+	Cert *x509.Certificate
+	// Key is the leaf's P-256 key; nil when LeafRequest gave another kind
+	// (Signer holds it) or only a public key (no key here at all).
 	Key          *ecdsa.PrivateKey
+	Signer       crypto.Signer
 	Intermediate *x509.Certificate
 }
 
-// KeyPEM is the leaf key as an "EC PRIVATE KEY" PEM block.
+// KeyPEM is the leaf key as an "EC PRIVATE KEY" PEM block (a P-256 leaf's).
 func (l *Leaf) KeyPEM() []byte {
 	der, err := x509.MarshalECPrivateKey(l.Key)
 	if err != nil {
@@ -163,13 +171,26 @@ func (l *Leaf) ChainPEM() []byte {
 	return append(certPEM(l.Cert), certPEM(l.Intermediate)...)
 }
 
-// TLSCertificate is the leaf, its intermediate and key for a tls.Config.
+// TLSCertificate is the leaf, its intermediate (none for a self-signed
+// leaf) and key for a tls.Config.
 func (l *Leaf) TLSCertificate() tls.Certificate {
-	return tls.Certificate{
-		Certificate: [][]byte{l.Cert.Raw, l.Intermediate.Raw},
-		PrivateKey:  l.Key,
-		Leaf:        l.Cert,
+	key := l.Signer
+	if l.Key != nil {
+		key = l.Key // a test may swap the P-256 key (a key of another certificate)
 	}
+	c := tls.Certificate{Certificate: [][]byte{l.Cert.Raw}, PrivateKey: key, Leaf: l.Cert}
+	if l.Intermediate != nil {
+		c.Certificate = append(c.Certificate, l.Intermediate.Raw)
+	}
+	return c
+}
+
+// SelfSigned issues req as a self-signed certificate outside any PKI (an
+// ingress's built-in default certificate, a header-format fixture); its
+// times default to the real clock's.
+func SelfSigned(req LeafRequest) (*Leaf, error) {
+	req.SelfSigned = true
+	return (&PKI{now: time.Now}).IssueLeaf(req)
 }
 
 // LeafRequest describes a leaf certificate to issue directly from a PKI's
@@ -189,14 +210,27 @@ type LeafRequest struct {
 	SelfSigned bool
 	// Extensions are added as they are (step-ca's provisioner extension).
 	Extensions []pkix.Extension
-	// PublicKey, when set, is certified instead of a key made here (a key
-	// in a TPM); the Leaf's Key is then nil.
-	PublicKey *ecdsa.PublicKey
+	// Key is the leaf's own key (the RSA key of the default certificate an
+	// ingress generates, say); nil generates a P-256 key.
+	Key crypto.Signer
+	// PublicKey issues the leaf for a key held elsewhere (a node's key, a
+	// key in a TPM); the Leaf then holds no key.
+	PublicKey crypto.PublicKey
+	// Serial is the serial number; nil: random.
+	Serial *big.Int
+	// URIs are URI SANs (a SPIFFE ID).
+	URIs []*url.URL
+	// KeyUsage replaces the default, digital signature.
+	KeyUsage x509.KeyUsage
+	// IssuerName is the issuer a SelfSigned leaf names, when not its own
+	// subject (a forwarded-header test's issuer).
+	IssuerName *pkix.Name
 }
 
-// IssueLeaf signs a new P-256 leaf with the intermediate.
+// IssueLeaf signs a new leaf (P-256 unless req says otherwise) with the
+// intermediate, or with its own key when SelfSigned.
 func (p *PKI) IssueLeaf(req LeafRequest) (*Leaf, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	signer, pub, err := leafKey(req)
 	if err != nil {
 		return nil, err
 	}
@@ -207,30 +241,59 @@ func (p *PKI) IssueLeaf(req LeafRequest) (*Leaf, error) {
 	if req.NotAfter.IsZero() {
 		req.NotAfter = now.Add(24 * time.Hour)
 	}
+	if req.Serial == nil {
+		req.Serial = mustSerial()
+	}
+	if req.KeyUsage == 0 {
+		req.KeyUsage = x509.KeyUsageDigitalSignature
+	}
 	tmpl := &x509.Certificate{
-		SerialNumber:    mustSerial(),
+		SerialNumber:    req.Serial,
 		Subject:         pkix.Name{CommonName: req.CommonName, Organization: req.Organization},
 		DNSNames:        req.DNSNames,
 		IPAddresses:     req.IPs,
+		URIs:            req.URIs,
 		NotBefore:       req.NotBefore,
 		NotAfter:        req.NotAfter,
-		KeyUsage:        x509.KeyUsageDigitalSignature,
+		KeyUsage:        req.KeyUsage,
 		ExtKeyUsage:     req.ExtKeyUsage,
 		ExtraExtensions: req.Extensions,
 	}
-	parent, signer := p.Intermediate, p.IntermediateKey
+	parent, parentKey := p.Intermediate, crypto.Signer(p.IntermediateKey)
 	if req.SelfSigned {
-		parent, signer = tmpl, key
+		parent, parentKey = tmpl, signer
+		if req.IssuerName != nil {
+			parent = &x509.Certificate{Subject: *req.IssuerName}
+		}
 	}
-	pub := &key.PublicKey
-	if req.PublicKey != nil {
-		pub, key = req.PublicKey, nil
-	}
-	cert, err := createCert(tmpl, parent, pub, signer)
+	cert, err := createCert(tmpl, parent, pub, parentKey)
 	if err != nil {
 		return nil, err
 	}
-	return &Leaf{Cert: cert, Key: key, Intermediate: p.Intermediate}, nil
+	l := &Leaf{Cert: cert, Signer: signer, Intermediate: p.Intermediate}
+	l.Key, _ = signer.(*ecdsa.PrivateKey)
+	return l, nil
+}
+
+// leafKey is the leaf's signer (nil for PublicKey) and public key.
+func leafKey(req LeafRequest) (crypto.Signer, crypto.PublicKey, error) {
+	if v := reflect.ValueOf(req.PublicKey); v.Kind() == reflect.Pointer && v.IsNil() {
+		req.PublicKey = nil // a typed nil (*ecdsa.PublicKey)(nil): no key given
+	}
+	switch {
+	case req.PublicKey != nil:
+		if req.SelfSigned {
+			return nil, nil, errors.New("a self-signed leaf needs its own key, not only a public key")
+		}
+		return nil, req.PublicKey, nil
+	case req.Key != nil:
+		return req.Key, req.Key.Public(), nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, key.Public(), nil
 }
 
 // IssueClientCert issues a node client certificate the way step-ca would for
@@ -258,12 +321,10 @@ func (p *PKI) IssueServerCert(hostname string, ips ...net.IP) (*Leaf, error) {
 	})
 }
 
-func createCert(tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, signer *ecdsa.PrivateKey) (*x509.Certificate, error) {
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
+// createCert signs tmpl through step's own x509util, as step-ca's
+// certificates are made (a subject key ID included).
+func createCert(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
+	return x509util.CreateCertificate(tmpl, parent, pub, signer)
 }
 
 func certPEM(c *x509.Certificate) []byte {

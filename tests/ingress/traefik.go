@@ -64,6 +64,7 @@ import (
 	"time"
 
 	"github.com/gpuaas/provision/internal/testenv"
+	"github.com/gpuaas/provision/tests/controlplane"
 )
 
 // Traefik's TLS option names in the emulated configuration.
@@ -432,21 +433,17 @@ func traefikDefaultCertificate() (*tls.Certificate, error) {
 		return nil, err
 	}
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: "TRAEFIK DEFAULT CERT"},
-		NotBefore:    now,
-		NotAfter:     now.Add(365 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{domain},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	leaf, err := controlplane.SelfSigned(controlplane.LeafRequest{
+		CommonName: "TRAEFIK DEFAULT CERT", DNSNames: []string{domain}, Key: key, Serial: serial,
+		NotBefore: now, NotAfter: now.Add(365 * 24 * time.Hour),
+		KeyUsage:    x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("generating default certificate: %w", err)
 	}
-	leaf, _ := x509.ParseCertificate(der)
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+	c := leaf.TLSCertificate()
+	return &c, nil
 }
 
 var errHelloPeeked = errors.New("client hello peeked")
