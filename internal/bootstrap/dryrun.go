@@ -57,7 +57,7 @@ func previewHosts(r *pipeline.Run, p *pipeline.Preview) *diag.Finding {
 	for _, e := range entries {
 		overlay.Overlay[strings.ToLower(e.Name)] = []netip.Addr{e.IP}
 	}
-	r.Host = &overlay
+	r.Host, r.Env.Host = &overlay, &overlay // the run's observation resolves through it too
 	return nil
 }
 

@@ -74,10 +74,10 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	if f.dryRun {
 		return dryRun(ctx, env, f, cfg, host, log)
 	}
-	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context) *pipeline.Outcome {
+	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context, o pipeline.Options) *pipeline.Outcome {
 		// pki_dir and state_dir were claimed as provision's own by load
 		// (claimDirs): created 0700, refused when they hold other files.
-		out := bootstrap.Run(ctx, cfg, host, pipelineOptions(log, false))
+		out := bootstrap.Run(ctx, cfg, host, o)
 		logOutcomeTask(log, cfg, out)
 		return out
 	})
@@ -121,11 +121,15 @@ func logOutcomeTask(log *slog.Logger, cfg *config.Config, out *pipeline.Outcome)
 // line. A lock another run holds past the deadline is exit 4. The wait for
 // the lock and the run share one bootstrap.deadline: a run that waited has
 // that much less time, so no run outlives its deadline.
-func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, run func(context.Context) *pipeline.Outcome) int {
+func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, run func(ctx context.Context, o pipeline.Options) *pipeline.Outcome) int {
 	cmd := f.cmd.name
-	ctx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
+	// The run's deadline counts the lock's wait (o.Until); its context
+	// stays the signals' alone, so a pending post hook outlives the
+	// deadline within its own timeout (pipeline.PostHook).
+	lockCtx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
 	defer cancel()
-	unlock, err := lock(ctx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
+	until, _ := lockCtx.Deadline()
+	unlock, err := lock(lockCtx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
 	if err != nil {
 		var le *lockError
 		if errors.As(err, &le) && le.busy {
@@ -140,6 +144,8 @@ func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host
 			Summary: err.Error(), Remedy: diag.Writable(cfg.Paths.StateDir) + " by provision"}), nil)
 	}
 	defer unlock()
-	out := run(ctx)
+	o := pipelineOptions(log, f.force)
+	o.Until = until
+	out := run(ctx, o)
 	return finish(env, f, cfg, host, log, out.Report, seenBy(out))
 }

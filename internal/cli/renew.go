@@ -96,8 +96,8 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	if f.dryRun {
 		return dryRun(ctx, env, f, cfg, host, log)
 	}
-	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context) *pipeline.Outcome {
-		out := renew.Run(ctx, cfg, host, pipelineOptions(log, f.force))
+	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context, o pipeline.Options) *pipeline.Outcome {
+		out := renew.Run(ctx, cfg, host, o)
 		logOutcomeTask(log, cfg, out)
 		return out
 	})

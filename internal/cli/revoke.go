@@ -70,7 +70,7 @@ func runRevoke(ctx context.Context, env *runEnv, args []string) int {
 			Summary: what + "; provision revoke would revoke it at the CA and remove it",
 			Remedy:  "run provision revoke --yes to take this node out of service (decommission, re-image); nothing was changed"}))
 	}
-	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context) *pipeline.Outcome {
-		return revoke.Run(ctx, cfg, host, pipelineOptions(log, false))
+	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context, o pipeline.Options) *pipeline.Outcome {
+		return revoke.Run(ctx, cfg, host, o)
 	})
 }

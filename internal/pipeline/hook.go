@@ -1,8 +1,6 @@
 package pipeline
 
 import (
-	"context"
-	"errors"
 	"time"
 
 	"github.com/gpuaas/provision/internal/diag"
@@ -15,8 +13,8 @@ import (
 // the swap (hookDue), this run's or an earlier one's, a publish without a
 // passing proof among them. The node-agent must be told about credentials
 // that changed, however long that takes: a pending hook runs in every run,
-// also one a failure ended (Run.hookAnyway), and after the run's deadline
-// within its own timeout. A failure keeps it pending (exit 22 when nothing
+// also one a failure ended (Run.hookAnyway), bounded by its own timeout
+// rather than by what the run's deadline left. A failure keeps it pending (exit 22 when nothing
 // else failed); the new set stands.
 func PostHook(r *Run) *diag.Finding {
 	h := &Hooked{Configured: len(r.Cfg.Renew.PostHook) > 0}
@@ -27,10 +25,11 @@ func PostHook(r *Run) *diag.Finding {
 	h.Ran = true
 	leaf := r.installedLeafFacts()
 	ctx := r.Ctx
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) && r.parent != nil {
-		// The run's deadline went to a proof or a renewal retried through
-		// an outage: the node-agent is told all the same, the hook bounded
-		// by its own renew.post_hook_timeout (a signal still stops it).
+	if r.parent != nil {
+		// Whatever the run's deadline left (a proof or a renewal retried
+		// through an outage may have used it to the last millisecond), the
+		// node-agent is told: the hook is bounded by its own
+		// renew.post_hook_timeout, and a signal still stops it.
 		ctx = r.parent
 	}
 	if _, err := hook.Run(ctx, hook.FromConfig(r.Cfg, r.Host.Root, leaf.serial, leaf.notAfter)); err != nil {

@@ -60,6 +60,13 @@ type Options struct {
 	Ladder Ladder
 	// Force renews now, whatever the renewal point (renew --force).
 	Force bool
+	// Until, when set, ends the run by then at the latest, if that is
+	// earlier than bootstrap.deadline from New: cli sets the command's
+	// start plus bootstrap.deadline, so the lock's wait counts. The context
+	// given to New carries cancellation only (a signal): the post hook,
+	// bounded by its own timeout, outlives the run's deadline, never a
+	// signal.
+	Until time.Time
 	// Invocation is systemd's INVOCATION_ID when this process is the
 	// unit's own (cli decides); "" for a run by hand. Only such a run can
 	// be a restart (RestartSplay).
@@ -154,7 +161,7 @@ type Run struct {
 }
 
 // New starts a run of command on host, bounded by bootstrap.deadline (or
-// by ctx's own deadline when it is earlier: the lock's wait counts). It
+// by Options.Until, or ctx's own deadline, when earlier). It
 // reads the renew record once and makes the run's observation. The caller
 // must call the returned cancel.
 func New(ctx context.Context, command string, cfg *config.Config, host *system.Host, o Options) (*Run, context.CancelFunc) {
@@ -162,7 +169,11 @@ func New(ctx context.Context, command string, cfg *config.Config, host *system.H
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
+	until := time.Now().Add(cfg.Bootstrap.Deadline.Duration)
+	if !o.Until.IsZero() && o.Until.Before(until) {
+		until = o.Until
+	}
+	ctx, cancel := context.WithDeadline(ctx, until)
 	r := &Run{Command: command, Ctx: ctx, Cfg: cfg, Host: host, Opts: o, Log: o.Log, Out: &Outcome{}, Start: time.Now(),
 		StateDir: host.Path(cfg.Paths.StateDir), PKI: host.Path(cfg.Paths.PKIDir), parent: parent}
 	r.Found = state.ReadRenewal(r.StateDir)

@@ -198,8 +198,11 @@ func (d *decom) notRevocable(r *pipeline.Run, x *found, roots *enroll.Roots) str
 	}
 	if roots == nil { // before the roots fetch: time and key only
 		leaf, now := x.set.Leaf(), r.Host.Time()
-		if now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
-			return fmt.Sprintf("valid only from %s to %s; no identity this CA could revoke", stamp(leaf.NotBefore), stamp(leaf.NotAfter))
+		switch {
+		case now.After(leaf.NotAfter):
+			return fmt.Sprintf("%s: it expired at %s; no identity this CA could revoke", lifecycle.Expired, stamp(leaf.NotAfter))
+		case now.Before(leaf.NotBefore):
+			return fmt.Sprintf("%s: it is valid only from %s; no identity this CA could revoke", lifecycle.NotYetValid, stamp(leaf.NotBefore))
 		}
 		return ""
 	}
