@@ -242,12 +242,8 @@ func checkEmbeddable(cfg *config.Config, token string) error {
 	if !config.ValidNodeID(cfg.NodeID) {
 		return fmt.Errorf("cloudinit: node_id %q: want 1-63 characters of [A-Za-z0-9._-], starting with a letter or digit", cfg.NodeID)
 	}
-	if token == "" {
-		return errors.New("cloudinit: Token: required")
-	}
-	if !tokenRe().MatchString(token) {
-		// Never quote the token: it is a credential even when malformed.
-		return errors.New("cloudinit: Token: not a JWT (only base64url segments separated by dots are accepted; whitespace, quotes and newlines are refused)")
+	if err := checkToken(token); err != nil {
+		return err
 	}
 	if err := validAbsPath(cfg.CA.TokenFile); err != nil {
 		return fmt.Errorf("cloudinit: ca.token_file: %w", err)
@@ -315,7 +311,7 @@ func readBack(userData string, cfg *config.Config, token string) error {
 		case ConfigPath:
 			back, err := config.Parse(ConfigPath, []byte(f.Content))
 			if err != nil {
-				return fmt.Errorf("cloudinit: provision would refuse the config this user-data writes: %w", err)
+				return refusedConfig(err)
 			}
 			if !config.Equal(back, cfg) {
 				return errors.New("cloudinit: the config this user-data writes does not read back as the config given (a bug in the renderer; nothing was written)")
@@ -377,7 +373,7 @@ func (p Params) Config() (*config.Config, error) {
 	}
 	cfg, err := config.Parse(ConfigPath, b.Bytes())
 	if err != nil {
-		return nil, fmt.Errorf("cloudinit: provision would refuse the config this user-data writes: %w", err)
+		return nil, refusedConfig(err)
 	}
 	return cfg, nil
 }
@@ -450,12 +446,8 @@ func (p Params) Validate() error {
 	if !fingerprintRe().MatchString(p.CAFingerprint) {
 		return errors.New("cloudinit: CAFingerprint: want 64 hex digits (SHA-256 of the root certificate's DER)")
 	}
-	if p.Token == "" {
-		return errors.New("cloudinit: Token: required")
-	}
-	if !tokenRe().MatchString(p.Token) {
-		// Never quote the token: it is a credential even when malformed.
-		return errors.New("cloudinit: Token: not a JWT (only base64url segments separated by dots are accepted; whitespace, quotes and newlines are refused)")
+	if err := checkToken(p.Token); err != nil {
+		return err
 	}
 	if err := validHTTPSURL(p.NodeAPIURL, true); err != nil {
 		return fmt.Errorf("cloudinit: NodeAPIURL: %w", err)
@@ -575,4 +567,22 @@ func ExampleParams() Params {
 		Token:         "REPLACE-WITH-ONE-TIME-TOKEN",
 		NodeAPIURL:    "https://node-api.cp.internal:8443",
 	}
+}
+
+// checkToken refuses an empty token or one that is not a JWT, without
+// quoting it: it is a credential even when malformed.
+func checkToken(token string) error {
+	if token == "" {
+		return errors.New("cloudinit: Token: required")
+	}
+	if !tokenRe().MatchString(token) {
+		return errors.New("cloudinit: Token: not a JWT (only base64url segments separated by dots are accepted; whitespace, quotes and newlines are refused)")
+	}
+	return nil
+}
+
+// refusedConfig is a config the renderer wrote that provision would not
+// load.
+func refusedConfig(err error) error {
+	return fmt.Errorf("cloudinit: provision would refuse the config this user-data writes: %w", err)
 }

@@ -199,7 +199,7 @@ func readResponse(r io.Reader, s Spec) ([]byte, error) {
 	}
 	n := binary.BigEndian.Uint32(hdr[2:6])
 	if n < 10 || n > maxResponse {
-		return nil, &Error{Kind: Failed, Op: "receive", TPM: s.String(), Err: fmt.Errorf("a response of %d bytes is not a TPM response", n)}
+		return nil, &Error{Kind: Failed, Op: "receive", TPM: s.String(), Err: notResponse(int(n))}
 	}
 	rsp := make([]byte, n)
 	copy(rsp, hdr)
@@ -210,6 +210,9 @@ func readResponse(r io.Reader, s Spec) ([]byte, error) {
 }
 
 func (t *socketTPM) Close() error { return nil }
+
+// notResponse is a TPM's answer of n bytes that cannot be one.
+func notResponse(n int) error { return fmt.Errorf("a response of %d bytes is not a TPM response", n) }
 
 // deviceTPM is an open TPM character device: one write, one read per
 // command, as the kernel driver wants.
@@ -231,7 +234,7 @@ func (t *deviceTPM) Send(cmd []byte) ([]byte, error) {
 			return nil, &Error{Kind: Failed, Op: "receive", TPM: t.f.Name(), Err: err}
 		}
 		if n < 10 || int(binary.BigEndian.Uint32(buf[2:6])) != n {
-			return nil, &Error{Kind: Failed, Op: "receive", TPM: t.f.Name(), Err: fmt.Errorf("a response of %d bytes is not a TPM response", n)}
+			return nil, &Error{Kind: Failed, Op: "receive", TPM: t.f.Name(), Err: notResponse(n)}
 		}
 		if try >= 10 || !retryable(buf[:n]) {
 			return buf[:n], nil

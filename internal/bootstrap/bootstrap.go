@@ -37,16 +37,19 @@ var Steps = []pipeline.Step{
 	{Name: "hosts", Do: applyHosts},
 	pipeline.RestartSplayStep, // a restart waits a random delay of its own first
 	pipeline.RootsStep,        // the CA's current roots, pinned, with Retry-After
-	{Name: "assess", Do: assess},
+	AssessStep,
 	pipeline.ClockStep,    // before a token is spent or a renewal requested
 	pipeline.KeyStoreStep, // the TPM that makes or holds the key, likewise
-	{Name: "credentials", Do: credentials},
+	{Name: "credentials", Do: credentials, Reads: []pipeline.Stage{pipeline.StageObserved, pipeline.StageJudged}, Writes: pipeline.StageObtained},
 	pipeline.ProveStep,   // verify's ladder ending in a real tasks/wait; a task it got, kept
 	pipeline.PublishStep, // only a proven set (or the liveness rule)
 	pipeline.RevokeStep,
-	{Name: "receipt", Do: pipeline.WriteReceipt}, // only after the proof
-	pipeline.HookStep,                            // the node-agent told; a failure stays pending
+	pipeline.ReceiptStep, // only after the proof
+	pipeline.HookStep,    // the node-agent told; a failure stays pending
 }
+
+// AssessStep is bootstrap's plan from the one verdict.
+var AssessStep = pipeline.Step{Name: "assess", Do: assess, Reads: []pipeline.Stage{pipeline.StageObserved}, Writes: pipeline.StageJudged}
 
 // Run bootstraps the node described by cfg on host.
 func Run(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.Options) *pipeline.Outcome {
@@ -61,11 +64,11 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.
 // the last one when this run succeeded).
 func finish(r *pipeline.Run, rep *report.Report) {
 	r.NoteOutcome(rep)
-	if r.Published || r.HookRan || r.Plan == pipeline.Renew || r.Plan == pipeline.RenewExpired {
+	if plan := r.PlanNow(); r.Published().Swapped || r.Hooked().Ran || plan == pipeline.Renew || plan == pipeline.RenewExpired {
 		r.RecordRenewal(rep)
 	}
 	if rep.OK && rep.Summary != "" && r.Out.Receipt != nil {
-		rep.Summary = fmt.Sprintf("done: %s polls tasks/wait through %s with certificate serial %s", r.Cfg.NodeID, r.Cfg.NodeAPI.URL, r.Out.Receipt.Serial)
+		rep.Summary = report.Done(r.Cfg.NodeID, r.Cfg.NodeAPI.URL, r.Out.Receipt.Serial)
 	}
 }
 
@@ -105,40 +108,38 @@ func HostEntries(cfg *config.Config) []hosts.Entry { return hosts.EntriesOf(cfg.
 //	ca.pem not the CA's roots          refresh it
 //	otherwise                          keep
 func assess(r *pipeline.Run) *diag.Finding {
-	r.Verdict = r.Env.Verdict(r.Ctx)
-	r.Current, _ = r.Env.Creds()
-	v := r.Verdict
+	j := &pipeline.Judged{Verdict: r.Env.Verdict(r.Ctx)}
+	j.Current, _ = r.Env.Creds()
+	r.SetJudged(j)
+	v := j.Verdict
 	tok := tokenPresent(r.Cfg, r.Host)
-	exposed := v.Has(lifecycle.KeyExposed) || v.Has(lifecycle.KeyWasExposed)
+	exposed := j.KeyExposed()
 	switch {
 	case v.RenewableAfterExpiry() && !(exposed && freshToken(r)):
-		r.Plan = pipeline.RenewExpired
-	case (v.Action == lifecycle.Reenroll || (exposed && tok)) && !freshToken(r) && r.HasAside():
-		r.Plan = pipeline.Adopt
+		j.Plan = pipeline.RenewExpired
+	case (v.Action == lifecycle.Reenroll || (exposed && tok)) && !freshToken(r) && r.HasAside(j.Current):
+		j.Plan = pipeline.Adopt
 	case v.Action == lifecycle.Reenroll && exposed && tok:
-		r.Plan, r.Why = pipeline.Enroll, string(v.First())+": "+v.Detail[v.First()]+"; "+exposureWhy(v)
+		j.Plan, j.Why = pipeline.Enroll, string(v.First())+": "+v.Detail[v.First()]+"; "+exposureWhy(v)
 	case v.Action == lifecycle.Reenroll:
-		r.Plan, r.Why = pipeline.Enroll, string(v.First())+": "+v.Detail[v.First()]
+		j.Plan, j.Why = pipeline.Enroll, string(v.First())+": "+v.Detail[v.First()]
 	case exposed && tok:
-		r.Plan, r.Why = pipeline.Enroll, exposureWhy(v)
+		j.Plan, j.Why = pipeline.Enroll, exposureWhy(v)
 	case v.Has(lifecycle.PastRenewal):
-		r.Plan = pipeline.Renew
+		j.Plan = pipeline.Renew
 	case v.Has(lifecycle.BundleStale):
-		r.Plan = pipeline.Refresh
+		j.Plan = pipeline.Refresh
 	default:
-		r.Plan = pipeline.Keep
+		j.Plan = pipeline.Keep
 	}
-	if exposed && r.Plan == pipeline.Keep {
+	if exposed && j.Plan == pipeline.Keep {
 		for _, x := range []lifecycle.Reason{lifecycle.KeyExposed, lifecycle.KeyWasExposed} {
 			if v.Has(x) {
-				r.Warnings = append(r.Warnings, v.Detail[x]+"; kept, since "+r.Cfg.CA.TokenFile+" holds no fresh token; "+lifecycle.Remedy(x, r.Cfg))
+				j.Warnings = append(j.Warnings, v.Detail[x]+"; kept, since "+r.Cfg.CA.TokenFile+" holds no fresh token; "+lifecycle.Remedy(x, r.Cfg))
 			}
 		}
 	}
-	if (r.Plan == pipeline.Enroll || exposed) && r.Current != nil && r.Current.KeyMatches() {
-		r.Replaced = r.Current // revoked once a new key is proven and published
-	}
-	r.Log.Info("step", "step", "assess", "layer", "credentials", "status", r.Plan.String(), "verdict", v.Action.String(), "reasons", fmt.Sprint(v.Reasons))
+	r.Log.Info("step", "step", "assess", "layer", "credentials", "status", j.Plan.String(), "verdict", v.Action.String(), "reasons", fmt.Sprint(v.Reasons))
 	return nil
 }
 
@@ -155,28 +156,30 @@ func exposureWhy(v lifecycle.Verdict) string {
 // credentials carries out the plan. A renewal that fails falls back to the
 // one-time token when there is one (the operator asked for a new identity);
 // without one, a still-valid certificate is kept and proven, with a warning
-// (renew tries again), unless the CA's revocation list names it.
+// (renew tries again), unless the CA's revocation list names it. The plan
+// carried out is the stage's (Obtained.Plan); assess's stays as judged.
 func credentials(r *pipeline.Run) *diag.Finding {
-	if r.Plan == pipeline.Enroll {
-		return enrollNode(r)
+	j := r.Judged()
+	if j.Plan == pipeline.Enroll {
+		g := &pipeline.Obtained{Plan: pipeline.Enroll, Why: j.Why}
+		r.SetObtained(g)
+		return enrollNode(r, g)
 	}
 	forgetBurntToken(r)
-	f := pipeline.Obtain(r)
-	renewal := r.Plan == pipeline.Renew || r.Plan == pipeline.RenewExpired
+	g, f := r.ObtainFor(j)
+	r.SetObtained(g)
+	renewal := j.Plan == pipeline.Renew || j.Plan == pipeline.RenewExpired
 	switch {
 	case f == nil:
 		return nil
 	case renewal && tokenPresent(r.Cfg, r.Host):
 		r.Log.Warn("step", "step", "credentials", "layer", string(f.Layer), "status", "enroll", "message", "renewal failed, enrolling with the one-time token instead: "+f.Summary)
-		r.Plan, r.Why = pipeline.Enroll, "the renewal failed: "+f.Summary
-		if r.Current != nil && r.Current.KeyMatches() {
-			r.Replaced = r.Current
-		}
-		return enrollNode(r)
-	case r.Plan == pipeline.Renew && r.Result() != state.RevokedRes && r.Current != nil:
-		r.Warnings = append(r.Warnings, "the certificate is past its renewal point but could not be renewed now ("+f.Summary+"); kept: provision renew tries again")
+		g.Plan, g.Why, g.Set, g.Gen = pipeline.Enroll, "the renewal failed: "+f.Summary, nil, ""
+		return enrollNode(r, g)
+	case j.Plan == pipeline.Renew && g.Result != state.RevokedRes && j.Current != nil:
+		g.Warnings = append(g.Warnings, "the certificate is past its renewal point but could not be renewed now ("+f.Summary+"); kept: provision renew tries again")
 		r.Log.Warn("step", "step", "credentials", "layer", string(f.Layer), "status", "keep", "message", f.Summary)
-		r.Plan, r.Cand, r.Gen = pipeline.Keep, nil, ""
+		g.Plan, g.Set, g.Gen = pipeline.Keep, nil, ""
 		return nil
 	}
 	return f

@@ -23,10 +23,10 @@ func DryRun(ctx context.Context, cfg *config.Config, host *system.Host, o pipeli
 		return []pipeline.Step{
 			{Name: "hosts", Do: func(r *pipeline.Run) *diag.Finding { return previewHosts(r, p) }},
 			pipeline.RootsStep,
-			{Name: "assess", Do: assess},
+			AssessStep,
 			pipeline.ClockStep,
 			pipeline.KeyStoreStep, // the TPM that would make or holds the key (it signs a test digest; nothing written)
-			{Name: "credentials", Do: func(r *pipeline.Run) *diag.Finding { return previewToken(r, p) }},
+			{Name: "credentials", Do: func(r *pipeline.Run) *diag.Finding { return previewToken(r, p) }, Reads: []pipeline.Stage{pipeline.StageJudged}},
 		}
 	})
 }
@@ -57,7 +57,7 @@ func previewHosts(r *pipeline.Run, p *pipeline.Preview) *diag.Finding {
 	for _, e := range entries {
 		overlay.Overlay[strings.ToLower(e.Name)] = []netip.Addr{e.IP}
 	}
-	r.Host = &overlay
+	r.Host, r.Env.Host = &overlay, &overlay // the run's observation resolves through it too
 	return nil
 }
 
@@ -69,16 +69,17 @@ func previewHosts(r *pipeline.Run, p *pipeline.Preview) *diag.Finding {
 func previewToken(r *pipeline.Run, p *pipeline.Preview) *diag.Finding {
 	t := &p.Token
 	t.Present = tokenPresent(r.Cfg, r.Host)
-	p.Why = r.Why
+	j := r.Judged()
+	p.Why = j.Why
 	switch {
-	case r.Plan == pipeline.Enroll:
+	case j.Plan == pipeline.Enroll:
 		t.Use = "enroll"
-	case (r.Plan == pipeline.Renew || r.Plan == pipeline.RenewExpired) && t.Present:
+	case (j.Plan == pipeline.Renew || j.Plan == pipeline.RenewExpired) && t.Present:
 		t.Use = "fallback"
 	default:
 		return nil
 	}
-	_, raw, f := loadToken(r)
+	_, raw, f := loadToken(r, j.Why)
 	if f != nil {
 		t.Problem = f.Summary
 		if t.Use == "enroll" {

@@ -75,9 +75,9 @@ func removeToken(host *system.Host, file, h string) bool {
 // aside for the proof. The enrollment marker, written before every attempt
 // that may reach the CA, lets a later run tell a token an interrupted run
 // burnt from one the CA rejects.
-func enrollNode(r *pipeline.Run) *diag.Finding {
+func enrollNode(r *pipeline.Run, g *pipeline.Obtained) *diag.Finding {
 	cfg, host := r.Cfg, r.Host
-	tok, raw, f := loadToken(r)
+	tok, raw, f := loadToken(r, g.Why)
 	if f != nil {
 		return f
 	}
@@ -92,14 +92,13 @@ func enrollNode(r *pipeline.Run) *diag.Finding {
 		return f
 	}
 	host.Hook.At("after sign")
-	r.Cand = &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: r.Roots.Bundle()}
-	if f := r.WriteAside(); f != nil {
+	g.Set = &credstore.Set{Key: issued.Key, Chain: issued.Chain, Roots: r.Observed().Roots.Bundle()}
+	if f := r.WriteAside(g); f != nil {
 		f.Summary = "the CA issued a certificate but it could not be saved: " + f.Summary
-		f.Remedy = "make " + cfg.Paths.PKIDir + " writable, then run again with a fresh token (this one is used)"
+		f.Remedy = diag.Writable(cfg.Paths.PKIDir) + ", then run again with a fresh token (this one is used)"
 		return f
 	}
-	r.Out.Enrolled = true
-	r.SetResult(state.Enrolled)
+	g.Enrolled, g.Result = true, state.Enrolled
 	// The CA has burnt the token; leaving it on disk only leaves a secret
 	// lying around (cloud-init keeps its own copy in the instance directory).
 	// The token goes before the marker: a run killed in between leaves the
@@ -146,7 +145,8 @@ func sign(r *pipeline.Run, tok *enroll.Token, h string, prev state.Pending) (*en
 		}
 		r.Host.Hook.At("before sign")
 		a.n++
-		issued, err = r.Client.Sign(r.Ctx, tok, r.Roots)
+		o := r.Observed()
+		issued, err = o.Client.Sign(r.Ctx, tok, o.Roots)
 		var ee *enroll.Error
 		if err == nil || !errors.As(err, &ee) || !ee.Transient() || r.Ctx.Err() != nil {
 			return true, 0
@@ -174,12 +174,12 @@ func markerFailure(r *pipeline.Run, err error, a attempts) *diag.Finding {
 		token = "this run's earlier attempt may have used the token"
 	}
 	return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "enroll", Summary: "cannot record the enrollment in " + r.Cfg.Paths.StateDir + ": " + err.Error(),
-		Remedy: "make " + r.Cfg.Paths.StateDir + " writable (nothing more was sent to the CA; " + token + ")"}
+		Remedy: diag.Writable(r.Cfg.Paths.StateDir) + " (nothing more was sent to the CA; " + token + ")"}
 }
 
 // loadToken reads and checks the token before anything is sent: a token
 // that cannot work for this node is never presented (and so never burnt).
-func loadToken(r *pipeline.Run) (*enroll.Token, []byte, *diag.Finding) {
+func loadToken(r *pipeline.Run, why string) (*enroll.Token, []byte, *diag.Finding) {
 	cfg := r.Cfg
 	raw, err := readToken(r.Ctx, r.Host, cfg.CA.TokenFile)
 	if err != nil {
@@ -192,13 +192,13 @@ func loadToken(r *pipeline.Run) (*enroll.Token, []byte, *diag.Finding) {
 			msg = "is a " + ue.Kind + ", not a regular file, so provision did not read it"
 		}
 		f := diag.FromEnroll(&enroll.Error{Kind: enroll.TokenMissing, Op: "read token", Err: errors.New(msg)}, diag.Enroll, cfg.CA.TokenFile)
-		f.Summary, f.Check = fmt.Sprintf("re-enrollment needed (%s), but the token file %s %s", r.Why, cfg.CA.TokenFile, msg), "enroll"
+		f.Summary, f.Check = fmt.Sprintf("re-enrollment needed (%s), but the token file %s %s", why, cfg.CA.TokenFile, msg), "enroll"
 		return nil, nil, f
 	}
 	tok, err := enroll.ParseToken(string(raw))
 	if err != nil {
 		f := diag.FromEnroll(err, diag.Enroll, cfg.CA.TokenFile)
-		f.Summary, f.Check = fmt.Sprintf("re-enrollment needed (%s): %s", r.Why, f.Summary), "enroll"
+		f.Summary, f.Check = fmt.Sprintf("re-enrollment needed (%s): %s", why, f.Summary), "enroll"
 		return nil, nil, f
 	}
 	if err := tok.Check(cfg.NodeID, cfg.CA.Fingerprint, r.Host.Time()); err != nil {
@@ -224,7 +224,7 @@ func signFailure(r *pipeline.Run, err error, prev state.Pending, h string, a att
 	case errors.As(err, &ee) && ee.Kind == enroll.TokenRejected && prev.TokenSHA256 == h:
 		f.Summary = fmt.Sprintf("the CA rejected the enrollment token (401): an earlier run presented this same token at %s and did not finish, so the CA has burnt it", prev.Started.Format(time.RFC3339))
 	case f.Transient && a.n > 1 && errors.Is(r.Ctx.Err(), context.DeadlineExceeded):
-		f.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", a.n, r.Cfg.Bootstrap.Deadline.Duration, f.Summary)
+		f.Summary = r.GaveUp(a.n, f.Summary)
 	}
 	pending := state.Pending{TokenSHA256: h}
 	switch {

@@ -188,3 +188,11 @@ func wantMode(t *testing.T, p string, want os.FileMode) {
 		t.Errorf("%s: mode %v (%v), want %04o", p, st.Mode().Perm(), err, want)
 	}
 }
+
+// TestStepsInOrder: every step of bootstrap's list reads only stages an
+// earlier step wrote (pipeline.CheckOrder).
+func TestStepsInOrder(t *testing.T) {
+	if err := pipeline.CheckOrder(Steps); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 var bootstrapCmd = &command{
 	name:    "bootstrap",
 	format:  true,
+	exits:   codes(ExitConfig, ExitLocked, layersAll, exitSignals),
 	summary: "write the hosts override, enroll, install credentials, prove tasks/wait, write the receipt",
 	usage: `Runs the whole sequence: (1) the /etc/hosts managed block, (2) the CA's current
 roots, pinned by ca.fingerprint, (3) keep the installed certificate only if it
@@ -74,12 +74,12 @@ func runBootstrap(ctx context.Context, env *runEnv, args []string) int {
 	if f.dryRun {
 		return dryRun(ctx, env, f, cfg, host, log)
 	}
-	return locked(ctx, env, f, cfg, host, log, func() *report.Report {
+	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context, o pipeline.Options) *pipeline.Outcome {
 		// pki_dir and state_dir were claimed as provision's own by load
 		// (claimDirs): created 0700, refused when they hold other files.
-		out := bootstrap.Run(ctx, cfg, host, pipelineOptions(log, false))
-		logTask(log, cfg, out)
-		return out.Report
+		out := bootstrap.Run(ctx, cfg, host, o)
+		logOutcomeTask(log, cfg, out)
+		return out
 	})
 }
 
@@ -104,18 +104,32 @@ func unitInvocation(getenv func(string) string, pid int) string {
 	return id
 }
 
-func logTask(log *slog.Logger, cfg *config.Config, out *pipeline.Outcome) {
+// logTask logs a task the proof received, handed off to where.
+func logTask(log *slog.Logger, id, where string) {
+	log.Info("task received during the proof and handed off", "task_id", id, "path", where)
+}
+
+// logOutcomeTask logs the task a bootstrap or renew run handed off.
+func logOutcomeTask(log *slog.Logger, cfg *config.Config, out *pipeline.Outcome) {
 	if out.Task != nil {
-		log.Info("task received during the proof and handed off", "task_id", out.Task.ID, "dir", filepath.Join(cfg.Paths.StateDir, tasks.Dir))
+		logTask(log, out.Task.ID, filepath.Join(cfg.Paths.StateDir, tasks.Dir))
 	}
 }
 
 // locked runs a command that changes the node (bootstrap, renew) under
 // state_dir's lock, then finishes it: report, metrics, the run's last log
-// line. A lock another run holds past the deadline is exit 4.
-func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, run func() *report.Report) int {
+// line. A lock another run holds past the deadline is exit 4. The wait for
+// the lock and the run share one bootstrap.deadline: a run that waited has
+// that much less time, so no run outlives its deadline.
+func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, run func(ctx context.Context, o pipeline.Options) *pipeline.Outcome) int {
 	cmd := f.cmd.name
-	unlock, err := lock(ctx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
+	// The run's deadline counts the lock's wait (o.Until); its context
+	// stays the signals' alone, so a pending post hook outlives the
+	// deadline within its own timeout (pipeline.PostHook).
+	lockCtx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
+	defer cancel()
+	until, _ := lockCtx.Deadline()
+	unlock, err := lock(lockCtx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
 	if err != nil {
 		var le *lockError
 		if errors.As(err, &le) && le.busy {
@@ -124,12 +138,14 @@ func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host
 			if cmd != "bootstrap" || f.format == "json" || interruptedBy(ctx) != nil {
 				return printReport(env, f, rep)
 			}
-			fmt.Fprintf(env.stderr, "provision: error: %v; another provision run on this node has not finished (see its logs), try again later\n", err)
-			return ExitLocked
+			return env.fail(cmd, LayerLock, err.Error(), rep.Remedy)
 		}
 		return finish(env, f, cfg, host, log, report.Failed(cmd, cfg.NodeID, "lock", &diag.Finding{Layer: diag.State, Owner: diag.Node,
-			Summary: err.Error(), Remedy: "make " + cfg.Paths.StateDir + " writable by provision"}))
+			Summary: err.Error(), Remedy: diag.Writable(cfg.Paths.StateDir) + " by provision"}), nil)
 	}
 	defer unlock()
-	return finish(env, f, cfg, host, log, run())
+	o := pipelineOptions(log, f.force)
+	o.Until = until
+	out := run(ctx, o)
+	return finish(env, f, cfg, host, log, out.Report, seenBy(out))
 }

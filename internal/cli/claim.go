@@ -45,7 +45,7 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 				if f.check || f.dryRun {
 					return printReport(env, f, rep), false // renew --check and a dry run are questions: no metrics
 				}
-				return finish(env, f, cfg, host, log, rep), false
+				return finish(env, f, cfg, host, log, rep, nil), false
 			}
 			if ds.Tightened {
 				log.Warn("directory was writable by other users; restricted it to 0700", "key", d.key, "dir", d.path, "was", fmt.Sprintf("%04o", ds.WasMode))

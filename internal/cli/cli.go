@@ -20,8 +20,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/gpuaas/provision/internal/diag"
 )
 
 // version is set at build time with -ldflags "-X github.com/gpuaas/provision/internal/cli.version=...".
@@ -38,54 +36,6 @@ func Version() string {
 	return version
 }
 
-// Exit codes. They are stable: scripts and units key on them.
-const (
-	ExitOK       = 0
-	ExitInternal = 1
-	ExitUsage    = 2
-	ExitConfig   = 3
-	ExitLocked   = 4
-)
-
-var layerExit = map[diag.Layer]int{
-	diag.Config: ExitConfig, diag.Hosts: 10, diag.Clock: 11, diag.Credentials: 12, diag.CA: 13,
-	diag.TCP: 14, diag.TLSServer: 15, diag.TLSClientAuth: 16, diag.Route: 17, diag.Identity: 18,
-	diag.TasksWait: 19, diag.Enroll: 20, diag.State: 21, diag.Hook: 22, diag.Internal: ExitInternal,
-}
-
-// ExitCode returns the exit code for a failing layer.
-func ExitCode(l diag.Layer) int {
-	if c, ok := layerExit[l]; ok {
-		return c
-	}
-	return ExitInternal
-}
-
-const exitCodesHelp = `Exit codes:
-  0   done / healthy (never when not done)
-  1   internal error (a bug: please report it)
-  2   usage: unknown command or flag
-  3   config: the config file is missing or invalid, or state_dir/pki_dir
-      is a directory holding files provision did not write (layer config)
-  4   another provision run holds the lock and did not finish in time
-  10  hosts            /etc/hosts override missing, wrong or not resolving
-  11  clock            node clock too far off the CA's
-  12  credentials      key/cert missing, unreadable, mismatched, expired, wrong mode
-  13  ca               CA unreachable, wrong fingerprint, or node cert stale
-  14  tcp              node API host:port not reachable
-  15  tls-server       ingress TLS: no/wrong/untrusted server certificate, EOF before it
-  16  tls-client-auth  ingress refused the node's client certificate
-  17  route            ingress has no route for the Host (404) or SNI/Host mismatch (421)
-  18  identity         API refused the node identity (401/403)
-  19  tasks-wait       tasks/wait failed (5xx, 502/504 from the ingress, timeout)
-  20  enroll           one-time token missing, invalid, used or expired; renew: certificate revoked;
-                   userdata: a token that cannot enroll this node at this CA
-  21  state            receipt or state could not be written
-  22  hook             renew: the renewal was published, renew.post_hook failed
-  30 / 31          renew --check only: not due / cannot renew (0: due)
-  130 / 143        interrupted by SIGINT / SIGTERM (run it again: every write is crash-safe)
-`
-
 // command is one entry of the command table. The help text, the man pages
 // and the shell completions are all generated from it (see docs.go), so they
 // cannot disagree.
@@ -95,8 +45,16 @@ type command struct {
 	summary  string
 	usage    string // the help text: prose, then sections ("Examples:", ...)
 	format   bool   // takes --format text|json
-	flags    func(f *flags)
-	run      func(ctx context.Context, env *runEnv, args []string) int
+	// noRoot: the command reads nothing of the node (userdata renders for
+	// another machine, version reads the binary), so it takes no --root;
+	// noConfig: it reads no config either (version).
+	noRoot, noConfig bool
+	// exits are the codes the command may exit with (exitcodes.go), in
+	// order; exitNotes what a code means for it where that is its own.
+	exits     []int
+	exitNotes map[int]exitNote
+	flags     func(f *flags)
+	run       func(ctx context.Context, env *runEnv, args []string) int
 }
 
 // Flag value sets. A value outside its set is a usage error (exit 2) that
@@ -155,7 +113,7 @@ Examples:
   provision renew                              # provision-renew.timer: renew when due
   provision hosts show
 
-` + exitCodesHelp
+`
 
 // Run executes the provision command line and returns the process exit code.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
@@ -163,12 +121,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	env.json = wantsJSON(args) || (env.journal && !formatGiven(args))
 	defer func() {
 		if r := recover(); r != nil {
-			fmt.Fprintf(stderr, "provision: internal error: %v\n%s\nprovision: this is a bug; please report it with the lines above\n", r, debug.Stack())
 			cmd := ""
 			if len(args) > 0 {
 				cmd = args[0]
 			}
-			code = env.failure(cmd, LayerInternal, fmt.Sprintf("internal error: %v", r), "this is a bug: report it with the stderr of this run", ExitInternal)
+			code = env.fail(cmd, LayerInternal, fmt.Sprintf("internal error: %v", r), "this is a bug: report it with the stderr of this run (the stack follows)")
+			fmt.Fprintf(stderr, "%s\n", debug.Stack())
 		}
 	}()
 	if len(args) == 0 {
@@ -193,8 +151,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		}
 		return c.run(ctx, env, args[1:])
 	}
-	return env.usage("", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), "Run 'provision --help' for the list of commands.")
+	return env.usage("", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), hintCommands)
 }
+
+// hintCommands is the hint of a command line that names no command.
+const hintCommands = "Run 'provision --help' for the list of commands."
 
 func lookup(name string) *command {
 	for _, c := range commands() {
@@ -217,7 +178,7 @@ func runHelp(env *runEnv, args []string) int {
 	}
 	c := lookup(args[0])
 	if c == nil {
-		return env.usage("help", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), "Run 'provision --help' for the list of commands.")
+		return env.usage("help", fmt.Sprintf("unknown command %q%s", args[0], didYouMean(args[0])), hintCommands)
 	}
 	io.WriteString(env.stdout, helpText(c))
 	return ExitOK
@@ -230,7 +191,7 @@ func rootHelpText() string {
 	for _, c := range commands() {
 		fmt.Fprintf(&b, "  %-10s %s\n", c.name, c.summary)
 	}
-	return fmt.Sprintf(rootHelp, b.String())
+	return fmt.Sprintf(rootHelp, b.String()) + rootExitHelp()
 }
 
 // didYouMean suggests the command the user most likely meant: one that the
@@ -321,8 +282,16 @@ func isShort(name string) bool {
 func newFlags(c *command, env *runEnv) *flags {
 	f := &flags{fs: flag.NewFlagSet("provision "+c.name, flag.ContinueOnError)}
 	f.fs.SetOutput(env.stderr)
-	f.fs.StringVar(&f.config, "config", "/etc/provision/provision.toml", "config file `path` (read under --root)")
-	f.fs.StringVar(&f.root, "root", "/", "treat `dir` as the filesystem root for every path read or written")
+	switch {
+	case c.noConfig:
+	case c.noRoot:
+		f.fs.StringVar(&f.config, "config", "/etc/provision/provision.toml", "config file `path`")
+	default:
+		f.fs.StringVar(&f.config, "config", "/etc/provision/provision.toml", "config file `path` (read under --root)")
+	}
+	if !c.noRoot {
+		f.fs.StringVar(&f.root, "root", "/", "treat `dir` as the filesystem root for every path read or written")
+	}
 	if c.format {
 		f.fs.StringVar(&f.format, "format", "text", "report format: "+alternatives(flagValues["format"]))
 	}
@@ -365,7 +334,7 @@ func helpText(c *command) string {
 	if sections != "" {
 		fmt.Fprintf(&b, "%s\n", sections)
 	}
-	b.WriteString(exitCodesHelp)
+	b.WriteString(exitHelp(c))
 	return b.String()
 }
 
@@ -400,8 +369,9 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 }
 
 // flagDashes rewrites the flag package's messages ("flag provided but not
-// defined: -chek") to name flags with the two dashes the help shows.
-var flagDashes = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]*)`) })
+// defined: -chek") to name flags with the two dashes the help shows; a
+// one-letter flag keeps the one dash the user typed ("-q", not "--q").
+var flagDashes = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(^|[: ])-([A-Za-z][A-Za-z0-9-]+)`) })
 
 // dashes rewrites a flag package message to name each flag as the help
 // shows it: two dashes, one for a one-letter spelling (-q).

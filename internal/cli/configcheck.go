@@ -17,11 +17,12 @@ var configCmd = &command{
 	name:     "config",
 	synopsis: "config check [flags]",
 	format:   true,
+	exits:    codes(ExitConfig),
 	summary:  "check a config file alone: every problem with its key and line, no network, no state",
 	usage: `Subcommands:
   check    read the config as every command reads it (strict TOML, every key,
            default and rule of provision.toml(5)) and list every problem with
-           its key and line; exit 0 when it is valid, 3 when it is not
+           its key and line (exit codes below: 3 when it is not valid)
 
 Nothing but the config file is read: no network, no credentials, no state,
 no lock, nothing written, so it runs in an image build or in CI before the

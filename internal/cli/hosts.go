@@ -20,7 +20,12 @@ import (
 var hostsCmd = &command{
 	name:     "hosts",
 	synopsis: "hosts apply|show|check|remove [flags]",
-	summary:  "manage only the /etc/hosts override block: apply, show, remove",
+	summary:  "manage only the /etc/hosts override block: apply, show, check, remove",
+	exits:    codes(ExitConfig, 10),
+	exitNotes: map[int]exitNote{
+		ExitOK: {"ok", "done; check and show: the override is right"},
+		10:     {"hosts", "check and show: the override is missing or wrong; apply and remove: the block could not be written"},
+	},
 	usage: `Subcommands:
   apply    write the managed block from the config's [[hosts]] (nothing else changes)
   show     print the managed block and whether it matches the config
@@ -28,7 +33,7 @@ var hostsCmd = &command{
   remove   delete the managed block (every other line is kept)
 
 apply, show and check judge the file exactly as verify's hosts-block check
-does; a failure is reported like any other (layer hosts, owner node, exit 10).
+does; a failure is reported like any other (layer hosts, owner node).
 
 Examples:
   provision hosts apply
@@ -147,7 +152,7 @@ func hostsRemove(h *hostsRun) int {
 		return ExitOK
 	}
 	if _, err := h.file.Write(old, nb, h.host.Hook); err != nil {
-		return h.fail(fmt.Sprintf("writing %s: %v", h.cfg.Paths.HostsFile, err), "make "+h.cfg.Paths.HostsFile+" writable, then run again; nothing was changed")
+		return h.fail(fmt.Sprintf("writing %s: %v", h.cfg.Paths.HostsFile, err), diag.Writable(h.cfg.Paths.HostsFile)+", then run again; nothing was changed")
 	}
 	fmt.Fprintf(h.env.stdout, "%s: managed block removed%s\n", h.cfg.Paths.HostsFile, h.via)
 	return ExitOK

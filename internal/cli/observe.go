@@ -18,6 +18,7 @@ import (
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/metrics"
 	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
@@ -86,15 +87,29 @@ func MetricsCommands() []string {
 	return out
 }
 
+// seen is what a run already knows that its metrics say, so that they
+// never look again: the set installed as it ended with its one verdict,
+// and the renew record as the run left it (or found it).
+type seen struct {
+	installed *pipeline.Installed
+	record    *state.Renewal
+}
+
+// seenBy is what a bootstrap or renew run saw.
+func seenBy(out *pipeline.Outcome) *seen {
+	return &seen{installed: out.Installed, record: out.Record}
+}
+
 // finish ends a bootstrap, verify or renew run whose config loaded: it prints the
 // report, writes the command's metrics and logs the one line that closes
 // the run (with its exit code). It returns the exit code. A metrics write
-// that fails is a warning, never a different exit code.
-func finish(env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, r *report.Report) int {
+// that fails is a warning, never a different exit code. s is what the run
+// saw; nil when no run looked at the node (the lock was not taken).
+func finish(env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *slog.Logger, r *report.Report, s *seen) int {
 	warnDamaged(cfg, host, r)
 	r, code := outcome(env, r)
 	renderReport(env, f, r, code)
-	writeMetrics(env, cfg, host, log, r)
+	writeMetrics(env, cfg, host, log, r, s)
 	lvl := slog.LevelInfo
 	status := "ok"
 	if !r.OK {
@@ -110,7 +125,7 @@ func finish(env *runEnv, f *flags, cfg *config.Config, host *system.Host, log *s
 // default directory is used if it exists, because the config that could
 // say otherwise is the broken thing, and a fleet must see a bad config
 // rollout as a failing layer rather than as silence.
-func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.Logger, r *report.Report) {
+func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.Logger, r *report.Report, s *seen) {
 	if !metricsCommands[r.Command] || host == nil {
 		return
 	}
@@ -124,7 +139,7 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 		// The credentials are read for the metrics only where node_exporter
 		// reads them (metrics.Write says why when there is no directory).
 		if st, err := os.Stat(host.ResolvedPath(dir)); err == nil && st.IsDir() {
-			cert = certFacts(cfg, host)
+			cert = certFacts(cfg, host, s)
 		}
 	}
 	run := metrics.Run{Command: r.Command, Report: r, Finished: time.Now(), Duration: time.Since(env.start), Cert: cert, Version: Version()}
@@ -132,7 +147,7 @@ func writeMetrics(env *runEnv, cfg *config.Config, host *system.Host, log *slog.
 	// minutes, while bootstrap's file would keep a stale copy for the life
 	// of the node.
 	if cfg != nil && r.Command == "renew" {
-		run.Renewal = renewalFacts(host.Path(cfg.Paths.StateDir))
+		run.Renewal = renewalFacts(host.Path(cfg.Paths.StateDir), s)
 	}
 	path, err := metrics.Write(host, dir, run)
 	switch {
@@ -157,7 +172,7 @@ func metricsForConfigFailure(env *runEnv, f *flags, host *system.Host, r *report
 		return
 	}
 	r, _ = outcome(env, r)
-	writeMetrics(env, nil, host, f.logger(env.stderr, ""), r)
+	writeMetrics(env, nil, host, f.logger(env.stderr, ""), r, nil)
 }
 
 // RecordsCheck names the warning a report carries while a record of
@@ -180,27 +195,40 @@ func warnDamaged(cfg *config.Config, host *system.Host, r *report.Report) {
 		Message: "state_dir " + cfg.Paths.StateDir + ": " + strings.Join(msgs, "; "), Remedy: ds[0].Remedy()})
 }
 
-// certFacts are the installed certificate's times for the metrics, judged
-// offline by the one verdict (the renewal point and due time renew acts on).
-func certFacts(cfg *config.Config, host *system.Host) *metrics.Cert {
-	e := observe.NewEnv(cfg, host)
-	e.Offline = true
-	set, err := e.Creds()
-	if err != nil {
+// certFacts are the installed certificate's times for the metrics, from
+// the one verdict the run took (the renewal point and due time renew acts
+// on). Only when no run looked (the lock was not taken) is the node looked
+// at here, offline.
+func certFacts(cfg *config.Config, host *system.Host, s *seen) *metrics.Cert {
+	var in *pipeline.Installed
+	if s != nil {
+		in = s.installed
+	} else {
+		e := observe.NewEnv(cfg, host)
+		e.Offline = true
+		set, _ := e.Creds()
+		in = &pipeline.Installed{Set: set, Verdict: e.Verdict(context.Background())}
+	}
+	if in == nil || in.Set == nil {
 		return nil
 	}
-	cert := metrics.CertFacts(set.Chain, set.Roots)
+	cert := metrics.CertFacts(in.Set.Chain, in.Set.Roots)
 	if cert != nil {
-		v := e.Verdict(context.Background())
-		cert.RenewAfter, cert.DueAt = v.RenewAfter, v.DueAt(cfg.Renew.Splay.Duration)
+		cert.RenewAfter, cert.DueAt = in.Verdict.Schedule.RenewAfter, in.Verdict.Schedule.DueAt
 	}
 	return cert
 }
 
 // renewalFacts are the renew record's facts for the metrics: what a later
-// run must not forget (a pending hook) and what alerts when it persists.
-func renewalFacts(stateDir string) *metrics.Renewal {
-	rec := state.ReadRenewal(stateDir)
+// run must not forget (a pending hook) and what alerts when it persists;
+// the record as the run left it (read here only when no run looked).
+func renewalFacts(stateDir string, s *seen) *metrics.Renewal {
+	var rec *state.Renewal
+	if s != nil {
+		rec = s.record
+	} else {
+		rec = state.ReadRenewal(stateDir)
+	}
 	if rec == nil {
 		return nil
 	}

@@ -5,23 +5,21 @@ import (
 	"fmt"
 
 	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/renew"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 )
 
-// Exit codes of renew --check (outside the layer codes): usable as
-// systemd's ExecCondition=, where 0 runs the service and 1-254 skip it
-// without failing the unit.
-const (
-	ExitCheckDue         = 0
-	ExitCheckNotDue      = 30
-	ExitCheckCannotRenew = 31
-)
-
 var renewCmd = &command{
-	name:    "renew",
-	format:  true,
+	name:   "renew",
+	format: true,
+	exits:  codes(ExitConfig, ExitLocked, layersAll, ExitCheckNotDue, ExitCheckCannotRenew, exitSignals),
+	exitNotes: map[int]exitNote{
+		ExitOK:               {"ok", "done (renewed, refreshed, or not due); --check: due (or --force)"},
+		ExitCheckNotDue:      {"--check", "not due"},
+		ExitCheckCannotRenew: {"--check", "cannot renew: re-enrollment with a fresh one-time token is needed"},
+	},
 	summary: "renew the certificate over mTLS when due, prove it with tasks/wait, then publish it",
 	usage: `Acts on the credential verdict bootstrap and verify use. When the certificate
 has passed renew.fraction of its lifetime (default 2/3) plus this node's
@@ -38,19 +36,20 @@ ca.pem (proven the same way) if the CA's roots moved. Every run (not --check)
 leaves its outcome as node_exporter metrics in metrics.textfile_dir
 (provision_renew.prom) when that directory exists.
 
-An expired, revoked or stale certificate cannot be renewed: renew stops at
-once and says that re-enrollment with a fresh one-time token is needed
-(provision bootstrap): exit 12 (expired or unusable), 20 (revoked) or 13
-(stale: issued by a CA the control plane no longer uses).
+An expired certificate is renewed after expiry where the CA's provisioner
+allows it (the claim allowRenewalAfterExpiry), authenticated by its own key.
+A revoked or stale certificate, an expired one the CA does not renew, and an
+unusable one cannot be renewed: renew stops at once and says that
+re-enrollment with a fresh one-time token is needed (provision bootstrap),
+in the layer of the reason (credentials, enroll for revoked, ca for stale:
+issued by a CA the control plane no longer uses).
 
   --force   renew now, whatever the renewal point
   --check   only say whether a renewal is due, offline (the chain is judged
             against the installed ca.pem, and what the last renew run
-            found is taken from state_dir/renew.json), and exit:
-              0   due (or --force)
-              30  not due
-              31  cannot renew: re-enrollment with a fresh token is needed
-            usable as ExecCondition= (1-254 skip the unit without failing it)
+            found is taken from state_dir/renew.json), by the exit code
+            (below: 0 due, 30 not due, 31 cannot renew); usable as
+            ExecCondition= (1-254 skip the unit without failing it)
 
   --dry-run show what the run would do and change nothing: the CA's roots
             are fetched (the pinned GET the run makes first), the same
@@ -97,10 +96,10 @@ func runRenew(ctx context.Context, env *runEnv, args []string) int {
 	if f.dryRun {
 		return dryRun(ctx, env, f, cfg, host, log)
 	}
-	return locked(ctx, env, f, cfg, host, log, func() *report.Report {
-		out := renew.Run(ctx, cfg, host, pipelineOptions(log, f.force))
-		logTask(log, cfg, out)
-		return out.Report
+	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context, o pipeline.Options) *pipeline.Outcome {
+		out := renew.Run(ctx, cfg, host, o)
+		logOutcomeTask(log, cfg, out)
+		return out
 	})
 }
 

@@ -104,27 +104,34 @@ func wantsJSON(args []string) bool {
 	return false
 }
 
-// failure reports a failure that has no report of its own (usage, lock,
-// internal error): its line on stderr as always, and with --format json also
-// the one JSON report on stdout. It returns code.
-func (env *runEnv) failure(cmd string, layer diag.Layer, summary, remedy string, code int) int {
+// Errors without a report of their own (a usage error, a held lock, a
+// config userdata cannot read, a bug) have one shape on stderr, as age's
+// have: a line "provision: error: <what failed>", then a line
+// "provision: hint: <what to do>" when there is something to do. fail is
+// the one place that writes them.
+
+// fail ends a command that has no report of its own: the error's lines on
+// stderr, and with --format json also the one JSON report on stdout. It
+// returns the layer's exit code.
+func (env *runEnv) fail(cmd string, layer diag.Layer, summary, remedy string) int {
+	fmt.Fprintf(env.stderr, "provision: error: %s\n", clean(summary))
+	if remedy != "" {
+		fmt.Fprintf(env.stderr, "provision: hint: %s\n", clean(remedy))
+	}
+	code := ExitCode(layer)
 	if env.json {
 		printJSON(env, report.Failed(cmd, "", string(layer), &diag.Finding{Layer: layer, Owner: diag.Node, Summary: summary, Remedy: remedy}), code)
 	}
 	return code
 }
 
-// usage prints a usage error (and its JSON report) and returns ExitUsage.
+// usage fails with a usage error (exit 2): msg, and hint or the command's
+// help.
 func (env *runEnv) usage(cmd, msg, hint string) int {
-	fmt.Fprintf(env.stderr, "provision: error: %s\n", msg)
-	if hint != "" {
-		fmt.Fprintln(env.stderr, hint)
+	if hint == "" {
+		hint = "see 'provision " + strings.TrimSpace(cmd+" --help") + "'"
 	}
-	remedy := hint
-	if remedy == "" {
-		remedy = "see 'provision " + cmd + " --help'"
-	}
-	return env.failure(cmd, LayerUsage, msg, remedy, ExitUsage)
+	return env.fail(cmd, LayerUsage, msg, hint)
 }
 
 // printReport renders the report and returns its exit code. The text form
@@ -141,12 +148,6 @@ func outcome(env *runEnv, r *report.Report) (*report.Report, int) {
 	code := ExitOK
 	if !r.OK {
 		code = ExitCode(r.FailedLayer)
-		switch r.FailedLayer {
-		case LayerLock:
-			code = ExitLocked
-		case LayerUsage:
-			code = ExitUsage
-		}
 	}
 	if i := interruptedBy(env.ctx); i != nil && !r.OK {
 		r = interruptedReport(r.Command, i.Signal, r)

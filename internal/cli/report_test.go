@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -277,8 +279,8 @@ func TestExitCodePerLayer(t *testing.T) {
 			}
 			// The help's table documents the same number for the layer.
 			re := regexp.MustCompile(fmt.Sprintf(`(?m)^  %d +%s\b`, want, regexp.QuoteMeta(string(l))))
-			if !re.MatchString(exitCodesHelp) {
-				t.Errorf("exit-code help has no line for %d %s:\n%s", want, l, exitCodesHelp)
+			if !re.MatchString(rootExitHelp()) {
+				t.Errorf("exit-code help has no line for %d %s:\n%s", want, l, rootExitHelp())
 			}
 		})
 	}
@@ -302,6 +304,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{nil, "missing command"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"verify", "--bogus"}, "flag provided but not defined: --bogus"},
+		{[]string{"verify", "-z"}, "flag provided but not defined: -z\n"},
 		{[]string{"renew", "--check=maybe"}, `invalid boolean value "maybe" for --check`},
 		{[]string{"verify", "--config"}, "flag needs an argument: --config"},
 		{[]string{"verify", "--format", "yaml"}, `--format must be text or json, got "yaml"`},
@@ -366,8 +369,12 @@ func TestHelpEveryCommand(t *testing.T) {
 			if !strings.Contains(out, "Examples:\n  provision ") {
 				t.Errorf("help has no examples:\n%s", out)
 			}
-			if !strings.Contains(out, exitCodesHelp) {
-				t.Errorf("help lacks the exit-code table:\n%s", out)
+			want := rootExitHelp()
+			if c := lookup(args[0]); c != nil {
+				want = exitHelp(c)
+			}
+			if !strings.Contains(out, want) {
+				t.Errorf("help lacks its exit-code table:\n%s", out)
 			}
 			if errs != "" {
 				t.Errorf("help wrote to stderr: %s", errs)
@@ -524,4 +531,61 @@ func FuzzClean(f *testing.F) {
 			t.Fatalf("clean is not idempotent on %q: %q then %q", s, c, clean(c))
 		}
 	})
+}
+
+// TestExitTables: one table. Every command's help lists exactly the codes
+// it declares, each once, in order, with the shared meaning or its own;
+// every code a command declares is a row (or its own meaning); the
+// top-level help lists every row and each command's own codes with the
+// command named; version exits 0, 1 or 2 only; the runbook's table is the
+// generated one (issue 33: 30/31 were "renew --check only" while status
+// used them, every help printed every code, the runbook lacked 22, 30, 31).
+func TestExitTables(t *testing.T) {
+	root := rootExitHelp()
+	for _, c := range commands() {
+		help := exitHelp(c)
+		if !strings.Contains(helpText(c), help) {
+			t.Errorf("%s: the help does not end with its exit codes", c.name)
+		}
+		lines := regexp.MustCompile(`(?m)^  (\d+(?:/\d+)?) `).FindAllStringSubmatch(help, -1)
+		var got []string
+		for _, l := range lines {
+			got = append(got, l[1])
+		}
+		var want []string
+		for _, code := range c.exits {
+			want = append(want, exitLabel(code))
+			if _, ok := rowOf(code); !ok {
+				if _, own := c.exitNotes[code]; !own {
+					t.Errorf("%s declares exit %d, which has no row and no meaning of its own", c.name, code)
+				}
+				if !strings.Contains(root, c.name+" "+c.exitNotes[code].name) {
+					t.Errorf("the top-level help does not say what %d means for %s", code, c.name)
+				}
+			}
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%s's help lists exits %v, want %v", c.name, got, want)
+		}
+	}
+	for _, r := range exitRows {
+		if !strings.Contains(root, "  "+exitLabel(r.code)+" ") {
+			t.Errorf("the top-level help lacks exit %s", exitLabel(r.code))
+		}
+	}
+	if v := lookup("version"); strings.Join(strings.Fields(fmt.Sprint(v.exits)), " ") != "[0 1 2]" {
+		t.Errorf("version exits %v, want 0, 1, 2 only", v.exits)
+	}
+	for file, runbook := range map[string]string{"docs/runbook.md": "", "README.md": "docs/runbook.md"} {
+		b, err := os.ReadFile(filepath.Join("..", "..", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, err := WithExitTable(string(b), runbook); err != nil || want != string(b) {
+			t.Errorf("%s's exit-code table is not the generated one (%v): run go run ./internal/cli/gendocs -exit-table %s", file, err, file)
+		}
+	}
+	if tbl := RunbookExitTable(""); !strings.Contains(tbl, "| 22 |") || !strings.Contains(tbl, "| 30 |") {
+		t.Error("the runbook's table lacks 22 or 30")
+	}
 }

@@ -4,13 +4,21 @@ import (
 	"context"
 
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/revoke"
+	"github.com/gpuaas/provision/internal/status"
 )
 
 var revokeCmd = &command{
-	name:    "revoke",
-	format:  true,
+	name:   "revoke",
+	format: true,
+	exits:  codes(ExitConfig, ExitLocked, layerCodes(diag.Clock, diag.Credentials, diag.CA, diag.State), exitSignals),
+	exitNotes: map[int]exitNote{
+		ExitUsage: {"usage", "unknown flag, or the node holds a usable identity and --yes was not given (nothing changed)"},
+		13:        {"ca", "the CA unreachable or refusing a revocation (nothing removed)"},
+		12:        {"credentials", "the credentials could not all be removed (every certificate revoked)"},
+	},
 	summary: "take the node out of service: revoke its certificates at the CA, then remove them and its records",
 	usage: `For decommissioning and re-imaging. Every certificate in pki_dir that is still
 an identity of the CA (the current one, the rollback target, sets left aside)
@@ -33,10 +41,6 @@ revoked with --yes: without it, revoke says what it would end and changes
 nothing (exit 2). To bring the node back: a fresh one-time token and
 provision bootstrap. Disable the units (provision-renew.timer,
 provision-verify.timer) or remove the package on a decommissioned node.
-
-Exit codes for revoke: 0 revoked and removed (or nothing to revoke); 2 the node
-is healthy and --yes was not given; a layer's code when a step fails (13 the
-CA unreachable or refusing, 12 the credentials not removable, 21 state_dir).
 
 Examples:
   provision revoke --yes
@@ -61,12 +65,12 @@ func runRevoke(ctx context.Context, env *runEnv, args []string) int {
 		return code
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
-	if healthy, what := revoke.Healthy(cfg, host); healthy && !f.yes {
+	if healthy, what := status.Usable(cfg, host); healthy && !f.yes {
 		return printReport(env, f, report.Failed("revoke", cfg.NodeID, "confirm", &diag.Finding{Layer: LayerUsage, Owner: diag.Node,
 			Summary: what + "; provision revoke would revoke it at the CA and remove it",
 			Remedy:  "run provision revoke --yes to take this node out of service (decommission, re-image); nothing was changed"}))
 	}
-	return locked(ctx, env, f, cfg, host, log, func() *report.Report {
-		return revoke.Run(ctx, cfg, host, pipelineOptions(log, false)).Report
+	return locked(ctx, env, f, cfg, host, log, func(ctx context.Context, o pipeline.Options) *pipeline.Outcome {
+		return revoke.Run(ctx, cfg, host, o)
 	})
 }

@@ -11,15 +11,15 @@ import (
 	"github.com/gpuaas/provision/internal/status"
 )
 
-// Exit codes of status, in renew --check's family.
-const (
-	ExitStatusAttention = 30
-	ExitStatusUnusable  = 31
-)
-
 var statusCmd = &command{
-	name:    "status",
-	format:  true,
+	name:   "status",
+	format: true,
+	exits:  codes(ExitConfig, ExitStatusAttention, ExitStatusUnusable),
+	exitNotes: map[int]exitNote{
+		ExitOK:              {"ok", "a usable identity, nothing pending"},
+		ExitStatusAttention: {"attention", "renewal due, the last renewal failed, a hook pending, a key exposed or out of paths.key_group's reach, credentials published without a passing proof, no receipt, provision-renew.timer not enabled"},
+		ExitStatusUnusable:  {"unusable", "not enrolled, expired, revoked, stale or unreadable"},
+	},
 	summary: "show the installed credentials, the last renewal, a pending hook and the receipt, offline",
 	usage: `Shows what provision knows about this node from its files alone: no network,
 no lock, no task taken off the queue (verify's proof is a real tasks/wait).
@@ -31,13 +31,6 @@ result; a post hook still pending; the receipt; where the textfile
 metrics go; and whether provision-renew.timer is enabled (from its
 timers.target.wants link, so under --root too). --format json prints it as
 one JSON object (README, "provision status").
-
-Exit codes (renew --check's family):
-  0   ok: a usable identity, nothing pending
-  30  attention: renewal due, the last renewal failed, a hook pending, a key
-      exposed or out of paths.key_group's reach, credentials published
-      without a passing proof, no receipt, provision-renew.timer not enabled
-  31  unusable: not enrolled, expired, revoked, stale or unreadable
 
 Examples:
   provision status
@@ -79,7 +72,7 @@ func printStatus(w io.Writer, n *status.Node, code int, quiet bool) {
 		facts = io.Discard
 	}
 	line := func(k, format string, a ...any) {
-		fmt.Fprintf(facts, "%-14s %s\n", k+":", clean(fmt.Sprintf(format, a...)))
+		fmt.Fprintf(facts, "%s\n", strings.TrimRight(fmt.Sprintf("%-14s %s", k+":", clean(fmt.Sprintf(format, a...))), " "))
 	}
 	line("node", "%s", n.NodeID)
 	c := n.Credentials

@@ -17,8 +17,11 @@ import (
 )
 
 var userdataCmd = &command{
-	name:    "userdata",
-	summary: "render #cloud-config user-data for a node from a config and a one-time token",
+	name:      "userdata",
+	exits:     codes(ExitConfig, 20),
+	noRoot:    true,
+	exitNotes: map[int]exitNote{20: {"enroll", "a token that cannot enroll this node at this CA"}},
+	summary:   "render #cloud-config user-data for a node from a config and a one-time token",
 	usage: `Reads a provision config (as for bootstrap, but from this machine, not under
 --root) and a one-time token, and prints #cloud-config user-data that writes
 both to the node (the token 0600 on /run), turns off cloud-init's
@@ -78,8 +81,7 @@ func runUserdata(_ context.Context, env *runEnv, args []string) int {
 	}
 	cfg, err := config.Load(f.config)
 	if err != nil {
-		fmt.Fprintf(env.stderr, "provision: error: %v\n", err)
-		return env.failure("userdata", diag.Config, err.Error(), "fix the named keys in "+f.config+" (see docs/configuration.md)", ExitConfig)
+		return env.fail("userdata", diag.Config, err.Error(), "fix the named keys in "+f.config+" (see docs/configuration.md)")
 	}
 	// Not ReadRegular: on the operator's machine --token-file <(step ca
 	// token ...) is a FIFO on purpose.
@@ -92,13 +94,11 @@ func runUserdata(_ context.Context, env *runEnv, args []string) int {
 		// One line, naming the file and what is wrong, never the token.
 		msg := fmt.Sprintf("--token-file %s: %v", *tokenFile, err)
 		remedy := "mint a fresh one-time token for " + cfg.NodeID + " from this CA (step ca token " + cfg.NodeID + " --ca-url " + cfg.CA.URL + ") and render again; nothing was written"
-		fmt.Fprintf(env.stderr, "provision: error: %s. Next: %s (exit %d)\n", msg, remedy, ExitCode(diag.Enroll))
-		return env.failure("userdata", diag.Enroll, msg, remedy, ExitCode(diag.Enroll))
+		return env.fail("userdata", diag.Enroll, msg, remedy)
 	}
 	var buf bytes.Buffer
 	if err := cloudinit.RenderConfig(&buf, cfg, tok); err != nil {
-		fmt.Fprintf(env.stderr, "provision: error: cannot render user-data: %v\n", err)
-		return env.failure("userdata", diag.Config, "cannot render user-data: "+err.Error(), "fix the config's values", ExitConfig)
+		return env.fail("userdata", diag.Config, "cannot render user-data: "+err.Error(), "fix the config's values")
 	}
 	if *out == "" {
 		env.stdout.Write(buf.Bytes())

@@ -102,9 +102,11 @@ func TestUserdataToken(t *testing.T) {
 			if statErr == nil {
 				t.Errorf("a refused token was written to --out")
 			}
-			line := strings.TrimSuffix(stderr.String(), "\n")
-			if strings.Contains(line, "\n") || !strings.Contains(line, tok) || !strings.Contains(line, tc.errHas) || !strings.Contains(line, "(exit 20)") {
-				t.Errorf("stderr is not one line naming %s and %q:\n%s", tok, tc.errHas, stderr.String())
+			// The one error shape: the error's line, then the hint's.
+			lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+			if len(lines) != 2 || !strings.HasPrefix(lines[0], "provision: error: ") || !strings.Contains(lines[0], tok) || !strings.Contains(lines[0], tc.errHas) ||
+				!strings.HasPrefix(lines[1], "provision: hint: mint a fresh one-time token") {
+				t.Errorf("stderr is not an error line naming %s and %q, then the hint:\n%s", tok, tc.errHas, stderr.String())
 			}
 		})
 	}

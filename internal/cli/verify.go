@@ -8,6 +8,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/tasks"
 	"github.com/gpuaas/provision/internal/verify"
@@ -16,6 +17,7 @@ import (
 var verifyCmd = &command{
 	name:    "verify",
 	format:  true,
+	exits:   codes(ExitConfig, layersProof, 21, exitSignals),
 	summary: "read-only layered diagnosis ending with a real mTLS tasks/wait",
 	usage: `Checks every layer between the node and the node API, in order, and names the
 first one that fails, its owner and the fix. A check whose dependency failed
@@ -60,12 +62,21 @@ func runVerify(ctx context.Context, env *runEnv, args []string) int {
 	if t != nil {
 		rep.Task = json.RawMessage(t.Raw)
 		if err != nil {
-			return finish(env, f, cfg, host, log, report.Failed("verify", cfg.NodeID, "task-save", &diag.Finding{Layer: diag.State, Owner: diag.Node,
-				Summary:  "the proof received a task but it could not be handed off: " + err.Error(),
-				Remedy:   "make " + cfg.Paths.StateDir + " writable, and give this task (in the evidence) to the node-agent by hand",
-				Evidence: map[string]string{"task": string(t.Raw)}}))
+			return finish(env, f, cfg, host, log, report.Failed("verify", cfg.NodeID, "task-save", diag.TaskNotKept(cfg.Paths.StateDir, t.Raw, err, "", "")), verifySeen(e))
 		}
-		log.Info("task received during the proof and handed off", "task_id", t.ID, "path", strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))
+		logTask(log, t.ID, strings.TrimPrefix(path, strings.TrimSuffix(host.Path("/"), "/")))
 	}
-	return finish(env, f, cfg, host, log, rep)
+	return finish(env, f, cfg, host, log, rep, verifySeen(e))
+}
+
+// verifySeen is what verify's ladder saw, for the metrics: the installed
+// set and the verdict its credentials check judged; nil when the ladder
+// judged none (the metrics then look offline).
+func verifySeen(e *observe.Env) *seen {
+	v, ok := e.Judged()
+	if !ok {
+		return nil
+	}
+	set, _ := e.Creds()
+	return &seen{installed: &pipeline.Installed{Set: set, Verdict: v}}
 }

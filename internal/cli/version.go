@@ -9,8 +9,10 @@ import (
 )
 
 var versionCmd = &command{
-	name:    "version",
-	format:  true,
+	name:   "version",
+	format: true,
+	exits:  codes(),
+	noRoot: true, noConfig: true,
 	summary: "print the version, the commit and what it was built with",
 	usage: `Prints the version, the commit it was built from, the Go version and the
 version of the step-ca client module (github.com/smallstep/certificates) linked

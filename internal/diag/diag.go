@@ -85,3 +85,18 @@ func (f *Finding) add(k, v string) {
 	}
 	f.Evidence[k] = v
 }
+
+// Writable is the start of the remedy of a write provision could not make
+// in dir, its own directory: the rest says what then.
+func Writable(dir string) string { return "make " + dir + " writable" }
+
+// TaskNotKept is the finding of a task the proof received (the API
+// dequeued it) that could not be handed off under stateDir: the task is in
+// the evidence, for a person to give to the node-agent. after ends the
+// summary, then the remedy.
+func TaskNotKept(stateDir string, task []byte, err error, after, then string) *Finding {
+	return &Finding{Layer: State, Owner: Node, Check: "task-save",
+		Summary:  "the proof received a task but it could not be handed off: " + err.Error() + after,
+		Remedy:   Writable(stateDir) + ", give this task (in the evidence) to the node-agent by hand" + then,
+		Evidence: map[string]string{"task": string(task)}}
+}

@@ -11,6 +11,10 @@ import (
 // KeyStoreCheck is the check (and step) name of the node's key store.
 const KeyStoreCheck = "key-store"
 
+// RemedyKeyElsewhere is the remedy of an installed key that is not where
+// key.store keeps keys.
+const RemedyKeyElsewhere = "the next new key is made in key.store: run provision renew --force (with renew.rekey, the default), or provision bootstrap with a fresh one-time token"
+
 // TPMDropIn is where the units' TPM access is documented.
 const TPMDropIn = "the TPM drop-in of docs/configuration.md (PrivateDevices=no, DevicePolicy=closed, DeviceAllow=/dev/tpmrm0 rw, SupplementaryGroups=tss), which provision userdata writes when key.store = \"tpm\""
 

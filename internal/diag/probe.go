@@ -10,12 +10,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/probe"
-	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/system"
 )
 
@@ -46,6 +47,18 @@ type Proof struct {
 	Proven   map[Layer]string // layer -> what the exchange recorded that proves it
 	Unproven map[Layer]string // layer -> why it was crossed without proof (rendered as a warning)
 	Finding  *Finding         // nil only when every probe layer is proven
+}
+
+// Remedies more than one classification gives.
+const (
+	remedyNoListener   = "check that the ingress listens on the node API port at the IP the hosts override names, and that no firewall blocks the node"
+	remedyNoClientCert = "enroll the node so it has a certificate to present: provision bootstrap with a one-time token"
+)
+
+// unproveAnswer leaves route and identity unproven for why: an answer
+// that did not arrive whole proves neither.
+func unproveAnswer(unproven map[Layer]string, why string) {
+	unproven[Route], unproven[Identity] = why, why
 }
 
 // traefikNotFound is the body of Traefik's default router and of Go's
@@ -211,7 +224,7 @@ func kindOf(err error) errKind {
 		return errDNS
 	case errors.As(err, &cve):
 		return errCertInvalid
-	case retry.IsTLSAlert(err):
+	case enroll.IsTLSAlert(err):
 		return errAlert
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return errRefused
@@ -292,10 +305,10 @@ func duringHandshake(r *probe.Result, f *Finding, chain ChainState, kind errKind
 		return set(Hosts, Node, false, "restore the /etc/hosts override mapping the node API hostname to the private control-plane IP: provision hosts apply",
 			"the node API hostname %s does not resolve", r.Host)
 	case st == probe.StageNone && kind == errRefused:
-		return set(TCP, Network, true, "check that the ingress listens on the node API port at the IP the hosts override names, and that no firewall blocks the node",
+		return set(TCP, Network, true, remedyNoListener,
 			"connection to %s refused: nothing listens on the node API port", r.Host)
 	case st == probe.StageNone && (kind == errDial || kind == errTimeout):
-		return set(TCP, Network, true, "check that the ingress listens on the node API port at the IP the hosts override names, and that no firewall blocks the node",
+		return set(TCP, Network, true, remedyNoListener,
 			"cannot connect to %s: %v", r.Host, r.Err)
 
 	// Connected, no server certificate yet: the server side's TLS.
@@ -328,7 +341,7 @@ func duringHandshake(r *probe.Result, f *Finding, chain ChainState, kind errKind
 	// The client certificate was asked for and answered; the handshake did
 	// not finish (TLS 1.2, or TLS 1.3 failing before its Finished).
 	case st == probe.StageClientCert && !r.ClientCertSent && (kind == errAlert || kind == errClosed):
-		return set(TLSClientAuth, Node, false, "enroll the node so it has a certificate to present: provision bootstrap with a one-time token",
+		return set(TLSClientAuth, Node, false, remedyNoClientCert,
 			"the ingress requires a client certificate and the node has none to send: %v", r.Err)
 	case st == probe.StageClientCert && kind == errAlert:
 		return clientAuthFinding(f, chain, alertSummary(r.Err, "during the handshake"))
@@ -356,7 +369,7 @@ func afterHandshake(r *probe.Result, f *Finding, chain ChainState, kind errKind)
 				"the ingress sent an alert after the handshake without having asked for a client certificate: %s", alertText(r.Err))
 		}
 		if !r.ClientCertSent {
-			return set(TLSClientAuth, Node, false, "enroll the node so it has a certificate to present: provision bootstrap with a one-time token",
+			return set(TLSClientAuth, Node, false, remedyNoClientCert,
 				"the ingress requires a client certificate and the node has none to send: %s", alertText(r.Err))
 		}
 		return clientAuthFinding(f, chain, alertSummary(r.Err, "on the first read after the handshake (TLS 1.3)"))
@@ -450,7 +463,7 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 		return set(Route, Ingress, false, "route the node API hostname straight to the node API, without redirects (the node-agent does not follow them); check node_api.wait_path",
 			"the ingress redirected tasks/wait (%d) to %q instead of routing it to the node API", s, r.Header.Get("Location"))
 	case s == 400 && looksLikeNginxCertError(r.Body):
-		return clientAuthFinding(f, chain, "the ingress refused the client certificate with 400: "+bodyExcerpt(r.Body))
+		return clientAuthFinding(f, chain, "the ingress refused the client certificate with 400: "+bodyLine(r.Body))
 	case s == 401 || s == 403:
 		return identityFinding(r, f)
 	case s == 429:
@@ -463,7 +476,7 @@ func fromAnswer(r *probe.Result, f *Finding, chain ChainState, unproven map[Laye
 		// The node API speaks JSON; an HTML error page is the ingress's own
 		// (HAProxy's "No server is available", nginx's default pages).
 		return set(TasksWait, Ingress, true, "the ingress answered for the node API with its own error page: check its upstream for the node API is up and healthy; bootstrap retries this within its deadline",
-			"the ingress answered %d itself with an HTML error page (%s): the node API did not answer", s, bodyExcerpt(r.Body))
+			"the ingress answered %d itself with an HTML error page (%s): the node API did not answer", s, bodyLine(r.Body))
 	case s >= 500 && s <= 599:
 		return set(TasksWait, API, true, "check the node API's logs and health; bootstrap retries this within its deadline",
 			"the node API failed the tasks/wait request with %d", s)
@@ -481,13 +494,11 @@ func fromNoTask(r *probe.Result, f *Finding, unproven map[Layer]string) *Finding
 	case r.BodyTruncated:
 		// The API dequeued something too large to hand off: its failure,
 		// whatever the route did (nothing here says what it did).
-		unproven[Route] = "not proven: the answer was too large to read whole"
-		unproven[Identity] = "not proven: the answer was too large to read whole"
+		unproveAnswer(unproven, "not proven: the answer was too large to read whole")
 		return f.set(TasksWait, API, false, "the node API must hand out tasks far smaller than that (a task is a few KiB of JSON): find this node's task in the API's logs and queue it again, smaller",
 			"tasks/wait answered 200 with a body larger than %d bytes: provision did not read it whole, so the task in it was not handed off (the API dequeued it)", probe.MaxTask)
 	case r.Err != nil:
-		unproven[Route] = "not proven: the answer's body did not arrive whole"
-		unproven[Identity] = "not proven: the answer's body did not arrive whole"
+		unproveAnswer(unproven, "not proven: the answer's body did not arrive whole")
 		if kindOf(r.Err) == errTimeout {
 			return f.set(TasksWait, API, true, "a task is a few KiB of JSON: check what the node API hands this node (its logs) and the ingress's buffering of large answers; bootstrap retries this within its deadline",
 				"tasks/wait answered 200, but its body did not arrive whole within the request's time (%d bytes so far: %v): the task in it was not handed off", len(r.Body), r.Err)
@@ -496,12 +507,12 @@ func fromNoTask(r *probe.Result, f *Finding, unproven map[Layer]string) *Finding
 	case isJSON(r.Body):
 		unproven[Identity] = "not proven: the answer was not a task, so it does not show the node API accepted the identity"
 		return f.set(TasksWait, API, false, "the node API must answer 204 when no task is queued, or 200 with one task as a JSON object; check what it returns for this node",
-			"tasks/wait answered 200 with JSON that is not a task (%s): a task is one JSON object, so this is neither a task nor a pass", bodyExcerpt(r.Body))
+			"tasks/wait answered 200 with JSON that is not a task (%s): a task is one JSON object, so this is neither a task nor a pass", bodyLine(r.Body))
 	}
 	// A task is JSON. An HTML or text 200 is an ingress default page, a
 	// captive proxy or another service: the route reached the wrong place.
 	return f.set(Route, Ingress, false, "check the ingress routes the node API hostname to the node API and not to a default backend or another service",
-		"tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyExcerpt(r.Body))
+		"tasks/wait answered 200 with a body that is not a JSON task (%s): something other than the node API answered", bodyLine(r.Body))
 }
 
 const remedyRoute = "add an explicit router for the node API hostname on the ingress (Host rule, with the mTLS option and the client-cert forwarding middleware); check node_api.wait_path matches the API"
@@ -578,7 +589,7 @@ func identityFinding(r *probe.Result, f *Finding) *Finding {
 	}
 	what := strings.TrimSpace(body.Error + " " + body.Message)
 	if what == "" {
-		what = bodyExcerpt(r.Body)
+		what = bodyLine(r.Body)
 	}
 	if body.Reason != "" {
 		f.add("api_reason", body.Reason)
@@ -613,6 +624,32 @@ func subjectOf(r *probe.Result) string {
 	}
 	c := r.ServerChain[0]
 	return fmt.Sprintf("subject %q, DNS names %v", c.Subject.String(), c.DNSNames)
+}
+
+// maxBodyLine bounds a peer's body quoted in a summary.
+const maxBodyLine = 100
+
+var (
+	htmlTitle = regexp.MustCompile(`(?is)<title[^>]*>(.*?)</title>`)
+	htmlTag   = regexp.MustCompile(`(?s)<[^>]*>`)
+)
+
+// bodyLine is a peer's body as a summary quotes it: one line, short. An
+// HTML page is its title, or its text without the markup: nginx's error
+// page for a refused certificate is "400 No required SSL certificate was
+// sent". The whole excerpt stays in the evidence (body).
+func bodyLine(b []byte) string {
+	s := string(bytes.TrimSpace(b))
+	if m := htmlTitle.FindStringSubmatch(s); m != nil && strings.TrimSpace(m[1]) != "" {
+		s = "HTML page: " + m[1]
+	} else if strings.HasPrefix(s, "<") {
+		s = "HTML page: " + htmlTag.ReplaceAllString(s, " ")
+	}
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > maxBodyLine {
+		s = string(r[:maxBodyLine]) + "..."
+	}
+	return s
 }
 
 func bodyExcerpt(b []byte) string {

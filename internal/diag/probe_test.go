@@ -454,6 +454,8 @@ func TestFromProbeHTTPAnswers(t *testing.T) {
 			want{layer: diag.TasksWait, owner: diag.API, transient: true, summary: []string{"500"}, remedy: "node API's logs"}},
 		{"503 HTML page from HAProxy", status(503, "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n", "Content-Type", "text/html"), false,
 			want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"503 itself", "No server is available"}, remedy: "upstream"}},
+		{"502 with a long text body", status(502, strings.Repeat("upstream connect error or disconnect/reset before headers. ", 40)), false,
+			want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"502"}, remedy: "upstream"}},
 		{"502 from the ingress", status(502, "Bad Gateway"), false,
 			want{layer: diag.TasksWait, owner: diag.Ingress, transient: true, summary: []string{"502 from the ingress"}, remedy: "upstream"}},
 		{"504 from the ingress", status(504, "Gateway Timeout"), false,
@@ -493,7 +495,14 @@ func TestFromProbeHTTPAnswers(t *testing.T) {
 			}
 			port := serveHTTPS(t, cfg, tt.handler)
 			r := w.probe(t, port)
-			check(t, r, diag.FromProbe(r, diag.ChainCurrent), tt.want)
+			f := diag.FromProbe(r, diag.ChainCurrent)
+			check(t, r, f, tt.want)
+			// A peer's body is quoted in a summary as one short line: an
+			// HTML page by its title or text, never its markup (issue 33:
+			// a summary carried nginx's whole error page).
+			if f != nil && (strings.Contains(f.Summary, "<") || strings.ContainsAny(f.Summary, "\r\n") || len(f.Summary) > 400) {
+				t.Errorf("summary quotes the body as more than one short line: %q", f.Summary)
+			}
 		})
 	}
 }

@@ -268,7 +268,7 @@ func (c *Client) get(ctx context.Context, rt http.RoundTripper, path string) (*h
 // getLimit is get reading at most limit+1 bytes of the body, so a caller
 // can tell a body that exceeds limit from one that fits.
 func (c *Client) getLimit(ctx context.Context, rt http.RoundTripper, path string, limit int64) (*http.Response, []byte, error) {
-	rc := retry.NewClient(rt, retry.CheckGET, c.Retries, c.Policy)
+	rc := retry.NewClient(rt, checkGET, c.Retries, c.Policy)
 	u := c.URL.ResolveReference(&url.URL{Path: path})
 	rctx, cancel := context.WithTimeout(ctx, c.Timeout*time.Duration(c.Retries+1)+c.Policy.Cap*time.Duration(c.Retries))
 	defer cancel()
@@ -330,9 +330,9 @@ func classifyHTTP(op string, resp *http.Response, body []byte, err error) *Error
 			// Whoever answers for ca.url is not the CA the pin names (a
 			// TLS-intercepting proxy, or another endpoint behind the name):
 			// waiting cannot change that.
-			return &Error{Kind: TrustMismatch, Op: op, Err: fmt.Errorf("the CA's TLS certificate does not verify against the pinned root: %w", err)}
+			return &Error{Kind: TrustMismatch, Op: op, Err: notPinned(err)}
 		}
-		if retry.IsTLSAlert(err) {
+		if IsTLSAlert(err) {
 			return &Error{Kind: Unreachable, Op: op, Err: fmt.Errorf("TLS to the CA failed: %w", err)}
 		}
 		return &Error{Kind: Unreachable, Op: op, Err: err}
@@ -423,7 +423,7 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 	pool := c.trustPool(root)
 	if err := trust.pin(pool, resp.TLS); err != nil {
 		c.observeClockOutOfTime(ctx, pool, err, out)
-		return out, &Error{Kind: TrustMismatch, Op: "fetch roots", Err: fmt.Errorf("the CA's TLS certificate does not verify against the pinned root: %w", err)}
+		return out, &Error{Kind: TrustMismatch, Op: "fetch roots", Err: notPinned(err)}
 	}
 	return c.fetchCurrent(ctx, out, root, tr, pool)
 }
@@ -694,7 +694,7 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 	}
 
 	pinned := c.transport(&tls.Config{RootCAs: roots.Pool(), ServerName: c.URL.Hostname(), MinVersion: tls.VersionTLS12, Time: c.now})
-	rc := retry.NewClient(pinned, retry.CheckSign, c.Retries, c.Policy)
+	rc := retry.NewClient(pinned, checkSign, c.Retries, c.Policy)
 	// The CA's answer as it came: step's client keeps only the body of an
 	// error, and the status and Retry-After decide the caller's retry.
 	var mu sync.Mutex
@@ -734,10 +734,7 @@ func (c *Client) Sign(ctx context.Context, t *Token, roots *Roots) (*Issued, err
 	if chain[0] == nil || !publicKeyEqual(chain[0].PublicKey, key.Public()) {
 		return nil, &Error{Kind: BadResponse, Op: "sign", Err: errors.New("the CA returned a certificate that does not match the key generated for it")}
 	}
-	if chain[0].Subject.CommonName != t.Subject {
-		return nil, &Error{Kind: BadResponse, Op: "sign", Err: fmt.Errorf("the CA issued a certificate for %q, not %q", chain[0].Subject.CommonName, t.Subject)}
-	}
-	return &Issued{Key: key, Chain: chain}, nil
+	return issued("sign", key, chain, t.Subject)
 }
 
 // NotSent reports whether a Sign error happened before the token could
@@ -793,14 +790,48 @@ func signError(err error, last *http.Response, now time.Time) *Error {
 	}
 	var cve *tls.CertificateVerificationError
 	if errors.As(err, &cve) || strings.Contains(err.Error(), "tls: failed to verify certificate") {
-		return &Error{Kind: TrustMismatch, Op: "sign", Err: fmt.Errorf("the CA's TLS certificate does not verify against its current roots: %w", err)}
+		return &Error{Kind: TrustMismatch, Op: "sign", Err: notCurrentRoots(err)}
 	}
 	if strings.Contains(err.Error(), "failed decoding CA error response") {
-		e := &Error{Kind: NotStepCA, Op: "sign", Err: fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)}
+		e := &Error{Kind: NotStepCA, Op: "sign", Err: notStepCA(err)}
 		if last != nil {
 			e.Status = last.StatusCode
 		}
 		return e
 	}
 	return &Error{Kind: Unreachable, Op: "sign", Err: err}
+}
+
+// The CA's answers that are not what was asked for, worded once for every
+// request that can get them.
+
+var errNotNodeKey = errors.New("the CA returned a certificate that does not match the node's key")
+
+// renewed is a renewal's answer checked: the certificate is for the node's
+// key and its name.
+func renewed(op string, key crypto.Signer, chain []*x509.Certificate, name string) (*Issued, error) {
+	if chain[0] == nil || !publicKeyEqual(chain[0].PublicKey, key.Public()) {
+		return nil, &Error{Kind: BadResponse, Op: op, Err: errNotNodeKey}
+	}
+	return issued(op, key, chain, name)
+}
+
+// issued is the issued set, when the certificate names name.
+func issued(op string, key crypto.Signer, chain []*x509.Certificate, name string) (*Issued, error) {
+	if chain[0].Subject.CommonName != name {
+		return nil, &Error{Kind: BadResponse, Op: op, Err: fmt.Errorf("the CA issued a certificate for %q, not %q", chain[0].Subject.CommonName, name)}
+	}
+	return &Issued{Key: key, Chain: chain}, nil
+}
+
+func notPinned(err error) error {
+	return fmt.Errorf("the CA's TLS certificate does not verify against the pinned root: %w", err)
+}
+
+func notCurrentRoots(err error) error {
+	return fmt.Errorf("the CA's TLS certificate does not verify against its current roots: %w", err)
+}
+
+func notStepCA(err error) error {
+	return fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)
 }

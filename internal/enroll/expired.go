@@ -123,14 +123,7 @@ func (c *Client) RenewExpired(ctx context.Context, cert tls.Certificate, roots *
 	if err != nil {
 		return nil, expiredError(op, err, tr.Status())
 	}
-	chain := chainOf(resp)
-	if chain[0] == nil || !publicKeyEqual(chain[0].PublicKey, key.Public()) {
-		return nil, &Error{Kind: BadResponse, Op: op, Err: errors.New("the CA returned a certificate that does not match the node's key")}
-	}
-	if chain[0].Subject.CommonName != cert.Leaf.Subject.CommonName {
-		return nil, &Error{Kind: BadResponse, Op: op, Err: fmt.Errorf("the CA issued a certificate for %q, not %q", chain[0].Subject.CommonName, cert.Leaf.Subject.CommonName)}
-	}
-	return &Issued{Key: key, Chain: chain}, nil
+	return renewed(op, key, chainOf(resp), cert.Leaf.Subject.CommonName)
 }
 
 // bearerClient is a step-ca client that presents no client certificate

@@ -117,14 +117,10 @@ func (c *Client) Renew(ctx context.Context, cert tls.Certificate, roots *Roots, 
 			return nil, mtlsError(op, err, tr.Status())
 		}
 	}
-	chain := chainOf(resp)
-	if chain[0] == nil || key == nil || !publicKeyEqual(chain[0].PublicKey, key.Public()) {
-		return nil, &Error{Kind: BadResponse, Op: op, Err: errors.New("the CA returned a certificate that does not match the node's key")}
+	if key == nil {
+		return nil, &Error{Kind: BadResponse, Op: op, Err: errNotNodeKey}
 	}
-	if chain[0].Subject.CommonName != cert.Leaf.Subject.CommonName {
-		return nil, &Error{Kind: BadResponse, Op: op, Err: fmt.Errorf("the CA issued a certificate for %q, not %q", chain[0].Subject.CommonName, cert.Leaf.Subject.CommonName)}
-	}
-	return &Issued{Key: key, Chain: chain}, nil
+	return renewed(op, key, chainOf(resp), cert.Leaf.Subject.CommonName)
 }
 
 // RFC 5280 revocation reason codes provision sends.
@@ -219,13 +215,13 @@ func mtlsError(op string, err error, status int) error {
 	}
 	var cve *tls.CertificateVerificationError
 	if errors.As(err, &cve) || strings.Contains(msg, "tls: failed to verify certificate") {
-		return &Error{Kind: TrustMismatch, Op: op, Err: fmt.Errorf("the CA's TLS certificate does not verify against its current roots: %w", err)}
+		return &Error{Kind: TrustMismatch, Op: op, Err: notCurrentRoots(err)}
 	}
 	if strings.Contains(msg, "failed decoding CA error response") {
 		if status == http.StatusTooManyRequests || status >= 500 && status != http.StatusNotImplemented {
 			return &Error{Kind: Unavailable, Op: op, Status: status, Err: fmt.Errorf("something in front of the CA answered %d without step-ca's JSON (a proxy or load balancer failing): %v", status, err)}
 		}
-		return &Error{Kind: NotStepCA, Op: op, Status: status, Err: fmt.Errorf("the answer is not a step-ca JSON error, so something other than step-ca answered: %v", err)}
+		return &Error{Kind: NotStepCA, Op: op, Status: status, Err: notStepCA(err)}
 	}
 	return &Error{Kind: Unreachable, Op: op, Err: err}
 }

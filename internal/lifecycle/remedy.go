@@ -5,6 +5,16 @@ import "github.com/gpuaas/provision/internal/config"
 // RenewTimer is the systemd timer that renews the certificate.
 const RenewTimer = "provision-renew.timer"
 
+// FreshToken is the one wording of a re-enrollment: a fresh one-time
+// token, and bootstrap.
+func FreshToken(cfg *config.Config) string {
+	return "write a fresh one-time token for this node_id to " + cfg.CA.TokenFile + " and run provision bootstrap"
+}
+
+// NeedsToken ends the summary of a certificate nothing but a re-enrollment
+// can replace.
+const NeedsToken = "re-enrollment with a fresh one-time token is needed (provision bootstrap)"
+
 // RenewUnscheduled is not a verdict reason (the credentials may be fine)
 // but a fact about the node status and verify report: RenewTimer is not
 // enabled, so nothing will renew the certificate before it expires.
@@ -14,7 +24,7 @@ const RenewUnscheduled Reason = "renew-unscheduled"
 // and renew act exactly so; verify, renew --check and status print it.
 func Remedy(r Reason, cfg *config.Config) string {
 	tok := cfg.CA.TokenFile
-	fresh := "write a fresh one-time token for this node_id to " + tok + " and run provision bootstrap: it replaces key, certificate and CA bundle together"
+	fresh := FreshToken(cfg) + ": it replaces key, certificate and CA bundle together"
 	switch r {
 	case Missing:
 		return "enroll: write a one-time token to " + tok + " and run provision bootstrap"

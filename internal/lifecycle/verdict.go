@@ -142,6 +142,9 @@ type Input struct {
 	// RenewFraction of the lifetime after which the certificate is due;
 	// 0 means DefaultRenewFraction.
 	RenewFraction float64
+	// Splay is the most this node renews after the renewal point
+	// (renew.splay): see Schedule.DueAt.
+	Splay time.Duration
 	// Exposed is set when state records the key as having been readable
 	// by others: the mode is fixed, the key is still the exposed one.
 	Exposed bool
@@ -173,11 +176,11 @@ type Verdict struct {
 	Reasons []Reason // every fact that holds, most severe first
 	// Detail is one line per reason, for reports.
 	Detail map[Reason]string
-	// Leaf and its timing, when a certificate could be read.
-	Leaf       *x509.Certificate
-	RenewAfter time.Time
-	ChainErr   error             // why the chain does not verify against Roots
-	ChainRoot  *x509.Certificate // the current root it chains to, when it does
+	// Leaf and its schedule, when a certificate could be read.
+	Leaf      *x509.Certificate
+	Schedule  Schedule
+	ChainErr  error             // why the chain does not verify against Roots
+	ChainRoot *x509.Certificate // the current root it chains to, when it does
 	// BundleMissing counts the CA's current roots ca.pem lacks;
 	// BundleUseless is set when it holds none of them: the node can then
 	// verify no server of the control plane. BundleDropped counts roots
@@ -253,8 +256,7 @@ func Judge(in Input) Verdict {
 	if frac <= 0 || frac >= 1 {
 		frac = DefaultRenewFraction
 	}
-	life := leaf.NotAfter.Sub(leaf.NotBefore)
-	v.RenewAfter = leaf.NotBefore.Add(time.Duration(float64(life) * frac))
+	v.Schedule = schedule(leaf, frac, in.Splay)
 
 	if !s.KeyMatches() {
 		v.add(KeyMismatch, "key.pem does not match cert.pem")
@@ -294,8 +296,8 @@ func Judge(in Input) Verdict {
 		v.add(KeyUnreachable, "the node-agent cannot read its key: %v", in.Unreachable)
 	}
 	v.judgeBundle(in)
-	if v.Action < Reenroll && !in.Now.Before(v.RenewAfter) {
-		v.add(PastRenewal, "past its renewal point %s; it expires at %s (in %s)", stamp(v.RenewAfter), stamp(leaf.NotAfter), leaf.NotAfter.Sub(in.Now).Round(time.Minute))
+	if v.Action < Reenroll && !in.Now.Before(v.Schedule.RenewAfter) {
+		v.add(PastRenewal, "past its renewal point %s; it expires at %s (in %s)", stamp(v.Schedule.RenewAfter), stamp(leaf.NotAfter), leaf.NotAfter.Sub(in.Now).Round(time.Minute))
 	}
 	sortBySeverity(v.Reasons)
 	return v
@@ -322,12 +324,25 @@ func (v *Verdict) judgeChain(in Input, leaf *x509.Certificate) {
 		v.add(OtherCA, "the node certificate (issuer %s) does not chain to any of the CA's current roots: it is stale (%v)", leaf.Issuer, err)
 		return
 	}
-	for _, root := range in.Roots {
-		if ChainsTo(in.Set.Chain, []*x509.Certificate{root}, at) == nil {
-			v.ChainRoot = root
-			break
+	v.ChainRoot = IssuingRoot(in.Set.Chain, in.Roots)
+}
+
+// IssuingRoot is the root among roots that issued chain (leaf first): the
+// one answer to "which root did this chain come from?" (the verdict, status
+// and the metrics ask it). Found by signature, not by verification at a
+// time, so an expired certificate still names the root it was issued
+// under; nil when none did.
+func IssuingRoot(chain, roots []*x509.Certificate) *x509.Certificate {
+	if len(chain) == 0 || chain[0] == nil {
+		return nil
+	}
+	top := chain[len(chain)-1]
+	for _, r := range roots {
+		if bytes.Equal(top.Raw, r.Raw) || (bytes.Equal(top.RawIssuer, r.RawSubject) && top.CheckSignatureFrom(r) == nil) {
+			return r
 		}
 	}
+	return nil
 }
 
 // judgeBundle: ca.pem must hold exactly the roots the CA serves now,
@@ -356,25 +371,51 @@ func (v *Verdict) judgeBundle(in Input) {
 	v.BundleUseless = v.BundleMissing > 0 && v.BundleMissing == len(in.Roots)
 }
 
-// DueAt is when the certificate is to be renewed: its renewal point plus
-// a splay of up to maxSplay, fixed per certificate (derived from its serial,
-// so every run on the node agrees while a fleet spreads out), and capped to
-// half the time between the renewal point and expiry so that a short-lived
-// certificate is still renewed well before it expires. Zero without a leaf.
-func (v Verdict) DueAt(maxSplay time.Duration) time.Time {
-	if v.Leaf == nil {
-		return time.Time{}
-	}
-	room := v.Leaf.NotAfter.Sub(v.RenewAfter) / 2
+// Schedule is the one answer to "when is this certificate due?": every
+// command that renews, reports, records or alerts reads it from the
+// verdict, and none computes a time of its own.
+type Schedule struct {
+	// RenewAfter is the renewal point: renew.fraction of the lifetime.
+	RenewAfter time.Time
+	// DueAt is when the certificate is to be renewed: the renewal point
+	// plus a splay of up to renew.splay, fixed per certificate (derived
+	// from its serial, so every run on the node agrees while a fleet
+	// spreads out), and capped to half the time between the renewal point
+	// and expiry so that a short-lived certificate is still renewed well
+	// before it expires.
+	DueAt time.Time
+	// LastQuarter is when the last quarter of the certificate's life
+	// begins: from then a renewed set the liveness rule held back (no
+	// evidence either way) is published, since the alternative is certain
+	// expiry.
+	LastQuarter time.Time
+	NotAfter    time.Time
+}
+
+// Due reports whether the certificate is due at now (false without one).
+func (s Schedule) Due(now time.Time) bool { return !s.DueAt.IsZero() && !now.Before(s.DueAt) }
+
+// InLastQuarter reports whether now is in the last quarter of the
+// certificate's life.
+func (s Schedule) InLastQuarter(now time.Time) bool {
+	return !s.LastQuarter.IsZero() && !now.Before(s.LastQuarter)
+}
+
+func schedule(leaf *x509.Certificate, frac float64, maxSplay time.Duration) Schedule {
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	s := Schedule{RenewAfter: leaf.NotBefore.Add(time.Duration(float64(life) * frac)), NotAfter: leaf.NotAfter,
+		LastQuarter: leaf.NotAfter.Add(-life / 4)}
+	s.DueAt = s.RenewAfter
+	room := leaf.NotAfter.Sub(s.RenewAfter) / 2
 	if maxSplay > room {
 		maxSplay = room
 	}
-	if maxSplay <= 0 {
-		return v.RenewAfter
+	if maxSplay > 0 {
+		h := sha256.Sum256(leaf.Raw)
+		f := float64(binary.BigEndian.Uint64(h[:8])>>11) / float64(1<<53)
+		s.DueAt = s.RenewAfter.Add(time.Duration(f * float64(maxSplay)))
 	}
-	h := sha256.Sum256(v.Leaf.Raw)
-	frac := float64(binary.BigEndian.Uint64(h[:8])>>11) / float64(1<<53)
-	return v.RenewAfter.Add(time.Duration(frac * float64(maxSplay)))
+	return s
 }
 
 func sortBySeverity(rs []Reason) {

@@ -131,10 +131,14 @@ func TestJudge(t *testing.T) {
 	}
 }
 
-// TestRenewAfter: the renewal point is NotBefore + 2/3 of the lifetime.
-func TestRenewAfter(t *testing.T) {
+// TestSchedule: the one answer to "when is it due?": the renewal point at
+// the fraction of the lifetime (2/3 by default: NotBefore + 16h of 24h), the due time within the splay (capped to
+// half the room left before expiry, fixed per certificate), the last
+// quarter, and Due/InLastQuarter at each side of them; and the root the
+// chain came from, found by signature even for an expired certificate.
+func TestSchedule(t *testing.T) {
 	nb := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
-	p, err := controlplane.NewPKIAt(t.TempDir(), "R", nb)
+	p, err := controlplane.NewPKIAt(t.TempDir(), "S", nb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,8 +146,47 @@ func TestRenewAfter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := lifecycle.Judge(lifecycle.Input{Set: &credstore.Set{Key: l.Key, Chain: []*x509.Certificate{l.Cert}, Roots: []*x509.Certificate{p.Root}}, NodeID: "n", Now: nb})
-	if want := nb.Add(16 * time.Hour); !v.RenewAfter.Equal(want) {
-		t.Errorf("RenewAfter %s, want %s", v.RenewAfter, want)
+	set := &credstore.Set{Key: l.Key, Chain: []*x509.Certificate{l.Cert, l.Intermediate}, Roots: []*x509.Certificate{p.Root}, KeyMode: 0o600, DirMode: 0o700}
+	tests := []struct {
+		name          string
+		frac          float64
+		splay         time.Duration
+		after, dueMax time.Duration // from NotBefore
+	}{
+		{"no splay", 0, 0, 16 * time.Hour, 16 * time.Hour},
+		{"an hour of splay", 0, time.Hour, 16 * time.Hour, 17 * time.Hour},
+		{"a splay longer than half the room is capped", 0, 24 * time.Hour, 16 * time.Hour, 20 * time.Hour},
+		{"renew.fraction 0.5", 0.5, 0, 12 * time.Hour, 12 * time.Hour},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := lifecycle.Input{Set: set, NodeID: "n", Now: nb.Add(time.Hour), RenewFraction: tt.frac, Splay: tt.splay}
+			s := lifecycle.Judge(in).Schedule
+			if !s.RenewAfter.Equal(nb.Add(tt.after)) || s.DueAt.Before(s.RenewAfter) || s.DueAt.After(nb.Add(tt.dueMax)) {
+				t.Fatalf("renewal point %s due %s, want %s and due within %s", s.RenewAfter, s.DueAt, nb.Add(tt.after), nb.Add(tt.dueMax))
+			}
+			if again := lifecycle.Judge(in).Schedule; !again.DueAt.Equal(s.DueAt) {
+				t.Errorf("due %s, then %s: the splay is not fixed per certificate", s.DueAt, again.DueAt)
+			}
+			if !s.LastQuarter.Equal(nb.Add(18*time.Hour)) || !s.NotAfter.Equal(nb.Add(24*time.Hour)) {
+				t.Errorf("last quarter %s, expiry %s", s.LastQuarter, s.NotAfter)
+			}
+			if s.Due(s.DueAt.Add(-time.Second)) || !s.Due(s.DueAt) || s.InLastQuarter(s.LastQuarter.Add(-time.Second)) || !s.InLastQuarter(s.LastQuarter) {
+				t.Error("Due or InLastQuarter wrong at their boundary")
+			}
+		})
+	}
+	if (lifecycle.Schedule{}).Due(nb) {
+		t.Error("no certificate is due")
+	}
+	other, err := controlplane.NewPKIAt(t.TempDir(), "O", nb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := lifecycle.IssuingRoot(set.Chain, []*x509.Certificate{other.Root, p.Root}); r == nil || !r.Equal(p.Root) {
+		t.Errorf("IssuingRoot did not find the root that issued the chain")
+	}
+	if r := lifecycle.IssuingRoot(set.Chain, []*x509.Certificate{other.Root}); r != nil {
+		t.Errorf("IssuingRoot found %s among another CA's roots", r.Subject)
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpuaas/provision/internal/lifecycle"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/protobuf/proto"
@@ -90,13 +91,9 @@ func CertFacts(chain, roots []*x509.Certificate) *Cert {
 		return nil
 	}
 	c := &Cert{NotBefore: chain[0].NotBefore, NotAfter: chain[0].NotAfter}
-	top := chain[len(chain)-1]
-	for _, r := range roots {
-		if bytes.Equal(top.Raw, r.Raw) || (bytes.Equal(top.RawIssuer, r.RawSubject) && top.CheckSignatureFrom(r) == nil) {
-			sum := sha256.Sum256(r.Raw)
-			c.RootFingerprint = hex.EncodeToString(sum[:])
-			break
-		}
+	if r := lifecycle.IssuingRoot(chain, roots); r != nil {
+		sum := sha256.Sum256(r.Raw)
+		c.RootFingerprint = hex.EncodeToString(sum[:])
 	}
 	return c
 }

@@ -2,7 +2,11 @@
 // the credentials on disk, the CA's roots (fetched once, pinned), the renew
 // record, the one credential verdict over them, and the one tasks/wait probe
 // with its classification. Every observation is made at most once per Env
-// and cached, so every step and check of a run interprets the same evidence.
+// and cached, so every step and check of a run interprets the same evidence;
+// an observation of another set (a generation left aside, a proof attempt)
+// is an Env of its own derived by ForSet, sharing the answers that do not
+// depend on the set (the CA's roots, the renew record, the exposure
+// record), so a run asks each of those once.
 //
 // Why a package of its own: the observation cache used to live in verify,
 // which made the diagnosis ladder the hub every command imported. Here it
@@ -47,6 +51,13 @@ import (
 // Env is what the steps and checks of one run share. Expensive observations (the
 // CA's roots, the credentials on disk, the probe) are made once and cached,
 // so each check interprets the same evidence.
+//
+// An Env observes one set of credentials (CredsDir) and makes one probe
+// with it. What a run learns once whatever set it looks at (the CA's roots,
+// the renew record, whether the key was recorded exposed) is shared by
+// every Env ForSet derives from it: a set aside, or a proof attempt, is an
+// observation of its own, appended to the run's, that never reads those
+// again.
 type Env struct {
 	Cfg     *config.Config
 	Host    *system.Host
@@ -67,10 +78,13 @@ type Env struct {
 	// and proved with this very certificate), and the CA's clock is unknown.
 	// renew --check, status and the metrics judge so.
 	Offline bool
+	// RootsGiven: the CA's roots are handed in (SetRoots, or RootsFailed)
+	// by the step that fetched them with its own retries; asked for before
+	// that, they are unknown, and never fetched here. bootstrap and renew
+	// observe so: one fetch a run, the roots step's.
+	RootsGiven bool
 
-	rootsOnce sync.Once
-	roots     *enroll.Roots
-	rootsErr  error
+	run *shared // the answers shared with every Env derived by ForSet
 
 	credsOnce sync.Once
 	creds     *credstore.Set
@@ -88,17 +102,36 @@ type Env struct {
 
 	verdictOnce sync.Once
 	verdict     lifecycle.Verdict
-
-	recordOnce sync.Once
-	record     *state.Renewal
+	judged      bool
 
 	keyOnce sync.Once
 	key     KeyState
 }
 
+// shared are the answers of a run that do not depend on the set observed.
+type shared struct {
+	rootsOnce sync.Once
+	roots     *enroll.Roots
+	rootsErr  error
+
+	recordOnce sync.Once
+	record     *state.Renewal
+
+	exposedOnce sync.Once
+	exposed     bool
+}
+
 // NewEnv returns an Env for cfg on host.
 func NewEnv(cfg *config.Config, host *system.Host) *Env {
-	return &Env{Cfg: cfg, Host: host, Timeout: cfg.Bootstrap.RequestTimeout.Duration}
+	return &Env{Cfg: cfg, Host: host, Timeout: cfg.Bootstrap.RequestTimeout.Duration, run: &shared{}}
+}
+
+// ForSet is a new observation of the set in dir (a generation directory's
+// host path; "" for the installed one), with a probe of its own, sharing
+// e's answers that do not depend on the set: the CA's roots, the renew
+// record, the exposure record.
+func (e *Env) ForSet(dir string) *Env {
+	return &Env{Cfg: e.Cfg, Host: e.Host, Timeout: e.Timeout, CredsDir: dir, Offline: e.Offline, RootsGiven: e.RootsGiven, run: e.run}
 }
 
 // CAClient returns the step-ca client for the configured CA.
@@ -117,22 +150,37 @@ func (e *Env) CAClient(retries int) *enroll.Client {
 	return c
 }
 
-// SetRoots hands the env roots fetched elsewhere (bootstrap fetched them).
+// SetRoots hands the env roots fetched elsewhere (the roots step fetched
+// them, with its retries).
 func (e *Env) SetRoots(r *enroll.Roots) {
-	e.rootsOnce.Do(func() { e.roots = r })
+	e.run.rootsOnce.Do(func() { e.run.roots = r })
 }
 
+// RootsFailed hands the env the failure of the fetch made elsewhere: the
+// roots are unknown to this run, and nothing asks the CA again.
+func (e *Env) RootsFailed(err error) {
+	e.run.rootsOnce.Do(func() { e.run.rootsErr = err })
+}
+
+// errRootsNotGiven is the roots of a run that stopped before its roots
+// step.
+var errRootsNotGiven = errors.New("the CA's roots were not fetched: the run stopped before it asked the CA")
+
 // Roots fetches the CA's current roots once, without retries: verify must
-// diagnose a dead CA in seconds. Offline, they are the installed ca.pem's.
+// diagnose a dead CA in seconds. Offline, they are the installed ca.pem's;
+// with RootsGiven, what the roots step handed in.
 func (e *Env) Roots(ctx context.Context) (*enroll.Roots, error) {
-	e.rootsOnce.Do(func() {
-		if e.Offline {
-			e.roots, e.rootsErr = e.installedRoots()
-			return
+	e.run.rootsOnce.Do(func() {
+		switch {
+		case e.Offline:
+			e.run.roots, e.run.rootsErr = e.installedRoots()
+		case e.RootsGiven:
+			e.run.rootsErr = errRootsNotGiven
+		default:
+			e.run.roots, e.run.rootsErr = e.CAClient(0).FetchRoots(ctx)
 		}
-		e.roots, e.rootsErr = e.CAClient(0).FetchRoots(ctx)
 	})
-	return e.roots, e.rootsErr
+	return e.run.roots, e.run.rootsErr
 }
 
 func (e *Env) installedRoots() (*enroll.Roots, error) {
@@ -252,8 +300,7 @@ func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 		set, err := e.Creds()
 		a := Access(e.Cfg, e.Host)
 		in := lifecycle.Input{Set: set, LoadErr: err, NodeID: e.Cfg.NodeID, Now: e.Host.Time(),
-			Exposed:       fileExists(e.Host.Path(filepath.Join(e.Cfg.Paths.StateDir, lifecycle.ExposedFile))),
-			RenewFraction: e.Cfg.Renew.Fraction, Access: a}
+			Exposed: e.Exposed(), RenewFraction: e.Cfg.Renew.Fraction, Splay: e.Cfg.Renew.Splay.Duration, Access: a}
 		if err == nil && e.CredsDir == "" {
 			// The installed set, as the node-agent opens it: by the
 			// stable names, walked as a member of its group.
@@ -272,15 +319,38 @@ func (e *Env) Verdict(ctx context.Context) lifecycle.Verdict {
 		if roots, rerr := e.Roots(ctx); rerr == nil && roots != nil && len(roots.Current) > 0 {
 			in.Roots, in.Federated, in.CADate, in.CADateAt = roots.Current, roots.Federated, roots.ServerDate, roots.DateAt
 		}
-		e.verdict = lifecycle.Judge(in)
+		e.verdict, e.judged = lifecycle.Judge(in), true
 	})
 	return e.verdict
 }
 
-// RenewRecord reads state_dir/renew.json once; nil when there is none.
+// Judged is the verdict if this observation was judged, without judging
+// it: what a run saw, for those who must not look again. Call it once the
+// checks that judge are done (it does not wait for one judging now).
+func (e *Env) Judged() (lifecycle.Verdict, bool) {
+	return e.verdict, e.judged
+}
+
+// RenewRecord reads state_dir/renew.json once a run; nil when there is
+// none.
 func (e *Env) RenewRecord() *state.Renewal {
-	e.recordOnce.Do(func() { e.record = state.ReadRenewal(e.Host.Path(e.Cfg.Paths.StateDir)) })
-	return e.record
+	e.run.recordOnce.Do(func() { e.run.record = state.ReadRenewal(e.Host.Path(e.Cfg.Paths.StateDir)) })
+	return e.run.record
+}
+
+// UseRecord hands the env the renew record the run read (nil: none), so
+// that it is read once a run.
+func (e *Env) UseRecord(rec *state.Renewal) {
+	e.run.recordOnce.Do(func() { e.run.record = rec })
+}
+
+// Exposed reports, once a run, whether state_dir records the installed key
+// as having been readable by others.
+func (e *Env) Exposed() bool {
+	e.run.exposedOnce.Do(func() {
+		e.run.exposed = fileExists(e.Host.Path(filepath.Join(e.Cfg.Paths.StateDir, lifecycle.ExposedFile)))
+	})
+	return e.run.exposed
 }
 
 func fileExists(p string) bool {

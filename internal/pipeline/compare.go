@@ -10,6 +10,27 @@ import (
 	"github.com/gpuaas/provision/internal/report"
 )
 
+// The path a proof takes, in order: the node's own checks, the CA, then
+// the exchange with the ingress and the API. A set whose proof fails later
+// on it got further. The order is declared here, for the comparison alone,
+// and is no list position: diag.Layers may gain or move layers without
+// changing what is published. A failure at a layer off the path (a check
+// that panicked: internal; the records: state) is no evidence about a set:
+// it got nowhere on the path, and it is no rejection (outcome).
+var proofPath = []diag.Layer{diag.Config, diag.Hosts, diag.Clock, diag.Credentials, diag.CA,
+	diag.TCP, diag.TLSServer, diag.TLSClientAuth, diag.Route, diag.Identity, diag.TasksWait}
+
+// reach is how far along proofPath a proof that failed at l got: its
+// position, or -1 off the path.
+func reach(l diag.Layer) int { return slices.Index(proofPath, l) }
+
+// onPath reports whether l is on the path a proof takes.
+func onPath(l diag.Layer) bool { return reach(l) >= 0 }
+
+// pastClientAuth reports whether a proof that failed at l got through the
+// ingress's client authentication: the new certificate was accepted there.
+func pastClientAuth(l diag.Layer) bool { return reach(l) > reach(diag.TLSClientAuth) }
+
 // outcome is what one proof showed about one set, as evidence for the
 // liveness comparison: not the report's wording, but whether the set
 // polled, where its proof failed, and whether that failure is a statement
@@ -59,7 +80,7 @@ func candidateOutcome(ctx context.Context, rep *report.Report, env *observe.Env)
 	if rep == nil {
 		return outcome{}
 	}
-	o := outcome{tried: true, polled: rep.OK, layer: rep.FailedLayer, rejected: !rep.OK && !rep.Transient}
+	o := outcome{tried: true, polled: rep.OK, layer: rep.FailedLayer, rejected: !rep.OK && !rep.Transient && onPath(rep.FailedLayer)}
 	if o.rejected && slices.Contains(diag.ProbeLayers, rep.FailedLayer) && env != nil && diag.NoEvidence(env.Probed()) {
 		o.rejected = false
 	}
@@ -77,7 +98,7 @@ func installedOutcome(ctx context.Context, rep *report.Report, env *observe.Env)
 	if rep == nil {
 		return outcome{}
 	}
-	o := outcome{tried: true, polled: rep.OK, layer: rep.FailedLayer, rejected: !rep.OK && !rep.Transient}
+	o := outcome{tried: true, polled: rep.OK, layer: rep.FailedLayer, rejected: !rep.OK && !rep.Transient && onPath(rep.FailedLayer)}
 	if rep.OK || env == nil || env.Probed() == nil {
 		return o
 	}
@@ -85,7 +106,7 @@ func installedOutcome(ctx context.Context, rep *report.Report, env *observe.Env)
 	if f == nil {
 		return outcome{tried: true, polled: true}
 	}
-	return outcome{tried: true, layer: f.Layer, rejected: !f.Transient && !diag.NoEvidence(env.Probed())}
+	return outcome{tried: true, layer: f.Layer, rejected: !f.Transient && !diag.NoEvidence(env.Probed()) && onPath(f.Layer)}
 }
 
 // ruling is what the comparison decides for a candidate whose proof failed.
@@ -128,15 +149,14 @@ func (r ruling) String() string { return [...]string{"keep-aside", "publish", "l
 // and never when it is rejected while the installed set may be accepted:
 // where the installed set was rejected, by the same layer or a lower one.
 func compare(c, i outcome) (ruling, string) {
-	auth := diag.TLSClientAuth.Index()
-	cl, il := c.layer.Index(), i.layer.Index()
+	cl, il := reach(c.layer), reach(i.layer)
 	against := i.rejected && i.confirmed // evidence against the installed set
 	switch {
 	case i.polled:
 		return keepAside, "the installed set polls, the new one does not"
-	case !c.rejected && cl > auth:
+	case !c.rejected && pastClientAuth(c.layer):
 		if i.tried && c.layer == i.layer {
-			return publishNow, fmt.Sprintf("a fault the installed set shares (both fail at %s, past the ingress's client authentication): it says nothing against the new certificate", c.layer)
+			return publishNow, sharedFault(c.layer)
 		}
 		return publishNow, fmt.Sprintf("the new set got through the ingress's client authentication and fails at %s with nothing against it (the installed set %s)", c.layer, i)
 	case !against && c.rejected:
@@ -144,7 +164,7 @@ func compare(c, i outcome) (ruling, string) {
 	case !i.tried:
 		return lastQuarter, fmt.Sprintf("the new set fails at %s with nothing against it, and no time was left to prove the installed set (no evidence either way)", c.layer)
 	case !against && c.layer == i.layer:
-		return lastQuarter, fmt.Sprintf("both sets fail at %s (no evidence either way)", c.layer)
+		return lastQuarter, bothFail(c.layer)
 	case !against:
 		return lastQuarter, fmt.Sprintf("both sets fail with nothing against either, the new set at %s, the installed set at %s (no evidence either way)", c.layer, i.layer)
 	case cl > il:
@@ -153,8 +173,16 @@ func compare(c, i outcome) (ruling, string) {
 		return keepAside, fmt.Sprintf("the new set fails at %s, below the installed set's failure at %s", c.layer, i.layer)
 	case cl < il:
 		return lastQuarter, fmt.Sprintf("the new set fails at %s without evidence against it, below the installed set's failure at %s (no evidence either way)", c.layer, i.layer)
-	case cl > auth:
-		return publishNow, fmt.Sprintf("a fault the installed set shares (both fail at %s, past the ingress's client authentication): it says nothing against the new certificate", c.layer)
+	case pastClientAuth(c.layer):
+		return publishNow, sharedFault(c.layer)
 	}
-	return lastQuarter, fmt.Sprintf("both sets fail at %s (no evidence either way)", c.layer)
+	return lastQuarter, bothFail(c.layer)
+}
+
+func sharedFault(l diag.Layer) string {
+	return fmt.Sprintf("a fault the installed set shares (both fail at %s, past the ingress's client authentication): it says nothing against the new certificate", l)
+}
+
+func bothFail(l diag.Layer) string {
+	return fmt.Sprintf("both sets fail at %s (no evidence either way)", l)
 }

@@ -2,26 +2,79 @@ package pipeline
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/gpuaas/provision/internal/diag"
 )
 
-// ladderLayers are the layers a proof can fail at, in order.
+// ladderLayers are the layers a proof can fail at: the path, and the
+// layers off it a proof can still end at (a check that panicked, a
+// record).
 var ladderLayers = []diag.Layer{diag.Config, diag.Hosts, diag.Clock, diag.Credentials, diag.CA,
-	diag.TCP, diag.TLSServer, diag.TLSClientAuth, diag.Route, diag.Identity, diag.TasksWait}
+	diag.TCP, diag.TLSServer, diag.TLSClientAuth, diag.Route, diag.Identity, diag.TasksWait, diag.Internal, diag.State}
 
 // allOutcomes is every outcome a proof can have: not proven, polled, and a
 // failure at each layer, not rejected, rejected once (unconfirmed: the
-// deadline ended before a second attempt), or rejected and confirmed.
+// deadline ended before a second attempt), or rejected and confirmed (off
+// the path, never rejected: candidateOutcome and installedOutcome make it
+// so).
 func allOutcomes() []outcome {
 	out := []outcome{{}, {tried: true, polled: true}}
 	for _, l := range ladderLayers {
-		out = append(out, outcome{tried: true, layer: l}, outcome{tried: true, layer: l, rejected: true},
-			outcome{tried: true, layer: l, rejected: true, confirmed: true})
+		out = append(out, outcome{tried: true, layer: l})
+		if onPath(l) {
+			out = append(out, outcome{tried: true, layer: l, rejected: true}, outcome{tried: true, layer: l, rejected: true, confirmed: true})
+		}
 	}
 	return out
+}
+
+// TestProofPath: every layer diag knows is on the path or deliberately off
+// it, and the path is the order a request crosses the layers.
+func TestProofPath(t *testing.T) {
+	off := []diag.Layer{diag.Enroll, diag.State, diag.Hook, diag.Internal}
+	for _, l := range diag.Layers {
+		if onPath(l) == slices.Contains(off, l) {
+			t.Errorf("layer %s: on the path %v, listed off it %v", l, onPath(l), slices.Contains(off, l))
+		}
+	}
+	for i, l := range diag.ProbeLayers[1:] {
+		if reach(l) != reach(diag.ProbeLayers[i])+1 {
+			t.Errorf("the path does not cross %s right after %s", l, diag.ProbeLayers[i])
+		}
+	}
+	if !pastClientAuth(diag.Route) || pastClientAuth(diag.TLSClientAuth) || pastClientAuth(diag.Internal) {
+		t.Error("pastClientAuth: route is past client authentication; tls-client-auth and internal are not")
+	}
+}
+
+// TestCompareIgnoresLayerOrder: the rulings do not depend on the order of
+// diag.Layers (a layer added or moved there changes nothing published).
+func TestCompareIgnoresLayerOrder(t *testing.T) {
+	type key struct{ c, i outcome }
+	before := map[key]ruling{}
+	for _, c := range allOutcomes() {
+		for _, i := range allOutcomes() {
+			before[key{c, i}], _ = compare(c, i)
+		}
+	}
+	saved := diag.Layers
+	defer func() { diag.Layers = saved }()
+	diag.Layers = slices.Clone(saved)
+	slices.Reverse(diag.Layers)
+	changed := 0
+	for k, want := range before {
+		if got, _ := compare(k.c, k.i); got != want {
+			changed++
+			t.Errorf("new %s, installed %s: %s with diag.Layers reversed, %s before", k.c, k.i, got, want)
+		}
+	}
+	if len(before) == 0 {
+		t.Fatal("no pairs compared")
+	}
+	t.Logf("compare: %d pairs, %d changed with diag.Layers reversed", len(before), changed)
 }
 
 // failedAt is a failure at l; a rejection is a confirmed one.
@@ -91,7 +144,6 @@ func TestCompareScenarios(t *testing.T) {
 //   - liveness: a new set with nothing against it is always published,
 //     at once or in the last quarter, unless the installed set polls.
 func TestCompareEveryPair(t *testing.T) {
-	auth := diag.TLSClientAuth.Index()
 	pairs := 0
 	for _, c := range allOutcomes() {
 		if !c.tried || c.polled {
@@ -100,7 +152,7 @@ func TestCompareEveryPair(t *testing.T) {
 		for _, i := range allOutcomes() {
 			pairs++
 			got, why := compare(c, i)
-			cl, il := c.layer.Index(), i.layer.Index()
+			cl, il := reach(c.layer), reach(i.layer)
 			name := fmt.Sprintf("new %s, installed %s: %s (%s)", c, i, got, why)
 			if why == "" {
 				t.Errorf("%s: no reason", name)
@@ -117,8 +169,8 @@ func TestCompareEveryPair(t *testing.T) {
 					t.Errorf("%s: an unconfirmed rejection counted as evidence (without it: %s)", name, same)
 				}
 			}
-			passedAuth := !c.rejected && cl > auth
-			further := confirmed && (cl > il || (cl == il && cl > auth))
+			passedAuth := !c.rejected && pastClientAuth(c.layer)
+			further := confirmed && (cl > il || (cl == il && pastClientAuth(c.layer)))
 			if got == publishNow && !passedAuth && !further {
 				t.Errorf("%s: published at once without evidence for it", name)
 			}
@@ -128,12 +180,16 @@ func TestCompareEveryPair(t *testing.T) {
 			if passedAuth && !i.polled && got != publishNow {
 				t.Errorf("%s: a new set past client authentication with nothing against it waits", name)
 			}
+			if !onPath(c.layer) && got == publishNow {
+				t.Errorf("%s: a new set that got nowhere on the path (a check that panicked) published at once", name)
+			}
 			if confirmed && cl > il && got != publishNow {
 				t.Errorf("%s: the new set gets further than a confirmed rejection but waits", name)
 			}
 		}
 	}
-	if want := 3 * len(ladderLayers) * (2 + 3*len(ladderLayers)); pairs != want {
+	n := len(allOutcomes())
+	if want := (n - 2) * n; pairs != want {
 		t.Fatalf("checked %d pairs, want %d", pairs, want)
 	}
 	t.Logf("compare: %d pairs of outcomes checked", pairs)

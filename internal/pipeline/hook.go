@@ -1,11 +1,8 @@
 package pipeline
 
 import (
-	"context"
-	"errors"
 	"time"
 
-	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/hook"
 	"github.com/gpuaas/provision/internal/state"
@@ -16,38 +13,35 @@ import (
 // the swap (hookDue), this run's or an earlier one's, a publish without a
 // passing proof among them. The node-agent must be told about credentials
 // that changed, however long that takes: a pending hook runs in every run,
-// also one a failure ended (Run.hookAnyway), and after the run's deadline
-// within its own timeout. A failure keeps it pending (exit 22 when nothing
+// also one a failure ended (Run.hookAnyway), bounded by its own timeout
+// rather than by what the run's deadline left. A failure keeps it pending (exit 22 when nothing
 // else failed); the new set stands.
 func PostHook(r *Run) *diag.Finding {
-	if len(r.Cfg.Renew.PostHook) == 0 {
-		r.Rec.Hook, r.Rec.HookPending = "", false
+	h := &Hooked{Configured: len(r.Cfg.Renew.PostHook) > 0}
+	r.setHooked(h)
+	if !h.Configured || !r.hookPending() {
 		return nil
 	}
-	if !r.Rec.HookPending {
-		return nil
-	}
-	r.HookRan = true
+	h.Ran = true
 	leaf := r.installedLeafFacts()
 	ctx := r.Ctx
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) && r.parent != nil {
-		// The run's deadline went to a proof or a renewal retried through
-		// an outage: the node-agent is told all the same, the hook bounded
-		// by its own renew.post_hook_timeout (a signal still stops it).
+	if r.parent != nil {
+		// Whatever the run's deadline left (a proof or a renewal retried
+		// through an outage may have used it to the last millisecond), the
+		// node-agent is told: the hook is bounded by its own
+		// renew.post_hook_timeout, and a signal still stops it.
 		ctx = r.parent
 	}
 	if _, err := hook.Run(ctx, hook.FromConfig(r.Cfg, r.Host.Root, leaf.serial, leaf.notAfter)); err != nil {
-		r.Rec.Hook = "failed: " + err.Error()
-		r.SetResult(state.HookFailed)
+		h.Err, h.Result = err, state.HookFailed
 		what := "renew.post_hook (pending since an earlier run changed the credentials) failed again: "
-		if r.Published {
+		if r.Published().Swapped {
 			what = "renewal published (serial " + leaf.serial + "), but renew.post_hook failed: "
 		}
 		return &diag.Finding{Layer: diag.Hook, Owner: diag.Node, Check: "post-hook",
 			Summary: what + err.Error() + "; it stays pending, and every later run (renew, bootstrap) runs it again until it succeeds",
 			Remedy:  "fix the command in renew.post_hook (or what it reloads) and run provision renew: the credentials in place stay, and the node-agent has not been told about them yet"}
 	}
-	r.Rec.Hook, r.Rec.HookPending = "ok", false
 	r.Log.Info("step", "step", "post-hook", "layer", "hook", "status", "ok", "command", r.Cfg.Renew.PostHook[0])
 	return nil
 }
@@ -57,16 +51,12 @@ type leafFacts struct {
 	notAfter time.Time
 }
 
-// installedLeafFacts are the serial and expiry of the set now current.
+// installedLeafFacts are the serial and expiry of the set now current, as
+// the run knows it: the published candidate, or the installed set.
 func (r *Run) installedLeafFacts() leafFacts {
-	set := r.Current
-	if r.Published {
-		set = r.Cand
-	}
-	if set == nil {
-		if s, err := credstore.Load(r.PKI); err == nil {
-			set = s
-		}
+	set := r.Judged().Current
+	if r.Published().Swapped {
+		set = r.Obtained().Set
 	}
 	if set == nil {
 		return leafFacts{}

@@ -7,7 +7,7 @@ import (
 )
 
 // KeyStoreStep checks the node's key store before anything is spent.
-var KeyStoreStep = Step{diag.KeyStoreCheck, KeyStore}
+var KeyStoreStep = Step{Name: diag.KeyStoreCheck, Do: KeyStore, Reads: []Stage{StageJudged}}
 
 // KeyStore names a key store that cannot do what the plan needs, before
 // the one-time token is sent or a renewal requested: the TPM that must
@@ -20,16 +20,17 @@ var KeyStoreStep = Step{diag.KeyStoreCheck, KeyStore}
 // Nothing is checked when no TPM is involved: a software key is checked by
 // the verdict (it matches its certificate) and signs in memory.
 func KeyStore(r *Run) *diag.Finding {
-	if r.Env == nil || !r.Env.UsesTPM() {
+	if !r.Env.UsesTPM() {
 		return nil
 	}
+	j := r.Judged()
 	k := r.Env.Key()
 	notDone := "nothing was sent to the CA"
 	if r.Command == "bootstrap" {
 		notDone = "nothing was sent to the CA and the one-time token is unspent"
 	}
-	makes := r.makesKey()
-	uses := r.Current != nil && r.Plan != Enroll && !k.KeyLost()
+	makes := makesKey(r.Cfg, j)
+	uses := j.Current != nil && j.Plan != Enroll && !k.KeyLost()
 	switch {
 	case k.TPMErr != nil && (makes || uses):
 		return diag.FromKeyStore(k.TPMErr, notDone)
@@ -40,16 +41,16 @@ func KeyStore(r *Run) *diag.Finding {
 	return nil
 }
 
-// makesKey reports whether the plan makes a new key in the TPM: an
+// makesKey reports whether j's plan makes a new key in the TPM: an
 // enrollment, a renewal with renew.rekey, or any renewal of an exposed key
 // (rekeyed whatever renew.rekey says; after expiry, renewed then rekeyed
 // at once), so the TPM is found unusable before the CA is asked.
-func (r *Run) makesKey() bool {
-	if r.Cfg.Key.Store != config.KeyStoreTPM {
+func makesKey(cfg *config.Config, j *Judged) bool {
+	if cfg.Key.Store != config.KeyStoreTPM {
 		return false
 	}
-	renews := r.Plan == Renew || r.Plan == RenewExpired
-	return r.Plan == Enroll || (r.Plan == Renew && r.Cfg.Renew.Rekey) || (renews && r.KeyExposed())
+	renews := j.Plan == Renew || j.Plan == RenewExpired
+	return j.Plan == Enroll || (j.Plan == Renew && cfg.Renew.Rekey) || (renews && j.KeyExposed())
 }
 
 // tpmStatus is the TPM's status for a log line ("" without one).

@@ -37,11 +37,11 @@ func TestMakesKey(t *testing.T) {
 	} {
 		cfg := &config.Config{}
 		cfg.Key.Store, cfg.Renew.Rekey = tc.store, tc.rekey
-		r := &Run{Cfg: cfg, Plan: tc.plan}
+		j := &Judged{Plan: tc.plan}
 		if tc.exposed != "" {
-			r.Verdict.Reasons = []lifecycle.Reason{tc.exposed}
+			j.Verdict.Reasons = []lifecycle.Reason{tc.exposed}
 		}
-		if got := r.makesKey(); got != tc.want {
+		if got := makesKey(cfg, j); got != tc.want {
 			t.Errorf("store %s, plan %s, rekey %v, %q: makesKey = %v, want %v", tc.store, tc.plan, tc.rekey, tc.exposed, got, tc.want)
 		}
 	}

@@ -14,9 +14,14 @@
 // lapses on a fault that says nothing against its renewal) holds for both.
 //
 // The flow is config -> observe -> verdict -> effects -> proof -> record, one
-// way: a step reads what earlier steps left on the Run and never reaches
-// back. Nothing is published before it has polled, with one exception, the
-// liveness rule of Publish, which the README and docs/configuration.md state.
+// way: the run's state is declared by stage (stages.go), each written once
+// by its step and read by later ones, so a step reads only what an earlier
+// step produced and never reaches back; the run observes the node once
+// (Run.Env) and every later observation (a set aside, a proof attempt) is
+// derived from it, so the record and the metrics read what the run saw.
+// Nothing is published before it has polled, with one exception, the
+// liveness rule of Publish (decided on evidence: compare.go), which the
+// README and docs/configuration.md state.
 package pipeline
 
 import (
@@ -28,7 +33,6 @@ import (
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
-	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/hosts"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/observe"
@@ -56,6 +60,13 @@ type Options struct {
 	Ladder Ladder
 	// Force renews now, whatever the renewal point (renew --force).
 	Force bool
+	// Until, when set, ends the run by then at the latest, if that is
+	// earlier than bootstrap.deadline from New: cli sets the command's
+	// start plus bootstrap.deadline, so the lock's wait counts. The context
+	// given to New carries cancellation only (a signal): the post hook,
+	// bounded by its own timeout, outlives the run's deadline, never a
+	// signal.
+	Until time.Time
 	// Invocation is systemd's INVOCATION_ID when this process is the
 	// unit's own (cli decides); "" for a run by hand. Only such a run can
 	// be a restart (RestartSplay).
@@ -72,14 +83,30 @@ type Outcome struct {
 	Hosts    hosts.Strategy
 	Attempts int // proof attempts
 	Task     *probe.Task
+	// Installed is the set installed when the run ended, with the verdict
+	// the renew record was written from: the metrics read it rather than
+	// look again.
+	Installed *Installed
+}
+
+// Installed is a set and its one verdict.
+type Installed struct {
+	Set     *credstore.Set
+	Verdict lifecycle.Verdict
 }
 
 // Step is one named step. Do returns a finding when the step fails; the
 // run ends there. A step may also end the run with a report of its own
-// (Halt).
+// (Halt). Reads are the stages it reads, Writes the one it writes (0:
+// none), whether it succeeds or fails (see stages.go); MayRead the stages
+// it reads when an earlier step wrote them, and reads as zero otherwise
+// (the post hook, which also runs after a failure ended the run early).
 type Step struct {
-	Name string
-	Do   func(*Run) *diag.Finding
+	Name    string
+	Do      func(*Run) *diag.Finding
+	Reads   []Stage
+	MayRead []Stage
+	Writes  Stage
 }
 
 // Plan is what the run does about the credentials, decided by assess from
@@ -100,8 +127,8 @@ var planNames = [...]string{"keep", "refresh", "renew", "renew-after-expiry", "e
 
 func (p Plan) String() string { return planNames[p] }
 
-// Run is one run of a command: its inputs and what the steps observed and
-// did so far.
+// Run is one run of a command: its inputs, the one observation, and what
+// the steps produced so far, by stage (stages.go).
 type Run struct {
 	Command  string
 	Ctx      context.Context
@@ -111,52 +138,53 @@ type Run struct {
 	Log      *slog.Logger
 	StateDir string // host paths
 	PKI      string
-	Out      *Outcome
 	Start    time.Time
 
-	Env      *observe.Env // the installed set, observed
-	Client   *enroll.Client
-	Roots    *enroll.Roots
-	Verdict  lifecycle.Verdict
-	Rec      *state.Renewal // the renew record: read at the start, written by Record
-	Exposure *state.Exposure
+	// Env is the run's observation of the node: the installed set, the
+	// records, and the CA's roots once the roots step hands them in. Made
+	// once, by New; every later observation (a set aside, a proof
+	// attempt) derives from it.
+	Env *observe.Env
+	// Found is the renew record as the run found it (nil: none), read
+	// once; the record the run writes is composed from it and the stages.
+	Found *state.Renewal
 
-	Plan     Plan
-	Why      string         // why the plan (for enroll: the reason a token is needed)
-	Current  *credstore.Set // the installed set, when it loaded
-	Cand     *credstore.Set // the set to prove and publish; nil: prove the installed one
-	Gen      string         // the candidate's generation directory, aside until published
-	Reused   bool           // the candidate was found aside from an earlier run
-	Replaced *credstore.Set // a still-valid set an enrollment replaced (revoked after the proof)
+	Out *Outcome // what the run did, filled when it ends
 
-	Proof     *report.Report // the proof's report
-	ProofEnv  *observe.Env   // the observation the proof judged
-	Published bool           // this run switched current
-	Unproven  string         // why the published set was published without a passing proof
-	HookRan   bool
-	Warnings  []string
-
-	result string          // the renew record's result, when a step set one
-	halted *report.Report  // the report a step ended the run with
-	parent context.Context // the caller's context, without the run's deadline (the hook's after it)
+	st        stages
+	step      *Step          // the step running now
+	violation string         // a step's misuse of the stages: a bug
+	halted    *report.Report // the report a step ended the run with
+	asideSeen []Aside        // the sets aside, observed once (asides)
+	asideOnce bool
+	parent    context.Context // the caller's context, without the run's deadline (the hook's after it)
 }
 
-// New starts a run of command on host, bounded by bootstrap.deadline. The
-// caller must call the returned cancel.
+// New starts a run of command on host, bounded by bootstrap.deadline (or
+// by Options.Until, or ctx's own deadline, when earlier). It
+// reads the renew record once and makes the run's observation. The caller
+// must call the returned cancel.
 func New(ctx context.Context, command string, cfg *config.Config, host *system.Host, o Options) (*Run, context.CancelFunc) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, cfg.Bootstrap.Deadline.Duration)
+	until := time.Now().Add(cfg.Bootstrap.Deadline.Duration)
+	if !o.Until.IsZero() && o.Until.Before(until) {
+		until = o.Until
+	}
+	ctx, cancel := context.WithDeadline(ctx, until)
 	r := &Run{Command: command, Ctx: ctx, Cfg: cfg, Host: host, Opts: o, Log: o.Log, Out: &Outcome{}, Start: time.Now(),
 		StateDir: host.Path(cfg.Paths.StateDir), PKI: host.Path(cfg.Paths.PKIDir), parent: parent}
-	r.Rec = state.ReadRenewal(r.StateDir)
-	if r.Rec == nil {
-		r.Rec = &state.Renewal{}
+	r.Found = state.ReadRenewal(r.StateDir)
+	r.Env = observe.NewEnv(cfg, host)
+	r.Env.RootsGiven = true
+	r.Env.UseRecord(r.Found)
+	r.Out.Record = r.Found
+	if r.Found == nil {
+		r.Found = &state.Renewal{}
 	}
 	r.keepDamaged()
-	r.Rec.NodeID, r.Rec.Version = cfg.NodeID, o.Version
 	return r, cancel
 }
 
@@ -173,7 +201,7 @@ func (r *Run) keepDamaged() {
 	for _, d := range moved {
 		r.Log.Warn("step", "step", "records", "layer", "state", "status", "kept-aside", "path", filepath.Join(r.Cfg.Paths.StateDir, d.Aside), "message", d.String())
 		if d.File == state.RenewalFile {
-			r.Rec.HookPending = true
+			r.Found.HookPending = true
 		}
 	}
 }
@@ -188,10 +216,11 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 	var timings []report.Step
 	var rep *report.Report
 	rest := []Step(nil) // the steps a failure or a halt left unrun
-	for i, s := range steps {
+	for i := range steps {
+		s := &steps[i]
 		rest = steps[i+1:]
 		t0 := time.Now()
-		f := s.Do(r)
+		f := r.do(s)
 		st := report.Step{Name: s.Name, Status: "ok", DurationMS: time.Since(t0).Milliseconds()}
 		if f != nil || (r.halted != nil && !r.halted.OK) {
 			st.Status = "fail"
@@ -210,7 +239,7 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 		timings = r.hookAnyway(rest, timings)
 	}
 	if rep == nil {
-		rep = r.Proof
+		rep = r.provenReport()
 	}
 	if rep == nil { // a list without a proof that did not halt: nothing to say but done
 		rep = &report.Report{OK: true, Command: r.Command, NodeID: r.Cfg.NodeID, Summary: "done"}
@@ -221,7 +250,65 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 	}
 	rep.DurationMS = time.Since(r.Start).Milliseconds()
 	r.Out.Report = rep
+	r.outcome()
 	return r.Out
+}
+
+// do runs one step, holding it to what it declared: a step that misuses
+// the stages fails as a bug.
+func (r *Run) do(s *Step) *diag.Finding {
+	r.step = s
+	defer func() { r.step = nil }()
+	f := s.Do(r)
+	if r.violation == "" && s.Writes != 0 && !r.st.written(s.Writes) {
+		r.bug("step %s did not write stage %s", s.Name, s.Writes)
+	}
+	if r.violation != "" {
+		r.halted = nil
+		return stageBug(r.violation)
+	}
+	return f
+}
+
+// outcome fills what the run did from its stages.
+func (r *Run) outcome() {
+	o := r.Out
+	if g := r.st.obtained; g != nil {
+		o.Enrolled = g.Enrolled
+	}
+	if p := r.st.proven; p != nil {
+		o.Attempts, o.Task = p.Attempts, p.Task
+	}
+	if p := r.st.published; p != nil {
+		o.Renewed = p.Swapped
+		if p.Task != nil {
+			o.Task = p.Task
+		}
+	}
+	set, v := r.installed()
+	o.Installed = &Installed{Set: set, Verdict: v}
+}
+
+// provenReport is the run's report when every step passed: the proof's,
+// with the replaced certificate's revocation line; nil without a proof.
+func (r *Run) provenReport() *report.Report {
+	p := r.st.proven
+	if p == nil {
+		return nil
+	}
+	rep := *p.Report
+	rep.Checks = r.provenChecks()
+	return &rep
+}
+
+// provenChecks are the checks a passing proof showed, and the revocation
+// of the set it replaced.
+func (r *Run) provenChecks() []report.Result {
+	checks := append([]report.Result(nil), r.st.proven.Report.Checks...)
+	if v := r.st.revoked; v != nil && v.Check != nil {
+		checks = append(checks, *v.Check)
+	}
+	return checks
 }
 
 // hookAnyway runs the post hook, when the list has it among the steps a
@@ -229,16 +316,22 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 // node-agent has not been told about (this run's publish without a
 // passing proof, or an earlier run's) is announced whatever this run's
 // proof or renewal says, and stays pending until the hook succeeds. The
-// run's answer stays the failure that ended it; the hook's outcome is in
-// the renew record (hook, hook_pending) and its log line.
+// run's answer, and its result, stay the failure that ended it; the hook's
+// outcome is in the renew record (hook, hook_pending) and its log line.
 func (r *Run) hookAnyway(rest []Step, timings []report.Step) []report.Step {
-	for _, s := range rest {
-		if s.Name != HookStep.Name || !r.Rec.HookPending {
+	if !r.hookPending() {
+		return timings
+	}
+	for i := range rest {
+		s := &rest[i]
+		if s.Name != HookStep.Name {
 			continue
 		}
-		result, t0 := r.result, time.Now()
-		f := s.Do(r)
-		r.result = result // the run's result is what ended it
+		t0 := time.Now()
+		f := r.do(s)
+		if h := r.st.hooked; h != nil {
+			h.Result = "" // the run's result is what ended it
+		}
 		st := report.Step{Name: s.Name, Status: "ok", DurationMS: time.Since(t0).Milliseconds()}
 		if f != nil {
 			st.Status = "fail"
@@ -247,6 +340,12 @@ func (r *Run) hookAnyway(rest []Step, timings []report.Step) []report.Step {
 		return append(timings, st)
 	}
 	return timings
+}
+
+// hookPending reports whether renew.post_hook is pending: an earlier run
+// left it so, or this run's publish made it.
+func (r *Run) hookPending() bool {
+	return r.Found.HookPending || (r.st.published != nil && r.st.published.HookDue)
 }
 
 // failed is the report of a step's finding. Checks an earlier proof passed
@@ -258,18 +357,12 @@ func (r *Run) failed(step string, f *diag.Finding) *report.Report {
 	}
 	r.Log.Error("step", "step", check, "layer", string(f.Layer), "owner", string(f.Owner), "status", "fail", "message", f.Summary)
 	rep := report.Failed(r.Command, r.Cfg.NodeID, check, f)
-	if r.Proof != nil && r.Proof.OK {
-		res := append(append([]report.Result(nil), r.Proof.Checks...), rep.Checks...)
+	if p := r.st.proven; p != nil && p.Report.OK {
+		res := append(r.provenChecks(), rep.Checks...)
 		rep = report.New(r.Command, r.Cfg.NodeID, res, 0)
-		rep.Task = r.Proof.Task
+		rep.Task = p.Report.Task
 	}
 	return rep
 }
-
-// SetResult sets the renew record's result for this run.
-func (r *Run) SetResult(result string) { r.result = result }
-
-// Result is the renew record's result this run set, "" if none.
-func (r *Run) Result() string { return r.result }
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }

@@ -146,27 +146,27 @@ func (r *Run) describe(p *Preview) {
 			p.KeyModes = append(p.KeyModes, l.String())
 		}
 	}
-	if r.Roots != nil {
-		p.CA = &CASeen{Current: rootsSeen(r.Roots.Current), Federated: rootsSeen(r.Roots.Federated), Date: r.Roots.ServerDate.UTC()}
+	if roots := r.Observed().Roots; roots != nil {
+		p.CA = &CASeen{Current: rootsSeen(roots.Current), Federated: rootsSeen(roots.Federated), Date: roots.ServerDate.UTC()}
 	}
 	r.describeCreds(p)
 	p.Plan = r.previewPlan(rep)
-	p.Rekey = (r.Cfg.Renew.Rekey || r.KeyExposed()) && p.Plan == Renew.String() // as renew asks the CA
-	p.Hook = HookUse{Command: append([]string{}, r.Cfg.Renew.PostHook...), Pending: r.Rec.HookPending}
+	p.Rekey = (r.Cfg.Renew.Rekey || r.Judged().KeyExposed()) && p.Plan == Renew.String() // as renew asks the CA
+	p.Hook = HookUse{Command: append([]string{}, r.Cfg.Renew.PostHook...), Pending: r.Found.HookPending}
 	changes := p.Plan == Refresh.String() || p.Plan == Renew.String() || p.Plan == RenewExpired.String() || p.Plan == Enroll.String() || p.Plan == Adopt.String()
 	// As PostHook and hookDue decide: a pending hook runs in every run,
 	// whatever ends it; a publish that replaces credentials makes it due.
-	p.Hook.Run = len(p.Hook.Command) > 0 && (r.Rec.HookPending || (rep.OK && changes && !r.Verdict.Has(lifecycle.Missing)))
+	p.Hook.Run = len(p.Hook.Command) > 0 && (r.Found.HookPending || (rep.OK && changes && !r.Judged().Verdict.Has(lifecycle.Missing)))
 	p.Receipt = r.Command == "bootstrap" && rep.OK
 	if rep.OK && r.wouldRevoke(p.Plan) {
-		p.RevokeSerial = r.Replaced.Leaf().SerialNumber.String()
+		p.RevokeSerial = r.Replaced().Leaf().SerialNumber.String()
 	}
 }
 
 // describeCreds is the installed set and the verdict assess took (or, when
 // the dry run stopped before assess, the verdict judged offline).
 func (r *Run) describeCreds(p *Preview) {
-	v := r.Verdict
+	v := r.Judged().Verdict
 	if v.Leaf == nil && len(v.Reasons) == 0 {
 		// Not judged by assess: judged offline (the CA's roots were not
 		// fetched, and nothing more may be asked of the network).
@@ -180,7 +180,7 @@ func (r *Run) describeCreds(p *Preview) {
 	}
 	if v.Leaf != nil {
 		p.Credentials.Present, p.Credentials.Serial = true, v.Leaf.SerialNumber.String()
-		p.Credentials.NotAfter, p.Credentials.DueAt = v.Leaf.NotAfter.UTC(), v.DueAt(r.Cfg.Renew.Splay.Duration).UTC()
+		p.Credentials.NotAfter, p.Credentials.DueAt = v.Leaf.NotAfter.UTC(), v.Schedule.DueAt.UTC()
 	}
 }
 
@@ -199,19 +199,19 @@ func (r *Run) previewPlan(rep *report.Report) string {
 	case !assessed:
 		return ""
 	}
-	return r.Plan.String()
+	return r.PlanNow().String()
 }
 
 // wouldRevoke is revokeReplaced's condition, as far as it can be known
 // before the new key exists: a replaced set with a key of its own, judged
 // valid and from this CA.
 func (r *Run) wouldRevoke(plan string) bool {
-	old := r.Replaced
+	old := r.Replaced()
 	if old == nil || !old.KeyMatches() {
 		return false
 	}
-	newKey := plan == Enroll.String() || (plan == Renew.String() && (r.Cfg.Renew.Rekey || r.KeyExposed()))
-	v := r.Verdict
+	newKey := plan == Enroll.String() || (plan == Renew.String() && (r.Cfg.Renew.Rekey || r.Judged().KeyExposed()))
+	v := r.Judged().Verdict
 	return newKey && !v.Has(lifecycle.Expired) && !v.Has(lifecycle.NotYetValid) && !v.Has(lifecycle.OtherCA) && !v.Has(lifecycle.RootsUnknown)
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/tasks"
@@ -20,8 +21,9 @@ import (
 // received is handed off. Without a candidate, a failed proof is the run's
 // answer; with one, Publish decides.
 func Prove(r *Run) *diag.Finding {
+	j, g := r.Judged(), r.Obtained()
 	retryCtx := r.Ctx
-	if r.Cand != nil && r.Current != nil {
+	if g.Set != nil && j.Current != nil {
 		// Keep time to prove the installed set too, if the candidate fails:
 		// the liveness rule compares the two. Only retries stop early; an
 		// attempt may use the whole deadline.
@@ -31,15 +33,18 @@ func Prove(r *Run) *diag.Finding {
 			defer cancel()
 		}
 	}
-	rep, env, attempts := r.proveLoop(retryCtx, r.Gen)
-	r.Proof, r.ProofEnv, r.Out.Attempts = rep, env, attempts
-	if f := r.handOff(env, rep); f != nil {
+	p := &Proven{}
+	r.setProven(p)
+	p.Report, p.Env, p.Attempts = r.proveLoop(retryCtx, g.Gen)
+	t, f := r.handOff(p.Env, p.Report, g.Set == nil)
+	p.Task = t
+	if f != nil {
 		return f
 	}
 	switch {
-	case r.Cand == nil && !rep.OK:
-		r.Halt(rep)
-	case r.Cand != nil && rep.OK:
+	case g.Set == nil && !p.Report.OK:
+		r.Halt(p.Report)
+	case g.Set != nil && p.Report.OK:
 		r.Host.Hook.At("proven")
 	}
 	return nil
@@ -51,6 +56,12 @@ func (r *Run) oneProofBudget() time.Duration {
 	return 3*r.Cfg.Bootstrap.RequestTimeout.Duration + r.Cfg.NodeAPI.WaitTimeout.Duration
 }
 
+// proveOnce is one pass of the ladder over e, a new observation.
+func (r *Run) proveOnce(e *observe.Env) *report.Report {
+	t0 := time.Now()
+	return report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(r.Ctx, e, r.Log), time.Since(t0))
+}
+
 // proveLoop runs the ladder on the set in dir ("" for the installed one)
 // until it passes, fails for good, or the run's deadline ends; retries stop
 // when retryCtx ends.
@@ -58,9 +69,8 @@ func (r *Run) proveLoop(retryCtx context.Context, dir string) (*report.Report, *
 	var rep *report.Report
 	var env *observe.Env
 	attempts := retry.Until(retryCtx, r.Opts.Policy, r.Opts.Sleep, func(n int) (bool, time.Duration) {
-		e := r.observeSet(dir)
-		t0 := time.Now()
-		last := report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(r.Ctx, e, r.Log), time.Since(t0))
+		e := r.Env.ForSet(dir)
+		last := r.proveOnce(e)
 		if r.Ctx.Err() != nil && rep != nil && !last.OK {
 			// The deadline cut this attempt short; the previous attempt's
 			// report shows the real failure, not "context deadline exceeded".
@@ -78,41 +88,32 @@ func (r *Run) proveLoop(retryCtx context.Context, dir string) (*report.Report, *
 		return false, ra
 	})
 	if !rep.OK && retryCtx.Err() != nil && rep.Transient {
-		rep.Summary = fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", attempts, r.Cfg.Bootstrap.Deadline.Duration, rep.Summary)
+		rep.Summary = r.GaveUp(attempts, rep.Summary)
 	}
 	return rep, env, attempts
 }
 
-// observeSet is a fresh observation of the set in dir ("" for the
-// installed one), read back from disk as the node-agent will read it, with
-// the roots this run fetched.
-func (r *Run) observeSet(dir string) *observe.Env {
-	e := observe.NewEnv(r.Cfg, r.Host)
-	e.CredsDir = dir
-	if r.Roots != nil {
-		e.SetRoots(r.Roots)
-	}
-	return e
-}
-
-// handOff keeps a task the proof received in state_dir/tasks/. One that
-// cannot be kept is reported with its bytes, never said to be handed off.
-func (r *Run) handOff(env *observe.Env, rep *report.Report) *diag.Finding {
+// handOff keeps a task the proof received in state_dir/tasks/ and returns
+// it, once handed off. One that cannot be kept is reported with its bytes,
+// never said to be handed off: it fails the step, but for a failed proof
+// of the installed set (answer: the proof's failure; the task is logged).
+func (r *Run) handOff(env *observe.Env, rep *report.Report, installed bool) (*probe.Task, *diag.Finding) {
 	t, _, err := tasks.HandOff(r.StateDir, env.Probed(), r.Host.Time(), r.Host.Hook, observe.Access(r.Cfg, r.Host))
 	if t == nil {
-		return nil
+		return nil, nil
 	}
 	rep.Task = json.RawMessage(t.Raw)
 	if err == nil {
-		r.Out.Task = t // handed off: cli says so
-		return nil
+		return t, nil
 	}
-	if !rep.OK && r.Cand == nil {
+	if !rep.OK && installed {
 		r.Log.Error("step", "step", "task-save", "layer", "state", "status", "fail", "message", err.Error(), "task_id", t.ID)
-		return nil
+		return nil, nil
 	}
-	return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "task-save",
-		Summary:  "the proof received a task but it could not be handed off: " + err.Error() + "; nothing was published",
-		Remedy:   "make " + r.Cfg.Paths.StateDir + " writable, give this task (in the evidence) to the node-agent by hand, and run again",
-		Evidence: map[string]string{"task": string(t.Raw)}}
+	return nil, diag.TaskNotKept(r.Cfg.Paths.StateDir, t.Raw, err, "; nothing was published", ", and run again")
+}
+
+// GaveUp is the summary of a failure retried until the run's deadline.
+func (r *Run) GaveUp(attempts int, summary string) string {
+	return fmt.Sprintf("gave up after %d attempts in %s (bootstrap.deadline): %s", attempts, r.Cfg.Bootstrap.Deadline.Duration, summary)
 }

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/gpuaas/provision/internal/credstore"
 	"github.com/gpuaas/provision/internal/diag"
 	"github.com/gpuaas/provision/internal/lifecycle"
+	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
@@ -21,54 +21,53 @@ import (
 // (decide); otherwise it stays aside, the installed set stays current, and
 // the proof's failure is the run's answer.
 func Publish(r *Run) *diag.Finding {
-	if r.Cand == nil || r.Gen == "" {
+	p := &Published{}
+	r.setPublished(p)
+	g, proof := r.Obtained(), r.Proven().Report
+	if g.Set == nil || g.Gen == "" {
 		return nil
 	}
-	why, ok := "", r.Proof.OK
+	why, ok := "", proof.OK
 	if !ok {
 		var f *diag.Finding
-		if ok, why, f = r.decide(); f != nil {
+		if ok, why, f = r.decide(p); f != nil {
 			// A task the installed set's comparison poll received could not
 			// be handed off: it is the run's answer, the task in its
 			// evidence, and the new set stays aside.
-			r.Rec.Aside = filepath.Base(r.Gen)
-			r.SetResult(state.Failed)
+			p.Aside, p.Result = filepath.Base(g.Gen), state.Failed
 			return f
 		}
 	}
 	if !ok {
-		r.keptAside(why)
+		r.keptAside(p, why)
 		return nil
 	}
-	wasPending := r.Rec.HookPending
-	r.hookDue()
-	if err := credstore.Publish(r.PKI, r.Gen, r.Host.Hook); err != nil {
-		if !wasPending && r.Rec.HookPending {
-			r.Rec.HookPending = false // nothing changed after all
+	r.hookDue(p)
+	if err := credstore.Publish(r.PKI, g.Gen, r.Host.Hook); err != nil {
+		if p.HookDue {
+			p.HookDue = false // nothing changed after all
 			r.writeRecord()
 		}
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "publish",
 			Summary: "the new set was proven but could not be published: " + err.Error() + "; the installed set stays current",
-			Remedy:  "make " + r.Cfg.Paths.PKIDir + " writable, then run again"}
+			Remedy:  diag.Writable(r.Cfg.Paths.PKIDir) + ", then run again"}
 	}
 	r.Host.Hook.At("published")
-	r.Published, r.Out.Renewed, r.Unproven = true, true, why
-	if r.Current == nil || !sameKey(r.Current.Key, r.Cand.Key) {
+	p.Swapped, p.Unproven = true, why
+	if cur := r.Judged().Current; cur == nil || !sameKey(cur.Key, g.Set.Key) {
 		// A new key replaced whatever key may have been exposed.
 		os.Remove(filepath.Join(r.StateDir, state.ExposedFile))
 	}
-	r.Rec.Generation, r.Rec.Aside, r.Rec.Unproven = filepath.Base(r.Gen), "", why
 	if why == "" {
-		r.Log.Info("step", "step", "publish", "layer", "credentials", "status", "ok", "serial", r.Cand.Leaf().SerialNumber.String())
+		r.Log.Info("step", "step", "publish", "layer", "credentials", "status", "ok", "serial", g.Set.Leaf().SerialNumber.String())
 		return nil
 	}
-	r.SetResult(state.Unproven)
-	r.Warnings = append(r.Warnings, "published without a passing proof: "+why)
-	r.Log.Warn("step", "step", "publish", "layer", "credentials", "status", "unproven", "serial", r.Cand.Leaf().SerialNumber.String(), "reason", why)
-	rep := r.Proof
-	rep.Summary = fmt.Sprintf("new certificate (serial %s, valid until %s) published without a passing proof: %s; its proof failed: %s",
-		r.Cand.Leaf().SerialNumber, stamp(r.Cand.Leaf().NotAfter), why, strings.TrimSuffix(rep.Summary, "."))
-	r.Halt(rep)
+	p.Result = state.Unproven
+	p.Warnings = append(p.Warnings, "published without a passing proof: "+why)
+	r.Log.Warn("step", "step", "publish", "layer", "credentials", "status", "unproven", "serial", g.Set.Leaf().SerialNumber.String(), "reason", why)
+	rep := *proof
+	rep.Summary = report.PublishedUnproven(g.Set.Leaf().SerialNumber.String(), g.Set.Leaf().NotAfter, why, proof.Summary)
+	r.Halt(&rep)
 	return nil
 }
 
@@ -85,27 +84,27 @@ func Publish(r *Run) *diag.Finding {
 // the set or one that says nothing (a cut exchange, a passing fault). A
 // set the rule keeps waiting for the last quarter of the installed
 // certificate's life is published then, whatever time this run had left.
-func (r *Run) decide() (bool, string, *diag.Finding) {
-	if r.Current == nil || r.cannotAuthenticate() {
-		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", r.Verdict.First()), nil
+func (r *Run) decide(p *Published) (bool, string, *diag.Finding) {
+	j, proof := r.Judged(), r.Proven()
+	if j.Current == nil || r.cannotAuthenticate(j) {
+		return true, fmt.Sprintf("the installed set cannot authenticate (%s), so the new set is no worse", j.Verdict.First()), nil
 	}
-	inst, f := r.proveInstalled()
+	inst, f := r.proveInstalled(p)
 	if f != nil {
 		return false, "", f
 	}
-	cand := candidateOutcome(r.Ctx, r.Proof, r.ProofEnv)
+	cand := candidateOutcome(r.Ctx, proof.Report, proof.Env)
 	rule, why := compare(cand, inst)
 	r.Log.Info("step", "step", "publish", "layer", "credentials", "status", "compare", "new", cand.String(), "installed", inst.String(), "ruling", rule.String())
 	r.Host.Hook.At("compared")
 	if rule != lastQuarter {
 		return rule == publishNow, why, nil
 	}
-	leaf := r.Current.Leaf()
-	urgent := leaf.NotAfter.Add(-leaf.NotAfter.Sub(leaf.NotBefore) / 4)
-	if !r.Host.Time().Before(urgent) {
-		return true, fmt.Sprintf("%s, and the installed certificate is in the last quarter of its life (expires %s)", why, stamp(leaf.NotAfter)), nil
+	sch := j.Verdict.Schedule
+	if sch.InLastQuarter(r.Host.Time()) {
+		return true, fmt.Sprintf("%s, and the installed certificate is in the last quarter of its life (expires %s)", why, stamp(j.Current.Leaf().NotAfter)), nil
 	}
-	return false, fmt.Sprintf("%s; the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", why, stamp(urgent)), nil
+	return false, fmt.Sprintf("%s; the new set is published from %s, when the installed certificate enters the last quarter of its life, if this lasts", why, stamp(sch.LastQuarter)), nil
 }
 
 // cannotAuthenticate reports whether the installed set cannot stand for
@@ -113,9 +112,9 @@ func (r *Run) decide() (bool, string, *diag.Finding) {
 // stale chain (other-ca) is not among these: the ingress may still accept
 // it, and then it is the set that works. A revocation counts while the
 // record holds it (a CA that renewed the certificate this run cleared it).
-func (r *Run) cannotAuthenticate() bool {
-	v := r.Verdict
-	if v.Has(lifecycle.Revoked) && r.Rec.RevokedSerial != "" {
+func (r *Run) cannotAuthenticate(j *Judged) bool {
+	v := j.Verdict
+	if v.Has(lifecycle.Revoked) && r.Found.RevokedSerial != "" && !r.Obtained().RevocationCleared {
 		return true
 	}
 	for _, x := range []lifecycle.Reason{lifecycle.Missing, lifecycle.Unreadable, lifecycle.KeyMismatch, lifecycle.KeyLost, lifecycle.WrongNode,
@@ -128,15 +127,18 @@ func (r *Run) cannotAuthenticate() bool {
 }
 
 // proveInstalled proves the installed set for the comparison, with the
-// time the run has left: an attempt that gives no evidence (an exchange
-// cut, a passing fault) is tried again, and a rejection counts only once a
-// second attempt confirms it at the same layer (outcome.confirmed), so that
-// a reload or a flap never makes the installed set look worse than it is:
-// when the deadline ends before that second attempt (during the backoff,
-// or cutting it), the one rejection is returned unconfirmed, no evidence.
-// A task a proof receives is handed off; one that cannot be is returned
-// as the finding (the task in its evidence), and the comparison stops.
-func (r *Run) proveInstalled() (outcome, *diag.Finding) {
+// time the run has left, one pass of the ladder an attempt: an attempt
+// that gives no evidence (an exchange cut, a passing fault) is tried
+// again, and a rejection counts only once a second attempt confirms it at
+// the same layer (outcome.confirmed), so that a reload or a flap never
+// makes the installed set look worse than it is: when the deadline ends
+// before that second attempt (during the backoff, or cutting it), the one
+// rejection is returned unconfirmed, no evidence. The installed key and
+// certificate are proven with the CA's roots, as a refresh would publish
+// them: a stale ca.pem is not the question here. A task a proof receives
+// is handed off; one that cannot be is returned as the finding (the task
+// in its evidence), and the comparison stops.
+func (r *Run) proveInstalled(p *Published) (outcome, *diag.Finding) {
 	var last outcome
 	var lost *diag.Finding
 	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
@@ -145,14 +147,17 @@ func (r *Run) proveInstalled() (outcome, *diag.Finding) {
 		}
 		// One pass of the ladder (this loop decides about retries) on the
 		// installed key and certificate with the CA's roots, as a refresh
-		// would publish them: a stale ca.pem is not the question here.
-		env := r.observeSet("")
-		if r.Roots != nil {
-			env.Bundle = r.Roots.Bundle()
+		// would publish them.
+		env := r.Env.ForSet("")
+		if roots := r.Observed().Roots; roots != nil {
+			env.Bundle = roots.Bundle()
 		}
-		t0 := time.Now()
-		rep := report.New(r.Command, r.Cfg.NodeID, r.Opts.Ladder(r.Ctx, env, r.Log), time.Since(t0))
-		if lost = r.handOff(env, rep); lost != nil {
+		rep := r.proveOnce(env)
+		var t *probe.Task
+		if t, lost = r.handOff(env, rep, false); t != nil {
+			p.Task = t
+		}
+		if lost != nil {
 			return true, 0
 		}
 		o := installedOutcome(r.Ctx, rep, env)
@@ -178,38 +183,37 @@ func (r *Run) proveInstalled() (outcome, *diag.Finding) {
 // no kill can publish a set without the hook due; a kill in between only
 // runs the hook once more. A first enrollment, onto an empty pki_dir,
 // replaces nothing a node-agent could hold.
-func (r *Run) hookDue() {
-	if len(r.Cfg.Renew.PostHook) == 0 || r.Rec.HookPending || r.Verdict.Has(lifecycle.Missing) {
+func (r *Run) hookDue(p *Published) {
+	if len(r.Cfg.Renew.PostHook) == 0 || r.Found.HookPending || r.Judged().Verdict.Has(lifecycle.Missing) {
 		return
 	}
-	r.Rec.HookPending = true
+	p.HookDue = true
 	r.writeRecord()
 	r.Host.Hook.At("hook pending")
 }
 
-// writeRecord writes the renew record as it stands, mid-run; a failure is
-// logged (the run's own record, written last, tries again).
+// writeRecord writes the renew record as the run's stages stand, mid-run;
+// a failure is logged (the run's own record, written last, tries again).
 func (r *Run) writeRecord() {
-	if err := state.WriteRenewal(r.StateDir, r.Rec); err != nil {
+	if err := state.WriteRenewal(r.StateDir, r.composeRecord()); err != nil {
 		r.Log.Error("step", "step", "record", "layer", "state", "status", "fail", "message", err.Error())
 	}
 }
 
 // keptAside ends the run with the candidate's failed proof, the installed
 // set still current and the candidate kept for the next run.
-func (r *Run) keptAside(why string) {
-	rep := r.Proof
-	r.Rec.Aside = filepath.Base(r.Gen)
-	r.SetResult(state.Failed)
-	what := "the installed set stays current"
-	if r.Current != nil {
-		l := r.Current.Leaf()
-		what = fmt.Sprintf("the installed certificate (serial %s, valid until %s) stays current", l.SerialNumber, stamp(l.NotAfter))
+func (r *Run) keptAside(p *Published, why string) {
+	proof, gen := r.Proven().Report, filepath.Base(r.Obtained().Gen)
+	p.Aside, p.Result = gen, state.Failed
+	var serial string
+	var notAfter time.Time
+	if cur := r.Judged().Current; cur != nil {
+		serial, notAfter = cur.Leaf().SerialNumber.String(), cur.Leaf().NotAfter
 	}
-	rep.Summary = fmt.Sprintf("new certificate not published (%s): %s; %s, and the new set is kept aside in %s and proven again by the next run",
-		why, strings.TrimSuffix(rep.Summary, "."), what, filepath.Join(r.Cfg.Paths.PKIDir, filepath.Base(r.Gen)))
-	r.Log.Warn("step", "step", "publish", "layer", "credentials", "status", "aside", "reason", why, "generation", filepath.Base(r.Gen))
-	r.Halt(rep)
+	rep := *proof
+	rep.Summary = report.KeptAside(why, proof.Summary, serial, notAfter, filepath.Join(r.Cfg.Paths.PKIDir, gen))
+	r.Log.Warn("step", "step", "publish", "layer", "credentials", "status", "aside", "reason", why, "generation", gen)
+	r.Halt(&rep)
 }
 
 // sameKey reports whether two private keys have the same public key.

@@ -29,19 +29,20 @@ func TestCannotAuthenticate(t *testing.T) {
 	} {
 		t.Run(string(tc.reason), func(t *testing.T) {
 			proven := false
-			r := &Run{Ctx: context.Background(), Log: slog.New(slog.DiscardHandler), Rec: &state.Renewal{}, Current: &credstore.Set{},
-				Verdict: lifecycle.Verdict{Reasons: []lifecycle.Reason{tc.reason}},
+			r := &Run{Ctx: context.Background(), Log: slog.New(slog.DiscardHandler), Found: &state.Renewal{},
 				Opts: Options{Ladder: func(context.Context, *observe.Env, *slog.Logger) []report.Result {
 					proven = true
 					return nil
 				}}}
-			if got := r.cannotAuthenticate(); got != tc.want {
+			j := &Judged{Current: &credstore.Set{}, Verdict: lifecycle.Verdict{Reasons: []lifecycle.Reason{tc.reason}}}
+			r.st.judged, r.st.proven = j, &Proven{Report: &report.Report{}}
+			if got := r.cannotAuthenticate(j); got != tc.want {
 				t.Fatalf("cannotAuthenticate with %s = %v, want %v", tc.reason, got, tc.want)
 			}
 			if !tc.want {
 				return
 			}
-			ok, why, f := r.decide()
+			ok, why, f := r.decide(&Published{})
 			if !ok || f != nil || proven || !strings.Contains(why, "cannot authenticate ("+string(tc.reason)+")") {
 				t.Fatalf("decide with %s = %v %q (installed set proven: %v), want published at once, unproven", tc.reason, ok, why, proven)
 			}

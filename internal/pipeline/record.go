@@ -10,30 +10,98 @@ import (
 	"github.com/gpuaas/provision/internal/state"
 )
 
-// RecordRenewal writes the renew record for this run: the certificate now
-// installed with its renewal point and due time (from the one verdict), the
-// result, and what stays pending. It is renew's finish, and bootstrap's when
-// bootstrap changed the credentials or ran the hook.
-func (r *Run) RecordRenewal(rep *report.Report) {
-	rec := r.Rec
-	if r.Verdict.Has(lifecycle.OtherCA) && r.Verdict.Leaf != nil && !r.Verdict.Has(lifecycle.RootsUnknown) {
-		rec.StaleSerial = r.Verdict.Leaf.SerialNumber.String()
+// installed is the set installed as the run ends and its one verdict,
+// from what the run already knows: the published candidate as its proof
+// read it back from disk, the installed set as assess judged it, or,
+// when the run stopped before assess, the run's observation judged now
+// (with the roots the roots step handed in, or none: never a fetch).
+func (r *Run) installed() (*credstore.Set, lifecycle.Verdict) {
+	if p, pr := r.st.published, r.st.proven; p != nil && p.Swapped && pr != nil {
+		set, _ := pr.Env.Creds()
+		return set, pr.Env.Verdict(r.Ctx)
 	}
-	if v := r.observeSet("").Verdict(r.Ctx); v.Leaf != nil {
-		if s := v.Leaf.SerialNumber.String(); s != rec.Serial && rec.Serial != "" && r.Published {
+	if j := r.st.judged; j != nil {
+		return j.Current, j.Verdict
+	}
+	set, _ := r.Env.Creds()
+	return set, r.Env.Verdict(r.Ctx)
+}
+
+// composeRecord is the renew record as the run's stages stand: the record
+// as found, with what each stage changed. The same composition is written
+// mid-run (the hook made pending before a swap) and last.
+func (r *Run) composeRecord() *state.Renewal {
+	rec := *r.Found
+	rec.NodeID, rec.Version = r.Cfg.NodeID, r.Opts.Version
+	if g := r.st.obtained; g != nil {
+		if g.Gen != "" {
+			rec.Generation = filepath.Base(g.Gen)
+		}
+		if g.Renewed {
+			rec.Rekeyed = g.Rekeyed
+		}
+		if g.RevocationCleared {
+			rec.RevokedSerial, rec.RevocationEvidence = "", ""
+		}
+		if g.Revocation != nil {
+			rec.RevokedSerial, rec.RevocationEvidence = g.Revocation.Serial, g.Revocation.Evidence
+		}
+		if g.Refused {
+			rec.Refusals++
+		}
+	}
+	if p := r.st.published; p != nil {
+		if p.HookDue {
+			rec.HookPending = true
+		}
+		if p.Swapped {
+			rec.Generation, rec.Aside, rec.Unproven = filepath.Base(r.st.obtained.Gen), "", p.Unproven
+		}
+		if p.Aside != "" {
+			rec.Aside = p.Aside
+		}
+	}
+	if h := r.st.hooked; h != nil {
+		switch {
+		case !h.Configured:
+			rec.Hook, rec.HookPending = "", false
+		case h.Err != nil:
+			rec.Hook = "failed: " + h.Err.Error()
+		case h.Ran:
+			rec.Hook, rec.HookPending = "ok", false
+		}
+	}
+	return &rec
+}
+
+// RecordRenewal writes the renew record for this run: the certificate now
+// installed with its schedule (from the one verdict the run already took:
+// no fresh look), the result, and what stays pending. It is renew's
+// finish, and bootstrap's when bootstrap changed the credentials or ran the
+// hook.
+func (r *Run) RecordRenewal(rep *report.Report) {
+	rec := r.composeRecord()
+	if j := r.st.judged; j != nil {
+		if v := j.Verdict; v.Has(lifecycle.OtherCA) && v.Leaf != nil && !v.Has(lifecycle.RootsUnknown) {
+			rec.StaleSerial = v.Leaf.SerialNumber.String()
+		}
+	}
+	published := r.st.published != nil && r.st.published.Swapped
+	if _, v := r.installed(); v.Leaf != nil {
+		if s := v.Leaf.SerialNumber.String(); s != rec.Serial && rec.Serial != "" && published {
 			rec.PreviousSerial = rec.Serial
 		}
-		rec.Serial, rec.NotAfter, rec.RenewAfter = v.Leaf.SerialNumber.String(), v.Leaf.NotAfter.UTC(), v.RenewAfter.UTC()
-		rec.DueAt = v.DueAt(r.Cfg.Renew.Splay.Duration).UTC()
+		sch := v.Schedule
+		rec.Serial, rec.NotAfter, rec.RenewAfter, rec.DueAt = v.Leaf.SerialNumber.String(), sch.NotAfter.UTC(), sch.RenewAfter.UTC(), sch.DueAt.UTC()
 	}
-	result := r.result
+	result := r.Result()
 	switch {
 	case result == "" && rep.OK:
 		result = state.NotDue
 	case result == "" || (!rep.OK && (result == state.Renewed || result == state.Refreshed)):
 		result = state.Failed
 	}
-	if r.Published {
+	if published {
 		rec.LastRenewed, rec.Aside = r.Host.Time().UTC(), ""
 	}
 	rec.LastAttempt, rec.LastResult = r.Host.Time().UTC(), result
@@ -41,7 +109,7 @@ func (r *Run) RecordRenewal(rep *report.Report) {
 	if !rep.OK {
 		rec.LastError, rec.FailedLayer = rep.Summary, string(rep.FailedLayer)
 	}
-	if rep.OK && r.Proof != nil && r.Proof.OK {
+	if p := r.st.proven; rep.OK && p != nil && p.Report.OK {
 		rec.Unproven = "" // the installed set polled
 	}
 	switch {
@@ -60,25 +128,28 @@ func (r *Run) RecordRenewal(rep *report.Report) {
 	r.Host.Hook.At("recorded")
 }
 
-// Receipt is the receipt of the set now installed and the proof that
-// judged it.
+// Receipt is the receipt of the set the proof read back from disk and
+// judged: the set now installed.
 func (r *Run) Receipt() (*state.Receipt, error) {
-	creds, err := credstore.Load(r.PKI)
+	p := r.Proven()
+	creds, err := p.Env.Creds()
 	if err != nil {
 		return nil, err
 	}
+	g, pub := r.Obtained(), r.Published()
 	rc := &state.Receipt{NodeID: r.Cfg.NodeID, RootFingerprint: r.Cfg.CA.Fingerprint, Endpoint: r.Cfg.NodeAPI.URL,
-		Enrolled: r.Out.Enrolled, ProvedAt: r.Host.Time().UTC(), MachineID: r.Host.MachineID(), Version: r.Opts.Version,
-		Warnings: r.Warnings, Command: r.Command, Unproven: r.Unproven}
+		Enrolled: g.Enrolled, ProvedAt: r.Host.Time().UTC(), MachineID: r.Host.MachineID(), Version: r.Opts.Version,
+		Warnings: r.warnings(), Command: r.Command, Unproven: pub.Unproven}
 	leaf := creds.Leaf()
 	rc.Serial, rc.Issuer, rc.Subject, rc.NotAfter = leaf.SerialNumber.String(), leaf.Issuer.String(), leaf.Subject.String(), leaf.NotAfter.UTC()
-	if r.ProofEnv != nil {
-		if res := r.ProofEnv.Probed(); res != nil {
-			rc.ResolvedAddr, rc.ProbeStatus = res.RemoteAddr, res.Status
-		}
+	if res := p.Env.Probed(); res != nil {
+		rc.ResolvedAddr, rc.ProbeStatus = res.RemoteAddr, res.Status
 	}
 	return rc, nil
 }
+
+// ReceiptStep writes the receipt, last: only a proved node has one.
+var ReceiptStep = Step{Name: "receipt", Do: WriteReceipt, Reads: []Stage{StageObtained, StageProven, StagePublished, StageRevoked}}
 
 // WriteReceipt writes the receipt, last: only a proved node has one.
 func WriteReceipt(r *Run) *diag.Finding {
@@ -88,7 +159,7 @@ func WriteReceipt(r *Run) *diag.Finding {
 	}
 	r.Host.Hook.At("before receipt")
 	if err := state.WriteReceipt(r.StateDir, rc, r.Host.Hook); err != nil {
-		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: "make " + r.Cfg.Paths.StateDir + " writable and run again (the node itself is healthy)"}
+		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: diag.Writable(r.Cfg.Paths.StateDir) + " and run again (the node itself is healthy)"}
 	}
 	r.Out.Receipt = rc
 	r.Log.Info("step", "step", "receipt", "layer", "state", "status", "ok", "path", filepath.Join(r.Cfg.Paths.StateDir, state.ReceiptFile), "serial", rc.Serial)
@@ -108,7 +179,7 @@ func (r *Run) UpdateReceipt() {
 		return
 	}
 	rc.Enrolled = false
-	if r.Unproven != "" {
+	if rc.Unproven != "" {
 		rc.ProvedAt = old.ProvedAt // the new set has not polled yet
 	}
 	if err := state.WriteReceipt(r.StateDir, rc, r.Host.Hook); err != nil {

@@ -44,7 +44,7 @@ const bootTolerance = 2 * time.Second
 
 // RestartSplayStep is bootstrap's wait before its network work when it is
 // a restart.
-var RestartSplayStep = Step{"restart-splay", RestartSplay}
+var RestartSplayStep = Step{Name: "restart-splay", Do: RestartSplay}
 
 // IsRestart decides whether a run is a restart of the failed run rec
 // describes: under systemd (invocation, INVOCATION_ID, set), with a failure

@@ -21,14 +21,16 @@ import (
 
 // The shared steps, by the names the report's steps[] documents.
 var (
-	SweepStep    = Step{"sweep", Sweep}
-	RestrictStep = Step{"credentials-mode", Restrict}
-	RootsStep    = Step{"ca-roots", Roots}
-	ClockStep    = Step{"clock", Clock}
-	ProveStep    = Step{"proof", Prove}
-	PublishStep  = Step{"publish", Publish}
-	HookStep     = Step{"post-hook", PostHook}
-	RevokeStep   = Step{"revoke", Revoke}
+	SweepStep    = Step{Name: "sweep", Do: Sweep}
+	RestrictStep = Step{Name: "credentials-mode", Do: Restrict}
+	RootsStep    = Step{Name: "ca-roots", Do: Roots, Writes: StageObserved}
+	ClockStep    = Step{Name: "clock", Do: Clock, Reads: []Stage{StageObserved, StageJudged}}
+	ProveStep    = Step{Name: "proof", Do: Prove, Reads: []Stage{StageJudged, StageObtained}, Writes: StageProven}
+	PublishStep  = Step{Name: "publish", Do: Publish, Reads: []Stage{StageObserved, StageJudged, StageObtained, StageProven}, Writes: StagePublished}
+	HookStep     = Step{Name: "post-hook", Do: PostHook, MayRead: []Stage{StageJudged, StageObtained, StagePublished}, Writes: StageHooked}
+	RevokeStep   = Step{Name: "revoke", Do: Revoke, Reads: []Stage{StageObserved, StageJudged, StageObtained, StageProven, StagePublished}, Writes: StageRevoked}
+	// ObtainStep is the credentials step for every plan but Enroll.
+	ObtainStep = Step{Name: "credentials", Do: Obtain, Reads: []Stage{StageObserved, StageJudged}, Writes: StageObtained}
 )
 
 // Sweep removes what a killed run left: temp files in state_dir, its done
@@ -44,7 +46,8 @@ func Sweep(r *Run) *diag.Finding {
 // Restrict records an exposed key and restricts it, before anything else,
 // in the same run that finds it, whichever command runs. The record stays
 // until the key is rotated: a crash, or a run without a token, must not
-// forget that this key may have been read.
+// forget that this key may have been read. The run's observation reads the
+// record after this step (the verdict's key-was-exposed).
 //
 // With paths.key_group it first opens provision's directories to that group
 // (grantGroup): a chown the unit's sandbox refuses is found here, before
@@ -59,7 +62,6 @@ func Restrict(r *Run) *diag.Finding {
 	if x != nil && len(x.Changes) > 0 {
 		r.Log.Warn("step", "step", "credentials-mode", "layer", "credentials", "status", "exposed", "found", x.Found, "changes", strings.Join(x.Changes, "; "))
 	}
-	r.Exposure = x
 	return grantGroup(r, a)
 }
 
@@ -170,26 +172,24 @@ func restrictKeys(stateDir, pki string, host *system.Host, a credstore.Access) (
 }
 
 // Roots gets the CA's current and federated roots through the pinned root
-// (ca.pem's roots carry trust across a rotation that retired it). The
-// client makes one request per attempt; this loop is the only retry, with
-// the CA's Retry-After honoured, bounded by the run's deadline. A fetch that
-// fails while the CA's Date shows the node clock off is the clock's
-// failure: the CA's certificate cannot be judged.
+// (ca.pem's roots carry trust across a rotation that retired it) and hands
+// them to the run's observation. The client makes one request per attempt;
+// this loop is the only retry, with the CA's Retry-After honoured, bounded
+// by the run's deadline. A fetch that fails while the CA's Date shows the
+// node clock off is the clock's failure: the CA's certificate cannot be
+// judged. A failed fetch is the observation too: nothing asks the CA again.
 func Roots(r *Run) *diag.Finding {
-	r.Env = observe.NewEnv(r.Cfg, r.Host)
-	r.Client = r.Env.CAClient(0)
+	o := &Observed{Client: r.Env.CAClient(0)}
+	r.setObserved(o)
 	var f *diag.Finding
+	var last error
 	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
-		roots, err := r.Client.FetchRoots(r.Ctx)
-		r.Roots, f = roots, nil
+		roots, err := o.Client.FetchRoots(r.Ctx)
+		o.Roots, f, last = roots, nil, err
 		if err == nil {
 			return true, 0
 		}
-		notDone := "the CA's certificate cannot be judged and nothing was sent to it"
-		if r.Command == "bootstrap" {
-			notDone = "the CA's certificate cannot be judged and the one-time token was not sent"
-		}
-		if f = skewFinding(roots, notDone); f != nil {
+		if f = r.skewFinding(roots, r.notDone()); f != nil {
 			f.Evidence["ca_error"] = err.Error()
 			return true, 0
 		}
@@ -205,33 +205,45 @@ func Roots(r *Run) *diag.Finding {
 		return false, 0
 	})
 	if f != nil {
+		r.Env.RootsFailed(last)
 		return f
 	}
-	r.Env.SetRoots(r.Roots)
-	r.Log.Info("step", "step", "ca-roots", "layer", "ca", "status", "ok", "roots", len(r.Roots.Current), "federated", len(r.Roots.Federated))
+	r.Env.SetRoots(o.Roots)
+	r.Log.Info("step", "step", "ca-roots", "layer", "ca", "status", "ok", "roots", len(o.Roots.Current), "federated", len(o.Roots.Federated))
 	r.Host.Hook.At("roots fetched")
 	return nil
+}
+
+// notDone says what the run has not done yet when it stops before anything
+// irreversible: bootstrap's token is unspent.
+func (r *Run) notDone() string {
+	if r.Command == "bootstrap" {
+		return "the CA's certificate cannot be judged and the one-time token was not sent"
+	}
+	return "the CA's certificate cannot be judged and nothing was sent to it"
 }
 
 // Clock compares the node clock with the CA's Date header before anything
 // irreversible: a one-time token is spent by the sign, and a renewal's
 // certificate would look expired or not yet valid by a skewed clock.
 func Clock(r *Run) *diag.Finding {
-	if r.Plan != Enroll && r.Plan != Renew && r.Plan != RenewExpired {
+	plan := r.Judged().Plan
+	if plan != Enroll && plan != Renew && plan != RenewExpired {
 		return nil
 	}
 	what := "the renewal was not requested"
-	if r.Plan == Enroll {
+	if plan == Enroll {
 		what = "the one-time token was not sent"
 	}
-	return skewFinding(r.Roots, what)
+	return r.skewFinding(r.Observed().Roots, what)
 }
 
 // skewFinding is the clock finding when the CA's Date (from the roots
 // fetch, authenticated) showed the node clock beyond lifecycle.MaxSkew at
 // the instant it arrived, else nil: however long ago that was, the age of
-// the observation is not skew.
-func skewFinding(roots *enroll.Roots, notDone string) *diag.Finding {
+// the observation is not skew. Its remedy is the clock reason's
+// (lifecycle.Remedy); bootstrap adds that its token is unspent.
+func (r *Run) skewFinding(roots *enroll.Roots, notDone string) *diag.Finding {
 	if roots == nil {
 		return nil
 	}
@@ -240,9 +252,9 @@ func skewFinding(roots *enroll.Roots, notDone string) *diag.Finding {
 	if !bad {
 		return nil
 	}
-	remedy := "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run again: nothing irreversible was done"
-	if strings.Contains(notDone, "token") {
-		remedy = "synchronise the node clock (chrony or systemd-timesyncd, and order provision after time-sync.target), then run bootstrap again: the token is unspent"
+	remedy := lifecycle.Remedy(lifecycle.ClockSkewed, r.Cfg)
+	if r.Command == "bootstrap" {
+		remedy += "; the one-time token is unspent"
 	}
 	return &diag.Finding{Layer: diag.Clock, Owner: diag.Node, Check: "clock",
 		Summary: fmt.Sprintf("the node clock is %s off the CA's (its Date header): %s, since a certificate would look expired or not yet valid", skew.Round(time.Second), notDone),

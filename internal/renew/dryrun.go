@@ -15,6 +15,6 @@ import (
 // or recorded.
 func DryRun(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.Options) *pipeline.Preview {
 	return pipeline.DryRun(ctx, "renew", cfg, host, o, func(*pipeline.Preview) []pipeline.Step {
-		return []pipeline.Step{pipeline.RootsStep, {Name: "assess", Do: assess}, pipeline.ClockStep, pipeline.KeyStoreStep}
+		return []pipeline.Step{pipeline.RootsStep, AssessStep, pipeline.ClockStep, pipeline.KeyStoreStep}
 	})
 }

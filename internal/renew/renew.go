@@ -17,7 +17,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"time"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/credstore"
@@ -35,15 +34,18 @@ var Steps = []pipeline.Step{
 	pipeline.SweepStep,
 	pipeline.RestrictStep,
 	pipeline.RootsStep,
-	{Name: "assess", Do: assess},
+	AssessStep,
 	pipeline.ClockStep,
 	pipeline.KeyStoreStep,
-	{Name: "credentials", Do: pipeline.Obtain},
+	pipeline.ObtainStep,
 	pipeline.ProveStep,
 	pipeline.PublishStep,
 	pipeline.RevokeStep,
 	pipeline.HookStep,
 }
+
+// AssessStep is renew's plan from the one verdict.
+var AssessStep = pipeline.Step{Name: "assess", Do: assess, Reads: []pipeline.Stage{pipeline.StageObserved}, Writes: pipeline.StageJudged}
 
 // CrashPoints are the named points of a renewal, in order: host.Hook is
 // called with each (the crash tests kill the binary there).
@@ -59,25 +61,27 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.
 // finish records every attempt, and keeps the receipt naming the
 // certificate in use.
 func finish(r *pipeline.Run, rep *report.Report) {
-	if r.Current == nil && r.Cand == nil && rep.FailedCheck == "ca-roots" && r.Rec.Serial == "" {
+	if r.Judged().Current == nil && r.Obtained().Set == nil && rep.FailedCheck == "ca-roots" && r.Found.Serial == "" {
 		return // nothing judged yet and nothing recorded before: no record to write
 	}
 	r.RecordRenewal(rep)
-	if r.Published {
+	swapped := r.Published().Swapped
+	if swapped {
 		r.UpdateReceipt()
 	}
-	if rep.OK && r.Published {
-		rep.Summary = published(r) + "; proven by tasks/wait through " + r.Cfg.NodeAPI.URL + " before it was published"
+	if rep.OK && swapped {
+		rep.Summary = published(r)
 	}
 }
 
 // published says what the run published.
 func published(r *pipeline.Run) string {
-	rec := r.Rec
+	rec, url := r.Out.Record, r.Cfg.NodeAPI.URL
 	if r.Result() == state.Refreshed {
-		return fmt.Sprintf("ca.pem refreshed from the CA's %d current and %d federated root(s); the certificate (serial %s) is not due until %s", len(r.Roots.Current), len(r.Roots.Federated), rec.Serial, stamp(rec.DueAt))
+		roots := r.Observed().Roots
+		return report.Refreshed(len(roots.Current), len(roots.Federated), rec.Serial, rec.DueAt, url)
 	}
-	return fmt.Sprintf("renewed: serial %s replaced %s, valid until %s, next renewal from %s", rec.Serial, rec.PreviousSerial, stamp(rec.NotAfter), stamp(rec.DueAt))
+	return report.Renewed(rec.Serial, rec.PreviousSerial, rec.NotAfter, rec.DueAt, url)
 }
 
 // assess takes the one verdict and plans: renew when due (or forced),
@@ -86,46 +90,42 @@ func published(r *pipeline.Run) string {
 // aside, run a pending hook, or stop: not due (exit 0, quickly, nothing
 // changed), or cannot renew (a fresh token is needed).
 func assess(r *pipeline.Run) *diag.Finding {
-	r.Verdict = r.Env.Verdict(r.Ctx)
-	r.Current, _ = r.Env.Creds()
-	v := r.Verdict
+	j := &pipeline.Judged{Verdict: r.Env.Verdict(r.Ctx)}
+	j.Current, _ = r.Env.Creds()
+	r.SetJudged(j)
+	v := j.Verdict
 	if v.Action == lifecycle.Reenroll && !v.RenewableAfterExpiry() && !forcedPastRevocation(r, v) {
-		if r.HasRenewalAside() {
+		if r.HasRenewalAside(j) {
 			// The installed set cannot stand for the node any more, and a
 			// set the CA issued earlier is still good: proven and
 			// published (it is no worse), not thrown away.
-			r.Plan = pipeline.Adopt
-			r.SetResult(state.Renewed)
-			r.Log.Info("step", "step", "assess", "layer", "credentials", "status", v.Action.String(), "plan", r.Plan.String(), "reasons", fmt.Sprint(v.Reasons))
+			j.Plan, j.Result = pipeline.Adopt, state.Renewed
+			r.Log.Info("step", "step", "assess", "layer", "credentials", "status", v.Action.String(), "plan", j.Plan.String(), "reasons", fmt.Sprint(v.Reasons))
 			return nil
 		}
-		return cannotRenew(r, v)
+		return cannotRenew(j, r.Cfg)
 	}
-	dueAt := v.DueAt(r.Cfg.Renew.Splay.Duration)
+	sch := v.Schedule
 	switch {
 	case v.Has(lifecycle.Expired):
-		r.Plan = pipeline.RenewExpired
-	case r.Opts.Force || !r.Host.Time().Before(dueAt):
-		r.Plan = pipeline.Renew
+		j.Plan = pipeline.RenewExpired
+	case r.Opts.Force || sch.Due(r.Host.Time()):
+		j.Plan = pipeline.Renew
 	case v.Has(lifecycle.BundleStale):
-		r.Plan = pipeline.Refresh
-	case r.HasRenewalAside():
+		j.Plan = pipeline.Refresh
+	case r.HasRenewalAside(j):
 		// A renewed set an earlier run could not prove (or was killed
 		// before it published): proven again now, not thrown away.
-		r.Plan = pipeline.Adopt
-		r.SetResult(state.Renewed)
-	case r.Rec.HookPending && len(r.Cfg.Renew.PostHook) > 0, r.Rec.Unproven != "":
+		j.Plan, j.Result = pipeline.Adopt, state.Renewed
+	case r.Found.HookPending && len(r.Cfg.Renew.PostHook) > 0, r.Found.Unproven != "":
 		// A hook still to run, or a set published without a passing proof
 		// (the liveness rule): prove the installed set, then run the hook.
-		r.Plan = pipeline.Keep
+		j.Plan = pipeline.Keep
 	default:
-		r.SetResult(state.NotDue)
-		r.Halt(&report.Report{OK: true, Command: "renew", NodeID: r.Cfg.NodeID, Summary: notDue(v, dueAt)})
+		j.Result = state.NotDue
+		r.Halt(&report.Report{OK: true, Command: "renew", NodeID: r.Cfg.NodeID, Summary: notDue(v)})
 	}
-	if (v.Has(lifecycle.KeyExposed) || v.Has(lifecycle.KeyWasExposed)) && r.Current != nil && r.Current.KeyMatches() {
-		r.Replaced = r.Current // a rekeyed renewal retires the exposed key: revoke its certificate
-	}
-	r.Log.Info("step", "step", "assess", "layer", "credentials", "status", v.Action.String(), "plan", r.Plan.String(), "reasons", fmt.Sprint(v.Reasons), "due_at", dueAt.UTC())
+	r.Log.Info("step", "step", "assess", "layer", "credentials", "status", v.Action.String(), "plan", j.Plan.String(), "reasons", fmt.Sprint(v.Reasons), "due_at", sch.DueAt.UTC())
 	return nil
 }
 
@@ -146,20 +146,21 @@ func forcedPastRevocation(r *pipeline.Run, v lifecycle.Verdict) bool {
 	return true
 }
 
-func notDue(v lifecycle.Verdict, dueAt time.Time) string {
-	return fmt.Sprintf("not due: the certificate (serial %s) is renewed from %s (renewal point %s plus this node's splay); it expires at %s", v.Leaf.SerialNumber, stamp(dueAt), stamp(v.RenewAfter), stamp(v.Leaf.NotAfter))
+func notDue(v lifecycle.Verdict) string {
+	sch := v.Schedule
+	return report.NotDue(v.Leaf.SerialNumber.String(), sch.DueAt, sch.RenewAfter, sch.NotAfter)
 }
 
 // cannotRenew stops a run whose certificate cannot be renewed: its own
 // layer (and so exit code) for expired or unusable (credentials), stale
 // (ca) and revoked (enroll), each saying plainly that a fresh token is
 // needed.
-func cannotRenew(r *pipeline.Run, v lifecycle.Verdict) *diag.Finding {
-	f := cannotRenewFinding(v, r.Cfg)
+func cannotRenew(j *pipeline.Judged, cfg *config.Config) *diag.Finding {
+	f := cannotRenewFinding(j.Verdict, cfg)
 	f.Check = "assess"
-	r.SetResult(state.Reenroll)
-	if v.First() == lifecycle.Revoked {
-		r.SetResult(state.RevokedRes)
+	j.Result = state.Reenroll
+	if j.Verdict.First() == lifecycle.Revoked {
+		j.Result = state.RevokedRes
 	}
 	return f
 }
@@ -167,7 +168,7 @@ func cannotRenew(r *pipeline.Run, v lifecycle.Verdict) *diag.Finding {
 func cannotRenewFinding(v lifecycle.Verdict, cfg *config.Config) *diag.Finding {
 	r := v.First()
 	f := &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Remedy: lifecycle.Remedy(r, cfg)}
-	const next = "re-enrollment with a fresh one-time token is needed (provision bootstrap)"
+	const next = lifecycle.NeedsToken
 	switch r {
 	case lifecycle.Revoked:
 		f.Layer = diag.Enroll
@@ -226,13 +227,11 @@ func Check(cfg *config.Config, host *system.Host, force bool) (Decision, *diag.F
 		return CannotRenew, f
 	}
 	if v.Action == lifecycle.Reenroll {
-		return Due, &diag.Finding{Summary: fmt.Sprintf("renewal due: the certificate expired at %s; renew renews it after expiry where the CA allows it (else a fresh token is needed)", stamp(v.Leaf.NotAfter))}
+		return Due, &diag.Finding{Summary: report.DueExpired(v.Leaf.NotAfter)}
 	}
-	due := v.DueAt(cfg.Renew.Splay.Duration)
-	if force || !host.Time().Before(due) {
-		return Due, &diag.Finding{Summary: fmt.Sprintf("renewal due since %s (renewal point %s plus this node's splay); the certificate expires at %s", stamp(due), stamp(v.RenewAfter), stamp(v.Leaf.NotAfter))}
+	sch := v.Schedule
+	if force || sch.Due(host.Time()) {
+		return Due, &diag.Finding{Summary: report.DueSince(sch.DueAt, sch.RenewAfter, sch.NotAfter)}
 	}
-	return NotDue, &diag.Finding{Summary: notDue(v, due)}
+	return NotDue, &diag.Finding{Summary: notDue(v)}
 }
-
-func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }

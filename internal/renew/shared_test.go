@@ -95,3 +95,11 @@ func TestRenewTightensExposedKey(t *testing.T) {
 		t.Fatalf("the exposure was not recorded: %v", err)
 	}
 }
+
+// TestStepsInOrder: every step of renew's list reads only stages an
+// earlier step wrote (pipeline.CheckOrder).
+func TestStepsInOrder(t *testing.T) {
+	if err := pipeline.CheckOrder(renew.Steps); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -10,10 +10,7 @@ package retry
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -138,57 +135,9 @@ func (p Policy) Backoff(_, _ time.Duration, attempt int, resp *http.Response) ti
 	return p.Delay(attempt, RetryAfter(resp, time.Now()))
 }
 
-// IsTLSAlert reports whether err is a TLS alert sent by the peer, such as
-// "remote error: tls: unknown certificate authority". Retrying cannot fix
-// those; go-retryablehttp's default policy retries them anyway.
-func IsTLSAlert(err error) bool {
-	var opErr *net.OpError
-	return errors.As(err, &opErr) && opErr.Op == "remote error"
-}
-
-// CheckGET is the retry decision for idempotent GETs to the CA: transport
-// failures, 429 and 5xx (except 501) are retried; TLS alerts, certificate
-// verification failures and every other status stop at once.
-func CheckGET(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if ctx.Err() != nil {
-		return false, ctx.Err()
-	}
-	if err != nil {
-		var cve *tls.CertificateVerificationError
-		if IsTLSAlert(err) || errors.As(err, &cve) {
-			return false, err
-		}
-		return true, nil
-	}
-	switch {
-	case resp.StatusCode == http.StatusTooManyRequests:
-		return true, nil
-	case resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented:
-		return true, nil
-	}
-	return false, nil
-}
-
-// CheckSign is the retry decision for POST /sign. step-ca burns the one-time
-// token before it validates the request, so only a failure that happened
-// before the request could reach the CA (dialing) is retried; any response,
-// 5xx included, is final.
-func CheckSign(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if ctx.Err() != nil {
-		return false, ctx.Err()
-	}
-	if err == nil {
-		return false, nil
-	}
-	var opErr *net.OpError
-	if errors.As(err, &opErr) && opErr.Op == "dial" {
-		return true, nil
-	}
-	return false, err
-}
-
 // NewClient returns a go-retryablehttp client with provision's policy: the
-// given transport and retry check, jittered capped backoff, no logger (the
+// given transport and retry check (the caller's: which answers are worth
+// another attempt is the client's to know, never this package's), jittered capped backoff, no logger (the
 // caller logs outcomes), at most maxRetries retries. The context deadline of
 // each request bounds the whole exchange.
 func NewClient(rt http.RoundTripper, check retryablehttp.CheckRetry, maxRetries int, p Policy) *retryablehttp.Client {

@@ -36,26 +36,12 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/metrics"
-	"github.com/gpuaas/provision/internal/observe"
 	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 )
-
-// Healthy says, offline, whether the node holds a usable identity (the
-// one verdict, judged against the installed ca.pem as status judges it):
-// provision revoke ends it only when told to (--yes). what names it.
-func Healthy(cfg *config.Config, host *system.Host) (ok bool, what string) {
-	e := observe.NewEnv(cfg, host)
-	e.Offline = true
-	v := e.Verdict(context.Background())
-	if v.Action == lifecycle.Reenroll || v.Leaf == nil {
-		return false, "no usable identity: " + v.Detail[v.First()]
-	}
-	return true, fmt.Sprintf("the node holds a usable identity: certificate serial %s, valid until %s", v.Leaf.SerialNumber, stamp(v.Leaf.NotAfter))
-}
 
 // found is one certificate in pki_dir and what became of it.
 type found struct {
@@ -69,6 +55,8 @@ type decom struct {
 	prev  *state.Revocation // an earlier run's record
 	found []*found
 	rec   *state.Revocation
+	// warnings are what the run could not do that does not stop it.
+	warnings []string
 }
 
 // Run revokes and removes the node's credentials.
@@ -79,8 +67,8 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.
 		Certificates: []state.RevokedCert{}, Removed: []string{}}}
 	steps := []pipeline.Step{
 		{Name: "inventory", Do: d.inventory},
-		{Name: "ca-roots", Do: d.roots},
-		{Name: "revoke", Do: d.revoke},
+		{Name: "ca-roots", Do: d.roots, Writes: pipeline.StageObserved},
+		{Name: "revoke", Do: d.revoke, Reads: []pipeline.Stage{pipeline.StageObserved}},
 		{Name: "remove", Do: d.remove},
 	}
 	return r.Execute(steps, d.finish)
@@ -101,12 +89,12 @@ func (d *decom) inventory(r *pipeline.Run) *diag.Finding {
 		d.found = append(d.found, &found{set: set, cert: state.RevokedCert{Serial: leaf.SerialNumber.String(), Subject: leaf.Subject.String(),
 			NotAfter: leaf.NotAfter.UTC(), Generation: path.Base(set.Dir), Result: state.RevokeNotTried}})
 	}
-	// The key is loaded as every run loads it: a key in the TPM signs the
-	// revocation inside the TPM (observe.KeyOptions), as it signs renewals.
-	keys := observe.KeyOptions(r.Cfg, r.Host)
-	add(credstore.Load(r.PKI, keys...))
+	// The key is loaded as every run loads it (the run's observation): a
+	// key in the TPM signs the revocation inside the TPM, as it signs
+	// renewals.
+	add(r.Env.Creds())
 	for _, g := range credstore.Generations(r.PKI) {
-		add(credstore.Load(path.Join(r.PKI, g), keys...))
+		add(r.Env.ForSet(path.Join(r.PKI, g)).Creds())
 	}
 	r.Log.Info("step", "step", "inventory", "layer", "credentials", "status", "ok", "certificates", len(d.found))
 	return nil
@@ -119,9 +107,10 @@ func (d *decom) inventory(r *pipeline.Run) *diag.Finding {
 func (d *decom) roots(r *pipeline.Run) *diag.Finding {
 	need := false
 	for _, x := range d.found {
-		need = need || d.notRevocable(r, x) == ""
+		need = need || d.notRevocable(r, x, nil) == ""
 	}
 	if !need {
+		r.NoRoots() // nothing this CA could revoke: the CA is not asked
 		return nil
 	}
 	f := pipeline.Roots(r)
@@ -135,9 +124,10 @@ func (d *decom) roots(r *pipeline.Run) *diag.Finding {
 // and records the outcome before anything is removed.
 func (d *decom) revoke(r *pipeline.Run) *diag.Finding {
 	var f *diag.Finding
+	roots := r.Observed().Roots
 	for _, x := range d.found {
 		if f == nil {
-			f = d.revokeOne(r, x)
+			f = d.revokeOne(r, x, roots)
 		}
 		d.rec.Certificates = append(d.rec.Certificates, x.cert)
 	}
@@ -145,15 +135,16 @@ func (d *decom) revoke(r *pipeline.Run) *diag.Finding {
 	if err := state.WriteRevocation(r.StateDir, d.rec, r.Host.Hook); err != nil && f == nil {
 		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "record",
 			Summary: "the certificates were revoked at the CA, but the record of it could not be written: " + err.Error() + "; nothing was removed",
-			Remedy:  "make " + r.Cfg.Paths.StateDir + " writable and run provision revoke again (it finds them revoked)"}
+			Remedy:  diag.Writable(r.Cfg.Paths.StateDir) + " and run provision revoke again (it finds them revoked)"}
 	}
 	return f
 }
 
 // revokeOne decides and, when it is an identity this CA can revoke, asks
 // the CA to revoke x.
-func (d *decom) revokeOne(r *pipeline.Run, x *found) *diag.Finding {
-	if why := d.notRevocable(r, x); why != "" {
+func (d *decom) revokeOne(r *pipeline.Run, x *found, roots *enroll.Roots) *diag.Finding {
+	client := r.Observed().Client
+	if why := d.notRevocable(r, x, roots); why != "" {
 		x.cert.Result, x.cert.Detail = state.NotRevocable, why
 		return nil
 	}
@@ -161,9 +152,15 @@ func (d *decom) revokeOne(r *pipeline.Run, x *found) *diag.Finding {
 		x.cert.Result, x.cert.Detail = state.RevokedBefore, at
 		return nil
 	}
+	if client == nil { // it became valid after the roots step judged it: never removed unrevoked
+		x.cert.Result, x.cert.Detail = state.RevokeFailed, "the CA's roots were not fetched for it"
+		return &diag.Finding{Layer: diag.CA, Owner: diag.Node, Check: "revoke",
+			Summary: fmt.Sprintf("certificate serial %s (%s) became valid during the run, after the CA's roots were judged not needed; nothing was removed", x.cert.Serial, x.cert.Generation),
+			Remedy:  "run provision revoke again"}
+	}
 	var err error
 	retry.Until(r.Ctx, r.Opts.Policy, r.Opts.Sleep, func(int) (bool, time.Duration) {
-		err = r.Client.RevokeFor(r.Ctx, x.set.TLSCertificate(), r.Roots, enroll.ReasonCessationOfOperation, "cessation of operation: provision revoke on "+r.Cfg.NodeID)
+		err = client.RevokeFor(r.Ctx, x.set.TLSCertificate(), roots, enroll.ReasonCessationOfOperation, "cessation of operation: provision revoke on "+r.Cfg.NodeID)
 		var ee *enroll.Error
 		if err == nil || !errors.As(err, &ee) || !ee.Transient() {
 			return true, 0
@@ -178,7 +175,7 @@ func (d *decom) revokeOne(r *pipeline.Run, x *found) *diag.Finding {
 	}
 	// Already revoked? Only the CA's signed CRL says so; its refusal alone
 	// does not (no single answer becomes permanent).
-	if ev := r.Client.CheckRevocation(r.Ctx, x.set.Chain, r.Roots); ev.Status == enroll.Revoked {
+	if ev := r.RevocationOf(x.set.Chain); ev.Status == enroll.Revoked {
 		x.cert.Result = state.RevokedBefore
 		x.cert.Detail = fmt.Sprintf("the CA's signed revocation list (CRL number %v) lists it, revoked at %s; the CA answered this run: %v", ev.CRLNumber, stamp(ev.RevokedAt), err)
 		return nil
@@ -192,23 +189,27 @@ func (d *decom) revokeOne(r *pipeline.Run, x *found) *diag.Finding {
 }
 
 // notRevocable says why x is no identity this CA could revoke, "" when it
-// is one: its key is not there, it expired or is not valid yet, or it is
-// another CA's (a stale certificate: this CA does not know it).
-func (d *decom) notRevocable(r *pipeline.Run, x *found) string {
+// is one: its key is not there, it expired or is not valid yet, or, once
+// the CA's roots are known (roots not nil), it is another CA's (a stale
+// certificate: this CA does not know it).
+func (d *decom) notRevocable(r *pipeline.Run, x *found, roots *enroll.Roots) string {
 	if !x.set.KeyMatches() {
 		return "its key is not the certificate's: it cannot authenticate a revocation, nor anything else"
 	}
-	e := observe.NewEnv(r.Cfg, r.Host)
-	e.CredsDir = x.set.Dir
-	reasons := []lifecycle.Reason{lifecycle.Expired, lifecycle.NotYetValid}
-	if r.Roots == nil {
-		e.Offline = true // before the roots fetch: time and key only
-	} else {
-		e.SetRoots(r.Roots)
-		reasons = append(reasons, lifecycle.OtherCA, lifecycle.RootsUnknown)
+	if roots == nil { // before the roots fetch: time and key only
+		leaf, now := x.set.Leaf(), r.Host.Time()
+		switch {
+		case now.After(leaf.NotAfter):
+			return fmt.Sprintf("%s: it expired at %s; no identity this CA could revoke", lifecycle.Expired, stamp(leaf.NotAfter))
+		case now.Before(leaf.NotBefore):
+			return fmt.Sprintf("%s: it is valid only from %s; no identity this CA could revoke", lifecycle.NotYetValid, stamp(leaf.NotBefore))
+		}
+		return ""
 	}
-	v := e.Verdict(r.Ctx)
-	for _, why := range reasons {
+	// The run's observation of this set, judged against the roots the
+	// roots step handed it.
+	v := r.Env.ForSet(x.set.Dir).Verdict(r.Ctx)
+	for _, why := range []lifecycle.Reason{lifecycle.Expired, lifecycle.NotYetValid, lifecycle.OtherCA, lifecycle.RootsUnknown} {
 		if v.Has(why) {
 			return string(why) + ": " + v.Detail[why] + "; no identity this CA could revoke"
 		}
@@ -227,7 +228,7 @@ func (d *decom) revokedEarlier(serial string) string {
 			}
 		}
 	}
-	if rec := d.r.Rec; rec.RevokedSerial == serial && rec.RevocationEvidence != "" {
+	if rec := d.r.Found; rec.RevokedSerial == serial && rec.RevocationEvidence != "" {
 		return rec.RevocationEvidence
 	}
 	return ""
@@ -241,21 +242,21 @@ func (d *decom) remove(r *pipeline.Run) *diag.Finding {
 	if err := d.removed(cfg.Paths.PKIDir)(credstore.Remove(r.PKI)); err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "remove",
 			Summary: "the certificates are revoked, but the credentials could not all be removed from " + cfg.Paths.PKIDir + ": " + err.Error(),
-			Remedy:  "make " + cfg.Paths.PKIDir + " writable and run provision revoke again (it finds them revoked), or remove its contents by hand"}
+			Remedy:  diag.Writable(cfg.Paths.PKIDir) + " and run provision revoke again (it finds them revoked), or remove its contents by hand"}
 	}
 	if err := d.removed(cfg.Paths.StateDir)(state.Forget(r.StateDir)); err != nil {
 		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "remove",
 			Summary: "the certificates are revoked and the credentials removed, but the node's records could not all be removed from " + cfg.Paths.StateDir + ": " + err.Error(),
-			Remedy:  "make " + cfg.Paths.StateDir + " writable and run provision revoke again"}
+			Remedy:  diag.Writable(cfg.Paths.StateDir) + " and run provision revoke again"}
 	}
 	if err := d.removed(cfg.Metrics.TextfileDir)(metrics.Remove(r.Host, cfg.Metrics.TextfileDir, "bootstrap", "verify", "renew")); err != nil {
-		r.Warnings = append(r.Warnings, "the textfile metrics could not all be removed from "+cfg.Metrics.TextfileDir+": "+err.Error())
+		d.warnings = append(d.warnings, "the textfile metrics could not all be removed from "+cfg.Metrics.TextfileDir+": "+err.Error())
 	}
 	d.rec.Complete = true
 	if err := state.WriteRevocation(r.StateDir, d.rec, r.Host.Hook); err != nil {
 		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "record",
 			Summary: "the certificates are revoked and removed, but the record could not be completed: " + err.Error(),
-			Remedy:  "make " + cfg.Paths.StateDir + " writable; the node is out of service"}
+			Remedy:  diag.Writable(cfg.Paths.StateDir) + "; the node is out of service"}
 	}
 	r.Log.Info("step", "step", "remove", "layer", "credentials", "status", "ok", "removed", len(d.rec.Removed))
 	return nil
@@ -290,7 +291,7 @@ func (d *decom) finish(r *pipeline.Run, rep *report.Report) {
 		}
 		lines = append(lines, res)
 	}
-	for _, w := range r.Warnings {
+	for _, w := range d.warnings {
 		lines = append(lines, report.Result{Name: "remove", Layer: diag.Credentials, Owner: diag.Node, Status: report.Warn, Message: w})
 	}
 	rep.Checks = append(lines, rep.Checks...)

@@ -13,7 +13,6 @@ package status
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -26,6 +25,7 @@ import (
 	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/lifecycle"
 	"github.com/gpuaas/provision/internal/observe"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 )
@@ -241,7 +241,7 @@ func keyAttention(n *Node, e *observe.Env, add func(what, remedy string)) {
 		add(f.Summary, f.Remedy)
 	case k.Installed != "" && k.Installed != k.Store:
 		add(fmt.Sprintf("the installed key is a %s key, but key.store is %q", k.Installed, k.Store),
-			"the next new key is made in key.store: run provision renew --force (with renew.rekey, the default), or provision bootstrap with a fresh one-time token")
+			diag.RemedyKeyElsewhere)
 	}
 }
 
@@ -264,13 +264,13 @@ func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now ti
 	leaf := set.Leaf()
 	c.Subject, c.Serial, c.Issuer = leaf.Subject.String(), leaf.SerialNumber.String(), leaf.Issuer.String()
 	c.NotBefore, c.NotAfter = leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
-	c.RenewAfter, c.DueAt = v.RenewAfter.UTC(), v.DueAt(cfg.Renew.Splay.Duration).UTC()
+	c.RenewAfter, c.DueAt = v.Schedule.RenewAfter.UTC(), v.Schedule.DueAt.UTC()
 	c.ExpiresIn = leaf.NotAfter.Sub(now).Round(time.Second).String()
 	secs := secondsUntil(leaf.NotAfter, now)
 	c.ExpiresInSeconds = &secs
 	c.KeyMode, c.DirMode = fmt.Sprintf("%04o", set.KeyMode), fmt.Sprintf("%04o", set.DirMode)
 	c.BundleRoots = len(set.Roots)
-	root := rootOf(set.Chain, set.Roots, v)
+	root := lifecycle.IssuingRoot(set.Chain, set.Roots)
 	if root != nil {
 		c.RootFingerprint, c.RootSubject = enroll.Fingerprint(root), root.Subject.String()
 	}
@@ -285,24 +285,6 @@ func credentials(cfg *config.Config, e *observe.Env, v lifecycle.Verdict, now ti
 // secondsUntil is t - now in whole seconds (rounded), negative once passed.
 func secondsUntil(t, now time.Time) int64 {
 	return int64(t.Sub(now).Round(time.Second) / time.Second)
-}
-
-// rootOf is the ca.pem root the chain was issued under (found by signature,
-// so an expired certificate still names it).
-func rootOf(chain, roots []*x509.Certificate, v lifecycle.Verdict) *x509.Certificate {
-	if v.ChainRoot != nil {
-		return v.ChainRoot
-	}
-	if len(chain) == 0 {
-		return nil
-	}
-	top := chain[len(chain)-1]
-	for _, r := range roots {
-		if top.Equal(r) || top.CheckSignatureFrom(r) == nil {
-			return r
-		}
-	}
-	return nil
 }
 
 func metricsFiles(cfg *config.Config, host *system.Host) Metrics {
@@ -353,8 +335,8 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more
 			add(v.Detail[r], lifecycle.Remedy(r, cfg))
 		}
 	}
-	if due := v.DueAt(cfg.Renew.Splay.Duration); v.Leaf != nil && !now.Before(due) {
-		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(due), stamp(v.Leaf.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
+	if sch := v.Schedule; sch.Due(now) {
+		add(fmt.Sprintf("renewal due since %s (expires %s)", stamp(sch.DueAt), stamp(sch.NotAfter)), lifecycle.Remedy(lifecycle.PastRenewal, cfg))
 	}
 	more(add)
 	renewAttention(n, add)
@@ -369,7 +351,7 @@ func judge(n *Node, v lifecycle.Verdict, cfg *config.Config, now time.Time, more
 	}
 	if len(n.Attention) == 0 {
 		n.State = OK
-		n.Summary = fmt.Sprintf("ok: certificate serial %s valid until %s, renewed from %s", v.Leaf.SerialNumber, stamp(v.Leaf.NotAfter), stamp(v.DueAt(cfg.Renew.Splay.Duration)))
+		n.Summary = report.Healthy(v.Leaf.SerialNumber.String(), v.Leaf.NotAfter, v.Schedule.DueAt)
 		return
 	}
 	n.State, n.Summary, n.Remedy = Attention, n.Attention[0], remedies[0]
@@ -399,3 +381,16 @@ func renewAttention(n *Node, add func(what, remedy string)) {
 }
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// Usable says, offline, whether the node holds a usable identity (the one
+// verdict, judged against the installed ca.pem as Take judges it):
+// provision revoke ends it only when told to (--yes). what names it.
+func Usable(cfg *config.Config, host *system.Host) (ok bool, what string) {
+	e := observe.NewEnv(cfg, host)
+	e.Offline = true
+	v := e.Verdict(context.Background())
+	if v.Action == lifecycle.Reenroll || v.Leaf == nil {
+		return false, "no usable identity: " + v.Detail[v.First()]
+	}
+	return true, fmt.Sprintf("the node holds a usable identity: certificate serial %s, valid until %s", v.Leaf.SerialNumber, stamp(v.Leaf.NotAfter))
+}

@@ -152,16 +152,8 @@ func claimDir(path string, change bool, resolve resolver, nested []string) (DirS
 	if err != nil {
 		return s, err
 	}
-	if st.Mode()&os.ModeSymlink != 0 {
-		if st, err = os.Stat(path); err != nil {
-			return s, fmt.Errorf("%s is a symbolic link to nothing usable: %w", path, err)
-		}
-	}
-	if !st.IsDir() {
-		return s, &UnsafeFileError{Path: path, Kind: FileKind(st.Mode()), Why: fmt.Sprintf("is a %s where provision needs its own directory", FileKind(st.Mode()))}
-	}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
-		return s, &UnsafeFileError{Path: path, Kind: "directory", Why: fmt.Sprintf("is owned by uid %d, not by provision's uid %d: another user could plant files in it", sys.Uid, os.Geteuid())}
+	if st, err = ownDirAt(path, st); err != nil {
+		return s, err
 	}
 	v, err := judgeDir(path, judging{top: true, resolve: resolve, nested: nested})
 	if err != nil {
@@ -183,13 +175,8 @@ func claimDir(path string, change bool, resolve resolver, nested []string) (DirS
 		}
 		s.Marked = true
 	}
-	if s.WasMode&0o022 != 0 {
-		if err := os.Chmod(path, 0o700); err != nil {
-			return s, fmt.Errorf("restricting %s (mode %04o, writable by others) to 0700: %w", path, s.WasMode, err)
-		}
-		s.Tightened = true
-	}
-	return s, nil
+	s.Tightened, err = restrictOpenDir(path, s.WasMode)
+	return s, err
 }
 
 // ClaimDir is the package's ClaimDir for the node path p as the config

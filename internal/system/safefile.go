@@ -210,28 +210,48 @@ func EnsurePrivateDir(path string, followLink bool) (DirState, error) {
 	if err != nil {
 		return s, err
 	}
+	if st.Mode()&os.ModeSymlink != 0 && !followLink {
+		return s, &UnsafeFileError{Path: path, Kind: "symbolic link", Why: "is a symbolic link where provision keeps its own directory; it does not write through it"}
+	}
+	if st, err = ownDirAt(path, st); err != nil {
+		return s, err
+	}
+	s.WasMode = st.Mode().Perm()
+	s.Tightened, err = restrictOpenDir(path, s.WasMode)
+	return s, err
+}
+
+// ownDirAt judges what Lstat found at path where provision keeps a
+// directory of its own: a link is followed (the caller decided it may
+// be), and what it finds must be a directory this process's user owns.
+// It returns what the directory's Stat says.
+func ownDirAt(path string, st os.FileInfo) (os.FileInfo, error) {
 	if st.Mode()&os.ModeSymlink != 0 {
-		if !followLink {
-			return s, &UnsafeFileError{Path: path, Kind: "symbolic link", Why: "is a symbolic link where provision keeps its own directory; it does not write through it"}
-		}
+		var err error
 		if st, err = os.Stat(path); err != nil {
-			return s, fmt.Errorf("%s is a symbolic link to nothing usable: %w", path, err)
+			return nil, fmt.Errorf("%s is a symbolic link to nothing usable: %w", path, err)
 		}
 	}
 	if !st.IsDir() {
-		return s, &UnsafeFileError{Path: path, Kind: FileKind(st.Mode()), Why: fmt.Sprintf("is a %s where provision needs its own directory", FileKind(st.Mode()))}
+		return nil, &UnsafeFileError{Path: path, Kind: FileKind(st.Mode()), Why: fmt.Sprintf("is a %s where provision needs its own directory", FileKind(st.Mode()))}
 	}
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
-		return s, &UnsafeFileError{Path: path, Kind: "directory", Why: fmt.Sprintf("is owned by uid %d, not by provision's uid %d: another user could plant files in it", sys.Uid, os.Geteuid())}
+		return nil, &UnsafeFileError{Path: path, Kind: "directory", Why: fmt.Sprintf("is owned by uid %d, not by provision's uid %d: another user could plant files in it", sys.Uid, os.Geteuid())}
 	}
-	s.WasMode = st.Mode().Perm()
-	if s.WasMode&0o022 != 0 {
-		if err := os.Chmod(path, 0o700); err != nil {
-			return s, fmt.Errorf("restricting %s (mode %04o, writable by others) to 0700: %w", path, s.WasMode, err)
-		}
-		s.Tightened = true
+	return st, nil
+}
+
+// restrictOpenDir restricts provision's directory path, of mode mode, to
+// 0700 when group or others could write into it; it reports whether it
+// did.
+func restrictOpenDir(path string, mode os.FileMode) (bool, error) {
+	if mode&0o022 == 0 {
+		return false, nil
 	}
-	return s, nil
+	if err := os.Chmod(path, 0o700); err != nil {
+		return false, fmt.Errorf("restricting %s (mode %04o, writable by others) to 0700: %w", path, mode, err)
+	}
+	return true, nil
 }
 
 // maxLinks bounds link resolution, as the kernel's ELOOP does.

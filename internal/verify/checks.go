@@ -166,6 +166,9 @@ func joinAddrs(a []netip.Addr) string {
 // (sorted), then the instance's user-data; its own merged result, when it
 // wrote one, is authoritative. Values are YAML 1.1, as cloud-init reads
 // them: yes, on, true and template (or localhost) turn it on.
+// cloudInitCombined is cloud-init's merged config of this boot.
+const cloudInitCombined = "/run/cloud-init/combined-cloud-config.json"
+
 func checkHostsPersist(ctx context.Context, e *observe.Env) Answer {
 	files := []string{"/etc/cloud/cloud.cfg"}
 	if m, _ := filepath.Glob(e.Host.Path("/etc/cloud/cloud.cfg.d/*.cfg")); len(m) > 0 {
@@ -185,11 +188,11 @@ func checkHostsPersist(ctx context.Context, e *observe.Env) Answer {
 			on, decidedBy = v, f
 		}
 	}
-	if b, err := system.ReadRegular(ctx, e.Host.ResolvedPath("/run/cloud-init/combined-cloud-config.json"), hosts.MaxSize); err == nil {
+	if b, err := system.ReadRegular(ctx, e.Host.ResolvedPath(cloudInitCombined), hosts.MaxSize); err == nil {
 		var m map[string]any
 		if json.Unmarshal(b, &m) == nil {
 			if v, ok := m["manage_etc_hosts"]; ok {
-				on, decidedBy = manageValue(v), "/run/cloud-init/combined-cloud-config.json"
+				on, decidedBy = manageValue(v), cloudInitCombined
 			}
 		}
 	}
@@ -335,7 +338,7 @@ func checkCredentials(ctx context.Context, e *observe.Env) Answer {
 		mode = fmt.Sprintf("%04o", set.KeyMode)
 	}
 	return Answer{Status: report.Pass, Evidence: ev, Message: fmt.Sprintf("key %s matches the certificate for %s, valid for %s more, renewal due %s",
-		mode, v.Leaf.Subject.CommonName, left.Round(time.Minute), v.RenewAfter.UTC().Format(time.RFC3339))}
+		mode, v.Leaf.Subject.CommonName, left.Round(time.Minute), v.Schedule.RenewAfter.UTC().Format(time.RFC3339))}
 }
 
 // checkRenewTimer warns when nothing will renew the certificate:
@@ -399,7 +402,7 @@ func verdictEvidence(v lifecycle.Verdict, now time.Time) map[string]string {
 	if l := v.Leaf; l != nil {
 		ev["subject"], ev["issuer"], ev["serial"] = l.Subject.String(), l.Issuer.String(), l.SerialNumber.String()
 		ev["not_before"], ev["not_after"] = l.NotBefore.UTC().Format(time.RFC3339), l.NotAfter.UTC().Format(time.RFC3339)
-		ev["renew_after"] = v.RenewAfter.UTC().Format(time.RFC3339)
+		ev["renew_after"] = v.Schedule.RenewAfter.UTC().Format(time.RFC3339)
 		ev["expires_in"] = l.NotAfter.Sub(now).Round(time.Second).String()
 	}
 	return ev

@@ -51,7 +51,7 @@ func checkKeyStore(_ context.Context, e *observe.Env) Answer {
 	}
 	if k.Installed != "" && k.Installed != k.Store {
 		return Answer{Status: report.Warn, Evidence: ev, Message: msg + fmt.Sprintf("; but key.store is %q, so the key is not where the config keeps keys", k.Store),
-			Remedy: "the next new key is made in key.store: run provision renew --force (with renew.rekey, the default), or provision bootstrap with a fresh one-time token"}
+			Remedy: diag.RemedyKeyElsewhere}
 	}
 	return Answer{Status: report.Pass, Evidence: ev, Message: msg}
 }

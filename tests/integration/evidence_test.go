@@ -360,7 +360,7 @@ func TestEvidenceHookAfterUnprovenPublish(t *testing.T) {
 	r := e.provision("renew", "--force")
 	rec := e.record()
 	if rec.LastResult != "published-unproven" || !rec.HookPending || runs() != 1 || e.textfileMetric("provision_renew_hook_pending") != "1" {
-		t.Fatalf("unproven publish, the hook failing: exit %d, record %+v, hook runs %d, hook_pending metric %s: %s", r.code, rec, runs(), e.textfileMetric("provision_renew_hook_pending"), r.rep.Summary)
+		t.Fatalf("unproven publish, the hook failing: exit %d, record %+v, hook runs %d, hook_pending metric %s: %s\n%s", r.code, rec, runs(), e.textfileMetric("provision_renew_hook_pending"), r.rep.Summary, r.stderr)
 	}
 	// The hook is fixed; the API still fails, and so does this run's proof.
 	os.Remove(failing)

@@ -9,8 +9,9 @@
 // client's certificate, after the handshake; it cuts the HTTP answer
 // mid-headers and mid-body, answers every status class with JSON, HTML and
 // oversized bodies, with and without asking for a client certificate,
-// under TLS 1.2 and TLS 1.3. For every case, in-process, verify and
-// bootstrap:
+// under TLS 1.2 and TLS 1.3. For every case, verify and bootstrap, run
+// through provision's command line (cli.Run, in-process) and judged by
+// their JSON report:
 //
 //   - never panic (not even one contained in a check: layer internal);
 //   - name exactly one root cause when they fail, and none when they pass;

@@ -2,8 +2,10 @@ package property
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -17,19 +19,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuaas/provision/internal/bootstrap"
-	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/cli"
 	"github.com/gpuaas/provision/internal/diag"
-	"github.com/gpuaas/provision/internal/enroll"
 	"github.com/gpuaas/provision/internal/hosts"
-	"github.com/gpuaas/provision/internal/observe"
-	"github.com/gpuaas/provision/internal/pipeline"
 	"github.com/gpuaas/provision/internal/probe"
 	"github.com/gpuaas/provision/internal/report"
-	"github.com/gpuaas/provision/internal/retry"
 	"github.com/gpuaas/provision/internal/state"
-	"github.com/gpuaas/provision/internal/system"
-	"github.com/gpuaas/provision/internal/verify"
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
@@ -207,10 +202,11 @@ type world struct {
 	roots []*nodeRoot
 }
 
+// nodeRoot is one worker's node: its files, and its config, which each
+// case rewrites with the port of its server.
 type nodeRoot struct {
-	cfg   *config.Config
-	host  *system.Host
-	roots *enroll.Roots // fetched once: the cases are about the node API's wire, not the CA's
+	nf  controlplane.NodeFiles
+	cfg controlplane.NodeConfig
 }
 
 func newWorld(t *testing.T, workers int) *world {
@@ -220,7 +216,8 @@ func newWorld(t *testing.T, workers int) *world {
 	for i := 0; i < workers; i++ {
 		id := fmt.Sprintf("gpu-prop-%d", i)
 		root := t.TempDir()
-		nf, err := controlplane.WriteNode(root, w.cp.NodeConfig(id), "")
+		nc := w.cp.NodeConfig(id)
+		nf, err := controlplane.WriteNode(root, nc, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,14 +229,10 @@ func newWorld(t *testing.T, workers int) *world {
 			t.Fatal(err)
 		}
 		cfg, host := controlplane.LoadNode(t, nf)
-		if _, err := hosts.ApplyTo(host, cfg.Paths.HostsFile, bootstrap.HostEntries(cfg)); err != nil {
+		if _, err := hosts.ApplyTo(host, cfg.Paths.HostsFile, hosts.EntriesOf(cfg.HostMap())); err != nil {
 			t.Fatal(err)
 		}
-		roots, err := observe.NewEnv(cfg, host).CAClient(0).FetchRoots(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.roots = append(w.roots, &nodeRoot{cfg: cfg, host: host, roots: roots})
+		w.roots = append(w.roots, &nodeRoot{nf: nf, cfg: nc})
 	}
 	return w
 }
@@ -479,29 +472,27 @@ func TestWireMisbehaviour(t *testing.T) {
 				t.Run(c.name, func(t *testing.T) {
 					port, stop := w.serve(t, c)
 					defer stop()
-					cfg := *nr.cfg
-					cfg.NodeAPI.URL = "https://" + w.cp.API.Hostname() + ":" + port
-					cfg.NodeAPI.WaitTimeout.Duration = 0
+					nc := nr.cfg
+					nc.NodeAPI.URL = "https://" + w.cp.API.Hostname() + ":" + port
+					nc.NodeAPI.WaitTimeout = "0s"
 					// Generous for a loaded 2-core CI machine under -race:
 					// bootstrap fetches the roots from the real step-ca
 					// itself, and retries a transient failure until the
 					// deadline; a stall case costs about one deadline.
-					cfg.Bootstrap.RequestTimeout.Duration = time.Second
-					cfg.Bootstrap.Deadline.Duration = 5 * time.Second
+					nc.Bootstrap.RequestTimeout, nc.Bootstrap.Deadline = "1s", "5s"
+					if err := controlplane.WriteConfig(nr.nf, nc); err != nil {
+						t.Fatal(err)
+					}
 					ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 					defer cancel()
-					env := observe.NewEnv(&cfg, nr.host)
-					// The real CA's roots, fetched once: the clock check
-					// judges their Date at the instant it arrived, so the
-					// cache's age is not skew.
-					roots := *nr.roots
-					env.SetRoots(&roots)
-					rep := report.New("verify", cfg.NodeID, verify.Run(ctx, env, verify.Checks(), nil), 0)
+					rep := run(t, ctx, nr.nf, "verify")
 					checkReport(t, "verify", c, rep)
-					out := runBootstrap(t, ctx, &cfg, nr.host)
-					if out != nil {
-						checkReport(t, "bootstrap", c, out.Report)
-					}
+					// A case that succeeds writes a receipt; the next case
+					// must not find one (bootstrap does not read it, but keep
+					// the state honest).
+					bootRep := run(t, ctx, nr.nf, "bootstrap")
+					os.Remove(filepath.Join(nr.nf.StateDir, state.ReceiptFile))
+					checkReport(t, "bootstrap", c, bootRep)
 					ran.Add(1)
 					if rep.OK {
 						okCount.Add(1)
@@ -530,20 +521,18 @@ func TestWireMisbehaviour(t *testing.T) {
 	t.Logf("wire-property: %d cases (TLS 1.2 and 1.3), %d ok; verify's root causes: %s", len(all), okCount.Load(), strings.Join(parts, " "))
 }
 
-// runBootstrap runs bootstrap in-process and turns a panic into a failure.
-func runBootstrap(t *testing.T, ctx context.Context, cfg *config.Config, host *system.Host) (out *pipeline.Outcome) {
+// run runs a command through provision's command line, in-process, and
+// returns its JSON report: the test reaches the product only through it.
+func run(t *testing.T, ctx context.Context, nf controlplane.NodeFiles, cmd string) *report.Report {
 	t.Helper()
-	defer func() {
-		if r := recover(); r != nil {
-			t.Errorf("bootstrap panicked: %v", r)
-			out = nil
-		}
-	}()
-	// A case that succeeds writes a receipt; the next case must not find
-	// one (bootstrap does not read it, but keep the state honest).
-	defer os.Remove(filepath.Join(host.Path(cfg.Paths.StateDir), state.ReceiptFile))
-	return bootstrap.Run(ctx, cfg, host, pipeline.Options{Ladder: verify.Ladder,
-		Policy: retry.Policy{Base: 20 * time.Millisecond, Cap: 100 * time.Millisecond},
-		Sleep:  retry.Sleep,
-	})
+	var out, errb bytes.Buffer
+	code := cli.Run(ctx, []string{cmd, "--root", nf.Root, "--config", nf.ConfigArg, "--format", "json", "--log-level", "error"}, &out, &errb)
+	var rep report.Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%s: exit %d, no JSON report (%v): %s %s", cmd, code, err, out.String(), errb.String())
+	}
+	if (code == 0) != rep.OK {
+		t.Errorf("%s: exit %d for a report with ok=%v", cmd, code, rep.OK)
+	}
+	return &rep
 }

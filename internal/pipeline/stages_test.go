@@ -1,0 +1,98 @@
+package pipeline
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/gpuaas/provision/internal/config"
+	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/system"
+)
+
+// TestCheckOrder: a list in which a step reads a stage no earlier step
+// writes, or two steps write one stage, is refused, naming the step.
+func TestCheckOrder(t *testing.T) {
+	nop := func(*Run) *diag.Finding { return nil }
+	judge := Step{Name: "assess", Do: nop, Reads: []Stage{StageObserved}, Writes: StageJudged}
+	tests := []struct {
+		name  string
+		steps []Step
+		want  string // "" for a good list
+	}{
+		{"the shared order", []Step{SweepStep, RestrictStep, RootsStep, judge, ClockStep, KeyStoreStep, ObtainStep, ProveStep, PublishStep, RevokeStep, ReceiptStep, HookStep}, ""},
+		{"the proof before the credentials", []Step{RootsStep, judge, ProveStep, ObtainStep}, "step proof reads stage obtained"},
+		{"assess before the roots", []Step{judge, RootsStep}, "step assess reads stage observed"},
+		{"publish without a proof", []Step{RootsStep, judge, ObtainStep, PublishStep}, "step publish reads stage proven"},
+		{"two steps write one stage", []Step{RootsStep, judge, judge}, "writes stage judged, which step assess wrote"},
+	}
+	for _, tt := range tests {
+		err := CheckOrder(tt.steps)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s: %v", tt.name, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s: got %v, want an error with %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// TestStagesHeldAtRunTime: a step that reads a stage it did not declare,
+// or one no step wrote, or does not write the stage it declares, ends the
+// run as a bug (layer internal); a stage no step wrote reads as its zero
+// value, never as a nil to panic on.
+func TestStagesHeldAtRunTime(t *testing.T) {
+	var read Plan
+	readsJudged := func(r *Run) *diag.Finding {
+		read = r.Judged().Plan
+		return nil
+	}
+	writesJudged := func(r *Run) *diag.Finding {
+		r.SetJudged(&Judged{Plan: Renew})
+		return nil
+	}
+	tests := []struct {
+		name  string
+		steps []Step
+		want  string
+	}{
+		{"undeclared read", []Step{{Name: "a", Do: writesJudged, Writes: StageJudged}, {Name: "b", Do: readsJudged}}, "step b reads stage judged without declaring it"},
+		{"read before written", []Step{{Name: "b", Do: readsJudged, Reads: []Stage{StageJudged}}}, "step b reads stage judged before any step wrote it"},
+		{"undeclared write", []Step{{Name: "a", Do: writesJudged}}, "step a writes stage judged without declaring it"},
+		{"declared write not made", []Step{{Name: "a", Do: func(*Run) *diag.Finding { return nil }, Writes: StageJudged}}, "step a did not write stage judged"},
+		{"written twice", []Step{{Name: "a", Do: writesJudged, Writes: StageJudged}, {Name: "c", Do: writesJudged, Writes: StageJudged}}, "stage judged written twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := testRun(t)
+			out := r.Execute(tt.steps, nil)
+			rep := out.Report
+			if rep.OK || rep.FailedLayer != diag.Internal || !strings.Contains(rep.Summary, tt.want) {
+				t.Fatalf("report ok=%v layer %s %q, want a failure at internal with %q", rep.OK, rep.FailedLayer, rep.Summary, tt.want)
+			}
+		})
+	}
+	// The control: declared, written, then read.
+	read = Keep
+	r := testRun(t)
+	if rep := r.Execute([]Step{{Name: "a", Do: writesJudged, Writes: StageJudged}, {Name: "b", Do: readsJudged, Reads: []Stage{StageJudged}}}, nil).Report; !rep.OK {
+		t.Fatalf("a declared read of a written stage failed: %s", rep.Summary)
+	}
+	if read != Renew {
+		t.Fatalf("step b read plan %s, want the renew step a wrote", read)
+	}
+}
+
+func testRun(t *testing.T) *Run {
+	t.Helper()
+	host, err := system.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{NodeID: "node-1"}
+	cfg.Paths.StateDir, cfg.Paths.PKIDir = "/state", "/pki"
+	cfg.Bootstrap.Deadline.Duration = 1e9
+	r, cancel := New(context.Background(), "test", cfg, host, Options{})
+	t.Cleanup(cancel)
+	return r
+}
