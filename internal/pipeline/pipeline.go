@@ -28,6 +28,7 @@ import (
 	"context"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/gpuaas/provision/internal/config"
@@ -158,6 +159,7 @@ type Run struct {
 	asideSeen []Aside        // the sets aside, observed once (asides)
 	asideOnce bool
 	parent    context.Context // the caller's context, without the run's deadline (the hook's after it)
+	meanwhile sync.WaitGroup  // work started by Meanwhile, settled before publish
 }
 
 // New starts a run of command on host, bounded by bootstrap.deadline (or
@@ -206,6 +208,24 @@ func (r *Run) keepDamaged() {
 	}
 }
 
+// Meanwhile runs fn while the run goes on: work that must be done before
+// the run publishes a set but that nothing before that waits for, so its
+// waits for the disk overlap the proof's for the network. Publish settles
+// it first (Settle), and so does the end of every run, so a crash leaves
+// only states the same work done in line could leave: it is done or not,
+// and nothing published depends on it yet. fn must not touch the run's
+// stages or observation.
+func (r *Run) Meanwhile(fn func()) {
+	r.meanwhile.Add(1)
+	go func() {
+		defer r.meanwhile.Done()
+		fn()
+	}()
+}
+
+// Settle waits for what Meanwhile started.
+func (r *Run) Settle() { r.meanwhile.Wait() }
+
 // Halt ends the run after the current step with rep as its report.
 func (r *Run) Halt(rep *report.Report) { r.halted = rep }
 
@@ -235,6 +255,7 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 			break
 		}
 	}
+	r.Settle() // a run that stopped before publish
 	if rep != nil {
 		timings = r.hookAnyway(rest, timings)
 	}

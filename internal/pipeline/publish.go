@@ -23,6 +23,7 @@ import (
 func Publish(r *Run) *diag.Finding {
 	p := &Published{}
 	r.setPublished(p)
+	r.Settle() // the enrollment's cleanup is done before anything is published
 	g, proof := r.Obtained(), r.Proven().Report
 	if g.Set == nil || g.Gen == "" {
 		return nil

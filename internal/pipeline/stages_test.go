@@ -3,10 +3,13 @@ package pipeline
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/report"
 	"github.com/gpuaas/provision/internal/system"
 )
 
@@ -95,4 +98,48 @@ func testRun(t *testing.T) *Run {
 	r, cancel := New(context.Background(), "test", cfg, host, Options{})
 	t.Cleanup(cancel)
 	return r
+}
+
+// TestMeanwhileSettled: work a step leaves to run meanwhile (the token's
+// removal after an enrollment) is done before publish runs, and before a
+// run that stopped earlier ends: no step from publish on, and nothing after
+// the run, sees it unfinished.
+func TestMeanwhileSettled(t *testing.T) {
+	var done atomic.Bool
+	later := func(r *Run) *diag.Finding {
+		done.Store(false)
+		r.Meanwhile(func() {
+			time.Sleep(20 * time.Millisecond) // so that only a wait can see it done
+			done.Store(true)
+		})
+		r.SetObtained(&Obtained{})
+		return nil
+	}
+	proven := func(r *Run) *diag.Finding {
+		r.setProven(&Proven{Report: &report.Report{OK: true}})
+		return nil
+	}
+	var seen bool
+	check := func(*Run) *diag.Finding {
+		seen = done.Load()
+		return nil
+	}
+	fail := func(*Run) *diag.Finding { return &diag.Finding{Layer: diag.Enroll, Summary: "stop"} }
+	obtain := Step{Name: "obtain", Do: later, Writes: StageObtained}
+	prove := Step{Name: "prove", Do: proven, Writes: StageProven}
+
+	r := testRun(t)
+	if rep := r.Execute([]Step{obtain, prove, PublishStep, {Name: "check", Do: check}}, nil).Report; !rep.OK {
+		t.Fatalf("run failed: %s", rep.Summary)
+	}
+	if !seen {
+		t.Error("a step after publish saw the work started meanwhile unfinished: publish did not settle it")
+	}
+	r = testRun(t)
+	if rep := r.Execute([]Step{obtain, {Name: "fail", Do: fail}}, nil).Report; rep.OK {
+		t.Fatal("the failing step did not end the run")
+	}
+	if !done.Load() {
+		t.Error("a run that stopped before publish ended with the work started meanwhile unfinished")
+	}
 }
