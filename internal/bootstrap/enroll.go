@@ -110,11 +110,12 @@ func enrollNode(r *pipeline.Run, g *pipeline.Obtained) *diag.Finding {
 	// gone, or the marker alone, or both, which a crash after the set was
 	// written could always leave, and the next run adopts the set in each.
 	stateDir, tokenFile := r.StateDir, cfg.CA.TokenFile
-	r.Meanwhile(func() {
+	r.Meanwhile(func() *diag.Finding {
 		if removeToken(host, tokenFile, "") {
 			r.Log.Info("step", "step", "enroll", "layer", "enroll", "status", "token-removed", "path", tokenFile)
 		}
 		os.Remove(filepath.Join(stateDir, state.PendingFile))
+		return nil
 	})
 	r.Log.Info("step", "step", "enroll", "layer", "enroll", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC())
 	return nil
