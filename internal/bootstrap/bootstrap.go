@@ -18,6 +18,7 @@ package bootstrap
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/gpuaas/provision/internal/config"
@@ -58,24 +59,43 @@ func Run(ctx context.Context, cfg *config.Config, host *system.Host, o pipeline.
 	return r.Execute(Steps, finish)
 }
 
-// finish records the credentials in renew.json when this run changed them
-// or ran the post hook, so renew, status and the metrics agree with it,
-// and records a failed run for the next run's restart decision (or forgets
+// finish writes the receipt the run made, and records the credentials in
+// renew.json when this run changed them or ran the post hook, so renew,
+// status and the metrics agree with it (both at once: WriteRecords), then
+// records a failed run for the next run's restart decision (or forgets
 // the last one when this run succeeded).
 func finish(r *pipeline.Run, rep *report.Report) {
-	r.NoteOutcome(rep)
+	var rec *state.Renewal
 	if plan := r.PlanNow(); r.Published().Swapped || r.Hooked().Ran || plan == pipeline.Renew || plan == pipeline.RenewExpired {
-		r.RecordRenewal(rep)
+		rec = r.Renewal(rep)
 	}
+	r.WriteRecords(rep, rec) // with the receipt, if the run made one
+	r.NoteOutcome(rep)
 	if rep.OK && rep.Summary != "" && r.Out.Receipt != nil {
 		rep.Summary = report.Done(r.Cfg.NodeID, r.Cfg.NodeAPI.URL, r.Out.Receipt.Serial)
 	}
 }
 
+// applyHosts writes the managed block. The wait for its directory's fsync
+// (the rename made durable) overlaps the CA's roots and the enrollment, and
+// ends before anything is published (pipeline.Run.Meanwhile): a power cut
+// before then may bring back the previous hosts file, whole, on a node with
+// nothing new published, and the next run writes the block again first.
 func applyHosts(r *pipeline.Run) *diag.Finding {
-	strategy, err := hosts.ApplyTo(r.Host, r.Cfg.Paths.HostsFile, HostEntries(r.Cfg))
+	strategy, sync, err := hosts.ApplyToLater(r.Host, r.Cfg.Paths.HostsFile, HostEntries(r.Cfg))
 	if err != nil {
 		return hostsFinding(r.Cfg, err)
+	}
+	if sync != nil {
+		cfg := r.Cfg
+		r.Meanwhile(func() *diag.Finding {
+			if err := sync(); err != nil {
+				return &diag.Finding{Layer: diag.Hosts, Owner: diag.Node, Check: "hosts-apply",
+					Summary: "the managed block was written to " + cfg.Paths.HostsFile + " but could not be made durable: " + err.Error(),
+					Remedy:  "check the disk under " + filepath.Dir(cfg.Paths.HostsFile) + " (the kernel log names the error), then run provision again; nothing was published"}
+			}
+			return nil
+		})
 	}
 	r.Out.Hosts = strategy
 	r.Log.Info("step", "step", "hosts-apply", "layer", "hosts", "status", "ok", "strategy", string(strategy), "path", r.Cfg.Paths.HostsFile)

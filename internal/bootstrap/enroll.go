@@ -103,11 +103,20 @@ func enrollNode(r *pipeline.Run, g *pipeline.Obtained) *diag.Finding {
 	// lying around (cloud-init keeps its own copy in the instance directory).
 	// The token goes before the marker: a run killed in between leaves the
 	// marker, and the next run (adopting the set left aside) removes it; the
-	// other order could leave the used token forever.
-	if removeToken(host, cfg.CA.TokenFile, "") {
-		r.Log.Info("step", "step", "enroll", "layer", "enroll", "status", "token-removed", "path", cfg.CA.TokenFile)
-	}
-	os.Remove(filepath.Join(r.StateDir, state.PendingFile))
+	// other order could leave the used token forever. Both go while the
+	// proof runs (the wait for the token directory's fsync overlaps the
+	// proof's for the network) and are done before publish (Run.Settle): a
+	// crash during the proof leaves the set aside with the token and marker
+	// gone, or the marker alone, or both, which a crash after the set was
+	// written could always leave, and the next run adopts the set in each.
+	stateDir, tokenFile := r.StateDir, cfg.CA.TokenFile
+	r.Meanwhile(func() *diag.Finding {
+		if removeToken(host, tokenFile, "") {
+			r.Log.Info("step", "step", "enroll", "layer", "enroll", "status", "token-removed", "path", tokenFile)
+		}
+		os.Remove(filepath.Join(stateDir, state.PendingFile))
+		return nil
+	})
 	r.Log.Info("step", "step", "enroll", "layer", "enroll", "status", "ok", "serial", issued.Chain[0].SerialNumber.String(), "not_after", issued.Chain[0].NotAfter.UTC())
 	return nil
 }

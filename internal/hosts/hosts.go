@@ -317,11 +317,13 @@ func Write(path string, old, data []byte, hook system.Hook) (Strategy, error) {
 		return "", err
 	}
 	defer d.Close()
-	return writeIn(d, filepath.Base(path), old, data, hook)
+	return writeIn(d, filepath.Base(path), old, data, hook, false)
 }
 
 // writeIn is Write for name in the directory d.
-func writeIn(d *system.Dir, name string, old, data []byte, hook system.Hook) (Strategy, error) {
+// With later set, a renamed file's directory is not fsynced: the caller
+// does (ApplyToLater).
+func writeIn(d *system.Dir, name string, old, data []byte, hook system.Hook, later bool) (Strategy, error) {
 	if bytes.Equal(old, data) {
 		return Unchanged, nil
 	}
@@ -347,7 +349,7 @@ func writeIn(d *system.Dir, name string, old, data []byte, hook system.Hook) (St
 		return "", fmt.Errorf("%s was removed while provision was editing it; run again", path)
 	}
 	d.SweepTemp(name)
-	err := d.WriteAtomic(name, data, system.WriteOptions{Mode: mode, KeepOwner: true, Hook: hook})
+	err := d.WriteAtomic(name, data, system.WriteOptions{Mode: mode, KeepOwner: true, Hook: hook, Replaceable: later})
 	if err == nil {
 		return Renamed, nil
 	}
@@ -391,7 +393,7 @@ func (f *File) Read() ([]byte, error) {
 
 // Write is Write for the file.
 func (f *File) Write(old, data []byte, hook system.Hook) (Strategy, error) {
-	return writeIn(f.dir, f.name, old, data, hook)
+	return writeIn(f.dir, f.name, old, data, hook, false)
 }
 
 // ErrNoBlock says the file has no managed block.
@@ -468,23 +470,48 @@ func EntriesOf(m map[string]netip.Addr) []Entry {
 // inside --root under the path rule (Open), so the link stays a link and
 // --root stays a sandbox.
 func ApplyTo(host *system.Host, file string, entries []Entry) (Strategy, error) {
+	s, sync, err := ApplyToLater(host, file, entries)
+	if err == nil && sync != nil {
+		if err = sync(); err != nil {
+			return "", fmt.Errorf("writing %s: %w", file, err)
+		}
+	}
+	return s, err
+}
+
+// ApplyToLater is ApplyTo leaving the last wait to the caller: the file is
+// written, fsynced and renamed into place (never seen torn), and sync, when
+// not nil, fsyncs its directory, which makes the rename durable, and
+// releases it. Until sync returns, a power cut may bring back the previous
+// file, whole. bootstrap runs sync while it talks to the CA and waits for it
+// before anything is published.
+func ApplyToLater(host *system.Host, file string, entries []Entry) (s Strategy, sync func() error, err error) {
 	f, err := Open(host, file, true)
 	if err != nil {
-		return "", fmt.Errorf("resolving %s: %w", file, err)
+		return "", nil, fmt.Errorf("resolving %s: %w", file, err)
 	}
-	defer f.Close()
+	defer func() {
+		if sync == nil {
+			f.Close()
+		}
+	}()
 	c, err := plan(f, file, entries)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if !c.Changed {
-		return Unchanged, nil
+		return Unchanged, nil, nil
 	}
-	s, err := f.Write(c.Old, c.New, host.Hook)
-	if err != nil {
-		return "", fmt.Errorf("writing %s: %w", file, err)
+	if s, err = writeIn(f.dir, f.name, c.Old, c.New, host.Hook, true); err != nil {
+		return "", nil, fmt.Errorf("writing %s: %w", file, err)
 	}
-	return s, nil
+	if s != Renamed {
+		return s, nil, nil // rewritten in place: the file itself was fsynced
+	}
+	return s, func() error {
+		defer f.Close()
+		return f.dir.Sync()
+	}, nil
 }
 
 // Change is what ApplyTo would do to a hosts file, decided without

@@ -430,3 +430,33 @@ func TestApplyToFollowsOnlyRootsLinks(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyToLater: the block is in place when ApplyToLater returns, the
+// directory's fsync is left to the sync it returns (called once, by the
+// caller), and a file that already carries the block is neither written
+// nor given a sync.
+func TestApplyToLater(t *testing.T) {
+	root := t.TempDir()
+	etc := filepath.Join(root, "etc")
+	os.MkdirAll(etc, 0o755)
+	os.WriteFile(filepath.Join(etc, "hosts"), []byte("127.0.0.1 localhost\n"), 0o644)
+	host, err := system.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := []Entry{{Name: "node-api.cp.internal", IP: netip.MustParseAddr("10.40.0.10")}}
+	s, sync, err := ApplyToLater(host, "/etc/hosts", entries)
+	if err != nil || s != Renamed || sync == nil {
+		t.Fatalf("ApplyToLater: %s, sync %v, %v; want renamed with a sync to call", s, sync != nil, err)
+	}
+	b, _ := os.ReadFile(filepath.Join(etc, "hosts"))
+	if err := Check(b, entries); err != nil {
+		t.Errorf("before sync the file does not carry the block: %v", err)
+	}
+	if err := sync(); err != nil {
+		t.Fatal(err)
+	}
+	if s, sync, err = ApplyToLater(host, "/etc/hosts", entries); err != nil || s != Unchanged || sync != nil {
+		t.Errorf("again: %s, sync %v, %v; want unchanged and nothing to sync", s, sync != nil, err)
+	}
+}

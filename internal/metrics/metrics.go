@@ -304,10 +304,8 @@ func Write(host *system.Host, dir string, r Run) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	data, err := Render(r)
-	if err != nil {
-		return "", err
-	}
+	// The directory first: where node_exporter is not installed nothing
+	// is rendered for nobody.
 	d, _, err := host.Chase(dir, system.ChaseOptions{Dir: true})
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -316,6 +314,10 @@ func Write(host *system.Host, dir string, r Run) (string, error) {
 		return "", fmt.Errorf("metrics: %w", err)
 	}
 	defer d.Close()
+	data, err := Render(r)
+	if err != nil {
+		return "", err
+	}
 	// A run killed between temp file and rename left renameio's
 	// ".<name><digits>"; it is provision's own.
 	d.SweepTemp(name)

@@ -28,6 +28,7 @@ import (
 	"context"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/gpuaas/provision/internal/config"
@@ -158,6 +159,10 @@ type Run struct {
 	asideSeen []Aside        // the sets aside, observed once (asides)
 	asideOnce bool
 	parent    context.Context // the caller's context, without the run's deadline (the hook's after it)
+	meanwhile sync.WaitGroup  // work started by Meanwhile, settled before publish
+	mu        sync.Mutex
+	settled   *diag.Finding  // the first failure of the work started by Meanwhile
+	receipt   *state.Receipt // made by the receipt step, written as the run ends (WriteRecords)
 }
 
 // New starts a run of command on host, bounded by bootstrap.deadline (or
@@ -206,6 +211,38 @@ func (r *Run) keepDamaged() {
 	}
 }
 
+// Meanwhile runs fn while the run goes on: work that must be done before
+// the run publishes a set but that nothing before that waits for, so its
+// waits for the disk overlap the proof's for the network. Publish settles
+// it first (Settle), and so does the end of every run, so a crash leaves
+// only states the same work done in line could leave: it is done or not,
+// and nothing published depends on it yet. fn must not touch the run's
+// stages or observation; a finding it returns fails the run at publish.
+func (r *Run) Meanwhile(fn func() *diag.Finding) {
+	r.meanwhile.Add(1)
+	go func() {
+		defer r.meanwhile.Done()
+		if f := fn(); f != nil {
+			r.mu.Lock()
+			if r.settled == nil {
+				r.settled = f
+			}
+			r.mu.Unlock()
+		}
+	}()
+}
+
+// Settle waits for what Meanwhile started and returns its first failure,
+// once.
+func (r *Run) Settle() *diag.Finding {
+	r.meanwhile.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f := r.settled
+	r.settled = nil
+	return f
+}
+
 // Halt ends the run after the current step with rep as its report.
 func (r *Run) Halt(rep *report.Report) { r.halted = rep }
 
@@ -235,6 +272,9 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 			break
 		}
 	}
+	if f := r.Settle(); f != nil && rep == nil { // a list without publish
+		rep = r.failed("settle", f)
+	}
 	if rep != nil {
 		timings = r.hookAnyway(rest, timings)
 	}
@@ -247,6 +287,9 @@ func (r *Run) Execute(steps []Step, finish func(*Run, *report.Report)) *Outcome 
 	rep.Command, rep.Steps = r.Command, timings
 	if finish != nil {
 		finish(r, rep)
+	}
+	if r.receipt != nil { // no finish wrote it
+		r.WriteRecords(rep, nil)
 	}
 	rep.DurationMS = time.Since(r.Start).Milliseconds()
 	r.Out.Report = rep

@@ -23,6 +23,11 @@ import (
 func Publish(r *Run) *diag.Finding {
 	p := &Published{}
 	r.setPublished(p)
+	// What the run left to finish meanwhile (the hosts block made durable,
+	// the burnt token removed) is done before anything is published.
+	if f := r.Settle(); f != nil {
+		return f
+	}
 	g, proof := r.Obtained(), r.Proven().Report
 	if g.Set == nil || g.Gen == "" {
 		return nil

@@ -74,12 +74,17 @@ func (r *Run) composeRecord() *state.Renewal {
 	return &rec
 }
 
-// RecordRenewal writes the renew record for this run: the certificate now
-// installed with its schedule (from the one verdict the run already took:
-// no fresh look), the result, and what stays pending. It is renew's
-// finish, and bootstrap's when bootstrap changed the credentials or ran the
-// hook.
+// RecordRenewal writes the renew record for this run (Renewal), with the
+// receipt if the run composed one (WriteRecords). It is renew's finish.
 func (r *Run) RecordRenewal(rep *report.Report) {
+	r.WriteRecords(rep, r.Renewal(rep))
+}
+
+// Renewal is the renew record for this run: the certificate now
+// installed with its schedule (from the one verdict the run already took:
+// no fresh look), the result, and what stays pending. renew records it
+// every run, bootstrap when it changed the credentials or ran the hook.
+func (r *Run) Renewal(rep *report.Report) *state.Renewal {
 	rec := r.composeRecord()
 	if j := r.st.judged; j != nil {
 		if v := j.Verdict; v.Has(lifecycle.OtherCA) && v.Leaf != nil && !v.Has(lifecycle.RootsUnknown) {
@@ -121,11 +126,50 @@ func (r *Run) RecordRenewal(rep *report.Report) {
 	if result != state.Refused {
 		rec.Refusals = 0
 	}
-	if err := state.WriteRenewal(r.StateDir, rec); err != nil {
-		r.Log.Error("step", "step", "record", "layer", string(diag.State), "status", "fail", "message", err.Error())
+	return rec
+}
+
+// WriteRecords writes what a run ends with: the receipt the receipt step
+// composed (none when the run did not reach it) and rec, the renew record
+// (nil: none this run), together when there are both (state.WriteDone:
+// one wait for the disk for their contents and one for their renames). A
+// receipt that cannot be written fails the run, with the renew record
+// written with it; a renew record alone that cannot be written is logged.
+// Execute calls it for a receipt no finish wrote.
+func (r *Run) WriteRecords(rep *report.Report, rec *state.Renewal) {
+	rc := r.receipt
+	r.receipt = nil
+	switch {
+	case rc != nil:
+		if err := state.WriteDone(r.StateDir, rc, rec, r.Host.Hook); err != nil {
+			r.receiptFailed(rep, err)
+			break
+		}
+		r.Out.Receipt = rc
+		r.Log.Info("step", "step", "receipt", "layer", "state", "status", "ok", "path", filepath.Join(r.Cfg.Paths.StateDir, state.ReceiptFile), "serial", rc.Serial)
+	case rec != nil:
+		if err := state.WriteRenewal(r.StateDir, rec); err != nil {
+			r.Log.Error("step", "step", "record", "layer", string(diag.State), "status", "fail", "message", err.Error())
+		}
 	}
-	r.Out.Record = rec
-	r.Host.Hook.At("recorded")
+	if rec != nil {
+		r.Out.Record = rec
+		r.Host.Hook.At("recorded")
+	}
+}
+
+// receiptFailed turns the run's report into the failure to write its
+// receipt: the node polled, but it is not done.
+func (r *Run) receiptFailed(rep *report.Report, err error) {
+	f := &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: diag.Writable(r.Cfg.Paths.StateDir) + " and run again (the node itself is healthy)"}
+	failed := r.failed("receipt", f)
+	failed.Command, failed.Steps = rep.Command, rep.Steps
+	for i := range failed.Steps {
+		if failed.Steps[i].Name == ReceiptStep.Name {
+			failed.Steps[i].Status = "fail"
+		}
+	}
+	*rep = *failed
 }
 
 // Receipt is the receipt of the set the proof read back from disk and
@@ -148,21 +192,21 @@ func (r *Run) Receipt() (*state.Receipt, error) {
 	return rc, nil
 }
 
-// ReceiptStep writes the receipt, last: only a proved node has one.
+// ReceiptStep makes the receipt, last: only a proved node has one.
 var ReceiptStep = Step{Name: "receipt", Do: WriteReceipt, Reads: []Stage{StageObtained, StageProven, StagePublished, StageRevoked}}
 
-// WriteReceipt writes the receipt, last: only a proved node has one.
+// WriteReceipt makes the receipt of the proven, published set, last: only
+// a proved node has one. It is written as the run ends (WriteRecords),
+// after the post hook, together with the renew record the run ends with:
+// one wait for the disk for both, where writing each at its step waited
+// twice for each.
 func WriteReceipt(r *Run) *diag.Finding {
 	rc, err := r.Receipt()
 	if err != nil {
 		return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Summary: err.Error(), Remedy: "run provision verify to see what changed under " + r.Cfg.Paths.PKIDir}
 	}
 	r.Host.Hook.At("before receipt")
-	if err := state.WriteReceipt(r.StateDir, rc, r.Host.Hook); err != nil {
-		return &diag.Finding{Layer: diag.State, Owner: diag.Node, Summary: "the proof succeeded but the receipt could not be written: " + err.Error(), Remedy: diag.Writable(r.Cfg.Paths.StateDir) + " and run again (the node itself is healthy)"}
-	}
-	r.Out.Receipt = rc
-	r.Log.Info("step", "step", "receipt", "layer", "state", "status", "ok", "path", filepath.Join(r.Cfg.Paths.StateDir, state.ReceiptFile), "serial", rc.Serial)
+	r.receipt = rc
 	return nil
 }
 

@@ -2,11 +2,17 @@ package pipeline
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gpuaas/provision/internal/config"
 	"github.com/gpuaas/provision/internal/diag"
+	"github.com/gpuaas/provision/internal/report"
+	"github.com/gpuaas/provision/internal/state"
 	"github.com/gpuaas/provision/internal/system"
 )
 
@@ -95,4 +101,93 @@ func testRun(t *testing.T) *Run {
 	r, cancel := New(context.Background(), "test", cfg, host, Options{})
 	t.Cleanup(cancel)
 	return r
+}
+
+// TestMeanwhileSettled: work a step leaves to run meanwhile (the hosts
+// block made durable, the token's removal after an enrollment) is done
+// before publish runs, and before a run that stopped earlier ends: no step
+// from publish on, and nothing after the run, sees it unfinished; and its
+// failure fails the run at publish, before anything is published.
+func TestMeanwhileSettled(t *testing.T) {
+	var done atomic.Bool
+	var failure *diag.Finding
+	later := func(r *Run) *diag.Finding {
+		done.Store(false)
+		f := failure
+		r.Meanwhile(func() *diag.Finding {
+			time.Sleep(20 * time.Millisecond) // so that only a wait can see it done
+			done.Store(true)
+			return f
+		})
+		r.SetObtained(&Obtained{})
+		return nil
+	}
+	proven := func(r *Run) *diag.Finding {
+		r.setProven(&Proven{Report: &report.Report{OK: true}})
+		return nil
+	}
+	var seen bool
+	check := func(*Run) *diag.Finding {
+		seen = done.Load()
+		return nil
+	}
+	fail := func(*Run) *diag.Finding { return &diag.Finding{Layer: diag.Enroll, Summary: "stop"} }
+	obtain := Step{Name: "obtain", Do: later, Writes: StageObtained}
+	prove := Step{Name: "prove", Do: proven, Writes: StageProven}
+
+	r := testRun(t)
+	if rep := r.Execute([]Step{obtain, prove, PublishStep, {Name: "check", Do: check}}, nil).Report; !rep.OK {
+		t.Fatalf("run failed: %s", rep.Summary)
+	}
+	if !seen {
+		t.Error("a step after publish saw the work started meanwhile unfinished: publish did not settle it")
+	}
+	r = testRun(t)
+	if rep := r.Execute([]Step{obtain, {Name: "fail", Do: fail}}, nil).Report; rep.OK {
+		t.Fatal("the failing step did not end the run")
+	}
+	if !done.Load() {
+		t.Error("a run that stopped before publish ended with the work started meanwhile unfinished")
+	}
+	failure = &diag.Finding{Layer: diag.Hosts, Summary: "not durable"}
+	seen = false
+	r = testRun(t)
+	rep := r.Execute([]Step{obtain, prove, PublishStep, {Name: "check", Do: check}}, nil).Report
+	if rep.OK || rep.FailedLayer != diag.Hosts || rep.FailedCheck != "publish" || seen {
+		t.Errorf("report ok=%v layer %s check %q, later step ran %v: want the meanwhile failure to fail publish", rep.OK, rep.FailedLayer, rep.FailedCheck, seen)
+	}
+}
+
+// TestWriteRecords: the receipt the receipt step made is written as the run
+// ends, with the renew record, both whole; a receipt that cannot be written
+// fails the run at layer state, the receipt step marked failed, and no
+// receipt is claimed.
+func TestWriteRecords(t *testing.T) {
+	r := testRun(t)
+	r.receipt = &state.Receipt{NodeID: "node-1", Serial: "17"}
+	rep := &report.Report{OK: true, Command: "test", Steps: []report.Step{{Name: ReceiptStep.Name, Status: "ok"}}}
+	r.WriteRecords(rep, &state.Renewal{NodeID: "node-1", Serial: "17"})
+	if !rep.OK || r.Out.Receipt == nil || r.Out.Record == nil {
+		t.Fatalf("report ok=%v %q, receipt %v, record %v", rep.OK, rep.Summary, r.Out.Receipt, r.Out.Record)
+	}
+	if rc, err := state.ReadReceipt(r.StateDir); err != nil || rc.Serial != "17" {
+		t.Errorf("receipt on disk: %+v %v", rc, err)
+	}
+	if rec := state.ReadRenewal(r.StateDir); rec == nil || rec.Serial != "17" {
+		t.Errorf("renew record on disk: %+v", rec)
+	}
+
+	r = testRun(t)
+	if err := os.MkdirAll(filepath.Join(r.StateDir, state.ReceiptFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r.receipt = &state.Receipt{NodeID: "node-1", Serial: "18"}
+	rep = &report.Report{OK: true, Command: "test", Steps: []report.Step{{Name: ReceiptStep.Name, Status: "ok"}}}
+	r.WriteRecords(rep, nil)
+	if rep.OK || rep.FailedLayer != diag.State || !strings.Contains(rep.Summary, "receipt could not be written") {
+		t.Fatalf("report ok=%v layer %s %q, want a failure at state naming the receipt", rep.OK, rep.FailedLayer, rep.Summary)
+	}
+	if len(rep.Steps) != 1 || rep.Steps[0].Status != "fail" || rep.Command != "test" || r.Out.Receipt != nil {
+		t.Errorf("steps %+v, command %q, receipt %v: want the receipt step failed, the command kept, no receipt", rep.Steps, rep.Command, r.Out.Receipt)
+	}
 }

@@ -63,6 +63,49 @@ func WriteReceipt(stateDir string, r *Receipt, hook system.Hook) error {
 	if err := writeJSON(hook, stateDir, ReceiptFile, r, 0o644, true); err != nil {
 		return err
 	}
+	return afterReceipt(stateDir, r, hook)
+}
+
+// WriteDone writes the receipt and, when rec is not nil, the renew record,
+// as a run that is done ends: both at once (system.Dir.WriteAtomicAll: one
+// wait for the disk for their contents and one for their renames, where
+// writing them one after the other waited four times), then the per-install
+// done marker, as WriteReceipt does. A crash leaves each old or new, whole;
+// the done marker is written only once both are durable.
+func WriteDone(stateDir string, rc *Receipt, rec *Renewal, hook system.Hook) error {
+	if _, err := system.ClaimDir(stateDir, true); err != nil {
+		return err
+	}
+	rc.SchemaVersion = SchemaVersion
+	records := map[string]any{ReceiptFile: rc}
+	names := []string{ReceiptFile}
+	if rec != nil {
+		rec.SchemaVersion = SchemaVersion
+		records[RenewalFile] = rec
+		names = append(names, RenewalFile)
+	}
+	files := make([]system.Named, 0, len(names))
+	for _, name := range names {
+		b, err := json.MarshalIndent(records[name], "", "  ")
+		if err != nil {
+			return err
+		}
+		files = append(files, system.Named{Name: name, Data: append(b, '\n'), Mode: 0o644})
+	}
+	d, err := system.OpenDir(stateDir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.WriteAtomicAll(files, hook); err != nil {
+		return err
+	}
+	return afterReceipt(stateDir, rc, hook)
+}
+
+// afterReceipt makes what a written receipt brings: the hand-off directory
+// and the per-install done marker.
+func afterReceipt(stateDir string, r *Receipt, hook system.Hook) error {
 	// The hand-off directory exists on every done node, so verify, whose
 	// unit may write nowhere else, can leave a task there.
 	if err := os.MkdirAll(filepath.Join(stateDir, "tasks"), 0o700); err != nil {

@@ -31,6 +31,8 @@ type WriteOptions struct {
 	// metrics): the rename is not made durable (no fsync of the
 	// directory), so a power cut may bring back the previous file, whole.
 	// The file is still fsynced before the rename: it is never seen torn.
+	// It is also for a file whose directory the caller fsyncs itself, later
+	// (hosts.ApplyToLater).
 	Replaceable bool
 }
 

@@ -319,3 +319,50 @@ func TestCreateDurable(t *testing.T) {
 		t.Fatalf("the link's target was created: %v", err)
 	}
 }
+
+// TestWriteAtomicAll: the files are written whole with their exact modes,
+// replacing what was there; a name that is not a regular file refuses the
+// whole write before anything is renamed (the other file keeps its old
+// content), and no temp file is left either way.
+func TestWriteAtomicAll(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.json"), []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var renames []string
+	hook := Hook(func(point string) { renames = append(renames, point) })
+	files := []Named{{Name: "a.json", Data: []byte("new a"), Mode: 0o644}, {Name: "b.json", Data: []byte("new b"), Mode: 0o600}}
+	withUmask(0o077, func() { err = d.WriteAtomicAll(files, hook) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		got, err := os.ReadFile(filepath.Join(dir, f.Name))
+		st, _ := os.Stat(filepath.Join(dir, f.Name))
+		if err != nil || string(got) != string(f.Data) || st.Mode().Perm() != f.Mode {
+			t.Errorf("%s: %q %v (%v), want %q %v", f.Name, got, st.Mode().Perm(), err, f.Data, f.Mode)
+		}
+	}
+	if want := []string{"before rename a.json", "before rename b.json"}; !slices.Equal(renames, want) {
+		t.Errorf("hook points %q, want %q", renames, want)
+	}
+
+	if err := os.Symlink(filepath.Join(dir, "elsewhere"), filepath.Join(dir, "c.json")); err != nil {
+		t.Fatal(err)
+	}
+	err = d.WriteAtomicAll([]Named{{Name: "a.json", Data: []byte("newer a"), Mode: 0o644}, {Name: "c.json", Data: []byte("c"), Mode: 0o644}}, nil)
+	if !errors.Is(err, ErrUnsafeFile) {
+		t.Fatalf("a link at c.json: got %v, want a refusal", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "a.json")); string(got) != "new a" {
+		t.Errorf("a.json is %q after a refused write, want it unchanged", got)
+	}
+	if got := names(t, dir); !slices.Equal(got, []string{"a.json", "b.json", "c.json"}) {
+		t.Errorf("directory holds %q, want no temp file", got)
+	}
+}

@@ -153,6 +153,63 @@ func (d *Dir) WriteAtomic(name string, data []byte, o WriteOptions) error {
 	return d.Sync()
 }
 
+// Named is one file WriteAtomicAll writes: its name in the directory, its
+// content and its exact mode.
+type Named struct {
+	Name string
+	Data []byte
+	Mode os.FileMode
+}
+
+// WriteAtomicAll replaces files of the directory, each atomically as
+// WriteAtomic does, with one wait for the disk for all their contents and
+// one for all their renames: every temp file is written, all are fsynced
+// at once (SyncAll), then renamed in order (hook.At "before rename <name>"
+// before each), and the directory is fsynced. A crash leaves each file old
+// or new, whole; once it returns, all are durable.
+func (d *Dir) WriteAtomicAll(files []Named, hook Hook) error {
+	tmps := make([]string, 0, len(files))
+	open := make([]*os.File, 0, len(files))
+	renamed := 0
+	defer func() {
+		for _, f := range open {
+			f.Close()
+		}
+		for _, tmp := range tmps[renamed:] {
+			unix.Unlinkat(d.fd(), tmp, 0)
+		}
+	}()
+	for _, n := range files {
+		if old, err := d.Lstat(n.Name); err == nil && !old.Mode().IsRegular() {
+			return &UnsafeFileError{Path: d.Join(n.Name), Kind: FileKind(old.Mode())}
+		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		tmp, f, err := d.createTemp(n.Name)
+		if err != nil {
+			return fmt.Errorf("creating temp file in %s: %w", d.path, err)
+		}
+		tmps, open = append(tmps, tmp), append(open, f)
+		if _, err := f.Write(n.Data); err != nil {
+			return fmt.Errorf("writing %s: %w", d.Join(n.Name), err)
+		}
+		if err := f.Chmod(n.Mode); err != nil {
+			return fmt.Errorf("writing %s: %w", d.Join(n.Name), err)
+		}
+	}
+	if err := SyncAll(open...); err != nil {
+		return err
+	}
+	for i, n := range files {
+		hook.At("before rename " + n.Name)
+		if err := unix.Renameat(d.fd(), tmps[i], d.fd(), n.Name); err != nil {
+			return fmt.Errorf("replacing %s: %w", d.Join(n.Name), err)
+		}
+		renamed = i + 1
+	}
+	return d.Sync()
+}
+
 // createTemp creates a new file in the directory named as renameio names
 // its temp files (".<name><digits>", which SweepTemp knows), exclusively,
 // so it can be nothing planted.

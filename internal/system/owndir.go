@@ -229,6 +229,12 @@ func (h *Host) resolveHost(p string) (string, error) {
 // directory before either holds the lock, and the one that gets the lock
 // sweeps temp files. The mark that is there is kept; only one a killed
 // run left unfinished is written again.
+//
+// A new mark and its directory are fsynced at once, one wait for both: a
+// power cut before that returns may leave the name with a torn or empty
+// mark, which hasMark does not take for one (the directory is then judged
+// unmarked, as before it was marked, and the next run writes the mark
+// again), so nothing needs the file durable before its name.
 func markOwn(dir string) error {
 	d, err := OpenDir(dir)
 	if err != nil {
@@ -240,17 +246,26 @@ func markOwn(dir string) error {
 		if b, _ := d.ReadRegular(context.Background(), OwnMark, 4096); string(b) == ownMarkText {
 			return nil
 		}
-		err = d.WriteAtomic(OwnMark, []byte(ownMarkText), WriteOptions{Mode: 0o644})
+		err = d.WriteAtomic(OwnMark, []byte(ownMarkText), WriteOptions{Mode: 0o644}) // and syncs d
 	} else if err == nil {
-		err = fill(f, []byte(ownMarkText), 0o644)
-	}
-	if err == nil {
-		err = d.Sync()
+		err = writeMark(f, d)
 	}
 	if err != nil {
 		return fmt.Errorf("marking %s as provision's own: %w", dir, err)
 	}
 	return nil
+}
+
+// writeMark fills the new mark f in d and makes both durable in one wait.
+func writeMark(f *os.File, d *Dir) error {
+	defer f.Close()
+	if _, err := f.Write([]byte(ownMarkText)); err != nil {
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return err
+	}
+	return SyncAll(f, d.f)
 }
 
 // MarkOwn writes OwnMark into dir, for tests that plant a directory of

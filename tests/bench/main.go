@@ -61,7 +61,7 @@ func main() {
 	flag.BoolVar(&signNewConns, "sign-new-conns", false, "with -signs: a new TLS connection per sign, as a node makes")
 	flag.StringVar(&stepFlag, "step", "", "the step CLI `binary` for step+curl (default: build step "+stepVersion+" from its module source, once, into the user cache directory)")
 	useTPM := flag.Bool("tpm", false, "also run cold, warm and verify with the node key inside a software TPM (swtpm)")
-	flag.StringVar(&traceCold, "strace", "", "instead of measuring, run one cold bootstrap under strace -f -tt -T -e trace=`SET` and print it (where the time goes)")
+	flag.StringVar(&traceCold, "strace", "", "instead of measuring, run one cold bootstrap under strace -f -y -tt -T -e trace=`SET` and print it (where the time goes)")
 	flag.Parse()
 	log.SetOutput(io.Discard) // step-ca's own start-up lines
 	stop := func() {}
@@ -746,7 +746,7 @@ func straceOne(prov string, fl *fleet.Fleet, work string, out io.Writer) error {
 		return err
 	}
 	outFile := filepath.Join(work, "strace.txt")
-	args := []string{"-f", "-tt", "-T", "-o", outFile, "-e", "trace=" + traceCold, prov}
+	args := []string{"-f", "-y", "-tt", "-T", "-o", outFile, "-e", "trace=" + traceCold, prov}
 	if traceCold == "none" {
 		args = []string{prov}
 	}
