@@ -60,14 +60,7 @@ func TestHostileState(t *testing.T) {
 	var runs, passed atomic.Int64
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			n := newNode(t, cp, fmt.Sprintf("gpu-hostile-%02d", i), tc.cfg)
-			if tc.booted {
-				cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
-				wantExit(t, n.bootstrap(), 0)
-			}
-			if tc.plant != nil {
-				tc.plant(t, n)
-			}
+			n := plantedNode(t, cp, fmt.Sprintf("gpu-hostile-%02d", i), tc.cfg, tc.booted, tc.plant)
 			for _, hr := range tc.runs {
 				before := safeSnapshot(t, n.Files.Root)
 				runHostile(t, n, hr)
@@ -414,3 +407,19 @@ func keys(m map[string]string) []string {
 }
 
 var _ = nodetest.RunTimeout // a run that hangs is killed at this bound and fails
+
+// plantedNode is a node for a hostile-state case: bootstrapped first when
+// booted (a task queued, so the proof's poll has one to hand off), then
+// plant, when set, puts the hostile state in place.
+func plantedNode(t *testing.T, cp *controlplane.ControlPlane, id string, cfg func(*controlplane.NodeConfig), booted bool, plant func(*testing.T, *node)) *node {
+	t.Helper()
+	n := newNode(t, cp, id, cfg)
+	if booted {
+		cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
+		wantExit(t, n.bootstrap(), 0)
+	}
+	if plant != nil {
+		plant(t, n)
+	}
+	return n
+}

@@ -67,14 +67,7 @@ func TestNothingTakenOver(t *testing.T) {
 	cases = append(cases, damagedCases()...)
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			n := newNode(t, cp, fmt.Sprintf("gpu-take-%02d", i), tc.cfg)
-			if tc.booted {
-				cp.API.QueueTask(n.ID, controlplane.Task{Kind: "noop"})
-				wantExit(t, n.bootstrap(), 0)
-			}
-			if tc.plant != nil {
-				tc.plant(t, n)
-			}
+			n := plantedNode(t, cp, fmt.Sprintf("gpu-take-%02d", i), tc.cfg, tc.booted, tc.plant)
 			for _, r := range tc.runs {
 				before := foreignTree(t, n, tc.own, tc.notOwn)
 				runTakeover(t, n, r)
