@@ -213,6 +213,7 @@ func (w *walker) enter(c string) ([]string, error) {
 		}
 		return nil, nil
 	}
+	afterOpenFailed(w.top().fd, c)
 	var st unix.Stat_t
 	serr := unix.Fstatat(w.top().fd, c, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
@@ -232,9 +233,20 @@ func (w *walker) enter(c string) ([]string, error) {
 		return w.follow(c, &st)
 	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
 		return nil, fmt.Errorf("%s is a %s, not a directory", w.nodePath(c), FileKind(fileMode(st.Mode)))
+	case errors.Is(err, unix.ENOENT) && w.hops < maxLinks:
+		// It was made between the open and the look (another run creating
+		// the same parents at the same moment): enter what is there now,
+		// judged like anything else; counted as a hop, so it cannot loop.
+		w.hops++
+		return []string{c}, nil
 	}
 	return nil, &fs.PathError{Op: "open", Path: w.h.rawPath(w.nodePath(c)), Err: err}
 }
+
+// afterOpenFailed runs between a failed open of a directory and the look
+// at what is there: a test makes the directory appear in between, as
+// another run creating the same parents does.
+var afterOpenFailed = func(dirfd int, name string) {}
 
 // last looks at the file's own name c: a link there is followed under the
 // rule when o.FollowLast asks (link is true, more its target); otherwise c

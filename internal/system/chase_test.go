@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gpuaas/provision/internal/testenv"
 )
 
@@ -170,5 +172,31 @@ func TestChaseNotExist(t *testing.T) {
 	h, _ := New(t.TempDir())
 	if _, _, err := h.Chase("/var/lib/prometheus/node-exporter", ChaseOptions{Dir: true}); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("Chase of a missing directory: %v, want fs.ErrNotExist", err)
+	}
+}
+
+// TestChaseDirMadeMeanwhile: two runs creating the same parents at once
+// (cloud-init's and the unit's, tests/reliability TestConcurrentRuns):
+// a directory the open did not find but the look after it does was made
+// by the other run in between, and is entered, not reported missing.
+func TestChaseDirMadeMeanwhile(t *testing.T) {
+	h, _ := New(t.TempDir())
+	made := 0
+	afterOpenFailed = func(dirfd int, name string) {
+		if made == 0 && name == "lib" {
+			made++
+			if err := unix.Mkdirat(dirfd, name, 0o755); err != nil {
+				t.Errorf("making %s meanwhile: %v", name, err)
+			}
+		}
+	}
+	defer func() { afterOpenFailed = func(int, string) {} }()
+	d, name, err := h.Chase("/var/lib/provision", ChaseOptions{Mkdir: true, Own: true, FollowLast: true})
+	if err != nil {
+		t.Fatalf("Chase with a parent made meanwhile: %v", err)
+	}
+	defer d.Close()
+	if made != 1 || d.Node() != "/var/lib" || name != "provision" {
+		t.Fatalf("made %d meanwhile; chased to %s %s, want /var/lib provision", made, d.Node(), name)
 	}
 }
