@@ -45,12 +45,12 @@ func Checks() []Check {
 		// Whether anything will renew them: a warning, never a failure.
 		{Name: "renew-timer", Layer: diag.Credentials, Owner: diag.Node, Run: checkRenewTimer},
 		{Name: "ca-chain", Layer: diag.CA, Owner: diag.Node, DependsOn: []string{"ca-root", "credentials"}, Run: checkCAChain},
-		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, DependsOn: []string{"hosts-resolve"}, Run: probeCheck(diag.TCP)},
-		{Name: "tls-server", Layer: diag.TLSServer, Owner: diag.Ingress, DependsOn: []string{"tcp", "clock"}, Run: probeCheck(diag.TLSServer)},
-		{Name: "tls-client-auth", Layer: diag.TLSClientAuth, Owner: diag.Ingress, DependsOn: []string{"tls-server", "credentials"}, Run: probeCheck(diag.TLSClientAuth)},
-		{Name: "route", Layer: diag.Route, Owner: diag.Ingress, DependsOn: []string{"tls-client-auth"}, Run: probeCheck(diag.Route)},
-		{Name: "identity", Layer: diag.Identity, Owner: diag.API, DependsOn: []string{"route"}, Run: probeCheck(diag.Identity)},
-		{Name: "tasks-wait", Layer: diag.TasksWait, Owner: diag.API, DependsOn: []string{"identity"}, Run: probeCheck(diag.TasksWait)},
+		{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, DependsOn: []string{"hosts-resolve"}, Run: probeCheck(diag.TCP), Observe: makeProbe},
+		{Name: "tls-server", Layer: diag.TLSServer, Owner: diag.Ingress, DependsOn: []string{"tcp", "clock"}, Run: probeCheck(diag.TLSServer), Observe: makeProbe},
+		{Name: "tls-client-auth", Layer: diag.TLSClientAuth, Owner: diag.Ingress, DependsOn: []string{"tls-server", "credentials"}, Run: probeCheck(diag.TLSClientAuth), Observe: makeProbe},
+		{Name: "route", Layer: diag.Route, Owner: diag.Ingress, DependsOn: []string{"tls-client-auth"}, Run: probeCheck(diag.Route), Observe: makeProbe},
+		{Name: "identity", Layer: diag.Identity, Owner: diag.API, DependsOn: []string{"route"}, Run: probeCheck(diag.Identity), Observe: makeProbe},
+		{Name: "tasks-wait", Layer: diag.TasksWait, Owner: diag.API, DependsOn: []string{"identity"}, Run: probeCheck(diag.TasksWait), Observe: makeProbe},
 	}
 }
 
@@ -449,6 +449,11 @@ func checkCAChain(ctx context.Context, e *observe.Env) Answer {
 // it), passes only on the evidence diag recorded for it, and warns when the
 // exchange crossed it without proof for a reason diag names. diag.Classify
 // guarantees one of the three; the last branch fails closed all the same.
+// makeProbe makes the one tasks/wait exchange the probe checks judge
+// (Check.Observe): the first of them, tcp, may start it as soon as the
+// hostname resolves as the override says, while the local checks run.
+func makeProbe(ctx context.Context, e *observe.Env) { e.Probe(ctx) }
+
 func probeCheck(layer diag.Layer) func(context.Context, *observe.Env) Answer {
 	return func(ctx context.Context, e *observe.Env) Answer {
 		a := judgeProbe(ctx, e, layer)

@@ -2,6 +2,12 @@
 // with a name, a layer, an owner and the checks it depends on, a runner that
 // reports a check whose dependency failed as skipped (so the operator sees
 // one root cause, not a cascade), and one report rendered as text or JSON.
+// The probe's one exchange (Check.Observe) starts as soon as the hostname
+// resolves as the override says, the moment tcp, its first check, could
+// run: its round trips overlap the local checks listed before it (about a
+// millisecond of a cold bootstrap) and, in verify, the CA's roots fetch.
+// Nothing is judged out of order, and nothing is sent that the ladder would
+// not have sent.
 //
 // The same checks end every bootstrap, so bootstrap's last line and verify's
 // answer always agree. The checks never write anything; a task the proof
@@ -46,6 +52,14 @@ type Check struct {
 	Owner     diag.Owner
 	DependsOn []string
 	Run       func(ctx context.Context, e *observe.Env) Answer
+	// Observe, when set, makes the observation Run judges (the probe's
+	// exchange), without judging it. Run starts it in the background as
+	// soon as the check's dependencies have passed, so a network round
+	// trip overlaps the local checks listed ahead of it; the check is still
+	// judged in ladder order, and never before its dependencies. It makes
+	// nothing the check would not make: it runs exactly when the check
+	// itself would have run.
+	Observe func(ctx context.Context, e *observe.Env)
 }
 
 // Ladder runs the whole ladder on e: what verify prints, and the proof that
@@ -59,23 +73,22 @@ func Ladder(ctx context.Context, e *observe.Env, log *slog.Logger) []report.Resu
 // is skipped and says which dependency failed.
 func Run(ctx context.Context, e *observe.Env, checks []Check, log *slog.Logger) []report.Result {
 	status := map[string]report.Status{}
+	bg := &early{started: map[string]chan *recovered{}}
 	var out []report.Result
-	for _, c := range checks {
+	for i, c := range checks {
 		res := report.Result{Name: c.Name, Layer: c.Layer, Owner: c.Owner}
-		blocked := ""
-		for _, d := range c.DependsOn {
-			if s, ok := status[d]; !ok || (s != report.Pass && s != report.Warn) {
-				blocked = d
-				break
-			}
-		}
+		blocked := blockedBy(c, status)
 		start := time.Now()
 		var own *time.Duration // the check's own stage time, when it has one
 		if blocked != "" {
 			res.Status = report.Skip
 			res.Message = fmt.Sprintf("skipped: depends on %s, which did not pass", blocked)
 		} else {
-			o := runContained(ctx, c, e)
+			o := bg.wait(c)
+			if o == nil {
+				a := runContained(ctx, c, e)
+				o = &a
+			}
 			res.Status, res.Message, res.Remedy, res.Evidence, res.Transient = o.Status, o.Message, o.Remedy, o.Evidence, o.Transient
 			if o.Owner != "" {
 				res.Owner = o.Owner
@@ -93,18 +106,83 @@ func Run(ctx context.Context, e *observe.Env, checks []Check, log *slog.Logger) 
 		}
 		status[c.Name] = res.Status
 		out = append(out, res)
-		if log != nil {
-			lvl := slog.LevelInfo
-			if res.Status == report.Fail {
-				lvl = slog.LevelError
-			} else if res.Status == report.Warn {
-				lvl = slog.LevelWarn
-			}
-			log.Log(ctx, lvl, "check", "check", res.Name, "layer", string(res.Layer), "owner", string(res.Owner),
-				"status", string(res.Status), "message", res.Message, "duration_ms", res.DurationMS)
-		}
+		bg.start(ctx, e, checks[i+1:], status)
+		logResult(ctx, log, res)
 	}
 	return out
+}
+
+// blockedBy is the first of c's dependencies that did not pass or warn,
+// or "".
+func blockedBy(c Check, status map[string]report.Status) string {
+	for _, d := range c.DependsOn {
+		if s, ok := status[d]; !ok || (s != report.Pass && s != report.Warn) {
+			return d
+		}
+	}
+	return ""
+}
+
+// early is a ladder run's observations started ahead of their checks
+// (Check.Observe): each check's channel gets what a panic inside its
+// observation recovered (with its stack), or nil, when it ends.
+type early struct{ started map[string]chan *recovered }
+
+type recovered struct {
+	value any
+	stack []byte
+}
+
+// start begins the observation of each of later whose dependencies have
+// all answered and passed, once.
+func (b *early) start(ctx context.Context, e *observe.Env, later []Check, status map[string]report.Status) {
+	for _, c := range later {
+		if c.Observe == nil || b.started[c.Name] != nil || blockedBy(c, status) != "" {
+			continue
+		}
+		done := make(chan *recovered, 1)
+		b.started[c.Name] = done
+		go func(observe func(context.Context, *observe.Env)) {
+			defer func() {
+				if r := recover(); r != nil {
+					done <- &recovered{r, debug.Stack()}
+					return
+				}
+				done <- nil
+			}()
+			observe(ctx, e)
+		}(c.Observe)
+	}
+}
+
+// wait waits for c's early observation, if one was started; a panic inside
+// it is c's internal failure, as runContained words one, and nil means
+// the check is to be run.
+func (b *early) wait(c Check) *Answer {
+	done := b.started[c.Name]
+	if done == nil {
+		return nil
+	}
+	if r := <-done; r != nil {
+		a := panicked(c, r.value, r.stack)
+		return &a
+	}
+	return nil
+}
+
+// logResult logs one check's line.
+func logResult(ctx context.Context, log *slog.Logger, res report.Result) {
+	if log == nil {
+		return
+	}
+	lvl := slog.LevelInfo
+	if res.Status == report.Fail {
+		lvl = slog.LevelError
+	} else if res.Status == report.Warn {
+		lvl = slog.LevelWarn
+	}
+	log.Log(ctx, lvl, "check", "check", res.Name, "layer", string(res.Layer), "owner", string(res.Owner),
+		"status", string(res.Status), "message", res.Message, "duration_ms", res.DurationMS)
 }
 
 // runContained runs one check. A panic inside it becomes that check's
@@ -115,10 +193,7 @@ func Run(ctx context.Context, e *observe.Env, checks []Check, log *slog.Logger) 
 func runContained(ctx context.Context, c Check, e *observe.Env) (o Answer) {
 	defer func() {
 		if r := recover(); r != nil {
-			o = Answer{Status: report.Fail, Layer: diag.Internal, Owner: diag.Provision,
-				Message:  fmt.Sprintf("internal error in check %s; this is a bug: %v", c.Name, r),
-				Remedy:   "report this bug with the output of this command (--format json) and PROVISION version; the other checks' results above still stand",
-				Evidence: map[string]string{"panic": fmt.Sprint(r), "stack": string(debug.Stack())}}
+			o = panicked(c, r, debug.Stack())
 		}
 	}()
 	o = c.Run(ctx, e)
@@ -126,6 +201,14 @@ func runContained(ctx context.Context, c Check, e *observe.Env) (o Answer) {
 		o = cut(ctx, o)
 	}
 	return o
+}
+
+// panicked is check c's failure after a panic (r) in it, in layer internal.
+func panicked(c Check, r any, stack []byte) Answer {
+	return Answer{Status: report.Fail, Layer: diag.Internal, Owner: diag.Provision,
+		Message:  fmt.Sprintf("internal error in check %s; this is a bug: %v", c.Name, r),
+		Remedy:   "report this bug with the output of this command (--format json) and PROVISION version; the other checks' results above still stand",
+		Evidence: map[string]string{"panic": fmt.Sprint(r), "stack": string(stack)}}
 }
 
 // cut is a check's failure when the run's context had ended by the time

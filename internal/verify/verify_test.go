@@ -515,3 +515,78 @@ func checksNamed(name string) []verify.Check {
 	}
 	return out
 }
+
+// TestRunObservesEarly: a check's observation (Check.Observe) starts as soon
+// as its dependencies have passed, while the checks listed ahead of it run,
+// and never when a dependency failed; the check is still judged in ladder
+// order; a panic inside the early observation is the check's internal
+// failure, with the panic's words and stack.
+func TestRunObservesEarly(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		dep       verify.Answer
+		panics    bool
+		observed  bool          // the observation ran
+		overlap   bool          // it ran while "local" ran
+		want      report.Status // the observing check's status
+		wantLayer diag.Layer
+	}{
+		{name: "dependency passed", dep: ok, observed: true, overlap: true, want: report.Pass, wantLayer: diag.TCP},
+		{name: "dependency warned", dep: warn, observed: true, overlap: true, want: report.Pass, wantLayer: diag.TCP},
+		{name: "dependency failed", dep: bad, observed: false, want: report.Skip, wantLayer: diag.TCP},
+		{name: "observation panicked", dep: ok, panics: true, observed: true, overlap: true, want: report.Fail, wantLayer: diag.Internal},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ran []string
+			started := make(chan struct{})
+			observed := false
+			overlap := false
+			checks := []verify.Check{
+				fake("hosts-resolve", diag.Hosts, diag.Node, tc.dep, &ran),
+				{Name: "local", Layer: diag.Credentials, Owner: diag.Node, Run: func(context.Context, *observe.Env) verify.Answer {
+					ran = append(ran, "local")
+					select { // the observation starts while this check runs
+					case <-started:
+						overlap = true
+					case <-time.After(10 * time.Second):
+					}
+					return ok
+				}},
+				{Name: "tcp", Layer: diag.TCP, Owner: diag.Network, DependsOn: []string{"hosts-resolve"},
+					Observe: func(context.Context, *observe.Env) {
+						observed = true
+						close(started)
+						if tc.panics {
+							var chain []int
+							_ = chain[0]
+						}
+					},
+					Run: func(context.Context, *observe.Env) verify.Answer {
+						ran = append(ran, "tcp")
+						return ok
+					}},
+			}
+			if !tc.observed { // nothing would close started: do not wait for it
+				checks[1].Run = func(context.Context, *observe.Env) verify.Answer { ran = append(ran, "local"); return ok }
+			}
+			results := verify.Run(context.Background(), nil, checks, nil)
+			if observed != tc.observed || overlap != tc.overlap {
+				t.Errorf("observed %v, while local ran %v; want %v, %v", observed, overlap, tc.observed, tc.overlap)
+			}
+			wantRan := []string{"hosts-resolve", "local"}
+			if tc.want == report.Pass {
+				wantRan = append(wantRan, "tcp")
+			}
+			if !reflect.DeepEqual(ran, wantRan) {
+				t.Errorf("ran %v, want %v (judged in ladder order)", ran, wantRan)
+			}
+			got := results[2]
+			if got.Status != tc.want || got.Layer != tc.wantLayer {
+				t.Fatalf("tcp: %s in %s (%s), want %s in %s", got.Status, got.Layer, got.Message, tc.want, tc.wantLayer)
+			}
+			if tc.panics && (!strings.Contains(got.Message, "index out of range") || !strings.Contains(got.Evidence["stack"], "verify_test")) {
+				t.Errorf("panic not named: %q, stack %q", got.Message, got.Evidence["stack"])
+			}
+		})
+	}
+}

@@ -62,6 +62,7 @@ func main() {
 	flag.StringVar(&stepFlag, "step", "", "the step CLI `binary` for step+curl (default: build step "+stepVersion+" from its module source, once, into the user cache directory)")
 	useTPM := flag.Bool("tpm", false, "also run cold, warm and verify with the node key inside a software TPM (swtpm)")
 	flag.StringVar(&traceCold, "strace", "", "instead of measuring, run one cold bootstrap under strace -f -y -tt -T -e trace=`SET` and print it (where the time goes)")
+	flag.IntVar(&timelineN, "timeline", 0, "instead of measuring, run this many cold bootstraps with debug logs and print the median time of each log line since exec (where the time goes)")
 	flag.Parse()
 	log.SetOutput(io.Discard) // step-ca's own start-up lines
 	stop := func() {}
@@ -119,6 +120,9 @@ func run(rounds int, out io.Writer) error {
 	defer fl.Close()
 	if traceCold != "" {
 		return straceOne(prov, fl, work, out)
+	}
+	if timelineN > 0 {
+		return timeline(prov, fl, work, timelineN, out)
 	}
 	if signsN > 0 {
 		return signThroughput(fl, signsN, signWorkers, signNewConns, out)
@@ -727,6 +731,7 @@ var (
 	baseline   string
 	stepFlag   string
 	traceCold  string
+	timelineN  int
 	signsN     int
 	// signWorkers is -sign-clients.
 	signWorkers  int
