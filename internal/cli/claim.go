@@ -37,18 +37,21 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 		passes = append(passes, true)
 	}
 	log := f.logger(env.stderr, cfg.NodeID)
+	paths := []string{cfg.Paths.StateDir, cfg.Paths.PKIDir}
 	for _, change := range passes {
-		for _, d := range dirs {
-			ds, err := host.ClaimDir(d.path, change, cfg.Paths.StateDir, cfg.Paths.PKIDir) // pki_dir may sit in state_dir
-			if err != nil {
-				rep := report.Failed(cmd, cfg.NodeID, d.check, claimFinding(d.key, d.path, d.layer, err))
-				if f.check || f.dryRun {
-					return printReport(env, f, rep), false // renew --check and a dry run are questions: no metrics
-				}
-				return finish(env, f, cfg, host, log, rep, nil), false
+		// New marks are made durable in one wait for both (ClaimDirs).
+		states, failed, err := host.ClaimDirs(paths, change, paths...) // pki_dir may sit in state_dir
+		if err != nil {
+			d := dirs[failed]
+			rep := report.Failed(cmd, cfg.NodeID, d.check, claimFinding(d.key, d.path, d.layer, err))
+			if f.check || f.dryRun {
+				return printReport(env, f, rep), false // renew --check and a dry run are questions: no metrics
 			}
+			return finish(env, f, cfg, host, log, rep, nil), false
+		}
+		for i, ds := range states {
 			if ds.Tightened {
-				log.Warn("directory was writable by other users; restricted it to 0700", "key", d.key, "dir", d.path, "was", fmt.Sprintf("%04o", ds.WasMode))
+				log.Warn("directory was writable by other users; restricted it to 0700", "key", dirs[i].key, "dir", dirs[i].path, "was", fmt.Sprintf("%04o", ds.WasMode))
 			}
 		}
 	}

@@ -129,7 +129,24 @@ func (e *ForeignDirError) Is(target error) bool { return target == ErrForeignDir
 // to 0700 (DirState says so, for a warning).
 // Only path itself is ever chmodded, never a parent.
 func ClaimDir(path string, change bool, nested ...string) (DirState, error) {
-	return claimDir(path, change, kernelResolve, nested)
+	return claimDir(path, change, kernelResolve, nested, nil)
+}
+
+// marks is the new marks of a claim and their directories, made durable
+// together in one wait (sync) instead of one wait each.
+type marks struct{ files []*os.File }
+
+// sync fsyncs every file and directory held, at once, and closes them.
+func (m *marks) sync() error {
+	if len(m.files) == 0 {
+		return nil
+	}
+	err := SyncAll(m.files...)
+	for _, f := range m.files {
+		f.Close()
+	}
+	m.files = nil
+	return err
 }
 
 // resolver turns the host path of a link in one of provision's directories
@@ -140,14 +157,14 @@ type resolver func(string) (string, error)
 // it (Host.ClaimDir resolves inside --root instead).
 func kernelResolve(p string) (string, error) { return p, nil }
 
-func claimDir(path string, change bool, resolve resolver, nested []string) (DirState, error) {
+func claimDir(path string, change bool, resolve resolver, nested []string, later *marks) (DirState, error) {
 	var s DirState
 	st, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		if !change {
 			return s, nil
 		}
-		return createPrivateDir(path)
+		return createPrivateDir(path, later)
 	}
 	if err != nil {
 		return s, err
@@ -170,7 +187,7 @@ func claimDir(path string, change bool, resolve resolver, nested []string) (DirS
 		return s, fmt.Errorf("%s is not writable: %w", path, err)
 	}
 	if !v.marked {
-		if err := markOwn(path); err != nil {
+		if err := markOwn(path, later); err != nil {
 			return s, err
 		}
 		s.Marked = true
@@ -188,6 +205,35 @@ func claimDir(path string, change bool, resolve resolver, nested []string) (DirS
 // Path maps p (and every path under it) to where it resolved, so every
 // later step reaches the directory that was judged.
 func (h *Host) ClaimDir(p string, change bool, own ...string) (DirState, error) {
+	return h.claimDir(p, change, own, nil)
+}
+
+// ClaimDirs is ClaimDir for each of paths in turn (each a directory of
+// provision's; own as for ClaimDir), stopping at the first refused, whose
+// index it returns with the error. The marks it writes and their
+// directories are made durable in one wait at the end, not one wait each:
+// a power cut before it returns may leave any of them torn, which the next
+// run judges as before they were written (hasMark) and writes again, as
+// it would one torn alone; nothing is written into these directories
+// before ClaimDirs returns.
+func (h *Host) ClaimDirs(paths []string, change bool, own ...string) ([]DirState, int, error) {
+	later := &marks{}
+	var states []DirState
+	for i, p := range paths {
+		s, err := h.claimDir(p, change, own, later)
+		if err != nil {
+			later.sync() // what was marked is kept, as one claim alone would
+			return states, i, err
+		}
+		states = append(states, s)
+	}
+	if err := later.sync(); err != nil {
+		return states, len(paths) - 1, fmt.Errorf("making the marks of %s durable: %w", strings.Join(paths, ", "), err)
+	}
+	return states, -1, nil
+}
+
+func (h *Host) claimDir(p string, change bool, own []string, later *marks) (DirState, error) {
 	d, name, err := h.Chase(p, ChaseOptions{FollowLast: true, Mkdir: change, Own: true})
 	if errors.Is(err, fs.ErrNotExist) && !change {
 		return DirState{}, nil // nothing there yet: nothing to judge
@@ -202,7 +248,7 @@ func (h *Host) ClaimDir(p string, change bool, own ...string) (DirState, error) 
 			nested = append(nested, filepath.Base(o))
 		}
 	}
-	s, err := claimDir(d.Join(name), change, h.resolveHost, nested)
+	s, err := claimDir(d.Join(name), change, h.resolveHost, nested, later)
 	if err == nil {
 		if h.claimed == nil {
 			h.claimed = map[string]string{}
@@ -235,12 +281,19 @@ func (h *Host) resolveHost(p string) (string, error) {
 // mark, which hasMark does not take for one (the directory is then judged
 // unmarked, as before it was marked, and the next run writes the mark
 // again), so nothing needs the file durable before its name.
-func markOwn(dir string) error {
+//
+// With later, a new mark and its directory are left to later's one wait.
+func markOwn(dir string, later *marks) error {
 	d, err := OpenDir(dir)
 	if err != nil {
 		return fmt.Errorf("marking %s as provision's own: %w", dir, err)
 	}
-	defer d.Close()
+	handed := false // d and the mark now later's to sync and close
+	defer func() {
+		if !handed {
+			d.Close()
+		}
+	}()
 	f, err := d.OpenRegular(OwnMark, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if errors.Is(err, fs.ErrExist) {
 		if b, _ := d.ReadRegular(context.Background(), OwnMark, 4096); string(b) == ownMarkText {
@@ -248,7 +301,7 @@ func markOwn(dir string) error {
 		}
 		err = d.WriteAtomic(OwnMark, []byte(ownMarkText), WriteOptions{Mode: 0o644}) // and syncs d
 	} else if err == nil {
-		err = writeMark(f, d)
+		handed, err = writeMark(f, d, later)
 	}
 	if err != nil {
 		return fmt.Errorf("marking %s as provision's own: %w", dir, err)
@@ -256,25 +309,31 @@ func markOwn(dir string) error {
 	return nil
 }
 
-// writeMark fills the new mark f in d and makes both durable in one wait.
-func writeMark(f *os.File, d *Dir) error {
+// writeMark fills the new mark f in d and makes both durable in one wait,
+// or hands both to later's (handed: later closes them).
+func writeMark(f *os.File, d *Dir, later *marks) (handed bool, err error) {
+	_, err = f.Write([]byte(ownMarkText))
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil && later != nil {
+		later.files = append(later.files, f, d.f)
+		return true, nil
+	}
 	defer f.Close()
-	if _, err := f.Write([]byte(ownMarkText)); err != nil {
-		return err
+	if err != nil {
+		return false, err
 	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	return SyncAll(f, d.f)
+	return false, SyncAll(f, d.f)
 }
 
 // MarkOwn writes OwnMark into dir, for tests that plant a directory of
 // provision's as an earlier run would have left it.
-func MarkOwn(dir string) error { return markOwn(dir) }
+func MarkOwn(dir string) error { return markOwn(dir, nil) }
 
 // createPrivateDir creates path 0700, and its missing parents 0755, and
 // marks it provision's.
-func createPrivateDir(path string) (DirState, error) {
+func createPrivateDir(path string, later *marks) (DirState, error) {
 	s := DirState{Created: true, Marked: true}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return DirState{}, fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
@@ -283,7 +342,7 @@ func createPrivateDir(path string) (DirState, error) {
 		return DirState{}, fmt.Errorf("creating %s: %w", path, err)
 	} else if err != nil {
 		// Another run made it in between: judge it like any other.
-		return ClaimDir(path, true) // made by the other run: empty or marked
+		return claimDir(path, true, kernelResolve, nil, later) // made by the other run: empty or marked
 	}
 	// The umask may have taken bits off; 0700 exactly is the point.
 	if err := os.Chmod(path, 0o700); err != nil {
@@ -291,7 +350,7 @@ func createPrivateDir(path string) (DirState, error) {
 	}
 	// A run killed before the mark leaves an empty directory, which the
 	// next run claims (and marks) as its own.
-	return s, markOwn(path)
+	return s, markOwn(path, later)
 }
 
 // verdict is what judgeDir found in a directory of provision's.

@@ -131,6 +131,11 @@ func TestClaimDir(t *testing.T) {
 		{name: "marked, with records that do not parse", entries: []string{mark, "receipt.json", "renew.json=\x00\x01", "renew.json.damaged-20260101T000000Z"}},
 		{name: "an earlier provision's state: a receipt that parses", entries: []string{"receipt.json={\"node_id\":\"gpu-1\"}", "tasks/", "done/"}},
 		{name: "an earlier provision's state: its run lock", entries: []string{".lock=12345\n"}},
+		// A power cut before the first run's one wait for both marks (and
+		// their directories) ended: either mark may be torn, state_dir's and
+		// the new pki_dir's inside it.
+		{name: "torn marks in state_dir and in its pki_dir", entries: []string{OwnMark + "=", "pki/" + OwnMark + "=provis", ".lock=4242\n"}, nested: []string{"pki"}},
+		{name: "torn marks, pki_dir's alone", entries: []string{mark, "pki/" + OwnMark + "="}, nested: []string{"pki"}},
 		{name: "an earlier provision's pki_dir: a generation and current", entries: []string{gen + "/", "current -> " + gen, "key.pem -> current/key.pem"}},
 		{name: "a marked directory with the pair an interrupted conversion left", entries: []string{mark, "key.pem", "cert.pem", "ca.pem"}},
 		{name: "a previous tool's credential set", entries: []string{"key.pem", "cert.pem", "ca.pem"},
@@ -251,7 +256,7 @@ func BenchmarkClaimDir(b *testing.B) {
 		os.Symlink(target, filepath.Join(dir, "pki", l))
 	}
 	for _, d := range []string{dir, filepath.Join(dir, "pki")} {
-		if err := markOwn(d); err != nil {
+		if err := markOwn(d, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -260,6 +265,51 @@ func BenchmarkClaimDir(b *testing.B) {
 			for b.Loop() {
 				if _, err := ClaimDir(dir, change); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestClaimDirs: the first run's two directories (pki_dir inside
+// state_dir) are created and marked, both marks whole; a refused second
+// directory is named by its index, and the first keeps its mark.
+func TestClaimDirs(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		plant   string // a foreign file planted in pki_dir first
+		failed  int
+		created []bool
+	}{
+		{name: "both new", failed: -1, created: []bool{true, true}},
+		{name: "pki_dir elsewhere, refused", plant: "app.conf", failed: 1, created: []bool{true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			h, err := New(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			paths := []string{"/var/lib/provision", "/var/lib/provision/pki"}
+			if tc.plant != "" {
+				paths[1] = "/srv/pki"
+				os.MkdirAll(filepath.Join(root, paths[1]), 0o700)
+				os.WriteFile(filepath.Join(root, paths[1], tc.plant), []byte("x"), 0o600)
+			}
+			states, failed, err := h.ClaimDirs(paths, true, paths...)
+			if failed != tc.failed || (err == nil) != (tc.failed < 0) {
+				t.Fatalf("failed at %d (%v), want %d", failed, err, tc.failed)
+			}
+			if len(states) != len(tc.created) {
+				t.Fatalf("%d states, want %d", len(states), len(tc.created))
+			}
+			for i, want := range tc.created {
+				if states[i].Created != want || !states[i].Marked {
+					t.Errorf("%s: %+v, want created %v and marked", paths[i], states[i], want)
+				}
+				b, err := os.ReadFile(filepath.Join(root, paths[i], OwnMark))
+				if err != nil || string(b) != ownMarkText {
+					t.Errorf("%s: mark %q (%v), want it whole", paths[i], b, err)
 				}
 			}
 		})
