@@ -92,7 +92,7 @@ func applyHosts(r *pipeline.Run) *diag.Finding {
 			if err := sync(); err != nil {
 				return &diag.Finding{Layer: diag.Hosts, Owner: diag.Node, Check: "hosts-apply",
 					Summary: "the managed block was written to " + cfg.Paths.HostsFile + " but could not be made durable: " + err.Error(),
-					Remedy:  "check the disk under " + filepath.Dir(cfg.Paths.HostsFile) + " (the kernel log names the error), then run provision again; nothing was published"}
+					Remedy:  diag.NotDurable(filepath.Dir(cfg.Paths.HostsFile))}
 			}
 			return nil
 		})

@@ -130,7 +130,12 @@ func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host
 	defer cancel()
 	until, _ := lockCtx.Deadline()
 	unlock, err := lock(lockCtx, host.Path(cfg.Paths.StateDir), cfg.Bootstrap.Deadline.Duration, log)
+	durable := env.durable
+	env.durable = nil
 	if err != nil {
+		if durable != nil {
+			durable() // no run to overlap it with; the lock's failure is the answer
+		}
 		var le *lockError
 		if errors.As(err, &le) && le.busy {
 			rep := report.Failed(cmd, cfg.NodeID, "lock", &diag.Finding{Layer: LayerLock, Owner: diag.Node,
@@ -146,6 +151,7 @@ func locked(ctx context.Context, env *runEnv, f *flags, cfg *config.Config, host
 	defer unlock()
 	o := pipelineOptions(log, f.force)
 	o.Until = until
+	o.Durable = durable
 	out := run(ctx, o)
 	return finish(env, f, cfg, host, log, out.Report, seenBy(out))
 }

@@ -39,8 +39,9 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 	log := f.logger(env.stderr, cfg.NodeID)
 	paths := []string{cfg.Paths.StateDir, cfg.Paths.PKIDir}
 	for _, change := range passes {
-		// New marks are made durable in one wait for both (ClaimDirs).
-		states, failed, err := host.ClaimDirs(paths, change, paths...) // pki_dir may sit in state_dir
+		// New marks are made durable in one wait for both, which the run
+		// overlaps with reaching the CA (pipeline.Options.Durable).
+		states, failed, durable, err := host.ClaimDirs(paths, change, paths...) // pki_dir may sit in state_dir
 		if err != nil {
 			d := dirs[failed]
 			rep := report.Failed(cmd, cfg.NodeID, d.check, claimFinding(d.key, d.path, d.layer, err))
@@ -49,6 +50,7 @@ func claimDirs(env *runEnv, f *flags, cfg *config.Config, host *system.Host, cmd
 			}
 			return finish(env, f, cfg, host, log, rep, nil), false
 		}
+		env.durable = durable
 		for i, ds := range states {
 			if ds.Tightened {
 				log.Warn("directory was writable by other users; restricted it to 0700", "key", dirs[i].key, "dir", dirs[i].path, "was", fmt.Sprintf("%04o", ds.WasMode))

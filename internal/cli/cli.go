@@ -86,6 +86,9 @@ type runEnv struct {
 	journal        bool            // stdout is the journal (systemd's JOURNAL_STREAM): the report defaults to JSON
 	start          time.Time       // when the run began, for its duration
 	runID          string          // ties the run's log lines together
+	// durable makes the directory marks claimDirs wrote durable; nil when
+	// it wrote none. A run hands it to the pipeline (Options.Durable).
+	durable func() error
 }
 
 func commands() []*command {

@@ -90,6 +90,13 @@ func (f *Finding) add(k, v string) {
 // in dir, its own directory: the rest says what then.
 func Writable(dir string) string { return "make " + dir + " writable" }
 
+// NotDurable is the remedy of a write that was made but could not be made
+// durable under where (an fsync failed), found before anything was
+// published.
+func NotDurable(where string) string {
+	return "check the disk under " + where + " (the kernel log names the error), then run provision again; nothing was published"
+}
+
 // TaskNotKept is the finding of a task the proof received (the API
 // dequeued it) that could not be handed off under stateDir: the task is in
 // the evidence, for a person to give to the node-agent. after ends the

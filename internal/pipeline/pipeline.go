@@ -72,6 +72,11 @@ type Options struct {
 	// unit's own (cli decides); "" for a run by hand. Only such a run can
 	// be a restart (RestartSplay).
 	Invocation string
+	// Durable, when set, makes what the command wrote before the run
+	// durable (cli's new directory marks, system.Host.ClaimDirs). The run
+	// does it meanwhile, while it reaches the CA, and publishes nothing
+	// before it returned (Settle); its failure is the run's answer then.
+	Durable func() error
 }
 
 // Outcome is what a run did.
@@ -190,6 +195,15 @@ func New(ctx context.Context, command string, cfg *config.Config, host *system.H
 		r.Found = &state.Renewal{}
 	}
 	r.keepDamaged()
+	if o.Durable != nil {
+		r.Meanwhile(func() *diag.Finding {
+			if err := o.Durable(); err != nil {
+				return &diag.Finding{Layer: diag.State, Owner: diag.Node, Check: "state-dir", Summary: err.Error(),
+					Remedy: diag.NotDurable(cfg.Paths.StateDir + " and " + cfg.Paths.PKIDir)}
+			}
+			return nil
+		})
+	}
 	return r, cancel
 }
 

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,6 +156,64 @@ func TestMeanwhileSettled(t *testing.T) {
 	rep := r.Execute([]Step{obtain, prove, PublishStep, {Name: "check", Do: check}}, nil).Report
 	if rep.OK || rep.FailedLayer != diag.Hosts || rep.FailedCheck != "publish" || seen {
 		t.Errorf("report ok=%v layer %s check %q, later step ran %v: want the meanwhile failure to fail publish", rep.OK, rep.FailedLayer, rep.FailedCheck, seen)
+	}
+}
+
+// TestDurableSettled: what the command left to make durable (cli's new
+// directory marks, Options.Durable) runs meanwhile from the run's start,
+// is done before publish, and its failure fails publish at layer state,
+// with the disk's remedy, before anything is published.
+func TestDurableSettled(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"made durable", nil},
+		{"fsync failed", errors.New("making the marks of /state and /pki durable: input/output error")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var done atomic.Bool
+			host, err := system.New(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := &config.Config{NodeID: "node-1"}
+			cfg.Paths.StateDir, cfg.Paths.PKIDir = "/state", "/pki"
+			cfg.Bootstrap.Deadline.Duration = 1e9
+			started := make(chan struct{})
+			r, cancel := New(context.Background(), "test", cfg, host, Options{Durable: func() error {
+				close(started)
+				time.Sleep(20 * time.Millisecond) // so that only a wait can see it done
+				done.Store(true)
+				return tc.err
+			}})
+			defer cancel()
+			var seen bool
+			steps := []Step{
+				{Name: "obtain", Do: func(r *Run) *diag.Finding {
+					r.SetObtained(&Obtained{})
+					select { // it runs meanwhile, from the run's start
+					case <-started:
+						return nil
+					case <-time.After(5 * time.Second):
+						return &diag.Finding{Layer: diag.Internal, Summary: "Durable did not start with the run"}
+					}
+				}, Writes: StageObtained},
+				{Name: "prove", Do: func(r *Run) *diag.Finding { r.setProven(&Proven{Report: &report.Report{OK: true}}); return nil }, Writes: StageProven},
+				PublishStep,
+				{Name: "check", Do: func(*Run) *diag.Finding { seen = done.Load(); return nil }},
+			}
+			rep := r.Execute(steps, nil).Report
+			if tc.err == nil {
+				if !rep.OK || !seen {
+					t.Fatalf("ok=%v (%s), a step after publish saw it done: %v; want ok and done", rep.OK, rep.Summary, seen)
+				}
+				return
+			}
+			if rep.OK || rep.FailedLayer != diag.State || rep.FailedCheck != "state-dir" || !strings.Contains(rep.Remedy, "nothing was published") || seen {
+				t.Fatalf("ok=%v layer %s check %q remedy %q, later step ran %v: want publish stopped at state-dir", rep.OK, rep.FailedLayer, rep.FailedCheck, rep.Remedy, seen)
+			}
+		})
 	}
 }
 

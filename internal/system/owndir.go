@@ -210,27 +210,34 @@ func (h *Host) ClaimDir(p string, change bool, own ...string) (DirState, error) 
 
 // ClaimDirs is ClaimDir for each of paths in turn (each a directory of
 // provision's; own as for ClaimDir), stopping at the first refused, whose
-// index it returns with the error. The marks it writes and their
-// directories are made durable in one wait at the end, not one wait each:
-// a power cut before it returns may leave any of them torn, which the next
-// run judges as before they were written (hasMark) and writes again, as
-// it would one torn alone; nothing is written into these directories
-// before ClaimDirs returns.
-func (h *Host) ClaimDirs(paths []string, change bool, own ...string) ([]DirState, int, error) {
+// index it returns with the error. The marks it writes are not yet
+// durable: durable (nil when it wrote none) fsyncs them and their
+// directories in one wait, which the caller may overlap with other work
+// (a run does it while it reaches the CA: pipeline.Options.Durable). Until
+// it returns, a power cut may leave any of them torn or missing, which the
+// next run judges as before they were written (hasMark) and writes again;
+// and a directory that holds provision's records or generations is judged
+// provision's by them, mark or not, so a durable record beside a torn mark
+// is no wedge either.
+func (h *Host) ClaimDirs(paths []string, change bool, own ...string) (states []DirState, failed int, durable func() error, err error) {
 	later := &marks{}
-	var states []DirState
 	for i, p := range paths {
 		s, err := h.claimDir(p, change, own, later)
 		if err != nil {
 			later.sync() // what was marked is kept, as one claim alone would
-			return states, i, err
+			return states, i, nil, err
 		}
 		states = append(states, s)
 	}
-	if err := later.sync(); err != nil {
-		return states, len(paths) - 1, fmt.Errorf("making the marks of %s durable: %w", strings.Join(paths, ", "), err)
+	if len(later.files) == 0 {
+		return states, -1, nil, nil
 	}
-	return states, -1, nil
+	return states, -1, func() error {
+		if err := later.sync(); err != nil {
+			return fmt.Errorf("making the marks of %s durable: %w", strings.Join(paths, " and "), err)
+		}
+		return nil
+	}, nil
 }
 
 func (h *Host) claimDir(p string, change bool, own []string, later *marks) (DirState, error) {

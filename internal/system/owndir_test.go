@@ -296,9 +296,17 @@ func TestClaimDirs(t *testing.T) {
 				os.MkdirAll(filepath.Join(root, paths[1]), 0o700)
 				os.WriteFile(filepath.Join(root, paths[1], tc.plant), []byte("x"), 0o600)
 			}
-			states, failed, err := h.ClaimDirs(paths, true, paths...)
+			states, failed, durable, err := h.ClaimDirs(paths, true, paths...)
 			if failed != tc.failed || (err == nil) != (tc.failed < 0) {
 				t.Fatalf("failed at %d (%v), want %d", failed, err, tc.failed)
+			}
+			if (durable != nil) != (tc.failed < 0) {
+				t.Fatalf("durable given %v, want it for a claim that marked both", durable != nil)
+			}
+			if durable != nil {
+				if err := durable(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if len(states) != len(tc.created) {
 				t.Fatalf("%d states, want %d", len(states), len(tc.created))
