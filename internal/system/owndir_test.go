@@ -136,6 +136,10 @@ func TestClaimDir(t *testing.T) {
 		// the new pki_dir's inside it.
 		{name: "torn marks in state_dir and in its pki_dir", entries: []string{OwnMark + "=", "pki/" + OwnMark + "=provis", ".lock=4242\n"}, nested: []string{"pki"}},
 		{name: "torn marks, pki_dir's alone", entries: []string{mark, "pki/" + OwnMark + "="}, nested: []string{"pki"}},
+		// The marks are made durable while the run reaches the CA: the
+		// enroll-pending marker and a generation aside may be durable first.
+		{name: "torn marks beside a durable marker and generation", entries: []string{OwnMark + "=", "enroll-pending.json={\"token_sha256\":\"ab\"}",
+			"pki/" + OwnMark + "=", "pki/" + gen + "/"}, nested: []string{"pki"}},
 		{name: "an earlier provision's pki_dir: a generation and current", entries: []string{gen + "/", "current -> " + gen, "key.pem -> current/key.pem"}},
 		{name: "a marked directory with the pair an interrupted conversion left", entries: []string{mark, "key.pem", "cert.pem", "ca.pem"}},
 		{name: "a previous tool's credential set", entries: []string{"key.pem", "cert.pem", "ca.pem"},
