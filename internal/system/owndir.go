@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -149,6 +150,63 @@ func (m *marks) sync() error {
 	return err
 }
 
+// claimedHere is every directory this process claimed to write in, by the
+// path it was claimed at, with the directory (device and inode) it was. A
+// run claims state_dir before each of its writes there (the lock, the
+// enroll-pending marker, the records), as every library that writes in it
+// must, and pki_dir before the set is written: a claim of a directory this
+// process already claimed, found again as that same directory, owned by
+// this process's user and writable by nobody else, has nothing new to
+// judge (only its owner could have put anything in it since) and returns
+// at once. A directory replaced, relinked or opened up since is judged
+// again from scratch. (Its owner alone could also remove it and make
+// another that reuses its inode number: that is provision's own user, not
+// what a claim guards against.)
+var claimedHere = &claimed{dirs: map[string]fileID{}}
+
+type fileID struct{ dev, ino uint64 }
+
+type claimed struct {
+	mu   sync.Mutex
+	dirs map[string]fileID
+}
+
+// remember records path as claimed, as the directory it is now.
+func (c *claimed) remember(path string) {
+	st, err := os.Lstat(path)
+	if err != nil {
+		return
+	}
+	if id, ok := ownOnly(st); ok {
+		c.mu.Lock()
+		c.dirs[path] = id
+		c.mu.Unlock()
+	}
+}
+
+// same says whether path (whose Lstat is st) is still the directory
+// claimed at it, and still writable by its owner alone.
+func (c *claimed) same(path string, st os.FileInfo) bool {
+	id, ok := ownOnly(st)
+	if !ok {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	was, ok := c.dirs[path]
+	return ok && was == id
+}
+
+// ownOnly is st's identity when it is a directory (not a link) owned by
+// this process's user that no one else can write into.
+func ownOnly(st os.FileInfo) (fileID, bool) {
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok || !st.IsDir() || st.Mode().Perm()&0o022 != 0 || int(sys.Uid) != os.Geteuid() {
+		return fileID{}, false
+	}
+	return fileID{dev: uint64(sys.Dev), ino: sys.Ino}, true
+}
+
 // resolver turns the host path of a link in one of provision's directories
 // into the host path of what it names.
 type resolver func(string) (string, error)
@@ -158,8 +216,20 @@ type resolver func(string) (string, error)
 func kernelResolve(p string) (string, error) { return p, nil }
 
 func claimDir(path string, change bool, resolve resolver, nested []string, later *marks) (DirState, error) {
-	var s DirState
 	st, err := os.Lstat(path)
+	if err == nil && change && claimedHere.same(path, st) {
+		return DirState{}, nil
+	}
+	s, err := judgeClaim(path, st, err, change, resolve, nested, later)
+	if err == nil && change {
+		claimedHere.remember(path)
+	}
+	return s, err
+}
+
+// judgeClaim is claimDir's judgement of path (st and err its Lstat).
+func judgeClaim(path string, st os.FileInfo, err error, change bool, resolve resolver, nested []string, later *marks) (DirState, error) {
+	var s DirState
 	if errors.Is(err, os.ErrNotExist) {
 		if !change {
 			return s, nil

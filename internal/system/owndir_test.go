@@ -327,3 +327,48 @@ func TestClaimDirs(t *testing.T) {
 		})
 	}
 }
+
+// TestClaimDirOnce: a directory this process claimed to write in, found
+// again as the same directory and still writable by its owner alone, is
+// not judged again (a run claims state_dir before each write there); one
+// opened up to others, or replaced by another directory, is judged anew
+// and refused for what it now holds.
+func TestClaimDirOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		between func(t *testing.T, dir string)
+		refused bool
+	}{
+		{name: "the same directory", between: func(*testing.T, string) {}},
+		{name: "opened up to others", between: func(t *testing.T, dir string) {
+			if err := os.Chmod(dir, 0o777); err != nil {
+				t.Fatal(err)
+			}
+		}, refused: true},
+		{name: "replaced by another directory", between: func(t *testing.T, dir string) {
+			if err := os.Rename(dir, dir+".old"); err != nil { // moved aside, a new one made
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, refused: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "state")
+			if _, err := ClaimDir(dir, true); err != nil {
+				t.Fatal(err)
+			}
+			tc.between(t, dir)
+			// Only the owner (or root) can put this here: in the same
+			// directory, a claim has nothing new to judge.
+			if err := os.WriteFile(filepath.Join(dir, "app.conf"), []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := ClaimDir(dir, true)
+			if refused := errors.Is(err, ErrForeignDir); refused != tc.refused {
+				t.Fatalf("second claim: %v; want refused %v", err, tc.refused)
+			}
+		})
+	}
+}
