@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // provision runs as root and creates its directories 0700, tightens them
@@ -373,10 +374,13 @@ func markOwn(dir string, later *marks) error {
 	}()
 	f, err := d.OpenRegular(OwnMark, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if errors.Is(err, fs.ErrExist) {
-		if b, _ := d.ReadRegular(context.Background(), OwnMark, 4096); string(b) == ownMarkText {
+		if markWhole(d, markSettle) {
 			return nil
 		}
 		err = d.WriteAtomic(OwnMark, []byte(ownMarkText), WriteOptions{Mode: 0o644}) // and syncs d
+		if err != nil && markWhole(d, 0) {
+			err = nil // another run wrote it again meanwhile (and may have swept this one's temp file)
+		}
 	} else if err == nil {
 		handed, err = writeMark(f, d, later)
 	}
@@ -384,6 +388,30 @@ func markOwn(dir string, later *marks) error {
 		return fmt.Errorf("marking %s as provision's own: %w", dir, err)
 	}
 	return nil
+}
+
+// markSettle is how long a mark found not yet whole is given to become
+// whole: two runs starting together (cloud-init's and the unit's) claim a
+// new directory at once, and the one whose exclusive create lost finds
+// the other's mark created but, for a few microseconds, not yet written.
+// Taken for one a killed run left torn and written again, it raced the
+// other run, which (holding the lock by then) swept its temp file. A mark
+// still not whole after this was torn by a crash.
+const markSettle = 50 * time.Millisecond
+
+// markWhole says whether d holds the whole mark, waiting up to settle for
+// one being written.
+func markWhole(d *Dir, settle time.Duration) bool {
+	deadline := time.Now().Add(settle)
+	for {
+		if b, _ := d.ReadRegular(context.Background(), OwnMark, 4096); string(b) == ownMarkText {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // writeMark fills the new mark f in d and makes both durable in one wait,

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // tree builds entries under dir: "name" a regular file ("name=content"
@@ -368,6 +369,56 @@ func TestClaimDirOnce(t *testing.T) {
 			_, err := ClaimDir(dir, true)
 			if refused := errors.Is(err, ErrForeignDir); refused != tc.refused {
 				t.Fatalf("second claim: %v; want refused %v", err, tc.refused)
+			}
+		})
+	}
+}
+
+// TestMarkBeingWritten: two runs claim a new directory at once; the one
+// whose exclusive create lost finds the other's mark created and not yet
+// written. It waits for it rather than take it for a torn one and write it
+// again (the other run, holding the lock by then, swept that rewrite's
+// temp file: exit 21 in TestConcurrentRuns), and keeps the other's mark.
+// A mark still torn after the wait is written again.
+func TestMarkBeingWritten(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		writeIn   time.Duration // -1: never (a crash tore it)
+		rewritten bool
+	}{
+		{name: "written a moment later", writeIn: 10 * time.Millisecond},
+		{name: "torn by a crash", writeIn: -1, rewritten: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			mark := filepath.Join(dir, OwnMark)
+			f, err := os.OpenFile(mark, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, _ := os.Stat(mark)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				defer f.Close()
+				if tc.writeIn >= 0 {
+					time.Sleep(tc.writeIn)
+					f.Write([]byte(ownMarkText))
+				}
+			}()
+			if err := markOwn(dir, nil); err != nil {
+				t.Fatal(err)
+			}
+			<-done
+			after, err := os.Stat(mark)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rewritten := !os.SameFile(before, after); rewritten != tc.rewritten {
+				t.Errorf("mark rewritten %v, want %v", rewritten, tc.rewritten)
+			}
+			if b, _ := os.ReadFile(mark); string(b) != ownMarkText {
+				t.Errorf("mark %q, want it whole", b)
 			}
 		})
 	}
