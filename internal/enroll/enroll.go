@@ -375,25 +375,79 @@ func excerpt(b []byte) string {
 	return s
 }
 
-// FetchRoots fetches the pinned root, checks it, then fetches the CA's
-// current roots over a connection verified against only the pinned root
-// (and Known).
+// FetchRoots fetches the CA's current and federated roots, trusted through
+// the pinned root (and Known), over one connection when nothing fails.
 //
-// It is one connection when nothing fails. The pinned root is fetched over
-// a connection whose handshake does not verify the server: the answer is
-// checked against the pinned fingerprint before anything trusts it (step's
-// own "pinned trust on first use"). That connection's certificate chain is
-// then verified against the root just checked and the CA's hostname, as a
-// handshake would, before /roots and /federation are asked over it; any
+// The first request, /roots, goes over a connection whose handshake does
+// not verify the server, and nothing of its answer is trusted until that
+// connection is: among the roots it lists, the one with the pinned
+// fingerprint (step's own "pinned trust on first use") must be a
+// self-signed CA, and the connection's certificate chain is then verified
+// against it and the CA's hostname, as a handshake would. Only then are the
+// answer's roots and its Date taken (the Date with the node clock of its
+// arrival), and /federation is asked over the verified connection; any
 // connection dialled after that is verified in its handshake (pinTrust).
-// Nothing but the pinned fetch is ever sent unverified, and a second TLS
-// handshake per run (about 1.7 ms of CPU at the node and the CA each) is
-// saved.
+// Nothing secret is sent before the server is verified, nothing it said
+// is used unverified, and a second TLS handshake (about 1.7 ms of CPU at
+// the node and the CA each) and a request of their own for the pinned root
+// are saved.
+//
+// When /roots does not list the pinned root (it was retired into the
+// federation, or ca.fingerprint is wrong), the pinned root is fetched by
+// itself first, as step does (pinnedFirst), which also tells those apart.
 func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 	trust := &pinTrust{host: c.URL.Hostname(), now: c.now}
-	tr := c.transport(&tls.Config{InsecureSkipVerify: true, VerifyConnection: trust.verify, ServerName: trust.host, MinVersion: tls.VersionTLS12}) //nolint:gosec // pinned root fetch, verified by fingerprint below, then pinTrust
+	tr := c.transport(&tls.Config{InsecureSkipVerify: true, VerifyConnection: trust.verify, ServerName: trust.host, MinVersion: tls.VersionTLS12}) //nolint:gosec // pinned root fetch: /roots verified below against the pinned root it lists, then pinTrust
 	tr.DisableKeepAlives = false
 	defer tr.CloseIdleConnections()
+	resp, body, err := c.get(ctx, tr, "/roots")
+	at := c.now()
+	out := &Roots{} // no Date until the connection that answered is verified
+	if e := classifyHTTP("fetch roots", resp, body, err); e != nil {
+		e.RetryAfter = retry.RetryAfter(resp, c.now())
+		return out, e
+	}
+	var rs api.RootsResponse
+	if err := json.Unmarshal(body, &rs); err != nil {
+		return out, &Error{Kind: NotStepCA, Op: "fetch roots", Err: fmt.Errorf("the answer is not a step-ca roots response: %q", excerpt(body))}
+	}
+	root := pinnedAmong(rs.Certificates, c.Fingerprint)
+	if root == nil {
+		return c.pinnedFirst(ctx, trust, tr)
+	}
+	out.Pinned = root
+	pool := c.trustPool(root)
+	if err := trust.pin(pool, resp.TLS); err != nil {
+		c.observeClockOutOfTime(ctx, pool, err, out)
+		return out, &Error{Kind: TrustMismatch, Op: "fetch roots", Err: notPinned(err)}
+	}
+	out.observeDate(resp, at) // the answer came over the connection just verified
+	current(out, rs.Certificates, nil)
+	return c.federation(ctx, out, root, tr, true)
+}
+
+// pinnedAmong is the certificate of certs whose fingerprint is fp, when it
+// is a self-signed CA certificate; nil otherwise.
+func pinnedAmong(certs []api.Certificate, fp string) *x509.Certificate {
+	for _, crt := range certs {
+		x := crt.Certificate
+		if x == nil || Fingerprint(x) != fp {
+			continue
+		}
+		if x.IsCA && x.CheckSignatureFrom(x) == nil {
+			return x
+		}
+	}
+	return nil
+}
+
+// pinnedFirst fetches the pinned root by itself, checks it, then fetches
+// the CA's current roots over the connection verified against it (and
+// Known): FetchRoots' way when /roots does not list the pinned root. The
+// pinned root is fetched over tr's connection, not yet verified: the
+// answer is checked against the pinned fingerprint before anything trusts
+// it, then that connection's certificate chain is verified against it.
+func (c *Client) pinnedFirst(ctx context.Context, trust *pinTrust, tr *http.Transport) (*Roots, error) {
 	resp, body, err := c.get(ctx, tr, "/root/"+c.Fingerprint)
 	out := &Roots{} // no Date from this answer: nothing authenticated it yet
 	if e := classifyHTTP("fetch pinned root", resp, body, err); e != nil {
@@ -495,8 +549,14 @@ func (c *Client) fetchCurrent(ctx context.Context, out *Roots, root *x509.Certif
 	if err := json.Unmarshal(body, &rs); err != nil {
 		return out, &Error{Kind: NotStepCA, Op: "fetch roots", Err: fmt.Errorf("the answer is not a step-ca roots response: %q", excerpt(body))}
 	}
+	return c.federation(ctx, out, root, pinned, current(out, rs.Certificates, root))
+}
+
+// current adds certs, /roots' answer, to out.Current, and says whether root
+// is among them (true for no root: after the pinned one was retired).
+func current(out *Roots, certs []api.Certificate, root *x509.Certificate) bool {
 	found := root == nil
-	for _, crt := range rs.Certificates {
+	for _, crt := range certs {
 		if crt.Certificate == nil {
 			continue
 		}
@@ -505,8 +565,15 @@ func (c *Client) fetchCurrent(ctx context.Context, out *Roots, root *x509.Certif
 			found = true
 		}
 	}
+	return found
+}
+
+// federation fetches /federation through pinned (verified) into
+// out.Federated; root, when given, must be among the current roots (found)
+// or the federated ones.
+func (c *Client) federation(ctx context.Context, out *Roots, root *x509.Certificate, pinned http.RoundTripper, found bool) (*Roots, error) {
 	// The federation: every root the CA vouches for (a superset of /roots).
-	resp, body, err = c.get(ctx, pinned, "/federation")
+	resp, body, err := c.get(ctx, pinned, "/federation")
 	if e := classifyHTTP("fetch federation", resp, body, err); e != nil {
 		return out, e
 	}

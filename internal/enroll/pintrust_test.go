@@ -18,29 +18,31 @@ import (
 	"github.com/gpuaas/provision/tests/controlplane"
 )
 
-// TestFetchRootsConnections: FetchRoots sends the pinned-root fetch over a
-// connection it verifies only afterwards, against that root, and asks
-// /roots and /federation only over a verified connection: the same one
-// when it stays open, a new one verified in its handshake when the CA
-// closed it. A CA whose certificate does not chain to the pinned root, on
-// the first connection or only on a later one, is never asked for /roots.
+// TestFetchRootsConnections: FetchRoots asks /roots over a connection it
+// verifies only afterwards, against the pinned root among the roots it
+// listed, and uses nothing of that answer before; /federation is asked
+// only over a verified connection: the same one when it stays open, a new
+// one verified in its handshake when the CA closed it. A CA whose
+// certificate does not chain to the pinned root, on the first connection
+// or only on a later one, is refused and never asked for /federation.
 func TestFetchRootsConnections(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		// closeAfterPin: the CA closes the connection after the pinned root.
-		closeAfterPin bool
+		// closeAfterFirst: the CA closes the connection after its first answer.
+		closeAfterFirst bool
 		// untrustedFrom is the connection (1-based) from which the CA
 		// presents a certificate of another CA; 0: never.
-		untrustedFrom int
-		wantDials     int32
-		wantErr       enroll.Kind // "" = the roots are fetched
-		wantRoots     int32       // /roots requests the CA saw
-		wantConnsUsed int         // distinct connections that carried a request
+		untrustedFrom  int
+		wantDials      int32
+		wantErr        enroll.Kind // "" = the roots are fetched
+		wantOp         string
+		wantFederation int32 // /federation requests the CA saw
+		wantConnsUsed  int   // distinct connections that carried a request
 	}{
-		{"kept open: one connection", false, 0, 1, "", 1, 1},
-		{"closed by the CA: a second, verified connection", true, 0, 2, "", 1, 2},
-		{"untrusted from the start: refused before /roots", false, 1, 1, enroll.TrustMismatch, 0, 1},
-		{"untrusted on the second connection: its handshake fails", true, 2, 2, enroll.TrustMismatch, 0, 1},
+		{"kept open: one connection", false, 0, 1, "", "", 1, 1},
+		{"closed by the CA: a second, verified connection", true, 0, 2, "", "", 1, 2},
+		{"untrusted from the start: refused before /federation", false, 1, 1, enroll.TrustMismatch, "fetch roots", 0, 1},
+		{"untrusted on the second connection: its handshake fails", true, 2, 2, enroll.TrustMismatch, "fetch federation", 0, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := controlplane.NewPKI(t.TempDir(), controlplane.CAName)
@@ -60,23 +62,24 @@ func TestFetchRootsConnections(t *testing.T) {
 				t.Fatal(err)
 			}
 			var conns atomic.Int32
-			var roots atomic.Int32
+			var federation, answered, pinnedAsked atomic.Int32
 			var mu sync.Mutex
 			used := map[string]bool{}
 			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				mu.Lock()
 				used[r.RemoteAddr] = true
 				mu.Unlock()
+				if answered.Add(1) == 1 && tc.closeAfterFirst {
+					w.Header().Set("Connection", "close")
+				}
 				switch r.URL.Path {
 				case "/root/" + p.Fingerprint():
-					if tc.closeAfterPin {
-						w.Header().Set("Connection", "close")
-					}
+					pinnedAsked.Add(1)
 					json.NewEncoder(w).Encode(api.RootResponse{RootPEM: api.NewCertificate(p.Root)})
 				case "/roots":
-					roots.Add(1)
 					json.NewEncoder(w).Encode(api.RootsResponse{Certificates: []api.Certificate{api.NewCertificate(p.Root)}})
 				case "/federation":
+					federation.Add(1)
 					json.NewEncoder(w).Encode(api.FederationResponse{Certificates: []api.Certificate{api.NewCertificate(p.Root)}})
 				default:
 					http.NotFound(w, r)
@@ -101,15 +104,21 @@ func TestFetchRootsConnections(t *testing.T) {
 			} else {
 				e := asError(t, err)
 				var cve *tls.CertificateVerificationError
-				if e.Kind != tc.wantErr || e.Op != "fetch roots" || e.Transient() || !errors.As(err, &cve) {
-					t.Fatalf("got %s in %q (transient %v): %v; want a permanent %s in fetch roots from certificate verification", e.Kind, e.Op, e.Transient(), err, tc.wantErr)
+				if e.Kind != tc.wantErr || e.Op != tc.wantOp || e.Transient() || !errors.As(err, &cve) {
+					t.Fatalf("got %s in %q (transient %v): %v; want a permanent %s in %s from certificate verification", e.Kind, e.Op, e.Transient(), err, tc.wantErr, tc.wantOp)
+				}
+				if tc.untrustedFrom == 1 && (len(got.Current) != 0 || len(got.Federated) != 0 || !got.ServerDate.IsZero()) {
+					t.Fatalf("a refused CA's answer was used: %d current, %d federated, Date %v", len(got.Current), len(got.Federated), got.ServerDate)
 				}
 			}
 			if n := dc.n.Load(); n != tc.wantDials {
 				t.Errorf("%d dials, want %d", n, tc.wantDials)
 			}
-			if n := roots.Load(); n != tc.wantRoots {
-				t.Errorf("the CA answered /roots %d times, want %d", n, tc.wantRoots)
+			if n := pinnedAsked.Load(); n != 0 {
+				t.Errorf("the pinned root was asked for by itself %d times, though /roots lists it", n)
+			}
+			if n := federation.Load(); n != tc.wantFederation {
+				t.Errorf("the CA answered /federation %d times, want %d", n, tc.wantFederation)
 			}
 			mu.Lock()
 			defer mu.Unlock()

@@ -296,7 +296,7 @@ func peerTextCases(t *testing.T, cp *controlplane.ControlPlane) []hostileCase {
 	forged := "CA says no\n[PASS] ca-root        the pinned root is served (forged)\n\x1b[2K\x1b[1A\x1b[32mall good\x1b[0m\r\xff\xfe"
 	proxy := startCAProxy(t, cp)
 	proxy.setInject(func(r *http.Request, _ int) (int, http.Header, string, bool) {
-		if strings.HasPrefix(r.URL.Path, "/root/") {
+		if strings.HasPrefix(r.URL.Path, "/root") { // the roots fetch's first request, /roots or /root/<fingerprint>
 			return 500, http.Header{"Content-Type": {"text/plain"}}, forged, true
 		}
 		return 0, nil, "", false
