@@ -1,6 +1,7 @@
 package credstore_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -98,5 +99,47 @@ func TestPublishRefuses(t *testing.T) {
 		if err := credstore.Publish(dir, gen, nil); err == nil {
 			t.Errorf("%s: Publish(%s) succeeded", name, gen)
 		}
+	}
+}
+
+// TestLinkAhead: a first install's stable links made ahead of publish lead
+// nowhere until "current" exists (Load: no credentials, as before any
+// set); publish then switches all three at once. A pki_dir holding any
+// stable name is left as it is.
+func TestLinkAhead(t *testing.T) {
+	f := newFixture(t)
+	dir := filepath.Join(t.TempDir(), "pki")
+	next := f.set()
+	gen, err := credstore.SaveAside(dir, next, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := credstore.LinkAhead(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{credstore.KeyFile, credstore.CertFile, credstore.CAFile} {
+		if got, err := os.Readlink(filepath.Join(dir, name)); err != nil || got != filepath.Join(credstore.CurrentLink, name) {
+			t.Fatalf("%s -> %q (%v), want it through current", name, got, err)
+		}
+	}
+	if _, err := credstore.Load(dir); !errors.Is(err, credstore.ErrNotFound) {
+		t.Fatalf("before publish, Load = %v, want no credentials", err)
+	}
+	if err := credstore.Publish(dir, gen, nil); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := credstore.Load(dir)
+	if err != nil || serial(cur) != serial(next) || !cur.KeyMatches() {
+		t.Fatalf("after publish, Load = %v (%v), want the new set", cur, err)
+	}
+	// An older layout's plain file stays for publish to replace, in order.
+	other := filepath.Join(t.TempDir(), "pki")
+	os.MkdirAll(other, 0o700)
+	os.WriteFile(filepath.Join(other, credstore.CAFile), []byte("x"), 0o644)
+	if err := credstore.LinkAhead(other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(other, credstore.KeyFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("LinkAhead linked key.pem in a pki_dir holding ca.pem: %v", err)
 	}
 }

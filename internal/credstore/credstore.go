@@ -361,6 +361,21 @@ func Publish(dir, gen string, hook system.Hook) error {
 	return nil
 }
 
+// LinkAhead makes a first install's stable links in dir (key.pem, cert.pem
+// and ca.pem through "current") ahead of publish, while the run waits on
+// the network, so that publish does not wait for their creation. Until
+// "current" exists they lead nowhere, which Load, status and the
+// node-agent read as what a node without a set has: no credentials; a run
+// that publishes nothing leaves them so, as a crash between them and
+// "current" always could. Publish's one fsync of dir makes them durable
+// with "current". A dir holding any stable name is left as it is.
+func LinkAhead(dir string) error {
+	if !noStable(dir) {
+		return nil
+	}
+	return linkStable(dir, false)
+}
+
 // noStable reports whether none of the stable paths exists in dir, as a
 // link or otherwise.
 func noStable(dir string) bool {

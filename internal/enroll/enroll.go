@@ -409,7 +409,7 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 	}
 	var rs api.RootsResponse
 	if err := json.Unmarshal(body, &rs); err != nil {
-		return out, &Error{Kind: NotStepCA, Op: "fetch roots", Err: fmt.Errorf("the answer is not a step-ca roots response: %q", excerpt(body))}
+		return out, notRoots(body)
 	}
 	root := pinnedAmong(rs.Certificates, c.Fingerprint)
 	if root == nil {
@@ -424,6 +424,11 @@ func (c *Client) FetchRoots(ctx context.Context) (*Roots, error) {
 	out.observeDate(resp, at) // the answer came over the connection just verified
 	current(out, rs.Certificates, nil)
 	return c.federation(ctx, out, root, tr, true)
+}
+
+// notRoots is a /roots answer that does not parse as step-ca's.
+func notRoots(body []byte) *Error {
+	return &Error{Kind: NotStepCA, Op: "fetch roots", Err: fmt.Errorf("the answer is not a step-ca roots response: %q", excerpt(body))}
 }
 
 // pinnedAmong is the certificate of certs whose fingerprint is fp, when it
@@ -547,7 +552,7 @@ func (c *Client) fetchCurrent(ctx context.Context, out *Roots, root *x509.Certif
 	}
 	var rs api.RootsResponse
 	if err := json.Unmarshal(body, &rs); err != nil {
-		return out, &Error{Kind: NotStepCA, Op: "fetch roots", Err: fmt.Errorf("the answer is not a step-ca roots response: %q", excerpt(body))}
+		return out, notRoots(body)
 	}
 	return c.federation(ctx, out, root, pinned, current(out, rs.Certificates, root))
 }

@@ -74,6 +74,17 @@ func (r *Run) WriteAside(g *Obtained) *diag.Finding {
 	}
 	g.Gen = gen
 	r.Host.Hook.At("aside written")
+	// A first install's stable links are made while the proof waits on
+	// the network; publish waits for them (Settle).
+	pki := r.PKI
+	r.Meanwhile(func() *diag.Finding {
+		if err := credstore.LinkAhead(pki); err != nil {
+			return &diag.Finding{Layer: diag.Credentials, Owner: diag.Node, Check: "publish",
+				Summary: "the stable links of the new set could not be made: " + err.Error() + "; nothing was published",
+				Remedy:  diag.Writable(r.Cfg.Paths.PKIDir) + ", then run again"}
+		}
+		return nil
+	})
 	return nil
 }
 

@@ -134,21 +134,40 @@ func ClaimDir(path string, change bool, nested ...string) (DirState, error) {
 	return claimDir(path, change, kernelResolve, nested, nil)
 }
 
-// marks is the new marks of a claim and their directories, made durable
-// together in one wait (sync) instead of one wait each.
-type marks struct{ files []*os.File }
+// marks is the marks a claim leaves to write (dirs), and then the new
+// marks and their directories (files), written and made durable together
+// in one wait (sync) instead of one wait each, at a time of the caller's
+// choosing.
+type marks struct {
+	dirs  []string
+	files []*os.File
+}
 
-// sync fsyncs every file and directory held, at once, and closes them.
+// sync marks every directory left to it, then fsyncs every new mark and
+// its directory at once, and closes them.
 func (m *marks) sync() error {
-	if len(m.files) == 0 {
-		return nil
+	var errs []error
+	for _, d := range m.dirs {
+		errs = append(errs, markOwn(d, m))
 	}
-	err := SyncAll(m.files...)
+	m.dirs = nil
+	if len(m.files) > 0 {
+		errs = append(errs, SyncAll(m.files...))
+	}
 	for _, f := range m.files {
 		f.Close()
 	}
 	m.files = nil
-	return err
+	return errors.Join(errs...)
+}
+
+// mark marks dir now (later nil), or leaves it to later.
+func mark(dir string, later *marks) error {
+	if later == nil {
+		return markOwn(dir, nil)
+	}
+	later.dirs = append(later.dirs, dir)
+	return nil
 }
 
 // claimedHere is every directory this process claimed to write in, by the
@@ -235,7 +254,7 @@ func judgeClaim(path string, st os.FileInfo, err error, change bool, resolve res
 		if !change {
 			return s, nil
 		}
-		return createPrivateDir(path, later)
+		return createPrivateDir(path, resolve, nested, later)
 	}
 	if err != nil {
 		return s, err
@@ -258,7 +277,7 @@ func judgeClaim(path string, st os.FileInfo, err error, change bool, resolve res
 		return s, fmt.Errorf("%s is not writable: %w", path, err)
 	}
 	if !v.marked {
-		if err := markOwn(path, later); err != nil {
+		if err := mark(path, later); err != nil {
 			return s, err
 		}
 		s.Marked = true
@@ -281,31 +300,32 @@ func (h *Host) ClaimDir(p string, change bool, own ...string) (DirState, error) 
 
 // ClaimDirs is ClaimDir for each of paths in turn (each a directory of
 // provision's; own as for ClaimDir), stopping at the first refused, whose
-// index it returns with the error. The marks it writes are not yet
-// durable: durable (nil when it wrote none) fsyncs them and their
-// directories in one wait, which the caller may overlap with other work
-// (a run does it while it reaches the CA: pipeline.Options.Durable). Until
-// it returns, a power cut may leave any of them torn or missing, which the
-// next run judges as before they were written (hasMark) and writes again;
-// and a directory that holds provision's records or generations is judged
-// provision's by them, mark or not, so a durable record beside a torn mark
-// is no wedge either.
+// index it returns with the error. It creates what is missing, judges and
+// tightens, but leaves the marks to durable (nil when none is needed),
+// which writes them and fsyncs them with their directories in one wait:
+// the caller overlaps it with other work (a run does it while it reaches
+// the CA: pipeline.Options.Durable). Until it returns, a directory may
+// lack its mark, or hold it torn, beside whatever the run wrote there
+// meanwhile: a directory holding provision's lock, records or generations
+// is provision's by them (ClaimDir takes them as an earlier provision's
+// layout), and a torn mark is written again by the next run (hasMark), so
+// a run starting meanwhile or after a power cut claims it all the same.
 func (h *Host) ClaimDirs(paths []string, change bool, own ...string) (states []DirState, failed int, durable func() error, err error) {
 	later := &marks{}
 	for i, p := range paths {
 		s, err := h.claimDir(p, change, own, later)
 		if err != nil {
-			later.sync() // what was marked is kept, as one claim alone would
+			later.sync() // what was claimed is marked, as one claim alone would
 			return states, i, nil, err
 		}
 		states = append(states, s)
 	}
-	if len(later.files) == 0 {
+	if len(later.dirs) == 0 {
 		return states, -1, nil, nil
 	}
 	return states, -1, func() error {
 		if err := later.sync(); err != nil {
-			return fmt.Errorf("making the marks of %s durable: %w", strings.Join(paths, " and "), err)
+			return fmt.Errorf("marking %s as provision's own: %w", strings.Join(paths, " and "), err)
 		}
 		return nil
 	}, nil
@@ -438,7 +458,7 @@ func MarkOwn(dir string) error { return markOwn(dir, nil) }
 
 // createPrivateDir creates path 0700, and its missing parents 0755, and
 // marks it provision's.
-func createPrivateDir(path string, later *marks) (DirState, error) {
+func createPrivateDir(path string, resolve resolver, nested []string, later *marks) (DirState, error) {
 	s := DirState{Created: true, Marked: true}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return DirState{}, fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
@@ -447,7 +467,7 @@ func createPrivateDir(path string, later *marks) (DirState, error) {
 		return DirState{}, fmt.Errorf("creating %s: %w", path, err)
 	} else if err != nil {
 		// Another run made it in between: judge it like any other.
-		return claimDir(path, true, kernelResolve, nil, later) // made by the other run: empty or marked
+		return claimDir(path, true, resolve, nested, later) // made by the other run: judged as it is now
 	}
 	// The umask may have taken bits off; 0700 exactly is the point.
 	if err := os.Chmod(path, 0o700); err != nil {
@@ -455,7 +475,7 @@ func createPrivateDir(path string, later *marks) (DirState, error) {
 	}
 	// A run killed before the mark leaves an empty directory, which the
 	// next run claims (and marks) as its own.
-	return s, markOwn(path, later)
+	return s, mark(path, later)
 }
 
 // verdict is what judgeDir found in a directory of provision's.
