@@ -28,6 +28,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -314,6 +315,15 @@ func (in *Ingress) Reload(ctx context.Context) error {
 // connections. The caller must Stop it. A program that fails to start
 // (including because of a broken CA file) is reported with its log.
 func Start(ctx context.Context, kind Kind, opts Options) (*Ingress, error) {
+	for attempt := 1; ; attempt++ {
+		in, err := start(ctx, kind, opts)
+		if !errors.Is(err, errPortTaken) || attempt == 3 {
+			return in, err
+		}
+	}
+}
+
+func start(ctx context.Context, kind Kind, opts Options) (*Ingress, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
@@ -383,7 +393,7 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Ingress, error) {
 		in.waitErr = cmd.Wait()
 		close(in.exited)
 	}()
-	if err := waitReady(ctx, in.Addr, in.exited, 15*time.Second); err != nil {
+	if err := waitReady(ctx, in.Addr, in.exited, 15*time.Second, cmd.Process.Pid); err != nil {
 		in.Stop()
 		return nil, fmt.Errorf("%s did not become ready: %w (exit: %v)\n%s", kind, err, in.waitErr, in.Log())
 	}
@@ -415,23 +425,88 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func waitReady(ctx context.Context, addr string, exited <-chan struct{}, limit time.Duration) error {
+// waitReady waits until the program (process group pgid) listens on addr.
+// A dial that succeeds is not enough: freePort's port is free only until
+// it returns, and under parallel tests another listener (a backend of
+// another test) can take it before the program binds it; the program then
+// exits, and a dial reaches the other listener (TestIncidentReplay once
+// met plain HTTP where haproxy should have been). So the listening socket
+// must be one of the program's (/proc).
+func waitReady(ctx context.Context, addr string, exited <-chan struct{}, limit time.Duration, pgid int) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
+	_, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	port, _ := strconv.Atoi(portStr)
+	other := false // something not the program's answered on addr
 	for {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return nil
+			if groupListens(pgid, port) {
+				return nil
+			}
+			other = true
 		}
 		select {
 		case <-exited:
+			if other {
+				return fmt.Errorf("%w: %s", errPortTaken, addr)
+			}
 			return errors.New("program exited")
 		case <-ctx.Done():
-			return fmt.Errorf("nothing listening on %s: %w", addr, ctx.Err())
+			return fmt.Errorf("nothing of the program's listening on %s: %w", addr, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// errPortTaken: the program exited while another process listened on the
+// port freePort had found free; Start tries again with another port.
+var errPortTaken = errors.New("program exited while another process listened on its port")
+
+// groupListens reports whether a process of process group pgid holds a
+// socket listening on TCP port (IPv4 or IPv6), from /proc.
+func groupListens(pgid, port int) bool {
+	inodes := map[string]bool{}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" { // 0A: LISTEN
+				continue
+			}
+			_, hexPort, ok := strings.Cut(f[1], ":")
+			if p, err := strconv.ParseInt(hexPort, 16, 32); ok && err == nil && int(p) == port {
+				inodes["socket:["+f[9]+"]"] = true
+			}
+		}
+	}
+	if len(inodes) == 0 {
+		return false
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, pe := range procs {
+		pid, err := strconv.Atoi(pe.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := syscall.Getpgid(pid); err != nil || g != pgid {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join("/proc", pe.Name(), "fd"))
+		for _, fd := range fds {
+			if t, err := os.Readlink(filepath.Join("/proc", pe.Name(), "fd", fd.Name())); err == nil && inodes[t] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func stopProcess(cmd *exec.Cmd, exited <-chan struct{}) error {
