@@ -90,7 +90,10 @@ func TestStagesHeldAtRunTime(t *testing.T) {
 	}
 }
 
-func testRun(t *testing.T) *Run {
+func testRun(t *testing.T) *Run { return testRunWith(t, Options{}) }
+
+// testRunWith is a run on a fresh root with options o.
+func testRunWith(t *testing.T, o Options) *Run {
 	t.Helper()
 	host, err := system.New(t.TempDir())
 	if err != nil {
@@ -99,7 +102,7 @@ func testRun(t *testing.T) *Run {
 	cfg := &config.Config{NodeID: "node-1"}
 	cfg.Paths.StateDir, cfg.Paths.PKIDir = "/state", "/pki"
 	cfg.Bootstrap.Deadline.Duration = 1e9
-	r, cancel := New(context.Background(), "test", cfg, host, Options{})
+	r, cancel := New(context.Background(), "test", cfg, host, o)
 	t.Cleanup(cancel)
 	return r
 }
@@ -173,21 +176,13 @@ func TestDurableSettled(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var done atomic.Bool
-			host, err := system.New(t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg := &config.Config{NodeID: "node-1"}
-			cfg.Paths.StateDir, cfg.Paths.PKIDir = "/state", "/pki"
-			cfg.Bootstrap.Deadline.Duration = 1e9
 			started := make(chan struct{})
-			r, cancel := New(context.Background(), "test", cfg, host, Options{Durable: func() error {
+			r := testRunWith(t, Options{Durable: func() error {
 				close(started)
 				time.Sleep(20 * time.Millisecond) // so that only a wait can see it done
 				done.Store(true)
 				return tc.err
 			}})
-			defer cancel()
 			var seen bool
 			steps := []Step{
 				{Name: "obtain", Do: func(r *Run) *diag.Finding {
